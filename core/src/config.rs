@@ -1,0 +1,713 @@
+//! The `config.json` model shared by every component.
+//!
+//! DirkDB's own file loads unchanged: unknown fields are ignored, `MASTER` reads as `PRIMARY` and
+//! `SECONDARY` as `REPLICA`. Every field DirkDB-rs adds is optional with a default. Loading is two
+//! steps: [`ClusterConfig::parse`] turns JSON into the model (a type error names the JSON path of the
+//! field, e.g. `instances[1].role`), then [`ClusterConfig::validate`] checks the topology as a whole
+//! (duplicate ids or ports, no primary, unsupported modes), again naming the field.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a `config.json` was refused; every variant names the file and, where it can, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or a field has the wrong type or an unknown value.
+    #[error("invalid config: field `{field}`: {message}")]
+    Syntax {
+        /// JSON path of the offending field (`.` for the document itself).
+        field: String,
+        /// What serde said about it, with line and column.
+        message: String,
+    },
+    /// The JSON is well formed but the topology it describes is not usable.
+    #[error("invalid config: field `{field}`: {message}")]
+    Invalid {
+        /// JSON path of the offending field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `--instance` names an id the file does not have.
+    #[error("instance `{0}` is not in config.json (known: {1})")]
+    UnknownInstance(String, String),
+}
+
+/// The whole topology: every process reads the same file and picks its own part.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// Bumped by whoever edits the file; informational.
+    #[serde(default)]
+    pub config_version: u64,
+    /// Where the replicating proxy listens.
+    #[serde(default)]
+    pub load_balancer: LoadBalancerConfig,
+    /// Where the optional local cache listens and how much it keeps.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The storage servers of the topology.
+    pub instances: Vec<InstanceConfig>,
+    /// How the proxy routes reads and writes.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// How replicas follow the primary.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// How the proxy reacts to a dead primary.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    /// Resource limits every server enforces.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// SQLite storage settings.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// The proxy's listening addresses (DirkDB's `loadBalancer` section).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoadBalancerConfig {
+    /// Interface the proxy binds.
+    pub listen_host: String,
+    /// SQL port of the proxy (DirkDB: 3949).
+    pub listen_port: u16,
+    /// HTTP admin port of the proxy.
+    pub admin_port: u16,
+}
+
+impl Default for LoadBalancerConfig {
+    fn default() -> Self {
+        Self {
+            listen_host: "127.0.0.1".into(),
+            listen_port: 3949,
+            admin_port: 4949,
+        }
+    }
+}
+
+/// The local caching proxy's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CacheConfig {
+    /// Interface the cache binds.
+    pub listen_host: String,
+    /// SQL port of the cache (DirkDB: 3951).
+    pub listen_port: u16,
+    /// How long an entry may be served, in milliseconds.
+    pub ttl_millis: u64,
+    /// How many results are kept at most.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            listen_host: "127.0.0.1".into(),
+            listen_port: 3951,
+            ttl_millis: 3000,
+            max_entries: 200,
+        }
+    }
+}
+
+/// One storage server of the topology.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceConfig {
+    /// Unique name, used by `--instance` and in every status report.
+    pub id: String,
+    /// Whether it starts as the primary or as a replica.
+    pub role: Role,
+    /// Address other processes reach it at (and the one it binds).
+    pub host: String,
+    /// SQL port.
+    pub port: u16,
+    /// HTTP admin port; `None` means no admin API for this instance.
+    #[serde(default)]
+    pub admin_port: Option<u16>,
+    /// Where its SQLite files live (relative paths are relative to the working directory).
+    pub data_directory: PathBuf,
+}
+
+impl InstanceConfig {
+    /// `host:port` of the SQL listener.
+    pub fn sql_addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// The part an instance plays in replication.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(try_from = "String")]
+pub enum Role {
+    /// Accepts writes and records them in its oplog (DirkDB: `MASTER`).
+    Primary,
+    /// Follows a primary and refuses client writes (alias `SECONDARY`).
+    Replica,
+}
+
+impl TryFrom<String> for Role {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.to_ascii_uppercase().as_str() {
+            "PRIMARY" | "MASTER" => Ok(Role::Primary),
+            "REPLICA" | "SECONDARY" | "SLAVE" => Ok(Role::Replica),
+            _ => Err(unknown_value(
+                &value,
+                "PRIMARY (or MASTER), REPLICA (or SECONDARY)",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "PRIMARY",
+            Role::Replica => "REPLICA",
+        })
+    }
+}
+
+fn unknown_value(value: &str, expected: &str) -> String {
+    format!("unknown value `{value}`, expected one of {expected}")
+}
+
+/// Declares a string-valued enum read case-insensitively, with the accepted spellings listed in
+/// its error message.
+macro_rules! config_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
+        #[serde(try_from = "String")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                match value.to_ascii_uppercase().as_str() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(unknown_value(&value, &[$($text),+].join(", "))),
+                }
+            }
+        }
+
+        impl $name {
+            /// The spelling used in `config.json`.
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+config_enum!(
+    /// How the proxy spreads reads.
+    ReadStrategy {
+        /// Each instance in turn.
+        #[default]
+        RoundRobin = "ROUND_ROBIN",
+        /// The instance with the fewest statements in flight.
+        LeastConnections = "LEAST_CONNECTIONS",
+        /// Sticky per database: FNV-1a 64 of `DB:<name>` with each instance id, highest wins.
+        Rendezvous = "RENDEZVOUS",
+    }
+);
+
+config_enum!(
+    /// Which reads may be served by a replica.
+    ReadConsistency {
+        /// A session reads only from instances that applied its own latest write.
+        #[default]
+        ReadYourWrites = "READ_YOUR_WRITES",
+        /// Any healthy instance within the lag limit.
+        Eventual = "EVENTUAL",
+    }
+);
+
+config_enum!(
+    /// Who accepts writes.
+    WriteMode {
+        /// One primary takes every write.
+        #[default]
+        SinglePrimary = "SINGLE_PRIMARY",
+        /// DirkDB's per-object owners; not supported yet (refused by validation).
+        MultiPrimary = "MULTI_PRIMARY",
+    }
+);
+
+config_enum!(
+    /// How replicas receive changes.
+    ReplicationType {
+        /// Row-level change stream from the primary's oplog.
+        #[default]
+        Oplog = "OPLOG",
+        /// Consistent copies of whole database files.
+        File = "FILE",
+    }
+);
+
+config_enum!(
+    /// Whether the proxy promotes a replica by itself.
+    FailoverMode {
+        /// Promote after `detectionMillis` without a healthy primary.
+        #[default]
+        Automatic = "AUTOMATIC",
+        /// Wait for an operator's `POST /cluster/failover`.
+        Manual = "MANUAL",
+    }
+);
+
+/// `routing` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RoutingConfig {
+    /// How reads are routed.
+    pub reads: ReadRouting,
+    /// How writes are routed.
+    pub writes: WriteRouting,
+}
+
+/// `routing.reads`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReadRouting {
+    /// How reads are spread.
+    pub strategy: ReadStrategy,
+    /// Which roles may serve reads.
+    pub include_roles: Vec<Role>,
+    /// Replicas further behind than this are skipped.
+    pub max_replication_lag_ms: u64,
+    /// Whether a session must read its own writes.
+    pub consistency: ReadConsistency,
+}
+
+impl Default for ReadRouting {
+    fn default() -> Self {
+        Self {
+            strategy: ReadStrategy::RoundRobin,
+            include_roles: vec![Role::Primary, Role::Replica],
+            max_replication_lag_ms: 1000,
+            consistency: ReadConsistency::ReadYourWrites,
+        }
+    }
+}
+
+/// `routing.writes`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WriteRouting {
+    /// Who accepts writes.
+    pub mode: WriteMode,
+    /// How many replicas must confirm a write before it is acknowledged.
+    pub write_concern: WriteConcern,
+}
+
+impl Default for WriteRouting {
+    fn default() -> Self {
+        Self {
+            mode: WriteMode::SinglePrimary,
+            write_concern: WriteConcern::default(),
+        }
+    }
+}
+
+/// `routing.writes.writeConcern`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WriteConcern {
+    /// Replicas that must have applied a write (0 = asynchronous).
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout_ms: u64,
+}
+
+impl Default for WriteConcern {
+    fn default() -> Self {
+        Self {
+            replicas: 0,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+/// `replication` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReplicationConfig {
+    /// OPLOG or FILE.
+    #[serde(rename = "type")]
+    pub kind: ReplicationType,
+    /// FILE mode sweep interval.
+    pub interval_seconds: u64,
+    /// Heartbeat period between primary and replicas.
+    pub heartbeat_millis: u64,
+    /// Oplog bounds.
+    pub oplog: OplogConfig,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            kind: ReplicationType::Oplog,
+            interval_seconds: 2,
+            heartbeat_millis: 500,
+            oplog: OplogConfig::default(),
+        }
+    }
+}
+
+/// `replication.oplog`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OplogConfig {
+    /// Entries kept at most.
+    pub max_entries: u64,
+    /// Days an entry is kept at most.
+    pub retention_days: u64,
+}
+
+impl Default for OplogConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            retention_days: 7,
+        }
+    }
+}
+
+/// `failover` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FailoverConfig {
+    /// Automatic or manual promotion.
+    pub mode: FailoverMode,
+    /// How long the primary must be unreachable before it is replaced.
+    pub detection_millis: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            mode: FailoverMode::Automatic,
+            detection_millis: 3000,
+        }
+    }
+}
+
+/// `limits` section: what one client may ask of a server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LimitsConfig {
+    /// Longest statement accepted, in bytes (default 16 MiB).
+    pub max_statement_bytes: usize,
+    /// Client connections served at once; further ones are refused with a message.
+    pub max_connections: usize,
+    /// Rows one result may have; larger results are refused before any row is sent (0 = no limit).
+    pub max_result_rows: u64,
+    /// Rows per `RELATION_JSON_PAGE`.
+    pub page_rows: usize,
+    /// How long a statement waits for another writer's lock, in milliseconds.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_statement_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
+            max_result_rows: 0,
+            page_rows: 500,
+            busy_timeout_ms: 5000,
+        }
+    }
+}
+
+config_enum!(
+    /// SQLite's `synchronous` setting: how hard a commit is pushed to disk.
+    Synchronous {
+        /// fsync on every commit: survives power loss.
+        #[default]
+        Full = "FULL",
+        /// fsync at checkpoints only: survives a process crash (`kill -9`), not power loss.
+        Normal = "NORMAL",
+    }
+);
+
+/// `storage` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StorageConfig {
+    /// Commit durability.
+    pub synchronous: Synchronous,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses JSON text into the model without checking the topology.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::Syntax {
+                field,
+                message: e.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// Checks the topology as a whole; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_instances()?;
+        self.validate_routing()?;
+        self.validate_limits()
+    }
+
+    fn validate_instances(&self) -> Result<(), ConfigError> {
+        if self.instances.is_empty() {
+            return Err(invalid("instances", "at least one instance is required"));
+        }
+        let mut ids = HashSet::new();
+        let mut ports = HashSet::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            if inst.id.trim().is_empty() {
+                return Err(invalid(&format!("instances[{i}].id"), "must not be empty"));
+            }
+            if !ids.insert(inst.id.as_str()) {
+                let msg = format!("duplicate instance id `{}`", inst.id);
+                return Err(invalid(&format!("instances[{i}].id"), &msg));
+            }
+            let mut own = vec![("port", inst.port)];
+            own.extend(inst.admin_port.map(|p| ("adminPort", p)));
+            for (name, port) in own {
+                if port == 0 || !ports.insert((inst.host.clone(), port)) {
+                    let msg = format!("port {port} on {} is 0 or already used", inst.host);
+                    return Err(invalid(&format!("instances[{i}].{name}"), &msg));
+                }
+            }
+        }
+        let primaries = self.primaries().count();
+        if primaries == 0 {
+            return Err(invalid(
+                "instances[].role",
+                "no instance has role PRIMARY (or MASTER)",
+            ));
+        }
+        if primaries > 1 && self.routing.writes.mode == WriteMode::SinglePrimary {
+            return Err(invalid(
+                "instances[].role",
+                &format!("SINGLE_PRIMARY allows one PRIMARY, found {primaries}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_routing(&self) -> Result<(), ConfigError> {
+        if self.routing.writes.mode == WriteMode::MultiPrimary {
+            return Err(invalid(
+                "routing.writes.mode",
+                "MULTI_PRIMARY is not supported yet by DirkDB-rs; use SINGLE_PRIMARY with one PRIMARY instance",
+            ));
+        }
+        if self.routing.reads.include_roles.is_empty() {
+            return Err(invalid(
+                "routing.reads.includeRoles",
+                "must name at least one role",
+            ));
+        }
+        let replicas = self
+            .instances
+            .iter()
+            .filter(|i| i.role == Role::Replica)
+            .count();
+        let wanted = self.routing.writes.write_concern.replicas as usize;
+        if wanted > replicas {
+            let msg = format!("asks for {wanted} replicas but the topology has {replicas}");
+            return Err(invalid("routing.writes.writeConcern.replicas", &msg));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_statement_bytes == 0 {
+            return Err(invalid("limits.maxStatementBytes", "must be positive"));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.maxConnections", "must be positive"));
+        }
+        if l.page_rows == 0 {
+            return Err(invalid("limits.pageRows", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The instances whose configured role is PRIMARY.
+    pub fn primaries(&self) -> impl Iterator<Item = &InstanceConfig> {
+        self.instances.iter().filter(|i| i.role == Role::Primary)
+    }
+
+    /// The instance named by `--instance`.
+    pub fn instance(&self, id: &str) -> Result<&InstanceConfig, ConfigError> {
+        self.instances.iter().find(|i| i.id == id).ok_or_else(|| {
+            let known: Vec<&str> = self.instances.iter().map(|i| i.id.as_str()).collect();
+            ConfigError::UnknownInstance(id.to_string(), known.join(", "))
+        })
+    }
+}
+
+fn invalid(field: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = r#"{
+      "configVersion": 1,
+      "loadBalancer": { "listenHost": "127.0.0.1", "listenPort": 3949, "adminPort": 4949 },
+      "instances": [
+        { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": 3948, "adminPort": 4948, "dataDirectory": "data/m1" },
+        { "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": 3950, "adminPort": 4950, "dataDirectory": "data/m2" }
+      ],
+      "routing": { "reads": { "strategy": "RENDEZVOUS", "includeRoles": ["PRIMARY", "REPLICA"] } }
+    }"#;
+
+    fn with(text: &str) -> Result<ClusterConfig, ConfigError> {
+        let c = ClusterConfig::parse(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn loads_our_file_with_defaults() {
+        let c = with(OURS).unwrap();
+        assert_eq!(c.instances.len(), 2);
+        assert_eq!(c.instances[1].role, Role::Replica);
+        assert_eq!(c.routing.reads.strategy, ReadStrategy::Rendezvous);
+        assert_eq!(c.routing.reads.max_replication_lag_ms, 1000);
+        assert_eq!(c.limits.max_statement_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.replication.kind, ReplicationType::Oplog);
+        assert_eq!(c.instance("m2").unwrap().sql_addr(), "127.0.0.1:3950");
+        assert!(c.instance("m9").is_err());
+    }
+
+    #[test]
+    fn dirkdb_java_file_parses_and_multi_primary_is_refused_clearly() {
+        // The shape of DirkDB's own config.json: MASTER roles, extra fields we do not know.
+        let dirk = r#"{ "configVersion": 1,
+          "loadBalancer": { "listenHost": "0.0.0.0", "listenPort": 3949 },
+          "instances": [
+            { "id": "m1", "role": "MASTER", "host": "10.0.0.2", "port": 3948, "dataDirectory": "data/m1" },
+            { "id": "m2", "role": "MASTER", "host": "10.0.0.2", "port": 3950, "dataDirectory": "data/m2" }
+          ],
+          "routing": { "reads": { "strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"] },
+                       "writes": { "mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS" } },
+          "replication": { "type": "FILE", "intervalSeconds": 2 } }"#;
+        let c = ClusterConfig::parse(dirk).unwrap();
+        assert_eq!(c.instances[0].role, Role::Primary);
+        assert_eq!(c.routing.reads.include_roles, vec![Role::Primary]);
+        assert_eq!(c.replication.kind, ReplicationType::File);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("routing.writes.mode"), "{err}");
+        assert!(err.contains("MULTI_PRIMARY"), "{err}");
+        // The same file in single-primary form loads.
+        let single = dirk
+            .replace("\"MULTI_PRIMARY\"", "\"SINGLE_PRIMARY\"")
+            .replacen(
+                "\"MASTER\", \"host\": \"10.0.0.2\", \"port\": 3950",
+                "\"SECONDARY\", \"host\": \"10.0.0.2\", \"port\": 3950",
+                1,
+            );
+        with(&single).unwrap();
+    }
+
+    #[test]
+    fn unknown_enum_value_names_the_field() {
+        let bad = OURS.replace("\"REPLICA\"", "\"LEADER\"");
+        let err = with(&bad).unwrap_err().to_string();
+        assert!(err.contains("instances[1].role"), "{err}");
+        assert!(err.contains("LEADER"), "{err}");
+        let bad = OURS.replace("RENDEZVOUS", "RANDOM");
+        let err = with(&bad).unwrap_err().to_string();
+        assert!(err.contains("routing.reads.strategy"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_syntax_errors_name_the_field() {
+        let err = with(&OURS.replace("3950,", "\"x\","))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("instances[1].port"), "{err}");
+        let err = with("{ \"instances\": [ }").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        let err = with("{}").unwrap_err().to_string();
+        assert!(err.contains("instances"), "{err}");
+    }
+
+    #[test]
+    fn topology_errors_name_the_field() {
+        let dup_id = OURS.replace("\"id\": \"m2\"", "\"id\": \"m1\"");
+        assert!(with(&dup_id)
+            .unwrap_err()
+            .to_string()
+            .contains("instances[1].id"));
+        let dup_port = OURS.replace("\"port\": 3950", "\"port\": 3948");
+        assert!(with(&dup_port)
+            .unwrap_err()
+            .to_string()
+            .contains("instances[1].port"));
+        let no_primary = OURS.replace("\"PRIMARY\", \"host\"", "\"REPLICA\", \"host\"");
+        assert!(with(&no_primary)
+            .unwrap_err()
+            .to_string()
+            .contains("no instance has role PRIMARY"));
+        let two = OURS.replace("\"REPLICA\", \"host\"", "\"PRIMARY\", \"host\"");
+        assert!(with(&two)
+            .unwrap_err()
+            .to_string()
+            .contains("SINGLE_PRIMARY"));
+        let wc = OURS.replace(
+            "\"routing\": {",
+            "\"routing\": { \"writes\": { \"writeConcern\": { \"replicas\": 2 } },",
+        );
+        assert!(with(&wc)
+            .unwrap_err()
+            .to_string()
+            .contains("writeConcern.replicas"));
+    }
+}

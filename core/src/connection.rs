@@ -1,0 +1,167 @@
+//! Framed connections: the only code that turns bytes on a socket into statements or frames.
+//!
+//! [`ServerConnection`] is the end a server, proxy or cache holds for each client: it reads
+//! `;`-terminated statements (through [`crate::sql::StatementSplitter`]) and writes frames.
+//! [`ClientConnection`] is the other end: it writes statements and reads frames (through
+//! [`FrameDecoder`]). Both buffer writes; callers `flush` once a response is complete, so a
+//! relation of many pages costs few system calls.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+use crate::frame::{encode_frame, Frame, FrameDecoder, FrameError};
+use crate::sql::{SplitItem, StatementSplitter};
+
+const READ_CHUNK: usize = 64 * 1024;
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Why a connection could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent something that is not the protocol.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The peer closed the connection in the middle of a response.
+    #[error("connection closed by peer in the middle of a response")]
+    Truncated,
+}
+
+/// What a client sent: a statement, or a statement the server must refuse without running.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// One statement, without its `;`.
+    Statement(String),
+    /// A statement over the size limit (its bytes were not kept).
+    TooLarge {
+        /// Its size in bytes.
+        bytes: usize,
+    },
+    /// A statement that is not valid UTF-8.
+    InvalidUtf8,
+}
+
+/// The server's end of a client connection.
+pub struct ServerConnection<S> {
+    stream: BufWriter<S>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    splitter: StatementSplitter,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
+    /// Wraps a socket; statements over `max_statement_bytes` are reported as [`Incoming::TooLarge`].
+    pub fn new(stream: S, max_statement_bytes: usize) -> Self {
+        Self {
+            stream: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::new(),
+            splitter: StatementSplitter::new(max_statement_bytes),
+        }
+    }
+
+    /// The next statement, or `None` when the client closed the connection (a half-sent
+    /// statement is dropped; see [`ServerConnection::had_partial_statement`]).
+    pub async fn read_statement(&mut self) -> Result<Option<Incoming>, ConnectionError> {
+        loop {
+            if let Some(item) = self.splitter.next_item() {
+                return Ok(Some(match item {
+                    SplitItem::Statement(bytes) => match String::from_utf8(bytes) {
+                        Ok(text) => Incoming::Statement(text),
+                        Err(_) => Incoming::InvalidUtf8,
+                    },
+                    SplitItem::TooLarge { bytes } => Incoming::TooLarge { bytes },
+                }));
+            }
+            self.read_buf.clear();
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Ok(None);
+            }
+            self.splitter.push(&self.read_buf);
+        }
+    }
+
+    /// True when the client left with an unfinished statement buffered.
+    pub fn had_partial_statement(&self) -> bool {
+        self.splitter.has_partial()
+    }
+
+    /// Queues a frame; it is sent at the next flush (or when the buffer fills).
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
+        self.write_buf.clear();
+        encode_frame(frame, &mut self.write_buf);
+        self.stream.write_all(&self.write_buf).await?;
+        Ok(())
+    }
+
+    /// Queues bytes that are already frames (a proxy passing a response on).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a single frame at once: for refusals and errors.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
+        self.write_frame(frame).await?;
+        self.flush().await
+    }
+}
+
+/// The client's end: statements out, frames in.
+pub struct ClientConnection<S> {
+    stream: BufWriter<S>,
+    read_buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
+    /// Wraps a socket; lines or messages over `max_frame_bytes` are a protocol error.
+    pub fn new(stream: S, max_frame_bytes: usize) -> Self {
+        Self {
+            stream: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(max_frame_bytes),
+        }
+    }
+
+    /// Sends one statement, adding the terminating `;`.
+    pub async fn send_statement(&mut self, statement: &str) -> Result<(), ConnectionError> {
+        self.stream.write_all(statement.as_bytes()).await?;
+        self.stream.write_all(b";\n").await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Sends raw bytes as they are (tests use it to send broken input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The next frame; `None` when the server closed the connection between responses.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.read_buf)? {
+                return Ok(Some(frame));
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                if self.decoder.is_mid_frame(&self.read_buf) {
+                    return Err(ConnectionError::Truncated);
+                }
+                return Ok(None);
+            }
+        }
+    }
+}

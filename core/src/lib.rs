@@ -1,0 +1,18 @@
+//! DirkDB's shared vocabulary: everything two components must agree on lives here.
+//!
+//! * [`config`]: the `config.json` model every process loads.
+//! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
+//! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
+//! * [`connection`]: sockets wrapped so that the server reads statements and writes frames, and the
+//!   client does the reverse, both through the codecs above.
+//!
+//! A request flows: client text → [`sql::split_script`] → `ClientConnection::send_statement` →
+//! bytes → `ServerConnection::read_statement` (a [`sql::StatementSplitter`]) → [`sql::translate`] →
+//! the server's engine → [`frame::Frame`]s → `ServerConnection::write_frame` → bytes →
+//! [`frame::FrameDecoder`] → the client.
+
+pub mod config;
+pub mod connection;
+pub mod frame;
+pub mod sql;
+pub mod value;

@@ -1,0 +1,349 @@
+//! The databases of one instance: one SQLite file each under the data directory.
+//!
+//! The catalog owns the name → [`Database`] map; CREATE and DROP DATABASE change it under a write
+//! lock, USE reads it. Each [`Database`] keeps a few idle SQLite connections so that sessions which
+//! come and go do not reopen files; a connection goes back to the pool only outside a transaction.
+//! Every connection is opened the same way ([`open_connection`]): WAL journal (readers never block
+//! the writer), the configured `synchronous` level, a busy timeout, foreign keys on, and an
+//! authorizer that refuses ATTACH/DETACH so no statement can reach a file outside the catalog.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dirkdb_core::config::Synchronous;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Result, ServerError};
+
+/// File extension of database files.
+const DB_EXTENSION: &str = "db";
+/// Idle connections kept per database.
+const MAX_IDLE: usize = 32;
+/// Prefix reserved for DirkDB's own files and tables.
+pub const RESERVED_PREFIX: &str = "_dirk";
+
+/// How every SQLite connection of this instance is set up.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Commit durability.
+    pub synchronous: Synchronous,
+    /// How long a writer waits for the lock.
+    pub busy_timeout: Duration,
+}
+
+/// One database: its file and its idle connections.
+pub struct Database {
+    name: String,
+    path: PathBuf,
+    dropped: AtomicBool,
+    idle: Mutex<Vec<Connection>>,
+    settings: ConnectionSettings,
+}
+
+impl Database {
+    /// The name clients USE.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True once DROP DATABASE removed it; sessions still holding it must stop using it.
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// A connection for one session: an idle one or a new one.
+    pub fn lease(&self) -> Result<Connection> {
+        if self.is_dropped() {
+            return Err(ServerError::DatabaseDropped(self.name.clone()));
+        }
+        if let Some(conn) = lock(&self.idle).pop() {
+            return Ok(conn);
+        }
+        open_connection(&self.path, &self.settings, false)
+    }
+
+    /// Returns a session's connection; one inside a transaction is closed (rolling it back).
+    pub fn give_back(&self, conn: Connection) {
+        if conn.is_autocommit() && !self.is_dropped() {
+            let mut idle = lock(&self.idle);
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let conn = self.lease()?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// All databases of the instance.
+pub struct Catalog {
+    dir: PathBuf,
+    databases: RwLock<HashMap<String, Arc<Database>>>,
+    settings: ConnectionSettings,
+}
+
+impl Catalog {
+    /// Opens (creating it if needed) a data directory and registers the databases in it.
+    pub fn open(dir: &Path, settings: ConnectionSettings) -> Result<Catalog> {
+        std::fs::create_dir_all(dir)?;
+        let catalog = Catalog {
+            dir: dir.to_path_buf(),
+            databases: RwLock::new(HashMap::new()),
+            settings,
+        };
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(DB_EXTENSION) {
+                continue;
+            }
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if validate_name(name).is_ok() {
+                catalog.register(name.to_string());
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn register(&self, name: String) -> Arc<Database> {
+        let db = Arc::new(Database {
+            path: self.path_of(&name),
+            name: name.clone(),
+            dropped: AtomicBool::new(false),
+            idle: Mutex::new(Vec::new()),
+            settings: self.settings.clone(),
+        });
+        write(&self.databases).insert(name, db.clone());
+        db
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{DB_EXTENSION}"))
+    }
+
+    /// The database called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Database>> {
+        read(&self.databases)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServerError::UnknownDatabase(name.to_string()))
+    }
+
+    /// Database names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.databases).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// CREATE DATABASE: creates the file in WAL mode. Returns false when it existed and
+    /// `if_not_exists` was given.
+    pub fn create(&self, name: &str, if_not_exists: bool) -> Result<bool> {
+        validate_name(name)?;
+        let mut map = write(&self.databases);
+        if map.contains_key(name) {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(ServerError::DatabaseExists(name.to_string()))
+            };
+        }
+        let path = self.path_of(name);
+        let conn = open_connection(&path, &self.settings, true)?;
+        let db = Arc::new(Database {
+            path,
+            name: name.to_string(),
+            dropped: AtomicBool::new(false),
+            idle: Mutex::new(vec![conn]),
+            settings: self.settings.clone(),
+        });
+        map.insert(name.to_string(), db);
+        Ok(true)
+    }
+
+    /// DROP DATABASE: forgets it, marks it dropped for sessions that hold it, deletes its files.
+    /// Returns false when it did not exist and `if_exists` was given.
+    pub fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool> {
+        let Some(db) = write(&self.databases).remove(name) else {
+            return if if_exists {
+                Ok(false)
+            } else {
+                Err(ServerError::UnknownDatabase(name.to_string()))
+            };
+        };
+        db.dropped.store(true, Ordering::Release);
+        lock(&db.idle).clear();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = db.path.clone().into_os_string();
+            file.push(suffix);
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// Folds every WAL back into its database file (on shutdown).
+    pub fn checkpoint_all(&self) {
+        let databases: Vec<Arc<Database>> = read(&self.databases).values().cloned().collect();
+        for db in databases {
+            if let Err(e) = db.checkpoint() {
+                tracing::warn!(database = db.name(), error = %e, "checkpoint failed");
+            }
+        }
+    }
+}
+
+/// Database names become file names: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(RESERVED_PREFIX)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServerError::InvalidDatabaseName(name.to_string()))
+    }
+}
+
+/// Opens a database file with the instance's settings; `create` allows a new file.
+pub fn open_connection(
+    path: &Path,
+    settings: &ConnectionSettings,
+    create: bool,
+) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(settings.busy_timeout)?;
+    let synchronous = settings.synchronous.as_str();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON;"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.authorizer(Some(refuse_outside_files))?;
+    Ok(conn)
+}
+
+/// The scratch connection of a session with no current database: expressions only.
+pub fn open_scratch() -> Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    conn.execute_batch("PRAGMA query_only=1;")?;
+    conn.authorizer(Some(refuse_outside_files))?;
+    Ok(conn)
+}
+
+fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
+    match ctx.action {
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        _ => Authorization::Allow,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ConnectionSettings {
+        ConnectionSettings {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn create_list_drop_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path(), settings()).unwrap();
+        assert!(cat.create("shop", false).unwrap());
+        assert!(!cat.create("shop", true).unwrap());
+        assert!(matches!(
+            cat.create("shop", false),
+            Err(ServerError::DatabaseExists(_))
+        ));
+        cat.create("a-b_1", false).unwrap();
+        assert_eq!(cat.names(), vec!["a-b_1", "shop"]);
+        let db = cat.get("shop").unwrap();
+        let conn = db.lease().unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        db.give_back(conn);
+        drop(cat);
+        let cat = Catalog::open(dir.path(), settings()).unwrap();
+        assert_eq!(cat.names(), vec!["a-b_1", "shop"]);
+        let db = cat.get("shop").unwrap();
+        let n: i64 = db
+            .lease()
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(cat.drop_database("shop", false).unwrap());
+        assert!(db.is_dropped());
+        assert!(!dir.path().join("shop.db").exists());
+        assert!(matches!(
+            cat.get("shop"),
+            Err(ServerError::UnknownDatabase(_))
+        ));
+        assert!(!cat.drop_database("shop", true).unwrap());
+    }
+
+    #[test]
+    fn names_that_are_not_safe_file_names_are_refused() {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a b",
+            "_dirk_oplog",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attach_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path(), settings()).unwrap();
+        cat.create("d", false).unwrap();
+        let conn = cat.get("d").unwrap().lease().unwrap();
+        let err = conn
+            .execute_batch("ATTACH '/tmp/evil.db' AS e")
+            .unwrap_err();
+        assert!(err.to_string().contains("not authorized"), "{err}");
+    }
+}

@@ -1,0 +1,61 @@
+//! The server's typed errors: each becomes one `Hadisoana : …` frame for the client.
+
+/// Why a statement failed; the `Display` text is what the client reads after `Hadisoana : `.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// SQLite refused or failed the statement.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// `USE x` or `DROP DATABASE x` for a database that does not exist.
+    #[error("unknown database `{0}`")]
+    UnknownDatabase(String),
+    /// `CREATE DATABASE x` when x exists.
+    #[error("database `{0}` already exists")]
+    DatabaseExists(String),
+    /// A database name that cannot be a file name.
+    #[error("invalid database name `{0}`: use letters, digits, `_` and `-` (at most 64, not starting with `_dirk`)")]
+    InvalidDatabaseName(String),
+    /// The session's current database was dropped by someone.
+    #[error("database `{0}` was dropped; USE another database")]
+    DatabaseDropped(String),
+    /// A write sent to a replica.
+    #[error("this instance ({0}) is a read-only REPLICA: send writes to the primary")]
+    ReadOnlyReplica(String),
+    /// USE or DROP of the current database while a transaction is open.
+    #[error("a transaction is open: COMMIT or ROLLBACK before {0}")]
+    TransactionOpen(&'static str),
+    /// A result larger than `limits.maxResultRows`.
+    #[error("result has {rows} rows, more than the limit of {limit} (limits.maxResultRows)")]
+    TooManyRows {
+        /// Rows the statement would return.
+        rows: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A database statement with a syntax error.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// File system trouble in the data directory.
+    #[error("data directory error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A worker task died; the session goes on with a fresh connection.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias of the server crate.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration does not name this instance.
+    #[error(transparent)]
+    Config(#[from] dirkdb_core::config::ConfigError),
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The SQL port is taken or not allowed.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+}

@@ -1,0 +1,261 @@
+//! One client's session: its current database, its SQLite connection (and so its transaction),
+//! and the dispatch of each statement it sends.
+//!
+//! A statement is translated from Malagasy, then either handled here (database statements) or
+//! run by [`crate::statement_runner`] on a blocking thread while this task writes the frames it
+//! produces to the client. The SQLite connection moves into that thread and back, so the
+//! session's transaction lives exactly as long as the client connection: when the client leaves,
+//! [`Session`]'s `Drop` closes an open transaction (rolling it back) or pools the connection.
+
+use std::sync::Arc;
+
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+use dirkdb_core::frame::Frame;
+use dirkdb_core::sql::translate;
+use rusqlite::Connection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::catalog::{open_scratch, Database};
+use crate::database_statement::{self, database_text, use_text, DatabaseStatement};
+use crate::error::ServerError;
+use crate::statement_runner::{run_statement, FrameSink, RunOptions};
+use crate::ServerState;
+
+/// Frames in flight between the runner thread and the socket writer.
+const FRAME_CHANNEL: usize = 4;
+
+/// Per-client state.
+pub struct Session {
+    state: Arc<ServerState>,
+    current: Option<CurrentDatabase>,
+    scratch: Option<Connection>,
+}
+
+struct CurrentDatabase {
+    db: Arc<Database>,
+    conn: Option<Connection>,
+}
+
+impl CurrentDatabase {
+    fn in_transaction(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.is_autocommit())
+    }
+}
+
+impl Session {
+    /// A session with no current database.
+    pub fn new(state: Arc<ServerState>) -> Session {
+        Session {
+            state,
+            current: None,
+            scratch: None,
+        }
+    }
+
+    /// Answers one incoming statement with one complete response.
+    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        incoming: Incoming,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let limit = self.state.limits.max_statement_bytes;
+        let sql = match incoming {
+            Incoming::Statement(sql) => sql,
+            Incoming::TooLarge { bytes } => {
+                let msg = format!("statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)");
+                return out.send(&Frame::error(msg)).await;
+            }
+            Incoming::InvalidUtf8 => {
+                return out
+                    .send(&Frame::error("statement is not valid UTF-8"))
+                    .await
+            }
+        };
+        let sql = translate(&sql);
+        match database_statement::parse(&sql) {
+            None => self.run_sql(sql, out).await,
+            Some(Err(msg)) => out.send(&Frame::error(ServerError::Syntax(msg))).await,
+            Some(Ok(stmt)) => {
+                let frame = match self.database_statement(stmt).await {
+                    Ok(Reply::Text(text)) => Frame::Message(text),
+                    Ok(Reply::Sql(sql)) => return self.run_sql(sql, out).await,
+                    Err(e) => Frame::error(e),
+                };
+                out.send(&frame).await
+            }
+        }
+    }
+
+    async fn database_statement(&mut self, stmt: DatabaseStatement) -> Result<Reply, ServerError> {
+        match stmt {
+            DatabaseStatement::Use(name) => self.use_database(&name).map(Reply::Text),
+            DatabaseStatement::Create {
+                name,
+                if_not_exists,
+            } => {
+                self.refuse_on_replica()?;
+                let state = self.state.clone();
+                let n = name.clone();
+                blocking(move || state.catalog.create(&n, if_not_exists)).await?;
+                Ok(Reply::Text(database_text(&name, "voaforona")))
+            }
+            DatabaseStatement::Drop { name, if_exists } => {
+                self.refuse_on_replica()?;
+                self.drop_database(name, if_exists).await.map(Reply::Text)
+            }
+            DatabaseStatement::ShowDatabases => {
+                Ok(Reply::Sql(show_databases_sql(&self.state.catalog.names())))
+            }
+            DatabaseStatement::ShowTables => Ok(Reply::Sql(SHOW_TABLES_SQL.to_string())),
+        }
+    }
+
+    fn refuse_on_replica(&self) -> Result<(), ServerError> {
+        match self.state.read_only_instance() {
+            Some(id) => Err(ServerError::ReadOnlyReplica(id)),
+            None => Ok(()),
+        }
+    }
+
+    fn use_database(&mut self, name: &str) -> Result<String, ServerError> {
+        if self.current.as_ref().is_some_and(|c| c.in_transaction()) {
+            return Err(ServerError::TransactionOpen("USE"));
+        }
+        let db = self.state.catalog.get(name)?;
+        self.release_current();
+        self.current = Some(CurrentDatabase { db, conn: None });
+        Ok(use_text(name))
+    }
+
+    async fn drop_database(
+        &mut self,
+        name: String,
+        if_exists: bool,
+    ) -> Result<String, ServerError> {
+        let is_current = self.current.as_ref().is_some_and(|c| c.db.name() == name);
+        if is_current {
+            if self.current.as_ref().is_some_and(|c| c.in_transaction()) {
+                return Err(ServerError::TransactionOpen("DROP DATABASE"));
+            }
+            self.current = None;
+        }
+        let state = self.state.clone();
+        let n = name.clone();
+        blocking(move || state.catalog.drop_database(&n, if_exists)).await?;
+        Ok(database_text(&name, "voafafa"))
+    }
+
+    fn release_current(&mut self) {
+        if let Some(CurrentDatabase {
+            db,
+            conn: Some(conn),
+        }) = self.current.take()
+        {
+            db.give_back(conn);
+        }
+    }
+
+    /// Takes the connection the next statement runs on.
+    fn take_connection(&mut self) -> Result<(Connection, bool), ServerError> {
+        if let Some(current) = &mut self.current {
+            if current.db.is_dropped() {
+                let name = current.db.name().to_string();
+                self.current = None;
+                return Err(ServerError::DatabaseDropped(name));
+            }
+            let conn = match current.conn.take() {
+                Some(conn) => conn,
+                None => current.db.lease()?,
+            };
+            return Ok((conn, false));
+        }
+        let conn = match self.scratch.take() {
+            Some(conn) => conn,
+            None => open_scratch()?,
+        };
+        Ok((conn, true))
+    }
+
+    fn put_connection(&mut self, conn: Connection, scratch: bool) {
+        match (&mut self.current, scratch) {
+            (Some(current), false) => current.conn = Some(conn),
+            (_, true) => self.scratch = Some(conn),
+            (None, false) => {}
+        }
+    }
+
+    async fn run_sql<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: String,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let (conn, scratch) = match self.take_connection() {
+            Ok(c) => c,
+            Err(e) => return out.send(&Frame::error(e)).await,
+        };
+        let options = RunOptions {
+            page_rows: self.state.limits.page_rows,
+            max_result_rows: self.state.limits.max_result_rows,
+            read_only: self.state.read_only_instance(),
+            no_database: scratch,
+        };
+        let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
+        let task = tokio::task::spawn_blocking(move || {
+            let _ = run_statement(&conn, &sql, &options, &FrameSink(tx));
+            conn
+        });
+        let mut written = Ok(());
+        while let Some(frame) = rx.recv().await {
+            written = out.write_frame(&frame).await;
+            if written.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        match task.await {
+            Ok(conn) => self.put_connection(conn, scratch),
+            Err(e) => {
+                tracing::error!(error = %e, "statement worker failed");
+                if written.is_ok() {
+                    written = out
+                        .write_frame(&Frame::error(ServerError::Internal(e.to_string())))
+                        .await;
+                }
+            }
+        }
+        written?;
+        out.flush().await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.release_current();
+    }
+}
+
+enum Reply {
+    Text(String),
+    Sql(String),
+}
+
+/// SHOW TABLES: the user's tables of the current database, DirkDB's bookkeeping hidden.
+const SHOW_TABLES_SQL: &str = "SELECT name AS \"table\" FROM sqlite_schema \
+     WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+     AND name NOT LIKE '\\_dirk%' ESCAPE '\\' ORDER BY name";
+
+/// SHOW DATABASES as a query, so it is paged like any result. Names are validated to
+/// `[A-Za-z0-9_-]`, so they need no quoting inside the JSON literal.
+fn show_databases_sql(names: &[String]) -> String {
+    let json = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+    format!("SELECT value AS \"database\" FROM json_each('{json}') ORDER BY value")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+}

@@ -1,0 +1,277 @@
+//! Runs one SQL statement on a SQLite connection and turns its outcome into frames.
+//!
+//! It runs on a blocking thread and hands frames to the session's async writer through a bounded
+//! channel ([`FrameSink`]), so a slow client slows the scan instead of filling memory, and a client
+//! that leaves stops it. Results are paged: up to [`WINDOW_PAGES`] pages are read ahead; a result
+//! that ends within that window is sent with its exact page count and no extra work. A larger one
+//! is counted first with `SELECT count(*) FROM (…)` — on the same connection while the scan is
+//! open, so both see the same snapshot — then streamed page by page: the server never holds more
+//! than the window, whatever the result's size. (Only a statement whose rows change between two
+//! evaluations of one snapshot, such as `WHERE random() < 0.5`, can differ from its count; pages
+//! then go on past the announced total or are padded with empty ones, and rows are never lost.)
+
+use dirkdb_core::frame::{Column, Frame, PageFrame, RelationPage};
+use dirkdb_core::value;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Statement};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::database_statement::success_text;
+use crate::error::ServerError;
+
+/// Pages read ahead before a result is counted.
+pub const WINDOW_PAGES: usize = 8;
+
+/// What the runner needs to know besides the SQL.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Rows per page.
+    pub page_rows: usize,
+    /// Largest result allowed (0 = no limit).
+    pub max_result_rows: u64,
+    /// Set on a replica: statements that would write are refused.
+    pub read_only: Option<String>,
+    /// The session has no current database: errors get a hint to USE one.
+    pub no_database: bool,
+}
+
+/// The client went away while frames were being sent.
+#[derive(Debug)]
+pub struct ClientGone;
+
+/// The blocking side of the channel to the session's writer.
+pub struct FrameSink(pub mpsc::Sender<Frame>);
+
+impl FrameSink {
+    /// Sends a frame, waiting while the writer is behind.
+    pub fn emit(&self, frame: Frame) -> Result<(), ClientGone> {
+        self.0.blocking_send(frame).map_err(|_| ClientGone)
+    }
+}
+
+enum RunError {
+    Failed(ServerError),
+    Gone,
+}
+
+impl From<rusqlite::Error> for RunError {
+    fn from(e: rusqlite::Error) -> Self {
+        RunError::Failed(e.into())
+    }
+}
+
+impl From<ClientGone> for RunError {
+    fn from(_: ClientGone) -> Self {
+        RunError::Gone
+    }
+}
+
+/// Runs `sql` and sends its whole response: pages and `OK`, a success text, or an error.
+pub fn run_statement(
+    conn: &Connection,
+    sql: &str,
+    options: &RunOptions,
+    sink: &FrameSink,
+) -> Result<(), ClientGone> {
+    match execute(conn, sql, options, sink) {
+        Ok(()) => Ok(()),
+        Err(RunError::Gone) => Err(ClientGone),
+        Err(RunError::Failed(e)) => sink.emit(Frame::error(explain(e, options))),
+    }
+}
+
+/// Adds what the user can do about the errors whose SQLite text alone is puzzling.
+fn explain(error: ServerError, options: &RunOptions) -> String {
+    let text = error.to_string();
+    if options.no_database && text.starts_with("no such table") {
+        return format!("{text} (no database selected: USE <database> first)");
+    }
+    if text == "not authorized" {
+        return format!(
+            "{text}: ATTACH and DETACH are refused (every database is its own file: USE it)"
+        );
+    }
+    text
+}
+
+fn execute(
+    conn: &Connection,
+    sql: &str,
+    options: &RunOptions,
+    sink: &FrameSink,
+) -> Result<(), RunError> {
+    let mut stmt = conn.prepare(sql)?;
+    if let Some(instance) = &options.read_only {
+        if !stmt.readonly() {
+            return Err(RunError::Failed(ServerError::ReadOnlyReplica(
+                instance.clone(),
+            )));
+        }
+    }
+    if stmt.column_count() == 0 {
+        stmt.raw_execute()?;
+        sink.emit(Frame::Message(success_text(sql)))?;
+        return Ok(());
+    }
+    stream_rows(conn, &mut stmt, sql, options, sink)
+}
+
+fn stream_rows(
+    conn: &Connection,
+    stmt: &mut Statement<'_>,
+    sql: &str,
+    options: &RunOptions,
+    sink: &FrameSink,
+) -> Result<(), RunError> {
+    let columns = columns_of(stmt);
+    let width = columns.len();
+    let readonly = stmt.readonly();
+    let mut rows = stmt.raw_query();
+    let window = options.page_rows.saturating_mul(WINDOW_PAGES);
+    let mut ahead = Vec::new();
+    let mut exhausted = false;
+    while ahead.len() < window {
+        match rows.next()? {
+            Some(row) => ahead.push(row_values(row, width)?),
+            None => {
+                exhausted = true;
+                break;
+            }
+        }
+    }
+    let total_rows = if exhausted {
+        ahead.len() as u64
+    } else if let Some(n) = readonly.then(|| count_rows(conn, sql)).flatten() {
+        n
+    } else {
+        // Not countable (a write with RETURNING, a PRAGMA): read it all, within the limit.
+        while let Some(row) = rows.next()? {
+            ahead.push(row_values(row, width)?);
+            check_limit(ahead.len() as u64, options)?;
+        }
+        exhausted = true;
+        ahead.len() as u64
+    };
+    check_limit(total_rows, options)?;
+    let mut pager = Pager::new(columns, total_rows, options.page_rows);
+    for row in ahead {
+        pager.push(row, sink)?;
+    }
+    if !exhausted {
+        loop {
+            match rows.next() {
+                Ok(Some(row)) => pager.push(row_values(row, width)?, sink)?,
+                Ok(None) => break,
+                Err(e) => return pager.abort(e.into(), sink),
+            }
+        }
+    }
+    pager.finish(sink)
+}
+
+fn check_limit(rows: u64, options: &RunOptions) -> Result<(), RunError> {
+    if options.max_result_rows > 0 && rows > options.max_result_rows {
+        return Err(RunError::Failed(ServerError::TooManyRows {
+            rows,
+            limit: options.max_result_rows,
+        }));
+    }
+    Ok(())
+}
+
+fn count_rows(conn: &Connection, sql: &str) -> Option<u64> {
+    let count_sql = format!("SELECT count(*) FROM ({sql}\n)");
+    conn.query_row(&count_sql, [], |r| r.get::<_, i64>(0))
+        .ok()
+        .map(|n| n.max(0) as u64)
+}
+
+fn columns_of(stmt: &Statement<'_>) -> Vec<Column> {
+    stmt.columns_with_metadata()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            origin: c.table_name().map(str::to_string),
+        })
+        .collect()
+}
+
+fn row_values(row: &rusqlite::Row<'_>, width: usize) -> Result<Vec<Value>, RunError> {
+    let mut values = Vec::with_capacity(width);
+    for i in 0..width {
+        values.push(match row.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(n) => Value::from(n),
+            ValueRef::Real(f) => value::real(f),
+            ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => value::blob(b),
+        });
+    }
+    Ok(values)
+}
+
+/// Cuts rows into pages and sends each as soon as it is full.
+struct Pager {
+    name: Option<String>,
+    columns: Vec<Column>,
+    total_pages: u64,
+    page_rows: usize,
+    sent: u64,
+    rows: Vec<Vec<Value>>,
+}
+
+impl Pager {
+    fn new(columns: Vec<Column>, total_rows: u64, page_rows: usize) -> Pager {
+        let per_page = page_rows.max(1) as u64;
+        Pager {
+            name: columns.first().and_then(|c| c.origin.clone()),
+            columns,
+            total_pages: total_rows.div_ceil(per_page).max(1),
+            page_rows: page_rows.max(1),
+            sent: 0,
+            rows: Vec::with_capacity(page_rows.min(4096)),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Value>, sink: &FrameSink) -> Result<(), RunError> {
+        self.rows.push(row);
+        if self.rows.len() >= self.page_rows {
+            self.send_page(sink)?;
+        }
+        Ok(())
+    }
+
+    fn send_page(&mut self, sink: &FrameSink) -> Result<(), RunError> {
+        self.sent += 1;
+        let page = RelationPage {
+            name: self.name.clone(),
+            page: self.sent,
+            total_pages: self.total_pages.max(self.sent),
+            columns: self.columns.clone(),
+            rows: std::mem::take(&mut self.rows),
+        };
+        let frame = PageFrame::from_page(&page)
+            .map_err(|e| RunError::Failed(ServerError::Internal(e.to_string())))?;
+        sink.emit(Frame::Page(frame))?;
+        Ok(())
+    }
+
+    fn finish(mut self, sink: &FrameSink) -> Result<(), RunError> {
+        while !self.rows.is_empty() || self.sent < self.total_pages {
+            self.send_page(sink)?;
+        }
+        sink.emit(Frame::RelationEnd)?;
+        sink.emit(Frame::Message("OK".into()))?;
+        Ok(())
+    }
+
+    /// A row failed after pages went out: close the relation and send the error.
+    fn abort(mut self, error: ServerError, sink: &FrameSink) -> Result<(), RunError> {
+        if !self.rows.is_empty() {
+            self.send_page(sink)?;
+        }
+        sink.emit(Frame::RelationEnd)?;
+        sink.emit(Frame::error(error))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! `dirkdb`: the one binary of DirkDB. Each subcommand is one component of the topology; this
+//! file only parses the command line, sets up logging and signals, and hands over to the crate
+//! that does the work (`dirkdb-server`, `dirkdb-client`, …).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dirkdb_core::config::ClusterConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "dirkdb",
+    version,
+    about = "DirkDB: a small replicated SQL database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one storage server (an instance of config.json).
+    Server(ServerArgs),
+    /// The interactive SQL client (also runs -c SQL, -f FILE, or statements piped in).
+    Client(dirkdb_client::cli::ClientArgs),
+    /// The replicating proxy (not built yet: issue #4).
+    Proxy(ConfigArg),
+    /// The local caching proxy (not built yet: issue #5).
+    Cache,
+    /// Every instance and the proxy in one process (not built yet: issue #4).
+    Cluster(ConfigArg),
+    /// The load generator (not built yet: issue #7).
+    Bench,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Path of config.json.
+    #[arg(long, env = "DIRK_CONFIG_PATH", default_value = "config.json")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Which instance of config.json to run (its id, e.g. m1).
+    #[arg(long, env = "DIRK_INSTANCE_ID")]
+    instance: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Client(args) => ExitCode::from(dirkdb_client::cli::run(args).clamp(0, 255) as u8),
+        Command::Server(args) => report(run_server(args)),
+        Command::Proxy(_) => not_yet("proxy", 4),
+        Command::Cache => not_yet("cache", 5),
+        Command::Cluster(_) => not_yet("cluster", 4),
+        Command::Bench => not_yet("bench", 7),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dirkdb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn not_yet(what: &str, issue: u32) -> ExitCode {
+    eprintln!("dirkdb {what}: not available in this version yet (tracked in issue #{issue})");
+    ExitCode::from(2)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<ClusterConfig> {
+    ClusterConfig::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = load_config(&args.config.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        dirkdb_server::run(&config, &args.instance, shutdown_signal())
+            .await
+            .context("server")
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,205 @@
+//! Test harness: real `dirkdb` processes on ephemeral loopback ports, each with its own
+//! `config.json` and data directory in a temporary folder.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dirkdb_client::Client;
+
+/// The `dirkdb` binary built for these tests.
+pub fn dirkdb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dirkdb")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// A `dirkdb server` process with its own config and data directory.
+pub struct ServerProcess {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub role: &'static str,
+    pub limits: String,
+}
+
+impl ServerProcess {
+    /// Starts a PRIMARY with default limits.
+    pub fn start() -> ServerProcess {
+        Self::start_with("PRIMARY", "{}")
+    }
+
+    /// Starts an instance with the given role and `limits` JSON object.
+    pub fn start_with(role: &'static str, limits: &str) -> ServerProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = ServerProcess {
+            dir,
+            port: free_port(),
+            child: None,
+            role,
+            limits: limits.to_string(),
+        };
+        server.write_config();
+        server.spawn();
+        server
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn write_config(&self) {
+        // A topology always needs a primary; when this process is a replica, a second (not
+        // started) instance plays the primary.
+        let other_role = if self.role == "PRIMARY" {
+            "REPLICA"
+        } else {
+            "PRIMARY"
+        };
+        let config = format!(
+            r#"{{ "instances": [
+                {{ "id": "t1", "role": "{}", "host": "127.0.0.1", "port": {}, "dataDirectory": "{}" }},
+                {{ "id": "t2", "role": "{}", "host": "127.0.0.1", "port": {}, "dataDirectory": "{}" }}
+              ],
+              "limits": {},
+              "storage": {{ "synchronous": "NORMAL" }} }}"#,
+            self.role,
+            self.port,
+            self.data_dir().display(),
+            other_role,
+            free_port(),
+            self.dir.path().join("other").display(),
+            self.limits,
+        );
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    /// Starts the process and waits until it accepts connections.
+    pub fn spawn(&mut self) {
+        let child = Command::new(dirkdb_bin())
+            .args(["server", "--config"])
+            .arg(self.config_path())
+            .args(["--instance", "t1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dirkdb server");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        None
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Peak resident memory of the process in KiB (Linux `VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr()).await.expect("connect")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a signal with the `kill` command (no libc binding needed in tests).
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Waits up to 20 s for something to accept on `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port} after 20 s");
+}
+
+/// Runs `dirkdb client` with arguments and optional standard input.
+pub fn run_client(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(dirkdb_bin())
+        .arg("client")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dirkdb client");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("client output")
+}
+
+/// Writes a file into a folder and returns its path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}

@@ -1,0 +1,454 @@
+//! End-to-end tests of `dirkdb server`: a real process, real TCP, the client library.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use dirkdb_client::{Client, ClientError, Reply};
+use serde_json::json;
+
+fn message(reply: Reply) -> String {
+    match reply {
+        Reply::Message(m) => m,
+        Reply::Rows(rs) => panic!("expected a message, got rows {rs:?}"),
+    }
+}
+
+fn server_error(result: Result<Reply, ClientError>) -> String {
+    match result {
+        Err(ClientError::Server(reason)) => reason,
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+async fn count(client: &mut Client, table: &str) -> i64 {
+    let rs = client
+        .query(&format!("SELECT count(*) FROM {table}"))
+        .await
+        .unwrap();
+    rs.rows[0][0].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn the_issue_user_session_in_malagasy() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    assert_eq!(
+        message(c.execute("CREATE DATABASE testdb;").await.unwrap()),
+        "Ny tahiry : testdb dia voaforona soamantsara"
+    );
+    assert_eq!(
+        message(c.execute("AMPIASAO testdb;").await.unwrap()),
+        "Ny tahiry : testdb dia miasa ankehitriny"
+    );
+    assert_eq!(
+        message(
+            c.execute("CREATE TABLE utilisateurs (id INTEGER PRIMARY KEY, nom TEXT, age INT);")
+                .await
+                .unwrap()
+        ),
+        "Ny tabilao : utilisateurs dia voaforona soamantsara"
+    );
+    assert_eq!(
+        message(
+            c.execute("manampia ao@ utilisateurs (nom, age) sanda ('Alice', 30), ('Bob', 25);")
+                .await
+                .unwrap()
+        ),
+        "Tafinditra ny fiovana ny tabilao"
+    );
+    let rs = c
+        .query("ALAIVO * FROM utilisateurs rehefa age > 26;")
+        .await
+        .unwrap();
+    assert_eq!(rs.name.as_deref(), Some("utilisateurs"));
+    let names: Vec<&str> = rs.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["id", "nom", "age"]);
+    assert_eq!(rs.columns[1].origin.as_deref(), Some("utilisateurs"));
+    assert_eq!(rs.rows, vec![vec![json!(1), json!("Alice"), json!(30)]]);
+    // Mixed Malagasy and English, a literal that looks like Malagasy left alone.
+    let rs = c
+        .query("alaivo nom, 'alaivo ao rehefa' antso lit ao utilisateurs WHERE age < 26 ary nom dia tsy NULL")
+        .await
+        .unwrap();
+    assert_eq!(rs.rows, vec![vec![json!("Bob"), json!("alaivo ao rehefa")]]);
+    let rs = c.query("asehoy ny tabilao").await.unwrap();
+    assert_eq!(rs.rows, vec![vec![json!("utilisateurs")]]);
+    let rs = c.query("SHOW DATABASES").await.unwrap();
+    assert_eq!(rs.rows, vec![vec![json!("testdb")]]);
+}
+
+#[tokio::test]
+async fn values_of_every_type_round_trip() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE v").await.unwrap();
+    c.execute("USE v").await.unwrap();
+    let rs = c
+        .query("SELECT 1, -9223372036854775808, 2.5, 'tx;t\nEND', x'00ff', NULL, 1e999")
+        .await
+        .unwrap();
+    assert_eq!(
+        rs.rows[0],
+        vec![
+            json!(1),
+            json!(i64::MIN),
+            json!(2.5),
+            json!("tx;t\nEND"),
+            json!({"blob": "00ff"}),
+            json!(null),
+            json!("Infinity")
+        ]
+    );
+    // An empty result still has one page with its columns.
+    c.execute("CREATE TABLE e(a, b)").await.unwrap();
+    let rs = c.query("SELECT * FROM e").await.unwrap();
+    assert_eq!(rs.pages, 1);
+    assert_eq!(rs.columns.len(), 2);
+    assert!(rs.rows.is_empty());
+}
+
+#[tokio::test]
+async fn restart_keeps_data_and_sigterm_is_graceful() {
+    let mut server = ServerProcess::start();
+    {
+        let mut c = server.client().await;
+        c.execute("CREATE DATABASE shop").await.unwrap();
+        c.execute("USE shop").await.unwrap();
+        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            .await
+            .unwrap();
+        c.execute("INSERT INTO t(v) VALUES ('a'), ('b')")
+            .await
+            .unwrap();
+    }
+    let status = server.terminate().expect("server exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    // The checkpoint folded the WAL into the database file.
+    let wal = server.data_dir().join("shop.db-wal");
+    assert!(std::fs::metadata(&wal)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true));
+    server.spawn();
+    let mut c = server.client().await;
+    c.execute("USE shop").await.unwrap();
+    assert_eq!(count(&mut c, "t").await, 2);
+}
+
+#[tokio::test]
+async fn acknowledged_write_survives_kill_9() {
+    let mut server = ServerProcess::start();
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE d").await.unwrap();
+    c.execute("USE d").await.unwrap();
+    c.execute("CREATE TABLE t(x)").await.unwrap();
+    for i in 0..50 {
+        c.execute(&format!("INSERT INTO t VALUES ({i})"))
+            .await
+            .unwrap();
+    }
+    server.kill9();
+    server.spawn();
+    let mut c = server.client().await;
+    c.execute("USE d").await.unwrap();
+    assert_eq!(count(&mut c, "t").await, 50);
+}
+
+#[tokio::test]
+async fn two_clients_write_and_read_concurrently() {
+    let server = ServerProcess::start();
+    let mut setup = server.client().await;
+    setup.execute("CREATE DATABASE c").await.unwrap();
+    setup.execute("USE c").await.unwrap();
+    setup
+        .execute("CREATE TABLE t(who TEXT, n INT)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for who in ["a", "b"] {
+        let addr = server.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr).await.unwrap();
+            c.execute("USE c").await.unwrap();
+            for n in 0..200 {
+                c.execute(&format!("INSERT INTO t VALUES ('{who}', {n})"))
+                    .await
+                    .unwrap();
+                // Each client reads its own rows back while the other writes.
+                let rs = c
+                    .query(&format!("SELECT count(*) FROM t WHERE who = '{who}'"))
+                    .await
+                    .unwrap();
+                assert_eq!(rs.rows[0][0], json!(n + 1));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(count(&mut setup, "t").await, 400);
+}
+
+#[tokio::test]
+async fn transactions_belong_to_their_connection() {
+    let server = ServerProcess::start();
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.execute("CREATE DATABASE tx").await.unwrap();
+    for c in [&mut a, &mut b] {
+        c.execute("USE tx").await.unwrap();
+    }
+    a.execute("CREATE TABLE t(x)").await.unwrap();
+    a.execute("BEGIN").await.unwrap();
+    a.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    assert_eq!(count(&mut a, "t").await, 1);
+    assert_eq!(count(&mut b, "t").await, 0, "uncommitted row is visible");
+    a.execute("COMMIT").await.unwrap();
+    assert_eq!(count(&mut b, "t").await, 1);
+    a.execute("BEGIN").await.unwrap();
+    a.execute("INSERT INTO t VALUES (2)").await.unwrap();
+    a.execute("ROLLBACK").await.unwrap();
+    assert_eq!(count(&mut b, "t").await, 1);
+    // A client that leaves inside a transaction leaves nothing behind.
+    a.execute("BEGIN").await.unwrap();
+    a.execute("INSERT INTO t VALUES (3)").await.unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&mut b, "t").await, 1);
+    b.execute("INSERT INTO t VALUES (4)").await.unwrap();
+    assert_eq!(count(&mut b, "t").await, 2);
+}
+
+#[tokio::test]
+async fn a_long_read_does_not_block_writers() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE big").await.unwrap();
+    c.execute("USE big").await.unwrap();
+    fill(&mut c, 50_000).await;
+    // Start a large read and stop consuming it half way: the server is stuck writing to us.
+    let mut reader = server.client().await;
+    reader.execute("USE big").await.unwrap();
+    reader.send_raw(b"SELECT * FROM t;").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        c.execute(&format!("INSERT INTO t(v) VALUES ('w{i}')"))
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "writes waited for the reader: {:?}",
+        started.elapsed()
+    );
+    // The reader still gets its whole, consistent snapshot.
+    let reply = reader.read_response().await.unwrap();
+    assert_eq!(reply.rows().unwrap().rows.len(), 50_000);
+    assert_eq!(count(&mut c, "t").await, 50_020);
+}
+
+async fn fill(c: &mut Client, rows: usize) {
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    c.execute(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+         INSERT INTO t(v) SELECT printf('%0200d', i) FROM n"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn large_select_is_streamed_in_pages_with_bounded_server_memory() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE big").await.unwrap();
+    c.execute("USE big").await.unwrap();
+    // 100k rows of ~1 KB: ~100 MB of result text.
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+         INSERT INTO t(v) SELECT printf('%01000d', i) FROM n",
+    )
+    .await
+    .unwrap();
+    let before = server.peak_rss_kib().unwrap_or(0);
+    let mut pages = Vec::new();
+    let mut rows = 0usize;
+    let mut bytes = 0usize;
+    let mut next_id = 1i64;
+    let reply = c
+        .execute_streaming("SELECT * FROM t ORDER BY id", |page| {
+            pages.push((page.page, page.total_pages));
+            for row in &page.rows {
+                assert_eq!(row[0].as_i64(), Some(next_id));
+                next_id += 1;
+                bytes += row[1].as_str().map_or(0, str::len);
+            }
+            rows += page.rows.len();
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reply, Reply::Rows(_)));
+    assert_eq!(rows, 100_000);
+    // 500 rows a page (the default), numbered 1..=200 of 200.
+    assert_eq!(pages.len(), 200);
+    assert!(pages
+        .iter()
+        .enumerate()
+        .all(|(i, &(p, t))| p == i as u64 + 1 && t == 200));
+    let after = server.peak_rss_kib().unwrap_or(0);
+    eprintln!(
+        "server peak RSS before {before} KiB, after {after} KiB, result {} KiB",
+        bytes / 1024
+    );
+    assert!(bytes > 95 * 1024 * 1024);
+    assert!(
+        after < before + 40 * 1024,
+        "server peak RSS grew by {} KiB for a {} KiB result",
+        after.saturating_sub(before),
+        bytes / 1024
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
+    let server = ServerProcess::start_with("PRIMARY", r#"{ "maxStatementBytes": 1000 }"#);
+    let mut c = server.client().await;
+    let e = server_error(c.execute("SELECT * FROM t").await);
+    assert!(
+        e.contains("no such table: t") && e.contains("no database selected"),
+        "{e}"
+    );
+    assert!(server_error(c.execute("SELEC 1").await).contains("syntax error"));
+    assert!(server_error(c.execute("USE nowhere").await).contains("unknown database `nowhere`"));
+    assert!(server_error(c.execute("CREATE DATABASE \"../etc\"").await)
+        .contains("invalid database name"));
+    c.execute("CREATE DATABASE b").await.unwrap();
+    c.execute("USE b").await.unwrap();
+    assert!(
+        server_error(c.execute("SELECT * FROM missing").await).contains("no such table: missing")
+    );
+    assert!(server_error(c.execute("ATTACH 'x.db' AS x").await).contains("ATTACH"));
+    // Over the size limit: refused, connection still fine.
+    let big = format!("SELECT '{}'", "x".repeat(5000));
+    let e = server_error(c.execute(&big).await);
+    assert!(e.contains("over the limit of 1000 bytes"), "{e}");
+    // Invalid UTF-8 between two good statements.
+    c.send_raw(b"SELECT 1;SELECT '\xff\xfe';SELECT 3;")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.read_response().await.unwrap().rows().unwrap().rows[0][0],
+        json!(1)
+    );
+    assert!(matches!(c.read_response().await, Err(ClientError::Server(e)) if e.contains("UTF-8")));
+    assert_eq!(
+        c.read_response().await.unwrap().rows().unwrap().rows[0][0],
+        json!(3)
+    );
+    // A `;` inside literals, identifiers and comments does not end a statement; empty ones are skipped.
+    c.send_raw(b"  ; ;SELECT ';' AS \"a;b\" /* ; */ -- ;\n;")
+        .await
+        .unwrap();
+    let rs = c.read_response().await.unwrap();
+    assert_eq!(rs.rows().unwrap().columns[0].name, "a;b");
+    assert_eq!(rs.rows().unwrap().rows[0][0], json!(";"));
+    assert_eq!(count(&mut c, "sqlite_schema").await, 0);
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_statement_or_mid_result_changes_nothing() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE h").await.unwrap();
+    c.execute("USE h").await.unwrap();
+    fill(&mut c, 20_000).await;
+    {
+        let mut half = server.client().await;
+        half.execute("USE h").await.unwrap();
+        half.send_raw(b"INSERT INTO t(v) VALUES ('half'); DELETE FROM t WHERE id < 10")
+            .await
+            .unwrap();
+        // The first statement was complete and is answered; the second never ends.
+        half.read_response().await.unwrap();
+    }
+    {
+        let mut gone = server.client().await;
+        gone.execute("USE h").await.unwrap();
+        gone.send_raw(b"SELECT * FROM t;").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&mut c, "t").await, 20_001);
+    let rs = c
+        .query("SELECT count(*) FROM t WHERE id < 10")
+        .await
+        .unwrap();
+    assert_eq!(rs.rows[0][0], json!(9));
+    // The server is still fine for new clients.
+    let mut again = server.client().await;
+    again.execute("USE h").await.unwrap();
+    assert_eq!(count(&mut again, "t").await, 20_001);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_a_message() {
+    let server = ServerProcess::start_with("PRIMARY", r#"{ "maxConnections": 3 }"#);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = server.client().await;
+        c.execute("SELECT 1").await.unwrap();
+        held.push(c);
+    }
+    let mut extra = server.client().await;
+    let refused = tokio::time::timeout(Duration::from_secs(5), extra.execute("SELECT 1"))
+        .await
+        .expect("refusal must not hang");
+    match refused {
+        Err(ClientError::Server(e)) => assert!(e.contains("too many connections"), "{e}"),
+        Err(ClientError::Connection(_)) | Err(ClientError::Closed) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = server.client().await;
+    c.execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_refuses_writes_but_serves_reads() {
+    let server = ServerProcess::start_with("REPLICA", "{}");
+    let mut c = server.client().await;
+    let e = server_error(c.execute("CREATE DATABASE x").await);
+    assert!(e.contains("read-only REPLICA"), "{e}");
+    assert_eq!(
+        c.query("SELECT 40 + 2").await.unwrap().rows[0][0],
+        json!(42)
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_the_running_statement_finish() {
+    let mut server = ServerProcess::start();
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE g").await.unwrap();
+    c.execute("USE g").await.unwrap();
+    // A statement that takes a while: a recursive count to a few million.
+    c.send_raw(
+        b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) SELECT count(*) FROM n;",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = server.pid().unwrap();
+    common::signal(pid, "TERM");
+    let reply = c.read_response().await.unwrap();
+    assert_eq!(reply.rows().unwrap().rows[0][0], json!(3_000_000));
+    assert!(server.terminate().map(|s| s.success()).unwrap_or(true));
+}
