@@ -41,10 +41,17 @@ pub struct Database {
     path: PathBuf,
     dropped: AtomicBool,
     idle: Mutex<Vec<Connection>>,
+    write_gate: Arc<Mutex<()>>,
     settings: ConnectionSettings,
 }
 
 impl Database {
+    /// Writers of this database queue here, in order, instead of sleeping and retrying in
+    /// SQLite's busy handler (which is unfair and gives writers tails of hundreds of ms).
+    pub fn write_gate(&self) -> Arc<Mutex<()>> {
+        self.write_gate.clone()
+    }
+
     /// The name clients USE.
     pub fn name(&self) -> &str {
         &self.name
@@ -125,6 +132,7 @@ impl Catalog {
             name: name.clone(),
             dropped: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
+            write_gate: Arc::default(),
             settings: self.settings.clone(),
         });
         write(&self.databases).insert(name, db.clone());
@@ -169,6 +177,7 @@ impl Catalog {
             name: name.to_string(),
             dropped: AtomicBool::new(false),
             idle: Mutex::new(vec![conn]),
+            write_gate: Arc::default(),
             settings: self.settings.clone(),
         });
         map.insert(name.to_string(), db);
@@ -260,7 +269,8 @@ fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex, recovering it if a panicking thread poisoned it (the data stays usable).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -199,6 +199,7 @@ impl Session {
             max_result_rows: self.state.limits.max_result_rows,
             read_only: self.state.read_only_instance(),
             no_database: scratch,
+            write_gate: self.current.as_ref().map(|c| c.db.write_gate()),
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
         let task = tokio::task::spawn_blocking(move || {

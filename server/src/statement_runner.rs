@@ -17,6 +17,9 @@ use rusqlite::{Connection, Statement};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::lock;
 use crate::database_statement::success_text;
 use crate::error::ServerError;
 
@@ -34,6 +37,8 @@ pub struct RunOptions {
     pub read_only: Option<String>,
     /// The session has no current database: errors get a hint to USE one.
     pub no_database: bool,
+    /// The current database's writer queue (see `Database::write_gate`).
+    pub write_gate: Option<Arc<Mutex<()>>>,
 }
 
 /// The client went away while frames were being sent.
@@ -109,6 +114,12 @@ fn execute(
             )));
         }
     }
+    // An autocommit write waits its turn; inside a transaction the connection may already hold
+    // SQLite's write lock, and waiting for the gate then could deadlock, so it does not.
+    let _turn = match &options.write_gate {
+        Some(gate) if !stmt.readonly() && conn.is_autocommit() => Some(lock(gate)),
+        _ => None,
+    };
     if stmt.column_count() == 0 {
         stmt.raw_execute()?;
         sink.emit(Frame::Message(success_text(sql)))?;

@@ -1,0 +1,168 @@
+//! Tests of the `dirkdb client` command line and of `dirkdb server` start-up errors, run as a
+//! user runs them: real processes, real TCP.
+
+mod common;
+
+use std::process::Command;
+
+use common::{run_client, write_file, ServerProcess};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn command_mode_runs_every_statement_and_prints_tables() {
+    let server = ServerProcess::start();
+    let port = server.port.to_string();
+    let out = run_client(
+        &[
+            "127.0.0.1",
+            &port,
+            "-c",
+            "CREATE DATABASE testdb; AMPIASAO testdb; \
+             CREATE TABLE utilisateurs (id INTEGER PRIMARY KEY, nom TEXT, age INT); \
+             manampia ao@ utilisateurs (nom, age) sanda ('Alice', 30), ('Bob', 25); \
+             ALAIVO * FROM utilisateurs rehefa age > 26",
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("Ny tahiry : testdb dia miasa ankehitriny"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| id | nom   | age |"), "{stdout}");
+    assert!(stdout.contains("|  1 | Alice |  30 |"), "{stdout}");
+    assert!(stdout.contains("1 row ("), "{stdout}");
+    assert!(!stdout.contains("Bob"), "{stdout}");
+}
+
+#[test]
+fn script_file_with_comments_stops_at_the_first_error() {
+    let server = ServerProcess::start();
+    let port = server.port.to_string();
+    let script = write_file(
+        server.dir.path(),
+        "script.sql",
+        "-- set up\nCREATE DATABASE s;\nUSE s; -- trailing comment\n\
+         CREATE TABLE t(x);\nINSERT INTO t VALUES (1);\nINSERT INTO nope VALUES (2);\n\
+         INSERT INTO t VALUES (3);\n",
+    );
+    let path = script.to_str().unwrap();
+    let out = run_client(&["127.0.0.1", &port, "-f", path], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("Hadisoana : no such table: nope"));
+    let out = run_client(
+        &[
+            "127.0.0.1",
+            &port,
+            "--format",
+            "csv",
+            "-c",
+            "USE s; SELECT x FROM t ORDER BY x",
+        ],
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "x\n1\n",
+        "the statement after the error ran"
+    );
+
+    // With --continue-on-error the rest runs, and the exit code still says something failed.
+    let again = write_file(
+        server.dir.path(),
+        "again.sql",
+        "USE s; INSERT INTO nope VALUES (2); INSERT INTO t VALUES (3)",
+    );
+    let out = run_client(
+        &[
+            "127.0.0.1",
+            &port,
+            "--continue-on-error",
+            "-f",
+            again.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = run_client(
+        &[
+            "127.0.0.1",
+            &port,
+            "--format",
+            "json",
+            "-c",
+            "USE s; SELECT x FROM t ORDER BY x",
+        ],
+        None,
+    );
+    assert_eq!(text(&out.stdout), "[{\"x\":1},{\"x\":3}]\n");
+}
+
+#[test]
+fn statements_piped_on_standard_input() {
+    let server = ServerProcess::start();
+    let port = server.port.to_string();
+    let out = run_client(
+        &["127.0.0.1", &port, "--format", "csv"],
+        Some("CREATE DATABASE p;\nUSE p;\nCREATE TABLE t(a, b);\nINSERT INTO t VALUES ('x,y', NULL);\nSELECT * FROM t\n;\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a,b\n\"x,y\",\n");
+}
+
+#[test]
+fn unreachable_server_exits_2_with_a_clear_message() {
+    let port = common::free_port().to_string();
+    let out = run_client(&["127.0.0.1", &port, "-c", "SELECT 1"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot connect to 127.0.0.1:"));
+}
+
+#[test]
+fn server_refuses_a_bad_config_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "config.json",
+        r#"{ "instances": [ { "id": "m1", "role": "LEADER", "host": "127.0.0.1", "port": 1, "dataDirectory": "d" } ] }"#,
+    );
+    let out = Command::new(common::dirkdb_bin())
+        .args([
+            "server",
+            "--config",
+            config.to_str().unwrap(),
+            "--instance",
+            "m1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("instances[0].role") && err.contains("LEADER"),
+        "{err}"
+    );
+
+    let out = Command::new(common::dirkdb_bin())
+        .args(["server", "--instance", "m9"])
+        .env(
+            "DIRK_CONFIG_PATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.json"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("instance `m9` is not in config.json"));
+}
+
+#[test]
+fn the_shipped_config_json_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.json");
+    let config = dirkdb_core::config::ClusterConfig::load(std::path::Path::new(path)).unwrap();
+    assert_eq!(config.instance("m1").unwrap().port, 3948);
+    assert_eq!(config.instance("m2").unwrap().port, 3950);
+}
