@@ -359,7 +359,12 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
     let rs = c.read_response().await.unwrap();
     assert_eq!(rs.rows().unwrap().columns[0].name, "a;b");
     assert_eq!(rs.rows().unwrap().rows[0][0], json!(";"));
-    assert_eq!(count(&mut c, "sqlite_schema").await, 0);
+    assert!(c.query("SHOW TABLES").await.unwrap().rows.is_empty());
+    // DirkDB's own tables cannot be touched.
+    let e = server_error(c.execute("DELETE FROM _dirk_oplog").await);
+    assert!(e.contains("not authorized"), "{e}");
+    assert!(server_error(c.execute("CREATE TABLE _dirk_x(a)").await).contains("not authorized"));
+    assert!(server_error(c.execute("VACUUM").await).contains("VACUUM is refused"));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Result, ServerError};
+use crate::oplog::{capture, register_functions};
 
 /// File extension of database files.
 const DB_EXTENSION: &str = "db";
@@ -33,6 +34,8 @@ pub struct ConnectionSettings {
     pub synchronous: Synchronous,
     /// How long a writer waits for the lock.
     pub busy_timeout: Duration,
+    /// The committed sequence the capture triggers read (`dirk_committed()`).
+    pub committed: Arc<AtomicU64>,
 }
 
 /// One database: its file and its idle connections.
@@ -41,17 +44,10 @@ pub struct Database {
     path: PathBuf,
     dropped: AtomicBool,
     idle: Mutex<Vec<Connection>>,
-    write_gate: Arc<Mutex<()>>,
     settings: ConnectionSettings,
 }
 
 impl Database {
-    /// Writers of this database queue here, in order, instead of sleeping and retrying in
-    /// SQLite's busy handler (which is unfair and gives writers tails of hundreds of ms).
-    pub fn write_gate(&self) -> Arc<Mutex<()>> {
-        self.write_gate.clone()
-    }
-
     /// The name clients USE.
     pub fn name(&self) -> &str {
         &self.name
@@ -60,6 +56,11 @@ impl Database {
     /// True once DROP DATABASE removed it; sessions still holding it must stop using it.
     pub fn is_dropped(&self) -> bool {
         self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Its file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A connection for one session: an idle one or a new one.
@@ -98,6 +99,24 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The databases whose file is in the data directory (at start-up, before registration).
+    pub fn files_on_disk(dir: &Path) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(DB_EXTENSION) {
+                continue;
+            }
+            if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                if validate_name(name).is_ok() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Opens (creating it if needed) a data directory and registers the databases in it.
     pub fn open(dir: &Path, settings: ConnectionSettings) -> Result<Catalog> {
         std::fs::create_dir_all(dir)?;
@@ -106,17 +125,10 @@ impl Catalog {
             databases: RwLock::new(HashMap::new()),
             settings,
         };
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some(DB_EXTENSION) {
-                continue;
-            }
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if validate_name(name).is_ok() {
-                catalog.register(name.to_string());
-            }
+        for name in Self::files_on_disk(dir)? {
+            let conn = open_connection(&catalog.path_of(&name), &catalog.settings, false)?;
+            as_internal(|| capture::install(&conn))?;
+            catalog.register(name).give_back(conn);
         }
         Ok(catalog)
     }
@@ -132,7 +144,6 @@ impl Catalog {
             name: name.clone(),
             dropped: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
-            write_gate: Arc::default(),
             settings: self.settings.clone(),
         });
         write(&self.databases).insert(name, db.clone());
@@ -172,12 +183,12 @@ impl Catalog {
         }
         let path = self.path_of(name);
         let conn = open_connection(&path, &self.settings, true)?;
+        as_internal(|| capture::install(&conn))?;
         let db = Arc::new(Database {
             path,
             name: name.to_string(),
             dropped: AtomicBool::new(false),
             idle: Mutex::new(vec![conn]),
-            write_gate: Arc::default(),
             settings: self.settings.clone(),
         });
         map.insert(name.to_string(), db);
@@ -247,10 +258,33 @@ pub fn open_connection(
     conn.busy_timeout(settings.busy_timeout)?;
     let synchronous = settings.synchronous.as_str();
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON; \
+         PRAGMA recursive_triggers=ON;"
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
+    register_functions(&conn, settings.committed.clone())?;
     conn.authorizer(Some(refuse_outside_files))?;
+    Ok(conn)
+}
+
+/// A replica's connection for applying the primary's changes: triggers and foreign-key actions
+/// off (their effects arrive as entries of their own), DirkDB's tables writable.
+pub fn open_apply_connection(path: &Path, settings: &ConnectionSettings) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(settings.busy_timeout)?;
+    let synchronous = settings.synchronous.as_str();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=OFF;"
+    ))?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )?;
+    register_functions(&conn, settings.committed.clone())?;
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -262,10 +296,45 @@ pub fn open_scratch() -> Result<Connection> {
     Ok(conn)
 }
 
+thread_local! {
+    static INTERNAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with DirkDB's own tables and triggers writable on this thread (for the server's
+/// bookkeeping: DDL entries, capture triggers, replica apply).
+pub fn as_internal<T>(f: impl FnOnce() -> T) -> T {
+    let previous = INTERNAL.with(|i| i.replace(true));
+    let out = f();
+    INTERNAL.with(|i| i.set(previous));
+    out
+}
+
+/// Refuses ATTACH/DETACH (no file outside the catalog), and changes to DirkDB's own tables and
+/// triggers except from its capture triggers or internal code.
 fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
-    match ctx.action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
-        _ => Authorization::Allow,
+    use AuthAction::*;
+    let target = match ctx.action {
+        Attach { .. } | Detach { .. } => return Authorization::Deny,
+        Insert { table_name }
+        | Update { table_name, .. }
+        | Delete { table_name }
+        | DropTable { table_name }
+        | AlterTable { table_name, .. }
+        | CreateTable { table_name } => table_name,
+        CreateTrigger { trigger_name, .. } | DropTrigger { trigger_name, .. } => trigger_name,
+        CreateIndex { table_name, .. }
+        | CreateView {
+            view_name: table_name,
+        } => table_name,
+        _ => return Authorization::Allow,
+    };
+    let reserved = target.starts_with(RESERVED_PREFIX);
+    let trusted =
+        INTERNAL.with(|i| i.get()) || ctx.accessor.is_some_and(|a| a.starts_with(RESERVED_PREFIX));
+    if reserved && !trusted {
+        Authorization::Deny
+    } else {
+        Authorization::Allow
     }
 }
 
@@ -290,6 +359,7 @@ mod tests {
         ConnectionSettings {
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(1),
+            committed: Arc::default(),
         }
     }
 

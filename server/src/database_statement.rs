@@ -112,6 +112,61 @@ pub fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
     Some(result)
 }
 
+/// The first `n` significant words of a statement, upper-cased.
+pub fn leading_keywords(sql: &str, n: usize) -> Vec<String> {
+    tokenize(sql)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .take(n)
+        .map(|t| t.text(sql).to_ascii_uppercase())
+        .collect()
+}
+
+/// The schema object a CREATE/DROP/ALTER statement is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaObject {
+    /// CREATE, DROP or ALTER.
+    pub verb: String,
+    /// TABLE, VIEW, INDEX or TRIGGER.
+    pub kind: String,
+    /// The object's name (unquoted, without schema).
+    pub name: String,
+}
+
+/// Finds the object of a CREATE/DROP/ALTER statement.
+pub fn schema_object(sql: &str) -> Option<SchemaObject> {
+    let words = significant_words(sql);
+    let verb = words.first()?.upper.clone();
+    if !matches!(verb.as_str(), "CREATE" | "DROP" | "ALTER") {
+        return None;
+    }
+    let mut i = 1;
+    while words.get(i).is_some_and(|w| {
+        matches!(
+            w.upper.as_str(),
+            "TEMP" | "TEMPORARY" | "UNIQUE" | "VIRTUAL"
+        )
+    }) {
+        i += 1;
+    }
+    let kind = words.get(i)?.upper.clone();
+    if !matches!(kind.as_str(), "TABLE" | "VIEW" | "INDEX" | "TRIGGER") {
+        return None;
+    }
+    i += 1;
+    while words
+        .get(i)
+        .is_some_and(|w| matches!(w.upper.as_str(), "IF" | "NOT" | "EXISTS"))
+    {
+        i += 1;
+    }
+    let mut name = words.get(i)?.ident.clone();
+    if words.get(i + 1).is_some_and(|w| w.upper == ".") {
+        name = words.get(i + 2).map(|w| w.ident.clone()).unwrap_or(name);
+    }
+    Some(SchemaObject { verb, kind, name })
+}
+
 /// DirkDB's answer to a statement that returned no rows.
 pub fn success_text(sql: &str) -> String {
     let words = significant_words(sql);
@@ -125,8 +180,8 @@ pub fn success_text(sql: &str) -> String {
         {
             CHANGED.to_string()
         }
-        Some("CREATE") => object_text(&words, "voaforona"),
-        Some("DROP") => object_text(&words, "voafafa"),
+        Some("CREATE") => object_text(sql, "voaforona"),
+        Some("DROP") => object_text(sql, "voafafa"),
         _ => "OK".to_string(),
     }
 }
@@ -135,35 +190,17 @@ pub fn success_text(sql: &str) -> String {
 pub const CHANGED: &str = "Tafinditra ny fiovana ny tabilao";
 
 /// `Ny <kind> : <name> dia <verb> soamantsara` for CREATE/DROP of a schema object.
-fn object_text(words: &[Word], verb: &str) -> String {
-    let mut i = 1;
-    while words.get(i).is_some_and(|w| {
-        matches!(
-            w.upper.as_str(),
-            "TEMP" | "TEMPORARY" | "UNIQUE" | "VIRTUAL"
-        )
-    }) {
-        i += 1;
-    }
-    let kind = match words.get(i).map(|w| w.upper.as_str()) {
-        Some("TABLE") => "tabilao",
-        Some("VIEW") => "jery",
-        Some("INDEX") => "index",
-        Some("TRIGGER") => "trigger",
-        _ => return "OK".to_string(),
+fn object_text(sql: &str, verb: &str) -> String {
+    let Some(object) = schema_object(sql) else {
+        return "OK".to_string();
     };
-    i += 1;
-    while words
-        .get(i)
-        .is_some_and(|w| matches!(w.upper.as_str(), "IF" | "NOT" | "EXISTS"))
-    {
-        i += 1;
-    }
-    let mut name = words.get(i).map(|w| w.ident.clone()).unwrap_or_default();
-    if words.get(i + 1).is_some_and(|w| w.upper == ".") {
-        name = words.get(i + 2).map(|w| w.ident.clone()).unwrap_or(name);
-    }
-    format!("Ny {kind} : {name} dia {verb} soamantsara")
+    let kind = match object.kind.as_str() {
+        "TABLE" => "tabilao",
+        "VIEW" => "jery",
+        "INDEX" => "index",
+        _ => "trigger",
+    };
+    format!("Ny {kind} : {} dia {verb} soamantsara", object.name)
 }
 
 /// DirkDB's answer to `USE`; its client matches it to update the prompt.

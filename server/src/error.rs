@@ -38,6 +38,15 @@ pub enum ServerError {
     /// File system trouble in the data directory.
     #[error("data directory error: {0}")]
     Io(#[from] std::io::Error),
+    /// Another transaction held the instance's writer gate for longer than the busy timeout.
+    #[error("database is locked: another transaction has been writing for more than {0} ms (limits.busyTimeoutMs); retry")]
+    WriterBusy(u64),
+    /// Statements that would break replication.
+    #[error("{0}")]
+    Refused(String),
+    /// The oplog's reader failed (including a corrupt entry).
+    #[error("oplog: {0}")]
+    Store(#[from] crate::oplog::store::StoreError),
     /// A worker task died; the session goes on with a fresh connection.
     #[error("internal error: {0}")]
     Internal(String),

@@ -18,60 +18,21 @@ pub mod catalog;
 pub mod database_statement;
 pub mod error;
 pub mod listener;
+pub mod meta;
+pub mod oplog;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod statement_runner;
+pub mod write_path;
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use dirkdb_core::config::{ClusterConfig, LimitsConfig, Role, StorageConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use dirkdb_core::config::ClusterConfig;
 use tokio::net::TcpListener;
 
-use crate::catalog::{Catalog, ConnectionSettings};
 pub use crate::error::{Result, ServerError, StartError};
-
-/// Everything the sessions of one instance share.
-pub struct ServerState {
-    /// This instance's id from `config.json`.
-    pub instance_id: String,
-    /// Its databases.
-    pub catalog: Catalog,
-    /// What one client may ask.
-    pub limits: LimitsConfig,
-    read_only: AtomicBool,
-}
-
-impl ServerState {
-    /// Opens the data directory of an instance.
-    pub fn open(
-        instance_id: &str,
-        data_directory: &Path,
-        role: Role,
-        limits: LimitsConfig,
-        storage: &StorageConfig,
-    ) -> Result<ServerState> {
-        let settings = ConnectionSettings {
-            synchronous: storage.synchronous,
-            busy_timeout: Duration::from_millis(limits.busy_timeout_ms),
-        };
-        Ok(ServerState {
-            instance_id: instance_id.to_string(),
-            catalog: Catalog::open(data_directory, settings)?,
-            limits,
-            read_only: AtomicBool::new(role == Role::Replica),
-        })
-    }
-
-    /// `Some(instance id)` when client writes must be refused.
-    pub fn read_only_instance(&self) -> Option<String> {
-        self.read_only
-            .load(Ordering::Acquire)
-            .then(|| self.instance_id.clone())
-    }
-}
+pub use crate::state::ServerState;
 
 /// Runs instance `instance_id` of `config` until `shutdown` resolves, then checkpoints its files.
 pub async fn run(

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use crate::session::Session;
 use crate::shutdown::Shutdown;
-use crate::ServerState;
+use crate::state::ServerState;
 
 /// Accepts clients until `shutdown` resolves, then waits for every session to end.
 pub async fn serve(

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use crate::catalog::{open_scratch, Database};
 use crate::database_statement::{self, database_text, use_text, DatabaseStatement};
 use crate::error::ServerError;
-use crate::statement_runner::{run_statement, FrameSink, RunOptions};
-use crate::ServerState;
+use crate::state::ServerState;
+use crate::statement_runner::{run_statement, FrameSink, RunOptions, Writer};
 
 /// Frames in flight between the runner thread and the socket writer.
 const FRAME_CHANNEL: usize = 4;
@@ -28,6 +28,8 @@ const FRAME_CHANNEL: usize = 4;
 /// Per-client state.
 pub struct Session {
     state: Arc<ServerState>,
+    /// This session's id at the writer gate.
+    owner: u64,
     current: Option<CurrentDatabase>,
     scratch: Option<Connection>,
 }
@@ -47,6 +49,7 @@ impl Session {
     /// A session with no current database.
     pub fn new(state: Arc<ServerState>) -> Session {
         Session {
+            owner: state.new_owner(),
             state,
             current: None,
             scratch: None,
@@ -96,8 +99,8 @@ impl Session {
             } => {
                 self.refuse_on_replica()?;
                 let state = self.state.clone();
-                let n = name.clone();
-                blocking(move || state.catalog.create(&n, if_not_exists)).await?;
+                let (n, owner) = (name.clone(), self.owner);
+                blocking(move || state.create_database(owner, &n, if_not_exists)).await?;
                 Ok(Reply::Text(database_text(&name, "voaforona")))
             }
             DatabaseStatement::Drop { name, if_exists } => {
@@ -141,8 +144,8 @@ impl Session {
             self.current = None;
         }
         let state = self.state.clone();
-        let n = name.clone();
-        blocking(move || state.catalog.drop_database(&n, if_exists)).await?;
+        let (n, owner) = (name.clone(), self.owner);
+        blocking(move || state.drop_database(owner, &n, if_exists)).await?;
         Ok(database_text(&name, "voafafa"))
     }
 
@@ -199,7 +202,10 @@ impl Session {
             max_result_rows: self.state.limits.max_result_rows,
             read_only: self.state.read_only_instance(),
             no_database: scratch,
-            write_gate: self.current.as_ref().map(|c| c.db.write_gate()),
+            writer: (!scratch).then(|| Writer {
+                path: self.state.write_path.clone(),
+                owner: self.owner,
+            }),
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
         let task = tokio::task::spawn_blocking(move || {
@@ -232,7 +238,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Closing an open transaction's connection rolls it back; only then may others write.
         self.release_current();
+        self.state.write_path.release(self.owner);
     }
 }
 

@@ -10,6 +10,8 @@
 //! evaluations of one snapshot, such as `WHERE random() < 0.5`, can differ from its count; pages
 //! then go on past the announced total or are padded with empty ones, and rows are never lost.)
 
+use std::sync::Arc;
+
 use dirkdb_core::frame::{Column, Frame, PageFrame, RelationPage};
 use dirkdb_core::value;
 use rusqlite::types::ValueRef;
@@ -17,17 +19,17 @@ use rusqlite::{Connection, Statement};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use std::sync::{Arc, Mutex};
-
-use crate::catalog::lock;
-use crate::database_statement::success_text;
+use crate::catalog::as_internal;
+use crate::database_statement::{leading_keywords, schema_object, success_text};
 use crate::error::ServerError;
+use crate::oplog::{capture, store, Op};
+use crate::write_path::WritePath;
 
 /// Pages read ahead before a result is counted.
 pub const WINDOW_PAGES: usize = 8;
 
 /// What the runner needs to know besides the SQL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Rows per page.
     pub page_rows: usize,
@@ -37,8 +39,17 @@ pub struct RunOptions {
     pub read_only: Option<String>,
     /// The session has no current database: errors get a hint to USE one.
     pub no_database: bool,
-    /// The current database's writer queue (see `Database::write_gate`).
-    pub write_gate: Option<Arc<Mutex<()>>>,
+    /// The instance's writer gate and this session's owner id (`None` without a database).
+    pub writer: Option<Writer>,
+}
+
+/// A session's handle on the writer gate.
+#[derive(Clone)]
+pub struct Writer {
+    /// The gate and committed sequence.
+    pub path: Arc<WritePath>,
+    /// The session's owner id.
+    pub owner: u64,
 }
 
 /// The client went away while frames were being sent.
@@ -66,24 +77,54 @@ impl From<rusqlite::Error> for RunError {
     }
 }
 
+impl From<ServerError> for RunError {
+    fn from(e: ServerError) -> Self {
+        RunError::Failed(e)
+    }
+}
+
 impl From<ClientGone> for RunError {
     fn from(_: ClientGone) -> Self {
         RunError::Gone
     }
 }
 
-/// Runs `sql` and sends its whole response: pages and `OK`, a success text, or an error.
+/// The last frame of a response, sent only once the statement's transaction is settled.
+enum Last {
+    Text(String),
+    RelationOk,
+}
+
+/// Runs `sql` and sends its whole response: pages and `OK`, a success text, or an error. A
+/// write is acknowledged only after it committed and its oplog position was published.
 pub fn run_statement(
     conn: &Connection,
     sql: &str,
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
-    match execute(conn, sql, options, sink) {
-        Ok(()) => Ok(()),
+    let outcome = execute(conn, sql, options, sink);
+    if let Some(writer) = &options.writer {
+        settle_write(conn, writer);
+    }
+    match outcome {
+        Ok(Last::Text(text)) => sink.emit(Frame::Message(text)),
+        Ok(Last::RelationOk) => sink.emit(Frame::Message("OK".into())),
         Err(RunError::Gone) => Err(ClientGone),
         Err(RunError::Failed(e)) => sink.emit(Frame::error(explain(e, options))),
     }
+}
+
+/// When the session's transaction is over, publishes what it committed and frees the gate.
+fn settle_write(conn: &Connection, writer: &Writer) {
+    if !writer.path.holds(writer.owner) || !conn.is_autocommit() {
+        return;
+    }
+    match store::max_seq(conn) {
+        Ok(seq) => writer.path.publish(seq),
+        Err(e) => tracing::error!(error = %e, "cannot read the committed oplog position"),
+    }
+    writer.path.release(writer.owner);
 }
 
 /// Adds what the user can do about the errors whose SQLite text alone is puzzling.
@@ -94,7 +135,8 @@ fn explain(error: ServerError, options: &RunOptions) -> String {
     }
     if text == "not authorized" {
         return format!(
-            "{text}: ATTACH and DETACH are refused (every database is its own file: USE it)"
+            "{text}: ATTACH and DETACH are refused (every database is its own file: USE it), \
+             and DirkDB's own `_dirk` tables and triggers cannot be changed"
         );
     }
     text
@@ -105,27 +147,109 @@ fn execute(
     sql: &str,
     options: &RunOptions,
     sink: &FrameSink,
-) -> Result<(), RunError> {
+) -> Result<Last, RunError> {
     let mut stmt = conn.prepare(sql)?;
-    if let Some(instance) = &options.read_only {
-        if !stmt.readonly() {
-            return Err(RunError::Failed(ServerError::ReadOnlyReplica(
-                instance.clone(),
-            )));
+    let words = leading_keywords(sql, 2);
+    let writes = !stmt.readonly()
+        || (words.first().map(String::as_str) == Some("BEGIN")
+            && matches!(
+                words.get(1).map(String::as_str),
+                Some("IMMEDIATE" | "EXCLUSIVE")
+            ));
+    if writes {
+        if let Some(instance) = &options.read_only {
+            return Err(ServerError::ReadOnlyReplica(instance.clone()).into());
+        }
+        if words.first().map(String::as_str) == Some("VACUUM") {
+            return Err(ServerError::Refused(
+                "VACUUM is refused: it can renumber the rowids that replicas use as row keys"
+                    .into(),
+            )
+            .into());
+        }
+        if let Some(writer) = &options.writer {
+            writer.path.acquire(writer.owner)?;
         }
     }
-    // An autocommit write waits its turn; inside a transaction the connection may already hold
-    // SQLite's write lock, and waiting for the gate then could deadlock, so it does not.
-    let _turn = match &options.write_gate {
-        Some(gate) if !stmt.readonly() && conn.is_autocommit() => Some(lock(gate)),
-        _ => None,
-    };
+    let schema_change = writes
+        && options.writer.is_some()
+        && matches!(
+            words.first().map(String::as_str),
+            Some("CREATE" | "DROP" | "ALTER")
+        );
+    if schema_change {
+        return run_schema_change(conn, stmt, sql).map(Last::Text);
+    }
     if stmt.column_count() == 0 {
         stmt.raw_execute()?;
-        sink.emit(Frame::Message(success_text(sql)))?;
-        return Ok(());
+        return Ok(Last::Text(success_text(sql)));
     }
-    stream_rows(conn, &mut stmt, sql, options, sink)
+    stream_rows(conn, &mut stmt, sql, options, sink)?;
+    Ok(Last::RelationOk)
+}
+
+/// Runs CREATE/DROP/ALTER and records it as an oplog entry in the same transaction, with the
+/// capture triggers brought up to date. Changes to TEMP objects are not recorded.
+fn run_schema_change(
+    conn: &Connection,
+    mut stmt: Statement<'_>,
+    sql: &str,
+) -> Result<String, RunError> {
+    let own_transaction = conn.is_autocommit();
+    if own_transaction {
+        conn.execute_batch("SAVEPOINT _dirk_ddl")?;
+    }
+    let result = (|| -> Result<(), RunError> {
+        let before = schema_version(conn)?;
+        stmt.raw_execute()?;
+        if schema_version(conn)? != before {
+            as_internal(|| record_schema_change(conn, sql))?;
+        }
+        Ok(())
+    })();
+    drop(stmt);
+    if own_transaction {
+        let end = if result.is_ok() {
+            "RELEASE _dirk_ddl"
+        } else {
+            "ROLLBACK TO _dirk_ddl; RELEASE _dirk_ddl"
+        };
+        conn.execute_batch(end)?;
+    }
+    result.map(|()| success_text(sql))
+}
+
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))
+}
+
+fn record_schema_change(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    capture::reconcile_triggers(conn)?;
+    let object = schema_object(sql);
+    let name = object.as_ref().map(|o| o.name.clone()).unwrap_or_default();
+    let created_table = object
+        .as_ref()
+        .filter(|o| o.verb == "CREATE" && o.kind == "TABLE")
+        .map(|o| o.name.clone());
+    // CREATE TABLE … AS SELECT: replicate the table's definition and then its rows, which no
+    // trigger saw, so values from random() or datetime('now') arrive as they are here.
+    let canonical: Option<String> = match &created_table {
+        Some(table) => conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .ok(),
+        None => None,
+    };
+    let ddl = canonical.as_deref().unwrap_or(sql);
+    let data = serde_json::json!({ "sql": ddl }).to_string();
+    capture::record(conn, &name, Op::Ddl, Some(&data))?;
+    if let Some(table) = created_table {
+        capture::record_existing_rows(conn, &table)?;
+    }
+    Ok(())
 }
 
 fn stream_rows(
@@ -272,17 +396,15 @@ impl Pager {
             self.send_page(sink)?;
         }
         sink.emit(Frame::RelationEnd)?;
-        sink.emit(Frame::Message("OK".into()))?;
         Ok(())
     }
 
-    /// A row failed after pages went out: close the relation and send the error.
+    /// A row failed after pages went out: close the relation; the caller sends the error.
     fn abort(mut self, error: ServerError, sink: &FrameSink) -> Result<(), RunError> {
         if !self.rows.is_empty() {
             self.send_page(sink)?;
         }
         sink.emit(Frame::RelationEnd)?;
-        sink.emit(Frame::error(error))?;
-        Ok(())
+        Err(RunError::Failed(error))
     }
 }
