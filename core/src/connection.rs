@@ -27,6 +27,9 @@ pub enum ConnectionError {
     /// The peer closed the connection in the middle of a response.
     #[error("connection closed by peer in the middle of a response")]
     Truncated,
+    /// The peer sent more bytes before a protocol switch than the protocol allows.
+    #[error("peer sent data before the protocol switch")]
+    UnexpectedData,
 }
 
 /// What a client sent: a statement, or a statement the server must refuse without running.
@@ -81,6 +84,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
             }
             self.splitter.push(&self.read_buf);
         }
+    }
+
+    /// Gives the socket back (to switch protocols) once everything queued is flushed; fails when
+    /// the client already sent bytes after its last statement.
+    pub async fn into_inner(mut self) -> Result<S, ConnectionError> {
+        self.flush().await?;
+        if self.splitter.has_partial() || self.splitter.next_item().is_some() {
+            return Err(ConnectionError::UnexpectedData);
+        }
+        Ok(self.stream.into_inner())
     }
 
     /// True when the client left with an unfinished statement buffered.
@@ -145,6 +158,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await?;
         Ok(())
+    }
+
+    /// Gives the socket back (to switch protocols); fails when bytes were already read past the
+    /// last frame, since they would be lost.
+    pub fn into_inner(self) -> Result<S, ConnectionError> {
+        if !self.read_buf.is_empty() {
+            return Err(ConnectionError::UnexpectedData);
+        }
+        Ok(self.stream.into_inner())
     }
 
     /// The next frame; `None` when the server closed the connection between responses.

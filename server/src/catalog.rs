@@ -125,12 +125,33 @@ impl Catalog {
             databases: RwLock::new(HashMap::new()),
             settings,
         };
-        for name in Self::files_on_disk(dir)? {
-            let conn = open_connection(&catalog.path_of(&name), &catalog.settings, false)?;
-            as_internal(|| capture::install(&conn))?;
-            catalog.register(name).give_back(conn);
-        }
+        catalog.reload()?;
         Ok(catalog)
+    }
+
+    /// Registers every database file of the directory not registered yet, making sure each has
+    /// its oplog table and capture triggers.
+    pub fn reload(&self) -> Result<()> {
+        for name in Self::files_on_disk(&self.dir)? {
+            if self.get(&name).is_ok() {
+                continue;
+            }
+            let conn = open_connection(&self.path_of(&name), &self.settings, false)?;
+            as_internal(|| capture::install(&conn))?;
+            self.register(name).give_back(conn);
+        }
+        Ok(())
+    }
+
+    /// Retires every database (a replica about to install a full sync): sessions holding one
+    /// see it as replaced and reattach to the new file of the same name.
+    pub fn forget_all(&self) {
+        let retired: Vec<Arc<Database>> =
+            write(&self.databases).drain().map(|(_, db)| db).collect();
+        for db in retired {
+            db.dropped.store(true, Ordering::Release);
+            lock(&db.idle).clear();
+        }
     }
 
     /// The data directory.

@@ -14,12 +14,16 @@
 //!
 //! A replica refuses every statement SQLite reports as writing (`sqlite3_stmt_readonly`).
 
+pub mod admin;
 pub mod catalog;
+pub mod checksum;
 pub mod database_statement;
 pub mod error;
 pub mod listener;
 pub mod meta;
+pub mod metrics;
 pub mod oplog;
+pub mod replication;
 pub mod session;
 pub mod shutdown;
 pub mod state;
@@ -41,26 +45,52 @@ pub async fn run(
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
     let instance = config.instance(instance_id)?;
-    let state = ServerState::open(
-        &instance.id,
-        &instance.data_directory,
-        instance.role,
-        config.limits.clone(),
-        &config.storage,
-    )?;
+    let state = Arc::new(ServerState::open(instance, config)?);
     let addr = instance.sql_addr();
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|e| StartError::Bind(addr.clone(), e))?;
+    let admin = match instance.admin_port {
+        Some(port) => {
+            let admin_addr = format!("{}:{port}", instance.host);
+            let admin_listener = TcpListener::bind(&admin_addr)
+                .await
+                .map_err(|e| StartError::Bind(admin_addr.clone(), e))?;
+            Some(tokio::spawn(admin::serve(admin_listener, state.clone())))
+        }
+        None => None,
+    };
     tracing::info!(
         instance = %instance.id,
-        role = %instance.role,
+        role = if state.is_replica() { "REPLICA" } else { "PRIMARY" },
         %addr,
+        admin_port = ?instance.admin_port,
+        following = ?state.replication.target(),
         data = %instance.data_directory.display(),
         "DirkDB server listening"
     );
-    serve(listener, Arc::new(state), shutdown).await;
+    let background = [
+        tokio::spawn(replication::follower::run(state.clone())),
+        tokio::spawn(prune_periodically(state.clone())),
+    ];
+    serve(listener, state, shutdown).await;
+    for task in background.iter().chain(admin.iter()) {
+        task.abort();
+    }
     Ok(())
+}
+
+/// Keeps the oplog within `maxEntries` and `retentionDays`.
+async fn prune_periodically(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        let pruned = tokio::task::spawn_blocking(move || s.prune_oplog(50_000)).await;
+        if let Ok(Err(e)) = pruned {
+            tracing::warn!(error = %e, "oplog pruning failed");
+        }
+    }
 }
 
 /// Serves an already bound listener (tests bind port 0), then checkpoints every database.

@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 
-use dirkdb_core::connection::ServerConnection;
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
+use crate::replication::protocol::{HANDSHAKE, HANDSHAKE_OK};
+use crate::replication::sender::serve_replica;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::state::ServerState;
@@ -53,6 +55,7 @@ async fn accept_loop(
         };
         let _ = socket.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.refused_one();
             tokio::spawn(refuse(socket, state.clone()));
             continue;
         };
@@ -61,9 +64,11 @@ async fn accept_loop(
         let done = done.clone();
         tokio::spawn(async move {
             tracing::debug!(%peer, "client connected");
-            if let Err(e) = handle_client(socket, state, shutdown).await {
+            state.metrics.connection(1);
+            if let Err(e) = handle_client(socket, state.clone(), shutdown).await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
+            state.metrics.connection(-1);
             drop(permit);
             drop(done);
         });
@@ -78,11 +83,35 @@ async fn refuse(socket: TcpStream, state: Arc<ServerState>) {
     let _ = conn.send(&Frame::error(msg)).await;
 }
 
+fn is_replication_handshake(incoming: &Incoming) -> bool {
+    matches!(incoming, Incoming::Statement(s) if s.trim().eq_ignore_ascii_case(HANDSHAKE))
+}
+
+/// Hands the socket over to a replication sender (see `replication::protocol`).
+async fn start_replication(
+    mut conn: ServerConnection<TcpStream>,
+    state: Arc<ServerState>,
+) -> Result<(), ConnectionError> {
+    if let Some(id) = state.read_only_instance() {
+        let msg = format!("{id} is a REPLICA: replicate from the primary");
+        return conn.send(&Frame::error(msg)).await;
+    }
+    conn.send(&Frame::Message(HANDSHAKE_OK.to_string())).await?;
+    let socket = conn.into_inner().await?;
+    let peer = socket
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (reader, writer) = socket.into_split();
+    serve_replica(state, reader, writer, peer).await;
+    Ok(())
+}
+
 async fn handle_client(
     socket: TcpStream,
     state: Arc<ServerState>,
     mut shutdown: Shutdown,
-) -> Result<(), dirkdb_core::connection::ConnectionError> {
+) -> Result<(), ConnectionError> {
     let mut conn = ServerConnection::new(socket, state.limits.max_statement_bytes);
     let mut session = Session::new(state);
     loop {
@@ -96,6 +125,13 @@ async fn handle_client(
             }
             return Ok(());
         };
+        if is_replication_handshake(&incoming) {
+            // A replica's stream ends with the server, like any client.
+            return tokio::select! {
+                r = start_replication(conn, session.state()) => r,
+                _ = shutdown.recv() => Ok(()),
+            };
+        }
         session.handle(incoming, &mut conn).await?;
     }
 }

@@ -7,7 +7,7 @@
 //! previous one), and a few settings (the oplog's pruning floor, a primary set by
 //! `POST /replication/configure`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +38,9 @@ pub struct HistoryLink {
 /// The meta database.
 pub struct Meta {
     conn: Mutex<Connection>,
+    path: PathBuf,
+    committed: Arc<AtomicU64>,
+    synchronous: String,
 }
 
 impl Meta {
@@ -47,16 +50,31 @@ impl Meta {
         committed: Arc<AtomicU64>,
         synchronous: &str,
     ) -> rusqlite::Result<Meta> {
-        let conn = Connection::open(dir.join(META_FILE))?;
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;"
-        ))?;
-        register_functions(&conn, committed)?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(CREATE_OPLOG_SQL)?;
+        let path = dir.join(META_FILE);
+        let conn = open_meta_connection(&path, &committed, synchronous)?;
         Ok(Meta {
             conn: Mutex::new(conn),
+            path,
+            committed,
+            synchronous: synchronous.to_string(),
         })
+    }
+
+    /// Swaps in another meta file (a replica installing a full sync): the current connection is
+    /// closed, the old file and its WAL removed, the new file renamed into place and opened.
+    pub fn replace_file(&self, new_file: &Path) -> std::io::Result<()> {
+        let mut conn = lock(&self.conn);
+        let placeholder = Connection::open_in_memory().map_err(std::io::Error::other)?;
+        drop(std::mem::replace(&mut *conn, placeholder));
+        for suffix in ["-wal", "-shm"] {
+            let mut side = self.path.clone().into_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(side);
+        }
+        std::fs::rename(new_file, &self.path)?;
+        *conn = open_meta_connection(&self.path, &self.committed, &self.synchronous)
+            .map_err(std::io::Error::other)?;
+        Ok(())
     }
 
     /// Runs `f` on the meta connection.
@@ -210,6 +228,21 @@ impl Meta {
     pub fn max_seq(&self) -> rusqlite::Result<u64> {
         self.with(store::max_seq)
     }
+}
+
+fn open_meta_connection(
+    path: &Path,
+    committed: &Arc<AtomicU64>,
+    synchronous: &str,
+) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;"
+    ))?;
+    register_functions(&conn, committed.clone())?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(CREATE_OPLOG_SQL)?;
+    Ok(conn)
 }
 
 fn update_live_set(conn: &Connection, name: &str, op: Op) -> rusqlite::Result<()> {

@@ -56,6 +56,11 @@ impl Session {
         }
     }
 
+    /// The instance this session belongs to.
+    pub fn state(&self) -> Arc<ServerState> {
+        self.state.clone()
+    }
+
     /// Answers one incoming statement with one complete response.
     pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
@@ -67,27 +72,40 @@ impl Session {
             Incoming::Statement(sql) => sql,
             Incoming::TooLarge { bytes } => {
                 let msg = format!("statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)");
-                return out.send(&Frame::error(msg)).await;
+                return self.reply(out, Frame::error(msg)).await;
             }
             Incoming::InvalidUtf8 => {
-                return out
-                    .send(&Frame::error("statement is not valid UTF-8"))
+                return self
+                    .reply(out, Frame::error("statement is not valid UTF-8"))
                     .await
             }
         };
         let sql = translate(&sql);
         match database_statement::parse(&sql) {
             None => self.run_sql(sql, out).await,
-            Some(Err(msg)) => out.send(&Frame::error(ServerError::Syntax(msg))).await,
+            Some(Err(msg)) => {
+                self.reply(out, Frame::error(ServerError::Syntax(msg)))
+                    .await
+            }
             Some(Ok(stmt)) => {
                 let frame = match self.database_statement(stmt).await {
                     Ok(Reply::Text(text)) => Frame::Message(text),
                     Ok(Reply::Sql(sql)) => return self.run_sql(sql, out).await,
                     Err(e) => Frame::error(e),
                 };
-                out.send(&frame).await
+                self.reply(out, frame).await
             }
         }
+    }
+
+    /// Sends a one-frame response and counts it.
+    async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        out: &mut ServerConnection<S>,
+        frame: Frame,
+    ) -> Result<(), ConnectionError> {
+        self.state.metrics.answered(frame.error_text().is_some());
+        out.send(&frame).await
     }
 
     async fn database_statement(&mut self, stmt: DatabaseStatement) -> Result<Reply, ServerError> {
@@ -163,9 +181,17 @@ impl Session {
     fn take_connection(&mut self) -> Result<(Connection, bool), ServerError> {
         if let Some(current) = &mut self.current {
             if current.db.is_dropped() {
+                // A replica's full sync replaces every database: reattach to the new file.
                 let name = current.db.name().to_string();
-                self.current = None;
-                return Err(ServerError::DatabaseDropped(name));
+                match self.state.catalog.get(&name) {
+                    Ok(db) if !current.in_transaction() => {
+                        *current = CurrentDatabase { db, conn: None };
+                    }
+                    _ => {
+                        self.current = None;
+                        return Err(ServerError::DatabaseDropped(name));
+                    }
+                }
             }
             let conn = match current.conn.take() {
                 Some(conn) => conn,
@@ -195,7 +221,7 @@ impl Session {
     ) -> Result<(), ConnectionError> {
         let (conn, scratch) = match self.take_connection() {
             Ok(c) => c,
-            Err(e) => return out.send(&Frame::error(e)).await,
+            Err(e) => return self.reply(out, Frame::error(e)).await,
         };
         let options = RunOptions {
             page_rows: self.state.limits.page_rows,
@@ -213,16 +239,21 @@ impl Session {
             conn
         });
         let mut written = Ok(());
+        let mut failed = false;
         while let Some(frame) = rx.recv().await {
+            failed = frame.error_text().is_some();
             written = out.write_frame(&frame).await;
             if written.is_err() {
                 break;
             }
         }
+        self.state.metrics.answered(failed);
         drop(rx);
         match task.await {
             Ok(conn) => self.put_connection(conn, scratch),
             Err(e) => {
+                // The worker's connection died with it (rolling back), so the gate is free.
+                self.state.write_path.release(self.owner);
                 tracing::error!(error = %e, "statement worker failed");
                 if written.is_ok() {
                     written = out

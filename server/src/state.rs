@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dirkdb_core::config::{LimitsConfig, Role, StorageConfig};
+use dirkdb_core::config::{ClusterConfig, InstanceConfig, LimitsConfig, OplogConfig, Role};
 
 use crate::catalog::{Catalog, ConnectionSettings};
 use crate::error::{Result, ServerError};
 use crate::meta::Meta;
+use crate::metrics::ServerMetrics;
 use crate::oplog::store::{self, Source};
-use crate::oplog::Op;
+use crate::oplog::{now_ms, Op};
+use crate::replication::ReplicationHub;
 use crate::write_path::WritePath;
 
 /// Everything the sessions of one instance share.
@@ -33,36 +35,48 @@ pub struct ServerState {
     pub limits: LimitsConfig,
     /// How its SQLite connections are opened.
     pub settings: ConnectionSettings,
+    /// Replication bookkeeping and the followed primary.
+    pub replication: ReplicationHub,
+    /// Oplog bounds.
+    pub oplog_limits: OplogConfig,
+    /// Counters for `/metrics`.
+    pub metrics: ServerMetrics,
     read_only: AtomicBool,
     next_owner: AtomicU64,
 }
 
 impl ServerState {
-    /// Opens the data directory of an instance.
-    pub fn open(
-        instance_id: &str,
-        data_directory: &Path,
-        role: Role,
-        limits: LimitsConfig,
-        storage: &StorageConfig,
-    ) -> Result<ServerState> {
+    /// Opens the data directory of `instance`. Its role is the one it last had (a promoted
+    /// replica stays a primary across restarts), else the one in `config.json`; a replica follows
+    /// the primary it was last pointed at, else the file's primary.
+    pub fn open(instance: &InstanceConfig, config: &ClusterConfig) -> Result<ServerState> {
+        let data_directory = &instance.data_directory;
         std::fs::create_dir_all(data_directory)?;
+        let limits = config.limits.clone();
         let committed = Arc::new(AtomicU64::new(0));
         let settings = ConnectionSettings {
-            synchronous: storage.synchronous,
+            synchronous: config.storage.synchronous,
             busy_timeout: Duration::from_millis(limits.busy_timeout_ms),
             committed: committed.clone(),
         };
-        let meta = Meta::open(
-            data_directory,
-            committed.clone(),
-            storage.synchronous.as_str(),
-        )?;
-        meta.history(instance_id)?;
+        let sync = config.storage.synchronous.as_str();
+        let meta = Meta::open(data_directory, committed.clone(), sync)?;
+        meta.history(&instance.id)?;
         reconcile_database_files(&meta, data_directory)?;
         let catalog = Catalog::open(data_directory, settings.clone())?;
+        let role = match meta.setting("role")?.as_deref() {
+            Some("PRIMARY") => Role::Primary,
+            Some("REPLICA") => Role::Replica,
+            _ => instance.role,
+        };
+        let target = match role {
+            Role::Primary => None,
+            Role::Replica => meta
+                .setting("primary")?
+                .or_else(|| config.primaries().next().map(|p| p.sql_addr())),
+        };
         let state = ServerState {
-            instance_id: instance_id.to_string(),
+            instance_id: instance.id.clone(),
             catalog,
             meta,
             write_path: Arc::new(WritePath::new(
@@ -71,12 +85,88 @@ impl ServerState {
             )),
             limits,
             settings,
+            replication: ReplicationHub::new(
+                target,
+                Duration::from_millis(config.replication.heartbeat_millis.max(10)),
+            ),
+            oplog_limits: config.replication.oplog.clone(),
+            metrics: ServerMetrics::default(),
             read_only: AtomicBool::new(role == Role::Replica),
             next_owner: AtomicU64::new(1),
         };
         let latest = state.latest_on_disk()?;
         state.write_path.publish(latest);
         Ok(state)
+    }
+
+    /// Turns this replica into a primary: it stops following, starts a new history that records
+    /// where it branched from the old one, and accepts writes. Persisted across restarts.
+    pub fn promote(&self) -> Result<Vec<crate::meta::HistoryLink>> {
+        self.replication.set_target(None);
+        let owner = self.new_owner();
+        let chain = self.under_gate(owner, || {
+            let chain = self
+                .meta
+                .branch(&self.instance_id, self.write_path.committed())?;
+            self.meta.set_setting("role", Some("PRIMARY"))?;
+            self.meta.set_setting("primary", None)?;
+            self.set_replica(false);
+            Ok(chain)
+        })?;
+        tracing::info!(instance = %self.instance_id, history = ?chain.last(), "promoted to PRIMARY");
+        Ok(chain)
+    }
+
+    /// Makes this instance a replica of `primary` (host:port), persisted across restarts.
+    pub fn follow(&self, primary: &str) -> Result<()> {
+        self.meta.set_setting("role", Some("REPLICA"))?;
+        self.meta.set_setting("primary", Some(primary))?;
+        self.set_replica(true);
+        self.replication.set_target(Some(primary.to_string()));
+        tracing::info!(instance = %self.instance_id, %primary, "following a new primary");
+        Ok(())
+    }
+
+    /// Drops oplog entries beyond `maxEntries` or older than `retentionDays` (at most `step`
+    /// per file per call, so the writer gate is held briefly); returns the new pruning floor.
+    pub fn prune_oplog(&self, step: u64) -> Result<u64> {
+        let committed = self.write_path.committed();
+        let by_count = committed.saturating_sub(self.oplog_limits.max_entries);
+        let before_ms = now_ms()
+            .saturating_sub((self.oplog_limits.retention_days as i64).saturating_mul(86_400_000));
+        let sources = self.oplog_sources()?;
+        let mut by_time = 0;
+        for source in &sources {
+            by_time = by_time.max(store::last_seq_before(&source.conn, before_ms)?);
+        }
+        let floor = self.meta.pruned_through()?;
+        let through = by_count.max(by_time).min(floor.saturating_add(step));
+        if through <= floor {
+            return Ok(floor);
+        }
+        let owner = self.new_owner();
+        self.under_gate(owner, || {
+            self.meta.set_pruned_through(through)?;
+            for source in &sources {
+                store::prune_file(&source.conn, through, i64::MIN)?;
+            }
+            Ok(through)
+        })
+    }
+
+    /// The LokiJS `clear`: forgets every entry the instance has committed (each file keeps its
+    /// newest, which anchors its position); replicas behind it will need a full sync.
+    pub fn clear_oplog(&self) -> Result<u64> {
+        let owner = self.new_owner();
+        let through = self.write_path.committed();
+        let sources = self.oplog_sources()?;
+        self.under_gate(owner, || {
+            self.meta.set_pruned_through(through)?;
+            for source in &sources {
+                store::prune_file(&source.conn, through, i64::MIN)?;
+            }
+            Ok(through)
+        })
     }
 
     /// `Some(instance id)` when client writes must be refused.
@@ -171,11 +261,17 @@ impl ServerState {
     pub fn under_gate<T>(&self, owner: u64, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let held_before = self.write_path.holds(owner);
         self.write_path.acquire(owner)?;
-        let out = f();
-        if !held_before {
-            self.write_path.release(owner);
-        }
-        out
+        // Released even if `f` panics: a gate left held would stop every writer.
+        let _release = (!held_before).then(|| GateRelease(&self.write_path, owner));
+        f()
+    }
+}
+
+struct GateRelease<'a>(&'a WritePath, u64);
+
+impl Drop for GateRelease<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
     }
 }
 

@@ -102,6 +102,13 @@ impl WritePath {
         }
     }
 
+    /// Sets the committed sequence to `seq` even when lower (a replica that installed a full
+    /// sync now stands exactly at the snapshot's position).
+    pub fn reset(&self, seq: u64) {
+        self.committed.store(seq, Ordering::Release);
+        self.notify.send_replace(seq);
+    }
+
     /// Makes `seq` the committed sequence when it is higher, and wakes the waiters.
     pub fn publish(&self, seq: u64) {
         let previous = self.committed.fetch_max(seq, Ordering::AcqRel);

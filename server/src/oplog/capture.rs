@@ -184,16 +184,21 @@ pub fn record(conn: &Connection, table: &str, op: Op, data: Option<&str>) -> rus
     .map(|s| s.max(0) as u64)
 }
 
-/// Records every row of `table` as an insert (after `CREATE TABLE … AS SELECT`, whose rows no
-/// trigger saw).
-pub fn record_existing_rows(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+/// `SELECT <key JSON>, <row JSON> FROM table`: every row in the oplog's encoding.
+pub fn rows_sql(conn: &Connection, table: &str) -> rusqlite::Result<String> {
     let shape = table_shape(conn, table)?;
-    let sql = format!(
+    Ok(format!(
         "SELECT {}, {} FROM {}",
         row_expr(&ident(table), &shape.key),
         row_expr(&ident(table), &shape.columns),
         ident(table)
-    );
+    ))
+}
+
+/// Records every row of `table` as an insert (after `CREATE TABLE … AS SELECT`, whose rows no
+/// trigger saw).
+pub fn record_existing_rows(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+    let sql = rows_sql(conn, table)?;
     let rows: Vec<(String, String)> = {
         let mut stmt = conn.prepare(&sql)?;
         let mapped = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

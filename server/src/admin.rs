@@ -1,0 +1,415 @@
+//! The admin HTTP API of a server (DESIGN.md §7): health, replication status and control, the
+//! oplog in LokiJS's shape, content checksums, and Prometheus metrics.
+//!
+//! Handlers that read SQLite run on blocking threads; errors are JSON `{"error": …}` with a
+//! 4xx/5xx status.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::checksum::{database_digest, Digest};
+use crate::error::ServerError;
+use crate::oplog::store::{self, FileStats, Filter};
+use crate::oplog::{Entry, Op};
+use crate::state::ServerState;
+
+type Shared = State<Arc<ServerState>>;
+
+/// Serves the admin API on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/replication/status", get(status))
+        .route("/replication/replicas", get(replicas))
+        .route("/replication/changes", get(changes))
+        .route("/replication/oplog/stats", get(oplog_stats))
+        .route("/replication/oplog/clear", post(oplog_clear))
+        .route("/replication/checksum", get(checksum))
+        .route("/replication/promote", post(promote))
+        .route("/replication/configure", post(configure))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+/// An error answered as JSON.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+async fn blocking<T: Send + 'static>(
+    state: &Arc<ServerState>,
+    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn role(state: &ServerState) -> &'static str {
+    if state.is_replica() {
+        "REPLICA"
+    } else {
+        "PRIMARY"
+    }
+}
+
+async fn health(State(state): Shared) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "instance": state.instance_id,
+        "role": role(&state),
+        "committedSequence": state.write_path.committed(),
+        "databases": state.catalog.names().len(),
+    }))
+}
+
+async fn status(State(state): Shared) -> ApiResult {
+    let (chain, floor) = blocking(&state, |s| {
+        Ok((s.meta.history(&s.instance_id)?, s.meta.pruned_through()?))
+    })
+    .await?;
+    let committed = state.write_path.committed();
+    let follower = state.replication.follower();
+    Ok(Json(json!({
+        "instance": state.instance_id,
+        "role": role(&state),
+        "committedSequence": committed,
+        "prunedThrough": floor,
+        "history": chain,
+        "following": state.is_replica().then(|| {
+            let mut f = serde_json::to_value(&follower).unwrap_or(Value::Null);
+            f["lagOperations"] = json!(follower.primary_sequence.saturating_sub(committed));
+            f
+        }),
+        "replicas": state.replication.replicas(committed),
+    })))
+}
+
+async fn replicas(State(state): Shared) -> Json<Value> {
+    let committed = state.write_path.committed();
+    Json(json!({
+        "committedSequence": committed,
+        "replicas": state.replication.replicas(committed),
+    }))
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+    table: Option<String>,
+}
+
+/// LokiJS's changes API: entries after `since`, grouped by `database.table`.
+async fn changes(State(state): Shared, Query(q): Query<ChangesQuery>) -> ApiResult {
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let entries = blocking(&state, move |s| {
+        let sources = s.oplog_sources()?;
+        let filter = match &q.table {
+            Some(table) => Filter::Table {
+                after: since,
+                table,
+            },
+            None => Filter::Range {
+                after: since,
+                to: u64::MAX,
+            },
+        };
+        Ok(store::merge(&sources, filter, limit)?)
+    })
+    .await?;
+    let mut grouped: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in &entries {
+        grouped
+            .entry(group_key(e))
+            .or_default()
+            .push(change_json(e));
+    }
+    Ok(Json(json!({
+        "changes": grouped,
+        "latestSequence": state.write_path.committed(),
+        "count": entries.len(),
+    })))
+}
+
+fn group_key(e: &Entry) -> String {
+    match e.op {
+        Op::CreateDatabase | Op::DropDatabase => "_databases".to_string(),
+        _ => format!("{}.{}", e.db, e.table),
+    }
+}
+
+fn change_json(e: &Entry) -> Value {
+    let parse = |text: &Option<String>| -> Value {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let obj = match e.op {
+        Op::CreateDatabase | Op::DropDatabase => json!({ "database": e.table }),
+        _ => parse(&e.data),
+    };
+    json!({
+        "operation": e.op.code(),
+        "obj": obj,
+        "key": parse(if e.op == Op::Insert { &e.new_key } else { &e.old_key }),
+        "sequence": e.seq,
+        "timestamp": e.ts,
+        "checksum": e.crc,
+    })
+}
+
+async fn oplog_stats(State(state): Shared) -> ApiResult {
+    let (files, floor) = blocking(&state, |s| {
+        let mut files = Vec::new();
+        for source in s.oplog_sources()? {
+            files.push((source.db.clone(), store::file_stats(&source.conn)?));
+        }
+        Ok((files, s.meta.pruned_through()?))
+    })
+    .await?;
+    let mut per_table = BTreeMap::new();
+    let mut total = FileStats::default();
+    for (db, stats) in files {
+        total.entries += stats.entries;
+        total.oldest = min_some(total.oldest, stats.oldest);
+        total.latest = total.latest.max(stats.latest);
+        for (table, n) in stats.per_table {
+            let key = if db.is_empty() {
+                "_databases".to_string()
+            } else {
+                format!("{db}.{table}")
+            };
+            *per_table.entry(key).or_insert(0u64) += n;
+        }
+    }
+    Ok(Json(json!({
+        "totalEntries": total.entries,
+        "latestSequence": state.write_path.committed(),
+        "oldestSequence": total.oldest,
+        "prunedThrough": floor,
+        "perTable": per_table,
+    })))
+}
+
+fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+async fn oplog_clear(State(state): Shared) -> ApiResult {
+    let through = blocking(&state, |s| s.clear_oplog()).await?;
+    Ok(Json(json!({ "prunedThrough": through })))
+}
+
+async fn checksum(State(state): Shared) -> ApiResult {
+    let (sequence, digests) = blocking(&state, |s| {
+        let sequence = s.write_path.committed();
+        let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
+        for name in s.catalog.names() {
+            let db = s.catalog.get(&name)?;
+            let conn = db.lease()?;
+            digests.insert(name, database_digest(&conn)?);
+            db.give_back(conn);
+        }
+        Ok((sequence, digests))
+    })
+    .await?;
+    Ok(Json(json!({
+        "instance": state.instance_id,
+        "sequence": sequence,
+        "databases": digests,
+    })))
+}
+
+async fn promote(State(state): Shared) -> ApiResult {
+    if !state.is_replica() {
+        return Err(ApiError(StatusCode::CONFLICT, "already a PRIMARY".into()));
+    }
+    let chain = blocking(&state, |s| s.promote()).await?;
+    Ok(Json(
+        json!({ "instance": state.instance_id, "role": "PRIMARY", "history": chain }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ConfigureBody {
+    primary: String,
+}
+
+async fn configure(State(state): Shared, body: Option<Json<ConfigureBody>>) -> ApiResult {
+    let Some(Json(body)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"primary\": \"host:port\"}".into(),
+        ));
+    };
+    let primary = body.primary.trim().to_string();
+    if primary
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`{primary}` is not host:port"),
+        ));
+    }
+    let p = primary.clone();
+    blocking(&state, move |s| s.follow(&p)).await?;
+    Ok(Json(
+        json!({ "instance": state.instance_id, "role": "REPLICA", "primary": primary }),
+    ))
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let committed = state.write_path.committed();
+    let id = &state.instance_id;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{instance=\"{id}\"{labels}}} {value}");
+        }
+    };
+    gauge(
+        "dirkdb_committed_sequence",
+        "Last committed (primary) or applied (replica) oplog sequence.",
+        "gauge",
+        vec![(String::new(), committed as f64)],
+    );
+    gauge(
+        "dirkdb_is_primary",
+        "1 on a primary, 0 on a replica.",
+        "gauge",
+        vec![(String::new(), if state.is_replica() { 0.0 } else { 1.0 })],
+    );
+    gauge(
+        "dirkdb_databases",
+        "Databases held.",
+        "gauge",
+        vec![(String::new(), state.catalog.names().len() as f64)],
+    );
+    let m = &state.metrics;
+    gauge(
+        "dirkdb_connections_open",
+        "Client connections open.",
+        "gauge",
+        vec![(String::new(), m.open() as f64)],
+    );
+    gauge(
+        "dirkdb_connections_refused_total",
+        "Clients refused over limits.maxConnections.",
+        "counter",
+        vec![(String::new(), m.refused() as f64)],
+    );
+    gauge(
+        "dirkdb_statements_total",
+        "Statements answered.",
+        "counter",
+        vec![(String::new(), m.statements() as f64)],
+    );
+    gauge(
+        "dirkdb_statement_errors_total",
+        "Statements answered with an error.",
+        "counter",
+        vec![(String::new(), m.errors() as f64)],
+    );
+    let replicas = state.replication.replicas(committed);
+    let per = |f: &dyn Fn(&crate::replication::ReplicaStatus) -> f64| -> Vec<(String, f64)> {
+        replicas
+            .iter()
+            .map(|r| (format!(",replica=\"{}\"", r.instance), f(r)))
+            .collect()
+    };
+    gauge(
+        "dirkdb_replica_connected",
+        "1 while the replica is connected.",
+        "gauge",
+        per(&|r| {
+            f64::from(u8::from(
+                r.state != crate::replication::ReplicaState::Disconnected,
+            ))
+        }),
+    );
+    gauge(
+        "dirkdb_replica_acked_sequence",
+        "Last sequence the replica acknowledged.",
+        "gauge",
+        per(&|r| r.acked_sequence as f64),
+    );
+    gauge(
+        "dirkdb_replica_lag_operations",
+        "Committed entries the replica has not acknowledged.",
+        "gauge",
+        per(&|r| r.lag_operations as f64),
+    );
+    gauge(
+        "dirkdb_replica_lag_ms",
+        "Age of the oldest unacknowledged entry.",
+        "gauge",
+        per(&|r| r.lag_ms as f64),
+    );
+    gauge(
+        "dirkdb_replica_bytes_sent_total",
+        "Bytes sent to the replica.",
+        "counter",
+        per(&|r| r.bytes_sent as f64),
+    );
+    gauge(
+        "dirkdb_replica_operations_synced_total",
+        "Entries sent to the replica.",
+        "counter",
+        per(&|r| r.operations_synced as f64),
+    );
+    if state.is_replica() {
+        let f = state.replication.follower();
+        gauge(
+            "dirkdb_follower_lag_operations",
+            "Entries the primary committed that this replica has not applied.",
+            "gauge",
+            vec![(
+                String::new(),
+                f.primary_sequence.saturating_sub(committed) as f64,
+            )],
+        );
+        gauge(
+            "dirkdb_follower_full_syncs_total",
+            "Full syncs received.",
+            "counter",
+            vec![(String::new(), f.full_syncs as f64)],
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,327 @@
+//! A replica's side: follow the primary, whatever happens to either of them.
+//!
+//! The follower connects to the primary's SQL port, switches to the replication protocol and
+//! sends its position. It then installs a full sync or continues, applies each batch of entries
+//! (see [`super::apply`]) and acknowledges it, heartbeats, and treats a silent primary as gone.
+//! On any failure it reconnects with exponential backoff (0.1 s to 5 s); after an apply failure
+//! (the replica no longer matches the primary) it asks for a full sync. A change of target
+//! (`POST /replication/configure`, promotion) ends the current stream at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dirkdb_core::connection::ClientConnection;
+use dirkdb_core::frame::Frame;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::apply::Applier;
+use super::protocol::{
+    read_unit, write_message, FileInfo, Message, ProtocolError, Unit, HANDSHAKE, HANDSHAKE_OK,
+};
+use super::sender::StreamError;
+use super::{snapshot, FullSyncFigures};
+use crate::catalog::lock;
+use crate::error::ServerError;
+use crate::oplog::now_ms;
+use crate::state::ServerState;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Follows the target primary for as long as the server runs.
+pub async fn run(state: Arc<ServerState>) {
+    let mut target = state.replication.watch_target();
+    let applier = Arc::new(Mutex::new(Applier::default()));
+    let mut backoff = MIN_BACKOFF;
+    let mut resync = false;
+    loop {
+        let Some(addr) = target.borrow_and_update().clone() else {
+            set_state(&state, "Stopped", None);
+            if target.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        set_state(&state, "Connecting", None);
+        let outcome = tokio::select! {
+            r = follow(&state, &addr, &applier, resync) => r,
+            _ = target.changed() => Ok(()),
+        };
+        match outcome {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(e) => {
+                resync = is_divergence(&e);
+                tracing::warn!(primary = %addr, error = %e, resync, "replication stream ended");
+                set_state(&state, "Disconnected", Some(e.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = target.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn is_divergence(e: &StreamError) -> bool {
+    matches!(e, StreamError::Server(ServerError::Refused(m)) if m.starts_with("replication apply"))
+}
+
+fn set_state(state: &ServerState, name: &str, error: Option<String>) {
+    state.replication.update_follower(|f| {
+        f.state = name.to_string();
+        if error.is_some() {
+            f.last_error = error;
+        }
+        f.applied_sequence = state.write_path.committed();
+    });
+}
+
+/// One connection to the primary, until it breaks.
+async fn follow(
+    state: &Arc<ServerState>,
+    addr: &str,
+    applier: &Arc<Mutex<Applier>>,
+    resync: bool,
+) -> Result<(), StreamError> {
+    let stream = handshake(addr).await?;
+    let (reader, writer) = stream.into_split();
+    let mut writer = BufWriter::new(writer);
+    let chain = state
+        .meta
+        .history(&state.instance_id)
+        .map_err(ServerError::from)?;
+    let history = match (resync, chain.last()) {
+        (false, Some(link)) => link.id.clone(),
+        _ => "resync".to_string(),
+    };
+    let hello = Message::Hello {
+        instance: state.instance_id.clone(),
+        history,
+        seq: state.write_path.committed(),
+    };
+    write_message(&mut writer, &hello).await?;
+    set_state(state, "Syncing", None);
+    let mut units = spawn_reader(reader);
+    let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
+    let mut beat = tokio::time::interval(state.replication.heartbeat);
+    loop {
+        tokio::select! {
+            unit = next_unit(&mut units, silence) => {
+                match unit? {
+                    Unit::Message(m) => handle(state, m, &mut units, applier, &mut writer).await?,
+                    Unit::Chunk(_) => return Err(StreamError::Peer("file chunk outside a full sync".into())),
+                }
+            }
+            _ = beat.tick() => {
+                let applied = state.write_path.committed();
+                write_message(&mut writer, &Message::Heartbeat { seq: applied, ts: now_ms() }).await?;
+            }
+        }
+    }
+}
+
+async fn handshake(addr: &str) -> Result<TcpStream, StreamError> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| StreamError::Peer(format!("connecting to {addr} timed out")))??;
+    let _ = stream.set_nodelay(true);
+    let mut conn = ClientConnection::new(stream, 1 << 20);
+    conn.send_statement(HANDSHAKE)
+        .await
+        .map_err(|e| StreamError::Peer(e.to_string()))?;
+    match conn.read_frame().await {
+        Ok(Some(Frame::Message(m))) if m == HANDSHAKE_OK => {}
+        Ok(Some(Frame::Message(m))) => {
+            return Err(StreamError::Peer(format!("{addr} refused: {m}")))
+        }
+        other => {
+            return Err(StreamError::Peer(format!(
+                "{addr} did not answer the handshake: {other:?}"
+            )))
+        }
+    }
+    conn.into_inner()
+        .map_err(|_| StreamError::Peer("primary sent data before the replica spoke".into()))
+}
+
+type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
+
+/// Reads units on their own task so the main loop can wait on them and on timers safely.
+fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let unit = read_unit(&mut reader).await;
+            let failed = unit.is_err();
+            if tx.send(unit).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn next_unit(units: &mut Units, silence: Duration) -> Result<Unit, StreamError> {
+    match tokio::time::timeout(silence, units.recv()).await {
+        Err(_) => Err(StreamError::Peer(format!("primary silent for {silence:?}"))),
+        Ok(None) => Err(StreamError::Peer("primary closed the stream".into())),
+        Ok(Some(unit)) => Ok(unit?),
+    }
+}
+
+async fn handle<W: tokio::io::AsyncWrite + Unpin>(
+    state: &Arc<ServerState>,
+    message: Message,
+    units: &mut Units,
+    applier: &Arc<Mutex<Applier>>,
+    writer: &mut W,
+) -> Result<(), StreamError> {
+    match message {
+        Message::Continue { chain, from } => {
+            state
+                .meta
+                .adopt_history(&chain)
+                .map_err(ServerError::from)?;
+            tracing::info!(from, "partial sync: continuing from the oplog");
+            state.replication.update_follower(|f| {
+                f.partial_syncs += 1;
+                f.state = "Streaming".into();
+            });
+        }
+        Message::FullSyncBegin {
+            chain,
+            position,
+            files,
+        } => {
+            receive_full_sync(state, units, &files, position).await?;
+            state
+                .meta
+                .adopt_history(&chain)
+                .map_err(ServerError::from)?;
+            lock(applier).reset();
+            write_message(writer, &Message::Ack { applied: position }).await?;
+            state
+                .replication
+                .update_follower(|f| f.state = "Streaming".into());
+        }
+        Message::Entries { entries } => {
+            let last_ts = entries.last().map(|e| e.ts);
+            let (s, a) = (state.clone(), applier.clone());
+            let owner = state.new_owner();
+            let applied = tokio::task::spawn_blocking(move || lock(&a).apply(&s, owner, &entries))
+                .await
+                .map_err(|e| ServerError::Internal(e.to_string()))??;
+            write_message(writer, &Message::Ack { applied }).await?;
+            state.replication.update_follower(|f| {
+                f.applied_sequence = applied;
+                f.primary_sequence = f.primary_sequence.max(applied);
+                f.last_applied_commit_ms = last_ts.unwrap_or(f.last_applied_commit_ms);
+            });
+        }
+        Message::Heartbeat { seq, .. } => {
+            state
+                .replication
+                .update_follower(|f| f.primary_sequence = seq);
+        }
+        Message::Error { message } => return Err(StreamError::Peer(format!("primary: {message}"))),
+        other => return Err(StreamError::Peer(format!("unexpected message {other:?}"))),
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Receives every file of a full sync, checks each CRC, then installs them.
+async fn receive_full_sync(
+    state: &Arc<ServerState>,
+    units: &mut Units,
+    files: &[FileInfo],
+    position: u64,
+) -> Result<(), StreamError> {
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    tracing::info!(
+        position,
+        bytes = total,
+        files = files.len(),
+        "full sync: receiving"
+    );
+    let dir = snapshot::incoming_dir(state)?;
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut last_log = Instant::now();
+    let silence = state.replication.heartbeat * 6 + Duration::from_secs(10);
+    loop {
+        match next_unit(units, silence).await? {
+            Unit::Message(Message::FileBegin(info)) => {
+                if !snapshot::accepted_file_name(&info.name) {
+                    return Err(StreamError::Peer(format!(
+                        "unexpected file `{}`",
+                        info.name
+                    )));
+                }
+                let path = dir.join(&info.name);
+                let mut file = tokio::fs::File::create(&path).await?;
+                let mut hasher = crc32fast::Hasher::new();
+                loop {
+                    match next_unit(units, silence).await? {
+                        Unit::Chunk(bytes) => {
+                            hasher.update(&bytes);
+                            file.write_all(&bytes).await?;
+                            done += bytes.len() as u64;
+                            if last_log.elapsed() >= Duration::from_secs(1) {
+                                last_log = Instant::now();
+                                let rate =
+                                    done as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6;
+                                tracing::info!(
+                                    done,
+                                    total,
+                                    mb_per_sec = format!("{rate:.1}"),
+                                    "full sync progress"
+                                );
+                            }
+                        }
+                        Unit::Message(Message::FileEnd { name, crc }) if name == info.name => {
+                            file.sync_all().await?;
+                            if hasher.finalize() != crc {
+                                return Err(StreamError::Peer(format!(
+                                    "snapshot file `{name}` failed its checksum; refused"
+                                )));
+                            }
+                            break;
+                        }
+                        other => {
+                            return Err(StreamError::Peer(format!(
+                                "unexpected {other:?} in a file"
+                            )))
+                        }
+                    }
+                }
+            }
+            Unit::Message(Message::FullSyncEnd { position: end }) if end == position => break,
+            other => {
+                return Err(StreamError::Peer(format!(
+                    "unexpected {other:?} in a full sync"
+                )))
+            }
+        }
+    }
+    let (s, d, f) = (state.clone(), dir.clone(), files.to_vec());
+    tokio::task::spawn_blocking(move || snapshot::install(&s, &d, &f, position))
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))??;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(position, bytes = done, seconds, "full sync installed");
+    state.replication.update_follower(|f| {
+        f.full_syncs += 1;
+        f.applied_sequence = position;
+        f.last_full_sync = Some(FullSyncFigures {
+            bytes: done,
+            seconds,
+            mb_per_sec: done as f64 / seconds.max(1e-9) / 1e6,
+        });
+    });
+    Ok(())
+}

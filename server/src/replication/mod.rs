@@ -1,0 +1,300 @@
+//! Streaming replication from a PRIMARY to its REPLICAs (`OPLOG` mode).
+//!
+//! How it flows: a replica's [`follower`] connects to the primary's SQL port, switches the
+//! connection to the replication [`protocol`] and says where it stands (history id, sequence).
+//! The primary's [`sender`] continues from there when its oplog still covers that position in a
+//! history the two share (partial sync); otherwise it sends a consistent [`snapshot`] of every
+//! database, checked by CRC before the replica installs it (full sync). Then it streams committed
+//! entries as they appear; the replica's [`apply`] writes each batch, with the same entries into
+//! its own oplog, in one transaction per database, and acknowledges. Both sides heartbeat.
+//!
+//! [`ReplicationHub`] is the shared bookkeeping: per replica on a primary (position, lag in
+//! operations and ms, bytes sent, state), and the follower's status and target on a replica.
+
+pub mod apply;
+pub mod follower;
+pub mod protocol;
+pub mod sender;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::catalog::lock;
+use crate::oplog::now_ms;
+
+/// A replica's state as the primary sees it (DESIGN.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ReplicaState {
+    /// Streaming and caught up (or nearly).
+    Connected,
+    /// Receiving a full sync, or not yet acknowledged anything.
+    Syncing,
+    /// Connected but more than a second behind.
+    Lagging,
+    /// Not connected.
+    Disconnected,
+}
+
+/// What the primary reports about one replica.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Replica instance id.
+    pub instance: String,
+    /// Its address as seen by the primary.
+    pub address: String,
+    /// Connected, Syncing, Lagging or Disconnected.
+    pub state: ReplicaState,
+    /// Last sequence it acknowledged (its offset).
+    pub acked_sequence: u64,
+    /// Committed entries it has not acknowledged.
+    pub lag_operations: u64,
+    /// Age of the oldest entry it has not acknowledged.
+    pub lag_ms: u64,
+    /// Bytes sent to it (entries and snapshots).
+    pub bytes_sent: u64,
+    /// Entries sent to it.
+    pub operations_synced: u64,
+    /// When it was last heard from (ms since the epoch).
+    pub last_heartbeat_ms: i64,
+    /// When its current connection started.
+    pub connected_since_ms: i64,
+    /// Full syncs served to it.
+    pub full_syncs: u64,
+    /// Partial syncs served to it.
+    pub partial_syncs: u64,
+    /// Why its last connection ended, if it did.
+    pub last_error: Option<String>,
+}
+
+struct ReplicaRecord {
+    status: ReplicaStatus,
+    syncing: bool,
+    connected: bool,
+    /// (last sequence, oldest commit time) of each batch sent and not yet acknowledged.
+    unacked: VecDeque<(u64, i64)>,
+}
+
+/// What a replica reports about its own following.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowerStatus {
+    /// The primary followed (`None` on a primary).
+    pub primary: Option<String>,
+    /// Connecting, Syncing, Streaming, Disconnected or Stopped.
+    pub state: String,
+    /// Last applied sequence.
+    pub applied_sequence: u64,
+    /// The primary's committed sequence, from its heartbeats.
+    pub primary_sequence: u64,
+    /// Commit time of the last applied entry.
+    pub last_applied_commit_ms: i64,
+    /// Full syncs received.
+    pub full_syncs: u64,
+    /// Partial syncs.
+    pub partial_syncs: u64,
+    /// Last full sync: bytes, seconds and MB/s.
+    pub last_full_sync: Option<FullSyncFigures>,
+    /// Why the last connection ended.
+    pub last_error: Option<String>,
+}
+
+/// Size and speed of a full sync.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FullSyncFigures {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Seconds from the first to the last byte, installation included.
+    pub seconds: f64,
+    /// Throughput.
+    pub mb_per_sec: f64,
+}
+
+/// Replication bookkeeping shared by the sender tasks, the follower and the admin API.
+pub struct ReplicationHub {
+    replicas: Mutex<BTreeMap<String, ReplicaRecord>>,
+    follower: Mutex<FollowerStatus>,
+    target: watch::Sender<Option<String>>,
+    acks: watch::Sender<u64>,
+    /// Heartbeat period (`replication.heartbeatMillis`).
+    pub heartbeat: Duration,
+}
+
+impl ReplicationHub {
+    /// A hub whose replica (if it is one) follows `target`.
+    pub fn new(target: Option<String>, heartbeat: Duration) -> ReplicationHub {
+        ReplicationHub {
+            replicas: Mutex::new(BTreeMap::new()),
+            follower: Mutex::new(FollowerStatus {
+                primary: target.clone(),
+                state: if target.is_some() {
+                    "Connecting"
+                } else {
+                    "Stopped"
+                }
+                .into(),
+                ..FollowerStatus::default()
+            }),
+            target: watch::channel(target).0,
+            acks: watch::channel(0).0,
+            heartbeat,
+        }
+    }
+
+    /// The primary this instance follows.
+    pub fn target(&self) -> Option<String> {
+        self.target.borrow().clone()
+    }
+
+    /// Follow another primary (or, with `None`, stop following).
+    pub fn set_target(&self, target: Option<String>) {
+        lock(&self.follower).primary = target.clone();
+        self.target.send_replace(target);
+    }
+
+    /// Notified when the target changes.
+    pub fn watch_target(&self) -> watch::Receiver<Option<String>> {
+        self.target.subscribe()
+    }
+
+    /// Notified whenever a replica acknowledges (for write concerns).
+    pub fn watch_acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
+    }
+
+    /// A replica connected.
+    pub fn replica_connected(&self, instance: &str, address: &str) {
+        let mut replicas = lock(&self.replicas);
+        let now = now_ms();
+        let record = replicas
+            .entry(instance.to_string())
+            .or_insert_with(|| ReplicaRecord {
+                status: ReplicaStatus {
+                    instance: instance.to_string(),
+                    address: address.to_string(),
+                    state: ReplicaState::Syncing,
+                    acked_sequence: 0,
+                    lag_operations: 0,
+                    lag_ms: 0,
+                    bytes_sent: 0,
+                    operations_synced: 0,
+                    last_heartbeat_ms: now,
+                    connected_since_ms: now,
+                    full_syncs: 0,
+                    partial_syncs: 0,
+                    last_error: None,
+                },
+                syncing: true,
+                connected: true,
+                unacked: VecDeque::new(),
+            });
+        record.status.address = address.to_string();
+        record.status.connected_since_ms = now;
+        record.status.last_heartbeat_ms = now;
+        record.connected = true;
+        record.syncing = true;
+        record.unacked.clear();
+    }
+
+    /// The kind of sync chosen for a replica; `position` is where streaming starts.
+    pub fn replica_syncing(&self, instance: &str, full: bool, position: u64) {
+        self.with_replica(instance, |r| {
+            if full {
+                r.status.full_syncs += 1;
+            } else {
+                r.status.partial_syncs += 1;
+            }
+            r.status.acked_sequence = position;
+        });
+    }
+
+    /// Bytes and entries went to a replica; `last_seq`/`oldest_ts` describe an entry batch.
+    pub fn record_sent(&self, instance: &str, bytes: u64, entries: u64, batch: Option<(u64, i64)>) {
+        self.with_replica(instance, |r| {
+            r.status.bytes_sent += bytes;
+            r.status.operations_synced += entries;
+            if let Some(b) = batch {
+                r.unacked.push_back(b);
+            }
+        });
+    }
+
+    /// A replica acknowledged everything up to `applied`.
+    pub fn record_ack(&self, instance: &str, applied: u64) {
+        self.with_replica(instance, |r| {
+            r.status.acked_sequence = r.status.acked_sequence.max(applied);
+            r.status.last_heartbeat_ms = now_ms();
+            r.syncing = false;
+            while r.unacked.front().is_some_and(|(seq, _)| *seq <= applied) {
+                r.unacked.pop_front();
+            }
+        });
+        self.acks.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A replica's connection ended.
+    pub fn replica_disconnected(&self, instance: &str, error: Option<String>) {
+        self.with_replica(instance, |r| {
+            r.connected = false;
+            r.status.last_error = error;
+        });
+    }
+
+    fn with_replica(&self, instance: &str, f: impl FnOnce(&mut ReplicaRecord)) {
+        if let Some(r) = lock(&self.replicas).get_mut(instance) {
+            f(r);
+        }
+    }
+
+    /// Every replica ever connected, with lag computed against `committed`.
+    pub fn replicas(&self, committed: u64) -> Vec<ReplicaStatus> {
+        let now = now_ms();
+        lock(&self.replicas)
+            .values()
+            .map(|r| {
+                let mut s = r.status.clone();
+                s.lag_operations = committed.saturating_sub(s.acked_sequence);
+                s.lag_ms = r
+                    .unacked
+                    .front()
+                    .map(|(_, ts)| now.saturating_sub(*ts).max(0) as u64)
+                    .unwrap_or(0);
+                s.state = if !r.connected {
+                    ReplicaState::Disconnected
+                } else if r.syncing {
+                    ReplicaState::Syncing
+                } else if s.lag_operations > 0 && s.lag_ms > 1000 {
+                    ReplicaState::Lagging
+                } else {
+                    ReplicaState::Connected
+                };
+                s
+            })
+            .collect()
+    }
+
+    /// Positions acknowledged by connected replicas.
+    pub fn acked_positions(&self) -> Vec<u64> {
+        lock(&self.replicas)
+            .values()
+            .filter(|r| r.connected)
+            .map(|r| r.status.acked_sequence)
+            .collect()
+    }
+
+    /// The follower's status.
+    pub fn follower(&self) -> FollowerStatus {
+        lock(&self.follower).clone()
+    }
+
+    /// Updates the follower's status.
+    pub fn update_follower(&self, f: impl FnOnce(&mut FollowerStatus)) {
+        f(&mut lock(&self.follower));
+    }
+}

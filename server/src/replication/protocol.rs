@@ -1,0 +1,207 @@
+//! The replication stream's messages and their framing.
+//!
+//! A replica opens a normal client connection to the primary's SQL port and sends the statement
+//! `DIRK REPLICATION;`. The primary answers one message frame, `OK DIRK REPLICATION`, and from
+//! then on both sides speak this binary protocol on the same socket: each unit is a 4-byte
+//! big-endian length, a kind byte, and the payload — a JSON [`Message`] (kind 0) or raw bytes of
+//! a snapshot file (kind 1). The replica speaks first (`Hello` with its position), so no byte of
+//! the binary protocol can be mistaken for a statement.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::meta::HistoryLink;
+use crate::oplog::Entry;
+
+/// The statement that turns a client connection into a replication stream.
+pub const HANDSHAKE: &str = "DIRK REPLICATION";
+/// The primary's answer to it.
+pub const HANDSHAKE_OK: &str = "OK DIRK REPLICATION";
+/// Largest unit accepted (a batch of entries or a file chunk).
+pub const MAX_UNIT: usize = 64 * 1024 * 1024;
+
+const KIND_MESSAGE: u8 = 0;
+const KIND_CHUNK: u8 = 1;
+
+/// A snapshot file announced at the start of a full sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// File name in the data directory.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Control messages of the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Replica → primary, first: who it is and where it stands.
+    Hello {
+        /// Replica instance id.
+        instance: String,
+        /// Its current history id.
+        history: String,
+        /// Its applied sequence.
+        seq: u64,
+    },
+    /// Primary → replica: partial sync; entries after `from` follow.
+    Continue {
+        /// The primary's history chain (the replica adopts it).
+        chain: Vec<HistoryLink>,
+        /// Entries after this sequence follow.
+        from: u64,
+    },
+    /// Primary → replica: a full sync of `files` at `position` starts.
+    FullSyncBegin {
+        /// The primary's history chain.
+        chain: Vec<HistoryLink>,
+        /// Sequence the snapshot stands at.
+        position: u64,
+        /// Files that follow.
+        files: Vec<FileInfo>,
+    },
+    /// A file's bytes follow as chunks.
+    FileBegin(FileInfo),
+    /// A file is complete; its CRC-32 over all bytes.
+    FileEnd {
+        /// File name.
+        name: String,
+        /// CRC-32 of the whole file.
+        crc: u32,
+    },
+    /// Every file was sent; entries after `position` follow.
+    FullSyncEnd {
+        /// Sequence the snapshot stands at.
+        position: u64,
+    },
+    /// Primary → replica: committed entries, in order.
+    Entries {
+        /// The entries.
+        entries: Vec<Entry>,
+    },
+    /// Both ways: alive, and the sender's committed (primary) or applied (replica) sequence.
+    Heartbeat {
+        /// Sender's sequence.
+        seq: u64,
+        /// Sender's clock, ms.
+        ts: i64,
+    },
+    /// Replica → primary: everything up to `applied` is applied and durable.
+    Ack {
+        /// Applied sequence.
+        applied: u64,
+    },
+    /// Either way: the stream cannot go on.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// One unit read from the stream.
+#[derive(Debug)]
+pub enum Unit {
+    /// A control message.
+    Message(Message),
+    /// Bytes of the current snapshot file.
+    Chunk(Bytes),
+}
+
+/// Why the stream broke.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The socket failed or closed.
+    #[error("replication connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent something that is not this protocol.
+    #[error("replication protocol: {0}")]
+    Invalid(String),
+}
+
+/// Writes a control message.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    message: &Message,
+) -> Result<(), ProtocolError> {
+    let json = serde_json::to_vec(message).map_err(|e| ProtocolError::Invalid(e.to_string()))?;
+    write_unit(w, KIND_MESSAGE, &json).await
+}
+
+/// Writes a chunk of file bytes.
+pub async fn write_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> Result<(), ProtocolError> {
+    write_unit(w, KIND_CHUNK, bytes).await
+}
+
+async fn write_unit<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
+    let len = u32::try_from(payload.len() + 1)
+        .ok()
+        .filter(|&n| n as usize <= MAX_UNIT)
+        .ok_or_else(|| {
+            ProtocolError::Invalid(format!("unit of {} bytes is too large", payload.len()))
+        })?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(&[kind]).await?;
+    w.write_all(payload).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads the next unit.
+pub async fn read_unit<R: AsyncRead + Unpin>(r: &mut R) -> Result<Unit, ProtocolError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_UNIT {
+        return Err(ProtocolError::Invalid(format!("unit length {len}")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    let unit = Bytes::from(buf);
+    match unit[0] {
+        KIND_MESSAGE => serde_json::from_slice(&unit[1..])
+            .map(Unit::Message)
+            .map_err(|e| ProtocolError::Invalid(format!("bad message: {e}"))),
+        KIND_CHUNK => Ok(Unit::Chunk(unit.slice(1..))),
+        kind => Err(ProtocolError::Invalid(format!("unknown unit kind {kind}"))),
+    }
+}
+
+/// Reads the next unit, which must be a control message.
+pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, ProtocolError> {
+    match read_unit(r).await? {
+        Unit::Message(m) => Ok(m),
+        Unit::Chunk(_) => Err(ProtocolError::Invalid("unexpected file chunk".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn units_round_trip_and_garbage_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let hello = Message::Hello {
+            instance: "m2".into(),
+            history: "h".into(),
+            seq: 7,
+        };
+        write_message(&mut a, &hello).await.unwrap();
+        write_chunk(&mut a, b"abc").await.unwrap();
+        assert_eq!(read_message(&mut b).await.unwrap(), hello);
+        assert!(matches!(read_unit(&mut b).await.unwrap(), Unit::Chunk(c) if &c[..] == b"abc"));
+        a.write_all(&[0, 0, 0, 2, 9, 9]).await.unwrap();
+        assert!(read_unit(&mut b).await.is_err());
+        a.write_all(&[255, 255, 255, 255]).await.unwrap();
+        assert!(read_unit(&mut b).await.is_err());
+    }
+}

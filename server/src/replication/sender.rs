@@ -1,0 +1,352 @@
+//! The primary's side of one replica's stream.
+//!
+//! After the replica's `Hello`, the sender chooses the sync: partial when the replica's position
+//! lies in a history this primary shares (its chain), at or above the oplog's pruning floor and
+//! not ahead of the primary; full otherwise. Then it loops: read the committed sequence C, send
+//! the entries in (cursor, C] in batches, and when there are none wait for the next commit or the
+//! heartbeat period. Reading up to C only (C is published after the commit) guarantees that no
+//! entry of another database file can still be invisible when a later one is sent. A separate
+//! task reads the replica's acks and heartbeats into the [`super::ReplicationHub`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use super::protocol::{read_message, write_chunk, write_message, Message, ProtocolError};
+use super::snapshot;
+use crate::error::ServerError;
+use crate::meta::position_in_chain;
+use crate::oplog::store::{self, Filter, Source};
+use crate::oplog::{now_ms, Entry};
+use crate::state::ServerState;
+
+/// Entries per message at most.
+const BATCH: usize = 1000;
+/// Snapshot chunk size.
+const CHUNK: usize = 1024 * 1024;
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The connection broke.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// Reading the oplog or taking a snapshot failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The peer went silent or misbehaved.
+    #[error("{0}")]
+    Peer(String),
+}
+
+impl From<std::io::Error> for StreamError {
+    fn from(e: std::io::Error) -> Self {
+        StreamError::Protocol(e.into())
+    }
+}
+
+/// Serves one replica until its connection ends.
+pub async fn serve_replica<R, W>(state: Arc<ServerState>, mut reader: R, writer: W, peer: String)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (instance, history, seq) = match read_message(&mut reader).await {
+        Ok(Message::Hello {
+            instance,
+            history,
+            seq,
+        }) => (instance, history, seq),
+        other => {
+            tracing::warn!(%peer, ?other, "replication stream did not start with Hello");
+            return;
+        }
+    };
+    let hub = &state.replication;
+    hub.replica_connected(&instance, &peer);
+    tracing::info!(replica = %instance, %peer, history = %history, seq, "replica connected");
+    let mut writer = BufWriter::with_capacity(256 * 1024, writer);
+    let result = stream(&state, &instance, &history, seq, reader, &mut writer).await;
+    let error = result.err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        let _ = write_message(&mut writer, &Message::Error { message: e.clone() }).await;
+    }
+    tracing::info!(replica = %instance, error = ?error, "replica disconnected");
+    hub.replica_disconnected(&instance, error);
+}
+
+async fn stream<R, W>(
+    state: &Arc<ServerState>,
+    instance: &str,
+    history: &str,
+    seq: u64,
+    reader: R,
+    writer: &mut W,
+) -> Result<(), StreamError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let chain = state
+        .meta
+        .history(&state.instance_id)
+        .map_err(ServerError::from)?;
+    let committed = state.write_path.committed();
+    let floor = state.meta.pruned_through().map_err(ServerError::from)?;
+    let partial = seq <= committed && seq >= floor && position_in_chain(&chain, history, seq);
+    let mut cursor = if partial {
+        write_message(writer, &Message::Continue { chain, from: seq }).await?;
+        seq
+    } else {
+        full_sync(state, instance, chain, writer).await?
+    };
+    state
+        .replication
+        .replica_syncing(instance, !partial, cursor);
+    let (closed_tx, mut closed) = mpsc::channel::<String>(1);
+    let acks = tokio::spawn(read_acks(
+        state.clone(),
+        instance.to_string(),
+        reader,
+        closed_tx,
+    ));
+    let result = stream_entries(state, instance, &mut cursor, writer, &mut closed).await;
+    acks.abort();
+    result
+}
+
+async fn stream_entries<W: AsyncWrite + Unpin>(
+    state: &Arc<ServerState>,
+    instance: &str,
+    cursor: &mut u64,
+    writer: &mut W,
+    closed: &mut mpsc::Receiver<String>,
+) -> Result<(), StreamError> {
+    let mut commits = state.write_path.subscribe();
+    let mut sources: Option<(Vec<String>, Vec<Source>)> = None;
+    let heartbeat = state.replication.heartbeat;
+    let mut last_sent = Instant::now();
+    loop {
+        let upto = state.write_path.committed();
+        if upto > *cursor {
+            let (batch, kept) = read_batch(state.clone(), sources.take(), *cursor, upto).await?;
+            sources = Some(kept);
+            if let Some(last) = batch.last() {
+                *cursor = last.seq;
+                send_entries(state, instance, batch, writer).await?;
+                last_sent = Instant::now();
+                continue;
+            }
+        }
+        let wait = heartbeat.saturating_sub(last_sent.elapsed());
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms() };
+                write_message(writer, &beat).await?;
+                last_sent = Instant::now();
+            }
+            why = closed.recv() => {
+                return Err(StreamError::Peer(why.unwrap_or_else(|| "replica left".into())));
+            }
+        }
+    }
+}
+
+async fn send_entries<W: AsyncWrite + Unpin>(
+    state: &ServerState,
+    instance: &str,
+    entries: Vec<Entry>,
+    writer: &mut W,
+) -> Result<(), StreamError> {
+    let count = entries.len() as u64;
+    let last = entries.last().map(|e| e.seq).unwrap_or(0);
+    let oldest = entries.first().map(|e| e.ts).unwrap_or_else(now_ms);
+    let message = Message::Entries { entries };
+    let bytes = serde_json::to_vec(&message)
+        .map(|v| v.len() as u64)
+        .unwrap_or(0);
+    write_message(writer, &message).await?;
+    state
+        .replication
+        .record_sent(instance, bytes, count, Some((last, oldest)));
+    Ok(())
+}
+
+/// Reads the entries in `(after, upto]`, reusing the open sources while the set of databases
+/// is unchanged. Fails on a gap (a pruned or corrupt oplog) so the replica resyncs.
+async fn read_batch(
+    state: Arc<ServerState>,
+    sources: Option<(Vec<String>, Vec<Source>)>,
+    after: u64,
+    upto: u64,
+) -> Result<(Vec<Entry>, (Vec<String>, Vec<Source>)), StreamError> {
+    tokio::task::spawn_blocking(move || {
+        let names = state.catalog.names();
+        let sources = match sources {
+            Some((known, open)) if known == names => open,
+            _ => state.oplog_sources()?,
+        };
+        let batch = store::merge(&sources, Filter::Range { after, to: upto }, BATCH)
+            .map_err(ServerError::from)?;
+        if batch.first().map(|e| e.seq) != Some(after + 1) {
+            return Err(StreamError::Peer(format!(
+                "oplog no longer holds entry {}; the replica will resync",
+                after + 1
+            )));
+        }
+        Ok((batch, (names, sources)))
+    })
+    .await
+    .map_err(|e| StreamError::Server(ServerError::Internal(e.to_string())))?
+}
+
+async fn read_acks<R: AsyncRead + Unpin>(
+    state: Arc<ServerState>,
+    instance: String,
+    mut reader: R,
+    closed: mpsc::Sender<String>,
+) {
+    let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
+    loop {
+        let message = match tokio::time::timeout(silence, read_message(&mut reader)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                let _ = closed.send(e.to_string()).await;
+                return;
+            }
+            Err(_) => {
+                let _ = closed.send(format!("no heartbeat for {silence:?}")).await;
+                return;
+            }
+        };
+        match message {
+            Message::Ack { applied } | Message::Heartbeat { seq: applied, .. } => {
+                state.replication.record_ack(&instance, applied);
+            }
+            Message::Error { message } => {
+                let _ = closed.send(format!("replica reported: {message}")).await;
+                return;
+            }
+            other => tracing::debug!(?other, "unexpected message from replica"),
+        }
+    }
+}
+
+/// Sends a snapshot of everything; returns the position streaming continues from.
+async fn full_sync<W: AsyncWrite + Unpin>(
+    state: &Arc<ServerState>,
+    instance: &str,
+    chain: Vec<crate::meta::HistoryLink>,
+    writer: &mut W,
+) -> Result<u64, StreamError> {
+    let s = state.clone();
+    let snapshot = tokio::task::spawn_blocking(move || snapshot::take(&s))
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))??;
+    let total: u64 = snapshot.files.iter().map(|f| f.bytes).sum();
+    tracing::info!(replica = %instance, position = snapshot.position, bytes = total, "full sync started");
+    write_message(
+        writer,
+        &Message::FullSyncBegin {
+            chain,
+            position: snapshot.position,
+            files: snapshot.files.clone(),
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let mut progress = Progress {
+        done: 0,
+        total,
+        last_log: Instant::now(),
+        started,
+    };
+    for file in &snapshot.files {
+        write_message(writer, &Message::FileBegin(file.clone())).await?;
+        let crc = send_file(
+            state,
+            instance,
+            &snapshot.dir.join(&file.name),
+            writer,
+            &mut progress,
+        )
+        .await?;
+        write_message(
+            writer,
+            &Message::FileEnd {
+                name: file.name.clone(),
+                crc,
+            },
+        )
+        .await?;
+    }
+    write_message(
+        writer,
+        &Message::FullSyncEnd {
+            position: snapshot.position,
+        },
+    )
+    .await?;
+    writer.flush().await?;
+    tracing::info!(
+        replica = %instance,
+        bytes = total,
+        seconds = started.elapsed().as_secs_f64(),
+        "full sync sent"
+    );
+    Ok(snapshot.position)
+}
+
+struct Progress {
+    done: u64,
+    total: u64,
+    last_log: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    fn advance(&mut self, bytes: u64, instance: &str) {
+        self.done += bytes;
+        if self.last_log.elapsed() >= Duration::from_secs(1) {
+            self.last_log = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                replica = %instance,
+                done = self.done,
+                total = self.total,
+                mb_per_sec = format!("{:.1}", self.done as f64 / secs / 1e6),
+                "full sync progress"
+            );
+        }
+    }
+}
+
+async fn send_file<W: AsyncWrite + Unpin>(
+    state: &ServerState,
+    instance: &str,
+    path: &std::path::Path,
+    writer: &mut W,
+    progress: &mut Progress,
+) -> Result<u32, StreamError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+        write_chunk(writer, &buf[..n]).await?;
+        state.replication.record_sent(instance, n as u64, 0, None);
+        progress.advance(n as u64, instance);
+    }
+}

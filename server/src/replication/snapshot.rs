@@ -1,0 +1,155 @@
+//! Full syncs: a consistent copy of every database, taken on the primary and installed on a
+//! replica.
+//!
+//! [`take`] holds the instance's writer gate while SQLite's backup API copies the meta file and
+//! every database into a fresh folder, so all copies stand at one sequence: writes wait for the
+//! local copy (disk speed), not for the network. The copies are then streamed from disk in
+//! chunks by the sender, so memory stays bounded whatever the size. [`install`] runs on the
+//! replica once every file arrived with a matching CRC: under the gate it retires the open
+//! databases (sessions reattach to the new files at their next statement), swaps the files in
+//! with renames, and sets the applied position to the snapshot's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::backup::Backup;
+use rusqlite::Connection;
+
+use super::protocol::FileInfo;
+use crate::catalog::Catalog;
+use crate::error::{Result, ServerError};
+use crate::meta::META_FILE;
+use crate::state::ServerState;
+
+/// Copies of every file at one position, deleted when dropped.
+pub struct Snapshot {
+    /// Folder holding the copies.
+    pub dir: PathBuf,
+    /// Sequence all copies stand at.
+    pub position: u64,
+    /// The copies, meta file first.
+    pub files: Vec<FileInfo>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Takes a consistent snapshot of the whole instance.
+pub fn take(state: &ServerState) -> Result<Snapshot> {
+    let owner = state.new_owner();
+    state.under_gate(owner, || {
+        let position = state.write_path.committed();
+        let dir = state
+            .data_dir()
+            .join(format!("_dirk_snapshot_{}", unique()));
+        std::fs::create_dir_all(&dir)?;
+        let mut snapshot = Snapshot {
+            dir,
+            position,
+            files: Vec::new(),
+        };
+        let meta_copy = snapshot.dir.join(META_FILE);
+        state.meta.with(|conn| copy_database(conn, &meta_copy))?;
+        snapshot.files.push(file_info(&meta_copy)?);
+        for name in state.catalog.names() {
+            let db = state.catalog.get(&name)?;
+            let conn = db.lease()?;
+            let copy = snapshot.dir.join(format!("{name}.db"));
+            copy_database(&conn, &copy)?;
+            db.give_back(conn);
+            snapshot.files.push(file_info(&copy)?);
+        }
+        Ok(snapshot)
+    })
+}
+
+fn copy_database(source: &Connection, to: &Path) -> rusqlite::Result<()> {
+    let mut target = Connection::open(to)?;
+    // Writers wait at the gate, so the copy never restarts; 4 MiB (of 4 KiB pages) per step.
+    Backup::new(source, &mut target)?.run_to_completion(1024, Duration::ZERO, None)?;
+    Ok(())
+}
+
+fn file_info(path: &Path) -> Result<FileInfo> {
+    Ok(FileInfo {
+        name: path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string(),
+        bytes: std::fs::metadata(path)?.len(),
+    })
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}")
+}
+
+/// The folder a replica receives a full sync into (emptied first).
+pub fn incoming_dir(state: &ServerState) -> Result<PathBuf> {
+    let dir = state.data_dir().join("_dirk_incoming");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Checks that a file name sent by a primary is one of ours (no path tricks).
+pub fn accepted_file_name(name: &str) -> bool {
+    name == META_FILE
+        || name
+            .strip_suffix(".db")
+            .is_some_and(|stem| crate::catalog::validate_name(stem).is_ok())
+}
+
+/// Replaces the replica's whole state with the received snapshot.
+pub fn install(
+    state: &ServerState,
+    incoming: &Path,
+    files: &[FileInfo],
+    position: u64,
+) -> Result<()> {
+    if files.iter().any(|f| !accepted_file_name(&f.name))
+        || !files.iter().any(|f| f.name == META_FILE)
+    {
+        return Err(ServerError::Refused(
+            "snapshot has unexpected file names".into(),
+        ));
+    }
+    let owner = state.new_owner();
+    state.under_gate(owner, || {
+        let followed = state.meta.setting("primary")?;
+        let dir = state.data_dir();
+        state.catalog.forget_all();
+        for name in Catalog::files_on_disk(&dir)? {
+            remove_database_files(&dir, &format!("{name}.db"))?;
+        }
+        state.meta.replace_file(&incoming.join(META_FILE))?;
+        for file in files.iter().filter(|f| f.name != META_FILE) {
+            std::fs::rename(incoming.join(&file.name), dir.join(&file.name))?;
+        }
+        state.catalog.reload()?;
+        state.meta.set_setting("primary", followed.as_deref())?;
+        state.write_path.reset(position);
+        Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(incoming);
+    Ok(())
+}
+
+/// Removes a database file with its WAL and shared-memory files.
+pub fn remove_database_files(dir: &Path, file: &str) -> Result<()> {
+    for suffix in ["-wal", "-shm", ""] {
+        match std::fs::remove_file(dir.join(format!("{file}{suffix}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
