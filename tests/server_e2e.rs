@@ -365,6 +365,10 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
     assert!(e.contains("not authorized"), "{e}");
     assert!(server_error(c.execute("CREATE TABLE _dirk_x(a)").await).contains("not authorized"));
     assert!(server_error(c.execute("VACUUM").await).contains("VACUUM is refused"));
+    c.execute("CREATE TABLE u(a)").await.unwrap();
+    let e = server_error(c.execute("DROP TRIGGER _dirk_cap_i_u").await);
+    assert!(e.contains("cannot be changed"), "{e}");
+    c.execute("DROP TABLE u").await.unwrap();
 }
 
 #[tokio::test]

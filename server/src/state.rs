@@ -145,13 +145,17 @@ impl ServerState {
             return Ok(floor);
         }
         let owner = self.new_owner();
-        self.under_gate(owner, || {
-            self.meta.set_pruned_through(through)?;
-            for source in &sources {
-                store::prune_file(&source.conn, through, i64::MIN)?;
-            }
-            Ok(through)
-        })
+        self.under_gate(owner, || self.prune_through(&sources, through))
+    }
+
+    /// Raises the pruning floor first (durably), then deletes; a failure in between leaves a
+    /// floor that is merely conservative.
+    fn prune_through(&self, sources: &[Source], through: u64) -> Result<u64> {
+        self.meta.set_pruned_through(through)?;
+        for source in sources {
+            crate::catalog::as_internal(|| store::prune_file(&source.conn, through, i64::MIN))?;
+        }
+        Ok(through)
     }
 
     /// The LokiJS `clear`: forgets every entry the instance has committed (each file keeps its
@@ -160,13 +164,7 @@ impl ServerState {
         let owner = self.new_owner();
         let through = self.write_path.committed();
         let sources = self.oplog_sources()?;
-        self.under_gate(owner, || {
-            self.meta.set_pruned_through(through)?;
-            for source in &sources {
-                store::prune_file(&source.conn, through, i64::MIN)?;
-            }
-            Ok(through)
-        })
+        self.under_gate(owner, || self.prune_through(&sources, through))
     }
 
     /// `Some(instance id)` when client writes must be refused.

@@ -148,6 +148,11 @@ fn execute(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<Last, RunError> {
+    if schema_object(sql).is_some_and(|o| o.kind == "TRIGGER" && o.name.starts_with("_dirk")) {
+        return Err(
+            ServerError::Refused("DirkDB's `_dirk` triggers cannot be changed".into()).into(),
+        );
+    }
     let mut stmt = conn.prepare(sql)?;
     let words = leading_keywords(sql, 2);
     let writes = !stmt.readonly()
@@ -201,6 +206,9 @@ fn run_schema_change(
     }
     let result = (|| -> Result<(), RunError> {
         let before = schema_version(conn)?;
+        if let Some(o) = schema_object(sql).filter(|o| o.verb == "ALTER") {
+            as_internal(|| capture::drop_triggers_for(conn, &o.name))?;
+        }
         stmt.raw_execute()?;
         if schema_version(conn)? != before {
             as_internal(|| record_schema_change(conn, sql))?;

@@ -52,6 +52,16 @@ pub fn reconcile_triggers(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Drops the capture triggers of one table (before an ALTER TABLE that could conflict with
+/// them, such as dropping a column they name); [`reconcile_triggers`] recreates them.
+pub fn drop_triggers_for(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+    for kind in ["i", "u", "d"] {
+        let name = format!("{TRIGGER_PREFIX}{kind}_{table}");
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(&name)))?;
+    }
+    Ok(())
+}
+
 /// A user table and what its triggers need to know.
 struct TableShape {
     name: String,

@@ -300,6 +300,23 @@ mod tests {
     }
 
     #[test]
+    fn every_real_survives_the_json_round_trip_bit_for_bit() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let f = f64::from_bits(x);
+            if !f.is_finite() {
+                continue;
+            }
+            let text = encode_value(ValueRef::Real(f)).to_string();
+            let back = decode_value(&serde_json::from_str(&text).unwrap()).unwrap();
+            assert_eq!(back, SqlValue::Real(f), "{text}");
+        }
+    }
+
+    #[test]
     fn crc_covers_every_field() {
         let base = entry_crc(1, 2, "t", "I", None, Some("{}"), Some("{}"));
         assert_ne!(

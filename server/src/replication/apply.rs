@@ -16,6 +16,7 @@ use rusqlite::{params_from_iter, Connection};
 use serde_json::{Map, Value};
 
 use crate::catalog::open_apply_connection;
+use crate::database_statement::schema_object;
 use crate::error::{Result, ServerError};
 use crate::oplog::capture::{self, ident};
 use crate::oplog::{decode_value, store, Entry, Op};

@@ -193,8 +193,14 @@ async fn read_batch(
             Some((known, open)) if known == names => open,
             _ => state.oplog_sources()?,
         };
-        let batch = store::merge(&sources, Filter::Range { after, to: upto }, BATCH)
-            .map_err(ServerError::from)?;
+        // A corrupt entry stops the stream, but only after everything before it was sent.
+        let batch = match store::merge(&sources, Filter::Range { after, to: upto }, BATCH) {
+            Err(store::StoreError::Corrupt { seq, .. }) if seq > after + 1 => {
+                store::merge(&sources, Filter::Range { after, to: seq - 1 }, BATCH)
+            }
+            other => other,
+        }
+        .map_err(ServerError::from)?;
         if batch.first().map(|e| e.seq) != Some(after + 1) {
             return Err(StreamError::Peer(format!(
                 "oplog no longer holds entry {}; the replica will resync",
