@@ -163,6 +163,10 @@ fn apply_entry(conn: &Connection, e: &Entry) -> std::result::Result<(), String> 
                 .get("sql")
                 .and_then(Value::as_str)
                 .ok_or("DDL entry without sql")?;
+            // As on the primary: capture triggers must not stand in an ALTER TABLE's way.
+            if let Some(o) = schema_object(sql).filter(|o| o.verb == "ALTER") {
+                capture::drop_triggers_for(conn, &o.name).map_err(|err| err.to_string())?;
+            }
             conn.execute_batch(sql).map_err(|err| err.to_string())?;
             capture::reconcile_triggers(conn).map_err(|err| err.to_string())
         }
