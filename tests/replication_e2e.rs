@@ -374,7 +374,9 @@ async fn a_corrupt_oplog_record_is_refused_by_its_checksum() {
     cluster.assert_same_data(0);
     cluster.kill9(1);
     insert_many(&mut c, 10, 20).await;
-    // Damage one stored entry behind the server's back (as a bad disk would).
+    // Damage one stored entry behind the server's back (as a bad disk would), with the primary
+    // down so that it reads the oplog from disk afterwards rather than from its memory backlog.
+    cluster.kill9(0);
     let file = cluster.data_dir(0).join("shop.db");
     let raw = rusqlite::Connection::open(file).unwrap();
     let seq: i64 = raw
@@ -386,6 +388,7 @@ async fn a_corrupt_oplog_record_is_refused_by_its_checksum() {
     )
     .unwrap();
     drop(raw);
+    cluster.spawn(0);
     cluster.spawn(1);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {

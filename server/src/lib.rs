@@ -72,6 +72,7 @@ pub async fn run(
     let background = [
         tokio::spawn(replication::follower::run(state.clone())),
         tokio::spawn(prune_periodically(state.clone())),
+        tokio::spawn(checkpoint_periodically(state.clone())),
     ];
     serve(listener, state, shutdown).await;
     for task in background.iter().chain(admin.iter()) {
@@ -87,9 +88,21 @@ async fn prune_periodically(state: Arc<ServerState>) {
         tick.tick().await;
         let s = state.clone();
         let pruned = tokio::task::spawn_blocking(move || s.prune_oplog(50_000)).await;
-        if let Ok(Err(e)) = pruned {
-            tracing::warn!(error = %e, "oplog pruning failed");
+        match pruned {
+            Ok(Err(ServerError::WriterBusy(_))) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "oplog pruning failed"),
+            _ => {}
         }
+    }
+}
+
+/// Checkpoints every WAL in the background so commits don't have to.
+async fn checkpoint_periodically(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        let _ = tokio::task::spawn_blocking(move || s.catalog.checkpoint_passive()).await;
     }
 }
 

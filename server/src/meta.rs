@@ -224,6 +224,11 @@ impl Meta {
         })
     }
 
+    /// Entries of the meta oplog after `after`, at most `limit`.
+    pub fn entries_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, store::StoreError> {
+        store::read_file_entries(&lock(&self.conn), "", after, limit)
+    }
+
     /// The highest sequence in the meta oplog.
     pub fn max_seq(&self) -> rusqlite::Result<u64> {
         self.with(store::max_seq)

@@ -228,10 +228,14 @@ impl Session {
             max_result_rows: self.state.limits.max_result_rows,
             read_only: self.state.read_only_instance(),
             no_database: scratch,
-            writer: (!scratch).then(|| Writer {
-                path: self.state.write_path.clone(),
-                owner: self.owner,
-            }),
+            writer: match (&self.current, scratch) {
+                (Some(current), false) => Some(Writer {
+                    path: self.state.write_path.clone(),
+                    owner: self.owner,
+                    database: current.db.name().to_string(),
+                }),
+                _ => None,
+            },
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
         let task = tokio::task::spawn_blocking(move || {

@@ -144,8 +144,12 @@ impl ServerState {
         if through <= floor {
             return Ok(floor);
         }
+        // Pruning waits for no one: when a long write holds the gate, it tries again later.
         let owner = self.new_owner();
-        self.under_gate(owner, || self.prune_through(&sources, through))
+        self.write_path
+            .acquire_for(owner, Duration::from_millis(20))?;
+        let _release = GateRelease(&self.write_path, owner);
+        self.prune_through(&sources, through)
     }
 
     /// Raises the pruning floor first (durably), then deletes; a failure in between leaves a
@@ -232,7 +236,7 @@ impl ServerState {
             }
             let seq = self.meta.record_database_event(name, Op::CreateDatabase)?;
             self.catalog.create(name, false)?;
-            self.write_path.publish(seq);
+            self.publish_meta_event(seq)?;
             Ok(true)
         })
     }
@@ -249,9 +253,17 @@ impl ServerState {
             }
             let seq = self.meta.record_database_event(name, Op::DropDatabase)?;
             self.catalog.drop_database(name, true)?;
-            self.write_path.publish(seq);
+            self.publish_meta_event(seq)?;
             Ok(true)
         })
+    }
+
+    /// Publishes the meta file's entry `seq` (with the backlog) under the gate.
+    fn publish_meta_event(&self, seq: u64) -> Result<()> {
+        let entries = self.meta.entries_after(seq.saturating_sub(1), 1)?;
+        self.write_path.publish_entries(entries);
+        self.write_path.publish(seq);
+        Ok(())
     }
 
     /// Runs `f` holding the writer gate; gives it back unless `owner` held it already (an open

@@ -50,6 +50,8 @@ pub struct Writer {
     pub path: Arc<WritePath>,
     /// The session's owner id.
     pub owner: u64,
+    /// The database the session writes to (entries are tagged with it).
+    pub database: String,
 }
 
 /// The client went away while frames were being sent.
@@ -115,14 +117,21 @@ pub fn run_statement(
     }
 }
 
-/// When the session's transaction is over, publishes what it committed and frees the gate.
+/// When the session's transaction is over, publishes what it committed (its entries join the
+/// backlog) and frees the gate.
 fn settle_write(conn: &Connection, writer: &Writer) {
     if !writer.path.holds(writer.owner) || !conn.is_autocommit() {
         return;
     }
-    match store::max_seq(conn) {
-        Ok(seq) => writer.path.publish(seq),
-        Err(e) => tracing::error!(error = %e, "cannot read the committed oplog position"),
+    let before = writer.path.committed();
+    match store::read_file_entries(conn, &writer.database, before, usize::MAX) {
+        Ok(entries) => writer.path.publish_entries(entries),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the committed entries back");
+            if let Ok(seq) = store::max_seq(conn) {
+                writer.path.publish(seq);
+            }
+        }
     }
     writer.path.release(writer.owner);
 }

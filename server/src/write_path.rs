@@ -6,7 +6,13 @@
 //! transaction ends, after publishing the new committed sequence. Publishing wakes whoever waits
 //! for new entries: replica streams, write-concern waiters. Writers queue on a condition variable
 //! in arrival order instead of sleeping in SQLite's busy handler.
+//!
+//! The newest committed entries are also kept in memory (the backlog, as Redis calls it), pushed
+//! in commit order by the writer that made them while it still holds the gate, so replica streams
+//! serve live changes without reading SQLite or handing work to another thread; a stream further
+//! behind than the backlog reads the oplog files instead.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +21,10 @@ use tokio::sync::watch;
 
 use crate::catalog::lock;
 use crate::error::ServerError;
+use crate::oplog::Entry;
+
+/// Entries kept in the backlog at most.
+const BACKLOG_ENTRIES: usize = 20_000;
 
 /// Owner id used by the server's own writers (replica apply, pruning, database events).
 pub const INTERNAL_OWNER: u64 = 0;
@@ -26,6 +36,7 @@ pub struct WritePath {
     committed: Arc<AtomicU64>,
     notify: watch::Sender<u64>,
     wait: Duration,
+    backlog: Mutex<VecDeque<Entry>>,
 }
 
 impl WritePath {
@@ -39,6 +50,7 @@ impl WritePath {
             committed,
             notify,
             wait,
+            backlog: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -105,8 +117,49 @@ impl WritePath {
     /// Sets the committed sequence to `seq` even when lower (a replica that installed a full
     /// sync now stands exactly at the snapshot's position).
     pub fn reset(&self, seq: u64) {
+        lock(&self.backlog).clear();
         self.committed.store(seq, Ordering::Release);
         self.notify.send_replace(seq);
+    }
+
+    /// Publishes entries just committed (in order, by the gate's holder): they join the backlog,
+    /// then the committed sequence moves to the last one. A gap (entries published without
+    /// their predecessors) restarts the backlog, so it always holds one contiguous run.
+    pub fn publish_entries(&self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return;
+        };
+        {
+            let mut backlog = lock(&self.backlog);
+            for entry in entries {
+                if backlog.back().is_some_and(|b| b.seq + 1 != entry.seq) {
+                    backlog.clear();
+                }
+                backlog.push_back(entry);
+            }
+            while backlog.len() > BACKLOG_ENTRIES {
+                backlog.pop_front();
+            }
+        }
+        self.publish(last);
+    }
+
+    /// Up to `limit` entries in `(after, upto]` from the backlog, when it holds `after + 1`.
+    pub fn from_backlog(&self, after: u64, upto: u64, limit: usize) -> Option<Vec<Entry>> {
+        let backlog = lock(&self.backlog);
+        let first = backlog.front()?.seq;
+        if after + 1 < first || after >= backlog.back()?.seq {
+            return None;
+        }
+        let start = (after + 1 - first) as usize;
+        Some(
+            backlog
+                .range(start..)
+                .take_while(|e| e.seq <= upto)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Makes `seq` the committed sequence when it is higher, and wakes the waiters.
@@ -142,5 +195,38 @@ mod tests {
         assert_eq!(path.committed(), 5);
         path.publish(9);
         assert_eq!(*rx.borrow_and_update(), 9);
+    }
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            ts: 0,
+            db: "d".into(),
+            table: "t".into(),
+            op: crate::oplog::Op::Insert,
+            old_key: None,
+            new_key: None,
+            data: None,
+            crc: 0,
+        }
+    }
+
+    #[test]
+    fn backlog_serves_contiguous_runs_only() {
+        let path = WritePath::new(Arc::new(AtomicU64::new(0)), Duration::from_millis(50));
+        path.publish_entries((1..=5).map(entry).collect());
+        assert_eq!(path.committed(), 5);
+        let seqs = |v: Option<Vec<Entry>>| v.map(|v| v.iter().map(|e| e.seq).collect::<Vec<_>>());
+        assert_eq!(seqs(path.from_backlog(0, 5, 10)), Some(vec![1, 2, 3, 4, 5]));
+        assert_eq!(seqs(path.from_backlog(2, 4, 10)), Some(vec![3, 4]));
+        assert_eq!(seqs(path.from_backlog(2, 5, 1)), Some(vec![3]));
+        assert_eq!(seqs(path.from_backlog(5, 5, 10)), None);
+        path.publish_entries(vec![entry(8)]);
+        assert_eq!(
+            seqs(path.from_backlog(0, 8, 10)),
+            None,
+            "a gap restarts the backlog"
+        );
+        assert_eq!(seqs(path.from_backlog(7, 8, 10)), Some(vec![8]));
     }
 }

@@ -131,8 +131,15 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
     loop {
         let upto = state.write_path.committed();
         if upto > *cursor {
-            let (batch, kept) = read_batch(state.clone(), sources.take(), *cursor, upto).await?;
-            sources = Some(kept);
+            let batch = match state.write_path.from_backlog(*cursor, upto, BATCH) {
+                Some(batch) => batch,
+                None => {
+                    let (batch, kept) =
+                        read_batch(state.clone(), sources.take(), *cursor, upto).await?;
+                    sources = Some(kept);
+                    batch
+                }
+            };
             if let Some(last) = batch.last() {
                 *cursor = last.seq;
                 send_entries(state, instance, batch, writer).await?;
