@@ -30,7 +30,7 @@ enum Command {
     Proxy(ConfigArg),
     /// The local caching proxy (not built yet: issue #5).
     Cache,
-    /// Every instance and the proxy in one process (not built yet: issue #4).
+    /// Every instance of config.json in one process, replicating (the proxy joins in issue #4).
     Cluster(ConfigArg),
     /// The load generator (not built yet: issue #7).
     Bench,
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Command::Server(args) => report(run_server(args)),
         Command::Proxy(_) => not_yet("proxy", 4),
         Command::Cache => not_yet("cache", 5),
-        Command::Cluster(_) => not_yet("cluster", 4),
+        Command::Cluster(args) => report(run_cluster(args)),
         Command::Bench => not_yet("bench", 7),
     }
 }
@@ -97,6 +97,44 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         dirkdb_server::run(&config, &args.instance, shutdown_signal())
             .await
             .context("server")
+    })
+}
+
+fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
+    init_logging();
+    let config = load_config(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut servers = tokio::task::JoinSet::new();
+        for instance in &config.instances {
+            let (config, id, mut stop) = (config.clone(), instance.id.clone(), stop_rx.clone());
+            servers.spawn(async move {
+                let result = dirkdb_server::run(&config, &id, async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+                result.with_context(|| format!("instance {id}"))
+            });
+        }
+        tracing::info!(
+            instances = config.instances.len(),
+            "local cluster running (the proxy on :{} arrives with issue #4); Ctrl-C stops it",
+            config.load_balancer.listen_port
+        );
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            Some(first) = servers.join_next() => {
+                let _ = stop_tx.send(true);
+                while servers.join_next().await.is_some() {}
+                return first.context("instance task")?;
+            }
+        }
+        let _ = stop_tx.send(true);
+        while let Some(done) = servers.join_next().await {
+            done.context("instance task")??;
+        }
+        Ok(())
     })
 }
 

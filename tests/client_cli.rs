@@ -166,3 +166,25 @@ fn the_shipped_config_json_is_valid() {
     assert_eq!(config.instance("m1").unwrap().port, 3948);
     assert_eq!(config.instance("m2").unwrap().port, 3950);
 }
+
+#[tokio::test]
+async fn cluster_command_runs_every_instance_replicating_and_stops_cleanly() {
+    let cluster = common::cluster::Cluster::configure(1, r#"{ "maxEntries": 1000 }"#);
+    let mut child = Command::new(common::dirkdb_bin())
+        .args(["cluster", "--config"])
+        .arg(cluster.dir.path().join("config.json"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    common::wait_for_port(cluster.nodes[0].port);
+    common::wait_for_port(cluster.nodes[1].port);
+    let mut c = cluster.client(0).await;
+    c.execute("CREATE DATABASE q").await.unwrap();
+    c.execute("USE q").await.unwrap();
+    c.execute("CREATE TABLE t(a)").await.unwrap();
+    c.execute("INSERT INTO t VALUES (42)").await.unwrap();
+    cluster.assert_same_data_on(0, &[0, 1]);
+    common::signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -501,3 +501,68 @@ async fn a_corrupt_snapshot_is_refused_and_the_replica_retries() {
     assert_eq!(cluster.committed(1), 0, "nothing was installed");
     assert_eq!(cluster.get(1, "/health")["databases"], Value::from(0));
 }
+
+#[tokio::test]
+async fn admin_api_shapes_and_sequences_that_never_repeat() {
+    let mut cluster = Cluster::start(1, DEFAULT_OPLOG);
+    let mut c = cluster.client(0).await;
+    setup_shop(&mut c).await;
+    insert_many(&mut c, 0, 3).await;
+    c.execute("UPDATE t SET v = 'changed' WHERE id = 1")
+        .await
+        .unwrap();
+    c.execute("DELETE FROM t WHERE id = 2").await.unwrap();
+    // LokiJS's changes shape: grouped by table, each change with operation/obj/sequence/timestamp.
+    let changes = cluster.get(0, "/replication/changes?since=2&limit=100");
+    assert_eq!(changes["count"], 5, "{changes}");
+    assert_eq!(changes["latestSequence"], 7);
+    let t = changes["changes"]["shop.t"].as_array().unwrap();
+    let ops: Vec<&str> = t.iter().map(|c| c["operation"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["I", "I", "I", "U", "R"]);
+    assert_eq!(t[3]["obj"]["v"], "changed");
+    assert_eq!(t[4]["key"], json!({ "rowid": 2 }));
+    assert!(t
+        .iter()
+        .all(|c| c["sequence"].is_u64() && c["timestamp"].is_i64()));
+    let limited = cluster.get(0, "/replication/changes?since=0&limit=2");
+    assert_eq!(limited["count"], 2);
+    let by_table = cluster.get(0, "/replication/changes?since=0&limit=100&table=t");
+    assert_eq!(by_table["count"], 6, "{by_table}");
+    let stats = cluster.get(0, "/replication/oplog/stats");
+    assert_eq!(stats["totalEntries"], 7);
+    assert_eq!(stats["latestSequence"], 7);
+    assert_eq!(stats["oldestSequence"], 1);
+    assert_eq!(stats["perTable"]["shop.t"], 6);
+    let metrics = http_text(cluster.nodes[0].admin, "/metrics");
+    assert!(
+        metrics.contains("dirkdb_committed_sequence{instance=\"m1\"} 7"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("dirkdb_replica_acked_sequence{instance=\"m1\",replica=\"m2\"}"));
+    assert!(metrics.contains("# TYPE dirkdb_statements_total counter"));
+    let health = cluster.get(1, "/health");
+    assert_eq!(
+        (health["role"].as_str(), health["status"].as_str()),
+        (Some("REPLICA"), Some("ok"))
+    );
+    // Clearing the oplog keeps positions: after a restart, new entries continue the sequence.
+    let cleared = cluster.post(0, "/replication/oplog/clear", "");
+    assert_eq!(cleared["prunedThrough"], 7);
+    cluster.kill9(0);
+    cluster.spawn(0);
+    let mut c = cluster.client(0).await;
+    c.execute("USE shop").await.unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('after')")
+        .await
+        .unwrap();
+    let changes = cluster.get(0, "/replication/changes?since=7&limit=10");
+    assert_eq!(changes["changes"]["shop.t"][0]["sequence"], 8, "{changes}");
+    cluster.assert_same_data(0);
+}
+
+fn http_text(port: u16, path: &str) -> String {
+    match common::cluster::http(port, "GET", path, "") {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}

@@ -138,12 +138,18 @@ impl Cluster {
     /// Waits until every running node stands at the primary `p`'s committed sequence, then
     /// returns their checksums (which the caller compares).
     pub fn wait_converged(&self, p: usize, timeout: Duration) -> Vec<Value> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        self.wait_converged_on(p, &running, timeout)
+    }
+
+    /// Like `wait_converged`, for the given nodes (which may run outside this harness).
+    pub fn wait_converged_on(&self, p: usize, running: &[usize], timeout: Duration) -> Vec<Value> {
+        let running = running.to_vec();
         let deadline = Instant::now() + timeout;
         loop {
             let target = self.committed(p);
-            let running: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].child.is_some())
-                .collect();
             if running.iter().all(|&i| self.committed(i) == target) {
                 let sums: Vec<Value> = running
                     .iter()
@@ -170,6 +176,15 @@ impl Cluster {
     /// Asserts that every running node holds the same data as the primary `p`.
     pub fn assert_same_data(&self, p: usize) {
         let sums = self.wait_converged(p, Duration::from_secs(60));
+        Self::assert_equal_sums(&sums);
+    }
+
+    /// Asserts that the given nodes hold the same data as the primary `p`.
+    pub fn assert_same_data_on(&self, p: usize, nodes: &[usize]) {
+        Self::assert_equal_sums(&self.wait_converged_on(p, nodes, Duration::from_secs(60)));
+    }
+
+    fn assert_equal_sums(sums: &[Value]) {
         for (i, s) in sums.iter().enumerate() {
             assert_eq!(s, &sums[0], "node #{i} differs from the primary: {sums:?}");
         }

@@ -54,7 +54,12 @@ pub async fn run(state: Arc<ServerState>) {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
                 resync = is_divergence(&e);
-                tracing::warn!(primary = %addr, error = %e, resync, "replication stream ended");
+                // One failure is routine (a primary starting or restarting); repeated ones are not.
+                if backoff >= Duration::from_millis(800) || resync {
+                    tracing::warn!(primary = %addr, error = %e, resync, "replication stream ended; retrying");
+                } else {
+                    tracing::info!(primary = %addr, error = %e, "replication stream ended; retrying");
+                }
                 set_state(&state, "Disconnected", Some(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
