@@ -12,7 +12,18 @@
 //!    frames (pages of rows, a success text, or a `Hadisoana : ` error) back to the session,
 //!    which writes them to the socket.
 //!
-//! A replica refuses every statement SQLite reports as writing (`sqlite3_stmt_readonly`).
+//! How a write flows: before the first writing statement of a transaction (SQLite's
+//! `sqlite3_stmt_readonly` decides), the session takes the instance's writer gate
+//! ([`write_path`]); capture triggers ([`oplog::capture`]) record every changed row in the same
+//! transaction; when the transaction ends, the writer reads its new entries back, pushes them into
+//! the in-memory backlog and publishes the committed sequence, and only then is the client
+//! answered. A replica refuses every writing statement.
+//!
+//! How replication flows: see [`replication`]. A replica's follower connects to the primary's
+//! SQL port, the primary's sender streams entries from the backlog (or the oplog files, or a
+//! [`replication::snapshot`]), the replica's applier writes them, and both sides report through
+//! the [`admin`] API. Background tasks prune the oplog ([`state::ServerState::prune_oplog`]) and
+//! checkpoint WAL files.
 
 pub mod admin;
 pub mod catalog;
