@@ -21,6 +21,7 @@ use crate::checksum::{database_digest, Digest};
 use crate::error::ServerError;
 use crate::oplog::store::{self, FileStats, Filter};
 use crate::oplog::{Entry, Op};
+use crate::replication::{ReplicaState, ReplicaStatus};
 use crate::state::ServerState;
 
 type Shared = State<Arc<ServerState>>;
@@ -346,53 +347,53 @@ async fn metrics(State(state): Shared) -> Response {
         "counter",
         vec![(String::new(), m.errors() as f64)],
     );
+    type ReplicaFigure = fn(&ReplicaStatus) -> f64;
+    let per_replica: [(&str, &str, &str, ReplicaFigure); 6] = [
+        (
+            "dirkdb_replica_connected",
+            "1 while the replica is connected.",
+            "gauge",
+            |r| f64::from(u8::from(r.state != ReplicaState::Disconnected)),
+        ),
+        (
+            "dirkdb_replica_acked_sequence",
+            "Last sequence the replica acknowledged.",
+            "gauge",
+            |r| r.acked_sequence as f64,
+        ),
+        (
+            "dirkdb_replica_lag_operations",
+            "Committed entries the replica has not acknowledged.",
+            "gauge",
+            |r| r.lag_operations as f64,
+        ),
+        (
+            "dirkdb_replica_lag_ms",
+            "Age of the oldest unacknowledged entry.",
+            "gauge",
+            |r| r.lag_ms as f64,
+        ),
+        (
+            "dirkdb_replica_bytes_sent_total",
+            "Bytes sent to the replica.",
+            "counter",
+            |r| r.bytes_sent as f64,
+        ),
+        (
+            "dirkdb_replica_operations_synced_total",
+            "Entries sent to the replica.",
+            "counter",
+            |r| r.operations_synced as f64,
+        ),
+    ];
     let replicas = state.replication.replicas(committed);
-    let per = |f: &dyn Fn(&crate::replication::ReplicaStatus) -> f64| -> Vec<(String, f64)> {
-        replicas
+    for (name, help, kind, figure) in per_replica {
+        let samples = replicas
             .iter()
-            .map(|r| (format!(",replica=\"{}\"", r.instance), f(r)))
-            .collect()
-    };
-    gauge(
-        "dirkdb_replica_connected",
-        "1 while the replica is connected.",
-        "gauge",
-        per(&|r| {
-            f64::from(u8::from(
-                r.state != crate::replication::ReplicaState::Disconnected,
-            ))
-        }),
-    );
-    gauge(
-        "dirkdb_replica_acked_sequence",
-        "Last sequence the replica acknowledged.",
-        "gauge",
-        per(&|r| r.acked_sequence as f64),
-    );
-    gauge(
-        "dirkdb_replica_lag_operations",
-        "Committed entries the replica has not acknowledged.",
-        "gauge",
-        per(&|r| r.lag_operations as f64),
-    );
-    gauge(
-        "dirkdb_replica_lag_ms",
-        "Age of the oldest unacknowledged entry.",
-        "gauge",
-        per(&|r| r.lag_ms as f64),
-    );
-    gauge(
-        "dirkdb_replica_bytes_sent_total",
-        "Bytes sent to the replica.",
-        "counter",
-        per(&|r| r.bytes_sent as f64),
-    );
-    gauge(
-        "dirkdb_replica_operations_synced_total",
-        "Entries sent to the replica.",
-        "counter",
-        per(&|r| r.operations_synced as f64),
-    );
+            .map(|r| (format!(",replica=\"{}\"", r.instance), figure(r)))
+            .collect();
+        gauge(name, help, kind, samples);
+    }
     if state.is_replica() {
         let f = state.replication.follower();
         gauge(
