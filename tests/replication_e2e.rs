@@ -566,3 +566,134 @@ fn http_text(port: u16, path: &str) -> String {
         other => other.to_string(),
     }
 }
+
+#[tokio::test]
+async fn an_interrupted_full_sync_install_or_a_reboot_after_a_crash_means_a_new_full_sync() {
+    let mut cluster = Cluster::configure(1, DEFAULT_OPLOG);
+    cluster.spawn(0);
+    cluster.spawn_with_env(1, &[("DIRKDB_BOOT_ID", "boot-1")]);
+    let mut c = cluster.client(0).await;
+    setup_shop(&mut c).await;
+    insert_many(&mut c, 0, 30).await;
+    cluster.assert_same_data(0);
+    // kill -9, same boot: a partial sync.
+    cluster.kill9(1);
+    cluster.spawn_with_env(1, &[("DIRKDB_BOOT_ID", "boot-1")]);
+    cluster.assert_same_data(0);
+    assert_eq!(syncs(&cluster, 1), (0, 1));
+    // kill -9, then the machine "reboots": NORMAL-synced files may have lost commits.
+    cluster.kill9(1);
+    insert_many(&mut c, 30, 40).await;
+    cluster.spawn_with_env(1, &[("DIRKDB_BOOT_ID", "boot-2")]);
+    cluster.assert_same_data(0);
+    assert_eq!(
+        syncs(&cluster, 1),
+        (1, 0),
+        "an unclean stop before a reboot resyncs fully"
+    );
+    // A crash in the middle of installing a full sync leaves the marker behind.
+    cluster.kill9(1);
+    std::fs::write(
+        cluster.data_dir(1).join("_dirk_install_pending"),
+        r#"{"role":"REPLICA"}"#,
+    )
+    .unwrap();
+    insert_many(&mut c, 40, 50).await;
+    cluster.spawn_with_env(1, &[("DIRKDB_BOOT_ID", "boot-2")]);
+    cluster.assert_same_data(0);
+    assert_eq!(
+        syncs(&cluster, 1),
+        (1, 0),
+        "an interrupted install restarts empty"
+    );
+    assert!(!cluster.data_dir(1).join("_dirk_install_pending").exists());
+    assert_eq!(cluster.get(1, "/health")["role"], "REPLICA");
+}
+
+#[tokio::test]
+async fn a_failed_alter_inside_a_transaction_keeps_capturing_and_database_events_wait() {
+    let cluster = Cluster::start(1, DEFAULT_OPLOG);
+    let mut c = cluster.client(0).await;
+    setup_shop(&mut c).await;
+    c.execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('in tx')")
+        .await
+        .unwrap();
+    assert!(c
+        .execute("ALTER TABLE t RENAME COLUMN nosuch TO y")
+        .await
+        .is_err());
+    match c.execute("CREATE DATABASE other").await {
+        Err(ClientError::Server(e)) => assert!(
+            e.contains("COMMIT or ROLLBACK before CREATE DATABASE"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    c.execute("INSERT INTO t(v) VALUES ('after the failed alter')")
+        .await
+        .unwrap();
+    c.execute("COMMIT").await.unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('later')")
+        .await
+        .unwrap();
+    cluster.assert_same_data(0);
+    let mut r = cluster.client(1).await;
+    r.execute("USE shop").await.unwrap();
+    assert_eq!(
+        r.query("SELECT count(*) FROM t").await.unwrap().rows[0][0],
+        json!(3)
+    );
+}
+
+#[tokio::test]
+async fn a_demoted_primary_ends_its_streams_and_follows_the_new_one() {
+    let cluster = Cluster::start(2, DEFAULT_OPLOG);
+    let mut c = cluster.client(0).await;
+    setup_shop(&mut c).await;
+    insert_many(&mut c, 0, 20).await;
+    cluster.assert_same_data(0);
+    // Switch roles while everything runs: m2 becomes primary, m1 follows it.
+    cluster.post(1, "/replication/promote", "");
+    let m2 = cluster.addr(1);
+    let answer = cluster.post(
+        0,
+        "/replication/configure",
+        &format!(r#"{{"primary":"{m2}"}}"#),
+    );
+    assert_eq!(answer["role"], "REPLICA", "{answer}");
+    match c.execute("INSERT INTO t(v) VALUES ('old primary')").await {
+        Err(ClientError::Server(e)) => assert!(e.contains("read-only REPLICA"), "{e}"),
+        other => panic!("the demoted primary accepted a write: {other:?}"),
+    }
+    // m3 was streaming from m1: that stream ends, and m1 refuses to serve it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cluster.follower(2)["lastError"]
+        .as_str()
+        .unwrap_or("")
+        .contains("REPLICA")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m3 still follows a replica: {}",
+            cluster.follower(2)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.post(
+        2,
+        "/replication/configure",
+        &format!(r#"{{"primary":"{m2}"}}"#),
+    );
+    let mut w = cluster.client(1).await;
+    w.execute("USE shop").await.unwrap();
+    insert_many(&mut w, 20, 40).await;
+    cluster.assert_same_data(1);
+    for i in [0, 2] {
+        let (full, partial) = syncs(&cluster, i);
+        assert!(
+            partial >= 1,
+            "node {i} continued with a partial sync ({full}, {partial})"
+        );
+    }
+}

@@ -461,3 +461,24 @@ async fn graceful_shutdown_lets_the_running_statement_finish() {
     assert_eq!(reply.rows().unwrap().rows[0][0], json!(3_000_000));
     assert!(server.terminate().map(|s| s.success()).unwrap_or(true));
 }
+
+#[tokio::test]
+async fn a_returning_write_refused_for_its_size_leaves_nothing_behind() {
+    let server = ServerProcess::start_with("PRIMARY", r#"{ "maxResultRows": 3 }"#);
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE r").await.unwrap();
+    c.execute("USE r").await.unwrap();
+    c.execute("CREATE TABLE t(a)").await.unwrap();
+    let e = server_error(
+        c.execute("INSERT INTO t VALUES (1), (2), (3), (4), (5) RETURNING a")
+            .await,
+    );
+    assert!(e.contains("more than the limit of 3"), "{e}");
+    assert_eq!(count(&mut c, "t").await, 0);
+    let rs = c
+        .query("INSERT INTO t VALUES (1), (2) RETURNING a")
+        .await
+        .unwrap();
+    assert_eq!(rs.rows.len(), 2);
+    assert_eq!(count(&mut c, "t").await, 2);
+}

@@ -100,6 +100,7 @@ pub struct Catalog {
     dir: PathBuf,
     databases: RwLock<HashMap<String, Arc<Database>>>,
     settings: ConnectionSettings,
+    generation: AtomicU64,
 }
 
 impl Catalog {
@@ -128,6 +129,7 @@ impl Catalog {
             dir: dir.to_path_buf(),
             databases: RwLock::new(HashMap::new()),
             settings,
+            generation: AtomicU64::new(0),
         };
         catalog.reload()?;
         Ok(catalog)
@@ -156,6 +158,16 @@ impl Catalog {
             db.dropped.store(true, Ordering::Release);
             lock(&db.idle).clear();
         }
+        self.changed();
+    }
+
+    /// Changes whenever a database is created, dropped or replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The data directory.
@@ -172,6 +184,7 @@ impl Catalog {
             settings: self.settings.clone(),
         });
         write(&self.databases).insert(name, db.clone());
+        self.changed();
         db
     }
 
@@ -217,6 +230,8 @@ impl Catalog {
             settings: self.settings.clone(),
         });
         map.insert(name.to_string(), db);
+        drop(map);
+        self.changed();
         Ok(true)
     }
 
@@ -232,6 +247,7 @@ impl Catalog {
         };
         db.dropped.store(true, Ordering::Release);
         lock(&db.idle).clear();
+        self.changed();
         for suffix in ["", "-wal", "-shm"] {
             let mut file = db.path.clone().into_os_string();
             file.push(suffix);
@@ -270,11 +286,18 @@ impl Catalog {
     }
 }
 
+/// True for names in DirkDB's reserved namespace, in any letter case (SQLite's `LIKE` and its
+/// identifiers are case-insensitive, so `_DIRKx` must be as reserved as `_dirkx`).
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= RESERVED_PREFIX.len()
+        && name.as_bytes()[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes())
+}
+
 /// Database names become file names: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && !name.starts_with(RESERVED_PREFIX)
+        && !is_reserved(name)
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -310,9 +333,10 @@ pub fn open_connection(
 
 /// A replica's connection for applying the primary's changes: triggers and foreign-key actions
 /// off (their effects arrive as entries of their own), DirkDB's tables writable, and
-/// `synchronous=NORMAL`: a replica's position is its last committed entry, so a power loss can
-/// only cost it its newest entries, which it fetches again from the primary; a process crash
-/// costs nothing. This keeps an fsync out of every applied batch (and out of the replication lag).
+/// `synchronous=NORMAL`: a process crash costs nothing, and this keeps an fsync out of every
+/// applied batch (and out of the replication lag). A power loss could cost one file's newest
+/// commits while another's survive; a replica that restarts after such a reboot resyncs fully
+/// (see `state::lost_power_since_last_run`).
 pub fn open_apply_connection(path: &Path, settings: &ConnectionSettings) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -370,7 +394,7 @@ fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
         DropTrigger {
             trigger_name,
             table_name,
-        } if trigger_name.starts_with("_dirk_cap_") && !table_name.starts_with(RESERVED_PREFIX) => {
+        } if trigger_name.starts_with("_dirk_cap_") && !is_reserved(table_name) => {
             return Authorization::Allow
         }
         CreateTrigger { trigger_name, .. } | DropTrigger { trigger_name, .. } => trigger_name,

@@ -124,6 +124,12 @@ pub async fn serve(
     shutdown: impl std::future::Future,
 ) {
     listener::serve(listener, state.clone(), shutdown).await;
-    let _ = tokio::task::spawn_blocking(move || state.catalog.checkpoint_all()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        state.catalog.checkpoint_all();
+        if let Err(e) = state.mark_clean_shutdown() {
+            tracing::warn!(error = %e, "cannot record the clean shutdown");
+        }
+    })
+    .await;
     tracing::info!("server stopped; databases checkpointed");
 }

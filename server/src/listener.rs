@@ -87,7 +87,9 @@ fn is_replication_handshake(incoming: &Incoming) -> bool {
     matches!(incoming, Incoming::Statement(s) if s.trim().eq_ignore_ascii_case(HANDSHAKE))
 }
 
-/// Hands the socket over to a replication sender (see `replication::protocol`).
+/// Hands the socket over to a replication sender (see `replication::protocol`). Only a
+/// connection's first statement can do this, so no session state (an open transaction holding
+/// the writer gate) lingers behind a stream.
 async fn start_replication(
     mut conn: ServerConnection<TcpStream>,
     state: Arc<ServerState>,
@@ -114,6 +116,7 @@ async fn handle_client(
 ) -> Result<(), ConnectionError> {
     let mut conn = ServerConnection::new(socket, state.limits.max_statement_bytes);
     let mut session = Session::new(state);
+    let mut first = true;
     loop {
         let incoming = tokio::select! {
             incoming = conn.read_statement() => incoming?,
@@ -125,7 +128,9 @@ async fn handle_client(
             }
             return Ok(());
         };
-        if is_replication_handshake(&incoming) {
+        let handshake = first && is_replication_handshake(&incoming);
+        first = false;
+        if handshake {
             // A replica's stream ends with the server, like any client.
             return tokio::select! {
                 r = start_replication(conn, session.state()) => r,

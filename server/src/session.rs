@@ -116,6 +116,7 @@ impl Session {
                 if_not_exists,
             } => {
                 self.refuse_on_replica()?;
+                self.refuse_in_transaction("CREATE DATABASE")?;
                 let state = self.state.clone();
                 let (n, owner) = (name.clone(), self.owner);
                 blocking(move || state.create_database(owner, &n, if_not_exists)).await?;
@@ -123,6 +124,7 @@ impl Session {
             }
             DatabaseStatement::Drop { name, if_exists } => {
                 self.refuse_on_replica()?;
+                self.refuse_in_transaction("DROP DATABASE")?;
                 self.drop_database(name, if_exists).await.map(Reply::Text)
             }
             DatabaseStatement::ShowDatabases => {
@@ -137,6 +139,15 @@ impl Session {
             Some(id) => Err(ServerError::ReadOnlyReplica(id)),
             None => Ok(()),
         }
+    }
+
+    /// Database events get their own sequence number, which must not interleave with an open
+    /// transaction's entries.
+    fn refuse_in_transaction(&self, what: &'static str) -> Result<(), ServerError> {
+        if self.current.as_ref().is_some_and(|c| c.in_transaction()) {
+            return Err(ServerError::TransactionOpen(what));
+        }
+        Ok(())
     }
 
     fn use_database(&mut self, name: &str) -> Result<String, ServerError> {

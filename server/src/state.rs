@@ -43,6 +43,7 @@ pub struct ServerState {
     pub metrics: ServerMetrics,
     read_only: AtomicBool,
     next_owner: AtomicU64,
+    resync_on_start: AtomicBool,
 }
 
 impl ServerState {
@@ -60,7 +61,11 @@ impl ServerState {
             committed: committed.clone(),
         };
         let sync = config.storage.synchronous.as_str();
+        let restored = crate::replication::snapshot::recover_interrupted_install(data_directory)?;
         let meta = Meta::open(data_directory, committed.clone(), sync)?;
+        for (key, value) in &restored {
+            meta.set_setting(key, value.as_deref())?;
+        }
         meta.history(&instance.id)?;
         reconcile_database_files(&meta, data_directory)?;
         let catalog = Catalog::open(data_directory, settings.clone())?;
@@ -69,6 +74,7 @@ impl ServerState {
             Some("REPLICA") => Role::Replica,
             _ => instance.role,
         };
+        let resync_on_start = role == Role::Replica && lost_power_since_last_run(&meta)?;
         let target = match role {
             Role::Primary => None,
             Role::Replica => meta
@@ -93,6 +99,7 @@ impl ServerState {
             metrics: ServerMetrics::default(),
             read_only: AtomicBool::new(role == Role::Replica),
             next_owner: AtomicU64::new(1),
+            resync_on_start: AtomicBool::new(resync_on_start),
         };
         let latest = state.latest_on_disk()?;
         state.write_path.publish(latest);
@@ -117,11 +124,18 @@ impl ServerState {
         Ok(chain)
     }
 
-    /// Makes this instance a replica of `primary` (host:port), persisted across restarts.
+    /// Makes this instance a replica of `primary` (host:port), persisted across restarts. It
+    /// waits for an open write transaction to end (the writer gate), so nothing commits locally
+    /// after the switch, and ends the streams it served as a primary.
     pub fn follow(&self, primary: &str) -> Result<()> {
-        self.meta.set_setting("role", Some("REPLICA"))?;
-        self.meta.set_setting("primary", Some(primary))?;
-        self.set_replica(true);
+        let owner = self.new_owner();
+        self.under_gate(owner, || {
+            self.meta.set_setting("role", Some("REPLICA"))?;
+            self.meta.set_setting("primary", Some(primary))?;
+            self.set_replica(true);
+            Ok(())
+        })?;
+        self.replication.end_streams();
         self.replication.set_target(Some(primary.to_string()));
         tracing::info!(instance = %self.instance_id, %primary, "following a new primary");
         Ok(())
@@ -169,6 +183,18 @@ impl ServerState {
         let through = self.write_path.committed();
         let sources = self.oplog_sources()?;
         self.under_gate(owner, || self.prune_through(&sources, through))
+    }
+
+    /// True (once) when this replica must start with a full sync: see
+    /// [`lost_power_since_last_run`].
+    pub fn take_resync_on_start(&self) -> bool {
+        self.resync_on_start.swap(false, Ordering::AcqRel)
+    }
+
+    /// Records a graceful stop (after the final checkpoint).
+    pub fn mark_clean_shutdown(&self) -> Result<()> {
+        self.meta.set_setting("clean_shutdown", Some("1"))?;
+        Ok(())
     }
 
     /// `Some(instance id)` when client writes must be refused.
@@ -275,6 +301,34 @@ impl ServerState {
         let _release = (!held_before).then(|| GateRelease(&self.write_path, owner));
         f()
     }
+}
+
+/// A replica applies with `synchronous=NORMAL` across several files: a process crash loses
+/// nothing, but a power loss or OS crash could lose one file's newest commits while another
+/// file's later ones survive, leaving a hole its position does not show. So when the last run
+/// did not stop cleanly and the machine has rebooted since (the kernel's boot id changed), the
+/// replica starts with a full sync. Records this run's boot id and marks it not yet stopped.
+fn lost_power_since_last_run(meta: &Meta) -> Result<bool> {
+    let boot = boot_id();
+    let unclean = meta.setting("clean_shutdown")?.as_deref() == Some("0");
+    let rebooted =
+        matches!((meta.setting("boot_id")?, &boot), (Some(old), Some(now)) if &old != now);
+    meta.set_setting("boot_id", boot.as_deref())?;
+    meta.set_setting("clean_shutdown", Some("0"))?;
+    if unclean && rebooted {
+        tracing::warn!(
+            "the machine restarted after an unclean stop: this replica will resync fully"
+        );
+    }
+    Ok(unclean && rebooted)
+}
+
+/// The kernel's id of this boot (`DIRKDB_BOOT_ID` overrides it, for tests).
+fn boot_id() -> Option<String> {
+    std::env::var("DIRKDB_BOOT_ID")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
+        .map(|s| s.trim().to_string())
 }
 
 struct GateRelease<'a>(&'a WritePath, u64);

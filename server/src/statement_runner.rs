@@ -157,7 +157,9 @@ fn execute(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<Last, RunError> {
-    if schema_object(sql).is_some_and(|o| o.kind == "TRIGGER" && o.name.starts_with("_dirk")) {
+    if schema_object(sql)
+        .is_some_and(|o| o.kind == "TRIGGER" && crate::catalog::is_reserved(&o.name))
+    {
         return Err(
             ServerError::Refused("DirkDB's `_dirk` triggers cannot be changed".into()).into(),
         );
@@ -198,8 +200,17 @@ fn execute(
         stmt.raw_execute()?;
         return Ok(Last::Text(success_text(sql)));
     }
-    stream_rows(conn, &mut stmt, sql, options, sink)?;
-    Ok(Last::RelationOk)
+    if !writes {
+        stream_rows(conn, &mut stmt, sql, options, sink)?;
+        return Ok(Last::RelationOk);
+    }
+    // A write that returns rows (RETURNING) makes its changes at the first step: if the
+    // response then fails (too many rows, client gone), nothing of it must stay.
+    conn.execute_batch("SAVEPOINT _dirk_returning")?;
+    let streamed = stream_rows(conn, &mut stmt, sql, options, sink);
+    drop(stmt);
+    end_savepoint(conn, "_dirk_returning", streamed.is_ok())?;
+    streamed.map(|()| Last::RelationOk)
 }
 
 /// Runs CREATE/DROP/ALTER and records it as an oplog entry in the same transaction, with the
@@ -209,10 +220,9 @@ fn run_schema_change(
     mut stmt: Statement<'_>,
     sql: &str,
 ) -> Result<String, RunError> {
-    let own_transaction = conn.is_autocommit();
-    if own_transaction {
-        conn.execute_batch("SAVEPOINT _dirk_ddl")?;
-    }
+    // A savepoint also inside an explicit transaction: a failed ALTER must not leave the
+    // table's capture triggers dropped.
+    conn.execute_batch("SAVEPOINT _dirk_ddl")?;
     let result = (|| -> Result<(), RunError> {
         let before = schema_version(conn)?;
         if let Some(o) = schema_object(sql).filter(|o| o.verb == "ALTER") {
@@ -225,15 +235,17 @@ fn run_schema_change(
         Ok(())
     })();
     drop(stmt);
-    if own_transaction {
-        let end = if result.is_ok() {
-            "RELEASE _dirk_ddl"
-        } else {
-            "ROLLBACK TO _dirk_ddl; RELEASE _dirk_ddl"
-        };
-        conn.execute_batch(end)?;
-    }
+    end_savepoint(conn, "_dirk_ddl", result.is_ok())?;
     result.map(|()| success_text(sql))
+}
+
+/// Releases a savepoint, first rolling back to it when the work failed.
+fn end_savepoint(conn: &Connection, name: &str, keep: bool) -> rusqlite::Result<()> {
+    if keep {
+        conn.execute_batch(&format!("RELEASE {name}"))
+    } else {
+        conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+    }
 }
 
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {

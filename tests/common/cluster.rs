@@ -79,6 +79,11 @@ impl Cluster {
 
     /// Starts node `i` and waits for its SQL port.
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with_env(i, &[]);
+    }
+
+    /// Starts node `i` with extra environment variables.
+    pub fn spawn_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", self.nodes[i].id)))
             .expect("log file");
         let child = Command::new(dirkdb_bin())
@@ -86,6 +91,7 @@ impl Cluster {
             .arg(self.dir.path().join("config.json"))
             .args(["--instance", &self.nodes[i].id])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -36,7 +36,7 @@ pub async fn run(state: Arc<ServerState>) {
     let mut target = state.replication.watch_target();
     let applier = Arc::new(Mutex::new(Applier::default()));
     let mut backoff = MIN_BACKOFF;
-    let mut resync = false;
+    let mut resync = state.take_resync_on_start();
     loop {
         let Some(addr) = target.borrow_and_update().clone() else {
             set_state(&state, "Stopped", None);

@@ -122,6 +122,7 @@ pub struct ReplicationHub {
     follower: Mutex<FollowerStatus>,
     target: watch::Sender<Option<String>>,
     acks: watch::Sender<u64>,
+    streams_epoch: watch::Sender<u64>,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
 }
@@ -143,6 +144,7 @@ impl ReplicationHub {
             }),
             target: watch::channel(target).0,
             acks: watch::channel(0).0,
+            streams_epoch: watch::channel(0).0,
             heartbeat,
         }
     }
@@ -161,6 +163,16 @@ impl ReplicationHub {
     /// Notified when the target changes.
     pub fn watch_target(&self) -> watch::Receiver<Option<String>> {
         self.target.subscribe()
+    }
+
+    /// Ends every stream this node serves as a primary (it is being demoted).
+    pub fn end_streams(&self) {
+        self.streams_epoch.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes when the streams this node serves must end.
+    pub fn watch_streams(&self) -> watch::Receiver<u64> {
+        self.streams_epoch.subscribe()
     }
 
     /// Notified whenever a replica acknowledges (for write concerns).

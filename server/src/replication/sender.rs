@@ -125,7 +125,8 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
     closed: &mut mpsc::Receiver<String>,
 ) -> Result<(), StreamError> {
     let mut commits = state.write_path.subscribe();
-    let mut sources: Option<(Vec<String>, Vec<Source>)> = None;
+    let mut ended = state.replication.watch_streams();
+    let mut sources: Option<(u64, Vec<Source>)> = None;
     let heartbeat = state.replication.heartbeat;
     let mut last_sent = Instant::now();
     loop {
@@ -162,6 +163,9 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
             why = closed.recv() => {
                 return Err(StreamError::Peer(why.unwrap_or_else(|| "replica left".into())));
             }
+            _ = ended.changed() => {
+                return Err(StreamError::Peer("this instance is no longer a primary".into()));
+            }
         }
     }
 }
@@ -186,18 +190,19 @@ async fn send_entries<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads the entries in `(after, upto]`, reusing the open sources while the set of databases
-/// is unchanged. Fails on a gap (a pruned or corrupt oplog) so the replica resyncs.
+/// Reads the entries in `(after, upto]`, reusing the open sources while the catalog is
+/// unchanged (its generation moves with every CREATE, DROP or reload, even of the same name).
+/// Fails on a gap (a pruned or corrupt oplog) so the replica resyncs.
 async fn read_batch(
     state: Arc<ServerState>,
-    sources: Option<(Vec<String>, Vec<Source>)>,
+    sources: Option<(u64, Vec<Source>)>,
     after: u64,
     upto: u64,
-) -> Result<(Vec<Entry>, (Vec<String>, Vec<Source>)), StreamError> {
+) -> Result<(Vec<Entry>, (u64, Vec<Source>)), StreamError> {
     tokio::task::spawn_blocking(move || {
-        let names = state.catalog.names();
+        let generation = state.catalog.generation();
         let sources = match sources {
-            Some((known, open)) if known == names => open,
+            Some((known, open)) if known == generation => open,
             _ => state.oplog_sources()?,
         };
         // A corrupt entry stops the stream, but only after everything before it was sent.
@@ -214,7 +219,7 @@ async fn read_batch(
                 after + 1
             )));
         }
-        Ok((batch, (names, sources)))
+        Ok((batch, (generation, sources)))
     })
     .await
     .map_err(|e| StreamError::Server(ServerError::Internal(e.to_string())))?

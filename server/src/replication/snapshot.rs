@@ -21,6 +21,9 @@ use crate::error::{Result, ServerError};
 use crate::meta::META_FILE;
 use crate::state::ServerState;
 
+/// Settings of the meta file that describe this node, not the data (kept across a full sync).
+pub const LOCAL_SETTINGS: [&str; 4] = ["role", "primary", "boot_id", "clean_shutdown"];
+
 /// Copies of every file at one position, deleted when dropped.
 pub struct Snapshot {
     /// Folder holding the copies.
@@ -124,8 +127,13 @@ pub fn install(
     }
     let owner = state.new_owner();
     state.under_gate(owner, || {
-        let followed = state.meta.setting("primary")?;
+        // The snapshot's meta file is the primary's; what belongs to this node stays its own.
+        let local: Vec<(&str, Option<String>)> = LOCAL_SETTINGS
+            .iter()
+            .map(|k| Ok((*k, state.meta.setting(k)?)))
+            .collect::<Result<_>>()?;
         let dir = state.data_dir();
+        write_marker(&dir, &local)?;
         state.catalog.forget_all();
         for name in Catalog::files_on_disk(&dir)? {
             remove_database_files(&dir, &format!("{name}.db"))?;
@@ -135,12 +143,60 @@ pub fn install(
             std::fs::rename(incoming.join(&file.name), dir.join(&file.name))?;
         }
         state.catalog.reload()?;
-        state.meta.set_setting("primary", followed.as_deref())?;
+        for (key, value) in &local {
+            state.meta.set_setting(key, value.as_deref())?;
+        }
+        sync_dir(&dir)?;
+        std::fs::remove_file(dir.join(INSTALL_MARKER))?;
+        sync_dir(&dir)?;
         state.write_path.reset(position);
         Ok(())
     })?;
     let _ = std::fs::remove_dir_all(incoming);
     Ok(())
+}
+
+/// Present while a full sync is being installed: finding it at start-up means a crash left the
+/// data directory half old, half new.
+const INSTALL_MARKER: &str = "_dirk_install_pending";
+
+fn write_marker(dir: &Path, local: &[(&str, Option<String>)]) -> Result<()> {
+    let settings: serde_json::Map<String, serde_json::Value> = local
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    let path = dir.join(INSTALL_MARKER);
+    std::fs::write(&path, serde_json::Value::Object(settings).to_string())?;
+    std::fs::File::open(&path)?.sync_all()?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// At start-up, before anything opens the data directory: if a full-sync install was cut short,
+/// removes every database and the meta file (the node then starts empty and receives a full
+/// sync) and returns the node's own settings saved in the marker, to be restored.
+pub fn recover_interrupted_install(dir: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let marker = dir.join(INSTALL_MARKER);
+    let Ok(text) = std::fs::read_to_string(&marker) else {
+        return Ok(Vec::new());
+    };
+    tracing::warn!(dir = %dir.display(), "an interrupted full-sync install was found: starting empty for a new full sync");
+    for name in Catalog::files_on_disk(dir)? {
+        remove_database_files(dir, &format!("{name}.db"))?;
+    }
+    remove_database_files(dir, META_FILE)?;
+    let _ = std::fs::remove_dir_all(dir.join("_dirk_incoming"));
+    let settings: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).unwrap_or_default();
+    std::fs::remove_file(&marker)?;
+    Ok(settings
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().map(str::to_string)))
+        .collect())
 }
 
 /// Removes a database file with its WAL and shared-memory files.
