@@ -260,9 +260,11 @@ impl ServerState {
                     Err(ServerError::DatabaseExists(name.to_string()))
                 };
             }
+            // Published before the file operation: if that fails, the committed event still
+            // owns its sequence number (start-up reconciliation makes the file match it).
             let seq = self.meta.record_database_event(name, Op::CreateDatabase)?;
-            self.catalog.create(name, false)?;
             self.publish_meta_event(seq)?;
+            self.catalog.create(name, false)?;
             Ok(true)
         })
     }
@@ -278,8 +280,8 @@ impl ServerState {
                 };
             }
             let seq = self.meta.record_database_event(name, Op::DropDatabase)?;
-            self.catalog.drop_database(name, true)?;
             self.publish_meta_event(seq)?;
+            self.catalog.drop_database(name, true)?;
             Ok(true)
         })
     }
