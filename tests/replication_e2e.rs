@@ -697,3 +697,57 @@ async fn a_demoted_primary_ends_its_streams_and_follows_the_new_one() {
         );
     }
 }
+
+#[tokio::test]
+async fn protocol_extensions_report_positions_and_wait_for_replicas() {
+    let mut cluster = Cluster::start(1, DEFAULT_OPLOG);
+    let mut c = cluster.client(0).await;
+    let text = |r: dirkdb_client::Reply| match r {
+        dirkdb_client::Reply::Message(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text(c.execute("DIRK POSITION").await.unwrap()),
+        "position 0"
+    );
+    setup_shop(&mut c).await;
+    c.execute("INSERT INTO t(v) VALUES ('x')").await.unwrap();
+    let committed = cluster.committed(0);
+    assert_eq!(
+        text(c.execute("DIRK POSITION").await.unwrap()),
+        format!("position {committed}")
+    );
+    let answer = text(
+        c.execute(&format!("DIRK WAIT REPLICAS 1 {committed} 5000"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(answer, "replicas 1");
+    let mut r = cluster.client(1).await;
+    let answer = text(
+        r.execute(&format!("DIRK WAIT {committed} 5000"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(answer, format!("position {committed}"));
+    // With the replica down, the wait times out and says how far it got.
+    cluster.kill9(1);
+    c.execute("INSERT INTO t(v) VALUES ('y')").await.unwrap();
+    let answer = text(
+        c.execute(&format!("DIRK WAIT REPLICAS 1 {} 200", committed + 1))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(answer, "replicas 0");
+    match c
+        .execute(&format!("DIRK WAIT {} 100", committed + 100))
+        .await
+    {
+        Err(ClientError::Server(e)) => assert!(e.contains("not reached within 100 ms"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.execute("DIRK NONSENSE").await,
+        Err(ClientError::Server(_))
+    ));
+}

@@ -30,6 +30,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod database_statement;
 pub mod error;
+pub mod extension;
 pub mod listener;
 pub mod meta;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! session's transaction lives exactly as long as the client connection: when the client leaves,
 //! [`Session`]'s `Drop` closes an open transaction (rolling it back) or pools the connection.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::catalog::{open_scratch, Database};
 use crate::database_statement::{self, database_text, use_text, DatabaseStatement};
 use crate::error::ServerError;
+use crate::extension;
 use crate::state::ServerState;
 use crate::statement_runner::{run_statement, FrameSink, RunOptions, Writer};
 
@@ -30,6 +32,8 @@ pub struct Session {
     state: Arc<ServerState>,
     /// This session's id at the writer gate.
     owner: u64,
+    /// Position of this session's last committed write.
+    last_write: Arc<AtomicU64>,
     current: Option<CurrentDatabase>,
     scratch: Option<Connection>,
 }
@@ -50,6 +54,7 @@ impl Session {
     pub fn new(state: Arc<ServerState>) -> Session {
         Session {
             owner: state.new_owner(),
+            last_write: Arc::default(),
             state,
             current: None,
             scratch: None,
@@ -80,6 +85,17 @@ impl Session {
                     .await
             }
         };
+        if let Some(ext) = extension::parse(&sql) {
+            let last_write = self.last_write.load(Ordering::Acquire);
+            let frame = match ext {
+                Ok(ext) => match extension::answer(&self.state, ext, last_write).await {
+                    Ok(text) => Frame::Message(text),
+                    Err(e) => Frame::error(e),
+                },
+                Err(e) => Frame::error(e),
+            };
+            return self.reply(out, frame).await;
+        }
         let sql = translate(&sql);
         match database_statement::parse(&sql) {
             None => self.run_sql(sql, out).await,
@@ -120,6 +136,8 @@ impl Session {
                 let state = self.state.clone();
                 let (n, owner) = (name.clone(), self.owner);
                 blocking(move || state.create_database(owner, &n, if_not_exists)).await?;
+                self.last_write
+                    .store(self.state.write_path.committed(), Ordering::Release);
                 Ok(Reply::Text(database_text(&name, "voaforona")))
             }
             DatabaseStatement::Drop { name, if_exists } => {
@@ -175,6 +193,8 @@ impl Session {
         let state = self.state.clone();
         let (n, owner) = (name.clone(), self.owner);
         blocking(move || state.drop_database(owner, &n, if_exists)).await?;
+        self.last_write
+            .store(self.state.write_path.committed(), Ordering::Release);
         Ok(database_text(&name, "voafafa"))
     }
 
@@ -244,6 +264,7 @@ impl Session {
                     path: self.state.write_path.clone(),
                     owner: self.owner,
                     database: current.db.name().to_string(),
+                    last_write: self.last_write.clone(),
                 }),
                 _ => None,
             },

@@ -52,6 +52,8 @@ pub struct Writer {
     pub owner: u64,
     /// The database the session writes to (entries are tagged with it).
     pub database: String,
+    /// Set to the position of the session's last committed write (`DIRK POSITION`).
+    pub last_write: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The client went away while frames were being sent.
@@ -125,7 +127,14 @@ fn settle_write(conn: &Connection, writer: &Writer) {
     }
     let before = writer.path.committed();
     match store::read_file_entries(conn, &writer.database, before, usize::MAX) {
-        Ok(entries) => writer.path.publish_entries(entries),
+        Ok(entries) => {
+            if let Some(last) = entries.last() {
+                writer
+                    .last_write
+                    .store(last.seq, std::sync::atomic::Ordering::Release);
+            }
+            writer.path.publish_entries(entries)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the committed entries back");
             if let Ok(seq) = store::max_seq(conn) {

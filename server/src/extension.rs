@@ -1,0 +1,154 @@
+//! DirkDB's protocol extensions: statements only DirkDB's own components send (the proxy, the
+//! benchmarks), answered with ordinary message frames, so a base client never sees them.
+//!
+//! * `DIRK POSITION` → `position <seq>`: the oplog position of this session's last committed
+//!   write (0 before any), which a proxy needs for read-your-writes.
+//! * `DIRK WAIT <seq> <timeout_ms>` → `position <committed>` once this instance has committed
+//!   or applied `seq`; an error naming the position reached when the timeout passes first.
+//! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n>`: on a primary, waits until `k`
+//!   connected replicas acknowledged `seq` (or the timeout), and says how many did.
+
+use std::time::Duration;
+
+use crate::error::ServerError;
+use crate::state::ServerState;
+
+/// A parsed extension statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extension {
+    /// `DIRK POSITION`
+    Position,
+    /// `DIRK WAIT <seq> <timeout_ms>`
+    Wait {
+        /// Position to reach.
+        seq: u64,
+        /// Longest wait.
+        timeout: Duration,
+    },
+    /// `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>`
+    WaitReplicas {
+        /// Replicas wanted.
+        k: usize,
+        /// Position they must have acknowledged.
+        seq: u64,
+        /// Longest wait.
+        timeout: Duration,
+    },
+}
+
+/// Recognizes an extension; `None` for every other statement (including the replication
+/// handshake, which the listener handles).
+pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if words.first().map(String::as_str) != Some("DIRK") {
+        return None;
+    }
+    let number = |i: usize| -> Result<u64, ServerError> {
+        words.get(i).and_then(|w| w.parse().ok()).ok_or_else(|| {
+            ServerError::Syntax(format!("DIRK extension: a number is expected in `{sql}`"))
+        })
+    };
+    let parsed = match words.get(1).map(String::as_str) {
+        Some("POSITION") if words.len() == 2 => Ok(Extension::Position),
+        Some("WAIT")
+            if words.get(2).map(String::as_str) == Some("REPLICAS") && words.len() == 6 =>
+        {
+            (|| {
+                Ok(Extension::WaitReplicas {
+                    k: number(3)? as usize,
+                    seq: number(4)?,
+                    timeout: Duration::from_millis(number(5)?),
+                })
+            })()
+        }
+        Some("WAIT") if words.len() == 4 => (|| {
+            Ok(Extension::Wait {
+                seq: number(2)?,
+                timeout: Duration::from_millis(number(3)?),
+            })
+        })(),
+        Some("REPLICATION") => return None,
+        _ => Err(ServerError::Syntax(format!(
+            "unknown DIRK extension `{sql}`"
+        ))),
+    };
+    Some(parsed)
+}
+
+/// Answers an extension; `last_write` is the session's last committed position.
+pub async fn answer(
+    state: &ServerState,
+    ext: Extension,
+    last_write: u64,
+) -> Result<String, ServerError> {
+    match ext {
+        Extension::Position => Ok(format!("position {last_write}")),
+        Extension::Wait { seq, timeout } => {
+            let mut commits = state.write_path.subscribe();
+            let reached = tokio::time::timeout(timeout, commits.wait_for(|c| *c >= seq)).await;
+            let now = state.write_path.committed();
+            match reached {
+                Ok(Ok(_)) => Ok(format!("position {now}")),
+                _ => Err(ServerError::Refused(format!(
+                    "position {seq} not reached within {} ms (at {now})",
+                    timeout.as_millis()
+                ))),
+            }
+        }
+        Extension::WaitReplicas { k, seq, timeout } => {
+            let count = || {
+                state
+                    .replication
+                    .acked_positions()
+                    .iter()
+                    .filter(|p| **p >= seq)
+                    .count()
+            };
+            let mut acks = state.replication.watch_acks();
+            let _ = tokio::time::timeout(timeout, async {
+                while count() < k {
+                    if acks.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            Ok(format!("replicas {}", count()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_extensions() {
+        assert_eq!(
+            parse("DIRK POSITION").unwrap().unwrap(),
+            Extension::Position
+        );
+        assert_eq!(
+            parse("dirk wait 12 500").unwrap().unwrap(),
+            Extension::Wait {
+                seq: 12,
+                timeout: Duration::from_millis(500)
+            }
+        );
+        assert_eq!(
+            parse("DIRK WAIT REPLICAS 2 9 100").unwrap().unwrap(),
+            Extension::WaitReplicas {
+                k: 2,
+                seq: 9,
+                timeout: Duration::from_millis(100)
+            }
+        );
+        assert!(parse("DIRK WAIT x 1").unwrap().is_err());
+        assert!(parse("DIRK FOO").unwrap().is_err());
+        assert!(parse("DIRK REPLICATION").is_none());
+        assert!(parse("SELECT 1").is_none());
+    }
+}
