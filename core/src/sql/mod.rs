@@ -9,6 +9,7 @@
 //! * [`malagasy`] translates DirkDB's Malagasy keywords into SQL, on tokens,
 //!   before a statement is classified and executed.
 
+pub mod classify;
 pub mod lexer;
 pub mod malagasy;
 pub mod splitter;

@@ -1,0 +1,188 @@
+//! Where a statement may run: the proxy's routing decision, made with `sqlparser` after the
+//! Malagasy translation.
+//!
+//! The rule is safety first: only what is certainly a read without side effects is a
+//! [`StatementClass::Read`] (a plain query, EXPLAIN, SHOW); anything that writes, anything
+//! connection-specific (`changes()`, `last_insert_rowid()`, PRAGMAs) and anything the parser does
+//! not understand is a [`StatementClass::Write`], which the proxy sends to the primary. A write
+//! must never reach a replica.
+
+use sqlparser::ast::{SetExpr, Statement};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+
+use super::lexer::tokenize;
+use super::malagasy::translate;
+
+/// The routing class of one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementClass {
+    /// Safe on any instance.
+    Read,
+    /// Must run on the primary.
+    Write,
+    /// `USE <database>`: session state, replayed on whichever backend serves the session next.
+    Use(String),
+    /// Transaction control: pins the session to the primary while a transaction is open.
+    Transaction(TransactionControl),
+}
+
+/// Transaction control statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionControl {
+    /// `BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION]`
+    Begin,
+    /// `COMMIT` / `END`
+    Commit,
+    /// `ROLLBACK` (the whole transaction)
+    Rollback,
+    /// `SAVEPOINT name` (opens a transaction when none is open)
+    Savepoint(String),
+    /// `RELEASE [SAVEPOINT] name`
+    Release(String),
+    /// `ROLLBACK TO [SAVEPOINT] name` (the transaction stays open)
+    RollbackTo(String),
+}
+
+/// Functions whose result depends on the connection that runs them.
+const CONNECTION_FUNCTIONS: [&str; 3] = ["last_insert_rowid", "changes", "total_changes"];
+
+/// Classifies a statement written in DirkDB's SQL (Malagasy keywords allowed).
+pub fn classify(sql: &str) -> StatementClass {
+    let sql = translate(sql);
+    let words = leading_words(&sql, 3);
+    let first = words.first().map(String::as_str).unwrap_or("");
+    match first {
+        "USE" => {
+            return match words.get(1) {
+                Some(_) if words.len() == 2 => StatementClass::Use(use_target(&sql)),
+                _ => StatementClass::Write,
+            }
+        }
+        "SHOW" => return StatementClass::Read,
+        "PRAGMA" | "DIRK" => return StatementClass::Write,
+        "END" => return StatementClass::Transaction(TransactionControl::Commit),
+        _ => {}
+    }
+    match Parser::parse_sql(&SQLiteDialect {}, &sql) {
+        Ok(statements) if statements.len() == 1 => classify_parsed(&statements[0]),
+        _ => StatementClass::Write,
+    }
+}
+
+fn classify_parsed(statement: &Statement) -> StatementClass {
+    use TransactionControl as T;
+    match statement {
+        Statement::Query(query) => {
+            let plain = matches!(
+                *query.body,
+                SetExpr::Select(_)
+                    | SetExpr::SetOperation { .. }
+                    | SetExpr::Values(_)
+                    | SetExpr::Query(_)
+            );
+            let ctes_read = query.with.as_ref().is_none_or(|with| {
+                with.cte_tables.iter().all(|cte| {
+                    matches!(
+                        *cte.query.body,
+                        SetExpr::Select(_)
+                            | SetExpr::SetOperation { .. }
+                            | SetExpr::Values(_)
+                            | SetExpr::Query(_)
+                    )
+                })
+            });
+            if plain && ctes_read && !uses_connection_functions(&statement.to_string()) {
+                StatementClass::Read
+            } else {
+                StatementClass::Write
+            }
+        }
+        Statement::Explain { .. } | Statement::ExplainTable { .. } => StatementClass::Read,
+        Statement::StartTransaction { .. } => StatementClass::Transaction(T::Begin),
+        Statement::Commit { .. } => StatementClass::Transaction(T::Commit),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => StatementClass::Transaction(T::Rollback),
+        Statement::Rollback {
+            savepoint: Some(name),
+            ..
+        } => StatementClass::Transaction(T::RollbackTo(name.value.clone())),
+        Statement::Savepoint { name } => {
+            StatementClass::Transaction(T::Savepoint(name.value.clone()))
+        }
+        Statement::ReleaseSavepoint { name } => {
+            StatementClass::Transaction(T::Release(name.value.clone()))
+        }
+        _ => StatementClass::Write,
+    }
+}
+
+fn uses_connection_functions(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    CONNECTION_FUNCTIONS.iter().any(|f| {
+        lower.match_indices(f).any(|(i, _)| {
+            let before = lower[..i].chars().next_back();
+            let after = lower[i + f.len()..].trim_start().starts_with('(');
+            after && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
+}
+
+fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    tokenize(sql)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .take(n)
+        .map(|t| t.text(sql).to_ascii_uppercase())
+        .collect()
+}
+
+fn use_target(sql: &str) -> String {
+    let tokens: Vec<_> = tokenize(sql)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .collect();
+    let text = tokens.get(1).map(|t| t.text(sql)).unwrap_or("");
+    let unquoted = text.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+    unquoted.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StatementClass::*;
+    use TransactionControl as T;
+
+    #[test]
+    fn the_main_classes() {
+        assert_eq!(classify("SELECT * FROM t WHERE a = 1"), Read);
+        assert_eq!(classify("alaivo * ao t rehefa a = 1"), Read);
+        assert_eq!(classify("WITH x AS (SELECT 1) SELECT * FROM x"), Read);
+        assert_eq!(classify("EXPLAIN QUERY PLAN SELECT * FROM t"), Read);
+        assert_eq!(classify("SHOW TABLES"), Read);
+        assert_eq!(classify("asehoy ny tabilao"), Read);
+        assert_eq!(classify("INSERT INTO t VALUES (1)"), Write);
+        assert_eq!(classify("manampia ao@ t sanda (1)"), Write);
+        assert_eq!(classify("SELECT last_insert_rowid()"), Write);
+        assert_eq!(classify("SELECT changes ()"), Write);
+        assert_eq!(classify("SELECT my_changes_col FROM t"), Read);
+        assert_eq!(classify("PRAGMA table_info(t)"), Write);
+        assert_eq!(classify("this is not sql"), Write);
+        assert_eq!(classify("USE shop"), Use("shop".into()));
+        assert_eq!(classify("ampiasao \"shop\""), Use("shop".into()));
+        assert_eq!(classify("BEGIN IMMEDIATE"), Transaction(T::Begin));
+        assert_eq!(classify("COMMIT"), Transaction(T::Commit));
+        assert_eq!(classify("END TRANSACTION"), Transaction(T::Commit));
+        assert_eq!(classify("ROLLBACK"), Transaction(T::Rollback));
+        assert_eq!(
+            classify("ROLLBACK TO sp"),
+            Transaction(T::RollbackTo("sp".into()))
+        );
+        assert_eq!(
+            classify("SAVEPOINT sp"),
+            Transaction(T::Savepoint("sp".into()))
+        );
+        assert_eq!(classify("RELEASE sp"), Transaction(T::Release("sp".into())));
+    }
+}
