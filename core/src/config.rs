@@ -85,6 +85,17 @@ pub struct LoadBalancerConfig {
     pub listen_port: u16,
     /// HTTP admin port of the proxy.
     pub admin_port: u16,
+    /// A statement running longer than this through the proxy gets an error frame.
+    pub statement_timeout_ms: u64,
+    /// Client connections the proxy serves at once.
+    pub max_connections: usize,
+    /// How often each instance's health and position are checked.
+    pub health_interval_millis: u64,
+    /// Consecutive failed checks after which an instance counts as down.
+    pub fail_count: u32,
+    /// How long a read may wait for a replica to apply the session's last write before it goes
+    /// to the primary instead (READ_YOUR_WRITES).
+    pub read_your_writes_wait_ms: u64,
 }
 
 impl Default for LoadBalancerConfig {
@@ -93,6 +104,11 @@ impl Default for LoadBalancerConfig {
             listen_host: "127.0.0.1".into(),
             listen_port: 3949,
             admin_port: 4949,
+            statement_timeout_ms: 30_000,
+            max_connections: 1024,
+            health_interval_millis: 250,
+            fail_count: 3,
+            read_your_writes_wait_ms: 200,
         }
     }
 }

@@ -11,7 +11,7 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 
-use super::lexer::tokenize;
+use super::lexer::{tokenize, TokenKind};
 use super::malagasy::translate;
 
 /// The routing class of one statement.
@@ -59,13 +59,26 @@ pub fn classify(sql: &str) -> StatementClass {
                 _ => StatementClass::Write,
             }
         }
-        "SHOW" => return StatementClass::Read,
+        "SHOW" => {
+            let known = matches!(
+                words.get(1).map(String::as_str),
+                Some("DATABASES" | "SCHEMAS" | "TABLES")
+            );
+            return if known && words.len() == 2 {
+                StatementClass::Read
+            } else {
+                StatementClass::Write
+            };
+        }
         "PRAGMA" | "DIRK" => return StatementClass::Write,
         "END" => return StatementClass::Transaction(TransactionControl::Commit),
         _ => {}
     }
     match Parser::parse_sql(&SQLiteDialect {}, &sql) {
-        Ok(statements) if statements.len() == 1 => classify_parsed(&statements[0]),
+        Ok(statements) if statements.len() == 1 => match classify_parsed(&statements[0]) {
+            StatementClass::Read if connection_bound(&sql) => StatementClass::Write,
+            class => class,
+        },
         _ => StatementClass::Write,
     }
 }
@@ -92,7 +105,7 @@ fn classify_parsed(statement: &Statement) -> StatementClass {
                     )
                 })
             });
-            if plain && ctes_read && !uses_connection_functions(&statement.to_string()) {
+            if plain && ctes_read {
                 StatementClass::Read
             } else {
                 StatementClass::Write
@@ -118,15 +131,33 @@ fn classify_parsed(statement: &Statement) -> StatementClass {
     }
 }
 
-fn uses_connection_functions(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    CONNECTION_FUNCTIONS.iter().any(|f| {
-        lower.match_indices(f).any(|(i, _)| {
-            let before = lower[..i].chars().next_back();
-            let after = lower[i + f.len()..].trim_start().starts_with('(');
-            after && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
+/// True when a statement's result depends on the connection that runs it, so it must run on
+/// the session's own primary connection: a call of `changes()`, `last_insert_rowid()` or
+/// `total_changes()` (quoted names are calls too), any PRAGMA (even under EXPLAIN, SQLite applies
+/// a PRAGMA's setting while compiling), and TEMP objects (`temp.x`, `sqlite_temp_master`).
+/// Works on tokens, so string literals and comments never match.
+fn connection_bound(sql: &str) -> bool {
+    let tokens: Vec<_> = tokenize(sql)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .collect();
+    tokens.iter().enumerate().any(|(i, t)| {
+        let name = match t.kind {
+            TokenKind::Word => t.text(sql).to_ascii_lowercase(),
+            TokenKind::QuotedIdent { .. } => unquote(t.text(sql)).to_ascii_lowercase(),
+            _ => return false,
+        };
+        let next = tokens.get(i + 1).map(|n| n.text(sql));
+        (CONNECTION_FUNCTIONS.contains(&name.as_str()) && next == Some("("))
+            || (name == "pragma" && t.kind == TokenKind::Word)
+            || ((name == "temp" || name == "temporary") && next == Some("."))
+            || name == "sqlite_temp_master"
+            || name == "sqlite_temp_schema"
     })
+}
+
+fn unquote(text: &str) -> &str {
+    text.get(1..text.len().saturating_sub(1)).unwrap_or("")
 }
 
 fn leading_words(sql: &str, n: usize) -> Vec<String> {
@@ -144,7 +175,7 @@ fn use_target(sql: &str) -> String {
         .filter(|t| !t.kind.is_trivia())
         .collect();
     let text = tokens.get(1).map(|t| t.text(sql)).unwrap_or("");
-    let unquoted = text.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+    let unquoted = text.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''));
     unquoted.to_string()
 }
 
@@ -167,6 +198,12 @@ mod tests {
         assert_eq!(classify("SELECT last_insert_rowid()"), Write);
         assert_eq!(classify("SELECT changes ()"), Write);
         assert_eq!(classify("SELECT my_changes_col FROM t"), Read);
+        assert_eq!(classify("SELECT \"changes\"()"), Write);
+        assert_eq!(classify("SELECT 'changes()' AS label"), Read);
+        assert_eq!(classify("EXPLAIN PRAGMA query_only = 1"), Write);
+        assert_eq!(classify("SELECT * FROM temp.t"), Write);
+        assert_eq!(classify("SHOW TABLES; DROP TABLE users"), Write);
+        assert_eq!(classify("USE 'shop'"), Use("shop".into()));
         assert_eq!(classify("PRAGMA table_info(t)"), Write);
         assert_eq!(classify("this is not sql"), Write);
         assert_eq!(classify("USE shop"), Use("shop".into()));
