@@ -26,11 +26,11 @@ enum Command {
     Server(ServerArgs),
     /// The interactive SQL client (also runs -c SQL, -f FILE, or statements piped in).
     Client(dirkdb_client::cli::ClientArgs),
-    /// The replicating proxy (not built yet: issue #4).
+    /// The replicating proxy: routes reads and writes over the instances of config.json.
     Proxy(ConfigArg),
     /// The local caching proxy (not built yet: issue #5).
     Cache,
-    /// Every instance of config.json in one process, replicating (the proxy joins in issue #4).
+    /// Every instance of config.json and the proxy in one process: the local cluster.
     Cluster(ConfigArg),
     /// The load generator (not built yet: issue #7).
     Bench,
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Client(args) => ExitCode::from(dirkdb_client::cli::run(args).clamp(0, 255) as u8),
         Command::Server(args) => report(run_server(args)),
-        Command::Proxy(_) => not_yet("proxy", 4),
+        Command::Proxy(args) => report(run_proxy(args)),
         Command::Cache => not_yet("cache", 5),
         Command::Cluster(args) => report(run_cluster(args)),
         Command::Bench => not_yet("bench", 7),
@@ -100,6 +100,17 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
+fn run_proxy(args: ConfigArg) -> anyhow::Result<()> {
+    init_logging();
+    let config = load_config(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        dirkdb_proxy::run(config, shutdown_signal())
+            .await
+            .context("proxy")
+    })
+}
+
 fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
     init_logging();
     let config = load_config(&args.config)?;
@@ -117,10 +128,18 @@ fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
                 result.with_context(|| format!("instance {id}"))
             });
         }
+        let (proxy_config, mut stop) = (config.clone(), stop_rx.clone());
+        servers.spawn(async move {
+            dirkdb_proxy::run(proxy_config, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+            .context("proxy")
+        });
         tracing::info!(
             instances = config.instances.len(),
-            "local cluster running (the proxy on :{} arrives with issue #4); Ctrl-C stops it",
-            config.load_balancer.listen_port
+            proxy = config.load_balancer.listen_port,
+            "local cluster running; Ctrl-C stops it"
         );
         tokio::select! {
             _ = shutdown_signal() => {}

@@ -165,6 +165,18 @@ impl Client {
         self.read_reply(Some(on_page)).await
     }
 
+    /// Sends one statement without reading its response; read it with [`Client::next_frame`]
+    /// (a proxy passing frames on as they arrive).
+    pub async fn send_statement(&mut self, statement: &str) -> Result<()> {
+        let text = one_statement(statement)?;
+        Ok(self.conn.send_statement(&text).await?)
+    }
+
+    /// The next frame of the current response; a closed connection is an error.
+    pub async fn next_frame(&mut self) -> Result<Frame> {
+        self.conn.read_frame().await?.ok_or(ClientError::Closed)
+    }
+
     /// Sends raw bytes, bypassing statement checks (for tests of bad input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         Ok(self.conn.send_raw(bytes).await?)

@@ -1,2 +1,157 @@
-//! Placeholder for the proxy component; it is built in its own issue (see `issues`), and the
-//! `dirkdb proxy` subcommand says so instead of pretending to work.
+//! The DirkDB replicating proxy (`dirkdb proxy`, port 3949): clients connect to it as if it were
+//! one database; it sends each statement to the right instance of `config.json`.
+//!
+//! How a request flows: the listener accepts a client (within `loadBalancer.maxConnections`)
+//! and gives it a [`session::ProxySession`]. The session reads statements with the same framing
+//! as a server, classifies each with `sqlparser` (after the Malagasy translation), and runs it
+//! on the primary (writes, transactions, anything unsure) or on a read candidate chosen by the
+//! [`topology`]'s strategy among the instances the [`health`] checker finds up and within the
+//! lag limit, passing the instance's frames back to the client. [`admin`] reports all of it.
+
+pub mod admin;
+pub mod backend;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod session;
+pub mod topology;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dirkdb_core::config::ClusterConfig;
+use dirkdb_core::connection::ServerConnection;
+use dirkdb_core::frame::Frame;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::session::ProxySession;
+use crate::topology::Topology;
+
+/// Client counters of the proxy.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    open: AtomicI64,
+}
+
+impl ProxyStats {
+    /// Client connections open.
+    pub fn open(&self) -> i64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {0}: {1}")]
+pub struct StartError(String, std::io::Error);
+
+/// Runs the proxy for `config` until `shutdown` resolves.
+pub async fn run(
+    config: ClusterConfig,
+    shutdown: impl std::future::Future,
+) -> Result<(), StartError> {
+    let lb = config.load_balancer.clone();
+    let addr = format!("{}:{}", lb.listen_host, lb.listen_port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| StartError(addr.clone(), e))?;
+    let admin_addr = format!("{}:{}", lb.listen_host, lb.admin_port);
+    let admin_listener = TcpListener::bind(&admin_addr)
+        .await
+        .map_err(|e| StartError(admin_addr.clone(), e))?;
+    let topology = Arc::new(ArcSwap::from_pointee(Topology::new(config)));
+    let stats = Arc::new(ProxyStats::default());
+    let background = [
+        tokio::spawn(health::run(topology.clone())),
+        tokio::spawn(admin::serve(
+            admin_listener,
+            admin::AdminState {
+                topology: topology.clone(),
+                stats: stats.clone(),
+            },
+        )),
+    ];
+    tracing::info!(%addr, admin = %admin_addr, primary = %topology.load().primary().id, "DirkDB proxy listening");
+    serve(
+        listener,
+        topology,
+        stats,
+        lb.max_connections.max(1),
+        shutdown,
+    )
+    .await;
+    for task in &background {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    topology: Arc<ArcSwap<Topology>>,
+    stats: Arc<ProxyStats>,
+    max_connections: usize,
+    shutdown: impl std::future::Future,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(socket, max_connections));
+            continue;
+        };
+        let (topology, stats, mut stop) = (topology.clone(), stats.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = handle_client(socket, topology, &mut stop).await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    tracing::info!("proxy shutting down: finishing in-flight statements");
+    let _ = stop_tx.send(true);
+    let _ = permits.acquire_many(max_connections as u32).await;
+}
+
+async fn refuse(socket: TcpStream, limit: usize) {
+    let mut conn = ServerConnection::new(socket, 1024);
+    let msg =
+        format!("too many connections to the proxy (limit {limit}, loadBalancer.maxConnections)");
+    let _ = conn.send(&Frame::error(msg)).await;
+}
+
+async fn handle_client(
+    socket: TcpStream,
+    topology: Arc<ArcSwap<Topology>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), dirkdb_core::connection::ConnectionError> {
+    let max = topology.load().config.limits.max_statement_bytes;
+    let mut conn = ServerConnection::new(socket, max);
+    let mut session = ProxySession::new(topology);
+    loop {
+        let incoming = tokio::select! {
+            incoming = conn.read_statement() => incoming?,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(incoming) = incoming else {
+            return Ok(());
+        };
+        session.handle(incoming, &mut conn).await?;
+    }
+}

@@ -24,6 +24,8 @@ pub struct Node {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// The proxy's SQL and admin ports, and its process once started.
+    pub proxy: Node,
 }
 
 impl Cluster {
@@ -40,6 +42,11 @@ impl Cluster {
 
     /// Writes the config without starting anything.
     pub fn configure(replicas: usize, oplog: &str) -> Cluster {
+        Cluster::configure_with(replicas, oplog, "{}")
+    }
+
+    /// Writes the config with a `routing` section, without starting anything.
+    pub fn configure_with(replicas: usize, oplog: &str, routing: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<Node> = (0..=replicas)
             .map(|i| Node {
@@ -63,14 +70,24 @@ impl Cluster {
                 )
             })
             .collect();
+        let proxy = Node {
+            id: "proxy".into(),
+            port: free_port(),
+            admin: free_port(),
+            child: None,
+        };
         let config = format!(
             r#"{{ "instances": [ {} ],
+                 "loadBalancer": {{ "listenHost": "127.0.0.1", "listenPort": {}, "adminPort": {}, "healthIntervalMillis": 50 }},
+                 "routing": {routing},
                  "replication": {{ "type": "OPLOG", "heartbeatMillis": 100, "oplog": {oplog} }},
                  "storage": {{ "synchronous": "NORMAL" }} }}"#,
-            instances.join(",\n")
+            instances.join(",\n"),
+            proxy.port,
+            proxy.admin
         );
         std::fs::write(dir.path().join("config.json"), config).expect("write config");
-        Cluster { dir, nodes }
+        Cluster { dir, nodes, proxy }
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -99,6 +116,34 @@ impl Cluster {
         self.nodes[i].child = Some(child);
         wait_for_port(self.nodes[i].port);
         wait_for_port(self.nodes[i].admin);
+    }
+
+    /// Starts the proxy and waits for its ports.
+    pub fn spawn_proxy(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("proxy.log")).expect("log file");
+        let child = Command::new(dirkdb_bin())
+            .args(["proxy", "--config"])
+            .arg(self.dir.path().join("config.json"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dirkdb proxy");
+        self.proxy.child = Some(child);
+        wait_for_port(self.proxy.port);
+        wait_for_port(self.proxy.admin);
+    }
+
+    /// A client of the proxy.
+    pub async fn proxy_client(&self) -> Client {
+        Client::connect(&format!("127.0.0.1:{}", self.proxy.port))
+            .await
+            .expect("connect to the proxy")
+    }
+
+    /// The proxy's `/cluster/status`.
+    pub fn proxy_status(&self) -> Value {
+        http(self.proxy.admin, "GET", "/cluster/status", "")
     }
 
     /// `kill -9` node `i`.
@@ -205,6 +250,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill9(i);
+        }
+        if let Some(mut child) = self.proxy.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -1,0 +1,140 @@
+//! The proxy's admin HTTP API: `GET /health`, `GET /cluster/status` (every instance with its
+//! role, health, position, lag, statements in flight, reads, writes, errors and mean latency),
+//! and `GET /metrics` in Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::topology::Topology;
+use crate::ProxyStats;
+
+/// Shared state of the admin handlers.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The current topology.
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// Client counters.
+    pub stats: Arc<ProxyStats>,
+}
+
+/// Serves the admin API until the task is aborted.
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/cluster/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "proxy admin API stopped");
+    }
+}
+
+async fn health(State(s): State<AdminState>) -> Json<Value> {
+    let t = s.topology.load();
+    Json(json!({ "status": "ok", "primary": t.primary().id }))
+}
+
+fn instances(t: &Topology) -> Vec<Value> {
+    t.backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let h = b.health();
+            let (reads, writes, errors, busy) = b.counters();
+            let served = reads + writes;
+            json!({
+                "id": b.id,
+                "address": b.addr,
+                "role": t.role_of(i).to_string(),
+                "reportedRole": h.reported_role,
+                "health": h.state,
+                "committedSequence": h.committed,
+                "lagOperations": h.lag_operations,
+                "lagMs": h.lag_ms,
+                "inFlight": b.in_flight(),
+                "reads": reads,
+                "writes": writes,
+                "errors": errors,
+                "meanLatencyMs": if served == 0 { 0.0 } else { busy as f64 / served as f64 / 1000.0 },
+                "lastError": h.last_error,
+            })
+        })
+        .collect()
+}
+
+async fn status(State(s): State<AdminState>) -> Json<Value> {
+    let t = s.topology.load();
+    let reads = &t.config.routing.reads;
+    Json(json!({
+        "primary": t.primary().id,
+        "strategy": reads.strategy.as_str(),
+        "consistency": reads.consistency.as_str(),
+        "writeConcern": { "replicas": t.config.routing.writes.write_concern.replicas },
+        "clientConnections": s.stats.open(),
+        "instances": instances(&t),
+    }))
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let t = s.topology.load();
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP dirkdb_proxy_client_connections Client connections open.\n# TYPE dirkdb_proxy_client_connections gauge\ndirkdb_proxy_client_connections {}", s.stats.open());
+    let series: [(&str, &str, &str); 6] = [
+        (
+            "dirkdb_proxy_reads_total",
+            "Reads served by the instance.",
+            "counter",
+        ),
+        (
+            "dirkdb_proxy_writes_total",
+            "Writes served by the instance.",
+            "counter",
+        ),
+        (
+            "dirkdb_proxy_errors_total",
+            "Errors from the instance.",
+            "counter",
+        ),
+        (
+            "dirkdb_proxy_busy_seconds_total",
+            "Time spent in statements on the instance.",
+            "counter",
+        ),
+        (
+            "dirkdb_proxy_instance_up",
+            "1 when the instance is not down.",
+            "gauge",
+        ),
+        (
+            "dirkdb_proxy_instance_lag_ms",
+            "How long the instance has been behind the primary.",
+            "gauge",
+        ),
+    ];
+    for (k, (name, help, kind)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for b in &t.backends {
+            let (reads, writes, errors, busy) = b.counters();
+            let h = b.health();
+            let value = match k {
+                0 => reads as f64,
+                1 => writes as f64,
+                2 => errors as f64,
+                3 => busy as f64 / 1e6,
+                4 => f64::from(u8::from(h.state != crate::backend::HealthState::Down)),
+                _ => h.lag_ms as f64,
+            };
+            let _ = writeln!(out, "{name}{{instance=\"{}\"}} {value}", b.id);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,38 @@
+//! A minimal HTTP/1.1 GET for the instances' admin APIs (health checks read small JSON
+//! documents on loopback or a LAN; a full HTTP client would be most of the proxy's binary).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// GETs `path` from `addr` and parses the JSON body.
+pub async fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
+    tokio::time::timeout(timeout, get(addr, path))
+        .await
+        .map_err(|_| format!("GET {path} timed out"))?
+}
+
+async fn get(addr: &str, path: &str) -> Result<Value, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(4 * 1024 * 1024)
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    serde_json::from_str(body).map_err(|e| format!("bad JSON from {addr}{path}: {e}"))
+}

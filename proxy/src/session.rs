@@ -1,0 +1,414 @@
+//! One client's session through the proxy.
+//!
+//! Each statement is classified (`dirkdb_core::sql::classify`). Writes, transaction control,
+//! `USE` and anything unsure run on the session's own connection to the primary, so its
+//! transaction and connection state (`last_insert_rowid()`, TEMP tables) stay with it; reads
+//! inside a transaction do too. Other reads go to the first candidate of the read strategy: with
+//! READ_YOUR_WRITES the replica is first asked to reach the session's last write position
+//! (`DIRK WAIT`), and a replica that cannot within `readYourWritesWaitMs` is passed over for the
+//! next candidate, the primary last. A read whose instance fails before answering anything is
+//! retried once on another. The session's database is replayed lazily on whichever connection
+//! serves it. With a write concern of k replicas, a write's answer is held until k replicas have
+//! applied it (`DIRK WAIT REPLICAS`), or replaced by an error saying how many did.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dirkdb_client::ClientError;
+use dirkdb_core::config::ReadConsistency;
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+use dirkdb_core::frame::Frame;
+use dirkdb_core::sql::classify::{classify, StatementClass, TransactionControl};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::backend::{Backend, BackendConn};
+use crate::error::ProxyError;
+use crate::topology::Topology;
+
+/// Per-client state.
+pub struct ProxySession {
+    topology: Arc<ArcSwap<Topology>>,
+    db: Option<String>,
+    txn: Transaction,
+    last_write: u64,
+    primary: Option<(Arc<Backend>, BackendConn)>,
+}
+
+/// What the proxy knows of the session's transaction.
+#[derive(Default)]
+struct Transaction {
+    open: bool,
+    by_savepoint: bool,
+    savepoints: Vec<String>,
+}
+
+impl Transaction {
+    fn follow(&mut self, control: &TransactionControl) {
+        match control {
+            TransactionControl::Begin => {
+                *self = Transaction {
+                    open: true,
+                    ..Transaction::default()
+                };
+            }
+            TransactionControl::Savepoint(name) => {
+                if !self.open {
+                    *self = Transaction {
+                        open: true,
+                        by_savepoint: true,
+                        savepoints: Vec::new(),
+                    };
+                }
+                self.savepoints.push(name.to_ascii_lowercase());
+            }
+            TransactionControl::Release(name) => {
+                let name = name.to_ascii_lowercase();
+                if let Some(i) = self.savepoints.iter().rposition(|s| *s == name) {
+                    self.savepoints.truncate(i);
+                }
+                if self.by_savepoint && self.savepoints.is_empty() {
+                    *self = Transaction::default();
+                }
+            }
+            TransactionControl::RollbackTo(_) => {}
+            TransactionControl::Commit | TransactionControl::Rollback => {
+                *self = Transaction::default()
+            }
+        }
+    }
+}
+
+/// Where a statement's frames go.
+enum Sink<'a, S> {
+    /// Straight to the client, as they arrive; `sent` turns true with the first frame.
+    Client {
+        out: &'a mut ServerConnection<S>,
+        sent: bool,
+    },
+    /// Kept until the statement is settled (writes awaiting their write concern).
+    Buffer(Vec<Frame>),
+}
+
+/// How a read attempt ended.
+enum ReadOutcome {
+    Served,
+    /// The replica could not reach the session's last write in time.
+    Behind,
+}
+
+impl ProxySession {
+    /// A session with no current database.
+    pub fn new(topology: Arc<ArcSwap<Topology>>) -> ProxySession {
+        ProxySession {
+            topology,
+            db: None,
+            txn: Transaction::default(),
+            last_write: 0,
+            primary: None,
+        }
+    }
+
+    /// Answers one statement with one complete response.
+    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        incoming: Incoming,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let sql = match incoming {
+            Incoming::Statement(sql) => sql,
+            Incoming::TooLarge { bytes } => {
+                let limit = self.topology.load().config.limits.max_statement_bytes;
+                let msg = format!("statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)");
+                return out.send(&Frame::error(msg)).await;
+            }
+            Incoming::InvalidUtf8 => {
+                return out
+                    .send(&Frame::error("statement is not valid UTF-8"))
+                    .await
+            }
+        };
+        let class = classify(&sql);
+        let result = match class {
+            StatementClass::Read if !self.txn.open => self.read(&sql, out).await,
+            class => self.on_primary(&sql, &class, out).await,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(ProxyError::Client(e)) => Err(e),
+            Err(e) => out.send(&Frame::error(e)).await,
+        }
+    }
+
+    fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.topology
+                .load()
+                .config
+                .load_balancer
+                .statement_timeout_ms
+                .max(1),
+        )
+    }
+
+    /// The session's connection to the current primary (a new one when the primary changed).
+    async fn primary_conn(&mut self) -> Result<(Arc<Backend>, BackendConn), ProxyError> {
+        let current = self.topology.load().primary().clone();
+        match self.primary.take() {
+            Some((backend, conn)) if Arc::ptr_eq(&backend, &current) => Ok((backend, conn)),
+            Some(_) if self.txn.open => {
+                self.txn = Transaction::default();
+                Err(ProxyError::Backend {
+                    instance: current.id.clone(),
+                    reason: "the primary changed during the transaction; it was rolled back".into(),
+                })
+            }
+            _ => {
+                let conn = current.checkout(None).await?;
+                Ok((current, conn))
+            }
+        }
+    }
+
+    /// Runs a statement on the primary; writes are held until their write concern is met.
+    async fn on_primary<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        class: &StatementClass,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ProxyError> {
+        let (backend, mut conn) = self.primary_conn().await?;
+        let timeout = self.statement_timeout();
+        let settles_write = matches!(class, StatementClass::Write)
+            || matches!(
+                class,
+                StatementClass::Transaction(TransactionControl::Commit)
+            );
+        let mut sink = if settles_write {
+            Sink::Buffer(Vec::new())
+        } else {
+            Sink::Client {
+                out: &mut *out,
+                sent: false,
+            }
+        };
+        let db = self.db.clone();
+        let run = async {
+            if !matches!(class, StatementClass::Use(_)) {
+                backend.ensure_db(&mut conn, db.as_deref()).await?;
+            }
+            exchange(&backend, &mut conn, sql, &mut sink, settles_write).await
+        };
+        let failed = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(failed)) => failed,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ProxyError::Timeout(
+                    timeout.as_millis() as u64,
+                    backend.id.clone(),
+                ))
+            }
+        };
+        if !failed {
+            self.after_success(class, &mut conn);
+        }
+        let frames = match sink {
+            Sink::Buffer(frames) if !failed && settles_write => {
+                self.settle_write(&backend, &mut conn, frames).await?
+            }
+            Sink::Buffer(frames) => frames,
+            Sink::Client { .. } => Vec::new(),
+        };
+        self.primary = Some((backend, conn));
+        for frame in &frames {
+            out.write_frame(frame).await?;
+        }
+        if !frames.is_empty() {
+            out.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn after_success(&mut self, class: &StatementClass, conn: &mut BackendConn) {
+        match class {
+            StatementClass::Use(name) => {
+                self.db = Some(name.clone());
+                conn.db = Some(name.clone());
+            }
+            StatementClass::Transaction(control) => self.txn.follow(control),
+            _ => {}
+        }
+    }
+
+    /// Records the write's position and applies the write concern to its answer.
+    async fn settle_write(
+        &mut self,
+        backend: &Backend,
+        conn: &mut BackendConn,
+        mut frames: Vec<Frame>,
+    ) -> Result<Vec<Frame>, ProxyError> {
+        let text = backend.extension(conn, "DIRK POSITION").await?;
+        let position = parse_number(&text, "position").unwrap_or(0);
+        self.last_write = self.last_write.max(position);
+        let concern = self
+            .topology
+            .load()
+            .config
+            .routing
+            .writes
+            .write_concern
+            .clone();
+        if concern.replicas == 0 || self.txn.open || position == 0 {
+            return Ok(frames);
+        }
+        let wait = format!(
+            "DIRK WAIT REPLICAS {} {position} {}",
+            concern.replicas, concern.timeout_ms
+        );
+        let confirmed =
+            parse_number(&backend.extension(conn, &wait).await?, "replicas").unwrap_or(0);
+        if confirmed < u64::from(concern.replicas) {
+            let msg = format!(
+                "the write is committed on the primary ({}) but only {confirmed} of {} replicas confirmed it within {} ms (routing.writes.writeConcern)",
+                backend.id, concern.replicas, concern.timeout_ms
+            );
+            frames.retain(|f| !matches!(f, Frame::Message(_)));
+            frames.push(Frame::error(msg));
+        }
+        Ok(frames)
+    }
+
+    /// Routes a read outside a transaction.
+    async fn read<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ProxyError> {
+        let topology = self.topology.load_full();
+        let primary = topology.primary().clone();
+        let mut retried = false;
+        for backend in topology.read_candidates(self.db.as_deref()) {
+            if Arc::ptr_eq(&backend, &primary) {
+                return self.on_primary(sql, &StatementClass::Read, out).await;
+            }
+            let mut sent = false;
+            match self.read_on(&topology, &backend, sql, out, &mut sent).await {
+                Ok(ReadOutcome::Served) => return Ok(()),
+                Ok(ReadOutcome::Behind) => continue,
+                Err(ProxyError::Client(e)) => return Err(ProxyError::Client(e)),
+                Err(e) if sent || retried => return Err(e),
+                Err(e) => {
+                    tracing::debug!(instance = %backend.id, error = %e, "read failed; retrying on another instance");
+                    retried = true;
+                }
+            }
+        }
+        self.on_primary(sql, &StatementClass::Read, out).await
+    }
+
+    async fn read_on<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        topology: &Topology,
+        backend: &Backend,
+        sql: &str,
+        out: &mut ServerConnection<S>,
+        sent: &mut bool,
+    ) -> Result<ReadOutcome, ProxyError> {
+        let mut conn = backend.checkout(self.db.as_deref()).await?;
+        let lb = &topology.config.load_balancer;
+        if topology.config.routing.reads.consistency == ReadConsistency::ReadYourWrites
+            && self.last_write > 0
+        {
+            let wait = format!(
+                "DIRK WAIT {} {}",
+                self.last_write, lb.read_your_writes_wait_ms
+            );
+            match conn.client.execute(&wait).await {
+                Ok(_) => {}
+                Err(ClientError::Server(_)) => {
+                    backend.checkin(conn);
+                    return Ok(ReadOutcome::Behind);
+                }
+                Err(e) => return Err(backend.failure(e.to_string())),
+            }
+        }
+        let timeout = Duration::from_millis(lb.statement_timeout_ms.max(1));
+        let mut sink = Sink::Client {
+            out: &mut *out,
+            sent: false,
+        };
+        let run = async {
+            backend.ensure_db(&mut conn, self.db.as_deref()).await?;
+            exchange(backend, &mut conn, sql, &mut sink, false).await
+        };
+        let result = tokio::time::timeout(timeout, run).await;
+        if let Sink::Client { sent: true, .. } = sink {
+            *sent = true;
+        }
+        match result {
+            Ok(Ok(_)) => {
+                backend.checkin(conn);
+                Ok(ReadOutcome::Served)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProxyError::Timeout(
+                timeout.as_millis() as u64,
+                backend.id.clone(),
+            )),
+        }
+    }
+}
+
+impl Drop for ProxySession {
+    fn drop(&mut self) {
+        // A connection left inside a transaction is closed (the server rolls it back).
+        if let Some((backend, conn)) = self.primary.take() {
+            if !self.txn.open {
+                backend.checkin(conn);
+            }
+        }
+    }
+}
+
+/// Sends `sql` and passes its response frames to `sink`; returns whether it ended in an error.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    backend: &Backend,
+    conn: &mut BackendConn,
+    sql: &str,
+    sink: &mut Sink<'_, S>,
+    write: bool,
+) -> Result<bool, ProxyError> {
+    let started = Instant::now();
+    let _running = backend.start();
+    conn.client
+        .send_statement(sql)
+        .await
+        .map_err(|e| backend.failure(e.to_string()))?;
+    loop {
+        let frame = conn
+            .client
+            .next_frame()
+            .await
+            .map_err(|e| backend.failure(format!("failed mid-statement: {e}")))?;
+        let last = matches!(frame, Frame::Message(_));
+        let failed = last && frame.error_text().is_some();
+        match sink {
+            Sink::Client { out, sent } => {
+                *sent = true;
+                out.write_frame(&frame).await?;
+            }
+            Sink::Buffer(frames) => frames.push(frame),
+        }
+        if last {
+            if let Sink::Client { out, .. } = sink {
+                out.flush().await?;
+            }
+            backend.record(write, failed, started.elapsed().as_micros() as u64);
+            return Ok(failed);
+        }
+    }
+}
+
+fn parse_number(text: &str, word: &str) -> Option<u64> {
+    text.strip_prefix(word)?.trim().parse().ok()
+}

@@ -1,0 +1,150 @@
+//! The instances the proxy routes to, and which one is the primary, swapped atomically
+//! (`ArcSwap`) so that statements never see a half-built topology.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dirkdb_core::config::{ClusterConfig, ReadStrategy, Role};
+
+use crate::backend::{Backend, HealthState};
+
+/// One topology: every backend, the primary among them, and the routing settings.
+pub struct Topology {
+    /// The configuration it was built from.
+    pub config: ClusterConfig,
+    /// Every instance.
+    pub backends: Vec<Arc<Backend>>,
+    /// Index of the primary in `backends`.
+    pub primary: usize,
+    round_robin: AtomicUsize,
+}
+
+impl Topology {
+    /// Builds a topology from a validated configuration.
+    pub fn new(config: ClusterConfig) -> Topology {
+        let backends: Vec<Arc<Backend>> = config
+            .instances
+            .iter()
+            .map(|i| Arc::new(Backend::new(i)))
+            .collect();
+        let primary = config
+            .instances
+            .iter()
+            .position(|i| i.role == Role::Primary)
+            .unwrap_or(0);
+        Topology {
+            config,
+            backends,
+            primary,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    /// The primary.
+    pub fn primary(&self) -> &Arc<Backend> {
+        &self.backends[self.primary]
+    }
+
+    /// The role the proxy gives a backend.
+    pub fn role_of(&self, index: usize) -> Role {
+        if index == self.primary {
+            Role::Primary
+        } else {
+            Role::Replica
+        }
+    }
+
+    /// Backends that may serve a read, best first per the strategy; `database` feeds RENDEZVOUS.
+    /// Down replicas, replicas over `maxReplicationLagMs`, and roles outside `includeRoles`
+    /// are left out; the primary is the last resort, always appended when not already there.
+    pub fn read_candidates(&self, database: Option<&str>) -> Vec<Arc<Backend>> {
+        let reads = &self.config.routing.reads;
+        let mut eligible: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| reads.include_roles.contains(&self.role_of(i)))
+            .filter(|&i| {
+                let h = self.backends[i].health();
+                h.state == HealthState::Up || (i == self.primary && h.state != HealthState::Down)
+            })
+            .collect();
+        match reads.strategy {
+            ReadStrategy::RoundRobin => {
+                if !eligible.is_empty() {
+                    let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % eligible.len();
+                    eligible.rotate_left(start);
+                }
+            }
+            ReadStrategy::LeastConnections => {
+                eligible.sort_by_key(|&i| self.backends[i].in_flight());
+            }
+            ReadStrategy::Rendezvous => {
+                let key = format!("DB:{}", database.unwrap_or(""));
+                eligible.sort_by_key(|&i| {
+                    std::cmp::Reverse(rendezvous_score(&key, &self.backends[i].id))
+                });
+            }
+        }
+        let mut ordered: Vec<Arc<Backend>> =
+            eligible.iter().map(|&i| self.backends[i].clone()).collect();
+        if !eligible.contains(&self.primary) {
+            ordered.push(self.primary().clone());
+        }
+        ordered
+    }
+}
+
+/// FNV-1a 64 of the key's bytes followed by the instance id's: the highest score wins.
+pub fn rendezvous_score(key: &str, instance: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain(instance.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(strategy: &str, roles: &str) -> Topology {
+        let text = format!(
+            r#"{{ "instances": [
+              {{ "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": 1, "dataDirectory": "a" }},
+              {{ "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": 2, "dataDirectory": "b" }},
+              {{ "id": "m3", "role": "REPLICA", "host": "127.0.0.1", "port": 3, "dataDirectory": "c" }} ],
+              "routing": {{ "reads": {{ "strategy": "{strategy}", "includeRoles": {roles} }} }} }}"#
+        );
+        Topology::new(ClusterConfig::parse(&text).unwrap())
+    }
+
+    fn ids(v: &[Arc<Backend>]) -> Vec<&str> {
+        v.iter().map(|b| b.id.as_str()).collect()
+    }
+
+    #[test]
+    fn round_robin_rotates_and_the_primary_is_the_last_resort() {
+        let t = topology("ROUND_ROBIN", r#"["REPLICA"]"#);
+        let firsts: Vec<String> = (0..4)
+            .map(|_| t.read_candidates(None)[0].id.clone())
+            .collect();
+        assert_eq!(firsts, ["m2", "m3", "m2", "m3"]);
+        assert_eq!(ids(&t.read_candidates(None)).last(), Some(&"m1"));
+        t.backends[1].set_health(|h| h.state = HealthState::Down);
+        t.backends[2].set_health(|h| h.state = HealthState::Lagging);
+        assert_eq!(ids(&t.read_candidates(None)), ["m1"]);
+    }
+
+    #[test]
+    fn rendezvous_is_sticky_per_database_and_least_connections_prefers_idle() {
+        let t = topology("RENDEZVOUS", r#"["PRIMARY", "REPLICA"]"#);
+        let a = t.read_candidates(Some("shop"))[0].id.clone();
+        assert!((0..10).all(|_| t.read_candidates(Some("shop"))[0].id == a));
+        let owners: std::collections::HashSet<String> = (0..50)
+            .map(|i| t.read_candidates(Some(&format!("db{i}")))[0].id.clone())
+            .collect();
+        assert_eq!(owners.len(), 3, "databases spread over every instance");
+        let t = topology("LEAST_CONNECTIONS", r#"["PRIMARY", "REPLICA"]"#);
+        let _busy = (t.backends[0].start(), t.backends[1].start());
+        assert_eq!(t.read_candidates(None)[0].id, "m3");
+    }
+}

@@ -1,0 +1,280 @@
+//! End-to-end tests of `dirkdb proxy` in front of a real primary and replicas.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use dirkdb_client::{Client, ClientError};
+use serde_json::{json, Value};
+
+const OPLOG: &str = r#"{ "maxEntries": 1000000 }"#;
+
+fn instance<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["instances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+async fn setup(c: &mut Client) {
+    for sql in [
+        "CREATE DATABASE shop",
+        "USE shop",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+}
+
+fn count(rows: &[Vec<Value>]) -> i64 {
+    rows[0][0].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn writes_land_only_on_the_primary_and_reads_spread_over_replicas() {
+    let mut cluster = Cluster::start(2, OPLOG);
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    for i in 0..20 {
+        c.execute(&format!("INSERT INTO t(v) VALUES ('v{i}')"))
+            .await
+            .unwrap();
+    }
+    cluster.assert_same_data(0);
+    for _ in 0..30 {
+        let rs = c.query("SELECT count(*) FROM t").await.unwrap();
+        assert_eq!(count(&rs.rows), 20, "read your writes");
+    }
+    let status = cluster.proxy_status();
+    assert_eq!(status["primary"], "m1");
+    for replica in ["m2", "m3"] {
+        assert_eq!(instance(&status, replica)["writes"], 0, "{status}");
+        assert!(
+            instance(&status, replica)["reads"].as_u64().unwrap() > 0,
+            "{status}"
+        );
+    }
+    assert!(instance(&status, "m1")["writes"].as_u64().unwrap() >= 20);
+    // No replica ever refused a write: none reached them.
+    for i in [1, 2] {
+        let metrics = common::cluster::http(cluster.nodes[i].admin, "GET", "/metrics", "");
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        assert!(
+            text.contains(&format!(
+                "dirkdb_statement_errors_total{{instance=\"m{}\"}} 0",
+                i + 1
+            )),
+            "{text}"
+        );
+    }
+    // Transactions stick to the primary: a read inside one sees its uncommitted row.
+    c.execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('in tx')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&c.query("SELECT count(*) FROM t").await.unwrap().rows),
+        21
+    );
+    c.execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        count(&c.query("SELECT count(*) FROM t").await.unwrap().rows),
+        20
+    );
+    // Malagasy goes through the proxy too.
+    let rs = c
+        .query("alaivo count(*) ao t rehefa v dia tsy NULL")
+        .await
+        .unwrap();
+    assert_eq!(count(&rs.rows), 20);
+}
+
+#[tokio::test]
+async fn rendezvous_keeps_a_database_on_one_replica() {
+    let mut cluster = Cluster::configure_with(
+        2,
+        OPLOG,
+        r#"{ "reads": { "strategy": "RENDEZVOUS", "includeRoles": ["REPLICA"] } }"#,
+    );
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.execute("INSERT INTO t(v) VALUES ('x')").await.unwrap();
+    cluster.assert_same_data(0);
+    let mut reader = cluster.proxy_client().await;
+    reader.execute("USE shop").await.unwrap();
+    for _ in 0..20 {
+        reader.query("SELECT * FROM t").await.unwrap();
+    }
+    let status = cluster.proxy_status();
+    let reads: Vec<u64> = ["m2", "m3"]
+        .iter()
+        .map(|id| instance(&status, id)["reads"].as_u64().unwrap())
+        .collect();
+    assert!(
+        reads.contains(&0) && reads.iter().sum::<u64>() >= 20,
+        "{reads:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_reads_its_own_writes_from_a_lagging_replica_while_others_may_read_stale() {
+    let mut cluster = Cluster::configure_with(
+        1,
+        OPLOG,
+        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "READ_YOUR_WRITES" } }"#,
+    );
+    cluster.spawn(0);
+    cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
+    cluster.spawn_proxy();
+    let mut writer = cluster.proxy_client().await;
+    setup(&mut writer).await;
+    cluster.assert_same_data(0);
+    let mut other = cluster.proxy_client().await;
+    other.execute("USE shop").await.unwrap();
+    let mut stale_seen = 0;
+    for i in 1..=5 {
+        writer
+            .execute(&format!("INSERT INTO t(v) VALUES ('w{i}')"))
+            .await
+            .unwrap();
+        let own = writer.query("SELECT count(*) FROM t").await.unwrap();
+        assert_eq!(count(&own.rows), i, "the writer must see its own write");
+        let seen = other.query("SELECT count(*) FROM t").await.unwrap();
+        if count(&seen.rows) < i {
+            stale_seen += 1;
+        }
+    }
+    assert!(
+        stale_seen > 0,
+        "another session reading the lagging replica saw no stale data"
+    );
+    let status = cluster.proxy_status();
+    assert!(
+        instance(&status, "m1")["reads"].as_u64().unwrap() > 0,
+        "own reads fell back to the primary"
+    );
+}
+
+#[tokio::test]
+async fn eventual_consistency_lets_a_session_read_stale_data() {
+    let mut cluster = Cluster::configure_with(
+        1,
+        OPLOG,
+        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "EVENTUAL" } }"#,
+    );
+    cluster.spawn(0);
+    cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    cluster.assert_same_data(0);
+    c.execute("INSERT INTO t(v) VALUES ('x')").await.unwrap();
+    let rs = c.query("SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(
+        count(&rs.rows),
+        0,
+        "EVENTUAL reads the replica without waiting"
+    );
+}
+
+#[tokio::test]
+async fn a_write_concern_holds_the_answer_until_replicas_applied_it() {
+    let mut cluster = Cluster::configure_with(
+        1,
+        OPLOG,
+        r#"{ "writes": { "writeConcern": { "replicas": 1, "timeoutMs": 500 } } }"#,
+    );
+    cluster.spawn(0);
+    cluster.spawn(1);
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.execute("INSERT INTO t(v) VALUES ('confirmed')")
+        .await
+        .unwrap();
+    let mut r = cluster.client(1).await;
+    r.execute("USE shop").await.unwrap();
+    assert_eq!(
+        count(&r.query("SELECT count(*) FROM t").await.unwrap().rows),
+        1,
+        "acknowledged, so applied"
+    );
+    cluster.kill9(1);
+    match c.execute("INSERT INTO t(v) VALUES ('unconfirmed')").await {
+        Err(ClientError::Server(e)) => {
+            assert!(
+                e.contains("committed on the primary (m1) but only 0 of 1 replicas"),
+                "{e}"
+            )
+        }
+        other => panic!("expected a write-concern error, got {other:?}"),
+    }
+    let mut p = cluster.client(0).await;
+    p.execute("USE shop").await.unwrap();
+    assert_eq!(
+        count(&p.query("SELECT count(*) FROM t").await.unwrap().rows),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_replica_killed_under_a_read_load_causes_no_client_error() {
+    let mut cluster = Cluster::start(2, OPLOG);
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.execute("INSERT INTO t(v) VALUES ('x')").await.unwrap();
+    cluster.assert_same_data(0);
+    let port = cluster.proxy.port;
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut r = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+                r.execute("USE shop").await.unwrap();
+                let mut errors = Vec::new();
+                for _ in 0..300 {
+                    if let Err(e) = r.query("SELECT count(*) FROM t").await {
+                        errors.push(e.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                errors
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.kill9(1);
+    let mut errors = Vec::new();
+    for r in readers {
+        errors.extend(r.await.unwrap());
+    }
+    assert!(errors.is_empty(), "{errors:?}");
+    let status = cluster.proxy_status();
+    assert_eq!(instance(&status, "m2")["health"], json!("Down"));
+}
+
+#[tokio::test]
+async fn a_primary_dying_mid_statement_gives_an_error_not_a_hang() {
+    let mut cluster = Cluster::start(1, OPLOG);
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.send_raw(b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) INSERT INTO t(v) SELECT i FROM n;")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill9(0);
+    let answer = tokio::time::timeout(Duration::from_secs(10), c.read_response())
+        .await
+        .expect("the proxy must answer, not hang");
+    match answer {
+        Err(ClientError::Server(e)) => assert!(e.contains("instance m1"), "{e}"),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
