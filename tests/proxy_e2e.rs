@@ -278,3 +278,35 @@ async fn a_primary_dying_mid_statement_gives_an_error_not_a_hang() {
         other => panic!("expected an error frame, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_statement_over_the_timeout_gets_an_error_and_the_session_goes_on() {
+    let mut cluster = Cluster::configure(1, OPLOG);
+    let path = cluster.dir.path().join("config.json");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "\"healthIntervalMillis\": 50",
+        "\"healthIntervalMillis\": 50, \"statementTimeoutMs\": 300",
+    );
+    std::fs::write(&path, config).unwrap();
+    cluster.spawn(0);
+    cluster.spawn(1);
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    let started = std::time::Instant::now();
+    let slow =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) \
+                INSERT INTO t(v) SELECT i FROM n";
+    match c.execute(slow).await {
+        Err(ClientError::Server(e)) => assert!(e.contains("timed out after 300 ms"), "{e}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.execute("INSERT INTO t(v) VALUES ('after')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&c.query("SELECT count(*) FROM t").await.unwrap().rows),
+        1
+    );
+}

@@ -96,6 +96,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
         Ok(self.stream.into_inner())
     }
 
+    /// Reads whatever the client sends next (kept for the following statements); `false` when
+    /// the client closed the connection. Cancel-safe: bytes read are never lost.
+    pub async fn read_more(&mut self) -> Result<bool, ConnectionError> {
+        self.read_buf.clear();
+        if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            return Ok(false);
+        }
+        self.splitter.push(&self.read_buf);
+        Ok(true)
+    }
+
     /// True when the client left with an unfinished statement buffered.
     pub fn had_partial_statement(&self) -> bool {
         self.splitter.has_partial()

@@ -270,17 +270,32 @@ impl Session {
             },
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
+        let interrupt = conn.get_interrupt_handle();
         let task = tokio::task::spawn_blocking(move || {
             let _ = run_statement(&conn, &sql, &options, &FrameSink(tx));
             conn
         });
         let mut written = Ok(());
         let mut failed = false;
-        while let Some(frame) = rx.recv().await {
-            failed = frame.error_text().is_some();
-            written = out.write_frame(&frame).await;
-            if written.is_err() {
-                break;
+        let mut client_here = true;
+        loop {
+            tokio::select! {
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break };
+                    failed = frame.error_text().is_some();
+                    written = out.write_frame(&frame).await;
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                // A client that leaves while its statement runs (a proxy giving up on a
+                // timeout) gets the statement interrupted, which rolls it back.
+                more = out.read_more(), if client_here => {
+                    if !matches!(more, Ok(true)) {
+                        client_here = false;
+                        interrupt.interrupt();
+                    }
+                }
             }
         }
         self.state.metrics.answered(failed);
