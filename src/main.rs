@@ -34,6 +34,8 @@ enum Command {
     Cluster(ConfigArg),
     /// The load generator (not built yet: issue #7).
     Bench,
+    /// Asks the running proxy to fail over (promote the most advanced replica, or --to ID).
+    Failover(FailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -41,6 +43,15 @@ struct ConfigArg {
     /// Path of config.json.
     #[arg(long, env = "DIRK_CONFIG_PATH", default_value = "config.json")]
     config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct FailoverArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Instance to promote (default: the replica with the highest applied position).
+    #[arg(long)]
+    to: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +72,7 @@ fn main() -> ExitCode {
         Command::Cache => not_yet("cache", 5),
         Command::Cluster(args) => report(run_cluster(args)),
         Command::Bench => not_yet("bench", 7),
+        Command::Failover(args) => report(run_failover(args)),
     }
 }
 
@@ -105,10 +117,44 @@ fn run_proxy(args: ConfigArg) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        dirkdb_proxy::run(config, shutdown_signal())
-            .await
-            .context("proxy")
+        dirkdb_proxy::run(
+            config,
+            Some(proxy_state_file(&args.config)),
+            shutdown_signal(),
+        )
+        .await
+        .context("proxy")
     })
+}
+
+/// The proxy keeps its primary choice next to config.json.
+fn proxy_state_file(config: &std::path::Path) -> PathBuf {
+    config
+        .parent()
+        .map(|d| d.join("dirkdb-proxy.state.json"))
+        .unwrap_or_else(|| PathBuf::from("dirkdb-proxy.state.json"))
+}
+
+/// Asks the running proxy for a MANUAL failover.
+fn run_failover(args: FailoverArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config.config)?;
+    let lb = &config.load_balancer;
+    let admin = format!("{}:{}", lb.listen_host, lb.admin_port);
+    let body = match &args.to {
+        Some(id) => format!(r#"{{"to":"{id}"}}"#),
+        None => String::new(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let answer = runtime
+        .block_on(dirkdb_proxy::http::post_json(
+            &admin,
+            "/cluster/failover",
+            &body,
+            std::time::Duration::from_secs(30),
+        ))
+        .map_err(|e| anyhow::anyhow!("failover through the proxy at {admin}: {e}"))?;
+    println!("{answer}");
+    Ok(())
 }
 
 fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
@@ -129,8 +175,9 @@ fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
             });
         }
         let (proxy_config, mut stop) = (config.clone(), stop_rx.clone());
+        let state_file = proxy_state_file(&args.config);
         servers.spawn(async move {
-            dirkdb_proxy::run(proxy_config, async move {
+            dirkdb_proxy::run(proxy_config, Some(state_file), async move {
                 let _ = stop.changed().await;
             })
             .await

@@ -310,3 +310,178 @@ async fn a_statement_over_the_timeout_gets_an_error_and_the_session_goes_on() {
         1
     );
 }
+
+/// Sets fields of the cluster's config.json (`path` is a JSON pointer's parent, `key` the field).
+fn set_config(cluster: &Cluster, section: &str, key: &str, value: Value) {
+    let path = cluster.dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config[section][key] = value;
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+fn failover_cluster(write_concern: u32) -> Cluster {
+    let routing = format!(
+        r#"{{ "writes": {{ "writeConcern": {{ "replicas": {write_concern}, "timeoutMs": 2000 }} }} }}"#
+    );
+    let cluster = Cluster::configure_with(2, OPLOG, &routing);
+    set_config(&cluster, "failover", "mode", json!("AUTOMATIC"));
+    set_config(&cluster, "failover", "detectionMillis", json!(300));
+    cluster
+}
+
+#[tokio::test]
+async fn killing_the_primary_promotes_a_replica_without_losing_acknowledged_writes() {
+    let mut cluster = failover_cluster(1);
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    let port = cluster.proxy.port;
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut killed_rx = killed_rx;
+        let mut killed_at = None;
+        let mut first_after_kill = None;
+        let mut c = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+        c.execute("USE shop").await.unwrap();
+        for i in 0..100_000 {
+            if killed_at.is_none() {
+                killed_at = killed_rx.try_recv().ok();
+            }
+            match c
+                .execute(&format!("INSERT INTO t(v) VALUES ('w{i}')"))
+                .await
+            {
+                Ok(_) => {
+                    acked.push(format!("w{i}"));
+                    if let (Some(at), None) = (killed_at, first_after_kill) {
+                        first_after_kill = Some(at.elapsed());
+                    }
+                }
+                Err(e) if e.is_fatal() => {
+                    c = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+                    c.execute("USE shop").await.unwrap();
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+            if first_after_kill.is_some() && acked.len() > 20 + i / 2 {
+                break;
+            }
+            if killed_at
+                .is_some_and(|at: std::time::Instant| at.elapsed() > Duration::from_secs(20))
+            {
+                break;
+            }
+        }
+        (acked, first_after_kill)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.kill9(0);
+    killed_tx.send(std::time::Instant::now()).unwrap();
+    let (acked, first_after_kill) = writer.await.unwrap();
+    let first_after_kill = first_after_kill.expect("no write succeeded after the primary died");
+    eprintln!(
+        "FIGURE: primary killed -> first successful write through the proxy: {first_after_kill:?}"
+    );
+    let status = cluster.proxy_status();
+    let primary = status["primary"].as_str().unwrap().to_string();
+    assert_ne!(primary, "m1");
+    let p = cluster.nodes.iter().position(|n| n.id == primary).unwrap();
+    let mut direct = cluster.client(p).await;
+    direct.execute("USE shop").await.unwrap();
+    let rows = direct.query("SELECT v FROM t").await.unwrap().rows;
+    let present: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = acked.iter().filter(|v| !present.contains(*v)).collect();
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    let other = 3 - p;
+    cluster.assert_same_data_on(p, &[p, other]);
+    assert_eq!(cluster.follower(other)["primary"], cluster.addr(p).as_str());
+}
+
+#[tokio::test]
+async fn an_old_primary_coming_back_is_fenced_and_its_lost_writes_go_to_a_rollback_file() {
+    let mut cluster = failover_cluster(0);
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.execute("INSERT INTO t(v) VALUES ('replicated')")
+        .await
+        .unwrap();
+    cluster.assert_same_data(0);
+    // Writes that only m1 gets: its replicas are down.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let mut m1 = cluster.client(0).await;
+    m1.execute("USE shop").await.unwrap();
+    for v in ["lost-1", "lost-2", "lost-3"] {
+        m1.execute(&format!("INSERT INTO t(v) VALUES ('{v}')"))
+            .await
+            .unwrap();
+    }
+    cluster.kill9(0);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cluster.proxy_status()["primary"] == "m1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failover: {}",
+            cluster.proxy_status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let primary = cluster.proxy_status()["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = cluster.nodes.iter().position(|n| n.id == primary).unwrap();
+    // The old primary comes back believing it is the primary; the proxy fences it.
+    cluster.spawn(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cluster.get(0, "/health")["role"] != "REPLICA" {
+        assert!(std::time::Instant::now() < deadline, "m1 was not fenced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = cluster.proxy_client().await;
+    c.execute("USE shop").await.unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('after failover')")
+        .await
+        .unwrap();
+    cluster.assert_same_data_on(p, &[0, 1, 2]);
+    let rollback_dir = cluster.data_dir(0).join("rollback");
+    let files: Vec<_> = std::fs::read_dir(&rollback_dir)
+        .expect("a rollback folder")
+        .collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        ["lost-1", "lost-2", "lost-3"]
+            .iter()
+            .all(|v| text.contains(v)),
+        "{text}"
+    );
+    let mut p_client = cluster.client(p).await;
+    p_client.execute("USE shop").await.unwrap();
+    let lost = p_client
+        .query("SELECT count(*) FROM t WHERE v LIKE 'lost-%'")
+        .await
+        .unwrap();
+    assert_eq!(count(&lost.rows), 0, "never silently merged");
+    // A restarted proxy keeps the new primary.
+    if let Some(mut proxy) = cluster.proxy.child.take() {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
+    cluster.spawn_proxy();
+    assert_eq!(cluster.proxy_status()["primary"], primary.as_str());
+}

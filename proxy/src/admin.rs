@@ -32,6 +32,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
         .route("/health", get(health))
         .route("/cluster/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/cluster/failover", axum::routing::post(failover))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "proxy admin API stopped");
@@ -82,6 +83,21 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         "clientConnections": s.stats.open(),
         "instances": instances(&t),
     }))
+}
+
+/// `POST /cluster/failover` (optional body `{"to": "m2"}`): MANUAL failover.
+async fn failover(State(s): State<AdminState>, body: Option<Json<Value>>) -> Response {
+    let to = body
+        .as_ref()
+        .and_then(|b| b["to"].as_str().map(str::to_string));
+    match crate::failover::fail_over(&s.topology, to.as_deref()).await {
+        Ok(primary) => Json(json!({ "primary": primary })).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::CONFLICT,
+            Json(json!({ "error": e })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

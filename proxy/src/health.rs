@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use dirkdb_core::config::FailoverMode;
 
 use crate::backend::{Backend, HealthState};
 use crate::http::get_json;
@@ -23,6 +24,7 @@ struct Finding {
 /// Checks every instance forever.
 pub async fn run(topology: Arc<ArcSwap<Topology>>) {
     let mut behind_since: std::collections::HashMap<String, Instant> = Default::default();
+    let mut primary_down_since: Option<Instant> = None;
     loop {
         let t = topology.load_full();
         let interval = Duration::from_millis(t.config.load_balancer.health_interval_millis.max(10));
@@ -42,7 +44,48 @@ pub async fn run(topology: Arc<ArcSwap<Topology>>) {
         for (i, finding) in findings.into_iter().enumerate() {
             apply(&t, i, finding, primary_seq, &mut behind_since);
         }
+        fence_stray_primaries(&t).await;
+        watch_primary(&topology, &t, &mut primary_down_since).await;
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// An instance other than the chosen primary that calls itself PRIMARY (an old primary back
+/// from the dead) is told to follow the chosen one.
+async fn fence_stray_primaries(t: &Topology) {
+    for (i, b) in t.backends.iter().enumerate() {
+        let h = b.health();
+        if i != t.primary
+            && h.state != HealthState::Down
+            && h.reported_role.as_deref() == Some("PRIMARY")
+        {
+            tracing::warn!(instance = %b.id, primary = %t.primary().id, "fencing an instance that still acts as primary");
+            crate::failover::fence(t, i).await;
+        }
+    }
+}
+
+/// AUTOMATIC failover once the primary has been down for `failover.detectionMillis`.
+async fn watch_primary(
+    topology: &Arc<ArcSwap<Topology>>,
+    t: &Topology,
+    down_since: &mut Option<Instant>,
+) {
+    if t.primary().health().state != HealthState::Down {
+        *down_since = None;
+        return;
+    }
+    let since = *down_since.get_or_insert_with(Instant::now);
+    let detection = Duration::from_millis(t.config.failover.detection_millis);
+    if t.config.failover.mode != FailoverMode::Automatic || since.elapsed() < detection {
+        return;
+    }
+    match crate::failover::fail_over(topology, None).await {
+        Ok(new) => {
+            tracing::warn!(%new, "automatic failover done");
+            *down_since = None;
+        }
+        Err(e) => tracing::error!(error = %e, "automatic failover failed; retrying"),
     }
 }
 

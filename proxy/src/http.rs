@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 GET for the instances' admin APIs (health checks read small JSON
+//! Minimal HTTP/1.1 GET and POST for the instances' admin APIs (health checks read small JSON
 //! documents on loopback or a LAN; a full HTTP client would be most of the proxy's binary).
 
 use std::time::Duration;
@@ -9,14 +9,30 @@ use tokio::net::TcpStream;
 
 /// GETs `path` from `addr` and parses the JSON body.
 pub async fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
-    tokio::time::timeout(timeout, get(addr, path))
+    tokio::time::timeout(timeout, request(addr, "GET", path, ""))
         .await
         .map_err(|_| format!("GET {path} timed out"))?
 }
 
-async fn get(addr: &str, path: &str) -> Result<Value, String> {
+/// POSTs a JSON `body` to `path` and parses the JSON answer.
+pub async fn post_json(
+    addr: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Value, String> {
+    tokio::time::timeout(timeout, request(addr, "POST", path, body))
+        .await
+        .map_err(|_| format!("POST {path} timed out"))?
+}
+
+async fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Value, String> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream
         .write_all(request.as_bytes())
         .await

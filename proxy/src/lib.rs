@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod backend;
 pub mod error;
+pub mod failover;
 pub mod health;
 pub mod http;
 pub mod session;
@@ -47,9 +48,11 @@ impl ProxyStats {
 #[error("cannot listen on {0}: {1}")]
 pub struct StartError(String, std::io::Error);
 
-/// Runs the proxy for `config` until `shutdown` resolves.
+/// Runs the proxy for `config` until `shutdown` resolves; `state_file` keeps the primary chosen
+/// by failovers across restarts.
 pub async fn run(
     config: ClusterConfig,
+    state_file: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
     let lb = config.load_balancer.clone();
@@ -61,7 +64,7 @@ pub async fn run(
     let admin_listener = TcpListener::bind(&admin_addr)
         .await
         .map_err(|e| StartError(admin_addr.clone(), e))?;
-    let topology = Arc::new(ArcSwap::from_pointee(Topology::new(config)));
+    let topology = Arc::new(ArcSwap::from_pointee(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
     let background = [
         tokio::spawn(health::run(topology.clone())),

@@ -16,10 +16,44 @@ pub struct Topology {
     pub backends: Vec<Arc<Backend>>,
     /// Index of the primary in `backends`.
     pub primary: usize,
+    /// Where the proxy persists which instance is primary (next to `config.json`).
+    pub state_file: Option<std::path::PathBuf>,
     round_robin: AtomicUsize,
 }
 
 impl Topology {
+    /// Builds a topology from a validated configuration; a primary chosen by an earlier failover
+    /// and persisted in `state_file` wins over the file's roles.
+    pub fn load(config: ClusterConfig, state_file: Option<std::path::PathBuf>) -> Topology {
+        let mut topology = Topology::new(config);
+        let chosen = state_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["primary"].as_str().map(str::to_string));
+        if let Some(i) = chosen.and_then(|id| topology.index_of(&id)) {
+            topology.primary = i;
+        }
+        topology.state_file = state_file;
+        topology
+    }
+
+    /// The same instances with another primary (after a failover).
+    pub fn with_primary(&self, primary: usize) -> Topology {
+        Topology {
+            config: self.config.clone(),
+            backends: self.backends.clone(),
+            primary,
+            state_file: self.state_file.clone(),
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    /// Position of an instance id.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.id == id)
+    }
+
     /// Builds a topology from a validated configuration.
     pub fn new(config: ClusterConfig) -> Topology {
         let backends: Vec<Arc<Backend>> = config
@@ -36,6 +70,7 @@ impl Topology {
             config,
             backends,
             primary,
+            state_file: None,
             round_robin: AtomicUsize::new(0),
         }
     }

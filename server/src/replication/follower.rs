@@ -202,6 +202,15 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             position,
             files,
         } => {
+            let (s, new_chain) = (state.clone(), chain.clone());
+            let saved = tokio::task::spawn_blocking(move || {
+                super::rollback::save_divergent(&s, &new_chain)
+            })
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))??;
+            if let Some(path) = saved {
+                tracing::warn!(file = %path.display(), "writes this node made that the new primary never received were saved to a rollback file");
+            }
             receive_full_sync(state, units, &files, position).await?;
             state
                 .meta

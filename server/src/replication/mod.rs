@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod follower;
 pub mod protocol;
+pub mod rollback;
 pub mod sender;
 pub mod snapshot;
 
