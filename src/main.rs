@@ -94,7 +94,10 @@ fn not_yet(what: &str, issue: u32) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<ClusterConfig> {
@@ -117,22 +120,10 @@ fn run_proxy(args: ConfigArg) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        dirkdb_proxy::run(
-            config,
-            Some(proxy_state_file(&args.config)),
-            shutdown_signal(),
-        )
-        .await
-        .context("proxy")
+        dirkdb_proxy::run(config, Some(args.config.clone()), shutdown_signal())
+            .await
+            .context("proxy")
     })
-}
-
-/// The proxy keeps its primary choice next to config.json.
-fn proxy_state_file(config: &std::path::Path) -> PathBuf {
-    config
-        .parent()
-        .map(|d| d.join("dirkdb-proxy.state.json"))
-        .unwrap_or_else(|| PathBuf::from("dirkdb-proxy.state.json"))
 }
 
 /// Asks the running proxy for a MANUAL failover.
@@ -175,9 +166,9 @@ fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
             });
         }
         let (proxy_config, mut stop) = (config.clone(), stop_rx.clone());
-        let state_file = proxy_state_file(&args.config);
+        let config_path = args.config.clone();
         servers.spawn(async move {
-            dirkdb_proxy::run(proxy_config, Some(state_file), async move {
+            dirkdb_proxy::run(proxy_config, Some(config_path), async move {
                 let _ = stop.changed().await;
             })
             .await

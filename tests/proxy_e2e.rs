@@ -127,7 +127,7 @@ async fn a_session_reads_its_own_writes_from_a_lagging_replica_while_others_may_
     let mut cluster = Cluster::configure_with(
         1,
         OPLOG,
-        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "READ_YOUR_WRITES" } }"#,
+        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "READ_YOUR_WRITES", "maxReplicationLagMs": 60000 } }"#,
     );
     cluster.spawn(0);
     cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
@@ -166,7 +166,7 @@ async fn eventual_consistency_lets_a_session_read_stale_data() {
     let mut cluster = Cluster::configure_with(
         1,
         OPLOG,
-        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "EVENTUAL" } }"#,
+        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "EVENTUAL", "maxReplicationLagMs": 60000 } }"#,
     );
     cluster.spawn(0);
     cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
@@ -484,4 +484,83 @@ async fn an_old_primary_coming_back_is_fenced_and_its_lost_writes_go_to_a_rollba
     }
     cluster.spawn_proxy();
     assert_eq!(cluster.proxy_status()["primary"], primary.as_str());
+}
+
+#[tokio::test]
+async fn config_edits_apply_live_and_an_invalid_edit_is_refused() {
+    let mut cluster =
+        Cluster::configure_with(2, OPLOG, r#"{ "reads": { "includeRoles": ["REPLICA"] } }"#);
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    let path = cluster.dir.path().join("config.json");
+    let full: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let with_instances = |ids: &[&str]| {
+        let mut config = full.clone();
+        let kept: Vec<Value> = full["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| ids.contains(&i["id"].as_str().unwrap()))
+            .cloned()
+            .collect();
+        config["instances"] = Value::Array(kept);
+        config.to_string()
+    };
+    std::fs::write(&path, with_instances(&["m1", "m2"])).unwrap();
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    cluster.assert_same_data(0);
+    let reads_on =
+        |cluster: &Cluster, id: &str| instance(&cluster.proxy_status(), id)["reads"].as_u64();
+    read_many(&mut c).await;
+    assert_eq!(reads_on(&cluster, "m3"), None, "m3 is not in the file yet");
+    // Add m3: the same client connection starts reading from it.
+    std::fs::write(&path, with_instances(&["m1", "m2", "m3"])).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reads_on(&cluster, "m3").unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m3 never served a read: {}",
+            cluster.proxy_status()
+        );
+        c.query("SELECT count(*) FROM t").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An invalid edit is refused; routing goes on with the previous topology.
+    std::fs::write(
+        &path,
+        with_instances(&["m1", "m2", "m3"]).replace("\"REPLICA\"", "\"LEADER\""),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    read_many(&mut c).await;
+    assert!(
+        reads_on(&cluster, "m3").is_some(),
+        "the invalid file replaced the topology"
+    );
+    let log = std::fs::read_to_string(cluster.dir.path().join("proxy.log")).unwrap();
+    assert!(
+        log.contains("config.json refused") && log.contains("instances[1].role"),
+        "{log}"
+    );
+    // Remove m2: it serves no more reads.
+    std::fs::write(&path, with_instances(&["m1", "m3"])).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reads_on(&cluster, "m2").is_some() {
+        assert!(std::time::Instant::now() < deadline, "m2 was never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    read_many(&mut c).await;
+    assert_eq!(
+        count(&c.query("SELECT count(*) FROM t").await.unwrap().rows),
+        0
+    );
+}
+
+async fn read_many(c: &mut Client) {
+    for _ in 0..20 {
+        c.query("SELECT count(*) FROM t").await.unwrap();
+    }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod failover;
 pub mod health;
 pub mod http;
+pub mod reload;
 pub mod session;
 pub mod topology;
 
@@ -48,13 +49,19 @@ impl ProxyStats {
 #[error("cannot listen on {0}: {1}")]
 pub struct StartError(String, std::io::Error);
 
-/// Runs the proxy for `config` until `shutdown` resolves; `state_file` keeps the primary chosen
-/// by failovers across restarts.
+/// Runs the proxy for `config` until `shutdown` resolves. With the file's path, the proxy
+/// reloads it when it changes and keeps its primary choice in `dirkdb-proxy.state.json` beside
+/// it, across restarts.
 pub async fn run(
     config: ClusterConfig,
-    state_file: Option<std::path::PathBuf>,
+    config_path: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
+    let state_file = config_path.as_ref().map(|p| {
+        p.parent()
+            .map(|d| d.join("dirkdb-proxy.state.json"))
+            .unwrap_or_else(|| "dirkdb-proxy.state.json".into())
+    });
     let lb = config.load_balancer.clone();
     let addr = format!("{}:{}", lb.listen_host, lb.listen_port);
     let listener = TcpListener::bind(&addr)
@@ -66,7 +73,7 @@ pub async fn run(
         .map_err(|e| StartError(admin_addr.clone(), e))?;
     let topology = Arc::new(ArcSwap::from_pointee(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
-    let background = [
+    let mut background = vec![
         tokio::spawn(health::run(topology.clone())),
         tokio::spawn(admin::serve(
             admin_listener,
@@ -76,6 +83,9 @@ pub async fn run(
             },
         )),
     ];
+    if let Some(path) = config_path {
+        background.push(tokio::spawn(reload::watch(path, topology.clone())));
+    }
     tracing::info!(%addr, admin = %admin_addr, primary = %topology.load().primary().id, "DirkDB proxy listening");
     serve(
         listener,
