@@ -110,7 +110,21 @@ async fn status(State(state): Shared) -> ApiResult {
             f
         }),
         "replicas": state.replication.replicas(committed),
+        "rollbackFiles": rollback_files(&state),
     })))
+}
+
+/// Files in `<dataDirectory>/rollback` (writes saved when this node rejoined a new primary).
+fn rollback_files(state: &ServerState) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.data_dir().join("rollback"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 async fn replicas(State(state): Shared) -> Json<Value> {
