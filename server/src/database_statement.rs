@@ -112,16 +112,6 @@ pub fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
     Some(result)
 }
 
-/// The first `n` significant words of a statement, upper-cased.
-pub fn leading_keywords(sql: &str, n: usize) -> Vec<String> {
-    tokenize(sql)
-        .into_iter()
-        .filter(|t| !t.kind.is_trivia())
-        .take(n)
-        .map(|t| t.text(sql).to_ascii_uppercase())
-        .collect()
-}
-
 /// The schema object a CREATE/DROP/ALTER statement is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaObject {

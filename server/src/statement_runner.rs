@@ -20,7 +20,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::catalog::as_internal;
-use crate::database_statement::{leading_keywords, schema_object, success_text};
+use dirkdb_core::sql::classify::leading_words;
+
+use crate::database_statement::{schema_object, success_text};
 use crate::error::ServerError;
 use crate::oplog::{capture, store, Op};
 use crate::write_path::WritePath;
@@ -174,7 +176,7 @@ fn execute(
         );
     }
     let mut stmt = conn.prepare(sql)?;
-    let words = leading_keywords(sql, 2);
+    let words = leading_words(sql, 2);
     let writes = !stmt.readonly()
         || (words.first().map(String::as_str) == Some("BEGIN")
             && matches!(

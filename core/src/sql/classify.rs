@@ -160,7 +160,8 @@ fn unquote(text: &str) -> &str {
     text.get(1..text.len().saturating_sub(1)).unwrap_or("")
 }
 
-fn leading_words(sql: &str, n: usize) -> Vec<String> {
+/// The first `n` significant words (or other tokens) of a statement, upper-cased.
+pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
     tokenize(sql)
         .into_iter()
         .filter(|t| !t.kind.is_trivia())
