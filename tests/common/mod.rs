@@ -15,12 +15,21 @@ pub fn dirkdb_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dirkdb")
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, taken below the kernel's ephemeral range (32768 and up
+/// by default): outgoing connections draw their local ports from that range, so one of them
+/// could otherwise take the port of a node a test stopped and is about to restart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 60) * 200;
+    for _ in 0..12_000 {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = (20_000 + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000 on loopback")
 }
 
 /// A `dirkdb server` process with its own config and data directory.
