@@ -123,6 +123,32 @@ async fn rendezvous_keeps_a_database_on_one_replica() {
 }
 
 #[tokio::test]
+async fn least_connections_spreads_reads_over_idle_replicas() {
+    let mut cluster = Cluster::configure_with(
+        2,
+        OPLOG,
+        r#"{ "reads": { "strategy": "LEAST_CONNECTIONS", "includeRoles": ["REPLICA"] } }"#,
+    );
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.spawn_proxy();
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    cluster.assert_same_data(0);
+    let mut reader = cluster.proxy_client().await;
+    reader.execute("USE shop").await.unwrap();
+    read_many(&mut reader).await;
+    let status = cluster.proxy_status();
+    for replica in ["m2", "m3"] {
+        assert!(
+            instance(&status, replica)["reads"].as_u64().unwrap() >= 5,
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_session_reads_its_own_writes_from_a_lagging_replica_while_others_may_read_stale() {
     let mut cluster = Cluster::configure_with(
         1,

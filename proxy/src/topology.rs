@@ -102,13 +102,10 @@ impl Topology {
             })
             .collect();
         match reads.strategy {
-            ReadStrategy::RoundRobin => {
-                if !eligible.is_empty() {
-                    let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % eligible.len();
-                    eligible.rotate_left(start);
-                }
-            }
+            ReadStrategy::RoundRobin => self.rotate(&mut eligible),
             ReadStrategy::LeastConnections => {
+                // Rotated first, so instances with equally few statements share the reads.
+                self.rotate(&mut eligible);
                 eligible.sort_by_key(|&i| self.backends[i].in_flight());
             }
             ReadStrategy::Rendezvous => {
@@ -124,6 +121,15 @@ impl Topology {
             ordered.push(self.primary().clone());
         }
         ordered
+    }
+}
+
+impl Topology {
+    fn rotate(&self, eligible: &mut [usize]) {
+        if !eligible.is_empty() {
+            let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % eligible.len();
+            eligible.rotate_left(start);
+        }
     }
 }
 
