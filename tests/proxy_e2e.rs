@@ -33,8 +33,7 @@ fn count(rows: &[Vec<Value>]) -> i64 {
 
 #[tokio::test]
 async fn writes_land_only_on_the_primary_and_reads_spread_over_replicas() {
-    let mut cluster = Cluster::start(2, OPLOG);
-    cluster.spawn_proxy();
+    let cluster = Cluster::start_with_proxy(2, OPLOG, "{}");
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     for i in 0..20 {
@@ -93,15 +92,11 @@ async fn writes_land_only_on_the_primary_and_reads_spread_over_replicas() {
 
 #[tokio::test]
 async fn rendezvous_keeps_a_database_on_one_replica() {
-    let mut cluster = Cluster::configure_with(
+    let cluster = Cluster::start_with_proxy(
         2,
         OPLOG,
         r#"{ "reads": { "strategy": "RENDEZVOUS", "includeRoles": ["REPLICA"] } }"#,
     );
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.spawn_proxy();
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     c.execute("INSERT INTO t(v) VALUES ('x')").await.unwrap();
@@ -124,15 +119,11 @@ async fn rendezvous_keeps_a_database_on_one_replica() {
 
 #[tokio::test]
 async fn least_connections_spreads_reads_over_idle_replicas() {
-    let mut cluster = Cluster::configure_with(
+    let cluster = Cluster::start_with_proxy(
         2,
         OPLOG,
         r#"{ "reads": { "strategy": "LEAST_CONNECTIONS", "includeRoles": ["REPLICA"] } }"#,
     );
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.spawn_proxy();
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     cluster.assert_same_data(0);
@@ -216,9 +207,7 @@ async fn a_write_concern_holds_the_answer_until_replicas_applied_it() {
         OPLOG,
         r#"{ "writes": { "writeConcern": { "replicas": 1, "timeoutMs": 500 } } }"#,
     );
-    cluster.spawn(0);
-    cluster.spawn(1);
-    cluster.spawn_proxy();
+    cluster.spawn_all_with_proxy();
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     c.execute("INSERT INTO t(v) VALUES ('confirmed')")
@@ -251,8 +240,7 @@ async fn a_write_concern_holds_the_answer_until_replicas_applied_it() {
 
 #[tokio::test]
 async fn a_replica_killed_under_a_read_load_causes_no_client_error() {
-    let mut cluster = Cluster::start(2, OPLOG);
-    cluster.spawn_proxy();
+    let mut cluster = Cluster::start_with_proxy(2, OPLOG, "{}");
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     c.execute("INSERT INTO t(v) VALUES ('x')").await.unwrap();
@@ -287,8 +275,7 @@ async fn a_replica_killed_under_a_read_load_causes_no_client_error() {
 
 #[tokio::test]
 async fn a_primary_dying_mid_statement_gives_an_error_not_a_hang() {
-    let mut cluster = Cluster::start(1, OPLOG);
-    cluster.spawn_proxy();
+    let mut cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     c.send_raw(b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) INSERT INTO t(v) SELECT i FROM n;")
@@ -358,10 +345,7 @@ fn failover_cluster(write_concern: u32) -> Cluster {
 #[tokio::test]
 async fn killing_the_primary_promotes_a_replica_without_losing_acknowledged_writes() {
     let mut cluster = failover_cluster(1);
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.spawn_proxy();
+    cluster.spawn_all_with_proxy();
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     let port = cluster.proxy.port;
@@ -433,10 +417,7 @@ async fn killing_the_primary_promotes_a_replica_without_losing_acknowledged_writ
 #[tokio::test]
 async fn an_old_primary_coming_back_is_fenced_and_its_lost_writes_go_to_a_rollback_file() {
     let mut cluster = failover_cluster(0);
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.spawn_proxy();
+    cluster.spawn_all_with_proxy();
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     c.execute("INSERT INTO t(v) VALUES ('replicated')")

@@ -40,6 +40,21 @@ impl Cluster {
         cluster
     }
 
+    /// Writes a config with a `routing` section, starts every node, then the proxy.
+    pub fn start_with_proxy(replicas: usize, oplog: &str, routing: &str) -> Cluster {
+        let mut cluster = Cluster::configure_with(replicas, oplog, routing);
+        cluster.spawn_all_with_proxy();
+        cluster
+    }
+
+    /// Starts every node, then the proxy (for a config a test adjusted first).
+    pub fn spawn_all_with_proxy(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
+        }
+        self.spawn_proxy();
+    }
+
     /// Writes the config without starting anything.
     pub fn configure(replicas: usize, oplog: &str) -> Cluster {
         Cluster::configure_with(replicas, oplog, "{}")
