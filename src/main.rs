@@ -28,9 +28,9 @@ enum Command {
     Client(dirkdb_client::cli::ClientArgs),
     /// The replicating proxy: routes reads and writes over the instances of config.json.
     Proxy(ConfigArg),
-    /// The local caching proxy (not built yet: issue #5).
-    Cache,
-    /// Every instance of config.json and the proxy in one process: the local cluster.
+    /// The local caching proxy: answers repeated reads from memory, in front of the proxy.
+    Cache(CacheArgs),
+    /// Every instance of config.json, the proxy and the cache in one process: the local cluster.
     Cluster(ConfigArg),
     /// The load generator (not built yet: issue #7).
     Bench,
@@ -43,6 +43,43 @@ struct ConfigArg {
     /// Path of config.json.
     #[arg(long, env = "DIRK_CONFIG_PATH", default_value = "config.json")]
     config: PathBuf,
+}
+
+/// `dirkdb cache 127.0.0.1 3949 3951 3000 200`: DirkDB's positional arguments, each of which
+/// overrides the `cache` section of config.json (used when the file exists).
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// Upstream host (default: the proxy's listenHost in config.json, or 127.0.0.1).
+    upstream_host: Option<String>,
+    /// Upstream port (default: the proxy's listenPort, 3949).
+    upstream_port: Option<u16>,
+    /// Port the cache listens on (default 3951).
+    listen_port: Option<u16>,
+    /// How long an entry is served, in milliseconds (default 3000).
+    ttl_ms: Option<u64>,
+    /// Entries kept at most (default 200).
+    max_entries: Option<u64>,
+    /// Path of config.json (optional for the cache).
+    #[arg(long, env = "DIRK_CONFIG_PATH", default_value = "config.json")]
+    config: PathBuf,
+    /// Interface to bind (default 127.0.0.1).
+    #[arg(long)]
+    listen_host: Option<String>,
+    /// Port of /metrics, /stats, /health (default: listen port + 1000).
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// Bytes of results kept at most.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Largest result kept, in bytes.
+    #[arg(long)]
+    max_entry_bytes: Option<u64>,
+    /// Serve entries up to this many ms past their TTL while the upstream is down (0: off).
+    #[arg(long)]
+    stale_if_error_ms: Option<u64>,
+    /// Do not follow the primary's change feed (only the TTL bounds other clients' writes).
+    #[arg(long)]
+    no_change_feed: bool,
 }
 
 #[derive(clap::Args)]
@@ -69,7 +106,7 @@ fn main() -> ExitCode {
         Command::Client(args) => ExitCode::from(dirkdb_client::cli::run(args).clamp(0, 255) as u8),
         Command::Server(args) => report(run_server(args)),
         Command::Proxy(args) => report(run_proxy(args)),
-        Command::Cache => not_yet("cache", 5),
+        Command::Cache(args) => report(run_cache(args)),
         Command::Cluster(args) => report(run_cluster(args)),
         Command::Bench => not_yet("bench", 7),
         Command::Failover(args) => report(run_failover(args)),
@@ -126,6 +163,48 @@ fn run_proxy(args: ConfigArg) -> anyhow::Result<()> {
     })
 }
 
+/// The cache's settings: config.json's `cache` section when the file exists, then the command
+/// line on top.
+fn cache_settings(args: &CacheArgs) -> anyhow::Result<dirkdb_cache::CacheSettings> {
+    let mut config = if args.config.exists() {
+        load_config(&args.config)?
+    } else {
+        let text = r#"{"instances":[{"id":"m1","role":"PRIMARY","host":"127.0.0.1","port":3948,"dataDirectory":"data/m1"}]}"#;
+        ClusterConfig::parse(text).context("built-in defaults")?
+    };
+    let c = &mut config.cache;
+    if let Some(host) = &args.upstream_host {
+        c.upstream_host = Some(host.clone());
+    }
+    c.upstream_port = args.upstream_port.or(c.upstream_port);
+    if let Some(port) = args.listen_port {
+        c.listen_port = port;
+        c.admin_port = port.checked_add(1000).unwrap_or(c.admin_port);
+    }
+    c.admin_port = args.admin_port.unwrap_or(c.admin_port);
+    c.ttl_millis = args.ttl_ms.unwrap_or(c.ttl_millis);
+    c.max_entries = args.max_entries.unwrap_or(c.max_entries);
+    c.max_bytes = args.max_bytes.unwrap_or(c.max_bytes);
+    c.max_entry_bytes = args.max_entry_bytes.unwrap_or(c.max_entry_bytes);
+    c.stale_if_error_millis = args.stale_if_error_ms.unwrap_or(c.stale_if_error_millis);
+    if let Some(host) = &args.listen_host {
+        c.listen_host = host.clone();
+    }
+    c.change_feed &= !args.no_change_feed;
+    Ok(dirkdb_cache::CacheSettings::from_config(&config))
+}
+
+fn run_cache(args: CacheArgs) -> anyhow::Result<()> {
+    init_logging();
+    let settings = cache_settings(&args)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        dirkdb_cache::run(settings, shutdown_signal())
+            .await
+            .context("cache")
+    })
+}
+
 /// Asks the running proxy for a MANUAL failover.
 fn run_failover(args: FailoverArgs) -> anyhow::Result<()> {
     let config = load_config(&args.config.config)?;
@@ -174,9 +253,21 @@ fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
             .await
             .context("proxy")
         });
+        let (cache_settings, mut stop) = (
+            dirkdb_cache::CacheSettings::from_config(&config),
+            stop_rx.clone(),
+        );
+        servers.spawn(async move {
+            dirkdb_cache::run(cache_settings, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+            .context("cache")
+        });
         tracing::info!(
             instances = config.instances.len(),
             proxy = config.load_balancer.listen_port,
+            cache = config.cache.listen_port,
             "local cluster running; Ctrl-C stops it"
         );
         tokio::select! {

@@ -1,2 +1,206 @@
-//! Placeholder for the cache component; it is built in its own issue (see `issues`), and the
-//! `dirkdb cache` subcommand says so instead of pretending to work.
+//! The DirkDB local caching proxy (`dirkdb cache`, port 3951): it sits between clients and the
+//! proxy, usually on the client's machine, and answers repeated reads from memory without ever
+//! serving a result older than a write it has seen.
+//!
+//! How a request flows: the listener accepts a client (within `cache.maxConnections`) and gives
+//! it a [`session::CacheSession`] with its own upstream connection. The session reads statements
+//! with the same framing as a server and asks [`statement_analysis`] what each is. A cacheable
+//! read is looked up in the [`result_store`] (lock-free hit path); a miss leads or joins a
+//! flight, so identical misses send one query upstream, and the answer is kept under TTL, entry
+//! and byte limits. Writes, transactions and other statements pass through unchanged; a write's
+//! answer waits until the entries it can have changed are dropped. The [`change_listener`]
+//! follows the primary's change feed to drop what other clients' writes changed. [`admin`]
+//! serves the counters of [`stats`].
+
+pub mod admin;
+pub mod change_listener;
+pub mod result_store;
+pub mod session;
+pub mod statement_analysis;
+pub mod stats;
+pub mod upstream;
+pub mod view_map;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dirkdb_core::config::ClusterConfig;
+use dirkdb_core::connection::{ConnectionError, ServerConnection};
+use dirkdb_core::frame::Frame;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::result_store::{ResultStore, StoreLimits};
+use crate::session::{CacheSession, SessionContext};
+use crate::stats::CacheStats;
+
+/// Everything the cache needs to run.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Address clients connect to (`host:port`).
+    pub listen: String,
+    /// Address of the admin API (`host:port`).
+    pub admin: String,
+    /// Address of the proxy (or server) it forwards to.
+    pub upstream: String,
+    /// Store limits.
+    pub limits: StoreLimits,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// Longest statement accepted from a client.
+    pub max_statement_bytes: usize,
+    /// Longest wait for one upstream answer.
+    pub statement_timeout: Duration,
+    /// Whether to follow the primary's change feed.
+    pub change_feed: bool,
+}
+
+impl CacheSettings {
+    /// The settings of `config.json`'s `cache` section (upstream: the proxy's address).
+    pub fn from_config(config: &ClusterConfig) -> CacheSettings {
+        let c = &config.cache;
+        CacheSettings {
+            listen: format!("{}:{}", c.listen_host, c.listen_port),
+            admin: format!("{}:{}", c.listen_host, c.admin_port),
+            upstream: config.cache_upstream(),
+            limits: StoreLimits {
+                ttl: Duration::from_millis(c.ttl_millis),
+                stale_window: Duration::from_millis(c.stale_if_error_millis),
+                max_entries: c.max_entries,
+                max_bytes: c.max_bytes,
+                max_entry_bytes: c.max_entry_bytes.min(u64::from(u32::MAX)) as usize,
+            },
+            max_connections: c.max_connections.max(1),
+            max_statement_bytes: config.limits.max_statement_bytes,
+            statement_timeout: Duration::from_millis(c.statement_timeout_ms.max(1)),
+            change_feed: c.change_feed,
+        }
+    }
+}
+
+/// Why the cache could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {0}: {1}")]
+pub struct StartError(String, std::io::Error);
+
+/// Runs the cache until `shutdown` resolves.
+pub async fn run(
+    settings: CacheSettings,
+    shutdown: impl std::future::Future,
+) -> Result<(), StartError> {
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| StartError(settings.listen.clone(), e))?;
+    let admin_listener = TcpListener::bind(&settings.admin)
+        .await
+        .map_err(|e| StartError(settings.admin.clone(), e))?;
+    let stats = Arc::new(CacheStats::default());
+    let store = ResultStore::new(settings.limits.clone(), stats.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = vec![tokio::spawn(admin::serve(
+        admin_listener,
+        admin::AdminState {
+            store: store.clone(),
+            stats: stats.clone(),
+            upstream: settings.upstream.clone(),
+        },
+    ))];
+    if settings.change_feed {
+        background.push(tokio::spawn(change_listener::follow(
+            settings.upstream.clone(),
+            store.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    tracing::info!(
+        listen = %settings.listen,
+        admin = %settings.admin,
+        upstream = %settings.upstream,
+        ttl_ms = settings.limits.ttl.as_millis() as u64,
+        max_entries = settings.limits.max_entries,
+        "DirkDB cache listening"
+    );
+    let ctx = Arc::new(SessionContext {
+        store,
+        stats,
+        upstream_addr: settings.upstream.clone(),
+        statement_timeout: settings.statement_timeout,
+        max_statement_bytes: settings.max_statement_bytes,
+    });
+    serve(listener, ctx, settings.max_connections, stop_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    for task in &background {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    ctx: Arc<SessionContext>,
+    max_connections: usize,
+    stop_rx: watch::Receiver<bool>,
+    shutdown: impl std::future::Future,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let (client_stop_tx, client_stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(socket, max_connections));
+            continue;
+        };
+        let (ctx, mut stop) = (ctx.clone(), client_stop_rx.clone());
+        tokio::spawn(async move {
+            ctx.stats.clients.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = handle_client(socket, ctx.clone(), &mut stop).await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+            ctx.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(stop_rx);
+    tracing::info!("cache shutting down: finishing in-flight statements");
+    let _ = client_stop_tx.send(true);
+    let _ = permits.acquire_many(max_connections as u32).await;
+}
+
+async fn refuse(socket: TcpStream, limit: usize) {
+    let mut conn = ServerConnection::new(socket, 1024);
+    let msg = format!("too many connections to the cache (limit {limit}, cache.maxConnections)");
+    let _ = conn.send(&Frame::error(msg)).await;
+}
+
+async fn handle_client(
+    socket: TcpStream,
+    ctx: Arc<SessionContext>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    let mut conn = ServerConnection::new(socket, ctx.max_statement_bytes);
+    let mut session = CacheSession::new(ctx);
+    loop {
+        let incoming = tokio::select! {
+            incoming = conn.read_statement() => incoming?,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(incoming) = incoming else {
+            return Ok(());
+        };
+        session.handle(incoming, &mut conn).await?;
+    }
+}

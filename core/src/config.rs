@@ -113,7 +113,7 @@ impl Default for LoadBalancerConfig {
     }
 }
 
-/// The local caching proxy's settings.
+/// The local caching proxy's settings (`dirkdb cache`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CacheConfig {
@@ -121,10 +121,30 @@ pub struct CacheConfig {
     pub listen_host: String,
     /// SQL port of the cache (DirkDB: 3951).
     pub listen_port: u16,
+    /// HTTP port of its `/metrics`, `/stats` and `/health` (default 4951).
+    pub admin_port: u16,
+    /// Where it forwards to (default: the proxy's `loadBalancer.listenHost`).
+    pub upstream_host: Option<String>,
+    /// Port it forwards to (default: the proxy's `loadBalancer.listenPort`).
+    pub upstream_port: Option<u16>,
     /// How long an entry may be served, in milliseconds.
     pub ttl_millis: u64,
     /// How many results are kept at most.
     pub max_entries: u64,
+    /// How many bytes of results are kept at most.
+    pub max_bytes: u64,
+    /// A result larger than this (in bytes, as sent) is passed on but not kept.
+    pub max_entry_bytes: u64,
+    /// When above 0, an entry up to this many milliseconds past its TTL is served (and marked
+    /// stale) while the upstream cannot be reached. Off by default.
+    pub stale_if_error_millis: u64,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// Longest wait for the upstream's answer to one statement, in milliseconds.
+    pub statement_timeout_ms: u64,
+    /// Whether to follow the primary's change feed (`DIRK CHANGES`) to learn other clients'
+    /// writes. Without it, only writes through this cache and the TTL bound staleness.
+    pub change_feed: bool,
 }
 
 impl Default for CacheConfig {
@@ -132,9 +152,35 @@ impl Default for CacheConfig {
         Self {
             listen_host: "127.0.0.1".into(),
             listen_port: 3951,
+            admin_port: 4951,
+            upstream_host: None,
+            upstream_port: None,
             ttl_millis: 3000,
             max_entries: 200,
+            max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            stale_if_error_millis: 0,
+            max_connections: 1024,
+            statement_timeout_ms: 35_000,
+            change_feed: true,
         }
+    }
+}
+
+impl ClusterConfig {
+    /// The address the cache forwards to: its own `upstreamHost`/`upstreamPort`, else the
+    /// proxy's listening address.
+    pub fn cache_upstream(&self) -> String {
+        let host = self
+            .cache
+            .upstream_host
+            .clone()
+            .unwrap_or_else(|| self.load_balancer.listen_host.clone());
+        let port = self
+            .cache
+            .upstream_port
+            .unwrap_or(self.load_balancer.listen_port);
+        format!("{host}:{port}")
     }
 }
 

@@ -7,9 +7,14 @@
 //! on the primary (writes, transactions, anything unsure) or on a read candidate chosen by the
 //! [`topology`]'s strategy among the instances the [`health`] checker finds up and within the
 //! lag limit, passing the instance's frames back to the client. [`admin`] reports all of it.
+//!
+//! The session answers `DIRK POSITION` and `DIRK SEEN <seq>` itself (its read-your-writes
+//! position). `DIRK CHANGES` turns the client's connection into a relay of the current primary's
+//! change feed ([`change_feed`]), after which the connection closes.
 
 pub mod admin;
 pub mod backend;
+pub mod change_feed;
 pub mod error;
 pub mod failover;
 pub mod health;
@@ -156,7 +161,7 @@ async fn handle_client(
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {
     let max = topology.load().config.limits.max_statement_bytes;
     let mut conn = ServerConnection::new(socket, max);
-    let mut session = ProxySession::new(topology);
+    let mut session = ProxySession::new(topology.clone());
     loop {
         let incoming = tokio::select! {
             incoming = conn.read_statement() => incoming?,
@@ -165,6 +170,27 @@ async fn handle_client(
         let Some(incoming) = incoming else {
             return Ok(());
         };
+        if change_feed::is_changes_statement(&incoming) {
+            let subscribed = tokio::select! {
+                s = change_feed::subscribe(&topology) => s,
+                _ = stop.changed() => return Ok(()),
+            };
+            match subscribed {
+                Ok(upstream) => {
+                    // The session ends first (an open transaction is rolled back on the
+                    // primary), then the connection only carries the feed, and closes after.
+                    drop(session);
+                    return tokio::select! {
+                        r = change_feed::relay(upstream, &mut conn, &topology) => r,
+                        _ = stop.changed() => Ok(()),
+                    };
+                }
+                Err(e) => {
+                    conn.send(&Frame::error(e)).await?;
+                    continue;
+                }
+            }
+        }
         session.handle(incoming, &mut conn).await?;
     }
 }

@@ -10,6 +10,13 @@
 //! retried once on another. The session's database is replayed lazily on whichever connection
 //! serves it. With a write concern of k replicas, a write's answer is held until k replicas have
 //! applied it (`DIRK WAIT REPLICAS`), or replaced by an error saying how many did.
+//!
+//! Two extensions are answered by the session itself, from its read-your-writes position (the
+//! position of its last acknowledged write): `DIRK POSITION` → `position <last_write>`, and
+//! `DIRK SEEN <seq>` → the position becomes `max(last_write, seq)` and is answered as
+//! `position <n>`. A caching proxy in front sends `DIRK SEEN` with a change notice's position so
+//! that the session's later reads on replicas wait for it. Other `DIRK` statements go to the
+//! primary; `DIRK CHANGES` is the listener's (see [`crate::change_feed`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +27,7 @@ use dirkdb_core::config::ReadConsistency;
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use dirkdb_core::sql::classify::{classify, StatementClass, TransactionControl};
+use dirkdb_core::sql::transaction::TransactionState;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::{Backend, BackendConn};
@@ -30,53 +38,9 @@ use crate::topology::Topology;
 pub struct ProxySession {
     topology: Arc<ArcSwap<Topology>>,
     db: Option<String>,
-    txn: Transaction,
+    txn: TransactionState,
     last_write: u64,
     primary: Option<(Arc<Backend>, BackendConn)>,
-}
-
-/// What the proxy knows of the session's transaction.
-#[derive(Default)]
-struct Transaction {
-    open: bool,
-    by_savepoint: bool,
-    savepoints: Vec<String>,
-}
-
-impl Transaction {
-    fn follow(&mut self, control: &TransactionControl) {
-        match control {
-            TransactionControl::Begin => {
-                *self = Transaction {
-                    open: true,
-                    ..Transaction::default()
-                };
-            }
-            TransactionControl::Savepoint(name) => {
-                if !self.open {
-                    *self = Transaction {
-                        open: true,
-                        by_savepoint: true,
-                        savepoints: Vec::new(),
-                    };
-                }
-                self.savepoints.push(name.to_ascii_lowercase());
-            }
-            TransactionControl::Release(name) => {
-                let name = name.to_ascii_lowercase();
-                if let Some(i) = self.savepoints.iter().rposition(|s| *s == name) {
-                    self.savepoints.truncate(i);
-                }
-                if self.by_savepoint && self.savepoints.is_empty() {
-                    *self = Transaction::default();
-                }
-            }
-            TransactionControl::RollbackTo(_) => {}
-            TransactionControl::Commit | TransactionControl::Rollback => {
-                *self = Transaction::default()
-            }
-        }
-    }
 }
 
 /// Where a statement's frames go.
@@ -103,7 +67,7 @@ impl ProxySession {
         ProxySession {
             topology,
             db: None,
-            txn: Transaction::default(),
+            txn: TransactionState::default(),
             last_write: 0,
             primary: None,
         }
@@ -128,6 +92,25 @@ impl ProxySession {
                     .await
             }
         };
+        if let Some(own) = own_extension(&sql) {
+            let frame = match own {
+                Ok(OwnExtension::Position) => {
+                    Frame::Message(format!("position {}", self.last_write))
+                }
+                Ok(OwnExtension::Seen(seq)) => {
+                    self.last_write = self.last_write.max(seq);
+                    Frame::Message(format!("position {}", self.last_write))
+                }
+                Err(msg) => Frame::error(msg),
+            };
+            return out.send(&frame).await;
+        }
+        if crate::change_feed::is_changes_sql(&sql) {
+            // Never on a pooled connection: it would turn into a feed for good.
+            let msg =
+                "DIRK CHANGES is served on a connection of its own: send it to the proxy's port";
+            return out.send(&Frame::error(msg)).await;
+        }
         let class = classify(&sql);
         let result = match class {
             StatementClass::Read if !self.txn.open => self.read(&sql, out).await,
@@ -157,7 +140,7 @@ impl ProxySession {
         match self.primary.take() {
             Some((backend, conn)) if Arc::ptr_eq(&backend, &current) => Ok((backend, conn)),
             Some(_) if self.txn.open => {
-                self.txn = Transaction::default();
+                self.txn = TransactionState::default();
                 Err(ProxyError::Backend {
                     instance: current.id.clone(),
                     reason: "the primary changed during the transaction; it was rolled back".into(),
@@ -235,7 +218,9 @@ impl ProxySession {
                 self.db = Some(name.clone());
                 conn.db = Some(name.clone());
             }
-            StatementClass::Transaction(control) => self.txn.follow(control),
+            StatementClass::Transaction(control) => {
+                self.txn.follow(control);
+            }
             _ => {}
         }
     }
@@ -409,6 +394,88 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The extensions the session answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnExtension {
+    /// `DIRK POSITION`
+    Position,
+    /// `DIRK SEEN <seq>`
+    Seen(u64),
+}
+
+/// Recognizes `DIRK POSITION` and `DIRK SEEN <seq>` (case-insensitive); `Err` with the reason
+/// for malformed forms of these two, `None` for every other statement.
+fn own_extension(sql: &str) -> Option<Result<OwnExtension, String>> {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let is = |i: usize, word: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    if !is(0, "DIRK") {
+        return None;
+    }
+    if is(1, "POSITION") {
+        return Some(match words.len() {
+            2 => Ok(OwnExtension::Position),
+            _ => Err(format!(
+                "`DIRK POSITION` takes no argument, got `{}`",
+                sql.trim()
+            )),
+        });
+    }
+    if is(1, "SEEN") {
+        let seq = match words.as_slice() {
+            [_, _, n] if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().ok(),
+            _ => None,
+        };
+        return Some(seq.map(OwnExtension::Seen).ok_or_else(|| {
+            format!(
+                "expected `DIRK SEEN <position>` with a position from 0 to {}, got `{}`",
+                u64::MAX,
+                sql.trim()
+            )
+        }));
+    }
+    None
+}
+
 fn parse_number(text: &str, word: &str) -> Option<u64> {
     text.strip_prefix(word)?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_extensions_parse_strictly() {
+        assert_eq!(
+            own_extension("DIRK POSITION"),
+            Some(Ok(OwnExtension::Position))
+        );
+        assert_eq!(
+            own_extension(" dirk\tposition "),
+            Some(Ok(OwnExtension::Position))
+        );
+        assert_eq!(
+            own_extension("dirk seen 42"),
+            Some(Ok(OwnExtension::Seen(42)))
+        );
+        assert_eq!(
+            own_extension("DIRK SEEN 18446744073709551615"),
+            Some(Ok(OwnExtension::Seen(u64::MAX)))
+        );
+        for bad in [
+            "DIRK SEEN",
+            "DIRK SEEN x",
+            "DIRK SEEN -1",
+            "DIRK SEEN +1",
+            "DIRK SEEN 1.5",
+            "DIRK SEEN 1 2",
+            "DIRK SEEN 18446744073709551616",
+            "DIRK POSITION 3",
+        ] {
+            assert!(matches!(own_extension(bad), Some(Err(_))), "{bad}");
+        }
+        assert_eq!(own_extension("DIRK WAIT 1 2"), None);
+        assert_eq!(own_extension("DIRK CHANGES"), None);
+        assert_eq!(own_extension("SELECT 1"), None);
+    }
 }

@@ -7,11 +7,20 @@
 //!   or applied `seq`; an error naming the position reached when the timeout passes first.
 //! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n>`: on a primary, waits until `k`
 //!   connected replicas acknowledged `seq` (or the timeout), and says how many did.
+//! * `DIRK SEEN <seq>` → `position <committed>`: the client has seen position `seq` (a change
+//!   feed's notice); waits at most [`SEEN_WAIT`] for this instance to commit or apply it, then
+//!   answers the position it has, reached or not (never an error).
+//!
+//! `DIRK REPLICATION` and `DIRK CHANGES` switch the connection to another protocol; the
+//! listener handles them (see [`crate::change_feed`]).
 
 use std::time::Duration;
 
 use crate::error::ServerError;
 use crate::state::ServerState;
+
+/// Longest wait of `DIRK SEEN`.
+pub const SEEN_WAIT: Duration = Duration::from_millis(1000);
 
 /// A parsed extension statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +43,15 @@ pub enum Extension {
         /// Longest wait.
         timeout: Duration,
     },
+    /// `DIRK SEEN <seq>`
+    Seen {
+        /// Position the client has seen.
+        seq: u64,
+    },
 }
 
 /// Recognizes an extension; `None` for every other statement (including the replication
-/// handshake, which the listener handles).
+/// handshake and the change feed, which the listener handles).
 pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
     let words: Vec<String> = sql
         .split_whitespace()
@@ -47,9 +61,15 @@ pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
         return None;
     }
     let number = |i: usize| -> Result<u64, ServerError> {
-        words.get(i).and_then(|w| w.parse().ok()).ok_or_else(|| {
-            ServerError::Syntax(format!("DIRK extension: a number is expected in `{sql}`"))
-        })
+        // Digits only: `+5` or `-0` are not positions.
+        let digits = |w: &&String| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+        words
+            .get(i)
+            .filter(digits)
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| {
+                ServerError::Syntax(format!("DIRK extension: a number is expected in `{sql}`"))
+            })
     };
     let parsed = match words.get(1).map(String::as_str) {
         Some("POSITION") if words.len() == 2 => Ok(Extension::Position),
@@ -70,7 +90,9 @@ pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
                 timeout: Duration::from_millis(number(3)?),
             })
         })(),
+        Some("SEEN") if words.len() == 3 => number(2).map(|seq| Extension::Seen { seq }),
         Some("REPLICATION") => return None,
+        Some("CHANGES") if words.len() == 2 => return None,
         _ => Err(ServerError::Syntax(format!(
             "unknown DIRK extension `{sql}`"
         ))),
@@ -118,6 +140,11 @@ pub async fn answer(
             .await;
             Ok(format!("replicas {}", count()))
         }
+        Extension::Seen { seq } => {
+            let mut commits = state.write_path.subscribe();
+            let _ = tokio::time::timeout(SEEN_WAIT, commits.wait_for(|c| *c >= seq)).await;
+            Ok(format!("position {}", state.write_path.committed()))
+        }
     }
 }
 
@@ -148,7 +175,17 @@ mod tests {
         );
         assert!(parse("DIRK WAIT x 1").unwrap().is_err());
         assert!(parse("DIRK FOO").unwrap().is_err());
+        assert_eq!(
+            parse("dirk  seen 42").unwrap().unwrap(),
+            Extension::Seen { seq: 42 }
+        );
+        assert!(parse("DIRK SEEN").unwrap().is_err());
+        assert!(parse("DIRK SEEN -1").unwrap().is_err());
+        assert!(parse("DIRK SEEN +1").unwrap().is_err());
+        assert!(parse("DIRK SEEN 1 2").unwrap().is_err());
         assert!(parse("DIRK REPLICATION").is_none());
+        assert!(parse("dirk changes").is_none());
+        assert!(parse("DIRK CHANGES now").unwrap().is_err());
         assert!(parse("SELECT 1").is_none());
     }
 }

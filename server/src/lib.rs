@@ -24,9 +24,14 @@
 //! [`replication::snapshot`]), the replica's applier writes them, and both sides report through
 //! the [`admin`] API. Background tasks prune the oplog ([`state::ServerState::prune_oplog`]) and
 //! checkpoint WAL files.
+//!
+//! How a change feed flows: a client's `DIRK CHANGES;` turns its connection into a stream of
+//! notices saying which tables, schemas and databases each commit touched ([`change_feed`]),
+//! read from the same backlog the replica streams use.
 
 pub mod admin;
 pub mod catalog;
+pub mod change_feed;
 pub mod checksum;
 pub mod database_statement;
 pub mod error;

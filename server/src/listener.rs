@@ -5,6 +5,10 @@
 //! `Hadisoana : too many connections` frame and is closed, so it never hangs. On shutdown the
 //! accept loop stops, every task is told through [`Shutdown`], in-flight statements finish, and
 //! the caller learns that all tasks are gone when the completion channel closes.
+//!
+//! Two statements switch a connection to another protocol: `DIRK REPLICATION` (a replica's
+//! stream, first statement only) and `DIRK CHANGES` (a change feed, at any point; see
+//! [`crate::change_feed`]). Both end with the server's shutdown like any session.
 
 use std::sync::Arc;
 
@@ -13,6 +17,7 @@ use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
+use crate::change_feed;
 use crate::replication::protocol::{HANDSHAKE, HANDSHAKE_OK};
 use crate::replication::sender::serve_replica;
 use crate::session::Session;
@@ -134,6 +139,16 @@ async fn handle_client(
             // A replica's stream ends with the server, like any client.
             return tokio::select! {
                 r = start_replication(conn, session.state()) => r,
+                _ = shutdown.recv() => Ok(()),
+            };
+        }
+        if change_feed::is_changes_statement(&incoming) {
+            // The session ends first: an open transaction is rolled back and its writer gate
+            // freed, instead of lingering as long as the feed.
+            let state = session.state();
+            drop(session);
+            return tokio::select! {
+                r = change_feed::serve(&mut conn, &state) => r,
                 _ = shutdown.recv() => Ok(()),
             };
         }

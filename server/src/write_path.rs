@@ -10,7 +10,9 @@
 //! The newest committed entries are also kept in memory (the backlog, as Redis calls it), pushed
 //! in commit order by the writer that made them while it still holds the gate, so replica streams
 //! serve live changes without reading SQLite or handing work to another thread; a stream further
-//! behind than the backlog reads the oplog files instead.
+//! behind than the backlog reads the oplog files instead. Change feeds
+//! ([`crate::change_feed`]) read it too, and tell a reset backlog (full-sync install) from a
+//! live one by its generation ([`WritePath::resets`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +39,18 @@ pub struct WritePath {
     notify: watch::Sender<u64>,
     wait: Duration,
     backlog: Mutex<VecDeque<Entry>>,
+    /// How many times [`WritePath::reset`] cleared the backlog; changed under its lock.
+    resets: AtomicU64,
+}
+
+/// What [`WritePath::visit_backlog`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogVisit {
+    /// The backlog's generation ([`WritePath::resets`]) at the time of the visit.
+    pub resets: u64,
+    /// The sequence of the last entry visited; `None` when the backlog holds nothing after
+    /// `after` (it never held `after + 1`, dropped it, or was cleared).
+    pub last: Option<u64>,
 }
 
 impl WritePath {
@@ -51,6 +65,7 @@ impl WritePath {
             notify,
             wait,
             backlog: Mutex::new(VecDeque::new()),
+            resets: AtomicU64::new(0),
         }
     }
 
@@ -117,7 +132,11 @@ impl WritePath {
     /// Sets the committed sequence to `seq` even when lower (a replica that installed a full
     /// sync now stands exactly at the snapshot's position).
     pub fn reset(&self, seq: u64) {
-        lock(&self.backlog).clear();
+        {
+            let mut backlog = lock(&self.backlog);
+            backlog.clear();
+            self.resets.fetch_add(1, Ordering::AcqRel);
+        }
         self.committed.store(seq, Ordering::Release);
         self.notify.send_replace(seq);
     }
@@ -146,20 +165,50 @@ impl WritePath {
 
     /// Up to `limit` entries in `(after, upto]` from the backlog, when it holds `after + 1`.
     pub fn from_backlog(&self, after: u64, upto: u64, limit: usize) -> Option<Vec<Entry>> {
+        let mut entries = Vec::new();
+        self.visit_backlog(after, upto, limit, |e| entries.push(e.clone()))
+            .last
+            .map(|_| entries)
+    }
+
+    /// Calls `visit` on up to `limit` entries in `(after, upto]`, in order and without copying
+    /// them, when the backlog holds `after + 1` (the backlog's lock is held meanwhile, so `visit`
+    /// must be quick). The backlog always holds one contiguous run, so the entries visited are
+    /// exactly `after + 1 ..= last`.
+    pub fn visit_backlog(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        mut visit: impl FnMut(&Entry),
+    ) -> BacklogVisit {
         let backlog = lock(&self.backlog);
-        let first = backlog.front()?.seq;
-        if after + 1 < first || after >= backlog.back()?.seq {
-            return None;
+        let resets = self.resets.load(Ordering::Acquire);
+        let (Some(first), Some(back)) = (backlog.front(), backlog.back()) else {
+            return BacklogVisit { resets, last: None };
+        };
+        if after + 1 < first.seq || after >= back.seq {
+            return BacklogVisit { resets, last: None };
         }
-        let start = (after + 1 - first) as usize;
-        Some(
-            backlog
-                .range(start..)
-                .take_while(|e| e.seq <= upto)
-                .take(limit)
-                .cloned()
-                .collect(),
-        )
+        let start = (after + 1 - first.seq) as usize;
+        let mut last = None;
+        for entry in backlog
+            .range(start..)
+            .take_while(|e| e.seq <= upto)
+            .take(limit)
+        {
+            visit(entry);
+            last = Some(entry.seq);
+        }
+        BacklogVisit { resets, last }
+    }
+
+    /// The backlog's generation: how many times [`WritePath::reset`] replaced this instance's
+    /// history (a full-sync install). Entries read before and after a change of generation
+    /// may belong to different histories.
+    pub fn resets(&self) -> u64 {
+        let _backlog = lock(&self.backlog);
+        self.resets.load(Ordering::Acquire)
     }
 
     /// Makes `seq` the committed sequence when it is higher, and wakes the waiters.
@@ -228,5 +277,25 @@ mod tests {
             "a gap restarts the backlog"
         );
         assert_eq!(seqs(path.from_backlog(7, 8, 10)), Some(vec![8]));
+        let mut seen = Vec::new();
+        let visit = path.visit_backlog(7, 8, 10, |e| seen.push(e.seq));
+        assert_eq!(
+            visit,
+            BacklogVisit {
+                resets: 0,
+                last: Some(8)
+            }
+        );
+        assert_eq!(seen, vec![8]);
+        path.reset(3);
+        assert_eq!(path.resets(), 1);
+        assert_eq!(path.committed(), 3);
+        assert_eq!(
+            path.visit_backlog(2, 3, 10, |_| {}),
+            BacklogVisit {
+                resets: 1,
+                last: None
+            }
+        );
     }
 }

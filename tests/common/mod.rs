@@ -212,4 +212,5 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write file");
     path
 }
+pub mod cache;
 pub mod cluster;

@@ -8,11 +8,14 @@
 //!   SQLite's `sqlite3_complete()` rules for trigger bodies.
 //! * [`malagasy`] translates DirkDB's Malagasy keywords into SQL, on tokens,
 //!   before a statement is classified and executed.
+//! * [`classify`] decides where a statement may run; [`transaction`] follows a session's
+//!   transaction from the statements that control it.
 
 pub mod classify;
 pub mod lexer;
 pub mod malagasy;
 pub mod splitter;
+pub mod transaction;
 
 pub use malagasy::translate;
 pub use splitter::{split_script, Script, SplitItem, StatementSplitter};

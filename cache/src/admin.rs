@@ -1,0 +1,60 @@
+//! The cache's admin HTTP API: `GET /health`, `GET /stats` (every counter as JSON) and
+//! `GET /metrics` (Prometheus text format).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::result_store::ResultStore;
+use crate::stats::CacheStats;
+
+/// Shared state of the admin handlers.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The kept results (to settle pending evictions before reporting).
+    pub store: Arc<ResultStore>,
+    /// The counters.
+    pub stats: Arc<CacheStats>,
+    /// Where the cache forwards to.
+    pub upstream: String,
+}
+
+/// Serves the admin API until the task is aborted.
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "cache admin API stopped");
+    }
+}
+
+async fn health(State(s): State<AdminState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "upstream": s.upstream,
+        "changeFeed": if s.store.feed_connected() { "connected" } else { "disconnected" },
+    }))
+}
+
+async fn stats(State(s): State<AdminState>) -> Json<Value> {
+    s.store.settle();
+    Json(s.stats.to_json())
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    s.store.settle();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.stats.to_prometheus(),
+    )
+        .into_response()
+}

@@ -1,0 +1,666 @@
+//! The kept results: a `moka` cache (TinyLFU admission, LRU eviction, TTL) plus the index that
+//! says which entries read which tables, so a write drops exactly those.
+//!
+//! * **Hit path:** [`ResultStore::fresh`] is a lookup in `moka`'s concurrent map: no lock of
+//!   ours, whatever the number of clients.
+//! * **Fill path:** a miss becomes a flight ([`ResultStore::flight`]); identical misses that
+//!   arrive while it runs wait for its answer instead of asking the upstream again. The flight
+//!   notes the invalidation clock when it starts; [`ResultStore::keep`] stores its answer only if
+//!   nothing the answer depends on was invalidated since, so an answer fetched before a write is
+//!   never kept after it.
+//! * **Invalidation:** a write through the cache or a change notice from the primary bumps the
+//!   clock for what it changed and removes the indexed entries, under the same lock as
+//!   [`ResultStore::keep`]'s check, so the two cannot interleave. Before that, it raises the
+//!   position the cache has seen ([`ResultStore::seen`]); fills read at least at that position,
+//!   so a lagging replica cannot hand back what a write replaced.
+//! * **Capacity:** each entry weighs its bytes, but at least `maxBytes / maxEntries`, against a
+//!   capacity of `maxBytes`: both the byte and the entry limits hold with one weigher.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use tokio::sync::watch;
+
+use crate::stats::CacheStats;
+use crate::view_map::{ViewMap, ANY_TABLE};
+
+/// Limits of the store.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// How long an entry is served.
+    pub ttl: Duration,
+    /// How long past its TTL an entry is kept for stale-if-error (zero: off).
+    pub stale_window: Duration,
+    /// Entries kept at most.
+    pub max_entries: u64,
+    /// Bytes kept at most.
+    pub max_bytes: u64,
+    /// Largest result kept.
+    pub max_entry_bytes: usize,
+}
+
+/// Where a result is kept: the session's database and the normalized statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// Current database (lower case; empty when none).
+    pub db: String,
+    /// The normalized statement.
+    pub statement: String,
+}
+
+/// One kept result: the response exactly as sent to the client that caused it.
+#[derive(Debug)]
+pub struct CachedResult {
+    id: u64,
+    /// The response frames, encoded.
+    pub bytes: Bytes,
+    /// When it was fetched.
+    pub stored_at: Instant,
+    tables: Vec<String>,
+}
+
+/// What a miss does: fetch (and share) the answer, or wait for the one in flight.
+pub enum FlightRole {
+    /// Fetch it; hand the answer to [`FlightLeader::finish`].
+    Leader(FlightLeader),
+    /// Wait for another session's fetch.
+    Follower(watch::Receiver<Option<FlightOutcome>>),
+}
+
+/// The end of a flight, as its followers see it.
+#[derive(Debug, Clone)]
+pub enum FlightOutcome {
+    /// The response to send.
+    Shared(Bytes),
+    /// The leader got no shareable answer (too large, or it failed): ask the upstream yourself.
+    Retry,
+}
+
+/// The session fetching a result for everyone waiting on the same key.
+pub struct FlightLeader {
+    store: Arc<ResultStore>,
+    key: Arc<CacheKey>,
+    id: u64,
+    tx: watch::Sender<Option<FlightOutcome>>,
+    /// The invalidation clock when the flight started.
+    pub since: u64,
+}
+
+impl FlightLeader {
+    /// Tells the followers how the flight ended.
+    pub fn finish(self, outcome: FlightOutcome) {
+        self.tx.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for FlightLeader {
+    fn drop(&mut self) {
+        if self.tx.borrow().is_none() {
+            self.tx.send_replace(Some(FlightOutcome::Retry));
+        }
+        let mut flights = lock(&self.store.flights);
+        if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+struct Flight {
+    id: u64,
+    since: u64,
+    db: String,
+    tables: Vec<String>,
+    rx: watch::Receiver<Option<FlightOutcome>>,
+}
+
+/// What an entry depends on, in the index.
+struct Live {
+    id: u64,
+    db: String,
+    tables: Vec<String>,
+}
+
+/// The invalidation bookkeeping, under one lock.
+#[derive(Default)]
+struct Index {
+    clock: u64,
+    all_at: u64,
+    db_at: HashMap<String, u64>,
+    any_table_at: HashMap<String, u64>,
+    table_at: HashMap<(String, String), u64>,
+    by_table: HashMap<(String, String), HashSet<Arc<CacheKey>>>,
+    by_db: HashMap<String, HashSet<Arc<CacheKey>>>,
+    live: HashMap<Arc<CacheKey>, Live>,
+    views: HashMap<String, Arc<ViewMap>>,
+}
+
+impl Index {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// True when nothing `db`/`tables` depend on was invalidated after `since`.
+    fn unchanged_since(&self, db: &str, tables: &[String], since: u64) -> bool {
+        let at = |v: Option<&u64>| v.copied().unwrap_or(0) <= since;
+        self.all_at <= since
+            && at(self.db_at.get(db))
+            && tables.iter().all(|t| {
+                if t == ANY_TABLE {
+                    at(self.any_table_at.get(db))
+                } else {
+                    at(self.table_at.get(&(db.to_string(), t.clone())))
+                }
+            })
+    }
+
+    fn add(&mut self, key: Arc<CacheKey>, id: u64, tables: Vec<String>) {
+        self.forget(&key, None);
+        for t in &tables {
+            self.by_table
+                .entry((key.db.clone(), t.clone()))
+                .or_default()
+                .insert(key.clone());
+        }
+        self.by_db
+            .entry(key.db.clone())
+            .or_default()
+            .insert(key.clone());
+        let db = key.db.clone();
+        self.live.insert(key, Live { id, db, tables });
+    }
+
+    /// Drops `key` from the index (only when its entry is `id`, if given).
+    fn forget(&mut self, key: &Arc<CacheKey>, id: Option<u64>) {
+        if id.is_some_and(|id| self.live.get(key).is_none_or(|l| l.id != id)) {
+            return;
+        }
+        let Some(live) = self.live.remove(key) else {
+            return;
+        };
+        for t in live.tables {
+            let slot = (live.db.clone(), t);
+            if let Some(set) = self.by_table.get_mut(&slot) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_table.remove(&slot);
+                }
+            }
+        }
+        if let Some(set) = self.by_db.get_mut(&live.db) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_db.remove(&live.db);
+            }
+        }
+    }
+}
+
+/// Entries `moka` removed on its own (evicted, expired), with their ids, waiting to leave the
+/// index.
+type RemovedEntries = Arc<Mutex<Vec<(Arc<CacheKey>, u64)>>>;
+
+/// The store shared by every session of one cache process.
+pub struct ResultStore {
+    cache: Cache<Arc<CacheKey>, Arc<CachedResult>>,
+    index: Mutex<Index>,
+    removed: RemovedEntries,
+    flights: Mutex<HashMap<Arc<CacheKey>, Flight>>,
+    next_id: AtomicU64,
+    seen: AtomicU64,
+    feed: watch::Sender<FeedState>,
+    limits: StoreLimits,
+    stats: Arc<CacheStats>,
+}
+
+/// What the change feed has told the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedState {
+    /// True while a feed is connected.
+    pub connected: bool,
+    /// The position its notices have reached.
+    pub upto: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ResultStore {
+    /// An empty store.
+    pub fn new(limits: StoreLimits, stats: Arc<CacheStats>) -> Arc<ResultStore> {
+        let max_entries = limits.max_entries.max(1);
+        let max_bytes = limits.max_bytes.max(max_entries);
+        let min_weight = max_bytes.div_ceil(max_entries).min(u64::from(u32::MAX)) as u32;
+        let removed: RemovedEntries = Arc::default();
+        let listener_stats = stats.clone();
+        let listener_removed = removed.clone();
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(move |key: &Arc<CacheKey>, value: &Arc<CachedResult>| {
+                let bytes = value.bytes.len() + key.statement.len();
+                (bytes.min(u32::MAX as usize) as u32).max(min_weight)
+            })
+            .time_to_live(limits.ttl + limits.stale_window)
+            .eviction_listener(move |key, value: Arc<CachedResult>, cause| {
+                listener_stats.entries.fetch_sub(1, Ordering::Relaxed);
+                listener_stats
+                    .bytes
+                    .fetch_sub(value.bytes.len() as i64, Ordering::Relaxed);
+                match cause {
+                    RemovalCause::Size => CacheStats::bump(&listener_stats.evictions),
+                    RemovalCause::Expired => CacheStats::bump(&listener_stats.expirations),
+                    RemovalCause::Explicit | RemovalCause::Replaced => {}
+                }
+                if cause != RemovalCause::Replaced {
+                    lock(&listener_removed).push(((*key).clone(), value.id));
+                }
+            })
+            .build();
+        Arc::new(ResultStore {
+            cache,
+            index: Mutex::default(),
+            removed,
+            flights: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            seen: AtomicU64::new(0),
+            feed: watch::channel(FeedState::default()).0,
+            limits,
+            stats,
+        })
+    }
+
+    /// The limits it was built with.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// The index, after dropping the entries `moka` evicted or expired since the last look.
+    fn index(&self) -> MutexGuard<'_, Index> {
+        let mut index = lock(&self.index);
+        let removed = std::mem::take(&mut *lock(&self.removed));
+        for (key, id) in removed {
+            index.forget(&key, Some(id));
+        }
+        index
+    }
+
+    /// A result younger than the TTL.
+    pub fn fresh(&self, key: &CacheKey) -> Option<Arc<CachedResult>> {
+        self.cache
+            .get(key)
+            .filter(|r| r.stored_at.elapsed() <= self.limits.ttl)
+    }
+
+    /// A result within TTL + the stale-if-error window (for when the upstream is down).
+    pub fn stale(&self, key: &CacheKey) -> Option<Arc<CachedResult>> {
+        if self.limits.stale_window.is_zero() {
+            return None;
+        }
+        self.cache
+            .get(key)
+            .filter(|r| r.stored_at.elapsed() <= self.limits.ttl + self.limits.stale_window)
+    }
+
+    /// The tables a query in `db` naming `relations` depends on, when the views of `db` are
+    /// known; `None` means: fetch them ([`ResultStore::set_views`]) first.
+    pub fn dependencies(&self, db: &str, relations: &[String]) -> Option<Vec<String>> {
+        if relations.is_empty() {
+            return Some(Vec::new());
+        }
+        let views = self.index().views.get(db).cloned()?;
+        Some(views.resolve(relations))
+    }
+
+    /// The current invalidation clock (read before fetching anything that is kept later).
+    pub fn clock(&self) -> u64 {
+        self.index().clock
+    }
+
+    /// Records the views of `db`, fetched after `since`, unless its schema changed meanwhile.
+    pub fn set_views(&self, db: &str, views: ViewMap, since: u64) {
+        let mut index = self.index();
+        if index.unchanged_since(db, &[], since) {
+            index.views.insert(db.to_string(), Arc::new(views));
+        }
+    }
+
+    /// Joins the flight fetching `key`, or starts one.
+    pub fn flight(self: &Arc<Self>, key: Arc<CacheKey>, tables: &[String]) -> FlightRole {
+        let mut flights = lock(&self.flights);
+        if let Some(flight) = flights.get(&key) {
+            let alive = flight.rx.has_changed().is_ok();
+            let valid = alive
+                && self
+                    .index()
+                    .unchanged_since(&flight.db, &flight.tables, flight.since);
+            if valid {
+                return FlightRole::Follower(flight.rx.clone());
+            }
+        }
+        let since = self.clock();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                since,
+                db: key.db.clone(),
+                tables: tables.to_vec(),
+                rx,
+            },
+        );
+        FlightRole::Leader(FlightLeader {
+            store: self.clone(),
+            key,
+            id,
+            tx,
+            since,
+        })
+    }
+
+    /// Keeps a response fetched by a flight that started at `since`, unless it is too large or
+    /// something it read was invalidated meanwhile. Returns whether it was kept.
+    pub fn keep(&self, key: Arc<CacheKey>, bytes: Bytes, tables: Vec<String>, since: u64) -> bool {
+        if bytes.len() > self.limits.max_entry_bytes {
+            CacheStats::bump(&self.stats.not_stored);
+            return false;
+        }
+        let mut index = self.index();
+        if !index.unchanged_since(&key.db, &tables, since) {
+            CacheStats::bump(&self.stats.not_stored);
+            return false;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let size = bytes.len() as i64;
+        let result = Arc::new(CachedResult {
+            id,
+            bytes,
+            stored_at: Instant::now(),
+            tables: tables.clone(),
+        });
+        index.add(key.clone(), id, tables);
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+        self.cache.insert(key, result);
+        CacheStats::bump(&self.stats.stored);
+        true
+    }
+
+    /// The highest primary position the cache has seen (a write's, or the change feed's).
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, position: Option<u64>) {
+        if let Some(p) = position {
+            self.seen.fetch_max(p, Ordering::AcqRel);
+        }
+    }
+
+    /// Drops the entries reading `tables` of `db`, changed at `position`.
+    pub fn invalidate_tables(&self, db: &str, tables: &[String], position: Option<u64>) -> usize {
+        self.saw(position);
+        let mut index = self.index();
+        let at = index.tick();
+        index.any_table_at.insert(db.to_string(), at);
+        let mut keys: Vec<Arc<CacheKey>> = Vec::new();
+        for t in tables.iter().chain(std::iter::once(&ANY_TABLE.to_string())) {
+            let slot = (db.to_string(), t.clone());
+            if t != ANY_TABLE {
+                index.table_at.insert(slot.clone(), at);
+            }
+            keys.extend(index.by_table.get(&slot).into_iter().flatten().cloned());
+        }
+        self.drop_keys(&mut index, keys)
+    }
+
+    /// Drops every entry of `db` and what is known of its views (schema change, DROP DATABASE,
+    /// or a write the cache cannot read precisely).
+    pub fn invalidate_database(&self, db: &str, position: Option<u64>) -> usize {
+        self.saw(position);
+        let mut index = self.index();
+        let at = index.tick();
+        index.db_at.insert(db.to_string(), at);
+        index.any_table_at.insert(db.to_string(), at);
+        index.views.remove(db);
+        let keys: Vec<_> = index.by_db.get(db).into_iter().flatten().cloned().collect();
+        self.drop_keys(&mut index, keys)
+    }
+
+    /// Drops everything (`FLUSH CACHE`, a change feed that could not say what changed, or one
+    /// that just (re)connected after missing notices).
+    pub fn invalidate_all(&self, position: Option<u64>) -> usize {
+        self.saw(position);
+        let mut index = self.index();
+        let at = index.tick();
+        index.all_at = at;
+        index.views.clear();
+        let keys: Vec<_> = index.live.keys().cloned().collect();
+        let dropped = self.drop_keys(&mut index, keys);
+        self.cache.invalidate_all();
+        dropped
+    }
+
+    fn drop_keys(&self, index: &mut Index, keys: Vec<Arc<CacheKey>>) -> usize {
+        CacheStats::bump(&self.stats.invalidation_events);
+        let mut dropped = 0;
+        for key in keys {
+            if index.live.contains_key(&key) {
+                index.forget(&key, None);
+                self.cache.invalidate(&key);
+                dropped += 1;
+            }
+        }
+        self.stats
+            .invalidations
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+
+    /// Runs `moka`'s pending evictions and expirations, so the counters are exact.
+    pub fn settle(&self) {
+        self.cache.run_pending_tasks();
+        drop(self.index());
+    }
+
+    /// Entries held (after [`ResultStore::settle`]).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Records what the change feed reports.
+    pub fn set_feed(&self, state: FeedState) {
+        self.saw(Some(state.upto));
+        self.stats
+            .feed_connected
+            .store(u64::from(state.connected), Ordering::Relaxed);
+        self.stats
+            .feed_position
+            .store(state.upto, Ordering::Relaxed);
+        self.feed.send_replace(state);
+    }
+
+    /// True while a change feed is connected.
+    pub fn feed_connected(&self) -> bool {
+        self.feed.borrow().connected
+    }
+
+    /// Waits until the change feed has reported `position` (its notices up to there are
+    /// applied); false when no feed is connected or `wait` passes first.
+    pub async fn wait_for_feed(&self, position: u64, wait: Duration) -> bool {
+        let mut rx = self.feed.subscribe();
+        let reached =
+            tokio::time::timeout(wait, rx.wait_for(|f| !f.connected || f.upto >= position)).await;
+        matches!(reached, Ok(Ok(state)) if state.connected && state.upto >= position)
+    }
+
+    /// The tables an entry depends on (for tests and diagnostics).
+    pub fn tables_of(&self, key: &CacheKey) -> Option<Vec<String>> {
+        self.cache.get(key).map(|r| r.tables.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_entries: u64, max_bytes: u64) -> Arc<ResultStore> {
+        ResultStore::new(
+            StoreLimits {
+                ttl: Duration::from_secs(60),
+                stale_window: Duration::ZERO,
+                max_entries,
+                max_bytes,
+                max_entry_bytes: 1000,
+            },
+            Arc::default(),
+        )
+    }
+
+    fn key(db: &str, s: &str) -> Arc<CacheKey> {
+        Arc::new(CacheKey {
+            db: db.into(),
+            statement: s.into(),
+        })
+    }
+
+    fn tables(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn invalidation_drops_exactly_the_readers_of_a_table() {
+        let s = store(100, 1 << 20);
+        let since = s.clock();
+        assert!(s.keep(key("d", "a"), Bytes::from("A"), tables(&["t1"]), since));
+        assert!(s.keep(key("d", "b"), Bytes::from("B"), tables(&["t2"]), since));
+        assert!(s.keep(
+            key("d", "ab"),
+            Bytes::from("AB"),
+            tables(&["t1", "t2"]),
+            since
+        ));
+        assert!(s.keep(key("e", "a"), Bytes::from("A"), tables(&["t1"]), since));
+        assert_eq!(s.invalidate_tables("d", &tables(&["t1"]), Some(5)), 2);
+        assert!(s.fresh(&key("d", "a")).is_none());
+        assert!(s.fresh(&key("d", "ab")).is_none());
+        assert!(s.fresh(&key("d", "b")).is_some());
+        assert!(s.fresh(&key("e", "a")).is_some());
+        assert_eq!(s.seen(), 5);
+        assert_eq!(s.invalidate_database("e", None), 1);
+        assert_eq!(s.invalidate_all(None), 1);
+        assert!(s.fresh(&key("d", "b")).is_none());
+    }
+
+    #[test]
+    fn a_result_fetched_before_an_invalidation_is_not_kept() {
+        let s = store(100, 1 << 20);
+        let since = s.clock();
+        s.invalidate_tables("d", &tables(&["t1"]), None);
+        assert!(!s.keep(key("d", "a"), Bytes::from("A"), tables(&["t1"]), since));
+        assert!(s.keep(key("d", "b"), Bytes::from("B"), tables(&["t2"]), since));
+        let since = s.clock();
+        s.invalidate_tables("d", &tables(&["t9"]), None);
+        assert!(
+            !s.keep(key("d", "v"), Bytes::from("V"), tables(&[ANY_TABLE]), since),
+            "a dependency on any table sees every table change"
+        );
+    }
+
+    #[test]
+    fn flights_are_shared_until_invalidated() {
+        let s = store(100, 1 << 20);
+        let k = key("d", "q");
+        let FlightRole::Leader(leader) = s.flight(k.clone(), &tables(&["t"])) else {
+            panic!("first is the leader")
+        };
+        let FlightRole::Follower(mut rx) = s.flight(k.clone(), &tables(&["t"])) else {
+            panic!("second follows")
+        };
+        s.invalidate_tables("d", &tables(&["t"]), None);
+        assert!(
+            matches!(s.flight(k.clone(), &tables(&["t"])), FlightRole::Leader(_)),
+            "a flight older than a write is not joined"
+        );
+        leader.finish(FlightOutcome::Shared(Bytes::from("x")));
+        assert!(matches!(
+            &*rx.borrow_and_update(),
+            Some(FlightOutcome::Shared(_))
+        ));
+    }
+
+    #[test]
+    fn entry_and_byte_limits_both_hold() {
+        let s = store(10, 1000);
+        for i in 0..200 {
+            let since = s.clock();
+            s.keep(
+                key("d", &format!("q{i}")),
+                Bytes::from(vec![b'x'; 20]),
+                vec![],
+                since,
+            );
+            // Ask for them more than once, so TinyLFU admits newcomers now and then.
+            let _ = s.fresh(&key("d", &format!("q{i}")));
+        }
+        s.settle();
+        assert!(s.entry_count() <= 10, "{} entries", s.entry_count());
+        let s = store(1000, 1000);
+        for i in 0..200 {
+            let since = s.clock();
+            s.keep(
+                key("d", &format!("q{i}")),
+                Bytes::from(vec![b'x'; 200]),
+                vec![],
+                since,
+            );
+        }
+        s.settle();
+        assert!(
+            s.entry_count() <= 5,
+            "{} entries of ~200 bytes in 1000",
+            s.entry_count()
+        );
+        assert!(!s.keep(
+            key("d", "big"),
+            Bytes::from(vec![0; 1001]),
+            vec![],
+            s.clock()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_entry_is_kept_for_the_stale_window() {
+        let s = ResultStore::new(
+            StoreLimits {
+                ttl: Duration::from_millis(50),
+                stale_window: Duration::from_secs(60),
+                max_entries: 10,
+                max_bytes: 10_000,
+                max_entry_bytes: 1000,
+            },
+            Arc::default(),
+        );
+        let key = Arc::new(CacheKey {
+            db: "d".into(),
+            statement: "q".into(),
+        });
+        assert!(s.keep(key.clone(), Bytes::from("x"), vec![], s.clock()));
+        assert!(s.fresh(&key).is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(s.fresh(&key).is_none());
+        assert!(s.stale(&key).is_some());
+    }
+}

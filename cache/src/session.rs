@@ -1,0 +1,556 @@
+//! One client's session through the cache.
+//!
+//! Each statement is analyzed ([`crate::statement_analysis`]). A cacheable read outside a
+//! transaction is answered from the store when a fresh entry exists; otherwise it joins or leads
+//! a flight, and the leader's answer (streamed to its client as it arrives) is kept when it is
+//! small enough and nothing it read changed meanwhile. Everything else goes to the session's own
+//! upstream connection, unchanged. A write's answer is held until the cache has dropped what the
+//! write can have changed: first the tables its text names, then (the write's position asked
+//! with `DIRK POSITION`) whatever the primary's change feed reports up to that position, which
+//! covers triggers and foreign-key actions; without a feed, the whole database's entries go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+use dirkdb_core::frame::{encode_frame, Column, Frame, FrameDecoder, PageFrame, RelationPage};
+use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::result_store::{CacheKey, FlightOutcome, FlightRole, ResultStore};
+use crate::statement_analysis::{analyze, Analysis, CacheCommand, CacheableRead, WriteTargets};
+use crate::stats::CacheStats;
+use crate::upstream::{Upstream, UpstreamError};
+use crate::view_map::{ViewMap, ANY_TABLE, VIEWS_QUERY};
+
+/// How long a write's answer waits for the change feed to report it.
+const FEED_WAIT: Duration = Duration::from_millis(500);
+
+/// What every session shares.
+pub struct SessionContext {
+    /// The kept results.
+    pub store: Arc<ResultStore>,
+    /// The counters.
+    pub stats: Arc<CacheStats>,
+    /// Where statements go.
+    pub upstream_addr: String,
+    /// Longest wait for one upstream answer.
+    pub statement_timeout: Duration,
+    /// Largest statement accepted from a client.
+    pub max_statement_bytes: usize,
+}
+
+/// How passing a statement on ended.
+struct Forwarded {
+    /// The whole response, when it fit under the cap.
+    kept: Option<Bytes>,
+    /// True when the answer was an error.
+    failed: bool,
+    /// The final frame, when it was held back.
+    held: Option<Bytes>,
+}
+
+/// Why passing a statement on failed.
+enum ForwardError {
+    /// The client went away.
+    Client(ConnectionError),
+    /// The upstream failed; `wrote` is true when part of the answer already reached the client.
+    Upstream { error: UpstreamError, wrote: bool },
+}
+
+impl From<ConnectionError> for ForwardError {
+    fn from(e: ConnectionError) -> Self {
+        ForwardError::Client(e)
+    }
+}
+
+/// Per-client state.
+pub struct CacheSession {
+    ctx: Arc<SessionContext>,
+    upstream: Upstream,
+    db: Option<String>,
+    txn: TransactionState,
+    txn_writes: Vec<WriteTargets>,
+}
+
+impl CacheSession {
+    /// A session with no current database and no upstream connection yet.
+    pub fn new(ctx: Arc<SessionContext>) -> CacheSession {
+        let upstream = Upstream::new(ctx.upstream_addr.clone(), ctx.statement_timeout);
+        CacheSession {
+            ctx,
+            upstream,
+            db: None,
+            txn: TransactionState::default(),
+            txn_writes: Vec::new(),
+        }
+    }
+
+    /// Answers one statement with one complete response.
+    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        incoming: Incoming,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let sql = match incoming {
+            Incoming::Statement(sql) => sql,
+            Incoming::TooLarge { bytes } => {
+                let msg = format!(
+                    "statement of {bytes} bytes is over the limit of {} bytes (limits.maxStatementBytes)",
+                    self.ctx.max_statement_bytes
+                );
+                return out.send(&Frame::error(msg)).await;
+            }
+            Incoming::InvalidUtf8 => {
+                return out
+                    .send(&Frame::error("statement is not valid UTF-8"))
+                    .await
+            }
+        };
+        let result = match analyze(&sql) {
+            Analysis::Command(command) => return self.command(command, out).await,
+            Analysis::Refused(reason) => return out.send(&Frame::error(reason)).await,
+            Analysis::Cacheable(read) if !self.txn.open => self.cached_read(&sql, read, out).await,
+            Analysis::Cacheable(_) | Analysis::Uncacheable(_) => {
+                CacheStats::bump(&self.ctx.stats.uncacheable);
+                self.pass(&sql, out).await
+            }
+            Analysis::Use(db) => self.use_database(&sql, db, out).await,
+            Analysis::Transaction(control) => self.transaction(&sql, control, out).await,
+            Analysis::Write(targets) => self.write(&sql, targets, out).await,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(ForwardError::Client(e)) => Err(e),
+            Err(ForwardError::Upstream { error, .. }) => out.send(&Frame::error(error)).await,
+        }
+    }
+
+    /// The store's name for the session's database.
+    fn db_key(&self) -> String {
+        self.db.as_deref().unwrap_or("").to_lowercase()
+    }
+
+    /// Sends `sql` upstream and passes the answer on, as it arrives.
+    async fn pass<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        self.forward(sql, out, false, None).await.map(|_| ())
+    }
+
+    /// Sends `sql` upstream and writes each frame of the answer to the client, keeping the bytes
+    /// (up to `keep`), and holding the final frame back when `hold_last`.
+    async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        out: &mut ServerConnection<S>,
+        hold_last: bool,
+        keep: Option<usize>,
+    ) -> Result<Forwarded, ForwardError> {
+        let lost_txn = self.txn.open;
+        let mut wrote = false;
+        let upstream_failed =
+            |error: UpstreamError, wrote: bool| ForwardError::Upstream { error, wrote };
+        if let Err(error) = self.upstream.send(self.db.as_deref(), sql).await {
+            self.after_upstream_failure(lost_txn);
+            return Err(upstream_failed(error, false));
+        }
+        let mut kept = keep.map(|_| BytesMut::new());
+        loop {
+            let frame = match self.upstream.next_frame().await {
+                Ok(frame) => frame,
+                Err(error) => {
+                    self.after_upstream_failure(lost_txn);
+                    return Err(upstream_failed(error, wrote));
+                }
+            };
+            let last = matches!(frame, Frame::Message(_));
+            let failed = frame.error_text().is_some();
+            let mut bytes = BytesMut::new();
+            encode_frame(&frame, &mut bytes);
+            let bytes = bytes.freeze();
+            if let (Some(buffer), Some(cap)) = (kept.as_mut(), keep) {
+                if buffer.len() + bytes.len() <= cap {
+                    buffer.extend_from_slice(&bytes);
+                } else {
+                    kept = None;
+                }
+            }
+            if last && hold_last {
+                return Ok(Forwarded {
+                    kept: kept.map(BytesMut::freeze),
+                    failed,
+                    held: Some(bytes),
+                });
+            }
+            out.write_raw(&bytes).await?;
+            wrote = true;
+            if last {
+                out.flush().await?;
+                return Ok(Forwarded {
+                    kept: kept.map(BytesMut::freeze),
+                    failed,
+                    held: None,
+                });
+            }
+        }
+    }
+
+    /// A broken upstream connection rolled back the session's transaction, if one was open.
+    fn after_upstream_failure(&mut self, had_txn: bool) {
+        if had_txn {
+            self.txn = TransactionState::default();
+            self.txn_writes.clear();
+            tracing::debug!("upstream connection lost inside a transaction; it was rolled back");
+        }
+    }
+
+    async fn use_database<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        db: String,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        let forwarded = self.forward(sql, out, false, None).await?;
+        if !forwarded.failed {
+            self.upstream.selected(&db);
+            self.db = Some(db);
+        }
+        Ok(())
+    }
+
+    async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        control: dirkdb_core::sql::classify::TransactionControl,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        let forwarded = self.forward(sql, out, true, None).await?;
+        if !forwarded.failed {
+            match self.txn.follow(&control) {
+                TransactionEnd::Committed => {
+                    let writes = std::mem::take(&mut self.txn_writes);
+                    if !writes.is_empty() {
+                        self.settle_writes(writes).await;
+                    }
+                }
+                TransactionEnd::RolledBack => self.txn_writes.clear(),
+                TransactionEnd::None => {}
+            }
+        }
+        send_held(out, forwarded.held).await
+    }
+
+    async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        targets: WriteTargets,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        CacheStats::bump(&self.ctx.stats.writes);
+        if self.txn.open {
+            self.txn_writes.push(targets);
+            return self.pass(sql, out).await;
+        }
+        let forwarded = self.forward(sql, out, true, None).await;
+        // Whatever the answer, the write may have committed.
+        self.settle_writes(vec![targets]).await;
+        send_held(out, forwarded?.held).await
+    }
+
+    /// Drops what committed writes can have changed, before their answer reaches the client.
+    async fn settle_writes(&mut self, writes: Vec<WriteTargets>) {
+        let store = &self.ctx.store;
+        let db = self.db_key();
+        let position = self.upstream.last_write_position().await;
+        for targets in &writes {
+            match targets {
+                WriteTargets::Tables(tables) => store.invalidate_tables(&db, tables, position),
+                WriteTargets::CurrentDatabase => store.invalidate_database(&db, position),
+                WriteTargets::Database(name) => store.invalidate_database(name, position),
+            };
+        }
+        let reported = match position {
+            Some(0) => true,
+            Some(p) => store.wait_for_feed(p, FEED_WAIT).await,
+            None => false,
+        };
+        if !reported {
+            // Triggers and foreign-key actions stay inside the database.
+            store.invalidate_database(&db, position);
+        }
+    }
+
+    async fn cached_read<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        read: CacheableRead,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        let store = self.ctx.store.clone();
+        let key = CacheKey {
+            db: self.db_key(),
+            statement: read.key,
+        };
+        if let Some(hit) = store.fresh(&key) {
+            CacheStats::bump(&self.ctx.stats.hits);
+            out.write_raw(&hit.bytes).await?;
+            out.flush().await?;
+            return Ok(());
+        }
+        CacheStats::bump(&self.ctx.stats.misses);
+        let tables = self.dependencies(&key.db, &read.relations).await;
+        let key = Arc::new(key);
+        let leader = match store.flight(key.clone(), &tables) {
+            FlightRole::Leader(leader) => leader,
+            FlightRole::Follower(rx) => return self.follow(sql, rx, out).await,
+        };
+        CacheStats::bump(&self.ctx.stats.upstream_reads);
+        let fetched = match self
+            .upstream
+            .raise_floor(self.db.as_deref(), store.seen())
+            .await
+        {
+            Ok(()) => {
+                let cap = store.limits().max_entry_bytes;
+                self.forward(sql, out, false, Some(cap)).await
+            }
+            Err(error) => Err(ForwardError::Upstream {
+                error,
+                wrote: false,
+            }),
+        };
+        match fetched {
+            Ok(Forwarded {
+                kept: Some(bytes),
+                failed: false,
+                ..
+            }) => {
+                store.keep(key, bytes.clone(), tables, leader.since);
+                leader.finish(FlightOutcome::Shared(bytes));
+                Ok(())
+            }
+            Ok(_) => {
+                CacheStats::bump(&self.ctx.stats.not_stored);
+                Ok(())
+            }
+            Err(ForwardError::Upstream {
+                error,
+                wrote: false,
+            }) => {
+                drop(leader);
+                self.serve_stale(&key, error, out).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for the flight another session leads; asks the upstream itself when that fails.
+    async fn follow<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        mut rx: tokio::sync::watch::Receiver<Option<FlightOutcome>>,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|o| o.clone());
+        match outcome {
+            Some(FlightOutcome::Shared(bytes)) => {
+                CacheStats::bump(&self.ctx.stats.coalesced);
+                out.write_raw(&bytes).await?;
+                out.flush().await?;
+                Ok(())
+            }
+            _ => self.pass(sql, out).await,
+        }
+    }
+
+    /// Answers from an entry past its TTL when stale-if-error allows it, else with the error.
+    async fn serve_stale<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        key: &CacheKey,
+        error: UpstreamError,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ForwardError> {
+        let Some(entry) = self.ctx.store.stale(key) else {
+            return Err(ForwardError::Upstream {
+                error,
+                wrote: false,
+            });
+        };
+        CacheStats::bump(&self.ctx.stats.stale_served);
+        let note = format!(
+            "stale: served from the cache ({} ms old) because {error}",
+            entry.stored_at.elapsed().as_millis()
+        );
+        out.write_raw(&mark_stale(&entry.bytes, &note)).await?;
+        out.flush().await?;
+        Ok(())
+    }
+
+    /// The tables a query depends on, learning the database's views first when needed.
+    async fn dependencies(&mut self, db: &str, relations: &[String]) -> Vec<String> {
+        let store = self.ctx.store.clone();
+        if let Some(tables) = store.dependencies(db, relations) {
+            return tables;
+        }
+        if db.is_empty() {
+            // No database selected: nothing to list views from (and such a query reads none).
+            let mut tables = relations.to_vec();
+            tables.push(ANY_TABLE.to_string());
+            return tables;
+        }
+        let since = store.clock();
+        match self.fetch_views().await {
+            Some(views) => {
+                let tables = views.resolve(relations);
+                store.set_views(db, views, since);
+                tables
+            }
+            None => {
+                let mut tables = relations.to_vec();
+                tables.push(ANY_TABLE.to_string());
+                tables
+            }
+        }
+    }
+
+    async fn fetch_views(&mut self) -> Option<ViewMap> {
+        self.upstream
+            .send(self.db.as_deref(), VIEWS_QUERY)
+            .await
+            .ok()?;
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut complete = true;
+        loop {
+            match self.upstream.next_frame().await.ok()? {
+                Frame::Page(page) => match page.parse() {
+                    Ok(page) => rows.extend(page.rows.into_iter().filter_map(|row| {
+                        match (row.first()?.as_str(), row.get(1)?.as_str()) {
+                            (Some(name), Some(sql)) => Some((name.to_string(), sql.to_string())),
+                            _ => None,
+                        }
+                    })),
+                    Err(_) => complete = false,
+                },
+                Frame::RelationEnd => {}
+                Frame::Message(text) => {
+                    let ok = complete && !text.starts_with(dirkdb_core::frame::ERROR_PREFIX);
+                    return ok.then(|| {
+                        ViewMap::from_definitions(
+                            rows.iter().map(|(n, s)| (n.as_str(), s.as_str())),
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        command: CacheCommand,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        match command {
+            CacheCommand::Flush => {
+                let dropped = self.ctx.store.invalidate_all(None);
+                CacheStats::bump(&self.ctx.stats.flushes);
+                out.send(&Frame::Message(format!(
+                    "cache flushed: {dropped} entries dropped"
+                )))
+                .await
+            }
+            CacheCommand::ShowStats => {
+                self.ctx.store.settle();
+                for frame in stats_frames(&self.ctx.stats) {
+                    out.write_frame(&frame).await?;
+                }
+                out.flush().await
+            }
+        }
+    }
+}
+
+async fn send_held<S: AsyncRead + AsyncWrite + Unpin>(
+    out: &mut ServerConnection<S>,
+    held: Option<Bytes>,
+) -> Result<(), ForwardError> {
+    if let Some(bytes) = held {
+        out.write_raw(&bytes).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// The counters as a relation of `stat`, `value` rows.
+fn stats_frames(stats: &CacheStats) -> Vec<Frame> {
+    let page = RelationPage {
+        name: None,
+        page: 1,
+        total_pages: 1,
+        columns: ["stat", "value"]
+            .iter()
+            .map(|name| Column {
+                name: name.to_string(),
+                origin: None,
+            })
+            .collect(),
+        rows: stats
+            .figures()
+            .into_iter()
+            .map(|(name, value)| vec![serde_json::Value::from(name), value])
+            .collect(),
+    };
+    match PageFrame::from_page(&page) {
+        Ok(page) => vec![
+            Frame::Page(page),
+            Frame::RelationEnd,
+            Frame::Message("OK".into()),
+        ],
+        Err(e) => vec![Frame::error(format!("cannot encode the statistics: {e}"))],
+    }
+}
+
+/// A kept response with `note` added as a last line of its final message.
+fn mark_stale(bytes: &Bytes, note: &str) -> Bytes {
+    let mut decoder = FrameDecoder::new(usize::MAX);
+    let mut input = BytesMut::from(&bytes[..]);
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(&mut input) {
+        frames.push(frame);
+    }
+    if let Some(Frame::Message(text)) = frames.last_mut() {
+        text.push('\n');
+        text.push_str(note);
+    }
+    let mut out = BytesMut::new();
+    for frame in &frames {
+        encode_frame(frame, &mut out);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_answer_says_so_in_its_last_message() {
+        let mut bytes = BytesMut::new();
+        for frame in stats_frames(&CacheStats::default()) {
+            encode_frame(&frame, &mut bytes);
+        }
+        let marked = mark_stale(&bytes.freeze(), "stale: test");
+        let text = String::from_utf8_lossy(&marked);
+        assert!(
+            text.contains("RELATION_JSON_END\nRESULT_MESSAGE\nOK\nstale: test\nEND\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! What the cache makes of one statement: a cacheable read (its key and the relations it
+//! reads), a read it must pass on every time, a write (and what it can change), session state
+//! (`USE`, transactions), or one of the cache's own commands.
+//!
+//! Everything is decided on the statement after the Malagasy translation, with `sqlparser`, so
+//! `alaivo * ao t` and `SELECT * FROM t` are the same statement. The cache key is the parsed
+//! statement printed back (`sqlparser`'s `Display`): keyword case and whitespace no longer
+//! matter, identifiers and literals keep their exact spelling. One thing in the text does show in
+//! the answer: SQLite names an unaliased expression column (`count(*)`, `1 + 1`) by its text, so
+//! a statement with such a column keeps its exact text in the key, and only statements that
+//! would get the same column names share an entry.
+
+use std::ops::ControlFlow;
+
+use dirkdb_core::sql::classify::{classify, leading_words, StatementClass, TransactionControl};
+use dirkdb_core::sql::lexer::tokenize;
+use dirkdb_core::sql::translate;
+use sqlparser::ast::{
+    visit_expressions, visit_relations, Expr, FromTable, FunctionArg, FunctionArgExpr,
+    FunctionArguments, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
+    Value,
+};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+
+/// What the cache does with a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Analysis {
+    /// A read whose result may be kept.
+    Cacheable(CacheableRead),
+    /// A read that goes upstream every time, and why.
+    Uncacheable(&'static str),
+    /// A statement that may change data.
+    Write(WriteTargets),
+    /// `USE <database>`.
+    Use(String),
+    /// Transaction control.
+    Transaction(TransactionControl),
+    /// A statement the cache answers itself.
+    Command(CacheCommand),
+    /// A statement the cache refuses, with the reason.
+    Refused(&'static str),
+}
+
+/// A cacheable read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheableRead {
+    /// The normalized statement: the key within the session's database.
+    pub key: String,
+    /// The relations it names (lower case, without a schema prefix); views among them are
+    /// resolved to their tables by the store.
+    pub relations: Vec<String>,
+}
+
+/// What a write can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTargets {
+    /// Rows of these tables of the current database (lower case).
+    Tables(Vec<String>),
+    /// Anything in the current database (DDL, or a statement the parser cannot read).
+    CurrentDatabase,
+    /// A whole database by name (`CREATE`/`DROP DATABASE`).
+    Database(String),
+}
+
+/// The cache's own statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheCommand {
+    /// `SHOW CACHE STATS` (Malagasy: `ASEHOY CACHE STATS`).
+    ShowStats,
+    /// `FLUSH CACHE`.
+    Flush,
+}
+
+/// Functions whose result is not a function of the data (the time, randomness, the connection).
+const VOLATILE_FUNCTIONS: [&str; 10] = [
+    "random",
+    "randomblob",
+    "changes",
+    "total_changes",
+    "last_insert_rowid",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "sqlite_offset",
+    "load_extension",
+];
+
+/// Date and time functions: deterministic only with literal arguments other than `'now'`.
+const TIME_FUNCTIONS: [&str; 7] = [
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+];
+
+/// Analyzes one statement as a client sent it.
+pub fn analyze(sql: &str) -> Analysis {
+    let translated = translate(sql);
+    let words = leading_words(&translated, 4);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["SHOW", "CACHE", "STATS"] => return Analysis::Command(CacheCommand::ShowStats),
+        ["FLUSH", "CACHE"] => return Analysis::Command(CacheCommand::Flush),
+        ["DIRK", "CHANGES"] => {
+            return Analysis::Refused(
+                "the change feed is not served by the cache; subscribe to the proxy or a server",
+            )
+        }
+        _ => {}
+    }
+    match classify(sql) {
+        StatementClass::Use(db) => Analysis::Use(db),
+        StatementClass::Transaction(control) => Analysis::Transaction(control),
+        StatementClass::Write => Analysis::Write(write_targets(&translated)),
+        StatementClass::Read => read_analysis(&translated),
+    }
+}
+
+fn parse_one(sql: &str) -> Option<Statement> {
+    let mut statements = Parser::parse_sql(&SQLiteDialect {}, sql).ok()?;
+    (statements.len() == 1).then(|| statements.remove(0))
+}
+
+fn read_analysis(translated: &str) -> Analysis {
+    let Some(statement) = parse_one(translated) else {
+        return Analysis::Uncacheable("the statement is not a query the cache can parse");
+    };
+    let Statement::Query(query) = &statement else {
+        return Analysis::Uncacheable("only queries are cached (not SHOW or EXPLAIN)");
+    };
+    if has_volatile_function(&statement) {
+        return Analysis::Uncacheable("the query calls a non-deterministic function");
+    }
+    let mut relations = Vec::new();
+    let _ = visit_relations(&statement, |name| {
+        if let Some(table) = table_name(name) {
+            if !relations.contains(&table) {
+                relations.push(table);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let canonical = statement.to_string();
+    let key = if column_names_are_stable(query) {
+        canonical
+    } else {
+        format!("{canonical}\n{}", translated.trim())
+    };
+    Analysis::Cacheable(CacheableRead { key, relations })
+}
+
+/// The table part of a possibly qualified name, in lower case (SQLite names are
+/// case-insensitive).
+pub fn table_name(name: &ObjectName) -> Option<String> {
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .map(|ident| ident.value.to_lowercase())
+}
+
+/// True when the result's column names do not depend on how the statement is spelled: every
+/// column of the first SELECT is `*`, `t.*`, aliased, or a plain column reference.
+fn column_names_are_stable(query: &Query) -> bool {
+    fn first_select_stable(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(select) => select.projection.iter().all(|item| match item {
+                SelectItem::Wildcard(_)
+                | SelectItem::QualifiedWildcard(..)
+                | SelectItem::ExprWithAlias { .. } => true,
+                SelectItem::UnnamedExpr(expr) => {
+                    matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                }
+                SelectItem::ExprWithAliases { .. } => false,
+            }),
+            SetExpr::SetOperation { left, .. } => first_select_stable(left),
+            SetExpr::Query(inner) => first_select_stable(&inner.body),
+            SetExpr::Values(_) => true,
+            _ => false,
+        }
+    }
+    first_select_stable(&query.body)
+}
+
+fn has_volatile_function(statement: &Statement) -> bool {
+    visit_expressions(statement, |expr| {
+        let volatile = match expr {
+            Expr::Function(function) => {
+                let name = table_name(&function.name).unwrap_or_default();
+                is_volatile_call(&name, &function.args)
+            }
+            Expr::Identifier(ident) if ident.quote_style.is_none() => {
+                let name = ident.value.to_lowercase();
+                name.starts_with("current_") && VOLATILE_FUNCTIONS.contains(&name.as_str())
+            }
+            _ => false,
+        };
+        if volatile {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
+}
+
+fn is_volatile_call(name: &str, args: &FunctionArguments) -> bool {
+    if VOLATILE_FUNCTIONS.contains(&name) || name.starts_with("dirk_") {
+        return true;
+    }
+    let Some(min_args) = TIME_FUNCTIONS.iter().position(|f| *f == name).map(|i| {
+        if TIME_FUNCTIONS[i] == "strftime" || TIME_FUNCTIONS[i] == "timediff" {
+            2
+        } else {
+            1
+        }
+    }) else {
+        return false;
+    };
+    let FunctionArguments::List(list) = args else {
+        return true;
+    };
+    if list.args.len() < min_args {
+        return true;
+    }
+    !list.args.iter().all(|arg| match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(value))) => match &value.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                !s.trim().eq_ignore_ascii_case("now")
+            }
+            Value::Number(..) => true,
+            _ => false,
+        },
+        _ => false,
+    })
+}
+
+/// What a write statement can change, as far as its text tells. Triggers and foreign-key
+/// actions can reach further; the session learns those from the primary's change feed.
+fn write_targets(translated: &str) -> WriteTargets {
+    if let Some(db) = database_statement_target(translated) {
+        return WriteTargets::Database(db);
+    }
+    let Some(statement) = parse_one(translated) else {
+        return WriteTargets::CurrentDatabase;
+    };
+    let target = match &statement {
+        Statement::Insert(insert) => match &insert.table {
+            TableObject::TableName(name) => table_name(name),
+            _ => None,
+        },
+        Statement::Update(update) => factor_table(&update.table.relation),
+        Statement::Delete(delete) => match &delete.from {
+            FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables)
+                if tables.len() == 1 && delete.tables.is_empty() =>
+            {
+                factor_table(&tables[0].relation)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    match target {
+        Some(table) => WriteTargets::Tables(vec![table]),
+        None => WriteTargets::CurrentDatabase,
+    }
+}
+
+fn factor_table(factor: &TableFactor) -> Option<String> {
+    match factor {
+        TableFactor::Table { name, .. } => table_name(name),
+        _ => None,
+    }
+}
+
+/// The database named by `CREATE DATABASE x` / `DROP DATABASE [IF EXISTS] x` (or SCHEMA).
+fn database_statement_target(translated: &str) -> Option<String> {
+    let words = leading_words(translated, 2);
+    let is_database_statement =
+        matches!(words.first().map(String::as_str), Some("CREATE" | "DROP"))
+            && matches!(
+                words.get(1).map(String::as_str),
+                Some("DATABASE" | "SCHEMA")
+            );
+    if !is_database_statement {
+        return None;
+    }
+    let last = tokenize(translated)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .rfind(|t| t.text(translated) != ";")?;
+    let text = last.text(translated);
+    let name = match text.as_bytes().first() {
+        Some(b'"' | b'`' | b'[') => text.get(1..text.len().saturating_sub(1)).unwrap_or(""),
+        _ => text,
+    };
+    Some(name.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sql: &str) -> String {
+        match analyze(sql) {
+            Analysis::Cacheable(read) => read.key,
+            other => panic!("{sql}: not cacheable: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spelling_case_and_malagasy_share_one_key() {
+        let a = key("SELECT * FROM users WHERE id = 1");
+        assert_eq!(a, key("select   *\n from users where id=1"));
+        assert_eq!(a, key("alaivo * ao users rehefa id = 1"));
+        assert_ne!(a, key("SELECT * FROM users WHERE id = 2"));
+        assert_ne!(
+            a,
+            key("SELECT * FROM Users WHERE id = 1"),
+            "identifiers keep their case"
+        );
+        assert_eq!(key("SELECT name FROM t"), key("select name from t"));
+    }
+
+    #[test]
+    fn expression_columns_keep_their_text() {
+        assert_ne!(key("select count(*) from t"), key("select COUNT(*) from t"));
+        assert_ne!(key("SELECT 1+1"), key("SELECT 1 + 1"));
+        assert_eq!(key("SELECT 1+1"), key("SELECT 1+1"));
+        assert_eq!(
+            key("select count(*) AS n from t"),
+            key("SELECT count( * )  AS n FROM t")
+        );
+    }
+
+    #[test]
+    fn relations_include_joins_subqueries_and_ctes() {
+        let Analysis::Cacheable(read) = analyze(
+            "WITH x AS (SELECT * FROM a) SELECT * FROM x JOIN main.B ON 1 WHERE id IN (SELECT id FROM c)",
+        ) else {
+            panic!("not cacheable")
+        };
+        for t in ["a", "b", "c"] {
+            assert!(
+                read.relations.contains(&t.to_string()),
+                "{t} in {:?}",
+                read.relations
+            );
+        }
+    }
+
+    #[test]
+    fn volatile_and_connection_reads_are_not_cached() {
+        for sql in [
+            "SELECT random()",
+            "SELECT datetime('now')",
+            "SELECT date()",
+            "SELECT strftime('%s', created) FROM t",
+            "SELECT CURRENT_TIMESTAMP",
+            "SELECT * FROM t WHERE x < current_date",
+            "SELECT dirk_now()",
+        ] {
+            assert!(matches!(analyze(sql), Analysis::Uncacheable(_)), "{sql}");
+        }
+        assert!(matches!(analyze("SELECT changes()"), Analysis::Write(_)));
+        assert!(matches!(
+            analyze("SELECT date('2024-01-01', '+1 day')"),
+            Analysis::Cacheable(_)
+        ));
+        assert!(matches!(analyze("SHOW TABLES"), Analysis::Uncacheable(_)));
+    }
+
+    #[test]
+    fn writes_name_what_they_change() {
+        let tables = |t: &str| Analysis::Write(WriteTargets::Tables(vec![t.into()]));
+        assert_eq!(analyze("INSERT INTO Orders VALUES (1)"), tables("orders"));
+        assert_eq!(analyze("manampia ao orders sanda (1)"), tables("orders"));
+        assert_eq!(
+            analyze("REPLACE INTO main.orders SELECT * FROM x"),
+            tables("orders")
+        );
+        assert_eq!(
+            analyze("UPDATE orders SET a = 1 WHERE b IN (SELECT b FROM c)"),
+            tables("orders")
+        );
+        assert_eq!(analyze("DELETE FROM orders WHERE 1"), tables("orders"));
+        assert_eq!(
+            analyze("CREATE TABLE z (a)"),
+            Analysis::Write(WriteTargets::CurrentDatabase)
+        );
+        assert_eq!(
+            analyze("DROP DATABASE IF EXISTS Shop"),
+            Analysis::Write(WriteTargets::Database("shop".into()))
+        );
+        assert_eq!(analyze("USE shop"), Analysis::Use("shop".into()));
+    }
+
+    #[test]
+    fn cache_commands_in_both_languages() {
+        assert_eq!(
+            analyze("show cache stats"),
+            Analysis::Command(CacheCommand::ShowStats)
+        );
+        assert_eq!(
+            analyze("ASEHOY CACHE STATS"),
+            Analysis::Command(CacheCommand::ShowStats)
+        );
+        assert_eq!(
+            analyze("FLUSH CACHE"),
+            Analysis::Command(CacheCommand::Flush)
+        );
+        assert!(matches!(analyze("DIRK CHANGES"), Analysis::Refused(_)));
+    }
+}

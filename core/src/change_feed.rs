@@ -1,0 +1,83 @@
+//! The change feed: how a primary tells a cache which tables changed, as they commit.
+//!
+//! A client sends the extension statement `DIRK CHANGES;` to a primary (directly or through the
+//! proxy, which forwards it to the current primary). The connection then stops taking
+//! statements and carries only message frames, each holding one [`ChangeNotice`] as JSON: the
+//! first says where the feed starts (`upto` = the committed position, nothing changed), and each
+//! later one lists what the entries up to `upto` touched. An idle feed sends an empty notice
+//! every [`FEED_HEARTBEAT`], so a reader can tell a quiet primary from a dead connection. When
+//! the server cannot say precisely what changed (the feed fell behind its in-memory backlog, or
+//! the instance installed a full sync), the notice has `all: true`: drop everything.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The statement that turns a connection into a change feed.
+pub const CHANGES_STATEMENT: &str = "DIRK CHANGES";
+
+/// How often an idle feed sends an empty notice.
+pub const FEED_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// What committed between the previous notice and `upto`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeNotice {
+    /// The oplog position this notice brings the reader to.
+    pub upto: u64,
+    /// `[database, table]` pairs whose rows changed (each pair once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<(String, String)>,
+    /// Databases whose schema changed (any DDL: CREATE/ALTER/DROP of tables, views, indexes,
+    /// triggers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+    /// Databases created or dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// True when the server cannot list the changes precisely: everything may have changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl ChangeNotice {
+    /// True when the notice reports no change (the first notice, heartbeats).
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty() && self.schemas.is_empty() && self.databases.is_empty() && !self.all
+    }
+
+    /// The notice as the text of a message frame.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| format!("{{\"upto\":{},\"all\":true}}", self.upto))
+    }
+
+    /// Reads a notice from a message frame's text.
+    pub fn from_text(text: &str) -> Result<ChangeNotice, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip_and_stay_small() {
+        let heartbeat = ChangeNotice {
+            upto: 7,
+            ..ChangeNotice::default()
+        };
+        assert_eq!(heartbeat.to_text(), r#"{"upto":7}"#);
+        assert!(heartbeat.is_empty());
+        let notice = ChangeNotice {
+            upto: 9,
+            tables: vec![("shop".into(), "orders".into())],
+            schemas: vec!["shop".into()],
+            databases: vec!["old".into()],
+            all: false,
+        };
+        assert_eq!(ChangeNotice::from_text(&notice.to_text()).unwrap(), notice);
+        assert!(!notice.is_empty());
+        assert!(ChangeNotice::from_text("not json").is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! The change feed: `DIRK CHANGES;` turns a client connection into a stream of
+//! [`ChangeNotice`]s (see `dirkdb_core::change_feed` for the notice and its wire form).
+//!
+//! How a feed flows:
+//!
+//! 1. The listener sees `DIRK CHANGES` (any case, any whitespace, at any point of a connection),
+//!    ends the connection's session (an open transaction is rolled back, so no writer gate
+//!    lingers behind a feed) and calls [`serve`].
+//! 2. [`serve`] sends a first notice with `upto` = the committed position and nothing changed.
+//! 3. Whenever the committed position moves ([`WritePath::subscribe`]), [`next_notice`] reads the
+//!    entries after the feed's cursor from the in-memory backlog, in batches of [`BATCH`] under
+//!    the backlog's lock, without copying them, and folds them into one notice: `tables` for row
+//!    entries, `schemas` for DDL, `databases` for CREATE/DROP DATABASE, each sorted and listed
+//!    once, with `upto` = the committed position read at the start.
+//! 4. An idle feed sends an empty notice (`upto` = the cursor) every [`FEED_HEARTBEAT`].
+//! 5. The feed ends when the client closes its socket (what it sends after `DIRK CHANGES` is
+//!    read and ignored) or when the server shuts down (the listener drops the feed; the client
+//!    sees the connection close).
+//!
+//! Why nothing is skipped: a writer pushes its entries into the backlog before it publishes the
+//! committed sequence, so every position the feed reads has its entries in the backlog unless
+//! they left it. When they did — the feed fell more than the backlog's size behind, the backlog
+//! restarted after a gap, a replica applied entries (its apply path publishes positions only,
+//! not backlog entries), or a full-sync install reset the instance's history (the backlog's
+//! generation, [`WritePath::resets`], changed, possibly to an equal or lower position) — the
+//! notice says `all: true` instead of listing anything. So on a REPLICA a feed works, but every
+//! notice after the first that moves `upto` is `all: true`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+use dirkdb_core::frame::Frame;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::oplog::{Entry, Op};
+use crate::state::ServerState;
+use crate::write_path::WritePath;
+
+/// Backlog entries read per lock of the backlog.
+pub const BATCH: usize = 1000;
+
+/// True for `DIRK CHANGES` (case-insensitive, any whitespace between and around the words).
+pub fn is_changes_statement(incoming: &Incoming) -> bool {
+    let Incoming::Statement(sql) = incoming else {
+        return false;
+    };
+    let mut words = sql.split_whitespace();
+    let mut expected = CHANGES_STATEMENT.split_whitespace();
+    loop {
+        match (words.next(), expected.next()) {
+            (None, None) => return true,
+            (Some(w), Some(e)) if w.eq_ignore_ascii_case(e) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Where a feed stands: the position its last notice brought the reader to, and the backlog
+/// generation it read that position in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedCursor {
+    /// `upto` of the last notice sent.
+    pub upto: u64,
+    /// [`WritePath::resets`] when `upto` was read.
+    pub resets: u64,
+}
+
+impl FeedCursor {
+    /// A cursor at the committed position: where a new feed starts.
+    pub fn start(path: &WritePath) -> FeedCursor {
+        let resets = path.resets();
+        FeedCursor {
+            upto: path.committed(),
+            resets,
+        }
+    }
+
+    /// The first notice of a feed: its position, nothing changed.
+    pub fn notice(&self) -> ChangeNotice {
+        ChangeNotice {
+            upto: self.upto,
+            ..ChangeNotice::default()
+        }
+    }
+}
+
+/// What a run of entries touched.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Tables per database.
+    tables: BTreeMap<String, BTreeSet<String>>,
+    schemas: BTreeSet<String>,
+    databases: BTreeSet<String>,
+}
+
+impl Touched {
+    fn add(&mut self, entry: &Entry) {
+        match entry.op {
+            Op::Insert | Op::Update | Op::Remove => {
+                // Copies a name only the first time it is seen: a notice may cover many entries.
+                match self.tables.get_mut(&entry.db) {
+                    Some(tables) if tables.contains(&entry.table) => {}
+                    Some(tables) => {
+                        tables.insert(entry.table.clone());
+                    }
+                    None => {
+                        let tables = BTreeSet::from([entry.table.clone()]);
+                        self.tables.insert(entry.db.clone(), tables);
+                    }
+                }
+            }
+            Op::Ddl => {
+                if !self.schemas.contains(&entry.db) {
+                    self.schemas.insert(entry.db.clone());
+                }
+            }
+            Op::CreateDatabase | Op::DropDatabase => {
+                if !self.databases.contains(&entry.table) {
+                    self.databases.insert(entry.table.clone());
+                }
+            }
+        }
+    }
+
+    fn into_notice(self, upto: u64) -> ChangeNotice {
+        ChangeNotice {
+            upto,
+            tables: self
+                .tables
+                .into_iter()
+                .flat_map(|(db, tables)| tables.into_iter().map(move |t| (db.clone(), t)))
+                .collect(),
+            schemas: self.schemas.into_iter().collect(),
+            databases: self.databases.into_iter().collect(),
+            all: false,
+        }
+    }
+}
+
+/// The notice that brings `cursor` to the committed position, and moves the cursor there;
+/// `None` when nothing committed since (and the history was not reset). The notice lists what
+/// the entries in between touched, or says `all: true` when the backlog cannot serve them
+/// all, when the position went backwards, or when the backlog's generation changed.
+pub fn next_notice(path: &WritePath, cursor: &mut FeedCursor) -> Option<ChangeNotice> {
+    let resets = path.resets();
+    let committed = path.committed();
+    let everything = |cursor: &mut FeedCursor| {
+        // Generation first: a reset bumps it before it publishes its position, so a position
+        // read after it is never older than the generation recorded with it.
+        let resets = path.resets();
+        *cursor = FeedCursor {
+            upto: path.committed(),
+            resets,
+        };
+        Some(ChangeNotice {
+            upto: cursor.upto,
+            all: true,
+            ..ChangeNotice::default()
+        })
+    };
+    if resets != cursor.resets || committed < cursor.upto {
+        return everything(cursor);
+    }
+    if committed == cursor.upto {
+        return None;
+    }
+    let mut touched = Touched::default();
+    let mut at = cursor.upto;
+    while at < committed {
+        let visit = path.visit_backlog(at, committed, BATCH, |e| touched.add(e));
+        match visit.last {
+            Some(last) if visit.resets == cursor.resets => at = last,
+            _ => return everything(cursor),
+        }
+    }
+    cursor.upto = committed;
+    Some(touched.into_notice(committed))
+}
+
+/// Serves a change feed on `conn` until the client closes it. Runs until cancelled otherwise:
+/// the caller races it against the server's shutdown.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut ServerConnection<S>,
+    state: &ServerState,
+) -> Result<(), ConnectionError> {
+    let path = &state.write_path;
+    let mut commits = path.subscribe();
+    commits.borrow_and_update();
+    let mut cursor = FeedCursor::start(path);
+    send(conn, &cursor.notice()).await?;
+    let mut last_sent = Instant::now();
+    loop {
+        if let Some(notice) = next_notice(path, &mut cursor) {
+            send(conn, &notice).await?;
+            last_sent = Instant::now();
+        }
+        let wait = FEED_HEARTBEAT.saturating_sub(last_sent.elapsed());
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                send(conn, &cursor.notice()).await?;
+                last_sent = Instant::now();
+            }
+            incoming = conn.read_statement() => {
+                // The client may only listen; what it sends is dropped, its leaving ends the feed.
+                if !matches!(incoming, Ok(Some(_))) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut ServerConnection<S>,
+    notice: &ChangeNotice,
+) -> Result<(), ConnectionError> {
+    conn.send(&Frame::Message(notice.to_text())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn entry(seq: u64, db: &str, table: &str, op: Op) -> Entry {
+        Entry {
+            seq,
+            ts: 0,
+            db: db.into(),
+            table: table.into(),
+            op,
+            old_key: None,
+            new_key: None,
+            data: None,
+            crc: 0,
+        }
+    }
+
+    fn path_at(seq: u64) -> WritePath {
+        WritePath::new(Arc::new(AtomicU64::new(seq)), Duration::from_millis(50))
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(d, t)| (d.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn recognizes_the_statement() {
+        let st = |s: &str| Incoming::Statement(s.into());
+        assert!(is_changes_statement(&st("DIRK CHANGES")));
+        assert!(is_changes_statement(&st("  dirk \n\t Changes ")));
+        assert!(!is_changes_statement(&st("DIRK CHANGES 5")));
+        assert!(!is_changes_statement(&st("DIRK CHANGE")));
+        assert!(!is_changes_statement(&st("DIRKCHANGES")));
+        assert!(!is_changes_statement(&Incoming::InvalidUtf8));
+    }
+
+    #[test]
+    fn lists_each_table_schema_and_database_once() {
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        assert_eq!(cursor, FeedCursor { upto: 0, resets: 0 });
+        assert_eq!(next_notice(&path, &mut cursor), None);
+        path.publish_entries(vec![
+            entry(1, "", "shop", Op::CreateDatabase),
+            entry(2, "shop", "t", Op::Ddl),
+            entry(3, "shop", "t", Op::Insert),
+            entry(4, "shop", "t", Op::Update),
+            entry(5, "shop", "a", Op::Remove),
+            entry(6, "shop", "t", Op::Insert),
+            entry(7, "", "old", Op::DropDatabase),
+            entry(8, "b", "t", Op::Insert),
+        ]);
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(
+            notice,
+            ChangeNotice {
+                upto: 8,
+                tables: pairs(&[("b", "t"), ("shop", "a"), ("shop", "t")]),
+                schemas: vec!["shop".into()],
+                databases: vec!["old".into(), "shop".into()],
+                all: false,
+            }
+        );
+        assert_eq!(cursor.upto, 8);
+        assert_eq!(next_notice(&path, &mut cursor), None);
+    }
+
+    #[test]
+    fn spans_many_batches_in_one_notice() {
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        let n = (BATCH * 3 + 7) as u64;
+        path.publish_entries((1..=n).map(|s| entry(s, "d", "t", Op::Insert)).collect());
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(notice.upto, n);
+        assert!(!notice.all);
+        assert_eq!(notice.tables, pairs(&[("d", "t")]));
+    }
+
+    #[test]
+    fn says_all_when_the_backlog_cannot_serve() {
+        // Fell out of the backlog (more than its size committed at once).
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        path.publish_entries(
+            (1..=25_000)
+                .map(|s| entry(s, "d", "t", Op::Insert))
+                .collect(),
+        );
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(notice.to_text(), r#"{"upto":25000,"all":true}"#);
+        assert_eq!(next_notice(&path, &mut cursor), None);
+
+        // A position published without its entries (a replica applying).
+        path.publish(25_003);
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(notice.to_text(), r#"{"upto":25003,"all":true}"#);
+
+        // Entries listed up to a hole, then the hole: all.
+        path.publish_entries(vec![entry(25_004, "d", "u", Op::Insert)]);
+        path.publish(25_006);
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert!(notice.all && notice.tables.is_empty(), "{notice:?}");
+        assert_eq!(notice.upto, 25_006);
+    }
+
+    #[test]
+    fn says_all_when_the_history_was_reset() {
+        let path = path_at(10);
+        let mut cursor = FeedCursor::start(&path);
+        // Reset to the same position: nothing moved, yet everything may have changed.
+        path.reset(10);
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(notice.to_text(), r#"{"upto":10,"all":true}"#);
+        assert_eq!(
+            cursor,
+            FeedCursor {
+                upto: 10,
+                resets: 1
+            }
+        );
+        // Reset to a lower position, then new entries that the backlog holds: still all.
+        path.reset(4);
+        path.publish_entries(vec![entry(5, "d", "t", Op::Insert)]);
+        path.publish_entries(vec![entry(6, "d", "t", Op::Insert)]);
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(notice.to_text(), r#"{"upto":6,"all":true}"#);
+        // From there on, precise again.
+        path.publish_entries(vec![entry(7, "d", "x", Op::Update)]);
+        let notice = next_notice(&path, &mut cursor).unwrap();
+        assert_eq!(notice.tables, pairs(&[("d", "x")]));
+        assert!(!notice.all);
+        // Going backwards without a reset (never expected) is all too.
+        let mut ahead = FeedCursor {
+            upto: 100,
+            resets: path.resets(),
+        };
+        assert!(next_notice(&path, &mut ahead).unwrap().all);
+        assert_eq!(ahead.upto, 7);
+    }
+}

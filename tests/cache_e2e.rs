@@ -1,0 +1,395 @@
+//! End-to-end tests of `dirkdb cache` in front of a real proxy, primary and replica.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cache::{CacheProcess, RawConnection};
+use common::cluster::Cluster;
+use dirkdb_client::Client;
+use serde_json::Value;
+
+const OPLOG: &str = r#"{ "maxEntries": 1000000 }"#;
+
+/// A cluster (primary + one replica + proxy) with database `shop` and a few rows.
+async fn cluster_with_data() -> Cluster {
+    let cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let mut c = cluster.proxy_client().await;
+    for sql in [
+        "CREATE DATABASE shop",
+        "USE shop",
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL)",
+        "CREATE TABLE audit(n INTEGER)",
+        "INSERT INTO audit VALUES (0)",
+        "CREATE TRIGGER count_items AFTER INSERT ON items BEGIN UPDATE audit SET n = n + 1; END",
+        "CREATE VIEW cheap AS SELECT name FROM items WHERE price < 10",
+        "CREATE TABLE other(x)",
+        "INSERT INTO items(name, price) VALUES ('pen', 2.5), ('book', 12.0)",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    cluster
+}
+
+fn rows(reply: dirkdb_client::ResultSet) -> Vec<Vec<Value>> {
+    reply.rows
+}
+
+async fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query(sql).await.unwrap().rows[0][0].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_select_is_served_from_memory_with_identical_bytes() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    let mut direct = RawConnection::connect(cluster.proxy.port);
+    let mut cached = RawConnection::connect(cache.port);
+    direct.exchange("USE shop");
+    cached.exchange("USE shop");
+    let query = "SELECT id, name, price FROM items ORDER BY id";
+    let from_proxy = direct.exchange(query);
+    let miss = cached.exchange(query);
+    let hit = cached.exchange(query);
+    assert_eq!(cache.stat("misses"), 1);
+    assert_eq!(cache.stat("hits"), 1);
+    assert_eq!(
+        miss, from_proxy,
+        "the cache passes the proxy's bytes on unchanged"
+    );
+    assert_eq!(
+        hit, from_proxy,
+        "a hit sends exactly the bytes of the first answer"
+    );
+    // Spelling, case and Malagasy keywords share the entry.
+    assert_eq!(
+        cached.exchange("select id,name,price from items order by id"),
+        hit
+    );
+    assert_eq!(
+        cached.exchange("alaivo id, name, price ao items ORDER BY id"),
+        hit
+    );
+    assert_eq!(cache.stat("hits"), 3);
+    // A different database is a different key.
+    let mut c = cache.client().await;
+    c.execute("CREATE DATABASE other").await.unwrap();
+    c.execute("USE other").await.unwrap();
+    c.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL)")
+        .await
+        .unwrap();
+    assert!(rows(c.query(query).await.unwrap()).is_empty());
+    assert_eq!(cache.stat("hits"), 3);
+}
+
+#[tokio::test]
+async fn writes_through_the_cache_are_seen_at_once_including_triggers_and_views() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    for i in 0..30 {
+        assert_eq!(count(&mut c, "SELECT count(*) FROM items").await, 2 + i);
+        assert_eq!(
+            count(&mut c, "SELECT n FROM audit").await,
+            2 + i,
+            "trigger effect"
+        );
+        let cheap = c
+            .query("SELECT count(*) AS n FROM cheap")
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(cheap[0][0].as_i64(), Some(1 + i), "view over items");
+        c.execute(&format!(
+            "INSERT INTO items(name, price) VALUES ('x{i}', 1)"
+        ))
+        .await
+        .unwrap();
+    }
+    // Unrelated entries stay: `other` was never written.
+    c.query("SELECT count(*) FROM other").await.unwrap();
+    let hits = cache.stat("hits");
+    c.execute("UPDATE items SET price = 100 WHERE id = 1")
+        .await
+        .unwrap();
+    c.query("SELECT count(*) FROM other").await.unwrap();
+    assert_eq!(
+        cache.stat("hits"),
+        hits + 1,
+        "a write to items keeps other's entry"
+    );
+    // DDL and DROP DATABASE.
+    c.query("SELECT * FROM other").await.unwrap();
+    c.execute("ALTER TABLE other ADD COLUMN y").await.unwrap();
+    let cols = c.query("SELECT * FROM other").await.unwrap().columns.len();
+    assert_eq!(cols, 2, "the new column shows at once");
+    c.execute("USE shop").await.unwrap();
+    c.execute("DROP DATABASE shop").await.unwrap();
+    let mut again = cache.client().await;
+    assert!(again.execute("USE shop").await.is_err());
+}
+
+#[tokio::test]
+async fn transactions_invalidate_on_commit_and_their_reads_are_never_cached() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM items").await, 2);
+    c.execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO items(name, price) VALUES ('t', 1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM items").await,
+        3,
+        "a read inside the transaction sees its own write"
+    );
+    let mut other = cache.client().await;
+    other.execute("USE shop").await.unwrap();
+    assert_eq!(count(&mut other, "SELECT count(*) FROM items").await, 2);
+    c.execute("COMMIT").await.unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM items").await, 3);
+    assert_eq!(count(&mut other, "SELECT count(*) FROM items").await, 3);
+    c.execute("BEGIN").await.unwrap();
+    c.execute("DELETE FROM items").await.unwrap();
+    c.execute("ROLLBACK").await.unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM items").await, 3);
+    // Non-deterministic reads go upstream every time.
+    let before = cache.stat("uncacheable");
+    let a = c.query("SELECT random()").await.unwrap().rows;
+    let b = c.query("SELECT random()").await.unwrap().rows;
+    assert_ne!(a, b);
+    c.query("SELECT datetime('now')").await.unwrap();
+    c.query("SELECT count(*) FROM items WHERE price < abs(random())")
+        .await
+        .unwrap();
+    assert_eq!(cache.stat("uncacheable"), before + 4);
+}
+
+#[tokio::test]
+async fn another_clients_write_is_seen_through_the_cache_without_waiting_for_the_ttl() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 600_000, 200, &[]);
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    let mut writer = cluster.proxy_client().await;
+    writer.execute("USE shop").await.unwrap();
+    let mut delays = Vec::new();
+    for i in 0..20 {
+        assert_eq!(count(&mut c, "SELECT count(*) FROM items").await, 2 + i);
+        assert_eq!(count(&mut c, "SELECT count(*) FROM items").await, 2 + i);
+        writer
+            .execute(&format!(
+                "INSERT INTO items(name, price) VALUES ('w{i}', 1)"
+            ))
+            .await
+            .unwrap();
+        let written = Instant::now();
+        loop {
+            if count(&mut c, "SELECT count(*) FROM items").await == 3 + i {
+                break;
+            }
+            assert!(
+                written.elapsed() < Duration::from_secs(2),
+                "the write was not seen through the cache within 2 s"
+            );
+        }
+        delays.push(written.elapsed());
+    }
+    delays.sort();
+    println!(
+        "write by another client → visible through the cache: median {:?}, max {:?}",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+    assert!(
+        cache.stat("hits") >= 20,
+        "the reads before each write were hits"
+    );
+}
+
+#[tokio::test]
+async fn entries_expire_at_the_ttl() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 400, 200, &[]);
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    let started = Instant::now();
+    c.query("SELECT name FROM items").await.unwrap();
+    c.query("SELECT name FROM items").await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert_eq!((cache.stat("misses"), cache.stat("hits")), (1, 1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.query("SELECT name FROM items").await.unwrap();
+    assert_eq!((cache.stat("misses"), cache.stat("hits")), (2, 1));
+}
+
+#[tokio::test]
+async fn capacity_limits_hold_under_a_flood_of_distinct_queries() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 60_000, 25, &["--max-bytes", "20000"]);
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    for i in 0..600 {
+        c.query(&format!("SELECT name FROM items WHERE id > {i}"))
+            .await
+            .unwrap();
+        if i % 7 == 0 {
+            // Some queries are asked again, so frequency has something to work with.
+            c.query("SELECT name FROM items WHERE id > 0")
+                .await
+                .unwrap();
+        }
+    }
+    let stats = cache.stats();
+    let (entries, bytes) = (
+        stats["entries"].as_u64().unwrap(),
+        stats["bytes"].as_u64().unwrap(),
+    );
+    assert!(entries <= 25, "{entries} entries: {stats}");
+    assert!(bytes <= 20_000, "{bytes} bytes: {stats}");
+    assert!(stats["evictions"].as_u64().unwrap() > 0, "{stats}");
+    // Big results are passed on but not kept.
+    let small = CacheProcess::start(&cluster, 60_000, 25, &["--max-entry-bytes", "50"]);
+    let mut c = small.client().await;
+    c.execute("USE shop").await.unwrap();
+    c.query("SELECT * FROM items").await.unwrap();
+    c.query("SELECT * FROM items").await.unwrap();
+    assert_eq!(small.stat("hits"), 0);
+    assert_eq!(small.stat("entries"), 0);
+}
+
+#[tokio::test]
+async fn sixty_four_clients_with_the_same_cold_query_cause_one_upstream_query() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) \
+                SELECT count(*) AS n FROM c JOIN items ON items.id = 1";
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let mut c = cache.client().await;
+        c.execute("USE shop").await.unwrap();
+        c.query("SELECT 1 AS warm FROM items LIMIT 1")
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    let reads_before = cache.stat("upstream_reads");
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                c.query(slow).await.unwrap().rows
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]));
+    assert_eq!(answers[0][0][0].as_i64(), Some(1_500_000));
+    let stats = cache.stats();
+    assert_eq!(
+        cache.stat("upstream_reads") - reads_before,
+        1,
+        "one query went upstream: {stats}"
+    );
+    assert_eq!(stats["coalesced"].as_u64(), Some(63), "{stats}");
+}
+
+#[tokio::test]
+async fn show_cache_stats_flush_cache_and_metrics() {
+    let cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    c.query("SELECT name FROM items").await.unwrap();
+    c.query("SELECT name FROM items").await.unwrap();
+    let stats = c.query("SHOW CACHE STATS").await.unwrap();
+    assert_eq!(stats.columns[0].name, "stat");
+    let stat = |rows: &[Vec<Value>], name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .map(|r| r[1].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(stat(&stats.rows, "hits"), 1);
+    assert_eq!(stat(&stats.rows, "entries"), 1);
+    assert_eq!(stat(&stats.rows, "hit_ratio"), 0.5);
+    let malagasy = c.query("asehoy cache stats").await.unwrap();
+    assert_eq!(stat(&malagasy.rows, "hits"), 1);
+    let flushed = c.execute("FLUSH CACHE").await.unwrap();
+    assert!(
+        format!("{flushed:?}").contains("1 entries dropped"),
+        "{flushed:?}"
+    );
+    c.query("SELECT name FROM items").await.unwrap();
+    assert_eq!(cache.stat("misses"), 2);
+    let metrics = common::cluster::http(cache.admin, "GET", "/metrics", "");
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("dirkdb_cache_hits_total 1"), "{text}");
+    assert!(text.contains("dirkdb_cache_entries 1"), "{text}");
+}
+
+#[tokio::test]
+async fn upstream_down_gives_errors_then_reconnects_and_can_serve_stale() {
+    let mut cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 300, 200, &["--stale-if-error-ms", "60000"]);
+    // The feed's first notice flushes the cache; fill it after that.
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    let fresh = c.query("SELECT name FROM items ORDER BY id").await.unwrap();
+    let mut raw = RawConnection::connect(cache.port);
+    raw.exchange("USE shop");
+    if let Some(mut proxy) = cluster.proxy.child.take() {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
+    let err = c.query("SELECT price FROM items").await.unwrap_err();
+    assert!(err.to_string().contains("cannot be reached"), "{err}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = c
+        .execute("SELECT name FROM items ORDER BY id")
+        .await
+        .unwrap();
+    let stale_rows = stale.rows().expect("rows").clone();
+    assert_eq!(stale_rows.rows, fresh.rows, "the kept rows are served");
+    let text = String::from_utf8(raw.exchange("SELECT name FROM items ORDER BY id")).unwrap();
+    assert!(text.contains("stale: served from the cache"), "{text}");
+    assert_eq!(cache.stat("stale_served"), 2);
+    cluster.spawn_proxy();
+    let again = c.query("SELECT price FROM items").await.unwrap();
+    assert_eq!(
+        again.rows.len(),
+        2,
+        "the session reconnected and kept its database"
+    );
+    let text = String::from_utf8(raw.exchange("SELECT name FROM items ORDER BY id")).unwrap();
+    assert!(!text.contains("stale"), "{text}");
+}
+
+#[tokio::test]
+async fn without_stale_if_error_an_expired_entry_is_not_served() {
+    let mut cluster = cluster_with_data().await;
+    let cache = CacheProcess::start(&cluster, 200, 200, &[]);
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    c.query("SELECT name FROM items").await.unwrap();
+    if let Some(mut proxy) = cluster.proxy.child.take() {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = c.query("SELECT name FROM items").await.unwrap_err();
+    assert!(err.to_string().contains("cannot be reached"), "{err}");
+}
