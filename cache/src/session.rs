@@ -491,7 +491,7 @@ async fn send_held<S: AsyncRead + AsyncWrite + Unpin>(
 /// The counters as a relation of `stat`, `value` rows.
 fn stats_frames(stats: &CacheStats) -> Vec<Frame> {
     let page = RelationPage {
-        name: None,
+        name: Some("cache_stats".into()),
         page: 1,
         total_pages: 1,
         columns: ["stat", "value"]
