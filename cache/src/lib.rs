@@ -25,11 +25,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dirkdb_core::accept_loop::serve_clients;
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
-use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::result_store::{ResultStore, StoreLimits};
 use crate::session::{CacheSession, SessionContext};
@@ -129,7 +129,7 @@ pub async fn run(
         statement_timeout: settings.statement_timeout,
         max_statement_bytes: settings.max_statement_bytes,
     });
-    serve(listener, ctx, settings.max_connections, stop_rx, shutdown).await;
+    serve(listener, ctx, settings.max_connections, shutdown).await;
     let _ = stop_tx.send(true);
     for task in &background {
         task.abort();
@@ -141,49 +141,29 @@ async fn serve(
     listener: TcpListener,
     ctx: Arc<SessionContext>,
     max_connections: usize,
-    stop_rx: watch::Receiver<bool>,
     shutdown: impl std::future::Future,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let (client_stop_tx, client_stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let (socket, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let refusal = format!(
+        "too many connections to the cache (limit {max_connections}, cache.maxConnections)"
+    );
+    serve_clients(
+        listener,
+        max_connections,
+        refusal,
+        shutdown,
+        |socket, mut stop| {
+            let ctx = ctx.clone();
+            async move {
+                ctx.stats.clients.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = handle_client(socket, ctx.clone(), &mut stop).await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = socket.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(socket, max_connections));
-            continue;
-        };
-        let (ctx, mut stop) = (ctx.clone(), client_stop_rx.clone());
-        tokio::spawn(async move {
-            ctx.stats.clients.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = handle_client(socket, ctx.clone(), &mut stop).await {
-                tracing::debug!(error = %e, "client connection ended with an error");
+                ctx.stats.clients.fetch_sub(1, Ordering::Relaxed);
             }
-            ctx.stats.clients.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
-    drop(stop_rx);
-    tracing::info!("cache shutting down: finishing in-flight statements");
-    let _ = client_stop_tx.send(true);
-    let _ = permits.acquire_many(max_connections as u32).await;
-}
-
-async fn refuse(socket: TcpStream, limit: usize) {
-    let mut conn = ServerConnection::new(socket, 1024);
-    let msg = format!("too many connections to the cache (limit {limit}, cache.maxConnections)");
-    let _ = conn.send(&Frame::error(msg)).await;
+        },
+    )
+    .await;
+    tracing::info!("cache stopped: in-flight statements finished");
 }
 
 async fn handle_client(

@@ -93,20 +93,9 @@ impl CacheSession {
         incoming: Incoming,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ConnectionError> {
-        let sql = match incoming {
-            Incoming::Statement(sql) => sql,
-            Incoming::TooLarge { bytes } => {
-                let msg = format!(
-                    "statement of {bytes} bytes is over the limit of {} bytes (limits.maxStatementBytes)",
-                    self.ctx.max_statement_bytes
-                );
-                return out.send(&Frame::error(msg)).await;
-            }
-            Incoming::InvalidUtf8 => {
-                return out
-                    .send(&Frame::error("statement is not valid UTF-8"))
-                    .await
-            }
+        let sql = match incoming.into_statement(self.ctx.max_statement_bytes) {
+            Ok(sql) => sql,
+            Err(refusal) => return out.send(&refusal).await,
         };
         let result = match analyze(&sql) {
             Analysis::Command(command) => return self.command(command, out).await,

@@ -46,6 +46,20 @@ pub enum Incoming {
     InvalidUtf8,
 }
 
+impl Incoming {
+    /// The statement, or the error frame that answers one that cannot run (`limit` is the
+    /// `limits.maxStatementBytes` the connection was made with).
+    pub fn into_statement(self, limit: usize) -> Result<String, Frame> {
+        match self {
+            Incoming::Statement(sql) => Ok(sql),
+            Incoming::TooLarge { bytes } => Err(Frame::error(format!(
+                "statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)"
+            ))),
+            Incoming::InvalidUtf8 => Err(Frame::error("statement is not valid UTF-8")),
+        }
+    }
+}
+
 /// The server's end of a client connection.
 pub struct ServerConnection<S> {
     stream: BufWriter<S>,

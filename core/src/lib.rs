@@ -1,6 +1,7 @@
 //! DirkDB's shared vocabulary: everything two components must agree on lives here.
 //!
 //! * [`config`]: the `config.json` model every process loads.
+//! * [`accept_loop`]: the bounded accept loop with graceful shutdown of the proxy and the cache.
 //! * [`change_feed`]: what a primary tells a cache about committed changes (`DIRK CHANGES`).
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
 //! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
@@ -12,6 +13,7 @@
 //! the server's engine → [`frame::Frame`]s → `ServerConnection::write_frame` → bytes →
 //! [`frame::FrameDecoder`] → the client.
 
+pub mod accept_loop;
 pub mod change_feed;
 pub mod config;
 pub mod connection;

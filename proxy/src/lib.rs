@@ -27,11 +27,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use dirkdb_core::accept_loop::serve_clients;
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::session::ProxySession;
 use crate::topology::Topology;
@@ -113,45 +114,27 @@ async fn serve(
     max_connections: usize,
     shutdown: impl std::future::Future,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let (socket, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
+    let refusal = format!(
+        "too many connections to the proxy (limit {max_connections}, loadBalancer.maxConnections)"
+    );
+    serve_clients(
+        listener,
+        max_connections,
+        refusal,
+        shutdown,
+        |socket, mut stop| {
+            let (topology, stats) = (topology.clone(), stats.clone());
+            async move {
+                stats.open.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = handle_client(socket, topology, &mut stop).await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = socket.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(socket, max_connections));
-            continue;
-        };
-        let (topology, stats, mut stop) = (topology.clone(), stats.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            stats.open.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = handle_client(socket, topology, &mut stop).await {
-                tracing::debug!(error = %e, "client connection ended with an error");
+                stats.open.fetch_sub(1, Ordering::Relaxed);
             }
-            stats.open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
-    tracing::info!("proxy shutting down: finishing in-flight statements");
-    let _ = stop_tx.send(true);
-    let _ = permits.acquire_many(max_connections as u32).await;
-}
-
-async fn refuse(socket: TcpStream, limit: usize) {
-    let mut conn = ServerConnection::new(socket, 1024);
-    let msg =
-        format!("too many connections to the proxy (limit {limit}, loadBalancer.maxConnections)");
-    let _ = conn.send(&Frame::error(msg)).await;
+        },
+    )
+    .await;
+    tracing::info!("proxy stopped: in-flight statements finished");
 }
 
 async fn handle_client(

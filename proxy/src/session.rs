@@ -79,18 +79,10 @@ impl ProxySession {
         incoming: Incoming,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ConnectionError> {
-        let sql = match incoming {
-            Incoming::Statement(sql) => sql,
-            Incoming::TooLarge { bytes } => {
-                let limit = self.topology.load().config.limits.max_statement_bytes;
-                let msg = format!("statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)");
-                return out.send(&Frame::error(msg)).await;
-            }
-            Incoming::InvalidUtf8 => {
-                return out
-                    .send(&Frame::error("statement is not valid UTF-8"))
-                    .await
-            }
+        let limit = self.topology.load().config.limits.max_statement_bytes;
+        let sql = match incoming.into_statement(limit) {
+            Ok(sql) => sql,
+            Err(refusal) => return out.send(&refusal).await,
         };
         if let Some(own) = own_extension(&sql) {
             let frame = match own {

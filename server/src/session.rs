@@ -73,17 +73,9 @@ impl Session {
         out: &mut ServerConnection<S>,
     ) -> Result<(), ConnectionError> {
         let limit = self.state.limits.max_statement_bytes;
-        let sql = match incoming {
-            Incoming::Statement(sql) => sql,
-            Incoming::TooLarge { bytes } => {
-                let msg = format!("statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)");
-                return self.reply(out, Frame::error(msg)).await;
-            }
-            Incoming::InvalidUtf8 => {
-                return self
-                    .reply(out, Frame::error("statement is not valid UTF-8"))
-                    .await
-            }
+        let sql = match incoming.into_statement(limit) {
+            Ok(sql) => sql,
+            Err(refusal) => return self.reply(out, refusal).await,
         };
         if let Some(ext) = extension::parse(&sql) {
             let last_write = self.last_write.load(Ordering::Acquire);
