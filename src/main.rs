@@ -36,6 +36,25 @@ enum Command {
     Bench,
     /// Asks the running proxy to fail over (promote the most advanced replica, or --to ID).
     Failover(FailoverArgs),
+    /// One-way replication of the database files of --from into --to, as consistent copies.
+    ReplicateFiles(ReplicateFilesArgs),
+}
+
+/// `dirkdb replicate-files --from DIR --to DIR [--interval SECONDS] [--once]`.
+#[derive(clap::Args)]
+struct ReplicateFilesArgs {
+    /// Directory whose `*.db` databases are copied.
+    #[arg(long)]
+    from: PathBuf,
+    /// Directory that receives the copies (created if missing).
+    #[arg(long)]
+    to: PathBuf,
+    /// Seconds between sweeps of --from (changes seen by the watcher are copied sooner).
+    #[arg(long, default_value = "2", value_parser = parse_seconds)]
+    interval: std::time::Duration,
+    /// One pass, then exit (status 1 if a database could not be copied).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +129,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => report(run_cluster(args)),
         Command::Bench => not_yet("bench", 7),
         Command::Failover(args) => report(run_failover(args)),
+        Command::ReplicateFiles(args) => report(run_replicate_files(args)),
     }
 }
 
@@ -283,6 +303,49 @@ fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
             done.context("instance task")??;
         }
         Ok(())
+    })
+}
+
+/// A positive number of seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if seconds <= 0.0 {
+        return Err(format!(
+            "`{text}`: the interval must be more than 0 seconds"
+        ));
+    }
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// `dirkdb replicate-files`: one pass with --once, else passes until Ctrl-C or SIGTERM.
+fn run_replicate_files(args: ReplicateFilesArgs) -> anyhow::Result<()> {
+    use dirkdb_server::replicate_files::{self, FileReplicator};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    init_logging();
+    let mut replicator = FileReplicator::open(&args.from, &args.to)?;
+    if args.once {
+        let started = std::time::Instant::now();
+        let report = replicator.pass(&AtomicBool::new(false));
+        report.log(started.elapsed(), true);
+        return match report.failure_summary() {
+            Some(summary) => Err(anyhow::anyhow!(summary)),
+            None => Ok(()),
+        };
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let mut passes = tokio::task::spawn_blocking(move || {
+            replicate_files::watch(replicator, args.interval, &flag)
+        });
+        tokio::select! {
+            done = &mut passes => return done.context("replicate-files"),
+            _ = shutdown_signal() => stop.store(true, Ordering::Relaxed),
+        }
+        passes.await.context("replicate-files")
     })
 }
 

@@ -414,6 +414,8 @@ pub struct ReplicationConfig {
     pub kind: ReplicationType,
     /// FILE mode sweep interval.
     pub interval_seconds: u64,
+    /// FILE mode: send only the pages that changed since the secondary's copy (else every page).
+    pub page_deltas: bool,
     /// Heartbeat period between primary and replicas.
     pub heartbeat_millis: u64,
     /// Oplog bounds.
@@ -425,6 +427,7 @@ impl Default for ReplicationConfig {
         Self {
             kind: ReplicationType::Oplog,
             interval_seconds: 2,
+            page_deltas: true,
             heartbeat_millis: 500,
             oplog: OplogConfig::default(),
         }

@@ -1,6 +1,8 @@
 //! The proxy's admin HTTP API: `GET /health`, `GET /cluster/status` (every instance with its
 //! role, health, position, lag, statements in flight, reads, writes, errors and mean latency),
-//! and `GET /metrics` in Prometheus text format.
+//! and `GET /metrics` in Prometheus text format. Both also show the configured replication
+//! mode, each instance's reported mode, and the FILE-mode write trigger counters
+//! ([`crate::file_triggers`]).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::file_triggers::FileTriggers;
 use crate::topology::Topology;
 use crate::ProxyStats;
 
@@ -24,6 +27,8 @@ pub struct AdminState {
     pub topology: Arc<ArcSwap<Topology>>,
     /// Client counters.
     pub stats: Arc<ProxyStats>,
+    /// FILE-mode write triggers and their counters.
+    pub file_triggers: Arc<FileTriggers>,
 }
 
 /// Serves the admin API until the task is aborted.
@@ -57,6 +62,7 @@ fn instances(t: &Topology) -> Vec<Value> {
                 "address": b.addr,
                 "role": t.role_of(i).to_string(),
                 "reportedRole": h.reported_role,
+                "reportedMode": h.reported_mode,
                 "health": h.state,
                 "committedSequence": h.committed,
                 "lagOperations": h.lag_operations,
@@ -80,6 +86,8 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         "strategy": reads.strategy.as_str(),
         "consistency": reads.consistency.as_str(),
         "writeConcern": { "replicas": t.config.routing.writes.write_concern.replicas },
+        "replication": t.config.replication.kind.as_str(),
+        "fileTriggers": s.file_triggers.stats(),
         "clientConnections": s.stats.open(),
         "instances": instances(&t),
     }))
@@ -151,6 +159,61 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             };
             let _ = writeln!(out, "{name}{{instance=\"{}\"}} {value}", b.id);
         }
+    }
+    let file_mode = t.config.replication.kind == dirkdb_core::config::ReplicationType::File;
+    let _ = writeln!(out, "# HELP dirkdb_proxy_replication_file_mode 1 when config.json's replication.type is FILE.\n# TYPE dirkdb_proxy_replication_file_mode gauge\ndirkdb_proxy_replication_file_mode {}", u8::from(file_mode));
+    let name = "dirkdb_proxy_instance_file_mode";
+    let _ = writeln!(out, "# HELP {name} 1 when the instance reports FILE replication, 0 for OPLOG (absent when it reports no mode).\n# TYPE {name} gauge");
+    for b in &t.backends {
+        if let Some(mode) = b.health().reported_mode {
+            let value = u8::from(mode.eq_ignore_ascii_case("FILE"));
+            let _ = writeln!(out, "{name}{{instance=\"{}\"}} {value}", b.id);
+        }
+    }
+    let triggers = s.file_triggers.stats();
+    let trigger_series = [
+        (
+            "dirkdb_proxy_file_triggers_requested_total",
+            "Acknowledged writes handed to the FILE replication triggers.",
+            "counter",
+            triggers.requested,
+        ),
+        (
+            "dirkdb_proxy_file_triggers_coalesced_total",
+            "Triggers absorbed by a request already in flight or due.",
+            "counter",
+            triggers.coalesced,
+        ),
+        (
+            "dirkdb_proxy_file_trigger_requests_sent_total",
+            "POST /replication/written requests answered by the primary.",
+            "counter",
+            triggers.sent,
+        ),
+        (
+            "dirkdb_proxy_file_trigger_requests_failed_total",
+            "POST /replication/written requests that failed.",
+            "counter",
+            triggers.failed,
+        ),
+        (
+            "dirkdb_proxy_file_trigger_requests_skipped_total",
+            "Trigger requests not sent (no FILE mode, or a primary without adminPort).",
+            "counter",
+            triggers.skipped,
+        ),
+        (
+            "dirkdb_proxy_file_triggers_in_flight",
+            "Databases with a trigger request in flight or a follow-up due.",
+            "gauge",
+            triggers.in_flight,
+        ),
+    ];
+    for (name, help, kind, value) in trigger_series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

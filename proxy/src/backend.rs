@@ -37,6 +37,8 @@ pub struct Health {
     pub state: HealthState,
     /// The role the instance reports.
     pub reported_role: Option<String>,
+    /// The replication mode the instance reports (`OPLOG` or `FILE`; none from older servers).
+    pub reported_mode: Option<String>,
     /// Its committed (primary) or applied (replica) sequence.
     pub committed: u64,
     /// Entries behind the primary.
@@ -86,6 +88,7 @@ impl Backend {
             health: Mutex::new(Health {
                 state: HealthState::Up,
                 reported_role: None,
+                reported_mode: None,
                 committed: 0,
                 lag_operations: 0,
                 lag_ms: 0,

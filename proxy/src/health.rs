@@ -4,27 +4,34 @@
 //! A replica is behind when its sequence is below the primary's; the proxy measures how long it
 //! has been behind and marks it Lagging past `maxReplicationLagMs`. After `failCount` failed
 //! checks in a row an instance is Down and its pooled connections are dropped.
+//!
+//! The same poll keeps every instance in the replication mode `config.json` names
+//! (`replication.type`, hot-reloaded): an instance whose `/replication/status` reports another
+//! `mode` is sent `POST /replication/mode {"type": …}`, at most once per health interval. An
+//! instance that reports no `mode` (an older server) is left alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use dirkdb_core::config::FailoverMode;
+use dirkdb_core::config::{FailoverMode, ReplicationType};
 
 use crate::backend::{Backend, HealthState};
-use crate::http::get_json;
+use crate::http::{get_json, post_json};
 use crate::topology::Topology;
 
 /// What a check found.
 struct Finding {
     committed: u64,
     role: Option<String>,
+    mode: Option<String>,
 }
 
 /// Checks every instance forever.
 pub async fn run(topology: Arc<ArcSwap<Topology>>) {
     let mut behind_since: std::collections::HashMap<String, Instant> = Default::default();
     let mut primary_down_since: Option<Instant> = None;
+    let mut mode_switched_at: std::collections::HashMap<String, Instant> = Default::default();
     loop {
         let t = topology.load_full();
         let interval = Duration::from_millis(t.config.load_balancer.health_interval_millis.max(10));
@@ -41,10 +48,16 @@ pub async fn run(topology: Arc<ArcSwap<Topology>>) {
             .as_ref()
             .map(|f| f.committed)
             .unwrap_or(0);
+        let modes: Vec<(usize, String)> = findings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| Some((i, f.as_ref().ok()?.mode.clone()?)))
+            .collect();
         for (i, finding) in findings.into_iter().enumerate() {
             apply(&t, i, finding, primary_seq, &mut behind_since);
         }
         fence_stray_primaries(&t).await;
+        align_replication_modes(&t, &modes, &mut mode_switched_at, interval).await;
         watch_primary(&topology, &t, &mut primary_down_since).await;
         tokio::time::sleep(interval).await;
     }
@@ -61,6 +74,67 @@ async fn fence_stray_primaries(t: &Topology) {
         {
             tracing::warn!(instance = %b.id, primary = %t.primary().id, "fencing an instance that still acts as primary");
             crate::failover::fence(t, i).await;
+        }
+    }
+}
+
+/// Sends `POST /replication/mode` to each instance (index, reported mode) whose reported mode
+/// differs from `replication.type`, at most once per `interval` per instance, concurrently.
+async fn align_replication_modes(
+    t: &Topology,
+    reported: &[(usize, String)],
+    switched_at: &mut std::collections::HashMap<String, Instant>,
+    interval: Duration,
+) {
+    let wanted = t.config.replication.kind;
+    let body = serde_json::json!({ "type": wanted.as_str() }).to_string();
+    let timeout = interval.max(Duration::from_millis(500));
+    let mut switches = Vec::new();
+    for (i, mode) in reported {
+        let backend = &t.backends[*i];
+        let from = match ReplicationType::try_from(mode.clone()) {
+            Ok(from) if from == wanted => continue,
+            Ok(from) => from.as_str(),
+            Err(e) => {
+                tracing::debug!(instance = %backend.id, error = %e, "unknown reported replication mode; left alone");
+                continue;
+            }
+        };
+        let Some(admin) = backend.admin.clone() else {
+            continue;
+        };
+        if switched_at
+            .get(&backend.id)
+            .is_some_and(|at| at.elapsed() < interval)
+        {
+            continue;
+        }
+        switched_at.insert(backend.id.clone(), Instant::now());
+        let (id, body) = (backend.id.clone(), body.clone());
+        switches.push(tokio::spawn(async move {
+            let result = post_json(&admin, "/replication/mode", &body, timeout).await;
+            (id, from, result)
+        }));
+    }
+    for switch in switches {
+        let Ok((id, from, result)) = switch.await else {
+            continue;
+        };
+        match result {
+            Ok(answer) => tracing::info!(
+                instance = %id,
+                from,
+                to = wanted.as_str(),
+                reported = %answer["mode"],
+                "switched the instance's replication mode to config.json's"
+            ),
+            Err(e) => tracing::warn!(
+                instance = %id,
+                from,
+                to = wanted.as_str(),
+                error = %e,
+                "could not switch the instance's replication mode (retrying next health check)"
+            ),
         }
     }
 }
@@ -97,6 +171,7 @@ async fn check(backend: Arc<Backend>, interval: Duration) -> Result<Finding, Str
             Ok(Finding {
                 committed: status["committedSequence"].as_u64().unwrap_or(0),
                 role: status["role"].as_str().map(str::to_string),
+                mode: status["mode"].as_str().map(str::to_string),
             })
         }
         None => {
@@ -108,6 +183,7 @@ async fn check(backend: Arc<Backend>, interval: Duration) -> Result<Finding, Str
                     Ok(Finding {
                         committed: 0,
                         role: None,
+                        mode: None,
                     })
                 }
                 Ok(Err(e)) => Err(e.to_string()),
@@ -152,6 +228,7 @@ fn apply(
                 };
                 h.committed = f.committed;
                 h.reported_role = f.role;
+                h.reported_mode = f.mode;
                 h.lag_operations = lag_ops;
                 h.lag_ms = lag_ms;
                 h.failures = 0;

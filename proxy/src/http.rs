@@ -47,8 +47,9 @@ async fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Val
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or("").to_string());
+    let status = head.lines().next().unwrap_or("");
+    if !(status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200")) {
+        return Err(status.to_string());
     }
     serde_json::from_str(body).map_err(|e| format!("bad JSON from {addr}{path}: {e}"))
 }

@@ -11,12 +11,17 @@
 //! The session answers `DIRK POSITION` and `DIRK SEEN <seq>` itself (its read-your-writes
 //! position). `DIRK CHANGES` turns the client's connection into a relay of the current primary's
 //! change feed ([`change_feed`]), after which the connection closes.
+//!
+//! With `replication.type` FILE, acknowledged writes ask the primary to copy the written
+//! database to the secondaries ([`file_triggers`], coalesced), and the [`health`] checker makes
+//! every instance run the replication mode `config.json` names (also after a reload).
 
 pub mod admin;
 pub mod backend;
 pub mod change_feed;
 pub mod error;
 pub mod failover;
+pub mod file_triggers;
 pub mod health;
 pub mod http;
 pub mod reload;
@@ -34,6 +39,7 @@ use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::file_triggers::FileTriggers;
 use crate::session::ProxySession;
 use crate::topology::Topology;
 
@@ -79,6 +85,7 @@ pub async fn run(
         .map_err(|e| StartError(admin_addr.clone(), e))?;
     let topology = Arc::new(ArcSwap::from_pointee(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
+    let file_triggers = FileTriggers::new(topology.clone());
     let mut background = vec![
         tokio::spawn(health::run(topology.clone())),
         tokio::spawn(admin::serve(
@@ -86,6 +93,7 @@ pub async fn run(
             admin::AdminState {
                 topology: topology.clone(),
                 stats: stats.clone(),
+                file_triggers: file_triggers.clone(),
             },
         )),
     ];
@@ -97,6 +105,7 @@ pub async fn run(
         listener,
         topology,
         stats,
+        file_triggers,
         lb.max_connections.max(1),
         shutdown,
     )
@@ -111,6 +120,7 @@ async fn serve(
     listener: TcpListener,
     topology: Arc<ArcSwap<Topology>>,
     stats: Arc<ProxyStats>,
+    file_triggers: Arc<FileTriggers>,
     max_connections: usize,
     shutdown: impl std::future::Future,
 ) {
@@ -124,9 +134,10 @@ async fn serve(
         shutdown,
         |socket, mut stop| {
             let (topology, stats) = (topology.clone(), stats.clone());
+            let file_triggers = file_triggers.clone();
             async move {
                 stats.open.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = handle_client(socket, topology, &mut stop).await {
+                if let Err(e) = handle_client(socket, topology, file_triggers, &mut stop).await {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
                 stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -140,11 +151,12 @@ async fn serve(
 async fn handle_client(
     socket: TcpStream,
     topology: Arc<ArcSwap<Topology>>,
+    file_triggers: Arc<FileTriggers>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {
     let max = topology.load().config.limits.max_statement_bytes;
     let mut conn = ServerConnection::new(socket, max);
-    let mut session = ProxySession::new(topology.clone());
+    let mut session = ProxySession::new(topology.clone(), file_triggers);
     loop {
         let incoming = tokio::select! {
             incoming = conn.read_statement() => incoming?,

@@ -28,10 +28,11 @@ pub async fn watch(path: PathBuf, topology: Arc<ArcSwap<Topology>>) {
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                if !is_read_access(&event.kind)
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
                 {
                     let _ = tx.send(());
                 }
@@ -56,6 +57,14 @@ pub async fn watch(path: PathBuf, topology: Arc<ArcSwap<Topology>>) {
         while rx.try_recv().is_ok() {}
         reload(&path, &topology);
     }
+}
+
+/// Opening or reading the file (ours included) raises access events: reacting to them would
+/// reload forever. A writer closing it still counts.
+fn is_read_access(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access)
+        if !matches!(access, AccessKind::Close(AccessMode::Write)))
 }
 
 /// Loads, validates and applies the file once.
@@ -96,4 +105,28 @@ fn rebuild(old: &Topology, config: ClusterConfig) -> Topology {
     }
     updated.state_file = old.state_file.clone();
     updated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+    use notify::EventKind;
+
+    #[test]
+    fn reading_the_file_does_not_reload_it_but_writing_does() {
+        assert!(is_read_access(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_read_access(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_read_access(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read_access(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(!is_read_access(&EventKind::Create(CreateKind::File)));
+    }
 }

@@ -17,21 +17,28 @@
 //! `position <n>`. A caching proxy in front sends `DIRK SEEN` with a change notice's position so
 //! that the session's later reads on replicas wait for it. Other `DIRK` statements go to the
 //! primary; `DIRK CHANGES` is the listener's (see [`crate::change_feed`]).
+//!
+//! In FILE replication mode, each acknowledged write outside a transaction, and each commit of a
+//! transaction that wrote, hands the session's database to the shared
+//! [`FileTriggers`](crate::file_triggers::FileTriggers) (fire-and-forget), which asks the
+//! primary to copy that database to the secondaries; this happens before the write concern is
+//! waited for, since in FILE mode the copy is what the replicas wait for.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dirkdb_client::ClientError;
-use dirkdb_core::config::ReadConsistency;
+use dirkdb_core::config::{ReadConsistency, ReplicationType};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use dirkdb_core::sql::classify::{classify, StatementClass, TransactionControl};
-use dirkdb_core::sql::transaction::TransactionState;
+use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::{Backend, BackendConn};
 use crate::error::ProxyError;
+use crate::file_triggers::FileTriggers;
 use crate::topology::Topology;
 
 /// Per-client state.
@@ -39,8 +46,11 @@ pub struct ProxySession {
     topology: Arc<ArcSwap<Topology>>,
     db: Option<String>,
     txn: TransactionState,
+    /// A write succeeded in the open transaction (its commit triggers a FILE copy).
+    txn_wrote: bool,
     last_write: u64,
     primary: Option<(Arc<Backend>, BackendConn)>,
+    file_triggers: Arc<FileTriggers>,
 }
 
 /// Where a statement's frames go.
@@ -62,14 +72,17 @@ enum ReadOutcome {
 }
 
 impl ProxySession {
-    /// A session with no current database.
-    pub fn new(topology: Arc<ArcSwap<Topology>>) -> ProxySession {
+    /// A session with no current database; its acknowledged writes go to `file_triggers` when
+    /// the topology is in FILE replication mode.
+    pub fn new(topology: Arc<ArcSwap<Topology>>, file_triggers: Arc<FileTriggers>) -> ProxySession {
         ProxySession {
             topology,
             db: None,
             txn: TransactionState::default(),
+            txn_wrote: false,
             last_write: 0,
             primary: None,
+            file_triggers,
         }
     }
 
@@ -184,8 +197,8 @@ impl ProxySession {
                 ))
             }
         };
-        if !failed {
-            self.after_success(class, &mut conn);
+        if !failed && self.after_success(class, &mut conn) {
+            self.written();
         }
         let frames = match sink {
             Sink::Buffer(frames) if !failed && settles_write => {
@@ -204,16 +217,23 @@ impl ProxySession {
         Ok(())
     }
 
-    fn after_success(&mut self, class: &StatementClass, conn: &mut BackendConn) {
-        match class {
-            StatementClass::Use(name) => {
-                self.db = Some(name.clone());
-                conn.db = Some(name.clone());
-            }
-            StatementClass::Transaction(control) => {
-                self.txn.follow(control);
-            }
-            _ => {}
+    /// Follows a statement that succeeded on the primary; true when it made writes durable
+    /// (a write outside a transaction, or the commit of a transaction that wrote).
+    fn after_success(&mut self, class: &StatementClass, conn: &mut BackendConn) -> bool {
+        if let StatementClass::Use(name) = class {
+            self.db = Some(name.clone());
+            conn.db = Some(name.clone());
+        }
+        follow_writes(&mut self.txn, &mut self.txn_wrote, class)
+    }
+
+    /// Hands the session's database to the FILE replication triggers (FILE mode only).
+    fn written(&self) {
+        let Some(db) = self.db.as_deref() else {
+            return;
+        };
+        if self.topology.load().config.replication.kind == ReplicationType::File {
+            self.file_triggers.trigger(db);
         }
     }
 
@@ -386,6 +406,36 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Follows a statement that succeeded on the primary in the session's transaction state and
+/// its "the open transaction wrote" flag; true when the statement made writes durable: a write
+/// outside a transaction, or the commit (`COMMIT`, `END`, outermost `RELEASE`) of a transaction
+/// in which a write succeeded.
+fn follow_writes(txn: &mut TransactionState, txn_wrote: &mut bool, class: &StatementClass) -> bool {
+    match class {
+        StatementClass::Transaction(control) => {
+            let was_open = txn.open;
+            let end = txn.follow(control);
+            if !was_open && txn.open {
+                *txn_wrote = false;
+            }
+            match end {
+                TransactionEnd::None => false,
+                TransactionEnd::Committed => std::mem::take(txn_wrote),
+                TransactionEnd::RolledBack => {
+                    *txn_wrote = false;
+                    false
+                }
+            }
+        }
+        StatementClass::Write if txn.open => {
+            *txn_wrote = true;
+            false
+        }
+        StatementClass::Write => true,
+        StatementClass::Read | StatementClass::Use(_) => false,
+    }
+}
+
 /// The extensions the session answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OwnExtension {
@@ -435,6 +485,33 @@ fn parse_number(text: &str, word: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_durable_writes_trigger_a_file_copy() {
+        let (mut txn, mut wrote) = (TransactionState::default(), false);
+        let mut run = |sql: &str| follow_writes(&mut txn, &mut wrote, &classify(sql));
+        assert!(run("INSERT INTO t VALUES (1)"), "an autocommit write");
+        assert!(!run("SELECT * FROM t"));
+        assert!(!run("USE shop"));
+        assert!(!run("BEGIN"));
+        assert!(!run("SELECT * FROM t"));
+        assert!(!run("COMMIT"), "a transaction without writes");
+        assert!(!run("BEGIN"));
+        assert!(!run("UPDATE t SET a = 2"), "not durable before the commit");
+        assert!(!run("DELETE FROM t"));
+        assert!(run("COMMIT"), "the commit of a transaction that wrote");
+        assert!(!run("BEGIN"));
+        assert!(!run("INSERT INTO t VALUES (2)"));
+        assert!(!run("ROLLBACK"), "rolled back");
+        assert!(!run("BEGIN"));
+        assert!(!run("COMMIT"), "the rolled back write does not linger");
+        assert!(!run("SAVEPOINT a"));
+        assert!(!run("INSERT INTO t VALUES (3)"));
+        assert!(!run("SAVEPOINT b"));
+        assert!(!run("RELEASE b"), "an inner release commits nothing");
+        assert!(run("RELEASE a"), "the outermost release commits");
+        assert!(!run("COMMIT"), "nothing open any more");
+    }
 
     #[test]
     fn own_extensions_parse_strictly() {

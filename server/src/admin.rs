@@ -21,8 +21,9 @@ use crate::checksum::{database_digest, Digest};
 use crate::error::ServerError;
 use crate::oplog::store::{self, FileStats, Filter};
 use crate::oplog::{Entry, Op};
-use crate::replication::{ReplicaState, ReplicaStatus};
+use crate::replication::{FileCopyStatus, ReplicaState, ReplicaStatus};
 use crate::state::ServerState;
+use dirkdb_core::config::ReplicationType;
 
 type Shared = State<Arc<ServerState>>;
 
@@ -38,6 +39,8 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/checksum", get(checksum))
         .route("/replication/promote", post(promote))
         .route("/replication/configure", post(configure))
+        .route("/replication/mode", post(set_mode))
+        .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
@@ -102,6 +105,7 @@ async fn status(State(state): Shared) -> ApiResult {
         "instance": state.instance_id,
         "role": role(&state),
         "committedSequence": committed,
+        "mode": state.replication.mode().as_str(),
         "prunedThrough": floor,
         "history": chain,
         "following": state.is_replica().then(|| {
@@ -131,6 +135,7 @@ async fn replicas(State(state): Shared) -> Json<Value> {
     let committed = state.write_path.committed();
     Json(json!({
         "committedSequence": committed,
+        "mode": state.replication.mode().as_str(),
         "replicas": state.replication.replicas(committed),
     }))
 }
@@ -308,6 +313,52 @@ async fn configure(State(state): Shared, body: Option<Json<ConfigureBody>>) -> A
     ))
 }
 
+#[derive(Deserialize)]
+struct ModeBody {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `POST /replication/mode {"type": "FILE"}`: switches the replication mode; every stream ends
+/// and reconnects in the new mode (a FILE-mode secondary going back to OPLOG resyncs fully).
+async fn set_mode(State(state): Shared, body: Option<Json<ModeBody>>) -> ApiResult {
+    let Some(Json(body)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"type\": \"OPLOG\" | \"FILE\"}".into(),
+        ));
+    };
+    let kind =
+        ReplicationType::try_from(body.kind).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    if state.replication.set_mode(kind) {
+        tracing::info!(
+            mode = kind.as_str(),
+            "replication mode switched; streams restart"
+        );
+    }
+    Ok(Json(
+        json!({ "instance": state.instance_id, "mode": kind.as_str() }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct WrittenBody {
+    database: String,
+}
+
+/// `POST /replication/written {"database": "shop"}`: the proxy says a write to `shop` was
+/// acknowledged; the mode replicates it soon (FILE mode starts a round; OPLOG has streamed it).
+async fn written(State(state): Shared, body: Option<Json<WrittenBody>>) -> ApiResult {
+    let Some(Json(body)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"database\": \"<name>\"}".into(),
+        ));
+    };
+    state.replication_mode().database_written(&body.database);
+    Ok(Json(json!({ "triggered": true })))
+}
+
 async fn metrics(State(state): Shared) -> Response {
     let committed = state.write_path.committed();
     let id = &state.instance_id;
@@ -405,6 +456,54 @@ async fn metrics(State(state): Shared) -> Response {
         let samples = replicas
             .iter()
             .map(|r| (format!(",replica=\"{}\"", r.instance), figure(r)))
+            .collect();
+        gauge(name, help, kind, samples);
+    }
+    let copies: Vec<(String, &FileCopyStatus)> = replicas
+        .iter()
+        .flat_map(|r| {
+            r.files
+                .iter()
+                .map(move |(db, c)| (format!(",replica=\"{}\",database=\"{db}\"", r.instance), c))
+        })
+        .collect();
+    type CopyFigure = fn(&FileCopyStatus) -> f64;
+    let per_copy: [(&str, &str, &str, CopyFigure); 5] = [
+        (
+            "dirkdb_file_copy_version",
+            "FILE mode: version of the secondary's copy.",
+            "gauge",
+            |c| c.version as f64,
+        ),
+        (
+            "dirkdb_file_copy_age_ms",
+            "FILE mode: age of the secondary's copy.",
+            "gauge",
+            |c| c.age_ms as f64,
+        ),
+        (
+            "dirkdb_file_copy_bytes",
+            "FILE mode: size of the secondary's copy.",
+            "gauge",
+            |c| c.bytes as f64,
+        ),
+        (
+            "dirkdb_file_copy_bytes_sent_total",
+            "FILE mode: bytes of pages sent for this database.",
+            "counter",
+            |c| c.bytes_sent as f64,
+        ),
+        (
+            "dirkdb_file_copy_failures_total",
+            "FILE mode: copies refused or failed.",
+            "counter",
+            |c| c.failures as f64,
+        ),
+    ];
+    for (name, help, kind, figure) in per_copy {
+        let samples = copies
+            .iter()
+            .map(|(labels, c)| (labels.clone(), figure(c)))
             .collect();
         gauge(name, help, kind, samples);
     }

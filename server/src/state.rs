@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dirkdb_core::config::{ClusterConfig, InstanceConfig, LimitsConfig, OplogConfig, Role};
+use dirkdb_core::config::{
+    ClusterConfig, InstanceConfig, LimitsConfig, OplogConfig, ReplicationType, Role,
+};
 
 use crate::catalog::{Catalog, ConnectionSettings};
 use crate::error::{Result, ServerError};
@@ -18,8 +20,18 @@ use crate::meta::Meta;
 use crate::metrics::ServerMetrics;
 use crate::oplog::store::{self, Source};
 use crate::oplog::{now_ms, Op};
+use crate::replication::file_mode::FileMode;
+use crate::replication::mode::{OplogMode, ReplicationMode};
 use crate::replication::ReplicationHub;
 use crate::write_path::WritePath;
+
+/// The implementations of [`ReplicationMode`], kept for the life of the instance.
+pub struct Modes {
+    /// Row-level oplog streaming.
+    pub oplog: Arc<OplogMode>,
+    /// Copies of database files.
+    pub file: Arc<FileMode>,
+}
 
 /// Everything the sessions of one instance share.
 pub struct ServerState {
@@ -41,6 +53,8 @@ pub struct ServerState {
     pub oplog_limits: OplogConfig,
     /// Counters for `/metrics`.
     pub metrics: ServerMetrics,
+    /// The replication modes (one runs at a time: `replication.mode()`).
+    pub modes: Modes,
     read_only: AtomicBool,
     next_owner: AtomicU64,
     resync_on_start: AtomicBool,
@@ -94,7 +108,15 @@ impl ServerState {
             replication: ReplicationHub::new(
                 target,
                 Duration::from_millis(config.replication.heartbeat_millis.max(10)),
+                config.replication.kind,
             ),
+            modes: Modes {
+                oplog: Arc::new(OplogMode::default()),
+                file: Arc::new(FileMode::new(
+                    Duration::from_secs(config.replication.interval_seconds.max(1)),
+                    config.replication.page_deltas,
+                )),
+            },
             oplog_limits: config.replication.oplog.clone(),
             metrics: ServerMetrics::default(),
             read_only: AtomicBool::new(role == Role::Replica),
@@ -104,6 +126,14 @@ impl ServerState {
         let latest = state.latest_on_disk()?;
         state.write_path.publish(latest);
         Ok(state)
+    }
+
+    /// The replication mode this instance runs now.
+    pub fn replication_mode(&self) -> Arc<dyn ReplicationMode> {
+        match self.replication.mode() {
+            ReplicationType::Oplog => self.modes.oplog.clone(),
+            ReplicationType::File => self.modes.file.clone(),
+        }
     }
 
     /// Turns this replica into a primary: it stops following, starts a new history that records

@@ -266,7 +266,10 @@ mod tests {
         conn
     }
 
-    fn entries(conn: &Connection) -> Vec<(i64, String, String, Option<String>, Option<String>)> {
+    /// (seq, table, op, new key, data) of one stored entry.
+    type StoredEntry = (i64, String, String, Option<String>, Option<String>);
+
+    fn entries(conn: &Connection) -> Vec<StoredEntry> {
         let mut stmt = conn
             .prepare("SELECT seq, tbl, op, new_key, data FROM _dirk_oplog ORDER BY seq")
             .unwrap();

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::apply::Applier;
+use super::mode::StreamWriter;
 use super::protocol::{
     read_unit, write_message, FileInfo, Message, ProtocolError, Unit, HANDSHAKE, HANDSHAKE_OK,
 };
@@ -34,7 +35,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Follows the target primary for as long as the server runs.
 pub async fn run(state: Arc<ServerState>) {
     let mut target = state.replication.watch_target();
-    let applier = Arc::new(Mutex::new(Applier::default()));
+    let mut modes = state.replication.watch_mode();
     let mut backoff = MIN_BACKOFF;
     let mut resync = state.take_resync_on_start();
     loop {
@@ -46,9 +47,11 @@ pub async fn run(state: Arc<ServerState>) {
             continue;
         };
         set_state(&state, "Connecting", None);
+        modes.borrow_and_update();
         let outcome = tokio::select! {
-            r = follow(&state, &addr, &applier, resync) => r,
+            r = follow(&state, &addr, resync) => r,
             _ = target.changed() => Ok(()),
+            _ = modes.changed() => Ok(()),
         };
         match outcome {
             Ok(()) => backoff = MIN_BACKOFF,
@@ -85,13 +88,10 @@ fn set_state(state: &ServerState, name: &str, error: Option<String>) {
     });
 }
 
-/// One connection to the primary, until it breaks.
-async fn follow(
-    state: &Arc<ServerState>,
-    addr: &str,
-    applier: &Arc<Mutex<Applier>>,
-    resync: bool,
-) -> Result<(), StreamError> {
+/// One connection to the primary, until it breaks: the handshake and `Hello` here, the rest in
+/// the mode's [`super::mode::ReplicationMode::follow_primary`].
+async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<(), StreamError> {
+    let replication = state.replication_mode();
     let stream = handshake(addr).await?;
     let (reader, writer) = stream.into_split();
     let mut writer = BufWriter::new(writer);
@@ -99,6 +99,7 @@ async fn follow(
         .meta
         .history(&state.instance_id)
         .map_err(ServerError::from)?;
+    let resync = resync || replication.needs_resync_on_entry(state);
     let history = match (resync, chain.last()) {
         (false, Some(link)) => link.id.clone(),
         _ => "resync".to_string(),
@@ -107,23 +108,36 @@ async fn follow(
         instance: state.instance_id.clone(),
         history,
         seq: state.write_path.committed(),
+        mode: replication.kind().as_str().to_string(),
     };
     write_message(&mut writer, &hello).await?;
     set_state(state, "Syncing", None);
     let mut units = spawn_reader(reader);
+    replication
+        .follow_primary(state, &mut units, &mut writer)
+        .await
+}
+
+/// OPLOG mode, secondary side: full or partial sync, then entries applied and acknowledged.
+pub(crate) async fn oplog_follow(
+    state: &Arc<ServerState>,
+    units: &mut Units,
+    applier: &Arc<Mutex<Applier>>,
+    writer: &mut StreamWriter,
+) -> Result<(), StreamError> {
     let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
     let mut beat = tokio::time::interval(state.replication.heartbeat);
     loop {
         tokio::select! {
-            unit = next_unit(&mut units, silence) => {
+            unit = next_unit(units, silence) => {
                 match unit? {
-                    Unit::Message(m) => handle(state, m, &mut units, applier, &mut writer).await?,
+                    Unit::Message(m) => handle(state, m, units, applier, writer).await?,
                     Unit::Chunk(_) => return Err(StreamError::Peer("file chunk outside a full sync".into())),
                 }
             }
             _ = beat.tick() => {
                 let applied = state.write_path.committed();
-                write_message(&mut writer, &Message::Heartbeat { seq: applied, ts: now_ms() }).await?;
+                write_message(writer, &Message::Heartbeat { seq: applied, ts: now_ms() }).await?;
             }
         }
     }
@@ -153,7 +167,8 @@ async fn handshake(addr: &str) -> Result<TcpStream, StreamError> {
         .map_err(|_| StreamError::Peer("primary sent data before the replica spoke".into()))
 }
 
-type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
+/// The units read from the primary, by a task of their own.
+pub type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
 
 /// Reads units on their own task so the main loop can wait on them and on timers safely.
 fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
@@ -170,7 +185,8 @@ fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
     rx
 }
 
-async fn next_unit(units: &mut Units, silence: Duration) -> Result<Unit, StreamError> {
+/// The next unit, or an error when the primary stays silent for `silence` or leaves.
+pub(crate) async fn next_unit(units: &mut Units, silence: Duration) -> Result<Unit, StreamError> {
     match tokio::time::timeout(silence, units.recv()).await {
         Err(_) => Err(StreamError::Peer(format!("primary silent for {silence:?}"))),
         Ok(None) => Err(StreamError::Peer("primary closed the stream".into())),

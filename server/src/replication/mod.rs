@@ -1,4 +1,5 @@
-//! Streaming replication from a PRIMARY to its REPLICAs (`OPLOG` mode).
+//! Replication from a PRIMARY to its REPLICAs, in `OPLOG` mode (below) or `FILE` mode
+//! ([`file_mode`]), both behind [`mode::ReplicationMode`].
 //!
 //! How it flows: a replica's [`follower`] connects to the primary's SQL port, switches the
 //! connection to the replication [`protocol`] and says where it stands (history id, sequence).
@@ -12,7 +13,9 @@
 //! operations and ms, bytes sent, state), and the follower's status and target on a replica.
 
 pub mod apply;
+pub mod file_mode;
 pub mod follower;
+pub mod mode;
 pub mod protocol;
 pub mod rollback;
 pub mod sender;
@@ -22,6 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use dirkdb_core::config::ReplicationType;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -71,6 +75,57 @@ pub struct ReplicaStatus {
     pub partial_syncs: u64,
     /// Why its last connection ended, if it did.
     pub last_error: Option<String>,
+    /// FILE mode: its copy of each database.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileCopyStatus>,
+}
+
+/// FILE mode: one database's copy on one secondary.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileCopyStatus {
+    /// Version of the last copy installed (the newest oplog sequence in it).
+    pub version: u64,
+    /// When it was installed (ms since the epoch).
+    pub copied_at_ms: i64,
+    /// Its age now, in ms.
+    pub age_ms: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Bytes of pages sent for it, all copies together.
+    pub bytes_sent: u64,
+    /// Pages sent for it, all copies together.
+    pub pages_sent: u64,
+    /// Copies installed.
+    pub copies: u64,
+    /// Copies refused or failed.
+    pub failures: u64,
+    /// Why the last one failed.
+    pub last_error: Option<String>,
+}
+
+impl FileCopyStatus {
+    /// Records an installed copy.
+    pub fn copied(&mut self, version: u64, bytes: u64, sent: u64, pages: u64) {
+        self.version = version;
+        self.copied_at_ms = now_ms();
+        self.bytes = bytes;
+        self.bytes_sent += sent;
+        self.pages_sent += pages;
+        self.copies += 1;
+    }
+
+    /// Records a failed copy.
+    pub fn failed(&mut self, sent: u64, error: String) {
+        self.bytes_sent += sent;
+        self.failures += 1;
+        self.last_error = Some(error);
+    }
+
+    fn aged(mut self, now: i64) -> Self {
+        self.age_ms = now.saturating_sub(self.copied_at_ms).max(0) as u64;
+        self
+    }
 }
 
 struct ReplicaRecord {
@@ -103,6 +158,9 @@ pub struct FollowerStatus {
     pub last_full_sync: Option<FullSyncFigures>,
     /// Why the last connection ended.
     pub last_error: Option<String>,
+    /// FILE mode: the copy of each database received.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileCopyStatus>,
 }
 
 /// Size and speed of a full sync.
@@ -124,13 +182,18 @@ pub struct ReplicationHub {
     target: watch::Sender<Option<String>>,
     acks: watch::Sender<u64>,
     streams_epoch: watch::Sender<u64>,
+    mode: watch::Sender<ReplicationType>,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
 }
 
 impl ReplicationHub {
-    /// A hub whose replica (if it is one) follows `target`.
-    pub fn new(target: Option<String>, heartbeat: Duration) -> ReplicationHub {
+    /// A hub whose replica (if it is one) follows `target`, in `mode`.
+    pub fn new(
+        target: Option<String>,
+        heartbeat: Duration,
+        mode: ReplicationType,
+    ) -> ReplicationHub {
         ReplicationHub {
             replicas: Mutex::new(BTreeMap::new()),
             follower: Mutex::new(FollowerStatus {
@@ -146,8 +209,45 @@ impl ReplicationHub {
             target: watch::channel(target).0,
             acks: watch::channel(0).0,
             streams_epoch: watch::channel(0).0,
+            mode: watch::channel(mode).0,
             heartbeat,
         }
+    }
+
+    /// The replication mode this instance runs.
+    pub fn mode(&self) -> ReplicationType {
+        *self.mode.borrow()
+    }
+
+    /// Switches the mode: every stream served ends and the follower reconnects in the new one.
+    pub fn set_mode(&self, mode: ReplicationType) -> bool {
+        let changed = self
+            .mode
+            .send_if_modified(|m| std::mem::replace(m, mode) != mode);
+        if changed {
+            self.end_streams();
+        }
+        changed
+    }
+
+    /// Notified when the mode changes.
+    pub fn watch_mode(&self) -> watch::Receiver<ReplicationType> {
+        self.mode.subscribe()
+    }
+
+    /// FILE mode: updates what the primary knows of `instance`'s copy of `db` (`None` removes it).
+    pub fn update_file_copy(
+        &self,
+        instance: &str,
+        db: &str,
+        f: Option<impl FnOnce(&mut FileCopyStatus)>,
+    ) {
+        self.with_replica(instance, |r| match f {
+            Some(f) => f(r.status.files.entry(db.to_string()).or_default()),
+            None => {
+                r.status.files.remove(db);
+            }
+        });
     }
 
     /// The primary this instance follows.
@@ -202,6 +302,7 @@ impl ReplicationHub {
                     full_syncs: 0,
                     partial_syncs: 0,
                     last_error: None,
+                    files: BTreeMap::new(),
                 },
                 syncing: true,
                 connected: true,
@@ -272,6 +373,10 @@ impl ReplicationHub {
             .values()
             .map(|r| {
                 let mut s = r.status.clone();
+                s.files = std::mem::take(&mut s.files)
+                    .into_iter()
+                    .map(|(k, v)| (k, v.aged(now)))
+                    .collect();
                 s.lag_operations = committed.saturating_sub(s.acked_sequence);
                 s.lag_ms = r
                     .unacked
@@ -303,7 +408,13 @@ impl ReplicationHub {
 
     /// The follower's status.
     pub fn follower(&self) -> FollowerStatus {
-        lock(&self.follower).clone()
+        let mut status = lock(&self.follower).clone();
+        let now = now_ms();
+        status.files = std::mem::take(&mut status.files)
+            .into_iter()
+            .map(|(k, v)| (k, v.aged(now)))
+            .collect();
+        status
     }
 
     /// Updates the follower's status.

@@ -33,11 +33,28 @@ pub struct FileInfo {
     pub bytes: u64,
 }
 
+/// What a FILE-mode secondary holds of one database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyInfo {
+    /// Database name.
+    pub name: String,
+    /// Version of its copy (0: unknown).
+    pub version: u64,
+    /// Bytes per page.
+    pub page_size: u32,
+    /// CRC-32 of each page of its copy.
+    pub crcs: Vec<u32>,
+}
+
+fn oplog_mode() -> String {
+    "OPLOG".into()
+}
+
 /// Control messages of the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    /// Replica → primary, first: who it is and where it stands.
+    /// Replica → primary, first: who it is, where it stands, and the mode it follows in.
     Hello {
         /// Replica instance id.
         instance: String,
@@ -45,6 +62,57 @@ pub enum Message {
         history: String,
         /// Its applied sequence.
         seq: u64,
+        /// `OPLOG` or `FILE` (absent: OPLOG).
+        #[serde(default = "oplog_mode")]
+        mode: String,
+    },
+    /// FILE mode, secondary → primary after `Hello`: the copies it holds.
+    FileInventory {
+        /// One per database it holds.
+        databases: Vec<CopyInfo>,
+    },
+    /// FILE mode, primary → secondary: the changed pages of a database's new copy follow as
+    /// chunks (each page: 4-byte big-endian index, then `page_size` bytes).
+    FileCopyBegin {
+        /// Database name.
+        name: String,
+        /// The copy's version (the newest oplog sequence in it; 0 when unknown).
+        version: u64,
+        /// Bytes per page.
+        page_size: u32,
+        /// Length of the whole copy.
+        bytes: u64,
+        /// CRC-32 of the whole copy, checked before it is installed.
+        file_crc: u32,
+        /// Pages that follow.
+        pages: u64,
+    },
+    /// FILE mode: the pages of a copy are all sent.
+    FileCopyEnd {
+        /// Database name.
+        name: String,
+    },
+    /// FILE mode, primary → secondary: the database no longer exists on the primary.
+    FileDrop {
+        /// Database name.
+        name: String,
+    },
+    /// FILE mode, secondary → primary: how installing a copy (or a drop) ended.
+    FileResult {
+        /// Database name.
+        name: String,
+        /// True when installed.
+        ok: bool,
+        /// Why not.
+        error: Option<String>,
+    },
+    /// FILE mode, primary → secondary: every changed database of a round was sent; the
+    /// secondary now stands at `position` (answered with `Ack`).
+    FileRoundEnd {
+        /// The primary's committed sequence when the round started.
+        position: u64,
+        /// The time of the oldest change the round carries (ms since the epoch).
+        ts: i64,
     },
     /// Primary → replica: partial sync; entries after `from` follow.
     Continue {
@@ -194,6 +262,7 @@ mod tests {
             instance: "m2".into(),
             history: "h".into(),
             seq: 7,
+            mode: "FILE".into(),
         };
         write_message(&mut a, &hello).await.unwrap();
         write_chunk(&mut a, b"abc").await.unwrap();

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
+use super::mode::Hello;
 use super::protocol::{read_message, write_chunk, write_message, Message, ProtocolError};
 use super::snapshot;
 use crate::error::ServerError;
@@ -47,28 +49,48 @@ impl From<std::io::Error> for StreamError {
     }
 }
 
-/// Serves one replica until its connection ends.
-pub async fn serve_replica<R, W>(state: Arc<ServerState>, mut reader: R, writer: W, peer: String)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send,
-{
-    let (instance, history, seq) = match read_message(&mut reader).await {
+/// Serves one secondary until its connection ends, in the mode this primary replicates in.
+pub async fn serve_replica(
+    state: Arc<ServerState>,
+    mut reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    peer: String,
+) {
+    let (hello, mode) = match read_message(&mut reader).await {
         Ok(Message::Hello {
             instance,
             history,
             seq,
-        }) => (instance, history, seq),
+            mode,
+        }) => (
+            Hello {
+                instance,
+                history,
+                seq,
+            },
+            mode,
+        ),
         other => {
             tracing::warn!(%peer, ?other, "replication stream did not start with Hello");
             return;
         }
     };
-    let hub = &state.replication;
-    hub.replica_connected(&instance, &peer);
-    tracing::info!(replica = %instance, %peer, history = %history, seq, "replica connected");
     let mut writer = BufWriter::with_capacity(256 * 1024, writer);
-    let result = stream(&state, &instance, &history, seq, reader, &mut writer).await;
+    let replication = state.replication_mode();
+    let ours = replication.kind().as_str();
+    if !mode.eq_ignore_ascii_case(ours) {
+        let message =
+            format!("this primary replicates in {ours} mode, not {mode} (replication.type)");
+        tracing::info!(replica = %hello.instance, %peer, "refused: {message}");
+        let _ = write_message(&mut writer, &Message::Error { message }).await;
+        return;
+    }
+    let (instance, hub) = (hello.instance.clone(), &state.replication);
+    hub.replica_connected(&instance, &peer);
+    tracing::info!(replica = %instance, %peer, history = %hello.history, seq = hello.seq, mode = ours, "replica connected");
+    let result = replication
+        .serve_secondary(&state, hello, reader, &mut writer)
+        .await;
     let error = result.err().map(|e| e.to_string());
     if let Some(e) = &error {
         let _ = write_message(&mut writer, &Message::Error { message: e.clone() }).await;
@@ -77,7 +99,8 @@ where
     hub.replica_disconnected(&instance, error);
 }
 
-async fn stream<R, W>(
+/// OPLOG mode, primary side: a partial or full sync, then committed entries as they appear.
+pub(crate) async fn oplog_stream<R, W>(
     state: &Arc<ServerState>,
     instance: &str,
     history: &str,
