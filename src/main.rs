@@ -32,8 +32,8 @@ enum Command {
     Cache(CacheArgs),
     /// Every instance of config.json, the proxy and the cache in one process: the local cluster.
     Cluster(ConfigArg),
-    /// The load generator (not built yet: issue #7).
-    Bench,
+    /// The load generator: throughput and latency of a workload, or replication lag.
+    Bench(dirkdb_client::bench::BenchArgs),
     /// Asks the running proxy to fail over (promote the most advanced replica, or --to ID).
     Failover(FailoverArgs),
     /// One-way replication of the database files of --from into --to, as consistent copies.
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => report(run_proxy(args)),
         Command::Cache(args) => report(run_cache(args)),
         Command::Cluster(args) => report(run_cluster(args)),
-        Command::Bench => not_yet("bench", 7),
+        Command::Bench(args) => ExitCode::from(dirkdb_client::bench::run(args).clamp(0, 255) as u8),
         Command::Failover(args) => report(run_failover(args)),
         Command::ReplicateFiles(args) => report(run_replicate_files(args)),
     }
@@ -141,11 +141,6 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(what: &str, issue: u32) -> ExitCode {
-    eprintln!("dirkdb {what}: not available in this version yet (tracked in issue #{issue})");
-    ExitCode::from(2)
 }
 
 fn init_logging() {

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 use crate::result_store::{ResultStore, StoreLimits};
 use crate::session::{CacheSession, SessionContext};
+use crate::statement_analysis::AnalysisMemo;
 use crate::stats::CacheStats;
 
 /// Everything the cache needs to run.
@@ -78,6 +79,9 @@ impl CacheSettings {
         }
     }
 }
+
+/// Statement texts whose analysis is remembered.
+const ANALYSIS_MEMO_ENTRIES: u64 = 50_000;
 
 /// Why the cache could not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,7 @@ pub async fn run(
         upstream_addr: settings.upstream.clone(),
         statement_timeout: settings.statement_timeout,
         max_statement_bytes: settings.max_statement_bytes,
+        analyses: AnalysisMemo::new(ANALYSIS_MEMO_ENTRIES),
     });
     serve(listener, ctx, settings.max_connections, shutdown).await;
     let _ = stop_tx.send(true);

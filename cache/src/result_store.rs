@@ -48,9 +48,9 @@ pub struct StoreLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// Current database (lower case; empty when none).
-    pub db: String,
+    pub db: Arc<str>,
     /// The normalized statement.
-    pub statement: String,
+    pub statement: Arc<str>,
 }
 
 /// One kept result: the response exactly as sent to the client that caused it.
@@ -163,15 +163,15 @@ impl Index {
         self.forget(&key, None);
         for t in &tables {
             self.by_table
-                .entry((key.db.clone(), t.clone()))
+                .entry((key.db.to_string(), t.clone()))
                 .or_default()
                 .insert(key.clone());
         }
         self.by_db
-            .entry(key.db.clone())
+            .entry(key.db.to_string())
             .or_default()
             .insert(key.clone());
-        let db = key.db.clone();
+        let db = key.db.to_string();
         self.live.insert(key, Live { id, db, tables });
     }
 
@@ -351,7 +351,7 @@ impl ResultStore {
             Flight {
                 id,
                 since,
-                db: key.db.clone(),
+                db: key.db.to_string(),
                 tables: tables.to_vec(),
                 rx,
             },

@@ -19,7 +19,9 @@ use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::result_store::{CacheKey, FlightOutcome, FlightRole, ResultStore};
-use crate::statement_analysis::{analyze, Analysis, CacheCommand, CacheableRead, WriteTargets};
+use crate::statement_analysis::{
+    Analysis, AnalysisMemo, CacheCommand, CacheableRead, WriteTargets,
+};
 use crate::stats::CacheStats;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::view_map::{ViewMap, ANY_TABLE, VIEWS_QUERY};
@@ -39,6 +41,8 @@ pub struct SessionContext {
     pub statement_timeout: Duration,
     /// Largest statement accepted from a client.
     pub max_statement_bytes: usize,
+    /// Analyses of statement texts seen recently.
+    pub analyses: AnalysisMemo,
 }
 
 /// How passing a statement on ended.
@@ -70,6 +74,8 @@ pub struct CacheSession {
     ctx: Arc<SessionContext>,
     upstream: Upstream,
     db: Option<String>,
+    /// `db` in lower case, as the store names it (empty when none).
+    db_key: Arc<str>,
     txn: TransactionState,
     txn_writes: Vec<WriteTargets>,
 }
@@ -82,6 +88,7 @@ impl CacheSession {
             ctx,
             upstream,
             db: None,
+            db_key: "".into(),
             txn: TransactionState::default(),
             txn_writes: Vec::new(),
         }
@@ -97,17 +104,18 @@ impl CacheSession {
             Ok(sql) => sql,
             Err(refusal) => return out.send(&refusal).await,
         };
-        let result = match analyze(&sql) {
-            Analysis::Command(command) => return self.command(command, out).await,
+        let analysis = self.ctx.analyses.analyze(&sql);
+        let result = match &*analysis {
+            Analysis::Command(command) => return self.command(*command, out).await,
             Analysis::Refused(reason) => return out.send(&Frame::error(reason)).await,
             Analysis::Cacheable(read) if !self.txn.open => self.cached_read(&sql, read, out).await,
             Analysis::Cacheable(_) | Analysis::Uncacheable(_) => {
                 CacheStats::bump(&self.ctx.stats.uncacheable);
                 self.pass(&sql, out).await
             }
-            Analysis::Use(db) => self.use_database(&sql, db, out).await,
-            Analysis::Transaction(control) => self.transaction(&sql, control, out).await,
-            Analysis::Write(targets) => self.write(&sql, targets, out).await,
+            Analysis::Use(db) => self.use_database(&sql, db.clone(), out).await,
+            Analysis::Transaction(control) => self.transaction(&sql, control.clone(), out).await,
+            Analysis::Write(targets) => self.write(&sql, targets.clone(), out).await,
         };
         match result {
             Ok(()) => Ok(()),
@@ -117,8 +125,8 @@ impl CacheSession {
     }
 
     /// The store's name for the session's database.
-    fn db_key(&self) -> String {
-        self.db.as_deref().unwrap_or("").to_lowercase()
+    fn db_key(&self) -> Arc<str> {
+        self.db_key.clone()
     }
 
     /// Sends `sql` upstream and passes the answer on, as it arrives.
@@ -206,6 +214,7 @@ impl CacheSession {
         let forwarded = self.forward(sql, out, false, None).await?;
         if !forwarded.failed {
             self.upstream.selected(&db);
+            self.db_key = db.to_lowercase().into();
             self.db = Some(db);
         }
         Ok(())
@@ -276,13 +285,13 @@ impl CacheSession {
     async fn cached_read<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         sql: &str,
-        read: CacheableRead,
+        read: &CacheableRead,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ForwardError> {
         let store = self.ctx.store.clone();
         let key = CacheKey {
             db: self.db_key(),
-            statement: read.key,
+            statement: read.key.clone(),
         };
         if let Some(hit) = store.fresh(&key) {
             CacheStats::bump(&self.ctx.stats.hits);

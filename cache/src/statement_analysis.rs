@@ -11,6 +11,7 @@
 //! would get the same column names share an entry.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use dirkdb_core::sql::classify::{classify, leading_words, StatementClass, TransactionControl};
 use dirkdb_core::sql::lexer::tokenize;
@@ -46,7 +47,7 @@ pub enum Analysis {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheableRead {
     /// The normalized statement: the key within the session's database.
-    pub key: String,
+    pub key: Arc<str>,
     /// The relations it names (lower case, without a schema prefix); views among them are
     /// resolved to their tables by the store.
     pub relations: Vec<String>,
@@ -96,6 +97,31 @@ const TIME_FUNCTIONS: [&str; 7] = [
     "strftime",
     "timediff",
 ];
+
+/// Analyses of recent statement texts, so a statement seen before costs one hash lookup instead
+/// of a parse (clients repeat the same statements; this is what makes a hit cheap).
+pub struct AnalysisMemo {
+    memo: moka::sync::Cache<Box<str>, Arc<Analysis>>,
+}
+
+impl AnalysisMemo {
+    /// A memo of at most `capacity` statement texts.
+    pub fn new(capacity: u64) -> AnalysisMemo {
+        AnalysisMemo {
+            memo: moka::sync::Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// The analysis of `sql`, from the memo or made now.
+    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        if let Some(found) = self.memo.get(sql) {
+            return found;
+        }
+        let analysis = Arc::new(analyze(sql));
+        self.memo.insert(sql.into(), analysis.clone());
+        analysis
+    }
+}
 
 /// Analyzes one statement as a client sent it.
 pub fn analyze(sql: &str) -> Analysis {
@@ -150,7 +176,10 @@ fn read_analysis(translated: &str) -> Analysis {
     } else {
         format!("{canonical}\n{}", translated.trim())
     };
-    Analysis::Cacheable(CacheableRead { key, relations })
+    Analysis::Cacheable(CacheableRead {
+        key: key.into(),
+        relations,
+    })
 }
 
 /// The table part of a possibly qualified name, in lower case (SQLite names are
@@ -306,7 +335,7 @@ mod tests {
 
     fn key(sql: &str) -> String {
         match analyze(sql) {
-            Analysis::Cacheable(read) => read.key,
+            Analysis::Cacheable(read) => read.key.to_string(),
             other => panic!("{sql}: not cacheable: {other:?}"),
         }
     }
@@ -396,6 +425,18 @@ mod tests {
             Analysis::Write(WriteTargets::Database("shop".into()))
         );
         assert_eq!(analyze("USE shop"), Analysis::Use("shop".into()));
+    }
+
+    #[test]
+    fn the_memo_answers_what_analyze_answers() {
+        let memo = AnalysisMemo::new(10);
+        for sql in [
+            "SELECT * FROM t",
+            "INSERT INTO t VALUES (1)",
+            "SELECT * FROM t",
+        ] {
+            assert_eq!(*memo.analyze(sql), analyze(sql));
+        }
     }
 
     #[test]

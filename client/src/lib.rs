@@ -8,6 +8,7 @@
 //! [`ClientError::Server`] while the connection stays usable. The proxy, the cache, the tests and
 //! the benchmarks all use this library; [`cli`] is the `dirkdb client` command.
 
+pub mod bench;
 pub mod cli;
 pub mod render;
 

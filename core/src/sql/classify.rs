@@ -70,8 +70,11 @@ pub fn classify(sql: &str) -> StatementClass {
                 StatementClass::Write
             };
         }
-        "PRAGMA" | "DIRK" => return StatementClass::Write,
+        // Statements that always write need no parse to say so.
+        "PRAGMA" | "DIRK" | "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "CREATE" | "DROP"
+        | "ALTER" => return StatementClass::Write,
         "END" => return StatementClass::Transaction(TransactionControl::Commit),
+        "SELECT" if is_plain_select(&sql) => return StatementClass::Read,
         _ => {}
     }
     match Parser::parse_sql(&SQLiteDialect {}, &sql) {
@@ -129,6 +132,22 @@ fn classify_parsed(statement: &Statement) -> StatementClass {
         }
         _ => StatementClass::Write,
     }
+}
+
+/// The fast path for the commonest statement a proxy sees: a SELECT with no parenthesis at all
+/// calls no function and has no subquery, so it cannot write or depend on its connection (TEMP
+/// names aside, which [`connection_bound`] checks). Anything else (a `(`, an unterminated literal
+/// or comment, a `;`, an unknown byte) goes to the parser.
+fn is_plain_select(sql: &str) -> bool {
+    let plain = tokenize(sql).into_iter().all(|t| match t.kind {
+        TokenKind::Punct => t.text(sql) != "(",
+        TokenKind::StringLiteral { terminated }
+        | TokenKind::QuotedIdent { terminated }
+        | TokenKind::BlockComment { terminated } => terminated,
+        TokenKind::Semicolon | TokenKind::Other => false,
+        _ => true,
+    });
+    plain && !connection_bound(sql)
 }
 
 /// True when a statement's result depends on the connection that runs it, so it must run on
@@ -198,6 +217,10 @@ mod tests {
         assert_eq!(classify("manampia ao@ t sanda (1)"), Write);
         assert_eq!(classify("SELECT last_insert_rowid()"), Write);
         assert_eq!(classify("SELECT changes ()"), Write);
+        assert_eq!(classify("SELECT v FROM kv WHERE id = 7"), Read);
+        assert_eq!(classify("SELECT * FROM temp.t"), Write);
+        assert_eq!(classify("SELECT * FROM sqlite_temp_master"), Write);
+        assert_eq!(classify("SELECT 'unterminated"), Write);
         assert_eq!(classify("SELECT my_changes_col FROM t"), Read);
         assert_eq!(classify("SELECT \"changes\"()"), Write);
         assert_eq!(classify("SELECT 'changes()' AS label"), Read);
