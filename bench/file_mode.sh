@@ -2,7 +2,8 @@
 # FILE replication figures on this machine, on fresh data directories: write → visible on the
 # secondary, and bytes sent per small write to a database of MB megabytes, first with page
 # deltas, then with whole-file copies (pageDeltas: false).
-# Usage: bench/file_mode.sh [MB] [writes]   (defaults 100 and 20; leaves nothing running)
+# Usage: bench/file_mode.sh [MB] [writes]   (defaults 100 and 20; FILE_INTERVAL=s sets intervalSeconds;
+#        leaves nothing running)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mb=${1:-100}
@@ -23,7 +24,7 @@ for deltas in true false; do
 { "instances": [
   { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": $P1, "adminPort": $A1, "dataDirectory": "$work/m1" },
   { "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": $P2, "adminPort": $A2, "dataDirectory": "$work/m2" } ],
-  "replication": { "type": "FILE", "intervalSeconds": 2, "pageDeltas": $deltas } }
+  "replication": { "type": "FILE", "intervalSeconds": ${FILE_INTERVAL:-2}, "pageDeltas": $deltas } }
 JSON
   for m in m1 m2; do RUST_LOG=warn $bin server --config "$work/config.json" --instance $m 2>>"$work/$m.log" & pids+=($!); done
   sleep 1

@@ -161,6 +161,27 @@ impl DeltaWriter {
         })
     }
 
+    /// Patches `target` where it lies (created when missing): no copy of the previous version,
+    /// so a large database costs only its changed pages. If the result fails its CRC the caller
+    /// must delete the file (its pages then match nothing and everything is sent again).
+    pub fn in_place(target: &Path, page_size: u32, bytes: u64) -> Result<Self> {
+        if page_size < 512 || !page_size.is_power_of_two() || page_size > 65536 {
+            return Err(ServerError::Refused(format!(
+                "page size {page_size} is not a SQLite page size"
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(target)?;
+        Ok(DeltaWriter {
+            file,
+            page_size,
+            bytes,
+        })
+    }
+
     /// Writes page `index`.
     pub fn write_page(&mut self, index: u32, page: &[u8]) -> Result<()> {
         let offset = u64::from(index) * u64::from(self.page_size);

@@ -15,10 +15,10 @@
 //!    API ([`crate::file_copy`]): a consistent state, never a file read mid-write. Only the pages
 //!    whose CRC differs from the secondary's copy are sent (page deltas, `pageDeltas: false`
 //!    sends them all), in chunks of [`PAGES_PER_CHUNK`], with the whole file's CRC.
-//! 4. The secondary rebuilds the copy from its shadow plus the pages, refuses it unless the CRC
-//!    matches (the primary then resends every page), and installs it into the live database with
-//!    the backup API: readers see the old or the new database, never a mix or an error. It
-//!    answers `FileResult` for each database.
+//! 4. The secondary patches its shadow with the pages in place, refuses the result unless the CRC
+//!    matches (the shadow is deleted and the primary resends every page), and installs it into
+//!    the live database with the backup API: readers see the old or the new database, never a
+//!    mix or an error. It answers `FileResult` for each database.
 //! 5. Databases the primary no longer has are dropped on the secondary; new ones are created.
 //!    The round ends with the primary's position; the secondary acknowledges it, so lag shows in
 //!    `/replication/replicas` as in OPLOG mode, with each database's copy (version, age, size,
@@ -742,13 +742,11 @@ async fn receive_copy(
 ) -> Result<crate::error::Result<()>, StreamError> {
     let shadows = state.data_dir().join(SHADOW_DIR);
     let shadow = shadows.join(format!("{}.db", copy.name));
-    let incoming = shadows.join(format!("{}.db.incoming", copy.name));
-    let (base, target, page_size, bytes) =
-        (shadow.clone(), incoming.clone(), copy.page_size, copy.bytes);
+    let (target, page_size, bytes) = (shadow.clone(), copy.page_size, copy.bytes);
     let mut delta = Some(
         blocking(move || {
             std::fs::create_dir_all(target.parent().unwrap_or(Path::new(".")))?;
-            DeltaWriter::start(Some(&base), &target, page_size, bytes)
+            DeltaWriter::in_place(&target, page_size, bytes)
         })
         .await,
     );
@@ -756,8 +754,12 @@ async fn receive_copy(
     loop {
         match next_unit(units, silence).await? {
             Unit::Chunk(chunk) => {
-                if let Some(Ok(writer)) = delta.take() {
-                    delta = Some(blocking(move || write_pages(writer, &chunk, page_size)).await);
+                // After a failed write the rest of the copy is read and dropped.
+                if matches!(delta, Some(Ok(_))) {
+                    if let Some(Ok(writer)) = delta.take() {
+                        delta =
+                            Some(blocking(move || write_pages(writer, &chunk, page_size)).await);
+                    }
                 }
             }
             Unit::Message(Message::FileCopyEnd { name }) if name == copy.name => break,
@@ -771,8 +773,7 @@ async fn receive_copy(
         None => return Ok(Err(ServerError::Internal("copy lost".into()))),
     };
     let (s, name, crc) = (state.clone(), copy.name.clone(), copy.file_crc);
-    let installed =
-        blocking(move || Ok(install(&s, &name, writer, &incoming, &shadow, crc))).await?;
+    let installed = blocking(move || Ok(install(&s, &name, writer, &shadow, crc))).await?;
     Ok(installed)
 }
 
@@ -794,26 +795,23 @@ fn write_pages(
     Ok(writer)
 }
 
-/// Verifies the rebuilt copy and writes it into the live database (created when new).
+/// Verifies the patched shadow and writes it into the live database (created when new). A
+/// shadow that fails its CRC is deleted: the next inventory asks for every page.
 fn install(
     state: &ServerState,
     name: &str,
     writer: DeltaWriter,
-    incoming: &Path,
     shadow: &Path,
     crc: u32,
 ) -> crate::error::Result<()> {
-    let verified = writer.finish(incoming, crc);
-    if let Err(e) = verified {
-        let _ = std::fs::remove_file(incoming);
+    if let Err(e) = writer.finish(shadow, crc) {
+        let _ = std::fs::remove_file(shadow);
         return Err(e);
     }
     let owner = state.new_owner();
     state.under_gate(owner, || {
         state.catalog.create(name, true)?;
         let db = state.catalog.get(name)?;
-        file_copy::install_copy(incoming, db.path())?;
-        std::fs::rename(incoming, shadow)?;
-        Ok(())
+        file_copy::install_copy(shadow, db.path())
     })
 }
