@@ -16,6 +16,24 @@ use serde::{Deserialize, Serialize};
 /// The statement that turns a connection into a change feed.
 pub const CHANGES_STATEMENT: &str = "DIRK CHANGES";
 
+/// True when `incoming` is `DIRK CHANGES` (any case, any whitespace between and around the words).
+pub fn is_changes_statement(incoming: &crate::connection::Incoming) -> bool {
+    matches!(incoming, crate::connection::Incoming::Statement(sql) if is_changes_sql(sql))
+}
+
+/// [`is_changes_statement`] on a statement's text.
+pub fn is_changes_sql(sql: &str) -> bool {
+    let mut words = sql.split_whitespace();
+    let mut expected = CHANGES_STATEMENT.split_whitespace();
+    loop {
+        match (words.next(), expected.next()) {
+            (None, None) => return true,
+            (Some(w), Some(e)) if w.eq_ignore_ascii_case(e) => {}
+            _ => return false,
+        }
+    }
+}
+
 /// How often an idle feed sends an empty notice.
 pub const FEED_HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -60,6 +78,18 @@ impl ChangeNotice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_statement_is_recognized_in_any_spelling() {
+        use crate::connection::Incoming;
+        let st = |s: &str| Incoming::Statement(s.into());
+        assert!(is_changes_statement(&st("DIRK CHANGES")));
+        assert!(is_changes_statement(&st("\n dirk\tChanges  ")));
+        assert!(!is_changes_statement(&st("DIRK CHANGES 5")));
+        assert!(!is_changes_statement(&st("DIRK CHANGE")));
+        assert!(!is_changes_statement(&st("DIRKCHANGES")));
+        assert!(!is_changes_statement(&Incoming::InvalidUtf8));
+    }
 
     #[test]
     fn notices_round_trip_and_stay_small() {

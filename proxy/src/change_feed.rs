@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dirkdb_client::Client;
+pub use dirkdb_core::change_feed::{is_changes_sql, is_changes_statement};
 use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
-use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -41,22 +42,6 @@ pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A primary's feed silent this long is taken for dead.
 pub const SILENCE: Duration = Duration::from_millis(3 * FEED_HEARTBEAT.as_millis() as u64);
-
-/// True for `DIRK CHANGES` (case-insensitive, any whitespace between and around the words).
-pub fn is_changes_statement(incoming: &Incoming) -> bool {
-    matches!(incoming, Incoming::Statement(sql) if is_changes_sql(sql))
-}
-
-/// [`is_changes_statement`] on a statement's text.
-pub fn is_changes_sql(sql: &str) -> bool {
-    let words: Vec<&str> = sql.split_whitespace().collect();
-    let expected: Vec<&str> = CHANGES_STATEMENT.split_whitespace().collect();
-    words.len() == expected.len()
-        && words
-            .iter()
-            .zip(&expected)
-            .all(|(w, e)| w.eq_ignore_ascii_case(e))
-}
 
 /// A feed opened on a primary, its first notice read but not yet passed on.
 pub struct Upstream {
@@ -193,19 +178,4 @@ fn primary_changed(upstream: &Upstream, topology: &ArcSwap<Topology>) -> Option<
             upstream.backend.id, primary.id
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognizes_the_statement() {
-        let st = |s: &str| Incoming::Statement(s.into());
-        assert!(is_changes_statement(&st("DIRK CHANGES")));
-        assert!(is_changes_statement(&st("\n dirk\tchanges  ")));
-        assert!(!is_changes_statement(&st("DIRK CHANGES x")));
-        assert!(!is_changes_statement(&st("DIRK POSITION")));
-        assert!(!is_changes_statement(&Incoming::TooLarge { bytes: 9 }));
-    }
 }

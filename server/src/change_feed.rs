@@ -29,8 +29,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
-use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+pub use dirkdb_core::change_feed::is_changes_statement;
+use dirkdb_core::change_feed::{ChangeNotice, FEED_HEARTBEAT};
+use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -40,22 +41,6 @@ use crate::write_path::WritePath;
 
 /// Backlog entries read per lock of the backlog.
 pub const BATCH: usize = 1000;
-
-/// True for `DIRK CHANGES` (case-insensitive, any whitespace between and around the words).
-pub fn is_changes_statement(incoming: &Incoming) -> bool {
-    let Incoming::Statement(sql) = incoming else {
-        return false;
-    };
-    let mut words = sql.split_whitespace();
-    let mut expected = CHANGES_STATEMENT.split_whitespace();
-    loop {
-        match (words.next(), expected.next()) {
-            (None, None) => return true,
-            (Some(w), Some(e)) if w.eq_ignore_ascii_case(e) => {}
-            _ => return false,
-        }
-    }
-}
 
 /// Where a feed stands: the position its last notice brought the reader to, and the backlog
 /// generation it read that position in.
@@ -254,17 +239,6 @@ mod tests {
         list.iter()
             .map(|(d, t)| (d.to_string(), t.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn recognizes_the_statement() {
-        let st = |s: &str| Incoming::Statement(s.into());
-        assert!(is_changes_statement(&st("DIRK CHANGES")));
-        assert!(is_changes_statement(&st("  dirk \n\t Changes ")));
-        assert!(!is_changes_statement(&st("DIRK CHANGES 5")));
-        assert!(!is_changes_statement(&st("DIRK CHANGE")));
-        assert!(!is_changes_statement(&st("DIRKCHANGES")));
-        assert!(!is_changes_statement(&Incoming::InvalidUtf8));
     }
 
     #[test]
