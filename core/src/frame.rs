@@ -213,7 +213,7 @@ impl FrameDecoder {
     }
 
     fn take_line(&mut self, buf: &mut BytesMut) -> Result<Option<String>, FrameError> {
-        let Some(pos) = buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+        let Some(pos) = memchr::memchr(b'\n', &buf[self.scanned..]) else {
             self.scanned = buf.len();
             if self.scanned > self.max_frame_bytes {
                 return Err(FrameError::TooLarge(self.max_frame_bytes));
