@@ -635,7 +635,7 @@ async fn on_message(
     units: &mut Units,
     writer: &mut StreamWriter,
 ) -> Result<(), StreamError> {
-    match message {
+    let answer = match message {
         Message::FileCopyBegin {
             name,
             version,
@@ -644,7 +644,6 @@ async fn on_message(
             file_crc,
             pages,
         } => {
-            validate_name(&name).map_err(StreamError::Server)?;
             let copy = IncomingCopy {
                 name,
                 version,
@@ -653,45 +652,9 @@ async fn on_message(
                 file_crc,
                 pages,
             };
-            let result = receive_copy(state, &copy, units).await?;
-            let (ok, error) = match result {
-                Ok(()) => (true, None),
-                Err(e) => (false, Some(e.to_string())),
-            };
-            record_follower_copy(state, &copy, error.clone());
-            write_message(
-                writer,
-                &Message::FileResult {
-                    name: copy.name,
-                    ok,
-                    error,
-                },
-            )
-            .await?;
+            on_copy(state, copy, units).await?
         }
-        Message::FileDrop { name } => {
-            validate_name(&name).map_err(StreamError::Server)?;
-            let (s, n) = (state.clone(), name.clone());
-            let dropped = blocking(move || {
-                s.catalog.drop_database(&n, true)?;
-                let _ = std::fs::remove_file(s.data_dir().join(SHADOW_DIR).join(format!("{n}.db")));
-                Ok(())
-            })
-            .await;
-            state.replication.update_follower(|f| {
-                f.files.remove(&name);
-            });
-            let error = dropped.err().map(|e| e.to_string());
-            write_message(
-                writer,
-                &Message::FileResult {
-                    name,
-                    ok: error.is_none(),
-                    error,
-                },
-            )
-            .await?;
-        }
+        Message::FileDrop { name } => on_drop(state, name).await?,
         Message::FileRoundEnd { position, ts } => {
             state.write_path.reset(position);
             state.replication.update_follower(|f| {
@@ -699,17 +662,59 @@ async fn on_message(
                 f.primary_sequence = f.primary_sequence.max(position);
                 f.last_applied_commit_ms = ts;
             });
-            write_message(writer, &Message::Ack { applied: position }).await?;
+            Message::Ack { applied: position }
         }
         Message::Heartbeat { seq, .. } => {
             state
                 .replication
                 .update_follower(|f| f.primary_sequence = seq);
+            return Ok(());
         }
         Message::Error { message } => return Err(StreamError::Peer(format!("primary: {message}"))),
         other => return Err(StreamError::Peer(format!("unexpected message {other:?}"))),
-    }
+    };
+    write_message(writer, &answer).await?;
     Ok(())
+}
+
+/// Receives and installs one copy; answers how it went.
+async fn on_copy(
+    state: &Arc<ServerState>,
+    copy: IncomingCopy,
+    units: &mut Units,
+) -> Result<Message, StreamError> {
+    validate_name(&copy.name).map_err(StreamError::Server)?;
+    let error = receive_copy(state, &copy, units)
+        .await?
+        .err()
+        .map(|e| e.to_string());
+    record_follower_copy(state, &copy, error.clone());
+    Ok(Message::FileResult {
+        name: copy.name,
+        ok: error.is_none(),
+        error,
+    })
+}
+
+/// Drops a database the primary no longer has, with its shadow; answers how it went.
+async fn on_drop(state: &Arc<ServerState>, name: String) -> Result<Message, StreamError> {
+    validate_name(&name).map_err(StreamError::Server)?;
+    let (s, n) = (state.clone(), name.clone());
+    let dropped = blocking(move || {
+        s.catalog.drop_database(&n, true)?;
+        let _ = std::fs::remove_file(s.data_dir().join(SHADOW_DIR).join(format!("{n}.db")));
+        Ok(())
+    })
+    .await;
+    state.replication.update_follower(|f| {
+        f.files.remove(&name);
+    });
+    let error = dropped.err().map(|e| e.to_string());
+    Ok(Message::FileResult {
+        name,
+        ok: error.is_none(),
+        error,
+    })
 }
 
 /// A copy being received.
