@@ -98,6 +98,9 @@ const TIME_FUNCTIONS: [&str; 7] = [
     "timediff",
 ];
 
+/// Longest statement whose analysis is remembered (a long one is dominated by its own work).
+pub const MEMO_MAX_STATEMENT_BYTES: usize = 4096;
+
 /// Analyses of recent statement texts, so a statement seen before costs one hash lookup instead
 /// of a parse (clients repeat the same statements; this is what makes a hit cheap).
 pub struct AnalysisMemo {
@@ -112,8 +115,12 @@ impl AnalysisMemo {
         }
     }
 
-    /// The analysis of `sql`, from the memo or made now.
+    /// The analysis of `sql`, from the memo or made now. Statements longer than
+    /// [`MEMO_MAX_STATEMENT_BYTES`] are not remembered, so the memo's memory stays bounded.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        if sql.len() > MEMO_MAX_STATEMENT_BYTES {
+            return Arc::new(analyze(sql));
+        }
         if let Some(found) = self.memo.get(sql) {
             return found;
         }
