@@ -26,7 +26,7 @@ for deltas in true false; do
   { "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": $P2, "adminPort": $A2, "dataDirectory": "$work/m2" } ],
   "replication": { "type": "FILE", "intervalSeconds": ${FILE_INTERVAL:-2}, "pageDeltas": $deltas } }
 JSON
-  for m in m1 m2; do RUST_LOG=warn $bin server --config "$work/config.json" --instance $m 2>>"$work/$m.log" & pids+=($!); done
+  for m in m1 m2; do RUST_LOG=${RUST_LOG:-warn} $bin server --config "$work/config.json" --instance $m 2>>"$work/$m.log" & pids+=($!); done
   sleep 1
   echo "== FILE mode, pageDeltas=$deltas, ${mb} MB database"
   $fig 127.0.0.1:$P1 127.0.0.1:$A1 127.0.0.1:$P2 "$mb" "$writes"

@@ -437,13 +437,18 @@ impl PrimaryRounds<'_> {
         let (n, c) = (name.to_string(), copy.clone());
         let taken = blocking(move || {
             std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")))?;
+            let started = Instant::now();
             let db = state.catalog.get(&n)?;
             let conn = db.lease()?;
             let taken = file_copy::snapshot_database(&conn, &c);
             db.give_back(conn);
             taken?;
+            let snapshot_ms = started.elapsed().as_millis() as u64;
             let version = copy_version(&file_copy::open_source(&c)?);
-            Ok((version, PageMap::of_file(&c)?))
+            let map = PageMap::of_file(&c)?;
+            let map_ms = started.elapsed().as_millis() as u64 - snapshot_ms;
+            tracing::debug!(database = %n, bytes = map.bytes, snapshot_ms, map_ms, "copy taken");
+            Ok((version, map))
         })
         .await;
         let Ok((version, map)) = taken else {
@@ -809,14 +814,19 @@ fn install(
     shadow: &Path,
     crc: u32,
 ) -> crate::error::Result<()> {
+    let started = Instant::now();
     if let Err(e) = writer.finish(shadow, crc) {
         let _ = std::fs::remove_file(shadow);
         return Err(e);
     }
+    let verify_ms = started.elapsed().as_millis() as u64;
     let owner = state.new_owner();
     state.under_gate(owner, || {
         state.catalog.create(name, true)?;
         let db = state.catalog.get(name)?;
         file_copy::install_copy(shadow, db.path())
-    })
+    })?;
+    let install_ms = started.elapsed().as_millis() as u64 - verify_ms;
+    tracing::debug!(database = name, verify_ms, install_ms, "copy installed");
+    Ok(())
 }
