@@ -164,78 +164,67 @@ async fn a_primary_s_feed_lists_exactly_what_each_commit_touched() {
     let (mut feed, first) = Feed::open(&cluster.addr(0)).await;
     assert_eq!(first.to_text(), format!(r#"{{"upto":{committed}}}"#));
 
-    step(
-        &mut w,
-        &mut feed,
-        &["CREATE DATABASE shop"],
-        changes(&[], &[], &["shop"]),
-    )
-    .await;
-    let create_a = ["USE shop", "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)"];
-    step(&mut w, &mut feed, &create_a, changes(&[], &["shop"], &[])).await;
-    let create_b = ["CREATE TABLE b(id INTEGER PRIMARY KEY, n INTEGER)"];
-    step(&mut w, &mut feed, &create_b, changes(&[], &["shop"], &[])).await;
-    let insert = ["INSERT INTO a(v) VALUES ('x'), ('y')"];
-    step(
-        &mut w,
-        &mut feed,
-        &insert,
-        changes(&[("shop", "a")], &[], &[]),
-    )
-    .await;
-    // One transaction over two tables: one notice, each table once.
-    let txn = [
-        "BEGIN",
-        "INSERT INTO b(n) VALUES (1)",
-        "UPDATE a SET v = 'z' WHERE id = 1",
-        "INSERT INTO b(n) VALUES (2)",
-        "COMMIT",
+    // Each step: statements, then the one notice they must cause (tables, schemas, databases).
+    type Step<'a> = (&'a [&'a str], ChangeNotice);
+    let steps: Vec<Step> = vec![
+        (&["CREATE DATABASE shop"], changes(&[], &[], &["shop"])),
+        (
+            &["USE shop", "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)"],
+            changes(&[], &["shop"], &[]),
+        ),
+        (
+            &["CREATE TABLE b(id INTEGER PRIMARY KEY, n INTEGER)"],
+            changes(&[], &["shop"], &[]),
+        ),
+        (
+            &["INSERT INTO a(v) VALUES ('x'), ('y')"],
+            changes(&[("shop", "a")], &[], &[]),
+        ),
+        // One transaction over two tables: one notice, each table once.
+        (
+            &[
+                "BEGIN",
+                "INSERT INTO b(n) VALUES (1)",
+                "UPDATE a SET v = 'z' WHERE id = 1",
+                "INSERT INTO b(n) VALUES (2)",
+                "COMMIT",
+            ],
+            changes(&[("shop", "a"), ("shop", "b")], &[], &[]),
+        ),
+        // A write that changes no row commits nothing: the notice is the next write's.
+        (
+            &[
+                "UPDATE b SET n = 5 WHERE id = 999",
+                "UPDATE b SET n = n + 1",
+            ],
+            changes(&[("shop", "b")], &[], &[]),
+        ),
+        (
+            &["DELETE FROM a WHERE id = 2"],
+            changes(&[("shop", "a")], &[], &[]),
+        ),
+        (
+            &["ALTER TABLE b ADD COLUMN note TEXT"],
+            changes(&[], &["shop"], &[]),
+        ),
+        (&["CREATE DATABASE other"], changes(&[], &[], &["other"])),
+        (
+            &["USE other", "CREATE TABLE c(x)"],
+            changes(&[], &["other"], &[]),
+        ),
+        (
+            &["INSERT INTO c VALUES (1), (2)"],
+            changes(&[("other", "c")], &[], &[]),
+        ),
+        (
+            &["USE shop", "DROP DATABASE other"],
+            changes(&[], &[], &["other"]),
+        ),
+        (&["DROP TABLE a"], changes(&[], &["shop"], &[])),
     ];
-    let both = changes(&[("shop", "a"), ("shop", "b")], &[], &[]);
-    step(&mut w, &mut feed, &txn, both).await;
-    // A write that changes no row commits nothing: the next notice is the next write's.
-    w.execute("UPDATE b SET n = 5 WHERE id = 999")
-        .await
-        .unwrap();
-    let update = ["UPDATE b SET n = n + 1"];
-    step(
-        &mut w,
-        &mut feed,
-        &update,
-        changes(&[("shop", "b")], &[], &[]),
-    )
-    .await;
-    let delete = ["DELETE FROM a WHERE id = 2"];
-    step(
-        &mut w,
-        &mut feed,
-        &delete,
-        changes(&[("shop", "a")], &[], &[]),
-    )
-    .await;
-    let alter = ["ALTER TABLE b ADD COLUMN note TEXT"];
-    step(&mut w, &mut feed, &alter, changes(&[], &["shop"], &[])).await;
-    step(
-        &mut w,
-        &mut feed,
-        &["CREATE DATABASE other"],
-        changes(&[], &[], &["other"]),
-    )
-    .await;
-    let create_c = ["USE other", "CREATE TABLE c(x)"];
-    step(&mut w, &mut feed, &create_c, changes(&[], &["other"], &[])).await;
-    let insert_c = ["INSERT INTO c VALUES (1), (2)"];
-    step(
-        &mut w,
-        &mut feed,
-        &insert_c,
-        changes(&[("other", "c")], &[], &[]),
-    )
-    .await;
-    let drop_db = ["USE shop", "DROP DATABASE other"];
-    step(&mut w, &mut feed, &drop_db, changes(&[], &[], &["other"])).await;
-    let drop_table = ["DROP TABLE a"];
-    step(&mut w, &mut feed, &drop_table, changes(&[], &["shop"], &[])).await;
+    for (statements, expected) in steps {
+        step(&mut w, &mut feed, statements, expected).await;
+    }
 
     // Idle: heartbeats with the same position, about every 500 ms.
     let last = feed.upto;
