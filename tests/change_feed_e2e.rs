@@ -479,14 +479,7 @@ async fn through_the_proxy_a_feed_ends_when_the_primary_dies_and_a_dead_primary_
 
 #[tokio::test]
 async fn the_proxy_answers_dirk_seen_and_position_and_seen_positions_are_read() {
-    let mut cluster = Cluster::configure_with(
-        1,
-        OPLOG,
-        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "READ_YOUR_WRITES", "maxReplicationLagMs": 60000 } }"#,
-    );
-    cluster.spawn(0);
-    cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
-    cluster.spawn_proxy();
+    let cluster = Cluster::start_with_lagging_replica("READ_YOUR_WRITES", 400);
     let mut c = cluster.proxy_client().await;
     assert_eq!(position(&mut c, "DIRK POSITION").await, 0);
     assert_eq!(position(&mut c, "dirk seen 7").await, 7);

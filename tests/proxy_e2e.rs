@@ -141,14 +141,7 @@ async fn least_connections_spreads_reads_over_idle_replicas() {
 
 #[tokio::test]
 async fn a_session_reads_its_own_writes_from_a_lagging_replica_while_others_may_read_stale() {
-    let mut cluster = Cluster::configure_with(
-        1,
-        OPLOG,
-        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "READ_YOUR_WRITES", "maxReplicationLagMs": 60000 } }"#,
-    );
-    cluster.spawn(0);
-    cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
-    cluster.spawn_proxy();
+    let cluster = Cluster::start_with_lagging_replica("READ_YOUR_WRITES", 400);
     let mut writer = cluster.proxy_client().await;
     setup(&mut writer).await;
     cluster.assert_same_data(0);
@@ -180,14 +173,7 @@ async fn a_session_reads_its_own_writes_from_a_lagging_replica_while_others_may_
 
 #[tokio::test]
 async fn eventual_consistency_lets_a_session_read_stale_data() {
-    let mut cluster = Cluster::configure_with(
-        1,
-        OPLOG,
-        r#"{ "reads": { "includeRoles": ["REPLICA"], "consistency": "EVENTUAL", "maxReplicationLagMs": 60000 } }"#,
-    );
-    cluster.spawn(0);
-    cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", "400")]);
-    cluster.spawn_proxy();
+    let cluster = Cluster::start_with_lagging_replica("EVENTUAL", 400);
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     cluster.assert_same_data(0);

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dirkdb_core::accept_loop::serve_clients;
+use dirkdb_core::accept_loop::{next_statement, serve_clients};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use tokio::net::{TcpListener, TcpStream};
@@ -178,14 +178,8 @@ async fn handle_client(
 ) -> Result<(), ConnectionError> {
     let mut conn = ServerConnection::new(socket, ctx.max_statement_bytes);
     let mut session = CacheSession::new(ctx);
-    loop {
-        let incoming = tokio::select! {
-            incoming = conn.read_statement() => incoming?,
-            _ = stop.changed() => return Ok(()),
-        };
-        let Some(incoming) = incoming else {
-            return Ok(());
-        };
+    while let Some(incoming) = next_statement(&mut conn, stop).await? {
         session.handle(incoming, &mut conn).await?;
     }
+    Ok(())
 }

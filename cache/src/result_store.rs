@@ -61,7 +61,6 @@ pub struct CachedResult {
     pub bytes: Bytes,
     /// When it was fetched.
     pub stored_at: Instant,
-    tables: Vec<String>,
 }
 
 /// What a miss does: fetch (and share) the answer, or wait for the one in flight.
@@ -383,7 +382,6 @@ impl ResultStore {
             id,
             bytes,
             stored_at: Instant::now(),
-            tables: tables.clone(),
         });
         index.add(key.clone(), id, tables);
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
@@ -499,11 +497,6 @@ impl ResultStore {
         let reached =
             tokio::time::timeout(wait, rx.wait_for(|f| !f.connected || f.upto >= position)).await;
         matches!(reached, Ok(Ok(state)) if state.connected && state.upto >= position)
-    }
-
-    /// The tables an entry depends on (for tests and diagnostics).
-    pub fn tables_of(&self, key: &CacheKey) -> Option<Vec<String>> {
-        self.cache.get(key).map(|r| r.tables.clone())
     }
 }
 

@@ -51,8 +51,6 @@ pub struct Upstream {
     floor_supported: bool,
     timeout: Duration,
     deadline: Option<Instant>,
-    /// True when the last connection broke (so a session knows its transaction is gone).
-    pub reconnected: bool,
 }
 
 impl Upstream {
@@ -66,13 +64,7 @@ impl Upstream {
             floor_supported: true,
             timeout,
             deadline: None,
-            reconnected: false,
         }
-    }
-
-    /// The upstream's address.
-    pub fn addr(&self) -> &str {
-        &self.addr
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> UpstreamError {
@@ -164,7 +156,6 @@ impl Upstream {
             Ok(Err(e)) => Err(self.broken(e)),
             Err(_) => {
                 self.client = None;
-                self.reconnected = true;
                 Err(UpstreamError::Timeout {
                     addr: self.addr.clone(),
                     ms: self.timeout.as_millis() as u64,
@@ -175,7 +166,6 @@ impl Upstream {
 
     fn broken(&mut self, e: ClientError) -> UpstreamError {
         self.client = None;
-        self.reconnected = true;
         self.unreachable(e)
     }
 

@@ -7,10 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::connection::ServerConnection;
+use crate::connection::{ConnectionError, Incoming, ServerConnection};
 use crate::frame::Frame;
 
 /// Accepts clients until `shutdown` resolves; `handle` serves one client and should return soon
@@ -54,6 +55,18 @@ pub async fn serve_clients<H, F>(
     }
     let _ = stop_tx.send(true);
     let _ = permits.acquire_many(max_connections as u32).await;
+}
+
+/// The client's next statement; `None` when it closed the connection or the process is
+/// stopping (`stop` changed), so a client loop ends either way.
+pub async fn next_statement<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut ServerConnection<S>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Incoming>, ConnectionError> {
+    tokio::select! {
+        incoming = conn.read_statement() => incoming,
+        _ = stop.changed() => Ok(None),
+    }
 }
 
 async fn refuse(socket: TcpStream, reason: String) {

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use dirkdb_core::accept_loop::serve_clients;
+use dirkdb_core::accept_loop::{next_statement, serve_clients};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
@@ -157,14 +157,7 @@ async fn handle_client(
     let max = topology.load().config.limits.max_statement_bytes;
     let mut conn = ServerConnection::new(socket, max);
     let mut session = ProxySession::new(topology.clone(), file_triggers);
-    loop {
-        let incoming = tokio::select! {
-            incoming = conn.read_statement() => incoming?,
-            _ = stop.changed() => return Ok(()),
-        };
-        let Some(incoming) = incoming else {
-            return Ok(());
-        };
+    while let Some(incoming) = next_statement(&mut conn, stop).await? {
         if change_feed::is_changes_statement(&incoming) {
             let subscribed = tokio::select! {
                 s = change_feed::subscribe(&topology) => s,
@@ -188,4 +181,5 @@ async fn handle_client(
         }
         session.handle(incoming, &mut conn).await?;
     }
+    Ok(())
 }

@@ -55,6 +55,21 @@ impl Cluster {
         self.spawn_proxy();
     }
 
+    /// One primary and one replica that applies every batch `apply_delay_ms` late, behind a
+    /// proxy reading only from replicas with `consistency` and a lag limit of 60 s: the setup
+    /// for showing what a lagging replica does to reads.
+    pub fn start_with_lagging_replica(consistency: &str, apply_delay_ms: u64) -> Cluster {
+        let routing = format!(
+            r#"{{ "reads": {{ "includeRoles": ["REPLICA"], "consistency": "{consistency}", "maxReplicationLagMs": 60000 }} }}"#
+        );
+        let mut cluster = Cluster::configure_with(1, r#"{ "maxEntries": 1000000 }"#, &routing);
+        cluster.spawn(0);
+        let delay = apply_delay_ms.to_string();
+        cluster.spawn_with_env(1, &[("DIRKDB_APPLY_DELAY_MS", delay.as_str())]);
+        cluster.spawn_proxy();
+        cluster
+    }
+
     /// Writes the config without starting anything.
     pub fn configure(replicas: usize, oplog: &str) -> Cluster {
         Cluster::configure_with(replicas, oplog, "{}")
