@@ -7,7 +7,6 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -17,14 +16,14 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::file_triggers::FileTriggers;
-use crate::topology::Topology;
+use crate::topology::{SharedTopology, Topology};
 use crate::ProxyStats;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
 pub struct AdminState {
     /// The current topology.
-    pub topology: Arc<ArcSwap<Topology>>,
+    pub topology: Arc<SharedTopology>,
     /// Client counters.
     pub stats: Arc<ProxyStats>,
     /// FILE-mode write triggers and their counters.

@@ -25,7 +25,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use dirkdb_client::Client;
 pub use dirkdb_core::change_feed::{is_changes_sql, is_changes_statement};
 use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
@@ -35,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::Backend;
 use crate::error::ProxyError;
-use crate::topology::Topology;
+use crate::topology::SharedTopology;
 
 /// Longest wait to connect to the primary and for its first notice.
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -58,7 +57,7 @@ impl Upstream {
 }
 
 /// Opens a feed on the topology's current primary and reads its first notice.
-pub async fn subscribe(topology: &ArcSwap<Topology>) -> Result<Upstream, ProxyError> {
+pub async fn subscribe(topology: &SharedTopology) -> Result<Upstream, ProxyError> {
     let backend = topology.load().primary().clone();
     let fail = |reason: String| ProxyError::Backend {
         instance: backend.id.clone(),
@@ -117,7 +116,7 @@ enum End {
 pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     mut upstream: Upstream,
     out: &mut ServerConnection<S>,
-    topology: &ArcSwap<Topology>,
+    topology: &SharedTopology,
 ) -> Result<(), ConnectionError> {
     out.send(&upstream.first).await?;
     let mut tick = tokio::time::interval(FEED_HEARTBEAT);
@@ -167,7 +166,7 @@ fn ended(upstream: &Upstream, why: &str) -> String {
 }
 
 /// The client's message when the topology's primary is no longer the feed's instance.
-fn primary_changed(upstream: &Upstream, topology: &ArcSwap<Topology>) -> Option<String> {
+fn primary_changed(upstream: &Upstream, topology: &SharedTopology) -> Option<String> {
     let current = topology.load();
     let primary = current.primary();
     let same = Arc::ptr_eq(primary, &upstream.backend)

@@ -8,25 +8,23 @@
 //! the chosen primary calling itself PRIMARY, it configures it to follow the chosen one; that
 //! node refuses writes from then on, and its writes the new primary never received are saved to
 //! a rollback file before it resyncs (see the server's `replication::rollback`).
+//!
+//! A failover holds the topology's writer turn from its choice to its store, so an automatic and
+//! a manual failover, or a failover and a live reload, never overwrite each other.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use arc_swap::ArcSwap;
 
 use crate::backend::HealthState;
 use crate::http::{get_json, post_json};
-use crate::topology::Topology;
+use crate::topology::{SharedTopology, Topology};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Promotes `to` (or the most advanced reachable replica) and makes it the proxy's primary;
 /// returns its id.
-pub async fn fail_over(
-    topology: &Arc<ArcSwap<Topology>>,
-    to: Option<&str>,
-) -> Result<String, String> {
-    let t = topology.load_full();
+pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<String, String> {
+    let writer = topology.write().await;
+    let t = writer.current();
     let target = match to {
         Some(id) => t
             .index_of(id)
@@ -45,9 +43,10 @@ pub async fn fail_over(
     if status["role"] != "PRIMARY" {
         post_json(&admin, "/replication/promote", "", ADMIN_TIMEOUT).await?;
     }
-    let updated = Arc::new(t.with_primary(target));
+    let updated = t.with_primary(target);
     persist(&updated);
-    topology.store(updated.clone());
+    let updated = writer.store(updated);
+    drop(writer);
     tracing::warn!(old = %t.primary().id, new = %new.id, "failover: new primary");
     for (i, backend) in updated.backends.iter().enumerate() {
         if i != target {

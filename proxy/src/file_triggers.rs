@@ -31,11 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use dirkdb_core::config::ReplicationType;
 use serde::Serialize;
 
-use crate::topology::Topology;
+use crate::topology::SharedTopology;
 
 /// Shortest time between the end of one request for a database and the next request for it.
 pub const FOLLOW_UP_GAP: Duration = Duration::from_millis(200);
@@ -153,7 +152,7 @@ pub struct FileTriggers {
 
 impl FileTriggers {
     /// Triggers sent over HTTP to the admin API of `topology`'s current primary.
-    pub fn new(topology: Arc<ArcSwap<Topology>>) -> Arc<FileTriggers> {
+    pub fn new(topology: Arc<SharedTopology>) -> Arc<FileTriggers> {
         let send: SendFn = Arc::new(move |db: String| {
             let topology = topology.clone();
             Box::pin(async move { send_written(&topology, &db).await }) as SendFuture
@@ -228,7 +227,7 @@ impl FileTriggers {
 }
 
 /// `POST /replication/written {"database": db}` to the current primary's admin API.
-async fn send_written(topology: &ArcSwap<Topology>, db: &str) -> SendOutcome {
+async fn send_written(topology: &SharedTopology, db: &str) -> SendOutcome {
     let t = topology.load_full();
     if t.config.replication.kind != ReplicationType::File {
         return SendOutcome::Skipped(format!(
@@ -254,6 +253,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::Topology;
     use std::time::Instant;
     use tokio::sync::Semaphore;
 
@@ -418,12 +418,12 @@ mod tests {
             ))
             .unwrap()
         };
-        let t = ArcSwap::from_pointee(Topology::new(config("OPLOG", r#""adminPort": 9,"#)));
+        let t = SharedTopology::new(Topology::new(config("OPLOG", r#""adminPort": 9,"#)));
         assert!(matches!(
             send_written(&t, "shop").await,
             SendOutcome::Skipped(_)
         ));
-        t.store(Arc::new(Topology::new(config("FILE", ""))));
+        t.write().await.store(Topology::new(config("FILE", "")));
         assert!(matches!(
             send_written(&t, "shop").await,
             SendOutcome::Skipped(_)

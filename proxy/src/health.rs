@@ -13,12 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use dirkdb_core::config::{FailoverMode, ReplicationType};
 
 use crate::backend::{Backend, HealthState};
 use crate::http::{get_json, post_json};
-use crate::topology::Topology;
+use crate::topology::{SharedTopology, Topology};
 
 /// What a check found.
 struct Finding {
@@ -28,7 +27,7 @@ struct Finding {
 }
 
 /// Checks every instance forever.
-pub async fn run(topology: Arc<ArcSwap<Topology>>) {
+pub async fn run(topology: Arc<SharedTopology>) {
     let mut behind_since: std::collections::HashMap<String, Instant> = Default::default();
     let mut primary_down_since: Option<Instant> = None;
     let mut mode_switched_at: std::collections::HashMap<String, Instant> = Default::default();
@@ -140,11 +139,7 @@ async fn align_replication_modes(
 }
 
 /// AUTOMATIC failover once the primary has been down for `failover.detectionMillis`.
-async fn watch_primary(
-    topology: &Arc<ArcSwap<Topology>>,
-    t: &Topology,
-    down_since: &mut Option<Instant>,
-) {
+async fn watch_primary(topology: &SharedTopology, t: &Topology, down_since: &mut Option<Instant>) {
     if t.primary().health().state != HealthState::Down {
         *down_since = None;
         return;

@@ -31,7 +31,6 @@ pub mod topology;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use dirkdb_core::accept_loop::{next_statement, serve_clients};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::ServerConnection;
@@ -41,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::file_triggers::FileTriggers;
 use crate::session::ProxySession;
-use crate::topology::Topology;
+use crate::topology::{SharedTopology, Topology};
 
 /// Client counters of the proxy.
 #[derive(Debug, Default)]
@@ -83,7 +82,7 @@ pub async fn run(
     let admin_listener = TcpListener::bind(&admin_addr)
         .await
         .map_err(|e| StartError(admin_addr.clone(), e))?;
-    let topology = Arc::new(ArcSwap::from_pointee(Topology::load(config, state_file)));
+    let topology = Arc::new(SharedTopology::new(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
     let file_triggers = FileTriggers::new(topology.clone());
     let mut background = vec![
@@ -118,7 +117,7 @@ pub async fn run(
 
 async fn serve(
     listener: TcpListener,
-    topology: Arc<ArcSwap<Topology>>,
+    topology: Arc<SharedTopology>,
     stats: Arc<ProxyStats>,
     file_triggers: Arc<FileTriggers>,
     max_connections: usize,
@@ -150,7 +149,7 @@ async fn serve(
 
 async fn handle_client(
     socket: TcpStream,
-    topology: Arc<ArcSwap<Topology>>,
+    topology: Arc<SharedTopology>,
     file_triggers: Arc<FileTriggers>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {

@@ -27,7 +27,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use dirkdb_client::ClientError;
 use dirkdb_core::config::{ReadConsistency, ReplicationType};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
@@ -39,11 +38,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::backend::{Backend, BackendConn};
 use crate::error::ProxyError;
 use crate::file_triggers::FileTriggers;
-use crate::topology::Topology;
+use crate::topology::{SharedTopology, Topology};
 
 /// Per-client state.
 pub struct ProxySession {
-    topology: Arc<ArcSwap<Topology>>,
+    topology: Arc<SharedTopology>,
     db: Option<String>,
     txn: TransactionState,
     /// A write succeeded in the open transaction (its commit triggers a FILE copy).
@@ -74,7 +73,7 @@ enum ReadOutcome {
 impl ProxySession {
     /// A session with no current database; its acknowledged writes go to `file_triggers` when
     /// the topology is in FILE replication mode.
-    pub fn new(topology: Arc<ArcSwap<Topology>>, file_triggers: Arc<FileTriggers>) -> ProxySession {
+    pub fn new(topology: Arc<SharedTopology>, file_triggers: Arc<FileTriggers>) -> ProxySession {
         ProxySession {
             topology,
             db: None,

@@ -1,12 +1,72 @@
 //! The instances the proxy routes to, and which one is the primary, swapped atomically
 //! (`ArcSwap`) so that statements never see a half-built topology.
+//!
+//! Readers (every statement) load the current [`Topology`] without waiting. Writers — failover,
+//! live reload — go through [`SharedTopology::write`], one at a time (an async mutex), and build
+//! their update from the latest value, so a failover and a reload never overwrite each other.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Guard};
 use dirkdb_core::config::{ClusterConfig, ReadStrategy, Role};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::backend::{Backend, HealthState};
+
+/// The proxy's current topology: loaded lock-free by statements, changed by one writer at a time.
+pub struct SharedTopology {
+    current: ArcSwap<Topology>,
+    writer: Mutex<()>,
+}
+
+/// The right to change the topology, held by one writer at a time; dropped, the next writer runs.
+pub struct TopologyWriter<'a> {
+    shared: &'a SharedTopology,
+    _turn: MutexGuard<'a, ()>,
+}
+
+impl SharedTopology {
+    /// Shares `topology`.
+    pub fn new(topology: Topology) -> SharedTopology {
+        SharedTopology {
+            current: ArcSwap::from_pointee(topology),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The current topology, for a short look (a statement's routing).
+    pub fn load(&self) -> Guard<Arc<Topology>> {
+        self.current.load()
+    }
+
+    /// The current topology, to keep across awaits.
+    pub fn load_full(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    /// Waits for the writer's turn (another failover or reload may be under way).
+    pub async fn write(&self) -> TopologyWriter<'_> {
+        TopologyWriter {
+            shared: self,
+            _turn: self.writer.lock().await,
+        }
+    }
+}
+
+impl TopologyWriter<'_> {
+    /// The latest topology: no other writer can change it while this writer holds its turn.
+    pub fn current(&self) -> Arc<Topology> {
+        self.shared.current.load_full()
+    }
+
+    /// Makes `topology` the current one; returns it.
+    pub fn store(&self, topology: Topology) -> Arc<Topology> {
+        let topology = Arc::new(topology);
+        self.shared.current.store(topology.clone());
+        topology
+    }
+}
 
 /// One topology: every backend, the primary among them, and the routing settings.
 pub struct Topology {
@@ -156,6 +216,36 @@ mod tests {
               "routing": {{ "reads": {{ "strategy": "{strategy}", "includeRoles": {roles} }} }} }}"#
         );
         Topology::new(ClusterConfig::parse(&text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn writers_take_turns_and_each_sees_the_previous_update() {
+        let shared = Arc::new(SharedTopology::new(topology(
+            "ROUND_ROBIN",
+            r#"["REPLICA"]"#,
+        )));
+        let first = shared.write().await;
+        let second = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let w = shared.write().await;
+                let primary = w.current().primary;
+                w.store(w.current().with_primary(primary + 1));
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !second.is_finished(),
+            "the second writer waits for the first"
+        );
+        first.store(first.current().with_primary(1));
+        drop(first);
+        second.await.unwrap();
+        assert_eq!(
+            shared.load().primary().id,
+            "m3",
+            "built on the first writer's update"
+        );
     }
 
     fn ids(v: &[Arc<Backend>]) -> Vec<&str> {
