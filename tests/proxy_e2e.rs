@@ -280,16 +280,7 @@ async fn a_primary_dying_mid_statement_gives_an_error_not_a_hang() {
 
 #[tokio::test]
 async fn a_statement_over_the_timeout_gets_an_error_and_the_session_goes_on() {
-    let mut cluster = Cluster::configure(1, OPLOG);
-    let path = cluster.dir.path().join("config.json");
-    let config = std::fs::read_to_string(&path).unwrap().replace(
-        "\"healthIntervalMillis\": 50",
-        "\"healthIntervalMillis\": 50, \"statementTimeoutMs\": 300",
-    );
-    std::fs::write(&path, config).unwrap();
-    cluster.spawn(0);
-    cluster.spawn(1);
-    cluster.spawn_proxy();
+    let cluster = cluster_with_statement_timeout(1, 300);
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
     let started = std::time::Instant::now();
@@ -307,6 +298,65 @@ async fn a_statement_over_the_timeout_gets_an_error_and_the_session_goes_on() {
     assert_eq!(
         count(&c.query("SELECT count(*) FROM t").await.unwrap().rows),
         1
+    );
+}
+
+/// A proxy cluster whose statements time out after `timeout_ms`, started.
+fn cluster_with_statement_timeout(replicas: usize, timeout_ms: u64) -> Cluster {
+    let mut cluster = Cluster::configure(replicas, OPLOG);
+    let path = cluster.dir.path().join("config.json");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "\"healthIntervalMillis\": 50",
+        &format!("\"healthIntervalMillis\": 50, \"statementTimeoutMs\": {timeout_ms}"),
+    );
+    std::fs::write(&path, config).unwrap();
+    cluster.spawn_all_with_proxy();
+    cluster
+}
+
+#[tokio::test]
+async fn a_timeout_inside_a_transaction_rolls_it_back_and_nothing_of_it_commits() {
+    let cluster = cluster_with_statement_timeout(1, 300);
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('before the timeout')")
+        .await
+        .unwrap();
+    let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                WHERE i < 100000000) SELECT count(*) FROM n";
+    match c.execute(slow).await {
+        Err(ClientError::Server(e)) => {
+            assert!(e.contains("timed out after 300 ms"), "{e}");
+            assert!(e.contains("transaction was rolled back"), "{e}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    match c
+        .execute("INSERT INTO t(v) VALUES ('after the timeout')")
+        .await
+    {
+        Err(ClientError::Server(e)) => assert!(e.contains("send ROLLBACK"), "{e}"),
+        other => panic!("the transaction's next statement must be refused, got {other:?}"),
+    }
+    c.execute("ROLLBACK").await.unwrap();
+    let mut primary = cluster.client(0).await;
+    primary.execute("USE shop").await.unwrap();
+    let rows = primary.query("SELECT count(*) FROM t").await.unwrap().rows;
+    assert_eq!(count(&rows), 0, "nothing of the transaction committed");
+    // The session goes on, in autocommit, and a COMMIT after a lost transaction says so.
+    c.execute("BEGIN").await.unwrap();
+    match c.execute(slow).await {
+        Err(ClientError::Server(e)) => assert!(e.contains("rolled back"), "{e}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    match c.execute("COMMIT").await {
+        Err(ClientError::Server(e)) => assert!(e.contains("nothing was committed"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        count(&c.query("SELECT count(*) FROM t").await.unwrap().rows),
+        0
     );
 }
 

@@ -18,6 +18,12 @@
 //! that the session's later reads on replicas wait for it. Other `DIRK` statements go to the
 //! primary; `DIRK CHANGES` is the listener's (see [`crate::change_feed`]).
 //!
+//! A statement of an open transaction that times out, or whose primary connection fails, loses
+//! the connection and with it the transaction (the server rolls it back). The session says so in
+//! that statement's error, forgets the transaction, and refuses the transaction's further
+//! statements until the client ends it: ROLLBACK answers OK, COMMIT (or RELEASE) answers that
+//! nothing was committed. Nothing of the transaction can then commit statement by statement.
+//!
 //! In FILE replication mode, each acknowledged write outside a transaction, and each commit of a
 //! transaction that wrote, hands the session's database to the shared
 //! [`FileTriggers`](crate::file_triggers::FileTriggers) (fire-and-forget), which asks the
@@ -47,6 +53,8 @@ pub struct ProxySession {
     txn: TransactionState,
     /// A write succeeded in the open transaction (its commit triggers a FILE copy).
     txn_wrote: bool,
+    /// Why the open transaction was rolled back, until the client ends it.
+    rolled_back: Option<String>,
     last_write: u64,
     primary: Option<(Arc<Backend>, BackendConn)>,
     file_triggers: Arc<FileTriggers>,
@@ -79,6 +87,7 @@ impl ProxySession {
             db: None,
             txn: TransactionState::default(),
             txn_wrote: false,
+            rolled_back: None,
             last_write: 0,
             primary: None,
             file_triggers,
@@ -116,6 +125,10 @@ impl ProxySession {
             return out.send(&Frame::error(msg)).await;
         }
         let class = classify(&sql);
+        if let Some(answer) = self.answer_in_rolled_back_transaction(&class) {
+            return out.send(&answer).await;
+        }
+        let in_transaction = self.txn.open;
         let result = match class {
             StatementClass::Read if !self.txn.open => self.read(&sql, out).await,
             class => self.on_primary(&sql, &class, out).await,
@@ -123,8 +136,44 @@ impl ProxySession {
         match result {
             Ok(()) => Ok(()),
             Err(ProxyError::Client(e)) => Err(e),
+            // The failed statement took the primary connection: its transaction is gone.
+            Err(e) if in_transaction && self.primary.is_none() => {
+                let e = self.roll_back_transaction(e);
+                out.send(&Frame::error(e)).await
+            }
             Err(e) => out.send(&Frame::error(e)).await,
         }
+    }
+
+    /// Forgets the open transaction, which `cause` rolled back; its further statements are
+    /// refused until the client ends it.
+    fn roll_back_transaction(&mut self, cause: ProxyError) -> ProxyError {
+        self.txn = TransactionState::default();
+        self.txn_wrote = false;
+        self.rolled_back = Some(cause.to_string());
+        tracing::debug!(error = %cause, "a failed statement rolled back the session's transaction");
+        ProxyError::TransactionRolledBack(Box::new(cause))
+    }
+
+    /// After a rollback the client was told of: the answer to each statement until the client
+    /// ends the transaction (ROLLBACK: OK; COMMIT or RELEASE: nothing committed; others refused).
+    fn answer_in_rolled_back_transaction(&mut self, class: &StatementClass) -> Option<Frame> {
+        let cause = self.rolled_back.as_ref()?;
+        let answer = match class {
+            StatementClass::Transaction(TransactionControl::Rollback) => {
+                Frame::Message("OK".into())
+            }
+            StatementClass::Transaction(
+                TransactionControl::Commit | TransactionControl::Release(_),
+            ) => Frame::error(ProxyError::NothingCommitted(cause.clone())),
+            _ => {
+                return Some(Frame::error(ProxyError::InRolledBackTransaction(
+                    cause.clone(),
+                )))
+            }
+        };
+        self.rolled_back = None;
+        Some(answer)
     }
 
     fn statement_timeout(&self) -> Duration {
@@ -143,13 +192,10 @@ impl ProxySession {
         let current = self.topology.load().primary().clone();
         match self.primary.take() {
             Some((backend, conn)) if Arc::ptr_eq(&backend, &current) => Ok((backend, conn)),
-            Some(_) if self.txn.open => {
-                self.txn = TransactionState::default();
-                Err(ProxyError::Backend {
-                    instance: current.id.clone(),
-                    reason: "the primary changed during the transaction; it was rolled back".into(),
-                })
-            }
+            Some(_) if self.txn.open => Err(ProxyError::Backend {
+                instance: current.id.clone(),
+                reason: "the primary changed during the transaction".into(),
+            }),
             _ => {
                 let conn = current.checkout(None).await?;
                 Ok((current, conn))
