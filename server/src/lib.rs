@@ -36,6 +36,7 @@ pub mod checksum;
 pub mod database_statement;
 pub mod error;
 pub mod extension;
+mod failure_injection;
 pub mod file_copy;
 pub mod listener;
 pub mod meta;

@@ -355,10 +355,10 @@ fn lost_power_since_last_run(meta: &Meta) -> Result<bool> {
     Ok(unclean && rebooted)
 }
 
-/// The kernel's id of this boot (`DIRKDB_BOOT_ID` overrides it, for tests).
+/// The kernel's id of this boot (with the `failure-injection` feature, `DIRKDB_BOOT_ID`
+/// overrides it, for tests).
 fn boot_id() -> Option<String> {
-    std::env::var("DIRKDB_BOOT_ID")
-        .ok()
+    crate::failure_injection::boot_id()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
         .map(|s| s.trim().to_string())
 }

@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -574,31 +573,11 @@ async fn send_pages(
             Ok(chunk)
         })
         .await?;
-        corrupt_for_tests(&mut chunk);
+        crate::failure_injection::corrupt_file_chunk(&mut chunk);
         write_chunk(writer, &chunk).await?;
         sent += chunk.len() as u64;
     }
     Ok(sent)
-}
-
-/// Test hook: `DIRKDB_CORRUPT_FILE_COPIES=N` flips a byte in the first N chunks sent, so tests
-/// can show a corrupted transfer refused by its checksum and sent again.
-fn corrupt_for_tests(chunk: &mut [u8]) {
-    static LEFT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
-    let left = LEFT.get_or_init(|| {
-        AtomicU64::new(
-            std::env::var("DIRKDB_CORRUPT_FILE_COPIES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        )
-    });
-    let take = left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    if take.is_ok() {
-        if let Some(byte) = chunk.last_mut() {
-            *byte ^= 0xff;
-        }
-    }
 }
 
 /// The secondary's copies, for its inventory (shadows of databases it no longer has go).

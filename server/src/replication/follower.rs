@@ -239,7 +239,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
                 .update_follower(|f| f.state = "Streaming".into());
         }
         Message::Entries { entries } => {
-            if let Some(delay) = injected_apply_delay() {
+            if let Some(delay) = crate::failure_injection::apply_delay() {
                 tokio::time::sleep(delay).await;
             }
             let last_ts = entries.last().map(|e| e.ts);
@@ -265,18 +265,6 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
     }
     writer.flush().await?;
     Ok(())
-}
-
-/// Test hook: `DIRKDB_APPLY_DELAY_MS` delays every applied batch, so tests can show what a
-/// lagging replica does to reads (read-your-writes, lag limits).
-fn injected_apply_delay() -> Option<Duration> {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("DIRKDB_APPLY_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    })
 }
 
 /// Receives every file of a full sync, checks each CRC, then installs them.
