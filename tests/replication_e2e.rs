@@ -460,6 +460,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_replica_retries() {
                         chain: vec![],
                         position: 9,
                         files: files.clone(),
+                        term: 0,
                     },
                 )
                 .await;
@@ -750,4 +751,128 @@ async fn protocol_extensions_report_positions_and_wait_for_replicas() {
         c.execute("DIRK NONSENSE").await,
         Err(ClientError::Server(_))
     ));
+}
+
+/// The rollback files of node `i`, with every entry they hold.
+fn rollback_entries(cluster: &Cluster, i: usize) -> (Vec<String>, Vec<Value>) {
+    let dir = cluster.data_dir(i).join("rollback");
+    let mut names = Vec::new();
+    let mut entries = Vec::new();
+    for file in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        names.push(file.file_name().to_string_lossy().to_string());
+        let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+        entries.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    names.sort();
+    (names, entries)
+}
+
+#[tokio::test]
+async fn terms_grow_with_promotions_and_lower_terms_are_refused() {
+    let mut cluster = Cluster::start(2, DEFAULT_OPLOG);
+    let mut c = cluster.client(0).await;
+    setup_shop(&mut c).await;
+    insert_many(&mut c, 0, 5).await;
+    cluster.assert_same_data(0);
+    let term = |cluster: &Cluster, i: usize| cluster.get(i, "/replication/status")["term"].as_u64();
+    assert_eq!(
+        [term(&cluster, 0), term(&cluster, 1), term(&cluster, 2)],
+        [Some(0); 3]
+    );
+    // A promotion must start a term above the node's own.
+    let promoted = cluster.post(1, "/replication/promote", r#"{"term": 5}"#);
+    assert_eq!(promoted["term"], 5, "{promoted}");
+    assert_eq!(term(&cluster, 1), Some(5));
+    let m2 = cluster.addr(1);
+    cluster.post(
+        2,
+        "/replication/configure",
+        &format!(r#"{{"primary":"{m2}"}}"#),
+    );
+    let mut w = cluster.client(1).await;
+    w.execute("USE shop").await.unwrap();
+    insert_many(&mut w, 5, 10).await;
+    cluster.assert_same_data_on(1, &[1, 2]);
+    assert_eq!(
+        term(&cluster, 2),
+        Some(5),
+        "a replica adopts its primary's term"
+    );
+    // m1 (term 0) hears of term 5 when m3 is pointed at it: it steps down instead of serving.
+    let m1 = cluster.addr(0);
+    cluster.post(
+        2,
+        "/replication/configure",
+        &format!(r#"{{"primary":"{m1}"}}"#),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.get(0, "/replication/status")["role"] != "REPLICA" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old primary did not step down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = cluster.get(0, "/replication/status");
+    assert_eq!(status["fenced"], true, "{status}");
+    assert_eq!(status["term"], 5, "{status}");
+    match c.execute("INSERT INTO t(v) VALUES ('stale')").await {
+        Err(ClientError::Server(e)) => assert!(e.contains("REPLICA"), "{e}"),
+        other => panic!("a stepped-down primary accepted a write: {other:?}"),
+    }
+    // The term survives a restart, and a promotion to a lower or equal term is refused.
+    cluster.kill9(2);
+    cluster.spawn(2);
+    assert_eq!(term(&cluster, 2), Some(5));
+    let refused = cluster.post(0, "/replication/promote", r#"{"term": 5}"#);
+    assert!(
+        refused["error"].as_str().unwrap_or("").contains("term 5"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_promoted_by_hand_then_fenced_keeps_its_writes_in_a_rollback_file() {
+    let cluster = Cluster::start(1, DEFAULT_OPLOG);
+    let mut c = cluster.client(0).await;
+    setup_shop(&mut c).await;
+    insert_many(&mut c, 0, 10).await;
+    cluster.assert_same_data(0);
+    // m2 is promoted by hand while m1 stays primary: two branches of one history.
+    let promoted = cluster.post(1, "/replication/promote", "");
+    assert_eq!(promoted["term"], 1, "{promoted}");
+    let mut w = cluster.client(1).await;
+    w.execute("USE shop").await.unwrap();
+    for i in 0..7 {
+        w.execute(&format!("INSERT INTO t(v) VALUES ('stray{i}')"))
+            .await
+            .unwrap();
+    }
+    insert_many(&mut c, 10, 20).await;
+    // m1 is made to outrank m2, then m2 is fenced: it follows m1 again.
+    let raised = cluster.post(0, "/replication/term", r#"{"term": 2}"#);
+    assert_eq!(raised["term"], 2, "{raised}");
+    let m1 = cluster.addr(0);
+    cluster.post(
+        1,
+        "/replication/configure",
+        &format!(r#"{{"primary":"{m1}"}}"#),
+    );
+    cluster.assert_same_data(0);
+    let (names, entries) = rollback_entries(&cluster, 1);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let listed = cluster.get(1, "/replication/status")["rollbackFiles"].clone();
+    assert_eq!(listed, json!(names), "listed in /replication/status");
+    let stray: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["data"].as_str())
+        .filter(|d| d.contains("stray"))
+        .collect();
+    assert_eq!(stray.len(), 7, "every stray write is saved: {entries:?}");
+    assert_eq!(
+        entries.len(),
+        7,
+        "nothing the primary holds is saved: {entries:?}"
+    );
+    assert_eq!(cluster.get(1, "/replication/status")["term"], 2);
 }

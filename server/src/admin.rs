@@ -39,6 +39,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/checksum", get(checksum))
         .route("/replication/promote", post(promote))
         .route("/replication/configure", post(configure))
+        .route("/replication/term", post(raise_term))
         .route("/replication/mode", post(set_mode))
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
@@ -89,6 +90,7 @@ async fn health(State(state): Shared) -> Json<Value> {
         "status": "ok",
         "instance": state.instance_id,
         "role": role(&state),
+        "term": state.term(),
         "committedSequence": state.write_path.committed(),
         "databases": state.catalog.names().len(),
     }))
@@ -104,6 +106,8 @@ async fn status(State(state): Shared) -> ApiResult {
     Ok(Json(json!({
         "instance": state.instance_id,
         "role": role(&state),
+        "term": state.term(),
+        "fenced": state.is_fenced(),
         "committedSequence": committed,
         "mode": state.replication.mode().as_str(),
         "prunedThrough": floor,
@@ -273,14 +277,63 @@ async fn checksum(State(state): Shared) -> ApiResult {
     })))
 }
 
-async fn promote(State(state): Shared) -> ApiResult {
+/// `POST /replication/promote`, optionally `{"term": T}`: a new term must be above the node's
+/// (409 otherwise); without one the node takes its term plus one.
+#[derive(Deserialize, Default)]
+struct PromoteBody {
+    term: Option<u64>,
+}
+
+async fn promote(State(state): Shared, body: axum::body::Bytes) -> ApiResult {
+    let body: PromoteBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PromoteBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("expected an empty body or {{\"term\": <number>}}: {e}"),
+            )
+        })?
+    };
     if !state.is_replica() {
         return Err(ApiError(StatusCode::CONFLICT, "already a PRIMARY".into()));
     }
-    let chain = blocking(&state, |s| s.promote()).await?;
+    let s = state.clone();
+    let promoted = tokio::task::spawn_blocking(move || s.promote(body.term))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (chain, term) = promoted.map_err(|e| match e {
+        ServerError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
+        other => ApiError::from(other),
+    })?;
     Ok(Json(
-        json!({ "instance": state.instance_id, "role": "PRIMARY", "history": chain }),
+        json!({ "instance": state.instance_id, "role": "PRIMARY", "history": chain, "term": term }),
     ))
+}
+
+#[derive(Deserialize)]
+struct TermBody {
+    term: u64,
+}
+
+/// `POST /replication/term {"term": T}`: raises the node's term to T (above its own, else 409);
+/// a primary's replicas reconnect and adopt it.
+async fn raise_term(State(state): Shared, body: Option<Json<TermBody>>) -> ApiResult {
+    let Some(Json(body)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"term\": <number>}".into(),
+        ));
+    };
+    let s = state.clone();
+    let raised = tokio::task::spawn_blocking(move || s.raise_term_to(body.term))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let term = raised.map_err(|e| match e {
+        ServerError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
+        other => ApiError::from(other),
+    })?;
+    Ok(Json(json!({ "instance": state.instance_id, "term": term })))
 }
 
 #[derive(Deserialize)]

@@ -4,8 +4,9 @@
 //! the set of live databases updated in the same transaction, so a crash between the event and
 //! the file operation is repaired at start-up), the history chain used for partial resyncs after
 //! a promotion (Redis PSYNC2: each history remembers the sequence at which it branched off the
-//! previous one), and a few settings (the oplog's pruning floor, a primary set by
-//! `POST /replication/configure`).
+//! previous one), the replication term (a number that only grows: every promotion starts a new
+//! one, and a node refuses streams, entries and promotions from lower terms), and a few settings
+//! (the oplog's pruning floor, a primary set by `POST /replication/configure`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -120,9 +121,28 @@ impl Meta {
         Ok(chain)
     }
 
-    /// Adopts the primary's chain (a replica follows its primary's history).
-    pub fn adopt_history(&self, chain: &[HistoryLink]) -> rusqlite::Result<()> {
-        self.with(|conn| write_history(conn, chain))
+    /// Adopts the primary's chain and term (a replica follows its primary's history), in one
+    /// transaction; the stored term never goes down.
+    pub fn adopt_history(&self, chain: &[HistoryLink], term: u64) -> rusqlite::Result<()> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            replace_history(&tx, chain)?;
+            raise_term(&tx, term)?;
+            tx.commit()
+        })
+    }
+
+    /// The highest replication term this node has seen (0 before any promotion).
+    pub fn term(&self) -> rusqlite::Result<u64> {
+        self.with(read_term)
+    }
+
+    /// Raises the stored term to `term` (never lowers it); returns the term now stored.
+    pub fn raise_term(&self, term: u64) -> rusqlite::Result<u64> {
+        self.with(|conn| {
+            raise_term(conn, term)?;
+            read_term(conn)
+        })
     }
 
     /// A setting's value.
@@ -265,6 +285,28 @@ fn update_live_set(conn: &Connection, name: &str, op: Op) -> rusqlite::Result<()
     Ok(())
 }
 
+fn read_term(conn: &Connection) -> rusqlite::Result<u64> {
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM _dirk_settings WHERE key = 'term'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn raise_term(conn: &Connection, term: u64) -> rusqlite::Result<()> {
+    if term > read_term(conn)? {
+        conn.execute(
+            "INSERT INTO _dirk_settings(key, value) VALUES ('term', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [term.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
 fn read_history(conn: &Connection) -> rusqlite::Result<Vec<HistoryLink>> {
     let mut stmt = conn.prepare("SELECT id, parent_end FROM _dirk_history ORDER BY ord")?;
     let rows = stmt.query_map([], |r| {
@@ -276,8 +318,15 @@ fn read_history(conn: &Connection) -> rusqlite::Result<Vec<HistoryLink>> {
     rows.collect()
 }
 
+/// Replaces the chain in one transaction.
 fn write_history(conn: &Connection, chain: &[HistoryLink]) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
+    replace_history(&tx, chain)?;
+    tx.commit()
+}
+
+/// Replaces the chain inside the caller's transaction.
+fn replace_history(tx: &Connection, chain: &[HistoryLink]) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM _dirk_history", [])?;
     for (i, link) in chain.iter().enumerate() {
         tx.execute(
@@ -290,7 +339,7 @@ fn write_history(conn: &Connection, chain: &[HistoryLink]) -> rusqlite::Result<(
             ],
         )?;
     }
-    tx.commit()
+    Ok(())
 }
 
 fn new_history_id(instance_id: &str) -> String {
@@ -362,9 +411,14 @@ mod tests {
             3
         );
         let chain = meta.branch("m1", 3).unwrap();
+        assert_eq!(meta.term().unwrap(), 0);
+        assert_eq!(meta.raise_term(4).unwrap(), 4);
+        assert_eq!(meta.raise_term(2).unwrap(), 4, "the term never goes down");
+        meta.adopt_history(&chain, 3).unwrap();
         drop(meta);
         let meta = Meta::open(dir.path(), committed, "NORMAL").unwrap();
         assert_eq!(meta.history("m1").unwrap(), chain);
+        assert_eq!(meta.term().unwrap(), 4, "the term is durable");
         assert_eq!(
             meta.live_databases().unwrap(),
             Some(vec!["shop".to_string()])

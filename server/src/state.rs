@@ -56,6 +56,7 @@ pub struct ServerState {
     /// The replication modes (one runs at a time: `replication.mode()`).
     pub modes: Modes,
     read_only: AtomicBool,
+    fenced: AtomicBool,
     next_owner: AtomicU64,
     resync_on_start: AtomicBool,
 }
@@ -120,9 +121,11 @@ impl ServerState {
             oplog_limits: config.replication.oplog.clone(),
             metrics: ServerMetrics::default(),
             read_only: AtomicBool::new(role == Role::Replica),
+            fenced: AtomicBool::new(false),
             next_owner: AtomicU64::new(1),
             resync_on_start: AtomicBool::new(resync_on_start),
         };
+        state.replication.raise_term(state.meta.term()?);
         let latest = state.latest_on_disk()?;
         state.write_path.publish(latest);
         Ok(state)
@@ -136,12 +139,23 @@ impl ServerState {
         }
     }
 
-    /// Turns this replica into a primary: it stops following, starts a new history that records
-    /// where it branched from the old one, and accepts writes. Persisted across restarts.
-    pub fn promote(&self) -> Result<Vec<crate::meta::HistoryLink>> {
+    /// Turns this replica into a primary: it stops following, starts a new term (`term`, which
+    /// must be above the node's, or the next one) and a new history that records where it
+    /// branched from the old one, and accepts writes. Persisted across restarts. Returns the
+    /// new chain and term.
+    pub fn promote(&self, term: Option<u64>) -> Result<(Vec<crate::meta::HistoryLink>, u64)> {
+        let current = self.meta.term()?;
+        if let Some(t) = term.filter(|t| *t <= current) {
+            return Err(ServerError::Refused(format!(
+                "promotion to term {t} refused: this node is already at term {current}"
+            )));
+        }
+        let new_term = term.unwrap_or(current + 1);
         self.replication.set_target(None);
         let owner = self.new_owner();
         let chain = self.under_gate(owner, || {
+            self.meta.raise_term(new_term)?;
+            self.replication.raise_term(new_term);
             let chain = self
                 .meta
                 .branch(&self.instance_id, self.write_path.committed())?;
@@ -150,8 +164,67 @@ impl ServerState {
             self.set_replica(false);
             Ok(chain)
         })?;
-        tracing::info!(instance = %self.instance_id, history = ?chain.last(), "promoted to PRIMARY");
-        Ok(chain)
+        self.fenced.store(false, Ordering::Release);
+        tracing::info!(instance = %self.instance_id, term = new_term, history = ?chain.last(), "promoted to PRIMARY");
+        Ok((chain, new_term))
+    }
+
+    /// The node's replication term.
+    pub fn term(&self) -> u64 {
+        self.replication.term()
+    }
+
+    /// Stores `term` durably when it is above the node's (a replica adopting its primary's).
+    pub fn adopt_term(&self, term: u64) -> Result<()> {
+        if term > self.term() {
+            let stored = self.meta.raise_term(term)?;
+            self.replication.raise_term(stored);
+        }
+        Ok(())
+    }
+
+    /// A primary that learnt of a higher term (another node was promoted) stops accepting
+    /// writes at once and ends the streams it serves; it stays fenced (refusing writes, following
+    /// nobody) until it is pointed at the new primary or promoted again.
+    pub fn step_down(&self, term: u64, why: &str) -> Result<()> {
+        self.adopt_term(term)?;
+        if self.is_replica() {
+            return Ok(());
+        }
+        let owner = self.new_owner();
+        self.under_gate(owner, || {
+            self.set_replica(true);
+            self.fenced.store(true, Ordering::Release);
+            Ok(())
+        })?;
+        self.replication.end_streams();
+        tracing::warn!(instance = %self.instance_id, term, why, "stepped down: writes refused until this node follows the new primary");
+        Ok(())
+    }
+
+    /// Raises this node's term to `term` (which must be above it) without a promotion: the proxy
+    /// does it to its chosen primary when another node was promoted behind its back, so that the
+    /// chosen one outranks it. A primary ends the streams it serves, so that its replicas
+    /// reconnect and adopt the new term.
+    pub fn raise_term_to(&self, term: u64) -> Result<u64> {
+        let current = self.term();
+        if term <= current {
+            return Err(ServerError::Refused(format!(
+                "term {term} refused: this node is already at term {current}"
+            )));
+        }
+        let owner = self.new_owner();
+        self.under_gate(owner, || self.adopt_term(term))?;
+        if !self.is_replica() {
+            self.replication.end_streams();
+        }
+        tracing::warn!(instance = %self.instance_id, term, "term raised");
+        Ok(term)
+    }
+
+    /// True while this node stepped down by itself and follows nobody yet.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Makes this instance a replica of `primary` (host:port), persisted across restarts. It
@@ -165,6 +238,7 @@ impl ServerState {
             self.set_replica(true);
             Ok(())
         })?;
+        self.fenced.store(false, Ordering::Release);
         self.replication.end_streams();
         self.replication.set_target(Some(primary.to_string()));
         tracing::info!(instance = %self.instance_id, %primary, "following a new primary");

@@ -197,7 +197,7 @@ impl ReplicationMode for FileMode {
                 }
                 _ = beat.tick() => {
                     let seq = state.write_path.committed();
-                    write_message(writer, &Message::Heartbeat { seq, ts: now_ms() }).await?;
+                    write_message(writer, &Message::Heartbeat { seq, ts: now_ms(), term: state.term() }).await?;
                     writer.flush().await?;
                 }
             }
@@ -233,8 +233,13 @@ async fn read_replies(
     let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
     loop {
         let reply = match tokio::time::timeout(silence, read_message(&mut reader)).await {
-            Ok(Ok(Message::Ack { applied } | Message::Heartbeat { seq: applied, .. })) => {
-                state.replication.record_ack(&instance, applied);
+            Ok(Ok(
+                Message::Ack { applied, term }
+                | Message::Heartbeat {
+                    seq: applied, term, ..
+                },
+            )) => {
+                state.replication.record_ack(&instance, applied, term);
                 continue;
             }
             Ok(Ok(Message::FileResult { name, ok, error })) => Reply::Installed {
@@ -324,7 +329,7 @@ impl PrimaryRounds<'_> {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
                     if !pending {
-                        let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms() };
+                        let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms(), term: state.term() };
                         write_message(writer, &beat).await?;
                         writer.flush().await?;
                         continue;
@@ -646,9 +651,15 @@ async fn on_message(
                 f.primary_sequence = f.primary_sequence.max(position);
                 f.last_applied_commit_ms = ts;
             });
-            Message::Ack { applied: position }
+            Message::Ack {
+                applied: position,
+                term: state.term(),
+            }
         }
-        Message::Heartbeat { seq, .. } => {
+        Message::Heartbeat { seq, term, .. } => {
+            // A FILE-mode secondary takes its primary's term from the heartbeats, so that
+            // its acknowledgements count for write concerns.
+            state.adopt_term(term)?;
             state
                 .replication
                 .update_follower(|f| f.primary_sequence = seq);

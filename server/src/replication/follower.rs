@@ -6,6 +6,12 @@
 //! On any failure it reconnects with exponential backoff (0.1 s to 5 s); after an apply failure
 //! (the replica no longer matches the primary) it asks for a full sync. A change of target
 //! (`POST /replication/configure`, promotion) ends the current stream at once.
+//!
+//! Silence is measured on what the primary sends: the deadline moves only when a unit arrives,
+//! never when the replica sends its own heartbeat. Terms: the replica sends its term in `Hello`,
+//! refuses a primary whose `Continue` or `FullSyncBegin` carries a lower one, adopts the
+//! primary's term (durably, with its history) otherwise, and refuses entries and heartbeats of a
+//! lower term than its own.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,6 +115,7 @@ async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<()
         history,
         seq: state.write_path.committed(),
         mode: replication.kind().as_str().to_string(),
+        term: state.term(),
     };
     write_message(&mut writer, &hello).await?;
     set_state(state, "Syncing", None);
@@ -125,19 +132,24 @@ pub(crate) async fn oplog_follow(
     applier: &Arc<Mutex<Applier>>,
     writer: &mut StreamWriter,
 ) -> Result<(), StreamError> {
-    let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
+    let silence = state.replication.silence();
     let mut beat = tokio::time::interval(state.replication.heartbeat);
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            unit = next_unit(units, silence) => {
-                match unit? {
+            unit = units.recv() => {
+                heard = tokio::time::Instant::now();
+                match received(unit)? {
                     Unit::Message(m) => handle(state, m, units, applier, writer).await?,
                     Unit::Chunk(_) => return Err(StreamError::Peer("file chunk outside a full sync".into())),
                 }
             }
+            _ = tokio::time::sleep_until(heard + silence) => {
+                return Err(StreamError::Peer(format!("primary silent for {silence:?}")));
+            }
             _ = beat.tick() => {
-                let applied = state.write_path.committed();
-                write_message(writer, &Message::Heartbeat { seq: applied, ts: now_ms() }).await?;
+                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms(), term: state.term() };
+                write_message(writer, &beat).await?;
             }
         }
     }
@@ -189,9 +201,26 @@ fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
 pub(crate) async fn next_unit(units: &mut Units, silence: Duration) -> Result<Unit, StreamError> {
     match tokio::time::timeout(silence, units.recv()).await {
         Err(_) => Err(StreamError::Peer(format!("primary silent for {silence:?}"))),
-        Ok(None) => Err(StreamError::Peer("primary closed the stream".into())),
-        Ok(Some(unit)) => Ok(unit?),
+        Ok(unit) => received(unit),
     }
+}
+
+fn received(unit: Option<Result<Unit, ProtocolError>>) -> Result<Unit, StreamError> {
+    match unit {
+        None => Err(StreamError::Peer("primary closed the stream".into())),
+        Some(unit) => Ok(unit?),
+    }
+}
+
+/// Refuses a primary (or its message) of a lower term than this node's.
+fn check_term(state: &ServerState, term: u64, what: &str) -> Result<(), StreamError> {
+    let own = state.term();
+    if term < own {
+        return Err(StreamError::Peer(format!(
+            "{what} of term {term} refused: this node is at term {own} (the primary was replaced)"
+        )));
+    }
+    Ok(())
 }
 
 async fn handle<W: tokio::io::AsyncWrite + Unpin>(
@@ -202,11 +231,13 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut W,
 ) -> Result<(), StreamError> {
     match message {
-        Message::Continue { chain, from } => {
+        Message::Continue { chain, from, term } => {
+            check_term(state, term, "a stream")?;
             state
                 .meta
-                .adopt_history(&chain)
+                .adopt_history(&chain, term)
                 .map_err(ServerError::from)?;
+            state.replication.raise_term(term);
             tracing::info!(from, "partial sync: continuing from the oplog");
             state.replication.update_follower(|f| {
                 f.partial_syncs += 1;
@@ -217,7 +248,9 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             chain,
             position,
             files,
+            term,
         } => {
+            check_term(state, term, "a full sync")?;
             let (s, new_chain) = (state.clone(), chain.clone());
             let saved = tokio::task::spawn_blocking(move || {
                 super::rollback::save_divergent(&s, &new_chain)
@@ -230,15 +263,24 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             receive_full_sync(state, units, &files, position).await?;
             state
                 .meta
-                .adopt_history(&chain)
+                .adopt_history(&chain, term)
                 .map_err(ServerError::from)?;
+            state.replication.raise_term(term);
             lock(applier).reset();
-            write_message(writer, &Message::Ack { applied: position }).await?;
+            write_message(
+                writer,
+                &Message::Ack {
+                    applied: position,
+                    term: state.term(),
+                },
+            )
+            .await?;
             state
                 .replication
                 .update_follower(|f| f.state = "Streaming".into());
         }
-        Message::Entries { entries } => {
+        Message::Entries { entries, term } => {
+            check_term(state, term, "entries")?;
             if let Some(delay) = crate::failure_injection::apply_delay() {
                 tokio::time::sleep(delay).await;
             }
@@ -248,14 +290,19 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             let applied = tokio::task::spawn_blocking(move || lock(&a).apply(&s, owner, &entries))
                 .await
                 .map_err(|e| ServerError::Internal(e.to_string()))??;
-            write_message(writer, &Message::Ack { applied }).await?;
+            let ack = Message::Ack {
+                applied,
+                term: state.term(),
+            };
+            write_message(writer, &ack).await?;
             state.replication.update_follower(|f| {
                 f.applied_sequence = applied;
                 f.primary_sequence = f.primary_sequence.max(applied);
                 f.last_applied_commit_ms = last_ts.unwrap_or(f.last_applied_commit_ms);
             });
         }
-        Message::Heartbeat { seq, .. } => {
+        Message::Heartbeat { seq, term, .. } => {
+            check_term(state, term, "a heartbeat")?;
             state
                 .replication
                 .update_follower(|f| f.primary_sequence = seq);
@@ -285,7 +332,7 @@ async fn receive_full_sync(
     let started = Instant::now();
     let mut done = 0u64;
     let mut last_log = Instant::now();
-    let silence = state.replication.heartbeat * 6 + Duration::from_secs(10);
+    let silence = state.replication.silence() + Duration::from_secs(9);
     loop {
         match next_unit(units, silence).await? {
             Unit::Message(Message::FileBegin(info)) => {

@@ -10,7 +10,9 @@
 //! its own oplog, in one transaction per database, and acknowledges. Both sides heartbeat.
 //!
 //! [`ReplicationHub`] is the shared bookkeeping: per replica on a primary (position, lag in
-//! operations and ms, bytes sent, state), and the follower's status and target on a replica.
+//! operations and ms, bytes sent, state), the follower's status and target on a replica, and the
+//! node's replication term (kept durably in the meta file, cached here): an acknowledgement counts
+//! for write concerns only when it carries the current term.
 
 pub mod apply;
 pub mod file_mode;
@@ -22,6 +24,7 @@ pub mod sender;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -183,6 +186,7 @@ pub struct ReplicationHub {
     acks: watch::Sender<u64>,
     streams_epoch: watch::Sender<u64>,
     mode: watch::Sender<ReplicationType>,
+    term: AtomicU64,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
 }
@@ -210,8 +214,25 @@ impl ReplicationHub {
             acks: watch::channel(0).0,
             streams_epoch: watch::channel(0).0,
             mode: watch::channel(mode).0,
+            term: AtomicU64::new(0),
             heartbeat,
         }
+    }
+
+    /// The node's current replication term (the cached copy of the meta file's).
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+
+    /// Raises the cached term (callers store it durably first).
+    pub fn raise_term(&self, term: u64) {
+        self.term.fetch_max(term, Ordering::AcqRel);
+    }
+
+    /// How long the other side of a stream may stay silent before it is treated as gone:
+    /// six heartbeats plus a second.
+    pub fn silence(&self) -> Duration {
+        self.heartbeat * 6 + Duration::from_secs(1)
     }
 
     /// The replication mode this instance runs.
@@ -339,8 +360,12 @@ impl ReplicationHub {
         });
     }
 
-    /// A replica acknowledged everything up to `applied`.
-    pub fn record_ack(&self, instance: &str, applied: u64) {
+    /// A replica acknowledged everything up to `applied` in `term`; an acknowledgement of
+    /// another term than this node's is not counted (returns false).
+    pub fn record_ack(&self, instance: &str, applied: u64, term: u64) -> bool {
+        if term != self.term() {
+            return false;
+        }
         self.with_replica(instance, |r| {
             r.status.acked_sequence = r.status.acked_sequence.max(applied);
             r.status.last_heartbeat_ms = now_ms();
@@ -350,6 +375,7 @@ impl ReplicationHub {
             }
         });
         self.acks.send_modify(|n| *n = n.wrapping_add(1));
+        true
     }
 
     /// A replica's connection ended.

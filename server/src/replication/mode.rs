@@ -37,6 +37,8 @@ pub struct Hello {
     pub history: String,
     /// Its position.
     pub seq: u64,
+    /// The highest term it has seen.
+    pub term: u64,
 }
 
 /// A way of keeping secondaries equal to their primary.

@@ -6,6 +6,12 @@
 //! big-endian length, a kind byte, and the payload — a JSON [`Message`] (kind 0) or raw bytes of
 //! a snapshot file (kind 1). The replica speaks first (`Hello` with its position), so no byte of
 //! the binary protocol can be mistaken for a statement.
+//!
+//! Every message that carries data or liveness carries the sender's replication term (`Hello`,
+//! `Continue`, `FullSyncBegin`, `Entries`, `Heartbeat`, `Ack`; 0 from servers that predate terms):
+//! a replica refuses a stream, entries or heartbeats from a term below its own, a primary that
+//! hears of a higher term steps down, and a primary counts for write concerns only the
+//! acknowledgements of its own term.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -65,6 +71,9 @@ pub enum Message {
         /// `OPLOG` or `FILE` (absent: OPLOG).
         #[serde(default = "oplog_mode")]
         mode: String,
+        /// The highest term the replica has seen.
+        #[serde(default)]
+        term: u64,
     },
     /// FILE mode, secondary → primary after `Hello`: the copies it holds.
     FileInventory {
@@ -120,6 +129,9 @@ pub enum Message {
         chain: Vec<HistoryLink>,
         /// Entries after this sequence follow.
         from: u64,
+        /// The primary's term (the replica adopts it).
+        #[serde(default)]
+        term: u64,
     },
     /// Primary → replica: a full sync of `files` at `position` starts.
     FullSyncBegin {
@@ -129,6 +141,9 @@ pub enum Message {
         position: u64,
         /// Files that follow.
         files: Vec<FileInfo>,
+        /// The primary's term (the replica adopts it once the snapshot is installed).
+        #[serde(default)]
+        term: u64,
     },
     /// A file's bytes follow as chunks.
     FileBegin(FileInfo),
@@ -148,6 +163,9 @@ pub enum Message {
     Entries {
         /// The entries.
         entries: Vec<Entry>,
+        /// The primary's term.
+        #[serde(default)]
+        term: u64,
     },
     /// Both ways: alive, and the sender's committed (primary) or applied (replica) sequence.
     Heartbeat {
@@ -155,11 +173,17 @@ pub enum Message {
         seq: u64,
         /// Sender's clock, ms.
         ts: i64,
+        /// Sender's term.
+        #[serde(default)]
+        term: u64,
     },
     /// Replica → primary: everything up to `applied` is applied and durable.
     Ack {
         /// Applied sequence.
         applied: u64,
+        /// The replica's term (the one it adopted from this primary).
+        #[serde(default)]
+        term: u64,
     },
     /// Either way: the stream cannot go on.
     Error {
@@ -263,11 +287,25 @@ mod tests {
             history: "h".into(),
             seq: 7,
             mode: "FILE".into(),
+            term: 3,
         };
         write_message(&mut a, &hello).await.unwrap();
         write_chunk(&mut a, b"abc").await.unwrap();
         assert_eq!(read_message(&mut b).await.unwrap(), hello);
         assert!(matches!(read_unit(&mut b).await.unwrap(), Unit::Chunk(c) if &c[..] == b"abc"));
+        let old = br#"{"type":"ack","applied":4}"#;
+        let mut unit = ((old.len() + 1) as u32).to_be_bytes().to_vec();
+        unit.push(0);
+        unit.extend_from_slice(old);
+        a.write_all(&unit).await.unwrap();
+        assert_eq!(
+            read_message(&mut b).await.unwrap(),
+            Message::Ack {
+                applied: 4,
+                term: 0
+            },
+            "a message without a term reads as term 0"
+        );
         a.write_all(&[0, 0, 0, 2, 9, 9]).await.unwrap();
         assert!(read_unit(&mut b).await.is_err());
         a.write_all(&[255, 255, 255, 255]).await.unwrap();

@@ -7,6 +7,12 @@
 //! heartbeat period. Reading up to C only (C is published after the commit) guarantees that no
 //! entry of another database file can still be invisible when a later one is sent. A separate
 //! task reads the replica's acks and heartbeats into the [`super::ReplicationHub`].
+//!
+//! Terms: every message carries this primary's term; a replica whose `Hello` (or any later
+//! message) shows a higher term proves that another node was promoted since, so this primary
+//! steps down at once ([`ServerState::step_down`]) instead of serving it. Silence is measured
+//! on what the replica sends: no ack or heartbeat for [`super::ReplicationHub::silence`] ends the
+//! stream, and so does a send the replica does not take within that time (a paused replica).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,11 +68,13 @@ pub async fn serve_replica(
             history,
             seq,
             mode,
+            term,
         }) => (
             Hello {
                 instance,
                 history,
                 seq,
+                term,
             },
             mode,
         ),
@@ -83,6 +91,20 @@ pub async fn serve_replica(
             format!("this primary replicates in {ours} mode, not {mode} (replication.type)");
         tracing::info!(replica = %hello.instance, %peer, "refused: {message}");
         let _ = write_message(&mut writer, &Message::Error { message }).await;
+        return;
+    }
+    if hello.term > state.term() {
+        let message = format!(
+            "this node's term {} is behind the replica's {}: another node was promoted; stepping down",
+            state.term(),
+            hello.term
+        );
+        tracing::warn!(replica = %hello.instance, %peer, "{message}");
+        if let Err(e) = state.step_down(hello.term, "a replica showed a higher term") {
+            tracing::error!(error = %e, "could not step down");
+        }
+        let _ = write_message(&mut writer, &Message::Error { message }).await;
+        let _ = writer.flush().await;
         return;
     }
     let (instance, hub) = (hello.instance.clone(), &state.replication);
@@ -120,7 +142,16 @@ where
     let floor = state.meta.pruned_through().map_err(ServerError::from)?;
     let partial = seq <= committed && seq >= floor && position_in_chain(&chain, history, seq);
     let mut cursor = if partial {
-        write_message(writer, &Message::Continue { chain, from: seq }).await?;
+        let term = state.term();
+        write_message(
+            writer,
+            &Message::Continue {
+                chain,
+                from: seq,
+                term,
+            },
+        )
+        .await?;
         seq
     } else {
         full_sync(state, instance, chain, writer).await?
@@ -166,7 +197,7 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
             };
             if let Some(last) = batch.last() {
                 *cursor = last.seq;
-                send_entries(state, instance, batch, writer).await?;
+                send_within(state, send_entries(state, instance, batch, writer)).await?;
                 last_sent = Instant::now();
                 continue;
             }
@@ -179,8 +210,8 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
                 }
             }
             _ = tokio::time::sleep(wait) => {
-                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms() };
-                write_message(writer, &beat).await?;
+                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms(), term: state.term() };
+                send_within(state, write_message(writer, &beat)).await?;
                 last_sent = Instant::now();
             }
             why = closed.recv() => {
@@ -193,6 +224,22 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
     }
 }
 
+/// A send the replica does not take within the silence limit ends the stream (its receive
+/// buffer is full: it is paused or cut off).
+async fn send_within<F, E>(state: &ServerState, send: F) -> Result<(), StreamError>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    StreamError: From<E>,
+{
+    let silence = state.replication.silence();
+    match tokio::time::timeout(silence, send).await {
+        Ok(result) => result.map_err(StreamError::from),
+        Err(_) => Err(StreamError::Peer(format!(
+            "the replica took nothing for {silence:?}"
+        ))),
+    }
+}
+
 async fn send_entries<W: AsyncWrite + Unpin>(
     state: &ServerState,
     instance: &str,
@@ -202,7 +249,10 @@ async fn send_entries<W: AsyncWrite + Unpin>(
     let count = entries.len() as u64;
     let last = entries.last().map(|e| e.seq).unwrap_or(0);
     let oldest = entries.first().map(|e| e.ts).unwrap_or_else(now_ms);
-    let message = Message::Entries { entries };
+    let message = Message::Entries {
+        entries,
+        term: state.term(),
+    };
     let bytes = serde_json::to_vec(&message)
         .map(|v| v.len() as u64)
         .unwrap_or(0);
@@ -254,7 +304,7 @@ async fn read_acks<R: AsyncRead + Unpin>(
     mut reader: R,
     closed: mpsc::Sender<String>,
 ) {
-    let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
+    let silence = state.replication.silence();
     loop {
         let message = match tokio::time::timeout(silence, read_message(&mut reader)).await {
             Ok(Ok(m)) => m,
@@ -268,8 +318,18 @@ async fn read_acks<R: AsyncRead + Unpin>(
             }
         };
         match message {
-            Message::Ack { applied } | Message::Heartbeat { seq: applied, .. } => {
-                state.replication.record_ack(&instance, applied);
+            Message::Ack { applied, term }
+            | Message::Heartbeat {
+                seq: applied, term, ..
+            } => {
+                if term > state.term() {
+                    let _ = state.step_down(term, "a replica acknowledged in a higher term");
+                    let _ = closed.send(format!("replica is at term {term}")).await;
+                    return;
+                }
+                if !state.replication.record_ack(&instance, applied, term) {
+                    tracing::debug!(replica = %instance, term, "acknowledgement of another term not counted");
+                }
             }
             Message::Error { message } => {
                 let _ = closed.send(format!("replica reported: {message}")).await;
@@ -299,6 +359,7 @@ async fn full_sync<W: AsyncWrite + Unpin>(
             chain,
             position: snapshot.position,
             files: snapshot.files.clone(),
+            term: state.term(),
         },
     )
     .await?;
