@@ -482,3 +482,41 @@ async fn a_returning_write_refused_for_its_size_leaves_nothing_behind() {
     assert_eq!(rs.rows.len(), 2);
     assert_eq!(count(&mut c, "t").await, 2);
 }
+
+#[tokio::test]
+async fn statements_piped_behind_a_long_one_wait_in_the_socket_not_in_memory() {
+    use std::io::Write;
+    let server = ServerProcess::start();
+    let mut socket = std::net::TcpStream::connect(server.addr()).unwrap();
+    let long = b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+        WHERE i < 100000000) SELECT count(*) FROM n;";
+    socket.write_all(long).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.peak_rss_kib().unwrap_or(0);
+    // 100,000 statements of 1 KiB each: 100 MiB the server must not take in while it is busy.
+    let statement = format!("SELECT '{}';", "x".repeat(1010));
+    let mut writer = socket.try_clone().unwrap();
+    let pipe = std::thread::spawn(move || {
+        let mut sent = 0usize;
+        for _ in 0..100_000 {
+            if writer.write_all(statement.as_bytes()).is_err() {
+                break;
+            }
+            sent += statement.len();
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(2000));
+    let after = server.peak_rss_kib().unwrap_or(0);
+    socket.shutdown(std::net::Shutdown::Both).unwrap();
+    let sent = pipe.join().unwrap();
+    eprintln!(
+        "server peak RSS {before} KiB before the pipe, {after} KiB after {} KiB were sent",
+        sent / 1024
+    );
+    assert!(before > 0, "no VmHWM for the server");
+    assert!(
+        after < before + 4 * 1024,
+        "the server took the piped statements into memory: {before} KiB -> {after} KiB"
+    );
+}

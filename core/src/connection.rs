@@ -110,8 +110,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
         Ok(self.stream.into_inner())
     }
 
+    /// True when a complete statement is already buffered: a caller reading ahead while a
+    /// statement runs stops here, so piped statements wait in the socket, not in memory (an
+    /// unfinished one is kept up to `max_statement_bytes`, then only counted).
+    pub fn has_statement_buffered(&self) -> bool {
+        self.splitter.has_ready()
+    }
+
     /// Reads whatever the client sends next (kept for the following statements); `false` when
-    /// the client closed the connection. Cancel-safe: bytes read are never lost.
+    /// the client closed the connection. Cancel-safe: bytes read are never lost. Callers
+    /// stop calling it once [`ServerConnection::has_statement_buffered`] is true.
     pub async fn read_more(&mut self) -> Result<bool, ConnectionError> {
         self.read_buf.clear();
         if self.stream.read_buf(&mut self.read_buf).await? == 0 {

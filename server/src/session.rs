@@ -281,8 +281,9 @@ impl Session {
                     }
                 }
                 // A client that leaves while its statement runs (a proxy giving up on a
-                // timeout) gets the statement interrupted, which rolls it back.
-                more = out.read_more(), if client_here => {
+                // timeout) gets the statement interrupted, which rolls it back. Reading ahead
+                // stops at the next complete statement: piped statements wait in the socket.
+                more = out.read_more(), if client_here && !out.has_statement_buffered() => {
                     if !matches!(more, Ok(true)) {
                         client_here = false;
                         interrupt.interrupt();

@@ -111,6 +111,11 @@ impl StatementSplitter {
         self.ready.pop_front()
     }
 
+    /// True when a complete statement (or oversized-statement report) waits to be taken.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// True when bytes of an unfinished statement other than whitespace and
     /// comments are buffered (e.g. the peer disconnected mid-statement).
     pub fn has_partial(&self) -> bool {
