@@ -351,7 +351,7 @@ mod tests {
     fn spelling_case_and_malagasy_share_one_key() {
         let a = key("SELECT * FROM users WHERE id = 1");
         assert_eq!(a, key("select   *\n from users where id=1"));
-        assert_eq!(a, key("alaivo * ao users rehefa id = 1"));
+        assert_eq!(a, key("alaivo * FROM users rehefa id = 1"));
         assert_ne!(a, key("SELECT * FROM users WHERE id = 2"));
         assert_ne!(
             a,
@@ -359,6 +359,72 @@ mod tests {
             "identifiers keep their case"
         );
         assert_eq!(key("SELECT name FROM t"), key("select name from t"));
+    }
+
+    #[test]
+    fn dirkdb_forms_share_a_key_with_their_spellings_only() {
+        let a = key("alaivo * #ao@ users #rehefa id = 1");
+        assert_eq!(a, key("ALAIVO * ao users rehefa id = 1"));
+        assert_eq!(a, key("alaivo * # ao @ users # rehefa id = 1"));
+        assert_ne!(
+            a,
+            key("SELECT * FROM users WHERE id = 1"),
+            "DirkDB's meaning (set semantics, doubles) is not SQLite's"
+        );
+        assert_ne!(a, key("alaivo * #ao@ users #rehefa id = 2"));
+        let join = "alaivo ja.k, a, b #ao@ ja #tonona:avia@ jb #ka ja.k = jb.k";
+        let Analysis::Cacheable(read) = analyze(join) else {
+            panic!("not cacheable")
+        };
+        assert!(read.relations.contains(&"ja".to_string()));
+        assert!(read.relations.contains(&"jb".to_string()));
+        let Analysis::Cacheable(read) =
+            analyze("alaivo n #ao@ t #ankambana@ (alaivo n #ao@ u #analana alaivo x #ao@ v)")
+        else {
+            panic!("not cacheable")
+        };
+        for t in ["t", "u", "v"] {
+            assert!(read.relations.contains(&t.to_string()), "{t}");
+        }
+        assert_ne!(key("alaivo 1 antso x"), key("alaivo 1 antso y"));
+    }
+
+    #[test]
+    fn dirkdb_writes_name_what_they_change() {
+        let tables = |t: &str| Analysis::Write(WriteTargets::Tables(vec![t.into()]));
+        assert_eq!(analyze("manampia #ao@ t (n) #sanda (1)"), tables("t"));
+        assert_eq!(analyze("manampia ao @ t (n) alaivo n #ao@ u"), tables("t"));
+        assert_eq!(
+            analyze("havaozy t ova n = n + 1 #rehefa n = 3"),
+            tables("t")
+        );
+        assert_eq!(analyze("fafao #ao@ t #rehefa n = 3"), tables("t"));
+        assert_eq!(
+            analyze("manamboara efitra d (ISA(0,1))"),
+            tables("dirkdb_domains")
+        );
+        assert_eq!(analyze("ravao ny efitra d"), tables("dirkdb_domains"));
+        for ddl in [
+            "manamboara tabilao t (a ISA(0,10))",
+            "manamboara jery v @ alaivo n #ao@ t",
+            "ravao ny tabilao t",
+            "ravao ny jery v",
+        ] {
+            assert_eq!(
+                analyze(ddl),
+                Analysis::Write(WriteTargets::CurrentDatabase),
+                "{ddl}"
+            );
+        }
+        assert_eq!(
+            analyze("ravao ny tahiry Shop"),
+            Analysis::Write(WriteTargets::Database("shop".into()))
+        );
+        assert_eq!(analyze("ampiasao shop"), Analysis::Use("shop".into()));
+        assert!(matches!(
+            analyze("asehoy ny tahiry"),
+            Analysis::Uncacheable(_)
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
-use dirkdb_core::sql::translate;
+use dirkdb_core::sql::malagasy::translate;
 use rusqlite::Connection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;

@@ -12,7 +12,7 @@ use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 
 use super::lexer::{tokenize, TokenKind};
-use super::malagasy::translate;
+use super::translate;
 
 /// The routing class of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,16 +6,27 @@
 //! * [`splitter`] frames a byte stream (a connection, a script file, the
 //!   interactive client's input) into statements ended by `;`, following
 //!   SQLite's `sqlite3_complete()` rules for trigger bodies.
+//! * [`dirkdb`] is DirkDB's own language: parser, syntax tree and translator to SQLite SQL.
 //! * [`malagasy`] translates DirkDB's Malagasy keywords into SQL, on tokens,
 //!   before a statement is classified and executed.
 //! * [`classify`] decides where a statement may run; [`transaction`] follows a session's
 //!   transaction from the statements that control it.
 
 pub mod classify;
+pub mod dirkdb;
 pub mod lexer;
 pub mod malagasy;
 pub mod splitter;
 pub mod transaction;
 
-pub use malagasy::translate;
 pub use splitter::{split_script, Script, SplitItem, StatementSplitter};
+
+/// The SQL a statement stands for, for classification and cache keys: a DirkDB statement's
+/// translation ([`dirkdb::routing_sql`]), or the mixed Malagasy-English translation of anything
+/// else (English SQL comes back unchanged).
+pub fn translate(sql: &str) -> String {
+    match dirkdb::route(sql) {
+        dirkdb::Route::Dirk(stmt) => dirkdb::routing_sql(&stmt),
+        _ => malagasy::translate(sql),
+    }
+}

@@ -1,0 +1,165 @@
+//! DirkDB's own language (`../shared/DIRKDB-DIALECT.md`): a lexer, a syntax tree, a
+//! recursive-descent parser and a translator to SQLite SQL, used alike by the server (to run
+//! and answer), the proxy (to classify) and the cache (to key and invalidate).
+//!
+//! # Which grammar a statement is read with
+//!
+//! [`route`] decides per statement:
+//!
+//! 1. A statement whose first word is none of DirkDB's statement words (`alaivo`, `manampia`,
+//!    `havaozy`, `fafao`, `manamboara`, `ravao`, `asehoy`, `ampiasao`) is English SQL: the front
+//!    end is skipped (one comparison of the first word).
+//! 2. Otherwise, when DirkDB's grammar accepts the whole statement, it is DirkDB's and gets
+//!    DirkDB's meaning and messages — except a `manamboara tabilao` whose column types are SQL
+//!    type names (`INTEGER`, `TEXT`, …), which is today's mixed form.
+//! 3. Otherwise, when the mixed Malagasy-English translation ([`super::malagasy`]) reads as SQL
+//!    (`sqlparser`), it is the mixed form and keeps SQLite's meaning
+//!    (`ALAIVO * FROM t rehefa n > 2`, `manamboara tabilao t (id INTEGER PRIMARY KEY)`).
+//! 4. Otherwise it is a DirkDB statement with a syntax error, answered with DirkDB's text.
+
+pub mod ast;
+pub mod domain;
+pub mod error;
+mod lexer;
+pub mod parser;
+pub mod translate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser as SqlParser;
+
+pub use ast::Statement;
+pub use error::DirkError;
+pub use translate::{plan, Answer, Naming, NoSchema, Plan, Schema};
+
+/// How a statement is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// English SQL: no DirkDB statement word first.
+    English,
+    /// DirkDB's grammar.
+    Dirk(Arc<Statement>),
+    /// Today's mixed Malagasy-English form.
+    Mixed,
+    /// A DirkDB statement DirkDB's grammar refuses.
+    Error(DirkError),
+}
+
+/// DirkDB's statement words.
+const HEADS: &[&str] = &[
+    "alaivo",
+    "manampia",
+    "havaozy",
+    "fafao",
+    "manamboara",
+    "ravao",
+    "asehoy",
+    "ampiasao",
+];
+
+/// SQL type names that mark a `manamboara tabilao` as the mixed form.
+const SQL_TYPES: &[&str] = &[
+    "integer", "int", "text", "real", "numeric", "blob", "varchar", "char", "boolean", "date",
+    "datetime", "float", "double", "bigint", "smallint", "decimal",
+];
+
+/// Statements longer than this are routed without being remembered.
+const MEMO_MAX_SQL: usize = 4096;
+/// Routes remembered before the memo starts over.
+const MEMO_CAPACITY: usize = 4096;
+
+/// True when `sql` starts with one of DirkDB's statement words.
+pub fn starts_with_dirkdb_word(sql: &str) -> bool {
+    let trimmed = sql.trim_start();
+    let end = trimmed
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(trimmed.len());
+    let first = &trimmed[..end];
+    HEADS.iter().any(|h| h.eq_ignore_ascii_case(first))
+}
+
+/// Decides how `sql` is read (see the module documentation); remembered for short statements.
+pub fn route(sql: &str) -> Route {
+    if !starts_with_dirkdb_word(sql) {
+        return Route::English;
+    }
+    if sql.len() > MEMO_MAX_SQL {
+        return route_uncached(sql);
+    }
+    static MEMO: Mutex<Option<HashMap<String, Route>>> = Mutex::new(None);
+    if let Ok(memo) = MEMO.lock() {
+        if let Some(r) = memo.as_ref().and_then(|m| m.get(sql)) {
+            return r.clone();
+        }
+    }
+    let r = route_uncached(sql);
+    if let Ok(mut memo) = MEMO.lock() {
+        let map = memo.get_or_insert_with(HashMap::new);
+        if map.len() >= MEMO_CAPACITY {
+            map.clear();
+        }
+        map.insert(sql.to_string(), r.clone());
+    }
+    r
+}
+
+fn route_uncached(sql: &str) -> Route {
+    match parser::parse_statement(sql) {
+        Ok(stmt) if uses_sql_types(&stmt) && mixed_reads_as_sql(sql) => Route::Mixed,
+        Ok(stmt) => Route::Dirk(Arc::new(stmt)),
+        Err(_) if mixed_reads_as_sql(sql) => Route::Mixed,
+        Err(e) => Route::Error(e),
+    }
+}
+
+fn uses_sql_types(stmt: &Statement) -> bool {
+    let Statement::CreateTable { columns, .. } = stmt else {
+        return false;
+    };
+    columns.iter().any(|(_, ty)| {
+        ty.0.iter().any(|a| {
+            matches!(a, ast::TypeAtom::Named(n) if SQL_TYPES.iter().any(|t| t.eq_ignore_ascii_case(n)))
+        })
+    })
+}
+
+fn mixed_reads_as_sql(sql: &str) -> bool {
+    let translated = super::malagasy::translate(sql);
+    let words = super::classify::leading_words(&translated, 2);
+    let database_statement = matches!(
+        (
+            words.first().map(String::as_str),
+            words.get(1).map(String::as_str)
+        ),
+        (Some("USE" | "SHOW"), _) | (Some("CREATE" | "DROP"), Some("DATABASE" | "SCHEMA"))
+    );
+    database_statement
+        || SqlParser::parse_sql(&SQLiteDialect {}, &translated).is_ok_and(|s| s.len() == 1)
+}
+
+/// The SQL a DirkDB statement stands for, without a schema: what the proxy classifies and the
+/// cache keys and invalidates by. Database statements become their English forms.
+pub fn routing_sql(stmt: &Statement) -> String {
+    use translate::ident;
+    match stmt {
+        Statement::CreateDatabase(n) => format!("CREATE DATABASE {n}"),
+        Statement::Use(n) => format!("USE {n}"),
+        Statement::DropDatabase(n) => format!("DROP DATABASE {n}"),
+        Statement::ShowDatabases => "SHOW DATABASES".into(),
+        Statement::Drop(ast::ObjectKind::Domain, n) => format!(
+            "DELETE FROM {} WHERE name = {}",
+            translate::DOMAIN_TABLE,
+            domain::sql_string(n)
+        ),
+        Statement::Drop(ast::ObjectKind::Table, n) => format!("DROP TABLE {}", ident(n)),
+        other => match plan(other, &NoSchema) {
+            Ok(plan) => plan.steps.last().cloned().unwrap_or_default(),
+            Err(_) => "DIRK DIRKDB".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,319 @@
+//! Unit tests of DirkDB's parser, router and translator.
+
+use super::ast::*;
+use super::*;
+
+fn parse(sql: &str) -> Result<Statement, DirkError> {
+    parser::parse_statement(sql)
+}
+
+fn sql(s: &str) -> String {
+    let stmt = parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    plan(&stmt, &NoSchema).unwrap().steps.join("; ")
+}
+
+fn relation(s: &str) -> Naming {
+    match plan(&parse(s).unwrap(), &NoSchema).unwrap().answer {
+        Answer::Relation(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn whitespace_around_hash_and_at() {
+    assert_eq!(
+        parse("alaivo n # ao @ t # rehefa n > 3").unwrap(),
+        parse("alaivo n #ao@ t #rehefa n > 3").unwrap()
+    );
+    assert_eq!(
+        parse("ALAIVO n AO@t").unwrap(),
+        parse("alaivo n ao t").unwrap()
+    );
+}
+
+#[test]
+fn select_translation_keeps_dirkdb_meaning() {
+    assert_eq!(sql("alaivo 1 antso x"), "SELECT 1.0 AS \"x\"");
+    assert_eq!(
+        sql("alaivo s #ao@ t #rehefa n = 1"),
+        "SELECT \"s\" FROM (SELECT DISTINCT * FROM \"t\") AS \"t\" WHERE (\"n\" = 1.0)"
+    );
+    assert_eq!(
+        sql("alaivo 1 = 1 na 2 = 2 ary 1 = 2 antso x"),
+        "SELECT (((1.0 = 1.0) OR (2.0 = 2.0)) AND (1.0 = 2.0)) AS \"x\""
+    );
+    assert_eq!(
+        sql("alaivo * #ao@ t #fetra 2"),
+        "SELECT * FROM \"t\" LIMIT -1 OFFSET 2"
+    );
+    assert_eq!(
+        sql("alaivo * #ao@ t #fetra 1 3"),
+        "SELECT * FROM \"t\" LIMIT 2 OFFSET 1"
+    );
+    assert_eq!(
+        sql("alaivo * #ao@ t fetra 3 1"),
+        "SELECT * FROM \"t\" LIMIT 0 OFFSET 3"
+    );
+    assert_eq!(
+        sql("alaivo n #ao@ t #rehefa !(n > 2)"),
+        "SELECT \"n\" FROM (SELECT DISTINCT * FROM \"t\") AS \"t\" WHERE (NOT coalesce((\"n\" > 2.0), 0))"
+    );
+    assert_eq!(
+        sql("alaivo 7 / 2 antso x"),
+        "SELECT (CAST(7.0 AS REAL) / 2.0) AS \"x\""
+    );
+    assert_eq!(
+        sql("alaivo n + 1 dia null antso x #ao@ t"),
+        "SELECT (\"n\" + (1.0 IS NULL)) AS \"x\" FROM \"t\""
+    );
+}
+
+#[test]
+fn every_join_kind() {
+    let cases = [
+        ("#tonona", " CROSS JOIN \"jb\""),
+        ("#tonona:@", " CROSS JOIN \"jb\""),
+        ("#tonona:anatiny@", " CROSS JOIN \"jb\""),
+        ("tonona", " CROSS JOIN \"jb\""),
+    ];
+    for (word, join) in cases {
+        assert_eq!(
+            sql(&format!("alaivo a, b #ao@ ja {word} jb")),
+            format!("SELECT \"a\", \"b\" FROM \"ja\"{join}"),
+            "{word}"
+        );
+    }
+    for (word, kind) in [
+        ("#tonona:avia@", "LEFT"),
+        ("#tonona:ankavia@", "LEFT"),
+        ("# tonona : avanana @", "RIGHT"),
+        ("#tonona:ankavanana", "RIGHT"),
+        ("#tonona:feno@", "FULL"),
+    ] {
+        assert_eq!(
+            sql(&format!("alaivo ja.k, a, b #ao@ ja {word} jb #ka ja.k = jb.k")),
+            format!(
+                "SELECT \"ja\".\"k\", \"a\", \"b\" FROM (SELECT DISTINCT * FROM \"ja\") AS \"ja\" {kind} JOIN (SELECT DISTINCT * FROM \"jb\") AS \"jb\" ON (\"ja\".\"k\" = \"jb\".\"k\")"
+            ),
+            "{word}"
+        );
+    }
+    assert_eq!(
+        sql("alaivo * #ao@ ja #tonona:natoraly@ jb"),
+        "SELECT * FROM \"ja\" NATURAL JOIN \"jb\""
+    );
+    assert_eq!(
+        relation("alaivo ja.k, a, b #ao@ ja #tonona:avia@ jb #ka ja.k = jb.k"),
+        Naming {
+            relation: "ja_left_join_jb_projection".into(),
+            columns: Some(vec![
+                ("k".into(), Some("ja".into())),
+                ("a".into(), None),
+                ("b".into(), None)
+            ]),
+        }
+    );
+    assert_eq!(
+        relation("alaivo a, b #ao@ ja #tonona jb").relation,
+        "ja_produit_jb_projection"
+    );
+}
+
+#[test]
+fn set_operators_in_every_spelling() {
+    for (op, sqlop) in [
+        ("#ankambana@", "UNION"),
+        ("#ankambana", "UNION"),
+        ("ankambana", "UNION"),
+        ("+", "UNION"),
+        ("#+@", "UNION"),
+        ("#analana@", "EXCEPT"),
+        ("-", "EXCEPT"),
+        ("#-@", "EXCEPT"),
+        ("#atifitra@", "INTERSECT"),
+        ("^", "INTERSECT"),
+        ("#^@", "INTERSECT"),
+    ] {
+        assert_eq!(
+            sql(&format!("alaivo n #ao@ t {op} alaivo n #ao@ u")),
+            format!("SELECT \"n\" FROM \"t\" {sqlop} SELECT \"n\" FROM \"u\""),
+            "{op}"
+        );
+    }
+    assert_eq!(
+        sql("alaivo n #ao@ t #ankambana@ (alaivo n #ao@ u #analana alaivo n #ao@ v)"),
+        "SELECT \"n\" FROM \"t\" UNION SELECT * FROM (SELECT \"n\" FROM \"u\" EXCEPT SELECT \"n\" FROM \"v\")"
+    );
+    assert_eq!(
+        relation("alaivo n #ao@ t #ankambana@ alaivo n #ao@ u").relation,
+        "t_projection_Union_u_projection"
+    );
+}
+
+#[test]
+fn derived_tables_group_by_and_names() {
+    assert_eq!(
+        relation("alaivo x #ao@ (alaivo n antso x #ao@ t #rehefa n = 5) q").relation,
+        "t_selection_projection_projection"
+    );
+    assert_eq!(
+        parse("alaivo x #ao@ (alaivo n #ao@ t)"),
+        Err(DirkError::AliasNeeded)
+    );
+    assert_eq!(
+        sql("alaivo c, count(v), sum(v), avg(v) antso m #ao@ g #rehefa v > 1 #vondrona (c)"),
+        "SELECT \"c\", CAST(count(\"v\") AS REAL) AS \"FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=v])])\", total(\"v\") AS \"FunctionExpr(sum, [ID(QualifiedIdentifier [origin=null, name=v])])\", coalesce(avg(\"v\"), 0.0) AS \"m\" FROM (SELECT DISTINCT * FROM \"g\") AS \"g\" WHERE (\"v\" > 1.0) GROUP BY \"c\""
+    );
+    assert_eq!(
+        relation("alaivo 1+1").columns,
+        Some(vec![("(NUMBER(1.0) ADD NUMBER(1.0))".into(), None)])
+    );
+    assert_eq!(
+        relation("alaivo 1 x y z").columns,
+        Some(vec![("z".into(), None)])
+    );
+    assert_eq!(parse("alaivo *"), Err(DirkError::SelectAllWithoutFrom));
+    assert_eq!(
+        parse("alaivo n #vondrona c").unwrap_err(),
+        DirkError::OpenParen
+    );
+}
+
+#[test]
+fn writes() {
+    assert_eq!(
+        sql("manampia #ao@ t (n, s) #sanda (1, 'a'), (2.5, \"b\\'c\")"),
+        "INSERT INTO \"t\" (\"n\", \"s\") VALUES (1.0, 'a'), (2.5, 'b''c')"
+    );
+    assert_eq!(
+        sql("manampia ao t () sanda (1, null)"),
+        "INSERT INTO \"t\" VALUES (1.0, NULL)"
+    );
+    assert_eq!(
+        sql("manampia ao @ t (n) alaivo 0 - 3"),
+        "INSERT INTO \"t\" (\"n\") SELECT (0.0 - 3.0) AS \"(NUMBER(0.0) MIN NUMBER(3.0))\""
+    );
+    assert_eq!(
+        parse("manampia ao@ t sanda (1,'a')"),
+        Err(DirkError::OpenParen)
+    );
+    assert_eq!(
+        parse("manampia ao@ t (n, s) sanda (1)"),
+        Err(DirkError::ValueCount {
+            fields: 2,
+            values: 1
+        })
+    );
+    assert_eq!(
+        parse("manampia ao@ t (n, s) sanda (-1,'abc')")
+            .unwrap_err()
+            .to_string(),
+        "Attendu (sans casse) \"null\", trouvé \"-1,'\""
+    );
+    assert_eq!(
+        sql("havaozy t ova a = 'y', k = k + 10 rehefa k = 3"),
+        "UPDATE \"t\" SET \"a\" = 'y', \"k\" = (\"k\" + 10.0) WHERE (\"k\" = 3.0)"
+    );
+    assert_eq!(sql("fafao ao@ t"), "DELETE FROM \"t\"");
+    assert_eq!(
+        sql("fafao #ao@ t #rehefa k = 20"),
+        "DELETE FROM \"t\" WHERE (\"k\" = 20.0)"
+    );
+}
+
+#[test]
+fn types_become_check_constraints() {
+    let s = sql("manamboara tabilao t (a ISA(0,10), b LAHATSORATRA(2,4), c TANISA('x', 3, y), d DATY, e ISA(null,null):LAHATSORATRA(1,2))");
+    assert!(s.starts_with("CREATE TABLE \"t\" (\"a\" CONSTRAINT \"dirkdb_domain_0\" CHECK (\"a\" IS NULL OR (typeof(\"a\") IN ('integer','real') AND \"a\" >= 0.0 AND \"a\" <= 10.0) OR dirkdb_domain_violation(\"a\", 0, 'Domain{NUMBER(min:0.0,max:10.0)}'))"), "{s}");
+    assert!(
+        s.contains("(typeof(\"c\") = 'text' AND \"c\" IN ('x','y'))"),
+        "{s}"
+    );
+    assert!(s.contains("\"d\" IS NULL OR 0 OR"), "{s}");
+    assert_eq!(
+        parse("manamboara efitra d ( TANISA('a','b',3) )").unwrap(),
+        Statement::CreateDomain {
+            name: "d".into(),
+            ty: TypeExpr(vec![TypeAtom::Enum(vec![
+                Member::Str("a".into()),
+                Member::Str("b".into()),
+                Member::Number(3.0)
+            ])])
+        }
+    );
+    assert_eq!(
+        parse("manamboara efitra d TANISA(a)"),
+        Err(DirkError::DomainOpen)
+    );
+}
+
+#[test]
+fn dirkdb_errors() {
+    assert_eq!(parse("SELECT 1"), Err(DirkError::NoCommand));
+    assert_eq!(parse("ravao tabilao t"), Err(DirkError::NoCommand));
+    assert_eq!(
+        parse("ampiasao a b"),
+        Err(DirkError::Remaining(" b".into()))
+    );
+    assert_eq!(parse("alaivo n dia 5"), Err(DirkError::AfterIs));
+    assert_eq!(
+        parse("alaivo 5. antso x").unwrap_err().to_string(),
+        "Can not eval because the input contains some remaining='. antso x'"
+    );
+    assert_eq!(
+        parse("manamboara jery v antso alaivo 1"),
+        Err(DirkError::ViewAt)
+    );
+    let deep = format!("alaivo {}1{}", "(".repeat(500), ")".repeat(500));
+    assert_eq!(parse(&deep), Err(DirkError::TooDeep(parser::MAX_DEPTH)));
+    let deep = format!("alaivo {}1", "!".repeat(5000));
+    assert_eq!(parse(&deep), Err(DirkError::TooDeep(parser::MAX_DEPTH)));
+}
+
+#[test]
+fn routing_rule() {
+    assert_eq!(route("SELECT 1"), Route::English);
+    assert_eq!(route("select * from t where x = 'alaivo'"), Route::English);
+    assert!(matches!(route("alaivo n #ao@ t"), Route::Dirk(_)));
+    assert!(matches!(route("asehoy ny efitra"), Route::Dirk(_)));
+    assert_eq!(
+        route("ALAIVO * FROM utilisateurs rehefa age > 26"),
+        Route::Mixed
+    );
+    assert_eq!(
+        route("manamboara tabilao u (id INTEGER PRIMARY KEY, nom TEXT)"),
+        Route::Mixed
+    );
+    assert_eq!(route("manamboara tabilao u (nom TEXT)"), Route::Mixed);
+    assert_eq!(
+        route("alaivo count(*) ao t rehefa v dia tsy NULL"),
+        Route::Mixed
+    );
+    assert_eq!(route("ravao tabilao t"), Route::Mixed);
+    assert!(matches!(
+        route("alaivo n dia 5 #ao@ t"),
+        Route::Error(DirkError::AfterIs)
+    ));
+    assert!(matches!(
+        route("manamboara tabilao t (a ISA(0,10))"),
+        Route::Dirk(_)
+    ));
+    assert_eq!(route("alaivo 'a\\'b'"), route("alaivo 'a\\'b'"));
+    assert!(matches!(route("alaivo 'a\\'b'"), Route::Dirk(_)));
+}
+
+#[test]
+fn routing_sql_for_classification() {
+    let r = |s: &str| match route(s) {
+        Route::Dirk(stmt) => routing_sql(&stmt),
+        other => panic!("{s}: {other:?}"),
+    };
+    assert_eq!(r("ampiasao shop"), "USE shop");
+    assert_eq!(r("manamboara tahiry shop"), "CREATE DATABASE shop");
+    assert_eq!(r("ravao ny tahiry shop"), "DROP DATABASE shop");
+    assert_eq!(r("asehoy ny tahiry"), "SHOW DATABASES");
+    assert!(r("asehoy ny tabilao").starts_with("SELECT name AS fanasehoana FROM sqlite_schema"));
+    assert!(r("manamboara efitra d (ISA(0,1))").starts_with("INSERT INTO dirkdb_domains"));
+    assert!(r("ravao ny efitra d").starts_with("DELETE FROM dirkdb_domains"));
+    assert_eq!(r("ravao ny jery v"), "DROP VIEW \"v\"");
+}
