@@ -2,7 +2,7 @@
 //! role, health, position, lag, statements in flight, reads, writes, errors and mean latency),
 //! and `GET /metrics` in Prometheus text format. Both also show the configured replication
 //! mode, each instance's reported mode, and the FILE-mode write trigger counters
-//! ([`crate::file_triggers`]).
+//! ([`crate::file_triggers`]). `GET /` is the status page ([`crate::status_page`]).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct AdminState {
     pub stats: Arc<ProxyStats>,
     /// FILE-mode write triggers and their counters.
     pub file_triggers: Arc<FileTriggers>,
+    /// The status page's samples of the last minutes.
+    pub history: Arc<crate::status_page::History>,
 }
 
 /// Serves the admin API until the task is aborted.
@@ -37,6 +39,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
         .route("/cluster/status", get(status))
         .route("/metrics", get(metrics))
         .route("/cluster/failover", axum::routing::post(failover))
+        .merge(crate::status_page::routes())
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "proxy admin API stopped");

@@ -47,6 +47,7 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
     persist(&updated);
     let updated = writer.store(updated);
     drop(writer);
+    crate::status_page::record_failover(&t, target, to);
     tracing::warn!(old = %t.primary().id, new = %new.id, "failover: new primary");
     for (i, backend) in updated.backends.iter().enumerate() {
         if i != target {

@@ -6,7 +6,8 @@
 //! as a server, classifies each with `sqlparser` (after the Malagasy translation), and runs it
 //! on the primary (writes, transactions, anything unsure) or on a read candidate chosen by the
 //! [`topology`]'s strategy among the instances the [`health`] checker finds up and within the
-//! lag limit, passing the instance's frames back to the client. [`admin`] reports all of it.
+//! lag limit, passing the instance's frames back to the client. [`admin`] reports all of it,
+//! and serves the [`status_page`] to look at in a browser.
 //!
 //! The session answers `DIRK POSITION` and `DIRK SEEN <seq>` itself (its read-your-writes
 //! position). `DIRK CHANGES` turns the client's connection into a relay of the current primary's
@@ -26,6 +27,7 @@ pub mod health;
 pub mod http;
 pub mod reload;
 pub mod session;
+pub mod status_page;
 pub mod topology;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -85,14 +87,17 @@ pub async fn run(
     let topology = Arc::new(SharedTopology::new(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
     let file_triggers = FileTriggers::new(topology.clone());
+    let history = status_page::History::new();
     let mut background = vec![
         tokio::spawn(health::run(topology.clone())),
+        tokio::spawn(status_page::history::run(topology.clone(), history.clone())),
         tokio::spawn(admin::serve(
             admin_listener,
             admin::AdminState {
                 topology: topology.clone(),
                 stats: stats.clone(),
                 file_triggers: file_triggers.clone(),
+                history,
             },
         )),
     ];

@@ -1,0 +1,348 @@
+//! The proxy's status page in a real browser: a cluster of three instances behind the proxy and a
+//! cache, the page opened in headless Chromium (driven through chromedriver with `fantoccini`),
+//! every instance shown with its role, the primary killed and the failover seen on the page
+//! within seconds, the proxy stopped and the page saying it cannot reach it. Screenshots land in
+//! `target/status-page*.png` (laptop width, after the failover, narrow window).
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
+//! other paths through `DIRKDB_CHROMIUM` / `DIRKDB_CHROMEDRIVER`); without them the test prints
+//! why it is skipped and passes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{dirkdb_bin, free_port, wait_for_port};
+use fantoccini::{Client as Browser, ClientBuilder};
+use serde_json::{json, Value};
+
+const OPLOG: &str = r#"{ "maxEntries": 1000000 }"#;
+
+/// Chromium and chromedriver, or why the test cannot run.
+fn browser_binaries() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = std::env::var_os("DIRKDB_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    let driver = std::env::var_os("DIRKDB_CHROMEDRIVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromedriver".into());
+    for (path, package) in [(&chromium, "chromium"), (&driver, "chromium-driver")] {
+        if !path.exists() {
+            return Err(format!(
+                "{} is absent (Debian package `{package}`: apt-get install chromium \
+                 chromium-driver; .ci/run does it)",
+                path.display()
+            ));
+        }
+    }
+    Ok((chromium, driver))
+}
+
+/// A chromedriver process on a loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start(binary: &Path, log: &Path) -> Driver {
+        let port = free_port();
+        let child = Command::new(binary)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        wait_for_port(port);
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `dirkdb cache --config` process (the config's cache section), killed when dropped.
+struct Cache(Child);
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn set_config(cluster: &Cluster, section: &str, value: Value) {
+    let path = cluster.dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("json");
+    config[section] = value;
+    std::fs::write(&path, config.to_string()).expect("write config");
+}
+
+/// Three instances, AUTOMATIC failover after 500 ms, and a cache whose ports are in the config.
+fn cluster_with_cache() -> (Cluster, Cache, u16) {
+    let mut cluster = Cluster::configure_with(2, OPLOG, "{}");
+    let (cache_port, cache_admin) = (free_port(), free_port());
+    set_config(
+        &cluster,
+        "failover",
+        json!({ "mode": "AUTOMATIC", "detectionMillis": 500 }),
+    );
+    set_config(
+        &cluster,
+        "cache",
+        json!({ "listenHost": "127.0.0.1", "listenPort": cache_port, "adminPort": cache_admin,
+                "ttlMillis": 5000, "maxEntries": 100 }),
+    );
+    cluster.spawn_all_with_proxy();
+    let log = std::fs::File::create(cluster.dir.path().join("cache.log")).expect("cache log");
+    let child = Command::new(dirkdb_bin())
+        .args(["cache", "--config"])
+        .arg(cluster.dir.path().join("config.json"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn dirkdb cache");
+    wait_for_port(cache_port);
+    wait_for_port(cache_admin);
+    (cluster, Cache(child), cache_port)
+}
+
+/// Writes through the proxy and reads through the cache and the proxy until `stop` (at most
+/// 120 s), so the charts have something to show; errors (during the failover) are skipped.
+async fn load(proxy: String, cache: String, stop: Arc<AtomicBool>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let setup = "CREATE DATABASE IF NOT EXISTS shop; USE shop; \
+                 CREATE TABLE IF NOT EXISTS w (id INTEGER PRIMARY KEY, v TEXT); \
+                 CREATE TABLE IF NOT EXISTS r (id INTEGER PRIMARY KEY, v TEXT); \
+                 INSERT OR IGNORE INTO r VALUES (1, 'one'), (2, 'two')";
+    let mut writer = dirkdb_client::Client::connect(&proxy).await.expect("proxy");
+    for statement in setup.split("; ") {
+        writer.execute(statement).await.expect(statement);
+    }
+    let mut cached = dirkdb_client::Client::connect(&cache).await.expect("cache");
+    cached
+        .execute("USE shop")
+        .await
+        .expect("USE through the cache");
+    let mut reader = dirkdb_client::Client::connect(&proxy).await.expect("proxy");
+    reader.execute("USE shop").await.expect("USE");
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        i += 1;
+        let _ = writer
+            .execute(&format!("INSERT INTO w(v) VALUES ('row {i}')"))
+            .await;
+        for _ in 0..3 {
+            let _ = cached
+                .execute(&format!("SELECT v FROM r WHERE id = {}", i % 2 + 1))
+                .await;
+        }
+        let _ = reader.execute("SELECT count(*) FROM r").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn open_browser(chromium: &Path, driver: &Driver, profile: &Path) -> Browser {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium.display().to_string(),
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1366,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a chromedriver session")
+}
+
+/// What the page shows, read from its DOM.
+async fn page_view(browser: &Browser) -> Value {
+    const READ: &str = r#"
+        const all = (s) => Array.from(document.querySelectorAll(s));
+        return {
+          instances: all('g[data-instance]').map((g) => ({
+            id: g.dataset.instance, role: g.dataset.role, health: g.dataset.health,
+            text: g.textContent })),
+          cache: all('g[data-node="cache"]').map((g) => g.dataset.health),
+          failovers: all('#failovers li[data-from]').map((l) => ({
+            from: l.dataset.from, to: l.dataset.to, text: l.textContent })),
+          lagRows: all('#lag-table tr[data-lag-instance]').map((r) => r.textContent),
+          conn: document.getElementById('conn').dataset.state,
+          alerts: document.getElementById('alerts').innerText,
+          charts: all('.chart svg path').length,
+        };"#;
+    browser.execute(READ, vec![]).await.expect("read the page")
+}
+
+/// Polls the page until `done` holds (returns the view and how long it took) or `timeout`.
+async fn wait_for(
+    browser: &Browser,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Duration) {
+    let started = Instant::now();
+    loop {
+        let view = page_view(browser).await;
+        if done(&view) {
+            return (view, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the page did not show {what} within {timeout:?}; it shows {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    std::fs::create_dir_all(&target).expect("target folder");
+    target.join(name)
+}
+
+async fn screenshot(browser: &Browser, name: &str) {
+    let png = browser.screenshot().await.expect("screenshot");
+    let path = artifact(name);
+    std::fs::write(&path, png).expect("write screenshot");
+    println!("screenshot: {}", path.display());
+}
+
+fn role_of<'a>(view: &'a Value, id: &str) -> Option<(&'a str, &'a str)> {
+    view["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["id"] == id)
+        .and_then(|i| Some((i["role"].as_str()?, i["health"].as_str()?)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_cluster_and_a_failover_in_a_real_browser() {
+    let (chromium, driver_bin) = match browser_binaries() {
+        Ok(paths) => paths,
+        Err(why) => {
+            println!(
+                "SKIPPED the_status_page_shows_the_cluster_and_a_failover_in_a_real_browser: {why}"
+            );
+            return;
+        }
+    };
+    let (mut cluster, _cache, cache_port) = cluster_with_cache();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(
+        format!("127.0.0.1:{}", cluster.proxy.port),
+        format!("127.0.0.1:{cache_port}"),
+        stop.clone(),
+    ));
+    let driver = Driver::start(&driver_bin, &cluster.dir.path().join("chromedriver.log"));
+    let profile = tempfile::tempdir().expect("browser profile");
+    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let url = format!("http://127.0.0.1:{}/", cluster.proxy.admin);
+    browser.goto(&url).await.expect("open the status page");
+
+    // Every instance with its role, all up, the cache drawn, the charts drawn.
+    let (view, _) = wait_for(&browser, Duration::from_secs(15), "the cluster", |v| {
+        role_of(v, "m1") == Some(("PRIMARY", "Up"))
+            && role_of(v, "m2") == Some(("REPLICA", "Up"))
+            && role_of(v, "m3") == Some(("REPLICA", "Up"))
+            && v["cache"] == json!(["Up"])
+            && v["conn"] == "live"
+    })
+    .await;
+    assert_eq!(
+        view["lagRows"].as_array().map(Vec::len),
+        Some(2),
+        "{view:#}"
+    );
+    assert!(
+        view["alerts"].as_str() == Some(""),
+        "no alert while all is well: {view:#}"
+    );
+    // A few seconds of samples, so the screenshot has lines to show.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let view = page_view(&browser).await;
+    assert!(
+        view["charts"].as_u64().unwrap_or(0) >= 3,
+        "chart lines: {view:#}"
+    );
+    screenshot(&browser, "status-page.png").await;
+
+    // Kill the primary: the page shows m1 unreachable and the failover, by itself.
+    let killed = Instant::now();
+    cluster.kill9(0);
+    let (view, took) = wait_for(&browser, Duration::from_secs(15), "the failover", |v| {
+        let promoted = ["m2", "m3"]
+            .iter()
+            .any(|id| role_of(v, id).is_some_and(|(role, _)| role == "PRIMARY"));
+        promoted
+            && role_of(v, "m1") == Some(("REPLICA", "Down"))
+            && v["failovers"][0]["from"] == "m1"
+            && v["alerts"]
+                .as_str()
+                .is_some_and(|a| a.contains("The proxy cannot reach m1"))
+    })
+    .await;
+    let failover = &view["failovers"][0];
+    assert!(
+        failover["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("primary m1 unreachable") && t.contains("automatic")),
+        "{failover:#}"
+    );
+    println!(
+        "the page showed the failover m1 → {} {:.1} s after kill -9 ({:.1} s of page polling)",
+        failover["to"],
+        killed.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    screenshot(&browser, "status-page-failover.png").await;
+    browser
+        .set_window_size(420, 1400)
+        .await
+        .expect("narrow window");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    screenshot(&browser, "status-page-narrow.png").await;
+
+    // The proxy gone: the page says so instead of showing stale figures as live.
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.await;
+    if let Some(mut proxy) = cluster.proxy.child.take() {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
+    let (view, _) = wait_for(&browser, Duration::from_secs(10), "the lost proxy", |v| {
+        v["conn"] == "error"
+    })
+    .await;
+    assert!(
+        view["alerts"]
+            .as_str()
+            .is_some_and(|a| a.contains("cannot reach the proxy's admin API")),
+        "{view:#}"
+    );
+    browser.close().await.expect("close the browser");
+}
