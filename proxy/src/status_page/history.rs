@@ -2,6 +2,11 @@
 //! the proxy already knows (the topology, each instance's health and lag, its read and write
 //! counters) plus the cache's counters when a cache answers on `cache.adminPort`.
 //!
+//! Replication lag comes from two places: the proxy's own health checks (how long a replica's
+//! sequence has stayed below the primary's, as `/cluster/status` reports it) and, when the primary
+//! answers, the primary's `/replication/replicas` (entries not yet acknowledged and the age of the
+//! oldest), which is exact under load; a sample carries both, the page shows the primary's.
+//!
 //! At most [`CAPACITY`] samples are kept (five minutes at one a second); the oldest is dropped
 //! when a new one comes, so memory stays bounded whatever the uptime. Rates are computed from
 //! the counters' change since the previous sample.
@@ -19,8 +24,8 @@ use crate::topology::{SharedTopology, Topology};
 pub(crate) const CAPACITY: usize = 300;
 /// Time between samples.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
-/// Longest wait for the cache's `/stats`.
-const CACHE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest wait for the cache's `/stats` and the primary's `/replication/replicas`.
+const ADMIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One instance at one instant.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -34,6 +39,21 @@ pub(crate) struct InstanceSample {
     pub lag_ms: u64,
     pub reads_per_sec: f64,
     pub writes_per_sec: f64,
+    /// The replication stream as the primary reports it (replicas it knows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamLag>,
+}
+
+/// One replica's stream in the primary's `/replication/replicas`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StreamLag {
+    /// `Connected`, `Syncing`, `Lagging` or `Disconnected`.
+    pub state: String,
+    /// Entries committed on the primary and not yet acknowledged by the replica.
+    pub lag_operations: u64,
+    /// Age of the oldest entry not yet acknowledged.
+    pub lag_ms: u64,
 }
 
 /// The cache at one instant (only while it answers).
@@ -126,8 +146,15 @@ impl History {
         samples.push_back(sample);
     }
 
-    /// Takes one sample of `t`, with the cache's `/stats` answer (or why there is none).
-    pub(crate) fn sample(&self, t: &Topology, cache_stats: Result<serde_json::Value, String>) {
+    /// Takes one sample of `t`, with the primary's `/replication/replicas` and the cache's
+    /// `/stats` answers (or why there are none).
+    pub(crate) fn sample(
+        &self,
+        t: &Topology,
+        replicas: Result<serde_json::Value, String>,
+        cache_stats: Result<serde_json::Value, String>,
+    ) {
+        let streams = replicas.map(|r| streams(&r)).unwrap_or_default();
         let now = Instant::now();
         let mut previous = lock(&self.previous);
         let seconds = previous
@@ -155,6 +182,9 @@ impl History {
                     lag_ms: h.lag_ms,
                     reads_per_sec,
                     writes_per_sec,
+                    stream: (i != t.primary)
+                        .then(|| streams.get(&b.id).cloned())
+                        .flatten(),
                 }
             })
             .collect();
@@ -217,9 +247,41 @@ pub async fn run(topology: Arc<SharedTopology>, history: Arc<History>) {
     loop {
         tick.tick().await;
         let t = topology.load_full();
-        let stats = crate::http::get_json(&cache_admin_addr(&t), "/stats", CACHE_TIMEOUT).await;
-        history.sample(&t, stats);
+        let cache_admin = cache_admin_addr(&t);
+        let (replicas, stats) = tokio::join!(
+            primary_replicas(&t),
+            crate::http::get_json(&cache_admin, "/stats", ADMIN_TIMEOUT)
+        );
+        history.sample(&t, replicas, stats);
     }
+}
+
+/// The primary's `/replication/replicas`, when it has an admin port and answers.
+async fn primary_replicas(t: &Topology) -> Result<serde_json::Value, String> {
+    let admin = t
+        .primary()
+        .admin
+        .as_deref()
+        .ok_or("the primary has no adminPort")?;
+    crate::http::get_json(admin, "/replication/replicas", ADMIN_TIMEOUT).await
+}
+
+/// Each replica's stream by instance id, from a `/replication/replicas` answer.
+fn streams(answer: &serde_json::Value) -> HashMap<String, StreamLag> {
+    let Some(replicas) = answer["replicas"].as_array() else {
+        return HashMap::new();
+    };
+    replicas
+        .iter()
+        .filter_map(|r| {
+            let stream = StreamLag {
+                state: r["state"].as_str().unwrap_or("unknown").to_string(),
+                lag_operations: r["lagOperations"].as_u64().unwrap_or(0),
+                lag_ms: r["lagMs"].as_u64().unwrap_or(0),
+            };
+            Some((r["instance"].as_str()?.to_string(), stream))
+        })
+        .collect()
 }
 
 /// Where the cache of `config.json` serves its admin API (a wildcard listen address is asked
@@ -261,11 +323,34 @@ mod tests {
         )
     }
 
+    fn no_primary() -> Result<serde_json::Value, String> {
+        Err("refused".into())
+    }
+
+    #[test]
+    fn replicas_carry_the_primarys_view_of_their_stream() {
+        let (h, t) = (History::new(), topology());
+        let answer = json!({ "replicas": [
+            { "instance": "m2", "state": "Lagging", "lagOperations": 12, "lagMs": 1500 },
+            { "instance": "gone", "state": "Disconnected", "lagOperations": 1, "lagMs": 9 } ] });
+        h.sample(&t, Ok(answer), no_primary());
+        let s = h.since(0).pop().unwrap();
+        assert_eq!(
+            s.instances[0].stream, None,
+            "the primary has no stream to itself"
+        );
+        let m2 = s.instances[1].stream.as_ref().unwrap();
+        assert_eq!(
+            (m2.state.as_str(), m2.lag_operations, m2.lag_ms),
+            ("Lagging", 12, 1500)
+        );
+    }
+
     #[test]
     fn the_ring_buffer_keeps_the_last_samples_only() {
         let (h, t) = (History::new(), topology());
         for _ in 0..CAPACITY + 7 {
-            h.sample(&t, Err("refused".into()));
+            h.sample(&t, Err("refused".into()), Err("refused".into()));
         }
         assert_eq!(h.since(0).len(), CAPACITY);
         let last = h.since(0).last().unwrap().at;
@@ -275,13 +360,13 @@ mod tests {
     #[test]
     fn rates_come_from_the_counters_change_between_samples() {
         let (h, t) = (History::new(), topology());
-        h.sample(&t, Err("refused".into()));
+        h.sample(&t, Err("refused".into()), Err("refused".into()));
         for _ in 0..50 {
             t.backends[1].record(false, false, 10);
         }
         t.backends[0].record(true, false, 10);
         std::thread::sleep(Duration::from_millis(100));
-        h.sample(&t, Err("refused".into()));
+        h.sample(&t, Err("refused".into()), Err("refused".into()));
         let s = h.since(0).pop().unwrap();
         let (m1, m2) = (&s.instances[0], &s.instances[1]);
         assert_eq!((m1.role.as_str(), m2.role.as_str()), ("PRIMARY", "REPLICA"));
@@ -296,23 +381,23 @@ mod tests {
     #[test]
     fn the_cache_appears_once_it_answers_and_its_ratio_is_per_interval() {
         let (h, t) = (History::new(), topology());
-        h.sample(&t, Err("refused".into()));
+        h.sample(&t, Err("refused".into()), Err("refused".into()));
         assert_eq!(h.cache_view().state, "absent");
         assert_eq!(h.cache_view().admin, "127.0.0.1:4999");
         let stats = |hits: u64, misses: u64| {
             Ok(json!({"hits": hits, "misses": misses, "hit_ratio": 0.5, "entries": 3, "bytes": 90}))
         };
-        h.sample(&t, stats(10, 10));
-        h.sample(&t, stats(19, 11));
+        h.sample(&t, no_primary(), stats(10, 10));
+        h.sample(&t, no_primary(), stats(19, 11));
         let cache = h.since(0).pop().unwrap().cache.unwrap();
         assert_eq!(cache.hit_ratio, Some(0.9));
         assert_eq!(
             (cache.entries, cache.bytes, cache.total_hit_ratio),
             (3, 90, 0.5)
         );
-        h.sample(&t, stats(19, 11));
+        h.sample(&t, no_primary(), stats(19, 11));
         assert_eq!(h.since(0).pop().unwrap().cache.unwrap().hit_ratio, None);
-        h.sample(&t, Err("Connection refused".into()));
+        h.sample(&t, no_primary(), Err("Connection refused".into()));
         let view = h.cache_view();
         assert_eq!(
             (view.state, view.error.as_deref()),

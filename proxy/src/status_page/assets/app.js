@@ -316,26 +316,21 @@ function instanceNode(inst, b, color, latest) {
   parts.push(text(x, b.y + 41, healthWord + term, 'font-size="12.5" font-weight="' + (health === "Up" ? 600 : 700) + '" fill="' + stroke + '" class="health"'));
   parts.push(text(x, b.y + 59, "seq " + fmtInt(inst.committedSequence), 'font-size="12" fill="#46556b"'));
   const s = latest && latest.instances.find((i) => i.id === inst.id);
-  if (s) {
-    parts.push(text(b.x + b.w - 12, b.y + 59, fmtRate(s.readsPerSec) + " r · " + fmtRate(s.writesPerSec) + " w",
-      'font-size="11.5" fill="#46556b" text-anchor="end"'));
-  }
-  let fourth;
   if (health === "Down") {
-    fourth = text(x, b.y + 78, truncate(inst.lastError || "no answer", Math.floor((b.w - 24) / 6.2)),
-      'font-size="11" fill="#d6333a"');
+    parts.push(text(x, b.y + 78, truncate(inst.lastError || "no answer", Math.floor((b.w - 24) / 6.2)), 'font-size="11" fill="#d6333a"'));
   } else if (isPrimary) {
-    fourth = text(x, b.y + 78, "takes every write", 'font-size="12" fill="#46556b"');
+    parts.push(text(x, b.y + 78, "takes every write", 'font-size="12" fill="#46556b"'));
   } else {
-    fourth = text(x, b.y + 78, "lag " + fmtOps(inst.lagOperations) + " · " + fmtMs(inst.lagMs), 'font-size="12" fill="#46556b"');
+    const lag = s ? lagOf(s) : { ops: inst.lagOperations, ms: inst.lagMs };
+    parts.push(text(x, b.y + 78, "lag " + fmtOps(lag.ops) + " · " + fmtMs(lag.ms), 'font-size="12" fill="#46556b"'));
   }
-  parts.push(fourth);
   const owned = inst.ownedObjects || inst.owns;
   if (Array.isArray(owned)) {
     parts.push(text(x, b.y + 95, "owns " + owned.length + " object" + (owned.length === 1 ? "" : "s") +
       (owned.length ? ": " + truncate(owned.join(", "), 28) : ""), 'font-size="11" fill="#46556b"'));
-  } else if (inst.inFlight != null) {
-    parts.push(text(x, b.y + 95, inst.inFlight + " in flight · " + inst.meanLatencyMs.toFixed(2) + " ms mean", 'font-size="11" fill="#687385"'));
+  } else if (s) {
+    parts.push(text(x, b.y + 95, fmtRate(s.readsPerSec) + " reads · " + fmtRate(s.writesPerSec) + " writes",
+      'font-size="11" fill="#687385" class="rates"'));
   }
   parts.push("</g>");
   return parts.join("");
@@ -431,21 +426,49 @@ function seriesOf(id, color, pick, name, dash) {
   };
 }
 
+// A replica's lag: the primary's view of its stream when the sample has it (entries not yet
+// acknowledged, age of the oldest), else the proxy's health checks' view.
+function lagOf(i) {
+  const src = i.stream || i;
+  return { ops: src.lagOperations, ms: src.lagMs, state: i.stream ? i.stream.state : null, exact: !!i.stream };
+}
+
+function latestOf(id) {
+  const latest = state.samples[state.samples.length - 1];
+  return latest ? latest.instances.find((x) => x.id === id) : null;
+}
+
+function streamBadge(stream, health) {
+  if (health === "Down") return healthBadge("Down");
+  if (!stream) return '<span class="muted small">not reported</span>';
+  const cls = stream === "Connected" ? "Up" : stream === "Disconnected" ? "Down" : "Lagging";
+  return '<span class="badge ' + cls + '">' + esc(stream.toLowerCase()) + "</span>";
+}
+
 function renderLag(colors) {
   const replicas = state.status.instances.filter((i) => i.role !== "PRIMARY");
   const ops = state.lagUnit === "ops";
   const head = $("lag-card").querySelector("h2");
   head.innerHTML = "Replication lag " + segmented("lag", [["ms", "ms"], ["ops", "operations"]], state.lagUnit);
   wireSegmented(head, "lagUnit");
-  drawChart($("lag-chart"), replicas.map((r) => seriesOf(r.id, colors[r.id], (i) => i.health === "Down" ? null : ops ? i.lagOperations : i.lagMs, r.id)), {
+  drawChart($("lag-chart"), replicas.map((r) => seriesOf(r.id, colors[r.id], (i) => {
+    if (i.health === "Down") return null;
+    const lag = lagOf(i);
+    return ops ? lag.ops : lag.ms;
+  }, r.id)), {
     fmt: ops ? fmtOps : fmtMs, label: "replication lag", minMax: ops ? 5 : 100,
     empty: replicas.length ? "collecting samples…" : "no replica in config.json", markers: state.meta.failovers,
   });
-  $("lag-table").innerHTML = "<tr><th>Replica</th><th>State</th><th class=num>Behind</th><th class=num>For</th></tr>" +
-    (replicas.length ? replicas.map((r) => "<tr data-lag-instance=\"" + esc(r.id) + "\"><td>" + esc(r.id) + "</td><td>" + healthBadge(r.health) + "</td>" +
-      (r.health === "Down" ? '<td class="num">–</td><td class="num">–</td>'
-        : '<td class="num">' + fmtOps(r.lagOperations) + '</td><td class="num">' + fmtMs(r.lagMs) + "</td>") + "</tr>").join("")
-      : '<tr><td colspan="4" class="muted">no replica</td></tr>');
+  const rows = replicas.map((r) => {
+    const s = latestOf(r.id);
+    const lag = s ? lagOf(s) : { ops: r.lagOperations, ms: r.lagMs, state: null, exact: false };
+    const figures = r.health === "Down" ? '<td class="num">–</td><td class="num">–</td>'
+      : '<td class="num">' + fmtOps(lag.ops) + '</td><td class="num">' + fmtMs(lag.ms) + (lag.exact ? "" : ' <span class="muted small" title="the primary does not report this replica; the proxy\'s health checks measure it">*</span>') + "</td>";
+    return '<tr data-lag-instance="' + esc(r.id) + '"><td>' + esc(r.id) + "</td><td>" + streamBadge(lag.state, r.health) + "</td>" + figures + "</tr>";
+  });
+  $("lag-table").innerHTML = "<tr><th>Replica</th><th>Stream</th><th class=num>Behind</th><th class=num title=\"age of the oldest entry the replica has not acknowledged\">Age</th></tr>" +
+    (rows.length ? rows.join("") : '<tr><td colspan="4" class="muted">no replica</td></tr>');
+  $("lag-source").textContent = "as the primary " + state.status.primary + " reports it";
 }
 
 function renderRates(colors) {
@@ -528,14 +551,14 @@ function renderInstances() {
   const insts = state.status.instances;
   const hasTerm = insts.some((i) => i.term != null);
   $("instances").innerHTML = "<tr><th>Instance</th><th>Address</th><th>Role</th><th>Health</th>" + (hasTerm ? "<th class=num>Term</th>" : "") +
-    "<th class=num>Sequence</th><th class=num>Lag</th><th class=num>Reads</th><th class=num>Writes</th><th class=num>Errors</th><th class=num>In flight</th><th>Last error</th></tr>" +
+    "<th class=num>Sequence</th><th class=num>Lag (proxy's checks)</th><th class=num>Reads, total</th><th class=num>Writes, total</th><th class=num>Errors</th><th class=num>In flight</th><th class=num>Mean latency</th><th>Last error</th></tr>" +
     insts.map((i) => '<tr data-row-instance="' + esc(i.id) + '"><td><strong>' + esc(i.id) + "</strong></td><td><code>" + esc(i.address) + "</code></td>" +
       '<td><span class="badge ' + esc(i.role) + '">' + esc(i.role) + "</span>" +
       (i.reportedRole && i.reportedRole !== i.role ? ' <span class="muted small">reports ' + esc(i.reportedRole) + "</span>" : "") + "</td>" +
       "<td>" + healthBadge(i.health) + "</td>" + (hasTerm ? '<td class="num">' + (i.term != null ? esc(i.term) : "–") + "</td>" : "") +
       '<td class="num">' + fmtInt(i.committedSequence) + '</td><td class="num">' + (i.role === "PRIMARY" ? "–" : fmtOps(i.lagOperations) + ", " + fmtMs(i.lagMs)) +
       '</td><td class="num">' + fmtInt(i.reads) + '</td><td class="num">' + fmtInt(i.writes) + '</td><td class="num">' + fmtInt(i.errors) +
-      '</td><td class="num">' + fmtInt(i.inFlight) + '</td><td class="error">' + esc(i.lastError || "") + "</td></tr>").join("");
+      '</td><td class="num">' + fmtInt(i.inFlight) + '</td><td class="num">' + i.meanLatencyMs.toFixed(2) + ' ms</td><td class="error">' + esc(i.lastError || "") + "</td></tr>").join("");
 }
 
 let resizeTimer = null;
