@@ -153,7 +153,10 @@ fn init_logging() {
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<ClusterConfig> {
-    ClusterConfig::load(path).with_context(|| format!("loading {}", path.display()))
+    let config =
+        ClusterConfig::load(path).with_context(|| format!("loading {}", path.display()))?;
+    dirkdb_core::sql::limits::configure_max_expression_depth(config.limits.max_expression_depth);
+    Ok(config)
 }
 
 fn run_server(args: ServerArgs) -> anyhow::Result<()> {

@@ -104,6 +104,9 @@ impl CacheSession {
             Ok(sql) => sql,
             Err(refusal) => return out.send(&refusal).await,
         };
+        if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
+            return out.send(&Frame::error(e)).await;
+        }
         let analysis = self.ctx.analyses.analyze(&sql);
         let result = match &*analysis {
             Analysis::Command(command) => return self.command(*command, out).await,

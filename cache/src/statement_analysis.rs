@@ -133,6 +133,9 @@ impl AnalysisMemo {
 /// Analyzes one statement as a client sent it.
 pub fn analyze(sql: &str) -> Analysis {
     let translated = translate(sql);
+    if dirkdb_core::sql::limits::check_expression_depth(&translated).is_err() {
+        return Analysis::Refused("expression too deep to analyze (limits.maxExpressionDepth)");
+    }
     let words = leading_words(&translated, 4);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {

@@ -486,6 +486,10 @@ pub struct LimitsConfig {
     pub page_rows: usize,
     /// How long a statement waits for another writer's lock, in milliseconds.
     pub busy_timeout_ms: u64,
+    /// Deepest expression tree a statement may have (operators chained, parentheses nested);
+    /// deeper statements are refused before they are parsed, by the proxy, the cache and the
+    /// server alike (see `sql::limits`).
+    pub max_expression_depth: usize,
 }
 
 impl Default for LimitsConfig {
@@ -496,6 +500,7 @@ impl Default for LimitsConfig {
             max_result_rows: 0,
             page_rows: 500,
             busy_timeout_ms: 5000,
+            max_expression_depth: crate::sql::limits::DEFAULT_MAX_EXPRESSION_DEPTH,
         }
     }
 }
@@ -633,6 +638,9 @@ impl ClusterConfig {
         }
         if l.page_rows == 0 {
             return Err(invalid("limits.pageRows", "must be positive"));
+        }
+        if l.max_expression_depth == 0 {
+            return Err(invalid("limits.maxExpressionDepth", "must be positive"));
         }
         Ok(())
     }

@@ -124,6 +124,9 @@ impl ProxySession {
                 "DIRK CHANGES is served on a connection of its own: send it to the proxy's port";
             return out.send(&Frame::error(msg)).await;
         }
+        if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
+            return out.send(&Frame::error(e)).await;
+        }
         let class = classify(&sql);
         if let Some(answer) = self.answer_in_rolled_back_transaction(&class) {
             return out.send(&answer).await;

@@ -89,6 +89,9 @@ impl Session {
             return self.reply(out, frame).await;
         }
         let sql = translate(&sql);
+        if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
+            return self.reply(out, Frame::error(e)).await;
+        }
         match database_statement::parse(&sql) {
             None => self.run_sql(sql, out).await,
             Some(Err(msg)) => {

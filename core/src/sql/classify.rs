@@ -50,6 +50,9 @@ const CONNECTION_FUNCTIONS: [&str; 3] = ["last_insert_rowid", "changes", "total_
 /// Classifies a statement written in DirkDB's SQL (Malagasy keywords allowed).
 pub fn classify(sql: &str) -> StatementClass {
     let sql = translate(sql);
+    if super::limits::check_expression_depth(&sql).is_err() {
+        return StatementClass::Write; // never parsed: too deep for a safe parse (see `limits`)
+    }
     let words = leading_words(&sql, 3);
     let first = words.first().map(String::as_str).unwrap_or("");
     match first {

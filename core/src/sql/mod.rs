@@ -15,6 +15,7 @@
 pub mod classify;
 pub mod dirkdb;
 pub mod lexer;
+pub mod limits;
 pub mod malagasy;
 pub mod splitter;
 pub mod transaction;

@@ -1,0 +1,119 @@
+//! No single client takes a process down or locks the others out (issue #15 item 7): each case
+//! is sent to real processes (server, proxy, cache) on loopback, and the test then checks that
+//! the process is still running, that another client's `SELECT 1` is answered promptly, and
+//! that the process's memory (`/proc/<pid>/status` `VmHWM`) stayed under a stated bound.
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::cache::CacheProcess;
+use common::cluster::Cluster;
+use dirkdb_client::{Client, ClientError};
+
+const OPLOG: &str = r#"{ "maxEntries": 1000000 }"#;
+
+/// How long another client's `SELECT 1` may take while the abuse goes on.
+const PROMPT: Duration = Duration::from_secs(3);
+
+/// A primary, one replica and the proxy, with `limits` (a JSON object) in config.json.
+fn cluster_with_limits(limits: &str) -> Cluster {
+    let mut cluster = Cluster::configure_with(1, OPLOG, "{}");
+    let path = cluster.dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("config json");
+    config["limits"] = serde_json::from_str(limits).expect("limits json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    cluster.spawn_all_with_proxy();
+    cluster
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The process is still running, answers a new client's `SELECT 1` within [`PROMPT`], and its
+/// peak memory stayed under `max_mib`.
+async fn assert_still_serving(name: &str, child: &mut Option<Child>, addr: &str, max_mib: u64) {
+    let child = child.as_mut().expect("process started");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "{name} exited"
+    );
+    let started = Instant::now();
+    let answer = tokio::time::timeout(PROMPT, async {
+        let mut c = Client::connect_timeout(addr, PROMPT).await?;
+        c.query("SELECT 1").await
+    })
+    .await;
+    let rows = match answer {
+        Ok(Ok(rows)) => rows.rows,
+        Ok(Err(e)) => panic!("{name}: another client's SELECT 1 failed: {e}"),
+        Err(_) => panic!("{name}: another client's SELECT 1 took over {PROMPT:?}"),
+    };
+    assert_eq!(rows, vec![vec![serde_json::json!(1)]], "{name}");
+    let peak = proc_kib(child.id(), "VmHWM:") / 1024;
+    println!(
+        "{name}: SELECT 1 in {:?}, VmHWM {peak} MiB, VmRSS {} MiB",
+        started.elapsed(),
+        proc_kib(child.id(), "VmRSS:") / 1024
+    );
+    assert!(
+        peak < max_mib,
+        "{name}: peak memory {peak} MiB over {max_mib} MiB"
+    );
+}
+
+/// The server's error text for `sql`, which must be refused.
+async fn refusal(addr: &str, sql: &str) -> String {
+    let mut c = Client::connect(addr).await.expect("connect");
+    match c.execute(sql).await {
+        Err(ClientError::Server(msg)) => msg,
+        other => panic!("expected a refusal from {addr}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn flat_expressions_of_fifty_thousand_terms_are_refused_by_server_proxy_and_cache() {
+    let mut cluster = cluster_with_limits("{}");
+    let mut cache = CacheProcess::start(&cluster, 60_000, 1000, &[]);
+    let chain = |term: &str, op: &str| vec![term; 50_000].join(op);
+    let statements = [
+        format!("SELECT ({})", chain("1", "+")),
+        format!("SELECT 1 WHERE ({})", chain("1 = 1", " OR ")),
+        format!("SELECT ({})", chain("'x'", " || ")),
+    ];
+    let targets = [
+        ("server", cluster.addr(0)),
+        ("proxy", format!("127.0.0.1:{}", cluster.proxy.port)),
+        ("cache", cache.addr()),
+    ];
+    for (name, addr) in &targets {
+        for sql in &statements {
+            let msg = refusal(addr, sql).await;
+            assert!(
+                msg.contains("limits.maxExpressionDepth"),
+                "{name} answered {msg}"
+            );
+        }
+    }
+    // A statement just under the limit still runs end to end.
+    let mut c = Client::connect(&cache.addr()).await.expect("connect");
+    let sum = format!("SELECT ({}) AS n", vec!["1"; 900].join("+"));
+    let rows = c.query(&sum).await.expect("900 terms run").rows;
+    assert_eq!(rows, vec![vec![serde_json::json!(900)]]);
+    let server_addr = cluster.addr(0);
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    let cache_addr = cache.addr();
+    assert_still_serving("server", &mut cluster.nodes[0].child, &server_addr, 200).await;
+    assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 200).await;
+    assert_still_serving("cache", &mut cache.child, &cache_addr, 200).await;
+}
