@@ -38,6 +38,8 @@ enum Command {
     Failover(FailoverArgs),
     /// One-way replication of the database files of --from into --to, as consistent copies.
     ReplicateFiles(ReplicateFilesArgs),
+    /// Reads a password (one line) on standard input and prints its hash for security.users.
+    Passwd,
 }
 
 /// `dirkdb replicate-files --from DIR --to DIR [--interval SECONDS] [--once]`.
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => ExitCode::from(dirkdb_client::bench::run(args).clamp(0, 255) as u8),
         Command::Failover(args) => report(run_failover(args)),
         Command::ReplicateFiles(args) => report(run_replicate_files(args)),
+        Command::Passwd => report(run_passwd()),
     }
 }
 
@@ -221,6 +224,22 @@ fn run_cache(args: CacheArgs) -> anyhow::Result<()> {
             .await
             .context("cache")
     })
+}
+
+/// `dirkdb passwd`: one line on standard input → its argon2id PHC string on standard output.
+fn run_passwd() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input (e.g. `echo 's3cret' | dirkdb passwd`)");
+    }
+    let hash = dirkdb_core::security::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+    println!("{hash}");
+    Ok(())
 }
 
 /// Asks the running proxy for a MANUAL failover.

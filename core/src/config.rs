@@ -73,6 +73,9 @@ pub struct ClusterConfig {
     /// SQLite storage settings.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Users, grants and authentication (absent: nothing is checked).
+    #[serde(default)]
+    pub security: crate::security::SecurityConfig,
 }
 
 /// The proxy's listening addresses (DirkDB's `loadBalancer` section).
@@ -192,8 +195,11 @@ pub struct InstanceConfig {
     pub id: String,
     /// Whether it starts as the primary or as a replica.
     pub role: Role,
-    /// Address other processes reach it at (and the one it binds).
+    /// Address other processes reach it at (and the one it binds, unless `listenHost`).
     pub host: String,
+    /// Interface it binds (default: `host`), e.g. `0.0.0.0` behind a NAT or in a container.
+    #[serde(default)]
+    pub listen_host: Option<String>,
     /// SQL port.
     pub port: u16,
     /// HTTP admin port; `None` means no admin API for this instance.
@@ -207,6 +213,11 @@ impl InstanceConfig {
     /// `host:port` of the SQL listener.
     pub fn sql_addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// The interface it binds: `listenHost`, else `host`.
+    pub fn bind_host(&self) -> &str {
+        self.listen_host.as_deref().unwrap_or(&self.host)
     }
 }
 
@@ -560,7 +571,10 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_instances()?;
         self.validate_routing()?;
-        self.validate_limits()
+        self.validate_limits()?;
+        self.security
+            .check()
+            .map_err(|(field, message)| invalid(&field, &message))
     }
 
     fn validate_instances(&self) -> Result<(), ConfigError> {

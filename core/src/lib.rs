@@ -3,6 +3,7 @@
 //! * [`config`]: the `config.json` model every process loads.
 //! * [`accept_loop`]: the bounded accept loop with graceful shutdown of the proxy and the cache.
 //! * [`change_feed`]: what a primary tells a cache about committed changes (`DIRK CHANGES`).
+//! * [`security`]: users, grants, password hashes and the `AUTH` statement.
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
 //! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
 //! * [`connection`]: sockets wrapped so that the server reads statements and writes frames, and the
@@ -18,5 +19,6 @@ pub mod change_feed;
 pub mod config;
 pub mod connection;
 pub mod frame;
+pub mod security;
 pub mod sql;
 pub mod value;

@@ -29,6 +29,7 @@ type Shared = State<Arc<ServerState>>;
 
 /// Serves the admin API on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
+    let security = state.security.security.clone();
     let app = Router::new()
         .route("/health", get(health))
         .route("/replication/status", get(status))
@@ -44,6 +45,8 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
         .with_state(state);
+    let app = dirkdb_core::security::http::protect(app, security);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin API stopped");
     }

@@ -47,6 +47,12 @@ pub enum ServerError {
     /// The oplog's reader failed (including a corrupt entry).
     #[error("oplog: {0}")]
     Store(#[from] crate::oplog::store::StoreError),
+    /// The user's grants do not cover the statement.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The `security` section or the cluster password file is unusable.
+    #[error(transparent)]
+    Security(#[from] dirkdb_core::security::SecurityError),
     /// A worker task died; the session goes on with a fresh connection.
     #[error("internal error: {0}")]
     Internal(String),

@@ -30,6 +30,7 @@
 //! read from the same backlog the replica streams use.
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod change_feed;
 pub mod checksum;
@@ -66,13 +67,18 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let instance = config.instance(instance_id)?;
     let state = Arc::new(ServerState::open(instance, config)?);
-    let addr = instance.sql_addr();
+    let addr = format!("{}:{}", instance.bind_host(), instance.port);
+    dirkdb_core::security::warn_if_exposed(
+        instance.bind_host(),
+        &format!("instance {}", instance.id),
+        &state.security.security,
+    );
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|e| StartError::Bind(addr.clone(), e))?;
     let admin = match instance.admin_port {
         Some(port) => {
-            let admin_addr = format!("{}:{port}", instance.host);
+            let admin_addr = format!("{}:{port}", instance.bind_host());
             let admin_listener = TcpListener::bind(&admin_addr)
                 .await
                 .map_err(|e| StartError::Bind(admin_addr.clone(), e))?;

@@ -119,13 +119,17 @@ async fn handle_client(
     state: Arc<ServerState>,
     mut shutdown: Shutdown,
 ) -> Result<(), ConnectionError> {
+    let peer = crate::auth::peer_ip(&socket);
     let mut conn = ServerConnection::new(socket, state.limits.max_statement_bytes);
-    let mut session = Session::new(state);
+    let mut session = Session::new(state, peer);
     let mut first = true;
     loop {
         let incoming = tokio::select! {
             incoming = conn.read_statement() => incoming?,
             _ = shutdown.recv() => return Ok(()),
+            _ = crate::auth::auth_deadline(session.auth()) => {
+                return crate::auth::close_unauthenticated(&mut conn, session.auth()).await;
+            }
         };
         let Some(incoming) = incoming else {
             if conn.had_partial_statement() {
@@ -134,7 +138,13 @@ async fn handle_client(
             return Ok(());
         };
         let handshake = first && is_replication_handshake(&incoming);
-        first = false;
+        // AUTH may come before the handshake.
+        first = first && crate::auth::is_auth(&incoming);
+        if (handshake || change_feed::is_changes_statement(&incoming))
+            && !crate::auth::may_replicate(&mut conn, session.auth()).await?
+        {
+            continue;
+        }
         if handshake {
             // A replica's stream ends with the server, like any client.
             return tokio::select! {

@@ -7,16 +7,19 @@
 //! session's transaction lives exactly as long as the client connection: when the client leaves,
 //! [`Session`]'s `Drop` closes an open transaction (rolling it back) or pools the connection.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
+use dirkdb_core::security::ConnectionAuth;
 use dirkdb_core::sql::malagasy::translate;
 use rusqlite::Connection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use crate::auth::{self, Access};
 use crate::catalog::{open_scratch, Database};
 use crate::database_statement::{self, database_text, use_text, DatabaseStatement};
 use crate::error::ServerError;
@@ -36,6 +39,8 @@ pub struct Session {
     last_write: Arc<AtomicU64>,
     current: Option<CurrentDatabase>,
     scratch: Option<Connection>,
+    /// Who the client is (see [`crate::auth`]).
+    auth: ConnectionAuth,
 }
 
 struct CurrentDatabase {
@@ -50,15 +55,21 @@ impl CurrentDatabase {
 }
 
 impl Session {
-    /// A session with no current database.
-    pub fn new(state: Arc<ServerState>) -> Session {
+    /// A session with no current database, for a client at `peer`.
+    pub fn new(state: Arc<ServerState>, peer: IpAddr) -> Session {
         Session {
             owner: state.new_owner(),
             last_write: Arc::default(),
+            auth: ConnectionAuth::new(state.security.security.clone(), peer),
             state,
             current: None,
             scratch: None,
         }
+    }
+
+    /// The client's identity.
+    pub fn auth(&self) -> &ConnectionAuth {
+        &self.auth
     }
 
     /// The instance this session belongs to.
@@ -77,6 +88,9 @@ impl Session {
             Ok(sql) => sql,
             Err(refusal) => return self.reply(out, refusal).await,
         };
+        if let Some(frame) = self.auth.gate(&sql).await {
+            return self.reply(out, frame).await;
+        }
         if let Some(ext) = extension::parse(&sql) {
             let last_write = self.last_write.load(Ordering::Acquire);
             let frame = match ext {
@@ -126,6 +140,7 @@ impl Session {
                 name,
                 if_not_exists,
             } => {
+                auth::check_admin(&self.auth, &name)?;
                 self.refuse_on_replica()?;
                 self.refuse_in_transaction("CREATE DATABASE")?;
                 let state = self.state.clone();
@@ -136,12 +151,14 @@ impl Session {
                 Ok(Reply::Text(database_text(&name, "voaforona")))
             }
             DatabaseStatement::Drop { name, if_exists } => {
+                auth::check_admin(&self.auth, &name)?;
                 self.refuse_on_replica()?;
                 self.refuse_in_transaction("DROP DATABASE")?;
                 self.drop_database(name, if_exists).await.map(Reply::Text)
             }
             DatabaseStatement::ShowDatabases => {
-                Ok(Reply::Sql(show_databases_sql(&self.state.catalog.names())))
+                let names = auth::visible(&self.auth, self.state.catalog.names());
+                Ok(Reply::Sql(show_databases_sql(&names)))
             }
             DatabaseStatement::ShowTables => Ok(Reply::Sql(SHOW_TABLES_SQL.to_string())),
         }
@@ -167,6 +184,7 @@ impl Session {
         if self.current.as_ref().is_some_and(|c| c.in_transaction()) {
             return Err(ServerError::TransactionOpen("USE"));
         }
+        auth::check_use(&self.auth, name)?;
         let db = self.state.catalog.get(name)?;
         self.release_current();
         self.current = Some(CurrentDatabase { db, conn: None });
@@ -262,6 +280,10 @@ impl Session {
                     last_write: self.last_write.clone(),
                 }),
                 _ => None,
+            },
+            access: match (&self.current, scratch) {
+                (Some(current), false) => Access::in_database(&self.auth, current.db.name()),
+                _ => Access::default(),
             },
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);

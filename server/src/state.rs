@@ -55,6 +55,8 @@ pub struct ServerState {
     pub metrics: ServerMetrics,
     /// The replication modes (one runs at a time: `replication.mode()`).
     pub modes: Modes,
+    /// Users, grants and this instance's cluster credentials.
+    pub security: Arc<crate::auth::ServerSecurity>,
     read_only: AtomicBool,
     fenced: AtomicBool,
     next_owner: AtomicU64,
@@ -120,6 +122,7 @@ impl ServerState {
             },
             oplog_limits: config.replication.oplog.clone(),
             metrics: ServerMetrics::default(),
+            security: Arc::new(crate::auth::ServerSecurity::from_config(config)?),
             read_only: AtomicBool::new(role == Role::Replica),
             fenced: AtomicBool::new(false),
             next_owner: AtomicU64::new(1),

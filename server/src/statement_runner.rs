@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub no_database: bool,
     /// The instance's writer gate and this session's owner id (`None` without a database).
     pub writer: Option<Writer>,
+    /// What the session's user may do in the database (see [`crate::auth`]).
+    pub access: crate::auth::Access,
 }
 
 /// A session's handle on the writer gate.
@@ -183,6 +185,9 @@ fn execute(
                 words.get(1).map(String::as_str),
                 Some("IMMEDIATE" | "EXCLUSIVE")
             ));
+    options
+        .access
+        .check(writes, words.first().map(String::as_str))?;
     if writes {
         if let Some(instance) = &options.read_only {
             return Err(ServerError::ReadOnlyReplica(instance.clone()).into());

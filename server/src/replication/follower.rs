@@ -98,7 +98,7 @@ fn set_state(state: &ServerState, name: &str, error: Option<String>) {
 /// the mode's [`super::mode::ReplicationMode::follow_primary`].
 async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<(), StreamError> {
     let replication = state.replication_mode();
-    let stream = handshake(addr).await?;
+    let stream = handshake(addr, state.security.cluster.as_ref()).await?;
     let (reader, writer) = stream.into_split();
     let mut writer = BufWriter::new(writer);
     let chain = state
@@ -155,12 +155,20 @@ pub(crate) async fn oplog_follow(
     }
 }
 
-async fn handshake(addr: &str) -> Result<TcpStream, StreamError> {
+async fn handshake(
+    addr: &str,
+    credentials: Option<&dirkdb_core::security::Credentials>,
+) -> Result<TcpStream, StreamError> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| StreamError::Peer(format!("connecting to {addr} timed out")))??;
     let _ = stream.set_nodelay(true);
     let mut conn = ClientConnection::new(stream, 1 << 20);
+    if let Some(credentials) = credentials {
+        crate::auth::authenticate(&mut conn, credentials, addr)
+            .await
+            .map_err(StreamError::Peer)?;
+    }
     conn.send_statement(HANDSHAKE)
         .await
         .map_err(|e| StreamError::Peer(e.to_string()))?;

@@ -84,6 +84,15 @@ pub async fn serve_replica(
         }
     };
     let mut writer = BufWriter::with_capacity(256 * 1024, writer);
+    if !state.security.admits_replica(&hello.instance) {
+        let message = format!(
+            "`{}` is not an instance of this primary's config.json: replication refused",
+            hello.instance
+        );
+        tracing::warn!(replica = %hello.instance, %peer, "refused: {message}");
+        let _ = write_message(&mut writer, &Message::Error { message }).await;
+        return;
+    }
     let replication = state.replication_mode();
     let ours = replication.kind().as_str();
     if !mode.eq_ignore_ascii_case(ours) {

@@ -1,0 +1,116 @@
+//! The `security` section of `config.json`: who may connect, with which permissions, and how the
+//! parts authenticate to each other. Absent, nothing is checked (the local quick start).
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::users::{is_grant_scope, Permission};
+
+/// `security` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecurityConfig {
+    /// Every connection must `AUTH` first, and grants are enforced.
+    pub require_auth: bool,
+    /// The users and their grants.
+    pub users: Vec<UserConfig>,
+    /// The user the parts (proxy, cache, replicas) authenticate as to each other.
+    pub cluster_user: Option<String>,
+    /// A file holding `clusterUser`'s password (its first line).
+    pub cluster_password_file: Option<PathBuf>,
+    /// A connection that has not authenticated within this many milliseconds is closed.
+    pub auth_timeout_ms: u64,
+    /// Failed authentications allowed per client address and minute before further attempts
+    /// are refused without being checked.
+    pub max_auth_failures: u32,
+    /// `/health` and `/metrics` need ADMIN too.
+    pub protect_metrics: bool,
+    /// TLS settings; not built yet, so a file that asks for TLS is refused rather than served
+    /// in plaintext.
+    pub tls: Option<serde_json::Value>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            require_auth: false,
+            users: Vec::new(),
+            cluster_user: None,
+            cluster_password_file: None,
+            auth_timeout_ms: 10_000,
+            max_auth_failures: 5,
+            protect_metrics: false,
+            tls: None,
+        }
+    }
+}
+
+/// One entry of `security.users`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserConfig {
+    /// The name given to `AUTH` and HTTP Basic authentication.
+    pub name: String,
+    /// A PHC string (`$argon2id$…`), as printed by `dirkdb passwd`.
+    pub password_hash: String,
+    /// Per database (or `*` for all): the permissions held there.
+    #[serde(default)]
+    pub grants: BTreeMap<String, Vec<Permission>>,
+}
+
+impl SecurityConfig {
+    /// Checks the section as a whole; the error is `(field, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let mut names = HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let field = |f: &str| format!("security.users[{i}].{f}");
+            if !is_user_name(&user.name) {
+                return Err((
+                    field("name"),
+                    "must be 1-64 letters, digits, `_`, `-` or `.`".into(),
+                ));
+            }
+            if !names.insert(user.name.as_str()) {
+                return Err((field("name"), format!("duplicate user `{}`", user.name)));
+            }
+            if let Err(e) = argon2::PasswordHash::new(&user.password_hash) {
+                let msg = format!("not a PHC password hash ({e}); make one with `dirkdb passwd`");
+                return Err((field("passwordHash"), msg));
+            }
+            for scope in user.grants.keys() {
+                if !is_grant_scope(scope) {
+                    let msg = format!("`{scope}` is neither `*` nor a database name");
+                    return Err((field("grants"), msg));
+                }
+            }
+        }
+        if let Some(cluster) = &self.cluster_user {
+            if !names.contains(cluster.as_str()) {
+                let msg = format!("`{cluster}` is not in security.users");
+                return Err(("security.clusterUser".into(), msg));
+            }
+            if self.cluster_password_file.is_none() {
+                let msg = "needed with security.clusterUser (a file holding its password)";
+                return Err(("security.clusterPasswordFile".into(), msg.into()));
+            }
+        }
+        if self.tls.is_some() {
+            let msg = "TLS is not built yet in DirkDB-rs; remove `tls` (or keep the cluster on a \
+                       private network)";
+            return Err(("security.tls".into(), msg.into()));
+        }
+        Ok(())
+    }
+}
+
+/// User names are also written into statements (`DIRK AS`), so they stay plain words.
+pub fn is_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}

@@ -1,0 +1,313 @@
+//! Security end to end, against real `dirkdb` processes: every hole of issue 15 is tried as an
+//! outsider would (and refused), then with the right permission (and let through).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::cluster::Cluster;
+use dirkdb_client::{Client, ClientError, Reply};
+use serde_json::{json, Value};
+
+const CLUSTER_PW: &str = "cluster-pw";
+
+/// The users every test cluster has.
+fn users() -> Value {
+    let hash = |pw: &str| dirkdb_core::security::hash_password(pw).unwrap();
+    json!([
+        { "name": "admin", "passwordHash": hash("admin-pw"), "grants": { "*": ["READ", "WRITE", "ADMIN"] } },
+        { "name": "app", "passwordHash": hash("app-pw"), "grants": { "shop": ["READ", "WRITE"] } },
+        { "name": "reader", "passwordHash": hash("reader-pw"), "grants": { "shop": ["READ"] } },
+        { "name": "cluster", "passwordHash": hash(CLUSTER_PW), "grants": { "*": ["READ", "WRITE", "REPLICATE", "ADMIN"] } }
+    ])
+}
+
+/// Adds a `security` section (with `extra` fields) to the cluster's config.json.
+fn secure(cluster: &Cluster, extra: Value) {
+    let path = cluster.dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let pw_file = cluster.dir.path().join("cluster.pw");
+    std::fs::write(&pw_file, format!("{CLUSTER_PW}\n")).unwrap();
+    let mut security = json!({
+        "requireAuth": true,
+        "users": users(),
+        "clusterUser": "cluster",
+        "clusterPasswordFile": pw_file,
+    });
+    if let (Some(s), Some(e)) = (security.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    config["security"] = security;
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+fn secure_cluster(replicas: usize, extra: Value) -> Cluster {
+    let mut cluster = Cluster::configure(replicas, "{}");
+    secure(&cluster, extra);
+    for i in 0..=replicas {
+        cluster.spawn(i);
+    }
+    cluster
+}
+
+async fn login(addr: &str, user: &str, password: &str) -> Client {
+    let mut client = Client::connect(addr).await.expect("connect");
+    let auth = format!("AUTH {user} {password}");
+    client.execute(&auth).await.expect("AUTH accepted");
+    client
+}
+
+fn denied(result: Result<Reply, ClientError>) -> String {
+    match result {
+        Err(ClientError::Server(text)) => text,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn rows(reply: Reply) -> Vec<Vec<Value>> {
+    reply.rows().expect("rows").rows.clone()
+}
+
+/// An HTTP request with optional Basic credentials: (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    user: Option<(&str, &str)>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin port");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let auth = user
+        .map(|(u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    (status, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_port_requires_auth_and_enforces_grants() {
+    let cluster = secure_cluster(0, json!({}));
+    let addr = cluster.addr(0);
+    let mut anon = Client::connect(&addr).await.unwrap();
+    for sql in [
+        "SELECT 1",
+        "CREATE DATABASE x",
+        "SHOW DATABASES",
+        "DROP DATABASE shop",
+        "USE shop",
+    ] {
+        assert_eq!(
+            denied(anon.execute(sql).await),
+            "authentication required",
+            "{sql}"
+        );
+    }
+    let wrong = denied(anon.execute("AUTH admin nope").await);
+    assert!(wrong.contains("authentication failed"), "{wrong}");
+
+    let mut admin = login(&addr, "admin", "admin-pw").await;
+    admin.execute("CREATE DATABASE shop").await.unwrap();
+    admin.execute("CREATE DATABASE secret").await.unwrap();
+    admin.execute("USE secret").await.unwrap();
+    admin.execute("CREATE TABLE s (x)").await.unwrap();
+
+    let mut app = login(&addr, "app", "app-pw").await;
+    let e = denied(app.execute("CREATE DATABASE mine").await);
+    assert!(e.contains("lacks ADMIN on database `mine`"), "{e}");
+    let e = denied(app.execute("DROP DATABASE secret").await);
+    assert!(e.contains("ADMIN"), "{e}");
+    let e = denied(app.execute("USE secret").await);
+    assert!(
+        e.contains("permission denied") && e.contains("`secret`"),
+        "{e}"
+    );
+    app.execute("USE shop").await.unwrap();
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    app.execute("INSERT INTO t (v) VALUES ('a')").await.unwrap();
+    let shown = rows(app.execute("SHOW DATABASES").await.unwrap());
+    assert_eq!(shown, vec![vec![json!("shop")]]);
+
+    let mut reader = login(&addr, "reader", "reader-pw").await;
+    reader.execute("USE shop").await.unwrap();
+    assert_eq!(
+        rows(reader.execute("SELECT v FROM t").await.unwrap()),
+        vec![vec![json!("a")]]
+    );
+    for sql in [
+        "INSERT INTO t (v) VALUES ('b')",
+        "DELETE FROM t",
+        "DROP TABLE t",
+        "CREATE TABLE u (x)",
+    ] {
+        let e = denied(reader.execute(sql).await);
+        assert!(e.contains("lacks WRITE on database `shop`"), "{sql}: {e}");
+    }
+    let all = rows(admin.execute("SHOW DATABASES").await.unwrap());
+    assert_eq!(all.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_rate_limited_and_silent_connections_closed() {
+    let cluster = secure_cluster(0, json!({ "authTimeoutMs": 1500, "maxAuthFailures": 3 }));
+    let addr = cluster.addr(0);
+    // A connection that never authenticates is closed after authTimeoutMs.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = String::new();
+    let _ = silent.read_to_string(&mut seen);
+    assert!(seen.contains("authentication timed out"), "{seen}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Three failures from this address, then even the right password is refused unchecked.
+    let mut c = Client::connect(&addr).await.unwrap();
+    for _ in 0..3 {
+        denied(c.execute("AUTH app wrong").await);
+    }
+    let e = denied(c.execute("AUTH app app-pw").await);
+    assert!(e.contains("too many failed authentications"), "{e}");
+    assert!(cluster.log(0).contains("authentication failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_admin_over_basic_auth() {
+    let cluster = secure_cluster(1, json!({}));
+    let admin_port = cluster.nodes[0].admin;
+    let replica_admin = cluster.nodes[1].admin;
+    assert_eq!(http(admin_port, "GET", "/health", None, "").0, 200);
+    assert_eq!(http(admin_port, "GET", "/metrics", None, "").0, 200);
+    let holes: [(u16, &str, &str, &str); 7] = [
+        (replica_admin, "POST", "/replication/promote", ""),
+        (
+            replica_admin,
+            "POST",
+            "/replication/configure",
+            r#"{"primary":"127.0.0.1:1"}"#,
+        ),
+        (admin_port, "POST", "/replication/oplog/clear", ""),
+        (
+            admin_port,
+            "POST",
+            "/replication/mode",
+            r#"{"type":"FILE"}"#,
+        ),
+        (admin_port, "GET", "/replication/changes?since=0", ""),
+        (admin_port, "GET", "/replication/checksum", ""),
+        (admin_port, "GET", "/replication/status", ""),
+    ];
+    for (port, method, path, body) in holes {
+        let (status, text) = http(port, method, path, None, body);
+        assert_eq!(status, 401, "{path}: {text}");
+        let (status, _) = http(port, method, path, Some(("admin", "wrong")), body);
+        assert_eq!(status, 401, "{path}");
+        let (status, text) = http(port, method, path, Some(("app", "app-pw")), body);
+        assert_eq!(status, 403, "{path}: {text}");
+        assert!(text.contains("ADMIN"), "{text}");
+    }
+    // The replica still follows the real primary.
+    let (status, text) = http(
+        replica_admin,
+        "GET",
+        "/replication/status",
+        Some(("admin", "admin-pw")),
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["role"],
+        "REPLICA"
+    );
+    let (status, text) = http(
+        admin_port,
+        "GET",
+        "/replication/changes?since=0",
+        Some(("admin", "admin-pw")),
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_needs_a_replicate_user_and_a_known_instance() {
+    let cluster = secure_cluster(1, json!({}));
+    let mut admin = login(&cluster.addr(0), "admin", "admin-pw").await;
+    admin.execute("CREATE DATABASE shop").await.unwrap();
+    admin.execute("USE shop").await.unwrap();
+    admin.execute("CREATE TABLE t (x)").await.unwrap();
+    admin.execute("INSERT INTO t VALUES (42)").await.unwrap();
+    // The real replica authenticated as the cluster user and follows.
+    let mut replica = login(&cluster.addr(1), "reader", "reader-pw").await;
+    replica.execute("USE shop").await.ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        replica.execute("USE shop").await.ok();
+        if let Ok(reply) = replica.execute("SELECT x FROM t").await {
+            assert_eq!(rows(reply), vec![vec![json!(42)]]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never got the row");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Anyone else: no stream, no change feed.
+    let mut anon = Client::connect(&cluster.addr(0)).await.unwrap();
+    assert_eq!(
+        denied(anon.execute("DIRK REPLICATION").await),
+        "authentication required"
+    );
+    assert_eq!(
+        denied(anon.execute("DIRK CHANGES").await),
+        "authentication required"
+    );
+    let e = denied(admin.execute("DIRK CHANGES").await);
+    assert!(e.contains("lacks REPLICATE"), "{e}");
+    let mut fresh = login(&cluster.addr(0), "admin", "admin-pw").await;
+    let e = denied(fresh.execute("DIRK REPLICATION").await);
+    assert!(e.contains("lacks REPLICATE"), "{e}");
+    // The cluster user with an instance id that is not in config.json is refused after Hello.
+    let mut rogue = login(&cluster.addr(0), "cluster", CLUSTER_PW).await;
+    match rogue.execute("DIRK REPLICATION").await {
+        Ok(Reply::Message(m)) => assert_eq!(m, "OK DIRK REPLICATION"),
+        other => panic!("{other:?}"),
+    }
+    let hello =
+        br#"{"type":"hello","instance":"rogue","history":"resync","seq":99999999,"mode":"OPLOG"}"#;
+    // A unit: length (kind byte + payload), kind 0 (message), the JSON.
+    let mut frame = (hello.len() as u32 + 1).to_be_bytes().to_vec();
+    frame.push(0);
+    frame.extend_from_slice(hello);
+    rogue.send_raw(&frame).await.ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster
+        .log(0)
+        .contains("is not an instance of this primary")
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
