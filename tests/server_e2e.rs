@@ -444,7 +444,8 @@ async fn a_replica_refuses_writes_but_serves_reads() {
 
 #[tokio::test]
 async fn graceful_shutdown_lets_the_running_statement_finish() {
-    let mut server = ServerProcess::start();
+    // A deadline far off, even on a loaded machine: the statement finishes, it is not interrupted.
+    let mut server = ServerProcess::start_with("PRIMARY", r#"{ "shutdownTimeoutMs": 120000 }"#);
     let mut c = server.client().await;
     c.execute("CREATE DATABASE g").await.unwrap();
     c.execute("USE g").await.unwrap();
@@ -518,5 +519,41 @@ async fn statements_piped_behind_a_long_one_wait_in_the_socket_not_in_memory() {
     assert!(
         after < before + 4 * 1024,
         "the server took the piped statements into memory: {before} KiB -> {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_a_statement_that_never_ends_at_the_deadline() {
+    let mut server = ServerProcess::start_with("PRIMARY", r#"{ "shutdownTimeoutMs": 500 }"#);
+    let mut c = server.client().await;
+    c.execute("CREATE DATABASE forever").await.unwrap();
+    c.execute("USE forever").await.unwrap();
+    c.send_raw(
+        b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n;",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    common::signal(server.pid().unwrap(), "TERM");
+    let answer = tokio::time::timeout(Duration::from_secs(10), c.read_response())
+        .await
+        .expect("the client is answered");
+    match answer {
+        Err(ClientError::Server(e)) => {
+            assert!(e.contains("shutting down"), "{e}");
+            assert!(e.contains("limits.shutdownTimeoutMs"), "{e}");
+        }
+        other => panic!("expected the interruption's error, got {other:?}"),
+    }
+    let status = server.terminate();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the server exits cleanly after the deadline: {status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
     );
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dirkdb_core::accept_loop::{next_statement, serve_clients};
+use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,6 +55,8 @@ pub struct CacheSettings {
     pub statement_timeout: Duration,
     /// Whether to follow the primary's change feed.
     pub change_feed: bool,
+    /// On shutdown, how long client statements may take to finish (`limits.shutdownTimeoutMs`).
+    pub shutdown_timeout: Duration,
 }
 
 impl CacheSettings {
@@ -76,6 +78,7 @@ impl CacheSettings {
             max_statement_bytes: config.limits.max_statement_bytes,
             statement_timeout: Duration::from_millis(c.statement_timeout_ms.max(1)),
             change_feed: c.change_feed,
+            shutdown_timeout: Duration::from_millis(config.limits.shutdown_timeout_ms),
         }
     }
 }
@@ -134,7 +137,14 @@ pub async fn run(
         max_statement_bytes: settings.max_statement_bytes,
         analyses: AnalysisMemo::new(ANALYSIS_MEMO_ENTRIES),
     });
-    serve(listener, ctx, settings.max_connections, shutdown).await;
+    serve(
+        listener,
+        ctx,
+        settings.max_connections,
+        settings.shutdown_timeout,
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     for task in &background {
         task.abort();
@@ -146,16 +156,21 @@ async fn serve(
     listener: TcpListener,
     ctx: Arc<SessionContext>,
     max_connections: usize,
+    shutdown_timeout: Duration,
     shutdown: impl std::future::Future,
 ) {
-    let refusal = format!(
-        "too many connections to the cache (limit {max_connections}, cache.maxConnections)"
-    );
+    let options = ServeOptions {
+        max_connections,
+        refusal: format!(
+            "too many connections to the cache (limit {max_connections}, cache.maxConnections)"
+        ),
+        shutdown_timeout,
+    };
     serve_clients(
         listener,
-        max_connections,
-        refusal,
+        options,
         shutdown,
+        || {},
         |socket, mut stop| {
             let ctx = ctx.clone();
             async move {
@@ -174,7 +189,7 @@ async fn serve(
 async fn handle_client(
     socket: TcpStream,
     ctx: Arc<SessionContext>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Shutdown,
 ) -> Result<(), ConnectionError> {
     let mut conn = ServerConnection::new(socket, ctx.max_statement_bytes);
     let mut session = CacheSession::new(ctx);

@@ -1,7 +1,17 @@
-//! The accept loop the proxy and the cache share: every accepted client gets a task, at most
-//! `max_connections` at once (one more gets a single error frame and is closed, never left
-//! hanging), and on shutdown the loop stops accepting, tells every task through a watch channel,
-//! and returns once all of them have finished.
+//! The one accept loop of every listener (server, proxy, cache), and its graceful shutdown.
+//!
+//! Every accepted client gets a task, at most `max_connections` at once (one more gets a single
+//! error frame and is closed, never left hanging). Shutdown follows tokio's mini-redis:
+//!
+//! 1. the loop stops accepting and drops the sender of a broadcast channel, so every task's
+//!    [`Shutdown::recv`] returns: a task finishes the statement it runs and ends when it next
+//!    waits for input;
+//! 2. each task holds a clone of a completion sender; the loop waits until the channel closes,
+//!    which happens when the last task has dropped its clone;
+//! 3. that wait is bounded by `shutdown_timeout` (`limits.shutdownTimeoutMs`): past it, the
+//!    [`Deadline`] every task can watch turns, and a server interrupts the SQLite statements
+//!    still running (their clients get an "interrupted" error); after [`INTERRUPT_GRACE`] more
+//!    the loop returns whatever still runs.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,26 +19,108 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::connection::{ConnectionError, Incoming, ServerConnection};
 use crate::frame::Frame;
 
-/// Accepts clients until `shutdown` resolves; `handle` serves one client and should return soon
-/// after its stop receiver turns true. `refusal` is the error text sent to a client over the limit.
+/// How long tasks get to end once the deadline interrupted them.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// How the loop serves and stops.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Clients served at once.
+    pub max_connections: usize,
+    /// Error text sent to a client over the limit (naming the knob).
+    pub refusal: String,
+    /// How long running statements may take to finish once shutdown begins.
+    pub shutdown_timeout: Duration,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every client task ended before the deadline.
+    Finished,
+    /// Some ran past the deadline and were interrupted; `left` of them still ran after the
+    /// grace period.
+    Interrupted {
+        /// Tasks still running when the loop gave up waiting.
+        left: usize,
+    },
+}
+
+/// A task's view of the shutdown: the signal to stop taking statements, and the deadline past
+/// which running statements are interrupted.
+#[derive(Debug)]
+pub struct Shutdown {
+    is_shutdown: bool,
+    notify: broadcast::Receiver<()>,
+    deadline: Deadline,
+}
+
+impl Shutdown {
+    /// Waits for the signal (returns at once when it was already received).
+    pub async fn recv(&mut self) {
+        if self.is_shutdown {
+            return;
+        }
+        let _ = self.notify.recv().await;
+        self.is_shutdown = true;
+    }
+
+    /// The shutdown deadline, for code that runs statements.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline.clone()
+    }
+}
+
+/// Turns when the shutdown deadline passed; clones watch the same deadline.
+#[derive(Debug, Clone)]
+pub struct Deadline(watch::Receiver<bool>);
+
+impl Deadline {
+    /// A deadline that never passes (a session outside any accept loop, in tests).
+    pub fn never() -> Deadline {
+        let (tx, rx) = watch::channel(false);
+        // The receiver alone keeps the value; a dropped sender means "never changes".
+        drop(tx);
+        Deadline(rx)
+    }
+
+    /// Resolves once the deadline passed; never resolves otherwise.
+    pub async fn passed(&mut self) {
+        if self.0.wait_for(|passed| *passed).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// True once the deadline passed.
+    pub fn has_passed(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Accepts clients until `shutdown` resolves, then drains them (see the module). `handle`
+/// serves one client and returns soon after its [`Shutdown`] fires; `refused` is called for
+/// each client over the limit (a metric), before its refusal frame is sent.
 pub async fn serve_clients<H, F>(
     listener: TcpListener,
-    max_connections: usize,
-    refusal: String,
+    options: ServeOptions,
     shutdown: impl Future,
-    handle: H,
-) where
-    H: Fn(TcpStream, watch::Receiver<bool>) -> F,
+    refused: impl Fn(),
+    mut handle: H,
+) -> Drained
+where
+    H: FnMut(TcpStream, Shutdown) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let max_connections = max_connections.max(1);
+    let max_connections = options.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (notify_tx, _) = broadcast::channel::<()>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let (deadline_tx, deadline_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let socket = tokio::select! {
@@ -44,32 +136,138 @@ pub async fn serve_clients<H, F>(
         };
         let _ = socket.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(socket, refusal.clone()));
+            refused();
+            tokio::spawn(refuse(socket, options.refusal.clone()));
             continue;
         };
-        let client = handle(socket, stop_rx.clone());
+        let client = handle(
+            socket,
+            Shutdown {
+                is_shutdown: false,
+                notify: notify_tx.subscribe(),
+                deadline: Deadline(deadline_rx.clone()),
+            },
+        );
+        let done = done_tx.clone();
         tokio::spawn(async move {
             client.await;
             drop(permit);
+            drop(done);
         });
     }
-    let _ = stop_tx.send(true);
-    let _ = permits.acquire_many(max_connections as u32).await;
+    drop(listener);
+    let running = max_connections - permits.available_permits();
+    if running > 0 {
+        tracing::info!(
+            clients = running,
+            "shutting down: finishing in-flight statements"
+        );
+    }
+    drop(notify_tx);
+    drop(done_tx);
+    if tokio::time::timeout(options.shutdown_timeout, done_rx.recv())
+        .await
+        .is_ok()
+    {
+        return Drained::Finished;
+    }
+    let running = max_connections - permits.available_permits();
+    tracing::warn!(
+        clients = running,
+        timeout_ms = options.shutdown_timeout.as_millis() as u64,
+        "statements still running at the shutdown deadline (limits.shutdownTimeoutMs): interrupting them"
+    );
+    let _ = deadline_tx.send(true);
+    if tokio::time::timeout(INTERRUPT_GRACE, done_rx.recv())
+        .await
+        .is_ok()
+    {
+        return Drained::Interrupted { left: 0 };
+    }
+    let left = max_connections - permits.available_permits();
+    tracing::warn!(clients = left, "stopping with client tasks still running");
+    Drained::Interrupted { left }
 }
 
 /// The client's next statement; `None` when it closed the connection or the process is
-/// stopping (`stop` changed), so a client loop ends either way.
+/// stopping, so a client loop ends either way.
 pub async fn next_statement<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut ServerConnection<S>,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
 ) -> Result<Option<Incoming>, ConnectionError> {
     tokio::select! {
         incoming = conn.read_statement() => incoming,
-        _ = stop.changed() => Ok(None),
+        _ = shutdown.recv() => Ok(None),
     }
 }
 
 async fn refuse(socket: TcpStream, reason: String) {
     let mut conn = ServerConnection::new(socket, 1024);
     let _ = conn.send(&Frame::error(reason)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn listener() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
+    fn options(timeout_ms: u64) -> ServeOptions {
+        ServeOptions {
+            max_connections: 1,
+            refusal: "full (limits.maxConnections)".into(),
+            shutdown_timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ignores_the_signal_is_interrupted_at_the_deadline() {
+        let (listener, addr) = listener().await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve_clients(
+            listener,
+            options(100),
+            stop_rx,
+            || {},
+            |_socket, shutdown| async move {
+                // A statement that never ends by itself: only the deadline stops it.
+                let mut deadline = shutdown.deadline();
+                deadline.passed().await;
+            },
+        ));
+        let _client = TcpStream::connect(&addr).await.unwrap();
+        let mut refused = TcpStream::connect(&addr).await.unwrap();
+        let mut text = String::new();
+        refused.read_to_string(&mut text).await.unwrap();
+        assert!(text.contains("limits.maxConnections"), "{text}");
+        let _ = stop_tx.send(());
+        let started = std::time::Instant::now();
+        assert_eq!(serving.await.unwrap(), Drained::Interrupted { left: 0 });
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(started.elapsed() < INTERRUPT_GRACE);
+    }
+
+    #[tokio::test]
+    async fn tasks_that_stop_on_the_signal_finish_before_the_deadline() {
+        let (listener, addr) = listener().await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve_clients(
+            listener,
+            options(10_000),
+            stop_rx,
+            || {},
+            |_socket, mut shutdown| async move { shutdown.recv().await },
+        ));
+        let _client = TcpStream::connect(&addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = stop_tx.send(());
+        let started = std::time::Instant::now();
+        assert_eq!(serving.await.unwrap(), Drained::Finished);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }

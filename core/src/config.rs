@@ -501,6 +501,9 @@ pub struct LimitsConfig {
     /// deeper statements are refused before they are parsed, by the proxy, the cache and the
     /// server alike (see `sql::limits`).
     pub max_expression_depth: usize,
+    /// On shutdown, how long running statements may take to finish before they are
+    /// interrupted, in milliseconds (servers, proxy and cache).
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -512,6 +515,7 @@ impl Default for LimitsConfig {
             page_rows: 500,
             busy_timeout_ms: 5000,
             max_expression_depth: crate::sql::limits::DEFAULT_MAX_EXPRESSION_DEPTH,
+            shutdown_timeout_ms: 10_000,
         }
     }
 }

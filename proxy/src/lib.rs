@@ -33,12 +33,11 @@ pub mod topology;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use dirkdb_core::accept_loop::{next_statement, serve_clients};
+use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::file_triggers::FileTriggers;
 use crate::session::ProxySession;
@@ -128,14 +127,20 @@ async fn serve(
     max_connections: usize,
     shutdown: impl std::future::Future,
 ) {
-    let refusal = format!(
-        "too many connections to the proxy (limit {max_connections}, loadBalancer.maxConnections)"
-    );
+    let options = ServeOptions {
+        max_connections,
+        refusal: format!(
+            "too many connections to the proxy (limit {max_connections}, loadBalancer.maxConnections)"
+        ),
+        shutdown_timeout: std::time::Duration::from_millis(
+            topology.load().config.limits.shutdown_timeout_ms,
+        ),
+    };
     serve_clients(
         listener,
-        max_connections,
-        refusal,
+        options,
         shutdown,
+        || {},
         |socket, mut stop| {
             let (topology, stats) = (topology.clone(), stats.clone());
             let file_triggers = file_triggers.clone();
@@ -156,7 +161,7 @@ async fn handle_client(
     socket: TcpStream,
     topology: Arc<SharedTopology>,
     file_triggers: Arc<FileTriggers>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Shutdown,
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {
     let max = topology.load().config.limits.max_statement_bytes;
     let mut conn = ServerConnection::new(socket, max);
@@ -165,7 +170,7 @@ async fn handle_client(
         if change_feed::is_changes_statement(&incoming) {
             let subscribed = tokio::select! {
                 s = change_feed::subscribe(&topology) => s,
-                _ = stop.changed() => return Ok(()),
+                _ = stop.recv() => return Ok(()),
             };
             match subscribed {
                 Ok(upstream) => {
@@ -174,7 +179,7 @@ async fn handle_client(
                     drop(session);
                     return tokio::select! {
                         r = change_feed::relay(upstream, &mut conn, &topology) => r,
-                        _ = stop.changed() => Ok(()),
+                        _ = stop.recv() => Ok(()),
                     };
                 }
                 Err(e) => {

@@ -53,6 +53,9 @@ pub enum ServerError {
     /// The `security` section or the cluster password file is unusable.
     #[error(transparent)]
     Security(#[from] dirkdb_core::security::SecurityError),
+    /// The server is stopping and its shutdown deadline interrupted the statement.
+    #[error("the server is shutting down: the statement was interrupted after limits.shutdownTimeoutMs ({0})")]
+    ShutdownInterrupted(String),
     /// A worker task died; the session goes on with a fresh connection.
     #[error("internal error: {0}")]
     Internal(String),

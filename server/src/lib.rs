@@ -46,7 +46,6 @@ pub mod oplog;
 pub mod replicate_files;
 pub mod replication;
 pub mod session;
-pub mod shutdown;
 pub mod state;
 pub mod statement_runner;
 pub mod write_path;

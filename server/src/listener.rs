@@ -1,91 +1,59 @@
-//! The SQL port: accepts clients, bounds how many are served, and shuts down cleanly.
-//!
-//! Each accepted socket gets a task running a [`Session`]. A semaphore holds
-//! `limits.maxConnections` permits; a client arriving when none is left receives one
-//! `Hadisoana : too many connections` frame and is closed, so it never hangs. On shutdown the
-//! accept loop stops, every task is told through [`Shutdown`], in-flight statements finish, and
-//! the caller learns that all tasks are gone when the completion channel closes.
+//! The SQL port: accepts clients through the shared accept loop
+//! ([`dirkdb_core::accept_loop`]), which bounds how many are served (`limits.maxConnections`;
+//! one more gets a `Hadisoana : too many connections` frame) and shuts down cleanly: told to
+//! stop, every session finishes its statement; past `limits.shutdownTimeoutMs` the statements
+//! still running are interrupted through SQLite's interrupt handle (see [`Session`]).
 //!
 //! Two statements switch a connection to another protocol: `DIRK REPLICATION` (a replica's
 //! stream, first statement only) and `DIRK CHANGES` (a change feed, at any point; see
 //! [`crate::change_feed`]). Both end with the server's shutdown like any session.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use dirkdb_core::accept_loop::{serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use crate::change_feed;
 use crate::replication::protocol::{HANDSHAKE, HANDSHAKE_OK};
 use crate::replication::sender::serve_replica;
 use crate::session::Session;
-use crate::shutdown::Shutdown;
 use crate::state::ServerState;
 
-/// Accepts clients until `shutdown` resolves, then waits for every session to end.
+/// Accepts clients until `shutdown` resolves, then waits for every session to end (at most
+/// `limits.shutdownTimeoutMs`, then interrupting what still runs).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
     shutdown: impl std::future::Future,
 ) {
-    let (notify_shutdown, _) = broadcast::channel(1);
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    tokio::select! {
-        _ = accept_loop(&listener, &state, &permits, &notify_shutdown, &done_tx) => {}
-        _ = shutdown => tracing::info!("shutting down: finishing in-flight statements"),
-    }
-    drop(notify_shutdown);
-    drop(done_tx);
-    let _ = done_rx.recv().await;
-}
-
-async fn accept_loop(
-    listener: &TcpListener,
-    state: &Arc<ServerState>,
-    permits: &Arc<Semaphore>,
-    notify_shutdown: &broadcast::Sender<()>,
-    done: &mpsc::Sender<()>,
-) {
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state.metrics.refused_one();
-            tokio::spawn(refuse(socket, state.clone()));
-            continue;
-        };
+    let limit = state.limits.max_connections;
+    let options = ServeOptions {
+        max_connections: limit,
+        refusal: format!(
+            "too many connections (limit {limit}, limits.maxConnections); try again later"
+        ),
+        shutdown_timeout: Duration::from_millis(state.limits.shutdown_timeout_ms),
+    };
+    let refused = || state.metrics.refused_one();
+    serve_clients(listener, options, shutdown, refused, |socket, shutdown| {
         let state = state.clone();
-        let shutdown = Shutdown::new(notify_shutdown.subscribe());
-        let done = done.clone();
-        tokio::spawn(async move {
+        async move {
+            let peer = socket
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             tracing::debug!(%peer, "client connected");
             state.metrics.connection(1);
             if let Err(e) = handle_client(socket, state.clone(), shutdown).await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
             state.metrics.connection(-1);
-            drop(permit);
-            drop(done);
-        });
-    }
-}
-
-async fn refuse(socket: TcpStream, state: Arc<ServerState>) {
-    let limit = state.limits.max_connections;
-    let mut conn = ServerConnection::new(socket, 1024);
-    let msg =
-        format!("too many connections (limit {limit}, limits.maxConnections); try again later");
-    let _ = conn.send(&Frame::error(msg)).await;
+        }
+    })
+    .await;
 }
 
 fn is_replication_handshake(incoming: &Incoming) -> bool {
@@ -122,6 +90,7 @@ async fn handle_client(
     let peer = crate::auth::peer_ip(&socket);
     let mut conn = ServerConnection::new(socket, state.limits.max_statement_bytes);
     let mut session = Session::new(state, peer);
+    session.interrupt_at(shutdown.deadline());
     let mut first = true;
     loop {
         let incoming = tokio::select! {

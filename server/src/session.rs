@@ -6,11 +6,17 @@
 //! produces to the client. The SQLite connection moves into that thread and back, so the
 //! session's transaction lives exactly as long as the client connection: when the client leaves,
 //! [`Session`]'s `Drop` closes an open transaction (rolling it back) or pools the connection.
+//!
+//! A running statement is interrupted through SQLite's interrupt handle when its client leaves,
+//! and when the server's shutdown deadline passes (`limits.shutdownTimeoutMs`; see
+//! [`Session::interrupt_at`]). While a statement runs the session reads ahead only until one more
+//! complete statement is buffered, so piped statements wait in the socket, not in memory.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dirkdb_core::accept_loop::Deadline;
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use dirkdb_core::security::ConnectionAuth;
@@ -41,6 +47,8 @@ pub struct Session {
     scratch: Option<Connection>,
     /// Who the client is (see [`crate::auth`]).
     auth: ConnectionAuth,
+    /// Past it, a running statement is interrupted (the server is shutting down).
+    deadline: Deadline,
 }
 
 struct CurrentDatabase {
@@ -64,12 +72,18 @@ impl Session {
             state,
             current: None,
             scratch: None,
+            deadline: Deadline::never(),
         }
     }
 
     /// The client's identity.
     pub fn auth(&self) -> &ConnectionAuth {
         &self.auth
+    }
+
+    /// Interrupts the running statement once `deadline` passes (the shutdown deadline).
+    pub fn interrupt_at(&mut self, deadline: Deadline) {
+        self.deadline = deadline;
     }
 
     /// The instance this session belongs to.
@@ -295,10 +309,18 @@ impl Session {
         let mut written = Ok(());
         let mut failed = false;
         let mut client_here = true;
+        let mut deadline = self.deadline.clone();
+        let mut stopped_by_deadline = false;
         loop {
             tokio::select! {
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break };
+                    let frame = match frame.error_text() {
+                        Some(reason) if stopped_by_deadline => {
+                            Frame::error(ServerError::ShutdownInterrupted(reason.to_string()))
+                        }
+                        _ => frame,
+                    };
                     failed = frame.error_text().is_some();
                     written = out.write_frame(&frame).await;
                     if written.is_err() {
@@ -313,6 +335,10 @@ impl Session {
                         client_here = false;
                         interrupt.interrupt();
                     }
+                }
+                _ = deadline.passed(), if !stopped_by_deadline => {
+                    stopped_by_deadline = true;
+                    interrupt.interrupt();
                 }
             }
         }
