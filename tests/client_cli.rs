@@ -188,3 +188,66 @@ async fn cluster_command_runs_every_instance_replicating_and_stops_cleanly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn json_keeps_select_order_and_duplicate_columns_and_tables_tell_null_from_the_string() {
+    let server = ServerProcess::start();
+    let port = server.port.to_string();
+    let sql = "SELECT 1 AS a, 2 AS a, 3 AS z, 4 AS b";
+    let out = run_client(&["127.0.0.1", &port, "--format", "json", "-c", sql], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "[{\"a\":1,\"a_2\":2,\"z\":3,\"b\":4}]\n");
+    let out = run_client(&["127.0.0.1", &port, "--format", "csv", "-c", sql], None);
+    assert_eq!(text(&out.stdout), "a,a,z,b\n1,2,3,4\n");
+    let sql = "SELECT NULL AS n, 'NULL' AS s, 'x' AS \"two\nlines\"";
+    let out = run_client(&["127.0.0.1", &port, "-c", sql], None);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("| n | s    | two\\nlines |"), "{stdout}");
+    assert!(stdout.contains("| ∅ | NULL | x          |"), "{stdout}");
+    let out = run_client(&["127.0.0.1", &port, "--null", "(null)", "-c", sql], None);
+    assert!(
+        text(&out.stdout).contains("| (null) | NULL |"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn nothing_listening_exits_2_before_any_banner_even_with_empty_input() {
+    let port = common::free_port().to_string();
+    for stdin in [None, Some("")] {
+        let out = run_client(&["127.0.0.1", &port], stdin);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stdout).contains("connected"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert!(text(&out.stderr).contains("cannot connect to 127.0.0.1:"));
+    }
+}
+
+#[test]
+fn an_http_port_is_named_as_such() {
+    use std::io::{Read, Write};
+    // What an admin API (axum) answers to a line that is not HTTP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let http = std::thread::spawn(move || {
+        if let Ok((mut socket, _)) = listener.accept() {
+            let mut buf = [0u8; 256];
+            let _ = socket.read(&mut buf);
+            let _ = socket.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let out = run_client(&["127.0.0.1", &port, "-c", "SELECT 1"], None);
+    let _ = http.join();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is an HTTP port"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -4,7 +4,13 @@
 //! with standard input not a terminal, the statements piped in are run; otherwise the REPL starts
 //! (line editing and persistent history through `rustyline`, statements spanning lines until their
 //! `;`, a prompt showing the current database). Scripts stop at the first error with exit code 1
-//! unless `--continue-on-error` is given; a connection failure exits with 2.
+//! unless `--continue-on-error` is given; a server that cannot be reached (at start or later)
+//! exits with 2. The connection is made first: the REPL's banner is printed only once it is up,
+//! and a script (even an empty one) fails with 2 when nothing listens.
+//!
+//! The client follows the transactions it opens: when the connection is lost inside one, it
+//! says the transaction was rolled back (the server rolls back a closed connection's
+//! transaction). Ctrl-C on a continuation line discards the typed statement and says so.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -14,7 +20,10 @@ use dirkdb_core::sql::split_script;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
-use crate::render::{elapsed_text, render_rows, OutputFormat};
+use dirkdb_core::sql::classify::{classify, StatementClass};
+use dirkdb_core::sql::transaction::TransactionState;
+
+use crate::render::{elapsed_text, render_rows_with_null, OutputFormat, DEFAULT_NULL_TEXT};
 use crate::{Client, ClientError, Reply};
 
 /// Exit code after an SQL error in a script.
@@ -48,6 +57,9 @@ pub struct ClientArgs {
     /// In -c, -f and piped scripts, go on after a failed statement (exit code is still 1).
     #[arg(long)]
     pub continue_on_error: bool,
+    /// How tables show NULL (CSV: an empty field; JSON: null).
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_NULL_TEXT)]
+    pub null: String,
 }
 
 /// Runs the client; returns the process exit code.
@@ -69,7 +81,9 @@ pub fn run(args: ClientArgs) -> i32 {
         client: None,
         database: None,
         format: args.format,
+        null_text: args.null.clone(),
         interactive: false,
+        txn: TransactionState::default(),
     };
     let script = match (&args.command, &args.file) {
         (Some(sql), _) => Some(sql.clone()),
@@ -102,7 +116,10 @@ struct Shell {
     client: Option<Client>,
     database: Option<String>,
     format: OutputFormat,
+    null_text: String,
     interactive: bool,
+    /// The transaction this client opened, followed from its successful statements.
+    txn: TransactionState,
 }
 
 enum Outcome {
@@ -113,6 +130,9 @@ enum Outcome {
 
 impl Shell {
     fn run_script(&mut self, text: &str, continue_on_error: bool) -> i32 {
+        if self.connect().is_err() {
+            return EXIT_CONNECTION;
+        }
         let script = split_script(text);
         let mut statements = script.statements;
         if !script.remainder.is_empty() {
@@ -143,19 +163,24 @@ impl Shell {
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
+        if self.connect().is_err() {
+            return EXIT_CONNECTION;
+        }
         println!(
             "DirkDB client — connected to {} (end statements with ;, quit with miala)",
             self.addr
         );
-        if self.connect().is_err() {
-            return EXIT_CONNECTION;
-        }
         let mut buffer = String::new();
         loop {
             let prompt = self.prompt(buffer.is_empty());
             let line = match editor.readline(&prompt) {
                 Ok(line) => line,
                 Err(ReadlineError::Interrupted) => {
+                    if !buffer.trim().is_empty() {
+                        let lines = buffer.lines().count();
+                        let noun = if lines == 1 { "line" } else { "lines" };
+                        eprintln!("(statement discarded: {lines} {noun} not sent)");
+                    }
                     buffer.clear();
                     continue;
                 }
@@ -248,17 +273,30 @@ impl Shell {
         let elapsed = started.elapsed();
         match result {
             Ok(Reply::Rows(rs)) => {
-                print_out(&render_rows(&rs, self.format, elapsed));
+                print_out(&render_rows_with_null(
+                    &rs,
+                    self.format,
+                    elapsed,
+                    &self.null_text,
+                ));
                 Outcome::Ok
             }
             Ok(Reply::Message(text)) => {
                 self.track_database(&text);
+                if let StatementClass::Transaction(control) = classify(statement) {
+                    self.txn.follow(&control);
+                }
                 self.print_message(&text, elapsed);
                 Outcome::Ok
             }
             Err(e) if e.is_fatal() => {
                 eprintln!("{e}");
                 self.client = None;
+                if std::mem::take(&mut self.txn).open {
+                    eprintln!(
+                        "the open transaction was rolled back: the connection was lost before it ended"
+                    );
+                }
                 if self.interactive {
                     eprintln!("(the connection will be reopened for the next statement)");
                 }

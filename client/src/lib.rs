@@ -15,7 +15,7 @@ pub mod render;
 use std::time::Duration;
 
 use dirkdb_core::connection::{ClientConnection, ConnectionError};
-use dirkdb_core::frame::{Column, Frame, RelationPage};
+use dirkdb_core::frame::{Column, Frame, FrameError, RelationPage};
 use dirkdb_core::sql::split_script;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -48,6 +48,9 @@ pub enum ClientError {
     /// The server closed the connection before answering.
     #[error("the server closed the connection")]
     Closed,
+    /// The port answered in HTTP: an admin API, not a SQL port.
+    #[error("{0} is an HTTP port (an admin API?), not a DirkDB SQL port: point the client at the SQL port (e.g. the proxy's loadBalancer.listenPort)")]
+    HttpPort(String),
     /// The text given to `execute` is not exactly one complete statement.
     #[error("expected exactly one complete statement, got {0}")]
     NotOneStatement(String),
@@ -191,7 +194,15 @@ impl Client {
     async fn read_reply(&mut self, mut on_page: Option<impl FnMut(RelationPage)>) -> Result<Reply> {
         let mut result: Option<ResultSet> = None;
         loop {
-            match self.conn.read_frame().await? {
+            let frame = match self.conn.read_frame().await {
+                Err(ConnectionError::Frame(FrameError::UnexpectedLine(line)))
+                    if line.starts_with("HTTP/") =>
+                {
+                    return Err(ClientError::HttpPort(self.addr.clone()))
+                }
+                other => other?,
+            };
+            match frame {
                 None => return Err(ClientError::Closed),
                 Some(Frame::RelationEnd) => {}
                 Some(Frame::Page(page)) => {
@@ -214,6 +225,9 @@ impl Client {
                     let Frame::Message(text) = frame else {
                         return Err(ClientError::Closed);
                     };
+                    if text.starts_with("HTTP/1.") {
+                        return Err(ClientError::HttpPort(self.addr.clone()));
+                    }
                     return Ok(match result {
                         Some(rs) => Reply::Rows(rs),
                         None => Reply::Message(text),

@@ -2,7 +2,12 @@
 //!
 //! Tables are drawn like MySQL's and psql's, with numbers aligned right and widths measured in
 //! terminal columns (so accented and wide characters line up), followed by the row count and the
-//! time the statement took.
+//! time the statement took. In tables NULL is shown as `∅` (or the `--null` text), so that it
+//! differs from the string `'NULL'`; column names are escaped like cells (`\n`, `\r`).
+//!
+//! JSON is one array of objects per result whose keys keep the select order and every column:
+//! a repeated name gets a `_2`, `_3`… suffix (`SELECT 1 AS a, 2 AS a` → `{"a":1,"a_2":2}`).
+//! CSV has one header field per column, repeated names included; NULL is an empty field.
 
 use std::time::Duration;
 
@@ -24,11 +29,24 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Renders a result in the chosen format.
+/// How tables show NULL unless `--null` says otherwise.
+pub const DEFAULT_NULL_TEXT: &str = "∅";
+
+/// Renders a result in the chosen format (tables show NULL as [`DEFAULT_NULL_TEXT`]).
 pub fn render_rows(rs: &ResultSet, format: OutputFormat, elapsed: Duration) -> String {
+    render_rows_with_null(rs, format, elapsed, DEFAULT_NULL_TEXT)
+}
+
+/// Renders a result; tables show NULL as `null_text`.
+pub fn render_rows_with_null(
+    rs: &ResultSet,
+    format: OutputFormat,
+    elapsed: Duration,
+    null_text: &str,
+) -> String {
     match format {
         OutputFormat::Table => {
-            let mut out = table(rs);
+            let mut out = table(rs, null_text);
             out.push_str(&footer(rs.rows.len(), elapsed));
             out
         }
@@ -53,12 +71,19 @@ pub fn elapsed_text(elapsed: Duration) -> String {
     }
 }
 
-fn table(rs: &ResultSet) -> String {
-    let headers: Vec<String> = rs.columns.iter().map(|c| c.name.clone()).collect();
+fn table(rs: &ResultSet, null_text: &str) -> String {
+    let headers: Vec<String> = rs.columns.iter().map(|c| one_line(&c.name)).collect();
     let cells: Vec<Vec<String>> = rs
         .rows
         .iter()
-        .map(|row| row.iter().map(|v| one_line(&display(v))).collect())
+        .map(|row| {
+            row.iter()
+                .map(|v| match v {
+                    Value::Null => null_text.to_string(),
+                    v => one_line(&display(v)),
+                })
+                .collect()
+        })
         .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
     for row in &cells {
@@ -134,22 +159,42 @@ fn csv(rs: &ResultSet) -> String {
 }
 
 fn json(rs: &ResultSet) -> String {
-    let objects: Vec<Value> = rs
+    let keys: Vec<String> = unique_keys(rs.columns.iter().map(|c| c.name.as_str()))
+        .iter()
+        .map(|k| Value::String(k.clone()).to_string())
+        .collect();
+    let objects: Vec<String> = rs
         .rows
         .iter()
         .map(|row| {
-            let map = rs
-                .columns
+            let fields: Vec<String> = keys
                 .iter()
                 .zip(row)
-                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .map(|(key, value)| format!("{key}:{value}"))
                 .collect();
-            Value::Object(map)
+            format!("{{{}}}", fields.join(","))
         })
         .collect();
-    let mut text = Value::Array(objects).to_string();
-    text.push('\n');
-    text
+    format!("[{}]\n", objects.join(","))
+}
+
+/// Column names made unique in select order: the second `a` is `a_2`, the third `a_3` (skipping
+/// names already taken).
+fn unique_keys<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let names: Vec<&str> = names.collect();
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut keys = Vec::with_capacity(names.len());
+    for name in &names {
+        let mut key = name.to_string();
+        let mut n = 1;
+        while taken.contains(&key) {
+            n += 1;
+            key = format!("{name}_{n}");
+        }
+        taken.insert(key.clone());
+        keys.push(key);
+    }
+    keys
 }
 
 #[cfg(test)]
@@ -185,7 +230,40 @@ mod tests {
         assert_eq!(
             out,
             "+----+--------+\n| id | nom    |\n+----+--------+\n\
-             |  1 | Élodie |\n| 10 | NULL   |\n+----+--------+\n2 rows (1.5 ms)\n"
+             |  1 | Élodie |\n| 10 | ∅      |\n+----+--------+\n2 rows (1.5 ms)\n"
+        );
+    }
+
+    #[test]
+    fn null_differs_from_the_string_null_and_headers_are_escaped() {
+        let mut r = rs();
+        r.columns[1].name = "two\nlines".into();
+        r.rows = vec![vec![json!(1), json!("NULL")], vec![json!(2), Value::Null]];
+        let out = render_rows_with_null(&r, OutputFormat::Table, Duration::ZERO, "(null)");
+        assert!(out.contains("| id | two\\nlines |"), "{out}");
+        assert!(out.contains("|  1 | NULL       |"), "{out}");
+        assert!(out.contains("|  2 | (null)     |"), "{out}");
+    }
+
+    #[test]
+    fn json_keeps_select_order_and_every_column() {
+        let name = |n: &str| Column {
+            name: n.into(),
+            origin: None,
+        };
+        let r = ResultSet {
+            name: None,
+            columns: vec![name("a"), name("a"), name("z"), name("b"), name("a_2")],
+            rows: vec![vec![json!(1), json!(2), json!(3), json!(4), json!(5)]],
+            pages: 1,
+        };
+        assert_eq!(
+            render_rows(&r, OutputFormat::Json, Duration::ZERO),
+            "[{\"a\":1,\"a_2\":2,\"z\":3,\"b\":4,\"a_2_2\":5}]\n"
+        );
+        assert_eq!(
+            render_rows(&r, OutputFormat::Csv, Duration::ZERO),
+            "a,a,z,b,a_2\n1,2,3,4,5\n"
         );
     }
 
