@@ -327,6 +327,7 @@ pub fn open_connection(
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     register_functions(&conn, settings.committed.clone())?;
+    register_domain_violation(&conn)?;
     conn.authorizer(Some(refuse_outside_files))?;
     Ok(conn)
 }
@@ -352,8 +353,44 @@ pub fn open_apply_connection(path: &Path, settings: &ConnectionSettings) -> Resu
         false,
     )?;
     register_functions(&conn, settings.committed.clone())?;
+    register_domain_violation(&conn)?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
+}
+
+/// The function DirkDB's domain CHECK constraints call for a value that does not fit (see
+/// `dirkdb_core::sql::dirkdb::domain`): it fails the statement with DirkDB's text,
+/// `can not convert into domain d : <domain> at values ind=<i> { <value> } `.
+pub fn register_domain_violation(conn: &Connection) -> rusqlite::Result<()> {
+    use dirkdb_core::sql::dirkdb::domain::{violation_text, DomainValue};
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    let flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function(
+        dirkdb_core::sql::dirkdb::translate::VIOLATION_FUNCTION,
+        3,
+        flags,
+        |ctx| -> rusqlite::Result<bool> {
+            let text;
+            let value = match ctx.get_raw(0) {
+                ValueRef::Null => DomainValue::Null,
+                ValueRef::Integer(n) => DomainValue::Number(n as f64),
+                ValueRef::Real(f) => DomainValue::Number(f),
+                ValueRef::Text(t) => {
+                    text = String::from_utf8_lossy(t).into_owned();
+                    DomainValue::Text(&text)
+                }
+                ValueRef::Blob(_) => DomainValue::Other,
+            };
+            let index = ctx.get::<i64>(1)?.max(0) as usize;
+            let domain = ctx.get::<String>(2)?;
+            Err(rusqlite::Error::UserFunctionError(
+                violation_text(&domain, index, &value).into(),
+            ))
+        },
+    )
 }
 
 /// The scratch connection of a session with no current database: expressions only.

@@ -82,6 +82,10 @@ async fn start_replication(
     Ok(())
 }
 
+/// The answer to a statement the input ended inside of.
+const UNFINISHED: &str = "the input ended inside a statement that was never run: \
+     a string literal is not closed, or the last `;` is missing";
+
 async fn handle_client(
     socket: TcpStream,
     state: Arc<ServerState>,
@@ -102,7 +106,11 @@ async fn handle_client(
         };
         let Some(incoming) = incoming else {
             if conn.had_partial_statement() {
+                // A client that only half-closed still reads: it gets an answer, not silence.
                 tracing::debug!("client left in the middle of a statement; it was not run");
+                let _ = conn
+                    .send(&dirkdb_core::frame::Frame::error(UNFINISHED))
+                    .await;
             }
             return Ok(());
         };

@@ -31,7 +31,8 @@ use crate::database_statement::{self, database_text, use_text, DatabaseStatement
 use crate::error::ServerError;
 use crate::extension;
 use crate::state::ServerState;
-use crate::statement_runner::{run_statement, FrameSink, RunOptions, Writer};
+use crate::statement_runner::{run_job, FrameSink, Job, RunOptions, Writer};
+use dirkdb_core::sql::dirkdb::{self, Route};
 
 /// Frames in flight between the runner thread and the socket writer.
 const FRAME_CHANNEL: usize = 4;
@@ -115,6 +116,11 @@ impl Session {
                 Err(e) => Frame::error(e),
             };
             return self.reply(out, frame).await;
+        }
+        match dirkdb::route(&sql) {
+            Route::Dirk(stmt) => return self.dirkdb_statement(stmt, out).await,
+            Route::Error(e) => return self.reply(out, Frame::error(e)).await,
+            Route::English | Route::Mixed => {}
         }
         let sql = translate(&sql);
         if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
@@ -272,9 +278,70 @@ impl Session {
         }
     }
 
+    /// A statement in DirkDB's grammar: database statements here, the rest on the connection.
+    async fn dirkdb_statement<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stmt: Arc<dirkdb::Statement>,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let database_statement = match &*stmt {
+            dirkdb::Statement::CreateDatabase(name) => Some(DatabaseStatement::Create {
+                name: name.clone(),
+                if_not_exists: false,
+            }),
+            dirkdb::Statement::DropDatabase(name) => Some(DatabaseStatement::Drop {
+                name: name.clone(),
+                if_exists: false,
+            }),
+            dirkdb::Statement::Use(name) => Some(DatabaseStatement::Use(name.clone())),
+            dirkdb::Statement::ShowDatabases => {
+                let names = self.state.catalog.names();
+                let json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+                let sql = format!("SELECT value AS fanasehoana FROM json_each('{json}')");
+                let naming = dirkdb::Naming {
+                    relation: "fanasehoana".into(),
+                    columns: Some(vec![("fanasehoana".into(), Some("fanasehoana".into()))]),
+                };
+                return self.run_job(Job::Named { sql, naming }, out).await;
+            }
+            _ => None,
+        };
+        if let Some(db_stmt) = database_statement {
+            let dropping = matches!(db_stmt, DatabaseStatement::Drop { .. });
+            let frame = match self.database_statement(db_stmt).await {
+                Ok(Reply::Text(_)) if dropping => Frame::Message(String::new()),
+                Ok(Reply::Text(text)) => Frame::Message(text),
+                Ok(Reply::Sql(sql)) => return self.run_sql(sql, out).await,
+                Err(ServerError::UnknownDatabase(n)) => {
+                    Frame::error(dirkdb::DirkError::DatabaseNotFound(n))
+                }
+                Err(ServerError::DatabaseExists(n)) => {
+                    Frame::error(dirkdb::DirkError::DatabaseExists(n))
+                }
+                Err(e) => Frame::error(e),
+            };
+            return self.reply(out, frame).await;
+        }
+        let database = self.current.as_ref().map(|c| c.db.name().to_string());
+        if database.is_none() && !matches!(*stmt, dirkdb::Statement::Select(_)) {
+            return self
+                .reply(out, Frame::error(dirkdb::DirkError::NoDatabase))
+                .await;
+        }
+        self.run_job(Job::Dirk { stmt, database }, out).await
+    }
+
     async fn run_sql<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         sql: String,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        self.run_job(Job::Sql(sql), out).await
+    }
+
+    async fn run_job<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        job: Job,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ConnectionError> {
         let (conn, scratch) = match self.take_connection() {
@@ -303,7 +370,7 @@ impl Session {
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
         let interrupt = conn.get_interrupt_handle();
         let task = tokio::task::spawn_blocking(move || {
-            let _ = run_statement(&conn, &sql, &options, &FrameSink(tx));
+            let _ = run_job(&conn, &job, &options, &FrameSink(tx));
             conn
         });
         let mut written = Ok(());

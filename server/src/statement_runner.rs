@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::catalog::as_internal;
 use dirkdb_core::sql::classify::leading_words;
+use dirkdb_core::sql::dirkdb::{
+    self, messages, Answer, Naming, Schema, Statement as DirkStatement,
+};
 
 use crate::database_statement::{schema_object, success_text};
 use crate::error::ServerError;
@@ -76,6 +79,8 @@ impl FrameSink {
 
 enum RunError {
     Failed(ServerError),
+    /// A DirkDB statement refused before SQLite ran it, in DirkDB's words.
+    Dirk(String),
     Gone,
 }
 
@@ -111,7 +116,7 @@ pub fn run_statement(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
-    let outcome = execute(conn, sql, options, sink);
+    let outcome = execute(conn, sql, options, sink, None);
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
     }
@@ -120,6 +125,134 @@ pub fn run_statement(
         Ok(Last::RelationOk) => sink.emit(Frame::Message("OK".into())),
         Err(RunError::Gone) => Err(ClientGone),
         Err(RunError::Failed(e)) => sink.emit(Frame::error(explain(e, options))),
+        Err(RunError::Dirk(text)) => sink.emit(Frame::error(text)),
+    }
+}
+
+/// What a session asks the runner to do with one statement.
+pub enum Job {
+    /// SQL as SQLite reads it (English or today's mixed form, translated).
+    Sql(String),
+    /// A statement in DirkDB's grammar, run in the session's current database.
+    Dirk {
+        /// The parsed statement.
+        stmt: Arc<DirkStatement>,
+        /// The current database (DirkDB names it in some error texts); none for a select
+        /// that reads no table.
+        database: Option<String>,
+    },
+    /// SQL whose relation is named the DirkDB way (`asehoy ny tahiry`).
+    Named {
+        /// The query.
+        sql: String,
+        /// The relation's and columns' names.
+        naming: Naming,
+    },
+}
+
+/// Runs one job and sends its whole response.
+pub fn run_job(
+    conn: &Connection,
+    job: &Job,
+    options: &RunOptions,
+    sink: &FrameSink,
+) -> Result<(), ClientGone> {
+    let (outcome, dirk) = match job {
+        Job::Sql(sql) => return run_statement(conn, sql, options, sink),
+        Job::Dirk { stmt, database } => (
+            execute_dirkdb(conn, stmt, database.as_deref(), options, sink),
+            Some((stmt, database)),
+        ),
+        Job::Named { sql, naming } => (execute(conn, sql, options, sink, Some(naming)), None),
+    };
+    if let Some(writer) = &options.writer {
+        settle_write(conn, writer);
+    }
+    match outcome {
+        Ok(Last::Text(text)) => sink.emit(Frame::Message(text)),
+        Ok(Last::RelationOk) => sink.emit(Frame::Message("OK".into())),
+        Err(RunError::Gone) => Err(ClientGone),
+        Err(RunError::Dirk(text)) => sink.emit(Frame::error(text)),
+        Err(RunError::Failed(e)) => {
+            let text = match (dirk, &e) {
+                (Some((stmt, db)), ServerError::Sqlite(sqlite)) => {
+                    let reason = match sqlite {
+                        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+                        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+                        other => other.to_string(),
+                    };
+                    messages::from_sqlite(stmt, db.as_deref().unwrap_or(""), &reason)
+                }
+                _ => explain(e, options),
+            };
+            sink.emit(Frame::error(text))
+        }
+    }
+}
+
+/// Plans a DirkDB statement against the current schema and runs its steps; the answer is
+/// DirkDB's text or a relation named DirkDB's way.
+fn execute_dirkdb(
+    conn: &Connection,
+    stmt: &DirkStatement,
+    database: Option<&str>,
+    options: &RunOptions,
+    sink: &FrameSink,
+) -> Result<Last, RunError> {
+    let schema = ConnSchema { conn, database };
+    let plan = dirkdb::plan(stmt, &schema).map_err(|e| RunError::Dirk(e.to_string()))?;
+    let naming = match &plan.answer {
+        Answer::Relation(naming) => Some(naming),
+        Answer::Text(_) => None,
+    };
+    let mut last = Last::RelationOk;
+    for step in &plan.steps {
+        last = execute(conn, step, options, sink, naming)?;
+    }
+    Ok(match plan.answer {
+        Answer::Text(text) => Last::Text(text),
+        Answer::Relation(_) => last,
+    })
+}
+
+/// The current database's schema as DirkDB's translator asks about it.
+struct ConnSchema<'a> {
+    conn: &'a Connection,
+    database: Option<&'a str>,
+}
+
+impl Schema for ConnSchema<'_> {
+    fn database(&self) -> Option<&str> {
+        self.database
+    }
+
+    fn domain(&self, name: &str) -> Option<String> {
+        if !self.has_domain_table() {
+            return None;
+        }
+        let sql = format!(
+            "SELECT definition FROM {} WHERE name = ?1",
+            dirkdb::translate::DOMAIN_TABLE
+        );
+        self.conn.query_row(&sql, [name], |r| r.get(0)).ok()
+    }
+
+    fn has_domain_table(&self) -> bool {
+        self.object_type(dirkdb::translate::DOMAIN_TABLE).as_deref() == Some("table")
+    }
+
+    fn domain_exists(&self, name: &str) -> bool {
+        self.domain(name).is_some()
+    }
+
+    fn object_type(&self, name: &str) -> Option<String> {
+        self.conn
+            .query_row(
+                "SELECT type FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                [name],
+                |r| r.get(0),
+            )
+            .ok()
     }
 }
 
@@ -169,6 +302,7 @@ fn execute(
     sql: &str,
     options: &RunOptions,
     sink: &FrameSink,
+    naming: Option<&Naming>,
 ) -> Result<Last, RunError> {
     if schema_object(sql)
         .is_some_and(|o| o.kind == "TRIGGER" && crate::catalog::is_reserved(&o.name))
@@ -217,13 +351,13 @@ fn execute(
         return Ok(Last::Text(success_text(sql)));
     }
     if !writes {
-        stream_rows(conn, &mut stmt, sql, options, sink)?;
+        stream_rows(conn, &mut stmt, sql, options, sink, naming)?;
         return Ok(Last::RelationOk);
     }
     // A write that returns rows (RETURNING) makes its changes at the first step: if the
     // response then fails (too many rows, client gone), nothing of it must stay.
     conn.execute_batch("SAVEPOINT _dirk_returning")?;
-    let streamed = stream_rows(conn, &mut stmt, sql, options, sink);
+    let streamed = stream_rows(conn, &mut stmt, sql, options, sink, naming);
     drop(stmt);
     end_savepoint(conn, "_dirk_returning", streamed.is_ok())?;
     streamed.map(|()| Last::RelationOk)
@@ -303,8 +437,19 @@ fn stream_rows(
     sql: &str,
     options: &RunOptions,
     sink: &FrameSink,
+    naming: Option<&Naming>,
 ) -> Result<(), RunError> {
-    let columns = columns_of(stmt);
+    let mut columns = columns_of(stmt);
+    let mut name = columns.first().and_then(|c| c.origin.clone());
+    if let Some(naming) = naming {
+        name = Some(naming.relation.clone());
+        if let Some(named) = naming.columns.as_ref().filter(|n| n.len() == columns.len()) {
+            for (column, (n, origin)) in columns.iter_mut().zip(named) {
+                column.name = n.clone();
+                column.origin = origin.clone();
+            }
+        }
+    }
     let width = columns.len();
     let readonly = stmt.readonly();
     let mut rows = stmt.raw_query();
@@ -334,7 +479,7 @@ fn stream_rows(
         ahead.len() as u64
     };
     check_limit(total_rows, options)?;
-    let mut pager = Pager::new(columns, total_rows, options.page_rows);
+    let mut pager = Pager::new(name, columns, total_rows, options.page_rows);
     for row in ahead {
         pager.push(row, sink)?;
     }
@@ -401,10 +546,10 @@ struct Pager {
 }
 
 impl Pager {
-    fn new(columns: Vec<Column>, total_rows: u64, page_rows: usize) -> Pager {
+    fn new(name: Option<String>, columns: Vec<Column>, total_rows: u64, page_rows: usize) -> Pager {
         let per_page = page_rows.max(1) as u64;
         Pager {
-            name: columns.first().and_then(|c| c.origin.clone()),
+            name,
             columns,
             total_pages: total_rows.div_ceil(per_page).max(1),
             page_rows: page_rows.max(1),

@@ -82,6 +82,7 @@ pub struct StatementSplitter {
     complete: CompleteState,
     stmt: StmtBuf,
     ready: VecDeque<SplitItem>,
+    head: Head,
 }
 
 impl StatementSplitter {
@@ -95,6 +96,7 @@ impl StatementSplitter {
             complete: CompleteState::Start,
             stmt: StmtBuf::default(),
             ready: VecDeque::new(),
+            head: Head::default(),
         }
     }
 
@@ -156,17 +158,28 @@ impl StatementSplitter {
                 self.significant(b);
                 if b == close {
                     self.lex = LexMode::Normal;
+                } else if b == b'\\' && close != b']' && close != b'`' && self.head.is_dirkdb() {
+                    self.lex = LexMode::Escaped(close);
                 }
+            }
+            LexMode::Escaped(close) => {
+                self.significant(b);
+                self.lex = LexMode::Quoted(close);
             }
         }
     }
 
     fn normal(&mut self, b: u8) {
         if is_word_byte(b) {
+            if !self.stmt.started {
+                self.head = Head::Reading(Vec::new());
+            }
+            self.head.push(b);
             self.word.push(b);
             self.significant(b);
             return;
         }
+        self.head.finish();
         self.finish_word();
         match b {
             b';' => self.semicolon(),
@@ -232,6 +245,7 @@ impl StatementSplitter {
     }
 
     fn end_statement(&mut self) {
+        self.head = Head::default();
         let stmt = std::mem::take(&mut self.stmt);
         if stmt.overflow {
             self.ready
@@ -275,6 +289,48 @@ enum LexMode {
     /// Inside a quoted token that the given byte closes. A doubled quote
     /// (`''`) closes and reopens, which frames identically.
     Quoted(u8),
+    /// Inside a string of a DirkDB statement, just after a backslash: the
+    /// next byte is escaped (DirkDB reads `'a\'b'` as `a'b`).
+    Escaped(u8),
+}
+
+/// The first word of the current statement, read far enough to know
+/// whether it is one of DirkDB's statement words, whose strings take
+/// backslash escapes (DIRKDB-DIALECT.md §2.5). English SQL keeps SQLite's
+/// rule, where a backslash is an ordinary character.
+#[derive(Debug, Default)]
+enum Head {
+    /// No word yet.
+    #[default]
+    None,
+    /// Reading the first word (lower-cased, at most 10 bytes kept).
+    Reading(Vec<u8>),
+    /// The first word is known: true for a DirkDB statement word.
+    Done(bool),
+}
+
+impl Head {
+    const LONGEST: usize = 10;
+
+    fn push(&mut self, b: u8) {
+        if let Head::Reading(word) = self {
+            if word.len() <= Self::LONGEST {
+                word.push(b.to_ascii_lowercase());
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Head::Reading(word) = self {
+            let dirkdb =
+                std::str::from_utf8(word).is_ok_and(super::dirkdb::starts_with_dirkdb_word);
+            *self = Head::Done(dirkdb);
+        }
+    }
+
+    fn is_dirkdb(&self) -> bool {
+        matches!(self, Head::Done(true))
+    }
 }
 
 /// Identifier bytes for keyword recognition; `#` and `@` are included so
@@ -651,6 +707,27 @@ mod tests {
             vec![SplitItem::TooLarge { bytes: big.len() }, stmt("SELECT 2")]
         );
         assert!(!s.has_partial());
+    }
+
+    #[test]
+    fn dirkdb_strings_take_backslash_escapes() {
+        assert_eq!(
+            statements(r"alaivo 'a\'b;c' antso x; SELECT 'a\'; SELECT 2;"),
+            [r"alaivo 'a\'b;c' antso x", r"SELECT 'a\'", "SELECT 2"]
+        );
+        assert_eq!(
+            statements("ALAIVO \"q\\\"r\"; manampia ao t (s) sanda ('x\\\\'); SELECT 1;"),
+            [
+                "ALAIVO \"q\\\"r\"",
+                "manampia ao t (s) sanda ('x\\\\')",
+                "SELECT 1"
+            ]
+        );
+        // A DirkDB word later in an English statement changes nothing.
+        assert_eq!(
+            statements(r"SELECT 'alaivo\'; SELECT 3;"),
+            [r"SELECT 'alaivo\'", "SELECT 3"]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod ast;
 pub mod domain;
 pub mod error;
 mod lexer;
+pub mod messages;
 pub mod parser;
 pub mod translate;
 
@@ -109,7 +110,7 @@ fn route_uncached(sql: &str) -> Route {
     match parser::parse_statement(sql) {
         Ok(stmt) if uses_sql_types(&stmt) && mixed_reads_as_sql(sql) => Route::Mixed,
         Ok(stmt) => Route::Dirk(Arc::new(stmt)),
-        Err(_) if mixed_reads_as_sql(sql) => Route::Mixed,
+        Err(_) if has_english_marker(sql) && mixed_reads_as_sql(sql) => Route::Mixed,
         Err(e) => Route::Error(e),
     }
 }
@@ -125,15 +126,111 @@ fn uses_sql_types(stmt: &Statement) -> bool {
     })
 }
 
+/// English SQL words (outside literals) or SQL-only syntax such as `count(*)`: what makes a
+/// statement DirkDB's grammar refuses today's mixed form rather than a DirkDB syntax error.
+fn has_english_marker(sql: &str) -> bool {
+    use super::lexer::{tokenize, TokenKind};
+    let tokens: Vec<_> = tokenize(sql)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .collect();
+    tokens.iter().enumerate().any(|(i, t)| {
+        let text = t.text(sql);
+        match t.kind {
+            TokenKind::Word => ENGLISH.iter().any(|w| w.eq_ignore_ascii_case(text)),
+            TokenKind::Operator | TokenKind::Punct if text == "*" => {
+                let around = |j: Option<usize>| j.and_then(|j| tokens.get(j)).map(|t| t.text(sql));
+                around(i.checked_sub(1)) == Some("(") && around(Some(i + 1)) == Some(")")
+            }
+            _ => false,
+        }
+    })
+}
+
+/// English words whose presence marks the mixed form.
+const ENGLISH: &[&str] = &[
+    "select",
+    "from",
+    "where",
+    "join",
+    "on",
+    "into",
+    "values",
+    "set",
+    "table",
+    "view",
+    "database",
+    "databases",
+    "tables",
+    "order",
+    "by",
+    "group",
+    "having",
+    "as",
+    "and",
+    "or",
+    "not",
+    "is",
+    "like",
+    "in",
+    "between",
+    "primary",
+    "key",
+    "unique",
+    "references",
+    "default",
+    "union",
+    "except",
+    "intersect",
+    "left",
+    "right",
+    "inner",
+    "outer",
+    "cross",
+    "natural",
+    "distinct",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "offset",
+    "insert",
+    "update",
+    "delete",
+    "create",
+    "drop",
+    "show",
+    "use",
+    "index",
+    "trigger",
+    "exists",
+    "if",
+    "integer",
+    "int",
+    "text",
+    "real",
+    "numeric",
+    "blob",
+    "varchar",
+    "returning",
+    "with",
+    "all",
+    "asc",
+    "desc",
+];
+
 fn mixed_reads_as_sql(sql: &str) -> bool {
     let translated = super::malagasy::translate(sql);
-    let words = super::classify::leading_words(&translated, 2);
+    let words = super::classify::leading_words(&translated, 7);
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
     let database_statement = matches!(
-        (
-            words.first().map(String::as_str),
-            words.get(1).map(String::as_str)
-        ),
-        (Some("USE" | "SHOW"), _) | (Some("CREATE" | "DROP"), Some("DATABASE" | "SCHEMA"))
+        w.as_slice(),
+        ["USE", _]
+            | ["SHOW", "DATABASES" | "TABLES"]
+            | ["CREATE" | "DROP", "DATABASE", _]
+            | ["CREATE", "DATABASE", "IF", "NOT", "EXISTS", _]
+            | ["DROP", "DATABASE", "IF", "EXISTS", _]
     );
     database_statement
         || SqlParser::parse_sql(&SQLiteDialect {}, &translated).is_ok_and(|s| s.len() == 1)

@@ -101,7 +101,9 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             return Err(DirkError::NoCommand);
         }
         Statement::Select(q) => {
-            let _ = db()?;
+            if query_reads_tables(q) {
+                let _ = db()?;
+            }
             Plan {
                 steps: vec![query_sql(q)],
                 answer: Answer::Relation(query_naming(q)),
@@ -285,6 +287,20 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
     })
 }
 
+/// Whether a select expression reads any relation (one that does not can run without a
+/// current database, like `alaivo 1 + 1`).
+fn query_reads_tables(q: &Query) -> bool {
+    std::iter::once(&q.first)
+        .chain(q.rest.iter().filter_map(|(_, o)| match o {
+            Operand::Select(s) => Some(s),
+            Operand::Paren(_) => None,
+        }))
+        .any(|s| s.from.is_some())
+        || q.rest
+            .iter()
+            .any(|(_, o)| matches!(o, Operand::Paren(inner) if query_reads_tables(inner)))
+}
+
 fn show_objects_sql(kind: &str) -> String {
     format!(
         "SELECT name AS fanasehoana FROM sqlite_schema WHERE type = '{kind}' \
@@ -312,9 +328,9 @@ fn column_def(name: &str, index: usize, domain: &Domain) -> String {
     )
 }
 
-/// A quoted SQL identifier.
+/// A quoted SQL identifier. Backquotes, since SQLite reads an unknown `"name"` as a string.
 pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    format!("`{}`", name.replace('`', "``"))
 }
 
 fn literal_sql(l: &Literal) -> String {

@@ -1,0 +1,523 @@
+//! DirkDB's own language end to end: a course script written in DirkDB's grammar, every
+//! statement form of `../shared/DIRKDB-DIALECT.md`, run through a server, the proxy and the
+//! cache, each answer compared with the one DirkDB gives (message texts exactly; relations by
+//! name, column names and origins, and rows — as a set, since SQLite's row order is not
+//! DirkDB's storage order). Where DirkDB itself fails (views that cannot be read, aliased joins)
+//! the expected answer is what DirkDB meant.
+
+mod common;
+
+use common::cache::CacheProcess;
+use common::cluster::Cluster;
+use common::ServerProcess;
+use dirkdb_client::{Client, ClientError, Reply};
+use serde_json::{json, Value};
+
+/// What DirkDB answers.
+enum Want {
+    /// A message line.
+    Msg(&'static str),
+    /// `Hadisoana : <text>`.
+    Fail(&'static str),
+    /// A relation: name, columns as `name` or `name@origin`, rows.
+    Rel(&'static str, &'static [&'static str], Value),
+}
+
+use Want::*;
+
+/// The course script: statement, DirkDB's answer.
+fn course() -> Vec<(&'static str, Want)> {
+    vec![
+        ("manamboara tahiry kilasy", Msg("Ny tahiry : kilasy dia voaforona soamantsara")),
+        ("manamboara tahiry kilasy", Fail("Ny tahiry (kilasy) dia efa misy")),
+        ("asehoy ny tabilao", Fail("Tsy nisafidy tahiry ianao")),
+        ("ravao ny tabilao x", Fail("Tsy nisafidy tahiry ianao")),
+        (
+            "alaivo 1 + 1",
+            Rel("dual_projection", &["(NUMBER(1.0) ADD NUMBER(1.0))"], json!([[2.0]])),
+        ),
+        ("ampiasao tsisy", Fail("Tsy misy ny tahiry : tsisy")),
+        ("ampiasao kilasy tsisy", Fail("Can not eval because the input contains some remaining=' tsisy'")),
+        ("AMPIASAO kilasy", Msg("Ny tahiry : kilasy dia miasa ankehitriny")),
+        ("manamboara efitra naoty ( ISA(0,20) )", Msg("Ny efitra : naoty dia voaforona soamantsara")),
+        ("manamboara efitra naoty ( ISA(0,20) )", Fail("Ny efitra : naoty dia efa misys")),
+        ("manamboara efitra sokajy (TANISA('L1', L2, 3))", Msg("Ny efitra : sokajy dia voaforona soamantsara")),
+        ("manamboara efitra anarana (LAHATSORATRA(2,10))", Msg("Ny efitra : anarana dia voaforona soamantsara")),
+        ("manamboara efitra ratsy (tsisy)", Fail("La table kilasy.tsisy n'as pas été trouvé")),
+        ("manamboara efitra d TANISA(a)", Fail("'(' no hamaritana ny efitra")),
+        (
+            "asehoy ny efitra",
+            Rel("fanasehoana", &["fanasehoana@fanasehoana"], json!([["naoty"], ["sokajy"], ["anarana"]])),
+        ),
+        (
+            "manamboara tabilao mpianatra (id ISA(null,null), anarana anarana, sokajy sokajy, teraka DATY)",
+            Msg("Ny tabilao : mpianatra dia voaforona soamantsara"),
+        ),
+        ("manamboara tabilao x (a tsisy)", Fail("La table kilasy.tsisy n'as pas été trouvé")),
+        ("manamboara tabilao mpianatra (a ISA(0,1))", Fail("Ny tabilao : mpianatra dia efa misy")),
+        ("manamboara tabilao y", Fail("Liste de champs attendue après le nom de la table")),
+        (
+            "manampia #ao@ mpianatra (id, anarana, sokajy) #sanda (1, 'Rabe', 'L1'), (2, \"Rasoa\", 'L2'), (3, 'Rakoto', 3)",
+            Msg("Tafinditra ny fiovana ny tabilao"),
+        ),
+        (
+            "manampia ao mpianatra (id, anarana) sanda (4, 'R')",
+            Fail("can not convert into domain d : Domain{VARCHAR( 2,10 )} at values ind=1 { \"R\" } "),
+        ),
+        (
+            "manampia ao mpianatra (id, anarana) sanda (4, 5)",
+            Fail("can not convert into domain d : Domain{VARCHAR( 2,10 )} at values ind=1 { 5.0 } "),
+        ),
+        (
+            "manampia ao mpianatra (id, sokajy) sanda (4, 'L3')",
+            Fail("can not convert into domain d : Domain{DomainEnum{allowedValues=[L1, L2, 3.0], size=3}} at values ind=2 { \"L3\" } "),
+        ),
+        (
+            "manampia ao mpianatra (id, sokajy) sanda (4, '3')",
+            Fail("can not convert into domain d : Domain{DomainEnum{allowedValues=[L1, L2, 3.0], size=3}} at values ind=2 { \"3\" } "),
+        ),
+        (
+            "manampia ao mpianatra (id, teraka) sanda (4, '2024-01-31')",
+            Fail("can not convert into domain d : Domain{DATE} at values ind=3 { \"2024-01-31\" } "),
+        ),
+        ("manampia ao mpianatra (zz) sanda (1)", Fail("Champ 'zz' non trouvé dans la relation")),
+        (
+            "manampia ao mpianatra (id, anarana) sanda (1)",
+            Fail("Le nombre de champs (2) ne correspond pas au nombre de valeurs (1)"),
+        ),
+        ("manampia ao@ mpianatra sanda (1,'a')", Fail("Parenthèse ouvrante '(' attendue")),
+        (
+            "manampia ao@ mpianatra (id) sanda (-1)",
+            Fail("Attendu (sans casse) \"null\", trouvé \"-1)\""),
+        ),
+        (
+            "manampia ao@ mpianatra () sanda (1, 'ab')",
+            Fail("Cannot add  Individual of fields_size=2 in relation(mpianatra) with domains_size 4"),
+        ),
+        (
+            "manamboara tabilao naoty_tb (id ISA(null,null), lohahevitra LAHATSORATRA(null,null), naoty naoty)",
+            Msg("Ny tabilao : naoty_tb dia voaforona soamantsara"),
+        ),
+        (
+            "manampia ao @ naoty_tb () sanda (1, 'math', 15), (1, 'info', 18), (2, 'math', 9), (9, 'math', 12)",
+            Msg("Tafinditra ny fiovana ny tabilao"),
+        ),
+        (
+            "manampia ao naoty_tb (id, naoty) sanda (1, 21)",
+            Fail("can not convert into domain d : Domain{NUMBER(min:0.0,max:20.0)} at values ind=2 { 21.0 } "),
+        ),
+        (
+            "havaozy naoty_tb ova naoty = naoty + 10 rehefa id = 1",
+            Fail("can not convert into domain d : Domain{NUMBER(min:0.0,max:20.0)} at values ind=2 { 25.0 } "),
+        ),
+        (
+            "havaozy naoty_tb ova naoty = naoty + 1 #rehefa lohahevitra = 'math'",
+            Msg("Tafinditra ny fiovana ny tabilao"),
+        ),
+        ("havaozy naoty_tb ova zz = 1", Fail("Champ 'zz' non trouvé dans la relation naoty_tb")),
+        (
+            "alaivo * #ao@ mpianatra",
+            Rel(
+                "mpianatra",
+                &["id@mpianatra", "anarana@mpianatra", "sokajy@mpianatra", "teraka@mpianatra"],
+                json!([[1.0, "Rabe", "L1", null], [2.0, "Rasoa", "L2", null], [3.0, "Rakoto", 3.0, null]]),
+            ),
+        ),
+        (
+            "alaivo anarana # ao @ mpianatra # rehefa id > 1",
+            Rel("mpianatra_selection_projection", &["anarana"], json!([["Rasoa"], ["Rakoto"]])),
+        ),
+        (
+            "alaivo m.anarana, n.naoty #ao@ mpianatra m #tonona:@ naoty_tb n #ka m.id = n.id",
+            Rel(
+                "mpianatra_produit_naoty_tb_selection_projection",
+                &["anarana@m", "naoty@n"],
+                json!([["Rabe", 16.0], ["Rabe", 18.0], ["Rasoa", 10.0]]),
+            ),
+        ),
+        (
+            "alaivo anarana, naoty #ao@ mpianatra #tonona:avia@ naoty_tb #ka mpianatra.id = naoty_tb.id",
+            Rel(
+                "mpianatra_left_join_naoty_tb_projection",
+                &["anarana", "naoty"],
+                json!([["Rabe", 16.0], ["Rabe", 18.0], ["Rasoa", 10.0], ["Rakoto", null]]),
+            ),
+        ),
+        (
+            "alaivo anarana, naoty #ao@ mpianatra #tonona:ankavanana@ naoty_tb #ka mpianatra.id = naoty_tb.id",
+            Rel(
+                "mpianatra_right_join_naoty_tb_projection",
+                &["anarana", "naoty"],
+                json!([["Rabe", 16.0], ["Rabe", 18.0], ["Rasoa", 10.0], [null, 13.0]]),
+            ),
+        ),
+        (
+            "alaivo anarana, naoty #ao@ mpianatra # tonona : feno @ naoty_tb #ka mpianatra.id = naoty_tb.id",
+            Rel(
+                "mpianatra_left_join_naoty_tb_Union_mpianatra_right_join_naoty_tb_projection",
+                &["anarana", "naoty"],
+                json!([["Rabe", 16.0], ["Rabe", 18.0], ["Rasoa", 10.0], ["Rakoto", null], [null, 13.0]]),
+            ),
+        ),
+        (
+            "alaivo anarana, lohahevitra #ao@ mpianatra #tonona:natoraly@ naoty_tb",
+            Rel(
+                "mpianatra_natural_join_naoty_tb_projection",
+                &["anarana", "lohahevitra"],
+                json!([["Rabe", "math"], ["Rabe", "info"], ["Rasoa", "math"]]),
+            ),
+        ),
+        (
+            "alaivo anarana, lohahevitra #ao@ mpianatra #tonona naoty_tb #fetra 0 2",
+            Rel(
+                "mpianatra_produit_naoty_tb_projection_limit",
+                &["anarana", "lohahevitra"],
+                json!([["Rabe", "math"], ["Rabe", "info"]]),
+            ),
+        ),
+        (
+            "alaivo id #ao@ mpianatra #ankambana@ alaivo id #ao@ naoty_tb",
+            Rel("mpianatra_projection_Union_naoty_tb_projection", &["id"], json!([[1.0], [2.0], [3.0], [9.0]])),
+        ),
+        (
+            "alaivo id #ao@ naoty_tb #analana alaivo id #ao@ mpianatra",
+            Rel("naoty_tb_projection_diff_mpianatra_projection", &["id"], json!([[9.0]])),
+        ),
+        (
+            "alaivo id #ao@ naoty_tb ^ alaivo id #ao@ mpianatra",
+            Rel("naoty_tb_projection_inter_mpianatra_projection", &["id"], json!([[1.0], [2.0]])),
+        ),
+        (
+            "alaivo id #ao@ mpianatra #+@ (alaivo id #ao@ naoty_tb #-@ alaivo id #ao@ mpianatra)",
+            Rel(
+                "mpianatra_projection_Union_naoty_tb_projection_diff_mpianatra_projection",
+                &["id"],
+                json!([[1.0], [2.0], [3.0], [9.0]]),
+            ),
+        ),
+        (
+            "alaivo lohahevitra, count(naoty), sum(naoty), avg(naoty) antso salan #ao@ naoty_tb #vondrona (lohahevitra)",
+            Rel(
+                "naoty_tb_groupBy",
+                &[
+                    "lohahevitra",
+                    "FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=naoty])])",
+                    "FunctionExpr(sum, [ID(QualifiedIdentifier [origin=null, name=naoty])])",
+                    "salan",
+                ],
+                json!([["info", 1.0, 18.0, 18.0], ["math", 3.0, 39.0, 13.0]]),
+            ),
+        ),
+        (
+            "alaivo x #ao@ (alaivo anarana antso x #ao@ mpianatra #rehefa id = 1) q",
+            Rel("mpianatra_selection_projection_projection", &["x"], json!([["Rabe"]])),
+        ),
+        (
+            "alaivo x #ao@ (alaivo anarana antso x #ao@ mpianatra)",
+            Fail("Tous les tables dérivé doit avoir leur propre alias"),
+        ),
+        ("alaivo * #ao@ mpianatra #fetra 2", Rel("mpianatra_limit", &["id@mpianatra", "anarana@mpianatra", "sokajy@mpianatra", "teraka@mpianatra"], json!([[3.0, "Rakoto", 3.0, null]]))),
+        (
+            "alaivo id #ao@ mpianatra #rehefa id = 1 na id = 2 ary id = 3",
+            Rel("mpianatra_selection_projection", &["id"], json!([])),
+        ),
+        (
+            "alaivo id #ao@ mpianatra #rehefa !(teraka > 2)",
+            Rel("mpianatra_selection_projection", &["id"], json!([[1.0], [2.0], [3.0]])),
+        ),
+        (
+            "alaivo id #ao@ mpianatra #rehefa teraka dia null #ary anarana dia tsy null #na id = 7",
+            Rel("mpianatra_selection_projection", &["id"], json!([[1.0], [2.0], [3.0]])),
+        ),
+        ("alaivo 7 / 2 antso x", Rel("dual_projection", &["x"], json!([[3.5]]))),
+        ("alaivo 'a\\'b' antso x, \"s\" antso y", Rel("dual_projection", &["x", "y"], json!([["a'b", "s"]]))),
+        ("alaivo id dia 5 #ao@ mpianatra", Fail("After 'is' or 'is not' must be 'null' ")),
+        ("alaivo tsisy #ao@ mpianatra", Fail("Le champ 'tsisy' n'existe pas dans la relation.")),
+        ("alaivo * #ao@ tsisy", Fail("La table kilasy.tsisy n'as pas été trouvé")),
+        ("alaivo *", Fail("Vous ne pouvez pas faire select all si l'origin de la table n'existe pas")),
+        ("manamboara jery v antso alaivo 1", Fail("Le caractère '@' est attendu après le nom de la vue")),
+        (
+            "manamboara jery tsara @ alaivo anarana, naoty #ao@ mpianatra #tonona naoty_tb #ka mpianatra.id = naoty_tb.id #rehefa naoty > 12",
+            Msg("Ny jery : tsara dia voaforona soamantsara"),
+        ),
+        ("manamboara jery tsara @ alaivo 1", Fail("Ny jery : tsara dia efa misy")),
+        (
+            "alaivo anarana #ao@ tsara #rehefa naoty > 17",
+            Rel("tsara_selection_projection", &["anarana"], json!([["Rabe"]])),
+        ),
+        ("asehoy ny jery", Rel("fanasehoana", &["fanasehoana@fanasehoana"], json!([["tsara"]]))),
+        (
+            "asehoy ny tabilao",
+            Rel("fanasehoana", &["fanasehoana@fanasehoana"], json!([["mpianatra"], ["naoty_tb"]])),
+        ),
+        ("fafao #ao@ naoty_tb #rehefa id = 9", Msg("Tafinditra ny fiovana ny tabilao")),
+        ("alaivo id #ao@ naoty_tb #rehefa id = 9", Rel("naoty_tb_selection_projection", &["id"], json!([]))),
+        ("ravao ny jery tsara", Msg("")),
+        ("ravao ny jery tsara", Fail("Ny jery kilasy.tsara dia tsy hita")),
+        ("ravao ny efitra sokajy", Msg("")),
+        ("ravao ny efitra sokajy", Fail("La table kilasy.sokajy n'as pas été trouvé")),
+        (
+            "manampia ao mpianatra (id, sokajy) sanda (5, 'L9')",
+            Fail("can not convert into domain d : Domain{DomainEnum{allowedValues=[L1, L2, 3.0], size=3}} at values ind=2 { \"L9\" } "),
+        ),
+        ("fafao ao@ naoty_tb", Msg("Tafinditra ny fiovana ny tabilao")),
+        ("ravao ny tabilao naoty_tb", Msg("")),
+        ("ravao ny tabilao naoty_tb", Fail("La table kilasy.naoty_tb n'as pas été trouvé")),
+        (
+            "SELECT id AS n FROM mpianatra WHERE id = 1",
+            Rel("mpianatra", &["n@mpianatra"], json!([[1.0]])),
+        ),
+        ("ravao tabilao", Fail("Commande valide non trouvé")),
+        ("ravao ny tahiry kilasy", Msg("")),
+        ("ravao ny tahiry kilasy", Fail("Tsy misy ny tahiry : kilasy")),
+    ]
+}
+
+fn column_label(c: &dirkdb_core::frame::Column) -> String {
+    match &c.origin {
+        Some(o) => format!("{}@{o}", c.name),
+        None => c.name.clone(),
+    }
+}
+
+fn sorted(rows: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = rows.iter().map(Value::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Runs the course script on `client` and checks every answer.
+async fn run_course(client: &mut Client, through: &str) {
+    for (sql, want) in course() {
+        let got = client.execute(sql).await;
+        let context = format!("{through}: {sql}");
+        match (want, got) {
+            (Msg(text), Ok(Reply::Message(m))) => assert_eq!(m, text, "{context}"),
+            (Fail(text), Err(ClientError::Server(e))) => assert_eq!(e, text, "{context}"),
+            (Rel(name, columns, rows), Ok(Reply::Rows(rs))) => {
+                assert_eq!(rs.name.as_deref(), Some(name), "{context}");
+                let labels: Vec<String> = rs.columns.iter().map(column_label).collect();
+                assert_eq!(labels, columns, "{context}");
+                let want: Vec<Value> = rows.as_array().cloned().unwrap_or_default();
+                let got: Vec<Value> = rs.rows.iter().map(|r| Value::Array(r.clone())).collect();
+                assert_eq!(sorted(&got), sorted(&want), "{context}");
+            }
+            (_, got) => panic!("{context}: unexpected answer {got:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_course_script_answers_as_dirkdb_through_the_server() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    run_course(&mut c, "server").await;
+}
+
+#[tokio::test]
+async fn the_course_script_answers_as_dirkdb_through_the_proxy_and_the_cache() {
+    let cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let mut c = cluster.proxy_client().await;
+    run_course(&mut c, "proxy").await;
+    let cache = CacheProcess::start(&cluster, 3000, 200, &[]);
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    run_course(&mut c, "cache").await;
+    // Twice through the cache (a new session: the proxy's session keeps a dropped database
+    // selected, as DirkDB itself does): every read answered from memory or not, the same answers.
+    let mut c = cache.client().await;
+    run_course(&mut c, "cache, again").await;
+    // DirkDB spellings of one read share an entry; a DirkDB write drops it.
+    for sql in [
+        "manamboara tahiry k2",
+        "ampiasao k2",
+        "manamboara tabilao t (n ISA(null,null))",
+        "manampia ao t (n) sanda (1), (1), (2)",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    let hits = cache.stat("hits");
+    let first = c.query("alaivo n #ao@ t #rehefa n > 0").await.unwrap();
+    assert_eq!(
+        first.rows,
+        [[json!(1.0)], [json!(2.0)]],
+        "WHERE removes duplicates"
+    );
+    let second = c.query("ALAIVO n # ao @ t # rehefa n > 0").await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(cache.stat("hits"), hits + 1, "{}", cache.stats());
+    c.execute("manampia #ao@ t (n) #sanda (3)").await.unwrap();
+    let third = c.query("alaivo n #ao@ t #rehefa n > 0").await.unwrap();
+    assert_eq!(third.rows.len(), 3);
+}
+
+const OPLOG: &str = r#"{ "maxEntries": 1000000 }"#;
+
+fn server_error(result: Result<Reply, ClientError>) -> String {
+    match result {
+        Err(ClientError::Server(reason)) => reason,
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+async fn show_domains(c: &mut Client) -> Vec<Value> {
+    c.query("asehoy ny efitra").await.unwrap().rows.concat()
+}
+
+const BOUND: &str =
+    "can not convert into domain d : Domain{NUMBER(min:0.0,max:10.0)} at values ind=0 { 11.0 } ";
+const LENGTH: &str =
+    "can not convert into domain d : Domain{VARCHAR( 1,3 )} at values ind=1 { \"abcd\" } ";
+
+/// Bound and length violations on INSERT and UPDATE, in DirkDB's words.
+async fn assert_domains_enforced(c: &mut Client) {
+    assert_eq!(
+        server_error(c.execute("manampia ao t (a, b) sanda (11, 'x')").await),
+        BOUND
+    );
+    assert_eq!(
+        server_error(c.execute("havaozy t ova a = a + 6").await),
+        BOUND
+    );
+    assert_eq!(
+        server_error(c.execute("havaozy t ova b = 'abcd' rehefa a = 5").await),
+        LENGTH
+    );
+    // English SQL meets the same constraint: it lives in the schema.
+    assert!(server_error(c.execute("UPDATE t SET a = 'five'").await).contains("ind=0"));
+}
+
+#[tokio::test]
+async fn domains_replicate_survive_restart_full_sync_and_promotion() {
+    let mut cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let mut c = cluster.proxy_client().await;
+    for sql in [
+        "manamboara tahiry d",
+        "ampiasao d",
+        "manamboara efitra isa10 (ISA(0,10))",
+        "manamboara tabilao t (a isa10, b LAHATSORATRA(1,3))",
+        "manampia ao t (a, b) sanda (5, 'ab')",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    assert_domains_enforced(&mut c).await;
+    cluster.wait_converged(0, std::time::Duration::from_secs(20));
+    cluster.assert_same_data(0);
+    // The replica holds the domain and the constraint.
+    let mut r = cluster.client(1).await;
+    r.execute("ampiasao d").await.unwrap();
+    assert_eq!(show_domains(&mut r).await, [json!("isa10")]);
+    // A restarted primary still has them.
+    cluster.kill9(0);
+    cluster.spawn(0);
+    let mut p = cluster.client(0).await;
+    p.execute("ampiasao d").await.unwrap();
+    assert_eq!(show_domains(&mut p).await, [json!("isa10")]);
+    assert_domains_enforced(&mut p).await;
+    // A replica that must full-sync (the primary's oplog cleared while it was away).
+    cluster.kill9(1);
+    p.execute("manampia ao t (a, b) sanda (7, 'abc')")
+        .await
+        .unwrap();
+    cluster.post(0, "/replication/oplog/clear", "");
+    cluster.spawn(1);
+    cluster.wait_converged(0, std::time::Duration::from_secs(20));
+    cluster.assert_same_data(0);
+    // Promoted, it refuses a direct violation the same way.
+    cluster.post(1, "/replication/promote", "");
+    let mut r = cluster.client(1).await;
+    r.execute("ampiasao d").await.unwrap();
+    assert_eq!(show_domains(&mut r).await, [json!("isa10")]);
+    assert_domains_enforced(&mut r).await;
+    let rows = r.query("alaivo a, b #ao@ t").await.unwrap().rows;
+    assert_eq!(
+        sorted(&rows.into_iter().map(Value::Array).collect::<Vec<_>>()),
+        sorted(&[json!([5.0, "ab"]), json!([7.0, "abc"])])
+    );
+}
+
+#[tokio::test]
+async fn a_file_copy_holds_the_domains() {
+    let mut cluster = Cluster::configure(1, OPLOG);
+    let path = cluster.dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        r#""type": "OPLOG""#,
+        r#""type": "FILE", "intervalSeconds": 1"#,
+    );
+    std::fs::write(&path, text).unwrap();
+    cluster.spawn(0);
+    cluster.spawn(1);
+    let mut p = cluster.client(0).await;
+    for sql in [
+        "manamboara tahiry d",
+        "ampiasao d",
+        "manamboara efitra isa10 (ISA(0,10))",
+        "manamboara tabilao t (a isa10, b LAHATSORATRA(1,3))",
+        "manampia ao t (a, b) sanda (5, 'ab')",
+    ] {
+        p.execute(sql).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let mut s = cluster.client(1).await;
+    loop {
+        let copied = s.execute("ampiasao d").await.is_ok()
+            && s.query("asehoy ny efitra")
+                .await
+                .is_ok_and(|rs| rs.rows.concat() == [json!("isa10")]);
+        if copied {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no copy: {}",
+            cluster.log(1)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let schema = s
+        .query("SELECT sql FROM sqlite_schema WHERE name = 't'")
+        .await
+        .unwrap();
+    let sql = schema.rows[0][0].as_str().unwrap_or_default().to_string();
+    assert!(sql.contains("dirkdb_domain_violation"), "{sql}");
+}
+
+/// Reads a connection's answers until `END` lines number `answers`, or the peer closes.
+async fn read_answers(stream: &mut tokio::net::TcpStream, answers: usize) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while text.lines().filter(|l| *l == "END").count() < answers {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer, not silence")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    text
+}
+
+#[tokio::test]
+async fn backslash_literals_and_unfinished_statements_get_answers() {
+    use tokio::io::AsyncWriteExt;
+    let server = ServerProcess::start();
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stream
+        .write_all(b"alaivo 'a\\'b;c' antso x; SELECT 'a\\';")
+        .await
+        .unwrap();
+    let text = read_answers(&mut stream, 2).await;
+    assert!(text.contains(r#""rows":[["a'b;c"]]"#), "{text}");
+    assert!(text.contains(r#""rows":[["a\\"]]"#), "{text}");
+    // An unterminated literal at the end of the input: an error, not a wait.
+    stream.write_all(b"alaivo 'abc").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let text = read_answers(&mut stream, 1).await;
+    assert!(
+        text.contains("Hadisoana : the input ended inside a statement"),
+        "{text}"
+    );
+}
