@@ -295,7 +295,7 @@ impl Session {
             }),
             dirkdb::Statement::Use(name) => Some(DatabaseStatement::Use(name.clone())),
             dirkdb::Statement::ShowDatabases => {
-                let names = self.state.catalog.names();
+                let names = auth::visible(&self.auth, self.state.catalog.names());
                 let json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
                 let sql = format!("SELECT value AS fanasehoana FROM json_each('{json}')");
                 let naming = dirkdb::Naming {
