@@ -607,3 +607,37 @@ async fn read_many(c: &mut Client) {
         c.query("SELECT count(*) FROM t").await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn status_tells_client_errors_from_instance_failures_and_feeds_from_clients() {
+    let cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    assert!(matches!(
+        c.execute("SELEC typo FROM t").await,
+        Err(ClientError::Server(_))
+    ));
+    let mut feed = cluster.proxy_client().await;
+    feed.send_raw(b"DIRK CHANGES;").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = cluster.proxy_status();
+        if status["changeFeeds"] == 1 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["changeFeeds"], 1, "{status}");
+    assert_eq!(status["clientConnections"], 1, "{status}");
+    let m1 = instance(&status, "m1");
+    assert_eq!(m1["errors"], 0, "a typo is not the instance's failure: {status}");
+    assert!(m1["statementErrors"].as_u64().unwrap_or(0) >= 1, "{status}");
+    // Admin answers end with a newline.
+    use std::io::{Read, Write};
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", cluster.proxy.admin)).unwrap();
+    http.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("}\n"), "{answer:?}");
+}

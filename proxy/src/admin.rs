@@ -46,9 +46,20 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     }
 }
 
-async fn health(State(s): State<AdminState>) -> Json<Value> {
+/// A JSON answer ending with a newline, so `curl` leaves the shell prompt on its own line.
+struct JsonLine(Value);
+
+impl IntoResponse for JsonLine {
+    fn into_response(self) -> Response {
+        let mut body = self.0.to_string();
+        body.push('\n');
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+async fn health(State(s): State<AdminState>) -> JsonLine {
     let t = s.topology.load();
-    Json(json!({ "status": "ok", "primary": t.primary().id }))
+    JsonLine(json!({ "status": "ok", "primary": t.primary().id }))
 }
 
 fn instances(t: &Topology) -> Vec<Value> {
@@ -73,6 +84,7 @@ fn instances(t: &Topology) -> Vec<Value> {
                 "reads": reads,
                 "writes": writes,
                 "errors": errors,
+                "statementErrors": b.statement_errors(),
                 "meanLatencyMs": if served == 0 { 0.0 } else { busy as f64 / served as f64 / 1000.0 },
                 "lastError": h.last_error,
             })
@@ -80,10 +92,10 @@ fn instances(t: &Topology) -> Vec<Value> {
         .collect()
 }
 
-async fn status(State(s): State<AdminState>) -> Json<Value> {
+async fn status(State(s): State<AdminState>) -> JsonLine {
     let t = s.topology.load();
     let reads = &t.config.routing.reads;
-    Json(json!({
+    JsonLine(json!({
         "primary": t.primary().id,
         "strategy": reads.strategy.as_str(),
         "consistency": reads.consistency.as_str(),
@@ -91,6 +103,7 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         "replication": t.config.replication.kind.as_str(),
         "fileTriggers": s.file_triggers.stats(),
         "clientConnections": s.stats.open(),
+        "changeFeeds": s.stats.feeds(),
         "instances": instances(&t),
     }))
 }
@@ -101,10 +114,10 @@ async fn failover(State(s): State<AdminState>, body: Option<Json<Value>>) -> Res
         .as_ref()
         .and_then(|b| b["to"].as_str().map(str::to_string));
     match crate::failover::fail_over(&s.topology, to.as_deref()).await {
-        Ok(primary) => Json(json!({ "primary": primary })).into_response(),
+        Ok(primary) => JsonLine(json!({ "primary": primary })).into_response(),
         Err(e) => (
             axum::http::StatusCode::CONFLICT,
-            Json(json!({ "error": e })),
+            JsonLine(json!({ "error": e })),
         )
             .into_response(),
     }

@@ -73,6 +73,9 @@ pub struct Backend {
     reads: AtomicU64,
     writes: AtomicU64,
     errors: AtomicU64,
+    /// Statements the instance answered with an error (a client's typo, a constraint): not the
+    /// instance's fault, so kept apart from `errors`.
+    statement_errors: AtomicU64,
     busy_micros: AtomicU64,
 }
 
@@ -100,6 +103,7 @@ impl Backend {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            statement_errors: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
         }
     }
@@ -189,12 +193,13 @@ impl Backend {
         }
     }
 
-    /// Counts a statement served, its duration and whether it failed.
+    /// Counts a statement served, its duration and whether it was answered with an error (a
+    /// statement error, not a failure of the instance).
     pub fn record(&self, write: bool, failed: bool, micros: u64) {
         let counter = if write { &self.writes } else { &self.reads };
         counter.fetch_add(1, Ordering::Relaxed);
         if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.statement_errors.fetch_add(1, Ordering::Relaxed);
         }
         self.busy_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -205,7 +210,12 @@ impl Backend {
         InFlight(self)
     }
 
-    /// (reads, writes, errors, total busy µs).
+    /// Statements the instance answered with an error (client errors such as a typo).
+    pub fn statement_errors(&self) -> u64 {
+        self.statement_errors.load(Ordering::Relaxed)
+    }
+
+    /// (reads, writes, failures of the instance, total busy µs).
     pub fn counters(&self) -> (u64, u64, u64, u64) {
         (
             self.reads.load(Ordering::Relaxed),

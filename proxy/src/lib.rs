@@ -47,12 +47,18 @@ use crate::topology::{SharedTopology, Topology};
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     open: AtomicI64,
+    feeds: AtomicI64,
 }
 
 impl ProxyStats {
-    /// Client connections open.
+    /// Client connections open (change feeds not included).
     pub fn open(&self) -> i64 {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections turned into change feeds (`DIRK CHANGES`, such as a cache's).
+    pub fn feeds(&self) -> i64 {
+        self.feeds.load(Ordering::Relaxed)
     }
 }
 
@@ -146,7 +152,9 @@ async fn serve(
             let file_triggers = file_triggers.clone();
             async move {
                 stats.open.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = handle_client(socket, topology, file_triggers, &mut stop).await {
+                if let Err(e) =
+                    handle_client(socket, topology, file_triggers, &stats, &mut stop).await
+                {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
                 stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -161,6 +169,7 @@ async fn handle_client(
     socket: TcpStream,
     topology: Arc<SharedTopology>,
     file_triggers: Arc<FileTriggers>,
+    stats: &ProxyStats,
     stop: &mut Shutdown,
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {
     let max = topology.load().config.limits.max_statement_bytes;
@@ -177,10 +186,16 @@ async fn handle_client(
                     // The session ends first (an open transaction is rolled back on the
                     // primary), then the connection only carries the feed, and closes after.
                     drop(session);
-                    return tokio::select! {
+                    // A feed is not a client session: /cluster/status counts it apart.
+                    stats.open.fetch_sub(1, Ordering::Relaxed);
+                    stats.feeds.fetch_add(1, Ordering::Relaxed);
+                    let relayed = tokio::select! {
                         r = change_feed::relay(upstream, &mut conn, &topology) => r,
                         _ = stop.recv() => Ok(()),
                     };
+                    stats.feeds.fetch_sub(1, Ordering::Relaxed);
+                    stats.open.fetch_add(1, Ordering::Relaxed);
+                    return relayed;
                 }
                 Err(e) => {
                     conn.send(&Frame::error(e)).await?;
