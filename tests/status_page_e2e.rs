@@ -346,3 +346,91 @@ async fn the_status_page_shows_the_cluster_and_a_failover_in_a_real_browser() {
     );
     browser.close().await.expect("close the browser");
 }
+
+/// `GET path` on loopback `port`: the status line, the headers and the body.
+fn raw_get(port: u16, path: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin port");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_lowercase(), body.to_string())
+}
+
+/// Without a browser: the page, its assets and its JSON come from the proxy's admin port.
+#[test]
+fn the_admin_port_serves_the_page_its_assets_and_the_history() {
+    let cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let (status, headers, body) = raw_get(cluster.proxy.admin, "/");
+    assert!(status.ends_with("200 OK"), "{status}");
+    assert!(headers.contains("content-type: text/html"), "{headers}");
+    assert!(body.contains("/status/app.js") && body.contains("/status/style.css"));
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "no outside address"
+    );
+    for (path, kind) in [
+        ("/status/app.js", "text/javascript"),
+        ("/status/style.css", "text/css"),
+    ] {
+        let (status, headers, body) = raw_get(cluster.proxy.admin, path);
+        assert!(status.ends_with("200 OK"), "{path}: {status}");
+        assert!(headers.contains(kind), "{path}: {headers}");
+        assert!(body.len() > 1000, "{path} is the real asset");
+    }
+    // A second of samples, each with both instances and their roles.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let history = common::cluster::http(cluster.proxy.admin, "GET", "/status/history", "");
+        if history["samples"].as_array().is_some_and(|s| s.len() >= 2) {
+            break history;
+        }
+        assert!(Instant::now() < deadline, "no samples: {history}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let last = history["samples"]
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned();
+    let last = last.unwrap_or_default();
+    assert_eq!(last["primary"], "m1", "{last}");
+    let roles: Vec<(&str, &str)> = last["instances"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| Some((i["id"].as_str()?, i["role"].as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(roles, [("m1", "PRIMARY"), ("m2", "REPLICA")]);
+    assert_eq!(
+        last["instances"][1]["stream"]["state"], "Connected",
+        "{last}"
+    );
+    assert_eq!(
+        history["cache"]["state"], "absent",
+        "no cache runs: {history}"
+    );
+    assert_eq!(history["failovers"], json!([]));
+    assert_eq!(history["capacity"], 300);
+    // `since` leaves out what the page already has; a bad one is refused.
+    let at = last["at"].as_u64().unwrap_or(0);
+    let newer = common::cluster::http(
+        cluster.proxy.admin,
+        "GET",
+        &format!("/status/history?since={at}"),
+        "",
+    );
+    assert!(
+        newer["samples"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|x| x["at"].as_u64() > Some(at))),
+        "{newer}"
+    );
+    let (status, _, _) = raw_get(cluster.proxy.admin, "/status/history?since=yesterday");
+    assert!(status.contains(" 400 "), "{status}");
+}
