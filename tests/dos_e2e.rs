@@ -117,3 +117,45 @@ async fn flat_expressions_of_fifty_thousand_terms_are_refused_by_server_proxy_an
     assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 200).await;
     assert_still_serving("cache", &mut cache.child, &cache_addr, 200).await;
 }
+
+/// `PRAGMA foreign_keys` and `PRAGMA synchronous` as a fresh session of `addr` sees them.
+async fn fresh_session_settings(addr: &str) -> Vec<serde_json::Value> {
+    let mut c = Client::connect(addr).await.expect("connect");
+    c.execute("USE shop").await.expect("use");
+    let mut seen = Vec::new();
+    for pragma in ["PRAGMA foreign_keys", "PRAGMA synchronous"] {
+        let rows = c.query(pragma).await.expect("pragma").rows;
+        seen.push(rows[0][0].clone());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_clients_pragmas_never_reach_the_next_clients_pooled_connection() {
+    let cluster = cluster_with_limits("{}");
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    let mut c = Client::connect(&proxy_addr).await.expect("connect");
+    c.execute("CREATE DATABASE shop").await.expect("create");
+    drop(c);
+    // foreign_keys=ON and synchronous=NORMAL (1) are every connection's settings here.
+    let defaults = vec![serde_json::json!(1), serde_json::json!(1)];
+    for addr in [proxy_addr.clone(), cluster.addr(0)] {
+        assert_eq!(fresh_session_settings(&addr).await, defaults, "{addr}");
+        for _ in 0..3 {
+            let mut rogue = Client::connect(&addr).await.expect("connect");
+            rogue.execute("USE shop").await.expect("use");
+            rogue
+                .execute("PRAGMA foreign_keys = OFF")
+                .await
+                .expect("pragma");
+            rogue
+                .execute("PRAGMA synchronous = OFF")
+                .await
+                .expect("pragma");
+            drop(rogue);
+            // The session has ended on the proxy and the server once the next client is served.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(fresh_session_settings(&addr).await, defaults, "{addr}");
+        }
+    }
+}

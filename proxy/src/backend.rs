@@ -3,7 +3,9 @@
 //!
 //! Pooled connections remember which database they last USEd, so a session's database is
 //! replayed on a backend connection only when it differs (DirkDB's lazy `ampiasao`). A
-//! connection that saw an error or a timeout is dropped, never pooled.
+//! connection that saw an error or a timeout is dropped, never pooled; so is one that ran a
+//! statement changing the connection's own state (a PRAGMA, ATTACH, a TEMP object; see
+//! `dirkdb_core::sql::session_state`), so no client inherits another's settings.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -57,6 +59,16 @@ pub struct BackendConn {
     pub client: Client,
     /// Its current database.
     pub db: Option<String>,
+    /// It ran a statement that changed its own state: never pooled again.
+    changed_state: bool,
+}
+
+impl BackendConn {
+    /// Notes a statement about to run on this connection: one that changes the connection's
+    /// own state keeps it out of the pool from then on.
+    pub fn note_statement(&mut self, sql: &str) {
+        self.changed_state |= dirkdb_core::sql::session_state::changes_connection_state(sql);
+    }
 }
 
 /// One instance of the topology.
@@ -140,13 +152,22 @@ impl Backend {
                 let client = Client::connect_timeout(&self.addr, Duration::from_secs(3))
                     .await
                     .map_err(|e| self.failure(e.to_string()))?;
-                Ok(BackendConn { client, db: None })
+                Ok(BackendConn {
+                    client,
+                    db: None,
+                    changed_state: false,
+                })
             }
         }
     }
 
-    /// Gives a healthy connection back to the pool.
+    /// Gives a healthy connection back to the pool (one whose state a statement changed is
+    /// closed instead, which also makes the server drop its SQLite connection).
     pub fn checkin(&self, conn: BackendConn) {
+        if conn.changed_state {
+            tracing::debug!(instance = %self.id, "closing a connection whose settings a statement changed");
+            return;
+        }
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE {
             idle.push(conn);

@@ -233,6 +233,7 @@ impl ProxySession {
             if !matches!(class, StatementClass::Use(_)) {
                 backend.ensure_db(&mut conn, db.as_deref()).await?;
             }
+            conn.note_statement(sql);
             exchange(&backend, &mut conn, sql, &mut sink, settles_write).await
         };
         let failed = match tokio::time::timeout(timeout, run).await {

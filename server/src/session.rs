@@ -50,6 +50,9 @@ pub struct Session {
     auth: ConnectionAuth,
     /// Past it, a running statement is interrupted (the server is shutting down).
     deadline: Deadline,
+    /// The current database's connection ran a statement that changed its own state (a PRAGMA,
+    /// ATTACH, a TEMP object): it is closed when released, never pooled for another client.
+    changed_state: bool,
 }
 
 struct CurrentDatabase {
@@ -74,6 +77,7 @@ impl Session {
             current: None,
             scratch: None,
             deadline: Deadline::never(),
+            changed_state: false,
         }
     }
 
@@ -237,7 +241,11 @@ impl Session {
             conn: Some(conn),
         }) = self.current.take()
         {
-            db.give_back(conn);
+            if std::mem::take(&mut self.changed_state) {
+                drop(conn);
+            } else {
+                db.give_back(conn);
+            }
         }
     }
 
@@ -348,6 +356,8 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.reply(out, Frame::error(e)).await,
         };
+        self.changed_state |=
+            !scratch && dirkdb_core::sql::session_state::changes_connection_state(&sql);
         let options = RunOptions {
             page_rows: self.state.limits.page_rows,
             max_result_rows: self.state.limits.max_result_rows,
