@@ -229,7 +229,8 @@ fn bench_translate(c: &mut Criterion) {
     assert_eq!(translate(POINT_SELECT), POINT_SELECT);
     assert_eq!(
         translate(MALAGASY),
-        "SELECT * FROM utilisateurs WHERE age > 30 AND nom IS NOT NULL"
+        "SELECT * FROM (SELECT DISTINCT * FROM `utilisateurs`) AS `utilisateurs` \
+         WHERE ((`age` > 30.0) AND (`nom` IS NOT NULL))"
     );
     assert!(translate(LONG_MIXED).contains("LEFT JOIN commandes c ON"));
     let mut group = c.benchmark_group("translate");
@@ -260,8 +261,41 @@ fn bench_classify(c: &mut Criterion) {
     group.finish();
 }
 
+/// DirkDB's grammar: a select with a join and an insert, as DirkDB's course scripts write them.
+const DIRK_JOIN: &str =
+    "alaivo m.anarana, n.naoty antso isa #ao@ mpianatra m #tonona:avia@ naoty_tb n \
+     #ka m.id = n.id #rehefa n.naoty > 10 #ary m.anarana dia tsy null";
+const DIRK_INSERT: &str =
+    "manampia #ao@ mpianatra (id, anarana, sokajy) #sanda (1, 'Rabe', 'L1'), (2, \"Rasoa\", 'L2')";
+
+fn bench_dirkdb(c: &mut Criterion) {
+    use dirkdb_core::sql::dirkdb::{self, parser::parse_statement, NoSchema};
+    assert_eq!(dirkdb::route(POINT_SELECT), dirkdb::Route::English);
+    let mut group = c.benchmark_group("dirkdb");
+    group.bench_function("route_english_point_select", |b| {
+        b.iter(|| dirkdb::route(black_box(POINT_SELECT)))
+    });
+    for (name, sql) in [("select_join", DIRK_JOIN), ("insert", DIRK_INSERT)] {
+        group.throughput(Throughput::Bytes(sql.len() as u64));
+        group.bench_function(format!("parse_and_plan/{name}"), |b| {
+            b.iter(|| {
+                let stmt = parse_statement(black_box(sql)).expect("parses");
+                dirkdb::plan(&stmt, &NoSchema).expect("plans")
+            })
+        });
+        group.bench_function(format!("route_memoized/{name}"), |b| {
+            b.iter(|| dirkdb::route(black_box(sql)))
+        });
+        group.bench_function(format!("translate/{name}"), |b| {
+            b.iter(|| translate(black_box(sql)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_dirkdb,
     bench_frames,
     bench_splitter,
     bench_translate,
