@@ -356,8 +356,10 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.reply(out, Frame::error(e)).await,
         };
-        self.changed_state |=
-            !scratch && dirkdb_core::sql::session_state::changes_connection_state(&sql);
+        if let Job::Sql(sql) = &job {
+            self.changed_state |=
+                !scratch && dirkdb_core::sql::session_state::changes_connection_state(sql);
+        }
         let options = RunOptions {
             page_rows: self.state.limits.page_rows,
             max_result_rows: self.state.limits.max_result_rows,
