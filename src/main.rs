@@ -200,9 +200,8 @@ fn cache_settings(args: &CacheArgs) -> anyhow::Result<dirkdb_cache::CacheSetting
     c.upstream_port = args.upstream_port.or(c.upstream_port);
     if let Some(port) = args.listen_port {
         c.listen_port = port;
-        c.admin_port = port.checked_add(1000).unwrap_or(c.admin_port);
     }
-    c.admin_port = args.admin_port.unwrap_or(c.admin_port);
+    c.admin_port = args.admin_port.or(c.admin_port);
     c.ttl_millis = args.ttl_ms.unwrap_or(c.ttl_millis);
     c.max_entries = args.max_entries.unwrap_or(c.max_entries);
     c.max_bytes = args.max_bytes.unwrap_or(c.max_bytes);

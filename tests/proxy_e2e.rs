@@ -630,7 +630,10 @@ async fn status_tells_client_errors_from_instance_failures_and_feeds_from_client
     assert_eq!(status["changeFeeds"], 1, "{status}");
     assert_eq!(status["clientConnections"], 1, "{status}");
     let m1 = instance(&status, "m1");
-    assert_eq!(m1["errors"], 0, "a typo is not the instance's failure: {status}");
+    assert_eq!(
+        m1["errors"], 0,
+        "a typo is not the instance's failure: {status}"
+    );
     assert!(m1["statementErrors"].as_u64().unwrap_or(0) >= 1, "{status}");
     // Admin answers end with a newline.
     use std::io::{Read, Write};

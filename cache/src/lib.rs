@@ -65,7 +65,7 @@ impl CacheSettings {
         let c = &config.cache;
         CacheSettings {
             listen: format!("{}:{}", c.listen_host, c.listen_port),
-            admin: format!("{}:{}", c.listen_host, c.admin_port),
+            admin: format!("{}:{}", c.listen_host, c.admin_port()),
             upstream: config.cache_upstream(),
             limits: StoreLimits {
                 ttl: Duration::from_millis(c.ttl_millis),

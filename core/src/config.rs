@@ -15,12 +15,22 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         /// The file that was asked for.
         path: PathBuf,
-        /// The operating system's reason.
-        source: std::io::Error,
+        /// The operating system's reason (in the message, not repeated as a source).
+        reason: std::io::Error,
+    },
+    /// The file is not well-formed JSON.
+    #[error("invalid config: not valid JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// Line of the problem (1-based).
+        line: usize,
+        /// Column of the problem (1-based).
+        column: usize,
+        /// What the JSON parser found, with a hint for the usual slips.
+        message: String,
     },
     /// The JSON is malformed or a field has the wrong type or an unknown value.
     #[error("invalid config: field `{field}`: {message}")]
@@ -124,8 +134,9 @@ pub struct CacheConfig {
     pub listen_host: String,
     /// SQL port of the cache (DirkDB: 3951).
     pub listen_port: u16,
-    /// HTTP port of its `/metrics`, `/stats` and `/health` (default 4951).
-    pub admin_port: u16,
+    /// HTTP port of its `/metrics`, `/stats` and `/health`; unset, the listen port + 1000 (4951
+    /// for 3951). Read it through [`CacheConfig::admin_port`].
+    pub admin_port: Option<u16>,
     /// Where it forwards to (default: the proxy's `loadBalancer.listenHost`).
     pub upstream_host: Option<String>,
     /// Port it forwards to (default: the proxy's `loadBalancer.listenPort`).
@@ -150,12 +161,21 @@ pub struct CacheConfig {
     pub change_feed: bool,
 }
 
+impl CacheConfig {
+    /// The admin port: `adminPort` when given, else the listen port + 1000 (one rule for the file
+    /// and the command line, so a second cache on other ports gets its own admin port).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+            .unwrap_or_else(|| self.listen_port.saturating_add(1000))
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             listen_host: "127.0.0.1".into(),
             listen_port: 3951,
-            admin_port: 4951,
+            admin_port: None,
             upstream_host: None,
             upstream_port: None,
             ttl_millis: 3000,
@@ -167,6 +187,28 @@ impl Default for CacheConfig {
             statement_timeout_ms: 35_000,
             change_feed: true,
         }
+    }
+}
+
+/// A malformed-JSON error by position (a JSON path means nothing in a broken document), with a
+/// hint for the usual slips.
+fn json_error(e: &serde_json::Error) -> ConfigError {
+    let text = e.to_string();
+    let reason = text
+        .rsplit_once(" at line ")
+        .map(|(reason, _)| reason.to_string())
+        .unwrap_or(text);
+    let hint = match reason.as_str() {
+        "key must be a string" | "trailing comma" | "expected value" => {
+            " (a doubled or trailing comma, or a missing quote?)"
+        }
+        r if r.starts_with("EOF") => " (an unclosed `{` or `[`?)",
+        _ => "",
+    };
+    ConfigError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: format!("{reason}{hint}"),
     }
 }
 
@@ -550,9 +592,9 @@ impl Default for StorageConfig {
 impl ClusterConfig {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         let config = Self::parse(&text)?;
         config.validate()?;
@@ -564,9 +606,13 @@ impl ClusterConfig {
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return json_error(&inner);
+            }
             ConfigError::Syntax {
                 field,
-                message: e.into_inner().to_string(),
+                message: inner.to_string(),
             }
         })
     }
@@ -702,6 +748,43 @@ mod tests {
         let c = ClusterConfig::parse(text)?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn broken_json_is_reported_by_position_with_a_hint_and_a_missing_file_once() {
+        let text = "{ \"instances\": [ { \"id\": \"m1\",, \"port\": 1 } ] }";
+        let e = ClusterConfig::parse(text).unwrap_err().to_string();
+        assert!(e.contains("not valid JSON at line 1, column"), "{e}");
+        assert!(
+            e.contains("key must be a string (a doubled or trailing comma"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("instances[0]"),
+            "no JSON path for broken JSON: {e}"
+        );
+        let e = ClusterConfig::load(Path::new("/nonexistent/config.json")).unwrap_err();
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "the reason is said once"
+        );
+        assert!(e.to_string().contains("No such file"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_admin_port_follows_its_listen_port_unless_given() {
+        let with = |cache: &str| {
+            ClusterConfig::parse(&format!(
+                r#"{{ "instances": [ {{ "id": "m1", "role": "PRIMARY", "host": "127.0.0.1",
+                   "port": 1, "dataDirectory": "a" }} ], "cache": {cache} }}"#
+            ))
+            .unwrap()
+            .cache
+            .admin_port()
+        };
+        assert_eq!(with("{}"), 4951);
+        assert_eq!(with(r#"{ "listenPort": 5951 }"#), 6951);
+        assert_eq!(with(r#"{ "listenPort": 5951, "adminPort": 7000 }"#), 7000);
     }
 
     #[test]

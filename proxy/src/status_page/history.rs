@@ -293,7 +293,7 @@ fn cache_admin_addr(t: &Topology) -> String {
         "::" | "[::]" => "[::1]",
         host => host,
     };
-    format!("{host}:{}", cache.admin_port)
+    format!("{host}:{}", cache.admin_port())
 }
 
 fn rate(now: u64, before: u64, seconds: f64) -> f64 {
