@@ -159,3 +159,53 @@ async fn a_clients_pragmas_never_reach_the_next_clients_pooled_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_session_idle_in_a_transaction_is_rolled_back_and_closed() {
+    let mut cluster = cluster_with_limits(r#"{ "idleInTransactionTimeoutMs": 500 }"#);
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    let mut c = Client::connect(&proxy_addr).await.expect("connect");
+    for sql in ["CREATE DATABASE shop", "USE shop", "CREATE TABLE t(a)"] {
+        c.execute(sql).await.expect("setup");
+    }
+    for (name, addr) in [("server", cluster.addr(0)), ("proxy", proxy_addr.clone())] {
+        let mut idle = Client::connect(&addr).await.expect("connect");
+        for sql in ["USE shop", "BEGIN", "INSERT INTO t VALUES ('idle')"] {
+            idle.execute(sql).await.expect("idle session");
+        }
+        // The idle transaction holds the writer lock; another writer gets it once the idle
+        // session is rolled back, well within its busy timeout.
+        let started = Instant::now();
+        let mut other = Client::connect(&addr).await.expect("connect");
+        other.execute("USE shop").await.expect("use");
+        other
+            .execute("INSERT INTO t VALUES ('other')")
+            .await
+            .expect("another writer gets through");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "{name}: waited {waited:?}");
+        match idle.execute("COMMIT").await {
+            Err(ClientError::Server(msg)) => {
+                assert!(
+                    msg.contains("limits.idleInTransactionTimeoutMs"),
+                    "{name}: {msg}"
+                )
+            }
+            Err(ClientError::Closed) | Err(ClientError::Connection(_)) => {}
+            other => panic!("{name}: the idle session's COMMIT answered {other:?}"),
+        }
+        let rows = other
+            .query("SELECT a FROM t ORDER BY a")
+            .await
+            .expect("rows")
+            .rows;
+        assert!(
+            !rows.contains(&vec![serde_json::json!("idle")]),
+            "{name}: the idle transaction's row was committed: {rows:?}"
+        );
+        other.execute("DELETE FROM t").await.expect("clean up");
+    }
+    let server_addr = cluster.addr(0);
+    assert_still_serving("server", &mut cluster.nodes[0].child, &server_addr, 200).await;
+    assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 200).await;
+}

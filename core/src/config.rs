@@ -546,6 +546,9 @@ pub struct LimitsConfig {
     /// On shutdown, how long running statements may take to finish before they are
     /// interrupted, in milliseconds (servers, proxy and cache).
     pub shutdown_timeout_ms: u64,
+    /// A session idle this long inside an open transaction is rolled back and closed, by the
+    /// server and the proxy (0: never); see `conn_limit`.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -558,6 +561,7 @@ impl Default for LimitsConfig {
             busy_timeout_ms: 5000,
             max_expression_depth: crate::sql::limits::DEFAULT_MAX_EXPRESSION_DEPTH,
             shutdown_timeout_ms: 10_000,
+            idle_in_transaction_timeout_ms: 60_000,
         }
     }
 }

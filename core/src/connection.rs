@@ -30,6 +30,19 @@ pub enum ConnectionError {
     /// The peer sent more bytes before a protocol switch than the protocol allows.
     #[error("peer sent data before the protocol switch")]
     UnexpectedData,
+    /// The client sent no statement within the connection's [`IdleLimit`] (it was told why).
+    #[error("{0}")]
+    Idle(String),
+}
+
+/// How long a connection waits for its client's next statement before it closes, and the error
+/// text the client gets then (naming the knob). See [`ServerConnection::set_idle_limit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleLimit {
+    /// The longest wait.
+    pub after: std::time::Duration,
+    /// What the client is told when it is closed.
+    pub reason: String,
 }
 
 /// What a client sent: a statement, or a statement the server must refuse without running.
@@ -66,6 +79,7 @@ pub struct ServerConnection<S> {
     read_buf: BytesMut,
     write_buf: BytesMut,
     splitter: StatementSplitter,
+    idle_limit: Option<IdleLimit>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
@@ -76,12 +90,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::new(),
             splitter: StatementSplitter::new(max_statement_bytes),
+            idle_limit: None,
         }
+    }
+
+    /// Bounds how long [`ServerConnection::read_statement`] waits for the next statement (none:
+    /// no bound). Past it the client gets `limit.reason` as an error frame and the read fails
+    /// with [`ConnectionError::Idle`]; sessions set it after each statement (for example
+    /// `limits.idleInTransactionTimeoutMs` while a transaction is open).
+    pub fn set_idle_limit(&mut self, limit: Option<IdleLimit>) {
+        self.idle_limit = limit;
     }
 
     /// The next statement, or `None` when the client closed the connection (a half-sent
     /// statement is dropped; see [`ServerConnection::had_partial_statement`]).
     pub async fn read_statement(&mut self) -> Result<Option<Incoming>, ConnectionError> {
+        let deadline = self
+            .idle_limit
+            .as_ref()
+            .map(|l| tokio::time::Instant::now() + l.after);
         loop {
             if let Some(item) = self.splitter.next_item() {
                 return Ok(Some(match item {
@@ -93,11 +120,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
                 }));
             }
             self.read_buf.clear();
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            let read = self.stream.read_buf(&mut self.read_buf);
+            let n = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, read).await {
+                    Ok(n) => n?,
+                    Err(_) => return Err(self.close_idle().await),
+                },
+                None => read.await?,
+            };
+            if n == 0 {
                 return Ok(None);
             }
             self.splitter.push(&self.read_buf);
         }
+    }
+
+    /// Tells the client why it is closed for idling (best effort) and returns the error.
+    async fn close_idle(&mut self) -> ConnectionError {
+        let reason = self.idle_limit.take().map(|l| l.reason).unwrap_or_default();
+        let _ = self.send(&Frame::error(&reason)).await;
+        ConnectionError::Idle(reason)
     }
 
     /// Gives the socket back (to switch protocols) once everything queued is flushed; fails when

@@ -17,6 +17,7 @@
 pub mod accept_loop;
 pub mod change_feed;
 pub mod config;
+pub mod conn_limit;
 pub mod connection;
 pub mod frame;
 pub mod security;

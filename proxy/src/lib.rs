@@ -204,6 +204,7 @@ async fn handle_client(
             }
         }
         session.handle(incoming, &mut conn).await?;
+        conn.set_idle_limit(session.idle_limit());
     }
     Ok(())
 }

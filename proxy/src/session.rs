@@ -94,6 +94,13 @@ impl ProxySession {
         }
     }
 
+    /// How long the connection may wait for the next statement (`limits.idleInTransactionTimeoutMs`
+    /// while a transaction is open; closing the connection rolls it back on the primary).
+    pub fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
+        let limits = &self.topology.load().config.limits;
+        dirkdb_core::conn_limit::idle_limit(limits, self.txn.open)
+    }
+
     /// Answers one statement with one complete response.
     pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,

@@ -140,5 +140,6 @@ async fn handle_client(
             };
         }
         session.handle(incoming, &mut conn).await?;
+        conn.set_idle_limit(session.idle_limit());
     }
 }

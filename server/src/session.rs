@@ -81,6 +81,13 @@ impl Session {
         }
     }
 
+    /// How long the connection may wait for the next statement (`limits.idleInTransactionTimeoutMs`
+    /// while a transaction is open).
+    pub fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
+        let in_transaction = self.current.as_ref().is_some_and(|c| c.in_transaction());
+        dirkdb_core::conn_limit::idle_limit(&self.state.limits, in_transaction)
+    }
+
     /// The client's identity.
     pub fn auth(&self) -> &ConnectionAuth {
         &self.auth
