@@ -27,8 +27,8 @@ pub use splitter::{split_script, Script, SplitItem, StatementSplitter};
 /// translation ([`dirkdb::routing_sql`]), or the mixed Malagasy-English translation of anything
 /// else (English SQL comes back unchanged).
 pub fn translate(sql: &str) -> String {
-    match dirkdb::route(sql) {
-        dirkdb::Route::Dirk(stmt) => dirkdb::routing_sql(&stmt),
-        _ => malagasy::translate(sql),
+    match dirkdb::routing_sql_of(sql) {
+        Some(translated) => translated.to_string(),
+        None => malagasy::translate(sql),
     }
 }

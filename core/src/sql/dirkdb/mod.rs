@@ -86,24 +86,51 @@ pub fn route(sql: &str) -> Route {
     if !starts_with_dirkdb_word(sql) {
         return Route::English;
     }
-    if sql.len() > MEMO_MAX_SQL {
-        return route_uncached(sql);
+    static MEMO: Memo<Route> = Memo::new();
+    MEMO.get_or_insert(sql, route_uncached)
+}
+
+/// [`routing_sql`] of a DirkDB statement's text, remembered like [`route`]; `None` when `sql` is
+/// not in DirkDB's grammar.
+pub fn routing_sql_of(sql: &str) -> Option<Arc<str>> {
+    if !starts_with_dirkdb_word(sql) {
+        return None;
     }
-    static MEMO: Mutex<Option<HashMap<String, Route>>> = Mutex::new(None);
-    if let Ok(memo) = MEMO.lock() {
-        if let Some(r) = memo.as_ref().and_then(|m| m.get(sql)) {
-            return r.clone();
+    static MEMO: Memo<Option<Arc<str>>> = Memo::new();
+    MEMO.get_or_insert(sql, |sql| match route(sql) {
+        Route::Dirk(stmt) => Some(routing_sql(&stmt).into()),
+        _ => None,
+    })
+}
+
+/// A bounded memo of answers by statement text: statements over [`MEMO_MAX_SQL`] bytes are not
+/// kept, and the map starts over at [`MEMO_CAPACITY`] entries, so memory stays bounded.
+struct Memo<T>(Mutex<Option<HashMap<String, T>>>);
+
+impl<T: Clone> Memo<T> {
+    const fn new() -> Self {
+        Memo(Mutex::new(None))
+    }
+
+    fn get_or_insert(&self, sql: &str, compute: impl FnOnce(&str) -> T) -> T {
+        if sql.len() > MEMO_MAX_SQL {
+            return compute(sql);
         }
-    }
-    let r = route_uncached(sql);
-    if let Ok(mut memo) = MEMO.lock() {
-        let map = memo.get_or_insert_with(HashMap::new);
-        if map.len() >= MEMO_CAPACITY {
-            map.clear();
+        if let Ok(memo) = self.0.lock() {
+            if let Some(v) = memo.as_ref().and_then(|m| m.get(sql)) {
+                return v.clone();
+            }
         }
-        map.insert(sql.to_string(), r.clone());
+        let v = compute(sql);
+        if let Ok(mut memo) = self.0.lock() {
+            let map = memo.get_or_insert_with(HashMap::new);
+            if map.len() >= MEMO_CAPACITY {
+                map.clear();
+            }
+            map.insert(sql.to_string(), v.clone());
+        }
+        v
     }
-    r
 }
 
 fn route_uncached(sql: &str) -> Route {
