@@ -249,6 +249,11 @@ pub struct InstanceConfig {
     pub admin_port: Option<u16>,
     /// Where its SQLite files live (relative paths are relative to the working directory).
     pub data_directory: PathBuf,
+    /// `host:port` at which replicas reach this instance when it is their primary (default:
+    /// `host:port`): replication over another network, or through a fault-injecting relay in
+    /// the tests.
+    #[serde(default)]
+    pub replication_address: Option<String>,
 }
 
 impl InstanceConfig {
@@ -260,6 +265,13 @@ impl InstanceConfig {
     /// The interface it binds: `listenHost`, else `host`.
     pub fn bind_host(&self) -> &str {
         self.listen_host.as_deref().unwrap_or(&self.host)
+    }
+
+    /// `host:port` replicas connect to when this instance is their primary.
+    pub fn replication_addr(&self) -> String {
+        self.replication_address
+            .clone()
+            .unwrap_or_else(|| self.sql_addr())
     }
 }
 
@@ -514,6 +526,13 @@ pub struct FailoverConfig {
     pub mode: FailoverMode,
     /// How long the primary must be unreachable before it is replaced.
     pub detection_millis: u64,
+    /// The primary's write lease, renewed by the proxy at every health check (default:
+    /// `detectionMillis`); a primary whose lease ends refuses writes.
+    pub lease_millis: Option<u64>,
+    /// How far the proxy's and the servers' clocks may drift apart over a lease (default:
+    /// a tenth of `detectionMillis`, at least 100 ms); the proxy promotes a node only once the
+    /// old primary's lease plus this margin has passed since its last renewal.
+    pub clock_drift_millis: Option<u64>,
 }
 
 impl Default for FailoverConfig {
@@ -521,7 +540,24 @@ impl Default for FailoverConfig {
         Self {
             mode: FailoverMode::Automatic,
             detection_millis: 3000,
+            lease_millis: None,
+            clock_drift_millis: None,
         }
+    }
+}
+
+impl FailoverConfig {
+    /// The lease length in force (`leaseMillis`, else `detectionMillis`; at least 50 ms).
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_millis.unwrap_or(self.detection_millis).max(50))
+    }
+
+    /// The clock-drift margin in force.
+    pub fn clock_drift(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.clock_drift_millis
+                .unwrap_or((self.detection_millis / 10).max(100)),
+        )
     }
 }
 

@@ -75,6 +75,7 @@ fn instances(t: &Topology) -> Vec<Value> {
                 "address": b.addr,
                 "role": t.role_of(i).to_string(),
                 "reportedRole": h.reported_role,
+                "term": crate::lease::term_of(&b.id),
                 "reportedMode": h.reported_mode,
                 "health": h.state,
                 "committedSequence": h.committed,

@@ -9,6 +9,10 @@
 //! (`replication.type`, hot-reloaded): an instance whose `/replication/status` reports another
 //! `mode` is sent `POST /replication/mode {"type": …}`, at most once per health interval. An
 //! instance that reports no `mode` (an older server) is left alone.
+//!
+//! Each round also renews the chosen primary's write lease (in the background, see
+//! [`crate::lease`]) and notes every instance's term and whether it stepped down, from which
+//! failovers choose the next term and fencing finds stray primaries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +28,8 @@ struct Finding {
     committed: u64,
     role: Option<String>,
     mode: Option<String>,
+    term: u64,
+    fenced: bool,
 }
 
 /// Checks every instance forever.
@@ -34,6 +40,11 @@ pub async fn run(topology: Arc<SharedTopology>) {
     loop {
         let t = topology.load_full();
         let interval = Duration::from_millis(t.config.load_balancer.health_interval_millis.max(10));
+        crate::lease::renew(
+            t.primary(),
+            &t.config.failover,
+            interval.max(Duration::from_millis(500)),
+        );
         let checks: Vec<_> = t
             .backends
             .iter()
@@ -69,9 +80,10 @@ async fn fence_stray_primaries(t: &Topology) {
         let h = b.health();
         if i != t.primary
             && h.state != HealthState::Down
-            && h.reported_role.as_deref() == Some("PRIMARY")
+            && (h.reported_role.as_deref() == Some("PRIMARY") || crate::lease::is_fenced(&b.id))
         {
             tracing::warn!(instance = %b.id, primary = %t.primary().id, "fencing an instance that still acts as primary");
+            crate::failover::outrank(t).await;
             crate::failover::fence(t, i).await;
         }
     }
@@ -167,6 +179,8 @@ async fn check(backend: Arc<Backend>, interval: Duration) -> Result<Finding, Str
                 committed: status["committedSequence"].as_u64().unwrap_or(0),
                 role: status["role"].as_str().map(str::to_string),
                 mode: status["mode"].as_str().map(str::to_string),
+                term: status["term"].as_u64().unwrap_or(0),
+                fenced: status["fenced"] == true,
             })
         }
         None => {
@@ -179,6 +193,8 @@ async fn check(backend: Arc<Backend>, interval: Duration) -> Result<Finding, Str
                         committed: 0,
                         role: None,
                         mode: None,
+                        term: 0,
+                        fenced: false,
                     })
                 }
                 Ok(Err(e)) => Err(e.to_string()),
@@ -200,6 +216,7 @@ fn apply(
     let fail_count = t.config.load_balancer.fail_count.max(1);
     match finding {
         Ok(f) => {
+            crate::lease::note_status(&backend.id, f.term, f.fenced);
             let lag_ops = if i == t.primary {
                 0
             } else {

@@ -17,6 +17,7 @@
 //! database to the secondaries ([`file_triggers`], coalesced), and the [`health`] checker makes
 //! every instance run the replication mode `config.json` names (also after a reload).
 
+pub mod ack_watermark;
 pub mod admin;
 pub mod backend;
 pub mod change_feed;
@@ -25,6 +26,7 @@ pub mod failover;
 pub mod file_triggers;
 pub mod health;
 pub mod http;
+pub mod lease;
 pub mod reload;
 pub mod session;
 pub mod status_page;

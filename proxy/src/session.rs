@@ -318,8 +318,19 @@ impl ProxySession {
             "DIRK WAIT REPLICAS {} {position} {}",
             concern.replicas, concern.timeout_ms
         );
-        let confirmed =
-            parse_number(&backend.extension(conn, &wait).await?, "replicas").unwrap_or(0);
+        let answer = backend.extension(conn, &wait).await?;
+        let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
+        if self.topology.load().primary().id != backend.id {
+            frames.retain(|f| !matches!(f, Frame::Message(_)));
+            frames.push(Frame::error(format!(
+                "the write's outcome is unknown: {} stopped being the primary before it was confirmed (it may be in a rollback file)",
+                backend.id
+            )));
+            return Ok(frames);
+        }
+        if confirmed >= u64::from(concern.replicas) {
+            crate::ack_watermark::acknowledged(position, &answer);
+        }
         if confirmed < u64::from(concern.replicas) {
             let msg = format!(
                 "the write is committed on the primary ({}) but only {confirmed} of {} replicas confirmed it within {} ms (routing.writes.writeConcern)",
@@ -534,8 +545,13 @@ fn own_extension(sql: &str) -> Option<Result<OwnExtension, String>> {
     None
 }
 
+/// The number after `word` at the start of `text` (`replicas 2 term 5` → 2).
 fn parse_number(text: &str, word: &str) -> Option<u64> {
-    text.strip_prefix(word)?.trim().parse().ok()
+    text.strip_prefix(word)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

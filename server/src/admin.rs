@@ -41,6 +41,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/promote", post(promote))
         .route("/replication/configure", post(configure))
         .route("/replication/term", post(raise_term))
+        .route("/replication/lease", post(renew_lease))
         .route("/replication/mode", post(set_mode))
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
@@ -111,6 +112,11 @@ async fn status(State(state): Shared) -> ApiResult {
         "role": role(&state),
         "term": state.term(),
         "fenced": state.is_fenced(),
+        "acceptsWrites": state.accepts_writes(),
+        "lease": {
+            "required": state.write_path.lease().required(),
+            "leftMs": state.write_path.lease().remaining().map(|d| d.as_millis() as u64),
+        },
         "committedSequence": committed,
         "mode": state.replication.mode().as_str(),
         "prunedThrough": floor,
@@ -283,8 +289,12 @@ async fn checksum(State(state): Shared) -> ApiResult {
 /// `POST /replication/promote`, optionally `{"term": T}`: a new term must be above the node's
 /// (409 otherwise); without one the node takes its term plus one.
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct PromoteBody {
     term: Option<u64>,
+    /// A first lease granted with the promotion (`leaseMillis`, `sentAtMs`).
+    lease_millis: Option<u64>,
+    sent_at_ms: Option<i64>,
 }
 
 async fn promote(State(state): Shared, body: axum::body::Bytes) -> ApiResult {
@@ -305,12 +315,60 @@ async fn promote(State(state): Shared, body: axum::body::Bytes) -> ApiResult {
     let promoted = tokio::task::spawn_blocking(move || s.promote(body.term))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (chain, term) = promoted.map_err(|e| match e {
+    let (chain, term) = promoted.map_err(conflict)?;
+    let lease = match (body.lease_millis, body.sent_at_ms) {
+        (Some(ms), Some(at)) => state
+            .grant_lease(term, ms, at)
+            .map(|left| left.as_millis() as u64)
+            .ok(),
+        _ => None,
+    };
+    Ok(Json(
+        json!({ "instance": state.instance_id, "role": "PRIMARY", "history": chain, "term": term, "leaseLeftMs": lease }),
+    ))
+}
+
+/// A refusal is a 409 naming the reason; anything else a 500.
+fn conflict(e: ServerError) -> ApiError {
+    match e {
         ServerError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
         other => ApiError::from(other),
-    })?;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseBody {
+    term: u64,
+    lease_millis: u64,
+    sent_at_ms: i64,
+}
+
+/// `POST /replication/lease {"term": T, "leaseMillis": L, "sentAtMs": S}`: the proxy renews this
+/// primary's write lease (see `replication::lease`); `leaseMillis` 0 gives it up at once, and
+/// refuses renewals sent until `sentAtMs` that arrive later.
+async fn renew_lease(State(state): Shared, body: Option<Json<LeaseBody>>) -> ApiResult {
+    let Some(Json(body)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"term\": T, \"leaseMillis\": L, \"sentAtMs\": S}".into(),
+        ));
+    };
+    if body.lease_millis == 0 {
+        state.write_path.lease().revoke_at(body.sent_at_ms);
+        return Ok(Json(
+            json!({ "instance": state.instance_id, "term": state.term(), "leaseLeftMs": 0 }),
+        ));
+    }
+    let s = state.clone();
+    let granted = tokio::task::spawn_blocking(move || {
+        s.grant_lease(body.term, body.lease_millis, body.sent_at_ms)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let left = granted.map_err(conflict)?;
     Ok(Json(
-        json!({ "instance": state.instance_id, "role": "PRIMARY", "history": chain, "term": term }),
+        json!({ "instance": state.instance_id, "term": state.term(), "leaseLeftMs": left.as_millis() as u64 }),
     ))
 }
 
@@ -332,10 +390,7 @@ async fn raise_term(State(state): Shared, body: Option<Json<TermBody>>) -> ApiRe
     let raised = tokio::task::spawn_blocking(move || s.raise_term_to(body.term))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let term = raised.map_err(|e| match e {
-        ServerError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
-        other => ApiError::from(other),
-    })?;
+    let term = raised.map_err(conflict)?;
     Ok(Json(json!({ "instance": state.instance_id, "term": term })))
 }
 

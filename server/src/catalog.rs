@@ -40,6 +40,8 @@ pub struct ConnectionSettings {
     pub busy_timeout: Duration,
     /// The committed sequence the capture triggers read (`dirk_committed()`).
     pub committed: Arc<AtomicU64>,
+    /// The primary's write lease, checked by every client connection's commit hook.
+    pub lease: Arc<crate::replication::lease::Lease>,
 }
 
 /// One database: its file and its idle connections.
@@ -329,6 +331,8 @@ pub fn open_connection(
     register_functions(&conn, settings.committed.clone())?;
     register_domain_violation(&conn)?;
     conn.authorizer(Some(refuse_outside_files))?;
+    let lease = settings.lease.clone();
+    conn.commit_hook(Some(move || lease.refuses_commit()))?;
     Ok(conn)
 }
 
@@ -414,6 +418,11 @@ pub fn as_internal<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// True inside [`as_internal`] on this thread.
+pub fn is_internal() -> bool {
+    INTERNAL.with(|i| i.get())
+}
+
 /// Refuses ATTACH/DETACH (no file outside the catalog), and changes to DirkDB's own tables and
 /// triggers except from its capture triggers or internal code.
 fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
@@ -473,6 +482,7 @@ mod tests {
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(1),
             committed: Arc::default(),
+            lease: Arc::default(),
         }
     }
 

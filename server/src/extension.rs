@@ -5,8 +5,10 @@
 //!   write (0 before any), which a proxy needs for read-your-writes.
 //! * `DIRK WAIT <seq> <timeout_ms>` → `position <committed>` once this instance has committed
 //!   or applied `seq`; an error naming the position reached when the timeout passes first.
-//! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n>`: on a primary, waits until `k`
-//!   connected replicas acknowledged `seq` (or the timeout), and says how many did.
+//! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n> term <t>`: on a primary, waits
+//!   until `k` connected replicas acknowledged `seq` in the primary's term `t` (or the timeout),
+//!   and says how many did; an error when the node no longer accepts writes by then (it lost its
+//!   lease or was demoted: the write may be rolled back, so it must not be acknowledged).
 //! * `DIRK SEEN <seq>` → `position <committed>`: the client has seen position `seq` (a change
 //!   feed's notice); waits at most [`SEEN_WAIT`] for this instance to commit or apply it, then
 //!   answers the position it has, reached or not (never an error).
@@ -138,7 +140,14 @@ pub async fn answer(
                 }
             })
             .await;
-            Ok(format!("replicas {}", count()))
+            let confirmed = count();
+            if !state.accepts_writes() {
+                return Err(ServerError::Refused(format!(
+                    "the write at {seq} may be rolled back: this node lost its write lease or was \
+                     demoted before {k} replicas confirmed it"
+                )));
+            }
+            Ok(format!("replicas {confirmed} term {}", state.term()))
         }
         Extension::Seen { seq } => {
             let mut commits = state.write_path.subscribe();

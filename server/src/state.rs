@@ -21,6 +21,7 @@ use crate::metrics::ServerMetrics;
 use crate::oplog::store::{self, Source};
 use crate::oplog::{now_ms, Op};
 use crate::replication::file_mode::FileMode;
+use crate::replication::lease::{Lease, LeaseRefusal, LEASE_REQUIRED_SETTING};
 use crate::replication::mode::{OplogMode, ReplicationMode};
 use crate::replication::ReplicationHub;
 use crate::write_path::WritePath;
@@ -72,11 +73,6 @@ impl ServerState {
         std::fs::create_dir_all(data_directory)?;
         let limits = config.limits.clone();
         let committed = Arc::new(AtomicU64::new(0));
-        let settings = ConnectionSettings {
-            synchronous: config.storage.synchronous,
-            busy_timeout: Duration::from_millis(limits.busy_timeout_ms),
-            committed: committed.clone(),
-        };
         let sync = config.storage.synchronous.as_str();
         let restored = crate::replication::snapshot::recover_interrupted_install(data_directory)?;
         let meta = Meta::open(data_directory, committed.clone(), sync)?;
@@ -85,27 +81,35 @@ impl ServerState {
         }
         meta.history(&instance.id)?;
         reconcile_database_files(&meta, data_directory)?;
-        let catalog = Catalog::open(data_directory, settings.clone())?;
         let role = match meta.setting("role")?.as_deref() {
             Some("PRIMARY") => Role::Primary,
             Some("REPLICA") => Role::Replica,
             _ => instance.role,
         };
+        let lease_required = meta.setting(LEASE_REQUIRED_SETTING)?.is_some();
+        let lease = Arc::new(Lease::new(lease_required, role == Role::Primary));
+        let settings = ConnectionSettings {
+            synchronous: config.storage.synchronous,
+            busy_timeout: Duration::from_millis(limits.busy_timeout_ms),
+            committed: committed.clone(),
+            lease: lease.clone(),
+        };
+        let catalog = Catalog::open(data_directory, settings.clone())?;
         let resync_on_start = role == Role::Replica && lost_power_since_last_run(&meta)?;
         let target = match role {
             Role::Primary => None,
             Role::Replica => meta
                 .setting("primary")?
-                .or_else(|| config.primaries().next().map(|p| p.sql_addr())),
+                .or_else(|| config.primaries().next().map(|p| p.replication_addr())),
         };
         let state = ServerState {
             instance_id: instance.id.clone(),
             catalog,
             meta,
-            write_path: Arc::new(WritePath::new(
-                committed,
-                Duration::from_millis(limits.busy_timeout_ms),
-            )),
+            write_path: Arc::new(
+                WritePath::new(committed, Duration::from_millis(limits.busy_timeout_ms))
+                    .with_lease(lease),
+            ),
             limits,
             settings,
             replication: ReplicationHub::new(
@@ -319,6 +323,34 @@ impl ServerState {
     /// Switches between primary (writes accepted) and replica.
     pub fn set_replica(&self, replica: bool) {
         self.read_only.store(replica, Ordering::Release);
+        self.write_path.lease().set_primary(!replica);
+    }
+
+    /// `POST /replication/lease`: grants this primary a write lease of `lease_ms` sent at
+    /// `sent_at_ms` (the proxy's clock) for `term`, which must be this node's; the first grant
+    /// makes leases enforced on this node for good. Returns the time left.
+    pub fn grant_lease(&self, term: u64, lease_ms: u64, sent_at_ms: i64) -> Result<Duration> {
+        let refused = |r: LeaseRefusal| ServerError::Refused(format!("lease refused: {r}"));
+        let own = self.term();
+        if term != own {
+            return Err(refused(LeaseRefusal::Term { asked: term, own }));
+        }
+        let first = !self.write_path.lease().required();
+        let left = self
+            .write_path
+            .lease()
+            .grant(lease_ms, sent_at_ms, now_ms())
+            .map_err(refused)?;
+        if first {
+            self.meta.set_setting(LEASE_REQUIRED_SETTING, Some("1"))?;
+        }
+        Ok(left)
+    }
+
+    /// True when this node would accept a client write now: a primary, not fenced, and
+    /// holding its lease where leases are enforced.
+    pub fn accepts_writes(&self) -> bool {
+        !self.is_replica() && self.write_path.lease().allows_writes()
     }
 
     /// A fresh owner id for the writer gate.
@@ -359,6 +391,7 @@ impl ServerState {
     /// CREATE DATABASE on a primary: the event is logged, then the file made, under the gate.
     pub fn create_database(&self, owner: u64, name: &str, if_not_exists: bool) -> Result<bool> {
         crate::catalog::validate_name(name)?;
+        self.write_path.lease().check_write()?;
         self.under_gate(owner, || {
             if self.catalog.get(name).is_ok() {
                 return if if_not_exists {
@@ -378,6 +411,7 @@ impl ServerState {
 
     /// DROP DATABASE on a primary: the event is logged, then the files removed, under the gate.
     pub fn drop_database(&self, owner: u64, name: &str, if_exists: bool) -> Result<bool> {
+        self.write_path.lease().check_write()?;
         self.under_gate(owner, || {
             if self.catalog.get(name).is_err() {
                 return if if_exists {

@@ -334,7 +334,7 @@ fn execute(
             .into());
         }
         if let Some(writer) = &options.writer {
-            writer.path.acquire(writer.owner)?;
+            writer.path.acquire_write(writer.owner)?;
         }
     }
     let schema_change = writes

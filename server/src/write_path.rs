@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::catalog::lock;
 use crate::error::ServerError;
 use crate::oplog::Entry;
+use crate::replication::lease::Lease;
 
 /// Entries kept in the backlog at most.
 const BACKLOG_ENTRIES: usize = 20_000;
@@ -41,6 +42,7 @@ pub struct WritePath {
     backlog: Mutex<VecDeque<Entry>>,
     /// How many times [`WritePath::reset`] cleared the backlog; changed under its lock.
     resets: AtomicU64,
+    lease: Arc<Lease>,
 }
 
 /// What [`WritePath::visit_backlog`] found.
@@ -66,7 +68,26 @@ impl WritePath {
             wait,
             backlog: Mutex::new(VecDeque::new()),
             resets: AtomicU64::new(0),
+            lease: Arc::default(),
         }
+    }
+
+    /// The same gate, whose client writes need `lease` ([`WritePath::acquire_write`]).
+    pub fn with_lease(mut self, lease: Arc<Lease>) -> WritePath {
+        self.lease = lease;
+        self
+    }
+
+    /// The primary's write lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Takes the gate for a client's write: refused at once when this primary's write lease
+    /// has ended (see [`crate::replication::lease`]).
+    pub fn acquire_write(&self, owner: u64) -> Result<(), ServerError> {
+        self.lease.check_write()?;
+        self.acquire(owner)
     }
 
     /// The shared counter the `dirk_committed()` SQL function reads.

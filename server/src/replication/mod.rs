@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod file_mode;
 pub mod follower;
+pub mod lease;
 pub mod mode;
 pub mod protocol;
 pub mod rollback;

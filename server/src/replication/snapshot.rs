@@ -22,7 +22,13 @@ use crate::meta::META_FILE;
 use crate::state::ServerState;
 
 /// Settings of the meta file that describe this node, not the data (kept across a full sync).
-pub const LOCAL_SETTINGS: [&str; 4] = ["role", "primary", "boot_id", "clean_shutdown"];
+pub const LOCAL_SETTINGS: [&str; 5] = [
+    "role",
+    "primary",
+    "boot_id",
+    "clean_shutdown",
+    super::lease::LEASE_REQUIRED_SETTING,
+];
 
 /// Copies of every file at one position, deleted when dropped.
 pub struct Snapshot {
