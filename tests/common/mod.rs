@@ -214,3 +214,4 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 pub mod cache;
 pub mod cluster;
+pub mod relay;

@@ -1,0 +1,681 @@
+//! The fault harness (Jepsen's recipe): a three-node cluster and its proxy, real processes on
+//! loopback, with a fault-injecting relay ([`common::relay`]) on every link that can be cut —
+//! proxy → each node (SQL and admin), each replica → the first primary, and anyone → each node
+//! for the replication of later primaries (`instances[].replicationAddress`). The servers read a
+//! config with their real ports; the proxy reads one whose ports are the relays'.
+//!
+//! Concurrent writers insert unique ids through the proxy with write concern k and remember
+//! which inserts were acknowledged. Faults are injected and healed: `SIGSTOP`/`SIGCONT`,
+//! `kill -9`, and cuts of chosen links. A probe asks every node directly, all along, whether it
+//! accepts writes (`acceptsWrites` of `/replication/status`), and counts the instants at which
+//! two did. The checker then waits for every node to converge, counts the acknowledged ids
+//! missing from the final primary, compares checksums, and reads the rollback files.
+//!
+//! CI runs short scenarios (three 5 s pauses of the primary, one of each cut); the long run (ten
+//! pauses) is `#[ignore]`d: `cargo test --test fault_e2e -- --ignored`, or `bench/faults.sh`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::relay::Relay;
+use common::{dirkdb_bin, free_port, signal, wait_for_port};
+use dirkdb_client::Client;
+use serde_json::Value;
+
+/// One storage node and the relays in front of it.
+struct Node {
+    id: String,
+    port: u16,
+    admin: u16,
+    child: Option<Child>,
+    /// proxy → node, SQL and admin.
+    proxy_sql: Relay,
+    proxy_admin: Relay,
+    /// anyone → node, for replicas that follow it once it is primary.
+    repl_in: Relay,
+    /// this replica → m1 (the first primary); `None` on m1.
+    to_first: Option<Relay>,
+}
+
+struct Faulty {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    proxy_port: u16,
+    proxy_admin: u16,
+    proxy: Option<Child>,
+}
+
+const WRITERS: u64 = 4;
+
+impl Faulty {
+    /// Three nodes (m1 primary) and a proxy with write concern `k`.
+    fn start(k: u32) -> Faulty {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|i| {
+                let (port, admin) = (free_port(), free_port());
+                Node {
+                    id: format!("m{}", i + 1),
+                    port,
+                    admin,
+                    child: None,
+                    proxy_sql: Relay::start(port),
+                    proxy_admin: Relay::start(admin),
+                    repl_in: Relay::start(port),
+                    to_first: None,
+                }
+            })
+            .collect();
+        let first = nodes[0].port;
+        for n in nodes.iter_mut().skip(1) {
+            n.to_first = Some(Relay::start(first));
+        }
+        let mut f = Faulty {
+            dir,
+            nodes,
+            proxy_port: free_port(),
+            proxy_admin: free_port(),
+            proxy: None,
+        };
+        for i in 0..3 {
+            std::fs::write(f.server_config_path(i), f.config(Some(i), k)).expect("config");
+        }
+        std::fs::write(f.dir.path().join("config.json"), f.config(None, k)).expect("config");
+        for i in 0..3 {
+            f.spawn(i);
+        }
+        f.spawn_proxy();
+        f
+    }
+
+    fn server_config_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join(format!("config-{}.json", self.nodes[i].id))
+    }
+
+    /// The config of server `server` (real ports; its link to m1 through its own relay), or
+    /// the proxy's (`None`: every port a relay).
+    fn config(&self, server: Option<usize>, k: u32) -> String {
+        let instances: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let (port, admin) = match server {
+                    Some(_) => (n.port, n.admin),
+                    None => (n.proxy_sql.port, n.proxy_admin.port),
+                };
+                let replication = match (server, j) {
+                    (Some(s), 0) if s != 0 => self.nodes[s].to_first.as_ref().map(|r| r.port),
+                    _ => None,
+                }
+                .unwrap_or(n.repl_in.port);
+                format!(
+                    r#"{{ "id": "{}", "role": "{}", "host": "127.0.0.1", "port": {port}, "adminPort": {admin},
+                         "replicationAddress": "127.0.0.1:{replication}", "dataDirectory": "{}" }}"#,
+                    n.id,
+                    if j == 0 { "PRIMARY" } else { "REPLICA" },
+                    self.dir.path().join(&n.id).display()
+                )
+            })
+            .collect();
+        format!(
+            r#"{{ "instances": [ {} ],
+                 "loadBalancer": {{ "listenHost": "127.0.0.1", "listenPort": {}, "adminPort": {},
+                                    "healthIntervalMillis": 100, "failCount": 3, "statementTimeoutMs": 3000 }},
+                 "routing": {{ "writes": {{ "writeConcern": {{ "replicas": {k}, "timeoutMs": 1500 }} }} }},
+                 "replication": {{ "type": "OPLOG", "heartbeatMillis": 100 }},
+                 "failover": {{ "mode": "AUTOMATIC", "detectionMillis": 1000 }},
+                 "storage": {{ "synchronous": "NORMAL" }} }}"#,
+            instances.join(",\n"),
+            self.proxy_port,
+            self.proxy_admin
+        )
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", self.nodes[i].id)))
+            .expect("log");
+        let child = Command::new(dirkdb_bin())
+            .args(["server", "--config"])
+            .arg(self.server_config_path(i))
+            .args(["--instance", &self.nodes[i].id])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn server");
+        self.nodes[i].child = Some(child);
+        wait_for_port(self.nodes[i].port);
+        wait_for_port(self.nodes[i].admin);
+    }
+
+    fn spawn_proxy(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("proxy.log")).expect("log");
+        let child = Command::new(dirkdb_bin())
+            .args(["proxy", "--config"])
+            .arg(self.dir.path().join("config.json"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn proxy");
+        self.proxy = Some(child);
+        wait_for_port(self.proxy_port);
+        wait_for_port(self.proxy_admin);
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.nodes[i]
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("running")
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The proxy's choice of primary.
+    fn primary(&self) -> usize {
+        let status = try_http(self.proxy_admin, "GET", "/health", "").unwrap_or(Value::Null);
+        let id = status["primary"].as_str().unwrap_or("m1").to_string();
+        self.nodes.iter().position(|n| n.id == id).unwrap_or(0)
+    }
+
+    fn status(&self, i: usize) -> Value {
+        try_http(self.nodes[i].admin, "GET", "/replication/status", "").unwrap_or(Value::Null)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        ["proxy", "m1", "m2", "m3"]
+            .iter()
+            .map(|n| format!("==== {n}\n{}", tail(&self.log(n), 60)))
+            .collect()
+    }
+
+    /// Cuts (or heals) every link between the proxy and node `i`.
+    fn proxy_link(&self, i: usize, cut: bool) {
+        for r in [&self.nodes[i].proxy_sql, &self.nodes[i].proxy_admin] {
+            if cut {
+                r.cut()
+            } else {
+                r.heal()
+            }
+        }
+    }
+
+    /// Cuts (or heals) every replication link into node `i` (it serves no replica).
+    fn replication_into(&self, i: usize, cut: bool) {
+        let mut links = vec![&self.nodes[i].repl_in];
+        if i == 0 {
+            links.extend(self.nodes.iter().filter_map(|n| n.to_first.as_ref()));
+        }
+        for r in links {
+            if cut {
+                r.cut()
+            } else {
+                r.heal()
+            }
+        }
+    }
+
+    /// Cuts (or heals) everything that reaches replica `i`, or that it reaches.
+    fn isolate(&self, i: usize, cut: bool) {
+        self.proxy_link(i, cut);
+        let mut links = vec![&self.nodes[i].repl_in];
+        links.extend(self.nodes[i].to_first.as_ref());
+        for r in links {
+            if cut {
+                r.cut()
+            } else {
+                r.heal()
+            }
+        }
+    }
+
+    /// Waits until every node stands at the primary's position with its checksums; panics after
+    /// `timeout`. Returns the final primary.
+    fn converge(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.primary();
+            let target = self.status(p)["committedSequence"].as_u64();
+            let all: Vec<Option<u64>> = (0..3)
+                .map(|i| self.status(i)["committedSequence"].as_u64())
+                .collect();
+            if target.is_some() && all.iter().all(|s| *s == target) {
+                let sums: Vec<Value> = (0..3)
+                    .map(|i| {
+                        try_http(self.nodes[i].admin, "GET", "/replication/checksum", "")
+                            .map(|v| v["databases"].clone())
+                            .unwrap_or(Value::Null)
+                    })
+                    .collect();
+                if sums.iter().all(|s| s == &sums[0])
+                    && self.status(p)["committedSequence"].as_u64() == target
+                {
+                    return p;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no convergence within {timeout:?}: {all:?} (primary {p})\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every id in the final primary's table.
+    async fn ids_on(&self, i: usize) -> BTreeSet<u64> {
+        let mut c = Client::connect(&format!("127.0.0.1:{}", self.nodes[i].port))
+            .await
+            .expect("connect to the final primary");
+        c.execute("USE jepsen").await.expect("use");
+        let rows = c.query("SELECT id FROM t").await.expect("read the table");
+        rows.rows.iter().filter_map(|r| r[0].as_u64()).collect()
+    }
+
+    /// Every entry of every rollback file of every node.
+    fn rollback_entries(&self) -> Vec<Value> {
+        let mut entries = Vec::new();
+        for n in &self.nodes {
+            let dir = self.dir.path().join(&n.id).join("rollback");
+            for file in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+                entries.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+            }
+        }
+        entries
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(pid) = self.nodes[i].child.as_ref().map(|c| c.id()) {
+                signal(pid, "CONT");
+            }
+            self.kill9(i);
+        }
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// An admin request that gives up after a second (a paused node answers nothing).
+fn try_http(port: u16, method: &str, path: &str, body: &str) -> Option<Value> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+/// What the writers and the probe found.
+#[derive(Default)]
+struct Record {
+    acknowledged: Mutex<BTreeSet<u64>>,
+    failed: AtomicU64,
+    /// Probe rounds in which two nodes accepted writes, with the nodes.
+    two_writers: Mutex<Vec<Vec<usize>>>,
+    probes: AtomicU64,
+    /// Read-your-writes violations: (acknowledged value, value read).
+    backwards: Mutex<Vec<(u64, u64)>>,
+    reads: AtomicU64,
+}
+
+/// Writers, a read-your-writes session and the probe, until `stop`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    record: Arc<Record>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    probe: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    async fn start(f: &Faulty) -> Load {
+        let proxy = format!("127.0.0.1:{}", f.proxy_port);
+        let mut c = Client::connect(&proxy).await.expect("proxy");
+        for sql in [
+            "CREATE DATABASE jepsen",
+            "USE jepsen",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, w INT)",
+            "CREATE TABLE counter(id INTEGER PRIMARY KEY, n INT)",
+            "INSERT INTO counter VALUES (1, 0)",
+        ] {
+            c.execute(sql).await.expect(sql);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(Record::default());
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            tasks.push(tokio::spawn(writer(
+                proxy.clone(),
+                w,
+                stop.clone(),
+                record.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(reader_of_own_writes(
+            proxy.clone(),
+            stop.clone(),
+            record.clone(),
+        )));
+        let admins: Vec<u16> = f.nodes.iter().map(|n| n.admin).collect();
+        let (s, r) = (stop.clone(), record.clone());
+        let probe = std::thread::spawn(move || probe_writers(&admins, &s, &r));
+        Load {
+            stop,
+            record,
+            tasks,
+            probe: Some(probe),
+        }
+    }
+
+    async fn finish(mut self) -> Arc<Record> {
+        self.stop.store(true, Ordering::Release);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Some(p) = self.probe.take() {
+            let _ = p.join();
+        }
+        self.record.clone()
+    }
+}
+
+async fn connect_use(addr: &str) -> Option<Client> {
+    let mut c = Client::connect(addr).await.ok()?;
+    c.execute("USE jepsen").await.ok()?;
+    Some(c)
+}
+
+/// Inserts ids `w * 10^9 + n` and remembers the acknowledged ones.
+async fn writer(proxy: String, w: u64, stop: Arc<AtomicBool>, record: Arc<Record>) {
+    let mut client = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        if client.is_none() {
+            client = connect_use(&proxy).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        n += 1;
+        let id = w * 1_000_000_000 + n;
+        let sql = format!("INSERT INTO t(id, w) VALUES ({id}, {w})");
+        let insert = c.execute(&sql);
+        match tokio::time::timeout(Duration::from_secs(10), insert).await {
+            Ok(Ok(_)) => {
+                record.acknowledged.lock().unwrap().insert(id);
+            }
+            Ok(Err(dirkdb_client::ClientError::Server(_))) => {
+                record.failed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => {
+                record.failed.fetch_add(1, Ordering::Relaxed);
+                client = None;
+            }
+        }
+    }
+}
+
+/// One session that increments a counter and reads it back: a read must never show less than
+/// the session's last acknowledged increment.
+async fn reader_of_own_writes(proxy: String, stop: Arc<AtomicBool>, record: Arc<Record>) {
+    let mut client = None;
+    let mut acked = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        if client.is_none() {
+            client = connect_use(&proxy).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let step = async {
+            let rows = c
+                .query("UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n")
+                .await
+                .ok();
+            (
+                rows.and_then(|r| r.rows.first().and_then(|row| row[0].as_u64())),
+                (),
+            )
+        };
+        match tokio::time::timeout(Duration::from_secs(10), step).await {
+            Ok((Some(n), ())) => acked = acked.max(n),
+            Ok((None, ())) => {}
+            Err(_) => {
+                client = None;
+                continue;
+            }
+        }
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.query("SELECT n FROM counter WHERE id = 1"),
+        )
+        .await;
+        match read {
+            Ok(Ok(rows)) => {
+                let seen = rows.rows.first().and_then(|r| r[0].as_u64()).unwrap_or(0);
+                record.reads.fetch_add(1, Ordering::Relaxed);
+                if seen < acked {
+                    record.backwards.lock().unwrap().push((acked, seen));
+                }
+            }
+            Ok(Err(dirkdb_client::ClientError::Server(_))) => {}
+            _ => client = None,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asks every node, directly and all along, whether it accepts writes.
+fn probe_writers(admins: &[u16], stop: &AtomicBool, record: &Record) {
+    while !stop.load(Ordering::Acquire) {
+        let accepting: Vec<usize> = admins
+            .iter()
+            .enumerate()
+            .filter(|(_, port)| {
+                try_http(**port, "GET", "/replication/status", "")
+                    .is_some_and(|s| s["acceptsWrites"] == true)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        record.probes.fetch_add(1, Ordering::Relaxed);
+        if accepting.len() > 1 {
+            record.two_writers.lock().unwrap().push(accepting);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the load, heals everything, and checks: no acknowledged write lost, convergence,
+/// never two writers, never a read backwards, and every write present nowhere but in a rollback
+/// file was never acknowledged.
+async fn check(f: &Faulty, load: Load, what: &str) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = load.finish().await;
+    let p = f.converge(Duration::from_secs(60));
+    let present = f.ids_on(p).await;
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    let lost: Vec<&u64> = acknowledged.difference(&present).collect();
+    let rolled_back = f.rollback_entries();
+    let two = record.two_writers.lock().unwrap().clone();
+    let backwards = record.backwards.lock().unwrap().clone();
+    eprintln!(
+        "{what}: {} acknowledged, {} failed or unknown, {} lost, {} rollback entries, {} probes ({} with two writers), {} own reads ({} backwards), final primary {}",
+        acknowledged.len(),
+        record.failed.load(Ordering::Relaxed),
+        lost.len(),
+        rolled_back.len(),
+        record.probes.load(Ordering::Relaxed),
+        two.len(),
+        record.reads.load(Ordering::Relaxed),
+        backwards.len(),
+        f.nodes[p].id
+    );
+    assert!(
+        acknowledged.len() > 50,
+        "{what}: too little load to mean anything\n{}",
+        f.logs()
+    );
+    assert!(
+        lost.is_empty(),
+        "{what}: acknowledged writes lost: {lost:?}\n{}",
+        f.logs()
+    );
+    assert!(
+        two.is_empty(),
+        "{what}: two nodes accepted writes at once: {two:?}"
+    );
+    assert!(
+        backwards.is_empty(),
+        "{what}: reads went backwards: {backwards:?}"
+    );
+    for e in &rolled_back {
+        let key = e["new_key"]
+            .as_str()
+            .and_then(|k| serde_json::from_str::<Value>(k).ok());
+        let id = key
+            .as_ref()
+            .and_then(Value::as_object)
+            .and_then(|k| k.values().find_map(Value::as_u64));
+        if let (Some(id), Some("t")) = (id, e["table"].as_str()) {
+            assert!(
+                !acknowledged.contains(&id) || present.contains(&id),
+                "{what}: acknowledged write {id} only in a rollback file"
+            );
+        }
+    }
+}
+
+/// Pauses the current primary for 5 s under load, `rounds` times; each time the proxy fails
+/// over once the paused primary's lease has ended, and the resumed node is fenced.
+async fn pause_the_primary(rounds: usize) {
+    let mut f = Faulty::start(1);
+    let load = Load::start(&f).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..rounds {
+        let p = f.primary();
+        let pid = f.pid(p);
+        signal(pid, "STOP");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        signal(pid, "CONT");
+        // The resumed node is fenced and follows the new primary before the next round.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = f.status(p);
+            let new = f.primary();
+            if new != p
+                && status["role"] == "REPLICA"
+                && status["following"]["state"] == "Streaming"
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {} was not replaced and fenced (primary {new}): {status}\n{}",
+                f.nodes[p].id,
+                f.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    check(&f, load, &format!("{rounds} pauses of the primary")).await;
+    f.kill9(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_the_primary_three_times_loses_no_acknowledged_write() {
+    pause_the_primary(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long run (about 2 minutes): cargo test --test fault_e2e -- --ignored, or bench/faults.sh"]
+async fn pausing_the_primary_ten_times_loses_no_acknowledged_write() {
+    pause_the_primary(10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cuts_and_a_paused_replica_lose_no_acknowledged_write() {
+    let f = Faulty::start(1);
+    let load = Load::start(&f).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A replica paused for 3 s: the other one confirms the writes.
+    let replica = (f.primary() + 1) % 3;
+    signal(f.pid(replica), "STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(f.pid(replica), "CONT");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One replica isolated from everyone for 3 s.
+    let replica = (f.primary() + 2) % 3;
+    f.isolate(replica, true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.isolate(replica, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The primary cut off from its replicas while the proxy still sees it: writes cannot be
+    // confirmed (k = 1) and are not acknowledged.
+    let p = f.primary();
+    f.replication_into(p, true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.replication_into(p, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The proxy cut off from the primary while the replicas still see it: the old lease ends,
+    // a replica is promoted, and on heal the old primary is fenced.
+    let p = f.primary();
+    f.proxy_link(p, true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.primary() == p {
+        assert!(Instant::now() < deadline, "no failover\n{}", f.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.proxy_link(p, false);
+    check(&f, load, "cuts and a paused replica").await;
+}
