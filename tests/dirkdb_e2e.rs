@@ -410,6 +410,12 @@ async fn domains_replicate_survive_restart_full_sync_and_promotion() {
     // A restarted primary still has them.
     cluster.kill9(0);
     cluster.spawn(0);
+    // A restarted primary writes again once the proxy renewed its lease.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cluster.get(0, "/replication/status")["acceptsWrites"] != true {
+        assert!(std::time::Instant::now() < deadline, "no lease renewed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut p = cluster.client(0).await;
     p.execute("ampiasao d").await.unwrap();
     assert_eq!(show_domains(&mut p).await, [json!("isa10")]);
