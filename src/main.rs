@@ -250,6 +250,7 @@ fn run_failover(args: FailoverArgs) -> anyhow::Result<()> {
         Some(id) => format!(r#"{{"to":"{id}"}}"#),
         None => String::new(),
     };
+    dirkdb_proxy::auth::use_cluster_credentials(&config).map_err(|e| anyhow::anyhow!(e))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let answer = runtime
         .block_on(dirkdb_proxy::http::post_json(

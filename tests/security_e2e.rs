@@ -311,3 +311,140 @@ async fn replication_needs_a_replicate_user_and_a_known_instance() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+fn secure_cluster_with_proxy(replicas: usize, routing: &str, extra: Value) -> Cluster {
+    let mut cluster = Cluster::configure_with(replicas, "{}", routing);
+    secure(&cluster, extra);
+    cluster.spawn_all_with_proxy();
+    cluster
+}
+
+/// Retries `sql` until it succeeds (the proxy finds the instances up shortly after start).
+async fn eventually(client: &mut Client, sql: &str) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.execute(sql).await {
+            Ok(reply) => return reply,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_authenticates_clients_and_servers_enforce_their_grants() {
+    let cluster = secure_cluster_with_proxy(1, "{}", json!({}));
+    let proxy = format!("127.0.0.1:{}", cluster.proxy.port);
+    let mut anon = Client::connect(&proxy).await.unwrap();
+    for sql in ["SELECT 1", "USE shop", "DROP DATABASE shop", "DIRK CHANGES"] {
+        assert_eq!(
+            denied(anon.execute(sql).await),
+            "authentication required",
+            "{sql}"
+        );
+    }
+    let mut admin = login(&proxy, "admin", "admin-pw").await;
+    eventually(&mut admin, "CREATE DATABASE shop").await;
+    admin.execute("CREATE DATABASE secret").await.unwrap();
+    let mut app = login(&proxy, "app", "app-pw").await;
+    let e = denied(app.execute("DROP DATABASE secret").await);
+    assert!(e.contains("lacks ADMIN on database `secret`"), "{e}");
+    let e = denied(app.execute("USE secret").await);
+    assert!(e.contains("permission denied"), "{e}");
+    app.execute("USE shop").await.unwrap();
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    app.execute("INSERT INTO t (v) VALUES ('a')").await.unwrap();
+    assert_eq!(
+        rows(app.execute("SHOW DATABASES").await.unwrap()),
+        vec![vec![json!("shop")]]
+    );
+
+    // Reads go to the replica too (the proxy reaches it as the cluster user, acting for the
+    // client); writes of a READ-only user are refused by the server with the permission named.
+    let mut reader = login(&proxy, "reader", "reader-pw").await;
+    reader.execute("USE shop").await.unwrap();
+    for _ in 0..6 {
+        let got = rows(eventually(&mut reader, "SELECT v FROM t").await);
+        assert_eq!(got, vec![vec![json!("a")]]);
+    }
+    let e = denied(reader.execute("INSERT INTO t (v) VALUES ('b')").await);
+    assert!(e.contains("lacks WRITE on database `shop`"), "{e}");
+    let e = denied(reader.execute("DIRK CHANGES").await);
+    assert!(e.contains("lacks REPLICATE"), "{e}");
+
+    // Straight to a server, a client cannot claim another identity.
+    let mut direct = login(&cluster.addr(0), "reader", "reader-pw").await;
+    let e = denied(direct.execute("DIRK AS admin").await);
+    assert!(e.contains("only security.clusterUser"), "{e}");
+    direct.execute("USE shop").await.unwrap();
+    denied(direct.execute("DELETE FROM t").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_admin_needs_admin_and_its_failover_reaches_the_servers() {
+    let cluster = secure_cluster_with_proxy(1, "{}", json!({}));
+    let admin_port = cluster.proxy.admin;
+    assert_eq!(http(admin_port, "GET", "/health", None, "").0, 200);
+    let body = r#"{"to":"m2"}"#;
+    assert_eq!(
+        http(admin_port, "POST", "/cluster/failover", None, body).0,
+        401
+    );
+    assert_eq!(
+        http(
+            admin_port,
+            "POST",
+            "/cluster/failover",
+            Some(("app", "app-pw")),
+            body
+        )
+        .0,
+        403
+    );
+    assert_eq!(http(admin_port, "GET", "/cluster/status", None, "").0, 401);
+    // The old primary is still the primary: nothing happened.
+    let (_, status) = http(
+        cluster.nodes[0].admin,
+        "GET",
+        "/replication/status",
+        Some(("admin", "admin-pw")),
+        "",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&status).unwrap()["role"],
+        "PRIMARY"
+    );
+    // An administrator's failover works: the proxy promotes m2 with the cluster credentials.
+    let (code, text) = http(
+        admin_port,
+        "POST",
+        "/cluster/failover",
+        Some(("admin", "admin-pw")),
+        body,
+    );
+    assert_eq!(code, 200, "{text}");
+    let (_, status) = http(
+        cluster.nodes[1].admin,
+        "GET",
+        "/replication/status",
+        Some(("admin", "admin-pw")),
+        "",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&status).unwrap()["role"],
+        "PRIMARY",
+        "{status}"
+    );
+    let mut admin = login(
+        &format!("127.0.0.1:{}", cluster.proxy.port),
+        "admin",
+        "admin-pw",
+    )
+    .await;
+    eventually(&mut admin, "CREATE DATABASE after_failover").await;
+}

@@ -32,8 +32,13 @@ pub struct AdminState {
     pub history: Arc<crate::status_page::History>,
 }
 
-/// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, state: AdminState) {
+/// Serves the admin API until the task is aborted; with `security.requireAuth`, everything but
+/// `/health` and `/metrics` needs ADMIN (HTTP Basic).
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    security: Arc<dirkdb_core::security::Security>,
+) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/cluster/status", get(status))
@@ -41,6 +46,8 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
         .route("/cluster/failover", axum::routing::post(failover))
         .merge(crate::status_page::routes())
         .with_state(state);
+    let app = dirkdb_core::security::http::protect(app, security)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "proxy admin API stopped");
     }

@@ -61,6 +61,8 @@ pub struct BackendConn {
     pub db: Option<String>,
     /// It ran a statement that changed its own state: never pooled again.
     changed_state: bool,
+    /// The client it runs for (`DIRK AS`; `None`: the cluster user itself).
+    pub user: Option<String>,
 }
 
 impl BackendConn {
@@ -149,13 +151,17 @@ impl Backend {
         match pooled {
             Some(conn) => Ok(conn),
             None => {
-                let client = Client::connect_timeout(&self.addr, Duration::from_secs(3))
+                let mut client = Client::connect_timeout(&self.addr, Duration::from_secs(3))
                     .await
                     .map_err(|e| self.failure(e.to_string()))?;
+                crate::auth::login(&mut client)
+                    .await
+                    .map_err(|e| self.failure(e))?;
                 Ok(BackendConn {
                     client,
                     db: None,
                     changed_state: false,
+                    user: None,
                 })
             }
         }
@@ -197,6 +203,32 @@ impl Backend {
                 Ok(())
             }
             Ok(Reply::Rows(_)) => Err(self.failure("unexpected answer to USE".into())),
+            Err(e) => Err(self.failure(e.to_string())),
+        }
+    }
+
+    /// Makes `conn` run for `user` (the server then enforces that user's grants).
+    pub async fn ensure_user(
+        &self,
+        conn: &mut BackendConn,
+        user: Option<&str>,
+    ) -> Result<(), ProxyError> {
+        let Some(user) = user else {
+            return Ok(());
+        };
+        if conn.user.as_deref() == Some(user) {
+            return Ok(());
+        }
+        match conn
+            .client
+            .execute(&crate::auth::act_as_statement(user))
+            .await
+        {
+            Ok(Reply::Message(_)) => {
+                conn.user = Some(user.to_string());
+                Ok(())
+            }
+            Ok(Reply::Rows(_)) => Err(self.failure("unexpected answer to DIRK AS".into())),
             Err(e) => Err(self.failure(e.to_string())),
         }
     }

@@ -67,6 +67,7 @@ pub async fn subscribe(topology: &SharedTopology) -> Result<Upstream, ProxyError
         let mut client = Client::connect_timeout(&backend.addr, SUBSCRIBE_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
+        crate::auth::login(&mut client).await?;
         client
             .send_statement(CHANGES_STATEMENT)
             .await

@@ -28,8 +28,11 @@ pub async fn post_json(
 
 async fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Value, String> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let authorization = crate::auth::admin_header()
+        .map(|h| format!("Authorization: {h}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

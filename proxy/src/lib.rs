@@ -19,6 +19,7 @@
 
 pub mod ack_watermark;
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod change_feed;
 pub mod error;
@@ -66,8 +67,14 @@ impl ProxyStats {
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {0}: {1}")]
-pub struct StartError(String, std::io::Error);
+pub enum StartError {
+    /// An address is taken or not allowed.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    /// The cluster credentials cannot be read (`security.clusterPasswordFile`).
+    #[error("{0}")]
+    Security(String),
+}
 
 /// Runs the proxy for `config` until `shutdown` resolves. With the file's path, the proxy
 /// reloads it when it changes and keeps its primary choice in `dirkdb-proxy.state.json` beside
@@ -83,19 +90,23 @@ pub async fn run(
             .unwrap_or_else(|| "dirkdb-proxy.state.json".into())
     });
     let lb = config.load_balancer.clone();
+    auth::use_cluster_credentials(&config).map_err(StartError::Security)?;
+    let security = dirkdb_core::security::Security::new(&config.security);
+    dirkdb_core::security::warn_if_exposed(&lb.listen_host, "the proxy", &security);
     let addr = format!("{}:{}", lb.listen_host, lb.listen_port);
     let listener = TcpListener::bind(&addr)
         .await
-        .map_err(|e| StartError(addr.clone(), e))?;
+        .map_err(|e| StartError::Listen(addr.clone(), e))?;
     let admin_addr = format!("{}:{}", lb.listen_host, lb.admin_port);
     let admin_listener = TcpListener::bind(&admin_addr)
         .await
-        .map_err(|e| StartError(admin_addr.clone(), e))?;
+        .map_err(|e| StartError::Listen(admin_addr.clone(), e))?;
     let topology = Arc::new(SharedTopology::new(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
     let file_triggers = FileTriggers::new(topology.clone());
     let history = status_page::History::new();
     let mut background = vec![
+        tokio::spawn(auth::follow_reloads(security.clone(), topology.clone())),
         tokio::spawn(health::run(topology.clone())),
         tokio::spawn(status_page::history::run(topology.clone(), history.clone())),
         tokio::spawn(admin::serve(
@@ -106,6 +117,7 @@ pub async fn run(
                 file_triggers: file_triggers.clone(),
                 history,
             },
+            security.clone(),
         )),
     ];
     if let Some(path) = config_path {
@@ -117,6 +129,7 @@ pub async fn run(
         topology,
         stats,
         file_triggers,
+        security,
         lb.max_connections.max(1),
         shutdown,
     )
@@ -132,6 +145,7 @@ async fn serve(
     topology: Arc<SharedTopology>,
     stats: Arc<ProxyStats>,
     file_triggers: Arc<FileTriggers>,
+    security: Arc<dirkdb_core::security::Security>,
     max_connections: usize,
     shutdown: impl std::future::Future,
 ) {
@@ -152,10 +166,13 @@ async fn serve(
         |socket, mut stop| {
             let (topology, stats) = (topology.clone(), stats.clone());
             let file_triggers = file_triggers.clone();
+            let security = security.clone();
             async move {
                 stats.open.fetch_add(1, Ordering::Relaxed);
+                let peer = auth::peer_ip(&socket);
+                let auth = auth::connection(&security, peer);
                 if let Err(e) =
-                    handle_client(socket, topology, file_triggers, &stats, &mut stop).await
+                    handle_client(socket, topology, file_triggers, &stats, auth, &mut stop).await
                 {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
@@ -172,13 +189,27 @@ async fn handle_client(
     topology: Arc<SharedTopology>,
     file_triggers: Arc<FileTriggers>,
     stats: &ProxyStats,
+    mut auth: dirkdb_core::security::ConnectionAuth,
     stop: &mut Shutdown,
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {
     let max = topology.load().config.limits.max_statement_bytes;
     let mut conn = ServerConnection::new(socket, max);
     let mut session = ProxySession::new(topology.clone(), file_triggers);
-    while let Some(incoming) = next_statement(&mut conn, stop).await? {
+    loop {
+        let incoming = tokio::select! {
+            incoming = next_statement(&mut conn, stop) => incoming?,
+            _ = auth::deadline(&auth) => return auth::close_unauthenticated(&mut conn, &auth).await,
+        };
+        let Some(incoming) = incoming else { break };
+        if auth::gate(&mut auth, &incoming, &mut conn).await? {
+            session.set_user(auth.effective_name().map(str::to_string));
+            continue;
+        }
         if change_feed::is_changes_statement(&incoming) {
+            if let Err(e) = auth::may_follow_changes(&auth) {
+                conn.send(&Frame::error(e)).await?;
+                continue;
+            }
             let subscribed = tokio::select! {
                 s = change_feed::subscribe(&topology) => s,
                 _ = stop.recv() => return Ok(()),

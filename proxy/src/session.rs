@@ -58,6 +58,8 @@ pub struct ProxySession {
     last_write: u64,
     primary: Option<(Arc<Backend>, BackendConn)>,
     file_triggers: Arc<FileTriggers>,
+    /// The authenticated client; backend connections run for it (`crate::auth`).
+    user: Option<String>,
 }
 
 /// Where a statement's frames go.
@@ -91,6 +93,7 @@ impl ProxySession {
             last_write: 0,
             primary: None,
             file_triggers,
+            user: None,
         }
     }
 
@@ -99,6 +102,11 @@ impl ProxySession {
     pub fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
         let limits = &self.topology.load().config.limits;
         dirkdb_core::conn_limit::idle_limit(limits, self.txn.open)
+    }
+
+    /// The client the session's statements run for, once it authenticated.
+    pub fn set_user(&mut self, user: Option<String>) {
+        self.user = user;
     }
 
     /// Answers one statement with one complete response.
@@ -236,7 +244,9 @@ impl ProxySession {
             }
         };
         let db = self.db.clone();
+        let user = self.user.clone();
         let run = async {
+            backend.ensure_user(&mut conn, user.as_deref()).await?;
             if !matches!(class, StatementClass::Use(_)) {
                 backend.ensure_db(&mut conn, db.as_deref()).await?;
             }
@@ -402,6 +412,7 @@ impl ProxySession {
             sent: false,
         };
         let run = async {
+            backend.ensure_user(&mut conn, self.user.as_deref()).await?;
             backend.ensure_db(&mut conn, self.db.as_deref()).await?;
             exchange(backend, &mut conn, sql, &mut sink, false).await
         };

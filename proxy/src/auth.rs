@@ -1,0 +1,149 @@
+//! The proxy's side of authentication (see `dirkdb_core::security`).
+//!
+//! * Clients authenticate to the proxy itself (`AUTH <user> <password>`, checked against
+//!   `security.users`); nothing else passes before that with `requireAuth`, and a connection
+//!   still unauthenticated after `security.authTimeoutMs` is closed.
+//! * The proxy reaches the servers as `security.clusterUser` (its password from
+//!   `security.clusterPasswordFile`): every backend connection starts with that `AUTH`, and
+//!   before a client's statement runs on it the connection is switched to the client's identity
+//!   (`DIRK AS <user>`), so the server enforces the client's own grants. Only the cluster user
+//!   may switch identities, so going to a server directly grants nothing more.
+//! * The admin calls the proxy makes to the servers (`/replication/promote`, …) carry the
+//!   cluster user's HTTP Basic credentials.
+//!
+//! The cluster credentials are process-wide (every part of one `config.json` shares them).
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use dirkdb_client::{Client, Reply};
+use dirkdb_core::config::ClusterConfig;
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
+use dirkdb_core::frame::Frame;
+use dirkdb_core::security::{
+    cluster_credentials, ConnectionAuth, Credentials, Permission, Security,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+static CLUSTER: RwLock<Option<Credentials>> = RwLock::new(None);
+
+/// Reads the cluster credentials of `config` (with `requireAuth`) for every connection and
+/// admin call this process makes to the servers; an unreadable password file is an error.
+pub fn use_cluster_credentials(config: &ClusterConfig) -> Result<(), String> {
+    let credentials = if config.security.require_auth {
+        cluster_credentials(&config.security).map_err(|e| e.to_string())?
+    } else {
+        None
+    };
+    *CLUSTER.write().unwrap_or_else(|p| p.into_inner()) = credentials;
+    Ok(())
+}
+
+/// The cluster credentials in use, if any.
+pub fn cluster() -> Option<Credentials> {
+    CLUSTER.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The `Authorization` header for admin calls to the servers, if any.
+pub fn admin_header() -> Option<String> {
+    cluster().map(|c| c.basic_header())
+}
+
+/// Authenticates a fresh connection to a server as the cluster user (no-op without one).
+pub async fn login(client: &mut Client) -> Result<(), String> {
+    let Some(credentials) = cluster() else {
+        return Ok(());
+    };
+    match client.execute(&credentials.auth_statement()).await {
+        Ok(Reply::Message(_)) => Ok(()),
+        Ok(Reply::Rows(_)) => Err("unexpected rows in answer to AUTH".into()),
+        Err(e) => Err(format!(
+            "{} refused security.clusterUser `{}`: {e}",
+            client.addr(),
+            credentials.user
+        )),
+    }
+}
+
+/// The statement making a backend connection run for `user`.
+pub fn act_as_statement(user: &str) -> String {
+    format!("DIRK AS {user}")
+}
+
+/// A client connection's identity at the proxy.
+pub fn connection(security: &Arc<Security>, peer: IpAddr) -> ConnectionAuth {
+    ConnectionAuth::new(security.clone(), peer)
+}
+
+/// Answers `AUTH`/`DIRK AS` and refuses statements before authentication; `true` when the
+/// statement was answered here.
+pub async fn gate<S: AsyncRead + AsyncWrite + Unpin>(
+    auth: &mut ConnectionAuth,
+    incoming: &Incoming,
+    out: &mut ServerConnection<S>,
+) -> Result<bool, ConnectionError> {
+    let frame = match incoming {
+        Incoming::Statement(sql) => auth.gate(sql).await,
+        _ if !auth.authenticated() => Some(Frame::error("authentication required")),
+        _ => None,
+    };
+    match frame {
+        Some(frame) => out.send(&frame).await.map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// `DIRK CHANGES` through the proxy: REPLICATE on `*`.
+pub fn may_follow_changes(auth: &ConnectionAuth) -> Result<(), String> {
+    auth.require_everywhere(Permission::Replicate)
+}
+
+/// Resolves when an unauthenticated connection's time is up.
+pub async fn deadline(auth: &ConnectionAuth) {
+    match auth.time_left() {
+        Some(left) => tokio::time::sleep(left).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells a client that did not authenticate in time why it is closed.
+pub async fn close_unauthenticated<S: AsyncRead + AsyncWrite + Unpin>(
+    out: &mut ServerConnection<S>,
+    auth: &ConnectionAuth,
+) -> Result<(), ConnectionError> {
+    tracing::info!(peer = %auth.peer(), "closing a connection that did not authenticate in time");
+    out.send(&Frame::error(
+        "authentication timed out (security.authTimeoutMs): connection closed",
+    ))
+    .await
+}
+
+/// Applies the `security` section of every reloaded topology (users, grants, cluster
+/// credentials) to `security`, checking once a second; sessions keep going with their user.
+pub async fn follow_reloads(
+    security: Arc<Security>,
+    topology: Arc<crate::topology::SharedTopology>,
+) {
+    let mut applied = topology.load().config.security.clone();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let config = topology.load().config.clone();
+        if config.security == applied {
+            continue;
+        }
+        security.reload(&config.security);
+        if let Err(e) = use_cluster_credentials(&config) {
+            tracing::error!(error = %e, "reloaded security section: cluster credentials unusable; keeping the previous ones");
+        }
+        applied = config.security.clone();
+    }
+}
+
+/// The client's IP address (loopback when the socket cannot say).
+pub fn peer_ip(socket: &tokio::net::TcpStream) -> IpAddr {
+    socket
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
