@@ -25,13 +25,20 @@ pub struct AdminState {
     pub upstream: String,
 }
 
-/// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, state: AdminState) {
+/// Serves the admin API until the task is aborted; with `security.requireAuth`, `/stats` (and,
+/// with `protectMetrics`, everything) needs ADMIN over HTTP Basic.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    security: std::sync::Arc<dirkdb_core::security::Security>,
+) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .with_state(state);
+    let app = dirkdb_core::security::http::protect(app, security)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "cache admin API stopped");
     }

@@ -84,6 +84,9 @@ async fn subscribe(addr: &str, store: &ResultStore, stats: &CacheStats) -> FeedE
         Ok(c) => c,
         Err(e) => return FeedEnd::Lost(e.to_string()),
     };
+    if let Err(e) = crate::auth::login(&mut client, None).await {
+        return FeedEnd::Lost(e);
+    }
     if let Err(e) = client.send_statement(CHANGES_STATEMENT).await {
         return FeedEnd::Lost(e.to_string());
     }

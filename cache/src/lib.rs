@@ -13,6 +13,7 @@
 //! serves the counters of [`stats`].
 
 pub mod admin;
+pub mod auth;
 pub mod change_listener;
 pub mod result_store;
 pub mod session;
@@ -57,6 +58,8 @@ pub struct CacheSettings {
     pub change_feed: bool,
     /// On shutdown, how long client statements may take to finish (`limits.shutdownTimeoutMs`).
     pub shutdown_timeout: Duration,
+    /// The whole file (its `security` section: users, grants, cluster credentials).
+    pub config: ClusterConfig,
 }
 
 impl CacheSettings {
@@ -79,6 +82,7 @@ impl CacheSettings {
             statement_timeout: Duration::from_millis(c.statement_timeout_ms.max(1)),
             change_feed: c.change_feed,
             shutdown_timeout: Duration::from_millis(config.limits.shutdown_timeout_ms),
+            config: config.clone(),
         }
     }
 }
@@ -88,20 +92,30 @@ const ANALYSIS_MEMO_ENTRIES: u64 = 50_000;
 
 /// Why the cache could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {0}: {1}")]
-pub struct StartError(String, std::io::Error);
+pub enum StartError {
+    /// An address is taken or not allowed.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    /// The cluster credentials cannot be read (`security.clusterPasswordFile`).
+    #[error("{0}")]
+    Security(String),
+}
 
 /// Runs the cache until `shutdown` resolves.
 pub async fn run(
     settings: CacheSettings,
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
+    auth::use_cluster_credentials(&settings.config).map_err(StartError::Security)?;
+    let security = dirkdb_core::security::Security::new(&settings.config.security);
+    let listen_host = settings.listen.rsplit_once(':').map_or("", |(h, _)| h);
+    dirkdb_core::security::warn_if_exposed(listen_host, "the cache", &security);
     let listener = TcpListener::bind(&settings.listen)
         .await
-        .map_err(|e| StartError(settings.listen.clone(), e))?;
+        .map_err(|e| StartError::Listen(settings.listen.clone(), e))?;
     let admin_listener = TcpListener::bind(&settings.admin)
         .await
-        .map_err(|e| StartError(settings.admin.clone(), e))?;
+        .map_err(|e| StartError::Listen(settings.admin.clone(), e))?;
     let stats = Arc::new(CacheStats::default());
     let store = ResultStore::new(settings.limits.clone(), stats.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -112,6 +126,7 @@ pub async fn run(
             stats: stats.clone(),
             upstream: settings.upstream.clone(),
         },
+        security.clone(),
     ))];
     if settings.change_feed {
         background.push(tokio::spawn(change_listener::follow(
@@ -136,6 +151,7 @@ pub async fn run(
         statement_timeout: settings.statement_timeout,
         max_statement_bytes: settings.max_statement_bytes,
         analyses: AnalysisMemo::new(ANALYSIS_MEMO_ENTRIES),
+        security,
     });
     serve(
         listener,
@@ -191,9 +207,20 @@ async fn handle_client(
     ctx: Arc<SessionContext>,
     stop: &mut Shutdown,
 ) -> Result<(), ConnectionError> {
+    let mut auth =
+        dirkdb_core::security::ConnectionAuth::new(ctx.security.clone(), auth::peer_ip(&socket));
     let mut conn = ServerConnection::new(socket, ctx.max_statement_bytes);
     let mut session = CacheSession::new(ctx);
-    while let Some(incoming) = next_statement(&mut conn, stop).await? {
+    loop {
+        let incoming = tokio::select! {
+            incoming = next_statement(&mut conn, stop) => incoming?,
+            _ = auth::deadline(&auth) => return auth::close_unauthenticated(&mut conn).await,
+        };
+        let Some(incoming) = incoming else { break };
+        if auth::gate(&mut auth, &incoming, &mut conn).await? {
+            session.set_identity(auth.clone());
+            continue;
+        }
         session.handle(incoming, &mut conn).await?;
     }
     Ok(())

@@ -43,6 +43,8 @@ pub struct SessionContext {
     pub max_statement_bytes: usize,
     /// Analyses of statement texts seen recently.
     pub analyses: AnalysisMemo,
+    /// Users and grants (see [`crate::auth`]).
+    pub security: Arc<dirkdb_core::security::Security>,
 }
 
 /// How passing a statement on ended.
@@ -78,6 +80,8 @@ pub struct CacheSession {
     db_key: Arc<str>,
     txn: TransactionState,
     txn_writes: Vec<WriteTargets>,
+    /// Who the client authenticated as (`None` before any `AUTH`).
+    identity: Option<dirkdb_core::security::ConnectionAuth>,
 }
 
 impl CacheSession {
@@ -91,7 +95,16 @@ impl CacheSession {
             db_key: "".into(),
             txn: TransactionState::default(),
             txn_writes: Vec::new(),
+            identity: None,
         }
+    }
+
+    /// The client's identity after an `AUTH`: kept answers are served by its grants, and the
+    /// upstream connection runs for it.
+    pub fn set_identity(&mut self, auth: dirkdb_core::security::ConnectionAuth) {
+        self.upstream
+            .set_user(auth.effective_name().map(str::to_string));
+        self.identity = Some(auth);
     }
 
     /// Answers one statement with one complete response.
@@ -111,7 +124,12 @@ impl CacheSession {
         let result = match &*analysis {
             Analysis::Command(command) => return self.command(*command, out).await,
             Analysis::Refused(reason) => return out.send(&Frame::error(reason)).await,
-            Analysis::Cacheable(read) if !self.txn.open => self.cached_read(&sql, read, out).await,
+            Analysis::Cacheable(read)
+                if !self.txn.open
+                    && crate::auth::may_read_kept(self.identity.as_ref(), self.db.as_deref()) =>
+            {
+                self.cached_read(&sql, read, out).await
+            }
             Analysis::Cacheable(_) | Analysis::Uncacheable(_) => {
                 CacheStats::bump(&self.ctx.stats.uncacheable);
                 self.pass(&sql, out).await
@@ -460,6 +478,9 @@ impl CacheSession {
     ) -> Result<(), ConnectionError> {
         match command {
             CacheCommand::Flush => {
+                if let Err(e) = crate::auth::may_flush(self.identity.as_ref()) {
+                    return out.send(&Frame::error(e)).await;
+                }
                 let dropped = self.ctx.store.invalidate_all(None);
                 CacheStats::bump(&self.ctx.stats.flushes);
                 out.send(&Frame::Message(format!(

@@ -51,6 +51,8 @@ pub struct Upstream {
     floor_supported: bool,
     timeout: Duration,
     deadline: Option<Instant>,
+    /// The client the connection runs for (`crate::auth`).
+    user: Option<String>,
 }
 
 impl Upstream {
@@ -64,6 +66,16 @@ impl Upstream {
             floor_supported: true,
             timeout,
             deadline: None,
+            user: None,
+        }
+    }
+
+    /// Makes the connection run for `user` from the next statement on (a new identity means a
+    /// new connection, authenticated for it).
+    pub fn set_user(&mut self, user: Option<String>) {
+        if self.user != user {
+            self.user = user;
+            self.client = None;
         }
     }
 
@@ -77,7 +89,10 @@ impl Upstream {
     /// Connected, with `db` selected.
     async fn ready(&mut self, db: Option<&str>) -> Result<&mut Client, UpstreamError> {
         if self.client.is_none() {
-            let client = Client::connect_timeout(&self.addr, Duration::from_secs(2))
+            let mut client = Client::connect_timeout(&self.addr, Duration::from_secs(2))
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            crate::auth::login(&mut client, self.user.as_deref())
                 .await
                 .map_err(|e| self.unreachable(e))?;
             self.client = Some(client);
