@@ -21,6 +21,7 @@ fn users() -> Value {
         { "name": "admin", "passwordHash": hash("admin-pw"), "grants": { "*": ["READ", "WRITE", "ADMIN"] } },
         { "name": "app", "passwordHash": hash("app-pw"), "grants": { "shop": ["READ", "WRITE"] } },
         { "name": "reader", "passwordHash": hash("reader-pw"), "grants": { "shop": ["READ"] } },
+        { "name": "writer", "passwordHash": hash("writer-pw"), "grants": { "shop": ["WRITE"] } },
         { "name": "cluster", "passwordHash": hash(CLUSTER_PW), "grants": { "*": ["READ", "WRITE", "REPLICATE", "ADMIN"] } }
     ])
 }
@@ -447,4 +448,106 @@ async fn proxy_admin_needs_admin_and_its_failover_reaches_the_servers() {
     )
     .await;
     eventually(&mut admin, "CREATE DATABASE after_failover").await;
+}
+
+/// `dirkdb cache` in front of the cluster's proxy, with the cluster's config.json (and so its
+/// security section). Killed when dropped.
+struct Cache {
+    child: std::process::Child,
+    port: u16,
+    admin: u16,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_cache(cluster: &Cluster) -> Cache {
+    let (port, admin) = (common::free_port(), common::free_port());
+    let log = std::fs::File::create(cluster.dir.path().join("cache.log")).unwrap();
+    let child = std::process::Command::new(common::dirkdb_bin())
+        .args(["cache", "127.0.0.1"])
+        .arg(cluster.proxy.port.to_string())
+        .arg(port.to_string())
+        .args(["60000", "200", "--admin-port"])
+        .arg(admin.to_string())
+        .arg("--config")
+        .arg(cluster.dir.path().join("config.json"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    common::wait_for_port(port);
+    Cache { child, port, admin }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keeps_users_rows_apart() {
+    let cluster = secure_cluster_with_proxy(0, "{}", json!({}));
+    let cache = start_cache(&cluster);
+    let addr = format!("127.0.0.1:{}", cache.port);
+    let mut anon = Client::connect(&addr).await.unwrap();
+    assert_eq!(
+        denied(anon.execute("SELECT 1").await),
+        "authentication required"
+    );
+    let mut admin = login(&addr, "admin", "admin-pw").await;
+    eventually(&mut admin, "CREATE DATABASE secret").await;
+    admin.execute("CREATE DATABASE shop").await.unwrap();
+    admin.execute("USE secret").await.unwrap();
+    admin.execute("CREATE TABLE s (v TEXT)").await.unwrap();
+    admin
+        .execute("INSERT INTO s VALUES ('classified')")
+        .await
+        .unwrap();
+    // Kept by the admin's read...
+    for _ in 0..3 {
+        let got = rows(admin.execute("SELECT v FROM s").await.unwrap());
+        assert_eq!(got, vec![vec![json!("classified")]]);
+    }
+    let (_, stats) = http(
+        cache.admin,
+        "GET",
+        "/stats",
+        Some(("admin", "admin-pw")),
+        "",
+    );
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert!(stats["hits"].as_u64().unwrap() >= 2, "{stats}");
+    // ...never served to a user without READ on `secret`, whatever the route.
+    let mut app = login(&addr, "app", "app-pw").await;
+    let e = denied(app.execute("USE secret").await);
+    assert!(e.contains("permission denied"), "{e}");
+    let e = denied(app.execute("SELECT v FROM secret.s").await);
+    assert!(!e.contains("classified"), "{e}");
+    let e = denied(app.execute("FLUSH CACHE").await);
+    assert!(e.contains("ADMIN"), "{e}");
+    // With READ, the same cache serves its own rows.
+    app.execute("USE shop").await.unwrap();
+    app.execute("CREATE TABLE t (v TEXT)").await.unwrap();
+    app.execute("INSERT INTO t VALUES ('mine')").await.unwrap();
+    assert_eq!(
+        rows(app.execute("SELECT v FROM t").await.unwrap()),
+        vec![vec![json!("mine")]]
+    );
+    assert_eq!(
+        rows(app.execute("SELECT v FROM t").await.unwrap()),
+        vec![vec![json!("mine")]]
+    );
+    // A user who may write to `shop` but not read it gets no kept rows of it.
+    let mut writer = login(&addr, "writer", "writer-pw").await;
+    writer.execute("USE shop").await.unwrap();
+    let e = denied(writer.execute("SELECT v FROM t").await);
+    assert!(e.contains("lacks READ on database `shop`"), "{e}");
+    writer
+        .execute("INSERT INTO t VALUES ('more')")
+        .await
+        .unwrap();
+    // The admin API: /stats needs ADMIN, /health stays open.
+    assert_eq!(http(cache.admin, "GET", "/stats", None, "").0, 401);
+    assert_eq!(http(cache.admin, "GET", "/health", None, "").0, 200);
 }
