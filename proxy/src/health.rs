@@ -66,7 +66,7 @@ pub async fn run(topology: Arc<SharedTopology>) {
         for (i, finding) in findings.into_iter().enumerate() {
             apply(&t, i, finding, primary_seq, &mut behind_since);
         }
-        fence_stray_primaries(&t).await;
+        fence_stray_primaries(&topology, &t).await;
         align_replication_modes(&t, &modes, &mut mode_switched_at, interval).await;
         watch_primary(&topology, &t, &mut primary_down_since).await;
         tokio::time::sleep(interval).await;
@@ -75,18 +75,38 @@ pub async fn run(topology: Arc<SharedTopology>) {
 
 /// An instance other than the chosen primary that calls itself PRIMARY (an old primary back
 /// from the dead) is told to follow the chosen one.
-async fn fence_stray_primaries(t: &Topology) {
-    for (i, b) in t.backends.iter().enumerate() {
-        let h = b.health();
-        if i != t.primary
-            && h.state != HealthState::Down
-            && (h.reported_role.as_deref() == Some("PRIMARY") || crate::lease::is_fenced(&b.id))
-        {
-            tracing::warn!(instance = %b.id, primary = %t.primary().id, "fencing an instance that still acts as primary");
-            crate::failover::outrank(t).await;
-            crate::failover::fence(t, i).await;
-        }
+///
+/// `seen` is the topology this round of checks began with; a failover may have promoted a node
+/// since. So suspects are judged again under the writer's turn, against the latest topology: a
+/// node that a failover has just promoted is the primary there, not a stray to fence.
+async fn fence_stray_primaries(topology: &SharedTopology, seen: &Topology) {
+    if stray_primaries(seen).is_empty() {
+        return;
     }
+    let writer = topology.write().await;
+    let t = writer.current();
+    for i in stray_primaries(&t) {
+        let b = &t.backends[i];
+        tracing::warn!(instance = %b.id, primary = %t.primary().id, "fencing an instance that still acts as primary");
+        crate::failover::outrank(&t).await;
+        crate::failover::fence(&t, i).await;
+    }
+}
+
+/// The instances of `t`, other than its primary, that are up and act as primary (or were fenced
+/// and must be told again).
+fn stray_primaries(t: &Topology) -> Vec<usize> {
+    t.backends
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| {
+            let h = b.health();
+            *i != t.primary
+                && h.state != HealthState::Down
+                && (h.reported_role.as_deref() == Some("PRIMARY") || crate::lease::is_fenced(&b.id))
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Sends `POST /replication/mode` to each instance (index, reported mode) whose reported mode
