@@ -2,7 +2,9 @@
 //! cache, the page opened in headless Chromium (driven through chromedriver with `fantoccini`),
 //! every instance shown with its role, the primary killed and the failover seen on the page
 //! within seconds, the proxy stopped and the page saying it cannot reach it. Screenshots land in
-//! `target/status-page*.png` (laptop width, after the failover, narrow window).
+//! `target/status-page*.png` (laptop width, after the failover, narrow window). A second cluster
+//! with `security.requireAuth` checks that the page and its JSON need the admin user and work
+//! with its credentials.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
 //! other paths through `DIRKDB_CHROMIUM` / `DIRKDB_CHROMEDRIVER`); without them the test prints
@@ -433,4 +435,70 @@ fn the_admin_port_serves_the_page_its_assets_and_the_history() {
     );
     let (status, _, _) = raw_get(cluster.proxy.admin, "/status/history?since=yesterday");
     assert!(status.contains(" 400 "), "{status}");
+}
+
+/// With `security.requireAuth`, the page needs the admin user's credentials, and once the browser
+/// holds them (here given in the address) its requests for the JSON carry them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_works_with_admin_authentication_on() {
+    let (chromium, driver_bin) = match browser_binaries() {
+        Ok(paths) => paths,
+        Err(why) => {
+            println!("SKIPPED the_status_page_works_with_admin_authentication_on: {why}");
+            return;
+        }
+    };
+    let mut cluster = Cluster::configure_with(1, OPLOG, "{}");
+    let hash = |pw: &str| dirkdb_core::security::hash_password(pw).expect("argon2 hash");
+    let password_file = cluster.dir.path().join("cluster.pw");
+    std::fs::write(&password_file, "cluster-pw\n").expect("password file");
+    set_config(
+        &cluster,
+        "security",
+        json!({
+            "requireAuth": true,
+            "users": [
+                { "name": "admin", "passwordHash": hash("admin-pw"), "grants": { "*": ["READ", "WRITE", "ADMIN"] } },
+                { "name": "cluster", "passwordHash": hash("cluster-pw"), "grants": { "*": ["READ", "WRITE", "REPLICATE", "ADMIN"] } }
+            ],
+            "clusterUser": "cluster",
+            "clusterPasswordFile": password_file,
+        }),
+    );
+    cluster.spawn_all_with_proxy();
+    let (status, headers, _) = raw_get(cluster.proxy.admin, "/");
+    assert!(
+        status.contains(" 401 "),
+        "the page needs credentials: {status}"
+    );
+    assert!(headers.contains("www-authenticate: basic"), "{headers}");
+    let (status, _, _) = raw_get(cluster.proxy.admin, "/status/history");
+    assert!(status.contains(" 401 "), "so does its JSON: {status}");
+
+    let driver = Driver::start(&driver_bin, &cluster.dir.path().join("chromedriver.log"));
+    let profile = tempfile::tempdir().expect("browser profile");
+    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let url = format!("http://admin:admin-pw@127.0.0.1:{}/", cluster.proxy.admin);
+    browser.goto(&url).await.expect("open the status page");
+    let (view, _) = wait_for(&browser, Duration::from_secs(15), "the cluster", |v| {
+        role_of(v, "m1") == Some(("PRIMARY", "Up"))
+            && role_of(v, "m2") == Some(("REPLICA", "Up"))
+            && v["conn"] == "live"
+    })
+    .await;
+    assert_eq!(view["alerts"], "", "{view:#}");
+    // The lag figures come from the primary, which the proxy asks with the cluster's credentials.
+    let (view, _) = wait_for(
+        &browser,
+        Duration::from_secs(10),
+        "the primary's lag",
+        |v| {
+            v["lagRows"][0]
+                .as_str()
+                .is_some_and(|row| row.contains("connected"))
+        },
+    )
+    .await;
+    println!("with authentication on: {}", view["lagRows"]);
+    browser.close().await.expect("close the browser");
 }
