@@ -29,33 +29,79 @@ impl Position {
     }
 }
 
-/// A watermark: the highest position acknowledged.
+/// A watermark: the highest position acknowledged, and whether a failover has frozen it.
+///
+/// A failover reads the watermark once, freezes it, and promotes only a node holding that
+/// position; while it is frozen no write is acknowledged (its outcome is reported unknown). So
+/// every acknowledgement either happened before the failover's read, and the promoted node holds
+/// it, or is refused: none slips between the read and the new primary's installation.
 #[derive(Debug, Default)]
-pub struct Watermark(Mutex<Position>);
+pub struct Watermark(Mutex<State>);
+
+#[derive(Debug, Default)]
+struct State {
+    position: Position,
+    /// Failovers under way (each holds a [`Frozen`]).
+    frozen: usize,
+}
+
+/// A failover's hold on the watermark: no acknowledgement is recorded until it is dropped.
+pub struct Frozen<'a> {
+    watermark: &'a Watermark,
+    /// The watermark when it was frozen.
+    pub position: Position,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let mut s = self.watermark.lock();
+        s.frozen = s.frozen.saturating_sub(1);
+    }
+}
 
 impl Watermark {
-    /// A write at `seq` was acknowledged to a client with `confirmation`, the primary's answer
-    /// to `DIRK WAIT REPLICAS` (`replicas <n> term <t>`).
-    pub fn acknowledged(&self, seq: u64, confirmation: &str) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write at `seq` was confirmed with `confirmation`, the primary's answer to
+    /// `DIRK WAIT REPLICAS` (`replicas <n> term <t>`). Records it and returns true when the write
+    /// may be acknowledged: no failover holds the watermark, and `still_primary()` (asked under
+    /// the watermark's lock) says the write's node is still the proxy's primary.
+    pub fn acknowledge(
+        &self,
+        seq: u64,
+        confirmation: &str,
+        still_primary: impl FnOnce() -> bool,
+    ) -> bool {
         let term = confirmation
             .split_whitespace()
             .skip_while(|w| *w != "term")
             .nth(1)
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
-        self.raise(Position { term, seq });
+        let mut s = self.lock();
+        if s.frozen > 0 || !still_primary() {
+            return false;
+        }
+        s.position.term = s.position.term.max(term);
+        s.position.seq = s.position.seq.max(seq);
+        true
     }
 
-    /// Raises the watermark to `p` (it never goes down).
-    pub fn raise(&self, p: Position) {
-        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        w.term = w.term.max(p.term);
-        w.seq = w.seq.max(p.seq);
+    /// Freezes the watermark for a failover and returns its position.
+    pub fn freeze(&self) -> Frozen<'_> {
+        let mut s = self.lock();
+        s.frozen += 1;
+        Frozen {
+            watermark: self,
+            position: s.position,
+        }
     }
 
     /// The highest acknowledged position.
     pub fn current(&self) -> Position {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock().position
     }
 }
 
@@ -65,9 +111,14 @@ fn global() -> &'static Watermark {
     WATERMARK.get_or_init(Watermark::default)
 }
 
-/// The session's hook: a write at `seq` was acknowledged with `confirmation`.
-pub fn acknowledged(seq: u64, confirmation: &str) {
-    global().acknowledged(seq, confirmation);
+/// The session's hook: see [`Watermark::acknowledge`].
+pub fn acknowledge(seq: u64, confirmation: &str, still_primary: impl FnOnce() -> bool) -> bool {
+    global().acknowledge(seq, confirmation, still_primary)
+}
+
+/// A failover's hold on the proxy's watermark: see [`Watermark::freeze`].
+pub fn freeze() -> Frozen<'static> {
+    global().freeze()
 }
 
 /// The proxy's highest acknowledged position.
@@ -90,13 +141,33 @@ mod tests {
             "an older term's longer history lacks the acknowledged write"
         );
         let watermark = Watermark::default();
-        watermark.acknowledged(40, "replicas 1 term 2");
+        assert!(watermark.acknowledge(40, "replicas 1 term 2", || true));
         assert_eq!(watermark.current(), Position { term: 2, seq: 40 });
-        watermark.acknowledged(10, "replicas 1 term 1");
+        assert!(watermark.acknowledge(10, "replicas 1 term 1", || true));
         assert_eq!(
             watermark.current(),
             Position { term: 2, seq: 40 },
             "never goes down"
         );
+        assert!(
+            !watermark.acknowledge(90, "replicas 1 term 2", || false),
+            "a write whose node stopped being the primary is not acknowledged"
+        );
+        assert_eq!(watermark.current(), Position { term: 2, seq: 40 });
+    }
+
+    #[test]
+    fn no_write_is_acknowledged_while_a_failover_holds_the_watermark() {
+        let watermark = Watermark::default();
+        assert!(watermark.acknowledge(5, "replicas 1 term 1", || true));
+        let frozen = watermark.freeze();
+        assert_eq!(frozen.position, Position { term: 1, seq: 5 });
+        assert!(
+            !watermark.acknowledge(6, "replicas 1 term 1", || true),
+            "refused: the failover chose its candidate at sequence 5"
+        );
+        drop(frozen);
+        assert!(watermark.acknowledge(7, "replicas 1 term 2", || true));
+        assert_eq!(watermark.current(), Position { term: 2, seq: 7 });
     }
 }

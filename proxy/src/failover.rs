@@ -39,6 +39,10 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 /// returns its id.
 pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<String, String> {
     let writer = topology.write().await;
+    // From here until the new primary is installed, no write is acknowledged: the candidate
+    // must hold every acknowledgement made before this point, and none is made after it.
+    let frozen = ack_watermark::freeze();
+    let watermark = frozen.position;
     let t = writer.current();
     let requested = match to {
         Some(id) => Some(
@@ -53,8 +57,8 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
     let failover = &t.config.failover;
     crate::lease::take_lease_from(t.primary(), failover).await;
     let chosen = match requested {
-        Some(i) => wait_until_it_holds_the_watermark(&t, i).await,
-        None => most_advanced_replica(&t).await,
+        Some(i) => wait_until_it_holds_the_watermark(&t, i, watermark).await,
+        None => most_advanced_replica(&t, watermark).await,
     };
     let target = match chosen {
         Ok(target) => target,
@@ -81,6 +85,7 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
     persist(&updated);
     let updated = writer.store(updated);
     drop(writer);
+    drop(frozen);
     crate::status_page::record_failover(&t, target, to);
     tracing::warn!(old = %t.primary().id, new = %new.id, "failover: new primary");
     for (i, backend) in updated.backends.iter().enumerate() {
@@ -105,7 +110,7 @@ fn position(status: &serde_json::Value) -> Position {
 }
 
 /// The reachable replica with the highest position, if it holds every acknowledged write.
-async fn most_advanced_replica(t: &Topology) -> Result<usize, String> {
+async fn most_advanced_replica(t: &Topology, watermark: Position) -> Result<usize, String> {
     let mut best: Option<(Position, usize)> = None;
     for (i, b) in t.backends.iter().enumerate() {
         if i == t.primary || b.health().state == HealthState::Down {
@@ -121,7 +126,6 @@ async fn most_advanced_replica(t: &Topology) -> Result<usize, String> {
         }
     }
     let (p, i) = best.ok_or_else(|| "no reachable replica to promote".to_string())?;
-    let watermark = ack_watermark::current();
     if !p.holds(watermark) {
         return Err(format!(
             "no reachable replica holds every acknowledged write (the best, {}, stands at term {} sequence {}; writes were acknowledged up to term {} sequence {}): waiting for one to catch up or for the primary to return",
@@ -132,7 +136,11 @@ async fn most_advanced_replica(t: &Topology) -> Result<usize, String> {
 }
 
 /// Waits (a few seconds at most) until the requested candidate holds the watermark.
-async fn wait_until_it_holds_the_watermark(t: &Topology, i: usize) -> Result<usize, String> {
+async fn wait_until_it_holds_the_watermark(
+    t: &Topology,
+    i: usize,
+    watermark: Position,
+) -> Result<usize, String> {
     let b = &t.backends[i];
     let admin = b
         .admin
@@ -142,7 +150,6 @@ async fn wait_until_it_holds_the_watermark(t: &Topology, i: usize) -> Result<usi
     loop {
         let status = get_json(&admin, "/replication/status", ADMIN_TIMEOUT).await?;
         let p = position(&status);
-        let watermark = ack_watermark::current();
         if p.holds(watermark) {
             return Ok(i);
         }

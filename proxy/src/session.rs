@@ -330,16 +330,17 @@ impl ProxySession {
         );
         let answer = backend.extension(conn, &wait).await?;
         let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
-        if self.topology.load().primary().id != backend.id {
+        let still_primary = || self.topology.load().primary().id == backend.id;
+        if confirmed >= u64::from(concern.replicas)
+            && !crate::ack_watermark::acknowledge(position, &answer, still_primary)
+            || !still_primary()
+        {
             frames.retain(|f| !matches!(f, Frame::Message(_)));
             frames.push(Frame::error(format!(
-                "the write's outcome is unknown: {} stopped being the primary before it was confirmed (it may be in a rollback file)",
+                "the write's outcome is unknown: {} stopped being the primary, or a failover began, before it was confirmed (it may be in a rollback file)",
                 backend.id
             )));
             return Ok(frames);
-        }
-        if confirmed >= u64::from(concern.replicas) {
-            crate::ack_watermark::acknowledged(position, &answer);
         }
         if confirmed < u64::from(concern.replicas) {
             let msg = format!(
