@@ -214,7 +214,7 @@ async fn handle_client(
     loop {
         let incoming = tokio::select! {
             incoming = next_statement(&mut conn, stop) => incoming?,
-            _ = auth::deadline(&auth) => return auth::close_unauthenticated(&mut conn).await,
+            _ = auth::deadline(&auth) => return auth::close_unauthenticated(&mut conn, &auth).await,
         };
         let Some(incoming) = incoming else { break };
         if auth::gate(&mut auth, &incoming, &mut conn).await? {

@@ -14,35 +14,13 @@
 //! The cluster credentials are process-wide (every part of one `config.json` shares them).
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use dirkdb_client::{Client, Reply};
-use dirkdb_core::config::ClusterConfig;
-use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
-use dirkdb_core::frame::Frame;
-use dirkdb_core::security::{
-    cluster_credentials, ConnectionAuth, Credentials, Permission, Security,
+pub use dirkdb_core::security::connection::{
+    close_unauthenticated, cluster, deadline, gate, peer_ip, use_cluster_credentials,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
-
-static CLUSTER: RwLock<Option<Credentials>> = RwLock::new(None);
-
-/// Reads the cluster credentials of `config` (with `requireAuth`) for every connection and
-/// admin call this process makes to the servers; an unreadable password file is an error.
-pub fn use_cluster_credentials(config: &ClusterConfig) -> Result<(), String> {
-    let credentials = if config.security.require_auth {
-        cluster_credentials(&config.security).map_err(|e| e.to_string())?
-    } else {
-        None
-    };
-    *CLUSTER.write().unwrap_or_else(|p| p.into_inner()) = credentials;
-    Ok(())
-}
-
-/// The cluster credentials in use, if any.
-pub fn cluster() -> Option<Credentials> {
-    CLUSTER.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
+use dirkdb_core::security::{ConnectionAuth, Permission, Security};
 
 /// The `Authorization` header for admin calls to the servers, if any.
 pub fn admin_header() -> Option<String> {
@@ -75,47 +53,9 @@ pub fn connection(security: &Arc<Security>, peer: IpAddr) -> ConnectionAuth {
     ConnectionAuth::new(security.clone(), peer)
 }
 
-/// Answers `AUTH`/`DIRK AS` and refuses statements before authentication; `true` when the
-/// statement was answered here.
-pub async fn gate<S: AsyncRead + AsyncWrite + Unpin>(
-    auth: &mut ConnectionAuth,
-    incoming: &Incoming,
-    out: &mut ServerConnection<S>,
-) -> Result<bool, ConnectionError> {
-    let frame = match incoming {
-        Incoming::Statement(sql) => auth.gate(sql).await,
-        _ if !auth.authenticated() => Some(Frame::error("authentication required")),
-        _ => None,
-    };
-    match frame {
-        Some(frame) => out.send(&frame).await.map(|()| true),
-        None => Ok(false),
-    }
-}
-
 /// `DIRK CHANGES` through the proxy: REPLICATE on `*`.
 pub fn may_follow_changes(auth: &ConnectionAuth) -> Result<(), String> {
     auth.require_everywhere(Permission::Replicate)
-}
-
-/// Resolves when an unauthenticated connection's time is up.
-pub async fn deadline(auth: &ConnectionAuth) {
-    match auth.time_left() {
-        Some(left) => tokio::time::sleep(left).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Tells a client that did not authenticate in time why it is closed.
-pub async fn close_unauthenticated<S: AsyncRead + AsyncWrite + Unpin>(
-    out: &mut ServerConnection<S>,
-    auth: &ConnectionAuth,
-) -> Result<(), ConnectionError> {
-    tracing::info!(peer = %auth.peer(), "closing a connection that did not authenticate in time");
-    out.send(&Frame::error(
-        "authentication timed out (security.authTimeoutMs): connection closed",
-    ))
-    .await
 }
 
 /// Applies the `security` section of every reloaded topology (users, grants, cluster
@@ -138,12 +78,4 @@ pub async fn follow_reloads(
         }
         applied = config.security.clone();
     }
-}
-
-/// The client's IP address (loopback when the socket cannot say).
-pub fn peer_ip(socket: &tokio::net::TcpStream) -> IpAddr {
-    socket
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }

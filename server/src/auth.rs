@@ -23,6 +23,10 @@ use dirkdb_core::security::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use dirkdb_core::security::connection::{
+    close_unauthenticated, deadline as auth_deadline, peer_ip,
+};
+
 use crate::error::ServerError;
 
 /// What an instance knows about security: the users, its own credentials, its peers.
@@ -129,35 +133,6 @@ pub fn visible(auth: &ConnectionAuth, names: Vec<String>) -> Vec<String> {
 /// `DIRK REPLICATION` and `DIRK CHANGES`: REPLICATE on `*`.
 pub fn check_replicate(auth: &ConnectionAuth) -> Result<(), String> {
     auth.require_everywhere(Permission::Replicate)
-}
-
-/// The client's IP address (loopback when the socket cannot say).
-pub fn peer_ip(socket: &tokio::net::TcpStream) -> std::net::IpAddr {
-    socket
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-}
-
-/// Resolves when an unauthenticated connection's `security.authTimeoutMs` has passed; never
-/// for one that authenticated (or when authentication is not required).
-pub async fn auth_deadline(auth: &ConnectionAuth) {
-    match auth.time_left() {
-        Some(left) => tokio::time::sleep(left).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Tells a connection that did not authenticate in time why it is closed.
-pub async fn close_unauthenticated<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut ServerConnection<S>,
-    auth: &ConnectionAuth,
-) -> Result<(), ConnectionError> {
-    tracing::info!(peer = %auth.peer(), "closing a connection that did not authenticate in time");
-    conn.send(&Frame::error(
-        "authentication timed out (security.authTimeoutMs): connection closed",
-    ))
-    .await
 }
 
 /// Whether `incoming` is an `AUTH` statement.

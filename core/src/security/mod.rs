@@ -11,6 +11,7 @@
 //! statement and admin endpoint stays open, as in the local quick start.
 
 pub mod config;
+pub mod connection;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod statement;
