@@ -429,8 +429,11 @@ async fn domains_replicate_survive_restart_full_sync_and_promotion() {
     cluster.spawn(1);
     cluster.wait_converged(0, std::time::Duration::from_secs(20));
     cluster.assert_same_data(0);
-    // Promoted, it refuses a direct violation the same way.
-    cluster.post(1, "/replication/promote", "");
+    // Promoted by hand, it refuses a direct violation the same way. The proxy goes first: its
+    // health checker would (rightly) fence a node promoted behind its back.
+    cluster.kill_proxy();
+    let promoted = cluster.post(1, "/replication/promote", "");
+    assert_eq!(promoted["role"], "PRIMARY", "{promoted}");
     let mut r = cluster.client(1).await;
     r.execute("ampiasao d").await.unwrap();
     assert_eq!(show_domains(&mut r).await, [json!("isa10")]);

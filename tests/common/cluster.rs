@@ -184,6 +184,15 @@ impl Cluster {
         }
     }
 
+    /// Kills the proxy (`kill -9`): a node promoted by hand afterwards is not fenced by the
+    /// proxy's health checker as a stray primary.
+    pub fn kill_proxy(&mut self) {
+        if let Some(mut child) = self.proxy.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The log of node `i` so far.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.nodes[i].id)))
