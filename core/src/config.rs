@@ -348,7 +348,7 @@ config_enum!(
         RoundRobin = "ROUND_ROBIN",
         /// The instance with the fewest statements in flight.
         LeastConnections = "LEAST_CONNECTIONS",
-        /// Sticky per database: FNV-1a 64 of `DB:<name>` with each instance id, highest wins.
+        /// Sticky per database: DirkDB's rendezvous of `DB:<name>` (see `crate::rendezvous`).
         Rendezvous = "RENDEZVOUS",
     }
 );

@@ -4,6 +4,7 @@
 //! * [`accept_loop`]: the bounded accept loop with graceful shutdown of the proxy and the cache.
 //! * [`change_feed`]: what a primary tells a cache about committed changes (`DIRK CHANGES`).
 //! * [`security`]: users, grants, password hashes and the `AUTH` statement.
+//! * [`rendezvous`]: DirkDB's rendezvous hashing (read stickiness, MULTI_PRIMARY object owners).
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
 //! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
 //! * [`connection`]: sockets wrapped so that the server reads statements and writes frames, and the
@@ -20,6 +21,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod connection;
 pub mod frame;
+pub mod rendezvous;
 pub mod security;
 pub mod sql;
 pub mod value;

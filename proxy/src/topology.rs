@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use dirkdb_core::config::{ClusterConfig, ReadStrategy, Role};
+use dirkdb_core::rendezvous;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::backend::{Backend, HealthState};
@@ -169,10 +170,16 @@ impl Topology {
                 eligible.sort_by_key(|&i| self.backends[i].in_flight());
             }
             ReadStrategy::Rendezvous => {
-                let key = format!("DB:{}", database.unwrap_or(""));
-                eligible.sort_by_key(|&i| {
-                    std::cmp::Reverse(rendezvous_score(&key, &self.backends[i].id))
-                });
+                // DirkDB's ranking over the eligible instances in config order.
+                let key = rendezvous::database_key(database.unwrap_or(""));
+                let ids: Vec<&str> = eligible
+                    .iter()
+                    .map(|&i| self.backends[i].id.as_str())
+                    .collect();
+                eligible = rendezvous::ranked(&key, &ids)
+                    .into_iter()
+                    .map(|r| eligible[r])
+                    .collect();
             }
         }
         let mut ordered: Vec<Arc<Backend>> =
@@ -191,16 +198,6 @@ impl Topology {
             eligible.rotate_left(start);
         }
     }
-}
-
-/// FNV-1a 64 of the key's bytes followed by the instance id's: the highest score wins.
-pub fn rendezvous_score(key: &str, instance: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes().chain(instance.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 #[cfg(test)]
@@ -274,6 +271,15 @@ mod tests {
             .map(|i| t.read_candidates(Some(&format!("db{i}")))[0].id.clone())
             .collect();
         assert_eq!(owners.len(), 3, "databases spread over every instance");
+        // DirkDB's formula (vectors in core::rendezvous): testdb goes to m1, shop to m3.
+        assert_eq!(t.read_candidates(Some("testdb"))[0].id, "m1");
+        assert_eq!(t.read_candidates(Some("shop"))[0].id, "m3");
+        t.backends[2].set_health(|h| h.state = HealthState::Down);
+        assert_eq!(
+            t.read_candidates(Some("shop"))[0].id,
+            "m2",
+            "the next by rendezvous when the first is down"
+        );
         let t = topology("LEAST_CONNECTIONS", r#"["PRIMARY", "REPLICA"]"#);
         let _busy = (t.backends[0].start(), t.backends[1].start());
         assert_eq!(t.read_candidates(None)[0].id, "m3");
