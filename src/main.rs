@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dirkdb_core::config::ClusterConfig;
+use dirkdb_core::config::{ClusterConfig, ConfigError};
+
+mod cluster;
 
 #[derive(Parser)]
 #[command(
@@ -156,8 +158,11 @@ fn init_logging() {
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<ClusterConfig> {
-    let config =
-        ClusterConfig::load(path).with_context(|| format!("loading {}", path.display()))?;
+    let config = ClusterConfig::load(path).map_err(|e| match e {
+        // The error names the file already.
+        ConfigError::Read { .. } => anyhow::Error::new(e),
+        other => anyhow::Error::new(other).context(format!("loading {}", path.display())),
+    })?;
     dirkdb_core::sql::limits::configure_max_expression_depth(config.limits.max_expression_depth);
     Ok(config)
 }
@@ -268,59 +273,7 @@ fn run_cluster(args: ConfigArg) -> anyhow::Result<()> {
     init_logging();
     let config = load_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut servers = tokio::task::JoinSet::new();
-        for instance in &config.instances {
-            let (config, id, mut stop) = (config.clone(), instance.id.clone(), stop_rx.clone());
-            servers.spawn(async move {
-                let result = dirkdb_server::run(&config, &id, async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
-                result.with_context(|| format!("instance {id}"))
-            });
-        }
-        let (proxy_config, mut stop) = (config.clone(), stop_rx.clone());
-        let config_path = args.config.clone();
-        servers.spawn(async move {
-            dirkdb_proxy::run(proxy_config, Some(config_path), async move {
-                let _ = stop.changed().await;
-            })
-            .await
-            .context("proxy")
-        });
-        let (cache_settings, mut stop) = (
-            dirkdb_cache::CacheSettings::from_config(&config),
-            stop_rx.clone(),
-        );
-        servers.spawn(async move {
-            dirkdb_cache::run(cache_settings, async move {
-                let _ = stop.changed().await;
-            })
-            .await
-            .context("cache")
-        });
-        tracing::info!(
-            instances = config.instances.len(),
-            proxy = config.load_balancer.listen_port,
-            cache = config.cache.listen_port,
-            "local cluster running; Ctrl-C stops it"
-        );
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            Some(first) = servers.join_next() => {
-                let _ = stop_tx.send(true);
-                while servers.join_next().await.is_some() {}
-                return first.context("instance task")?;
-            }
-        }
-        let _ = stop_tx.send(true);
-        while let Some(done) = servers.join_next().await {
-            done.context("instance task")??;
-        }
-        Ok(())
-    })
+    runtime.block_on(cluster::run(config, args.config.clone(), shutdown_signal()))
 }
 
 /// A positive number of seconds, fractions allowed.

@@ -167,26 +167,83 @@ fn the_shipped_config_json_is_valid() {
     assert_eq!(config.instance("m2").unwrap().port, 3950);
 }
 
+/// Gives a test cluster's config a cache on free ports (the defaults would collide) and one
+/// misspelt field.
+fn cluster_config_with_cache(cluster: &common::cluster::Cluster) -> std::path::PathBuf {
+    let path = cluster.dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["cache"] = serde_json::json!({
+        "listenHost": "127.0.0.1",
+        "listenPort": common::free_port(),
+        "adminPort": common::free_port(),
+    });
+    config["limits"] = serde_json::json!({ "maxStatmentBytes": 1000 });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
 #[tokio::test]
 async fn cluster_command_runs_every_instance_replicating_and_stops_cleanly() {
     let cluster = common::cluster::Cluster::configure(1, r#"{ "maxEntries": 1000 }"#);
-    let mut child = Command::new(common::dirkdb_bin())
+    let config = cluster_config_with_cache(&cluster);
+    let child = Command::new(common::dirkdb_bin())
         .args(["cluster", "--config"])
-        .arg(cluster.dir.path().join("config.json"))
-        .env("RUST_LOG", "warn")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     common::wait_for_port(cluster.nodes[0].port);
     common::wait_for_port(cluster.nodes[1].port);
+    common::wait_for_port(cluster.proxy.port);
     let mut c = cluster.client(0).await;
     c.execute("CREATE DATABASE q").await.unwrap();
     c.execute("USE q").await.unwrap();
     c.execute("CREATE TABLE t(a)").await.unwrap();
     c.execute("INSERT INTO t VALUES (42)").await.unwrap();
     cluster.assert_same_data_on(0, &[0, 1]);
+
+    // A second cluster on the same ports is refused before it announces anything.
+    let second = Command::new(common::dirkdb_bin())
+        .args(["cluster", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = text(&second.stderr);
+    let proxy = format!("proxy 127.0.0.1:{} is in use", cluster.proxy.port);
+    let m1 = format!("instance m1 127.0.0.1:{} is in use", cluster.nodes[0].port);
+    assert!(err.contains(&proxy) && err.contains(&m1), "{err}");
+    assert!(!err.contains("local cluster running"), "{err}");
+
     common::signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let log = text(&out.stderr);
+    assert!(
+        log.contains(
+            "unknown field `limits.maxStatmentBytes` ignored (did you mean `maxStatementBytes`?)"
+        ),
+        "{log}"
+    );
+    // Announced once every part listens, and quiet while stopping.
+    let announced = log.find("local cluster running").expect("announcement");
+    for part in [
+        "DirkDB cache listening",
+        "DirkDB proxy listening",
+        "instance=m2",
+    ] {
+        let at = log.find(part).unwrap_or(usize::MAX);
+        assert!(at < announced, "`{part}` after the announcement:\n{log}");
+    }
+    for noise in ["retrying", "change feed lost", "refused"] {
+        assert!(
+            !log.contains(noise),
+            "`{noise}` while starting or stopping:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -153,15 +153,20 @@ pub async fn run(
         analyses: AnalysisMemo::new(ANALYSIS_MEMO_ENTRIES),
         security,
     });
+    // The feed stops as soon as shutdown begins: the proxy is usually stopping too, and a feed
+    // lost then is not news. Writes still draining invalidate their whole database instead.
+    let stopping = async {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     serve(
         listener,
         ctx,
         settings.max_connections,
         settings.shutdown_timeout,
-        shutdown,
+        stopping,
     )
     .await;
-    let _ = stop_tx.send(true);
     for task in &background {
         task.abort();
     }

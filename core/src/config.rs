@@ -1,6 +1,7 @@
 //! The `config.json` model shared by every component.
 //!
-//! DirkDB's own file loads unchanged: unknown fields are ignored, `MASTER` reads as `PRIMARY` and
+//! DirkDB's own file loads unchanged: unknown fields are ignored (each reported, with a did-you-mean
+//! when it looks like a slip: see [`UnknownField`]), `MASTER` reads as `PRIMARY` and
 //! `SECONDARY` as `REPLICA`. Every field DirkDB-rs adds is optional with a default. Loading is two
 //! steps: [`ClusterConfig::parse`] turns JSON into the model (a type error names the JSON path of the
 //! field, e.g. `instances[1].role`), then [`ClusterConfig::validate`] checks the topology as a whole
@@ -10,6 +11,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+mod unknown_fields;
+
+pub use unknown_fields::UnknownField;
 
 /// Why a `config.json` was refused; every variant names the file and, where it can, the field.
 #[derive(Debug, thiserror::Error)]
@@ -630,21 +635,29 @@ impl Default for StorageConfig {
 }
 
 impl ClusterConfig {
-    /// Reads, parses and validates a file.
+    /// Reads, parses and validates a file; each unknown field is logged as a warning.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
             reason,
         })?;
-        let config = Self::parse(&text)?;
+        let (config, unknown) = Self::parse_reporting(&text)?;
+        for field in &unknown {
+            tracing::warn!(file = %path.display(), "{field}");
+        }
         config.validate()?;
         Ok(config)
     }
 
     /// Parses JSON text into the model without checking the topology.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_reporting(text).map(|(config, _)| config)
+    }
+
+    /// Like [`ClusterConfig::parse`], also returning the fields the model does not know.
+    pub fn parse_reporting(text: &str) -> Result<(Self, Vec<UnknownField>), ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        unknown_fields::deserialize_reporting(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {

@@ -94,13 +94,19 @@ pub async fn run(
         data = %instance.data_directory.display(),
         "DirkDB server listening"
     );
+    let follower = tokio::spawn(replication::follower::run(state.clone()));
     let background = [
-        tokio::spawn(replication::follower::run(state.clone())),
         tokio::spawn(prune_periodically(state.clone())),
         tokio::spawn(checkpoint_periodically(state.clone())),
     ];
-    serve(listener, state, shutdown).await;
-    for task in background.iter().chain(admin.iter()) {
+    // A stopping replica stops following at once: its primary is often stopping too, and a
+    // stream that ends then is not worth a "retrying".
+    let stopping = async {
+        shutdown.await;
+        follower.abort();
+    };
+    serve(listener, state, stopping).await;
+    for task in background.iter().chain(admin.iter()).chain([&follower]) {
         task.abort();
     }
     Ok(())
