@@ -8,6 +8,10 @@
 # Usage: bench/compare.sh [seconds-per-run] [sections]   (default 8 and 1234: about 9 minutes;
 #        leaves nothing running). `bench/compare.sh 5 1` runs only the workload table.
 # Needs python3 and curl besides cargo. Prints a Markdown table for BENCHMARKS.md.
+# Peers in the same table, when they are on the machine (Debian: haproxy, pgbouncer, postgresql;
+# nothing is installed here, a missing one prints "skipped: not installed"):
+#   HAProxy in TCP mode in front of the same primary (a pure relay: the least any proxy costs);
+#   PgBouncer in front of PostgreSQL, `pgbench -S` with the same client count, beside PostgreSQL direct.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -16,12 +20,17 @@ cargo build --release --quiet --bin dirkdb
 bin=$PWD/target/release/dirkdb
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+pg_stop=()
+cleanup() {
+  for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  for c in "${pg_stop[@]:-}"; do [ -n "$c" ] && eval "$c" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 P1=$(port); P2=$(port); P3=$(port); A1=$(port); A2=$(port); A3=$(port)
-LB=$(port); LBA=$(port); CP=$(port); CA=$(port)
+LB=$(port); LBA=$(port); CP=$(port); CA=$(port); LB1=$(port); LBA1=$(port)
 cat > "$work/config.json" <<JSON
 { "instances": [
   { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": $P1, "adminPort": $A1, "dataDirectory": "$work/m1" },
@@ -31,6 +40,15 @@ cat > "$work/config.json" <<JSON
   "cache": { "listenHost": "127.0.0.1", "listenPort": $CP, "adminPort": $CA, "ttlMillis": 600000, "maxEntries": 20000 },
   "replication": { "heartbeatMillis": 500 } }
 JSON
+# The one-instance topology: a second proxy in front of m1 alone.
+python3 - "$work" "$LB1" "$LBA1" <<'PY'
+import json, sys
+work, lb, lba = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = json.load(open(f"{work}/config.json"))
+c["instances"] = c["instances"][:1]
+c["loadBalancer"].update(listenPort=lb, adminPort=lba)
+json.dump(c, open(f"{work}/config-one.json", "w"))
+PY
 start() { RUST_LOG=warn "$bin" "$@" 2>>"$work/process-${#pids[@]}.log" & pids+=($!); disown; }
 want() { [[ $sections == *$1* ]]; }
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
@@ -45,26 +63,92 @@ start server --config "$work/config.json" --instance m1; wait_port $P1
 start server --config "$work/config.json" --instance m2; wait_port $P2
 start proxy --config "$work/config.json"; wait_port $LB
 start cache --config "$work/config.json"; wait_port $CP
+start proxy --config "$work/config-one.json"; wait_port $LB1
 "$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
 wait_synced $A2
 
+have() { command -v "$1" >/dev/null 2>&1; }
+# HAProxy in TCP mode in front of m1; sets HP when it runs.
+start_haproxy() {
+  have haproxy || { echo "HAProxy: skipped: not installed (Debian: apt-get install haproxy)"; return; }
+  HP=$(port)
+  printf '%s\n' "global" "  maxconn 4096" "defaults" "  mode tcp" "  timeout connect 5s" \
+    "  timeout client 1h" "  timeout server 1h" "frontend dirkdb" "  bind 127.0.0.1:$HP" \
+    "  default_backend m1" "backend m1" "  server m1 127.0.0.1:$P1" > "$work/haproxy.cfg"
+  haproxy -db -f "$work/haproxy.cfg" >>"$work/haproxy.log" 2>&1 & pids+=($!); disown
+  wait_port $HP
+}
+# PostgreSQL (its own data directory, trust on loopback) and PgBouncer in transaction mode in
+# front of it, both run as the postgres user when this script runs as root; sets PGP and PBP.
+start_postgres() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  if [ -z "$bin" ] || ! have pgbench || ! have pgbouncer; then
+    echo "PostgreSQL + PgBouncer: skipped: not installed (Debian: apt-get install postgresql pgbouncer)"; return
+  fi
+  local as=()
+  if [ "$(id -u)" = 0 ]; then as=(runuser -u postgres --); chmod 755 "$work"; fi
+  mkdir -p "$work/pg"; [ ${#as[@]} -gt 0 ] && chown postgres "$work/pg"
+  PGP=$(port); PBP=$(port)
+  "${as[@]}" "$bin/initdb" -D "$work/pg/data" -A trust -U postgres >"$work/pg-init.log" 2>&1
+  "${as[@]}" "$bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w \
+    -o "-p $PGP -k $work/pg -c listen_addresses=127.0.0.1" start >/dev/null
+  pg_stop+=("${as[*]} $bin/pg_ctl -D $work/pg/data -m immediate stop")
+  echo '"postgres" ""' > "$work/pg/users.txt"
+  printf '%s\n' "[databases]" "bench = host=127.0.0.1 port=$PGP dbname=bench" "[pgbouncer]" \
+    "listen_addr = 127.0.0.1" "listen_port = $PBP" "unix_socket_dir =" "auth_type = trust" \
+    "auth_file = $work/pg/users.txt" "pool_mode = transaction" "max_client_conn = 200" \
+    "default_pool_size = 16" "pidfile = $work/pg/pgbouncer.pid" "logfile = $work/pg/pgbouncer.log" \
+    > "$work/pg/pgbouncer.ini"
+  [ ${#as[@]} -gt 0 ] && chown postgres "$work/pg/pgbouncer.ini" "$work/pg/users.txt"
+  "${as[@]}" pgbouncer -d "$work/pg/pgbouncer.ini"
+  pg_stop+=("kill -9 \$(cat $work/pg/pgbouncer.pid)")
+  wait_port $PBP
+  "$bin/createdb" -h 127.0.0.1 -p "$PGP" -U postgres bench
+  pgbench -i -q -s 1 -h 127.0.0.1 -p "$PGP" -U postgres bench >/dev/null 2>&1
+}
+pgbench_tps() { pgbench -S -n -c 16 -j 2 -T "$secs" -h 127.0.0.1 -p "$1" -U postgres bench 2>/dev/null \
+  | sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p'; }
+
 if want 1; then
+HP=; PGP=
+start_haproxy
+start_postgres
 echo "## 1. Workloads, 16 clients, ${secs} s each (primary + 1 replica; reads through the proxy go to either)"
 echo
-echo "| workload | direct ops/s | p99 ms | proxy ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy ÷ direct | cache ÷ direct |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "proxy (1) is a proxy in front of m1 alone; proxy (2) the quick start's two-instance topology."
+echo "HAProxy relays TCP to m1. PostgreSQL and PgBouncer run \`pgbench -S\` (select by primary key,"
+echo "100,000 rows) with the same 16 clients, in the same rounds; their columns fill the point-select row."
+echo
+echo "| workload | direct ops/s | p99 ms | HAProxy-TCP ops/s | proxy (1) ops/s | p99 ms | proxy (2) ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy (1) ÷ HAProxy | proxy (1) ÷ direct | proxy (2) ÷ direct | cache ÷ direct | PostgreSQL tps | PgBouncer tps | PgBouncer ÷ PostgreSQL |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for w in point-select range-select update insert mixed; do
   declare -A ops=() p99=()
-  for via in direct proxy cache; do ops[$via]=0; p99[$via]=0; done
+  vias="direct proxy1 proxy cache"; [ -n "$HP" ] && vias="direct haproxy proxy1 proxy cache"
+  for via in direct haproxy proxy1 proxy cache pg pgb; do ops[$via]=0; p99[$via]=0; done
   for round in 1 2; do
-    for via in direct proxy cache; do
-      case $via in direct) ep=$P1;; proxy) ep=$LB;; cache) ep=$CP;; esac
+    for via in $vias; do
+      case $via in direct) ep=$P1;; haproxy) ep=$HP;; proxy1) ep=$LB1;; proxy) ep=$LB;; cache) ep=$CP;; esac
       out=$(bench --endpoint 127.0.0.1:$ep -c 16 -w $w)
       ops[$via]=$(python3 -c "print(${ops[$via]} + $(field "$out" 'd["ops_per_sec"]' "$out") / 2)")
       p99[$via]=$(python3 -c "print(max(${p99[$via]}, $(field "$out" 'd["latency_ms"]["p99"]' "$out")))")
     done
+    if [ "$w" = point-select ] && [ -n "$PGP" ]; then
+      ops[pg]=$(python3 -c "print(${ops[pg]} + $(pgbench_tps $PGP) / 2)")
+      ops[pgb]=$(python3 -c "print(${ops[pgb]} + $(pgbench_tps $PBP) / 2)")
+    fi
   done
-  python3 -c "d,p,c=${ops[direct]},${ops[proxy]},${ops[cache]};print('| $w | %.0f | %.2f | %.0f | %.2f | %.0f | %.2f | %.2f | %.2f |' % (d,${p99[direct]},p,${p99[proxy]},c,${p99[cache]},p/d,c/d))"
+  python3 - "$w" "${ops[direct]}" "${p99[direct]}" "${ops[haproxy]}" "${ops[proxy1]}" "${p99[proxy1]}" \
+    "${ops[proxy]}" "${p99[proxy]}" "${ops[cache]}" "${p99[cache]}" "${ops[pg]}" "${ops[pgb]}" <<'PY'
+import sys
+w = sys.argv[1]
+d, dp, h, p1, p1p, p2, p2p, c, cp, pg, pgb = map(float, sys.argv[2:])
+opt = lambda v, f="%.0f": (f % v) if v else "—"
+ratio = lambda a, b: ("%.2f" % (a / b)) if a and b else "—"
+print("| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.2f | %.2f | %.2f | %s | %s | %s |" % (
+    w, d, dp, opt(h), p1, p1p, p2, p2p, c, cp, ratio(p1, h), p1 / d, p2 / d, c / d,
+    opt(pg), opt(pgb), ratio(pgb, pg)))
+PY
 done
 hits=$(curl -s 127.0.0.1:$CA/stats | python3 -c 'import json,sys;d=json.load(sys.stdin);print("%.3f" % d["hit_ratio"])')
 echo
