@@ -679,3 +679,84 @@ async fn link_cuts_and_a_paused_replica_lose_no_acknowledged_write() {
     f.proxy_link(p, false);
     check(&f, load, "cuts and a paused replica").await;
 }
+
+/// Milliseconds since the epoch (the proxy's clock, for a hand-made lease renewal).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The cause of the diverged checksums with equal positions after a pause: a client write that
+/// was checked as "primary" before it waited at the writer gate, while the node was switched to
+/// a replica (`POST /replication/configure`, a fence) under that gate, committed afterwards on
+/// the new replica — its lease check and commit hook let a non-primary through — so the replica
+/// held a row at a sequence where its primary held another, and skipped the primary's entry.
+/// Made deterministic here: the write's lease ends while it waits, so only a commit after the
+/// switch could succeed; it must be refused, and nothing of it may stay on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_at_the_gate_while_its_node_is_fenced_never_commits() {
+    let cluster = common::cluster::Cluster::start(0, "{}");
+    let admin = cluster.nodes[0].admin;
+    let mut a = cluster.client(0).await;
+    for sql in [
+        "CREATE DATABASE d",
+        "USE d",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY)",
+    ] {
+        a.execute(sql).await.expect(sql);
+    }
+    let term = cluster.get(0, "/replication/status")["term"]
+        .as_u64()
+        .unwrap_or(0);
+    let granted_at = Instant::now();
+    let lease = format!(
+        r#"{{"term": {term}, "leaseMillis": 1500, "sentAtMs": {}}}"#,
+        now_ms()
+    );
+    let granted = common::cluster::http(admin, "POST", "/replication/lease", &lease);
+    assert!(granted["leaseLeftMs"].as_u64().is_some(), "{granted}");
+    // A holds the writer gate in an open transaction.
+    a.execute("BEGIN").await.expect("begin");
+    a.execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("insert 1");
+    // The fence waits for the gate first …
+    let nowhere = common::free_port();
+    let fence = std::thread::spawn(move || {
+        common::cluster::http(
+            admin,
+            "POST",
+            "/replication/configure",
+            &format!(r#"{{"primary": "127.0.0.1:{nowhere}"}}"#),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // … then B's write, checked while the node is still a primary with a lease.
+    let mut b = cluster.client(0).await;
+    b.execute("USE d").await.expect("use");
+    let write = tokio::spawn(async move { b.execute("INSERT INTO t VALUES (2)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The lease ends while both wait; A gives the gate back.
+    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(granted_at.elapsed())).await;
+    a.execute("ROLLBACK").await.expect("rollback");
+    let answer = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the waiting write ends")
+        .expect("task");
+    let fenced = fence.join().expect("fence");
+    assert_eq!(fenced["role"], "REPLICA", "{fenced}");
+    assert!(
+        answer.is_err(),
+        "a write that waited at the gate while its node became a replica was acknowledged"
+    );
+    let mut c = cluster.client(0).await;
+    c.execute("USE d").await.expect("use");
+    let rows = c.query("SELECT id FROM t").await.expect("read");
+    assert!(
+        rows.rows.is_empty(),
+        "rows left on the fenced node: {:?}",
+        rows.rows
+    );
+}

@@ -393,6 +393,7 @@ impl ServerState {
         crate::catalog::validate_name(name)?;
         self.write_path.lease().check_write()?;
         self.under_gate(owner, || {
+            self.write_path.lease().check_write_holding_gate()?;
             if self.catalog.get(name).is_ok() {
                 return if if_not_exists {
                     Ok(false)
@@ -413,6 +414,7 @@ impl ServerState {
     pub fn drop_database(&self, owner: u64, name: &str, if_exists: bool) -> Result<bool> {
         self.write_path.lease().check_write()?;
         self.under_gate(owner, || {
+            self.write_path.lease().check_write_holding_gate()?;
             if self.catalog.get(name).is_err() {
                 return if if_exists {
                     Ok(false)

@@ -84,10 +84,19 @@ impl WritePath {
     }
 
     /// Takes the gate for a client's write: refused at once when this primary's write lease
-    /// has ended (see [`crate::replication::lease`]).
+    /// has ended (see [`crate::replication::lease`]), and again once the gate is held when the
+    /// node stopped being a primary (or lost its lease) while the write waited for it.
     pub fn acquire_write(&self, owner: u64) -> Result<(), ServerError> {
         self.lease.check_write()?;
-        self.acquire(owner)
+        let held_before = self.holds(owner);
+        self.acquire(owner)?;
+        if let Err(refused) = self.lease.check_write_holding_gate() {
+            if !held_before {
+                self.release(owner);
+            }
+            return Err(refused);
+        }
+        Ok(())
     }
 
     /// The shared counter the `dirk_committed()` SQL function reads.

@@ -5,9 +5,10 @@
 //! actions are off (cascades and trigger effects arrive as entries of their own); the same
 //! transaction inserts the entries into the replica's own oplog. So the replica's position is
 //! simply the highest sequence it stores, a crash at any instant loses nothing and applies
-//! nothing twice (entries at or below a file's stored position are skipped), and the replica
-//! holds the oplog it needs to serve others once promoted. CREATE/DROP DATABASE events go
-//! through the meta file first, then the file operation, as on the primary.
+//! nothing twice (entries at or below a file's stored position are skipped, once checked to be
+//! the very entries it holds: a different one is a divergence, which a full sync repairs), and
+//! the replica holds the oplog it needs to serve others once promoted. CREATE/DROP DATABASE
+//! events go through the meta file first, then the file operation, as on the primary.
 
 use std::collections::HashMap;
 
@@ -55,10 +56,11 @@ impl Applier {
             position = e.seq;
         }
         state.under_gate(owner, || {
-            let fresh: Vec<&Entry> = entries
-                .iter()
-                .filter(|e| e.seq > state.write_path.committed())
-                .collect();
+            let committed = state.write_path.committed();
+            for held in entries.iter().filter(|e| e.seq <= committed) {
+                self.check_held(state, held)?;
+            }
+            let fresh: Vec<&Entry> = entries.iter().filter(|e| e.seq > committed).collect();
             for run in fresh.chunk_by(|a, b| a.db == b.db) {
                 let last = run.last().map(|e| e.seq).unwrap_or(0);
                 if run[0].db.is_empty() {
@@ -93,17 +95,43 @@ impl Applier {
         Ok(())
     }
 
-    fn apply_run(&mut self, state: &ServerState, run: &[&Entry]) -> Result<()> {
-        let db = &run[0].db;
+    /// An entry at or below this node's position (a stream that restarted behind it) is skipped,
+    /// but only when it is the entry this node holds at that sequence: a different one means
+    /// this node committed something of its own there that its primary never had (its history
+    /// diverged with equal positions), and skipping would leave the two apart for good. The
+    /// apply then fails as a divergence, so the follower asks for a full sync, which saves this
+    /// node's own entries to a rollback file first. Entries pruned or dropped since are taken
+    /// on trust.
+    fn check_held(&mut self, state: &ServerState, e: &Entry) -> Result<()> {
+        if e.db.is_empty() || state.catalog.get(&e.db).is_err() {
+            return Ok(());
+        }
+        let conn = self.connection(state, &e.db)?;
+        let held = store::read_file_entries(conn, &e.db, e.seq.saturating_sub(1), 1)?;
+        match held.first() {
+            Some(h) if h.seq == e.seq && h.crc != e.crc => Err(apply_error(format!(
+                "entry {} differs from the one this node holds at that sequence (its history \
+                 diverged from the primary's): resyncing",
+                e.seq
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// This applier's connection to `db`, opened on first use.
+    fn connection(&mut self, state: &ServerState, db: &str) -> Result<&Connection> {
         if !self.conns.contains_key(db) {
             let database = state.catalog.get(db)?;
             let conn = open_apply_connection(database.path(), &state.settings)?;
-            self.conns.insert(db.clone(), conn);
+            self.conns.insert(db.to_string(), conn);
         }
-        let conn = self
-            .conns
+        self.conns
             .get(db)
-            .ok_or_else(|| apply_error(format!("no connection for `{db}`")))?;
+            .ok_or_else(|| apply_error(format!("no connection for `{db}`")))
+    }
+
+    fn apply_run(&mut self, state: &ServerState, run: &[&Entry]) -> Result<()> {
+        let conn = self.connection(state, &run[0].db)?;
         let tx = conn.unchecked_transaction()?;
         let stored = store::max_seq(&tx)?;
         for e in run.iter().filter(|e| e.seq > stored) {

@@ -146,6 +146,23 @@ impl Lease {
         ))
     }
 
+    /// `Ok` when a client write that now holds the writer gate may go on: this node is still a
+    /// primary and holds its lease. [`Lease::check_write`] runs before the writer waits for the
+    /// gate; a fence or a demotion (`POST /replication/configure`, a step-down) switches the
+    /// node to a replica under that same gate, so a write that was checked before it waited
+    /// must be checked again once it holds the gate, or it would commit on a replica (at a
+    /// sequence its new primary gives to another entry).
+    pub fn check_write_holding_gate(&self) -> Result<(), ServerError> {
+        if !self.primary.load(Ordering::Acquire) {
+            return Err(ServerError::Refused(
+                "this node stopped being a primary while the write waited for the writer gate \
+                 (it was fenced or demoted): nothing was written; send it to the new primary"
+                    .into(),
+            ));
+        }
+        self.check_write()
+    }
+
     /// The SQLite commit hook's answer: true turns a client commit on a primary whose lease
     /// has ended into a rollback (the server's own bookkeeping is never refused).
     pub fn refuses_commit(&self) -> bool {
@@ -196,6 +213,10 @@ mod tests {
             "a replica's writes are refused elsewhere"
         );
         assert!(!lease.refuses_commit());
+        assert!(
+            lease.check_write_holding_gate().is_err(),
+            "a write that waited while the node became a replica is refused"
+        );
         assert_eq!(
             lease.grant(1000, 0, 0),
             Err(LeaseRefusal::NotPrimary),
