@@ -551,3 +551,89 @@ async fn the_cache_keeps_users_rows_apart() {
     assert_eq!(http(cache.admin, "GET", "/stats", None, "").0, 401);
     assert_eq!(http(cache.admin, "GET", "/health", None, "").0, 200);
 }
+
+#[tokio::test]
+async fn the_client_and_bench_authenticate_with_user_and_password() {
+    let cluster = secure_cluster(0, json!({}));
+    let port = cluster.nodes[0].port.to_string();
+    let pw_file = cluster.dir.path().join("admin.pw");
+    std::fs::write(&pw_file, "admin-pw\n").unwrap();
+    let pw_path = pw_file.to_str().unwrap();
+    let base = ["127.0.0.1", port.as_str()];
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+
+    // Without credentials the statement is refused; with them it runs.
+    let out = common::run_client(&[&base[..], &["-c", "SELECT 1"]].concat(), None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("authentication required"));
+    let sql = "CREATE DATABASE shop; USE shop; CREATE TABLE t(a); INSERT INTO t VALUES (7); SELECT a FROM t";
+    let args = [
+        &base[..],
+        &["--user", "admin", "--password-file", pw_path, "-c", sql],
+    ]
+    .concat();
+    let out = common::run_client(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains('7'), "{}", text(&out.stdout));
+
+    // The password from the environment; a wrong one exits 2 naming the user.
+    let out = std::process::Command::new(common::dirkdb_bin())
+        .args([
+            "client",
+            "127.0.0.1",
+            &port,
+            "--user",
+            "reader",
+            "-c",
+            "USE shop; SELECT a FROM t",
+        ])
+        .env("DIRKDB_PASSWORD", "reader-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let args = [
+        &base[..],
+        &["--user", "app", "--password", "nope", "-c", "SELECT 1"],
+    ]
+    .concat();
+    let out = common::run_client(&args, None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot authenticate to") && err.contains("as app"),
+        "{err}"
+    );
+    // No terminal to ask on: the missing password is named, not waited for.
+    let args = [&base[..], &["--user", "app", "-c", "SELECT 1"]].concat();
+    let out = common::run_client(&args, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("needs a password"));
+
+    // dirkdb bench: every connection authenticates; without credentials it fails at once.
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(common::dirkdb_bin())
+            .args([
+                "bench",
+                "--endpoint",
+                &cluster.addr(0),
+                "--database",
+                "benchauth",
+                "--init",
+            ])
+            .args(["-n", "200", "-c", "4", "-q", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = bench(&["--user", "admin", "--password", "admin-pw"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["errors"], 0, "{summary}");
+    let out = bench(&[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("authentication required"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -20,9 +20,12 @@ use dirkdb_core::sql::split_script;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
+use dirkdb_core::security::statement::{parse as parse_auth, AuthStatement};
+use dirkdb_core::security::Credentials;
 use dirkdb_core::sql::classify::{classify, StatementClass};
 use dirkdb_core::sql::transaction::TransactionState;
 
+use crate::credentials::CredentialArgs;
 use crate::render::{elapsed_text, render_rows_with_null, OutputFormat, DEFAULT_NULL_TEXT};
 use crate::{Client, ClientError, Reply};
 
@@ -60,6 +63,9 @@ pub struct ClientArgs {
     /// How tables show NULL (CSV: an empty field; JSON: null).
     #[arg(long, value_name = "TEXT", default_value = DEFAULT_NULL_TEXT)]
     pub null: String,
+    /// Who to authenticate as.
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
 }
 
 /// Runs the client; returns the process exit code.
@@ -75,9 +81,17 @@ pub fn run(args: ClientArgs) -> i32 {
         }
     };
     let addr = format!("{}:{}", args.host, args.port);
+    let credentials = match args.credentials.resolve() {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONNECTION;
+        }
+    };
     let mut shell = Shell {
         runtime,
         addr,
+        credentials,
         client: None,
         database: None,
         format: args.format,
@@ -113,6 +127,8 @@ pub fn run(args: ClientArgs) -> i32 {
 struct Shell {
     runtime: tokio::runtime::Runtime,
     addr: String,
+    /// Presented with `AUTH` on every (re)connection.
+    credentials: Option<Credentials>,
     client: Option<Client>,
     database: Option<String>,
     format: OutputFormat,
@@ -212,7 +228,9 @@ impl Shell {
             if script.statements.is_empty() {
                 continue;
             }
-            let _ = editor.add_history_entry(buffer.trim_end());
+            if !mentions_a_password(&script.statements) {
+                let _ = editor.add_history_entry(buffer.trim_end());
+            }
             for statement in &script.statements {
                 self.execute(statement);
             }
@@ -240,7 +258,8 @@ impl Shell {
         if self.client.is_some() {
             return Ok(());
         }
-        let result = self.runtime.block_on(Client::connect(&self.addr));
+        let connecting = Client::connect_as(&self.addr, self.credentials.as_ref());
+        let result = self.runtime.block_on(connecting);
         match result {
             Ok(client) => {
                 self.client = Some(client);
@@ -339,6 +358,13 @@ fn print_out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+}
+
+/// An `AUTH` typed at the prompt stays out of the history file.
+fn mentions_a_password(statements: &[String]) -> bool {
+    statements
+        .iter()
+        .any(|s| matches!(parse_auth(s), Some(Ok(AuthStatement::Auth { .. }))))
 }
 
 fn history_path() -> Option<PathBuf> {

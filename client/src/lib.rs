@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod credentials;
 pub mod render;
 
 use std::time::Duration;
@@ -54,6 +55,16 @@ pub enum ClientError {
     /// The text given to `execute` is not exactly one complete statement.
     #[error("expected exactly one complete statement, got {0}")]
     NotOneStatement(String),
+    /// The part refused the `AUTH` the connection opened with.
+    #[error("cannot authenticate to {addr} as {user}: {reason}")]
+    AuthFailed {
+        /// Address connected to.
+        addr: String,
+        /// User presented.
+        user: String,
+        /// The part's answer.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -111,6 +122,34 @@ impl Client {
     /// Connects to `host:port` within ten seconds.
     pub async fn connect(addr: &str) -> Result<Client> {
         Self::connect_timeout(addr, Duration::from_secs(10)).await
+    }
+
+    /// Connects, then presents `credentials` (if any) with `AUTH` before anything else.
+    pub async fn connect_as(
+        addr: &str,
+        credentials: Option<&dirkdb_core::security::Credentials>,
+    ) -> Result<Client> {
+        let mut client = Self::connect(addr).await?;
+        if let Some(credentials) = credentials {
+            client.authenticate(credentials).await?;
+        }
+        Ok(client)
+    }
+
+    /// Sends `AUTH` with these credentials; a refusal is [`ClientError::AuthFailed`].
+    pub async fn authenticate(
+        &mut self,
+        credentials: &dirkdb_core::security::Credentials,
+    ) -> Result<()> {
+        match self.execute(&credentials.auth_statement()).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Server(reason)) => Err(ClientError::AuthFailed {
+                addr: self.addr.clone(),
+                user: credentials.user.clone(),
+                reason,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Connects with an explicit timeout.

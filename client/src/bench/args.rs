@@ -97,6 +97,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = value_parser!(u64).range(1..=1_000_000))]
     pub rate: u64,
+    /// Who every connection authenticates as.
+    #[command(flatten)]
+    pub credentials: crate::credentials::CredentialArgs,
 }
 
 /// The workloads of `-w`.

@@ -38,6 +38,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::{Client, ClientError};
+use dirkdb_core::security::Credentials;
 
 use super::args::{BenchArgs, DEFAULT_SECONDS};
 use super::progress::{self, Ticker};
@@ -70,11 +71,16 @@ pub struct LagPlan {
     pub rate: u64,
     /// How long to write.
     pub duration: Duration,
+    /// Presented by every connection, to the primary and to the replica.
+    pub credentials: Option<Credentials>,
 }
 
 impl LagPlan {
     /// The plan of the command line (`-d` seconds of writes, 10 by default).
-    pub fn from_args(args: &BenchArgs) -> Result<LagPlan, BenchError> {
+    pub fn from_args(
+        args: &BenchArgs,
+        credentials: Option<Credentials>,
+    ) -> Result<LagPlan, BenchError> {
         let replica = args
             .replica
             .clone()
@@ -92,6 +98,7 @@ impl LagPlan {
             duration: args
                 .duration
                 .unwrap_or(Duration::from_secs(DEFAULT_SECONDS)),
+            credentials,
         })
     }
 }
@@ -100,7 +107,7 @@ impl LagPlan {
 pub async fn measure(plan: &LagPlan, quiet: bool) -> Result<LagSummary, BenchError> {
     let (writer, base) = prepare_primary(plan).await?;
     let watcher = prepare_replica(plan, base).await?;
-    let feed = subscribe_feed(&plan.replica).await;
+    let feed = subscribe_feed(plan).await;
     let (done_tx, done_rx) = watch::channel(None);
     let written = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -131,8 +138,9 @@ pub async fn measure(plan: &LagPlan, quiet: bool) -> Result<LagSummary, BenchErr
 }
 
 /// A connection to the replica's change feed, when it has one.
-async fn subscribe_feed(replica: &str) -> Option<Client> {
-    let mut client = Client::connect(replica).await.ok()?;
+async fn subscribe_feed(plan: &LagPlan) -> Option<Client> {
+    let credentials = plan.credentials.as_ref();
+    let mut client = Client::connect_as(&plan.replica, credentials).await.ok()?;
     client.send_statement("DIRK CHANGES").await.ok()?;
     match tokio::time::timeout(Duration::from_secs(3), client.next_frame()).await {
         Ok(Ok(dirkdb_core::frame::Frame::Message(text))) if text.starts_with("{\"upto\"") => {
@@ -221,7 +229,10 @@ impl Notices {
 /// id already in the table.
 async fn prepare_primary(plan: &LagPlan) -> Result<(Client, i64), BenchError> {
     let fail = |e| BenchError::client(&format!("preparing {TABLE} on {}", plan.primary), e);
-    let mut client = Client::connect(&plan.primary).await.map_err(fail)?;
+    let credentials = plan.credentials.as_ref();
+    let mut client = Client::connect_as(&plan.primary, credentials)
+        .await
+        .map_err(fail)?;
     let db = &plan.database;
     if let Err(ClientError::Server(_)) = client.execute(&format!("USE {db}")).await {
         client
@@ -248,7 +259,7 @@ async fn max_id(client: &mut Client) -> Result<i64, ClientError> {
 
 /// Connects to the replica and waits until it has the table with every row up to `base`.
 async fn prepare_replica(plan: &LagPlan, base: i64) -> Result<Client, BenchError> {
-    let mut client = Client::connect(&plan.replica)
+    let mut client = Client::connect_as(&plan.replica, plan.credentials.as_ref())
         .await
         .map_err(|e| BenchError::client("connecting to the replica", e))?;
     let deadline = Instant::now() + REPLICA_READY_TIMEOUT;
@@ -657,6 +668,7 @@ mod tests {
             database: "d".into(),
             rate: 100,
             duration: Duration::from_secs(1),
+            credentials: None,
         };
         let s = summarize(&plan, writes, polls).unwrap();
         assert_eq!((s.samples, s.unseen, s.writes), (3, 0, 3));

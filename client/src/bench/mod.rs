@@ -58,9 +58,9 @@ impl BenchError {
     /// [`BenchError::Connect`].
     pub fn client(what: &str, error: ClientError) -> BenchError {
         match error {
-            ClientError::Connect { .. } | ClientError::ConnectTimeout(_) => {
-                BenchError::Connect(error.to_string())
-            }
+            ClientError::Connect { .. }
+            | ClientError::ConnectTimeout(_)
+            | ClientError::AuthFailed { .. } => BenchError::Connect(error.to_string()),
             other => BenchError::Failed(format!("{what}: {other}")),
         }
     }
@@ -87,14 +87,24 @@ pub fn run(args: BenchArgs) -> i32 {
 async fn run_async(args: BenchArgs) -> Result<i32, BenchError> {
     let workload = workload::Workload::from_args(&args)?;
     let endpoint = args.endpoint();
+    let credentials =
+        (args.credentials.resolve()).map_err(|e| BenchError::Connect(e.to_string()))?;
     if args.init {
-        setup::init(&endpoint, &args.database, args.scale, args.quiet).await?;
+        setup::init(
+            &endpoint,
+            credentials.as_ref(),
+            &args.database,
+            args.scale,
+            args.quiet,
+        )
+        .await?;
     }
     if args.measure_lag {
-        let summary = lag::measure(&lag::LagPlan::from_args(&args)?, args.quiet).await?;
+        let plan = lag::LagPlan::from_args(&args, credentials)?;
+        let summary = lag::measure(&plan, args.quiet).await?;
         return Ok(summary.print(args.json, args.max_error_ratio));
     }
-    let plan = runner::Plan::from_args(&args, workload);
+    let plan = runner::Plan::from_args(&args, workload, credentials);
     let outcome = runner::run(&plan, args.quiet).await?;
     let summary = report::Summary::new(&plan, outcome);
     Ok(summary.print(args.json, args.max_error_ratio))

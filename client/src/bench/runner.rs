@@ -14,6 +14,7 @@ use fastrand::Rng;
 use hdrhistogram::Histogram;
 
 use crate::{Client, ClientError};
+use dirkdb_core::security::Credentials;
 
 use super::args::{BenchArgs, RunLength};
 use super::progress::{self, Rate, Ticker};
@@ -44,11 +45,17 @@ pub struct Plan {
     pub length: RunLength,
     /// Unmeasured load before.
     pub warmup: Duration,
+    /// Presented by every connection.
+    pub credentials: Option<Credentials>,
 }
 
 impl Plan {
     /// The plan of the command line.
-    pub fn from_args(args: &BenchArgs, workload: Workload) -> Plan {
+    pub fn from_args(
+        args: &BenchArgs,
+        workload: Workload,
+        credentials: Option<Credentials>,
+    ) -> Plan {
         Plan {
             endpoint: args.endpoint(),
             database: args.database.clone(),
@@ -56,6 +63,7 @@ impl Plan {
             concurrency: args.concurrency,
             length: args.run_length(),
             warmup: args.warmup,
+            credentials,
         }
     }
 }
@@ -153,13 +161,18 @@ impl Shared {
 /// One client's connection, reopened (and its database selected again) after it breaks.
 struct Session {
     addr: String,
+    credentials: Option<Credentials>,
     database: String,
     client: Option<Client>,
 }
 
 impl Session {
-    async fn open(addr: &str, database: &str) -> Result<Client, ClientError> {
-        let mut client = Client::connect(addr).await?;
+    async fn open(
+        addr: &str,
+        credentials: Option<&Credentials>,
+        database: &str,
+    ) -> Result<Client, ClientError> {
+        let mut client = Client::connect_as(addr, credentials).await?;
         client.execute(&format!("USE {database}")).await?;
         Ok(client)
     }
@@ -167,7 +180,7 @@ impl Session {
     /// Runs one statement; the error is the text to report.
     async fn execute(&mut self, sql: &str) -> Result<(), String> {
         if self.client.is_none() {
-            match Self::open(&self.addr, &self.database).await {
+            match Self::open(&self.addr, self.credentials.as_ref(), &self.database).await {
                 Ok(client) => self.client = Some(client),
                 Err(e) => {
                     tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -201,7 +214,7 @@ impl Session {
 async fn connect_all(plan: &Plan) -> Result<Vec<Session>, BenchError> {
     let mut sessions = Vec::new();
     for _ in 0..plan.concurrency {
-        let client = Session::open(&plan.endpoint, &plan.database)
+        let client = Session::open(&plan.endpoint, plan.credentials.as_ref(), &plan.database)
             .await
             .map_err(|e| match e {
                 ClientError::Server(reason) => BenchError::Failed(format!(
@@ -212,6 +225,7 @@ async fn connect_all(plan: &Plan) -> Result<Vec<Session>, BenchError> {
             })?;
         sessions.push(Session {
             addr: plan.endpoint.clone(),
+            credentials: plan.credentials.clone(),
             database: plan.database.clone(),
             client: Some(client),
         });

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use crate::Client;
+use dirkdb_core::security::Credentials;
 
 use super::args::ROWS_PER_SCALE;
 use super::progress;
@@ -23,9 +24,15 @@ pub const CREATE_TABLE: &str =
 pub const CREATE_INDEX: &str = "CREATE INDEX bench_k ON bench(k)";
 
 /// Recreates `database` on `addr` with `scale` × 10,000 rows in table `bench`.
-pub async fn init(addr: &str, database: &str, scale: u64, quiet: bool) -> Result<(), BenchError> {
+pub async fn init(
+    addr: &str,
+    credentials: Option<&Credentials>,
+    database: &str,
+    scale: u64,
+    quiet: bool,
+) -> Result<(), BenchError> {
     let started = Instant::now();
-    let mut client = Client::connect(addr)
+    let mut client = Client::connect_as(addr, credentials)
         .await
         .map_err(|e| BenchError::client("connecting", e))?;
     let rows = scale.saturating_mul(ROWS_PER_SCALE);

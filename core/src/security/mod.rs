@@ -95,7 +95,8 @@ pub fn cluster_credentials(config: &SecurityConfig) -> Result<Option<Credentials
     }))
 }
 
-fn read_password_file(path: &Path) -> Result<String, SecurityError> {
+/// The first line of a password file (a trailing `\r` dropped); an empty one is refused.
+pub fn read_password_file(path: &Path) -> Result<String, SecurityError> {
     let text = std::fs::read_to_string(path).map_err(|source| SecurityError::PasswordFile {
         path: path.to_path_buf(),
         source,
