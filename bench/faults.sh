@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The long run of the fault harness (tests/fault_e2e.rs): ten 5 s pauses of the primary under
-# four writers with write concern 1, then the CI scenarios (a paused replica, an isolated
-# replica, primary <-> replicas cut, proxy <-> primary cut). Each run prints one line per
+# four writers with write concern 1, twenty random faults (kill -9, pause, cuts of any node;
+# the seed is printed, FAULT_SEED=<seed> replays it), then the CI scenarios (a paused replica,
+# an isolated replica, primary <-> replicas cut, proxy <-> primary cut, four random faults, a
+# write waiting at the gate while its node is fenced). Each run prints one line per
 # scenario: acknowledged writes, failed or unknown ones, lost ones (must be 0), rollback
 # entries, probe rounds with two writers (must be 0), read-your-writes reads going backwards
 # (must be 0).
@@ -14,5 +16,5 @@ runs="${RUNS:-1}"
 for run in $(seq 1 "$runs"); do
     echo "== fault run $run of $runs"
     cargo test --test fault_e2e -- --include-ignored --nocapture --test-threads 1 2>&1 \
-        | grep -E "^(test |.*acknowledged, )|panicked|FAILED" || true
+        | grep -E "^(test |random faults: seed|.*acknowledged, )|panicked|FAILED" || true
 done

@@ -11,8 +11,13 @@
 //! two did. The checker then waits for every node to converge, counts the acknowledged ids
 //! missing from the final primary, compares checksums, and reads the rollback files.
 //!
-//! CI runs short scenarios (three 5 s pauses of the primary, one of each cut); the long run (ten
-//! pauses) is `#[ignore]`d: `cargo test --test fault_e2e -- --ignored`, or `bench/faults.sh`.
+//! Random faults: a seeded schedule (SplitMix64; the seed is printed, `FAULT_SEED=<seed>`
+//! replays it) of `kill -9`, pauses and cuts of any node, one at a time, each held 1-4 s, healed
+//! (a killed node is restarted) and recovered from before the next.
+//!
+//! CI runs short scenarios (three 5 s pauses of the primary, one of each cut, four random faults
+//! starting with a kill of the primary); the long runs (ten pauses, twenty random faults) are
+//! `#[ignore]`d: `cargo test --test fault_e2e -- --ignored`, or `bench/faults.sh`.
 
 mod common;
 
@@ -188,6 +193,13 @@ impl Faulty {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again after a `kill -9` (same config and data directory).
+    fn restart(&mut self, i: usize) {
+        if self.nodes[i].child.is_none() {
+            self.spawn(i);
         }
     }
 
@@ -678,6 +690,236 @@ async fn link_cuts_and_a_paused_replica_lose_no_acknowledged_write() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     f.proxy_link(p, false);
     check(&f, load, "cuts and a paused replica").await;
+}
+
+/// A directory made immutable (`chattr +i`: no file can be created in it, even by root) until
+/// dropped; `None` where `chattr` cannot do it (no CAP_LINUX_IMMUTABLE, a filesystem without
+/// the attribute).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &std::path::Path) -> Option<Immutable> {
+        let done = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        done.then(|| Immutable(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A primary that still answers its admin API but whose data directory refuses new files (a
+/// read-only or full disk, as far as its health check can tell) fails its write probe, is
+/// replaced, and is fenced once it can write again; no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_answers_but_cannot_write_is_replaced() {
+    let f = Faulty::start(1);
+    let load = Load::start(&f).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = f.primary();
+    let Some(frozen) = Immutable::set(&f.dir.path().join(&f.nodes[p].id)) else {
+        eprintln!("skipped: `chattr +i` is not available here (it needs CAP_LINUX_IMMUTABLE and ext4, xfs or btrfs)");
+        load.finish().await;
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.primary() == p {
+        assert!(
+            Instant::now() < deadline,
+            "a primary failing its write probe was not replaced\n{}",
+            f.logs()
+        );
+        assert!(
+            f.status(p)["role"].is_string(),
+            "the primary must keep answering (only its writes fail)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        f.log("proxy").contains("write probe failed"),
+        "the proxy names the failed write probe\n{}",
+        f.logs()
+    );
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = f.status(p);
+        if s["role"] == "REPLICA" && s["following"]["state"] == "Streaming" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was not fenced: {s}\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check(&f, load, "a primary that cannot write").await;
+}
+
+/// SplitMix64: a small seeded generator, so that a random schedule is replayed exactly from
+/// the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The schedule's seed: `FAULT_SEED` when set (to replay a run), else the clock.
+fn fault_seed() -> u64 {
+    std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| now_ms() as u64)
+}
+
+/// One fault of a random schedule, on one node.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `kill -9`, restarted at the heal.
+    Kill(usize),
+    /// `SIGSTOP`, `SIGCONT` at the heal.
+    Pause(usize),
+    /// Proxy ↔ node, both ways (SQL and admin).
+    CutProxy(usize),
+    /// Every replication link into the node (a primary cut off from its replicas).
+    CutReplication(usize),
+    /// Everything into the node, and its own link to m1. A replica's stream to a later
+    /// primary travels through that primary's relay, shared by every replica, so it stays up.
+    Isolate(usize),
+}
+
+impl Fault {
+    /// A fault drawn from `rng`: a kind, and a node that is the current primary half the time.
+    fn draw(rng: &mut Rng, primary: usize) -> Fault {
+        let node = if rng.below(2) == 0 {
+            primary
+        } else {
+            (primary + 1 + rng.below(2) as usize) % 3
+        };
+        match rng.below(5) {
+            0 => Fault::Kill(node),
+            1 => Fault::Pause(node),
+            2 => Fault::CutProxy(node),
+            3 => Fault::CutReplication(primary),
+            _ => Fault::Isolate(node),
+        }
+    }
+}
+
+impl Faulty {
+    fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::Kill(i) => self.kill9(i),
+            Fault::Pause(i) => signal(self.pid(i), "STOP"),
+            Fault::CutProxy(i) => self.proxy_link(i, true),
+            Fault::CutReplication(i) => self.replication_into(i, true),
+            Fault::Isolate(i) => self.isolate(i, true),
+        }
+    }
+
+    fn heal(&mut self, fault: Fault) {
+        match fault {
+            Fault::Kill(i) => self.restart(i),
+            Fault::Pause(i) => signal(self.pid(i), "CONT"),
+            Fault::CutProxy(i) => self.proxy_link(i, false),
+            Fault::CutReplication(i) => self.replication_into(i, false),
+            Fault::Isolate(i) => self.isolate(i, false),
+        }
+    }
+
+    /// True once the proxy's primary accepts writes and every other node streams from a
+    /// primary: the cluster has recovered from the last fault.
+    fn settled(&self) -> bool {
+        let p = self.primary();
+        if self.status(p)["acceptsWrites"] != true {
+            return false;
+        }
+        (0..3).filter(|&i| i != p).all(|i| {
+            let s = self.status(i);
+            s["role"] == "REPLICA" && s["following"]["state"] == "Streaming"
+        })
+    }
+
+    /// Waits until [`Faulty::settled`]; panics after `timeout`, naming the seed.
+    async fn settle(&self, timeout: Duration, seed: u64, after: &str) {
+        let deadline = Instant::now() + timeout;
+        while !self.settled() {
+            assert!(
+                Instant::now() < deadline,
+                "no recovery within {timeout:?} after {after} (replay: FAULT_SEED={seed})\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Random faults under load, one at a time, each held for 1-4 s, healed, and recovered from
+/// before the next; `first` is forced (the CI run starts with a kill of the primary). The seed
+/// is printed so a failing schedule can be replayed: `FAULT_SEED=<seed> cargo test …`.
+async fn random_faults(faults: usize, first: Option<fn(usize) -> Fault>) {
+    let seed = fault_seed();
+    eprintln!("random faults: seed {seed} (replay with FAULT_SEED={seed})");
+    let mut rng = Rng(seed);
+    let mut f = Faulty::start(1);
+    let load = Load::start(&f).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut done = Vec::new();
+    for n in 0..faults {
+        let p = f.primary();
+        let fault = match (n, first) {
+            (0, Some(make)) => make(p),
+            _ => Fault::draw(&mut rng, p),
+        };
+        let held = Duration::from_millis(1000 + rng.below(3000));
+        eprintln!(
+            "fault {}/{faults}: {fault:?} for {held:?} (primary m{})",
+            n + 1,
+            p + 1
+        );
+        f.inject(fault);
+        tokio::time::sleep(held).await;
+        f.heal(fault);
+        let what = format!("fault {} ({fault:?})", n + 1);
+        f.settle(Duration::from_secs(40), seed, &what).await;
+        done.push(format!("{fault:?}"));
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+    }
+    check(
+        &f,
+        load,
+        &format!("{faults} random faults, seed {seed}: {}", done.join(", ")),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_pauses_and_cuts_lose_no_acknowledged_write() {
+    random_faults(4, Some(Fault::Kill)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long run (about 3 minutes): cargo test --test fault_e2e -- --ignored, or bench/faults.sh"]
+async fn twenty_random_faults_lose_no_acknowledged_write() {
+    random_faults(20, Some(Fault::Kill)).await;
 }
 
 /// Milliseconds since the epoch (the proxy's clock, for a hand-made lease renewal).

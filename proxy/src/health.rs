@@ -10,6 +10,12 @@
 //! `mode` is sent `POST /replication/mode {"type": …}`, at most once per health interval. An
 //! instance that reports no `mode` (an older server) is left alone.
 //!
+//! The chosen primary is also asked to prove that it can write (`POST
+//! /replication/write-probe`: a synced file and a meta-file commit, no database touched and no
+//! writer gate taken): a primary that answers but whose disk is full, read-only or stalled
+//! fails its checks like an unreachable one, and is replaced after `failover.detectionMillis`.
+//! A server without the probe (404) is judged on its status alone.
+//!
 //! Each round also renews the chosen primary's write lease (in the background, see
 //! [`crate::lease`]) and notes every instance's term and whether it stepped down, from which
 //! failovers choose the next term and fencing finds stray primaries.
@@ -48,7 +54,8 @@ pub async fn run(topology: Arc<SharedTopology>) {
         let checks: Vec<_> = t
             .backends
             .iter()
-            .map(|b| tokio::spawn(check(b.clone(), interval)))
+            .enumerate()
+            .map(|(i, b)| tokio::spawn(check(b.clone(), interval, i == t.primary)))
             .collect();
         let mut findings = Vec::with_capacity(checks.len());
         for task in checks {
@@ -190,11 +197,20 @@ async fn watch_primary(topology: &SharedTopology, t: &Topology, down_since: &mut
     }
 }
 
-async fn check(backend: Arc<Backend>, interval: Duration) -> Result<Finding, String> {
+/// One check of one instance; `primary`: it is the chosen primary, which must also pass the
+/// write probe.
+async fn check(
+    backend: Arc<Backend>,
+    interval: Duration,
+    primary: bool,
+) -> Result<Finding, String> {
     let timeout = interval.max(Duration::from_millis(500));
     match &backend.admin {
         Some(admin) => {
             let status = get_json(admin, "/replication/status", timeout).await?;
+            if primary && status["role"] == "PRIMARY" {
+                probe_write(admin, timeout).await?;
+            }
             Ok(Finding {
                 committed: status["committedSequence"].as_u64().unwrap_or(0),
                 role: status["role"].as_str().map(str::to_string),
@@ -221,6 +237,15 @@ async fn check(backend: Arc<Backend>, interval: Duration) -> Result<Finding, Str
                 Err(_) => Err("ping timed out".into()),
             }
         }
+    }
+}
+
+/// The primary's write probe; a server that has none (404) passes.
+async fn probe_write(admin: &str, timeout: Duration) -> Result<(), String> {
+    match post_json(admin, "/replication/write-probe", "", timeout).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.split_whitespace().nth(1) == Some("404") => Ok(()),
+        Err(e) => Err(format!("the write probe failed ({e})")),
     }
 }
 

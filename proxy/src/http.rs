@@ -52,7 +52,14 @@ async fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Val
         .ok_or("malformed HTTP response")?;
     let status = head.lines().next().unwrap_or("");
     if !(status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200")) {
-        return Err(status.to_string());
+        // DirkDB's admin APIs explain a refusal in `{"error": …}`.
+        let reason = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string));
+        return Err(match reason {
+            Some(reason) => format!("{status}: {reason}"),
+            None => status.to_string(),
+        });
     }
     serde_json::from_str(body).map_err(|e| format!("bad JSON from {addr}{path}: {e}"))
 }

@@ -42,6 +42,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/configure", post(configure))
         .route("/replication/term", post(raise_term))
         .route("/replication/lease", post(renew_lease))
+        .route("/replication/write-probe", post(write_probe))
         .route("/replication/mode", post(set_mode))
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
@@ -369,6 +370,24 @@ async fn renew_lease(State(state): Shared, body: Option<Json<LeaseBody>>) -> Api
     let left = granted.map_err(conflict)?;
     Ok(Json(
         json!({ "instance": state.instance_id, "term": state.term(), "leaseLeftMs": left.as_millis() as u64 }),
+    ))
+}
+
+/// `POST /replication/write-probe`: proves this node can still write durably (see
+/// `replication::write_probe`); 503 with the reason when it cannot.
+async fn write_probe(State(state): Shared) -> ApiResult {
+    let s = state.clone();
+    let probed = tokio::task::spawn_blocking(move || crate::replication::write_probe::probe(&s))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let took = probed.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node cannot write: {e}"),
+        )
+    })?;
+    Ok(Json(
+        json!({ "instance": state.instance_id, "ok": true, "ms": took.as_millis() as u64 }),
     ))
 }
 

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod rollback;
 pub mod sender;
 pub mod snapshot;
+pub mod write_probe;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
