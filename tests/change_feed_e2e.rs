@@ -102,6 +102,8 @@ fn changes(tables: &[(&str, &str)], schemas: &[&str], databases: &[&str]) -> Cha
         schemas: schemas.iter().map(|s| s.to_string()).collect(),
         databases: databases.iter().map(|s| s.to_string()).collect(),
         all: false,
+        rows: vec![],
+        keys: None,
     }
 }
 
@@ -126,11 +128,22 @@ async fn step(w: &mut Client, feed: &mut Feed, statements: &[&str], expected: Ch
     }
     let upto = position(w, "DIRK POSITION").await;
     let notice = feed.change().await;
+    // Row keys are checked by `a_feed_lists_the_keys_of_the_rows_each_commit_changed`.
+    let tables = ChangeNotice {
+        rows: vec![],
+        ..notice.clone()
+    };
     assert_eq!(
-        notice,
+        tables,
         ChangeNotice { upto, ..expected },
         "after {statements:?}"
     );
+    for (db, table, _) in &notice.rows {
+        assert!(
+            notice.tables.contains(&(db.clone(), table.clone())),
+            "{notice:?}"
+        );
+    }
 }
 
 fn metric(port: u16, name: &str) -> f64 {
@@ -162,7 +175,10 @@ async fn a_primary_s_feed_lists_exactly_what_each_commit_touched() {
     let committed = position(&mut w, "DIRK SEEN 0").await;
     assert!(committed > 0);
     let (mut feed, first) = Feed::open(&cluster.addr(0)).await;
-    assert_eq!(first.to_text(), format!(r#"{{"upto":{committed}}}"#));
+    assert_eq!(
+        first.to_text(),
+        format!(r#"{{"upto":{committed},"keys":1000}}"#)
+    );
 
     // Each step: statements, then the one notice they must cause (tables, schemas, databases).
     type Step<'a> = (&'a [&'a str], ChangeNotice);
@@ -254,6 +270,70 @@ async fn a_primary_s_feed_lists_exactly_what_each_commit_touched() {
         metric(admin, "dirkdb_connections_open") == 1.0
     })
     .await;
+}
+
+/// Runs `sql`, then returns the `rows` of the notice it caused (as JSON) and the notice's text.
+async fn rows_after(w: &mut Client, feed: &mut Feed, sql: &str) -> (Value, String) {
+    w.execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let upto = position(w, "DIRK POSITION").await;
+    let notice = feed.change().await;
+    assert_eq!(notice.upto, upto);
+    let rows = serde_json::to_value(&notice.rows).unwrap();
+    (rows, notice.to_text())
+}
+
+#[tokio::test]
+async fn a_feed_lists_the_keys_of_the_rows_each_commit_changed() {
+    let cluster = Cluster::start(0, r#"{ "maxEntries": 1000000, "changeFeedRowKeys": 4 }"#);
+    let mut w = cluster.client(0).await;
+    for sql in [
+        "CREATE DATABASE shop",
+        "USE shop",
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INT)",
+        "CREATE TABLE w(a TEXT, b INT, PRIMARY KEY (a, b)) WITHOUT ROWID",
+    ] {
+        w.execute(sql).await.unwrap();
+    }
+    let (mut feed, first) = Feed::open(&cluster.addr(0)).await;
+    assert_eq!(first.keys, Some(4), "{first:?}");
+    let (rows, _) = rows_after(
+        &mut w,
+        &mut feed,
+        "INSERT INTO u VALUES (1, 'a@x', 0), (2, 'b@x', 0)",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        json!([["shop", "u", [{"email": "a@x", "rowid": 1}, {"email": "b@x", "rowid": 2}]]])
+    );
+    // An UPDATE that changes keys: old and new, each once.
+    let (rows, _) = rows_after(
+        &mut w,
+        &mut feed,
+        "UPDATE u SET id = 7, email = 'c@x' WHERE id = 1",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        json!([["shop", "u", [{"email": "a@x", "rowid": 1}, {"email": "c@x", "rowid": 7}]]])
+    );
+    let (rows, _) = rows_after(&mut w, &mut feed, "UPDATE u SET n = n + 1 WHERE id = 2").await;
+    assert_eq!(rows, json!([["shop", "u", [{"email": "b@x", "rowid": 2}]]]));
+    let (rows, _) = rows_after(&mut w, &mut feed, "INSERT INTO w VALUES ('k', 1)").await;
+    assert_eq!(rows, json!([["shop", "w", [{"a": "k", "b": 1}]]]));
+    let (rows, _) = rows_after(&mut w, &mut feed, "DELETE FROM u WHERE id = 7").await;
+    assert_eq!(rows, json!([["shop", "u", [{"email": "c@x", "rowid": 7}]]]));
+    // More keys than `changeFeedRowKeys` in one commit: the table is reported whole.
+    let (rows, text) = rows_after(
+        &mut w,
+        &mut feed,
+        "INSERT INTO u(email) VALUES ('1'), ('2'), ('3'), ('4'), ('5')",
+    )
+    .await;
+    assert_eq!(rows, json!([]));
+    assert!(text.contains(r#""tables":[["shop","u"]]"#), "{text}");
 }
 
 #[tokio::test]
@@ -384,7 +464,7 @@ async fn through_the_proxy_a_feed_relays_the_primary_until_a_failover() {
     let (mut feed, first) = Feed::open(&proxy).await;
     assert_eq!(
         first.to_text(),
-        format!(r#"{{"upto":{}}}"#, cluster.committed(0))
+        format!(r#"{{"upto":{},"keys":1000}}"#, cluster.committed(0))
     );
     // A replica's own feed: its apply path publishes positions only, so it says `all`.
     cluster.wait_converged(0, Duration::from_secs(10));

@@ -8,6 +8,13 @@
 //! every [`FEED_HEARTBEAT`], so a reader can tell a quiet primary from a dead connection. When
 //! the server cannot say precisely what changed (the feed fell behind its in-memory backlog, or
 //! the instance installed a full sync), the notice has `all: true`: drop everything.
+//!
+//! Row keys (since the first notice says `"keys": N`): `rows` lists, for tables of `tables`, the
+//! key objects of the rows the entries changed — the rowid (or a WITHOUT ROWID table's primary
+//! key) and the table's other unique keys, `{"rowid":5,"email":"a@b"}`, both the old and the new
+//! key of an UPDATE. A table listed in `tables` but not in `rows` changed in ways the notice does
+//! not list row by row (more than `N` keys in one notice): every row of it may have changed. A
+//! reader that ignores `rows` sees the notices it always saw.
 
 use std::time::Duration;
 
@@ -55,7 +62,23 @@ pub struct ChangeNotice {
     /// True when the server cannot list the changes precisely: everything may have changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+    /// `[database, table, [key, …]]`: the keys of the rows changed in tables of `tables` (see
+    /// the module docs); a table of `tables` missing here changed as a whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rows: Vec<TableRows>,
+    /// In the first notice: the feed lists row keys, at most this many per notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
 }
+
+/// The changed rows of one table: `(database, table, key objects)`.
+pub type TableRows = (String, String, Vec<RowKey>);
+
+/// One row's key object: column (or `rowid`) → value, in the oplog's value encoding.
+pub type RowKey = serde_json::Map<String, serde_json::Value>;
+
+/// Row keys a notice lists at most by default (`replication.oplog.changeFeedRowKeys`).
+pub const DEFAULT_FEED_ROW_KEYS: u64 = 1000;
 
 impl ChangeNotice {
     /// True when the notice reports no change (the first notice, heartbeats).
@@ -105,8 +128,21 @@ mod tests {
             schemas: vec!["shop".into()],
             databases: vec!["old".into()],
             all: false,
+            rows: vec![(
+                "shop".into(),
+                "orders".into(),
+                vec![serde_json::from_str(r#"{"rowid":5,"code":"a"}"#).unwrap()],
+            )],
+            keys: None,
         };
         assert_eq!(ChangeNotice::from_text(&notice.to_text()).unwrap(), notice);
+        assert!(notice
+            .to_text()
+            .contains(r#""rows":[["shop","orders",[{"code":"a","rowid":5}]]]"#));
+        // A notice of an older server (no rows) still reads, and one with fields this reader
+        // does not know too.
+        let old = ChangeNotice::from_text(r#"{"upto":3,"tables":[["d","t"]],"later":1}"#).unwrap();
+        assert!(old.rows.is_empty() && old.keys.is_none());
         assert!(!notice.is_empty());
         assert!(ChangeNotice::from_text("not json").is_err());
     }

@@ -512,6 +512,9 @@ pub struct OplogConfig {
     pub max_entries: u64,
     /// Days an entry is kept at most.
     pub retention_days: u64,
+    /// Row keys one change-feed notice lists at most (`DIRK CHANGES`); a notice that would list
+    /// more reports its tables as changed as a whole.
+    pub change_feed_row_keys: u64,
 }
 
 impl Default for OplogConfig {
@@ -519,6 +522,7 @@ impl Default for OplogConfig {
         Self {
             max_entries: 1_000_000,
             retention_days: 7,
+            change_feed_row_keys: crate::change_feed::DEFAULT_FEED_ROW_KEYS,
         }
     }
 }

@@ -11,7 +11,10 @@
 //!    entries after the feed's cursor from the in-memory backlog, in batches of [`BATCH`] under
 //!    the backlog's lock, without copying them, and folds them into one notice: `tables` for row
 //!    entries, `schemas` for DDL, `databases` for CREATE/DROP DATABASE, each sorted and listed
-//!    once, with `upto` = the committed position read at the start.
+//!    once, with `upto` = the committed position read at the start. `rows` lists the key
+//!    objects of the changed rows (old and new, each once per table) unless the notice would
+//!    list more than `replication.oplog.changeFeedRowKeys` of them: then its tables are reported
+//!    as changed as a whole (no `rows`), as the first notice's `keys` announces.
 //! 4. An idle feed sends an empty notice (`upto` = the cursor) every [`FEED_HEARTBEAT`].
 //! 5. The feed ends when the client closes its socket (what it sends after `DIRK CHANGES` is
 //!    read and ignored) or when the server shuts down (the listener drops the feed; the client
@@ -30,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 pub use dirkdb_core::change_feed::is_changes_statement;
-use dirkdb_core::change_feed::{ChangeNotice, FEED_HEARTBEAT};
+use dirkdb_core::change_feed::{ChangeNotice, RowKey, FEED_HEARTBEAT};
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -62,7 +65,16 @@ impl FeedCursor {
         }
     }
 
-    /// The first notice of a feed: its position, nothing changed.
+    /// The first notice of a feed: its position, nothing changed, and how many row keys a
+    /// notice lists at most.
+    pub fn hello(&self, max_row_keys: u64) -> ChangeNotice {
+        ChangeNotice {
+            keys: Some(max_row_keys),
+            ..self.notice()
+        }
+    }
+
+    /// A notice of the cursor's position with nothing changed (a heartbeat).
     pub fn notice(&self) -> ChangeNotice {
         ChangeNotice {
             upto: self.upto,
@@ -78,12 +90,49 @@ struct Touched {
     tables: BTreeMap<String, BTreeSet<String>>,
     schemas: BTreeSet<String>,
     databases: BTreeSet<String>,
+    /// Key objects (as the oplog stores them) per database and table.
+    rows: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Keys listed in `rows`.
+    row_keys: u64,
+    /// Most keys to list; past it, `rows` is dropped and `overflowed` set.
+    max_row_keys: u64,
+    /// Tables with a row entry that names no key: reported whole.
+    whole: BTreeSet<(String, String)>,
+    overflowed: bool,
 }
 
 impl Touched {
+    fn new(max_row_keys: u64) -> Touched {
+        Touched {
+            max_row_keys,
+            ..Touched::default()
+        }
+    }
+
+    fn add_row_keys(&mut self, entry: &Entry) {
+        if self.overflowed {
+            return;
+        }
+        if entry.old_key.is_none() && entry.new_key.is_none() {
+            self.whole.insert((entry.db.clone(), entry.table.clone()));
+        }
+        for key in [&entry.old_key, &entry.new_key].into_iter().flatten() {
+            let slot = (entry.db.clone(), entry.table.clone());
+            if self.rows.entry(slot).or_default().insert(key.clone()) {
+                self.row_keys += 1;
+            }
+            if self.row_keys > self.max_row_keys {
+                self.overflowed = true;
+                self.rows.clear();
+                return;
+            }
+        }
+    }
+
     fn add(&mut self, entry: &Entry) {
         match entry.op {
             Op::Insert | Op::Update | Op::Remove => {
+                self.add_row_keys(entry);
                 // Copies a name only the first time it is seen: a notice may cover many entries.
                 match self.tables.get_mut(&entry.db) {
                     Some(tables) if tables.contains(&entry.table) => {}
@@ -110,7 +159,21 @@ impl Touched {
     }
 
     fn into_notice(self, upto: u64) -> ChangeNotice {
+        let whole = self.whole;
+        let rows = self
+            .rows
+            .into_iter()
+            .filter(|(slot, _)| !whole.contains(slot))
+            .map(|((db, table), keys)| {
+                // A key the oplog stores is an object; anything else leaves the table whole.
+                let parsed: Option<Vec<RowKey>> =
+                    keys.iter().map(|k| serde_json::from_str(k).ok()).collect();
+                (db, table, parsed)
+            })
+            .filter_map(|(db, table, keys)| Some((db, table, keys?)))
+            .collect();
         ChangeNotice {
+            rows,
             upto,
             tables: self
                 .tables
@@ -120,6 +183,7 @@ impl Touched {
             schemas: self.schemas.into_iter().collect(),
             databases: self.databases.into_iter().collect(),
             all: false,
+            keys: None,
         }
     }
 }
@@ -128,7 +192,11 @@ impl Touched {
 /// `None` when nothing committed since (and the history was not reset). The notice lists what
 /// the entries in between touched, or says `all: true` when the backlog cannot serve them
 /// all, when the position went backwards, or when the backlog's generation changed.
-pub fn next_notice(path: &WritePath, cursor: &mut FeedCursor) -> Option<ChangeNotice> {
+pub fn next_notice(
+    path: &WritePath,
+    cursor: &mut FeedCursor,
+    max_row_keys: u64,
+) -> Option<ChangeNotice> {
     let resets = path.resets();
     let committed = path.committed();
     let everything = |cursor: &mut FeedCursor| {
@@ -151,7 +219,7 @@ pub fn next_notice(path: &WritePath, cursor: &mut FeedCursor) -> Option<ChangeNo
     if committed == cursor.upto {
         return None;
     }
-    let mut touched = Touched::default();
+    let mut touched = Touched::new(max_row_keys);
     let mut at = cursor.upto;
     while at < committed {
         let visit = path.visit_backlog(at, committed, BATCH, |e| touched.add(e));
@@ -173,11 +241,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let path = &state.write_path;
     let mut commits = path.subscribe();
     commits.borrow_and_update();
+    let max_row_keys = state.oplog_limits.change_feed_row_keys;
     let mut cursor = FeedCursor::start(path);
-    send(conn, &cursor.notice()).await?;
+    send(conn, &cursor.hello(max_row_keys)).await?;
     let mut last_sent = Instant::now();
     loop {
-        if let Some(notice) = next_notice(path, &mut cursor) {
+        if let Some(notice) = next_notice(path, &mut cursor, max_row_keys) {
             send(conn, &notice).await?;
             last_sent = Instant::now();
         }
@@ -246,7 +315,7 @@ mod tests {
         let path = path_at(0);
         let mut cursor = FeedCursor::start(&path);
         assert_eq!(cursor, FeedCursor { upto: 0, resets: 0 });
-        assert_eq!(next_notice(&path, &mut cursor), None);
+        assert_eq!(next_notice(&path, &mut cursor, 100), None);
         path.publish_entries(vec![
             entry(1, "", "shop", Op::CreateDatabase),
             entry(2, "shop", "t", Op::Ddl),
@@ -257,7 +326,7 @@ mod tests {
             entry(7, "", "old", Op::DropDatabase),
             entry(8, "b", "t", Op::Insert),
         ]);
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(
             notice,
             ChangeNotice {
@@ -266,10 +335,55 @@ mod tests {
                 schemas: vec!["shop".into()],
                 databases: vec!["old".into(), "shop".into()],
                 all: false,
+                rows: vec![],
+                keys: None,
             }
         );
         assert_eq!(cursor.upto, 8);
-        assert_eq!(next_notice(&path, &mut cursor), None);
+        assert_eq!(next_notice(&path, &mut cursor, 100), None);
+    }
+
+    fn keyed(seq: u64, table: &str, op: Op, old: Option<&str>, new: Option<&str>) -> Entry {
+        Entry {
+            old_key: old.map(str::to_string),
+            new_key: new.map(str::to_string),
+            ..entry(seq, "d", table, op)
+        }
+    }
+
+    #[test]
+    fn lists_old_and_new_row_keys_once_within_the_limit() {
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        assert_eq!(cursor.hello(3).to_text(), r#"{"upto":0,"keys":3}"#);
+        path.publish_entries(vec![
+            keyed(1, "t", Op::Insert, None, Some(r#"{"rowid":1}"#)),
+            keyed(
+                2,
+                "t",
+                Op::Update,
+                Some(r#"{"rowid":1}"#),
+                Some(r#"{"rowid":9}"#),
+            ),
+            keyed(3, "u", Op::Remove, Some(r#"{"rowid":4,"e":"x"}"#), None),
+        ]);
+        let notice = next_notice(&path, &mut cursor, 3).unwrap();
+        assert_eq!(
+            notice.to_text(),
+            r#"{"upto":3,"tables":[["d","t"],["d","u"]],"rows":[["d","t",[{"rowid":1},{"rowid":9}]],["d","u",[{"e":"x","rowid":4}]]]}"#
+        );
+        // One key more than the limit: the tables are reported whole.
+        path.publish_entries(vec![
+            keyed(4, "t", Op::Insert, None, Some(r#"{"rowid":2}"#)),
+            keyed(5, "t", Op::Insert, None, Some(r#"{"rowid":3}"#)),
+            keyed(6, "t", Op::Insert, None, Some(r#"{"rowid":4}"#)),
+            keyed(7, "u", Op::Insert, None, Some(r#"{"rowid":5}"#)),
+        ]);
+        let notice = next_notice(&path, &mut cursor, 3).unwrap();
+        assert_eq!(
+            notice.to_text(),
+            r#"{"upto":7,"tables":[["d","t"],["d","u"]]}"#
+        );
     }
 
     #[test]
@@ -278,7 +392,7 @@ mod tests {
         let mut cursor = FeedCursor::start(&path);
         let n = (BATCH * 3 + 7) as u64;
         path.publish_entries((1..=n).map(|s| entry(s, "d", "t", Op::Insert)).collect());
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(notice.upto, n);
         assert!(!notice.all);
         assert_eq!(notice.tables, pairs(&[("d", "t")]));
@@ -294,19 +408,19 @@ mod tests {
                 .map(|s| entry(s, "d", "t", Op::Insert))
                 .collect(),
         );
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":25000,"all":true}"#);
-        assert_eq!(next_notice(&path, &mut cursor), None);
+        assert_eq!(next_notice(&path, &mut cursor, 100), None);
 
         // A position published without its entries (a replica applying).
         path.publish(25_003);
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":25003,"all":true}"#);
 
         // Entries listed up to a hole, then the hole: all.
         path.publish_entries(vec![entry(25_004, "d", "u", Op::Insert)]);
         path.publish(25_006);
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert!(notice.all && notice.tables.is_empty(), "{notice:?}");
         assert_eq!(notice.upto, 25_006);
     }
@@ -317,7 +431,7 @@ mod tests {
         let mut cursor = FeedCursor::start(&path);
         // Reset to the same position: nothing moved, yet everything may have changed.
         path.reset(10);
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":10,"all":true}"#);
         assert_eq!(
             cursor,
@@ -330,11 +444,11 @@ mod tests {
         path.reset(4);
         path.publish_entries(vec![entry(5, "d", "t", Op::Insert)]);
         path.publish_entries(vec![entry(6, "d", "t", Op::Insert)]);
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":6,"all":true}"#);
         // From there on, precise again.
         path.publish_entries(vec![entry(7, "d", "x", Op::Update)]);
-        let notice = next_notice(&path, &mut cursor).unwrap();
+        let notice = next_notice(&path, &mut cursor, 100).unwrap();
         assert_eq!(notice.tables, pairs(&[("d", "x")]));
         assert!(!notice.all);
         // Going backwards without a reset (never expected) is all too.
@@ -342,7 +456,7 @@ mod tests {
             upto: 100,
             resets: path.resets(),
         };
-        assert!(next_notice(&path, &mut ahead).unwrap().all);
+        assert!(next_notice(&path, &mut ahead, 100).unwrap().all);
         assert_eq!(ahead.upto, 7);
     }
 }

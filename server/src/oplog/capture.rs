@@ -7,7 +7,9 @@
 //! table's columns, so after any schema change [`reconcile_triggers`] drops the stale ones and
 //! creates what is missing (a renamed table, an added column). A row is keyed by its rowid, or by
 //! its primary key in a WITHOUT ROWID table; generated columns are not captured (the replica
-//! computes them).
+//! computes them). The key objects (`old_key`, `new_key`) also carry the columns of the table's
+//! other unique keys (UNIQUE constraints and indexes, a non-INTEGER primary key), so the change
+//! feed can tell a cache which rows changed by any of their keys, old and new.
 
 use std::collections::HashMap;
 
@@ -67,6 +69,8 @@ struct TableShape {
     name: String,
     columns: Vec<String>,
     key: Vec<String>,
+    /// Columns of the other unique keys, not in `key` (captured in the key objects only).
+    unique: Vec<String>,
 }
 
 /// User tables of the main schema (DirkDB's and SQLite's own are skipped).
@@ -110,16 +114,59 @@ fn table_shape(conn: &Connection, table: &str) -> rusqlite::Result<TableShape> {
         }
     }
     pk.sort();
-    let key = if without_rowid {
+    let key: Vec<String> = if without_rowid {
         pk.into_iter().map(|(_, n)| n).collect()
     } else {
         vec!["rowid".to_string()]
     };
+    let unique = unique_key_columns(conn, table, &columns)?
+        .into_iter()
+        .filter(|c| !key.contains(c))
+        .collect();
     Ok(TableShape {
         name: table.to_string(),
         columns,
         key,
+        unique,
     })
+}
+
+/// The columns of every full unique index of `table` (UNIQUE constraints and indexes, a primary
+/// key other than the rowid) whose columns are all plain stored columns, each listed once.
+fn unique_key_columns(
+    conn: &Connection,
+    table: &str,
+    stored: &[String],
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT il.name, ii.name FROM pragma_index_list(?1) il, pragma_index_xinfo(il.name) ii \
+         WHERE il.\"unique\" = 1 AND il.partial = 0 AND ii.key = 1 ORDER BY il.seq, ii.seqno",
+    )?;
+    let rows = stmt.query_map([table], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    let mut by_index: Vec<(String, Vec<Option<String>>)> = Vec::new();
+    for row in rows {
+        let (index, column) = row?;
+        match by_index.last_mut() {
+            Some((name, columns)) if *name == index => columns.push(column),
+            _ => by_index.push((index, vec![column])),
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (_, columns) in by_index {
+        // An expression or a generated column makes the index no key the triggers can name.
+        let plain: Option<Vec<String>> = columns
+            .into_iter()
+            .map(|c| c.filter(|c| stored.contains(c)))
+            .collect();
+        for column in plain.into_iter().flatten() {
+            if !out.contains(&column) {
+                out.push(column);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn expected_triggers(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
@@ -145,13 +192,14 @@ fn trigger_sql(name: &str, event: &str, shape: &TableShape, old: bool, new: bool
         "UPDATE" => Op::Update,
         _ => Op::Remove,
     };
+    let keys: Vec<String> = shape.key.iter().chain(&shape.unique).cloned().collect();
     let old_key = if old {
-        row_expr("OLD", &shape.key)
+        row_expr("OLD", &keys)
     } else {
         "NULL".into()
     };
     let new_key = if new {
-        row_expr("NEW", &shape.key)
+        row_expr("NEW", &keys)
     } else {
         "NULL".into()
     };
@@ -317,8 +365,48 @@ mod tests {
         assert_eq!(ops, want);
         let seqs: Vec<i64> = e.iter().map(|x| x.0).collect();
         assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
-        assert_eq!(e[0].3.as_deref(), Some(r#"{"rowid":1}"#));
+        assert_eq!(e[0].3.as_deref(), Some(r#"{"rowid":1,"v":"a"}"#));
         assert_eq!(e[0].4.as_deref(), Some(r#"{"id":1,"v":"a"}"#));
+        let keys: (String, String) = conn
+            .query_row(
+                "SELECT old_key, new_key FROM _dirk_oplog WHERE op = 'U'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            keys,
+            (
+                r#"{"rowid":2,"v":"b"}"#.into(),
+                r#"{"rowid":2,"v":"z"}"#.into()
+            ),
+            "an UPDATE of a unique key carries the old and the new value"
+        );
+    }
+
+    #[test]
+    fn key_objects_name_every_plain_unique_key_once() {
+        let conn = db();
+        conn.execute_batch(
+            "CREATE TABLE k(code TEXT PRIMARY KEY, a INT, b INT, e TEXT, g AS (a + 1) UNIQUE,
+                 UNIQUE (a, b), UNIQUE (b));
+             CREATE UNIQUE INDEX k_e ON k(e);
+             CREATE UNIQUE INDEX k_part ON k(a) WHERE a > 0;
+             CREATE UNIQUE INDEX k_expr ON k(lower(e));
+             CREATE TABLE plain(id INTEGER PRIMARY KEY, v);",
+        )
+        .unwrap();
+        reconcile_triggers(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO k(code, a, b, e) VALUES ('x', 1, 2, 'E'); INSERT INTO plain VALUES (7, 1);",
+        )
+        .unwrap();
+        let e = entries(&conn);
+        assert_eq!(
+            e[0].3.as_deref(),
+            Some(r#"{"a":1,"b":2,"code":"x","e":"E","rowid":1}"#)
+        );
+        assert_eq!(e[1].3.as_deref(), Some(r#"{"rowid":7}"#));
     }
 
     #[test]
