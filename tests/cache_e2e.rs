@@ -393,3 +393,124 @@ async fn without_stale_if_error_an_expired_entry_is_not_served() {
     let err = c.query("SELECT name FROM items").await.unwrap_err();
     assert!(err.to_string().contains("cannot be reached"), "{err}");
 }
+
+/// Queries `sql` through `c` until its rows equal `want` (another client's write reaches the
+/// cache through the change feed), for at most 5 s.
+async fn eventually_rows(c: &mut Client, sql: &str, want: Vec<Vec<Value>>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = c.query(sql).await.unwrap().rows;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_write_drops_only_the_entries_of_the_rows_it_changed() {
+    let cluster = cluster_with_data().await;
+    let mut proxy = cluster.proxy_client().await;
+    for sql in [
+        "USE shop",
+        "CREATE TABLE acc(id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INT)",
+        "INSERT INTO acc VALUES (1, 'e1', 0), (2, 'e2', 0), (3, 'e3', 0), (4, 'e4', 0)",
+    ] {
+        proxy.execute(sql).await.unwrap();
+    }
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    let by_id = |id: i64| format!("SELECT id, email, n FROM acc WHERE id = {id}");
+    let keyed = [
+        by_id(1),
+        "SELECT id FROM acc WHERE email = 'e3'".to_string(),
+        "alaivo id #ao@ acc #rehefa id = 4".to_string(),
+        "SELECT a.id, i.name FROM acc a JOIN items i ON i.id = 1 WHERE a.id IN (1, 4)".to_string(),
+        by_id(99),
+    ];
+    let read_all = async |c: &mut Client| {
+        let mut out = Vec::new();
+        for q in &keyed {
+            out.push(c.query(q).await.unwrap().rows);
+        }
+        out
+    };
+    let first = read_all(&mut c).await;
+    assert_eq!(first[4], Vec::<Vec<Value>>::new(), "no row 99 yet");
+    c.query(&by_id(2)).await.unwrap();
+    let count = "SELECT count(*) AS n FROM acc";
+    c.query(count).await.unwrap();
+    assert_eq!(cache.stat("stored_keyed"), keyed.len() as u64 + 1);
+
+    // Another client updates row 2 through the proxy: the feed drops row 2's entry and the
+    // count, nothing else.
+    proxy
+        .execute("UPDATE acc SET n = 7 WHERE id = 2")
+        .await
+        .unwrap();
+    eventually_rows(
+        &mut c,
+        &by_id(2),
+        vec![vec![2.into(), "e2".into(), 7.into()]],
+    )
+    .await;
+    let hits = cache.stat("hits");
+    assert_eq!(read_all(&mut c).await, first);
+    assert_eq!(
+        cache.stat("hits"),
+        hits + keyed.len() as u64,
+        "every keyed entry stayed"
+    );
+    let misses = cache.stat("misses");
+    c.query(count).await.unwrap();
+    assert_eq!(
+        cache.stat("misses"),
+        misses + 1,
+        "the table-level entry went"
+    );
+
+    // Writes through the cache are seen as soon as they are acknowledged: an insert of a key
+    // that had no row, a key change (old and new value), a delete.
+    c.execute("INSERT INTO acc VALUES (99, 'e99', 1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.query(&by_id(99)).await.unwrap().rows,
+        vec![vec![Value::from(99), Value::from("e99"), Value::from(1)]]
+    );
+    c.execute("UPDATE acc SET email = 'new3' WHERE id = 3")
+        .await
+        .unwrap();
+    assert!(c.query(&keyed[1]).await.unwrap().rows.is_empty());
+    assert_eq!(
+        c.query("SELECT id FROM acc WHERE email = 'new3'")
+            .await
+            .unwrap()
+            .rows,
+        vec![vec![Value::from(3)]]
+    );
+    c.execute("DELETE FROM acc WHERE id = 1").await.unwrap();
+    assert!(c.query(&by_id(1)).await.unwrap().rows.is_empty());
+    assert_eq!(
+        c.query(&keyed[3]).await.unwrap().rows,
+        vec![vec![Value::from(4), Value::from("pen")]]
+    );
+    let hits = cache.stat("hits");
+    c.query(&keyed[2]).await.unwrap();
+    assert_eq!(
+        cache.stat("hits"),
+        hits + 1,
+        "row 4's DirkDB entry outlived them all"
+    );
+    assert_eq!(cache.stat("write_settle_fallbacks"), 0);
+    assert_eq!(cache.stat("write_settles"), 3);
+
+    // A schema change forgets the keys: the next reads are misses, then keyed again.
+    c.execute("CREATE INDEX acc_n ON acc(n)").await.unwrap();
+    let misses = cache.stat("misses");
+    c.query(&keyed[2]).await.unwrap();
+    assert_eq!(cache.stat("misses"), misses + 1);
+}

@@ -2,7 +2,8 @@
 //! that other clients' writes made stale, within milliseconds of their commit.
 //!
 //! The listener connects to the cache's upstream, subscribes, and applies each
-//! [`ChangeNotice`]: changed tables, changed schemas, created or dropped databases, or "all".
+//! [`ChangeNotice`]: changed rows by their keys (precise drops), tables changed as a whole,
+//! changed schemas, created or dropped databases, or "all".
 //! Notices missed while it was not connected cannot be known, so each time the feed (re)starts
 //! the whole cache is flushed once its first notice arrives; from then on nothing is missed. A
 //! feed silent for three heartbeats is taken for dead and reconnected. An upstream without a
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirkdb_client::Client;
-use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
+use dirkdb_core::change_feed::{ChangeNotice, RowKey, CHANGES_STATEMENT, FEED_HEARTBEAT};
 use dirkdb_core::frame::Frame;
 use tokio::sync::watch;
 
@@ -139,16 +140,29 @@ pub fn apply(store: &ResultStore, notice: &ChangeNotice) {
         store.invalidate_all(position);
         return;
     }
-    let mut by_db: Vec<(String, Vec<String>)> = Vec::new();
+    // Per database: tables changed as a whole, and tables whose changed rows are listed.
+    type Changes = (Vec<String>, Vec<(String, Vec<RowKey>)>);
+    let mut by_db: std::collections::BTreeMap<String, Changes> = Default::default();
     for (db, table) in &notice.tables {
+        let rows = notice
+            .rows
+            .iter()
+            .find(|(d, t, _)| d == db && t == table)
+            .map(|(_, _, keys)| keys.clone());
         let (db, table) = (db.to_lowercase(), table.to_lowercase());
-        match by_db.iter_mut().find(|(d, _)| *d == db) {
-            Some((_, tables)) => tables.push(table),
-            None => by_db.push((db, vec![table])),
+        let slot = by_db.entry(db).or_default();
+        match rows {
+            Some(keys) => slot.1.push((table, keys)),
+            None => slot.0.push(table),
         }
     }
-    for (db, tables) in by_db {
-        store.invalidate_tables(&db, &tables, position);
+    for (db, (whole, rows)) in by_db {
+        if !whole.is_empty() {
+            store.invalidate_tables(&db, &whole, position);
+        }
+        if !rows.is_empty() {
+            store.invalidate_rows(&db, &rows, position);
+        }
     }
     for db in notice.schemas.iter().chain(&notice.databases) {
         store.invalidate_database(&db.to_lowercase(), position);

@@ -19,6 +19,7 @@ pub mod result_store;
 pub mod session;
 pub mod statement_analysis;
 pub mod stats;
+pub mod table_keys;
 pub mod upstream;
 pub mod view_map;
 

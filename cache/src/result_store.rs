@@ -10,7 +10,12 @@
 //!   never kept after it.
 //! * **Invalidation:** a write through the cache or a change notice from the primary bumps the
 //!   clock for what it changed and removes the indexed entries, under the same lock as
-//!   [`ResultStore::keep`]'s check, so the two cannot interleave. Before that, it raises the
+//!   [`ResultStore::keep`]'s check, so the two cannot interleave. An entry depends on tables
+//!   (every change of the table drops it) and on keyed rows ([`KeyedRows`]: a query that pins a
+//!   unique key to literals): [`ResultStore::invalidate_rows`] drops the entries depending on
+//!   the changed tables as a whole and the keyed entries whose key values a changed row had,
+//!   old or new, and nothing else. A flight with keyed dependencies is registered while it
+//!   runs, and a row change matching it marks it, so its answer is not kept. Before that, it raises the
 //!   position the cache has seen ([`ResultStore::seen`]); fills read at least at that position,
 //!   so a lagging replica cannot hand back what a write replaced.
 //! * **Capacity:** each entry weighs its bytes, but at least `maxBytes / maxEntries`, against a
@@ -27,7 +32,9 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 
 use crate::stats::CacheStats;
-use crate::view_map::{ViewMap, ANY_TABLE};
+use crate::table_keys::tuple_of_row;
+use crate::view_map::{DbSchema, ANY_TABLE};
+use dirkdb_core::change_feed::RowKey;
 
 /// Limits of the store.
 #[derive(Debug, Clone)]
@@ -85,6 +92,7 @@ pub struct FlightLeader {
     store: Arc<ResultStore>,
     key: Arc<CacheKey>,
     id: u64,
+    deps: Dependencies,
     tx: watch::Sender<Option<FlightOutcome>>,
     /// The invalidation clock when the flight started.
     pub since: u64,
@@ -95,12 +103,22 @@ impl FlightLeader {
     pub fn finish(self, outcome: FlightOutcome) {
         self.tx.send_replace(Some(outcome));
     }
+
+    /// Keeps the flight's answer unless something it read changed since it started (see
+    /// [`ResultStore::keep`]). Returns whether it was kept.
+    pub fn keep(&self, bytes: Bytes) -> bool {
+        self.store
+            .keep_fill(self.key.clone(), bytes, &self.deps, self.since, self.id)
+    }
 }
 
 impl Drop for FlightLeader {
     fn drop(&mut self) {
         if self.tx.borrow().is_none() {
             self.tx.send_replace(Some(FlightOutcome::Retry));
+        }
+        if !self.deps.rows.is_empty() {
+            self.store.index().fills.remove(&self.id);
         }
         let mut flights = lock(&self.store.flights);
         if flights.get(&self.key).is_some_and(|f| f.id == self.id) {
@@ -113,16 +131,65 @@ struct Flight {
     id: u64,
     since: u64,
     db: String,
-    tables: Vec<String>,
+    deps: Dependencies,
     rx: watch::Receiver<Option<FlightOutcome>>,
+}
+
+/// The rows of one table a query can read: those whose `key` columns hold one of `tuples`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedRows {
+    /// The table (lower case).
+    pub table: String,
+    /// The key's columns (lower case; `rowid` for the rowid), as the change feed names them.
+    pub columns: Arc<[String]>,
+    /// Canonical value tuples (see `crate::table_keys`).
+    pub tuples: Vec<String>,
+}
+
+impl KeyedRows {
+    fn key_id(&self) -> String {
+        self.columns.join(",")
+    }
+}
+
+/// What a kept result depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    /// Tables any change of which drops it ([`ANY_TABLE`]: any table of the database).
+    pub tables: Vec<String>,
+    /// Tables of which only some rows matter.
+    pub rows: Vec<KeyedRows>,
+}
+
+impl Dependencies {
+    /// Table-level dependencies only.
+    pub fn tables(tables: Vec<String>) -> Dependencies {
+        Dependencies {
+            tables,
+            rows: Vec::new(),
+        }
+    }
 }
 
 /// What an entry depends on, in the index.
 struct Live {
     id: u64,
     db: String,
-    tables: Vec<String>,
+    deps: Dependencies,
 }
+
+/// A running flight with keyed dependencies: a matching row change marks it `dirty`.
+struct Fill {
+    db: String,
+    rows: Vec<KeyedRows>,
+    dirty: bool,
+}
+
+/// A changed row's key object with its names in lower case.
+type ChangedRow<'a> = HashMap<String, &'a serde_json::Value>;
+
+/// Keyed entries of one table: key id → (columns, tuple → entries).
+type KeyedIndex = HashMap<String, (Arc<[String]>, HashMap<String, HashSet<Arc<CacheKey>>>)>;
 
 /// The invalidation bookkeeping, under one lock.
 #[derive(Default)]
@@ -131,11 +198,16 @@ struct Index {
     all_at: u64,
     db_at: HashMap<String, u64>,
     any_table_at: HashMap<String, u64>,
+    /// When a table last changed as a whole.
     table_at: HashMap<(String, String), u64>,
+    /// When some rows of a table last changed (matters to table-level dependencies only).
+    rows_at: HashMap<(String, String), u64>,
     by_table: HashMap<(String, String), HashSet<Arc<CacheKey>>>,
+    by_row: HashMap<(String, String), KeyedIndex>,
     by_db: HashMap<String, HashSet<Arc<CacheKey>>>,
     live: HashMap<Arc<CacheKey>, Live>,
-    views: HashMap<String, Arc<ViewMap>>,
+    fills: HashMap<u64, Fill>,
+    schemas: HashMap<String, Arc<DbSchema>>,
 }
 
 impl Index {
@@ -153,25 +225,93 @@ impl Index {
                 if t == ANY_TABLE {
                     at(self.any_table_at.get(db))
                 } else {
-                    at(self.table_at.get(&(db.to_string(), t.clone())))
+                    let slot = (db.to_string(), t.clone());
+                    at(self.table_at.get(&slot)) && at(self.rows_at.get(&slot))
                 }
             })
     }
 
-    fn add(&mut self, key: Arc<CacheKey>, id: u64, tables: Vec<String>) {
+    /// True when nothing `deps` depend on was invalidated after `since` (the keyed rows: by a
+    /// change of their whole table, or one that marked `fill`).
+    fn valid_since(&self, db: &str, deps: &Dependencies, since: u64, fill: u64) -> bool {
+        let at = |v: Option<&u64>| v.copied().unwrap_or(0) <= since;
+        self.unchanged_since(db, &deps.tables, since)
+            && deps
+                .rows
+                .iter()
+                .all(|r| at(self.table_at.get(&(db.to_string(), r.table.clone()))))
+            && (deps.rows.is_empty() || self.fills.get(&fill).is_some_and(|f| !f.dirty))
+    }
+
+    fn add(&mut self, key: Arc<CacheKey>, id: u64, deps: Dependencies) {
         self.forget(&key, None);
-        for t in &tables {
+        let db = key.db.to_string();
+        for t in &deps.tables {
             self.by_table
-                .entry((key.db.to_string(), t.clone()))
+                .entry((db.clone(), t.clone()))
                 .or_default()
                 .insert(key.clone());
         }
+        for rows in &deps.rows {
+            let (_, tuples) = self
+                .by_row
+                .entry((db.clone(), rows.table.clone()))
+                .or_default()
+                .entry(rows.key_id())
+                .or_insert_with(|| (rows.columns.clone(), HashMap::new()));
+            for tuple in &rows.tuples {
+                tuples.entry(tuple.clone()).or_default().insert(key.clone());
+            }
+        }
         self.by_db
-            .entry(key.db.to_string())
+            .entry(db.clone())
             .or_default()
             .insert(key.clone());
-        let db = key.db.to_string();
-        self.live.insert(key, Live { id, db, tables });
+        self.live.insert(key, Live { id, db, deps });
+    }
+
+    /// The keyed entries of `db.table` whose key values one of `changed` had (all of a key
+    /// when a changed row's object lacks its columns), and marks the matching fills.
+    fn keyed_matches(
+        &mut self,
+        db: &str,
+        table: &str,
+        changed: &[ChangedRow<'_>],
+    ) -> Vec<Arc<CacheKey>> {
+        let mut out = Vec::new();
+        if let Some(keys) = self.by_row.get(&(db.to_string(), table.to_string())) {
+            for (columns, tuples) in keys.values() {
+                for row in changed {
+                    match tuple_of_row(row, columns) {
+                        Some(tuple) => {
+                            out.extend(tuples.get(&tuple).into_iter().flatten().cloned())
+                        }
+                        None => out.extend(tuples.values().flatten().cloned()),
+                    }
+                }
+            }
+        }
+        for fill in self.fills.values_mut().filter(|f| f.db == db && !f.dirty) {
+            fill.dirty = fill.rows.iter().filter(|r| r.table == table).any(|r| {
+                changed
+                    .iter()
+                    .any(|row| match tuple_of_row(row, &r.columns) {
+                        Some(tuple) => r.tuples.contains(&tuple),
+                        None => true,
+                    })
+            });
+        }
+        out
+    }
+
+    /// Every keyed entry of `db.table`.
+    fn keyed_all(&self, db: &str, table: &str) -> Vec<Arc<CacheKey>> {
+        self.by_row
+            .get(&(db.to_string(), table.to_string()))
+            .into_iter()
+            .flat_map(|keys| keys.values())
+            .flat_map(|(_, tuples)| tuples.values().flatten().cloned())
+            .collect()
     }
 
     /// Drops `key` from the index (only when its entry is `id`, if given).
@@ -182,13 +322,35 @@ impl Index {
         let Some(live) = self.live.remove(key) else {
             return;
         };
-        for t in live.tables {
+        for t in live.deps.tables {
             let slot = (live.db.clone(), t);
             if let Some(set) = self.by_table.get_mut(&slot) {
                 set.remove(key);
                 if set.is_empty() {
                     self.by_table.remove(&slot);
                 }
+            }
+        }
+        for rows in live.deps.rows {
+            let slot = (live.db.clone(), rows.table.clone());
+            let Some(keys) = self.by_row.get_mut(&slot) else {
+                continue;
+            };
+            if let Some((_, tuples)) = keys.get_mut(&rows.key_id()) {
+                for tuple in &rows.tuples {
+                    if let Some(set) = tuples.get_mut(tuple) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            tuples.remove(tuple);
+                        }
+                    }
+                }
+                if tuples.is_empty() {
+                    keys.remove(&rows.key_id());
+                }
+            }
+            if keys.is_empty() {
+                self.by_row.remove(&slot);
             }
         }
         if let Some(set) = self.by_db.get_mut(&live.db) {
@@ -306,14 +468,10 @@ impl ResultStore {
             .filter(|r| r.stored_at.elapsed() <= self.limits.ttl + self.limits.stale_window)
     }
 
-    /// The tables a query in `db` naming `relations` depends on, when the views of `db` are
-    /// known; `None` means: fetch them ([`ResultStore::set_views`]) first.
-    pub fn dependencies(&self, db: &str, relations: &[String]) -> Option<Vec<String>> {
-        if relations.is_empty() {
-            return Some(Vec::new());
-        }
-        let views = self.index().views.get(db).cloned()?;
-        Some(views.resolve(relations))
+    /// The schema of `db` (views and keys) when it is known; `None` means: fetch it
+    /// ([`ResultStore::set_schema`]) first.
+    pub fn schema(&self, db: &str) -> Option<Arc<DbSchema>> {
+        self.index().schemas.get(db).cloned()
     }
 
     /// The current invalidation clock (read before fetching anything that is kept later).
@@ -321,29 +479,42 @@ impl ResultStore {
         self.index().clock
     }
 
-    /// Records the views of `db`, fetched after `since`, unless its schema changed meanwhile.
-    pub fn set_views(&self, db: &str, views: ViewMap, since: u64) {
+    /// Records the schema of `db`, fetched after `since`, unless it changed meanwhile.
+    pub fn set_schema(&self, db: &str, schema: DbSchema, since: u64) {
         let mut index = self.index();
         if index.unchanged_since(db, &[], since) {
-            index.views.insert(db.to_string(), Arc::new(views));
+            index.schemas.insert(db.to_string(), Arc::new(schema));
         }
     }
 
     /// Joins the flight fetching `key`, or starts one.
-    pub fn flight(self: &Arc<Self>, key: Arc<CacheKey>, tables: &[String]) -> FlightRole {
+    pub fn flight(self: &Arc<Self>, key: Arc<CacheKey>, deps: &Dependencies) -> FlightRole {
         let mut flights = lock(&self.flights);
         if let Some(flight) = flights.get(&key) {
             let alive = flight.rx.has_changed().is_ok();
             let valid = alive
                 && self
                     .index()
-                    .unchanged_since(&flight.db, &flight.tables, flight.since);
+                    .valid_since(&flight.db, &flight.deps, flight.since, flight.id);
             if valid {
                 return FlightRole::Follower(flight.rx.clone());
             }
         }
-        let since = self.clock();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let since = {
+            let mut index = self.index();
+            if !deps.rows.is_empty() {
+                index.fills.insert(
+                    id,
+                    Fill {
+                        db: key.db.to_string(),
+                        rows: deps.rows.clone(),
+                        dirty: false,
+                    },
+                );
+            }
+            index.clock
+        };
         let (tx, rx) = watch::channel(None);
         flights.insert(
             key.clone(),
@@ -351,7 +522,7 @@ impl ResultStore {
                 id,
                 since,
                 db: key.db.to_string(),
-                tables: tables.to_vec(),
+                deps: deps.clone(),
                 rx,
             },
         );
@@ -359,20 +530,34 @@ impl ResultStore {
             store: self.clone(),
             key,
             id,
+            deps: deps.clone(),
             tx,
             since,
         })
     }
 
-    /// Keeps a response fetched by a flight that started at `since`, unless it is too large or
-    /// something it read was invalidated meanwhile. Returns whether it was kept.
+    /// Keeps a response with table-level dependencies, fetched from `since` on, unless it is too
+    /// large or something it read was invalidated meanwhile. Returns whether it was kept.
     pub fn keep(&self, key: Arc<CacheKey>, bytes: Bytes, tables: Vec<String>, since: u64) -> bool {
+        self.keep_fill(key, bytes, &Dependencies::tables(tables), since, 0)
+    }
+
+    /// [`ResultStore::keep`] for any dependencies; keyed ones need the running fill `fill`
+    /// ([`FlightLeader::keep`]).
+    fn keep_fill(
+        &self,
+        key: Arc<CacheKey>,
+        bytes: Bytes,
+        deps: &Dependencies,
+        since: u64,
+        fill: u64,
+    ) -> bool {
         if bytes.len() > self.limits.max_entry_bytes {
             CacheStats::bump(&self.stats.not_stored);
             return false;
         }
         let mut index = self.index();
-        if !index.unchanged_since(&key.db, &tables, since) {
+        if !index.valid_since(&key.db, deps, since, fill) {
             CacheStats::bump(&self.stats.not_stored);
             return false;
         }
@@ -383,7 +568,10 @@ impl ResultStore {
             bytes,
             stored_at: Instant::now(),
         });
-        index.add(key.clone(), id, tables);
+        index.add(key.clone(), id, deps.clone());
+        if !deps.rows.is_empty() {
+            CacheStats::bump(&self.stats.stored_keyed);
+        }
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(size, Ordering::Relaxed);
         self.cache.insert(key, result);
@@ -402,7 +590,7 @@ impl ResultStore {
         }
     }
 
-    /// Drops the entries reading `tables` of `db`, changed at `position`.
+    /// Drops the entries reading `tables` of `db`, changed as a whole at `position`.
     pub fn invalidate_tables(&self, db: &str, tables: &[String], position: Option<u64>) -> usize {
         self.saw(position);
         let mut index = self.index();
@@ -413,8 +601,43 @@ impl ResultStore {
             let slot = (db.to_string(), t.clone());
             if t != ANY_TABLE {
                 index.table_at.insert(slot.clone(), at);
+                keys.extend(index.keyed_all(db, t));
             }
             keys.extend(index.by_table.get(&slot).into_iter().flatten().cloned());
+        }
+        self.drop_keys(&mut index, keys)
+    }
+
+    /// Drops what rows of `db` changed at `position` can have changed: per table, the entries
+    /// depending on the whole table and the keyed entries of the changed rows' keys (old and
+    /// new key objects, as the change feed lists them). Returns how many entries went.
+    pub fn invalidate_rows(
+        &self,
+        db: &str,
+        changes: &[(String, Vec<RowKey>)],
+        position: Option<u64>,
+    ) -> usize {
+        self.saw(position);
+        let mut index = self.index();
+        let at = index.tick();
+        index.any_table_at.insert(db.to_string(), at);
+        let any = (db.to_string(), ANY_TABLE.to_string());
+        let mut keys: Vec<Arc<CacheKey>> = index
+            .by_table
+            .get(&any)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for (table, rows) in changes {
+            let slot = (db.to_string(), table.clone());
+            index.rows_at.insert(slot.clone(), at);
+            keys.extend(index.by_table.get(&slot).into_iter().flatten().cloned());
+            let changed: Vec<ChangedRow<'_>> = rows
+                .iter()
+                .map(|row| row.iter().map(|(k, v)| (k.to_lowercase(), v)).collect())
+                .collect();
+            keys.extend(index.keyed_matches(db, table, &changed));
         }
         self.drop_keys(&mut index, keys)
     }
@@ -427,7 +650,7 @@ impl ResultStore {
         let at = index.tick();
         index.db_at.insert(db.to_string(), at);
         index.any_table_at.insert(db.to_string(), at);
-        index.views.remove(db);
+        index.schemas.remove(db);
         let keys: Vec<_> = index.by_db.get(db).into_iter().flatten().cloned().collect();
         self.drop_keys(&mut index, keys)
     }
@@ -439,7 +662,7 @@ impl ResultStore {
         let mut index = self.index();
         let at = index.tick();
         index.all_at = at;
-        index.views.clear();
+        index.schemas.clear();
         let keys: Vec<_> = index.live.keys().cloned().collect();
         let dropped = self.drop_keys(&mut index, keys);
         self.cache.invalidate_all();
@@ -571,15 +794,16 @@ mod tests {
     fn flights_are_shared_until_invalidated() {
         let s = store(100, 1 << 20);
         let k = key("d", "q");
-        let FlightRole::Leader(leader) = s.flight(k.clone(), &tables(&["t"])) else {
+        let deps = Dependencies::tables(tables(&["t"]));
+        let FlightRole::Leader(leader) = s.flight(k.clone(), &deps) else {
             panic!("first is the leader")
         };
-        let FlightRole::Follower(mut rx) = s.flight(k.clone(), &tables(&["t"])) else {
+        let FlightRole::Follower(mut rx) = s.flight(k.clone(), &deps) else {
             panic!("second follows")
         };
         s.invalidate_tables("d", &tables(&["t"]), None);
         assert!(
-            matches!(s.flight(k.clone(), &tables(&["t"])), FlightRole::Leader(_)),
+            matches!(s.flight(k.clone(), &deps), FlightRole::Leader(_)),
             "a flight older than a write is not joined"
         );
         leader.finish(FlightOutcome::Shared(Bytes::from("x")));
@@ -587,6 +811,100 @@ mod tests {
             &*rx.borrow_and_update(),
             Some(FlightOutcome::Shared(_))
         ));
+    }
+
+    fn keyed(table: &str, column: &str, tuples: &[&str]) -> Dependencies {
+        Dependencies {
+            tables: vec![],
+            rows: vec![KeyedRows {
+                table: table.into(),
+                columns: vec![column.to_string()].into(),
+                tuples: tuples.iter().map(|t| t.to_string()).collect(),
+            }],
+        }
+    }
+
+    fn fill(s: &Arc<ResultStore>, k: &Arc<CacheKey>, deps: &Dependencies) -> FlightLeader {
+        match s.flight(k.clone(), deps) {
+            FlightRole::Leader(leader) => leader,
+            FlightRole::Follower(_) => panic!("no flight expected"),
+        }
+    }
+
+    fn row(json: &str) -> RowKey {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_row_change_drops_its_keyed_entries_and_the_table_readers_only() {
+        let s = store(100, 1 << 20);
+        let k5 = key("d", "id=5");
+        let k6 = key("d", "id=6");
+        let k_email = key("d", "email");
+        let range = key("d", "range");
+        let other = key("d", "other table");
+        for (k, deps) in [
+            (&k5, keyed("t", "rowid", &["n:5"])),
+            (&k6, keyed("t", "rowid", &["n:6"])),
+            (&k_email, keyed("t", "email", &["s:a@x"])),
+            (&range, Dependencies::tables(tables(&["t"]))),
+            (&other, keyed("u", "rowid", &["n:5"])),
+        ] {
+            let leader = fill(&s, k, &deps);
+            assert!(leader.keep(Bytes::from("x")), "{k:?}");
+        }
+        // Row 5 changed (its email too): its entries and the range go, row 6 and u stay.
+        let dropped = s.invalidate_rows(
+            "d",
+            &[("t".into(), vec![row(r#"{"rowid":5,"Email":"a@x"}"#)])],
+            Some(9),
+        );
+        assert_eq!(dropped, 3);
+        assert!(s.fresh(&k5).is_none() && s.fresh(&k_email).is_none());
+        assert!(s.fresh(&range).is_none());
+        assert!(s.fresh(&k6).is_some() && s.fresh(&other).is_some());
+        assert_eq!(s.seen(), 9);
+        // An inserted row 7 drops nothing keyed but row 7's (none); a key object without the
+        // email column may hold any email.
+        assert_eq!(
+            s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":7}"#)])], None),
+            0
+        );
+        let leader = fill(&s, &k_email, &keyed("t", "email", &["s:a@x"]));
+        assert!(leader.keep(Bytes::from("x")));
+        assert_eq!(
+            s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":8}"#)])], None),
+            1
+        );
+        // A change of the whole table drops every keyed entry of it.
+        assert_eq!(s.invalidate_tables("d", &tables(&["t"]), None), 1);
+        assert!(s.fresh(&k6).is_none());
+    }
+
+    #[test]
+    fn a_keyed_fill_is_not_kept_after_a_change_of_its_rows_only() {
+        let s = store(100, 1 << 20);
+        let k5 = key("d", "id=5");
+        let deps = keyed("t", "rowid", &["n:5"]);
+        let leader = fill(&s, &k5, &deps);
+        s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":6}"#)])], None);
+        assert!(matches!(
+            s.flight(k5.clone(), &deps),
+            FlightRole::Follower(_)
+        ));
+        assert!(leader.keep(Bytes::from("x")), "another row changed");
+        drop(leader);
+        let leader = fill(&s, &k5, &deps);
+        s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":5.0}"#)])], None);
+        assert!(
+            matches!(s.flight(k5.clone(), &deps), FlightRole::Leader(_)),
+            "a flight older than a change of its row is not joined"
+        );
+        assert!(!leader.keep(Bytes::from("x")));
+        drop(leader);
+        let leader = fill(&s, &k5, &deps);
+        s.invalidate_tables("d", &tables(&["t"]), None);
+        assert!(!leader.keep(Bytes::from("x")), "the whole table changed");
     }
 
     #[test]

@@ -18,13 +18,14 @@ use dirkdb_core::frame::{encode_frame, Column, Frame, FrameDecoder, PageFrame, R
 use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::result_store::{CacheKey, FlightOutcome, FlightRole, ResultStore};
+use crate::result_store::{CacheKey, Dependencies, FlightOutcome, FlightRole, ResultStore};
 use crate::statement_analysis::{
     Analysis, AnalysisMemo, CacheCommand, CacheableRead, WriteTargets,
 };
 use crate::stats::CacheStats;
+use crate::table_keys::SCHEMA_QUERY;
 use crate::upstream::{Upstream, UpstreamError};
-use crate::view_map::{ViewMap, ANY_TABLE, VIEWS_QUERY};
+use crate::view_map::{DbSchema, ANY_TABLE};
 
 /// How long a write's answer waits for the change feed to report it.
 const FEED_WAIT: Duration = Duration::from_millis(500);
@@ -281,26 +282,39 @@ impl CacheSession {
     }
 
     /// Drops what committed writes can have changed, before their answer reaches the client.
+    /// With a change feed, waiting until it reports the write's position is enough: its
+    /// notices drop exactly the rows (or tables) the write changed, triggers and cascades
+    /// included. Without it, or when it does not report in time, the tables the writes name
+    /// and then the whole database are dropped.
     async fn settle_writes(&mut self, writes: Vec<WriteTargets>) {
-        let store = &self.ctx.store;
+        let started = std::time::Instant::now();
+        let store = self.ctx.store.clone();
+        let stats = &self.ctx.stats;
         let db = self.db_key();
         let position = self.upstream.last_write_position().await;
-        for targets in &writes {
-            match targets {
-                WriteTargets::Tables(tables) => store.invalidate_tables(&db, tables, position),
-                WriteTargets::CurrentDatabase => store.invalidate_database(&db, position),
-                WriteTargets::Database(name) => store.invalidate_database(name, position),
-            };
-        }
         let reported = match position {
+            // This session never wrote: nothing committed.
             Some(0) => true,
             Some(p) => store.wait_for_feed(p, FEED_WAIT).await,
             None => false,
         };
         if !reported {
+            CacheStats::bump(&stats.write_settle_fallbacks);
+            for targets in &writes {
+                match targets {
+                    WriteTargets::Tables(tables) => store.invalidate_tables(&db, tables, position),
+                    WriteTargets::CurrentDatabase => store.invalidate_database(&db, position),
+                    WriteTargets::Database(name) => store.invalidate_database(name, position),
+                };
+            }
             // Triggers and foreign-key actions stay inside the database.
             store.invalidate_database(&db, position);
         }
+        CacheStats::bump(&stats.write_settles);
+        let micros = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        stats
+            .write_settle_micros
+            .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn cached_read<S: AsyncRead + AsyncWrite + Unpin>(
@@ -321,9 +335,9 @@ impl CacheSession {
             return Ok(());
         }
         CacheStats::bump(&self.ctx.stats.misses);
-        let tables = self.dependencies(&key.db, &read.relations).await;
+        let deps = self.dependencies(&key.db, read).await;
         let key = Arc::new(key);
-        let leader = match store.flight(key.clone(), &tables) {
+        let leader = match store.flight(key.clone(), &deps) {
             FlightRole::Leader(leader) => leader,
             FlightRole::Follower(rx) => return self.follow(sql, rx, out).await,
         };
@@ -348,7 +362,7 @@ impl CacheSession {
                 failed: false,
                 ..
             }) => {
-                store.keep(key, bytes.clone(), tables, leader.since);
+                leader.keep(bytes.clone());
                 leader.finish(FlightOutcome::Shared(bytes));
                 Ok(())
             }
@@ -413,59 +427,56 @@ impl CacheSession {
         Ok(())
     }
 
-    /// The tables a query depends on, learning the database's views first when needed.
-    async fn dependencies(&mut self, db: &str, relations: &[String]) -> Vec<String> {
+    /// What a query depends on, learning the database's views and keys first when needed.
+    async fn dependencies(&mut self, db: &str, read: &CacheableRead) -> Dependencies {
         let store = self.ctx.store.clone();
-        if let Some(tables) = store.dependencies(db, relations) {
-            return tables;
+        if read.relations.is_empty() {
+            return Dependencies::default();
+        }
+        let whole = || {
+            let mut tables = read.relations.clone();
+            tables.push(ANY_TABLE.to_string());
+            Dependencies::tables(tables)
+        };
+        if let Some(schema) = store.schema(db) {
+            return schema.dependencies(&read.relations, &read.pins);
         }
         if db.is_empty() {
             // No database selected: nothing to list views from (and such a query reads none).
-            let mut tables = relations.to_vec();
-            tables.push(ANY_TABLE.to_string());
-            return tables;
+            return whole();
         }
         let since = store.clock();
-        match self.fetch_views().await {
-            Some(views) => {
-                let tables = views.resolve(relations);
-                store.set_views(db, views, since);
-                tables
+        match self.fetch_schema().await {
+            Some(schema) => {
+                let deps = schema.dependencies(&read.relations, &read.pins);
+                store.set_schema(db, schema, since);
+                deps
             }
-            None => {
-                let mut tables = relations.to_vec();
-                tables.push(ANY_TABLE.to_string());
-                tables
-            }
+            None => whole(),
         }
     }
 
-    async fn fetch_views(&mut self) -> Option<ViewMap> {
+    /// The views and keys of the session's database, from the server's catalog.
+    async fn fetch_schema(&mut self) -> Option<DbSchema> {
         self.upstream
-            .send(self.db.as_deref(), VIEWS_QUERY)
+            .send(self.db.as_deref(), SCHEMA_QUERY)
             .await
             .ok()?;
-        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
         let mut complete = true;
         loop {
             match self.upstream.next_frame().await.ok()? {
                 Frame::Page(page) => match page.parse() {
-                    Ok(page) => rows.extend(page.rows.into_iter().filter_map(|row| {
-                        match (row.first()?.as_str(), row.get(1)?.as_str()) {
-                            (Some(name), Some(sql)) => Some((name.to_string(), sql.to_string())),
-                            _ => None,
-                        }
-                    })),
+                    Ok(page) => rows.extend(page.rows),
                     Err(_) => complete = false,
                 },
                 Frame::RelationEnd => {}
                 Frame::Message(text) => {
                     let ok = complete && !text.starts_with(dirkdb_core::frame::ERROR_PREFIX);
-                    return ok.then(|| {
-                        ViewMap::from_definitions(
-                            rows.iter().map(|(n, s)| (n.as_str(), s.as_str())),
-                        )
-                    });
+                    if !ok {
+                        tracing::debug!(answer = %text, "the catalog query failed; queries depend on whole tables");
+                    }
+                    return ok.then(|| DbSchema::from_rows(&rows));
                 }
             }
         }

@@ -17,9 +17,9 @@ use dirkdb_core::sql::classify::{classify, leading_words, StatementClass, Transa
 use dirkdb_core::sql::lexer::tokenize;
 use dirkdb_core::sql::translate;
 use sqlparser::ast::{
-    visit_expressions, visit_relations, Expr, FromTable, FunctionArg, FunctionArgExpr,
-    FunctionArguments, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
-    Value,
+    visit_expressions, visit_relations, BinaryOperator, Distinct, Expr, FromTable, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GroupByExpr, JoinConstraint, JoinOperator, ObjectName,
+    Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, UnaryOperator, Value,
 };
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
@@ -51,6 +51,58 @@ pub struct CacheableRead {
     /// The relations it names (lower case, without a schema prefix); views among them are
     /// resolved to their tables by the store.
     pub relations: Vec<String>,
+    /// Tables whose rows the query restricts to columns equal to literals (see
+    /// [`TablePins`]); the catalog says whether the columns form a key
+    /// (`crate::table_keys`).
+    pub pins: Vec<TablePins>,
+}
+
+/// Columns of one table that a query pins to literals: every row it reads from the table has
+/// one of the listed values in each listed column. Only for a table named once in the whole
+/// statement, in the top-level FROM of a plain SELECT (no WITH, no set operation), directly or
+/// as DirkDB's `(SELECT DISTINCT * FROM t) AS t`, pinned by `col = literal` or
+/// `col IN (literal, …)` among the top-level AND terms of the WHERE clause or of an inner
+/// join's ON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePins {
+    /// The table (lower case).
+    pub table: String,
+    /// Column (lower case) and the values it is pinned to.
+    pub columns: Vec<(String, Vec<Literal>)>,
+}
+
+/// A literal a column is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Literal {
+    /// A number, in canonical form (see `crate::table_keys::canonical_number`).
+    Number(String),
+    /// A string literal.
+    Text(String),
+}
+
+impl Literal {
+    /// A number literal's canonical form (`5`, `5.0` and `5e0` are one value).
+    pub fn number(text: &str) -> Option<Literal> {
+        let canonical = match text.parse::<i64>() {
+            Ok(i) => format!("n:{i}"),
+            Err(_) => {
+                let f: f64 = text.parse().ok()?;
+                if !f.is_finite() {
+                    return None;
+                }
+                crate::table_keys::canonical_number(f)
+            }
+        };
+        Some(Literal::Number(canonical))
+    }
+
+    /// The canonical text compared with the change feed's values.
+    pub fn canonical(&self) -> String {
+        match self {
+            Literal::Number(n) => n.clone(),
+            Literal::Text(t) => format!("s:{t}"),
+        }
+    }
 }
 
 /// What a write can change.
@@ -180,6 +232,15 @@ fn read_analysis(translated: &str) -> Analysis {
         }
         ControlFlow::<()>::Continue(())
     });
+    let mut occurrences: Vec<String> = Vec::new();
+    let _ = visit_relations(&statement, |name| {
+        occurrences.extend(table_name(name));
+        ControlFlow::<()>::Continue(())
+    });
+    let pins = pinned_tables(query)
+        .into_iter()
+        .filter(|p| occurrences.iter().filter(|t| **t == p.table).count() == 1)
+        .collect();
     let canonical = statement.to_string();
     let key = if column_names_are_stable(query) {
         canonical
@@ -189,7 +250,208 @@ fn read_analysis(translated: &str) -> Analysis {
     Analysis::Cacheable(CacheableRead {
         key: key.into(),
         relations,
+        pins,
     })
+}
+
+/// A table of the top-level FROM: its name and the name columns are qualified with.
+struct TopTable {
+    table: String,
+    alias: String,
+}
+
+/// The pins of a plain SELECT's top-level tables (see [`TablePins`]).
+fn pinned_tables(query: &Query) -> Vec<TablePins> {
+    let SetExpr::Select(select) = &*query.body else {
+        return Vec::new();
+    };
+    if query.with.is_some() {
+        return Vec::new();
+    }
+    let mut tables: Vec<TopTable> = Vec::new();
+    let mut terms: Vec<&Expr> = Vec::new();
+    let mut factors = 0;
+    for from in &select.from {
+        factors += 1 + from.joins.len();
+        tables.extend(from_table(&from.relation));
+        for join in &from.joins {
+            tables.extend(from_table(&join.relation));
+            if let JoinOperator::Join(JoinConstraint::On(on))
+            | JoinOperator::Inner(JoinConstraint::On(on)) = &join.join_operator
+            {
+                and_terms(on, &mut terms);
+            }
+        }
+    }
+    if let Some(selection) = &select.selection {
+        and_terms(selection, &mut terms);
+    }
+    let single = factors == 1 && tables.len() == 1;
+    let mut out: Vec<TablePins> = Vec::new();
+    for term in terms {
+        let Some((qualifier, column, literals)) = pin_of(term) else {
+            continue;
+        };
+        let table = match qualifier {
+            Some(q) => tables.iter().find(|t| t.alias == q),
+            None if single => tables.first(),
+            None => None,
+        };
+        let Some(table) = table else { continue };
+        match out.iter_mut().find(|p| p.table == table.table) {
+            Some(pins) => pins.columns.push((column, literals)),
+            None => out.push(TablePins {
+                table: table.table.clone(),
+                columns: vec![(column, literals)],
+            }),
+        }
+    }
+    // A table listed twice (a self-join) is pinned by neither occurrence.
+    out.retain(|p| tables.iter().filter(|t| t.table == p.table).count() == 1);
+    out
+}
+
+/// A plain table of a FROM clause, or DirkDB's `(SELECT DISTINCT * FROM t) AS alias`.
+fn from_table(factor: &TableFactor) -> Option<TopTable> {
+    match factor {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => {
+            let table = table_name(name)?;
+            let alias = alias
+                .as_ref()
+                .map_or_else(|| table.clone(), |a| a.name.value.to_lowercase());
+            Some(TopTable { table, alias })
+        }
+        TableFactor::Derived {
+            lateral: false,
+            subquery,
+            alias: Some(alias),
+            ..
+        } => {
+            let table = distinct_star_table(subquery)?;
+            Some(TopTable {
+                table,
+                alias: alias.name.value.to_lowercase(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `t` when `query` is exactly `SELECT DISTINCT * FROM t` (how DirkDB's grammar reads a table).
+fn distinct_star_table(query: &Query) -> Option<String> {
+    let SetExpr::Select(select) = &*query.body else {
+        return None;
+    };
+    let plain = query.with.is_none()
+        && query.order_by.is_none()
+        && query.limit_clause.is_none()
+        && matches!(select.distinct, Some(Distinct::Distinct))
+        && matches!(select.projection.as_slice(), [SelectItem::Wildcard(_)])
+        && select.selection.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    match select.from.as_slice() {
+        [only] if plain && only.joins.is_empty() => match &only.relation {
+            TableFactor::Table {
+                name, args: None, ..
+            } => table_name(name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn and_terms<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            and_terms(left, out);
+            and_terms(right, out);
+        }
+        Expr::Nested(inner) => and_terms(inner, out),
+        other => out.push(other),
+    }
+}
+
+/// `(qualifier, column, values)` of `col = literal`, `literal = col` or `col IN (literals)`.
+fn pin_of(term: &Expr) -> Option<(Option<String>, String, Vec<Literal>)> {
+    match term {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
+            let (column, value) = match (column_of(left), column_of(right)) {
+                (Some(c), None) => (c, right),
+                (None, Some(c)) => (c, left),
+                _ => return None,
+            };
+            Some((column.0, column.1, vec![literal_of(value)?]))
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } => {
+            let (qualifier, column) = column_of(expr)?;
+            let literals: Option<Vec<Literal>> = list.iter().map(literal_of).collect();
+            Some((qualifier, column, literals?))
+        }
+        Expr::Nested(inner) => pin_of(inner),
+        _ => None,
+    }
+}
+
+fn column_of(expr: &Expr) -> Option<(Option<String>, String)> {
+    match expr {
+        Expr::Identifier(ident) => Some((None, ident.value.to_lowercase())),
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [table, column] => Some((
+                Some(table.value.to_lowercase()),
+                column.value.to_lowercase(),
+            )),
+            _ => None,
+        },
+        Expr::Nested(inner) => column_of(inner),
+        _ => None,
+    }
+}
+
+fn literal_of(expr: &Expr) -> Option<Literal> {
+    match expr {
+        Expr::Value(value) => match &value.value {
+            Value::Number(n, _) => Literal::number(n),
+            Value::SingleQuotedString(s) => Some(Literal::Text(s.clone())),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match literal_of(expr)? {
+            Literal::Number(n) => {
+                let digits = n.strip_prefix("n:")?;
+                Literal::number(&format!("-{digits}"))
+            }
+            Literal::Text(_) => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Plus,
+            expr,
+        } => match literal_of(expr)? {
+            number @ Literal::Number(_) => Some(number),
+            Literal::Text(_) => None,
+        },
+        Expr::Nested(inner) => literal_of(inner),
+        _ => None,
+    }
 }
 
 /// The table part of a possibly qualified name, in lower case (SQLite names are
@@ -512,6 +774,89 @@ mod tests {
             "SELECT * FROM t",
         ] {
             assert_eq!(*memo.analyze(sql), analyze(sql));
+        }
+    }
+
+    fn pins(sql: &str) -> Vec<(String, Vec<(String, Vec<String>)>)> {
+        let Analysis::Cacheable(read) = analyze(sql) else {
+            panic!("{sql}: not cacheable")
+        };
+        read.pins
+            .into_iter()
+            .map(|p| {
+                let columns = p
+                    .columns
+                    .into_iter()
+                    .map(|(c, l)| (c, l.iter().map(Literal::canonical).collect()))
+                    .collect();
+                (p.table, columns)
+            })
+            .collect()
+    }
+
+    fn one(table: &str, column: &str, values: &[&str]) -> (String, Vec<(String, Vec<String>)>) {
+        (
+            table.into(),
+            vec![(
+                column.into(),
+                values.iter().map(|v| v.to_string()).collect(),
+            )],
+        )
+    }
+
+    #[test]
+    fn pins_of_point_queries_in_every_spelling() {
+        assert_eq!(
+            pins("SELECT id, v FROM T WHERE id = 5"),
+            [one("t", "id", &["n:5"])]
+        );
+        assert_eq!(
+            pins("SELECT * FROM t WHERE 5.0 = t.ID AND v > 3"),
+            [one("t", "id", &["n:5"])]
+        );
+        assert_eq!(
+            pins("SELECT * FROM t x WHERE (x.id IN (1, -2, 3e0)) AND x.k = 'a''b'"),
+            [(
+                "t".into(),
+                vec![
+                    ("id".into(), vec!["n:1".into(), "n:-2".into(), "n:3".into()]),
+                    ("k".into(), vec!["s:a'b".into()]),
+                ]
+            )]
+        );
+        assert_eq!(
+            pins("alaivo * #ao@ users #rehefa id = 1"),
+            [one("users", "id", &["n:1"])]
+        );
+        assert_eq!(
+            pins("alaivo ja.k, a #ao@ ja #tonona:avia@ jb #ka ja.k = jb.k #rehefa ja.k = 3 ary jb.k = 3"),
+            [one("ja", "k", &["n:3"]), one("jb", "k", &["n:3"])]
+        );
+        assert_eq!(
+            pins("SELECT * FROM a JOIN b ON b.id = 7 AND b.x = a.x WHERE a.id = 1"),
+            [one("b", "id", &["n:7"]), one("a", "id", &["n:1"])]
+        );
+    }
+
+    #[test]
+    fn no_pins_where_other_rows_could_matter() {
+        for sql in [
+            "SELECT * FROM t WHERE id = 5 OR id = 6",
+            "SELECT * FROM t WHERE id > 5",
+            "SELECT * FROM t WHERE id NOT IN (1, 2)",
+            "SELECT * FROM t WHERE id IN (SELECT 1)",
+            "SELECT * FROM t WHERE id = x",
+            "SELECT * FROM t WHERE id = NULL",
+            "SELECT * FROM t WHERE id = 5 UNION SELECT * FROM u WHERE id = 5",
+            "WITH c AS (SELECT 1) SELECT * FROM t WHERE id = 5",
+            "SELECT * FROM t a JOIN t b ON a.id = b.id WHERE a.id = 1 AND b.id = 1",
+            "SELECT * FROM t WHERE id = 1 AND EXISTS (SELECT 1 FROM t WHERE id = 2)",
+            "SELECT * FROM a, b WHERE id = 1",
+            "SELECT * FROM a LEFT JOIN b ON b.id = 1",
+            "SELECT * FROM (SELECT * FROM t) AS t WHERE id = 1",
+            "SELECT * FROM t WHERE id = X'01'",
+        ] {
+            assert_eq!(pins(sql), [], "{sql}");
         }
     }
 

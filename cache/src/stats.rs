@@ -27,6 +27,8 @@ pub struct CacheStats {
     pub stored: AtomicU64,
     /// Results not kept: too large, an error, or invalidated while they were being fetched.
     pub not_stored: AtomicU64,
+    /// Results kept with keyed dependencies (a query pinning a unique key to literals).
+    pub stored_keyed: AtomicU64,
     /// Entries removed to respect the entry and byte limits.
     pub evictions: AtomicU64,
     /// Entries removed because their time was up.
@@ -39,6 +41,15 @@ pub struct CacheStats {
     pub flushes: AtomicU64,
     /// Writes passed through the cache.
     pub writes: AtomicU64,
+    /// Committed writes (or transactions) whose answer waited for the cache to drop what they
+    /// changed.
+    pub write_settles: AtomicU64,
+    /// Microseconds those waits took in all (asking the write's position, then the change
+    /// feed reporting it).
+    pub write_settle_micros: AtomicU64,
+    /// Settles the change feed did not report in time (or without a feed): the database's
+    /// entries were dropped instead.
+    pub write_settle_fallbacks: AtomicU64,
     /// Entries held now.
     pub entries: AtomicI64,
     /// Bytes of results held now.
@@ -87,6 +98,7 @@ impl CacheStats {
             ("uncacheable", json!(get(&self.uncacheable))),
             ("upstream_reads", json!(get(&self.upstream_reads))),
             ("stored", json!(get(&self.stored))),
+            ("stored_keyed", json!(get(&self.stored_keyed))),
             ("not_stored", json!(get(&self.not_stored))),
             ("evictions", json!(get(&self.evictions))),
             ("expirations", json!(get(&self.expirations))),
@@ -94,6 +106,12 @@ impl CacheStats {
             ("invalidation_events", json!(get(&self.invalidation_events))),
             ("flushes", json!(get(&self.flushes))),
             ("writes", json!(get(&self.writes))),
+            ("write_settles", json!(get(&self.write_settles))),
+            ("write_settle_micros", json!(get(&self.write_settle_micros))),
+            (
+                "write_settle_fallbacks",
+                json!(get(&self.write_settle_fallbacks)),
+            ),
             (
                 "entries",
                 json!(self.entries.load(Ordering::Relaxed).max(0)),
