@@ -777,7 +777,10 @@ mod tests {
         }
     }
 
-    fn pins(sql: &str) -> Vec<(String, Vec<(String, Vec<String>)>)> {
+    /// A table and its pinned columns with their canonical values.
+    type Pinned = (String, Vec<(String, Vec<String>)>);
+
+    fn pins(sql: &str) -> Vec<Pinned> {
         let Analysis::Cacheable(read) = analyze(sql) else {
             panic!("{sql}: not cacheable")
         };
@@ -794,7 +797,7 @@ mod tests {
             .collect()
     }
 
-    fn one(table: &str, column: &str, values: &[&str]) -> (String, Vec<(String, Vec<String>)>) {
+    fn one(table: &str, column: &str, values: &[&str]) -> Pinned {
         (
             table.into(),
             vec![(

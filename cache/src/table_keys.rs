@@ -204,6 +204,9 @@ pub struct KeyMap {
     tables: HashMap<String, TableKeys>,
 }
 
+/// An index's columns by position (`None`: an expression).
+type IndexColumns = Vec<(i64, Option<String>)>;
+
 /// A column as the catalog lists it.
 struct ColumnRow {
     name: String,
@@ -224,7 +227,7 @@ impl KeyMap {
         let text = |row: &[Value], i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
         let int = |row: &[Value], i: usize| row.get(i).and_then(Value::as_i64);
         let mut columns: HashMap<String, Vec<ColumnRow>> = HashMap::new();
-        let mut indexes: BTreeMap<(String, String), Vec<(i64, Option<String>)>> = BTreeMap::new();
+        let mut indexes: BTreeMap<(String, String), IndexColumns> = BTreeMap::new();
         for row in rows {
             match text(row, 0).as_deref() {
                 Some("c") => {
