@@ -124,15 +124,12 @@ async fn freshness_run(length: Duration) {
     ] {
         setup.execute(sql).await.unwrap();
     }
-    {
-        let mut history = model.history.lock().unwrap();
-        for k in 1..=KEYS {
-            setup
-                .execute(&format!("INSERT INTO kv VALUES ({k}, 0, 'c{k}')"))
-                .await
-                .unwrap();
-            history.insert(k, vec![Some(0)]);
-        }
+    for k in 1..=KEYS {
+        setup
+            .execute(&format!("INSERT INTO kv VALUES ({k}, 0, 'c{k}')"))
+            .await
+            .unwrap();
+        model.history.lock().unwrap().insert(k, vec![Some(0)]);
     }
     let cache = Arc::new(CacheProcess::start(&cluster, 60_000, 10_000, &[]));
     cache.wait_for_feed();
