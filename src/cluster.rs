@@ -168,8 +168,9 @@ fn run_part(
     match part {
         Part::Instance(id) => {
             let (config, id) = (config.clone(), id.clone());
+            let path = config_path.to_path_buf();
             Box::pin(async move {
-                let result = dirkdb_server::run(&config, &id, stopped).await;
+                let result = dirkdb_server::run(&config, &id, Some(path), stopped).await;
                 result.with_context(|| format!("instance {id}"))
             })
         }
@@ -181,7 +182,8 @@ fn run_part(
             })
         }
         Part::Cache => {
-            let settings = cache.clone();
+            let mut settings = cache.clone();
+            settings.config_path = Some(config_path.to_path_buf());
             Box::pin(async move { dirkdb_cache::run(settings, stopped).await.context("cache") })
         }
     }

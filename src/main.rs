@@ -172,7 +172,8 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args.config.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        dirkdb_server::run(&config, &args.instance, shutdown_signal())
+        let path = Some(args.config.config.clone());
+        dirkdb_server::run(&config, &args.instance, path, shutdown_signal())
             .await
             .context("server")
     })
@@ -216,7 +217,9 @@ fn cache_settings(args: &CacheArgs) -> anyhow::Result<dirkdb_cache::CacheSetting
         c.listen_host = host.clone();
     }
     c.change_feed &= !args.no_change_feed;
-    Ok(dirkdb_cache::CacheSettings::from_config(&config))
+    let mut settings = dirkdb_cache::CacheSettings::from_config(&config);
+    settings.config_path = args.config.exists().then(|| args.config.clone());
+    Ok(settings)
 }
 
 fn run_cache(args: CacheArgs) -> anyhow::Result<()> {

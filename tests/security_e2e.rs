@@ -637,3 +637,77 @@ async fn the_client_and_bench_authenticate_with_user_and_password() {
         text(&out.stderr)
     );
 }
+
+/// Rewrites the users of the cluster's config.json in place.
+fn edit_users(cluster: &Cluster, edit: impl FnOnce(&mut Vec<Value>)) {
+    let path = cluster.dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let users = config["security"]["users"].as_array_mut().unwrap();
+    edit(users);
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+/// Retries `AUTH` until the part has read the new file.
+async fn login_once_reloaded(addr: &str, user: &str, password: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = Client::connect(addr).await.unwrap();
+    loop {
+        match client.execute(&format!("AUTH {user} {password}")).await {
+            Ok(_) => return client,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{user} never admitted by {addr}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_proxy_and_cache_apply_edited_users_live_and_keep_sessions() {
+    let cluster = secure_cluster_with_proxy(0, "{}", json!({}));
+    let cache = start_cache(&cluster);
+    let mut admin = login(&cluster.addr(0), "admin", "admin-pw").await;
+    admin.execute("CREATE DATABASE shop").await.unwrap();
+    admin.execute("USE shop").await.unwrap();
+    admin.execute("CREATE TABLE t(a)").await.unwrap();
+    let parts = [
+        ("server", cluster.addr(0)),
+        ("proxy", format!("127.0.0.1:{}", cluster.proxy.port)),
+        ("cache", format!("127.0.0.1:{}", cache.port)),
+    ];
+    let mut apps = Vec::new();
+    let mut readers = Vec::new();
+    for (_, addr) in &parts {
+        let mut app = login(addr, "app", "app-pw").await;
+        eventually(&mut app, "USE shop").await;
+        app.execute("INSERT INTO t VALUES (1)").await.unwrap();
+        apps.push(app);
+        let mut reader = login(addr, "reader", "reader-pw").await;
+        eventually(&mut reader, "USE shop").await;
+        readers.push(reader);
+    }
+
+    // One edit: `newbie` added, `reader` removed, `app` down to READ.
+    let hash = dirkdb_core::security::hash_password("newbie-pw").unwrap();
+    edit_users(&cluster, |users| {
+        users.retain(|u| u["name"] != "reader");
+        for u in users.iter_mut().filter(|u| u["name"] == "app") {
+            u["grants"] = json!({ "shop": ["READ"] });
+        }
+        users.push(
+            json!({ "name": "newbie", "passwordHash": hash, "grants": { "shop": ["READ"] } }),
+        );
+    });
+    for (i, (part, addr)) in parts.iter().enumerate() {
+        let mut newbie = login_once_reloaded(addr, "newbie", "newbie-pw").await;
+        eventually(&mut newbie, "USE shop").await;
+        // The open sessions go on, each with its user's new grants.
+        let app = &mut apps[i];
+        app.query("SELECT count(*) FROM t").await.unwrap();
+        let refused = denied(app.execute("INSERT INTO t VALUES (2)").await);
+        assert!(refused.contains("lacks WRITE"), "{part}: {refused}");
+        let gone = denied(readers[i].execute("SELECT count(*) FROM t").await);
+        assert!(gone.contains("no longer exists"), "{part}: {gone}");
+    }
+}

@@ -61,6 +61,8 @@ pub struct CacheSettings {
     pub shutdown_timeout: Duration,
     /// The whole file (its `security` section: users, grants, cluster credentials).
     pub config: ClusterConfig,
+    /// The file to watch: its `security` section's users and grants apply live.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl CacheSettings {
@@ -84,6 +86,7 @@ impl CacheSettings {
             change_feed: c.change_feed,
             shutdown_timeout: Duration::from_millis(config.limits.shutdown_timeout_ms),
             config: config.clone(),
+            config_path: None,
         }
     }
 }
@@ -129,6 +132,17 @@ pub async fn run(
         },
         security.clone(),
     ))];
+    if let Some(path) = settings.config_path.clone() {
+        let security = security.clone();
+        background.push(tokio::spawn(dirkdb_core::config::watch::watch(
+            path,
+            "cache".into(),
+            move |config| {
+                security.reload(&config.security);
+                std::future::ready(())
+            },
+        )));
+    }
     if settings.change_feed {
         background.push(tokio::spawn(change_listener::follow(
             settings.upstream.clone(),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod unknown_fields;
+pub mod watch;
 
 pub use unknown_fields::UnknownField;
 

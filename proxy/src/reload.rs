@@ -2,87 +2,38 @@
 //! concern and timeouts apply to the next statement, without a restart and without closing a
 //! client connection.
 //!
-//! The file's folder is watched with `notify` (editors often replace a file by renaming a new
-//! one over it); events are debounced for 200 ms, then the file is loaded and validated. An
-//! invalid file is refused with an error naming the field, and the previous topology stays in
-//! force. Instances whose address did not change keep their pooled connections and health; the
-//! primary stays the one the proxy chose (a failover's choice outlives the file's stale roles)
+//! The watching itself (debounced, invalid files refused with the previous settings kept) is
+//! `dirkdb_core::config::watch`, shared with the servers and the cache. Instances whose address
+//! did not change keep their pooled connections and health; the primary stays the one the proxy chose (a failover's choice outlives the file's stale roles)
 //! unless it left the file. A reload takes the topology's writer turn, so it waits for a
 //! failover under way and rebuilds from the topology that failover stored.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dirkdb_core::config::ClusterConfig;
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::topology::{SharedTopology, Topology};
 
 /// Watches `path` and swaps the topology whenever a valid new version appears.
 pub async fn watch(path: PathBuf, topology: Arc<SharedTopology>) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let name = path.file_name().map(|n| n.to_os_string());
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if !is_read_access(&event.kind)
-                    && event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-                {
-                    let _ = tx.send(());
-                }
-            }
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch config.json; live reload is off");
-                return;
-            }
-        };
-    let folder = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
-        tracing::error!(error = %e, "cannot watch config.json; live reload is off");
-        return;
-    }
-    while rx.recv().await.is_some() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while rx.try_recv().is_ok() {}
-        reload(&path, &topology).await;
-    }
+    dirkdb_core::config::watch::watch(path, "proxy".into(), |config| {
+        let topology = topology.clone();
+        async move { apply(config, &topology).await }
+    })
+    .await
 }
 
-/// Opening or reading the file (ours included) raises access events: reacting to them would
-/// reload forever. A writer closing it still counts.
-fn is_read_access(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode};
-    matches!(kind, notify::EventKind::Access(access)
-        if !matches!(access, AccessKind::Close(AccessMode::Write)))
-}
-
-/// Loads, validates and applies the file once.
-pub async fn reload(path: &Path, topology: &SharedTopology) {
-    match ClusterConfig::load(path) {
-        Ok(config) => {
-            let writer = topology.write().await;
-            let updated = writer.store(rebuild(&writer.current(), config));
-            tracing::info!(
-                instances = updated.backends.len(),
-                primary = %updated.primary().id,
-                "config.json reloaded"
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "config.json refused; the previous topology stays in force")
-        }
-    }
+/// Applies a loaded and validated file, under the topology's writer turn.
+async fn apply(config: ClusterConfig, topology: &SharedTopology) {
+    let writer = topology.write().await;
+    let updated = writer.store(rebuild(&writer.current(), config));
+    tracing::info!(
+        instances = updated.backends.len(),
+        primary = %updated.primary().id,
+        "config.json reloaded"
+    );
 }
 
 fn rebuild(old: &Topology, config: ClusterConfig) -> Topology {
@@ -110,8 +61,7 @@ fn rebuild(old: &Topology, config: ClusterConfig) -> Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
-    use notify::EventKind;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -165,7 +115,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(&path, cluster_file(admin, 4321)).unwrap();
-        reload(&path, &shared).await;
+        apply(ClusterConfig::load(&path).unwrap(), &shared).await;
         assert_eq!(failover.await.unwrap(), Ok("m2".to_string()));
         let t = shared.load();
         assert_eq!(
@@ -178,22 +128,5 @@ mod tests {
             "the reload survives the failover"
         );
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn reading_the_file_does_not_reload_it_but_writing_does() {
-        assert!(is_read_access(&EventKind::Access(AccessKind::Open(
-            AccessMode::Any
-        ))));
-        assert!(is_read_access(&EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(!is_read_access(&EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(!is_read_access(&EventKind::Modify(ModifyKind::Data(
-            DataChange::Any
-        ))));
-        assert!(!is_read_access(&EventKind::Create(CreateKind::File)));
     }
 }

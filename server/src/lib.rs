@@ -62,6 +62,7 @@ pub use crate::state::ServerState;
 pub async fn run(
     config: &ClusterConfig,
     instance_id: &str,
+    config_path: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
     let instance = config.instance(instance_id)?;
@@ -95,10 +96,13 @@ pub async fn run(
         "DirkDB server listening"
     );
     let follower = tokio::spawn(replication::follower::run(state.clone()));
-    let background = [
+    let mut background = vec![
         tokio::spawn(prune_periodically(state.clone())),
         tokio::spawn(checkpoint_periodically(state.clone())),
     ];
+    if let Some(path) = config_path {
+        background.push(tokio::spawn(watch_security(path, state.clone())));
+    }
     // A stopping replica stops following at once: its primary is often stopping too, and a
     // stream that ends then is not worth a "retrying".
     let stopping = async {
@@ -110,6 +114,17 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// Applies each valid edit of `config.json`'s users, grants and instance list to open sessions
+/// at their next statement (the rest of the file is read at start).
+async fn watch_security(path: std::path::PathBuf, state: Arc<ServerState>) {
+    let what = format!("instance {}", state.instance_id);
+    dirkdb_core::config::watch::watch(path, what, |config| {
+        state.security.reload(&config);
+        std::future::ready(())
+    })
+    .await
 }
 
 /// Keeps the oplog within `maxEntries` and `retentionDays`.
