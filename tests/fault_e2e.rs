@@ -764,6 +764,103 @@ async fn a_primary_that_answers_but_cannot_write_is_replaced() {
     check(&f, load, "a primary that cannot write").await;
 }
 
+/// The primary is paused while the only reachable replica lacks acknowledged writes (its link
+/// to the primary was cut, and the replica that confirmed them is paused too): the failover
+/// waits rather than promote it, and statements through the proxy are refused at once with
+/// that reason. Once the confirming replica is back it is promoted, and nothing acknowledged is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_waiting_for_a_caught_up_replica_says_so() {
+    let f = Faulty::start(1);
+    let proxy = format!("127.0.0.1:{}", f.proxy_port);
+    let mut c = Client::connect(&proxy).await.expect("proxy");
+    for sql in [
+        "CREATE DATABASE jepsen",
+        "USE jepsen",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, w INT)",
+    ] {
+        c.execute(sql).await.expect(sql);
+    }
+    let mut acknowledged = BTreeSet::new();
+    for id in 1..=5 {
+        acknowledged.insert(insert(&mut c, id).await.expect("insert"));
+    }
+    // m3 stops receiving anything from m1; m2 confirms the next writes alone.
+    f.nodes[2].to_first.as_ref().expect("m3's link to m1").cut();
+    for id in 6..=10 {
+        acknowledged.insert(insert(&mut c, id).await.expect("insert confirmed by m2"));
+    }
+    signal(f.pid(1), "STOP");
+    signal(f.pid(0), "STOP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = tokio::time::timeout(Duration::from_secs(5), insert(&mut c, 11)).await;
+        if let Ok(Err(dirkdb_client::ClientError::Server(m))) = &answer {
+            if m.contains("waiting") {
+                break m.clone();
+            }
+        }
+        if !matches!(answer, Ok(Err(dirkdb_client::ClientError::Server(_)))) {
+            c = Client::connect(&proxy).await.expect("proxy");
+            c.execute("USE jepsen").await.expect("use");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dedicated answer while the failover waits (last: {answer:?})\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        answer.contains("holds every acknowledged write") && answer.contains("m3"),
+        "{answer}"
+    );
+    let refused_at = Instant::now();
+    let quick = tokio::time::timeout(Duration::from_secs(1), insert(&mut c, 12)).await;
+    assert!(
+        matches!(&quick, Ok(Err(dirkdb_client::ClientError::Server(m))) if m.contains("waiting")),
+        "refused at once, not after the dead primary's timeouts: {quick:?} in {:?}",
+        refused_at.elapsed()
+    );
+    assert_eq!(f.primary(), 0, "m3 lacks acknowledged writes: not promoted");
+    assert_eq!(
+        f.log("proxy").matches("failover waits").count(),
+        1,
+        "the wait is logged once, not at every retry\n{}",
+        f.logs()
+    );
+    // m2 returns: it holds every acknowledged write and is promoted.
+    signal(f.pid(1), "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.primary() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "m2 was not promoted\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.nodes[2]
+        .to_first
+        .as_ref()
+        .expect("m3's link to m1")
+        .heal();
+    signal(f.pid(0), "CONT");
+    let p = f.converge(Duration::from_secs(60));
+    let present = f.ids_on(p).await;
+    let lost: Vec<&u64> = acknowledged.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {lost:?}\n{}",
+        f.logs()
+    );
+}
+
+async fn insert(c: &mut Client, id: u64) -> Result<u64, dirkdb_client::ClientError> {
+    let sql = format!("INSERT INTO t(id, w) VALUES ({id}, 0)");
+    c.execute(&sql).await.map(|_| id)
+}
+
 /// SplitMix64: a small seeded generator, so that a random schedule is replayed exactly from
 /// the seed it prints.
 struct Rng(u64);

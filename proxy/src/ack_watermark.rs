@@ -10,6 +10,12 @@
 //!
 //! The watermark lives in the proxy's memory: a restarted proxy starts from nothing and relies,
 //! as before, on choosing the most advanced replica.
+//!
+//! While an automatic failover finds no candidate holding the watermark (or none reachable), it
+//! waits and retries rather than lose data ([`failover_waits`]); meanwhile every statement for
+//! the primary is refused at once with that reason ([`failover_waiting`]) instead of running
+//! into the dead primary's timeouts, until a failover succeeds or the primary is back
+//! ([`failover_over`]).
 
 use std::sync::Mutex;
 
@@ -126,6 +132,47 @@ pub fn current() -> Position {
     global().current()
 }
 
+/// Why a failover waits for a candidate, and since when.
+#[derive(Debug, Clone)]
+struct Waiting {
+    since: std::time::Instant,
+    reason: String,
+}
+
+fn waiting() -> std::sync::MutexGuard<'static, Option<Waiting>> {
+    static WAITING: Mutex<Option<Waiting>> = Mutex::new(None);
+    WAITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An automatic failover found no candidate it may promote (`reason`) and will retry; returns
+/// true when this starts the wait or changes its reason (worth a log line; the retries are not).
+pub fn failover_waits(reason: &str) -> bool {
+    let mut w = waiting();
+    let changed = w.as_ref().is_none_or(|w| w.reason != reason);
+    let since = w.as_ref().map_or_else(std::time::Instant::now, |w| w.since);
+    *w = Some(Waiting {
+        since,
+        reason: reason.to_string(),
+    });
+    changed
+}
+
+/// The wait is over: a failover installed a primary, or the primary came back.
+pub fn failover_over() {
+    *waiting() = None;
+}
+
+/// While a failover waits for a candidate: the answer for a statement that needs the primary.
+pub fn failover_waiting() -> Option<String> {
+    waiting().as_ref().map(|w| {
+        format!(
+            "no primary accepts writes: the primary is down and the failover has been waiting {} ms for a replica that holds every acknowledged write ({}); nothing was run, retry later",
+            w.since.elapsed().as_millis(),
+            w.reason
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +201,26 @@ mod tests {
             "a write whose node stopped being the primary is not acknowledged"
         );
         assert_eq!(watermark.current(), Position { term: 2, seq: 40 });
+    }
+
+    #[test]
+    fn a_waiting_failover_is_reported_until_it_is_over() {
+        failover_over();
+        assert!(failover_waiting().is_none());
+        assert!(failover_waits(
+            "no reachable replica holds every acknowledged write"
+        ));
+        assert!(
+            !failover_waits("no reachable replica holds every acknowledged write"),
+            "a retry for the same reason is not news"
+        );
+        let answer = failover_waiting().unwrap_or_default();
+        assert!(
+            answer.contains("waiting") && answer.contains("holds every acknowledged write"),
+            "{answer}"
+        );
+        failover_over();
+        assert!(failover_waiting().is_none());
     }
 
     #[test]

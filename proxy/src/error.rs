@@ -29,6 +29,10 @@ pub enum ProxyError {
     /// COMMIT (or RELEASE) of a transaction that had been rolled back.
     #[error("nothing was committed: the transaction had been rolled back after an error ({0})")]
     NothingCommitted(String),
+    /// The primary is down and an automatic failover waits for a replica holding every
+    /// acknowledged write (see `ack_watermark::failover_waiting`).
+    #[error("{0}")]
+    FailoverWaiting(String),
     /// The client connection broke.
     #[error(transparent)]
     Client(#[from] dirkdb_core::connection::ConnectionError),

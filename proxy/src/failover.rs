@@ -65,6 +65,9 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
         Err(e) => {
             // Nothing promoted: the old primary may renew its lease again if it comes back.
             crate::lease::resume_renewing(&t.primary().id);
+            if requested.is_none() && ack_watermark::failover_waits(&e) {
+                tracing::warn!(primary = %t.primary().id, reason = %e, "failover waits: statements for the primary are refused until a replica holding every acknowledged write can be promoted or the primary returns");
+            }
             return Err(e);
         }
     };
@@ -84,6 +87,7 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
     let updated = t.with_primary(target);
     persist(&updated);
     let updated = writer.store(updated);
+    ack_watermark::failover_over();
     drop(writer);
     drop(frozen);
     crate::status_page::record_failover(&t, target, to);

@@ -181,6 +181,7 @@ async fn align_replication_modes(
 async fn watch_primary(topology: &SharedTopology, t: &Topology, down_since: &mut Option<Instant>) {
     if t.primary().health().state != HealthState::Down {
         *down_since = None;
+        crate::ack_watermark::failover_over();
         return;
     }
     let since = *down_since.get_or_insert_with(Instant::now);
@@ -192,6 +193,10 @@ async fn watch_primary(topology: &SharedTopology, t: &Topology, down_since: &mut
         Ok(new) => {
             tracing::warn!(%new, "automatic failover done");
             *down_since = None;
+        }
+        // A wait for a caught-up candidate was logged once when it began (see `failover`).
+        Err(e) if crate::ack_watermark::failover_waiting().is_some() => {
+            tracing::debug!(error = %e, "automatic failover still waiting; retrying")
         }
         Err(e) => tracing::error!(error = %e, "automatic failover failed; retrying"),
     }

@@ -228,6 +228,9 @@ impl ProxySession {
         class: &StatementClass,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ProxyError> {
+        if let Some(reason) = crate::ack_watermark::failover_waiting() {
+            return Err(ProxyError::FailoverWaiting(reason));
+        }
         let (backend, mut conn) = self.primary_conn().await?;
         let timeout = self.statement_timeout();
         let settles_write = matches!(class, StatementClass::Write)
