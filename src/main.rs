@@ -103,6 +103,10 @@ struct CacheArgs {
     /// Do not follow the primary's change feed (only the TTL bounds other clients' writes).
     #[arg(long)]
     no_change_feed: bool,
+    /// Several upstreams, `host:port,host:port` (one per proxy): the first that answers is
+    /// used, the next when it fails. Replaces the upstream host and port.
+    #[arg(long, value_name = "HOST:PORT,…", value_delimiter = ',')]
+    upstream: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -204,6 +208,12 @@ fn cache_settings(args: &CacheArgs) -> anyhow::Result<dirkdb_cache::CacheSetting
         c.upstream_host = Some(host.clone());
     }
     c.upstream_port = args.upstream_port.or(c.upstream_port);
+    if args.upstream_host.is_some() || args.upstream_port.is_some() {
+        c.upstreams.clear();
+    }
+    if !args.upstream.is_empty() {
+        c.upstreams = args.upstream.clone();
+    }
     if let Some(port) = args.listen_port {
         c.listen_port = port;
     }

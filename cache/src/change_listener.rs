@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dirkdb_client::Client;
 use dirkdb_core::change_feed::{ChangeNotice, RowKey, CHANGES_STATEMENT, FEED_HEARTBEAT};
 use dirkdb_core::frame::Frame;
 use tokio::sync::watch;
@@ -81,8 +80,9 @@ fn store_feed_lost(store: &ResultStore) -> bool {
 }
 
 async fn subscribe(addr: &str, store: &ResultStore, stats: &CacheStats) -> FeedEnd {
-    let mut client = match Client::connect_timeout(addr, Duration::from_secs(2)).await {
-        Ok(c) => c,
+    let addrs = crate::upstream::addresses(addr);
+    let mut client = match crate::upstream::connect_first(&addrs, 0, Duration::from_secs(2)).await {
+        Ok((c, _)) => c,
         Err(e) => return FeedEnd::Lost(e.to_string()),
     };
     if let Err(e) = crate::auth::login(&mut client, None).await {

@@ -5,6 +5,11 @@
 //! upstream the highest primary position it has seen (`DIRK SEEN <seq>`), so the proxy serves
 //! that read from an instance at least that far (its read-your-writes path). It is sent only
 //! when the floor moved, and dropped for good on an upstream that does not know it.
+//!
+//! The upstream may be a list (`host:port,host:port`: several proxies). A new connection goes to
+//! the first address that answers, starting with the one in use; when a connection breaks or
+//! times out, the next one starts with the next address. A session's transaction does not
+//! survive the move: the session reports it rolled back (see `session`).
 
 use std::time::Duration;
 
@@ -41,9 +46,53 @@ pub enum UpstreamError {
     },
 }
 
+/// The addresses of an upstream list (`host:port,host:port`), in order; never empty.
+pub fn addresses(list: &str) -> Vec<String> {
+    let addrs: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if addrs.is_empty() {
+        vec![list.to_string()]
+    } else {
+        addrs
+    }
+}
+
+/// Connects to the first address of `addrs` that answers within `timeout`, trying them in
+/// order from `start`; returns the client and the index of its address.
+pub async fn connect_first(
+    addrs: &[String],
+    start: usize,
+    timeout: Duration,
+) -> Result<(Client, usize), ClientError> {
+    let mut last = ClientError::Closed;
+    for step in 0..addrs.len() {
+        let i = (start + step) % addrs.len();
+        match Client::connect_timeout(&addrs[i], timeout).await {
+            Ok(client) => {
+                if step > 0 {
+                    tracing::info!(upstream = %addrs[i], "moved to the next upstream");
+                }
+                return Ok((client, i));
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %addrs[i], error = %e, "upstream unreachable");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
 /// The session's upstream connection.
 pub struct Upstream {
+    /// The address in use (the first of `addrs` until a connection moved on).
     addr: String,
+    addrs: Vec<String>,
+    current: usize,
     client: Option<Client>,
     /// The database selected on `client`.
     db: Option<String>,
@@ -58,8 +107,11 @@ pub struct Upstream {
 impl Upstream {
     /// Not connected yet.
     pub fn new(addr: String, timeout: Duration) -> Upstream {
+        let addrs = addresses(&addr);
         Upstream {
-            addr,
+            addr: addrs[0].clone(),
+            addrs,
+            current: 0,
             client: None,
             db: None,
             floor: 0,
@@ -89,9 +141,11 @@ impl Upstream {
     /// Connected, with `db` selected.
     async fn ready(&mut self, db: Option<&str>) -> Result<&mut Client, UpstreamError> {
         if self.client.is_none() {
-            let mut client = Client::connect_timeout(&self.addr, Duration::from_secs(2))
+            let (mut client, i) = connect_first(&self.addrs, self.current, Duration::from_secs(2))
                 .await
                 .map_err(|e| self.unreachable(e))?;
+            self.current = i;
+            self.addr = self.addrs[i].clone();
             crate::auth::login(&mut client, self.user.as_deref())
                 .await
                 .map_err(|e| self.unreachable(e))?;
@@ -171,6 +225,7 @@ impl Upstream {
             Ok(Err(e)) => Err(self.broken(e)),
             Err(_) => {
                 self.client = None;
+                self.move_on();
                 Err(UpstreamError::Timeout {
                     addr: self.addr.clone(),
                     ms: self.timeout.as_millis() as u64,
@@ -181,7 +236,14 @@ impl Upstream {
 
     fn broken(&mut self, e: ClientError) -> UpstreamError {
         self.client = None;
-        self.unreachable(e)
+        let error = self.unreachable(e);
+        self.move_on();
+        error
+    }
+
+    /// The next connection starts with the next upstream of the list.
+    fn move_on(&mut self) {
+        self.current = (self.current + 1) % self.addrs.len();
     }
 
     /// Makes sure the upstream serves the next read at position `seen` or later.
@@ -208,5 +270,33 @@ impl Upstream {
             Ok(Frame::Message(text)) => text.strip_prefix("position ")?.trim().parse().ok(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_list_is_split_and_the_first_address_that_answers_is_used() {
+        assert_eq!(addresses("a:1, b:2,"), vec!["a:1", "b:2"]);
+        assert_eq!(addresses("a:1"), vec!["a:1"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap().to_string();
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let addrs = vec![dead.clone(), live.clone()];
+        let (_, i) = connect_first(&addrs, 0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(i, 1, "the dead address is skipped");
+        let e = connect_first(std::slice::from_ref(&dead), 0, Duration::from_secs(1))
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(&dead), "{e}");
     }
 }

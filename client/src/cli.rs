@@ -11,6 +11,10 @@
 //! The client follows the transactions it opens: when the connection is lost inside one, it
 //! says the transaction was rolled back (the server rolls back a closed connection's
 //! transaction). Ctrl-C on a continuation line discards the typed statement and says so.
+//!
+//! With `--upstream host:port,host:port` (several proxies), it connects to the first that
+//! answers, and after a lost connection the next statement goes to the next one (a script still
+//! stops with 2 at the lost statement: its outcome is unknown).
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -66,6 +70,28 @@ pub struct ClientArgs {
     /// Who to authenticate as.
     #[command(flatten)]
     pub credentials: CredentialArgs,
+    /// Several proxies (or caches) to use in turn, `host:port,host:port`: the client connects
+    /// to the first that answers and moves to the next when its connection fails. Replaces
+    /// HOST and PORT.
+    #[arg(long, value_name = "HOST:PORT,…", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+}
+
+impl ClientArgs {
+    /// The addresses to try, in order: `--upstream`'s, else HOST:PORT.
+    pub fn addresses(&self) -> Vec<String> {
+        let listed: Vec<String> = self
+            .upstream
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if listed.is_empty() {
+            vec![format!("{}:{}", self.host, self.port)]
+        } else {
+            listed
+        }
+    }
 }
 
 /// Runs the client; returns the process exit code.
@@ -80,7 +106,6 @@ pub fn run(args: ClientArgs) -> i32 {
             return EXIT_CONNECTION;
         }
     };
-    let addr = format!("{}:{}", args.host, args.port);
     let credentials = match args.credentials.resolve() {
         Ok(credentials) => credentials,
         Err(e) => {
@@ -90,7 +115,8 @@ pub fn run(args: ClientArgs) -> i32 {
     };
     let mut shell = Shell {
         runtime,
-        addr,
+        addrs: args.addresses(),
+        current: 0,
         credentials,
         client: None,
         database: None,
@@ -126,7 +152,9 @@ pub fn run(args: ClientArgs) -> i32 {
 
 struct Shell {
     runtime: tokio::runtime::Runtime,
-    addr: String,
+    /// Where to connect, in order of preference (`--upstream`), and the one in use.
+    addrs: Vec<String>,
+    current: usize,
     /// Presented with `AUTH` on every (re)connection.
     credentials: Option<Credentials>,
     client: Option<Client>,
@@ -184,7 +212,7 @@ impl Shell {
         }
         println!(
             "DirkDB client — connected to {} (end statements with ;, quit with miala)",
-            self.addr
+            self.addr()
         );
         let mut buffer = String::new();
         loop {
@@ -258,8 +286,7 @@ impl Shell {
         if self.client.is_some() {
             return Ok(());
         }
-        let connecting = Client::connect_as(&self.addr, self.credentials.as_ref());
-        let result = self.runtime.block_on(connecting);
+        let result = self.connect_first();
         match result {
             Ok(client) => {
                 self.client = Some(client);
@@ -274,6 +301,38 @@ impl Shell {
                 Err(())
             }
         }
+    }
+
+    /// Connects to the first address that answers, starting with the one in use; says so when
+    /// it had to move on.
+    fn connect_first(&mut self) -> Result<Client, ClientError> {
+        let mut last = None;
+        for step in 0..self.addrs.len() {
+            let i = (self.current + step) % self.addrs.len();
+            let connecting = Client::connect_as(&self.addrs[i], self.credentials.as_ref());
+            match self.runtime.block_on(connecting) {
+                Ok(client) => {
+                    if step > 0 {
+                        eprintln!("(now connected to {})", self.addrs[i]);
+                    }
+                    self.current = i;
+                    return Ok(client);
+                }
+                Err(e) => {
+                    if self.addrs.len() > 1 {
+                        eprintln!("{e}; trying the next upstream");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        // `addrs` is never empty (HOST:PORT when no --upstream), so `last` is set.
+        Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    /// The address in use.
+    fn addr(&self) -> &str {
+        &self.addrs[self.current % self.addrs.len()]
     }
 
     fn run_on_client(&mut self, statement: &str) -> Option<Result<Reply, ClientError>> {
@@ -311,6 +370,8 @@ impl Shell {
             Err(e) if e.is_fatal() => {
                 eprintln!("{e}");
                 self.client = None;
+                // The next connection starts with the next upstream.
+                self.current = (self.current + 1) % self.addrs.len();
                 if std::mem::take(&mut self.txn).open {
                     eprintln!(
                         "the open transaction was rolled back: the connection was lost before it ended"

@@ -147,6 +147,10 @@ pub struct CacheConfig {
     pub upstream_host: Option<String>,
     /// Port it forwards to (default: the proxy's `loadBalancer.listenPort`).
     pub upstream_port: Option<u16>,
+    /// Several upstreams (`["host:port", …]`, e.g. one per proxy): the cache uses the first that
+    /// answers and moves to the next when it fails. When set, it replaces
+    /// `upstreamHost`/`upstreamPort`.
+    pub upstreams: Vec<String>,
     /// How long an entry may be served, in milliseconds.
     pub ttl_millis: u64,
     /// How many results are kept at most.
@@ -184,6 +188,7 @@ impl Default for CacheConfig {
             admin_port: None,
             upstream_host: None,
             upstream_port: None,
+            upstreams: Vec::new(),
             ttl_millis: 3000,
             max_entries: 200,
             max_bytes: 64 * 1024 * 1024,
@@ -219,9 +224,12 @@ fn json_error(e: &serde_json::Error) -> ConfigError {
 }
 
 impl ClusterConfig {
-    /// The address the cache forwards to: its own `upstreamHost`/`upstreamPort`, else the
-    /// proxy's listening address.
+    /// The address the cache forwards to: its `upstreams` list (comma-separated), else its own
+    /// `upstreamHost`/`upstreamPort`, else the proxy's listening address.
     pub fn cache_upstream(&self) -> String {
+        if !self.cache.upstreams.is_empty() {
+            return self.cache.upstreams.join(",");
+        }
         let host = self
             .cache
             .upstream_host
@@ -543,6 +551,9 @@ pub struct FailoverConfig {
     /// a tenth of `detectionMillis`, at least 100 ms); the proxy promotes a node only once the
     /// old primary's lease plus this margin has passed since its last renewal.
     pub clock_drift_millis: Option<u64>,
+    /// Who decides a failover: this proxy alone (`LOCAL`, the default) or the proxies together
+    /// through etcd (`ETCD`).
+    pub coordinator: CoordinatorConfig,
 }
 
 impl Default for FailoverConfig {
@@ -552,7 +563,77 @@ impl Default for FailoverConfig {
             detection_millis: 3000,
             lease_millis: None,
             clock_drift_millis: None,
+            coordinator: CoordinatorConfig::Local,
         }
+    }
+}
+
+/// `failover.coordinator`: where the cluster's decisions (current primary, term, which proxy
+/// decides) live.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum CoordinatorConfig {
+    /// One proxy decides by itself; nothing else to run.
+    #[default]
+    #[serde(rename = "LOCAL", alias = "local", alias = "Local")]
+    Local,
+    /// The proxies share one decision through etcd.
+    #[serde(rename = "ETCD", alias = "etcd", alias = "Etcd")]
+    Etcd(EtcdCoordinator),
+}
+
+/// `failover.coordinator` with `"type": "ETCD"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdCoordinator {
+    /// etcd's client addresses (`host:port`, or `http://host:port`).
+    pub endpoints: Vec<String>,
+    /// The key prefix of this cluster's state (`/dirkdb/<cluster name>`); two clusters sharing an
+    /// etcd must use different prefixes.
+    pub prefix: String,
+    /// How long a proxy that stops answering etcd stays alive there (its lease), in
+    /// milliseconds; rounded up to whole seconds (etcd's lease unit). Default 3000.
+    #[serde(default = "EtcdCoordinator::default_lease_millis")]
+    pub lease_millis: u64,
+}
+
+impl EtcdCoordinator {
+    fn default_lease_millis() -> u64 {
+        3000
+    }
+
+    /// The etcd lease's TTL in whole seconds (at least 1).
+    pub fn lease_seconds(&self) -> i64 {
+        self.lease_millis.div_ceil(1000).max(1) as i64
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        const FIELD: &str = "failover.coordinator";
+        if self.endpoints.is_empty() {
+            return Err(invalid(
+                &format!("{FIELD}.endpoints"),
+                "must name at least one etcd address (host:port)",
+            ));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !is_host_port(e.strip_prefix("http://").unwrap_or(e)) {
+                let msg = format!("`{e}` is not host:port (https is not supported)");
+                return Err(invalid(&format!("{FIELD}.endpoints[{i}]"), &msg));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.trim_end_matches('/').len() < 2 {
+            return Err(invalid(
+                &format!("{FIELD}.prefix"),
+                "must be a key path such as /dirkdb/<cluster name>",
+            ));
+        }
+        if self.lease_millis < 1000 {
+            return Err(invalid(
+                &format!("{FIELD}.leaseMillis"),
+                "must be at least 1000 (etcd leases count whole seconds)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -680,6 +761,15 @@ impl ClusterConfig {
         self.validate_instances()?;
         self.validate_routing()?;
         self.validate_limits()?;
+        if let CoordinatorConfig::Etcd(etcd) = &self.failover.coordinator {
+            etcd.check()?;
+        }
+        for (i, upstream) in self.cache.upstreams.iter().enumerate() {
+            if !is_host_port(upstream) {
+                let msg = format!("`{upstream}` is not host:port");
+                return Err(invalid(&format!("cache.upstreams[{i}]"), &msg));
+            }
+        }
         self.security
             .check()
             .map_err(|(field, message)| invalid(&field, &message))
@@ -779,6 +869,13 @@ impl ClusterConfig {
             ConfigError::UnknownInstance(id.to_string(), known.join(", "))
         })
     }
+}
+
+/// True for `host:port` with a non-empty host and a port from 1 to 65535.
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.trim().is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
 }
 
 fn invalid(field: &str, message: &str) -> ConfigError {
@@ -941,5 +1038,76 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("writeConcern.replicas"));
+    }
+
+    #[test]
+    fn the_failover_coordinator_is_local_unless_etcd_is_named_and_etcd_settings_are_checked() {
+        let plain = with(OURS).unwrap();
+        assert_eq!(plain.failover.coordinator, CoordinatorConfig::Local);
+        let with_coordinator = |coordinator: &str| {
+            let text = OURS.replacen(
+                r#""configVersion": 1,"#,
+                &format!(r#""configVersion": 1, "failover": {{ "coordinator": {coordinator} }},"#),
+                1,
+            );
+            with(&text).map(|c| c.failover.coordinator)
+        };
+        assert_eq!(
+            with_coordinator(r#"{"type": "LOCAL"}"#).unwrap(),
+            CoordinatorConfig::Local
+        );
+        let etcd = with_coordinator(
+            r#"{"type": "ETCD", "endpoints": ["127.0.0.1:2379", "http://10.0.0.2:2379"], "prefix": "/dirkdb/shop"}"#,
+        )
+        .unwrap();
+        let CoordinatorConfig::Etcd(etcd) = etcd else {
+            panic!("not etcd: {etcd:?}")
+        };
+        assert_eq!(etcd.prefix, "/dirkdb/shop");
+        assert_eq!((etcd.lease_millis, etcd.lease_seconds()), (3000, 3));
+        let refused = |coordinator: &str, field: &str| {
+            let e = with_coordinator(coordinator).unwrap_err().to_string();
+            assert!(e.contains(field), "{coordinator}: {e}");
+        };
+        refused(r#"{"type": "CONSUL"}"#, "failover.coordinator");
+        refused(
+            r#"{"type": "ETCD", "endpoints": [], "prefix": "/d/x"}"#,
+            "failover.coordinator.endpoints",
+        );
+        refused(
+            r#"{"type": "ETCD", "endpoints": ["nohost"], "prefix": "/d/x"}"#,
+            "failover.coordinator.endpoints[0]",
+        );
+        refused(
+            r#"{"type": "ETCD", "endpoints": ["a:1"], "prefix": "dirkdb"}"#,
+            "failover.coordinator.prefix",
+        );
+        refused(
+            r#"{"type": "ETCD", "endpoints": ["a:1"], "prefix": "/d/x", "leaseMillis": 200}"#,
+            "failover.coordinator.leaseMillis",
+        );
+        refused(
+            r#"{"type": "ETCD", "endpoint": ["a:1"], "prefix": "/d/x"}"#,
+            "endpoint",
+        );
+    }
+
+    #[test]
+    fn the_cache_takes_a_list_of_upstreams_in_order_and_refuses_a_bad_one() {
+        let text = OURS.replacen(
+            r#""configVersion": 1,"#,
+            r#""configVersion": 1, "cache": { "upstreams": ["127.0.0.1:3949", "127.0.0.1:3959"] },"#,
+            1,
+        );
+        let c = with(&text).unwrap();
+        assert_eq!(c.cache_upstream(), "127.0.0.1:3949,127.0.0.1:3959");
+        assert_eq!(with(OURS).unwrap().cache_upstream(), "127.0.0.1:3949");
+        let bad = OURS.replacen(
+            r#""configVersion": 1,"#,
+            r#""configVersion": 1, "cache": { "upstreams": ["127.0.0.1:3949", "proxy2"] },"#,
+            1,
+        );
+        let e = with(&bad).unwrap_err().to_string();
+        assert!(e.contains("cache.upstreams[1]"), "{e}");
     }
 }

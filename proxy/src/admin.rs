@@ -112,6 +112,7 @@ async fn status(State(s): State<AdminState>) -> JsonLine {
         "fileTriggers": s.file_triggers.stats(),
         "clientConnections": s.stats.open(),
         "changeFeeds": s.stats.feeds(),
+        "coordinator": crate::coordinator::status(),
         "instances": instances(&t),
     }))
 }

@@ -38,11 +38,13 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 /// Promotes `to` (or the most advanced reachable replica) and makes it the proxy's primary;
 /// returns its id.
 pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<String, String> {
+    crate::coordinator::may_fail_over()?;
     let writer = topology.write().await;
     // From here until the new primary is installed, no write is acknowledged: the candidate
     // must hold every acknowledgement made before this point, and none is made after it.
     let frozen = ack_watermark::freeze();
-    let watermark = frozen.position;
+    // With several proxies, what the others acknowledged counts too.
+    let watermark = crate::coordinator::cluster_watermark(frozen.position).await;
     let t = writer.current();
     let requested = match to {
         Some(id) => Some(
@@ -77,8 +79,16 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
         .clone()
         .ok_or_else(|| format!("{} has no adminPort", new.id))?;
     let status = get_json(&admin, "/replication/status", ADMIN_TIMEOUT).await?;
+    let proposed = crate::lease::highest_term().max(status_term(&status)) + 1;
+    // The decision is recorded (in etcd, under an ETCD coordinator) before anything changes.
+    let term = match crate::coordinator::commit_failover(&t.primary().id, &new.id, proposed).await {
+        Ok(term) => term,
+        Err(e) => {
+            crate::lease::resume_renewing(&t.primary().id);
+            return Err(e);
+        }
+    };
     if status["role"] != "PRIMARY" {
-        let term = crate::lease::highest_term().max(status_term(&status)) + 1;
         let body = crate::lease::promotion_body(term, failover);
         let promoted = post_json(&admin, "/replication/promote", &body, ADMIN_TIMEOUT).await?;
         crate::lease::note_status(&new.id, status_term(&promoted), false);
@@ -212,7 +222,8 @@ pub async fn fence(t: &Topology, i: usize) {
     }
 }
 
-fn persist(t: &Topology) {
+/// Persists the topology's primary choice next to `config.json`.
+pub(crate) fn persist(t: &Topology) {
     if let Some(path) = &t.state_file {
         let text = serde_json::json!({ "primary": t.primary().id }).to_string();
         if let Err(e) = std::fs::write(path, text) {

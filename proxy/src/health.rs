@@ -18,7 +18,8 @@
 //!
 //! Each round also renews the chosen primary's write lease (in the background, see
 //! [`crate::lease`]) and notes every instance's term and whether it stepped down, from which
-//! failovers choose the next term and fencing finds stray primaries.
+//! failovers choose the next term and fencing finds stray primaries. Under an ETCD coordinator
+//! only the elected proxy renews, fences and fails over ([`crate::coordinator::decides`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,11 +47,16 @@ pub async fn run(topology: Arc<SharedTopology>) {
     loop {
         let t = topology.load_full();
         let interval = Duration::from_millis(t.config.load_balancer.health_interval_millis.max(10));
-        crate::lease::renew(
-            t.primary(),
-            &t.config.failover,
-            interval.max(Duration::from_millis(500)),
-        );
+        // Under an ETCD coordinator only the elected proxy renews, fences and fails over; read
+        // once, so a round that renewed nothing never fails over.
+        let decides = crate::coordinator::decides();
+        if decides {
+            crate::lease::renew(
+                t.primary(),
+                &t.config.failover,
+                interval.max(Duration::from_millis(500)),
+            );
+        }
         let checks: Vec<_> = t
             .backends
             .iter()
@@ -73,9 +79,14 @@ pub async fn run(topology: Arc<SharedTopology>) {
         for (i, finding) in findings.into_iter().enumerate() {
             apply(&t, i, finding, primary_seq, &mut behind_since);
         }
-        fence_stray_primaries(&topology, &t).await;
         align_replication_modes(&t, &modes, &mut mode_switched_at, interval).await;
-        watch_primary(&topology, &t, &mut primary_down_since).await;
+        if decides {
+            crate::coordinator::complete_promotion(&topology, &t).await;
+            fence_stray_primaries(&topology, &t).await;
+            watch_primary(&topology, &t, &mut primary_down_since).await;
+        } else {
+            primary_down_since = None;
+        }
         tokio::time::sleep(interval).await;
     }
 }

@@ -16,12 +16,16 @@
 //! With `replication.type` FILE, acknowledged writes ask the primary to copy the written
 //! database to the secondaries ([`file_triggers`], coalesced), and the [`health`] checker makes
 //! every instance run the replication mode `config.json` names (also after a reload).
+//!
+//! With `failover.coordinator` ETCD, several proxies share one decision through etcd
+//! ([`coordinator`]): one elected proxy fails over, every other follows etcd's record.
 
 pub mod ack_watermark;
 pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod change_feed;
+pub mod coordinator;
 pub mod error;
 pub mod failover;
 pub mod file_triggers;
@@ -123,6 +127,8 @@ pub async fn run(
     if let Some(path) = config_path {
         background.push(tokio::spawn(reload::watch(path, topology.clone())));
     }
+    let coordinator_config = topology.load().config.clone();
+    background.extend(coordinator::start(&coordinator_config, topology.clone()).await);
     tracing::info!(%addr, admin = %admin_addr, primary = %topology.load().primary().id, "DirkDB proxy listening");
     serve(
         listener,

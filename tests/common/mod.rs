@@ -214,4 +214,5 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 pub mod cache;
 pub mod cluster;
+pub mod etcd;
 pub mod relay;

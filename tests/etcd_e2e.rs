@@ -1,0 +1,661 @@
+//! Several proxies, one decision (`failover.coordinator` ETCD): real etcd (Debian's
+//! `etcd-server`, started by [`common::etcd`] on free loopback ports), three real servers (m1
+//! primary, m2 and m3 replicas) and two real proxies, each with its own `config.json`, writing
+//! with write concern 1.
+//!
+//! * the primary is killed (`kill -9`) under writers through both proxies: exactly one
+//!   promotion (etcd's primary record changes once), both proxies route to the new primary, no
+//!   acknowledged write is missing from it;
+//! * the elected proxy is killed: the other is elected and is the one that fails over next;
+//! * a failover interrupted after its etcd transaction (the record names a replica that was
+//!   never promoted) is finished by the elected proxy;
+//! * etcd stopped for a few seconds: no failover, reads go on through both proxies, and both
+//!   resume coordination without a restart;
+//! * a cache with both proxies as upstreams keeps answering when one is killed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{http, Cluster};
+use common::etcd::Etcd;
+use common::{dirkdb_bin, free_port, wait_for_port};
+use dirkdb_client::Client;
+use serde_json::Value;
+
+const PREFIX: &str = "/dirkdb/etcd-e2e";
+
+/// One proxy process with its own folder and `config.json`.
+struct Proxy {
+    dir: PathBuf,
+    port: u16,
+    admin: u16,
+    child: Option<Child>,
+}
+
+impl Proxy {
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn status(&self) -> Value {
+        http(self.admin, "GET", "/cluster/status", "")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("proxy.log")).expect("proxy log");
+        let child = Command::new(dirkdb_bin())
+            .args(["proxy", "--config"])
+            .arg(self.dir.join("config.json"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dirkdb proxy");
+        self.child = Some(child);
+        wait_for_port(self.port);
+        wait_for_port(self.admin);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// etcd, three servers and the proxies.
+struct Setup {
+    proxies: Vec<Proxy>,
+    cluster: Cluster,
+    etcd: Etcd,
+}
+
+impl Setup {
+    /// Three servers and `proxies` proxies coordinated through `etcd`, each proxy elected or
+    /// not, with the table `w` ready.
+    async fn start(etcd: Etcd, proxies: usize) -> Setup {
+        let routing = r#"{ "writes": { "writeConcern": { "replicas": 1, "timeoutMs": 2000 } } }"#;
+        let mut cluster = Cluster::configure_with(2, r#"{ "maxEntries": 1000000 }"#, routing);
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i);
+        }
+        let base: Value = serde_json::from_str(
+            &std::fs::read_to_string(cluster.dir.path().join("config.json")).expect("config"),
+        )
+        .expect("config json");
+        let proxies = (0..proxies)
+            .map(|k| {
+                let dir = cluster.dir.path().join(format!("proxy{}", k + 1));
+                std::fs::create_dir_all(&dir).expect("proxy dir");
+                let (port, admin) = (free_port(), free_port());
+                let mut config = base.clone();
+                config["loadBalancer"]["listenPort"] = port.into();
+                config["loadBalancer"]["adminPort"] = admin.into();
+                config["failover"] = serde_json::json!({
+                    "mode": "AUTOMATIC", "detectionMillis": 500, "leaseMillis": 1000,
+                    "clockDriftMillis": 100,
+                    "coordinator": { "type": "ETCD", "endpoints": etcd.endpoints(),
+                                     "prefix": PREFIX, "leaseMillis": 1000 }
+                });
+                std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
+                let mut proxy = Proxy {
+                    dir,
+                    port,
+                    admin,
+                    child: None,
+                };
+                proxy.spawn();
+                proxy
+            })
+            .collect();
+        let setup = Setup {
+            proxies,
+            cluster,
+            etcd,
+        };
+        setup.wait_for_one_elected(Duration::from_secs(15));
+        let mut c = setup.client(0).await;
+        for sql in [
+            "CREATE DATABASE e2e",
+            "USE e2e",
+            "CREATE TABLE w (id INTEGER PRIMARY KEY, via INTEGER)",
+        ] {
+            retry_statement(&mut c, sql).await;
+        }
+        setup
+    }
+
+    async fn client(&self, k: usize) -> Client {
+        Client::connect(&self.proxies[k].addr())
+            .await
+            .expect("connect to a proxy")
+    }
+
+    /// The proxies running.
+    fn running(&self) -> Vec<usize> {
+        (0..self.proxies.len())
+            .filter(|&k| self.proxies[k].child.is_some())
+            .collect()
+    }
+
+    /// Waits until exactly one running proxy decides and every running one reaches etcd;
+    /// returns the one that decides.
+    fn wait_for_one_elected(&self, timeout: Duration) -> usize {
+        wait_for(timeout, "one elected proxy", || {
+            let statuses: Vec<(usize, Value)> = self
+                .running()
+                .into_iter()
+                .map(|k| (k, self.proxies[k].status()["coordinator"].clone()))
+                .collect();
+            let deciding: Vec<usize> = statuses
+                .iter()
+                .filter(|(_, c)| c["decides"] == true)
+                .map(|(k, _)| *k)
+                .collect();
+            let reachable = statuses.iter().all(|(_, c)| c["reachable"] == true);
+            (reachable && deciding.len() == 1).then(|| deciding[0])
+        })
+    }
+
+    /// etcd's primary record: (record, version of the key).
+    fn record(&self) -> (Value, i64) {
+        let (value, version) = self
+            .etcd
+            .get(&format!("{PREFIX}/primary"))
+            .expect("etcd holds the primary record");
+        (serde_json::from_str(&value).expect("record json"), version)
+    }
+
+    /// Waits until every running proxy routes to `id`.
+    fn wait_all_route_to(&self, id: &str, timeout: Duration) {
+        wait_for(timeout, &format!("every proxy routes to {id}"), || {
+            self.running()
+                .iter()
+                .all(|&k| self.proxies[k].status()["primary"] == id)
+                .then_some(())
+        });
+    }
+
+    /// The running servers reporting PRIMARY.
+    fn acting_primaries(&self) -> Vec<String> {
+        (0..self.cluster.nodes.len())
+            .filter(|&i| self.cluster.nodes[i].child.is_some())
+            .filter(|&i| self.cluster.get(i, "/replication/status")["role"] == "PRIMARY")
+            .map(|i| self.cluster.nodes[i].id.clone())
+            .collect()
+    }
+
+    fn index_of(&self, id: &str) -> usize {
+        self.cluster
+            .nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("known instance")
+    }
+
+    /// Every id in `w` on instance `i`.
+    async fn ids_on(&self, i: usize) -> BTreeSet<u64> {
+        let mut c = self.cluster.client(i).await;
+        c.execute("USE e2e").await.expect("use");
+        let rows = c.query("SELECT id FROM w").await.expect("read w");
+        rows.rows.iter().filter_map(|r| r[0].as_u64()).collect()
+    }
+
+    fn logs(&self) -> String {
+        self.proxies
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!("--- proxy{} ---\n{}", k + 1, tail(&p.log())))
+            .collect()
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Polls `probe` every 50 ms until it answers, or panics naming `what`.
+fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a statement until it succeeds (the first primary needs its first lease), 10 s at most.
+async fn retry_statement(c: &mut Client, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.execute(sql).await {
+            Ok(_) => return,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// Acknowledged ids and failures of the writers.
+#[derive(Default)]
+struct Record {
+    acknowledged: Mutex<BTreeSet<u64>>,
+    failed: AtomicU64,
+}
+
+async fn connect_use(addr: &str) -> Option<Client> {
+    let mut c = Client::connect(addr).await.ok()?;
+    c.execute("USE e2e").await.ok()?;
+    Some(c)
+}
+
+/// Inserts ids `w * 10^9 + n` through `proxy` and remembers the acknowledged ones.
+async fn writer(proxy: String, w: u64, stop: Arc<AtomicBool>, record: Arc<Record>) {
+    let mut client: Option<Client> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        if client.is_none() {
+            client = connect_use(&proxy).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        n += 1;
+        let id = w * 1_000_000_000 + n;
+        let sql = format!("INSERT INTO w (id, via) VALUES ({id}, {w})");
+        match tokio::time::timeout(Duration::from_secs(10), c.execute(&sql)).await {
+            Ok(Ok(_)) => {
+                record.acknowledged.lock().unwrap().insert(id);
+            }
+            Ok(Err(dirkdb_client::ClientError::Server(_))) => {
+                record.failed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => {
+                record.failed.fetch_add(1, Ordering::Relaxed);
+                client = None;
+            }
+        }
+    }
+}
+
+/// Two writers through each running proxy.
+fn start_writers(
+    setup: &Setup,
+    stop: &Arc<AtomicBool>,
+    record: &Arc<Record>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for k in setup.running() {
+        for j in 0..2 {
+            let w = (k * 2 + j + 1) as u64;
+            tasks.push(tokio::spawn(writer(
+                setup.proxies[k].addr(),
+                w,
+                stop.clone(),
+                record.clone(),
+            )));
+        }
+    }
+    tasks
+}
+
+/// A write through proxy `k` succeeds within `timeout`.
+async fn write_through(setup: &Setup, k: usize, id: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let mut c = Client::connect(&setup.proxies[k].addr()).await.ok()?;
+            c.execute("USE e2e").await.ok()?;
+            c.execute(&format!("INSERT INTO w (id, via) VALUES ({id}, 0)"))
+                .await
+                .ok()
+        };
+        if attempt.await.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write through proxy{} within {timeout:?}\n{}",
+            k + 1,
+            setup.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_is_replaced_once_and_both_proxies_follow_without_losing_a_write() {
+    let mut setup = Setup::start(Etcd::single(), 2).await;
+    let (before, version_before) = setup.record();
+    assert_eq!(before["primary"], "m1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked_before_kill = record.acknowledged.lock().unwrap().len();
+    assert!(
+        acked_before_kill > 0,
+        "no write acknowledged before the kill"
+    );
+    let killed = Instant::now();
+    setup.cluster.kill9(0);
+    let new = wait_for(Duration::from_secs(20), "a new primary in etcd", || {
+        let (r, _) = setup.record();
+        (r["primary"] != "m1").then(|| r["primary"].as_str().unwrap_or("").to_string())
+    });
+    setup.wait_all_route_to(&new, Duration::from_secs(5));
+    let rerouted = killed.elapsed();
+    // Writes go on through both proxies for a moment after the failover.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            900_000_000_000 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(
+        version_after,
+        version_before + 1,
+        "exactly one failover recorded in etcd: {before} then {after}"
+    );
+    assert_eq!(after["primary"], new.as_str());
+    assert!(after["term"].as_u64() > before["term"].as_u64());
+    assert_eq!(setup.acting_primaries(), vec![new.clone()], "one primary");
+    let p = setup.index_of(&new);
+    let term = setup.cluster.get(p, "/replication/status")["term"].as_u64();
+    assert_eq!(term, after["term"].as_u64(), "promoted into etcd's term");
+    let recorded: u64 = (0..2)
+        .map(|k| {
+            setup.proxies[k].status()["coordinator"]["failoversRecorded"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(recorded, 1, "one proxy decided, once\n{}", setup.logs());
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    setup.cluster.assert_same_data_on(p, &[1, 2]);
+    let held = setup.ids_on(p).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost of {}: {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let vias: BTreeSet<u64> = acknowledged.iter().map(|id| id / 1_000_000_000).collect();
+    assert_eq!(
+        vias.len(),
+        4,
+        "every writer of both proxies was acknowledged"
+    );
+    println!(
+        "{} writes acknowledged, {} failed; both proxies rerouted {rerouted:?} after the kill",
+        acknowledged.len(),
+        record.failed.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_elected_proxy_is_replaced_and_its_successor_fails_over() {
+    let mut setup = Setup::start(Etcd::single(), 2).await;
+    let elected = setup.wait_for_one_elected(Duration::from_secs(10));
+    let other = 1 - elected;
+    setup.proxies[elected].kill9();
+    let next = setup.wait_for_one_elected(Duration::from_secs(10));
+    assert_eq!(next, other);
+    write_through(&setup, other, 800_000_000_001, Duration::from_secs(10)).await;
+    let (_, version_before) = setup.record();
+    setup.cluster.kill9(0);
+    let new = wait_for(Duration::from_secs(20), "a new primary in etcd", || {
+        let (r, _) = setup.record();
+        (r["primary"] != "m1").then(|| r["primary"].as_str().unwrap_or("").to_string())
+    });
+    setup.wait_all_route_to(&new, Duration::from_secs(5));
+    write_through(&setup, other, 800_000_000_002, Duration::from_secs(10)).await;
+    let (after, version_after) = setup.record();
+    assert_eq!(version_after, version_before + 1, "one failover: {after}");
+    assert_eq!(setup.acting_primaries(), vec![new.clone()]);
+    let held = setup.ids_on(setup.index_of(&new)).await;
+    assert!(held.contains(&800_000_000_001) && held.contains(&800_000_000_002));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_interrupted_after_its_transaction_is_finished_by_the_elected_proxy() {
+    let setup = Setup::start(Etcd::single(), 2).await;
+    write_through(&setup, 0, 700_000_000_001, Duration::from_secs(10)).await;
+    setup.cluster.wait_converged(0, Duration::from_secs(10));
+    let (before, _) = setup.record();
+    let term = before["term"].as_u64().unwrap_or(0) + 5;
+    // What a proxy killed right after its transaction leaves: etcd names m2, m2 is a replica.
+    let value = serde_json::json!({ "primary": "m2", "term": term, "by": "killed" }).to_string();
+    setup.etcd.put(&format!("{PREFIX}/primary"), &value);
+    setup.wait_all_route_to("m2", Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(15),
+        "m2 promoted into etcd's term",
+        || {
+            let s = setup.cluster.get(1, "/replication/status");
+            (s["role"] == "PRIMARY" && s["term"].as_u64() == Some(term)).then_some(())
+        },
+    );
+    wait_for(Duration::from_secs(15), "m1 fenced", || {
+        (setup.acting_primaries() == vec!["m2".to_string()]).then_some(())
+    });
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            700_000_000_010 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let held = setup.ids_on(1).await;
+    assert!(
+        held.contains(&700_000_000_001),
+        "the write before the switch is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_stopped_for_seconds_means_no_failover_and_both_proxies_resume_after() {
+    let mut setup = Setup::start(Etcd::single(), 2).await;
+    write_through(&setup, 0, 600_000_000_001, Duration::from_secs(10)).await;
+    let (_, version_before) = setup.record();
+    setup.etcd.kill_all();
+    wait_for(
+        Duration::from_secs(10),
+        "both proxies saying etcd is unreachable",
+        || {
+            (0..2)
+                .all(|k| setup.proxies[k].status()["coordinator"]["reachable"] == false)
+                .then_some(())
+        },
+    );
+    let status = setup.proxies[0].status();
+    assert!(
+        status["coordinator"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("etcd unreachable")),
+        "{status}"
+    );
+    // Reads go on through both proxies meanwhile, and nobody fails over.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(4) {
+        for k in 0..2 {
+            let mut c = setup.client(k).await;
+            c.execute("USE e2e").await.expect("use during the outage");
+            let rows = c
+                .query("SELECT count(*) FROM w")
+                .await
+                .expect("read during the outage");
+            assert!(rows.rows[0][0].as_u64() >= Some(1));
+            assert_eq!(setup.proxies[k].status()["primary"], "m1");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    setup.etcd.restart_stopped();
+    setup.wait_for_one_elected(Duration::from_secs(15));
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            600_000_000_010 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(version_after, version_before, "no failover: {after}");
+    assert_eq!(after["primary"], "m1");
+    assert_eq!(setup.acting_primaries(), vec!["m1".to_string()]);
+}
+
+/// `dirkdb cache --upstream proxy1,proxy2` in front of the two proxies.
+struct CacheOverProxies {
+    port: u16,
+    child: Child,
+}
+
+impl CacheOverProxies {
+    fn start(setup: &Setup) -> CacheOverProxies {
+        let (port, admin) = (free_port(), free_port());
+        let upstreams: Vec<String> = setup.proxies.iter().map(Proxy::addr).collect();
+        let log = std::fs::File::create(setup.cluster.dir.path().join("cache.log")).expect("log");
+        let child = Command::new(dirkdb_bin())
+            .arg("cache")
+            .args([
+                "127.0.0.1",
+                &setup.proxies[0].port.to_string(),
+                &port.to_string(),
+            ])
+            .args(["100", "200", "--admin-port", &admin.to_string()])
+            .arg("--upstream")
+            .arg(upstreams.join(","))
+            .arg("--config")
+            .arg(setup.cluster.dir.path().join("no-config.json"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dirkdb cache");
+        wait_for_port(port);
+        CacheOverProxies { port, child }
+    }
+}
+
+impl Drop for CacheOverProxies {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_over_two_proxies_keeps_answering_when_one_is_killed() {
+    let mut setup = Setup::start(Etcd::single(), 2).await;
+    write_through(&setup, 0, 500_000_000_001, Duration::from_secs(10)).await;
+    let cache = CacheOverProxies::start(&setup);
+    let addr = format!("127.0.0.1:{}", cache.port);
+    let mut session = Client::connect(&addr).await.expect("connect to the cache");
+    session.execute("USE e2e").await.expect("use");
+    // Distinct statements: every one goes upstream.
+    let mut n = 0u64;
+    let mut read = async |session: &mut Client| {
+        n += 1;
+        session
+            .query(&format!("SELECT count(*) FROM w WHERE id > {n}"))
+            .await
+    };
+    for _ in 0..5 {
+        read(&mut session).await.expect("read through the cache");
+    }
+    setup.proxies[0].kill9();
+    let mut failed = 0;
+    for _ in 0..20 {
+        match read(&mut session).await {
+            Ok(rows) => assert_eq!(rows.rows[0][0].as_u64(), Some(1)),
+            Err(e) => {
+                failed += 1;
+                assert!(e.to_string().contains("upstream"), "{e}");
+            }
+        }
+    }
+    assert!(
+        failed <= 1,
+        "only the statement in flight on the killed proxy's connection may fail, {failed} did"
+    );
+    let mut fresh = Client::connect(&addr).await.expect("a new session");
+    fresh
+        .execute("USE e2e")
+        .await
+        .expect("use on the next proxy");
+    let rows = fresh.query("SELECT count(*) FROM w").await.expect("read");
+    assert_eq!(rows.rows[0][0].as_u64(), Some(1));
+    // Writes go on through the cache to the surviving proxy once it is elected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fresh
+        .execute("INSERT INTO w (id, via) VALUES (500000000002, 9)")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no write through the cache\n{}",
+            setup.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The line client moves on the same way.
+    let list = format!("{},{}", setup.proxies[0].addr(), setup.proxies[1].addr());
+    let out = common::run_client(
+        &[
+            "--upstream",
+            &list,
+            "-c",
+            "USE e2e; SELECT count(*) AS n FROM w",
+        ],
+        None,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("trying the next upstream"), "{stderr}");
+    assert!(stdout.contains('2'), "{stdout}");
+}
