@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long run of the fault harness (tests/fault_e2e.rs): ten 5 s pauses of the primary under
 # four writers with write concern 1, twenty random faults (kill -9, pause, cuts of any node;
-# the seed is printed, FAULT_SEED=<seed> replays it), then the CI scenarios (a paused replica,
+# the seed is printed, FAULT_SEED=<seed> replays it), two pauses in FILE mode, then the CI scenarios (a paused replica,
 # an isolated replica, primary <-> replicas cut, proxy <-> primary cut, four random faults, a
 # write waiting at the gate while its node is fenced). Each run prints one line per
 # scenario: acknowledged writes, failed or unknown ones, lost ones (must be 0), rollback
