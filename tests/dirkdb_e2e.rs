@@ -230,6 +230,54 @@ fn course() -> Vec<(&'static str, Want)> {
             Rel("mpianatra_selection_projection", &["id"], json!([[1.0], [2.0], [3.0]])),
         ),
         ("alaivo 7 / 2 antso x", Rel("dual_projection", &["x"], json!([[3.5]]))),
+        // DirkDB's values: booleans, null arithmetic, truthiness comparisons, division by zero.
+        (
+            "alaivo 1 = 1 antso a, null + 1 antso b, -null antso c, 5 = '5' antso d, 1 = '1' antso e, 'b' > 'a' antso f, !null antso g",
+            Rel("dual_projection", &["a", "b", "c", "d", "e", "f", "g"], json!([[true, 1.0, -0.0, false, true, false, true]])),
+        ),
+        ("alaivo id #ao@ mpianatra #rehefa id = '1'", Rel("mpianatra_selection_projection", &["id"], json!([[1.0]]))),
+        ("alaivo null = null antso a, null != 1 antso b", Rel("dual_projection", &["a", "b"], json!([[false, false]]))),
+        ("alaivo 1 / 0", Fail("division by zero numerator = 1.0 / 0")),
+        ("alaivo id / 0 #ao@ mpianatra #rehefa id > 100", Rel("mpianatra_selection_projection", &["(ID(QualifiedIdentifier [origin=null, name=id]) DIV NUMBER(0.0))"], json!([]))),
+        ("alaivo 'abc' + 1 antso x, '12abc' + 1 antso y", Rel("dual_projection", &["x", "y"], json!([[1.0, 13.0]]))),
+        // `#vondrona` checks, in DirkDB's words.
+        (
+            "alaivo lohahevitra, naoty #ao@ naoty_tb #vondrona (lohahevitra)",
+            Fail("Champ non agrégé doit être dans #vondrona: QualifiedIdentifier [origin=null, name=naoty]"),
+        ),
+        ("alaivo * #ao@ naoty_tb #vondrona (id)", Fail("GROUP BY n'est supporté que pour une liste explicite de champs")),
+        ("alaivo id, max(naoty) #ao@ naoty_tb #vondrona (id)", Fail("Fonction non supportée dans GROUP BY: max")),
+        ("alaivo count(naoty) #ao@ naoty_tb", Fail("Function 'count' ne peut pas être évaluée ligne-par-ligne")),
+        (
+            "alaivo zz, count(id) #ao@ naoty_tb #vondrona (zz)",
+            Fail("sqlTsinjo.query.err.eval.FieldNotFoundErr: Le champ 'zz' n'existe pas dans la relation."),
+        ),
+        (
+            "alaivo id, sum(lohahevitra) #ao@ naoty_tb #vondrona (id)",
+            Fail("SUM attend une valeur numérique, trouvé: java.lang.String"),
+        ),
+        // Exact counts in set-operator and ambiguity errors; a difference keeps duplicates.
+        (
+            "alaivo id, anarana #ao@ mpianatra #ankambana@ alaivo id #ao@ naoty_tb",
+            Fail("mpianatra_projection(2) AND naoty_tb_projection(1)"),
+        ),
+        (
+            "alaivo id #ao@ mpianatra #tonona naoty_tb a #tonona naoty_tb b",
+            Fail("Le champ 'id' est ambigu. Il apparaît 3 fois dans la relation."),
+        ),
+        (
+            "alaivo id #ao@ naoty_tb #analana@ alaivo id #ao@ mpianatra #rehefa id = 2",
+            Rel("naoty_tb_projection_diff_mpianatra_selection_projection", &["id"], json!([[1.0], [1.0], [9.0]])),
+        ),
+        (
+            "alaivo * #ao@ naoty_tb #analana@ alaivo * #ao@ naoty_tb #rehefa id = 1",
+            Rel(
+                "naoty_tb_diff_naoty_tb_selection",
+                &["id@naoty_tb", "lohahevitra@naoty_tb", "naoty@naoty_tb"],
+                json!([[2.0, "math", 10.0], [9.0, "math", 13.0]]),
+            ),
+        ),
+        ("SHOW TABLES", Rel("sqlite_master", &["table@sqlite_master"], json!([["mpianatra"], ["naoty_tb"]]))),
         ("alaivo 'a\\'b' antso x, \"s\" antso y", Rel("dual_projection", &["x", "y"], json!([["a'b", "s"]]))),
         ("alaivo id dia 5 #ao@ mpianatra", Fail("After 'is' or 'is not' must be 'null' ")),
         ("alaivo tsisy #ao@ mpianatra", Fail("Le champ 'tsisy' n'existe pas dans la relation.")),
@@ -270,6 +318,8 @@ fn course() -> Vec<(&'static str, Want)> {
         ("ravao tabilao", Fail("Commande valide non trouvé")),
         ("ravao ny tahiry kilasy", Msg("")),
         ("ravao ny tahiry kilasy", Fail("Tsy misy ny tahiry : kilasy")),
+        // The dropped current database is no longer selected (through the proxy too).
+        ("asehoy ny tabilao", Fail("Tsy nisafidy tahiry ianao")),
     ]
 }
 
@@ -323,8 +373,7 @@ async fn the_course_script_answers_as_dirkdb_through_the_proxy_and_the_cache() {
     cache.wait_for_feed();
     let mut c = cache.client().await;
     run_course(&mut c, "cache").await;
-    // Twice through the cache (a new session: the proxy's session keeps a dropped database
-    // selected, as DirkDB itself does): every read answered from memory or not, the same answers.
+    // Twice through the cache: every read answered from memory or not, the same answers.
     let mut c = cache.client().await;
     run_course(&mut c, "cache, again").await;
     // DirkDB spellings of one read share an entry; a DirkDB write drops it.
@@ -529,4 +578,41 @@ async fn backslash_literals_and_unfinished_statements_get_answers() {
         text.contains("Hadisoana : the input ended inside a statement"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn dirkdb_answers_come_in_pages_of_twenty_rows_everywhere() {
+    let cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let mut c = cluster.proxy_client().await;
+    let values: Vec<String> = (1..=45).map(|i| format!("({i})")).collect();
+    for sql in [
+        "manamboara tahiry pejy".to_string(),
+        "ampiasao pejy".to_string(),
+        "manamboara tabilao t (n ISA(null,null))".to_string(),
+        format!("manampia ao t (n) sanda {}", values.join(", ")),
+    ] {
+        c.execute(&sql).await.unwrap();
+    }
+    let cache = CacheProcess::start(&cluster, 3000, 200, &[]);
+    cache.wait_for_feed();
+    let mut server = cluster.client(0).await;
+    server.execute("ampiasao pejy").await.unwrap();
+    let mut cached = cache.client().await;
+    cached.execute("ampiasao pejy").await.unwrap();
+    for (through, client) in [
+        ("server", &mut server),
+        ("proxy", &mut c),
+        ("cache", &mut cached),
+    ] {
+        let rows = client.query("alaivo n #ao@ t").await.unwrap();
+        assert_eq!((rows.rows.len(), rows.pages), (45, 3), "{through}");
+        // English SQL keeps the configured page size (500 by default).
+        let rows = client.query("SELECT n FROM t").await.unwrap();
+        assert_eq!((rows.rows.len(), rows.pages), (45, 1), "{through}");
+        let empty = client
+            .query("alaivo n #ao@ t #rehefa n > 100")
+            .await
+            .unwrap();
+        assert_eq!((empty.rows.len(), empty.pages), (0, 1), "{through}");
+    }
 }

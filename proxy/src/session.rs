@@ -266,7 +266,7 @@ impl ProxySession {
                 ))
             }
         };
-        if !failed && self.after_success(class, &mut conn) {
+        if !failed && self.after_success(sql, class, &mut conn) {
             self.written();
         }
         let frames = match sink {
@@ -288,10 +288,18 @@ impl ProxySession {
 
     /// Follows a statement that succeeded on the primary; true when it made writes durable
     /// (a write outside a transaction, or the commit of a transaction that wrote).
-    fn after_success(&mut self, class: &StatementClass, conn: &mut BackendConn) -> bool {
+    fn after_success(&mut self, sql: &str, class: &StatementClass, conn: &mut BackendConn) -> bool {
         if let StatementClass::Use(name) = class {
             self.db = Some(name.clone());
             conn.db = Some(name.clone());
+        }
+        // Dropping the current database unselects it (the server did so on its side).
+        if matches!(class, StatementClass::Write) && self.db.is_some() {
+            let dropped = dirkdb_core::sql::dirkdb::dropped_database(sql);
+            if dropped.is_some() && dropped == self.db {
+                self.db = None;
+                conn.db = None;
+            }
         }
         follow_writes(&mut self.txn, &mut self.txn_wrote, class)
     }

@@ -330,6 +330,7 @@ pub fn open_connection(
     conn.set_prepared_statement_cache_capacity(64);
     register_functions(&conn, settings.committed.clone())?;
     register_domain_violation(&conn)?;
+    crate::dirkdb_functions::register(&conn)?;
     conn.authorizer(Some(refuse_outside_files))?;
     let lease = settings.lease.clone();
     conn.commit_hook(Some(move || lease.refuses_commit()))?;
@@ -358,6 +359,7 @@ pub fn open_apply_connection(path: &Path, settings: &ConnectionSettings) -> Resu
     )?;
     register_functions(&conn, settings.committed.clone())?;
     register_domain_violation(&conn)?;
+    crate::dirkdb_functions::register(&conn)?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
@@ -401,6 +403,7 @@ pub fn register_domain_violation(conn: &Connection) -> rusqlite::Result<()> {
 pub fn open_scratch() -> Result<Connection> {
     let mut conn = Connection::open_in_memory()?;
     conn.execute_batch("PRAGMA query_only=1;")?;
+    crate::dirkdb_functions::register(&conn)?;
     conn.authorizer(Some(refuse_outside_files))?;
     Ok(conn)
 }

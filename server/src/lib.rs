@@ -35,6 +35,7 @@ pub mod catalog;
 pub mod change_feed;
 pub mod checksum;
 pub mod database_statement;
+pub mod dirkdb_functions;
 pub mod error;
 pub mod extension;
 mod failure_injection;

@@ -313,10 +313,7 @@ impl Session {
                 let names = auth::visible(&self.auth, self.state.catalog.names());
                 let json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
                 let sql = format!("SELECT value AS fanasehoana FROM json_each('{json}')");
-                let naming = dirkdb::Naming {
-                    relation: "fanasehoana".into(),
-                    columns: Some(vec![("fanasehoana".into(), Some("fanasehoana".into()))]),
-                };
+                let naming = dirkdb::translate::show_naming();
                 return self.run_job(Job::Named { sql, naming }, out).await;
             }
             _ => None,
@@ -464,7 +461,7 @@ enum Reply {
 /// SHOW TABLES: the user's tables of the current database, DirkDB's bookkeeping hidden.
 const SHOW_TABLES_SQL: &str = "SELECT name AS \"table\" FROM sqlite_schema \
      WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
-     AND name NOT LIKE '\\_dirk%' ESCAPE '\\' ORDER BY name";
+     AND name NOT LIKE '\\_dirk%' ESCAPE '\\' AND name <> 'dirkdb_domains' ORDER BY name";
 
 /// SHOW DATABASES as a query, so it is paged like any result. Names are validated to
 /// `[A-Za-z0-9_-]`, so they need no quoting inside the JSON literal.

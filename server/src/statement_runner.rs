@@ -163,7 +163,10 @@ pub fn run_job(
             execute_dirkdb(conn, stmt, database.as_deref(), options, sink),
             Some((stmt, database)),
         ),
-        Job::Named { sql, naming } => (execute(conn, sql, options, sink, Some(naming)), None),
+        Job::Named { sql, naming } => (
+            execute(conn, sql, &dirkdb_pages(options), sink, Some(naming)),
+            None,
+        ),
     };
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
@@ -181,7 +184,8 @@ pub fn run_job(
                         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
                         other => other.to_string(),
                     };
-                    messages::from_sqlite(stmt, db.as_deref().unwrap_or(""), &reason)
+                    let occurrences = |name: &str| occurrences(conn, stmt, name);
+                    messages::from_sqlite(stmt, db.as_deref().unwrap_or(""), &reason, &occurrences)
                 }
                 _ => explain(e, options),
             };
@@ -201,6 +205,7 @@ fn execute_dirkdb(
 ) -> Result<Last, RunError> {
     let schema = ConnSchema { conn, database };
     let plan = dirkdb::plan(stmt, &schema).map_err(|e| RunError::Dirk(e.to_string()))?;
+    let options = &dirkdb_pages(options);
     let naming = match &plan.answer {
         Answer::Relation(naming) => Some(naming),
         Answer::Text(_) => None,
@@ -213,6 +218,29 @@ fn execute_dirkdb(
         Answer::Text(text) => Last::Text(text),
         Answer::Relation(_) => last,
     })
+}
+
+/// How many columns named `name` the first relation of `stmt` holding it twice or more has
+/// (SQLite's ambiguity is case-insensitive, so is the count).
+fn occurrences(conn: &Connection, stmt: &DirkStatement, name: &str) -> Option<usize> {
+    let bare = name.rsplit('.').next().unwrap_or(name);
+    dirkdb::translate::name_scopes(stmt).iter().find_map(|sql| {
+        let prepared = conn.prepare(sql).ok()?;
+        let n = prepared
+            .column_names()
+            .into_iter()
+            .filter(|c| c.eq_ignore_ascii_case(bare))
+            .count();
+        (n >= 2).then_some(n)
+    })
+}
+
+/// DirkDB's answers come in DirkDB's pages of [`dirkdb::PAGE_ROWS`] rows.
+fn dirkdb_pages(options: &RunOptions) -> RunOptions {
+    RunOptions {
+        page_rows: dirkdb::PAGE_ROWS,
+        ..options.clone()
+    }
 }
 
 /// The current database's schema as DirkDB's translator asks about it.
@@ -243,6 +271,16 @@ impl Schema for ConnSchema<'_> {
 
     fn domain_exists(&self, name: &str) -> bool {
         self.domain(name).is_some()
+    }
+
+    fn columns(&self, sql: &str) -> Option<Vec<(String, Option<String>)>> {
+        let stmt = self.conn.prepare(sql).ok()?;
+        Some(
+            columns_of(&stmt)
+                .into_iter()
+                .map(|c| (c.name, c.origin))
+                .collect(),
+        )
     }
 
     fn object_type(&self, name: &str) -> Option<String> {
@@ -451,6 +489,13 @@ fn stream_rows(
         }
     }
     let width = columns.len();
+    let booleans = naming.map_or(&[][..], |n| &n.booleans[..]);
+    let row_values = |row: &rusqlite::Row<'_>, width: usize| {
+        row_values(row, width).map(|mut values| {
+            show_booleans(&mut values, booleans);
+            values
+        })
+    };
     let readonly = stmt.readonly();
     let mut rows = stmt.raw_query();
     let window = options.page_rows.saturating_mul(WINDOW_PAGES);
@@ -533,6 +578,15 @@ fn row_values(row: &rusqlite::Row<'_>, width: usize) -> Result<Vec<Value>, RunEr
         });
     }
     Ok(values)
+}
+
+/// DirkDB's booleans are SQLite's 1/0: shown as `true`/`false` in the columns that hold them.
+fn show_booleans(values: &mut [Value], booleans: &[bool]) {
+    for (value, _) in values.iter_mut().zip(booleans).filter(|(_, b)| **b) {
+        if let Some(n) = value.as_f64() {
+            *value = Value::Bool(n != 0.0);
+        }
+    }
 }
 
 /// Cuts rows into pages and sends each as soon as it is full.

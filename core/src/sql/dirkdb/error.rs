@@ -95,6 +95,36 @@ pub enum DirkError {
         "the statement nests more than {0} levels deep (parentheses, operators or subqueries)"
     )]
     TooDeep(usize),
+    /// `#vondrona` with `alaivo *`.
+    #[error("GROUP BY n'est supporté que pour une liste explicite de champs")]
+    GroupNeedsList,
+    /// A function other than `count`/`sum`/`avg` under `#vondrona`.
+    #[error("Fonction non supportée dans GROUP BY: {0}")]
+    GroupFunction(String),
+    /// An aggregate with other than one argument.
+    #[error("{0} attend exactement 1 argument")]
+    GroupArgCount(String),
+    /// An aggregate of something else than a column.
+    #[error("{0} attend un identifiant de colonne (ex: {0}(a))")]
+    GroupArgColumn(String),
+    /// A column item not among the `#vondrona` keys (Java's display of the identifier).
+    #[error("Champ non agrégé doit être dans #vondrona: {0}")]
+    NotGrouped(String),
+    /// An item that is neither a column nor an aggregate, under `#vondrona`.
+    #[error("Expression non supportée avec GROUP BY: {0}")]
+    GroupExpression(String),
+    /// Set operands with different column counts (RelationDomainSizeErr).
+    #[error("{left}({left_count}) AND {right}({right_count})")]
+    SetOpColumns {
+        /// The left relation's name.
+        left: String,
+        /// Its column count.
+        left_count: usize,
+        /// The right relation's name.
+        right: String,
+        /// Its column count.
+        right_count: usize,
+    },
     /// No current database.
     #[error("Tsy nisafidy tahiry ianao")]
     NoDatabase,

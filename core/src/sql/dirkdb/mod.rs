@@ -24,6 +24,7 @@ mod lexer;
 pub mod messages;
 pub mod parser;
 pub mod translate;
+pub mod values;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,9 @@ const SQL_TYPES: &[&str] = &[
     "datetime", "float", "double", "bigint", "smallint", "decimal",
 ];
 
+/// Rows per page of a DirkDB answer (DirkDB's server pages relations by 20).
+pub const PAGE_ROWS: usize = 20;
+
 /// Statements longer than this are routed without being remembered.
 const MEMO_MAX_SQL: usize = 4096;
 /// Routes remembered before the memo starts over.
@@ -101,6 +105,42 @@ pub fn routing_sql_of(sql: &str) -> Option<Arc<str>> {
         Route::Dirk(stmt) => Some(routing_sql(&stmt).into()),
         _ => None,
     })
+}
+
+/// The database `sql` drops (`ravao ny tahiry d`, `DROP DATABASE [IF EXISTS] d`, the mixed
+/// form), so that a session holding it as its current database forgets it, as the server does.
+pub fn dropped_database(sql: &str) -> Option<String> {
+    let routed;
+    let text = match route(sql) {
+        Route::Dirk(stmt) => match &*stmt {
+            Statement::DropDatabase(name) => return Some(name.clone()),
+            _ => return None,
+        },
+        Route::Error(_) => return None,
+        Route::English => sql,
+        Route::Mixed => {
+            routed = super::malagasy::translate(sql);
+            &routed
+        }
+    };
+    let words = super::classify::leading_words(text, 5);
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let name = match w.as_slice() {
+        ["DROP", "DATABASE", "IF", "EXISTS", _] => 4,
+        ["DROP", "DATABASE", name] if *name != "IF" => 2,
+        _ => return None,
+    };
+    use super::lexer::tokenize;
+    let token = tokenize(text)
+        .into_iter()
+        .filter(|t| !t.kind.is_trivia())
+        .nth(name)?;
+    Some(
+        token
+            .text(text)
+            .trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''))
+            .to_string(),
+    )
 }
 
 /// A bounded memo of answers by statement text: statements over [`MEMO_MAX_SQL`] bytes are not

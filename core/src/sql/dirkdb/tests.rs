@@ -36,11 +36,11 @@ fn select_translation_keeps_dirkdb_meaning() {
     assert_eq!(sql("alaivo 1 antso x"), "SELECT 1.0 AS `x`");
     assert_eq!(
         sql("alaivo s #ao@ t #rehefa n = 1"),
-        "SELECT `s` FROM (SELECT DISTINCT * FROM `t`) AS `t` WHERE (`n` = 1.0)"
+        "SELECT `s` FROM (SELECT DISTINCT * FROM `t`) AS `t` WHERE dirkdb_eq(`n`, 1.0)"
     );
     assert_eq!(
         sql("alaivo 1 = 1 na 2 = 2 ary 1 = 2 antso x"),
-        "SELECT (((1.0 = 1.0) OR (2.0 = 2.0)) AND (1.0 = 2.0)) AS `x`"
+        "SELECT (CASE WHEN (CASE WHEN dirkdb_eq(1.0, 1.0) THEN 1 ELSE dirkdb_eq(2.0, 2.0) END) THEN dirkdb_eq(1.0, 2.0) ELSE 0 END) AS `x`"
     );
     assert_eq!(
         sql("alaivo * #ao@ t #fetra 2"),
@@ -56,15 +56,15 @@ fn select_translation_keeps_dirkdb_meaning() {
     );
     assert_eq!(
         sql("alaivo n #ao@ t #rehefa !(n > 2)"),
-        "SELECT `n` FROM (SELECT DISTINCT * FROM `t`) AS `t` WHERE (NOT coalesce((`n` > 2.0), 0))"
+        "SELECT `n` FROM (SELECT DISTINCT * FROM `t`) AS `t` WHERE (NOT dirkdb_gt(`n`, 2.0))"
     );
     assert_eq!(
         sql("alaivo 7 / 2 antso x"),
-        "SELECT (CAST(7.0 AS REAL) / 2.0) AS `x`"
+        "SELECT dirkdb_div(7.0, 2.0) AS `x`"
     );
     assert_eq!(
         sql("alaivo n + 1 dia null antso x #ao@ t"),
-        "SELECT (`n` + (1.0 IS NULL)) AS `x` FROM `t`"
+        "SELECT dirkdb_add(`n`, (1.0 IS NULL)) AS `x` FROM `t`"
     );
 }
 
@@ -93,7 +93,7 @@ fn every_join_kind() {
         assert_eq!(
             sql(&format!("alaivo ja.k, a, b #ao@ ja {word} jb #ka ja.k = jb.k")),
             format!(
-                "SELECT `ja`.`k`, `a`, `b` FROM (SELECT DISTINCT * FROM `ja`) AS `ja` {kind} JOIN (SELECT DISTINCT * FROM `jb`) AS `jb` ON (`ja`.`k` = `jb`.`k`)"
+                "SELECT `ja`.`k`, `a`, `b` FROM (SELECT DISTINCT * FROM `ja`) AS `ja` {kind} JOIN (SELECT DISTINCT * FROM `jb`) AS `jb` ON dirkdb_eq(`ja`.`k`, `jb`.`k`)"
             ),
             "{word}"
         );
@@ -111,6 +111,7 @@ fn every_join_kind() {
                 ("a".into(), None),
                 ("b".into(), None)
             ]),
+            booleans: vec![false, false, false],
         }
     );
     assert_eq!(
@@ -162,7 +163,7 @@ fn derived_tables_group_by_and_names() {
     );
     assert_eq!(
         sql("alaivo c, count(v), sum(v), avg(v) antso m #ao@ g #rehefa v > 1 #vondrona (c)"),
-        "SELECT `c`, CAST(count(`v`) AS REAL) AS `FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=v])])`, total(`v`) AS `FunctionExpr(sum, [ID(QualifiedIdentifier [origin=null, name=v])])`, coalesce(avg(`v`), 0.0) AS `m` FROM (SELECT DISTINCT * FROM `g`) AS `g` WHERE (`v` > 1.0) GROUP BY `c`"
+        "SELECT `c`, CAST(count(`v`) AS REAL) AS `FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=v])])`, total(dirkdb_numeric(`v`, 'SUM')) AS `FunctionExpr(sum, [ID(QualifiedIdentifier [origin=null, name=v])])`, coalesce(avg(dirkdb_numeric(`v`, 'AVG')), 0.0) AS `m` FROM (SELECT DISTINCT * FROM `g`) AS `g` WHERE dirkdb_gt(`v`, 1.0) GROUP BY `c`"
     );
     assert_eq!(
         relation("alaivo 1+1").columns,
@@ -191,7 +192,7 @@ fn writes() {
     );
     assert_eq!(
         sql("manampia ao @ t (n) alaivo 0 - 3"),
-        "INSERT INTO `t` (`n`) SELECT (0.0 - 3.0) AS `(NUMBER(0.0) MIN NUMBER(3.0))`"
+        "INSERT INTO `t` (`n`) SELECT dirkdb_sub(0.0, 3.0) AS `(NUMBER(0.0) MIN NUMBER(3.0))`"
     );
     assert_eq!(
         parse("manampia ao@ t sanda (1,'a')"),
@@ -212,12 +213,12 @@ fn writes() {
     );
     assert_eq!(
         sql("havaozy t ova a = 'y', k = k + 10 rehefa k = 3"),
-        "UPDATE `t` SET `a` = 'y', `k` = (`k` + 10.0) WHERE (`k` = 3.0)"
+        "UPDATE `t` SET `a` = 'y', `k` = dirkdb_add(`k`, 10.0) WHERE dirkdb_eq(`k`, 3.0)"
     );
     assert_eq!(sql("fafao ao@ t"), "DELETE FROM `t`");
     assert_eq!(
         sql("fafao #ao@ t #rehefa k = 20"),
-        "DELETE FROM `t` WHERE (`k` = 20.0)"
+        "DELETE FROM `t` WHERE dirkdb_eq(`k`, 20.0)"
     );
 }
 
@@ -316,4 +317,85 @@ fn routing_sql_for_classification() {
     assert!(r("manamboara efitra d (ISA(0,1))").starts_with("INSERT INTO dirkdb_domains"));
     assert!(r("ravao ny efitra d").starts_with("DELETE FROM dirkdb_domains"));
     assert_eq!(r("ravao ny jery v"), "DROP VIEW `v`");
+}
+
+#[test]
+fn values_use_dirkdb_functions_and_booleans_are_named() {
+    assert_eq!(
+        sql("alaivo null + 1 antso x, -null antso y, 1 / 0 antso z"),
+        "SELECT dirkdb_add(NULL, 1.0) AS `x`, dirkdb_neg(NULL) AS `y`, dirkdb_div(1.0, 0.0) AS `z`"
+    );
+    assert_eq!(
+        sql("alaivo n #ao@ t #rehefa s"),
+        "SELECT `n` FROM (SELECT DISTINCT * FROM `t`) AS `t` WHERE dirkdb_truth(`s`)"
+    );
+    assert_eq!(
+        sql("alaivo count(n) #ao@ t"),
+        "SELECT dirkdb_row_aggregate('count', `n`) AS `FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=n])])` FROM `t`"
+    );
+    assert_eq!(
+        relation("alaivo 1 = 1 antso a, 2, !n, n dia null, n #ao@ t").booleans,
+        vec![true, false, true, true, false]
+    );
+    assert_eq!(
+        relation("alaivo * #ao@ (alaivo n > 1 antso b #ao@ t) q").booleans,
+        vec![true]
+    );
+}
+
+#[test]
+fn group_by_checks_in_dirkdb_words() {
+    let err = |s: &str| plan(&parse(s).unwrap(), &NoSchema).unwrap_err().to_string();
+    assert_eq!(
+        err("alaivo * #ao@ g #vondrona (c)"),
+        "GROUP BY n'est supporté que pour une liste explicite de champs"
+    );
+    assert_eq!(
+        err("alaivo c, min(v) #ao@ g #vondrona (c)"),
+        "Fonction non supportée dans GROUP BY: min"
+    );
+    assert_eq!(
+        err("alaivo c, COUNT(v, c) #ao@ g #vondrona (c)"),
+        "COUNT attend exactement 1 argument"
+    );
+    assert_eq!(
+        err("alaivo c, sum(v + 1) #ao@ g #vondrona (c)"),
+        "sum attend un identifiant de colonne (ex: sum(a))"
+    );
+    assert_eq!(
+        err("alaivo c, v #ao@ g #vondrona (c)"),
+        "Champ non agrégé doit être dans #vondrona: QualifiedIdentifier [origin=null, name=v]"
+    );
+    assert_eq!(
+        err("alaivo c, 1 + 1 #ao@ g #vondrona (c)"),
+        "Expression non supportée avec GROUP BY: (NUMBER(1.0) ADD NUMBER(1.0))"
+    );
+    assert_eq!(
+        err("alaivo x #ao@ (alaivo c, v #ao@ g #vondrona (c)) q"),
+        "Champ non agrégé doit être dans #vondrona: QualifiedIdentifier [origin=null, name=v]"
+    );
+    assert!(plan(
+        &parse("alaivo g.c, count(v) #ao@ g #vondrona (c)").unwrap(),
+        &NoSchema
+    )
+    .is_ok());
+    // `#vondrona ()` is an ordinary projection: an aggregate there fails per row.
+    assert!(
+        sql("alaivo count(v) #ao@ g #vondrona ()").contains("dirkdb_row_aggregate('count', `v`)")
+    );
+}
+
+#[test]
+fn dropped_databases_are_named() {
+    assert_eq!(
+        dropped_database("ravao ny tahiry Shop"),
+        Some("Shop".into())
+    );
+    assert_eq!(dropped_database("DROP DATABASE shop"), Some("shop".into()));
+    assert_eq!(
+        dropped_database("drop database if exists `shop`"),
+        Some("shop".into())
+    );
+    assert_eq!(dropped_database("ravao ny tabilao shop"), None);
+    assert_eq!(dropped_database("DROP TABLE shop"), None);
 }

@@ -23,6 +23,10 @@ pub trait Schema {
     fn domain_exists(&self, name: &str) -> bool;
     /// `table`, `view`, … for an existing schema object.
     fn object_type(&self, name: &str) -> Option<String>;
+    /// The names and origins of the columns `sql` answers, when it can be prepared.
+    fn columns(&self, _sql: &str) -> Option<Vec<(String, Option<String>)>> {
+        None
+    }
 }
 
 /// A schema that knows nothing and accepts every domain name: enough to classify a statement
@@ -82,6 +86,9 @@ pub struct Naming {
     pub relation: String,
     /// Column names and origins; `None` keeps SQLite's (for `*`).
     pub columns: Option<Vec<(String, Option<String>)>>,
+    /// Per column, whether DirkDB's value is a boolean (SQLite's 1/0 is shown as
+    /// `true`/`false`); shorter than the columns (or empty) for the rest.
+    pub booleans: Vec<bool>,
 }
 
 /// Plans a table-level statement; database-level ones (`tahiry`, `ampiasao`) are the server's.
@@ -101,12 +108,18 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             return Err(DirkError::NoCommand);
         }
         Statement::Select(q) => {
+            check_query(q)?;
             if query_reads_tables(q) {
                 let _ = db()?;
             }
+            let (sql, left_columns) = compound_sql(q, schema)?;
+            let mut naming = query_naming(q);
+            if naming.columns.is_none() && q.rest.iter().any(|(op, _)| *op == SetOp::Difference) {
+                naming.columns = left_columns;
+            }
             Plan {
-                steps: vec![query_sql(q)],
-                answer: Answer::Relation(query_naming(q)),
+                steps: vec![sql],
+                answer: Answer::Relation(naming),
             }
         }
         Statement::CreateTable { name, columns } => {
@@ -157,6 +170,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
         }
         Statement::CreateView { name, query } => {
             let _ = db()?;
+            check_query(query)?;
             if schema.object_type(name).is_some() {
                 return Err(DirkError::ViewExists(name.clone()));
             }
@@ -164,7 +178,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
                 steps: vec![format!(
                     "CREATE VIEW {} AS {}",
                     ident(name),
-                    query_sql(query)
+                    compound_sql(query, schema)?.0
                 )],
                 answer: text(format!("Ny jery : {name} dia voaforona soamantsara")),
             }
@@ -247,7 +261,10 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
                         .collect();
                     format!("VALUES {}", rows.join(", "))
                 }
-                InsertSource::Select(s) => select_sql(s),
+                InsertSource::Select(s) => {
+                    check_group(s)?;
+                    select_sql(s)
+                }
             };
             Plan {
                 steps: vec![format!("INSERT INTO {}{cols} {body}", ident(table))],
@@ -266,7 +283,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
                 .collect();
             let mut sql = format!("UPDATE {} SET {}", ident(table), s.join(", "));
             if let Some(f) = filter {
-                sql.push_str(&format!(" WHERE {}", expr_sql(f)));
+                sql.push_str(&format!(" WHERE {}", truth_sql(f)));
             }
             Plan {
                 steps: vec![sql],
@@ -277,7 +294,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             let _ = db()?;
             let mut sql = format!("DELETE FROM {}", ident(table));
             if let Some(f) = filter {
-                sql.push_str(&format!(" WHERE {}", expr_sql(f)));
+                sql.push_str(&format!(" WHERE {}", truth_sql(f)));
             }
             Plan {
                 steps: vec![sql],
@@ -309,10 +326,12 @@ fn show_objects_sql(kind: &str) -> String {
     )
 }
 
-fn show_naming() -> Naming {
+/// The naming of every `asehoy ny …` answer: `fanasehoana [fanasehoana@fanasehoana]`.
+pub fn show_naming() -> Naming {
     Naming {
         relation: "fanasehoana".into(),
         columns: Some(vec![("fanasehoana".into(), Some("fanasehoana".into()))]),
+        booleans: Vec::new(),
     }
 }
 
@@ -371,6 +390,90 @@ pub fn query_sql(q: &Query) -> String {
     sql
 }
 
+/// The SQL of a select expression whose set operations are checked and run as DirkDB's
+/// (Relation.union/intersection/difference): operands must have equal column counts (DirkDB's
+/// `L(n) AND R(m)` error, with the relation names), and a difference keeps the left side's
+/// duplicate rows. Also answers the left operand's columns. Without a schema (classification,
+/// cache keys) it is [`query_sql`].
+pub fn compound_sql(
+    q: &Query,
+    schema: &dyn Schema,
+) -> Result<(String, Option<Vec<(String, Option<String>)>>), DirkError> {
+    if q.rest.is_empty() {
+        return Ok((select_sql(&q.first), None));
+    }
+    let first = operand_sql(&q.first);
+    let left_columns = schema.columns(&first);
+    let mut sql = first;
+    let mut name = select_relation(&q.first);
+    for (op, operand) in &q.rest {
+        let (right, right_name) = match operand {
+            Operand::Select(s) => (operand_sql(s), select_relation(s)),
+            Operand::Paren(inner) => (
+                format!("SELECT * FROM ({})", compound_sql(inner, schema)?.0),
+                query_naming(inner).relation,
+            ),
+        };
+        let right_columns = schema.columns(&right);
+        if let (Some(l), Some(r)) = (&left_columns, &right_columns) {
+            if l.len() != r.len() {
+                return Err(DirkError::SetOpColumns {
+                    left: name,
+                    left_count: l.len(),
+                    right: right_name,
+                    right_count: r.len(),
+                });
+            }
+        }
+        sql = match (op, &left_columns) {
+            (SetOp::Union, _) => format!("{sql} UNION {right}"),
+            (SetOp::Intersection, _) => format!("{sql} INTERSECT {right}"),
+            (SetOp::Difference, Some(columns)) if right_columns.is_some() => {
+                difference_keeping_duplicates(&sql, &right, columns)
+            }
+            (SetOp::Difference, _) => format!("{sql} EXCEPT {right}"),
+        };
+        let word = match op {
+            SetOp::Union => "Union",
+            SetOp::Intersection => "inter",
+            SetOp::Difference => "diff",
+        };
+        name = format!("{name}_{word}_{right_name}");
+    }
+    Ok((sql, left_columns))
+}
+
+/// `left − right` as DirkDB computes it: every row of `left`, duplicates included, that equals
+/// no row of `right` (position by position, null equal to null). Columns are renamed by
+/// position (a compound's first select names them) and given back their names.
+fn difference_keeping_duplicates(
+    left: &str,
+    right: &str,
+    columns: &[(String, Option<String>)],
+) -> String {
+    let positional: Vec<String> = (1..=columns.len())
+        .map(|i| format!("NULL AS _dirk_c{i}"))
+        .collect();
+    let positional = positional.join(", ");
+    let renamed =
+        |sql: &str| format!("SELECT {positional} WHERE 0 UNION ALL SELECT * FROM ({sql})");
+    let back: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("_dirk_l._dirk_c{} AS {}", i + 1, ident(name)))
+        .collect();
+    let equal: Vec<String> = (1..=columns.len())
+        .map(|i| format!("_dirk_r._dirk_c{i} IS _dirk_l._dirk_c{i}"))
+        .collect();
+    format!(
+        "SELECT {} FROM ({}) AS _dirk_l WHERE NOT EXISTS (SELECT 1 FROM ({}) AS _dirk_r WHERE {})",
+        back.join(", "),
+        renamed(left),
+        renamed(right),
+        equal.join(" AND ")
+    )
+}
+
 /// A select as an operand of a compound: one with `#fetra` is wrapped, since SQLite allows
 /// LIMIT only at the end of a compound.
 fn operand_sql(s: &Select) -> String {
@@ -391,12 +494,19 @@ fn dedups(s: &Select) -> bool {
 
 fn select_sql(s: &Select) -> String {
     let dedup = dedups(s);
+    let grouped = grouped(s);
     let items = match &s.items {
         Items::All => "*".to_string(),
         Items::List(items) => {
             let v: Vec<String> = items
                 .iter()
-                .map(|(e, a)| item_sql(e, a.as_deref()))
+                .map(|(e, a)| {
+                    if grouped {
+                        group_item_sql(e, a.as_deref())
+                    } else {
+                        item_sql(e, a.as_deref())
+                    }
+                })
                 .collect();
             v.join(", ")
         }
@@ -407,7 +517,7 @@ fn select_sql(s: &Select) -> String {
         sql.push_str(&format!(" FROM {}", origin_sql(from, dedup)));
         for j in &s.joins {
             let right = origin_sql(&j.origin, dedup);
-            let on = j.on.as_ref().map(expr_sql);
+            let on = j.on.as_ref().map(truth_sql);
             let clause = match j.kind {
                 JoinKind::Inner => match on {
                     Some(on) => format!(" JOIN {right} ON {on}"),
@@ -434,7 +544,7 @@ fn select_sql(s: &Select) -> String {
     }
     let mut conditions: Vec<String> = natural_filters;
     if let Some(f) = &s.filter {
-        conditions.push(expr_sql(f));
+        conditions.push(truth_sql(f));
     }
     if !conditions.is_empty() {
         sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
@@ -473,6 +583,167 @@ fn origin_sql(o: &Origin, dedup: bool) -> String {
     }
 }
 
+/// Whether a select groups (`#vondrona ()` is an ordinary projection, as in DirkDB).
+fn grouped(s: &Select) -> bool {
+    s.group.as_ref().is_some_and(|g| !g.is_empty())
+}
+
+/// DirkDB's checks of a grouping select (GroupByHelper): items are grouped columns or
+/// `count`/`sum`/`avg` of one column. Column names are resolved by SQLite afterwards.
+fn check_group(s: &Select) -> Result<(), DirkError> {
+    let Some(keys) = s.group.as_ref().filter(|g| !g.is_empty()) else {
+        return Ok(());
+    };
+    let Items::List(items) = &s.items else {
+        return Err(DirkError::GroupNeedsList);
+    };
+    for (e, _) in items {
+        match e {
+            Expr::Call(name, args) => {
+                if !["count", "sum", "avg"]
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(name.trim()))
+                {
+                    return Err(DirkError::GroupFunction(name.clone()));
+                }
+                if args.len() != 1 {
+                    return Err(DirkError::GroupArgCount(name.clone()));
+                }
+                if !matches!(args[0], Expr::Column(_)) {
+                    return Err(DirkError::GroupArgColumn(name.clone()));
+                }
+            }
+            Expr::Column(c) => {
+                let in_keys = keys.iter().any(|k| {
+                    k.name == c.name
+                        && (k.origin.is_none() || c.origin.is_none() || k.origin == c.origin)
+                });
+                if !in_keys {
+                    return Err(DirkError::NotGrouped(format!(
+                        "QualifiedIdentifier [origin={}, name={}]",
+                        c.origin.as_deref().unwrap_or("null"),
+                        c.name
+                    )));
+                }
+            }
+            other => return Err(DirkError::GroupExpression(debug_expr(other))),
+        }
+    }
+    Ok(())
+}
+
+/// Every select of a query, derived tables and set-operator operands included.
+fn each_select<'q>(q: &'q Query, out: &mut Vec<&'q Select>) {
+    let visit = |s: &'q Select, out: &mut Vec<&'q Select>| {
+        out.push(s);
+        for o in std::iter::once(&s.from)
+            .flatten()
+            .chain(s.joins.iter().map(|j| &j.origin))
+        {
+            if let Source::Query(inner) = &o.source {
+                each_select(inner, out);
+            }
+        }
+    };
+    visit(&q.first, out);
+    for (_, operand) in &q.rest {
+        match operand {
+            Operand::Select(s) => visit(s, out),
+            Operand::Paren(inner) => each_select(inner, out),
+        }
+    }
+}
+
+/// For each select of `stmt` that reads relations, the SQL of the relation its names are
+/// resolved in (FROM and joins, before WHERE): where an ambiguous name's occurrences are counted.
+pub fn name_scopes(stmt: &Statement) -> Vec<String> {
+    let mut selects = Vec::new();
+    match stmt {
+        Statement::Select(q) | Statement::CreateView { query: q, .. } => {
+            each_select(q, &mut selects)
+        }
+        Statement::Insert {
+            source: InsertSource::Select(s),
+            ..
+        } => selects.push(s),
+        _ => {}
+    }
+    selects
+        .into_iter()
+        .filter(|s| s.from.is_some())
+        .map(|s| {
+            let scope = Select {
+                items: Items::All,
+                filter: None,
+                group: None,
+                limit: None,
+                ..s.clone()
+            };
+            select_sql(&scope)
+        })
+        .collect()
+}
+
+/// Whether `column` is a key, an item or an aggregate's argument of a grouping select of
+/// `stmt` (DirkDB reports its resolution errors with the Java class name in front).
+pub fn resolved_by_group(stmt: &Statement, column: &str) -> bool {
+    let mut selects = Vec::new();
+    match stmt {
+        Statement::Select(q) | Statement::CreateView { query: q, .. } => {
+            each_select(q, &mut selects)
+        }
+        _ => return false,
+    }
+    let named = |c: &ColumnRef| {
+        c.name == column
+            || c.origin
+                .as_ref()
+                .is_some_and(|o| format!("{o}.{}", c.name) == column)
+    };
+    selects.into_iter().filter(|s| grouped(s)).any(|s| {
+        s.group.iter().flatten().any(named)
+            || matches!(&s.items, Items::List(items) if items.iter().any(|(e, _)| match e {
+                Expr::Column(c) => named(c),
+                Expr::Call(_, args) => matches!(args.first(), Some(Expr::Column(c)) if named(c)),
+                _ => false,
+            }))
+    })
+}
+
+/// DirkDB's static checks of a query before it runs.
+pub fn check_query(q: &Query) -> Result<(), DirkError> {
+    let mut selects = Vec::new();
+    each_select(q, &mut selects);
+    selects.into_iter().try_for_each(check_group)
+}
+
+/// An item of a grouping select (already checked by [`check_group`]): a grouped column or an
+/// aggregate answering a double, `sum`/`avg` refusing strings as DirkDB does.
+fn group_item_sql(e: &Expr, alias: Option<&str>) -> String {
+    let sql = match e {
+        Expr::Call(name, args) => {
+            let arg = args.first().map_or_else(|| "NULL".into(), expr_sql);
+            let numeric = |which: &str| {
+                format!(
+                    "{}({arg}, '{which}')",
+                    super::values::Function::Numeric.sql_name()
+                )
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "count" => format!("CAST(count({arg}) AS REAL)"),
+                "sum" => format!("total({})", numeric("SUM")),
+                _ => format!("coalesce(avg({}), 0.0)", numeric("AVG")),
+            }
+        }
+        other => expr_sql(other),
+    };
+    match (alias, e) {
+        (Some(a), _) => format!("{sql} AS {}", ident(a)),
+        (None, Expr::Column(_)) => sql,
+        (None, _) => format!("{sql} AS {}", ident(&debug_expr(e))),
+    }
+}
+
 fn item_sql(e: &Expr, alias: Option<&str>) -> String {
     let sql = expr_sql(e);
     match (alias, e) {
@@ -489,25 +760,27 @@ fn column_sql(c: &ColumnRef) -> String {
     }
 }
 
-/// The SQL of an expression, fully parenthesised.
+/// The SQL of an expression, fully parenthesised, with DirkDB's value semantics (the
+/// functions of [`super::values`]).
 pub fn expr_sql(e: &Expr) -> String {
+    use super::values::Function as F;
     match e {
         Expr::Number(n) => number_sql(n),
         Expr::Str(s) => sql_string(s),
         Expr::Null => "NULL".into(),
         Expr::Column(c) => column_sql(c),
         Expr::Call(name, args) => {
-            let a: Vec<String> = args.iter().map(expr_sql).collect();
-            let a = a.join(", ");
-            match name.to_ascii_lowercase().as_str() {
-                "count" => format!("CAST(count({a}) AS REAL)"),
-                "sum" => format!("total({a})"),
-                "avg" => format!("coalesce(avg({a}), 0.0)"),
-                _ => format!("{}({a})", ident(name)),
-            }
+            // Outside `#vondrona` an aggregate fails for the first row evaluated (DirkDB's
+            // FunctionExpr.eval); the argument keeps SQLite from evaluating it ahead of rows.
+            let arg = args.first().map_or_else(|| "NULL".into(), expr_sql);
+            format!(
+                "{}({}, {arg})",
+                F::RowAggregate.sql_name(),
+                sql_string(name)
+            )
         }
-        Expr::Neg(e) => format!("(- {})", expr_sql(e)),
-        Expr::Not(e) => format!("(NOT coalesce({}, 0))", expr_sql(e)),
+        Expr::Neg(e) => format!("{}({})", F::Neg.sql_name(), expr_sql(e)),
+        Expr::Not(e) => format!("(NOT {})", truth_sql(e)),
         Expr::IsNull(e, not) => {
             format!(
                 "({} IS {}NULL)",
@@ -515,30 +788,54 @@ pub fn expr_sql(e: &Expr) -> String {
                 if *not { "NOT " } else { "" }
             )
         }
+        Expr::Binary(l, BinOp::And, r) => format!(
+            "(CASE WHEN {} THEN {} ELSE 0 END)",
+            truth_sql(l),
+            truth_sql(r)
+        ),
+        Expr::Binary(l, BinOp::Or, r) => format!(
+            "(CASE WHEN {} THEN 1 ELSE {} END)",
+            truth_sql(l),
+            truth_sql(r)
+        ),
         Expr::Binary(l, op, r) => {
-            let (l, r) = (expr_sql(l), expr_sql(r));
-            match op {
-                BinOp::Div => format!("(CAST({l} AS REAL) / {r})"),
-                _ => format!("({l} {} {r})", sql_op(*op)),
-            }
+            let f = match op {
+                BinOp::Add => F::Add,
+                BinOp::Sub => F::Sub,
+                BinOp::Mul => F::Mul,
+                BinOp::Div => F::Div,
+                BinOp::Eq => F::Eq,
+                BinOp::Neq => F::Ne,
+                BinOp::Lt => F::Lt,
+                BinOp::Lte => F::Le,
+                BinOp::Gt => F::Gt,
+                BinOp::Gte => F::Ge,
+                BinOp::And | BinOp::Or => F::Truth,
+            };
+            format!("{}({}, {})", f.sql_name(), expr_sql(l), expr_sql(r))
         }
     }
 }
 
-fn sql_op(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "+",
-        BinOp::Sub => "-",
-        BinOp::Mul => "*",
-        BinOp::Div => "/",
-        BinOp::Eq => "=",
-        BinOp::Neq => "<>",
-        BinOp::Lt => "<",
-        BinOp::Lte => "<=",
-        BinOp::Gt => ">",
-        BinOp::Gte => ">=",
-        BinOp::And => "AND",
-        BinOp::Or => "OR",
+/// Whether DirkDB's value of `e` is a boolean (a comparison, `ary`/`na`, `!`, `dia null`).
+pub fn is_boolean(e: &Expr) -> bool {
+    match e {
+        Expr::Not(_) | Expr::IsNull(..) => true,
+        Expr::Binary(_, op, _) => !matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div),
+        _ => false,
+    }
+}
+
+/// The SQL of `e`'s truthiness, 1 or 0, never null.
+fn truth_sql(e: &Expr) -> String {
+    if is_boolean(e) {
+        expr_sql(e)
+    } else {
+        format!(
+            "{}({})",
+            super::values::Function::Truth.sql_name(),
+            expr_sql(e)
+        )
     }
 }
 
@@ -562,6 +859,25 @@ pub fn query_naming(q: &Query) -> Naming {
     Naming {
         relation,
         columns: select_columns(&q.first),
+        booleans: select_booleans(&q.first),
+    }
+}
+
+/// Which columns of a select answer booleans: boolean items, and for `*` over one derived
+/// table, its own.
+fn select_booleans(s: &Select) -> Vec<bool> {
+    match &s.items {
+        Items::List(items) => items.iter().map(|(e, _)| is_boolean(e)).collect(),
+        Items::All => match (&s.from, s.joins.is_empty()) {
+            (
+                Some(Origin {
+                    source: Source::Query(q),
+                    ..
+                }),
+                true,
+            ) => query_naming(q).booleans,
+            _ => Vec::new(),
+        },
     }
 }
 

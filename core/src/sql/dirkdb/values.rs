@@ -1,0 +1,336 @@
+//! DirkDB's value semantics (DIRKDB-DIALECT.md §5.2–§5.3, checked against the Java source's
+//! `Expression`, `CompareOp`, `ArithmeticOp`, `GroupByHelper`), as SQL functions the server
+//! registers on every SQLite connection and the translator calls for DirkDB's expressions:
+//!
+//! * comparisons never answer null: either side null → false (for `=` and `!=` alike); two
+//!   values of one kind compare as Java's `equals` (doubles by bits, so `0.0` ≠ `-0.0`); two of
+//!   different kinds, and every ordering, compare their "number of" (a string's truthiness);
+//! * arithmetic is on doubles, never null: strings give their leading `digits[.digits]`, other
+//!   values their truthiness (null → 0.0); a zero divisor is DirkDB's error;
+//! * truthiness: null false, numbers ≠ 0, strings `true`/`1`/`yes`/`on`/`t`/`y` (trimmed,
+//!   any case), anything else true;
+//! * an aggregate outside `#vondrona` fails when a row is evaluated; `sum`/`avg` refuse strings.
+//!
+//! Booleans are SQLite integers 0/1 here (the answer shows them as `true`/`false`, see
+//! [`super::translate::Naming::booleans`]); they behave the same because every rule above reads
+//! a boolean through its number (1.0/0.0).
+
+/// A SQL value as the functions see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// null
+    Null,
+    /// An integer or a real (both are Java doubles to DirkDB).
+    Number(f64),
+    /// A string.
+    Text(&'a str),
+    /// A BLOB (DirkDB has none; truthy, like any other Java object).
+    Other,
+}
+
+/// What a function answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Output {
+    /// A boolean, stored as 1/0.
+    Bool(bool),
+    /// A double.
+    Number(f64),
+    /// The first argument unchanged.
+    First,
+}
+
+/// The SQL functions DirkDB's translation calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// `=`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// unary `-`
+    Neg,
+    /// truthiness (WHERE, `#ka`, `!`, `ary`, `na`)
+    Truth,
+    /// `count(…)` & co. outside `#vondrona`: `(name, arg)`, fails for the first row
+    RowAggregate,
+    /// the argument of `sum`/`avg` under `#vondrona`: `(value, 'SUM')`, fails for a string
+    Numeric,
+}
+
+impl Function {
+    /// Every function, for registration.
+    pub const ALL: [Function; 14] = [
+        Function::Eq,
+        Function::Ne,
+        Function::Lt,
+        Function::Le,
+        Function::Gt,
+        Function::Ge,
+        Function::Add,
+        Function::Sub,
+        Function::Mul,
+        Function::Div,
+        Function::Neg,
+        Function::Truth,
+        Function::RowAggregate,
+        Function::Numeric,
+    ];
+
+    /// Its SQL name.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Function::Eq => "dirkdb_eq",
+            Function::Ne => "dirkdb_ne",
+            Function::Lt => "dirkdb_lt",
+            Function::Le => "dirkdb_le",
+            Function::Gt => "dirkdb_gt",
+            Function::Ge => "dirkdb_ge",
+            Function::Add => "dirkdb_add",
+            Function::Sub => "dirkdb_sub",
+            Function::Mul => "dirkdb_mul",
+            Function::Div => "dirkdb_div",
+            Function::Neg => "dirkdb_neg",
+            Function::Truth => "dirkdb_truth",
+            Function::RowAggregate => "dirkdb_row_aggregate",
+            Function::Numeric => "dirkdb_numeric",
+        }
+    }
+
+    /// How many arguments it takes.
+    pub fn arity(self) -> usize {
+        match self {
+            Function::Neg | Function::Truth => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether its answer depends on its arguments only and it never fails. The others are
+    /// registered as non-deterministic so that SQLite never evaluates them ahead of the rows
+    /// (DirkDB raises these errors only when a row is evaluated: none over an empty table).
+    pub fn deterministic(self) -> bool {
+        !matches!(
+            self,
+            Function::Div | Function::RowAggregate | Function::Numeric
+        )
+    }
+
+    /// Applies it; `Err` is DirkDB's error text.
+    pub fn call(self, args: &[Value<'_>]) -> Result<Output, String> {
+        let arg = |i: usize| args.get(i).copied().unwrap_or(Value::Null);
+        let (l, r) = (arg(0), arg(1));
+        Ok(match self {
+            Function::Eq => Output::Bool(equal(l, r)),
+            Function::Ne => {
+                Output::Bool(!matches!((l, r), (Value::Null, _) | (_, Value::Null)) && !equal(l, r))
+            }
+            Function::Lt => Output::Bool(ordered(l, r, |a, b| a < b)),
+            Function::Le => Output::Bool(ordered(l, r, |a, b| a <= b)),
+            Function::Gt => Output::Bool(ordered(l, r, |a, b| a > b)),
+            Function::Ge => Output::Bool(ordered(l, r, |a, b| a >= b)),
+            Function::Add => Output::Number(arithmetic_number(l) + arithmetic_number(r)),
+            Function::Sub => Output::Number(arithmetic_number(l) - arithmetic_number(r)),
+            Function::Mul => Output::Number(arithmetic_number(l) * arithmetic_number(r)),
+            Function::Div => Output::Number(divide(arithmetic_number(l), arithmetic_number(r))?),
+            Function::Neg => Output::Number(match l {
+                Value::Number(n) => -n,
+                other => -bool_number(truth(other)),
+            }),
+            Function::Truth => Output::Bool(truth(l)),
+            Function::RowAggregate => {
+                let name = match l {
+                    Value::Text(t) => t,
+                    _ => "?",
+                };
+                return Err(format!(
+                    "Function '{name}' ne peut pas être évaluée ligne-par-ligne"
+                ));
+            }
+            Function::Numeric => match l {
+                Value::Text(_) => {
+                    let which = match r {
+                        Value::Text(t) => t,
+                        _ => "SUM",
+                    };
+                    return Err(format!(
+                        "{which} attend une valeur numérique, trouvé: java.lang.String"
+                    ));
+                }
+                _ => Output::First,
+            },
+        })
+    }
+}
+
+/// Java's `Expression.ObjectIntoBoolean`.
+pub fn truth(v: Value<'_>) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Number(n) => n != 0.0,
+        Value::Text(s) => matches!(
+            s.trim().to_lowercase().as_str(),
+            "true" | "1" | "yes" | "on" | "t" | "y"
+        ),
+        Value::Other => true,
+    }
+}
+
+fn bool_number(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The number a comparison reads: numbers as such, anything else its truthiness.
+fn comparison_number(v: Value<'_>) -> f64 {
+    match v {
+        Value::Number(n) => n,
+        other => bool_number(truth(other)),
+    }
+}
+
+/// The number arithmetic reads: numbers as such, a string's leading `digits[.digits]`, anything
+/// else its truthiness (null → 0.0).
+pub fn arithmetic_number(v: Value<'_>) -> f64 {
+    match v {
+        Value::Number(n) => n,
+        Value::Text(s) => leading_decimal(s).unwrap_or_else(|| bool_number(truth(v))),
+        other => bool_number(truth(other)),
+    }
+}
+
+fn leading_decimal(s: &str) -> Option<f64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut end = digits;
+    let bytes = s.as_bytes();
+    if bytes.get(end) == Some(&b'.') {
+        let frac = bytes[end + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if frac > 0 {
+            end += 1 + frac;
+        }
+    }
+    s[..end].parse().ok()
+}
+
+fn equal(l: Value<'_>, r: Value<'_>) -> bool {
+    match (l, r) {
+        (Value::Null, _) | (_, Value::Null) => false,
+        (Value::Number(a), Value::Number(b)) => {
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+        }
+        (Value::Text(a), Value::Text(b)) => a == b,
+        (a, b) => comparison_number(a) == comparison_number(b),
+    }
+}
+
+fn ordered(l: Value<'_>, r: Value<'_>, holds: fn(f64, f64) -> bool) -> bool {
+    match (l, r) {
+        (Value::Null, _) | (_, Value::Null) => false,
+        (a, b) => holds(comparison_number(a), comparison_number(b)),
+    }
+}
+
+fn divide(numerator: f64, divisor: f64) -> Result<f64, String> {
+    if divisor == 0.0 {
+        return Err(format!(
+            "division by zero numerator = {} / 0",
+            super::domain::java_double(numerator)
+        ));
+    }
+    Ok(numerator / divisor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Value::*;
+
+    fn b(f: Function, l: Value<'_>, r: Value<'_>) -> bool {
+        match f.call(&[l, r]) {
+            Ok(Output::Bool(v)) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn n(f: Function, args: &[Value<'_>]) -> f64 {
+        match f.call(args) {
+            Ok(Output::Number(v)) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn comparisons_follow_dirkdb() {
+        assert!(!b(Function::Eq, Null, Null));
+        assert!(!b(Function::Ne, Null, Number(1.0)));
+        assert!(!b(Function::Eq, Number(5.0), Text("5")));
+        assert!(b(Function::Eq, Number(1.0), Text("1")));
+        assert!(b(Function::Eq, Number(1.0), Text("yes")));
+        assert!(b(Function::Eq, Number(0.0), Text("abc")));
+        assert!(!b(Function::Eq, Number(0.0), Number(-0.0)));
+        assert!(b(Function::Eq, Text("a"), Text("a")));
+        assert!(!b(Function::Eq, Text("a"), Text("A")));
+        assert!(!b(Function::Gt, Text("b"), Text("a")));
+        assert!(!b(Function::Lt, Text("s"), Text("c")));
+        assert!(b(Function::Ge, Number(2.0), Number(2.0)));
+        assert!(!b(Function::Gt, Null, Number(-1.0)));
+    }
+
+    #[test]
+    fn arithmetic_on_doubles() {
+        assert_eq!(n(Function::Add, &[Null, Number(1.0)]), 1.0);
+        assert_eq!(n(Function::Add, &[Text("abc"), Number(1.0)]), 1.0);
+        assert_eq!(n(Function::Add, &[Text("12abc"), Number(1.0)]), 13.0);
+        assert_eq!(n(Function::Add, &[Text("2.5x"), Number(0.0)]), 2.5);
+        assert_eq!(n(Function::Div, &[Number(7.0), Number(2.0)]), 3.5);
+        assert_eq!(
+            Function::Div.call(&[Number(1.0), Number(0.0)]),
+            Err("division by zero numerator = 1.0 / 0".into())
+        );
+        let neg = n(Function::Neg, &[Null]);
+        assert!(neg == 0.0 && neg.is_sign_negative());
+        assert_eq!(n(Function::Neg, &[Text("yes")]), -1.0);
+    }
+
+    #[test]
+    fn truthiness_and_aggregates() {
+        assert!(truth(Text(" Yes ")));
+        assert!(!truth(Text("no")));
+        assert!(!truth(Null));
+        assert!(truth(Other));
+        assert_eq!(
+            Function::RowAggregate.call(&[Text("count"), Null]),
+            Err("Function 'count' ne peut pas être évaluée ligne-par-ligne".into())
+        );
+        assert_eq!(
+            Function::Numeric.call(&[Text("x"), Text("AVG")]),
+            Err("AVG attend une valeur numérique, trouvé: java.lang.String".into())
+        );
+        assert_eq!(
+            Function::Numeric.call(&[Number(1.0), Text("SUM")]),
+            Ok(Output::First)
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! The SQL functions DirkDB's translated statements call (see `dirkdb_core::sql::dirkdb::values`
+//! for their meaning), registered on every SQLite connection of the server: DirkDB's value
+//! semantics for comparisons, arithmetic, truthiness and aggregates, with DirkDB's error texts.
+
+use dirkdb_core::sql::dirkdb::values::{Function, Output, Value};
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::Connection;
+
+/// Registers every DirkDB value function on `conn`.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    for f in Function::ALL {
+        let mut flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
+        if f.deterministic() {
+            flags |= FunctionFlags::SQLITE_DETERMINISTIC;
+        }
+        conn.create_scalar_function(f.sql_name(), f.arity() as i32, flags, move |ctx| {
+            call(f, ctx)
+        })?;
+    }
+    Ok(())
+}
+
+fn call(f: Function, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
+    let raw: Vec<ValueRef<'_>> = (0..ctx.len()).map(|i| ctx.get_raw(i)).collect();
+    let texts: Vec<Option<String>> = raw
+        .iter()
+        .map(|v| match v {
+            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        })
+        .collect();
+    let args: Vec<Value<'_>> = raw
+        .iter()
+        .zip(&texts)
+        .map(|(v, text)| match (v, text) {
+            (ValueRef::Null, _) => Value::Null,
+            (ValueRef::Integer(n), _) => Value::Number(*n as f64),
+            (ValueRef::Real(r), _) => Value::Number(*r),
+            (ValueRef::Text(_), Some(t)) => Value::Text(t),
+            _ => Value::Other,
+        })
+        .collect();
+    match f.call(&args) {
+        Ok(Output::Bool(b)) => Ok(SqlValue::Integer(i64::from(b))),
+        Ok(Output::Number(n)) => Ok(SqlValue::Real(n)),
+        Ok(Output::First) => Ok(raw.first().map_or(SqlValue::Null, |v| owned(*v))),
+        Err(text) => Err(rusqlite::Error::UserFunctionError(text.into())),
+    }
+}
+
+fn owned(v: ValueRef<'_>) -> SqlValue {
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(n) => SqlValue::Integer(n),
+        ValueRef::Real(r) => SqlValue::Real(r),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
