@@ -228,7 +228,6 @@ fn occurrences(conn: &Connection, stmt: &DirkStatement, name: &str) -> Option<us
         let prepared = conn.prepare(sql).ok()?;
         let n = prepared
             .column_names()
-            .into_iter()
             .filter(|c| c.eq_ignore_ascii_case(bare))
             .count();
         (n >= 2).then_some(n)
@@ -273,7 +272,7 @@ impl Schema for ConnSchema<'_> {
         self.domain(name).is_some()
     }
 
-    fn columns(&self, sql: &str) -> Option<Vec<(String, Option<String>)>> {
+    fn columns(&self, sql: &str) -> Option<dirkdb::translate::Columns> {
         let stmt = self.conn.prepare(sql).ok()?;
         Some(
             columns_of(&stmt)

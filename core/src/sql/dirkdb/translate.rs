@@ -11,6 +11,9 @@ use super::ast::*;
 use super::domain::{resolve, sql_real, sql_string, Domain};
 use super::error::DirkError;
 
+/// Column names and their origins, in order.
+pub type Columns = Vec<(String, Option<String>)>;
+
 /// What the translator may ask about the current database.
 pub trait Schema {
     /// The current database, if any.
@@ -24,7 +27,7 @@ pub trait Schema {
     /// `table`, `view`, … for an existing schema object.
     fn object_type(&self, name: &str) -> Option<String>;
     /// The names and origins of the columns `sql` answers, when it can be prepared.
-    fn columns(&self, _sql: &str) -> Option<Vec<(String, Option<String>)>> {
+    fn columns(&self, _sql: &str) -> Option<Columns> {
         None
     }
 }
@@ -398,7 +401,7 @@ pub fn query_sql(q: &Query) -> String {
 pub fn compound_sql(
     q: &Query,
     schema: &dyn Schema,
-) -> Result<(String, Option<Vec<(String, Option<String>)>>), DirkError> {
+) -> Result<(String, Option<Columns>), DirkError> {
     if q.rest.is_empty() {
         return Ok((select_sql(&q.first), None));
     }
