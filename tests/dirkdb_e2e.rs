@@ -616,3 +616,68 @@ async fn dirkdb_answers_come_in_pages_of_twenty_rows_everywhere() {
         assert_eq!((empty.rows.len(), empty.pages), (0, 1), "{through}");
     }
 }
+
+#[tokio::test]
+async fn set_operations_answer_in_dirkdb_order() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    for sql in [
+        "manamboara tahiry filaharana",
+        "ampiasao filaharana",
+        "manamboara tabilao a (n ISA(null,null))",
+        "manamboara tabilao b (n ISA(null,null))",
+        "manampia ao a (n) sanda (3), (1), (3), (2), (null)",
+        "manampia ao b (n) sanda (5), (2), (4), (1), (null)",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    let rows = |r: dirkdb_client::ResultSet| -> Vec<Value> {
+        r.rows.into_iter().map(|r| r[0].clone()).collect()
+    };
+    // Union: first occurrences, left rows then right rows (SQLite's UNION would sort them).
+    let union = c
+        .query("alaivo n #ao@ a #ankambana@ alaivo n #ao@ b")
+        .await
+        .unwrap();
+    assert_eq!(
+        union.name.as_deref(),
+        Some("a_projection_Union_b_projection")
+    );
+    assert_eq!(
+        rows(union),
+        [
+            json!(3.0),
+            json!(1.0),
+            json!(2.0),
+            Value::Null,
+            json!(5.0),
+            json!(4.0)
+        ]
+    );
+    // Intersection: distinct left rows found on the right, in left order; null equals null.
+    let inter = c.query("alaivo n #ao@ a ^ alaivo n #ao@ b").await.unwrap();
+    assert_eq!(rows(inter), [json!(1.0), json!(2.0), Value::Null]);
+    // Difference: every left row not on the right, duplicates kept, in left order.
+    let diff = c
+        .query("alaivo * #ao@ a #analana@ alaivo * #ao@ b")
+        .await
+        .unwrap();
+    assert_eq!(diff.columns[0].origin.as_deref(), Some("a"));
+    assert_eq!(rows(diff), [json!(3.0), json!(3.0)]);
+    // Chained, with a parenthesised right operand.
+    let chain = c
+        .query("alaivo n #ao@ b #-@ (alaivo n #ao@ a #+@ alaivo n #ao@ a) #+@ alaivo n #ao@ a")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(chain),
+        [
+            json!(5.0),
+            json!(4.0),
+            json!(3.0),
+            json!(1.0),
+            json!(2.0),
+            Value::Null
+        ]
+    );
+}

@@ -318,7 +318,7 @@ pub fn routing_sql(stmt: &Statement) -> String {
             domain::sql_string(n)
         ),
         Statement::Drop(ast::ObjectKind::Table, n) => format!("DROP TABLE {}", ident(n)),
-        other => match plan(other, &NoSchema) {
+        other => match translate::with_sql_operators(|| plan(other, &NoSchema)) {
             Ok(plan) => plan.steps.last().cloned().unwrap_or_default(),
             Err(_) => "DIRK DIRKDB".into(),
         },

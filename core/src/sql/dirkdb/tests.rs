@@ -399,3 +399,17 @@ fn dropped_databases_are_named() {
     assert_eq!(dropped_database("ravao ny tabilao shop"), None);
     assert_eq!(dropped_database("DROP TABLE shop"), None);
 }
+
+#[test]
+fn routing_sql_keeps_sql_operators_for_classification_and_pins() {
+    let r = |s: &str| match route(s) {
+        Route::Dirk(stmt) => routing_sql(&stmt),
+        other => panic!("{s}: {other:?}"),
+    };
+    assert_eq!(
+        r("alaivo * #ao@ users #rehefa id = 1 ary !(n > 2)"),
+        "SELECT * FROM (SELECT DISTINCT * FROM `users`) AS `users` WHERE ((`id` = 1.0) AND (NOT coalesce((`n` > 2.0), 0)))"
+    );
+    // The server's plan of the same statement uses DirkDB's value functions.
+    assert!(sql("alaivo * #ao@ users #rehefa id = 1").contains("dirkdb_eq(`id`, 1.0)"));
+}

@@ -117,7 +117,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             }
             let (sql, left_columns) = compound_sql(q, schema)?;
             let mut naming = query_naming(q);
-            if naming.columns.is_none() && q.rest.iter().any(|(op, _)| *op == SetOp::Difference) {
+            if naming.columns.is_none() {
                 naming.columns = left_columns;
             }
             Plan {
@@ -409,6 +409,7 @@ pub fn compound_sql(
     let left_columns = schema.columns(&first);
     let mut sql = first;
     let mut name = select_relation(&q.first);
+    let mut ordered = false;
     for (op, operand) in &q.rest {
         let (right, right_name) = match operand {
             Operand::Select(s) => (operand_sql(s), select_relation(s)),
@@ -428,13 +429,24 @@ pub fn compound_sql(
                 });
             }
         }
-        sql = match (op, &left_columns) {
-            (SetOp::Union, _) => format!("{sql} UNION {right}"),
-            (SetOp::Intersection, _) => format!("{sql} INTERSECT {right}"),
-            (SetOp::Difference, Some(columns)) if right_columns.is_some() => {
-                difference_keeping_duplicates(&sql, &right, columns)
+        sql = match (&left_columns, &right_columns) {
+            (Some(columns), Some(_)) => {
+                ordered = true;
+                set_operation(*op, &sql, &right, columns)
             }
-            (SetOp::Difference, _) => format!("{sql} EXCEPT {right}"),
+            _ => {
+                let word = match op {
+                    SetOp::Union => "UNION",
+                    SetOp::Intersection => "INTERSECT",
+                    SetOp::Difference => "EXCEPT",
+                };
+                // A compound may not follow an ORDER BY: the ordered form is wrapped.
+                if ordered {
+                    format!("SELECT * FROM ({sql}) {word} {right}")
+                } else {
+                    format!("{sql} {word} {right}")
+                }
+            }
         };
         let word = match op {
             SetOp::Union => "Union",
@@ -446,35 +458,51 @@ pub fn compound_sql(
     Ok((sql, left_columns))
 }
 
-/// `left − right` as DirkDB computes it: every row of `left`, duplicates included, that equals
-/// no row of `right` (position by position, null equal to null). Columns are renamed by
-/// position (a compound's first select names them) and given back their names.
-fn difference_keeping_duplicates(
+/// A set operation as DirkDB computes it (Relation.union/intersection/difference), rows in
+/// DirkDB's order: a union keeps the first occurrence of each distinct row, left rows then right
+/// rows; an intersection the distinct left rows found on the right, in left order; a difference
+/// every left row, duplicates included, found nowhere on the right. Rows are equal position by
+/// position, null equal to null. Columns are renamed by position (a compound's first select
+/// names them) and given back the left side's names.
+fn set_operation(
+    op: SetOp,
     left: &str,
     right: &str,
     columns: &[(String, Option<String>)],
 ) -> String {
-    let positional: Vec<String> = (1..=columns.len())
-        .map(|i| format!("NULL AS _dirk_c{i}"))
-        .collect();
+    let n = columns.len();
+    let positional: Vec<String> = (1..=n).map(|i| format!("NULL AS _dirk_c{i}")).collect();
     let positional = positional.join(", ");
     let renamed =
         |sql: &str| format!("SELECT {positional} WHERE 0 UNION ALL SELECT * FROM ({sql})");
     let back: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, (name, _))| format!("_dirk_l._dirk_c{} AS {}", i + 1, ident(name)))
+        .map(|(i, (name, _))| format!("_dirk_c{} AS {}", i + 1, ident(name)))
         .collect();
-    let equal: Vec<String> = (1..=columns.len())
+    let back = back.join(", ");
+    let keys: Vec<String> = (1..=n).map(|i| format!("_dirk_c{i}")).collect();
+    let keys = keys.join(", ");
+    let same: Vec<String> = (1..=n)
         .map(|i| format!("_dirk_r._dirk_c{i} IS _dirk_l._dirk_c{i}"))
         .collect();
-    format!(
-        "SELECT {} FROM ({}) AS _dirk_l WHERE NOT EXISTS (SELECT 1 FROM ({}) AS _dirk_r WHERE {})",
-        back.join(", "),
-        renamed(left),
-        renamed(right),
-        equal.join(" AND ")
-    )
+    let same = same.join(" AND ");
+    match op {
+        SetOp::Union => format!(
+            "SELECT {back} FROM (SELECT *, row_number() OVER () AS _dirk_k FROM ({} UNION ALL SELECT * FROM ({right}))) GROUP BY {keys} ORDER BY min(_dirk_k)",
+            renamed(left)
+        ),
+        SetOp::Intersection => format!(
+            "SELECT {back} FROM (SELECT *, row_number() OVER () AS _dirk_k FROM ({})) AS _dirk_l WHERE EXISTS (SELECT 1 FROM ({}) AS _dirk_r WHERE {same}) GROUP BY {keys} ORDER BY min(_dirk_k)",
+            renamed(left),
+            renamed(right)
+        ),
+        SetOp::Difference => format!(
+            "SELECT {back} FROM ({}) AS _dirk_l WHERE NOT EXISTS (SELECT 1 FROM ({}) AS _dirk_r WHERE {same})",
+            renamed(left),
+            renamed(right)
+        ),
+    }
 }
 
 /// A select as an operand of a compound: one with `#fetra` is wrapped, since SQLite allows
@@ -763,10 +791,64 @@ fn column_sql(c: &ColumnRef) -> String {
     }
 }
 
+thread_local! {
+    /// Set while [`with_sql_operators`] runs.
+    static SQL_OPERATORS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with expressions translated to SQL's own operators (`=`, `+`, `AND`, …) instead
+/// of DirkDB's value functions: the SQL a statement stands for to the proxy's classifier and
+/// the cache's keys and row pins, which read its shape, not its values.
+pub fn with_sql_operators<T>(f: impl FnOnce() -> T) -> T {
+    let before = SQL_OPERATORS.with(|c| c.replace(true));
+    let out = f();
+    SQL_OPERATORS.with(|c| c.set(before));
+    out
+}
+
+/// [`expr_sql`] with SQL's operators (see [`with_sql_operators`]).
+fn plain_expr_sql(e: &Expr) -> String {
+    match e {
+        Expr::Call(name, args) => {
+            let a: Vec<String> = args.iter().map(expr_sql).collect();
+            format!("{}({})", ident(name), a.join(", "))
+        }
+        Expr::Neg(e) => format!("(- {})", expr_sql(e)),
+        Expr::Not(e) => format!("(NOT coalesce({}, 0))", expr_sql(e)),
+        Expr::Binary(l, op, r) => {
+            let (l, r) = (expr_sql(l), expr_sql(r));
+            let op = match op {
+                BinOp::Add => "+",
+                BinOp::Sub => "-",
+                BinOp::Mul => "*",
+                BinOp::Div => return format!("(CAST({l} AS REAL) / {r})"),
+                BinOp::Eq => "=",
+                BinOp::Neq => "<>",
+                BinOp::Lt => "<",
+                BinOp::Lte => "<=",
+                BinOp::Gt => ">",
+                BinOp::Gte => ">=",
+                BinOp::And => "AND",
+                BinOp::Or => "OR",
+            };
+            format!("({l} {op} {r})")
+        }
+        other => expr_sql(other),
+    }
+}
+
 /// The SQL of an expression, fully parenthesised, with DirkDB's value semantics (the
 /// functions of [`super::values`]).
 pub fn expr_sql(e: &Expr) -> String {
     use super::values::Function as F;
+    if SQL_OPERATORS.with(|c| c.get())
+        && matches!(
+            e,
+            Expr::Call(..) | Expr::Neg(_) | Expr::Not(_) | Expr::Binary(..)
+        )
+    {
+        return plain_expr_sql(e);
+    }
     match e {
         Expr::Number(n) => number_sql(n),
         Expr::Str(s) => sql_string(s),
@@ -831,7 +913,7 @@ pub fn is_boolean(e: &Expr) -> bool {
 
 /// The SQL of `e`'s truthiness, 1 or 0, never null.
 fn truth_sql(e: &Expr) -> String {
-    if is_boolean(e) {
+    if is_boolean(e) || SQL_OPERATORS.with(|c| c.get()) {
         expr_sql(e)
     } else {
         format!(
