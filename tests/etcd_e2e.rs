@@ -11,7 +11,9 @@
 //!   never promoted) is finished by the elected proxy;
 //! * etcd stopped for a few seconds: no failover, reads go on through both proxies, and both
 //!   resume coordination without a restart;
-//! * a cache with both proxies as upstreams keeps answering when one is killed.
+//! * a cache with both proxies as upstreams keeps answering when one is killed;
+//! * a three-node etcd whose raft leader is killed: no failover, coordination goes on, and the
+//!   two remaining members still decide exactly one failover of a killed primary.
 
 mod common;
 
@@ -658,4 +660,52 @@ async fn the_cache_over_two_proxies_keeps_answering_when_one_is_killed() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("trying the next upstream"), "{stderr}");
     assert!(stdout.contains('2'), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_node_etcd_loses_its_leader_without_a_failover_and_still_decides_one() {
+    let mut setup = Setup::start(Etcd::three(), 2).await;
+    write_through(&setup, 0, 400_000_000_001, Duration::from_secs(10)).await;
+    let (_, version_before) = setup.record();
+    let leader = wait_for(Duration::from_secs(10), "an etcd leader", || {
+        setup.etcd.leader()
+    });
+    setup.etcd.kill(leader);
+    setup.etcd.wait_healthy(Duration::from_secs(15));
+    setup.wait_for_one_elected(Duration::from_secs(15));
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            400_000_000_010 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(version_after, version_before, "no failover: {after}");
+    assert_eq!(setup.acting_primaries(), vec!["m1".to_string()]);
+    // The two remaining etcd members still decide exactly one failover.
+    setup.cluster.kill9(0);
+    let new = wait_for(Duration::from_secs(20), "a new primary in etcd", || {
+        let (r, _) = setup.record();
+        (r["primary"] != "m1").then(|| r["primary"].as_str().unwrap_or("").to_string())
+    });
+    setup.wait_all_route_to(&new, Duration::from_secs(5));
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            400_000_000_020 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(version_after, version_before + 1, "one failover: {after}");
+    assert_eq!(setup.acting_primaries(), vec![new.clone()]);
+    let held = setup.ids_on(setup.index_of(&new)).await;
+    for id in [400_000_000_001, 400_000_000_010, 400_000_000_011] {
+        assert!(held.contains(&id), "{id} lost");
+    }
 }

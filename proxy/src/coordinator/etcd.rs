@@ -10,7 +10,8 @@
 //! as seen from etcd (the renewal's send time plus nine tenths of its TTL), so a proxy cut off
 //! from etcd stops renewing the primary's write lease before any other proxy can be elected.
 //!
-//! When etcd stops answering, the session ends and is opened again every 500 ms: nothing is
+//! A session talks to one member of `endpoints`; after a failure the next session tries the
+//! next member. When etcd stops answering, the session ends and is opened again every 500 ms: nothing is
 //! decided meanwhile, routing stays on the last primary etcd named, `/cluster/status` says
 //! `reachable: false` with the reason, and the log says it once per outage. etcd keeps leases
 //! alive across its own restarts, so a proxy that comes back within its TTL keeps its lease and
@@ -67,6 +68,8 @@ struct State {
     record: Option<(PrimaryRecord, i64)>,
     published: Option<Position>,
     failovers: u64,
+    /// Sessions opened so far (picks the member of the next one).
+    sessions: usize,
 }
 
 impl Etcd {
@@ -194,11 +197,11 @@ impl Etcd {
         let options = ConnectOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_millis(500), Duration::from_millis(1000));
+        // One member per session, the next after each failure: a client balanced over every
+        // member keeps sending some requests to a dead one.
+        let endpoint = self.next_endpoint();
         let mut client = self
-            .within(
-                "connect",
-                Client::connect(self.settings.endpoints.clone(), Some(options)),
-            )
+            .within("connect", Client::connect([endpoint], Some(options)))
             .await?;
         let lease = self.lease(&mut client).await?;
         let (mut keeper, mut alive) = self
@@ -242,6 +245,14 @@ impl Etcd {
                 }
             }
         }
+    }
+
+    /// The member the next session talks to (round robin over `endpoints`).
+    fn next_endpoint(&self) -> String {
+        let mut s = self.state();
+        let i = s.sessions % self.settings.endpoints.len().max(1);
+        s.sessions += 1;
+        self.settings.endpoints.get(i).cloned().unwrap_or_default()
     }
 
     /// The lease this proxy held before (when etcd still knows it) or a new one.
