@@ -647,16 +647,17 @@ fn edit_users(cluster: &Cluster, edit: impl FnOnce(&mut Vec<Value>)) {
     std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
 }
 
-/// Retries `AUTH` until the part has read the new file.
+/// Retries `AUTH` (each time on a new connection, so `authTimeoutMs` never closes one) until
+/// the part has read the new file.
 async fn login_once_reloaded(addr: &str, user: &str, password: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        let mut client = Client::connect(addr).await.unwrap();
         match client.execute(&format!("AUTH {user} {password}")).await {
             Ok(_) => return client,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("{user} never admitted by {addr}: {e}"),
         }
@@ -665,7 +666,8 @@ async fn login_once_reloaded(addr: &str, user: &str, password: &str) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_proxy_and_cache_apply_edited_users_live_and_keep_sessions() {
-    let cluster = secure_cluster_with_proxy(0, "{}", json!({}));
+    // The retries below fail until the file is read: more than the default 5 a minute.
+    let cluster = secure_cluster_with_proxy(0, "{}", json!({ "maxAuthFailures": 1000 }));
     let cache = start_cache(&cluster);
     let mut admin = login(&cluster.addr(0), "admin", "admin-pw").await;
     admin.execute("CREATE DATABASE shop").await.unwrap();
