@@ -5,9 +5,11 @@
 //! a flight, and the leader's answer (streamed to its client as it arrives) is kept when it is
 //! small enough and nothing it read changed meanwhile. Everything else goes to the session's own
 //! upstream connection, unchanged. A write's answer is held until the cache has dropped what the
-//! write can have changed: first the tables its text names, then (the write's position asked
-//! with `DIRK POSITION`) whatever the primary's change feed reports up to that position, which
-//! covers triggers and foreign-key actions; without a feed, the whole database's entries go.
+//! write can have changed: its position is asked with `DIRK POSITION`, sent right behind the
+//! write (pipelined: no round trip of its own), and the answer waits until the primary's change
+//! feed has reported that position, whose notices drop exactly the rows the write changed
+//! (triggers and foreign-key actions included); without a feed, or when it does not report in
+//! time, the tables the write names and the whole database's entries go.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,9 @@ use crate::view_map::{DbSchema, ANY_TABLE};
 
 /// How long a write's answer waits for the change feed to report it.
 const FEED_WAIT: Duration = Duration::from_millis(500);
+
+/// Asks the upstream for the session's last write position; sent right behind each write.
+const POSITION_STATEMENT: &str = "DIRK POSITION";
 
 /// What every session shares.
 pub struct SessionContext {
@@ -157,17 +162,19 @@ impl CacheSession {
         sql: &str,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ForwardError> {
-        self.forward(sql, out, false, None).await.map(|_| ())
+        self.forward(sql, out, false, None, None).await.map(|_| ())
     }
 
     /// Sends `sql` upstream and writes each frame of the answer to the client, keeping the bytes
-    /// (up to `keep`), and holding the final frame back when `hold_last`.
+    /// (up to `keep`), and holding the final frame back when `hold_last`. `then` is sent right
+    /// behind `sql` (pipelined, no round trip of its own); its answer is left to the caller.
     async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         sql: &str,
         out: &mut ServerConnection<S>,
         hold_last: bool,
         keep: Option<usize>,
+        then: Option<&str>,
     ) -> Result<Forwarded, ForwardError> {
         let lost_txn = self.txn.open;
         let mut wrote = false;
@@ -176,6 +183,12 @@ impl CacheSession {
         if let Err(error) = self.upstream.send(self.db.as_deref(), sql).await {
             self.after_upstream_failure(lost_txn);
             return Err(upstream_failed(error, false));
+        }
+        if let Some(then) = then {
+            if let Err(error) = self.upstream.send(self.db.as_deref(), then).await {
+                self.after_upstream_failure(lost_txn);
+                return Err(upstream_failed(error, false));
+            }
         }
         let mut kept = keep.map(|_| BytesMut::new());
         loop {
@@ -233,7 +246,7 @@ impl CacheSession {
         db: String,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ForwardError> {
-        let forwarded = self.forward(sql, out, false, None).await?;
+        let forwarded = self.forward(sql, out, false, None, None).await?;
         if !forwarded.failed {
             self.upstream.selected(&db);
             self.db_key = db.to_lowercase().into();
@@ -248,13 +261,19 @@ impl CacheSession {
         control: dirkdb_core::sql::classify::TransactionControl,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ForwardError> {
-        let forwarded = self.forward(sql, out, true, None).await?;
+        let ask = (!self.txn_writes.is_empty()).then_some(POSITION_STATEMENT);
+        let forwarded = self.forward(sql, out, true, None, ask).await?;
+        let answered = std::time::Instant::now();
+        let position = match ask {
+            Some(_) => self.upstream.pipelined_position().await,
+            None => None,
+        };
         if !forwarded.failed {
             match self.txn.follow(&control) {
                 TransactionEnd::Committed => {
                     let writes = std::mem::take(&mut self.txn_writes);
                     if !writes.is_empty() {
-                        self.settle_writes(writes).await;
+                        self.settle_writes(writes, position, answered).await;
                     }
                 }
                 TransactionEnd::RolledBack => self.txn_writes.clear(),
@@ -275,9 +294,16 @@ impl CacheSession {
             self.txn_writes.push(targets);
             return self.pass(sql, out).await;
         }
-        let forwarded = self.forward(sql, out, true, None).await;
+        let forwarded = self
+            .forward(sql, out, true, None, Some(POSITION_STATEMENT))
+            .await;
+        let answered = std::time::Instant::now();
+        let position = match &forwarded {
+            Ok(_) => self.upstream.pipelined_position().await,
+            Err(_) => None,
+        };
         // Whatever the answer, the write may have committed.
-        self.settle_writes(vec![targets]).await;
+        self.settle_writes(vec![targets], position, answered).await;
         send_held(out, forwarded?.held).await
     }
 
@@ -286,12 +312,17 @@ impl CacheSession {
     /// notices drop exactly the rows (or tables) the write changed, triggers and cascades
     /// included. Without it, or when it does not report in time, the tables the writes name
     /// and then the whole database are dropped.
-    async fn settle_writes(&mut self, writes: Vec<WriteTargets>) {
-        let started = std::time::Instant::now();
+    /// `position` is the session's last write position, asked right behind the write; the
+    /// time from `answered` (the write's own answer arrived) on is counted as the settle's cost.
+    async fn settle_writes(
+        &mut self,
+        writes: Vec<WriteTargets>,
+        position: Option<u64>,
+        answered: std::time::Instant,
+    ) {
         let store = self.ctx.store.clone();
         let stats = &self.ctx.stats;
         let db = self.db_key();
-        let position = self.upstream.last_write_position().await;
         let reported = match position {
             // This session never wrote: nothing committed.
             Some(0) => true,
@@ -311,7 +342,7 @@ impl CacheSession {
             store.invalidate_database(&db, position);
         }
         CacheStats::bump(&stats.write_settles);
-        let micros = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        let micros = answered.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         stats
             .write_settle_micros
             .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
@@ -349,7 +380,7 @@ impl CacheSession {
         {
             Ok(()) => {
                 let cap = store.limits().max_entry_bytes;
-                self.forward(sql, out, false, Some(cap)).await
+                self.forward(sql, out, false, Some(cap), None).await
             }
             Err(error) => Err(ForwardError::Upstream {
                 error,

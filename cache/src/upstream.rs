@@ -271,6 +271,20 @@ impl Upstream {
             _ => None,
         }
     }
+
+    /// Reads the answer of a `DIRK POSITION` already sent behind the previous statement
+    /// (pipelined); `None` when the upstream does not say.
+    pub async fn pipelined_position(&mut self) -> Option<u64> {
+        self.client.as_ref()?;
+        loop {
+            match self.next_frame().await.ok()? {
+                Frame::Message(text) => {
+                    return text.strip_prefix("position ")?.trim().parse().ok();
+                }
+                _ => continue,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
