@@ -384,10 +384,35 @@ config_enum!(
         /// One primary takes every write.
         #[default]
         SinglePrimary = "SINGLE_PRIMARY",
-        /// DirkDB's per-object owners; not supported yet (refused by validation).
+        /// DirkDB's per-object owners: every MASTER takes the writes of the objects it owns
+        /// by rendezvous (`crate::rendezvous`).
         MultiPrimary = "MULTI_PRIMARY",
     }
 );
+
+config_enum!(
+    /// MULTI_PRIMARY: what has an owner (DirkDB's `routing.writes.partition`).
+    Partition {
+        /// Each table, view and domain (and each database, for CREATE/DROP DATABASE).
+        #[default]
+        DbObject = "DB_OBJECT",
+    }
+);
+
+config_enum!(
+    /// MULTI_PRIMARY: how an owner is chosen (DirkDB's `routing.writes.hash`).
+    OwnerHash {
+        /// DirkDB's rendezvous hashing over the masters that are up.
+        #[default]
+        Rendezvous = "RENDEZVOUS",
+    }
+);
+
+/// Why `replication.type` FILE does not run under MULTI_PRIMARY, said at start-up, in
+/// `/cluster/status` and in the README.
+pub const FILE_UNDER_MULTI_PRIMARY: &str = "replication.type FILE is not used under \
+     MULTI_PRIMARY: whole-file copies cannot merge objects written on several masters, so the \
+     row-level (OPLOG) mode runs instead";
 
 config_enum!(
     /// How replicas receive changes.
@@ -454,6 +479,10 @@ pub struct WriteRouting {
     pub mode: WriteMode,
     /// How many replicas must confirm a write before it is acknowledged.
     pub write_concern: WriteConcern,
+    /// MULTI_PRIMARY: what has an owner.
+    pub partition: Partition,
+    /// MULTI_PRIMARY: how owners are chosen.
+    pub hash: OwnerHash,
 }
 
 impl Default for WriteRouting {
@@ -461,6 +490,8 @@ impl Default for WriteRouting {
         Self {
             mode: WriteMode::SinglePrimary,
             write_concern: WriteConcern::default(),
+            partition: Partition::DbObject,
+            hash: OwnerHash::Rendezvous,
         }
     }
 }
@@ -499,6 +530,10 @@ pub struct ReplicationConfig {
     pub heartbeat_millis: u64,
     /// Oplog bounds.
     pub oplog: OplogConfig,
+    /// The file asked for FILE under MULTI_PRIMARY, which runs OPLOG instead
+    /// ([`FILE_UNDER_MULTI_PRIMARY`]); set by [`ClusterConfig::parse`].
+    #[serde(skip)]
+    pub file_replaced_by_oplog: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -509,6 +544,7 @@ impl Default for ReplicationConfig {
             page_deltas: true,
             heartbeat_millis: 500,
             oplog: OplogConfig::default(),
+            file_replaced_by_oplog: false,
         }
     }
 }
@@ -743,7 +779,8 @@ impl ClusterConfig {
     /// Like [`ClusterConfig::parse`], also returning the fields the model does not know.
     pub fn parse_reporting(text: &str) -> Result<(Self, Vec<UnknownField>), ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        unknown_fields::deserialize_reporting(de).map_err(|e| {
+        let (mut config, unknown): (ClusterConfig, _) = unknown_fields::deserialize_reporting(de)
+            .map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {
@@ -753,7 +790,32 @@ impl ClusterConfig {
                 field,
                 message: inner.to_string(),
             }
-        })
+        })?;
+        config.replace_file_under_multi_primary();
+        Ok((config, unknown))
+    }
+
+    /// Under MULTI_PRIMARY, FILE replication becomes OPLOG (see [`FILE_UNDER_MULTI_PRIMARY`]),
+    /// and the replacement is recorded so that every part can say so.
+    fn replace_file_under_multi_primary(&mut self) {
+        if self.is_multi_primary() && self.replication.kind == ReplicationType::File {
+            self.replication.kind = ReplicationType::Oplog;
+            self.replication.file_replaced_by_oplog = true;
+        }
+    }
+
+    /// True with `routing.writes.mode` MULTI_PRIMARY.
+    pub fn is_multi_primary(&self) -> bool {
+        self.routing.writes.mode == WriteMode::MultiPrimary
+    }
+
+    /// MULTI_PRIMARY: the masters' ids in `config.json` order (the order rendezvous ties use);
+    /// empty in SINGLE_PRIMARY.
+    pub fn master_ids(&self) -> Vec<String> {
+        if !self.is_multi_primary() {
+            return Vec::new();
+        }
+        self.primaries().map(|i| i.id.clone()).collect()
     }
 
     /// Checks the topology as a whole; the first problem found is returned.
@@ -815,11 +877,8 @@ impl ClusterConfig {
     }
 
     fn validate_routing(&self) -> Result<(), ConfigError> {
-        if self.routing.writes.mode == WriteMode::MultiPrimary {
-            return Err(invalid(
-                "routing.writes.mode",
-                "MULTI_PRIMARY is not supported yet by DirkDB-rs; use SINGLE_PRIMARY with one PRIMARY instance",
-            ));
+        if self.is_multi_primary() {
+            return self.validate_multi_primary();
         }
         if self.routing.reads.include_roles.is_empty() {
             return Err(invalid(
@@ -835,6 +894,32 @@ impl ClusterConfig {
         let wanted = self.routing.writes.write_concern.replicas as usize;
         if wanted > replicas {
             let msg = format!("asks for {wanted} replicas but the topology has {replicas}");
+            return Err(invalid("routing.writes.writeConcern.replicas", &msg));
+        }
+        Ok(())
+    }
+
+    /// MULTI_PRIMARY: masters only, and no write concern yet (nothing would confirm it).
+    fn validate_multi_primary(&self) -> Result<(), ConfigError> {
+        if let Some(i) = self.instances.iter().position(|i| i.role == Role::Replica) {
+            return Err(invalid(
+                &format!("instances[{i}].role"),
+                "MULTI_PRIMARY takes MASTER (PRIMARY) instances only: every master holds all \
+                 the data; REPLICA instances are not supported in this mode",
+            ));
+        }
+        if self.routing.reads.include_roles.is_empty() {
+            return Err(invalid(
+                "routing.reads.includeRoles",
+                "must name at least one role",
+            ));
+        }
+        let wanted = self.routing.writes.write_concern.replicas;
+        if wanted > 0 {
+            let msg = format!(
+                "asks for {wanted} other masters to confirm each write, but under MULTI_PRIMARY \
+                 the masters do not stream their changes to each other yet: use 0"
+            );
             return Err(invalid("routing.writes.writeConcern.replicas", &msg));
         }
         Ok(())
@@ -955,34 +1040,77 @@ mod tests {
         assert!(c.instance("m9").is_err());
     }
 
+    /// DirkDB's own config.json (the MULTI_PRIMARY issue's copy, hosts on loopback).
+    const DIRK: &str = r#"{"configVersion": 1,
+     "loadBalancer": {"listenHost": "0.0.0.0", "listenPort": 3949},
+     "instances": [
+       {"id": "m1", "role": "MASTER", "host": "127.0.0.1", "port": 3948, "dataDirectory": "data/m1"},
+       {"id": "m2", "role": "MASTER", "host": "127.0.0.1", "port": 3950, "dataDirectory": "data/m2"},
+       {"id": "m3", "role": "MASTER", "host": "127.0.0.1", "port": 4024, "dataDirectory": "data/m3"}],
+     "routing": {"reads": {"strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"]},
+                 "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
+     "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
+
     #[test]
-    fn dirkdb_java_file_parses_and_multi_primary_is_refused_clearly() {
-        // The shape of DirkDB's own config.json: MASTER roles, extra fields we do not know.
-        let dirk = r#"{ "configVersion": 1,
-          "loadBalancer": { "listenHost": "0.0.0.0", "listenPort": 3949 },
-          "instances": [
-            { "id": "m1", "role": "MASTER", "host": "10.0.0.2", "port": 3948, "dataDirectory": "data/m1" },
-            { "id": "m2", "role": "MASTER", "host": "10.0.0.2", "port": 3950, "dataDirectory": "data/m2" }
-          ],
-          "routing": { "reads": { "strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"] },
-                       "writes": { "mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS" } },
-          "replication": { "type": "FILE", "intervalSeconds": 2 } }"#;
-        let c = ClusterConfig::parse(dirk).unwrap();
+    fn dirkdb_java_file_loads_as_multi_primary_with_oplog_instead_of_file() {
+        let c = with(DIRK).unwrap();
         assert_eq!(c.instances[0].role, Role::Primary);
         assert_eq!(c.routing.reads.include_roles, vec![Role::Primary]);
-        assert_eq!(c.replication.kind, ReplicationType::File);
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("routing.writes.mode"), "{err}");
-        assert!(err.contains("MULTI_PRIMARY"), "{err}");
-        // The same file in single-primary form loads.
-        let single = dirk
+        assert!(c.is_multi_primary());
+        assert_eq!(c.routing.writes.partition, Partition::DbObject);
+        assert_eq!(c.routing.writes.hash, OwnerHash::Rendezvous);
+        assert_eq!(c.master_ids(), ["m1", "m2", "m3"]);
+        assert_eq!(
+            c.replication.kind,
+            ReplicationType::Oplog,
+            "FILE cannot merge objects of several masters"
+        );
+        assert!(c.replication.file_replaced_by_oplog);
+        let oplog = with(&DIRK.replace("\"FILE\"", "\"OPLOG\"")).unwrap();
+        assert!(!oplog.replication.file_replaced_by_oplog);
+        // The same file in single-primary form loads, and keeps FILE.
+        let single = DIRK
             .replace("\"MULTI_PRIMARY\"", "\"SINGLE_PRIMARY\"")
             .replacen(
-                "\"MASTER\", \"host\": \"10.0.0.2\", \"port\": 3950",
-                "\"SECONDARY\", \"host\": \"10.0.0.2\", \"port\": 3950",
+                "\"MASTER\", \"host\": \"127.0.0.1\", \"port\": 3950",
+                "\"SECONDARY\", \"host\": \"127.0.0.1\", \"port\": 3950",
+                1,
+            )
+            .replacen(
+                "\"MASTER\", \"host\": \"127.0.0.1\", \"port\": 4024",
+                "\"SECONDARY\", \"host\": \"127.0.0.1\", \"port\": 4024",
                 1,
             );
-        with(&single).unwrap();
+        let single = with(&single).unwrap();
+        assert_eq!(single.replication.kind, ReplicationType::File);
+        assert!(single.master_ids().is_empty());
+    }
+
+    #[test]
+    fn multi_primary_refuses_replicas_unknown_partitions_and_a_write_concern() {
+        let replica = DIRK.replacen("\"MASTER\"", "\"REPLICA\"", 1);
+        let err = with(&replica).unwrap_err().to_string();
+        assert!(
+            err.contains("instances[0].role") && err.contains("MULTI_PRIMARY"),
+            "{err}"
+        );
+        let err = with(&DIRK.replace("DB_OBJECT", "ROW"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routing.writes.partition"), "{err}");
+        let err = with(&DIRK.replace("\"hash\": \"RENDEZVOUS\"", "\"hash\": \"MODULO\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routing.writes.hash"), "{err}");
+        let wc = |k: u32| {
+            DIRK.replace(
+                "\"hash\": \"RENDEZVOUS\"}",
+                &format!("\"hash\": \"RENDEZVOUS\", \"writeConcern\": {{\"replicas\": {k}}}}}"),
+            )
+        };
+        with(&wc(0)).unwrap();
+        let err = with(&wc(1)).unwrap_err().to_string();
+        assert!(err.contains("writeConcern.replicas"), "{err}");
     }
 
     #[test]

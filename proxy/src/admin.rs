@@ -109,6 +109,8 @@ async fn status(State(s): State<AdminState>) -> JsonLine {
         "consistency": reads.consistency.as_str(),
         "writeConcern": { "replicas": t.config.routing.writes.write_concern.replicas },
         "replication": t.config.replication.kind.as_str(),
+        "writeMode": t.config.routing.writes.mode.as_str(),
+        "multiPrimary": crate::ownership::status(&t),
         "fileTriggers": s.file_triggers.stats(),
         "clientConnections": s.stats.open(),
         "changeFeeds": s.stats.feeds(),

@@ -33,6 +33,10 @@ pub enum ProxyError {
     /// acknowledged write (see `ack_watermark::failover_waiting`).
     #[error("{0}")]
     FailoverWaiting(String),
+    /// MULTI_PRIMARY: the statement would break the one-writer-per-object rule (the text names
+    /// the objects and their owners).
+    #[error("{0}")]
+    Ownership(String),
     /// The client connection broke.
     #[error(transparent)]
     Client(#[from] dirkdb_core::connection::ConnectionError),

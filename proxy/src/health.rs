@@ -51,17 +51,15 @@ pub async fn run(topology: Arc<SharedTopology>) {
         // once, so a round that renewed nothing never fails over.
         let decides = crate::coordinator::decides();
         if decides {
-            crate::lease::renew(
-                t.primary(),
-                &t.config.failover,
-                interval.max(Duration::from_millis(500)),
-            );
+            renew_leases(&t, interval.max(Duration::from_millis(500)));
         }
         let checks: Vec<_> = t
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| tokio::spawn(check(b.clone(), interval, i == t.primary)))
+            .map(|(i, b)| {
+                tokio::spawn(check(b.clone(), interval, i == t.primary || t.is_master(i)))
+            })
             .collect();
         let mut findings = Vec::with_capacity(checks.len());
         for task in checks {
@@ -80,7 +78,11 @@ pub async fn run(topology: Arc<SharedTopology>) {
             apply(&t, i, finding, primary_seq, &mut behind_since);
         }
         align_replication_modes(&t, &modes, &mut mode_switched_at, interval).await;
-        if decides {
+        if decides && t.is_multi_primary() {
+            // Every master is a primary: none is a stray, and no failover promotes one; the
+            // masters get the ownership inputs instead (crate::ownership).
+            crate::ownership::push(&t, interval.max(Duration::from_millis(500)));
+        } else if decides {
             crate::coordinator::complete_promotion(&topology, &t).await;
             fence_stray_primaries(&topology, &t).await;
             watch_primary(&topology, &t, &mut primary_down_since).await;
@@ -88,6 +90,17 @@ pub async fn run(topology: Arc<SharedTopology>) {
             primary_down_since = None;
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Renews the write lease of the primary (MULTI_PRIMARY: of every master).
+fn renew_leases(t: &Topology, timeout: Duration) {
+    if t.is_multi_primary() {
+        for master in t.masters_up() {
+            crate::lease::renew(&master, &t.config.failover, timeout);
+        }
+    } else {
+        crate::lease::renew(t.primary(), &t.config.failover, timeout);
     }
 }
 
@@ -278,7 +291,7 @@ fn apply(
     match finding {
         Ok(f) => {
             crate::lease::note_status(&backend.id, f.term, f.fenced);
-            let lag_ops = if i == t.primary {
+            let lag_ops = if i == t.primary || t.is_master(i) {
                 0
             } else {
                 primary_seq.saturating_sub(f.committed)
@@ -294,7 +307,7 @@ fn apply(
                     .as_millis() as u64
             };
             backend.set_health(|h| {
-                h.state = if i != t.primary && lag_ms > max_lag {
+                h.state = if i != t.primary && !t.is_master(i) && lag_ms > max_lag {
                     HealthState::Lagging
                 } else {
                     HealthState::Up

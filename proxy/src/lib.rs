@@ -32,6 +32,7 @@ pub mod file_triggers;
 pub mod health;
 pub mod http;
 pub mod lease;
+pub mod ownership;
 pub mod reload;
 pub mod session;
 pub mod status_page;
@@ -105,6 +106,9 @@ pub async fn run(
     let admin_listener = TcpListener::bind(&admin_addr)
         .await
         .map_err(|e| StartError::Listen(admin_addr.clone(), e))?;
+    if config.replication.file_replaced_by_oplog {
+        tracing::warn!("{}", dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY);
+    }
     let topology = Arc::new(SharedTopology::new(Topology::load(config, state_file)));
     let stats = Arc::new(ProxyStats::default());
     let file_triggers = FileTriggers::new(topology.clone());

@@ -46,6 +46,8 @@ use crate::error::ProxyError;
 use crate::file_triggers::FileTriggers;
 use crate::topology::{SharedTopology, Topology};
 
+mod multi_primary;
+
 /// Per-client state.
 pub struct ProxySession {
     topology: Arc<SharedTopology>,
@@ -60,6 +62,15 @@ pub struct ProxySession {
     file_triggers: Arc<FileTriggers>,
     /// The authenticated client; backend connections run for it (`crate::auth`).
     user: Option<String>,
+    /// MULTI_PRIMARY: the master the next statement runs on instead of the primary.
+    route_to: Option<Arc<Backend>>,
+    /// MULTI_PRIMARY: the open transaction's master, once its first statement chose it.
+    txn_owner: Option<(Arc<Backend>, String)>,
+    /// MULTI_PRIMARY: transaction control answered before the transaction's master was known,
+    /// replayed on it before the transaction's first statement.
+    pending_txn: Vec<String>,
+    /// The last statement run on the primary (or a master) was answered with an error.
+    last_failed: bool,
 }
 
 /// Where a statement's frames go.
@@ -94,6 +105,10 @@ impl ProxySession {
             primary: None,
             file_triggers,
             user: None,
+            route_to: None,
+            txn_owner: None,
+            pending_txn: Vec::new(),
+            last_failed: false,
         }
     }
 
@@ -147,9 +162,13 @@ impl ProxySession {
             return out.send(&answer).await;
         }
         let in_transaction = self.txn.open;
-        let result = match class {
-            StatementClass::Read if !self.txn.open => self.read(&sql, out).await,
-            class => self.on_primary(&sql, &class, out).await,
+        let result = if self.topology.load().is_multi_primary() {
+            self.multi_primary(&sql, &class, out).await
+        } else {
+            match class {
+                StatementClass::Read if !self.txn.open => self.read(&sql, out).await,
+                class => self.on_primary(&sql, &class, out).await,
+            }
         };
         match result {
             Ok(()) => Ok(()),
@@ -168,6 +187,8 @@ impl ProxySession {
     fn roll_back_transaction(&mut self, cause: ProxyError) -> ProxyError {
         self.txn = TransactionState::default();
         self.txn_wrote = false;
+        self.txn_owner = None;
+        self.pending_txn.clear();
         self.rolled_back = Some(cause.to_string());
         tracing::debug!(error = %cause, "a failed statement rolled back the session's transaction");
         ProxyError::TransactionRolledBack(Box::new(cause))
@@ -205,16 +226,23 @@ impl ProxySession {
         )
     }
 
-    /// The session's connection to the current primary (a new one when the primary changed).
+    /// The session's connection to the current primary (a new one when the primary changed);
+    /// MULTI_PRIMARY: to the master chosen for the statement (`route_to`).
     async fn primary_conn(&mut self) -> Result<(Arc<Backend>, BackendConn), ProxyError> {
-        let current = self.topology.load().primary().clone();
+        let current = match &self.route_to {
+            Some(master) => master.clone(),
+            None => self.topology.load().primary().clone(),
+        };
         match self.primary.take() {
             Some((backend, conn)) if Arc::ptr_eq(&backend, &current) => Ok((backend, conn)),
             Some(_) if self.txn.open => Err(ProxyError::Backend {
                 instance: current.id.clone(),
                 reason: "the primary changed during the transaction".into(),
             }),
-            _ => {
+            held => {
+                if let Some((backend, conn)) = held {
+                    backend.checkin(conn);
+                }
                 let conn = current.checkout(None).await?;
                 Ok((current, conn))
             }
@@ -257,7 +285,10 @@ impl ProxySession {
             exchange(&backend, &mut conn, sql, &mut sink, settles_write).await
         };
         let failed = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(failed)) => failed,
+            Ok(Ok(failed)) => {
+                self.last_failed = failed;
+                failed
+            }
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(ProxyError::Timeout(

@@ -141,13 +141,45 @@ impl Topology {
         &self.backends[self.primary]
     }
 
-    /// The role the proxy gives a backend.
+    /// The role the proxy gives a backend (MULTI_PRIMARY: every master is a primary).
     pub fn role_of(&self, index: usize) -> Role {
-        if index == self.primary {
+        if index == self.primary || self.is_master(index) {
             Role::Primary
         } else {
             Role::Replica
         }
+    }
+
+    /// True with `routing.writes.mode` MULTI_PRIMARY.
+    pub fn is_multi_primary(&self) -> bool {
+        self.config.is_multi_primary()
+    }
+
+    /// MULTI_PRIMARY: true for a master (an instance whose configured role is PRIMARY).
+    pub fn is_master(&self, index: usize) -> bool {
+        self.is_multi_primary()
+            && self
+                .config
+                .instances
+                .get(index)
+                .is_some_and(|i| i.role == Role::Primary)
+    }
+
+    /// MULTI_PRIMARY: the masters that are not down, in `config.json` order (the order
+    /// rendezvous ties use).
+    pub fn masters_up(&self) -> Vec<Arc<Backend>> {
+        (0..self.backends.len())
+            .filter(|&i| self.is_master(i))
+            .filter(|&i| self.backends[i].health().state != HealthState::Down)
+            .map(|i| self.backends[i].clone())
+            .collect()
+    }
+
+    /// MULTI_PRIMARY: the owner of `object` by DirkDB's rendezvous over the masters up.
+    pub fn owner_of(&self, object: &rendezvous::ObjectRef) -> Option<Arc<Backend>> {
+        let up = self.masters_up();
+        let ids: Vec<&str> = up.iter().map(|b| b.id.as_str()).collect();
+        rendezvous::owner(&object.key(), &ids).map(|i| up[i].clone())
     }
 
     /// Backends that may serve a read, best first per the strategy; `database` feeds RENDEZVOUS.

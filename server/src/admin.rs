@@ -43,6 +43,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/term", post(raise_term))
         .route("/replication/lease", post(renew_lease))
         .route("/replication/write-probe", post(write_probe))
+        .route("/replication/ownership", post(set_ownership))
         .route("/replication/mode", post(set_mode))
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
@@ -129,7 +130,43 @@ async fn status(State(state): Shared) -> ApiResult {
         }),
         "replicas": state.replication.replicas(committed),
         "rollbackFiles": rollback_files(&state),
+        "ownership": ownership_status(&state),
     })))
+}
+
+/// MULTI_PRIMARY: the masters up and the ownership term this master writes under (`null`
+/// outside MULTI_PRIMARY).
+fn ownership_status(state: &ServerState) -> Value {
+    let ownership = &state.settings.ownership;
+    if !ownership.active() {
+        return Value::Null;
+    }
+    serde_json::to_value(ownership.view()).unwrap_or(Value::Null)
+}
+
+#[derive(Deserialize)]
+struct OwnershipBody {
+    up: Vec<String>,
+    term: u64,
+}
+
+/// `POST /replication/ownership {"up": [...], "term": T}`: the proxy's masters up (MULTI_PRIMARY);
+/// 409 for a term below the one in force, an unknown master, or outside MULTI_PRIMARY.
+async fn set_ownership(State(state): Shared, body: Option<Json<OwnershipBody>>) -> ApiResult {
+    let Some(Json(body)) = body else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"up\": [\"m1\", …], \"term\": <number>}".into(),
+        ));
+    };
+    let view = state
+        .settings
+        .ownership
+        .update(&body.up, body.term)
+        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+    Ok(Json(
+        json!({ "instance": state.instance_id, "ownership": view }),
+    ))
 }
 
 /// Files in `<dataDirectory>/rollback` (writes saved when this node rejoined a new primary).

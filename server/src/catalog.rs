@@ -42,6 +42,9 @@ pub struct ConnectionSettings {
     pub committed: Arc<AtomicU64>,
     /// The primary's write lease, checked by every client connection's commit hook.
     pub lease: Arc<crate::replication::lease::Lease>,
+    /// MULTI_PRIMARY: the objects this master owns, checked by every client connection's
+    /// authorizer (see `replication::ownership`).
+    pub ownership: Arc<crate::replication::ownership::Ownership>,
 }
 
 /// One database: its file and its idle connections.
@@ -331,7 +334,18 @@ pub fn open_connection(
     register_functions(&conn, settings.committed.clone())?;
     register_domain_violation(&conn)?;
     crate::dirkdb_functions::register(&conn)?;
-    conn.authorizer(Some(refuse_outside_files))?;
+    let ownership = settings.ownership.clone();
+    let db = path
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    conn.authorizer(Some(
+        move |ctx: AuthContext<'_>| match refuse_outside_files(ctx) {
+            Authorization::Allow if !owns_target(&ownership, &db, &ctx) => Authorization::Deny,
+            decision => decision,
+        },
+    ))?;
     let lease = settings.lease.clone();
     conn.commit_hook(Some(move || lease.refuses_commit()))?;
     Ok(conn)
@@ -426,6 +440,40 @@ pub fn is_internal() -> bool {
     INTERNAL.with(|i| i.get())
 }
 
+/// MULTI_PRIMARY: false when the statement being authorized writes a table or view of the
+/// `main` database that another master owns (a client's statement; the server's own
+/// bookkeeping and DirkDB's `_dirk` and SQLite's `sqlite_` tables are not owned objects).
+fn owns_target(
+    ownership: &crate::replication::ownership::Ownership,
+    db: &str,
+    ctx: &AuthContext<'_>,
+) -> bool {
+    use crate::replication::ownership::Ownership;
+    use dirkdb_core::rendezvous::ObjectKind::{Table, View};
+    use AuthAction::*;
+    if !ownership.active() || is_internal() || ctx.database_name.is_some_and(|d| d != "main") {
+        return true;
+    }
+    let (kind, name) = match ctx.action {
+        Insert { table_name }
+        | Update { table_name, .. }
+        | Delete { table_name }
+        | CreateTable { table_name }
+        | DropTable { table_name }
+        | AlterTable { table_name, .. }
+        | CreateIndex { table_name, .. }
+        | DropIndex { table_name, .. }
+        | CreateTrigger { table_name, .. }
+        | DropTrigger { table_name, .. } => (Table, table_name),
+        CreateView { view_name } | DropView { view_name } => (View, view_name),
+        _ => return true,
+    };
+    let own_bookkeeping = |n: &str| {
+        is_reserved(n) || n.len() >= 7 && n.as_bytes()[..7].eq_ignore_ascii_case(b"sqlite_")
+    };
+    own_bookkeeping(name) || Ownership::allows(ownership, db, kind, name)
+}
+
 /// Refuses ATTACH/DETACH (no file outside the catalog), and changes to DirkDB's own tables and
 /// triggers except from its capture triggers or internal code.
 fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
@@ -486,7 +534,50 @@ mod tests {
             busy_timeout: Duration::from_secs(1),
             committed: Arc::default(),
             lease: Arc::default(),
+            ownership: Arc::default(),
         }
+    }
+
+    #[test]
+    fn a_master_refuses_writes_to_tables_and_views_it_does_not_own() {
+        use crate::replication::ownership::{take_refusal, Ownership};
+        let dir = tempfile::tempdir().unwrap();
+        let masters = vec!["m1".to_string(), "m2".into(), "m3".into()];
+        let settings = ConnectionSettings {
+            ownership: Arc::new(Ownership::new("m2", masters)),
+            ..settings()
+        };
+        let conn = open_connection(&dir.path().join("testdb.db"), &settings, true).unwrap();
+        // By DirkDB's rendezvous (core::rendezvous vectors): commandes → m2, produits → m3,
+        // v_clients (a view) → m1.
+        conn.execute_batch("CREATE TABLE commandes (id INTEGER PRIMARY KEY, n)")
+            .unwrap();
+        conn.execute_batch("INSERT INTO commandes (n) VALUES (1)")
+            .unwrap();
+        assert!(conn.execute_batch("CREATE TABLE produits (id)").is_err());
+        let why = take_refusal().unwrap();
+        assert!(
+            why.contains("table testdb.produits is owned by m3, not by m2"),
+            "{why}"
+        );
+        assert!(conn
+            .execute_batch("CREATE VIEW v_clients AS SELECT * FROM commandes")
+            .is_err());
+        assert!(take_refusal()
+            .unwrap()
+            .contains("view testdb.v_clients is owned by m1"));
+        // A trigger of an owned table that writes a table owned elsewhere is refused too.
+        as_internal(|| conn.execute_batch("CREATE TABLE produits (id)")).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER t AFTER INSERT ON commandes BEGIN INSERT INTO produits VALUES (1); END",
+        )
+        .unwrap();
+        assert!(conn
+            .execute_batch("INSERT INTO commandes (n) VALUES (2)")
+            .is_err());
+        assert!(take_refusal().unwrap().contains("produits is owned by m3"));
+        conn.execute_batch("CREATE TEMP TABLE scratch (x); INSERT INTO scratch VALUES (1)")
+            .unwrap();
     }
 
     #[test]

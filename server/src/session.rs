@@ -382,6 +382,7 @@ impl Session {
                 (Some(current), false) => Access::in_database(&self.auth, current.db.name()),
                 _ => Access::default(),
             },
+            ownership: self.state.settings.ownership.clone(),
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
         let interrupt = conn.get_interrupt_handle();

@@ -23,6 +23,7 @@ use crate::oplog::{now_ms, Op};
 use crate::replication::file_mode::FileMode;
 use crate::replication::lease::{Lease, LeaseRefusal, LEASE_REQUIRED_SETTING};
 use crate::replication::mode::{OplogMode, ReplicationMode};
+use crate::replication::ownership::Ownership;
 use crate::replication::ReplicationHub;
 use crate::write_path::WritePath;
 
@@ -93,7 +94,11 @@ impl ServerState {
             busy_timeout: Duration::from_millis(limits.busy_timeout_ms),
             committed: committed.clone(),
             lease: lease.clone(),
+            ownership: Arc::new(Ownership::new(&instance.id, config.master_ids())),
         };
+        if config.replication.file_replaced_by_oplog {
+            tracing::warn!(instance = %instance.id, "{}", dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY);
+        }
         let catalog = Catalog::open(data_directory, settings.clone())?;
         let resync_on_start = role == Role::Replica && lost_power_since_last_run(&meta)?;
         let target = match role {

@@ -28,6 +28,7 @@ use dirkdb_core::sql::dirkdb::{
 use crate::database_statement::{schema_object, success_text};
 use crate::error::ServerError;
 use crate::oplog::{capture, store, Op};
+use crate::replication::ownership::{self, Ownership};
 use crate::write_path::WritePath;
 
 /// Pages read ahead before a result is counted.
@@ -48,6 +49,9 @@ pub struct RunOptions {
     pub writer: Option<Writer>,
     /// What the session's user may do in the database (see [`crate::auth`]).
     pub access: crate::auth::Access,
+    /// MULTI_PRIMARY: the objects this master owns (DirkDB's domains are checked here; tables
+    /// and views by the connection's authorizer).
+    pub ownership: Arc<Ownership>,
 }
 
 /// A session's handle on the writer gate.
@@ -116,7 +120,8 @@ pub fn run_statement(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
-    let outcome = execute(conn, sql, options, sink, None);
+    ownership::take_refusal();
+    let outcome = owned(execute(conn, sql, options, sink, None));
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
     }
@@ -157,6 +162,7 @@ pub fn run_job(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
+    ownership::take_refusal();
     let (outcome, dirk) = match job {
         Job::Sql(sql) => return run_statement(conn, sql, options, sink),
         Job::Dirk { stmt, database } => (
@@ -168,6 +174,7 @@ pub fn run_job(
             None,
         ),
     };
+    let outcome = owned(outcome);
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
     }
@@ -194,6 +201,40 @@ pub fn run_job(
     }
 }
 
+/// An error caused by the ownership check (SQLite says only "not authorized") becomes the
+/// check's own reason, naming the object and its owner.
+fn owned(outcome: Result<Last, RunError>) -> Result<Last, RunError> {
+    match outcome {
+        Err(RunError::Failed(ServerError::Sqlite(_))) => match ownership::take_refusal() {
+            Some(reason) => Err(ServerError::Refused(reason).into()),
+            None => outcome,
+        },
+        other => other,
+    }
+}
+
+/// MULTI_PRIMARY: a DirkDB domain is created or dropped only by its owner.
+fn check_domain_owner(
+    stmt: &DirkStatement,
+    database: Option<&str>,
+    options: &RunOptions,
+) -> Result<(), RunError> {
+    use dirkdb_core::rendezvous::{ObjectKind, ObjectRef};
+    use dirkdb_core::sql::dirkdb::ast::ObjectKind as DirkKind;
+    let name = match stmt {
+        DirkStatement::CreateDomain { name, .. } => name,
+        DirkStatement::Drop(DirkKind::Domain, name) => name,
+        _ => return Ok(()),
+    };
+    let Some(db) = database else {
+        return Ok(());
+    };
+    options
+        .ownership
+        .check(&ObjectRef::object(db, ObjectKind::Domain, name))
+        .map_err(|reason| ServerError::Refused(reason).into())
+}
+
 /// Plans a DirkDB statement against the current schema and runs its steps; the answer is
 /// DirkDB's text or a relation named DirkDB's way.
 fn execute_dirkdb(
@@ -203,6 +244,7 @@ fn execute_dirkdb(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<Last, RunError> {
+    check_domain_owner(stmt, database, options)?;
     let schema = ConnSchema { conn, database };
     let plan = dirkdb::plan(stmt, &schema).map_err(|e| RunError::Dirk(e.to_string()))?;
     let options = &dirkdb_pages(options);

@@ -17,6 +17,7 @@ pub mod dirkdb;
 pub mod lexer;
 pub mod limits;
 pub mod malagasy;
+pub mod objects;
 pub mod session_state;
 pub mod splitter;
 pub mod transaction;

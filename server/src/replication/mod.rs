@@ -19,6 +19,7 @@ pub mod file_mode;
 pub mod follower;
 pub mod lease;
 pub mod mode;
+pub mod ownership;
 pub mod protocol;
 pub mod rollback;
 pub mod sender;

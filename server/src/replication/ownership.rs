@@ -1,0 +1,225 @@
+//! MULTI_PRIMARY: which objects this master owns, so that it refuses every client write to an
+//! object another master owns (one writer per object, whoever sends the write).
+//!
+//! The owner of an object is DirkDB's rendezvous ([`dirkdb_core::rendezvous`]) of its key over
+//! the masters that are up, in `config.json` order. Which masters are up is the proxy's
+//! finding: at every health check it sends each master `POST /replication/ownership
+//! {"up": [...], "term": T}`. `T` is the proxy's ownership term, raised whenever the set
+//! changes; an update with a lower term than one already taken is refused, so a stale proxy
+//! cannot hand objects back. Until the first update, every configured master counts as up.
+//!
+//! The check runs where SQLite authorizes each statement (`catalog`'s authorizer): every
+//! INSERT, UPDATE, DELETE, CREATE/DROP/ALTER of a table, view, index or trigger in a database
+//! file names its table or view, including the statements of triggers, and each is checked
+//! against the owner of `DB:<db>|TABLE:<t>` (`VIEW:` for views). DirkDB's domains are checked
+//! by the statement runner from the parsed statement. The refusal's reason is kept per thread
+//! ([`take_refusal`]) so the client reads it instead of SQLite's "not authorized".
+//!
+//! A database itself is a container every master holds: CREATE/DROP DATABASE are accepted by
+//! every master (the proxy sends them to every master up, the owner of `DB:<db>` first), since
+//! creating or dropping a container cannot conflict with another master's rows.
+
+use std::cell::RefCell;
+use std::sync::RwLock;
+
+use dirkdb_core::rendezvous::{self, ObjectKind, ObjectRef};
+use serde::Serialize;
+
+/// This master's view of ownership.
+#[derive(Debug)]
+pub struct Ownership {
+    instance: String,
+    /// Every master, in `config.json` order; empty outside MULTI_PRIMARY (nothing is checked).
+    masters: Vec<String>,
+    view: RwLock<View>,
+}
+
+/// The inputs of ownership: the masters up and the proxy's term for that set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    /// Masters up, in `config.json` order.
+    pub up: Vec<String>,
+    /// The proxy's ownership term (0: never told).
+    pub term: u64,
+}
+
+/// Why an ownership update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnershipRefusal {
+    /// Not a MULTI_PRIMARY topology.
+    #[error("this instance is not a master of a MULTI_PRIMARY topology (routing.writes.mode)")]
+    NotMultiPrimary,
+    /// The update's term is below the one in force.
+    #[error("ownership term {asked} refused: this master is at ownership term {own}")]
+    StaleTerm {
+        /// Term of the update.
+        asked: u64,
+        /// Term in force.
+        own: u64,
+    },
+    /// The update names an instance that is not a master.
+    #[error("`{0}` is not a master of config.json")]
+    UnknownMaster(String),
+}
+
+thread_local! {
+    static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The reason of the last ownership refusal on this thread, taken (once).
+pub fn take_refusal() -> Option<String> {
+    REFUSAL.with(|r| r.borrow_mut().take())
+}
+
+fn note_refusal(reason: String) {
+    REFUSAL.with(|r| *r.borrow_mut() = Some(reason));
+}
+
+impl Default for Ownership {
+    fn default() -> Ownership {
+        Ownership::disabled()
+    }
+}
+
+impl Ownership {
+    /// Nothing is checked (SINGLE_PRIMARY).
+    pub fn disabled() -> Ownership {
+        Ownership::new("", Vec::new())
+    }
+
+    /// `instance`'s view among `masters` (config order); every master up until told otherwise.
+    pub fn new(instance: &str, masters: Vec<String>) -> Ownership {
+        Ownership {
+            instance: instance.to_string(),
+            view: RwLock::new(View {
+                up: masters.clone(),
+                term: 0,
+            }),
+            masters,
+        }
+    }
+
+    /// True in a MULTI_PRIMARY topology.
+    pub fn active(&self) -> bool {
+        !self.masters.is_empty()
+    }
+
+    /// The current inputs.
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes the proxy's update: `up` (any order; kept in config order) under `term`.
+    pub fn update(&self, up: &[String], term: u64) -> Result<View, OwnershipRefusal> {
+        if !self.active() {
+            return Err(OwnershipRefusal::NotMultiPrimary);
+        }
+        if let Some(unknown) = up.iter().find(|id| !self.masters.contains(id)) {
+            return Err(OwnershipRefusal::UnknownMaster(unknown.clone()));
+        }
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        if term < view.term {
+            return Err(OwnershipRefusal::StaleTerm {
+                asked: term,
+                own: view.term,
+            });
+        }
+        let ordered: Vec<String> = self
+            .masters
+            .iter()
+            .filter(|m| up.contains(m))
+            .cloned()
+            .collect();
+        if ordered != view.up {
+            tracing::info!(instance = %self.instance, up = ?ordered, term, "ownership inputs changed");
+        }
+        *view = View { up: ordered, term };
+        Ok(view.clone())
+    }
+
+    /// The owner of `object` among the masters up (`None`: none is up, or not MULTI_PRIMARY).
+    pub fn owner_of(&self, object: &ObjectRef) -> Option<String> {
+        let view = self.view();
+        rendezvous::owner(&object.key(), &view.up).map(|i| view.up[i].clone())
+    }
+
+    /// `Ok` when this master may write `object` (always outside MULTI_PRIMARY); otherwise the
+    /// reason, naming the object and its owner.
+    pub fn check(&self, object: &ObjectRef) -> Result<(), String> {
+        if !self.active() {
+            return Ok(());
+        }
+        match self.owner_of(object) {
+            Some(owner) if owner == self.instance => Ok(()),
+            Some(owner) => Err(format!(
+                "{object} is owned by {owner}, not by {} (MULTI_PRIMARY: one writer per object; \
+                 send the write through the proxy, or to {owner})",
+                self.instance
+            )),
+            None => Err(format!(
+                "{object} has no owner: no master is up in this master's view (MULTI_PRIMARY)"
+            )),
+        }
+    }
+
+    /// The authorizer's check of one table or view a statement writes in database `db`: false
+    /// (and the reason noted for [`take_refusal`]) when another master owns it.
+    pub fn allows(&self, db: &str, kind: ObjectKind, name: &str) -> bool {
+        match self.check(&ObjectRef::object(db, kind, name)) {
+            Ok(()) => true,
+            Err(reason) => {
+                note_refusal(reason);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masters() -> Vec<String> {
+        vec!["m1".into(), "m2".into(), "m3".into()]
+    }
+
+    #[test]
+    fn owners_follow_dirkdbs_rendezvous_over_the_masters_up() {
+        let m2 = Ownership::new("m2", masters());
+        // Vectors of core::rendezvous: commandes → m2, utilisateurs → m1, produits → m3.
+        let commandes = ObjectRef::table("testdb", "commandes");
+        let produits = ObjectRef::table("testdb", "produits");
+        assert!(m2.check(&commandes).is_ok());
+        let err = m2.check(&produits).unwrap_err();
+        assert!(
+            err.contains("table testdb.produits is owned by m3"),
+            "{err}"
+        );
+        assert!(!m2.allows("testdb", ObjectKind::Table, "produits"));
+        assert!(take_refusal().is_some_and(|r| r.contains("owned by m3")));
+        assert_eq!(take_refusal(), None, "taken once");
+        // m3 down: its objects go to the next by rendezvous.
+        m2.update(&["m2".into(), "m1".into()], 5).unwrap();
+        assert_eq!(m2.view().up, ["m1", "m2"], "kept in config order");
+        assert_eq!(m2.owner_of(&produits).as_deref(), Some("m2"));
+        assert_eq!(
+            m2.update(&masters(), 4),
+            Err(OwnershipRefusal::StaleTerm { asked: 4, own: 5 })
+        );
+        assert!(matches!(
+            m2.update(&["m9".into()], 6),
+            Err(OwnershipRefusal::UnknownMaster(_))
+        ));
+        m2.update(&[], 6).unwrap();
+        assert!(m2.check(&commandes).unwrap_err().contains("no owner"));
+    }
+
+    #[test]
+    fn nothing_is_checked_outside_multi_primary() {
+        let o = Ownership::disabled();
+        assert!(!o.active());
+        assert!(o.check(&ObjectRef::table("d", "t")).is_ok());
+        assert_eq!(o.update(&[], 1), Err(OwnershipRefusal::NotMultiPrimary));
+    }
+}

@@ -1,0 +1,279 @@
+//! MULTI_PRIMARY end to end: DirkDB's own `config.json` (ports, data directories and the
+//! listen host changed to loopback; admin ports added) run by `dirkdb cluster`, with real
+//! processes and real TCP.
+//!
+//! Owners are DirkDB's rendezvous over m1, m2, m3 — vectors computed independently in Python
+//! (see `core/src/rendezvous.rs`): `DB:testdb` → m1, `DB:testdb|TABLE:utilisateurs` → m1,
+//! `DB:testdb|TABLE:commandes` → m2, `DB:testdb|TABLE:produits` → m3.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::http;
+use common::{dirkdb_bin, free_port, wait_for_port};
+use dirkdb_client::{Client, ClientError};
+use serde_json::Value;
+
+/// DirkDB's file with `{…}` placeholders for what a test must change.
+const DIRKDB_CONFIG: &str = r#"{"configVersion": 1,
+ "loadBalancer": {"listenHost": "127.0.0.1", "listenPort": {lb}, "adminPort": {lb_admin}},
+ "cache": {"listenPort": {cache}, "adminPort": {cache_admin}},
+ "instances": [
+   {"id": "m1", "role": "MASTER", "host": "127.0.0.1", "port": {m1}, "adminPort": {m1_admin}, "dataDirectory": "{dir}/data/m1"},
+   {"id": "m2", "role": "MASTER", "host": "127.0.0.1", "port": {m2}, "adminPort": {m2_admin}, "dataDirectory": "{dir}/data/m2"},
+   {"id": "m3", "role": "MASTER", "host": "127.0.0.1", "port": {m3}, "adminPort": {m3_admin}, "dataDirectory": "{dir}/data/m3"}],
+ "routing": {"reads": {"strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"]},
+             "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
+ "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
+
+/// `dirkdb cluster` running DirkDB's file.
+struct LocalCluster {
+    dir: tempfile::TempDir,
+    child: Child,
+    lb: u16,
+    lb_admin: u16,
+    masters: Vec<(u16, u16)>,
+}
+
+impl LocalCluster {
+    fn start() -> LocalCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (lb, lb_admin) = (free_port(), free_port());
+        let masters: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut text = DIRKDB_CONFIG
+            .replace("{lb}", &lb.to_string())
+            .replace("{lb_admin}", &lb_admin.to_string())
+            .replace("{cache}", &free_port().to_string())
+            .replace("{cache_admin}", &free_port().to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        for (i, (port, admin)) in masters.iter().enumerate() {
+            text = text
+                .replace(&format!("{{m{}}}", i + 1), &port.to_string())
+                .replace(&format!("{{m{}_admin}}", i + 1), &admin.to_string());
+        }
+        let config = dir.path().join("config.json");
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("cluster.log")).expect("log");
+        let child = Command::new(dirkdb_bin())
+            .args(["cluster", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dirkdb cluster");
+        let cluster = LocalCluster {
+            dir,
+            child,
+            lb,
+            lb_admin,
+            masters,
+        };
+        for (port, admin) in &cluster.masters {
+            wait_for_port(*port);
+            wait_for_port(*admin);
+        }
+        wait_for_port(cluster.lb);
+        wait_for_port(cluster.lb_admin);
+        cluster
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cluster.log")).unwrap_or_default()
+    }
+
+    async fn proxy(&self) -> Client {
+        Client::connect(&format!("127.0.0.1:{}", self.lb))
+            .await
+            .expect("connect to the proxy")
+    }
+
+    /// A client straight to master `m` (1-based), bypassing the proxy.
+    async fn master(&self, m: usize) -> Client {
+        Client::connect(&format!("127.0.0.1:{}", self.masters[m - 1].0))
+            .await
+            .expect("connect to a master")
+    }
+
+    fn master_status(&self, m: usize) -> Value {
+        http(self.masters[m - 1].1, "GET", "/replication/status", "")
+    }
+
+    /// Waits until every master took the proxy's ownership inputs (all three up).
+    fn wait_for_ownership(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let all = (1..=3).all(|m| {
+                let o = &self.master_status(m)["ownership"];
+                o["term"].as_u64().unwrap_or(0) > 0 && o["up"].as_array().map(Vec::len) == Some(3)
+            });
+            if all {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the masters never received the proxy's ownership inputs\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The user tables master `m` holds in `db`, sorted.
+async fn tables_on(cluster: &LocalCluster, m: usize, db: &str) -> Vec<String> {
+    let mut c = cluster.master(m).await;
+    c.execute(&format!("USE {db}")).await.unwrap();
+    let rows = c
+        .query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_dirk%' ESCAPE '\\' ORDER BY name")
+        .await
+        .unwrap()
+        .rows;
+    rows.iter()
+        .filter_map(|r| r[0].as_str().map(str::to_string))
+        .collect()
+}
+
+fn refusal(result: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match result {
+        Err(ClientError::Server(text)) => text,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
+    let cluster = LocalCluster::start();
+
+    // FILE under MULTI_PRIMARY is never silent: start-up log and /cluster/status say so.
+    let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
+    assert_eq!(status["writeMode"], "MULTI_PRIMARY", "{status}");
+    assert_eq!(status["replication"], "OPLOG", "{status}");
+    let note = status["multiPrimary"]["replicationNote"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains("FILE is not used under MULTI_PRIMARY"),
+        "{status}"
+    );
+    assert!(cluster
+        .log()
+        .contains("FILE is not used under MULTI_PRIMARY"));
+    let roles: Vec<&str> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["role"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(roles, ["PRIMARY", "PRIMARY", "PRIMARY"], "{status}");
+    cluster.wait_for_ownership();
+
+    // Tables created and written through the proxy land on their rendezvous owners.
+    let mut c = cluster.proxy().await;
+    c.execute("manamboara tahiry testdb").await.unwrap();
+    c.execute("ampiasao testdb").await.unwrap();
+    for table in ["utilisateurs", "commandes", "produits"] {
+        c.execute(&format!(
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY, anarana TEXT)"
+        ))
+        .await
+        .unwrap();
+        for n in 0..3 {
+            c.execute(&format!(
+                "INSERT INTO {table} (anarana) VALUES ('{table}-{n}')"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(tables_on(&cluster, 1, "testdb").await, ["utilisateurs"]);
+    assert_eq!(tables_on(&cluster, 2, "testdb").await, ["commandes"]);
+    assert_eq!(tables_on(&cluster, 3, "testdb").await, ["produits"]);
+
+    // The session reads its own writes (each read goes to the table's owner), in DirkDB's
+    // syntax too.
+    for table in ["utilisateurs", "commandes", "produits"] {
+        let rows = c
+            .query(&format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(rows[0][0], 3, "{table}");
+    }
+    let rows = c.query("alaivo * ao produits").await.unwrap().rows;
+    assert_eq!(rows.len(), 3);
+
+    // A direct write to a non-owner is refused by the master itself.
+    let mut m2 = cluster.master(2).await;
+    m2.execute("USE testdb").await.unwrap();
+    let why = refusal(m2.execute("CREATE TABLE produits (id INTEGER)").await);
+    assert!(
+        why.contains("table testdb.produits is owned by m3, not by m2"),
+        "{why}"
+    );
+    let why = refusal(m2.execute("CREATE VIEW v_clients AS SELECT 1").await);
+    assert!(why.contains("owned by m1"), "{why}");
+    m2.execute("INSERT INTO commandes (anarana) VALUES ('direct')")
+        .await
+        .expect("the owner takes a direct write");
+
+    // A transaction over two owners is refused clearly, and stays open for ROLLBACK.
+    c.execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO utilisateurs (anarana) VALUES ('in-txn')")
+        .await
+        .unwrap();
+    let why = refusal(
+        c.execute("INSERT INTO produits (anarana) VALUES ('in-txn')")
+            .await,
+    );
+    assert!(why.contains("the transaction runs on m1"), "{why}");
+    assert!(why.contains("table testdb.produits (owner m3)"), "{why}");
+    c.execute("ROLLBACK").await.unwrap();
+    let rows = c
+        .query("SELECT count(*) FROM utilisateurs")
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows[0][0], 3, "the refused transaction left nothing");
+
+    // A transaction on one owner commits there.
+    c.execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO produits (anarana) VALUES ('t1')")
+        .await
+        .unwrap();
+    c.execute("UPDATE produits SET anarana = 't2' WHERE anarana = 't1'")
+        .await
+        .unwrap();
+    c.execute("COMMIT").await.unwrap();
+    let mut m3 = cluster.master(3).await;
+    m3.execute("USE testdb").await.unwrap();
+    let rows = m3
+        .query("SELECT anarana FROM produits WHERE anarana = 't2'")
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows.len(), 1);
+
+    // A read over tables of different owners is refused rather than answered partially.
+    let why = refusal(
+        c.query("SELECT * FROM utilisateurs JOIN produits USING (id)")
+            .await,
+    );
+    assert!(why.contains("different owners"), "{why}");
+
+    // The database exists on every master (a container every master holds).
+    for m in 1..=3 {
+        let mut direct = cluster.master(m).await;
+        direct.execute("USE testdb").await.unwrap();
+    }
+    assert!(Path::new(&cluster.dir.path().join("data/m3/testdb.db")).exists());
+}
