@@ -226,6 +226,23 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
         .await
         .expect("the owner takes a direct write");
 
+    // DirkDB's domains have owners too: `DB:testdb|DOMAIN:vola` → m3, `…|DOMAIN:taona` → m1
+    // (while the domain table itself, `DB:testdb|TABLE:dirkdb_domains`, would be m1's).
+    c.execute("manamboara efitra vola ( ISA(0,20) )")
+        .await
+        .unwrap();
+    let mut m3 = cluster.master(3).await;
+    m3.execute("USE testdb").await.unwrap();
+    let rows = m3
+        .query("SELECT name FROM dirkdb_domains")
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0], "vola");
+    let why = refusal(m2.execute("manamboara efitra taona ( ISA(0,20) )").await);
+    assert!(why.contains("domain testdb.taona is owned by m1"), "{why}");
+
     // A transaction over two owners is refused clearly, and stays open for ROLLBACK.
     c.execute("BEGIN").await.unwrap();
     c.execute("INSERT INTO utilisateurs (anarana) VALUES ('in-txn')")
@@ -254,8 +271,6 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
         .await
         .unwrap();
     c.execute("COMMIT").await.unwrap();
-    let mut m3 = cluster.master(3).await;
-    m3.execute("USE testdb").await.unwrap();
     let rows = m3
         .query("SELECT anarana FROM produits WHERE anarana = 't2'")
         .await

@@ -471,7 +471,9 @@ fn owns_target(
     let own_bookkeeping = |n: &str| {
         is_reserved(n) || n.len() >= 7 && n.as_bytes()[..7].eq_ignore_ascii_case(b"sqlite_")
     };
-    own_bookkeeping(name) || Ownership::allows(ownership, db, kind, name)
+    let domain_row = crate::replication::ownership::in_domain_statement()
+        && name.eq_ignore_ascii_case(dirkdb_core::sql::dirkdb::translate::DOMAIN_TABLE);
+    own_bookkeeping(name) || domain_row || Ownership::allows(ownership, db, kind, name)
 }
 
 /// Refuses ATTACH/DETACH (no file outside the catalog), and changes to DirkDB's own tables and

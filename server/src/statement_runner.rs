@@ -213,26 +213,28 @@ fn owned(outcome: Result<Last, RunError>) -> Result<Last, RunError> {
     }
 }
 
-/// MULTI_PRIMARY: a DirkDB domain is created or dropped only by its owner.
+/// MULTI_PRIMARY: a DirkDB domain is created or dropped only by its owner; true for a domain
+/// statement (whose row in the domain table is then the domain's, see `ownership`).
 fn check_domain_owner(
     stmt: &DirkStatement,
     database: Option<&str>,
     options: &RunOptions,
-) -> Result<(), RunError> {
+) -> Result<bool, RunError> {
     use dirkdb_core::rendezvous::{ObjectKind, ObjectRef};
     use dirkdb_core::sql::dirkdb::ast::ObjectKind as DirkKind;
     let name = match stmt {
         DirkStatement::CreateDomain { name, .. } => name,
         DirkStatement::Drop(DirkKind::Domain, name) => name,
-        _ => return Ok(()),
+        _ => return Ok(false),
     };
     let Some(db) = database else {
-        return Ok(());
+        return Ok(false);
     };
     options
         .ownership
         .check(&ObjectRef::object(db, ObjectKind::Domain, name))
-        .map_err(|reason| ServerError::Refused(reason).into())
+        .map_err(ServerError::Refused)?;
+    Ok(true)
 }
 
 /// Plans a DirkDB statement against the current schema and runs its steps; the answer is
@@ -244,7 +246,19 @@ fn execute_dirkdb(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<Last, RunError> {
-    check_domain_owner(stmt, database, options)?;
+    if check_domain_owner(stmt, database, options)? {
+        return ownership::as_domain_statement(|| run_dirkdb(conn, stmt, database, options, sink));
+    }
+    run_dirkdb(conn, stmt, database, options, sink)
+}
+
+fn run_dirkdb(
+    conn: &Connection,
+    stmt: &DirkStatement,
+    database: Option<&str>,
+    options: &RunOptions,
+    sink: &FrameSink,
+) -> Result<Last, RunError> {
     let schema = ConnSchema { conn, database };
     let plan = dirkdb::plan(stmt, &schema).map_err(|e| RunError::Dirk(e.to_string()))?;
     let options = &dirkdb_pages(options);

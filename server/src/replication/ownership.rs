@@ -65,6 +65,21 @@ pub enum OwnershipRefusal {
 
 thread_local! {
     static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
+    static DOMAIN_STATEMENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` as a DirkDB domain statement whose owner was checked: its writes to the domain
+/// table (`dirkdb_domains`, one row per domain) are the domain's, not the table's.
+pub fn as_domain_statement<T>(f: impl FnOnce() -> T) -> T {
+    let previous = DOMAIN_STATEMENT.with(|d| d.replace(true));
+    let out = f();
+    DOMAIN_STATEMENT.with(|d| d.set(previous));
+    out
+}
+
+/// True inside [`as_domain_statement`] on this thread.
+pub fn in_domain_statement() -> bool {
+    DOMAIN_STATEMENT.with(|d| d.get())
 }
 
 /// The reason of the last ownership refusal on this thread, taken (once).
