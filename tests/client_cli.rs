@@ -187,7 +187,7 @@ fn cluster_config_with_cache(cluster: &common::cluster::Cluster) -> std::path::P
 async fn cluster_command_runs_every_instance_replicating_and_stops_cleanly() {
     let cluster = common::cluster::Cluster::configure(1, r#"{ "maxEntries": 1000 }"#);
     let config = cluster_config_with_cache(&cluster);
-    let child = Command::new(common::dirkdb_bin())
+    let mut child = Command::new(common::dirkdb_bin())
         .args(["cluster", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -195,9 +195,23 @@ async fn cluster_command_runs_every_instance_replicating_and_stops_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_for_port(cluster.nodes[0].port);
-    common::wait_for_port(cluster.nodes[1].port);
-    common::wait_for_port(cluster.proxy.port);
+    // The log is read as it comes; the test goes on once the cluster says it is running.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    while !log.contains("local cluster running") {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no announcement ({e}):\n{log}"));
+        log.push_str(&line);
+        log.push('\n');
+    }
     let mut c = cluster.client(0).await;
     c.execute("CREATE DATABASE q").await.unwrap();
     c.execute("USE q").await.unwrap();
@@ -219,9 +233,10 @@ async fn cluster_command_runs_every_instance_replicating_and_stops_cleanly() {
     assert!(!err.contains("local cluster running"), "{err}");
 
     common::signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out.status);
-    let log = text(&out.stderr);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    reader.join().unwrap();
+    log.extend(lines.try_iter().map(|line| line + "\n"));
     assert!(
         log.contains(
             "unknown field `limits.maxStatmentBytes` ignored (did you mean `maxStatementBytes`?)"
