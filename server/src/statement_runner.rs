@@ -121,7 +121,20 @@ pub fn run_statement(
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
     ownership::take_refusal();
-    let outcome = owned(execute(conn, sql, options, sink, None));
+    let outcome = execute(conn, sql, options, sink, None);
+    settle_and_answer(conn, outcome, options, sink, |e| explain(e, options))
+}
+
+/// Settles the statement's write (if any), then sends its last frame; `failed` words a
+/// failure.
+fn settle_and_answer(
+    conn: &Connection,
+    outcome: Result<Last, RunError>,
+    options: &RunOptions,
+    sink: &FrameSink,
+    failed: impl FnOnce(ServerError) -> String,
+) -> Result<(), ClientGone> {
+    let outcome = owned(outcome);
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
     }
@@ -129,7 +142,7 @@ pub fn run_statement(
         Ok(Last::Text(text)) => sink.emit(Frame::Message(text)),
         Ok(Last::RelationOk) => sink.emit(Frame::Message("OK".into())),
         Err(RunError::Gone) => Err(ClientGone),
-        Err(RunError::Failed(e)) => sink.emit(Frame::error(explain(e, options))),
+        Err(RunError::Failed(e)) => sink.emit(Frame::error(failed(e))),
         Err(RunError::Dirk(text)) => sink.emit(Frame::error(text)),
     }
 }
@@ -162,43 +175,31 @@ pub fn run_job(
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
-    ownership::take_refusal();
     let (outcome, dirk) = match job {
         Job::Sql(sql) => return run_statement(conn, sql, options, sink),
-        Job::Dirk { stmt, database } => (
-            execute_dirkdb(conn, stmt, database.as_deref(), options, sink),
-            Some((stmt, database)),
-        ),
-        Job::Named { sql, naming } => (
-            execute(conn, sql, &dirkdb_pages(options), sink, Some(naming)),
-            None,
-        ),
-    };
-    let outcome = owned(outcome);
-    if let Some(writer) = &options.writer {
-        settle_write(conn, writer);
-    }
-    match outcome {
-        Ok(Last::Text(text)) => sink.emit(Frame::Message(text)),
-        Ok(Last::RelationOk) => sink.emit(Frame::Message("OK".into())),
-        Err(RunError::Gone) => Err(ClientGone),
-        Err(RunError::Dirk(text)) => sink.emit(Frame::error(text)),
-        Err(RunError::Failed(e)) => {
-            let text = match (dirk, &e) {
-                (Some((stmt, db)), ServerError::Sqlite(sqlite)) => {
-                    let reason = match sqlite {
-                        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
-                        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
-                        other => other.to_string(),
-                    };
-                    let occurrences = |name: &str| occurrences(conn, stmt, name);
-                    messages::from_sqlite(stmt, db.as_deref().unwrap_or(""), &reason, &occurrences)
-                }
-                _ => explain(e, options),
-            };
-            sink.emit(Frame::error(text))
+        Job::Dirk { stmt, database } => {
+            ownership::take_refusal();
+            let outcome = execute_dirkdb(conn, stmt, database.as_deref(), options, sink);
+            (outcome, Some((stmt, database)))
         }
-    }
+        Job::Named { sql, naming } => {
+            ownership::take_refusal();
+            let pages = dirkdb_pages(options);
+            (execute(conn, sql, &pages, sink, Some(naming)), None)
+        }
+    };
+    settle_and_answer(conn, outcome, options, sink, |e| match (dirk, &e) {
+        (Some((stmt, db)), ServerError::Sqlite(sqlite)) => {
+            let reason = match sqlite {
+                rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+                rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+                other => other.to_string(),
+            };
+            let occurrences = |name: &str| occurrences(conn, stmt, name);
+            messages::from_sqlite(stmt, db.as_deref().unwrap_or(""), &reason, &occurrences)
+        }
+        _ => explain(e, options),
+    })
 }
 
 /// An error caused by the ownership check (SQLite says only "not authorized") becomes the
