@@ -681,3 +681,75 @@ async fn set_operations_answer_in_dirkdb_order() {
         ]
     );
 }
+
+/// A primary, one replica and the proxy, with `limits.maxStatementBytes` = `limit`.
+fn cluster_with_statement_limit(limit: usize) -> Cluster {
+    let mut cluster = Cluster::configure_with(1, OPLOG, "{}");
+    let path = cluster.dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let mut config: Value = serde_json::from_str(&text).expect("config json");
+    config["limits"] = json!({ "maxStatementBytes": limit });
+    std::fs::write(&path, config.to_string()).expect("write config");
+    cluster.spawn_all_with_proxy();
+    cluster
+}
+
+#[tokio::test]
+async fn a_statement_over_the_limit_is_refused_at_once_and_the_session_goes_on() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = cluster_with_statement_limit(1000);
+    let mut setup = cluster.proxy_client().await;
+    for sql in [
+        "manamboara tahiry fetra",
+        "ampiasao fetra",
+        "manamboara tabilao t (n ISA(null,null))",
+        "manampia ao t (n) sanda (1)",
+    ] {
+        setup.execute(sql).await.unwrap();
+    }
+    let proxy = format!("127.0.0.1:{}", cluster.proxy.port);
+    for (through, addr) in [("server", cluster.addr(0)), ("proxy", proxy)] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"ampiasao fetra;").await.unwrap();
+        read_answers(&mut stream, 1).await;
+        // An unterminated DirkDB literal, no `;` and no end of input: answered at once.
+        stream.write_all(b"alaivo 'a\\'").await.unwrap();
+        stream.write_all(&[b'x'; 2000]).await.unwrap();
+        let text = read_answers(&mut stream, 1).await;
+        assert!(
+            text.contains("Hadisoana : statement refused after 1001 bytes: it is over the limit of 1000 bytes (limits.maxStatementBytes); it went over inside a string literal opened with '"),
+            "{through}: {text}"
+        );
+        // What follows inside the literal is the refused statement's: never run on its own.
+        stream
+            .write_all(b"; ravao ny tabilao t; ';alaivo n #ao@ t;")
+            .await
+            .unwrap();
+        let text = read_answers(&mut stream, 1).await;
+        assert!(text.contains(r#""rows":[[1.0]]"#), "{through}: {text}");
+        // An English statement over the limit whose literal holds a `;` past the limit: one
+        // refusal, and the next statement answers.
+        let big = format!(
+            "SELECT '{}; DROP TABLE t; '; alaivo n #ao@ t;",
+            "y".repeat(1500)
+        );
+        stream.write_all(big.as_bytes()).await.unwrap();
+        let text = read_answers(&mut stream, 2).await;
+        assert!(
+            text.contains("over the limit of 1000 bytes (limits.maxStatementBytes)"),
+            "{through}: {text}"
+        );
+        assert!(text.contains(r#""rows":[[1.0]]"#), "{through}: {text}");
+        // A comment that never ends is refused too.
+        stream.write_all(b"/* ").await.unwrap();
+        stream.write_all(&[b'c'; 1200]).await.unwrap();
+        let text = read_answers(&mut stream, 1).await;
+        assert!(
+            text.contains("it went over inside a comment"),
+            "{through}: {text}"
+        );
+        stream.write_all(b"*/; alaivo n #ao@ t;").await.unwrap();
+        let text = read_answers(&mut stream, 1).await;
+        assert!(text.contains(r#""rows":[[1.0]]"#), "{through}: {text}");
+    }
+}

@@ -50,10 +50,13 @@ pub struct IdleLimit {
 pub enum Incoming {
     /// One statement, without its `;`.
     Statement(String),
-    /// A statement over the size limit (its bytes were not kept).
+    /// A statement over the size limit, refused as soon as it went over (its bytes were not
+    /// kept; the rest of it is skipped).
     TooLarge {
-        /// Its size in bytes.
+        /// Its bytes when it was refused.
         bytes: usize,
+        /// What it had open then (a literal, a comment), whose end the skip waits for.
+        open: Option<crate::sql::splitter::Unclosed>,
     },
     /// A statement that is not valid UTF-8.
     InvalidUtf8,
@@ -65,12 +68,31 @@ impl Incoming {
     pub fn into_statement(self, limit: usize) -> Result<String, Frame> {
         match self {
             Incoming::Statement(sql) => Ok(sql),
-            Incoming::TooLarge { bytes } => Err(Frame::error(format!(
-                "statement of {bytes} bytes is over the limit of {limit} bytes (limits.maxStatementBytes)"
-            ))),
+            Incoming::TooLarge { bytes, open } => {
+                Err(Frame::error(too_large_text(bytes, open, limit)))
+            }
             Incoming::InvalidUtf8 => Err(Frame::error("statement is not valid UTF-8")),
         }
     }
+}
+
+/// The refusal of a statement over the limit, sent as soon as it goes over: what is skipped
+/// and until when.
+fn too_large_text(
+    bytes: usize,
+    open: Option<crate::sql::splitter::Unclosed>,
+    limit: usize,
+) -> String {
+    let skipped = match open {
+        Some(open) => format!(
+            "it went over inside {open}, so the input is skipped until that is closed and a `;` ends the statement"
+        ),
+        None => "the rest of it is skipped up to its ending `;`".to_string(),
+    };
+    format!(
+        "statement refused after {bytes} bytes: it is over the limit of {limit} bytes \
+         (limits.maxStatementBytes); {skipped}"
+    )
 }
 
 /// The server's end of a client connection.
@@ -116,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
                         Ok(text) => Incoming::Statement(text),
                         Err(_) => Incoming::InvalidUtf8,
                     },
-                    SplitItem::TooLarge { bytes } => Incoming::TooLarge { bytes },
+                    SplitItem::TooLarge { bytes, open } => Incoming::TooLarge { bytes, open },
                 }));
             }
             self.read_buf.clear();

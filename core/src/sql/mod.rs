@@ -22,7 +22,7 @@ pub mod session_state;
 pub mod splitter;
 pub mod transaction;
 
-pub use splitter::{split_script, Script, SplitItem, StatementSplitter};
+pub use splitter::{split_script, Script, SplitItem, StatementSplitter, Unclosed};
 
 /// The SQL a statement stands for, for classification and cache keys: a DirkDB statement's
 /// translation ([`dirkdb::routing_sql`]), or the mixed Malagasy-English translation of anything

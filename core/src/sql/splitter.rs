@@ -15,6 +15,16 @@
 //! byte is examined once, and a statement longer than the configured limit
 //! stops being stored (memory stays bounded) while its end is still found.
 //!
+//! A statement is refused the moment it passes the limit, not at its end:
+//! [`SplitItem::TooLarge`] is ready at once, naming what is still open (a
+//! string literal, a comment, a trigger body), so a client that sent an
+//! unterminated literal is answered instead of left waiting. The rest of the
+//! refused statement is then skipped up to its own `;`, read by the same
+//! rules: a `;` inside its literal does not end it, so no fragment of a
+//! refused statement (say, text inside a string) is ever run as a statement
+//! of its own. Comment bytes before a statement count too (a comment alone
+//! over the limit is refused), separately from the statement's own bytes.
+//!
 //! [`split_script`] runs the same splitter over a whole text, for the
 //! interactive client and for `-f` script files.
 
@@ -29,13 +39,39 @@ pub enum SplitItem {
     /// without leading whitespace and comments, without trailing whitespace.
     /// Never empty.
     Statement(Vec<u8>),
-    /// A statement that was longer than the splitter's limit. Its bytes were
-    /// discarded; `bytes` is its size, counted from its first significant
-    /// byte up to (not including) its terminating `;`.
+    /// A statement that went over the splitter's limit, reported as soon as
+    /// it did (before its end). Its bytes were discarded, and the rest of it,
+    /// up to its terminating `;`, is skipped.
     TooLarge {
-        /// Size of the discarded statement in bytes.
+        /// Bytes of it seen when it was refused (the limit plus one).
         bytes: usize,
+        /// What was open at that moment, whose end the skip must reach.
+        open: Option<Unclosed>,
     },
+}
+
+/// What a refused statement had open when it passed the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unclosed {
+    /// A string literal opened by this quote.
+    String(u8),
+    /// A quoted identifier (`"…"`, `` `…` ``, `[…]`).
+    Identifier,
+    /// A `--` or `/* … */` comment.
+    Comment,
+    /// The body of `CREATE TRIGGER … BEGIN … END`.
+    TriggerBody,
+}
+
+impl std::fmt::Display for Unclosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unclosed::String(q) => write!(f, "a string literal opened with {}", *q as char),
+            Unclosed::Identifier => f.write_str("a quoted identifier"),
+            Unclosed::Comment => f.write_str("a comment"),
+            Unclosed::TriggerBody => f.write_str("a trigger body (it ends at `; END;`)"),
+        }
+    }
 }
 
 /// The statements of a script, as found by [`split_script`].
@@ -120,8 +156,10 @@ impl StatementSplitter {
 
     /// True when bytes of an unfinished statement other than whitespace and
     /// comments are buffered (e.g. the peer disconnected mid-statement).
+    /// A statement already refused for its size is not partial: it was answered.
     pub fn has_partial(&self) -> bool {
-        self.stmt.started || matches!(self.lex, LexMode::Dash | LexMode::Slash)
+        !self.stmt.overflow
+            && (self.stmt.started || matches!(self.lex, LexMode::Dash | LexMode::Slash))
     }
 
     /// The unfinished statement's bytes, trimmed; empty when
@@ -147,10 +185,10 @@ impl StatementSplitter {
             LexMode::Dash => self.after_opener(b, b'-', b'-', LexMode::LineComment),
             LexMode::Slash => self.after_opener(b, b'/', b'*', LexMode::BlockComment),
             LexMode::LineComment => {
-                self.trivia(b);
                 if b == b'\n' {
                     self.lex = LexMode::Normal;
                 }
+                self.trivia(b);
             }
             LexMode::BlockComment => self.block_comment(b, false),
             LexMode::BlockCommentStar => self.block_comment(b, true),
@@ -199,9 +237,9 @@ impl StatementSplitter {
     /// anything else makes the pending byte an ordinary operator.
     fn after_opener(&mut self, b: u8, first: u8, second: u8, comment: LexMode) {
         if b == second {
+            self.lex = comment;
             self.trivia(first);
             self.trivia(b);
-            self.lex = comment;
         } else {
             self.lex = LexMode::Normal;
             self.feed(Tk::Other);
@@ -211,12 +249,12 @@ impl StatementSplitter {
     }
 
     fn block_comment(&mut self, b: u8, after_star: bool) {
-        self.trivia(b);
         self.lex = match b {
             b'/' if after_star => LexMode::Normal,
             b'*' => LexMode::BlockCommentStar,
             _ => LexMode::BlockComment,
         };
+        self.trivia(b);
     }
 
     fn open_quote(&mut self, open: u8, close: u8) {
@@ -248,8 +286,7 @@ impl StatementSplitter {
         self.head = Head::default();
         let stmt = std::mem::take(&mut self.stmt);
         if stmt.overflow {
-            self.ready
-                .push_back(SplitItem::TooLarge { bytes: stmt.total });
+            // Refused (and answered) when it went over the limit.
         } else if stmt.started {
             let mut bytes = stmt.bytes;
             trim_end(&mut bytes);
@@ -260,14 +297,56 @@ impl StatementSplitter {
     /// A byte that belongs to the statement proper.
     fn significant(&mut self, b: u8) {
         self.stmt.started = true;
-        self.stmt.store(b, self.max_statement_bytes);
+        if self.stmt.store(b, self.max_statement_bytes) {
+            self.refuse();
+        }
     }
 
-    /// Whitespace or comment bytes: kept only inside a statement.
+    /// Whitespace or comment bytes: kept only inside a statement. Comment
+    /// bytes before it are counted (not kept), so that a comment that never
+    /// ends is refused like a statement that never ends.
     fn trivia(&mut self, b: u8) {
-        if self.stmt.started {
-            self.stmt.store(b, self.max_statement_bytes);
+        let over = if self.stmt.started {
+            self.stmt.store(b, self.max_statement_bytes)
+        } else if self.in_comment() {
+            self.stmt.count_leading(self.max_statement_bytes)
+        } else {
+            false
+        };
+        if over {
+            self.refuse();
         }
+    }
+
+    fn in_comment(&self) -> bool {
+        matches!(
+            self.lex,
+            LexMode::LineComment | LexMode::BlockComment | LexMode::BlockCommentStar
+        )
+    }
+
+    /// The pending statement just went over the limit: refused now.
+    fn refuse(&mut self) {
+        let open = match self.lex {
+            LexMode::Quoted(b']' | b'`') => Some(Unclosed::Identifier),
+            LexMode::Quoted(q) | LexMode::Escaped(q) if !self.head.is_dirkdb() && q == b'"' => {
+                Some(Unclosed::Identifier)
+            }
+            LexMode::Quoted(q) | LexMode::Escaped(q) => Some(Unclosed::String(q)),
+            LexMode::LineComment | LexMode::BlockComment | LexMode::BlockCommentStar => {
+                Some(Unclosed::Comment)
+            }
+            LexMode::Normal | LexMode::Dash | LexMode::Slash => None,
+        };
+        let open = open.or(matches!(
+            self.complete,
+            CompleteState::Trigger | CompleteState::Semi | CompleteState::End
+        )
+        .then_some(Unclosed::TriggerBody));
+        self.ready.push_back(SplitItem::TooLarge {
+            bytes: self.stmt.total,
+            open,
+        });
     }
 }
 
@@ -353,22 +432,24 @@ struct StmtBuf {
     bytes: Vec<u8>,
     /// Statement bytes seen so far, stored or not.
     total: usize,
+    /// Comment bytes before the first significant byte (counted, not kept).
+    leading: usize,
     /// A significant byte has been seen.
     started: bool,
-    /// The statement outgrew the limit; its bytes are no longer stored.
+    /// The statement outgrew the limit and was refused; its bytes are no
+    /// longer stored.
     overflow: bool,
 }
 
 impl StmtBuf {
-    fn store(&mut self, b: u8, max: usize) {
+    /// Stores a byte; true when this byte takes the statement over the limit.
+    fn store(&mut self, b: u8, max: usize) -> bool {
         self.total = self.total.saturating_add(1);
         if self.overflow {
-            return;
+            return false;
         }
         if self.bytes.len() >= max {
-            self.overflow = true;
-            self.bytes = Vec::new();
-            return;
+            return self.start_overflow();
         }
         if self.bytes.len() == self.bytes.capacity() {
             // Grow geometrically but never past the limit.
@@ -377,6 +458,24 @@ impl StmtBuf {
                 .reserve_exact(want.saturating_sub(self.bytes.len()).max(1));
         }
         self.bytes.push(b);
+        false
+    }
+
+    /// Counts a comment byte before the statement; true when the comment
+    /// takes it over the limit.
+    fn count_leading(&mut self, max: usize) -> bool {
+        self.leading = self.leading.saturating_add(1);
+        if self.overflow || self.leading <= max {
+            return false;
+        }
+        self.total = self.leading;
+        self.start_overflow()
+    }
+
+    fn start_overflow(&mut self) -> bool {
+        self.overflow = true;
+        self.bytes = Vec::new();
+        true
     }
 }
 
@@ -489,7 +588,7 @@ mod tests {
             .into_iter()
             .map(|item| match item {
                 SplitItem::Statement(b) => String::from_utf8(b).unwrap_or_default(),
-                SplitItem::TooLarge { bytes } => format!("<too large {bytes}>"),
+                SplitItem::TooLarge { bytes, .. } => format!("<too large {bytes}>"),
             })
             .collect()
     }
@@ -704,9 +803,107 @@ mod tests {
         let (items, s) = split_all(input.as_bytes(), 64);
         assert_eq!(
             items,
-            vec![SplitItem::TooLarge { bytes: big.len() }, stmt("SELECT 2")]
+            vec![
+                SplitItem::TooLarge {
+                    bytes: 65,
+                    open: Some(Unclosed::String(b'\''))
+                },
+                stmt("SELECT 2")
+            ]
         );
         assert!(!s.has_partial());
+    }
+
+    #[test]
+    fn refused_as_soon_as_over_the_limit() {
+        let mut s = StatementSplitter::new(64);
+        s.push(b"SELECT 1; SELECT '");
+        assert_eq!(s.next_item(), Some(stmt("SELECT 1")));
+        s.push(&[b'x'; 100]);
+        // No `;` and no end of input yet: already refused.
+        assert_eq!(
+            s.next_item(),
+            Some(SplitItem::TooLarge {
+                bytes: 65,
+                open: Some(Unclosed::String(b'\''))
+            })
+        );
+        assert!(!s.has_partial(), "it was answered");
+        // A `;` inside the refused statement's literal is still inside it: the text after it
+        // is never run on its own.
+        s.push(b"; DROP TABLE t; ");
+        assert_eq!(s.next_item(), None);
+        // Once the literal is closed, its `;` ends it and the session goes on.
+        s.push(b"'; SELECT 3;");
+        assert_eq!(s.next_item(), Some(stmt("SELECT 3")));
+        assert_eq!(s.next_item(), None);
+    }
+
+    #[test]
+    fn a_comment_over_the_limit_is_refused() {
+        let mut s = StatementSplitter::new(32);
+        s.push(b"/* never closed");
+        s.push(&[b' '; 10]);
+        s.push(&[b'c'; 40]);
+        assert_eq!(
+            s.next_item(),
+            Some(SplitItem::TooLarge {
+                bytes: 33,
+                open: Some(Unclosed::Comment)
+            })
+        );
+        s.push(b"; still comment */ SELECT 'the statement after it, refused with it'; SELECT 4;");
+        assert_eq!(s.next_item(), Some(stmt("SELECT 4")));
+        // Comments before a statement that fits do not count against the statement.
+        let (items, _) = split_all(b"-- short\nSELECT 12345678;", 16);
+        assert_eq!(items, vec![stmt("SELECT 12345678")]);
+        let (items, _) = split_all(b"SELECT 1 -- a long comment inside;\n;SELECT 2;", 16);
+        assert_eq!(
+            items,
+            vec![
+                SplitItem::TooLarge {
+                    bytes: 17,
+                    open: Some(Unclosed::Comment)
+                },
+                stmt("SELECT 2")
+            ]
+        );
+    }
+
+    #[test]
+    fn refusal_names_a_trigger_body_and_identifiers() {
+        let (items, _) = split_all(
+            b"CREATE TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM u; DELETE FROM v; END; SELECT 1;",
+            50,
+        );
+        assert_eq!(
+            items,
+            vec![
+                SplitItem::TooLarge {
+                    bytes: 51,
+                    open: Some(Unclosed::TriggerBody)
+                },
+                stmt("SELECT 1")
+            ]
+        );
+        let (items, _) = split_all(
+            b"SELECT \"aaaaaaaaaaaaaaaaaaaaaaaa;\"; alaivo \"ssssssssssssssss;\"; SELECT 2;",
+            16,
+        );
+        assert_eq!(
+            items,
+            vec![
+                SplitItem::TooLarge {
+                    bytes: 17,
+                    open: Some(Unclosed::Identifier)
+                },
+                SplitItem::TooLarge {
+                    bytes: 17,
+                    open: Some(Unclosed::String(b'"'))
+                },
+                stmt("SELECT 2")
+            ]
+        );
     }
 
     #[test]
@@ -735,7 +932,13 @@ mod tests {
         let (items, _) = split_all(b"SELECT 1; SELECT 12;", 8);
         assert_eq!(
             items,
-            vec![stmt("SELECT 1"), SplitItem::TooLarge { bytes: 9 }]
+            vec![
+                stmt("SELECT 1"),
+                SplitItem::TooLarge {
+                    bytes: 9,
+                    open: None
+                }
+            ]
         );
     }
 
@@ -752,15 +955,16 @@ mod tests {
                 s.stmt.bytes.capacity()
             );
         }
-        assert!(s.has_partial());
-        assert_eq!(s.next_item(), None);
-        s.push(b"';SELECT 1;");
+        assert!(!s.has_partial(), "refused at once");
         assert_eq!(
             s.next_item(),
             Some(SplitItem::TooLarge {
-                bytes: 8 + 1_000_000 + 1
+                bytes: max + 1,
+                open: Some(Unclosed::String(b'\''))
             })
         );
+        assert_eq!(s.next_item(), None);
+        s.push(b"';SELECT 1;");
         assert_eq!(s.next_item(), Some(stmt("SELECT 1")));
         assert_eq!(s.next_item(), None);
     }
