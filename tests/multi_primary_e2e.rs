@@ -102,6 +102,24 @@ impl LocalCluster {
         http(self.masters[m - 1].1, "GET", "/replication/status", "")
     }
 
+    /// Waits until the three masters stand at the same per-origin positions with equal
+    /// checksums (every database, every table); returns their `/replication/checksum`s.
+    fn wait_converged(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            last = (1..=3)
+                .map(|m| http(self.masters[m - 1].1, "GET", "/replication/checksum", ""))
+                .collect::<Vec<Value>>();
+            let same = |key: &str| last.iter().all(|c| c[key] == last[0][key]);
+            if same("positions") && same("databases") && same("tables") {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the masters did not converge: {last:#?}\n{}", self.log());
+    }
+
     /// Waits until every master took the proxy's ownership inputs (all three up).
     fn wait_for_ownership(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -195,9 +213,32 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
             .unwrap();
         }
     }
-    assert_eq!(tables_on(&cluster, 1, "testdb").await, ["utilisateurs"]);
-    assert_eq!(tables_on(&cluster, 2, "testdb").await, ["commandes"]);
-    assert_eq!(tables_on(&cluster, 3, "testdb").await, ["produits"]);
+    // Each landed on its owner first (the owner's own stream says so), and every master holds
+    // all three once the masters streamed to each other.
+    let converged = cluster.wait_converged();
+    let owns = |m: usize, table: &str| -> u64 {
+        converged[m - 1]["tables"]["testdb"][table]["rows"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    for m in 1..=3 {
+        for table in ["utilisateurs", "commandes", "produits"] {
+            assert_eq!(
+                owns(m, table),
+                3,
+                "m{m} holds {table}: {}",
+                converged[m - 1]
+            );
+        }
+        assert_eq!(
+            tables_on(&cluster, m, "testdb").await,
+            ["commandes", "produits", "utilisateurs"]
+        );
+    }
+    let positions = &converged[0]["positions"];
+    assert!(positions["m1"].as_u64().unwrap_or(0) > 0, "{positions}");
+    assert!(positions["m2"].as_u64().unwrap_or(0) > 0, "{positions}");
+    assert!(positions["m3"].as_u64().unwrap_or(0) > 0, "{positions}");
 
     // The session reads its own writes (each read goes to the table's owner), in DirkDB's
     // syntax too.
@@ -291,4 +332,20 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
         direct.execute("USE testdb").await.unwrap();
     }
     assert!(Path::new(&cluster.dir.path().join("data/m3/testdb.db")).exists());
+
+    // Everything written since (a direct write to its owner, a domain, a transaction) reached
+    // every master, and nothing was refused or failed on the streams between them.
+    let converged = cluster.wait_converged();
+    assert_eq!(
+        converged[0]["tables"]["testdb"]["commandes"]["rows"], 4,
+        "{}",
+        converged[0]
+    );
+    assert_eq!(
+        converged[1]["tables"]["testdb"]["dirkdb_domains"]["rows"],
+        1
+    );
+    let log = cluster.log();
+    assert!(!log.contains("multi-primary apply"), "{log}");
+    assert!(!log.contains("stream refused"), "{log}");
 }

@@ -106,7 +106,7 @@ pub fn status(t: &Topology) -> Value {
         "hash": t.config.routing.writes.hash.as_str(),
         "replicationNote": t.config.replication.file_replaced_by_oplog
             .then_some(dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY),
-        "streamsBetweenMasters": false,
+        "streamsBetweenMasters": true,
     })
 }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::checksum::{database_digest, Digest};
+use crate::checksum::{database_digest, table_digests, Digest};
 use crate::error::ServerError;
 use crate::oplog::store::{self, FileStats, Filter};
 use crate::oplog::{Entry, Op};
@@ -131,7 +131,20 @@ async fn status(State(state): Shared) -> ApiResult {
         "replicas": state.replication.replicas(committed),
         "rollbackFiles": rollback_files(&state),
         "ownership": ownership_status(&state),
+        "peers": state.settings.ownership.active().then(|| state.peers.streams()),
+        "positions": peer_positions(&state),
     })))
+}
+
+/// MULTI_PRIMARY: the position this master reached in every master's stream, its own
+/// (committed) included (`null` outside MULTI_PRIMARY).
+fn peer_positions(state: &ServerState) -> Value {
+    if !state.settings.ownership.active() {
+        return Value::Null;
+    }
+    let mut positions = state.peers.positions();
+    positions.insert(state.instance_id.clone(), state.write_path.committed());
+    json!(positions)
 }
 
 /// MULTI_PRIMARY: the masters up and the ownership term this master writes under (`null`
@@ -305,22 +318,27 @@ async fn oplog_clear(State(state): Shared) -> ApiResult {
 }
 
 async fn checksum(State(state): Shared) -> ApiResult {
-    let (sequence, digests) = blocking(&state, |s| {
+    let sequence = blocking(&state, |s| {
         let sequence = s.write_path.committed();
         let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
+        let mut tables: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
         for name in s.catalog.names() {
             let db = s.catalog.get(&name)?;
             let conn = db.lease()?;
-            digests.insert(name, database_digest(&conn)?);
+            digests.insert(name.clone(), database_digest(&conn)?);
+            tables.insert(name, table_digests(&conn)?);
             db.give_back(conn);
         }
-        Ok((sequence, digests))
+        Ok((sequence, digests, tables))
     })
     .await?;
+    let (sequence, digests, tables) = sequence;
     Ok(Json(json!({
         "instance": state.instance_id,
         "sequence": sequence,
+        "positions": peer_positions(&state),
         "databases": digests,
+        "tables": tables,
     })))
 }
 

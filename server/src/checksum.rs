@@ -6,6 +6,8 @@
 //! transaction. Summing makes it independent of row order while duplicates still count; DirkDB's
 //! own tables and triggers are left out, since each node prunes its oplog on its own schedule.
 
+use std::collections::BTreeMap;
+
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -54,6 +56,48 @@ pub fn database_digest(conn: &Connection) -> rusqlite::Result<Digest> {
     })
 }
 
+/// The digest of each user table of the database `conn` is open on: its schema objects (the
+/// table, its indexes and triggers) and its rows, as in [`database_digest`]; comparable across
+/// nodes table by table (MULTI_PRIMARY masters each own some of them).
+pub fn table_digests(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Digest>> {
+    let tx = conn.unchecked_transaction()?;
+    let mut out = BTreeMap::new();
+    for table in user_tables(&tx)? {
+        let mut sum: u64 = 0;
+        let mut rows: u64 = 0;
+        {
+            let mut schema = tx.prepare(
+                "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema \
+                 WHERE tbl_name = ?1 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                 AND name NOT LIKE '\\_dirk%' ESCAPE '\\'",
+            )?;
+            let objects = schema.query_map([&table], |r| {
+                Ok([r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?])
+            })?;
+            for object in objects {
+                sum = sum.wrapping_add(fnv1a(&object?));
+            }
+        }
+        let mut stmt = tx.prepare(&rows_sql(&tx, &table)?)?;
+        let mut cursor = stmt.query([])?;
+        while let Some(row) = cursor.next()? {
+            let key: String = row.get(0)?;
+            let data: String = row.get(1)?;
+            sum = sum.wrapping_add(fnv1a(&[table.as_str(), &key, &data]));
+            rows += 1;
+        }
+        out.insert(
+            table,
+            Digest {
+                digest: format!("{sum:016x}"),
+                rows,
+            },
+        );
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
 /// FNV-1a 64 over the parts, each followed by a 0 byte so that ("ab","c") ≠ ("a","bc").
 pub fn fnv1a<S: AsRef<str>>(parts: &[S]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -91,5 +135,16 @@ mod tests {
         assert_ne!(da, database_digest(&c).unwrap());
         assert_ne!(database_digest(&c).unwrap(), database_digest(&d).unwrap());
         assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
+        let per_table = |c: &Connection| table_digests(c).unwrap();
+        assert_eq!(per_table(&a), per_table(&b));
+        assert_ne!(per_table(&a), per_table(&c));
+        let e =
+            db("CREATE TABLE t(a, b); INSERT INTO t VALUES (1, 'x'), (2, 'y'); CREATE TABLE u(x);");
+        assert_eq!(
+            per_table(&e)["t"],
+            per_table(&a)["t"],
+            "another table changes nothing"
+        );
+        assert_eq!(per_table(&e)["u"].rows, 0);
     }
 }

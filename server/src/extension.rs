@@ -9,6 +9,10 @@
 //!   until `k` connected replicas acknowledged `seq` in the primary's term `t` (or the timeout),
 //!   and says how many did; an error when the node no longer accepts writes by then (it lost its
 //!   lease or was demoted: the write may be rolled back, so it must not be acknowledged).
+//! * `DIRK WAIT ORIGINS <timeout_ms> <id>=<seq> …` → `positions <id>=<seq> …` once this
+//!   MULTI_PRIMARY master applied every origin's listed position (its own id: committed it);
+//!   an error naming the positions it stands at when the timeout passes first (see
+//!   [`crate::replication::peers`]).
 //! * `DIRK SEEN <seq>` → `position <committed>`: the client has seen position `seq` (a change
 //!   feed's notice); waits at most [`SEEN_WAIT`] for this instance to commit or apply it, then
 //!   answers the position it has, reached or not (never an error).
@@ -45,6 +49,13 @@ pub enum Extension {
         /// Longest wait.
         timeout: Duration,
     },
+    /// `DIRK WAIT ORIGINS <timeout_ms> <id>=<seq> …`
+    WaitOrigins {
+        /// Position wanted per origin master.
+        wanted: Vec<(String, u64)>,
+        /// Longest wait.
+        timeout: Duration,
+    },
     /// `DIRK SEEN <seq>`
     Seen {
         /// Position the client has seen.
@@ -61,6 +72,9 @@ pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
         .collect();
     if words.first().map(String::as_str) != Some("DIRK") {
         return None;
+    }
+    if let Some(parsed) = crate::replication::peers::parse_wait(sql) {
+        return Some(parsed.map(|(timeout, wanted)| Extension::WaitOrigins { wanted, timeout }));
     }
     let number = |i: usize| -> Result<u64, ServerError> {
         // Digits only: `+5` or `-0` are not positions.
@@ -148,6 +162,9 @@ pub async fn answer(
                 )));
             }
             Ok(format!("replicas {confirmed} term {}", state.term()))
+        }
+        Extension::WaitOrigins { wanted, timeout } => {
+            state.peers.wait_for(state, &wanted, timeout).await
         }
         Extension::Seen { seq } => {
             let mut commits = state.write_path.subscribe();

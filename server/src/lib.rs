@@ -97,6 +97,10 @@ pub async fn run(
         "DirkDB server listening"
     );
     let follower = tokio::spawn(replication::follower::run(state.clone()));
+    let peers = tokio::spawn(replication::peer_stream::run(
+        state.clone(),
+        other_masters(config, &instance.id),
+    ));
     let mut background = vec![
         tokio::spawn(prune_periodically(state.clone())),
         tokio::spawn(checkpoint_periodically(state.clone())),
@@ -109,12 +113,32 @@ pub async fn run(
     let stopping = async {
         shutdown.await;
         follower.abort();
+        peers.abort();
     };
     serve(listener, state, stopping).await;
-    for task in background.iter().chain(admin.iter()).chain([&follower]) {
+    for task in background
+        .iter()
+        .chain(admin.iter())
+        .chain([&follower, &peers])
+    {
         task.abort();
     }
     Ok(())
+}
+
+/// MULTI_PRIMARY: every other master (id, replication address), whose streams this one applies;
+/// empty otherwise.
+fn other_masters(config: &ClusterConfig, me: &str) -> Vec<(String, String)> {
+    let masters = config.master_ids();
+    if !masters.iter().any(|m| m == me) {
+        return Vec::new();
+    }
+    config
+        .instances
+        .iter()
+        .filter(|i| i.id != me && masters.contains(&i.id))
+        .map(|i| (i.id.clone(), i.replication_addr()))
+        .collect()
 }
 
 /// Applies each valid edit of `config.json`'s users, grants and instance list to open sessions

@@ -270,7 +270,7 @@ fn open_meta_connection(
     Ok(conn)
 }
 
-fn update_live_set(conn: &Connection, name: &str, op: Op) -> rusqlite::Result<()> {
+pub(crate) fn update_live_set(conn: &Connection, name: &str, op: Op) -> rusqlite::Result<()> {
     match op {
         Op::CreateDatabase => conn.execute(
             "INSERT OR IGNORE INTO _dirk_databases(name) VALUES (?1)",

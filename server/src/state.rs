@@ -59,6 +59,8 @@ pub struct ServerState {
     pub modes: Modes,
     /// Users, grants and this instance's cluster credentials.
     pub security: Arc<crate::auth::ServerSecurity>,
+    /// MULTI_PRIMARY: the other masters' streams applied here (per-origin positions).
+    pub peers: crate::replication::peers::Peers,
     read_only: AtomicBool,
     fenced: AtomicBool,
     next_owner: AtomicU64,
@@ -132,6 +134,7 @@ impl ServerState {
             oplog_limits: config.replication.oplog.clone(),
             metrics: ServerMetrics::default(),
             security: Arc::new(crate::auth::ServerSecurity::from_config(config)?),
+            peers: Default::default(),
             read_only: AtomicBool::new(role == Role::Replica),
             fenced: AtomicBool::new(false),
             next_owner: AtomicU64::new(1),

@@ -152,7 +152,7 @@ fn apply_error(message: String) -> ServerError {
     ServerError::Refused(format!("replication apply: {message}"))
 }
 
-fn apply_entry(conn: &Connection, e: &Entry) -> std::result::Result<(), String> {
+pub(crate) fn apply_entry(conn: &Connection, e: &Entry) -> std::result::Result<(), String> {
     let table = ident(&e.table);
     match e.op {
         Op::Insert => {

@@ -155,7 +155,7 @@ pub(crate) async fn oplog_follow(
     }
 }
 
-async fn handshake(
+pub(crate) async fn handshake(
     addr: &str,
     credentials: Option<&dirkdb_core::security::Credentials>,
 ) -> Result<TcpStream, StreamError> {
@@ -191,7 +191,7 @@ async fn handshake(
 pub type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
 
 /// Reads units on their own task so the main loop can wait on them and on timers safely.
-fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
+pub(crate) fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -213,7 +213,7 @@ pub(crate) async fn next_unit(units: &mut Units, silence: Duration) -> Result<Un
     }
 }
 
-fn received(unit: Option<Result<Unit, ProtocolError>>) -> Result<Unit, StreamError> {
+pub(crate) fn received(unit: Option<Result<Unit, ProtocolError>>) -> Result<Unit, StreamError> {
     match unit {
         None => Err(StreamError::Peer("primary closed the stream".into())),
         Some(unit) => Ok(unit?),

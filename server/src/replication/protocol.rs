@@ -185,6 +185,39 @@ pub enum Message {
         #[serde(default)]
         term: u64,
     },
+    /// MULTI_PRIMARY, master → master, first: the stream of `origin`'s own changes is asked
+    /// for, from `seq` (the asker's applied position for that origin) in `history`.
+    PeerHello {
+        /// The asking master's id.
+        instance: String,
+        /// The master whose stream is asked for (the one spoken to).
+        origin: String,
+        /// The origin's history id the asker last streamed in (`None`: never streamed).
+        history: Option<String>,
+        /// The asker's applied position in the origin's stream.
+        seq: u64,
+    },
+    /// MULTI_PRIMARY, origin → asker: `PeerEntries` after `from` follow.
+    PeerContinue {
+        /// The origin's id (the entries' origin).
+        origin: String,
+        /// The origin's history chain.
+        chain: Vec<HistoryLink>,
+        /// Entries after this sequence follow.
+        from: u64,
+        /// The origin's term (acknowledgements carry it back).
+        term: u64,
+    },
+    /// MULTI_PRIMARY, origin → asker: entries the origin committed itself, in order (never
+    /// entries it applied from another origin).
+    PeerEntries {
+        /// The origin's id.
+        origin: String,
+        /// The entries, in the origin's sequence order (gaps are dropped databases).
+        entries: Vec<Entry>,
+        /// The origin's term.
+        term: u64,
+    },
     /// Either way: the stream cannot go on.
     Error {
         /// Why.

@@ -78,6 +78,20 @@ pub async fn serve_replica(
             },
             mode,
         ),
+        Ok(Message::PeerHello {
+            instance,
+            origin,
+            history,
+            seq,
+        }) => {
+            let hello = super::peers::PeerHello {
+                instance,
+                origin,
+                history,
+                seq,
+            };
+            return super::peer_stream::serve_peer(state, hello, reader, writer, peer).await;
+        }
         other => {
             tracing::warn!(%peer, ?other, "replication stream did not start with Hello");
             return;
@@ -235,7 +249,7 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
 
 /// A send the replica does not take within the silence limit ends the stream (its receive
 /// buffer is full: it is paused or cut off).
-async fn send_within<F, E>(state: &ServerState, send: F) -> Result<(), StreamError>
+pub(crate) async fn send_within<F, E>(state: &ServerState, send: F) -> Result<(), StreamError>
 where
     F: std::future::Future<Output = Result<(), E>>,
     StreamError: From<E>,
@@ -307,7 +321,7 @@ async fn read_batch(
     .map_err(|e| StreamError::Server(ServerError::Internal(e.to_string())))?
 }
 
-async fn read_acks<R: AsyncRead + Unpin>(
+pub(crate) async fn read_acks<R: AsyncRead + Unpin>(
     state: Arc<ServerState>,
     instance: String,
     mut reader: R,

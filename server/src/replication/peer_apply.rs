@@ -1,0 +1,204 @@
+//! MULTI_PRIMARY: a master applying another origin's entries.
+//!
+//! Consecutive entries of one database are applied in one transaction on a connection whose
+//! triggers and foreign-key actions are off (as a replica applies), and the same transaction
+//! stores the origin's position in the file (`_dirk_origins`). Unlike a replica, the entries are
+//! not written into this master's oplog: its oplog holds only what it committed itself, which
+//! is all it streams, so nothing applied from one origin is ever sent on. CREATE/DROP DATABASE
+//! go through the meta file first (live set and the origin's position in one transaction), then
+//! the file operation, as on the owner.
+//!
+//! Entries must rise; gaps are allowed (entries of a database the origin dropped since). An
+//! entry at or below the file's stored position is skipped, so a batch sent again after a crash
+//! or a reconnection is applied once. Entries of a database this master does not hold are
+//! skipped when the database was dropped here (by its owner's event or its own), and otherwise
+//! fail the batch: the database's CREATE comes on its owner's stream, and the stream is retried
+//! until it has arrived.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+
+use super::apply::apply_entry;
+use super::peers::{file_position, mark_dropped, store_meta_position, was_dropped, FILE_SCHEMA};
+use crate::catalog::open_apply_connection;
+use crate::error::{Result, ServerError};
+use crate::meta::update_live_set;
+use crate::oplog::{Entry, Op};
+use crate::state::ServerState;
+
+/// Applies one origin's entries; keeps one connection per database between batches.
+pub struct PeerApplier {
+    origin: String,
+    conns: HashMap<String, Connection>,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The origin's position now.
+    pub position: u64,
+    /// Entries applied (skipped ones not counted).
+    pub entries: u64,
+}
+
+impl PeerApplier {
+    /// An applier of `origin`'s stream.
+    pub fn new(origin: &str) -> PeerApplier {
+        PeerApplier {
+            origin: origin.to_string(),
+            conns: HashMap::new(),
+        }
+    }
+
+    /// The origin whose entries this applier applies.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Applies `entries` of the origin; `history` is the origin's history id, stored with the
+    /// position.
+    pub fn apply(
+        &mut self,
+        state: &ServerState,
+        entries: &[Entry],
+        history: Option<&str>,
+    ) -> Result<Applied> {
+        let start = state.peers.applied(&self.origin);
+        let mut previous = start;
+        for e in entries {
+            if !e.checksum_ok() {
+                return Err(apply_error(format!(
+                    "entry {} of {} failed its checksum",
+                    e.seq, self.origin
+                )));
+            }
+            if e.seq <= previous && e.seq > start {
+                return Err(apply_error(format!(
+                    "entries of {} out of order: {} after {previous}",
+                    self.origin, e.seq
+                )));
+            }
+            previous = previous.max(e.seq);
+        }
+        let fresh: Vec<&Entry> = entries.iter().filter(|e| e.seq > start).collect();
+        let Some(last) = fresh.last().map(|e| e.seq) else {
+            return Ok(Applied {
+                position: start,
+                entries: 0,
+            });
+        };
+        let owner = state.new_owner();
+        let mut applied = 0;
+        state.under_gate(owner, || {
+            for run in fresh.chunk_by(|a, b| a.db == b.db) {
+                let run_last = run.last().map(|e| e.seq).unwrap_or(0);
+                if run[0].db.is_empty() {
+                    for e in run {
+                        self.apply_database_event(state, e)?;
+                    }
+                    applied += run.len() as u64;
+                } else {
+                    applied += self.apply_run(state, run)?;
+                }
+                state.peers.advance(&self.origin, run_last);
+            }
+            state
+                .meta
+                .with(|conn| store_meta_position(conn, &self.origin, last, history))?;
+            Ok(())
+        })?;
+        Ok(Applied {
+            position: last,
+            entries: applied,
+        })
+    }
+
+    fn apply_database_event(&mut self, state: &ServerState, e: &Entry) -> Result<()> {
+        let name = e.table.clone();
+        state.meta.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            update_live_set(&tx, &name, e.op)?;
+            mark_dropped(&tx, &name, e.op == Op::DropDatabase)?;
+            store_meta_position(&tx, &self.origin, e.seq, None)?;
+            tx.commit()
+        })?;
+        match e.op {
+            Op::CreateDatabase => {
+                state.catalog.create(&name, true)?;
+            }
+            Op::DropDatabase => {
+                self.conns.remove(&name);
+                state.catalog.drop_database(&name, true)?;
+            }
+            other => {
+                return Err(apply_error(format!(
+                    "{other:?} entry of {} without a database",
+                    self.origin
+                )))
+            }
+        }
+        tracing::info!(origin = %self.origin, database = %name, op = ?e.op, "database event applied from another master");
+        Ok(())
+    }
+
+    /// This applier's connection to `db`, opened on first use; `None` when the database was
+    /// dropped here.
+    fn connection(&mut self, state: &ServerState, db: &str) -> Result<Option<&Connection>> {
+        if !self.conns.contains_key(db) {
+            let database = match state.catalog.get(db) {
+                Ok(database) => database,
+                Err(ServerError::UnknownDatabase(_)) => {
+                    if state.meta.with(|conn| was_dropped(conn, db))? {
+                        return Ok(None);
+                    }
+                    return Err(apply_error(format!(
+                        "entries of {} for database `{db}`, which this master does not hold \
+                         yet (its CREATE DATABASE comes on its owner's stream): retrying",
+                        self.origin
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
+            let conn = open_apply_connection(database.path(), &state.settings)?;
+            conn.execute_batch(FILE_SCHEMA)?;
+            self.conns.insert(db.to_string(), conn);
+        }
+        Ok(self.conns.get(db))
+    }
+
+    /// Applies one database's run in one transaction with the origin's position; returns the
+    /// entries applied.
+    fn apply_run(&mut self, state: &ServerState, run: &[&Entry]) -> Result<u64> {
+        let origin = self.origin.clone();
+        let db = run[0].db.clone();
+        let Some(conn) = self.connection(state, &db)? else {
+            tracing::debug!(%origin, database = %db, "entries of a dropped database skipped");
+            return Ok(0);
+        };
+        let tx = conn.unchecked_transaction()?;
+        let stored = file_position(&tx, &origin)?;
+        let mut applied = 0;
+        for e in run.iter().filter(|e| e.seq > stored) {
+            apply_entry(&tx, e).map_err(|err| {
+                apply_error(format!(
+                    "entry {} of {origin} ({:?} on {}.{}): {err}",
+                    e.seq, e.op, e.db, e.table
+                ))
+            })?;
+            applied += 1;
+        }
+        let last = run.last().map(|e| e.seq).unwrap_or(stored).max(stored);
+        tx.execute(
+            "INSERT INTO _dirk_origins(origin, seq) VALUES (?1, ?2) \
+             ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
+            params![origin, last.min(i64::MAX as u64) as i64],
+        )?;
+        tx.commit()?;
+        Ok(applied)
+    }
+}
+
+fn apply_error(message: String) -> ServerError {
+    ServerError::Refused(format!("multi-primary apply: {message}"))
+}

@@ -1,0 +1,424 @@
+//! MULTI_PRIMARY streams between masters, both sides (see [`super::peers`]).
+//!
+//! Asking side ([`run`]): one task per other master, for as long as the server runs. It
+//! connects to that master's SQL port, switches to the replication protocol, sends `PeerHello`
+//! with its applied position and the origin's history, then applies each `PeerEntries` batch
+//! ([`super::peer_apply`]) and acknowledges it; both sides heartbeat, and a silent origin counts
+//! as gone. Any failure reconnects with exponential backoff (0.1 s to 5 s); a failure is logged
+//! and shown in `/replication/status` (`peers`), never dropped.
+//!
+//! Origin side ([`serve_peer`]): continues from the position asked when its oplog still holds
+//! everything after it in the same history, else refuses naming the knob; streams only the
+//! entries it committed itself (its oplog holds nothing else), from the in-memory backlog or
+//! the oplog files; counts the asker's acknowledgements like a replica's (write concerns).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use super::follower::{handshake, received, spawn_reader, Units};
+use super::peer_apply::PeerApplier;
+use super::peers::PeerHello;
+use super::protocol::{write_message, Message, Unit};
+use super::sender::{read_acks, send_within, StreamError};
+use crate::error::ServerError;
+use crate::meta::position_in_chain;
+use crate::oplog::store::{self, Filter};
+use crate::oplog::{now_ms, Entry};
+use crate::state::ServerState;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Entries per message at most.
+const BATCH: usize = 1000;
+
+/// Follows every other master's stream (`peers`: id and replication address) until aborted.
+pub async fn run(state: Arc<ServerState>, peers: Vec<(String, String)>) {
+    let origins: Vec<String> = peers.iter().map(|(id, _)| id.clone()).collect();
+    let s = state.clone();
+    let loaded = tokio::task::spawn_blocking(move || super::peers::load_positions(&s, &origins))
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))
+        .and_then(|r| r);
+    if let Err(e) = loaded {
+        tracing::error!(error = %e, "cannot read the positions of the other masters' streams: not following them");
+        return;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (origin, addr) in peers {
+        tasks.spawn(follow_origin(state.clone(), origin, addr));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn follow_origin(state: Arc<ServerState>, origin: String, addr: String) {
+    let mut applier = PeerApplier::new(&origin);
+    let mut backoff = MIN_BACKOFF;
+    state.peers.update(&origin, |s| s.address = addr.clone());
+    loop {
+        match stream_from(&state, &origin, &addr, &mut applier).await {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(e) => {
+                let refused = matches!(&e, StreamError::Peer(m) if m.starts_with("refused:"));
+                if backoff >= Duration::from_millis(800) || refused {
+                    tracing::warn!(%origin, error = %e, "stream from another master ended; retrying");
+                } else {
+                    tracing::info!(%origin, error = %e, "stream from another master ended; retrying");
+                }
+                state.peers.update(&origin, |s| {
+                    s.state = if refused { "Refused" } else { "Disconnected" }.into();
+                    s.last_error = Some(e.to_string());
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One connection to `origin`, until it breaks.
+async fn stream_from(
+    state: &Arc<ServerState>,
+    origin: &str,
+    addr: &str,
+    applier: &mut PeerApplier,
+) -> Result<(), StreamError> {
+    state
+        .peers
+        .update(origin, |s| s.state = "Connecting".into());
+    let stream = handshake(addr, state.security.cluster.as_ref()).await?;
+    let (reader, writer) = stream.into_split();
+    let mut writer = BufWriter::new(writer);
+    let mut units = spawn_reader(reader);
+    let mut history = state
+        .peers
+        .streams()
+        .into_iter()
+        .find(|s| s.origin == origin)
+        .and_then(|s| s.history);
+    let hello = Message::PeerHello {
+        instance: state.instance_id.clone(),
+        origin: origin.to_string(),
+        history: history.clone(),
+        seq: state.peers.applied(origin),
+    };
+    write_message(&mut writer, &hello).await?;
+    let silence = state.replication.silence();
+    let term = match next(&mut units, silence).await? {
+        Message::PeerContinue {
+            origin: o,
+            chain,
+            from,
+            term,
+        } if o == origin => {
+            history = chain.last().map(|l| l.id.clone());
+            let h = history.clone();
+            state.peers.update(origin, |s| {
+                s.state = "Streaming".into();
+                s.history = h;
+                s.connected_since_ms = now_ms();
+                s.last_error = None;
+            });
+            tracing::info!(%origin, from, "streaming another master's changes");
+            term
+        }
+        Message::Error { message } => return Err(StreamError::Peer(format!("refused: {message}"))),
+        other => {
+            return Err(StreamError::Peer(format!(
+                "{addr} did not continue {origin}'s stream: {other:?}"
+            )))
+        }
+    };
+    let mut beat = tokio::time::interval(state.replication.heartbeat);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            unit = units.recv() => {
+                heard = tokio::time::Instant::now();
+                match received(unit)? {
+                    Unit::Message(Message::PeerEntries { origin: o, entries, .. }) if o == origin => {
+                        let applied = apply(state, applier, entries, history.clone()).await?;
+                        write_message(&mut writer, &Message::Ack { applied, term }).await?;
+                        writer.flush().await?;
+                    }
+                    Unit::Message(Message::Heartbeat { seq, .. }) => {
+                        state.peers.update(origin, |s| s.origin_sequence = s.origin_sequence.max(seq));
+                    }
+                    Unit::Message(Message::Error { message }) => {
+                        return Err(StreamError::Peer(format!("{origin}: {message}")));
+                    }
+                    other => return Err(StreamError::Peer(format!("unexpected from {origin}: {other:?}"))),
+                }
+            }
+            _ = tokio::time::sleep_until(heard + silence) => {
+                return Err(StreamError::Peer(format!("{origin} silent for {silence:?}")));
+            }
+            _ = beat.tick() => {
+                let seq = state.peers.applied(origin);
+                write_message(&mut writer, &Message::Heartbeat { seq, ts: now_ms(), term }).await?;
+                writer.flush().await?;
+            }
+        }
+    }
+}
+
+async fn next(units: &mut Units, silence: Duration) -> Result<Message, StreamError> {
+    match super::follower::next_unit(units, silence).await? {
+        Unit::Message(m) => Ok(m),
+        Unit::Chunk(_) => Err(StreamError::Peer(
+            "file chunk in a stream between masters".into(),
+        )),
+    }
+}
+
+/// Applies one batch on a blocking thread; returns the origin's position now.
+async fn apply(
+    state: &Arc<ServerState>,
+    applier: &mut PeerApplier,
+    entries: Vec<Entry>,
+    history: Option<String>,
+) -> Result<u64, StreamError> {
+    let last = entries.last().map(|e| (e.seq, e.ts));
+    let s = state.clone();
+    let mut taken = std::mem::replace(applier, PeerApplier::new(""));
+    let (result, taken) = tokio::task::spawn_blocking(move || {
+        let result = taken.apply(&s, &entries, history.as_deref());
+        (result, taken)
+    })
+    .await
+    .map_err(|e| ServerError::Internal(e.to_string()))?;
+    *applier = taken;
+    let applied = result?;
+    state.peers.update(applier.origin(), |s| {
+        s.entries_applied += applied.entries;
+        if let Some((seq, ts)) = last {
+            s.origin_sequence = s.origin_sequence.max(seq);
+            s.last_applied_commit_ms = ts;
+        }
+    });
+    Ok(applied.position)
+}
+
+/// Origin side: serves one master's request for this master's stream until it ends.
+pub async fn serve_peer<R, W>(
+    state: Arc<ServerState>,
+    hello: PeerHello,
+    reader: R,
+    writer: W,
+    address: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let mut writer = BufWriter::with_capacity(256 * 1024, writer);
+    let instance = hello.instance.clone();
+    let from = match continue_from(&state, &hello) {
+        Ok(from) => from,
+        Err(message) => {
+            tracing::warn!(master = %instance, %address, "stream refused: {message}");
+            let _ = write_message(&mut writer, &Message::Error { message }).await;
+            let _ = writer.flush().await;
+            return;
+        }
+    };
+    let hub = &state.replication;
+    hub.replica_connected(&instance, &address);
+    hub.replica_syncing(&instance, false, from);
+    tracing::info!(master = %instance, %address, from, "another master follows this one's stream");
+    let result = serve_from(&state, &instance, from, reader, &mut writer).await;
+    let error = result.err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        let _ = write_message(&mut writer, &Message::Error { message: e.clone() }).await;
+        let _ = writer.flush().await;
+    }
+    tracing::info!(master = %instance, error = ?error, "another master stopped following");
+    hub.replica_disconnected(&instance, error);
+}
+
+/// Where the stream asked for continues, or why it cannot.
+fn continue_from(state: &ServerState, hello: &PeerHello) -> Result<u64, String> {
+    let me = &state.instance_id;
+    if !state.settings.ownership.active() {
+        return Err(format!(
+            "{me} is not a master of a MULTI_PRIMARY topology (routing.writes.mode)"
+        ));
+    }
+    if !state.security.admits_replica(&hello.instance) {
+        return Err(format!(
+            "`{}` is not an instance of {me}'s config.json",
+            hello.instance
+        ));
+    }
+    if hello.origin != *me {
+        return Err(format!(
+            "{} asked {me} for the stream of {}: check the instances' addresses in config.json",
+            hello.instance, hello.origin
+        ));
+    }
+    let chain = state.meta.history(me).map_err(|e| e.to_string())?;
+    let floor = state.meta.pruned_through().map_err(|e| e.to_string())?;
+    let committed = state.write_path.committed();
+    let seq = hello.seq;
+    if seq > committed {
+        return Err(format!(
+            "{} stands at {seq} in {me}'s stream, but {me} committed only {committed}: {me}'s \
+             data directory was replaced or restored; its stream cannot continue",
+            hello.instance
+        ));
+    }
+    if let Some(history) = &hello.history {
+        if !position_in_chain(&chain, history, seq) {
+            return Err(format!(
+                "{} streamed {me}'s history {history}, which {me} no longer continues: its data \
+                 directory was replaced",
+                hello.instance
+            ));
+        }
+    }
+    if seq < floor {
+        return Err(oplog_window_message(me, &hello.instance, seq, floor));
+    }
+    Ok(seq)
+}
+
+fn oplog_window_message(me: &str, peer: &str, seq: u64, floor: u64) -> String {
+    format!(
+        "{me}'s oplog no longer holds entry {} that {peer} needs (pruned through {floor}): raise \
+         replication.oplog.maxEntries or replication.oplog.retentionDays so a master that was \
+         away can catch up; a whole-database full sync is never used between masters (it would \
+         overwrite the objects others own), so {peer} must be rebuilt from a copy of a master's \
+         data directory",
+        seq + 1
+    )
+}
+
+async fn serve_from<R, W>(
+    state: &Arc<ServerState>,
+    instance: &str,
+    from: u64,
+    reader: R,
+    writer: &mut W,
+) -> Result<(), StreamError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let chain = state
+        .meta
+        .history(&state.instance_id)
+        .map_err(ServerError::from)?;
+    let term = state.term();
+    write_message(
+        writer,
+        &Message::PeerContinue {
+            origin: state.instance_id.clone(),
+            chain,
+            from,
+            term,
+        },
+    )
+    .await?;
+    writer.flush().await?;
+    let (closed_tx, mut closed) = mpsc::channel::<String>(1);
+    let acks = tokio::spawn(read_acks(
+        state.clone(),
+        instance.to_string(),
+        reader,
+        closed_tx,
+    ));
+    let result = stream_own_entries(state, instance, from, writer, &mut closed).await;
+    acks.abort();
+    result
+}
+
+async fn stream_own_entries<W: AsyncWrite + Unpin>(
+    state: &Arc<ServerState>,
+    instance: &str,
+    mut cursor: u64,
+    writer: &mut W,
+    closed: &mut mpsc::Receiver<String>,
+) -> Result<(), StreamError> {
+    let mut commits = state.write_path.subscribe();
+    let mut ended = state.replication.watch_streams();
+    let heartbeat = state.replication.heartbeat;
+    let mut last_sent = Instant::now();
+    loop {
+        let upto = state.write_path.committed();
+        if upto > cursor {
+            let batch = match state.write_path.from_backlog(cursor, upto, BATCH) {
+                Some(batch) => batch,
+                None => read_held(state.clone(), instance.to_string(), cursor, upto).await?,
+            };
+            match batch.last().map(|e| (e.seq, e.ts)) {
+                Some((last, oldest)) => {
+                    let count = batch.len() as u64;
+                    let first_ts = batch.first().map(|e| e.ts).unwrap_or(oldest);
+                    let message = Message::PeerEntries {
+                        origin: state.instance_id.clone(),
+                        entries: batch,
+                        term: state.term(),
+                    };
+                    send_within(state, write_message(writer, &message)).await?;
+                    send_within(state, writer.flush()).await?;
+                    state
+                        .replication
+                        .record_sent(instance, 0, count, Some((last, first_ts)));
+                    cursor = last;
+                }
+                // Nothing held in (cursor, upto]: entries of databases dropped since.
+                None => cursor = upto,
+            }
+            last_sent = Instant::now();
+            continue;
+        }
+        let wait = heartbeat.saturating_sub(last_sent.elapsed());
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms(), term: state.term() };
+                send_within(state, write_message(writer, &beat)).await?;
+                send_within(state, writer.flush()).await?;
+                last_sent = Instant::now();
+            }
+            why = closed.recv() => {
+                return Err(StreamError::Peer(why.unwrap_or_else(|| format!("{instance} left"))));
+            }
+            _ = ended.changed() => {
+                return Err(StreamError::Peer("the streams of this master were ended".into()));
+            }
+        }
+    }
+}
+
+/// The entries held in `(after, upto]` (at most a batch), read from the oplog files; an error
+/// naming the knob when pruning passed `after` meanwhile.
+async fn read_held(
+    state: Arc<ServerState>,
+    instance: String,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<Entry>, StreamError> {
+    tokio::task::spawn_blocking(move || {
+        let floor = state.meta.pruned_through().map_err(ServerError::from)?;
+        if after < floor {
+            return Err(StreamError::Peer(oplog_window_message(
+                &state.instance_id,
+                &instance,
+                after,
+                floor,
+            )));
+        }
+        let sources = state.oplog_sources()?;
+        let batch = store::merge(&sources, Filter::Range { after, to: upto }, BATCH)
+            .map_err(ServerError::from)?;
+        Ok(batch)
+    })
+    .await
+    .map_err(|e| StreamError::Server(ServerError::Internal(e.to_string())))?
+}

@@ -1,0 +1,449 @@
+//! MULTI_PRIMARY: every master holds everything. Each master streams the changes it committed
+//! itself (the objects it owns) to every other master, and applies the others' streams.
+//!
+//! * Streams: [`super::peer_stream`]. A master asks every other master for its stream
+//!   (`PeerHello` on the replication connection), from its applied position for that origin;
+//!   the origin answers `PeerContinue` and sends `PeerEntries` read from its own oplog (the
+//!   same-transaction capture, backlog and oplog files of SINGLE_PRIMARY), then heartbeats. The
+//!   asker acknowledges as a replica does, so the origin's write concern counts the masters
+//!   that applied a write.
+//! * Applying: [`super::peer_apply`]. Entries of another origin are applied with triggers off and
+//!   are not written into the local oplog, so a master never re-sends what it applied from
+//!   another origin, and its own sequence stays its own.
+//! * Positions (this module): one per origin, a vector. Each database file stores, in the same
+//!   transaction as the rows applied, the origin's sequence it reached (`_dirk_origins`); the
+//!   meta file stores each origin's position and history after every batch and with each
+//!   CREATE/DROP DATABASE applied (`_dirk_peer_positions`). At start the position of an origin
+//!   is the highest of them, so a restart resumes each stream from its own position, and an
+//!   entry at or below a file's stored position is never applied twice.
+//! * Read-your-writes across masters: `DIRK WAIT ORIGINS <timeout_ms> <id>=<seq> …` answers once
+//!   this master reached every listed position (its own id against its committed sequence).
+//!
+//! No whole-database full sync ever runs between masters (it would overwrite the objects other
+//! masters own): an origin whose oplog no longer holds the position asked refuses the stream
+//! with a message naming `replication.oplog.maxEntries` and `retentionDays`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::catalog::lock;
+use crate::error::{Result, ServerError};
+use crate::oplog::now_ms;
+use crate::state::ServerState;
+
+/// The meta file's table of per-origin positions.
+const META_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS _dirk_peer_positions (
+    origin TEXT PRIMARY KEY, seq INTEGER NOT NULL, history TEXT);
+CREATE TABLE IF NOT EXISTS _dirk_peer_dropped (name TEXT PRIMARY KEY);";
+
+/// Each database file's table of the origins' positions its rows stand at.
+pub(crate) const FILE_SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS _dirk_origins (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL)";
+
+/// What a master asking for a stream said.
+#[derive(Debug, Clone)]
+pub struct PeerHello {
+    /// The asking master.
+    pub instance: String,
+    /// The origin it asks (this master).
+    pub origin: String,
+    /// The origin's history it last streamed in.
+    pub history: Option<String>,
+    /// Its applied position in the origin's stream.
+    pub seq: u64,
+}
+
+/// One origin's stream as this master receives it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// The origin master.
+    pub origin: String,
+    /// Its replication address.
+    pub address: String,
+    /// Connecting, Streaming, Disconnected or Refused.
+    pub state: String,
+    /// The origin's last sequence applied here.
+    pub applied_sequence: u64,
+    /// The origin's committed sequence, from its heartbeats and entries.
+    pub origin_sequence: u64,
+    /// Entries committed on the origin and not applied here.
+    pub lag_operations: u64,
+    /// How long this master has been behind the origin (0 when caught up).
+    pub lag_ms: u64,
+    /// Commit time (on the origin) of the last entry applied.
+    pub last_applied_commit_ms: i64,
+    /// Entries applied since start.
+    pub entries_applied: u64,
+    /// The origin's history id.
+    pub history: Option<String>,
+    /// When the current stream started.
+    pub connected_since_ms: i64,
+    /// Why the last stream ended, or why the origin refused it.
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    behind_since_ms: Option<i64>,
+}
+
+/// Per-origin positions and stream states.
+pub struct Peers {
+    applied: watch::Sender<BTreeMap<String, u64>>,
+    streams: std::sync::Mutex<BTreeMap<String, PeerStatus>>,
+}
+
+impl Default for Peers {
+    fn default() -> Peers {
+        Peers {
+            applied: watch::channel(BTreeMap::new()).0,
+            streams: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Peers {
+    /// The origin's position applied here (0 before anything).
+    pub fn applied(&self, origin: &str) -> u64 {
+        self.applied.borrow().get(origin).copied().unwrap_or(0)
+    }
+
+    /// Every origin's position applied here.
+    pub fn positions(&self) -> BTreeMap<String, u64> {
+        self.applied.borrow().clone()
+    }
+
+    /// Moves `origin`'s position to `seq` (never back) and wakes the waiters.
+    pub(crate) fn advance(&self, origin: &str, seq: u64) {
+        self.applied.send_if_modified(|map| {
+            let at = map.entry(origin.to_string()).or_insert(0);
+            let moved = seq > *at;
+            *at = (*at).max(seq);
+            moved
+        });
+        self.update(origin, |s| {
+            s.applied_sequence = s.applied_sequence.max(seq);
+            s.origin_sequence = s.origin_sequence.max(seq);
+        });
+    }
+
+    /// Updates the status of `origin`'s stream.
+    pub(crate) fn update(&self, origin: &str, f: impl FnOnce(&mut PeerStatus)) {
+        let mut streams = lock(&self.streams);
+        let status = streams
+            .entry(origin.to_string())
+            .or_insert_with(|| PeerStatus {
+                origin: origin.to_string(),
+                state: "Connecting".into(),
+                ..PeerStatus::default()
+            });
+        f(status);
+        let now = now_ms();
+        if status.origin_sequence > status.applied_sequence {
+            status.behind_since_ms.get_or_insert(now);
+        } else {
+            status.behind_since_ms = None;
+        }
+    }
+
+    /// Every origin's stream, with its lag now.
+    pub fn streams(&self) -> Vec<PeerStatus> {
+        let now = now_ms();
+        lock(&self.streams)
+            .values()
+            .map(|s| {
+                let mut s = s.clone();
+                s.lag_operations = s.origin_sequence.saturating_sub(s.applied_sequence);
+                s.lag_ms = s
+                    .behind_since_ms
+                    .map(|t| now.saturating_sub(t).max(0) as u64)
+                    .unwrap_or(0);
+                s
+            })
+            .collect()
+    }
+
+    /// Waits until this master reached every position of `wanted` (its own id counted against
+    /// its committed sequence), at most `timeout`; `Err` names the positions it stands at.
+    pub async fn wait_for(
+        &self,
+        state: &ServerState,
+        wanted: &[(String, u64)],
+        timeout: Duration,
+    ) -> Result<String> {
+        let own = &state.instance_id;
+        let own_wanted = wanted
+            .iter()
+            .filter(|(id, _)| id == own)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0);
+        let others: Vec<&(String, u64)> = wanted.iter().filter(|(id, _)| id != own).collect();
+        let mut applied = self.applied.subscribe();
+        let mut commits = state.write_path.subscribe();
+        let reached = tokio::time::timeout(timeout, async {
+            loop {
+                let peers_ok = {
+                    let map = applied.borrow_and_update();
+                    others
+                        .iter()
+                        .all(|(id, s)| map.get(id).copied().unwrap_or(0) >= *s)
+                };
+                let own_ok = *commits.borrow_and_update() >= own_wanted;
+                if peers_ok && own_ok {
+                    return;
+                }
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return; },
+                    r = commits.changed() => if r.is_err() { return; },
+                }
+            }
+        })
+        .await;
+        let mut at = self.positions();
+        at.insert(own.clone(), state.write_path.committed());
+        let text = at
+            .iter()
+            .map(|(id, s)| format!("{id}={s}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match reached {
+            Ok(()) => Ok(format!("positions {text}")),
+            Err(_) => Err(ServerError::Refused(format!(
+                "positions not reached within {} ms: this master ({own}) stands at {text}",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// The positions a session wants, per origin master.
+pub type Wanted = Vec<(String, u64)>;
+
+/// Parses `DIRK WAIT ORIGINS <timeout_ms> <id>=<seq> …`; `None` for any other statement.
+pub fn parse_wait(sql: &str) -> Option<Result<(Duration, Wanted)>> {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let is = |i: usize, w: &str| words.get(i).is_some_and(|x| x.eq_ignore_ascii_case(w));
+    if !(is(0, "DIRK") && is(1, "WAIT") && is(2, "ORIGINS")) {
+        return None;
+    }
+    let bad = || {
+        ServerError::Syntax(format!(
+            "expected `DIRK WAIT ORIGINS <timeout_ms> <instance>=<position> …`, got `{}`",
+            sql.trim()
+        ))
+    };
+    let digits = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    let parsed = (|| {
+        let timeout = words
+            .get(3)
+            .filter(|w| digits(w))
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(bad)?;
+        let mut wanted = Vec::new();
+        for word in &words[4..] {
+            let (id, seq) = word.split_once('=').ok_or_else(bad)?;
+            if id.is_empty() || !digits(seq) {
+                return Err(bad());
+            }
+            wanted.push((id.to_string(), seq.parse().map_err(|_| bad())?));
+        }
+        Ok((Duration::from_millis(timeout), wanted))
+    })();
+    Some(parsed)
+}
+
+/// Creates the meta file's tables of positions.
+fn meta_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(META_SCHEMA)
+}
+
+/// Stores `origin`'s position and history in the meta file (inside the caller's transaction
+/// when it has one); never lowers it.
+pub(crate) fn store_meta_position(
+    conn: &Connection,
+    origin: &str,
+    seq: u64,
+    history: Option<&str>,
+) -> rusqlite::Result<()> {
+    meta_schema(conn)?;
+    conn.execute(
+        "INSERT INTO _dirk_peer_positions(origin, seq, history) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq), \
+         history = coalesce(excluded.history, history)",
+        params![origin, seq.min(i64::MAX as u64) as i64, history],
+    )?;
+    Ok(())
+}
+
+/// Records (or with `dropped == false` forgets) that a database was dropped by another origin,
+/// so that late entries of that database are skipped rather than waited for.
+pub(crate) fn mark_dropped(conn: &Connection, name: &str, dropped: bool) -> rusqlite::Result<()> {
+    meta_schema(conn)?;
+    if dropped {
+        conn.execute(
+            "INSERT OR IGNORE INTO _dirk_peer_dropped(name) VALUES (?1)",
+            [name],
+        )?;
+    } else {
+        conn.execute("DELETE FROM _dirk_peer_dropped WHERE name = ?1", [name])?;
+    }
+    Ok(())
+}
+
+/// True when `name` was dropped here, by another origin's event or by this master's own.
+pub(crate) fn was_dropped(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    meta_schema(conn)?;
+    let by_peer = conn
+        .query_row(
+            "SELECT 1 FROM _dirk_peer_dropped WHERE name = ?1",
+            [name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    let own = conn
+        .query_row(
+            "SELECT 1 FROM _dirk_oplog WHERE op = 'DROPDB' AND tbl = ?1 LIMIT 1",
+            [name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    Ok(by_peer || own)
+}
+
+/// The position a database file's rows stand at for `origin` (0 when none).
+pub(crate) fn file_position(conn: &Connection, origin: &str) -> rusqlite::Result<u64> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_dirk_origins'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(0);
+    }
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM _dirk_origins WHERE origin = ?1",
+            [origin],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
+}
+
+/// Loads every origin's durable position (and history) at start: the highest of the meta
+/// file's and of every database file's.
+pub(crate) fn load_positions(
+    state: &ServerState,
+    origins: &[String],
+) -> Result<BTreeMap<String, (u64, Option<String>)>> {
+    let mut out = BTreeMap::new();
+    state.meta.with(|conn| {
+        meta_schema(conn)?;
+        for origin in origins {
+            let row: Option<(i64, Option<String>)> = conn
+                .query_row(
+                    "SELECT seq, history FROM _dirk_peer_positions WHERE origin = ?1",
+                    [origin],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (seq, history) = row.unwrap_or((0, None));
+            out.insert(origin.clone(), (seq.max(0) as u64, history));
+        }
+        Ok(())
+    })?;
+    for name in state.catalog.names() {
+        let db = state.catalog.get(&name)?;
+        let conn = db.lease()?;
+        for origin in origins {
+            let seq = file_position(&conn, origin)?;
+            if let Some(entry) = out.get_mut(origin) {
+                entry.0 = entry.0.max(seq);
+            }
+        }
+        db.give_back(conn);
+    }
+    for (origin, (seq, history)) in &out {
+        state.peers.advance(origin, *seq);
+        state.peers.update(origin, |s| s.history = history.clone());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statements_parse_strictly() {
+        let (timeout, wanted) = parse_wait("dirk wait origins 250 m1=5 M2=0")
+            .unwrap()
+            .unwrap();
+        assert_eq!(timeout, Duration::from_millis(250));
+        assert_eq!(wanted, [("m1".to_string(), 5), ("M2".to_string(), 0)]);
+        assert!(parse_wait("DIRK WAIT ORIGINS 10")
+            .unwrap()
+            .unwrap()
+            .1
+            .is_empty());
+        for bad in [
+            "DIRK WAIT ORIGINS",
+            "DIRK WAIT ORIGINS x m1=1",
+            "DIRK WAIT ORIGINS 10 m1",
+            "DIRK WAIT ORIGINS 10 =1",
+            "DIRK WAIT ORIGINS 10 m1=-1",
+            "DIRK WAIT ORIGINS 10 m1=99999999999999999999999",
+        ] {
+            assert!(parse_wait(bad).unwrap().is_err(), "{bad}");
+        }
+        assert!(parse_wait("DIRK WAIT 1 2").is_none());
+    }
+
+    #[test]
+    fn positions_never_go_back_and_lag_follows_the_origin() {
+        let peers = Peers::default();
+        peers.advance("m2", 5);
+        peers.advance("m2", 3);
+        assert_eq!(peers.applied("m2"), 5);
+        peers.update("m2", |s| s.origin_sequence = 9);
+        let s = &peers.streams()[0];
+        assert_eq!((s.applied_sequence, s.lag_operations), (5, 4));
+        peers.advance("m2", 9);
+        assert_eq!(peers.streams()[0].lag_operations, 0);
+        assert_eq!(peers.streams()[0].lag_ms, 0);
+    }
+
+    #[test]
+    fn meta_positions_only_rise() {
+        let conn = Connection::open_in_memory().unwrap();
+        store_meta_position(&conn, "m2", 7, Some("h1")).unwrap();
+        store_meta_position(&conn, "m2", 4, None).unwrap();
+        let (seq, history): (i64, String) = conn
+            .query_row(
+                "SELECT seq, history FROM _dirk_peer_positions WHERE origin = 'm2'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((seq, history.as_str()), (7, "h1"));
+        mark_dropped(&conn, "d", true).unwrap();
+        conn.execute_batch(crate::oplog::CREATE_OPLOG_SQL).unwrap();
+        assert!(was_dropped(&conn, "d").unwrap());
+        mark_dropped(&conn, "d", false).unwrap();
+        assert!(!was_dropped(&conn, "d").unwrap());
+        assert_eq!(file_position(&conn, "m2").unwrap(), 0);
+        conn.execute_batch(FILE_SCHEMA).unwrap();
+        conn.execute("INSERT INTO _dirk_origins VALUES ('m2', 3)", [])
+            .unwrap();
+        assert_eq!(file_position(&conn, "m2").unwrap(), 3);
+    }
+}
