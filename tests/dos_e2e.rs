@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::cache::CacheProcess;
 use common::cluster::Cluster;
 use dirkdb_client::{Client, ClientError};
+use dirkdb_core::frame::Frame;
 
 const OPLOG: &str = r#"{ "maxEntries": 1000000 }"#;
 
@@ -208,4 +209,48 @@ async fn a_session_idle_in_a_transaction_is_rolled_back_and_closed() {
     let server_addr = cluster.addr(0);
     assert_still_serving("server", &mut cluster.nodes[0].child, &server_addr, 200).await;
     assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 200).await;
+}
+
+#[tokio::test]
+async fn a_large_answer_classified_as_a_write_streams_through_the_proxy() {
+    // `last_insert_rowid()` binds the statement to the session's primary connection, so the
+    // proxy runs it as a write; its answer (about 160 MB) must pass page by page, not be held.
+    let mut cluster = cluster_with_limits("{}");
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    let mut c = Client::connect(&proxy_addr).await.expect("connect");
+    for sql in ["CREATE DATABASE shop", "USE shop"] {
+        c.execute(sql).await.expect("setup");
+    }
+    let rows = 400_000;
+    c.send_statement(&format!(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {rows}) \
+         SELECT x, last_insert_rowid(), hex(randomblob(200)) FROM n"
+    ))
+    .await
+    .expect("send");
+    let (mut pages, mut total, mut first_page_after) = (0u64, 0u64, None);
+    let started = Instant::now();
+    loop {
+        match c.next_frame().await.expect("frame") {
+            Frame::Message(text) => {
+                assert!(!text.contains("Hadisoana"), "the answer ended in {text}");
+                break;
+            }
+            Frame::Page(page) => {
+                first_page_after.get_or_insert_with(|| started.elapsed());
+                pages += 1;
+                total = page.total_pages;
+            }
+            Frame::RelationEnd => {}
+        }
+    }
+    assert!(
+        pages > 1 && pages == total,
+        "{pages} of {total} pages arrived"
+    );
+    println!(
+        "{pages} pages; the first after {first_page_after:?}, all after {:?}",
+        started.elapsed()
+    );
+    assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 120).await;
 }

@@ -8,7 +8,8 @@
 //! (`DIRK WAIT`), and a replica that cannot within `readYourWritesWaitMs` is passed over for the
 //! next candidate, the primary last. A read whose instance fails before answering anything is
 //! retried once on another. The session's database is replayed lazily on whichever connection
-//! serves it. With a write concern of k replicas, a write's answer is held until k replicas have
+//! serves it. A write's rows pass to the client as they arrive; with a write concern of k
+//! replicas, its outcome (the last frame) is held until k replicas have
 //! applied it (`DIRK WAIT REPLICAS`), or replaced by an error saying how many did.
 //!
 //! Two extensions are answered by the session itself, from its read-your-writes position (the
@@ -80,8 +81,13 @@ enum Sink<'a, S> {
         out: &'a mut ServerConnection<S>,
         sent: bool,
     },
-    /// Kept until the statement is settled (writes awaiting their write concern).
-    Buffer(Vec<Frame>),
+    /// Rows straight to the client as they arrive; the last frame (the statement's outcome)
+    /// kept until the write is settled (its write concern), so memory stays one frame whatever
+    /// the answer's size.
+    HoldLast {
+        out: &'a mut ServerConnection<S>,
+        last: Option<Frame>,
+    },
 }
 
 /// How a read attempt ended.
@@ -267,7 +273,10 @@ impl ProxySession {
                 StatementClass::Transaction(TransactionControl::Commit)
             );
         let mut sink = if settles_write {
-            Sink::Buffer(Vec::new())
+            Sink::HoldLast {
+                out: &mut *out,
+                last: None,
+            }
         } else {
             Sink::Client {
                 out: &mut *out,
@@ -300,18 +309,16 @@ impl ProxySession {
         if !failed && self.after_success(sql, class, &mut conn) {
             self.written();
         }
-        let frames = match sink {
-            Sink::Buffer(frames) if !failed && settles_write => {
-                self.settle_write(&backend, &mut conn, frames).await?
-            }
-            Sink::Buffer(frames) => frames,
-            Sink::Client { .. } => Vec::new(),
+        let last = match sink {
+            Sink::HoldLast {
+                last: Some(last), ..
+            } if !failed => Some(self.settle_write(&backend, &mut conn, last).await?),
+            Sink::HoldLast { last, .. } => last,
+            Sink::Client { .. } => None,
         };
         self.primary = Some((backend, conn));
-        for frame in &frames {
-            out.write_frame(frame).await?;
-        }
-        if !frames.is_empty() {
+        if let Some(last) = last {
+            out.write_frame(&last).await?;
             out.flush().await?;
         }
         Ok(())
@@ -345,13 +352,14 @@ impl ProxySession {
         }
     }
 
-    /// Records the write's position and applies the write concern to its answer.
+    /// Records the write's position and applies the write concern to its outcome (the last
+    /// frame of its answer): kept when the concern is met, replaced by an error otherwise.
     async fn settle_write(
         &mut self,
         backend: &Backend,
         conn: &mut BackendConn,
-        mut frames: Vec<Frame>,
-    ) -> Result<Vec<Frame>, ProxyError> {
+        last: Frame,
+    ) -> Result<Frame, ProxyError> {
         let text = backend.extension(conn, "DIRK POSITION").await?;
         let position = parse_number(&text, "position").unwrap_or(0);
         self.last_write = self.last_write.max(position);
@@ -364,7 +372,7 @@ impl ProxySession {
             .write_concern
             .clone();
         if concern.replicas == 0 || self.txn.open || position == 0 {
-            return Ok(frames);
+            return Ok(last);
         }
         let wait = format!(
             "DIRK WAIT REPLICAS {} {position} {}",
@@ -377,22 +385,19 @@ impl ProxySession {
             && !crate::ack_watermark::acknowledge(position, &answer, still_primary)
             || !still_primary()
         {
-            frames.retain(|f| !matches!(f, Frame::Message(_)));
-            frames.push(Frame::error(format!(
+            return Ok(Frame::error(format!(
                 "the write's outcome is unknown: {} stopped being the primary, or a failover began, before it was confirmed (it may be in a rollback file)",
                 backend.id
             )));
-            return Ok(frames);
         }
         if confirmed < u64::from(concern.replicas) {
             let msg = format!(
                 "the write is committed on the primary ({}) but only {confirmed} of {} replicas confirmed it within {} ms (routing.writes.writeConcern)",
                 backend.id, concern.replicas, concern.timeout_ms
             );
-            frames.retain(|f| !matches!(f, Frame::Message(_)));
-            frames.push(Frame::error(msg));
+            return Ok(Frame::error(msg));
         }
-        Ok(frames)
+        Ok(last)
     }
 
     /// Routes a read outside a transaction.
@@ -515,7 +520,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 *sent = true;
                 out.write_frame(&frame).await?;
             }
-            Sink::Buffer(frames) => frames.push(frame),
+            Sink::HoldLast { out, last: held } => {
+                if last {
+                    *held = Some(frame);
+                } else {
+                    out.write_frame(&frame).await?;
+                }
+            }
         }
         if last {
             if let Sink::Client { out, .. } = sink {
