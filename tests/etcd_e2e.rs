@@ -13,7 +13,18 @@
 //!   resume coordination without a restart;
 //! * a cache with both proxies as upstreams keeps answering when one is killed;
 //! * a three-node etcd whose raft leader is killed: no failover, coordination goes on, and the
-//!   two remaining members still decide exactly one failover of a killed primary.
+//!   two remaining members still decide exactly one failover of a killed primary;
+//! * three proxies: the primary killed under writers through all three, one decides and the
+//!   two others reroute from their watch (measured from etcd's change);
+//! * a proxy cut off from etcd (a [`Relay`] in front of etcd, cut): it decides nothing, the
+//!   others elect one that fails over, and it reroutes once healed;
+//! * the elected proxy `kill -9`ed inside a failover, between its etcd transaction and the
+//!   promotion (held there by the test-only `DIRKDB_PAUSE_AFTER_FAILOVER_TXN_MS`): another
+//!   proxy completes it into etcd's term;
+//! * etcd stopped for ten seconds under writers (servers' leases on): no failover, never two
+//!   primaries, no acknowledged write lost, writes resume without a restart;
+//! * servers' leases in etcd: m1 cut off from etcd (its own relay) refuses writes by itself
+//!   with an error naming `serverLeases`, fails its write probe and is replaced once.
 
 mod common;
 
@@ -26,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{http, Cluster};
 use common::etcd::Etcd;
+use common::relay::Relay;
 use common::{dirkdb_bin, free_port, wait_for_port};
 use dirkdb_client::Client;
 use serde_json::Value;
@@ -37,6 +49,7 @@ struct Proxy {
     dir: PathBuf,
     port: u16,
     admin: u16,
+    pause_after_txn_ms: Option<u64>,
     child: Option<Child>,
 }
 
@@ -51,7 +64,11 @@ impl Proxy {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("proxy.log")).expect("proxy log");
-        let child = Command::new(dirkdb_bin())
+        let mut command = Command::new(dirkdb_bin());
+        if let Some(ms) = self.pause_after_txn_ms {
+            command.env("DIRKDB_PAUSE_AFTER_FAILOVER_TXN_MS", ms.to_string());
+        }
+        let child = command
             .args(["proxy", "--config"])
             .arg(self.dir.join("config.json"))
             .env("RUST_LOG", "info")
@@ -87,22 +104,87 @@ struct Setup {
     proxies: Vec<Proxy>,
     cluster: Cluster,
     etcd: Etcd,
+    /// The relays in front of etcd: m1's (with `Options::m1_relay`), then one per proxy (with
+    /// `Options::proxy_relays`), each forwarding to etcd's first member.
+    m1_relay: Option<Relay>,
+    proxy_relays: Vec<Relay>,
+}
+
+/// What a test's setup needs beyond the default (two proxies, no server leases).
+#[derive(Clone, Copy)]
+struct Options {
+    proxies: usize,
+    /// `failover.coordinator.serverLeases` in every config.json (servers' leases in etcd).
+    server_leases: bool,
+    /// m1 reaches etcd through a relay (`Setup::m1_relay`) that the test can cut.
+    m1_relay: bool,
+    /// Each proxy reaches etcd through its own relay (`Setup::proxy_relays`).
+    proxy_relays: bool,
+    /// `DIRKDB_PAUSE_AFTER_FAILOVER_TXN_MS` for every proxy.
+    pause_after_txn_ms: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            proxies: 2,
+            server_leases: false,
+            m1_relay: false,
+            proxy_relays: false,
+            pause_after_txn_ms: None,
+        }
+    }
+}
+
+/// `failover` of every config.json, with etcd at `endpoints`.
+fn failover_section(endpoints: Vec<String>, server_leases: bool) -> Value {
+    serde_json::json!({
+        "mode": "AUTOMATIC", "detectionMillis": 500, "leaseMillis": 1000,
+        "clockDriftMillis": 100,
+        "coordinator": { "type": "ETCD", "endpoints": endpoints,
+                         "prefix": PREFIX, "leaseMillis": 1000, "serverLeases": server_leases }
+    })
 }
 
 impl Setup {
-    /// Three servers and `proxies` proxies coordinated through `etcd`, each proxy elected or
-    /// not, with the table `w` ready.
+    /// Three servers and `proxies` proxies coordinated through `etcd`, one of them elected,
+    /// with the table `w` ready.
     async fn start(etcd: Etcd, proxies: usize) -> Setup {
+        Setup::start_with(
+            etcd,
+            Options {
+                proxies,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// The same with `options`.
+    async fn start_with(etcd: Etcd, options: Options) -> Setup {
         let routing = r#"{ "writes": { "writeConcern": { "replicas": 1, "timeoutMs": 2000 } } }"#;
         let mut cluster = Cluster::configure_with(2, r#"{ "maxEntries": 1000000 }"#, routing);
+        let config_path = cluster.dir.path().join("config.json");
+        let mut base: Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config"))
+                .expect("config json");
+        base["failover"] = failover_section(etcd.endpoints(), options.server_leases);
+        std::fs::write(&config_path, base.to_string()).expect("write config");
+        let etcd_port = etcd.members[0].client_port;
+        let m1_relay = options.m1_relay.then(|| Relay::start(etcd_port));
         for i in 0..cluster.nodes.len() {
-            cluster.spawn(i);
+            match (&m1_relay, i) {
+                (Some(relay), 0) => {
+                    let mut own = base.clone();
+                    let through = vec![format!("127.0.0.1:{}", relay.port)];
+                    own["failover"] = failover_section(through, options.server_leases);
+                    spawn_server_with(&mut cluster, 0, &own);
+                }
+                _ => cluster.spawn(i),
+            }
         }
-        let base: Value = serde_json::from_str(
-            &std::fs::read_to_string(cluster.dir.path().join("config.json")).expect("config"),
-        )
-        .expect("config json");
-        let proxies = (0..proxies)
+        let mut proxy_relays = Vec::new();
+        let proxies = (0..options.proxies)
             .map(|k| {
                 let dir = cluster.dir.path().join(format!("proxy{}", k + 1));
                 std::fs::create_dir_all(&dir).expect("proxy dir");
@@ -110,17 +192,18 @@ impl Setup {
                 let mut config = base.clone();
                 config["loadBalancer"]["listenPort"] = port.into();
                 config["loadBalancer"]["adminPort"] = admin.into();
-                config["failover"] = serde_json::json!({
-                    "mode": "AUTOMATIC", "detectionMillis": 500, "leaseMillis": 1000,
-                    "clockDriftMillis": 100,
-                    "coordinator": { "type": "ETCD", "endpoints": etcd.endpoints(),
-                                     "prefix": PREFIX, "leaseMillis": 1000 }
-                });
+                if options.proxy_relays {
+                    let relay = Relay::start(etcd_port);
+                    let through = vec![format!("127.0.0.1:{}", relay.port)];
+                    config["failover"] = failover_section(through, options.server_leases);
+                    proxy_relays.push(relay);
+                }
                 std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
                 let mut proxy = Proxy {
                     dir,
                     port,
                     admin,
+                    pause_after_txn_ms: options.pause_after_txn_ms,
                     child: None,
                 };
                 proxy.spawn();
@@ -131,6 +214,8 @@ impl Setup {
             proxies,
             cluster,
             etcd,
+            m1_relay,
+            proxy_relays,
         };
         setup.wait_for_one_elected(Duration::from_secs(15));
         let mut c = setup.client(0).await;
@@ -195,6 +280,16 @@ impl Setup {
         });
     }
 
+    /// Waits until the proxies `among` route to `id`.
+    fn wait_all_route_to_among(&self, among: &[usize], id: &str, timeout: Duration) {
+        wait_for(timeout, &format!("proxies {among:?} route to {id}"), || {
+            among
+                .iter()
+                .all(|&k| self.proxies[k].status()["primary"] == id)
+                .then_some(())
+        });
+    }
+
     /// The running servers reporting PRIMARY.
     fn acting_primaries(&self) -> Vec<String> {
         (0..self.cluster.nodes.len())
@@ -227,6 +322,26 @@ impl Setup {
             .map(|(k, p)| format!("--- proxy{} ---\n{}", k + 1, tail(&p.log())))
             .collect()
     }
+}
+
+/// Starts server `i` of `cluster` with its own `config` (written beside the cluster's).
+fn spawn_server_with(cluster: &mut Cluster, i: usize, config: &Value) {
+    let id = cluster.nodes[i].id.clone();
+    let path = cluster.dir.path().join(format!("{id}-config.json"));
+    std::fs::write(&path, config.to_string()).expect("write own config");
+    let log = std::fs::File::create(cluster.dir.path().join(format!("{id}.log"))).expect("log");
+    let child = Command::new(dirkdb_bin())
+        .args(["server", "--config"])
+        .arg(&path)
+        .args(["--instance", &id])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn dirkdb server");
+    cluster.nodes[i].child = Some(child);
+    wait_for_port(cluster.nodes[i].port);
+    wait_for_port(cluster.nodes[i].admin);
 }
 
 fn tail(text: &str) -> String {
@@ -494,11 +609,22 @@ async fn a_failover_interrupted_after_its_transaction_is_finished_by_the_elected
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd_stopped_for_seconds_means_no_failover_and_both_proxies_resume_after() {
-    let mut setup = Setup::start(Etcd::single(), 2).await;
+async fn etcd_stopped_for_ten_seconds_under_writers_loses_nothing_elects_no_second_primary_and_resumes(
+) {
+    let options = Options {
+        server_leases: true,
+        ..Options::default()
+    };
+    let mut setup = Setup::start_with(Etcd::single(), options).await;
     write_through(&setup, 0, 600_000_000_001, Duration::from_secs(10)).await;
     let (_, version_before) = setup.record();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let acked_before = record.acknowledged.lock().unwrap().len();
     setup.etcd.kill_all();
+    let outage = Instant::now();
     wait_for(
         Duration::from_secs(10),
         "both proxies saying etcd is unreachable",
@@ -515,9 +641,10 @@ async fn etcd_stopped_for_seconds_means_no_failover_and_both_proxies_resume_afte
             .is_some_and(|e| e.contains("etcd unreachable")),
         "{status}"
     );
-    // Reads go on through both proxies meanwhile, and nobody fails over.
-    let outage = Instant::now();
-    while outage.elapsed() < Duration::from_secs(4) {
+    // For ten seconds: reads go on through both proxies, nobody fails over, and never is more
+    // than one server primary; m1 stops writing by itself once its etcd lease has run out.
+    let mut m1_refused = None;
+    while outage.elapsed() < Duration::from_secs(10) {
         for k in 0..2 {
             let mut c = setup.client(k).await;
             c.execute("USE e2e").await.expect("use during the outage");
@@ -528,9 +655,18 @@ async fn etcd_stopped_for_seconds_means_no_failover_and_both_proxies_resume_afte
             assert!(rows.rows[0][0].as_u64() >= Some(1));
             assert_eq!(setup.proxies[k].status()["primary"], "m1");
         }
+        assert_eq!(setup.acting_primaries(), vec!["m1".to_string()]);
+        let m1 = setup.cluster.get(0, "/replication/status");
+        if m1_refused.is_none() && m1["etcdLease"]["held"] == false {
+            m1_refused = Some(outage.elapsed());
+            assert_eq!(m1["acceptsWrites"], false, "{m1}");
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let m1_refused = m1_refused.expect("m1 gave its etcd lease up during the outage");
+    let acked_during: usize = record.acknowledged.lock().unwrap().len();
     setup.etcd.restart_stopped();
+    let back = Instant::now();
     setup.wait_for_one_elected(Duration::from_secs(15));
     for k in 0..2 {
         write_through(
@@ -541,10 +677,371 @@ async fn etcd_stopped_for_seconds_means_no_failover_and_both_proxies_resume_afte
         )
         .await;
     }
+    let resumed = back.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
     let (after, version_after) = setup.record();
     assert_eq!(version_after, version_before, "no failover: {after}");
     assert_eq!(after["primary"], "m1");
     assert_eq!(setup.acting_primaries(), vec!["m1".to_string()]);
+    assert_eq!(
+        setup.cluster.get(0, "/replication/status")["etcdLease"]["held"],
+        true
+    );
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    setup.cluster.wait_converged(0, Duration::from_secs(10));
+    setup.cluster.assert_same_data(0);
+    let held = setup.ids_on(0).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    println!(
+        "{} writes acknowledged ({acked_before} before the outage, {acked_during} by its end), {} failed; m1 refused writes {m1_refused:?} into the outage; writes resumed through both proxies {resumed:?} after etcd came back",
+        acknowledged.len(),
+        record.failed.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_cut_off_from_etcd_stops_writing_by_itself_and_is_replaced_once() {
+    let options = Options {
+        server_leases: true,
+        m1_relay: true,
+        ..Options::default()
+    };
+    let setup = Setup::start_with(Etcd::single(), options).await;
+    write_through(&setup, 0, 300_000_000_001, Duration::from_secs(10)).await;
+    for i in 0..3 {
+        let s = setup.cluster.get(i, "/replication/status");
+        assert_eq!(s["etcdLease"]["held"], i == 0, "{s}");
+    }
+    let (before, version_before) = setup.record();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cut = Instant::now();
+    setup.m1_relay.as_ref().expect("m1's relay").cut();
+    // m1 refuses writes by itself, with an error that names the cause.
+    let mut direct = setup.cluster.client(0).await;
+    direct.execute("USE e2e").await.expect("use on m1");
+    let mut n = 0;
+    let refusal = wait_for(Duration::from_secs(5), "m1 refusing a write", || {
+        n += 1;
+        let sql = format!(
+            "INSERT INTO w (id, via) VALUES ({}, 8)",
+            300_000_001_000u64 + n
+        );
+        let answer = futures_block_on(direct.execute(&sql));
+        answer.err().map(|e| e.to_string())
+    });
+    let stopped_after = cut.elapsed();
+    assert!(
+        refusal.contains("holds no lease in etcd") && refusal.contains("serverLeases"),
+        "{refusal}"
+    );
+    let new = wait_for(Duration::from_secs(20), "a new primary in etcd", || {
+        let (r, _) = setup.record();
+        (r["primary"] != "m1").then(|| r["primary"].as_str().unwrap_or("").to_string())
+    });
+    let replaced_after = cut.elapsed();
+    setup.wait_all_route_to(&new, Duration::from_secs(5));
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            300_000_000_010 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let p = setup.index_of(&new);
+    assert_eq!(
+        setup.cluster.get(p, "/replication/status")["etcdLease"]["held"],
+        true
+    );
+    // Healed, m1 stays a replica of the new primary.
+    setup.m1_relay.as_ref().expect("m1's relay").heal();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(
+        version_after,
+        version_before + 1,
+        "one failover: {before} then {after}"
+    );
+    assert!(after["term"].as_u64() > before["term"].as_u64());
+    assert_eq!(setup.acting_primaries(), vec![new.clone()], "one primary");
+    let m1 = setup.cluster.get(0, "/replication/status");
+    assert_eq!(m1["role"], "REPLICA", "{m1}");
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    let held = setup.ids_on(p).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    println!(
+        "{} writes acknowledged, {} failed; m1 refused writes {stopped_after:?} after it was cut off from etcd, {new} was primary in etcd {replaced_after:?} after",
+        acknowledged.len(),
+        record.failed.load(Ordering::Relaxed)
+    );
+}
+
+/// Runs a future to completion from a synchronous probe (the tests' runtime has spare
+/// workers).
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_proxies_one_decision_the_two_others_reroute_within_a_few_hundred_ms() {
+    let options = Options {
+        proxies: 3,
+        ..Options::default()
+    };
+    let mut setup = Setup::start_with(Etcd::single(), options).await;
+    let (before, version_before) = setup.record();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    setup.cluster.kill9(0);
+    let killed = Instant::now();
+    // Polled every 5 ms (not wait_for's 50) so that the reroute times mean something.
+    let new = loop {
+        let (r, _) = setup.record();
+        if r["primary"] != "m1" {
+            break r["primary"].as_str().unwrap_or("").to_string();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no new primary in etcd"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let recorded = Instant::now();
+    let decided_after = killed.elapsed();
+    let mut rerouted: Vec<Option<Duration>> = vec![None; 3];
+    while rerouted.iter().any(Option::is_none) && recorded.elapsed() < Duration::from_secs(5) {
+        for (k, at) in rerouted.iter_mut().enumerate() {
+            if at.is_none() && setup.proxies[k].status()["primary"] == new.as_str() {
+                *at = Some(recorded.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(
+        version_after,
+        version_before + 1,
+        "one failover: {before} then {after}"
+    );
+    let deciders: Vec<usize> = (0..3)
+        .filter(|&k| {
+            setup.proxies[k].status()["coordinator"]["failoversRecorded"].as_u64() == Some(1)
+        })
+        .collect();
+    assert_eq!(
+        deciders.len(),
+        1,
+        "one proxy decided
+{}",
+        setup.logs()
+    );
+    let followers: Vec<Duration> = (0..3)
+        .filter(|k| *k != deciders[0])
+        .map(|k| rerouted[k].unwrap_or_else(|| panic!("proxy{} did not reroute", k + 1)))
+        .collect();
+    for d in &followers {
+        assert!(
+            *d < Duration::from_millis(1000),
+            "a follower rerouted {d:?} after the record changed"
+        );
+    }
+    for k in 0..3 {
+        write_through(
+            &setup,
+            k,
+            200_000_000_000 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    assert_eq!(setup.acting_primaries(), vec![new.clone()]);
+    let p = setup.index_of(&new);
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    let held = setup.ids_on(p).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    let vias: BTreeSet<u64> = acknowledged.iter().map(|id| id / 1_000_000_000).collect();
+    assert_eq!(
+        vias.len(),
+        6,
+        "every writer of the three proxies was acknowledged"
+    );
+    println!(
+        "{} writes acknowledged; etcd named {new} {decided_after:?} after the kill; from then the deciding proxy rerouted in {:?}, the two others in {followers:?}",
+        acknowledged.len(),
+        rerouted[deciders[0]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_cut_off_from_etcd_decides_nothing_and_reroutes_once_healed() {
+    let options = Options {
+        proxy_relays: true,
+        ..Options::default()
+    };
+    let mut setup = Setup::start_with(Etcd::single(), options).await;
+    let elected = setup.wait_for_one_elected(Duration::from_secs(10));
+    let other = 1 - elected;
+    let (_, version_before) = setup.record();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    setup.proxy_relays[elected].cut();
+    wait_for(Duration::from_secs(10), "the other proxy elected", || {
+        let cut_off = setup.proxies[elected].status()["coordinator"].clone();
+        let next = setup.proxies[other].status()["coordinator"].clone();
+        (cut_off["reachable"] == false && cut_off["decides"] == false && next["decides"] == true)
+            .then_some(())
+    });
+    setup.cluster.kill9(0);
+    let new = wait_for(Duration::from_secs(20), "a new primary in etcd", || {
+        let (r, _) = setup.record();
+        (r["primary"] != "m1").then(|| r["primary"].as_str().unwrap_or("").to_string())
+    });
+    setup.wait_all_route_to_among(&[other], &new, Duration::from_secs(5));
+    // Cut off, the old leader neither decides nor learns: it stays on the last primary it knew.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cut_off = setup.proxies[elected].status();
+    assert_eq!(cut_off["primary"], "m1", "{cut_off}");
+    assert_eq!(cut_off["coordinator"]["failoversRecorded"], 0, "{cut_off}");
+    let healed = Instant::now();
+    setup.proxy_relays[elected].heal();
+    setup.wait_all_route_to(&new, Duration::from_secs(10));
+    let rerouted = healed.elapsed();
+    write_through(&setup, elected, 100_000_000_001, Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (after, version_after) = setup.record();
+    assert_eq!(version_after, version_before + 1, "one failover: {after}");
+    assert!(
+        after["by"]
+            .as_str()
+            .is_some_and(|by| by.ends_with(&format!(":{}", setup.proxies[other].port))),
+        "the proxy still reaching etcd decided: {after}"
+    );
+    assert_eq!(setup.acting_primaries(), vec![new.clone()]);
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    let held = setup.ids_on(setup.index_of(&new)).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    println!("the cut-off proxy rerouted {rerouted:?} after its link to etcd healed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_elected_proxy_killed_inside_a_failover_leaves_one_that_another_completes() {
+    let options = Options {
+        proxies: 3,
+        pause_after_txn_ms: Some(5000),
+        ..Options::default()
+    };
+    let mut setup = Setup::start_with(Etcd::single(), options).await;
+    let (_, version_before) = setup.record();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    setup.cluster.kill9(0);
+    let (after, _) = wait_for(Duration::from_secs(20), "a new primary in etcd", || {
+        let (r, v) = setup.record();
+        (r["primary"] != "m1").then_some((r, v))
+    });
+    // The deciding proxy is held between its transaction and the promotion: kill it there.
+    let by = after["by"].as_str().unwrap_or_default().to_string();
+    let decider = (0..3)
+        .find(|&k| by.ends_with(&format!(":{}", setup.proxies[k].port)))
+        .expect("the record names a proxy");
+    let new = after["primary"].as_str().unwrap_or_default().to_string();
+    let p = setup.index_of(&new);
+    assert_eq!(
+        setup.cluster.get(p, "/replication/status")["role"],
+        "REPLICA"
+    );
+    setup.proxies[decider].kill9();
+    let killed = Instant::now();
+    wait_for(
+        Duration::from_secs(15),
+        "the new primary promoted into etcd's term",
+        || {
+            let s = setup.cluster.get(p, "/replication/status");
+            (s["role"] == "PRIMARY" && s["term"] == after["term"]).then_some(())
+        },
+    );
+    let completed = killed.elapsed();
+    setup.wait_all_route_to(&new, Duration::from_secs(5));
+    for k in setup.running() {
+        write_through(
+            &setup,
+            k,
+            150_000_000_000 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (last, version_after) = setup.record();
+    assert_eq!(
+        version_after,
+        version_before + 1,
+        "one failover, completed: {last}"
+    );
+    assert_eq!(setup.acting_primaries(), vec![new.clone()]);
+    let completer_logs = setup.logs();
+    assert!(
+        completer_logs.contains("a failover was interrupted"),
+        "{completer_logs}"
+    );
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    let held = setup.ids_on(p).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    println!("{new} promoted by another proxy {completed:?} after the deciding proxy was killed");
 }
 
 /// `dirkdb cache --upstream proxy1,proxy2` in front of the two proxies.

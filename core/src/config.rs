@@ -631,6 +631,11 @@ pub struct EtcdCoordinator {
     /// milliseconds; rounded up to whole seconds (etcd's lease unit). Default 3000.
     #[serde(default = "EtcdCoordinator::default_lease_millis")]
     pub lease_millis: u64,
+    /// When true, each server also holds its own lease in etcd (same `leaseMillis`): a primary
+    /// writes only while it renews it and etcd's primary record names it at its term, so a
+    /// primary cut off from etcd stops accepting writes by itself. Default false.
+    #[serde(default)]
+    pub server_leases: bool,
 }
 
 impl EtcdCoordinator {

@@ -119,6 +119,7 @@ async fn status(State(state): Shared) -> ApiResult {
             "required": state.write_path.lease().required(),
             "leftMs": state.write_path.lease().remaining().map(|d| d.as_millis() as u64),
         },
+        "etcdLease": crate::replication::etcd_lease::status(&state),
         "committedSequence": committed,
         "mode": state.replication.mode().as_str(),
         "prunedThrough": floor,
@@ -372,6 +373,7 @@ async fn promote(State(state): Shared, body: axum::body::Bytes) -> ApiResult {
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (chain, term) = promoted.map_err(conflict)?;
+    crate::replication::etcd_lease::after_promotion(&state).await;
     let lease = match (body.lease_millis, body.sent_at_ms) {
         (Some(ms), Some(at)) => state
             .grant_lease(term, ms, at)

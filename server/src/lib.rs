@@ -105,6 +105,7 @@ pub async fn run(
         tokio::spawn(prune_periodically(state.clone())),
         tokio::spawn(checkpoint_periodically(state.clone())),
     ];
+    background.extend(replication::etcd_lease::start(&state, config));
     if let Some(path) = config_path {
         background.push(tokio::spawn(watch_security(path, state.clone())));
     }

@@ -42,6 +42,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 const RETRY: Duration = Duration::from_millis(500);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Test builds only: `DIRKDB_PAUSE_AFTER_FAILOVER_TXN_MS` holds a failover that long right after
+/// its etcd transaction, before the promotion, so that a test can kill the proxy at that moment.
+#[cfg(feature = "failure-injection")]
+async fn pause_after_transaction() {
+    let pause = std::env::var("DIRKDB_PAUSE_AFTER_FAILOVER_TXN_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = pause {
+        tracing::warn!(
+            ms,
+            "failure injection: pausing after the failover transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(not(feature = "failure-injection"))]
+async fn pause_after_transaction() {}
+
 /// One proxy's coordinator.
 pub(crate) struct Etcd {
     settings: EtcdCoordinator,
@@ -506,10 +525,13 @@ impl Etcd {
             )));
         }
         let revision = answer.header().map_or(0, |h| h.revision());
-        let mut s = self.state();
-        s.record = Some((record.clone(), revision));
-        s.failovers += 1;
+        {
+            let mut s = self.state();
+            s.record = Some((record.clone(), revision));
+            s.failovers += 1;
+        }
         tracing::warn!(%old, %new, term = record.term, revision, "failover recorded in etcd");
+        pause_after_transaction().await;
         Ok(record.term)
     }
 

@@ -36,6 +36,8 @@ pub struct Lease {
     /// Renewals sent at or before this (proxy clock) are refused: a renewal still in flight when
     /// the proxy took the lease away must not give it back.
     revoked_through_ms: AtomicI64,
+    /// The lease in etcd, when `failover.coordinator.serverLeases` asks for one.
+    etcd: super::etcd_lease::EtcdHold,
 }
 
 /// Why a renewal was refused.
@@ -70,6 +72,7 @@ impl Lease {
             primary: AtomicBool::new(primary),
             until: Mutex::new(None),
             revoked_through_ms: AtomicI64::new(i64::MIN),
+            etcd: Default::default(),
         }
     }
 
@@ -128,13 +131,23 @@ impl Lease {
         until.checked_duration_since(Instant::now())
     }
 
-    /// True when a primary may write now: leases are not enforced, or one is held.
+    /// True when a primary may write now: leases are not enforced, or one is held (and the
+    /// etcd lease too, when one is required).
     pub fn allows_writes(&self) -> bool {
-        !self.required() || self.remaining().is_some_and(|d| !d.is_zero())
+        (!self.required() || self.remaining().is_some_and(|d| !d.is_zero()))
+            && self.etcd.allows_writes()
+    }
+
+    /// The lease in etcd ([`super::etcd_lease`]).
+    pub fn etcd(&self) -> &super::etcd_lease::EtcdHold {
+        &self.etcd
     }
 
     /// `Ok` when a client write may start now; the reason otherwise.
     pub fn check_write(&self) -> Result<(), ServerError> {
+        if self.primary.load(Ordering::Acquire) {
+            self.etcd.check()?;
+        }
         if !self.primary.load(Ordering::Acquire) || self.allows_writes() {
             return Ok(());
         }

@@ -15,6 +15,7 @@
 //! for write concerns only when it carries the current term.
 
 pub mod apply;
+pub mod etcd_lease;
 pub mod file_mode;
 pub mod follower;
 pub mod lease;

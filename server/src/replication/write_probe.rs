@@ -7,7 +7,9 @@
 //! and removes it, then commits one setting of the meta file (SQLite, with the node's
 //! `storage.synchronous`). It writes no database and takes no writer gate, so a long client
 //! transaction never makes it fail; and it runs on a primary without a lease as well (the lease
-//! is the proxy's to give, not a property of the disk).
+//! is the proxy's to give, not a property of the disk). A primary that must hold a lease in etcd
+//! (`failover.coordinator.serverLeases`) and does not fails it: it is cut off from the
+//! coordinator, and cannot write until it is back ([`super::etcd_lease`]).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -24,6 +26,14 @@ const PROBE_SETTING: &str = "write_probe_ms";
 /// it took, or what failed.
 pub fn probe(state: &ServerState) -> Result<Duration, String> {
     let started = Instant::now();
+    if !state.is_replica() {
+        state
+            .write_path
+            .lease()
+            .etcd()
+            .check()
+            .map_err(|e| e.to_string())?;
+    }
     let path = state.data_dir().join(PROBE_FILE);
     let written = std::fs::File::create(&path).and_then(|mut file| {
         file.write_all(&[0u8; 4096])?;
