@@ -240,6 +240,27 @@ fn course() -> Vec<(&'static str, Want)> {
         ("alaivo 1 / 0", Fail("division by zero numerator = 1.0 / 0")),
         ("alaivo id / 0 #ao@ mpianatra #rehefa id > 100", Rel("mpianatra_selection_projection", &["(ID(QualifiedIdentifier [origin=null, name=id]) DIV NUMBER(0.0))"], json!([]))),
         ("alaivo 'abc' + 1 antso x, '12abc' + 1 antso y", Rel("dual_projection", &["x", "y"], json!([[1.0, 13.0]]))),
+        // A boolean stays one through derived tables, views and set operations, and no domain
+        // takes it (DirkDB's NUMBER, VARCHAR, TANISA and DATE refuse a Boolean).
+        (
+            "alaivo b, b ary 1 = 1 antso c #ao@ (alaivo id > 1 antso b #ao@ mpianatra) q",
+            Rel("mpianatra_projection_projection", &["b", "c"], json!([[false, false], [true, true], [true, true]])),
+        ),
+        (
+            "alaivo id > 2 antso b #ao@ mpianatra #ankambana@ alaivo 1 = 1 antso b",
+            Rel("mpianatra_projection_Union_dual_projection", &["b"], json!([[false], [true]])),
+        ),
+        ("manamboara jery marina @ alaivo id, id = 2 antso b #ao@ mpianatra", Msg("Ny jery : marina dia voaforona soamantsara")),
+        ("alaivo b #ao@ marina #rehefa b", Rel("marina_selection_projection", &["b"], json!([[true]]))),
+        (
+            "manampia ao mpianatra (id) alaivo 1 = 1",
+            Fail("can not convert into domain d : Domain{NUMBER(min:null,max:null)} at values ind=0 { true } "),
+        ),
+        (
+            "havaozy mpianatra ova anarana = id > 1 rehefa id = 2",
+            Fail("can not convert into domain d : Domain{VARCHAR( 2,10 )} at values ind=1 { true } "),
+        ),
+        ("ravao ny jery marina", Msg("")),
         // `#vondrona` checks, in DirkDB's words.
         (
             "alaivo lohahevitra, naoty #ao@ naoty_tb #vondrona (lohahevitra)",

@@ -402,7 +402,8 @@ pub fn register_domain_violation(conn: &Connection) -> rusqlite::Result<()> {
                     text = String::from_utf8_lossy(t).into_owned();
                     DomainValue::Text(&text)
                 }
-                ValueRef::Blob(_) => DomainValue::Other,
+                ValueRef::Blob(b) => dirkdb_core::sql::dirkdb::values::blob_bool(b)
+                    .map_or(DomainValue::Other, DomainValue::Bool),
             };
             let index = ctx.get::<i64>(1)?.max(0) as usize;
             let domain = ctx.get::<String>(2)?;

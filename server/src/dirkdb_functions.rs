@@ -2,7 +2,7 @@
 //! for their meaning), registered on every SQLite connection of the server: DirkDB's value
 //! semantics for comparisons, arithmetic, truthiness and aggregates, with DirkDB's error texts.
 
-use dirkdb_core::sql::dirkdb::values::{Function, Output, Value};
+use dirkdb_core::sql::dirkdb::values::{blob_bool, bool_blob, Function, Output, Value};
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::Connection;
@@ -38,11 +38,13 @@ fn call(f: Function, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
             (ValueRef::Integer(n), _) => Value::Number(*n as f64),
             (ValueRef::Real(r), _) => Value::Number(*r),
             (ValueRef::Text(_), Some(t)) => Value::Text(t),
+            (ValueRef::Blob(b), _) => blob_bool(b).map_or(Value::Other, Value::Bool),
             _ => Value::Other,
         })
         .collect();
     match f.call(&args) {
         Ok(Output::Bool(b)) => Ok(SqlValue::Integer(i64::from(b))),
+        Ok(Output::Boolean(b)) => Ok(SqlValue::Blob(bool_blob(b).to_vec())),
         Ok(Output::Number(n)) => Ok(SqlValue::Real(n)),
         Ok(Output::First) => Ok(raw.first().map_or(SqlValue::Null, |v| owned(*v))),
         Err(text) => Err(rusqlite::Error::UserFunctionError(text.into())),

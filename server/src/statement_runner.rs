@@ -545,13 +545,6 @@ fn stream_rows(
         }
     }
     let width = columns.len();
-    let booleans = naming.map_or(&[][..], |n| &n.booleans[..]);
-    let row_values = |row: &rusqlite::Row<'_>, width: usize| {
-        row_values(row, width).map(|mut values| {
-            show_booleans(&mut values, booleans);
-            values
-        })
-    };
     let readonly = stmt.readonly();
     let mut rows = stmt.raw_query();
     let window = options.page_rows.saturating_mul(WINDOW_PAGES);
@@ -630,19 +623,13 @@ fn row_values(row: &rusqlite::Row<'_>, width: usize) -> Result<Vec<Value>, RunEr
             ValueRef::Integer(n) => Value::from(n),
             ValueRef::Real(f) => value::real(f),
             ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => value::blob(b),
+            // DirkDB's boolean values (see `dirkdb_core::sql::dirkdb::values`) are answered as such.
+            ValueRef::Blob(b) => {
+                dirkdb::values::blob_bool(b).map_or_else(|| value::blob(b), Value::Bool)
+            }
         });
     }
     Ok(values)
-}
-
-/// DirkDB's booleans are SQLite's 1/0: shown as `true`/`false` in the columns that hold them.
-fn show_booleans(values: &mut [Value], booleans: &[bool]) {
-    for (value, _) in values.iter_mut().zip(booleans).filter(|(_, b)| **b) {
-        if let Some(n) = value.as_f64() {
-            *value = Value::Bool(n != 0.0);
-        }
-    }
 }
 
 /// Cuts rows into pages and sends each as soon as it is full.

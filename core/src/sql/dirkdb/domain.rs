@@ -229,6 +229,7 @@ pub fn debug_value(value: &DomainValue<'_>) -> String {
         DomainValue::Null => "null".into(),
         DomainValue::Number(n) => java_double(*n),
         DomainValue::Text(s) => format!("\"{s}\""),
+        DomainValue::Bool(b) => b.to_string(),
         DomainValue::Other => "?".into(),
     }
 }
@@ -242,6 +243,8 @@ pub enum DomainValue<'a> {
     Number(f64),
     /// A string.
     Text(&'a str),
+    /// DirkDB's boolean value (a select item such as `1 = 1`), which no domain accepts.
+    Bool(bool),
     /// Anything else (a BLOB).
     Other,
 }

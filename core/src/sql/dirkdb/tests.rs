@@ -40,7 +40,7 @@ fn select_translation_keeps_dirkdb_meaning() {
     );
     assert_eq!(
         sql("alaivo 1 = 1 na 2 = 2 ary 1 = 2 antso x"),
-        "SELECT (CASE WHEN (CASE WHEN dirkdb_eq(1.0, 1.0) THEN 1 ELSE dirkdb_eq(2.0, 2.0) END) THEN dirkdb_eq(1.0, 2.0) ELSE 0 END) AS `x`"
+        "SELECT dirkdb_bool((CASE WHEN (CASE WHEN dirkdb_eq(1.0, 1.0) THEN 1 ELSE dirkdb_eq(2.0, 2.0) END) THEN dirkdb_eq(1.0, 2.0) ELSE 0 END)) AS `x`"
     );
     assert_eq!(
         sql("alaivo * #ao@ t #fetra 2"),
@@ -111,7 +111,6 @@ fn every_join_kind() {
                 ("a".into(), None),
                 ("b".into(), None)
             ]),
-            booleans: vec![false, false, false],
         }
     );
     assert_eq!(
@@ -320,7 +319,7 @@ fn routing_sql_for_classification() {
 }
 
 #[test]
-fn values_use_dirkdb_functions_and_booleans_are_named() {
+fn values_use_dirkdb_functions_and_booleans_leave_as_values() {
     assert_eq!(
         sql("alaivo null + 1 antso x, -null antso y, 1 / 0 antso z"),
         "SELECT dirkdb_add(NULL, 1.0) AS `x`, dirkdb_neg(NULL) AS `y`, dirkdb_div(1.0, 0.0) AS `z`"
@@ -333,13 +332,17 @@ fn values_use_dirkdb_functions_and_booleans_are_named() {
         sql("alaivo count(n) #ao@ t"),
         "SELECT dirkdb_row_aggregate('count', `n`) AS `FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=n])])` FROM `t`"
     );
+    // Booleans leaving an expression become DirkDB's boolean values; inside one they stay 1/0.
     assert_eq!(
-        relation("alaivo 1 = 1 antso a, 2, !n, n dia null, n #ao@ t").booleans,
-        vec![true, false, true, true, false]
+        sql("alaivo 1 = 1 antso a, 2, !n, n dia null, n #ao@ t"),
+        "SELECT dirkdb_bool(dirkdb_eq(1.0, 1.0)) AS `a`, 2.0 AS `NUMBER(2.0)`, \
+         dirkdb_bool((NOT dirkdb_truth(`n`))) AS `NOT(ID(QualifiedIdentifier [origin=null, name=n]))`, \
+         dirkdb_bool((`n` IS NULL)) AS `(ID(QualifiedIdentifier [origin=null, name=n]) Is NULLVALUE(null))`, \
+         `n` FROM `t`"
     );
     assert_eq!(
-        relation("alaivo * #ao@ (alaivo n > 1 antso b #ao@ t) q").booleans,
-        vec![true]
+        sql("havaozy t ova n = n > 1 rehefa n > 1 ary s"),
+        "UPDATE `t` SET `n` = dirkdb_bool(dirkdb_gt(`n`, 1.0)) WHERE (CASE WHEN dirkdb_gt(`n`, 1.0) THEN dirkdb_truth(`s`) ELSE 0 END)"
     );
 }
 

@@ -89,9 +89,6 @@ pub struct Naming {
     pub relation: String,
     /// Column names and origins; `None` keeps SQLite's (for `*`).
     pub columns: Option<Vec<(String, Option<String>)>>,
-    /// Per column, whether DirkDB's value is a boolean (SQLite's 1/0 is shown as
-    /// `true`/`false`); shorter than the columns (or empty) for the rest.
-    pub booleans: Vec<bool>,
 }
 
 /// Plans a table-level statement; database-level ones (`tahiry`, `ampiasao`) are the server's.
@@ -282,7 +279,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             let _ = db()?;
             let s: Vec<String> = sets
                 .iter()
-                .map(|(c, e)| format!("{} = {}", ident(c), expr_sql(e)))
+                .map(|(c, e)| format!("{} = {}", ident(c), value_sql(e)))
                 .collect();
             let mut sql = format!("UPDATE {} SET {}", ident(table), s.join(", "));
             if let Some(f) = filter {
@@ -334,7 +331,6 @@ pub fn show_naming() -> Naming {
     Naming {
         relation: "fanasehoana".into(),
         columns: Some(vec![("fanasehoana".into(), Some("fanasehoana".into()))]),
-        booleans: Vec::new(),
     }
 }
 
@@ -776,7 +772,7 @@ fn group_item_sql(e: &Expr, alias: Option<&str>) -> String {
 }
 
 fn item_sql(e: &Expr, alias: Option<&str>) -> String {
-    let sql = expr_sql(e);
+    let sql = value_sql(e);
     match (alias, e) {
         (Some(a), _) => format!("{sql} AS {}", ident(a)),
         (None, Expr::Column(_)) => sql,
@@ -902,6 +898,21 @@ pub fn expr_sql(e: &Expr) -> String {
     }
 }
 
+/// The SQL of `e` as a value leaving its expression (a select item, a `havaozy` value): a
+/// boolean becomes DirkDB's boolean value ([`super::values::Function::Bool`]), which stays a
+/// boolean through derived tables, views and set operations and which no domain accepts.
+fn value_sql(e: &Expr) -> String {
+    if is_boolean(e) && !SQL_OPERATORS.with(|c| c.get()) {
+        format!(
+            "{}({})",
+            super::values::Function::Bool.sql_name(),
+            expr_sql(e)
+        )
+    } else {
+        expr_sql(e)
+    }
+}
+
 /// Whether DirkDB's value of `e` is a boolean (a comparison, `ary`/`na`, `!`, `dia null`).
 pub fn is_boolean(e: &Expr) -> bool {
     match e {
@@ -944,25 +955,6 @@ pub fn query_naming(q: &Query) -> Naming {
     Naming {
         relation,
         columns: select_columns(&q.first),
-        booleans: select_booleans(&q.first),
-    }
-}
-
-/// Which columns of a select answer booleans: boolean items, and for `*` over one derived
-/// table, its own.
-fn select_booleans(s: &Select) -> Vec<bool> {
-    match &s.items {
-        Items::List(items) => items.iter().map(|(e, _)| is_boolean(e)).collect(),
-        Items::All => match (&s.from, s.joins.is_empty()) {
-            (
-                Some(Origin {
-                    source: Source::Query(q),
-                    ..
-                }),
-                true,
-            ) => query_naming(q).booleans,
-            _ => Vec::new(),
-        },
     }
 }
 

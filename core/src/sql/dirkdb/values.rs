@@ -11,9 +11,13 @@
 //!   any case), anything else true;
 //! * an aggregate outside `#vondrona` fails when a row is evaluated; `sum`/`avg` refuse strings.
 //!
-//! Booleans are SQLite integers 0/1 here (the answer shows them as `true`/`false`, see
-//! [`super::translate::Naming::booleans`]); they behave the same because every rule above reads
-//! a boolean through its number (1.0/0.0).
+//! Inside one expression a boolean is a SQLite integer 1/0 (every rule above reads a boolean
+//! through its number, 1.0/0.0, so `ary`, `na`, `!` and the operators answer the same). Where a
+//! boolean leaves an expression — a select item, a `havaozy` value — it becomes a DirkDB
+//! boolean value ([`Function::Bool`]): a BLOB of its own ([`BOOL_TRUE`]/[`BOOL_FALSE`]) that
+//! stays a boolean through derived tables, views and set operations, is answered as JSON
+//! `true`/`false`, and that no domain accepts (DirkDB's `NUMBER`, `VARCHAR`, `TANISA` and `DATE`
+//! all refuse a `Boolean`), so it is never stored in a DirkDB table.
 
 /// A SQL value as the functions see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,15 +28,44 @@ pub enum Value<'a> {
     Number(f64),
     /// A string.
     Text(&'a str),
+    /// A DirkDB boolean value (see [`BOOL_TRUE`]).
+    Bool(bool),
     /// A BLOB (DirkDB has none; truthy, like any other Java object).
     Other,
+}
+
+/// The BLOB that stands for DirkDB's `true` once it leaves an expression.
+pub const BOOL_TRUE: &[u8] = b"\0DirkDB:true";
+/// The BLOB that stands for DirkDB's `false`.
+pub const BOOL_FALSE: &[u8] = b"\0DirkDB:false";
+
+/// The boolean a BLOB stands for, if it is one of DirkDB's.
+pub fn blob_bool(bytes: &[u8]) -> Option<bool> {
+    if bytes == BOOL_TRUE {
+        Some(true)
+    } else if bytes == BOOL_FALSE {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The BLOB of a DirkDB boolean.
+pub fn bool_blob(b: bool) -> &'static [u8] {
+    if b {
+        BOOL_TRUE
+    } else {
+        BOOL_FALSE
+    }
 }
 
 /// What a function answers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Output {
-    /// A boolean, stored as 1/0.
+    /// A boolean inside an expression, 1/0.
     Bool(bool),
+    /// A boolean value leaving an expression ([`BOOL_TRUE`]/[`BOOL_FALSE`]).
+    Boolean(bool),
     /// A double.
     Number(f64),
     /// The first argument unchanged.
@@ -70,11 +103,13 @@ pub enum Function {
     RowAggregate,
     /// the argument of `sum`/`avg` under `#vondrona`: `(value, 'SUM')`, fails for a string
     Numeric,
+    /// a boolean (1/0) leaving an expression, as DirkDB's boolean value
+    Bool,
 }
 
 impl Function {
     /// Every function, for registration.
-    pub const ALL: [Function; 14] = [
+    pub const ALL: [Function; 15] = [
         Function::Eq,
         Function::Ne,
         Function::Lt,
@@ -89,6 +124,7 @@ impl Function {
         Function::Truth,
         Function::RowAggregate,
         Function::Numeric,
+        Function::Bool,
     ];
 
     /// Its SQL name.
@@ -108,13 +144,14 @@ impl Function {
             Function::Truth => "dirkdb_truth",
             Function::RowAggregate => "dirkdb_row_aggregate",
             Function::Numeric => "dirkdb_numeric",
+            Function::Bool => "dirkdb_bool",
         }
     }
 
     /// How many arguments it takes.
     pub fn arity(self) -> usize {
         match self {
-            Function::Neg | Function::Truth => 1,
+            Function::Neg | Function::Truth | Function::Bool => 1,
             _ => 2,
         }
     }
@@ -151,6 +188,7 @@ impl Function {
                 other => -bool_number(truth(other)),
             }),
             Function::Truth => Output::Bool(truth(l)),
+            Function::Bool => Output::Boolean(truth(l)),
             Function::RowAggregate => {
                 let name = match l {
                     Value::Text(t) => t,
@@ -160,18 +198,20 @@ impl Function {
                     "Function '{name}' ne peut pas être évaluée ligne-par-ligne"
                 ));
             }
-            Function::Numeric => match l {
-                Value::Text(_) => {
-                    let which = match r {
-                        Value::Text(t) => t,
-                        _ => "SUM",
-                    };
-                    return Err(format!(
-                        "{which} attend une valeur numérique, trouvé: java.lang.String"
-                    ));
-                }
-                _ => Output::First,
-            },
+            Function::Numeric => {
+                let class = match l {
+                    Value::Text(_) => "java.lang.String",
+                    Value::Bool(_) => "java.lang.Boolean",
+                    _ => return Ok(Output::First),
+                };
+                let which = match r {
+                    Value::Text(t) => t,
+                    _ => "SUM",
+                };
+                return Err(format!(
+                    "{which} attend une valeur numérique, trouvé: {class}"
+                ));
+            }
         })
     }
 }
@@ -181,6 +221,7 @@ pub fn truth(v: Value<'_>) -> bool {
     match v {
         Value::Null => false,
         Value::Number(n) => n != 0.0,
+        Value::Bool(b) => b,
         Value::Text(s) => matches!(
             s.trim().to_lowercase().as_str(),
             "true" | "1" | "yes" | "on" | "t" | "y"
@@ -241,6 +282,7 @@ fn equal(l: Value<'_>, r: Value<'_>) -> bool {
             a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
         }
         (Value::Text(a), Value::Text(b)) => a == b,
+        (Value::Bool(a), Value::Bool(b)) => a == b,
         (a, b) => comparison_number(a) == comparison_number(b),
     }
 }
@@ -312,6 +354,33 @@ mod tests {
         let neg = n(Function::Neg, &[Null]);
         assert!(neg == 0.0 && neg.is_sign_negative());
         assert_eq!(n(Function::Neg, &[Text("yes")]), -1.0);
+    }
+
+    #[test]
+    fn boolean_values() {
+        assert_eq!(blob_bool(bool_blob(true)), Some(true));
+        assert_eq!(blob_bool(bool_blob(false)), Some(false));
+        assert_eq!(blob_bool(b"true"), None);
+        assert_eq!(
+            Function::Bool.call(&[Number(1.0)]),
+            Ok(Output::Boolean(true))
+        );
+        assert_eq!(
+            Function::Bool.call(&[Number(0.0)]),
+            Ok(Output::Boolean(false))
+        );
+        assert!(b(Function::Eq, Bool(true), Bool(true)));
+        assert!(!b(Function::Eq, Bool(true), Bool(false)));
+        // A boolean against another kind compares through its number (Java's CompareOp).
+        assert!(b(Function::Eq, Bool(true), Number(1.0)));
+        assert!(b(Function::Eq, Bool(false), Number(-0.0)));
+        assert!(b(Function::Eq, Bool(true), Text("yes")));
+        assert_eq!(n(Function::Add, &[Bool(true), Number(1.0)]), 2.0);
+        assert!(!truth(Bool(false)));
+        assert_eq!(
+            Function::Numeric.call(&[Bool(true), Text("SUM")]),
+            Err("SUM attend une valeur numérique, trouvé: java.lang.Boolean".into())
+        );
     }
 
     #[test]
