@@ -59,9 +59,16 @@ async fn stats(State(s): State<AdminState>) -> Json<Value> {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     s.store.settle();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.stats.to_prometheus(),
-    )
-        .into_response()
+    match s.stats.to_prometheus() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, dirkdb_core::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot write the metrics\n",
+        )
+            .into_response(),
+    }
 }

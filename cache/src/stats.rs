@@ -6,6 +6,9 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use std::sync::Arc;
+
+use dirkdb_core::metrics::{Metric, Value as Sample};
 use serde_json::{json, Value};
 
 /// Every counter of one cache process.
@@ -86,45 +89,16 @@ impl CacheStats {
 
     /// Every figure as `(name, value)`, in the order they are shown.
     pub fn figures(&self) -> Vec<(&'static str, Value)> {
-        vec![
-            ("hits", json!(get(&self.hits))),
-            ("misses", json!(get(&self.misses))),
-            (
-                "hit_ratio",
-                json!((self.hit_ratio() * 10_000.0).round() / 10_000.0),
-            ),
-            ("coalesced", json!(get(&self.coalesced))),
-            ("stale_served", json!(get(&self.stale_served))),
-            ("uncacheable", json!(get(&self.uncacheable))),
-            ("upstream_reads", json!(get(&self.upstream_reads))),
-            ("stored", json!(get(&self.stored))),
-            ("stored_keyed", json!(get(&self.stored_keyed))),
-            ("not_stored", json!(get(&self.not_stored))),
-            ("evictions", json!(get(&self.evictions))),
-            ("expirations", json!(get(&self.expirations))),
-            ("invalidations", json!(get(&self.invalidations))),
-            ("invalidation_events", json!(get(&self.invalidation_events))),
-            ("flushes", json!(get(&self.flushes))),
-            ("writes", json!(get(&self.writes))),
-            ("write_settles", json!(get(&self.write_settles))),
-            ("write_settle_micros", json!(get(&self.write_settle_micros))),
-            (
-                "write_settle_fallbacks",
-                json!(get(&self.write_settle_fallbacks)),
-            ),
-            (
-                "entries",
-                json!(self.entries.load(Ordering::Relaxed).max(0)),
-            ),
-            ("bytes", json!(self.bytes.load(Ordering::Relaxed).max(0))),
-            ("feed_connected", json!(get(&self.feed_connected))),
-            ("feed_position", json!(get(&self.feed_position))),
-            ("feed_notices", json!(get(&self.feed_notices))),
-            (
-                "clients",
-                json!(self.clients.load(Ordering::Relaxed).max(0)),
-            ),
-        ]
+        FIGURES
+            .iter()
+            .map(|f| {
+                let value = match (f.value)(self) {
+                    Sample::Int(v) => json!(v),
+                    Sample::Float(v) => json!(v),
+                };
+                (f.key, value)
+            })
+            .collect()
     }
 
     /// The figures as one JSON object.
@@ -137,23 +111,169 @@ impl CacheStats {
         )
     }
 
-    /// The figures in Prometheus' text format.
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        for (name, value) in self.figures() {
-            let kind = match name {
-                "hit_ratio" | "entries" | "bytes" | "feed_connected" | "feed_position"
-                | "clients" => "gauge",
-                _ => "counter",
-            };
-            let suffix = if kind == "counter" { "_total" } else { "" };
-            out.push_str(&format!(
-                "# TYPE dirkdb_cache_{name}{suffix} {kind}\ndirkdb_cache_{name}{suffix} {value}\n"
-            ));
-        }
-        out
+    /// The figures in Prometheus' text format, through the one writer of every `/metrics`.
+    pub fn to_prometheus(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let stats = self.clone();
+        dirkdb_core::metrics::render(Vec::new(), move |page| {
+            FIGURES
+                .iter()
+                .try_for_each(|f| page.one(&f.metric, (f.value)(&stats)))
+        })
     }
 }
+
+/// One figure: its key in `/stats` and `SHOW CACHE STATS`, its metric (`dirkdb_cache_<key>`,
+/// `_total` for a counter) and how it is read.
+struct Figure {
+    key: &'static str,
+    metric: Metric,
+    value: fn(&CacheStats) -> Sample,
+}
+
+/// Declares a figure once: `figure!(key, counter|gauge, "help", |stats| value)`.
+macro_rules! figure {
+    ($key:ident, $kind:ident, $help:literal, $value:expr) => {
+        Figure {
+            key: stringify!($key),
+            metric: Metric::$kind(concat!("dirkdb_cache_", stringify!($key)), $help),
+            value: $value,
+        }
+    };
+}
+
+fn held(v: &AtomicI64) -> Sample {
+    Sample::Int(v.load(Ordering::Relaxed).max(0))
+}
+
+/// Every figure, in the order they are shown.
+const FIGURES: [Figure; 25] = [
+    figure!(
+        hits,
+        counter,
+        "Cacheable reads answered from memory.",
+        |s| get(&s.hits).into()
+    ),
+    figure!(
+        misses,
+        counter,
+        "Cacheable reads that found no fresh entry.",
+        |s| get(&s.misses).into()
+    ),
+    figure!(
+        hit_ratio,
+        gauge,
+        "Hits / (hits + misses), 0 before any cacheable read.",
+        |s| { Sample::Float((s.hit_ratio() * 10_000.0).round() / 10_000.0) }
+    ),
+    figure!(
+        coalesced,
+        counter,
+        "Misses answered by joining an identical query in flight.",
+        |s| get(&s.coalesced).into()
+    ),
+    figure!(
+        stale_served,
+        counter,
+        "Entries served past their TTL while the upstream was unreachable.",
+        |s| get(&s.stale_served).into()
+    ),
+    figure!(uncacheable, counter, "Reads that are never cached.", |s| {
+        get(&s.uncacheable).into()
+    }),
+    figure!(
+        upstream_reads,
+        counter,
+        "Cacheable reads sent upstream (one per flight).",
+        |s| get(&s.upstream_reads).into()
+    ),
+    figure!(stored, counter, "Results kept.", |s| get(&s.stored).into()),
+    figure!(
+        stored_keyed,
+        counter,
+        "Results kept with keyed dependencies.",
+        |s| get(&s.stored_keyed).into()
+    ),
+    figure!(
+        not_stored,
+        counter,
+        "Results not kept (too large, an error, or invalidated in flight).",
+        |s| get(&s.not_stored).into()
+    ),
+    figure!(
+        evictions,
+        counter,
+        "Entries removed to respect the entry and byte limits.",
+        |s| get(&s.evictions).into()
+    ),
+    figure!(
+        expirations,
+        counter,
+        "Entries removed because their time was up.",
+        |s| get(&s.expirations).into()
+    ),
+    figure!(
+        invalidations,
+        counter,
+        "Entries removed because a write could have changed them.",
+        |s| get(&s.invalidations).into()
+    ),
+    figure!(
+        invalidation_events,
+        counter,
+        "Writes and change notices that invalidated something.",
+        |s| get(&s.invalidation_events).into()
+    ),
+    figure!(
+        flushes,
+        counter,
+        "FLUSH CACHE statements and flushes at change-feed (re)connections.",
+        |s| get(&s.flushes).into()
+    ),
+    figure!(writes, counter, "Writes passed through the cache.", |s| {
+        get(&s.writes).into()
+    }),
+    figure!(
+        write_settles,
+        counter,
+        "Committed writes whose answer waited for the cache to drop what they changed.",
+        |s| get(&s.write_settles).into()
+    ),
+    figure!(
+        write_settle_micros,
+        counter,
+        "Microseconds those waits took in all.",
+        |s| get(&s.write_settle_micros).into()
+    ),
+    figure!(
+        write_settle_fallbacks,
+        counter,
+        "Settles not reported in time: the database's entries were dropped instead.",
+        |s| get(&s.write_settle_fallbacks).into()
+    ),
+    figure!(entries, gauge, "Entries held now.", |s| held(&s.entries)),
+    figure!(bytes, gauge, "Bytes of results held now.", |s| held(
+        &s.bytes
+    )),
+    figure!(
+        feed_connected,
+        gauge,
+        "1 while the change feed is connected.",
+        |s| get(&s.feed_connected).into()
+    ),
+    figure!(
+        feed_position,
+        gauge,
+        "The primary's position the change feed has reached.",
+        |s| get(&s.feed_position).into()
+    ),
+    figure!(feed_notices, counter, "Change notices received.", |s| get(
+        &s.feed_notices
+    )
+    .into()),
+    figure!(clients, gauge, "Client connections open.", |s| held(
+        &s.clients
+    )),
+];
 
 #[cfg(test)]
 mod tests {
@@ -161,7 +281,7 @@ mod tests {
 
     #[test]
     fn ratio_and_formats() {
-        let stats = CacheStats::default();
+        let stats = Arc::new(CacheStats::default());
         assert_eq!(stats.hit_ratio(), 0.0);
         for _ in 0..3 {
             CacheStats::bump(&stats.hits);
@@ -169,7 +289,7 @@ mod tests {
         CacheStats::bump(&stats.misses);
         assert_eq!(stats.hit_ratio(), 0.75);
         assert_eq!(stats.to_json()["hit_ratio"], json!(0.75));
-        let text = stats.to_prometheus();
+        let text = stats.to_prometheus().unwrap();
         assert!(text.contains("dirkdb_cache_hits_total 3\n"), "{text}");
         assert!(
             text.contains("# TYPE dirkdb_cache_entries gauge\n"),

@@ -5,6 +5,7 @@
 //! * [`change_feed`]: what a primary tells a cache about committed changes (`DIRK CHANGES`).
 //! * [`security`]: users, grants, password hashes and the `AUTH` statement.
 //! * [`rendezvous`]: DirkDB's rendezvous hashing (read stickiness, MULTI_PRIMARY object owners).
+//! * [`metrics`]: the one Prometheus writer of every `/metrics`.
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
 //! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
 //! * [`connection`]: sockets wrapped so that the server reads statements and writes frames, and the
@@ -21,6 +22,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod connection;
 pub mod frame;
+pub mod metrics;
 pub mod rendezvous;
 pub mod security;
 pub mod sql;

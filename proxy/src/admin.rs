@@ -4,7 +4,6 @@
 //! mode, each instance's reported mode, and the FILE-mode write trigger counters
 //! ([`crate::file_triggers`]). `GET /` is the status page ([`crate::status_page`]).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -135,111 +134,116 @@ async fn failover(State(s): State<AdminState>, body: Option<Json<Value>>) -> Res
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    match dirkdb_core::metrics::render(Vec::new(), move |page| write_metrics(&s, page)) {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, dirkdb_core::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            JsonLine(json!({ "error": "cannot write the metrics" })),
+        )
+            .into_response(),
+    }
+}
+
+/// Every metric of `GET /metrics`, described once.
+mod described {
+    use dirkdb_core::metrics::Metric;
+
+    pub const CLIENTS: Metric = Metric::gauge(
+        "dirkdb_proxy_client_connections",
+        "Client connections open.",
+    );
+    pub const READS: Metric =
+        Metric::counter("dirkdb_proxy_reads", "Reads served by the instance.");
+    pub const WRITES: Metric =
+        Metric::counter("dirkdb_proxy_writes", "Writes served by the instance.");
+    pub const ERRORS: Metric = Metric::counter("dirkdb_proxy_errors", "Errors from the instance.");
+    pub const BUSY: Metric = Metric::counter(
+        "dirkdb_proxy_busy_seconds",
+        "Time spent in statements on the instance.",
+    );
+    pub const UP: Metric = Metric::gauge(
+        "dirkdb_proxy_instance_up",
+        "1 when the instance is not down.",
+    );
+    pub const LAG: Metric = Metric::gauge(
+        "dirkdb_proxy_instance_lag_ms",
+        "How long the instance has been behind the primary.",
+    );
+    pub const FILE_MODE: Metric = Metric::gauge(
+        "dirkdb_proxy_replication_file_mode",
+        "1 when config.json's replication.type is FILE.",
+    );
+    pub const INSTANCE_FILE_MODE: Metric = Metric::gauge(
+        "dirkdb_proxy_instance_file_mode",
+        "1 when the instance reports FILE replication, 0 for OPLOG (absent when it reports no mode).",
+    );
+    pub const TRIGGERS_REQUESTED: Metric = Metric::counter(
+        "dirkdb_proxy_file_triggers_requested",
+        "Acknowledged writes handed to the FILE replication triggers.",
+    );
+    pub const TRIGGERS_COALESCED: Metric = Metric::counter(
+        "dirkdb_proxy_file_triggers_coalesced",
+        "Triggers absorbed by a request already in flight or due.",
+    );
+    pub const TRIGGERS_SENT: Metric = Metric::counter(
+        "dirkdb_proxy_file_trigger_requests_sent",
+        "POST /replication/written requests answered by the primary.",
+    );
+    pub const TRIGGERS_FAILED: Metric = Metric::counter(
+        "dirkdb_proxy_file_trigger_requests_failed",
+        "POST /replication/written requests that failed.",
+    );
+    pub const TRIGGERS_SKIPPED: Metric = Metric::counter(
+        "dirkdb_proxy_file_trigger_requests_skipped",
+        "Trigger requests not sent (no FILE mode, or a primary without adminPort).",
+    );
+    pub const TRIGGERS_IN_FLIGHT: Metric = Metric::gauge(
+        "dirkdb_proxy_file_triggers_in_flight",
+        "Databases with a trigger request in flight or a follow-up due.",
+    );
+}
+
+/// The proxy's counters, each instance's (labelled `instance`), then the FILE-mode triggers'.
+fn write_metrics(s: &AdminState, page: &mut dirkdb_core::metrics::Page) -> std::fmt::Result {
+    use described::*;
     let t = s.topology.load();
-    let mut out = String::new();
-    let _ = writeln!(out, "# HELP dirkdb_proxy_client_connections Client connections open.\n# TYPE dirkdb_proxy_client_connections gauge\ndirkdb_proxy_client_connections {}", s.stats.open());
-    let series: [(&str, &str, &str); 6] = [
-        (
-            "dirkdb_proxy_reads_total",
-            "Reads served by the instance.",
-            "counter",
-        ),
-        (
-            "dirkdb_proxy_writes_total",
-            "Writes served by the instance.",
-            "counter",
-        ),
-        (
-            "dirkdb_proxy_errors_total",
-            "Errors from the instance.",
-            "counter",
-        ),
-        (
-            "dirkdb_proxy_busy_seconds_total",
-            "Time spent in statements on the instance.",
-            "counter",
-        ),
-        (
-            "dirkdb_proxy_instance_up",
-            "1 when the instance is not down.",
-            "gauge",
-        ),
-        (
-            "dirkdb_proxy_instance_lag_ms",
-            "How long the instance has been behind the primary.",
-            "gauge",
-        ),
-    ];
-    for (k, (name, help, kind)) in series.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for b in &t.backends {
-            let (reads, writes, errors, busy) = b.counters();
-            let h = b.health();
-            let value = match k {
-                0 => reads as f64,
-                1 => writes as f64,
-                2 => errors as f64,
-                3 => busy as f64 / 1e6,
-                4 => f64::from(u8::from(h.state != crate::backend::HealthState::Down)),
-                _ => h.lag_ms as f64,
-            };
-            let _ = writeln!(out, "{name}{{instance=\"{}\"}} {value}", b.id);
-        }
-    }
+    page.one(&CLIENTS, s.stats.open())?;
+    let per_instance =
+        |figure: &dyn Fn(&crate::backend::Backend) -> dirkdb_core::metrics::Value| {
+            t.backends
+                .iter()
+                .map(|b| (vec![("instance", b.id.clone())], figure(b)))
+                .collect::<Vec<_>>()
+        };
+    page.each(&READS, per_instance(&|b| b.counters().0.into()))?;
+    page.each(&WRITES, per_instance(&|b| b.counters().1.into()))?;
+    page.each(&ERRORS, per_instance(&|b| b.counters().2.into()))?;
+    page.each(
+        &BUSY,
+        per_instance(&|b| (b.counters().3 as f64 / 1e6).into()),
+    )?;
+    let up = |b: &crate::backend::Backend| b.health().state != crate::backend::HealthState::Down;
+    page.each(&UP, per_instance(&|b| up(b).into()))?;
+    page.each(&LAG, per_instance(&|b| b.health().lag_ms.into()))?;
     let file_mode = t.config.replication.kind == dirkdb_core::config::ReplicationType::File;
-    let _ = writeln!(out, "# HELP dirkdb_proxy_replication_file_mode 1 when config.json's replication.type is FILE.\n# TYPE dirkdb_proxy_replication_file_mode gauge\ndirkdb_proxy_replication_file_mode {}", u8::from(file_mode));
-    let name = "dirkdb_proxy_instance_file_mode";
-    let _ = writeln!(out, "# HELP {name} 1 when the instance reports FILE replication, 0 for OPLOG (absent when it reports no mode).\n# TYPE {name} gauge");
-    for b in &t.backends {
-        if let Some(mode) = b.health().reported_mode {
-            let value = u8::from(mode.eq_ignore_ascii_case("FILE"));
-            let _ = writeln!(out, "{name}{{instance=\"{}\"}} {value}", b.id);
-        }
-    }
+    page.one(&FILE_MODE, file_mode)?;
+    let reported = t.backends.iter().filter_map(|b| {
+        let mode = b.health().reported_mode?;
+        Some((
+            vec![("instance", b.id.clone())],
+            mode.eq_ignore_ascii_case("FILE"),
+        ))
+    });
+    page.each(&INSTANCE_FILE_MODE, reported)?;
     let triggers = s.file_triggers.stats();
-    let trigger_series = [
-        (
-            "dirkdb_proxy_file_triggers_requested_total",
-            "Acknowledged writes handed to the FILE replication triggers.",
-            "counter",
-            triggers.requested,
-        ),
-        (
-            "dirkdb_proxy_file_triggers_coalesced_total",
-            "Triggers absorbed by a request already in flight or due.",
-            "counter",
-            triggers.coalesced,
-        ),
-        (
-            "dirkdb_proxy_file_trigger_requests_sent_total",
-            "POST /replication/written requests answered by the primary.",
-            "counter",
-            triggers.sent,
-        ),
-        (
-            "dirkdb_proxy_file_trigger_requests_failed_total",
-            "POST /replication/written requests that failed.",
-            "counter",
-            triggers.failed,
-        ),
-        (
-            "dirkdb_proxy_file_trigger_requests_skipped_total",
-            "Trigger requests not sent (no FILE mode, or a primary without adminPort).",
-            "counter",
-            triggers.skipped,
-        ),
-        (
-            "dirkdb_proxy_file_triggers_in_flight",
-            "Databases with a trigger request in flight or a follow-up due.",
-            "gauge",
-            triggers.in_flight,
-        ),
-    ];
-    for (name, help, kind, value) in trigger_series {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    page.one(&TRIGGERS_REQUESTED, triggers.requested)?;
+    page.one(&TRIGGERS_COALESCED, triggers.coalesced)?;
+    page.one(&TRIGGERS_SENT, triggers.sent)?;
+    page.one(&TRIGGERS_FAILED, triggers.failed)?;
+    page.one(&TRIGGERS_SKIPPED, triggers.skipped)?;
+    page.one(&TRIGGERS_IN_FLIGHT, triggers.in_flight)
 }

@@ -5,7 +5,6 @@
 //! 4xx/5xx status.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -21,7 +20,6 @@ use crate::checksum::{database_digest, table_digests, Digest};
 use crate::error::ServerError;
 use crate::oplog::store::{self, FileStats, Filter};
 use crate::oplog::{Entry, Op};
-use crate::replication::{FileCopyStatus, ReplicaState, ReplicaStatus};
 use crate::state::ServerState;
 use dirkdb_core::config::ReplicationType;
 
@@ -547,170 +545,16 @@ async fn written(State(state): Shared, body: Option<Json<WrittenBody>>) -> ApiRe
 }
 
 async fn metrics(State(state): Shared) -> Response {
-    let committed = state.write_path.committed();
-    let id = &state.instance_id;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{instance=\"{id}\"{labels}}} {value}");
-        }
-    };
-    gauge(
-        "dirkdb_committed_sequence",
-        "Last committed (primary) or applied (replica) oplog sequence.",
-        "gauge",
-        vec![(String::new(), committed as f64)],
-    );
-    gauge(
-        "dirkdb_is_primary",
-        "1 on a primary, 0 on a replica.",
-        "gauge",
-        vec![(String::new(), if state.is_replica() { 0.0 } else { 1.0 })],
-    );
-    gauge(
-        "dirkdb_databases",
-        "Databases held.",
-        "gauge",
-        vec![(String::new(), state.catalog.names().len() as f64)],
-    );
-    let m = &state.metrics;
-    gauge(
-        "dirkdb_connections_open",
-        "Client connections open.",
-        "gauge",
-        vec![(String::new(), m.open() as f64)],
-    );
-    gauge(
-        "dirkdb_connections_refused_total",
-        "Clients refused over limits.maxConnections.",
-        "counter",
-        vec![(String::new(), m.refused() as f64)],
-    );
-    gauge(
-        "dirkdb_statements_total",
-        "Statements answered.",
-        "counter",
-        vec![(String::new(), m.statements() as f64)],
-    );
-    gauge(
-        "dirkdb_statement_errors_total",
-        "Statements answered with an error.",
-        "counter",
-        vec![(String::new(), m.errors() as f64)],
-    );
-    type ReplicaFigure = fn(&ReplicaStatus) -> f64;
-    let per_replica: [(&str, &str, &str, ReplicaFigure); 6] = [
-        (
-            "dirkdb_replica_connected",
-            "1 while the replica is connected.",
-            "gauge",
-            |r| f64::from(u8::from(r.state != ReplicaState::Disconnected)),
-        ),
-        (
-            "dirkdb_replica_acked_sequence",
-            "Last sequence the replica acknowledged.",
-            "gauge",
-            |r| r.acked_sequence as f64,
-        ),
-        (
-            "dirkdb_replica_lag_operations",
-            "Committed entries the replica has not acknowledged.",
-            "gauge",
-            |r| r.lag_operations as f64,
-        ),
-        (
-            "dirkdb_replica_lag_ms",
-            "Age of the oldest unacknowledged entry.",
-            "gauge",
-            |r| r.lag_ms as f64,
-        ),
-        (
-            "dirkdb_replica_bytes_sent_total",
-            "Bytes sent to the replica.",
-            "counter",
-            |r| r.bytes_sent as f64,
-        ),
-        (
-            "dirkdb_replica_operations_synced_total",
-            "Entries sent to the replica.",
-            "counter",
-            |r| r.operations_synced as f64,
-        ),
-    ];
-    let replicas = state.replication.replicas(committed);
-    for (name, help, kind, figure) in per_replica {
-        let samples = replicas
-            .iter()
-            .map(|r| (format!(",replica=\"{}\"", r.instance), figure(r)))
-            .collect();
-        gauge(name, help, kind, samples);
+    match crate::metrics::page(&state) {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, dirkdb_core::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot write the metrics".into(),
+        )
+        .into_response(),
     }
-    let copies: Vec<(String, &FileCopyStatus)> = replicas
-        .iter()
-        .flat_map(|r| {
-            r.files
-                .iter()
-                .map(move |(db, c)| (format!(",replica=\"{}\",database=\"{db}\"", r.instance), c))
-        })
-        .collect();
-    type CopyFigure = fn(&FileCopyStatus) -> f64;
-    let per_copy: [(&str, &str, &str, CopyFigure); 5] = [
-        (
-            "dirkdb_file_copy_version",
-            "FILE mode: version of the secondary's copy.",
-            "gauge",
-            |c| c.version as f64,
-        ),
-        (
-            "dirkdb_file_copy_age_ms",
-            "FILE mode: age of the secondary's copy.",
-            "gauge",
-            |c| c.age_ms as f64,
-        ),
-        (
-            "dirkdb_file_copy_bytes",
-            "FILE mode: size of the secondary's copy.",
-            "gauge",
-            |c| c.bytes as f64,
-        ),
-        (
-            "dirkdb_file_copy_bytes_sent_total",
-            "FILE mode: bytes of pages sent for this database.",
-            "counter",
-            |c| c.bytes_sent as f64,
-        ),
-        (
-            "dirkdb_file_copy_failures_total",
-            "FILE mode: copies refused or failed.",
-            "counter",
-            |c| c.failures as f64,
-        ),
-    ];
-    for (name, help, kind, figure) in per_copy {
-        let samples = copies
-            .iter()
-            .map(|(labels, c)| (labels.clone(), figure(c)))
-            .collect();
-        gauge(name, help, kind, samples);
-    }
-    if state.is_replica() {
-        let f = state.replication.follower();
-        gauge(
-            "dirkdb_follower_lag_operations",
-            "Entries the primary committed that this replica has not applied.",
-            "gauge",
-            vec![(
-                String::new(),
-                f.primary_sequence.saturating_sub(committed) as f64,
-            )],
-        );
-        gauge(
-            "dirkdb_follower_full_syncs_total",
-            "Full syncs received.",
-            "counter",
-            vec![(String::new(), f.full_syncs as f64)],
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -215,4 +215,6 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 pub mod cache;
 pub mod cluster;
 pub mod etcd;
+pub mod inproc;
 pub mod relay;
+pub mod wait;

@@ -1,0 +1,181 @@
+//! `GET /metrics` of the server, the proxy and the cache, scraped over real HTTP from parts
+//! running in this process: each page is well formed (every sample under its `# TYPE`), names
+//! and types are the documented ones, and a value moves with what a client does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::inproc::{self, Scrape};
+use dirkdb_client::Client;
+
+/// Runs `sql` until it succeeds (a proxy takes a health round to find its primary).
+async fn execute_soon(c: &mut Client, sql: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = c.execute(sql).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{sql}` kept failing: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_server_s_metrics_count_statements_and_connections() {
+    let primary = inproc::primary().await;
+    let admin = primary.part.admin;
+    let before = Scrape::of(admin).await;
+    before.assert_well_formed();
+    for (name, kind) in [
+        ("dirkdb_committed_sequence", "gauge"),
+        ("dirkdb_is_primary", "gauge"),
+        ("dirkdb_databases", "gauge"),
+        ("dirkdb_connections_open", "gauge"),
+        ("dirkdb_connections_refused_total", "counter"),
+        ("dirkdb_statements_total", "counter"),
+        ("dirkdb_statement_errors_total", "counter"),
+        ("dirkdb_replica_acked_sequence", "gauge"),
+        ("dirkdb_replica_bytes_sent_total", "counter"),
+        ("dirkdb_file_copy_failures_total", "counter"),
+    ] {
+        assert_eq!(before.kind(name), Some(kind), "{name} in\n{}", before.text);
+    }
+    assert_eq!(
+        before.value("dirkdb_is_primary{instance=\"m1\"}"),
+        Some(1.0)
+    );
+    let statements = before
+        .value("dirkdb_statements_total{instance=\"m1\"}")
+        .expect("statements counted");
+    let mut c = primary.part.client().await;
+    for sql in ["CREATE DATABASE m", "USE m", "CREATE TABLE t(v TEXT)"] {
+        c.execute(sql).await.expect(sql);
+    }
+    assert!(c.execute("SELECT * FROM missing").await.is_err());
+    let after = Scrape::of(admin).await;
+    after.assert_well_formed();
+    assert_eq!(
+        after.value("dirkdb_statements_total{instance=\"m1\"}"),
+        Some(statements + 4.0),
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        after.value("dirkdb_statement_errors_total{instance=\"m1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        after.value("dirkdb_connections_open{instance=\"m1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(after.value("dirkdb_databases{instance=\"m1\"}"), Some(1.0));
+    let committed = after
+        .value("dirkdb_committed_sequence{instance=\"m1\"}")
+        .expect("a position");
+    assert!(committed >= 2.0, "{}", after.text);
+    drop(c);
+    primary.part.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxy_s_metrics_count_each_instance_s_reads_and_writes() {
+    let primary = inproc::primary().await;
+    let proxy = inproc::proxy(&primary).await;
+    let mut c = proxy.client().await;
+    execute_soon(&mut c, "CREATE DATABASE p").await;
+    let before = Scrape::of(proxy.admin).await;
+    before.assert_well_formed();
+    for (name, kind) in [
+        ("dirkdb_proxy_client_connections", "gauge"),
+        ("dirkdb_proxy_reads_total", "counter"),
+        ("dirkdb_proxy_writes_total", "counter"),
+        ("dirkdb_proxy_errors_total", "counter"),
+        ("dirkdb_proxy_busy_seconds_total", "counter"),
+        ("dirkdb_proxy_instance_up", "gauge"),
+        ("dirkdb_proxy_instance_lag_ms", "gauge"),
+        ("dirkdb_proxy_replication_file_mode", "gauge"),
+        ("dirkdb_proxy_instance_file_mode", "gauge"),
+        ("dirkdb_proxy_file_triggers_requested_total", "counter"),
+        ("dirkdb_proxy_file_triggers_in_flight", "gauge"),
+    ] {
+        assert_eq!(before.kind(name), Some(kind), "{name} in\n{}", before.text);
+    }
+    assert_eq!(before.value("dirkdb_proxy_client_connections"), Some(1.0));
+    assert_eq!(
+        before.value("dirkdb_proxy_replication_file_mode"),
+        Some(0.0)
+    );
+    assert_eq!(
+        before.value("dirkdb_proxy_instance_up{instance=\"m1\"}"),
+        Some(1.0)
+    );
+    let writes = before
+        .value("dirkdb_proxy_writes_total{instance=\"m1\"}")
+        .expect("m1's writes");
+    for sql in [
+        "USE p",
+        "CREATE TABLE t(v TEXT)",
+        "INSERT INTO t VALUES ('a')",
+    ] {
+        c.execute(sql).await.expect(sql);
+    }
+    let after = Scrape::of(proxy.admin).await;
+    after.assert_well_formed();
+    let now = after
+        .value("dirkdb_proxy_writes_total{instance=\"m1\"}")
+        .expect("m1's writes");
+    assert!(now >= writes + 2.0, "{writes} -> {now}\n{}", after.text);
+    drop(c);
+    proxy.stop().await;
+    primary.part.stop().await;
+}
+
+#[tokio::test]
+async fn the_cache_s_metrics_count_hits_and_entries() {
+    let primary = inproc::primary().await;
+    let mut w = primary.part.client().await;
+    for sql in [
+        "CREATE DATABASE c",
+        "USE c",
+        "CREATE TABLE items(name TEXT)",
+        "INSERT INTO items VALUES ('a')",
+    ] {
+        w.execute(sql).await.expect(sql);
+    }
+    let cache = inproc::cache(&primary, &primary.part.addr()).await;
+    let before = Scrape::of(cache.admin).await;
+    before.assert_well_formed();
+    for (name, kind) in [
+        ("dirkdb_cache_hits_total", "counter"),
+        ("dirkdb_cache_misses_total", "counter"),
+        ("dirkdb_cache_hit_ratio", "gauge"),
+        ("dirkdb_cache_entries", "gauge"),
+        ("dirkdb_cache_bytes", "gauge"),
+        ("dirkdb_cache_feed_position", "gauge"),
+        ("dirkdb_cache_clients", "gauge"),
+    ] {
+        assert_eq!(before.kind(name), Some(kind), "{name} in\n{}", before.text);
+    }
+    assert_eq!(before.value("dirkdb_cache_hits_total"), Some(0.0));
+    let mut c = cache.client().await;
+    c.execute("USE c").await.expect("USE");
+    for _ in 0..3 {
+        c.query("SELECT name FROM items").await.expect("read");
+    }
+    let after = Scrape::of(cache.admin).await;
+    after.assert_well_formed();
+    assert_eq!(
+        after.value("dirkdb_cache_misses_total"),
+        Some(1.0),
+        "{}",
+        after.text
+    );
+    assert_eq!(after.value("dirkdb_cache_hits_total"), Some(2.0));
+    assert_eq!(after.value("dirkdb_cache_entries"), Some(1.0));
+    assert_eq!(after.value("dirkdb_cache_hit_ratio"), Some(0.6667));
+    assert_eq!(after.value("dirkdb_cache_clients"), Some(1.0));
+    drop((c, w));
+    cache.stop().await;
+    primary.part.stop().await;
+}
