@@ -24,7 +24,10 @@
 //! * etcd stopped for ten seconds under writers (servers' leases on): no failover, never two
 //!   primaries, no acknowledged write lost, writes resume without a restart;
 //! * servers' leases in etcd: m1 cut off from etcd (its own relay) refuses writes by itself
-//!   with an error naming `serverLeases`, fails its write probe and is replaced once.
+//!   with an error naming `serverLeases`, fails its write probe and is replaced once;
+//! * a reload of config.json moves a proxy and a server to new etcd endpoints (their old links
+//!   then cut, they go on), and a new coordinator type is refused until a restart, said in
+//!   `/cluster/status`.
 
 mod common;
 
@@ -1205,4 +1208,75 @@ async fn a_three_node_etcd_loses_its_leader_without_a_failover_and_still_decides
     for id in [400_000_000_001, 400_000_000_010, 400_000_000_011] {
         assert!(held.contains(&id), "{id} lost");
     }
+}
+
+/// Rewrites the `failover.coordinator` of the config.json at `path` with `edit`.
+fn edit_coordinator(path: &std::path::Path, edit: impl FnOnce(&mut Value)) {
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read config")).expect("json");
+    edit(&mut config["failover"]["coordinator"]);
+    std::fs::write(path, config.to_string()).expect("write config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_moves_proxies_and_servers_to_new_etcd_endpoints_and_refuses_a_new_type() {
+    let options = Options {
+        server_leases: true,
+        m1_relay: true,
+        proxy_relays: true,
+        ..Options::default()
+    };
+    let setup = Setup::start_with(Etcd::single(), options).await;
+    write_through(&setup, 0, 90_000_000_001, Duration::from_secs(10)).await;
+    let (_, version_before) = setup.record();
+    let direct = serde_json::json!(setup.etcd.endpoints());
+    // Proxy 1 and m1 are moved from their relays to etcd itself by editing their files.
+    edit_coordinator(&setup.proxies[0].dir.join("config.json"), |c| {
+        c["endpoints"] = direct.clone()
+    });
+    edit_coordinator(&setup.cluster.dir.path().join("m1-config.json"), |c| {
+        c["endpoints"] = direct.clone()
+    });
+    wait_for(
+        Duration::from_secs(10),
+        "proxy1 and m1 on the new endpoints",
+        || {
+            let proxy = setup.proxies[0].status()["coordinator"]["endpoints"].clone();
+            let m1 = setup.cluster.get(0, "/replication/status")["etcdLease"]["endpoints"].clone();
+            (proxy == direct && m1 == direct).then_some(())
+        },
+    );
+    // Their old links cut, both go on: the new settings are the ones in force.
+    setup.proxy_relays[0].cut();
+    setup.m1_relay.as_ref().expect("m1's relay").cut();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let proxy = setup.proxies[0].status();
+    assert_eq!(proxy["coordinator"]["reachable"], true, "{proxy}");
+    let m1 = setup.cluster.get(0, "/replication/status");
+    assert_eq!(m1["etcdLease"]["held"], true, "{m1}");
+    write_through(&setup, 0, 90_000_000_002, Duration::from_secs(10)).await;
+    // Another type is refused until a restart, and said so; proxy 2 keeps coordinating.
+    edit_coordinator(&setup.proxies[1].dir.join("config.json"), |c| {
+        *c = serde_json::json!({ "type": "LOCAL" })
+    });
+    let note = wait_for(
+        Duration::from_secs(10),
+        "proxy2 saying a restart is needed",
+        || {
+            let c = setup.proxies[1].status()["coordinator"].clone();
+            let why = c["restartNeeded"].as_str().map(str::to_string);
+            why.map(|why| (why, c))
+        },
+    );
+    assert!(
+        note.0.contains("LOCAL") && note.0.contains("restart"),
+        "{}",
+        note.0
+    );
+    assert_eq!(note.1["type"], "ETCD", "{}", note.1);
+    assert!(setup.proxies[1].log().contains("restart this proxy"));
+    write_through(&setup, 1, 90_000_000_003, Duration::from_secs(10)).await;
+    let (after, version_after) = setup.record();
+    assert_eq!(version_after, version_before, "no failover: {after}");
+    assert_eq!(setup.acting_primaries(), vec!["m1".to_string()]);
 }

@@ -27,6 +27,7 @@ pub async fn watch(path: PathBuf, topology: Arc<SharedTopology>) {
 
 /// Applies a loaded and validated file, under the topology's writer turn.
 async fn apply(config: ClusterConfig, topology: &SharedTopology) {
+    crate::coordinator::on_reload(&config);
     let writer = topology.write().await;
     let updated = writer.store(rebuild(&writer.current(), config));
     tracing::info!(

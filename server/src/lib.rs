@@ -148,6 +148,7 @@ async fn watch_security(path: std::path::PathBuf, state: Arc<ServerState>) {
     let what = format!("instance {}", state.instance_id);
     dirkdb_core::config::watch::watch(path, what, |config| {
         state.security.reload(&config);
+        replication::etcd_lease::on_reload(&state, &config);
         std::future::ready(())
     })
     .await

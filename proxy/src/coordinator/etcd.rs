@@ -63,7 +63,11 @@ async fn pause_after_transaction() {}
 
 /// One proxy's coordinator.
 pub(crate) struct Etcd {
-    settings: EtcdCoordinator,
+    /// The settings in force: `endpoints` and `leaseMillis` change on a reload of config.json
+    /// (the prefix never does, see [`super::on_reload`]).
+    settings: Mutex<EtcdCoordinator>,
+    /// Ends the session, so that the next one uses new settings.
+    reconfigured: Notify,
     /// This proxy's name (`host:sqlPort`).
     id: String,
     /// This proxy's admin address, published with its liveness.
@@ -76,6 +80,8 @@ pub(crate) struct Etcd {
 struct State {
     client: Option<Client>,
     lease: Option<i64>,
+    /// The TTL `lease` was granted with, in seconds.
+    lease_ttl: i64,
     reachable: bool,
     last_error: Option<String>,
     unreachable_since_ms: Option<i64>,
@@ -94,7 +100,8 @@ struct State {
 impl Etcd {
     pub(crate) fn new(settings: EtcdCoordinator, id: String, admin: String) -> Etcd {
         Etcd {
-            settings,
+            settings: Mutex::new(settings),
+            reconfigured: Notify::new(),
             id,
             admin,
             state: Mutex::new(State::default()),
@@ -102,12 +109,27 @@ impl Etcd {
         }
     }
 
+    /// The settings in force.
+    pub(crate) fn settings(&self) -> EtcdCoordinator {
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies new `endpoints` and `leaseMillis` (same prefix): the session ends and the next
+    /// one connects with them (under a new lease when `leaseMillis` changed).
+    pub(crate) fn reconfigure(&self, settings: EtcdCoordinator) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        self.reconfigured.notify_one();
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}/{name}", self.settings.prefix.trim_end_matches('/'))
+        format!("{}/{name}", self.settings().prefix.trim_end_matches('/'))
     }
 
     fn primary_key(&self) -> String {
@@ -123,12 +145,12 @@ impl Etcd {
     }
 
     fn ttl(&self) -> Duration {
-        Duration::from_secs(self.settings.lease_seconds() as u64)
+        Duration::from_secs(self.settings().lease_seconds() as u64)
     }
 
     fn unreachable(&self, reason: impl std::fmt::Display) -> CoordinatorError {
         CoordinatorError::Unreachable {
-            endpoints: self.settings.endpoints.join(","),
+            endpoints: self.settings().endpoints.join(","),
             reason: reason.to_string(),
         }
     }
@@ -171,6 +193,11 @@ impl Etcd {
     pub(crate) async fn run(self: Arc<Self>, topology: Arc<SharedTopology>) {
         loop {
             let Err(e) = self.session(&topology).await;
+            if matches!(e, CoordinatorError::Reconfigured) {
+                tracing::warn!(endpoints = %self.settings().endpoints.join(","), lease_millis = self.settings().lease_millis, "failover.coordinator changed in config.json: reconnecting to etcd with the new settings");
+                self.state().client = None;
+                continue;
+            }
             self.note_failure(&e, &topology);
             tokio::time::sleep(RETRY).await;
         }
@@ -262,6 +289,7 @@ impl Etcd {
                     self.tick(&mut client, lease, &mut keeper, &mut alive).await?;
                     self.note_contact(&client);
                 }
+                _ = self.reconfigured.notified() => return Err(CoordinatorError::Reconfigured),
             }
         }
     }
@@ -269,15 +297,17 @@ impl Etcd {
     /// The member the next session talks to (round robin over `endpoints`).
     fn next_endpoint(&self) -> String {
         let mut s = self.state();
-        let i = s.sessions % self.settings.endpoints.len().max(1);
+        let endpoints = self.settings().endpoints;
+        let i = s.sessions % endpoints.len().max(1);
         s.sessions += 1;
-        self.settings.endpoints.get(i).cloned().unwrap_or_default()
+        endpoints.get(i).cloned().unwrap_or_default()
     }
 
     /// The lease this proxy held before (when etcd still knows it) or a new one.
     async fn lease(&self, client: &mut Client) -> Result<i64, CoordinatorError> {
+        let ttl = self.settings().lease_seconds();
         let previous = self.state().lease;
-        if let Some(old) = previous {
+        if let Some(old) = previous.filter(|_| self.state().lease_ttl == ttl) {
             let (mut keeper, mut alive) = self
                 .within("keep-alive stream", client.lease_keep_alive(old))
                 .await?;
@@ -287,14 +317,16 @@ impl Etcd {
                 return Ok(old);
             }
         }
+        if let Some(old) = previous {
+            // leaseMillis changed: the old lease (and the election it may hold) ends now.
+            let _ = self.within("lease revoke", client.lease_revoke(old)).await;
+        }
         let granted = self
-            .within(
-                "lease grant",
-                client.lease_grant(self.settings.lease_seconds(), None),
-            )
+            .within("lease grant", client.lease_grant(ttl, None))
             .await?;
         let mut s = self.state();
         s.lease = Some(granted.id());
+        s.lease_ttl = ttl;
         s.decides_until = None;
         Ok(granted.id())
     }
@@ -619,14 +651,16 @@ impl Etcd {
     /// `/cluster/status`'s `coordinator`.
     pub(crate) fn status(&self) -> Value {
         let decides = self.decides();
+        let settings = self.settings();
         let s = self.state();
         let record = s.record.as_ref().map(
             |(r, rev)| json!({ "primary": r.primary, "term": r.term, "by": r.by, "revision": rev }),
         );
         json!({
             "type": "ETCD",
-            "endpoints": self.settings.endpoints,
-            "prefix": self.settings.prefix,
+            "endpoints": settings.endpoints,
+            "prefix": settings.prefix,
+            "leaseMillis": settings.lease_millis,
             "proxy": self.id,
             "reachable": s.reachable,
             "lastError": s.last_error,

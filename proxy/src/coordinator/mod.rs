@@ -16,13 +16,17 @@
 //! The hooks are process-wide (one proxy per process, like [`crate::lease`]): [`decides`],
 //! [`may_fail_over`], [`commit_failover`], [`cluster_watermark`], [`complete_promotion`] and
 //! [`status`]. With no ETCD coordinator started they all answer as `LOCAL`.
+//!
+//! On a reload of config.json ([`on_reload`]) new etcd `endpoints` and `leaseMillis` apply at
+//! once; a new type (LOCAL ↔ ETCD) or prefix needs a restart of the proxy, which keeps the one
+//! it started with and says so in the log and in `/cluster/status`.
 
 pub(crate) mod etcd;
 mod record;
 
 use std::sync::{Arc, RwLock};
 
-use dirkdb_core::config::{ClusterConfig, CoordinatorConfig};
+use dirkdb_core::config::{ClusterConfig, CoordinatorConfig, EtcdCoordinator};
 use serde_json::{json, Value};
 
 use crate::ack_watermark::Position;
@@ -52,6 +56,10 @@ pub enum CoordinatorError {
         "etcd's primary record changed or this proxy lost its election: {0}; nothing was written"
     )]
     Conflict(String),
+    /// config.json changed `endpoints` or `leaseMillis`: the session ends and the next one
+    /// uses them.
+    #[error("failover.coordinator changed in config.json: reconnecting with the new settings")]
+    Reconfigured,
     /// etcd holds something that is not a primary record.
     #[error("etcd key {key} does not hold a DirkDB primary record: {reason}")]
     BadRecord {
@@ -159,8 +167,135 @@ pub async fn complete_promotion(topology: &SharedTopology, t: &Topology) {
 
 /// The coordinator's part of `/cluster/status`.
 pub fn status() -> Value {
-    match active() {
+    let mut status = match active() {
         None => json!({ "type": "LOCAL", "decides": true }),
         Some(c) => c.status(),
+    };
+    status["restartNeeded"] = json!(restart_needed_slot()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone());
+    status
+}
+
+/// Why config.json's coordinator is not the one in force (a change a reload cannot apply).
+fn restart_needed_slot() -> &'static RwLock<Option<String>> {
+    static NOTE: RwLock<Option<String>> = RwLock::new(None);
+    &NOTE
+}
+
+/// What a reload of config.json can do with its `failover.coordinator`, given the one in force.
+#[derive(Debug, PartialEq)]
+enum ReloadVerdict {
+    /// Nothing this proxy uses changed.
+    Same,
+    /// New `endpoints` or `leaseMillis` under the same prefix: applied live.
+    Apply(EtcdCoordinator),
+    /// Another type or prefix: this proxy keeps the coordinator it started with.
+    NeedsRestart(String),
+}
+
+fn judge_reload(running: &CoordinatorConfig, wanted: &CoordinatorConfig) -> ReloadVerdict {
+    use CoordinatorConfig::{Etcd, Local};
+    let kind = |c: &CoordinatorConfig| match c {
+        Local => "LOCAL",
+        Etcd(_) => "ETCD",
+    };
+    match (running, wanted) {
+        (Local, Local) => ReloadVerdict::Same,
+        (Etcd(a), Etcd(b)) if a.prefix != b.prefix => ReloadVerdict::NeedsRestart(format!(
+            "failover.coordinator.prefix changed from {} to {} in config.json: that is another \
+             cluster's state in etcd, and a running proxy does not move to it; restart this \
+             proxy to apply it (it keeps coordinating under {} meanwhile)",
+            a.prefix, b.prefix, a.prefix
+        )),
+        (Etcd(a), Etcd(b)) if a.endpoints != b.endpoints || a.lease_millis != b.lease_millis => {
+            ReloadVerdict::Apply(b.clone())
+        }
+        (Etcd(_), Etcd(_)) => ReloadVerdict::Same,
+        (a, b) => ReloadVerdict::NeedsRestart(format!(
+            "failover.coordinator changed from {} to {} in config.json: a running proxy does \
+             not change who decides failovers (switching one proxy of several would let two \
+             decide); restart this proxy to apply it (it keeps the {} coordinator meanwhile)",
+            kind(a),
+            kind(b),
+            kind(a)
+        )),
+    }
+}
+
+/// Called on every valid reload of config.json: applies new etcd `endpoints` and `leaseMillis`
+/// at once (the session reconnects), and refuses a change of type or prefix, which needs a
+/// restart: said in the log and in `/cluster/status` → `coordinator.restartNeeded`, with the
+/// running coordinator kept.
+pub fn on_reload(config: &ClusterConfig) {
+    let running = match active() {
+        None => CoordinatorConfig::Local,
+        Some(c) => CoordinatorConfig::Etcd(c.settings()),
+    };
+    let verdict = judge_reload(&running, &config.failover.coordinator);
+    let mut note = restart_needed_slot()
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
+    match verdict {
+        ReloadVerdict::Same => *note = None,
+        ReloadVerdict::Apply(settings) => {
+            *note = None;
+            if let Some(c) = active() {
+                c.reconfigure(settings);
+            }
+        }
+        ReloadVerdict::NeedsRestart(why) => {
+            tracing::error!("{why}");
+            *note = Some(why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd(endpoints: &[&str], prefix: &str, lease_millis: u64) -> CoordinatorConfig {
+        CoordinatorConfig::Etcd(EtcdCoordinator {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            prefix: prefix.into(),
+            lease_millis,
+            server_leases: false,
+        })
+    }
+
+    #[test]
+    fn a_reload_applies_endpoints_and_lease_and_refuses_a_new_type_or_prefix() {
+        use CoordinatorConfig::Local;
+        let running = etcd(&["a:1"], "/d/x", 3000);
+        assert_eq!(judge_reload(&Local, &Local), ReloadVerdict::Same);
+        assert_eq!(judge_reload(&running, &running), ReloadVerdict::Same);
+        let mut leases = etcd(&["a:1"], "/d/x", 3000);
+        if let CoordinatorConfig::Etcd(e) = &mut leases {
+            e.server_leases = true;
+        }
+        assert_eq!(
+            judge_reload(&running, &leases),
+            ReloadVerdict::Same,
+            "serverLeases is the servers' business"
+        );
+        let moved = etcd(&["b:1", "c:1"], "/d/x", 2000);
+        assert!(matches!(
+            judge_reload(&running, &moved),
+            ReloadVerdict::Apply(_)
+        ));
+        let ReloadVerdict::NeedsRestart(why) =
+            judge_reload(&running, &etcd(&["a:1"], "/d/y", 3000))
+        else {
+            panic!("a new prefix needs a restart")
+        };
+        assert!(why.contains("/d/y") && why.contains("restart"), "{why}");
+        for (a, b) in [(&Local, &running), (&running, &Local)] {
+            let ReloadVerdict::NeedsRestart(why) = judge_reload(a, b) else {
+                panic!("a new type needs a restart")
+            };
+            assert!(why.contains("LOCAL") && why.contains("ETCD") && why.contains("restart"));
+        }
     }
 }

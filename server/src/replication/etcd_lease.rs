@@ -18,6 +18,9 @@
 //! the TTL etcd answered, so it ends before etcd could see the lease expire. Each server also
 //! keeps `<prefix>/servers/<id>` (its role, term and whether it holds the lease) under its
 //! lease, for operators and the proxies' status.
+//!
+//! A reload of config.json applies new `endpoints` and `leaseMillis` at once ([`on_reload`]);
+//! turning `serverLeases` on or off, or a new prefix, needs a restart of the server.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +60,9 @@ pub enum EtcdLeaseError {
     /// etcd let this node's lease expire (it did not renew it within its TTL).
     #[error("this node's etcd lease expired (failover.coordinator.leaseMillis)")]
     Expired,
+    /// config.json changed `endpoints` or `leaseMillis`.
+    #[error("failover.coordinator changed in config.json: reconnecting with the new settings")]
+    Reconfigured,
 }
 
 /// The permission to write that the etcd lease gives, checked by [`super::lease::Lease`] at
@@ -70,6 +76,12 @@ pub struct EtcdHold {
     why_not: Mutex<Option<String>>,
     /// Wakes the session (a promotion wants its first lease now).
     wake: Notify,
+    /// The settings in force (`None` without server leases).
+    settings: Mutex<Option<EtcdCoordinator>>,
+    /// Ends the session, so that the next one uses new settings.
+    reconfigured: Notify,
+    /// Why config.json's coordinator is not the one in force (a change needing a restart).
+    restart_needed: Mutex<Option<String>>,
 }
 
 impl EtcdHold {
@@ -175,8 +187,51 @@ pub fn start(
     if !settings.server_leases {
         return None;
     }
-    state.write_path.lease().etcd().require();
-    Some(tokio::spawn(run(state.clone(), settings.clone())))
+    let hold = state.write_path.lease().etcd();
+    *lock(&hold.settings) = Some(settings.clone());
+    hold.require();
+    Some(tokio::spawn(run(state.clone())))
+}
+
+/// What a reload of config.json does with `failover.coordinator`: new `endpoints` and
+/// `leaseMillis` apply at once (the session reconnects with them); turning `serverLeases` on
+/// or off, or another type or prefix, needs a restart of the server, which keeps the settings
+/// it started with and says so in the log and in `/replication/status` → `etcdLease`.
+pub fn on_reload(state: &ServerState, config: &ClusterConfig) {
+    let hold = state.write_path.lease().etcd();
+    let running = lock(&hold.settings).clone();
+    let wanted = match &config.failover.coordinator {
+        CoordinatorConfig::Etcd(e) if e.server_leases => Some(e.clone()),
+        _ => None,
+    };
+    let needs_restart = match (&running, &wanted) {
+        (None, None) => None,
+        (Some(a), Some(b)) if a.prefix == b.prefix => {
+            if a.endpoints != b.endpoints || a.lease_millis != b.lease_millis {
+                *lock(&hold.settings) = Some(b.clone());
+                hold.reconfigured.notify_one();
+            }
+            None
+        }
+        (Some(a), Some(b)) => Some(format!(
+            "failover.coordinator.prefix changed from {} to {} in config.json",
+            a.prefix, b.prefix
+        )),
+        (None, Some(_)) => Some("failover.coordinator.serverLeases was turned on".to_string()),
+        (Some(_), None) => Some("failover.coordinator.serverLeases was turned off".to_string()),
+    };
+    let mut note = lock(&hold.restart_needed);
+    match needs_restart {
+        None => *note = None,
+        Some(what) => {
+            let why = format!(
+                "{what}: a running server keeps the lease settings it started with; restart it \
+                 to apply this"
+            );
+            tracing::error!(instance = %state.instance_id, "{why}");
+            *note = Some(why);
+        }
+    }
 }
 
 /// Waits (a second at most) until a node just promoted holds its etcd lease, so that the
@@ -196,25 +251,41 @@ pub async fn after_promotion(state: &ServerState) {
 /// `/replication/status`'s `etcdLease` (`null` without server leases).
 pub fn status(state: &ServerState) -> Value {
     let hold = state.write_path.lease().etcd();
+    let restart_needed = lock(&hold.restart_needed).clone();
     if !hold.required() {
-        return Value::Null;
+        return restart_needed.map_or(Value::Null, |why| json!({ "restartNeeded": why }));
     }
     json!({
         "held": hold.remaining().is_some(),
         "leftMs": hold.remaining().map(|d| d.as_millis() as u64),
         "whyNot": lock(&hold.why_not).clone(),
+        "endpoints": lock(&hold.settings).as_ref().map(|s| s.endpoints.clone()),
+        "restartNeeded": restart_needed,
     })
 }
 
 /// Keeps a session with etcd forever, one member after another.
-async fn run(state: Arc<ServerState>, settings: EtcdCoordinator) {
+async fn run(state: Arc<ServerState>) {
     let hold = state.write_path.lease().etcd();
     let reachable = AtomicBool::new(true);
     for attempt in 0usize.. {
-        let endpoint = settings.endpoints[attempt % settings.endpoints.len().max(1)].clone();
+        let Some(settings) = lock(&hold.settings).clone() else {
+            return;
+        };
+        let Some(endpoint) = settings
+            .endpoints
+            .get(attempt % settings.endpoints.len().max(1))
+            .cloned()
+        else {
+            return;
+        };
         let Err(e) = Session::new(&state, &settings, endpoint, &reachable)
             .run()
             .await;
+        if matches!(e, EtcdLeaseError::Reconfigured) {
+            tracing::warn!(instance = %state.instance_id, endpoints = %settings.endpoints.join(","), "failover.coordinator changed in config.json: the etcd lease reconnects with the new settings");
+            continue;
+        }
         hold.lapse(e.to_string());
         if reachable.swap(false, Ordering::AcqRel) {
             tracing::error!(instance = %state.instance_id, error = %e, primary = !state.is_replica(), "etcd lease lost: this node refuses writes as a primary until it renews it");
@@ -323,6 +394,7 @@ impl<'a> Session<'a> {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = hold.wake.notified() => {}
+                _ = hold.reconfigured.notified() => return Err(EtcdLeaseError::Reconfigured),
             }
         }
     }
