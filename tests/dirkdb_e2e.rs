@@ -774,3 +774,102 @@ async fn a_statement_over_the_limit_is_refused_at_once_and_the_session_goes_on()
         assert!(text.contains(r#""rows":[[1.0]]"#), "{through}: {text}");
     }
 }
+
+#[tokio::test]
+async fn joins_answer_in_dirkdb_order_and_natural_joins_pair_nulls() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    for sql in [
+        "manamboara tahiry tonona",
+        "ampiasao tonona",
+        "manamboara tabilao ja (k ISA(null,null), a LAHATSORATRA(null,null))",
+        "manamboara tabilao jb (k ISA(null,null), b LAHATSORATRA(null,null))",
+        "manampia ao ja (k, a) sanda (1, 'a1'), (2, 'a2'), (3, 'a3'), (4, 'a4')",
+        "manampia ao jb (k, b) sanda (3, 'b3'), (5, 'b5'), (1, 'b1')",
+        "manamboara tabilao na (k ISA(null,null), x LAHATSORATRA(null,null))",
+        "manamboara tabilao nb (y LAHATSORATRA(null,null), k ISA(null,null))",
+        "manampia ao na (k, x) sanda (1, 'x1'), (null, 'x0'), (2, 'x2')",
+        "manampia ao nb (y, k) sanda ('y0', null), ('y1', 1), ('y9', 9)",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    let rows = |r: dirkdb_client::ResultSet| -> Vec<Value> {
+        r.rows.into_iter().map(Value::Array).collect()
+    };
+    // Left join: the matches in product order, then the unmatched left rows.
+    let left = c
+        .query("alaivo ja.k, a, b #ao@ ja #tonona:avia@ jb #ka ja.k = jb.k")
+        .await
+        .unwrap();
+    assert_eq!(left.name.as_deref(), Some("ja_left_join_jb_projection"));
+    assert_eq!(
+        rows(left),
+        [
+            json!([1.0, "a1", "b1"]),
+            json!([3.0, "a3", "b3"]),
+            json!([2.0, "a2", null]),
+            json!([4.0, "a4", null])
+        ]
+    );
+    // Right join: the matches (left-major), then the unmatched right rows in right order.
+    let right = c
+        .query("alaivo a, b #ao@ ja x #tonona:avanana@ jb y #ka x.k = y.k")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(right),
+        [
+            json!(["a1", "b1"]),
+            json!(["a3", "b3"]),
+            json!([null, "b5"])
+        ]
+    );
+    // Full join: left join ∪ right join; `*` lists every column, without any helper column.
+    let full = c
+        .query("alaivo * #ao@ ja #tonona:feno@ jb #ka ja.k = jb.k")
+        .await
+        .unwrap();
+    let labels: Vec<String> = full.columns.iter().map(column_label).collect();
+    assert_eq!(labels, ["k@ja", "a@ja", "k@jb", "b@jb"]);
+    assert_eq!(
+        rows(full),
+        [
+            json!([1.0, "a1", 1.0, "b1"]),
+            json!([3.0, "a3", 3.0, "b3"]),
+            json!([2.0, "a2", null, null]),
+            json!([4.0, "a4", null, null]),
+            json!([null, null, 5.0, "b5"])
+        ]
+    );
+    // Chained: each outer join's padded rows follow its matches.
+    let chain = c
+        .query("alaivo ja.k, b, y #ao@ ja #tonona:avia@ jb #ka ja.k = jb.k #tonona:avia@ nb #ka nb.k = ja.k")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(chain),
+        [
+            json!([1.0, "b1", "y1"]),
+            json!([3.0, "b3", null]),
+            json!([2.0, null, null]),
+            json!([4.0, null, null])
+        ]
+    );
+    // A natural join pairs null with null (DirkDB's row equality), keeps the left's columns
+    // then the right's others, and its `#ka` sees the common column unqualified.
+    let natural = c
+        .query("alaivo * #ao@ na #tonona:natoraly@ nb")
+        .await
+        .unwrap();
+    let labels: Vec<String> = natural.columns.iter().map(column_label).collect();
+    assert_eq!(labels, ["k@na", "x@na", "y@nb"]);
+    assert_eq!(
+        rows(natural),
+        [json!([1.0, "x1", "y1"]), json!([null, "x0", "y0"])]
+    );
+    let filtered = c
+        .query("alaivo k, y #ao@ na #tonona:natoraly@ nb #ka k dia null")
+        .await
+        .unwrap();
+    assert_eq!(rows(filtered), [json!([null, "y0"])]);
+}

@@ -20,6 +20,7 @@
 pub mod ast;
 pub mod domain;
 pub mod error;
+mod joins;
 mod lexer;
 pub mod messages;
 pub mod parser;

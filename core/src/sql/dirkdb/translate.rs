@@ -263,7 +263,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
                 }
                 InsertSource::Select(s) => {
                     check_group(s)?;
-                    select_sql(s)
+                    select_sql(s, schema)?
                 }
             };
             Plan {
@@ -369,24 +369,9 @@ fn number_sql(n: &str) -> String {
 
 // ---- queries -------------------------------------------------------------------------------
 
-/// The SQL of a select expression.
+/// The SQL of a select expression without a schema (what classification and cache keys read).
 pub fn query_sql(q: &Query) -> String {
-    if q.rest.is_empty() {
-        return select_sql(&q.first);
-    }
-    let mut sql = operand_sql(&q.first);
-    for (op, operand) in &q.rest {
-        sql.push_str(match op {
-            SetOp::Union => " UNION ",
-            SetOp::Intersection => " INTERSECT ",
-            SetOp::Difference => " EXCEPT ",
-        });
-        match operand {
-            Operand::Select(s) => sql.push_str(&operand_sql(s)),
-            Operand::Paren(inner) => sql.push_str(&format!("SELECT * FROM ({})", query_sql(inner))),
-        }
-    }
-    sql
+    compound_sql(q, &NoSchema).map_or_else(|_| "SELECT NULL WHERE 0".into(), |(sql, _)| sql)
 }
 
 /// The SQL of a select expression whose set operations are checked and run as DirkDB's
@@ -399,16 +384,16 @@ pub fn compound_sql(
     schema: &dyn Schema,
 ) -> Result<(String, Option<Columns>), DirkError> {
     if q.rest.is_empty() {
-        return Ok((select_sql(&q.first), None));
+        return Ok((select_sql(&q.first, schema)?, None));
     }
-    let first = operand_sql(&q.first);
+    let first = operand_sql(&q.first, schema)?;
     let left_columns = schema.columns(&first);
     let mut sql = first;
     let mut name = select_relation(&q.first);
     let mut ordered = false;
     for (op, operand) in &q.rest {
         let (right, right_name) = match operand {
-            Operand::Select(s) => (operand_sql(s), select_relation(s)),
+            Operand::Select(s) => (operand_sql(s, schema)?, select_relation(s)),
             Operand::Paren(inner) => (
                 format!("SELECT * FROM ({})", compound_sql(inner, schema)?.0),
                 query_naming(inner).relation,
@@ -503,23 +488,29 @@ fn set_operation(
 
 /// A select as an operand of a compound: one with `#fetra` is wrapped, since SQLite allows
 /// LIMIT only at the end of a compound.
-fn operand_sql(s: &Select) -> String {
-    if s.limit.is_some() {
-        format!("SELECT * FROM ({})", select_sql(s))
+fn operand_sql(s: &Select, schema: &dyn Schema) -> Result<String, DirkError> {
+    let sql = select_sql(s, schema)?;
+    Ok(if s.limit.is_some() {
+        format!("SELECT * FROM ({sql})")
     } else {
-        select_sql(s)
-    }
+        sql
+    })
 }
 
-fn dedups(s: &Select) -> bool {
+pub(super) fn dedups(s: &Select) -> bool {
     s.filter.is_some()
         || s.joins.iter().any(|j| {
             matches!(j.kind, JoinKind::Left | JoinKind::Right | JoinKind::Full)
-                || (j.on.is_some() && j.kind == JoinKind::Inner)
+                || (j.on.is_some() && matches!(j.kind, JoinKind::Inner | JoinKind::Natural))
         })
 }
 
-fn select_sql(s: &Select) -> String {
+fn select_sql(s: &Select, schema: &dyn Schema) -> Result<String, DirkError> {
+    if s.joins.iter().any(|j| j.kind != JoinKind::Inner) {
+        if let Some(sql) = super::joins::ordered_select(s, schema)? {
+            return Ok(sql);
+        }
+    }
     let dedup = dedups(s);
     let grouped = grouped(s);
     let items = match &s.items {
@@ -541,9 +532,9 @@ fn select_sql(s: &Select) -> String {
     let mut sql = format!("SELECT {items}");
     let mut natural_filters = Vec::new();
     if let Some(from) = &s.from {
-        sql.push_str(&format!(" FROM {}", origin_sql(from, dedup)));
+        sql.push_str(&format!(" FROM {}", origin_sql(from, dedup, schema)?));
         for j in &s.joins {
-            let right = origin_sql(&j.origin, dedup);
+            let right = origin_sql(&j.origin, dedup, schema)?;
             let on = j.on.as_ref().map(truth_sql);
             let clause = match j.kind {
                 JoinKind::Inner => match on {
@@ -580,38 +571,54 @@ fn select_sql(s: &Select) -> String {
         let g: Vec<String> = group.iter().map(column_sql).collect();
         sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
     }
+    push_limit(&mut sql, s);
+    Ok(sql)
+}
+
+/// `#fetra A [B]`: rows A (inclusive) to B (exclusive) by index.
+pub(super) fn push_limit(sql: &mut String, s: &Select) {
     if let Some((a, b)) = s.limit {
         let count = b.map_or(-1, |b| b.saturating_sub(a) as i64);
         sql.push_str(&format!(" LIMIT {count} OFFSET {a}"));
     }
-    sql
 }
 
-fn origin_sql(o: &Origin, dedup: bool) -> String {
-    match &o.source {
-        Source::Table(t) => {
-            let alias = o.alias.as_deref().unwrap_or(t);
-            if dedup {
-                format!("(SELECT DISTINCT * FROM {}) AS {}", ident(t), ident(alias))
-            } else if o.alias.is_some() {
-                format!("{} AS {}", ident(t), ident(alias))
-            } else {
-                ident(t)
-            }
+/// The SQL of the relation an origin reads, without its alias: DISTINCT when the select
+/// removes duplicate rows.
+pub(super) fn source_sql(
+    o: &Origin,
+    dedup: bool,
+    schema: &dyn Schema,
+) -> Result<String, DirkError> {
+    Ok(match (&o.source, dedup) {
+        (Source::Table(t), true) => format!("(SELECT DISTINCT * FROM {})", ident(t)),
+        (Source::Table(t), false) => ident(t),
+        (Source::Query(q), true) => {
+            format!("(SELECT DISTINCT * FROM ({}))", compound_sql(q, schema)?.0)
         }
-        Source::Query(q) => {
-            let alias = ident(o.alias.as_deref().unwrap_or("_"));
-            if dedup {
-                format!("(SELECT DISTINCT * FROM ({})) AS {alias}", query_sql(q))
-            } else {
-                format!("({}) AS {alias}", query_sql(q))
-            }
-        }
+        (Source::Query(q), false) => format!("({})", compound_sql(q, schema)?.0),
+    })
+}
+
+/// The name an origin's columns are qualified with: its alias, else the table's name.
+pub(super) fn origin_alias(o: &Origin) -> String {
+    match (&o.alias, &o.source) {
+        (Some(a), _) => a.clone(),
+        (None, Source::Table(t)) => t.clone(),
+        (None, Source::Query(_)) => "_".into(),
     }
 }
 
+fn origin_sql(o: &Origin, dedup: bool, schema: &dyn Schema) -> Result<String, DirkError> {
+    let source = source_sql(o, dedup, schema)?;
+    Ok(match (&o.source, &o.alias) {
+        (Source::Table(_), None) if !dedup => source,
+        _ => format!("{source} AS {}", ident(&origin_alias(o))),
+    })
+}
+
 /// Whether a select groups (`#vondrona ()` is an ordinary projection, as in DirkDB).
-fn grouped(s: &Select) -> bool {
+pub(super) fn grouped(s: &Select) -> bool {
     s.group.as_ref().is_some_and(|g| !g.is_empty())
 }
 
@@ -706,7 +713,7 @@ pub fn name_scopes(stmt: &Statement) -> Vec<String> {
                 limit: None,
                 ..s.clone()
             };
-            select_sql(&scope)
+            select_sql(&scope, &NoSchema).unwrap_or_default()
         })
         .collect()
 }
@@ -746,7 +753,7 @@ pub fn check_query(q: &Query) -> Result<(), DirkError> {
 
 /// An item of a grouping select (already checked by [`check_group`]): a grouped column or an
 /// aggregate answering a double, `sum`/`avg` refusing strings as DirkDB does.
-fn group_item_sql(e: &Expr, alias: Option<&str>) -> String {
+pub(super) fn group_item_sql(e: &Expr, alias: Option<&str>) -> String {
     let sql = match e {
         Expr::Call(name, args) => {
             let arg = args.first().map_or_else(|| "NULL".into(), expr_sql);
@@ -771,7 +778,7 @@ fn group_item_sql(e: &Expr, alias: Option<&str>) -> String {
     }
 }
 
-fn item_sql(e: &Expr, alias: Option<&str>) -> String {
+pub(super) fn item_sql(e: &Expr, alias: Option<&str>) -> String {
     let sql = value_sql(e);
     match (alias, e) {
         (Some(a), _) => format!("{sql} AS {}", ident(a)),
@@ -780,7 +787,7 @@ fn item_sql(e: &Expr, alias: Option<&str>) -> String {
     }
 }
 
-fn column_sql(c: &ColumnRef) -> String {
+pub(super) fn column_sql(c: &ColumnRef) -> String {
     match &c.origin {
         Some(o) => format!("{}.{}", ident(o), ident(&c.name)),
         None => ident(&c.name),
@@ -923,7 +930,7 @@ pub fn is_boolean(e: &Expr) -> bool {
 }
 
 /// The SQL of `e`'s truthiness, 1 or 0, never null.
-fn truth_sql(e: &Expr) -> String {
+pub(super) fn truth_sql(e: &Expr) -> String {
     if is_boolean(e) || SQL_OPERATORS.with(|c| c.get()) {
         expr_sql(e)
     } else {
