@@ -685,6 +685,41 @@ async fn set_operations_answer_in_dirkdb_order() {
         .unwrap();
     assert_eq!(diff.columns[0].origin.as_deref(), Some("a"));
     assert_eq!(rows(diff), [json!(3.0), json!(3.0)]);
+    // Inside a derived table too (SQLite's UNION would sort, its EXCEPT drop the duplicates).
+    let derived = c
+        .query("alaivo n #ao@ (alaivo n #ao@ a #ankambana@ alaivo n #ao@ b) q")
+        .await
+        .unwrap();
+    assert_eq!(
+        derived.name.as_deref(),
+        Some("a_projection_Union_b_projection_projection")
+    );
+    assert_eq!(
+        rows(derived),
+        [
+            json!(3.0),
+            json!(1.0),
+            json!(2.0),
+            Value::Null,
+            json!(5.0),
+            json!(4.0)
+        ]
+    );
+    let derived = c
+        .query("alaivo n #ao@ (alaivo * #ao@ a #analana@ alaivo * #ao@ b) q #rehefa n > 0")
+        .await
+        .unwrap();
+    assert_eq!(rows(derived), [json!(3.0)], "WHERE removes the duplicate");
+    let derived = c
+        .query("alaivo * #ao@ (alaivo * #ao@ a #analana@ alaivo * #ao@ b) q #tonona:avia@ b #ka q.n = b.n")
+        .await
+        .unwrap();
+    assert_eq!(derived.rows, [[json!(3.0), Value::Null]]);
+    let e = server_error(
+        c.execute("alaivo n #ao@ (alaivo n, n #ao@ a #ankambana@ alaivo n #ao@ b) q")
+            .await,
+    );
+    assert_eq!(e, "a_projection(2) AND b_projection(1)");
     // Chained, with a parenthesised right operand.
     let chain = c
         .query("alaivo n #ao@ b #-@ (alaivo n #ao@ a #+@ alaivo n #ao@ a) #+@ alaivo n #ao@ a")
