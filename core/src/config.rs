@@ -904,7 +904,7 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// MULTI_PRIMARY: masters only, and no write concern yet (nothing would confirm it).
+    /// MULTI_PRIMARY: masters only, and a write concern no larger than the other masters.
     fn validate_multi_primary(&self) -> Result<(), ConfigError> {
         if let Some(i) = self.instances.iter().position(|i| i.role == Role::Replica) {
             return Err(invalid(
@@ -919,11 +919,12 @@ impl ClusterConfig {
                 "must name at least one role",
             ));
         }
-        let wanted = self.routing.writes.write_concern.replicas;
-        if wanted > 0 {
+        let wanted = self.routing.writes.write_concern.replicas as usize;
+        let others = self.primaries().count().saturating_sub(1);
+        if wanted > others {
             let msg = format!(
-                "asks for {wanted} other masters to confirm each write, but under MULTI_PRIMARY \
-                 the masters do not stream their changes to each other yet: use 0"
+                "asks for {wanted} other masters to apply each write, but the topology has \
+                 {others} masters besides the one that takes it (MULTI_PRIMARY)"
             );
             return Err(invalid("routing.writes.writeConcern.replicas", &msg));
         }
@@ -1114,7 +1115,8 @@ mod tests {
             )
         };
         with(&wc(0)).unwrap();
-        let err = with(&wc(1)).unwrap_err().to_string();
+        with(&wc(2)).unwrap();
+        let err = with(&wc(3)).unwrap_err().to_string();
         assert!(err.contains("writeConcern.replicas"), "{err}");
     }
 

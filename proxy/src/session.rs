@@ -72,6 +72,9 @@ pub struct ProxySession {
     pending_txn: Vec<String>,
     /// The last statement run on the primary (or a master) was answered with an error.
     last_failed: bool,
+    /// MULTI_PRIMARY: the positions of the session's writes per master, and what each master
+    /// was seen to have applied of them (read-your-writes across masters).
+    positions: multi_primary::SessionPositions,
 }
 
 /// Where a statement's frames go.
@@ -115,6 +118,7 @@ impl ProxySession {
             txn_owner: None,
             pending_txn: Vec::new(),
             last_failed: false,
+            positions: Default::default(),
         }
     }
 
@@ -360,6 +364,9 @@ impl ProxySession {
         conn: &mut BackendConn,
         last: Frame,
     ) -> Result<Frame, ProxyError> {
+        if self.topology.load().is_multi_primary() {
+            return self.settle_on_master(backend, conn, last).await;
+        }
         let text = backend.extension(conn, "DIRK POSITION").await?;
         let position = parse_number(&text, "position").unwrap_or(0);
         self.last_write = self.last_write.max(position);

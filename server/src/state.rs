@@ -399,6 +399,7 @@ impl ServerState {
     /// CREATE DATABASE on a primary: the event is logged, then the file made, under the gate.
     pub fn create_database(&self, owner: u64, name: &str, if_not_exists: bool) -> Result<bool> {
         crate::catalog::validate_name(name)?;
+        self.check_database_owner(name)?;
         self.write_path.lease().check_write()?;
         self.under_gate(owner, || {
             self.write_path.lease().check_write_holding_gate()?;
@@ -420,6 +421,7 @@ impl ServerState {
 
     /// DROP DATABASE on a primary: the event is logged, then the files removed, under the gate.
     pub fn drop_database(&self, owner: u64, name: &str, if_exists: bool) -> Result<bool> {
+        self.check_database_owner(name)?;
         self.write_path.lease().check_write()?;
         self.under_gate(owner, || {
             self.write_path.lease().check_write_holding_gate()?;
@@ -435,6 +437,16 @@ impl ServerState {
             self.catalog.drop_database(name, true)?;
             Ok(true)
         })
+    }
+
+    /// MULTI_PRIMARY: CREATE/DROP DATABASE run on the owner of `DB:<name>` only (the other
+    /// masters apply its event from its stream).
+    fn check_database_owner(&self, name: &str) -> Result<()> {
+        let database = dirkdb_core::rendezvous::ObjectRef::database(name);
+        self.settings
+            .ownership
+            .check(&database)
+            .map_err(ServerError::Refused)
     }
 
     /// Publishes the meta file's entry `seq` (with the backlog) under the gate.

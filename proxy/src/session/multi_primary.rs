@@ -11,26 +11,35 @@
 //! the tables it reads. Its later statements must stay on that master: a write to an object of
 //! another owner is refused, the transaction staying open so the client can roll it back.
 //!
-//! CREATE/DROP DATABASE run on the owner of `DB:<db>`, whose answer the client gets, then on
-//! every other master up (a database is a container every master holds). USE runs on the
-//! database's owner.
+//! CREATE/DROP DATABASE run on the owner of `DB:<db>`, and reach the other masters on its
+//! stream, like every other change. USE runs on the database's owner.
 //!
-//! Reads go to the owner of the tables they read, which holds every write made through the
-//! proxy to them, so a session always reads its own writes. The masters do not yet stream
-//! their changes to each other: a read of tables of different owners is refused rather than
-//! answered from one master's partial view.
+//! Every master holds everything (the masters stream their own changes to each other, see
+//! `server/src/replication/peers.rs`), so a read outside a transaction goes to any master up,
+//! in the read strategy's order. Read-your-writes holds per session across masters: the session
+//! keeps the position of its last write on each master (`DIRK POSITION` after each write), and
+//! before a statement runs on a master that was not yet seen to hold them all, it asks that
+//! master to reach them (`DIRK WAIT ORIGINS`): a read waits at most
+//! `loadBalancer.readYourWritesWaitMs` and then tries the next master; a write waits up to
+//! `loadBalancer.statementTimeoutMs`, and is not sent if the owner has not caught up by then.
+//! A write concern of k (`routing.writes.writeConcern.replicas`) holds the write's answer until
+//! k other masters applied it (`DIRK WAIT REPLICAS` on its owner), or replaces it with an error
+//! saying how many did.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
+use dirkdb_client::{ClientError, Reply};
 use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
-use dirkdb_core::rendezvous::{ObjectKind, ObjectRef};
+use dirkdb_core::rendezvous::ObjectRef;
 use dirkdb_core::sql::classify::{StatementClass, TransactionControl};
 use dirkdb_core::sql::objects::{read_tables, written_objects, Targets};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{follow_writes, ProxySession};
-use crate::backend::Backend;
+use super::{follow_writes, parse_number, ProxySession};
+use crate::backend::{Backend, BackendConn};
 use crate::error::ProxyError;
 use crate::ownership::{describe, owners};
 use crate::topology::Topology;
@@ -39,8 +48,62 @@ use crate::topology::Topology;
 enum Target {
     /// On this master; the text says why (for later refusals in the same transaction).
     One(Arc<Backend>, String),
-    /// On every master up, the first one's answer going to the client.
-    Everywhere(Vec<Arc<Backend>>),
+    /// On the first of these masters that holds the session's writes (a read).
+    Anywhere(Vec<Arc<Backend>>),
+}
+
+/// The session's writes per master, and what each master was seen to have applied of them.
+#[derive(Debug, Default)]
+pub(crate) struct SessionPositions {
+    /// Position of the session's last write on each master (its own sequence there).
+    writes: BTreeMap<String, u64>,
+    /// Per master: the positions it was last seen to have reached, per origin.
+    seen: HashMap<String, BTreeMap<String, u64>>,
+}
+
+impl SessionPositions {
+    /// A write the session made on `master` stands at `position` there.
+    fn record_write(&mut self, master: &str, position: u64) {
+        let at = self.writes.entry(master.to_string()).or_insert(0);
+        *at = (*at).max(position);
+    }
+
+    /// The session's positions `master` was not yet seen to hold (its own writes there aside).
+    fn missing_on(&self, master: &str) -> Vec<(String, u64)> {
+        let seen = self.seen.get(master);
+        self.writes
+            .iter()
+            .filter(|(origin, _)| origin.as_str() != master)
+            .filter(|(origin, seq)| {
+                seen.and_then(|s| s.get(origin.as_str()))
+                    .copied()
+                    .unwrap_or(0)
+                    < **seq
+            })
+            .map(|(origin, seq)| (origin.clone(), *seq))
+            .collect()
+    }
+
+    /// Takes `master`'s answer `positions m1=5 m2=9 …`.
+    fn seen_on(&mut self, master: &str, answer: &str) {
+        let seen = self.seen.entry(master.to_string()).or_default();
+        let pairs = answer.strip_prefix("positions").unwrap_or("");
+        for (origin, seq) in pairs.split_whitespace().filter_map(|w| w.split_once('=')) {
+            if let Ok(seq) = seq.parse::<u64>() {
+                let at = seen.entry(origin.to_string()).or_insert(0);
+                *at = (*at).max(seq);
+            }
+        }
+    }
+}
+
+/// `m1=5 m2=9`.
+fn listed(positions: &[(String, u64)]) -> String {
+    positions
+        .iter()
+        .map(|(id, seq)| format!("{id}={seq}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl ProxySession {
@@ -67,8 +130,13 @@ impl ProxySession {
             }
         }
         let result = match self.target(&t, sql, class)? {
-            Target::One(master, why) => self.run_on(master, why, sql, class, out).await,
-            Target::Everywhere(masters) => self.run_everywhere(masters, sql, class, out).await,
+            Target::One(master, why) => {
+                if self.txn_owner.is_none() {
+                    self.catch_up_or_refuse(&master).await?;
+                }
+                self.run_on(master, why, sql, class, out).await
+            }
+            Target::Anywhere(masters) => self.run_read(masters, sql, class, out).await,
         };
         self.route_to = None;
         if !self.txn.open {
@@ -76,6 +144,144 @@ impl ProxySession {
             self.pending_txn.clear();
         }
         result
+    }
+
+    /// A read on the first master of `masters` that holds the session's writes.
+    async fn run_read<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        masters: Vec<Arc<Backend>>,
+        sql: &str,
+        class: &StatementClass,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ProxyError> {
+        let wait = self
+            .topology
+            .load()
+            .config
+            .load_balancer
+            .read_your_writes_wait_ms;
+        let mut behind = Vec::new();
+        for master in masters {
+            match self.caught_up(&master, Duration::from_millis(wait)).await {
+                Ok(true) => return self.run_on(master, "a read".into(), sql, class, out).await,
+                Ok(false) => behind.push(master.id.clone()),
+                Err(e) => {
+                    tracing::debug!(instance = %master.id, error = %e, "read-your-writes wait failed; trying another master");
+                    behind.push(master.id.clone());
+                }
+            }
+        }
+        if behind.is_empty() {
+            return Err(ProxyError::NoBackend("MULTI_PRIMARY: no master is up"));
+        }
+        Err(ProxyError::Ownership(format!(
+            "no master up ({}) applied this session's writes ({}) within {wait} ms \
+             (loadBalancer.readYourWritesWaitMs): the read was not run",
+            behind.join(", "),
+            listed(
+                &self
+                    .positions
+                    .writes
+                    .clone()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            )
+        )))
+    }
+
+    /// Waits (up to `loadBalancer.statementTimeoutMs`) for `master` to hold the session's
+    /// writes made on other masters; refuses the statement when it does not.
+    async fn catch_up_or_refuse(&mut self, master: &Arc<Backend>) -> Result<(), ProxyError> {
+        let wait = self.statement_timeout();
+        if self.caught_up(master, wait).await? {
+            return Ok(());
+        }
+        Err(ProxyError::Backend {
+            instance: master.id.clone(),
+            reason: format!(
+                "it has not applied this session's earlier writes on other masters ({}) within \
+                 {} ms (loadBalancer.statementTimeoutMs): the statement was not sent",
+                listed(&self.positions.missing_on(&master.id)),
+                wait.as_millis()
+            ),
+        })
+    }
+
+    /// True once `master` holds every write of this session (asking it to wait at most `wait`
+    /// when it was not seen to hold them yet).
+    async fn caught_up(&mut self, master: &Backend, wait: Duration) -> Result<bool, ProxyError> {
+        let missing = self.positions.missing_on(&master.id);
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        let statement = format!(
+            "DIRK WAIT ORIGINS {} {}",
+            wait.as_millis(),
+            listed(&missing)
+        );
+        let mut conn = master.checkout(None).await?;
+        master.ensure_user(&mut conn, self.user.as_deref()).await?;
+        let reached = tokio::time::timeout(
+            wait + Duration::from_secs(2),
+            conn.client.execute(&statement),
+        )
+        .await;
+        match reached {
+            Ok(Ok(Reply::Message(answer))) => {
+                self.positions.seen_on(&master.id, &answer);
+                master.checkin(conn);
+                Ok(true)
+            }
+            Ok(Err(ClientError::Server(_))) => {
+                master.checkin(conn);
+                Ok(false)
+            }
+            Ok(Ok(Reply::Rows(_))) => Err(master.failure(format!("rows for `{statement}`"))),
+            Ok(Err(e)) => Err(master.failure(e.to_string())),
+            Err(_) => Err(master.failure(format!("`{statement}` was not answered"))),
+        }
+    }
+
+    /// Records a write's position on its master and applies the write concern to its outcome
+    /// (the last frame of its answer): kept once k other masters applied it, replaced by an
+    /// error saying how many did otherwise.
+    pub(super) async fn settle_on_master(
+        &mut self,
+        backend: &Backend,
+        conn: &mut BackendConn,
+        last: Frame,
+    ) -> Result<Frame, ProxyError> {
+        let text = backend.extension(conn, "DIRK POSITION").await?;
+        let position = parse_number(&text, "position").unwrap_or(0);
+        if position > 0 {
+            self.positions.record_write(&backend.id, position);
+        }
+        let concern = self
+            .topology
+            .load()
+            .config
+            .routing
+            .writes
+            .write_concern
+            .clone();
+        if concern.replicas == 0 || self.txn.open || position == 0 {
+            return Ok(last);
+        }
+        let wait = format!(
+            "DIRK WAIT REPLICAS {} {position} {}",
+            concern.replicas, concern.timeout_ms
+        );
+        let answer = backend.extension(conn, &wait).await?;
+        let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
+        if confirmed < u64::from(concern.replicas) {
+            return Ok(Frame::error(format!(
+                "the write is committed on {} (the owner of what it writes) but only {confirmed} \
+                 of the {} other masters asked applied it within {} ms \
+                 (routing.writes.writeConcern)",
+                backend.id, concern.replicas, concern.timeout_ms
+            )));
+        }
+        Ok(last)
     }
 
     /// True when transaction control is answered by the session itself: it opens a
@@ -119,28 +325,31 @@ impl ProxySession {
             Targets::Known(objects) if !objects.is_empty() => objects,
             _ => return self.database_target(t),
         };
-        if let [database] = objects.as_slice() {
-            if database.kind == ObjectKind::Database && !self.txn.open {
-                let first = owner_or_refuse(t, database)?;
-                let mut masters = vec![first.clone()];
-                masters.extend(
-                    t.masters_up()
-                        .into_iter()
-                        .filter(|m| !Arc::ptr_eq(m, &first)),
-                );
-                return Ok(Target::Everywhere(masters));
-            }
-        }
         self.single_owner(t, &objects, "writes")
     }
 
-    /// The owner of every table `sql` reads (the database's owner when it reads none).
+    /// Outside a transaction: any master up, in the read strategy's order (each holds
+    /// everything). In a transaction whose master is not chosen yet: the owner of the tables it
+    /// reads, so its later writes to them can stay on it.
     fn read_target(&self, t: &Topology, sql: &str) -> Result<Target, ProxyError> {
+        if !self.txn.open {
+            let masters: Vec<Arc<Backend>> = t
+                .read_candidates(self.db.as_deref())
+                .into_iter()
+                .filter(|b| t.index_of(&b.id).is_some_and(|i| t.is_master(i)))
+                .collect();
+            if masters.is_empty() {
+                return Err(ProxyError::NoBackend("MULTI_PRIMARY: no master is up"));
+            }
+            return Ok(Target::Anywhere(masters));
+        }
         let Some(db) = self.db.as_deref() else {
             return self.database_target(t);
         };
         match read_tables(sql, db) {
-            Targets::Known(tables) if !tables.is_empty() => self.single_owner(t, &tables, "reads"),
+            Targets::Known(tables) if !tables.is_empty() => self
+                .single_owner(t, &tables, "reads")
+                .or_else(|_| self.database_target(t)),
             _ => self.database_target(t),
         }
     }
@@ -176,13 +385,9 @@ impl ProxySession {
         ids.sort_unstable();
         ids.dedup();
         if owned.iter().any(|(_, o)| o.is_none()) || ids.len() != 1 {
-            let why = if verb == "writes" {
-                "one statement writes the objects of one owner only"
-            } else {
-                "the masters do not stream their changes to each other yet, so no master holds all of them"
-            };
             return Err(ProxyError::Ownership(format!(
-                "the statement {verb} objects of different owners: {} (MULTI_PRIMARY: {why})",
+                "the statement {verb} objects of different owners: {} (MULTI_PRIMARY: one \
+                 statement writes the objects of one owner only)",
                 describe(&owned)
             )));
         }
@@ -264,51 +469,6 @@ impl ProxySession {
         }
         self.primary = Some((backend, conn));
         Ok(())
-    }
-
-    /// CREATE/DROP DATABASE: on the owner first (its answer is the client's), then on every
-    /// other master up; a master that fails is logged, never hidden.
-    async fn run_everywhere<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        masters: Vec<Arc<Backend>>,
-        sql: &str,
-        class: &StatementClass,
-        out: &mut ServerConnection<S>,
-    ) -> Result<(), ProxyError> {
-        let Some(first) = masters.first().cloned() else {
-            return Err(ProxyError::NoBackend("MULTI_PRIMARY: no master is up"));
-        };
-        self.route_to = Some(first);
-        self.on_primary(sql, class, out).await?;
-        if self.last_failed {
-            return Ok(());
-        }
-        for master in masters.iter().skip(1) {
-            if let Err(e) = run_alone(master, self.user.as_deref(), sql).await {
-                tracing::warn!(instance = %master.id, statement = sql, error = %e, "a database statement failed on a master");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Runs one statement on a pooled connection of `master`.
-async fn run_alone(master: &Backend, user: Option<&str>, sql: &str) -> Result<(), ProxyError> {
-    let mut conn = master.checkout(None).await?;
-    master.ensure_user(&mut conn, user).await?;
-    match conn.client.execute(sql).await {
-        Ok(_) => {
-            master.checkin(conn);
-            Ok(())
-        }
-        Err(dirkdb_client::ClientError::Server(reason)) => {
-            master.checkin(conn);
-            Err(ProxyError::Backend {
-                instance: master.id.clone(),
-                reason,
-            })
-        }
-        Err(e) => Err(master.failure(e.to_string())),
     }
 }
 

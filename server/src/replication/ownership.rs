@@ -15,9 +15,9 @@
 //! by the statement runner from the parsed statement. The refusal's reason is kept per thread
 //! ([`take_refusal`]) so the client reads it instead of SQLite's "not authorized".
 //!
-//! A database itself is a container every master holds: CREATE/DROP DATABASE are accepted by
-//! every master (the proxy sends them to every master up, the owner of `DB:<db>` first), since
-//! creating or dropping a container cannot conflict with another master's rows.
+//! A database itself is owned too: CREATE/DROP DATABASE are accepted by the owner of `DB:<db>`
+//! only (`ServerState::create_database`), and reach the other masters on its stream
+//! ([`super::peers`]).
 
 use std::cell::RefCell;
 use std::sync::RwLock;
