@@ -29,10 +29,12 @@ const DIRKDB_CONFIG: &str = r#"{"configVersion": 1,
              "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
  "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
 
-/// `dirkdb cluster` running DirkDB's file.
+/// DirkDB's file run by `dirkdb cluster` (one process), or by one `dirkdb server` process per
+/// master and a `dirkdb proxy` (so that one master can be killed).
 struct LocalCluster {
     dir: tempfile::TempDir,
-    child: Child,
+    /// (log name, process): `cluster`, or `m1`, `m2`, `m3`, `proxy`.
+    children: Vec<(String, Option<Child>)>,
     lb: u16,
     lb_admin: u16,
     masters: Vec<(u16, u16)>,
@@ -45,6 +47,15 @@ impl LocalCluster {
 
     /// DirkDB's file changed by `edit` (after the placeholders are filled in).
     fn start_with(edit: impl FnOnce(String) -> String) -> LocalCluster {
+        LocalCluster::launch(edit, false)
+    }
+
+    /// Like [`LocalCluster::start_with`], one process per master and one for the proxy.
+    fn start_separate(edit: impl FnOnce(String) -> String) -> LocalCluster {
+        LocalCluster::launch(edit, true)
+    }
+
+    fn launch(edit: impl FnOnce(String) -> String, separate: bool) -> LocalCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let (lb, lb_admin) = (free_port(), free_port());
         let masters: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -61,33 +72,82 @@ impl LocalCluster {
         }
         let config = dir.path().join("config.json");
         std::fs::write(&config, edit(text)).expect("write config");
-        let log = std::fs::File::create(dir.path().join("cluster.log")).expect("log");
-        let child = Command::new(dirkdb_bin())
-            .args(["cluster", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn dirkdb cluster");
-        let cluster = LocalCluster {
+        let names: Vec<&str> = if separate {
+            vec!["m1", "m2", "m3", "proxy"]
+        } else {
+            vec!["cluster"]
+        };
+        let mut cluster = LocalCluster {
             dir,
-            child,
+            children: names.iter().map(|n| (n.to_string(), None)).collect(),
             lb,
             lb_admin,
             masters,
         };
-        for (port, admin) in &cluster.masters {
-            wait_for_port(*port);
-            wait_for_port(*admin);
+        for i in 0..cluster.children.len() {
+            cluster.spawn(i);
         }
         wait_for_port(cluster.lb);
         wait_for_port(cluster.lb_admin);
         cluster
     }
 
+    /// Starts process `i` of `children` (appending to its log) and waits for its ports.
+    fn spawn(&mut self, i: usize) {
+        let name = self.children[i].0.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log");
+        let mut command = Command::new(dirkdb_bin());
+        match name.as_str() {
+            "cluster" => command.arg("cluster"),
+            "proxy" => command.arg("proxy"),
+            master => command.args(["server", "--instance", master]),
+        };
+        let child = command
+            .arg("--config")
+            .arg(self.dir.path().join("config.json"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dirkdb");
+        self.children[i].1 = Some(child);
+        let ports: Vec<(u16, u16)> = match name.as_str() {
+            "cluster" => self.masters.clone(),
+            "proxy" => vec![(self.lb, self.lb_admin)],
+            master => vec![self.masters[master[1..].parse::<usize>().unwrap_or(1) - 1]],
+        };
+        for (port, admin) in ports {
+            wait_for_port(port);
+            wait_for_port(admin);
+        }
+    }
+
+    /// `kill -9` of master `m`'s process (separate processes only).
+    fn kill9(&mut self, m: usize) {
+        if let Some(mut child) = self.children[m - 1].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every process's log so far.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("cluster.log")).unwrap_or_default()
+        self.children
+            .iter()
+            .map(|(name, _)| {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")));
+                format!("==== {name}\n{}", text.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Master `m`'s log so far (separate processes only).
+    fn master_log(&self, m: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("m{m}.log"))).unwrap_or_default()
     }
 
     async fn proxy(&self) -> Client {
@@ -147,8 +207,12 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for (_, child) in &mut self.children {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 
@@ -457,4 +521,134 @@ async fn reads_anywhere_see_the_sessions_writes_and_write_concern_counts_masters
                 .unwrap_or(0),
         15
     );
+}
+
+/// `text` without its ANSI colour sequences (`ESC [ … m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `from=` of each "streaming another master's changes" line in `log`, per origin.
+fn resumed_from(log: &str) -> Vec<(String, u64)> {
+    without_colours(log)
+        .lines()
+        .filter(|l| l.contains("streaming another master's changes"))
+        .filter_map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_string)
+            };
+            Some((field("origin=")?, field("from=")?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_master_killed_and_restarted_catches_up_from_its_per_origin_positions() {
+    let mut cluster = LocalCluster::start_separate(|text| {
+        text.replace(
+            "\"hash\": \"RENDEZVOUS\"}",
+            "\"hash\": \"RENDEZVOUS\", \"writeConcern\": {\"replicas\": 1, \"timeoutMs\": 5000}}",
+        )
+    });
+    cluster.wait_for_ownership();
+    let mut c = cluster.proxy().await;
+    c.execute("CREATE DATABASE testdb").await.unwrap();
+    c.execute("USE testdb").await.unwrap();
+    for table in ["utilisateurs", "commandes", "produits"] {
+        c.execute(&format!(
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)"
+        ))
+        .await
+        .unwrap();
+        for n in 0..5 {
+            c.execute(&format!("INSERT INTO {table} (v) VALUES ('{n}')"))
+                .await
+                .unwrap();
+        }
+    }
+    cluster.wait_converged();
+    let before = cluster.master_status(3)["positions"].clone();
+
+    // Writers go on through the proxy to m1's and m2's tables while m3 is killed and restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lb = cluster.lb;
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut c = Client::connect(&format!("127.0.0.1:{lb}")).await.unwrap();
+            c.execute("USE testdb").await.unwrap();
+            let (mut ok, mut errors) = ([0u64; 2], Vec::new());
+            let mut n = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let (i, table) = [(0, "utilisateurs"), (1, "commandes")][n % 2];
+                match c
+                    .execute(&format!("INSERT INTO {table} (v) VALUES ('w{n}')"))
+                    .await
+                {
+                    Ok(_) => ok[i] += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+                n += 1;
+            }
+            (ok, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.kill9(3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.spawn(2);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, errors) = writer.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}\n{}", cluster.log());
+    assert!(ok[0] > 5 && ok[1] > 5, "the writers wrote: {ok:?}");
+
+    // Every acknowledged write is on every master, m3 included, with equal checksums.
+    let converged = cluster.wait_converged();
+    for (m, c) in converged.iter().enumerate() {
+        let rows = |t: &str| c["tables"]["testdb"][t]["rows"].as_u64().unwrap_or(0);
+        assert_eq!(rows("utilisateurs"), 5 + ok[0], "m{}: {c}", m + 1);
+        assert_eq!(rows("commandes"), 5 + ok[1], "m{}: {c}", m + 1);
+        assert_eq!(rows("produits"), 5, "m{}: {c}", m + 1);
+    }
+
+    // The restarted m3 resumed each stream from its own stored position (not from 0), behind
+    // where the origins stood once it was back.
+    let log = cluster.master_log(3);
+    let restarted = log
+        .rsplit("DirkDB server listening")
+        .next()
+        .unwrap_or_default();
+    let resumed = resumed_from(restarted);
+    for origin in ["m1", "m2"] {
+        let from = resumed
+            .iter()
+            .find(|(o, _)| o == origin)
+            .map(|(_, f)| *f)
+            .unwrap_or_else(|| panic!("m3 never resumed {origin}'s stream: {restarted}"));
+        let was = before[origin].as_u64().unwrap_or(0);
+        let now = converged[2]["positions"][origin].as_u64().unwrap_or(0);
+        assert!(
+            from >= was && from > 0,
+            "{origin}: resumed from {from}, stood at {was} before the writes"
+        );
+        assert!(now > from, "{origin}: m3 caught up from {from} to {now}");
+        eprintln!("m3 resumed {origin}'s stream from {from} (was {was}) and caught up to {now}; acknowledged writes {ok:?}");
+    }
 }
