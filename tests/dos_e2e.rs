@@ -254,3 +254,63 @@ async fn a_large_answer_classified_as_a_write_streams_through_the_proxy() {
     );
     assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 120).await;
 }
+
+/// Sends `sql` from `clients` sessions at once (each `USE shop` first); their answers.
+async fn all_at_once(addr: &str, clients: usize, sql: &str) -> Vec<Result<(), String>> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (addr, sql) = (addr.to_string(), sql.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr).await.map_err(|e| e.to_string())?;
+            c.execute("USE shop").await.map_err(|e| e.to_string())?;
+            c.execute(&sql).await.map(|_| ()).map_err(|e| e.to_string())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn large_statements_at_once_are_bounded_by_the_in_flight_budget() {
+    // Eight 4 MiB statements at once against a budget of 10 MiB: at most two run together,
+    // the others are refused at once, naming the knob; server and proxy stay up and small.
+    let mut cluster = cluster_with_limits(r#"{ "maxInFlightStatementBytes": 10485760 }"#);
+    let server_addr = cluster.addr(0);
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    let mut c = Client::connect(&proxy_addr).await.expect("connect");
+    for sql in ["CREATE DATABASE shop", "USE shop", "CREATE TABLE t(a)"] {
+        c.execute(sql).await.expect("setup");
+    }
+    let sql = format!("INSERT INTO t VALUES ('{}')", "x".repeat(4 * 1024 * 1024));
+    let mut ran = 0;
+    for (name, addr) in [("server", &server_addr), ("proxy", &proxy_addr)] {
+        let answers = all_at_once(addr, 8, &sql).await;
+        let refused = answers
+            .iter()
+            .filter(|a| matches!(a, Err(m) if m.contains("limits.maxInFlightStatementBytes")))
+            .count();
+        let ok = answers.iter().filter(|a| a.is_ok()).count();
+        println!("{name}: {ok} ran, {refused} refused: {answers:?}");
+        assert_eq!(
+            ok + refused,
+            8,
+            "{name}: every answer is a success or the refusal"
+        );
+        assert!(
+            ok >= 1 && refused >= 1,
+            "{name}: {ok} ran, {refused} refused"
+        );
+        ran += ok;
+    }
+    let rows = c.query("SELECT count(*) FROM t").await.expect("count").rows;
+    assert_eq!(
+        rows,
+        vec![vec![serde_json::json!(ran)]],
+        "the refused ones wrote nothing"
+    );
+    assert_still_serving("server", &mut cluster.nodes[0].child, &server_addr, 300).await;
+    assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 300).await;
+}

@@ -165,6 +165,9 @@ pub async fn run(
         upstream_addr: settings.upstream.clone(),
         statement_timeout: settings.statement_timeout,
         max_statement_bytes: settings.max_statement_bytes,
+        in_flight: dirkdb_core::in_flight::InFlight::new(
+            settings.config.limits.max_in_flight_statement_bytes,
+        ),
         analyses: AnalysisMemo::new(ANALYSIS_MEMO_ENTRIES),
         security,
     });

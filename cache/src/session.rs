@@ -47,6 +47,8 @@ pub struct SessionContext {
     pub statement_timeout: Duration,
     /// Largest statement accepted from a client.
     pub max_statement_bytes: usize,
+    /// Bytes held by the large statements running now (`limits.maxInFlightStatementBytes`).
+    pub in_flight: Arc<dirkdb_core::in_flight::InFlight>,
     /// Analyses of statement texts seen recently.
     pub analyses: AnalysisMemo,
     /// Users and grants (see [`crate::auth`]).
@@ -122,6 +124,10 @@ impl CacheSession {
         let sql = match incoming.into_statement(self.ctx.max_statement_bytes) {
             Ok(sql) => sql,
             Err(refusal) => return out.send(&refusal).await,
+        };
+        let _held = match self.ctx.in_flight.hold(sql.len()) {
+            Ok(held) => held,
+            Err(refusal) => return out.send(&Frame::error(refusal)).await,
         };
         if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
             return out.send(&Frame::error(e)).await;

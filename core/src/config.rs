@@ -717,6 +717,9 @@ pub struct LimitsConfig {
     /// A session idle this long inside an open transaction is rolled back and closed, by the
     /// server and the proxy (0: never); see `conn_limit`.
     pub idle_in_transaction_timeout_ms: u64,
+    /// Bytes that large statements (over 64 KiB) running at once may hold in one process;
+    /// one that does not fit is refused at once (0: no bound); see `in_flight`.
+    pub max_in_flight_statement_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -730,6 +733,7 @@ impl Default for LimitsConfig {
             max_expression_depth: crate::sql::limits::DEFAULT_MAX_EXPRESSION_DEPTH,
             shutdown_timeout_ms: 10_000,
             idle_in_transaction_timeout_ms: 60_000,
+            max_in_flight_statement_bytes: 64 * 1024 * 1024,
         }
     }
 }

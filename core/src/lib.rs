@@ -4,6 +4,7 @@
 //! * [`accept_loop`]: the bounded accept loop with graceful shutdown of the proxy and the cache.
 //! * [`change_feed`]: what a primary tells a cache about committed changes (`DIRK CHANGES`).
 //! * [`security`]: users, grants, password hashes and the `AUTH` statement.
+//! * [`in_flight`]: the bound on bytes held by large statements running at once.
 //! * [`rendezvous`]: DirkDB's rendezvous hashing (read stickiness, MULTI_PRIMARY object owners).
 //! * [`metrics`]: the one Prometheus writer of every `/metrics`.
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod conn_limit;
 pub mod connection;
 pub mod frame;
+pub mod in_flight;
 pub mod metrics;
 pub mod rendezvous;
 pub mod security;

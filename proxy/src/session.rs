@@ -145,6 +145,10 @@ impl ProxySession {
             Ok(sql) => sql,
             Err(refusal) => return out.send(&refusal).await,
         };
+        let _held = match self.topology.in_flight().hold(sql.len()) {
+            Ok(held) => held,
+            Err(refusal) => return out.send(&Frame::error(refusal)).await,
+        };
         if let Some(own) = own_extension(&sql) {
             let frame = match own {
                 Ok(OwnExtension::Position) => {

@@ -5,6 +5,7 @@
 //! live reload — go through [`SharedTopology::write`], one at a time (an async mutex), and build
 //! their update from the latest value, so a failover and a reload never overwrite each other.
 
+use dirkdb_core::in_flight::InFlight;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ use crate::backend::{Backend, HealthState};
 pub struct SharedTopology {
     current: ArcSwap<Topology>,
     writer: Mutex<()>,
+    /// Bytes held by the large statements the proxy's sessions run now.
+    in_flight: Arc<InFlight>,
 }
 
 /// The right to change the topology, held by one writer at a time; dropped, the next writer runs.
@@ -30,10 +33,17 @@ pub struct TopologyWriter<'a> {
 impl SharedTopology {
     /// Shares `topology`.
     pub fn new(topology: Topology) -> SharedTopology {
+        let in_flight = InFlight::new(topology.config.limits.max_in_flight_statement_bytes);
         SharedTopology {
             current: ArcSwap::from_pointee(topology),
             writer: Mutex::new(()),
+            in_flight,
         }
+    }
+
+    /// The proxy's budget of bytes held by statements in flight.
+    pub fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
     }
 
     /// The current topology, for a short look (a statement's routing).
@@ -64,6 +74,8 @@ impl TopologyWriter<'_> {
     /// Makes `topology` the current one; returns it.
     pub fn store(&self, topology: Topology) -> Arc<Topology> {
         let topology = Arc::new(topology);
+        let max = topology.config.limits.max_in_flight_statement_bytes;
+        self.shared.in_flight.set_max(max);
         self.shared.current.store(topology.clone());
         topology
     }

@@ -40,6 +40,21 @@ struct Word {
     start: usize,
 }
 
+/// Whether the statement's first word is one of `keywords` (upper case). Statements reach the
+/// server without leading whitespace or comments (the splitter strips them); any other start
+/// is answered true, so the full tokenizer decides.
+fn starts_with_any(sql: &str, keywords: &[&str]) -> bool {
+    let head = sql.trim_start();
+    let word_end = head
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(head.len());
+    if word_end == 0 {
+        return true;
+    }
+    let word = &head[..word_end];
+    keywords.iter().any(|k| k.eq_ignore_ascii_case(word))
+}
+
 fn significant_words(sql: &str) -> Vec<Word> {
     tokenize(sql)
         .into_iter()
@@ -71,6 +86,9 @@ fn unquote(text: &str) -> String {
 /// Recognizes a database statement; `None` means "not one, give it to SQLite";
 /// `Some(Err)` is a database statement with a syntax error.
 pub fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
+    if !starts_with_any(sql, &["CREATE", "DROP", "USE", "SHOW"]) {
+        return None; // most statements: no need to tokenize them whole
+    }
     let words = significant_words(sql);
     let upper: Vec<&str> = words.iter().map(|w| w.upper.as_str()).collect();
     // The name is the rest of the statement: one identifier, or raw text such as `a-b` that the
@@ -125,6 +143,9 @@ pub struct SchemaObject {
 
 /// Finds the object of a CREATE/DROP/ALTER statement.
 pub fn schema_object(sql: &str) -> Option<SchemaObject> {
+    if !starts_with_any(sql, &["CREATE", "DROP", "ALTER"]) {
+        return None;
+    }
     let words = significant_words(sql);
     let verb = words.first()?.upper.clone();
     if !matches!(verb.as_str(), "CREATE" | "DROP" | "ALTER") {

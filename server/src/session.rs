@@ -114,6 +114,10 @@ impl Session {
             Ok(sql) => sql,
             Err(refusal) => return self.reply(out, refusal).await,
         };
+        let _held = match self.state.in_flight.hold(sql.len()) {
+            Ok(held) => held,
+            Err(refusal) => return self.reply(out, Frame::error(refusal)).await,
+        };
         if let Some(frame) = self.auth.gate(&sql).await {
             return self.reply(out, frame).await;
         }
@@ -128,22 +132,22 @@ impl Session {
             };
             return self.reply(out, frame).await;
         }
-        match dirkdb::route(&sql) {
-            Route::Dirk(stmt) => return self.dirkdb_statement(stmt, out).await,
-            Route::Error(e) => return self.reply(out, Frame::error(e)).await,
-            Route::English | Route::Mixed => {}
-        }
-        let sql = translate(&sql);
-        if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
-            return self.reply(out, Frame::error(e)).await;
-        }
-        match database_statement::parse(&sql) {
-            None => self.run_sql(sql, out).await,
-            Some(Err(msg)) => {
-                self.reply(out, Frame::error(ServerError::Syntax(msg)))
-                    .await
-            }
-            Some(Ok(stmt)) => {
+        let prepared = if sql.len() > OFF_RUNTIME_BYTES {
+            // Lexing, translating and parsing megabytes would hold a runtime worker for long
+            // enough to starve the admin API (the proxy's lease renewals) and other sessions.
+            tokio::task::spawn_blocking(move || prepare(&sql))
+                .await
+                .unwrap_or_else(|e| {
+                    Prepared::Refused(Frame::error(ServerError::Internal(e.to_string())))
+                })
+        } else {
+            prepare(&sql)
+        };
+        match prepared {
+            Prepared::Dirk(stmt) => self.dirkdb_statement(stmt, out).await,
+            Prepared::Refused(frame) => self.reply(out, frame).await,
+            Prepared::Sql(sql) => self.run_sql(sql, out).await,
+            Prepared::Database(stmt) => {
                 let frame = match self.database_statement(stmt).await {
                     Ok(Reply::Text(text)) => Frame::Message(text),
                     Ok(Reply::Sql(sql)) => return self.run_sql(sql, out).await,
@@ -477,4 +481,38 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ServerError::Internal(e.to_string()))?
+}
+
+/// Statements longer than this are prepared on a blocking thread (see [`prepare`]).
+const OFF_RUNTIME_BYTES: usize = 64 * 1024;
+
+/// What a statement's text turned out to be, before anything runs.
+enum Prepared {
+    /// DirkDB's grammar.
+    Dirk(Arc<dirkdb::Statement>),
+    /// Refused before it ran (a DirkDB error, too deep, a bad database statement).
+    Refused(Frame),
+    /// `USE`, `CREATE DATABASE`, `SHOW DATABASES`, …, answered by the server itself.
+    Database(DatabaseStatement),
+    /// SQL for SQLite (English, or the mixed Malagasy form translated).
+    Sql(String),
+}
+
+/// Routes, translates and checks a statement: CPU work proportional to its length, and nothing
+/// else (no lock, no I/O), so it may run on a blocking thread.
+fn prepare(sql: &str) -> Prepared {
+    match dirkdb::route(sql) {
+        Route::Dirk(stmt) => return Prepared::Dirk(stmt),
+        Route::Error(e) => return Prepared::Refused(Frame::error(e)),
+        Route::English | Route::Mixed => {}
+    }
+    let sql = translate(sql);
+    if let Err(e) = dirkdb_core::sql::limits::check_expression_depth(&sql) {
+        return Prepared::Refused(Frame::error(e));
+    }
+    match database_statement::parse(&sql) {
+        None => Prepared::Sql(sql),
+        Some(Err(msg)) => Prepared::Refused(Frame::error(ServerError::Syntax(msg))),
+        Some(Ok(stmt)) => Prepared::Database(stmt),
+    }
 }

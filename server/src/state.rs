@@ -47,6 +47,8 @@ pub struct ServerState {
     pub write_path: Arc<WritePath>,
     /// What one client may ask.
     pub limits: LimitsConfig,
+    /// Bytes held by the large statements running now (`limits.maxInFlightStatementBytes`).
+    pub in_flight: Arc<dirkdb_core::in_flight::InFlight>,
     /// How its SQLite connections are opened.
     pub settings: ConnectionSettings,
     /// Replication bookkeeping and the followed primary.
@@ -117,6 +119,7 @@ impl ServerState {
                 WritePath::new(committed, Duration::from_millis(limits.busy_timeout_ms))
                     .with_lease(lease),
             ),
+            in_flight: dirkdb_core::in_flight::InFlight::new(limits.max_in_flight_statement_bytes),
             limits,
             settings,
             replication: ReplicationHub::new(
