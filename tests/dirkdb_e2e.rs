@@ -273,6 +273,23 @@ fn course() -> Vec<(&'static str, Want)> {
             "alaivo zz, count(id) #ao@ naoty_tb #vondrona (zz)",
             Fail("sqlTsinjo.query.err.eval.FieldNotFoundErr: Le champ 'zz' n'existe pas dans la relation."),
         ),
+        // DirkDB's order: the keys are resolved first, then each item in turn.
+        (
+            "alaivo lohahevitra, naoty #ao@ naoty_tb #vondrona (zz)",
+            Fail("sqlTsinjo.query.err.eval.FieldNotFoundErr: Le champ 'zz' n'existe pas dans la relation."),
+        ),
+        (
+            "alaivo id, zz, max(naoty) #ao@ naoty_tb #vondrona (id)",
+            Fail("sqlTsinjo.query.err.eval.FieldNotFoundErr: Le champ 'zz' n'existe pas dans la relation."),
+        ),
+        (
+            "alaivo id, count(q.zz) #ao@ naoty_tb q #vondrona (id)",
+            Fail("sqlTsinjo.query.err.eval.FieldNotFoundErr: Le champ 'q.zz' n'existe pas dans la relation."),
+        ),
+        (
+            "alaivo id, count(naoty) #ao@ naoty_tb #tonona naoty_tb b #vondrona (id)",
+            Fail("sqlTsinjo.query.err.eval.AmbigousNameErr: Le champ 'id' est ambigu. Il apparaît 2 fois dans la relation."),
+        ),
         (
             "alaivo id, sum(lohahevitra) #ao@ naoty_tb #vondrona (id)",
             Fail("SUM attend une valeur numérique, trouvé: java.lang.String"),
@@ -768,6 +785,16 @@ async fn a_statement_over_the_limit_is_refused_at_once_and_the_session_goes_on()
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         stream.write_all(b"ampiasao fetra;").await.unwrap();
         read_answers(&mut stream, 1).await;
+        // Doubles are written as DirkDB's Java server writes them.
+        stream
+            .write_all(b"alaivo 12345678 antso a, 0.0001 antso b, 0 - 0 antso c, 7 / 2 antso d, 10000000 * 100 antso e;")
+            .await
+            .unwrap();
+        let text = read_answers(&mut stream, 1).await;
+        assert!(
+            text.contains(r#""rows":[[1.2345678E7,1.0E-4,0.0,3.5,1.0E9]]"#),
+            "{through}: {text}"
+        );
         // An unterminated DirkDB literal, no `;` and no end of input: answered at once.
         stream.write_all(b"alaivo 'a\\'").await.unwrap();
         stream.write_all(&[b'x'; 2000]).await.unwrap();

@@ -79,6 +79,19 @@ impl PageFrame {
         })
     }
 
+    /// Like [`PageFrame::from_page`], doubles written as DirkDB's Java server writes them
+    /// (`1.2345678E7`, see `sql::dirkdb::values::java_page_json`): for answers to DirkDB's
+    /// language.
+    pub fn from_page_java(page: &RelationPage) -> Result<PageFrame, FrameError> {
+        let json = crate::sql::dirkdb::values::java_page_json(page)
+            .map_err(|e| FrameError::Json(e.to_string()))?;
+        Ok(PageFrame {
+            page: page.page,
+            total_pages: page.total_pages,
+            json,
+        })
+    }
+
     /// The JSON line as sent.
     pub fn json(&self) -> &str {
         &self.json

@@ -329,6 +329,15 @@ impl Schema for ConnSchema<'_> {
         self.domain(name).is_some()
     }
 
+    fn prepare_error(&self, sql: &str) -> Option<String> {
+        match self.conn.prepare(sql) {
+            Ok(_) => None,
+            Err(rusqlite::Error::SqlInputError { msg, .. }) => Some(msg),
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) => Some(msg),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     fn columns(&self, sql: &str) -> Option<dirkdb::translate::Columns> {
         let stmt = self.conn.prepare(sql).ok()?;
         Some(
@@ -574,6 +583,8 @@ fn stream_rows(
     };
     check_limit(total_rows, options)?;
     let mut pager = Pager::new(name, columns, total_rows, options.page_rows);
+    // DirkDB's answers write their doubles as DirkDB's Java server does (`1.2345678E7`).
+    pager.java_numbers = naming.is_some();
     for row in ahead {
         pager.push(row, sink)?;
     }
@@ -634,6 +645,7 @@ fn row_values(row: &rusqlite::Row<'_>, width: usize) -> Result<Vec<Value>, RunEr
 
 /// Cuts rows into pages and sends each as soon as it is full.
 struct Pager {
+    java_numbers: bool,
     name: Option<String>,
     columns: Vec<Column>,
     total_pages: u64,
@@ -646,6 +658,7 @@ impl Pager {
     fn new(name: Option<String>, columns: Vec<Column>, total_rows: u64, page_rows: usize) -> Pager {
         let per_page = page_rows.max(1) as u64;
         Pager {
+            java_numbers: false,
             name,
             columns,
             total_pages: total_rows.div_ceil(per_page).max(1),
@@ -672,8 +685,12 @@ impl Pager {
             columns: self.columns.clone(),
             rows: std::mem::take(&mut self.rows),
         };
-        let frame = PageFrame::from_page(&page)
-            .map_err(|e| RunError::Failed(ServerError::Internal(e.to_string())))?;
+        let frame = if self.java_numbers {
+            PageFrame::from_page_java(&page)
+        } else {
+            PageFrame::from_page(&page)
+        }
+        .map_err(|e| RunError::Failed(ServerError::Internal(e.to_string())))?;
         sink.emit(Frame::Page(frame))?;
         Ok(())
     }

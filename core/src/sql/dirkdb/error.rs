@@ -110,6 +110,20 @@ pub enum DirkError {
     /// A column item not among the `#vondrona` keys (Java's display of the identifier).
     #[error("Champ non agrégé doit être dans #vondrona: {0}")]
     NotGrouped(String),
+    /// A `#vondrona` key, item or aggregate argument naming no column (DirkDB wraps the
+    /// FieldNotFoundErr, so its Java class shows).
+    #[error(
+        "sqlTsinjo.query.err.eval.FieldNotFoundErr: Le champ '{0}' n'existe pas dans la relation."
+    )]
+    GroupFieldNotFound(String),
+    /// Same, for a column name found more than once (AmbigousNameErr).
+    #[error("sqlTsinjo.query.err.eval.AmbigousNameErr: Le champ '{name}' est ambigu. Il apparaît {count} fois dans la relation.")]
+    GroupAmbiguous {
+        /// The name as written.
+        name: String,
+        /// How many columns have it.
+        count: usize,
+    },
     /// An item that is neither a column nor an aggregate, under `#vondrona`.
     #[error("Expression non supportée avec GROUP BY: {0}")]
     GroupExpression(String),

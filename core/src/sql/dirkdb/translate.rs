@@ -30,6 +30,10 @@ pub trait Schema {
     fn columns(&self, _sql: &str) -> Option<Columns> {
         None
     }
+    /// SQLite's reason when `sql` cannot be prepared; `None` when it can (or nobody knows).
+    fn prepare_error(&self, _sql: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A schema that knows nothing and accepts every domain name: enough to classify a statement
@@ -108,7 +112,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             return Err(DirkError::NoCommand);
         }
         Statement::Select(q) => {
-            check_query(q)?;
+            check_query(q, schema)?;
             if query_reads_tables(q) {
                 let _ = db()?;
             }
@@ -170,7 +174,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
         }
         Statement::CreateView { name, query } => {
             let _ = db()?;
-            check_query(query)?;
+            check_query(query, schema)?;
             if schema.object_type(name).is_some() {
                 return Err(DirkError::ViewExists(name.clone()));
             }
@@ -262,7 +266,7 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
                     format!("VALUES {}", rows.join(", "))
                 }
                 InsertSource::Select(s) => {
-                    check_group(s)?;
+                    check_group(s, schema)?;
                     select_sql(s, schema)?
                 }
             };
@@ -622,15 +626,20 @@ pub(super) fn grouped(s: &Select) -> bool {
     s.group.as_ref().is_some_and(|g| !g.is_empty())
 }
 
-/// DirkDB's checks of a grouping select (GroupByHelper): items are grouped columns or
-/// `count`/`sum`/`avg` of one column. Column names are resolved by SQLite afterwards.
-fn check_group(s: &Select) -> Result<(), DirkError> {
+/// DirkDB's checks of a grouping select, in GroupByHelper's order: `*`; each key resolved;
+/// then each item in turn — an aggregate's name, argument count and kind, then its argument
+/// resolved; a column resolved, then found among the keys; anything else refused. Columns are
+/// resolved by preparing them over the select's relation (SQLite's resolution, so its rules for
+/// qualified names), when the schema can; without one only the static checks run.
+fn check_group(s: &Select, schema: &dyn Schema) -> Result<(), DirkError> {
     let Some(keys) = s.group.as_ref().filter(|g| !g.is_empty()) else {
         return Ok(());
     };
     let Items::List(items) = &s.items else {
         return Err(DirkError::GroupNeedsList);
     };
+    let resolve = |c: &ColumnRef| resolve_in(s, c, schema);
+    keys.iter().try_for_each(resolve)?;
     for (e, _) in items {
         match e {
             Expr::Call(name, args) => {
@@ -643,11 +652,13 @@ fn check_group(s: &Select) -> Result<(), DirkError> {
                 if args.len() != 1 {
                     return Err(DirkError::GroupArgCount(name.clone()));
                 }
-                if !matches!(args[0], Expr::Column(_)) {
+                let Expr::Column(arg) = &args[0] else {
                     return Err(DirkError::GroupArgColumn(name.clone()));
-                }
+                };
+                resolve(arg)?;
             }
             Expr::Column(c) => {
+                resolve(c)?;
                 let in_keys = keys.iter().any(|k| {
                     k.name == c.name
                         && (k.origin.is_none() || c.origin.is_none() || k.origin == c.origin)
@@ -663,6 +674,54 @@ fn check_group(s: &Select) -> Result<(), DirkError> {
             other => return Err(DirkError::GroupExpression(debug_expr(other))),
         }
     }
+    Ok(())
+}
+
+/// Whether `c` names exactly one column of the relation `s` groups (its FROM and joins),
+/// as SQLite resolves it; DirkDB's wrapped error when not.
+fn resolve_in(s: &Select, c: &ColumnRef, schema: &dyn Schema) -> Result<(), DirkError> {
+    if s.from.is_none() {
+        return Ok(());
+    }
+    let probe = Select {
+        items: Items::List(vec![(Expr::Column(c.clone()), None)]),
+        filter: None,
+        group: None,
+        limit: None,
+        ..s.clone()
+    };
+    let Some(reason) = schema.prepare_error(&select_sql(&probe, &NoSchema)?) else {
+        return Ok(());
+    };
+    let written = match &c.origin {
+        Some(o) => format!("{o}.{}", c.name),
+        None => c.name.clone(),
+    };
+    // The probe also holds the joins' conditions: only an error about `c` itself is `c`'s.
+    if !reason.ends_with(&written) {
+        return Ok(());
+    }
+    if reason.starts_with("no such column") {
+        return Err(DirkError::GroupFieldNotFound(written));
+    }
+    if reason.starts_with("ambiguous column name") {
+        let scope = Select {
+            items: Items::All,
+            ..probe
+        };
+        let count = schema
+            .columns(&select_sql(&scope, &NoSchema)?)
+            .map_or(2, |cols| {
+                cols.iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(&c.name))
+                    .count()
+            });
+        return Err(DirkError::GroupAmbiguous {
+            name: written,
+            count: count.max(2),
+        });
+    }
+    // Another failure (an unknown table, …) is reported when the statement runs.
     Ok(())
 }
 
@@ -744,11 +803,11 @@ pub fn resolved_by_group(stmt: &Statement, column: &str) -> bool {
     })
 }
 
-/// DirkDB's static checks of a query before it runs.
-pub fn check_query(q: &Query) -> Result<(), DirkError> {
+/// DirkDB's checks of a query's `#vondrona` selects before it runs.
+pub fn check_query(q: &Query, schema: &dyn Schema) -> Result<(), DirkError> {
     let mut selects = Vec::new();
     each_select(q, &mut selects);
-    selects.into_iter().try_for_each(check_group)
+    selects.into_iter().try_for_each(|s| check_group(s, schema))
 }
 
 /// An item of a grouping select (already checked by [`check_group`]): a grouped column or an

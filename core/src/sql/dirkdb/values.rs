@@ -19,6 +19,30 @@
 //! `true`/`false`, and that no domain accepts (DirkDB's `NUMBER`, `VARCHAR`, `TANISA` and `DATE`
 //! all refuse a `Boolean`), so it is never stored in a DirkDB table.
 
+/// A relation page's JSON with numbers written as DirkDB's Java server writes its doubles
+/// (`Double.toString`: `5.0`, `1.2345678E7`, `1.0E-4`, `-0.0`; DIRKDB-DIALECT.md §1). Numbers
+/// SQLite holds as integers (written by English SQL) stay integers.
+pub fn java_page_json(page: &crate::frame::RelationPage) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, JavaNumbers);
+    serde::Serialize::serialize(page, &mut serializer)?;
+    // The serializer writes only UTF-8.
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// serde_json's compact formatter, doubles written the Java way.
+struct JavaNumbers;
+
+impl serde_json::ser::Formatter for JavaNumbers {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        writer.write_all(super::domain::java_double(value).as_bytes())
+    }
+}
+
 /// A SQL value as the functions see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
@@ -354,6 +378,32 @@ mod tests {
         let neg = n(Function::Neg, &[Null]);
         assert!(neg == 0.0 && neg.is_sign_negative());
         assert_eq!(n(Function::Neg, &[Text("yes")]), -1.0);
+    }
+
+    #[test]
+    fn pages_write_java_doubles() {
+        let page = crate::frame::RelationPage {
+            name: Some("t".into()),
+            page: 1,
+            total_pages: 1,
+            columns: vec![],
+            rows: vec![vec![
+                serde_json::json!(5.0),
+                serde_json::json!(12345678.0),
+                serde_json::json!(0.0001),
+                serde_json::json!(-0.0),
+                serde_json::json!(7),
+                serde_json::json!("1.5E3"),
+            ]],
+        };
+        let json = java_page_json(&page).unwrap();
+        assert!(
+            json.ends_with(r#""rows":[[5.0,1.2345678E7,1.0E-4,-0.0,7,"1.5E3"]]}"#),
+            "{json}"
+        );
+        // Still JSON, and the same page for any reader.
+        let back: crate::frame::RelationPage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.rows[0][1], serde_json::json!(12345678.0));
     }
 
     #[test]
