@@ -26,7 +26,7 @@ use crate::statement_analysis::{
 };
 use crate::stats::CacheStats;
 use crate::table_keys::SCHEMA_QUERY;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Retry, Upstream, UpstreamError};
 use crate::view_map::{DbSchema, ANY_TABLE};
 
 /// How long a write's answer waits for the change feed to report it.
@@ -144,7 +144,7 @@ impl CacheSession {
             }
             Analysis::Cacheable(_) | Analysis::Uncacheable(_) => {
                 CacheStats::bump(&self.ctx.stats.uncacheable);
-                self.pass(&sql, out).await
+                self.pass(&sql, out, self.read_retry()).await
             }
             Analysis::Use(db) => self.use_database(&sql, db.clone(), out).await,
             Analysis::Transaction(control) => self.transaction(&sql, control.clone(), out).await,
@@ -162,18 +162,40 @@ impl CacheSession {
         self.db_key.clone()
     }
 
+    /// What may be sent again if the upstream breaks around a read (see [`Retry`]).
+    fn read_retry(&self) -> Retry {
+        if self.txn.open {
+            Retry::Never
+        } else {
+            Retry::Read
+        }
+    }
+
+    /// The same for anything else.
+    fn write_retry(&self) -> Retry {
+        if self.txn.open {
+            Retry::Never
+        } else {
+            Retry::BeforeSending
+        }
+    }
+
     /// Sends `sql` upstream and passes the answer on, as it arrives.
     async fn pass<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         sql: &str,
         out: &mut ServerConnection<S>,
+        retry: Retry,
     ) -> Result<(), ForwardError> {
-        self.forward(sql, out, false, None, None).await.map(|_| ())
+        self.forward(sql, out, false, None, None, retry)
+            .await
+            .map(|_| ())
     }
 
     /// Sends `sql` upstream and writes each frame of the answer to the client, keeping the bytes
     /// (up to `keep`), and holding the final frame back when `hold_last`. `then` is sent right
     /// behind `sql` (pipelined, no round trip of its own); its answer is left to the caller.
+    /// `retry` says what may be sent again when the upstream breaks (see [`Retry`]).
     async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         sql: &str,
@@ -181,19 +203,29 @@ impl CacheSession {
         hold_last: bool,
         keep: Option<usize>,
         then: Option<&str>,
+        retry: Retry,
     ) -> Result<Forwarded, ForwardError> {
         let lost_txn = self.txn.open;
         let mut wrote = false;
-        let upstream_failed =
-            |error: UpstreamError, wrote: bool| ForwardError::Upstream { error, wrote };
-        if let Err(error) = self.upstream.send(self.db.as_deref(), sql).await {
-            self.after_upstream_failure(lost_txn);
-            return Err(upstream_failed(error, false));
+        if let Err(error) = self.upstream.send(self.db.as_deref(), sql, retry).await {
+            let error = self.after_upstream_failure(lost_txn, error);
+            return Err(ForwardError::Upstream {
+                error,
+                wrote: false,
+            });
         }
+        // Once sent, a broken connection leaves a write's outcome unknown.
+        let sent_failure = |error| match retry {
+            Retry::BeforeSending => crate::upstream::after_write(error),
+            _ => error,
+        };
         if let Some(then) = then {
-            if let Err(error) = self.upstream.send(self.db.as_deref(), then).await {
-                self.after_upstream_failure(lost_txn);
-                return Err(upstream_failed(error, false));
+            if let Err(error) = self.upstream.send_behind(then).await {
+                let error = self.after_upstream_failure(lost_txn, sent_failure(error));
+                return Err(ForwardError::Upstream {
+                    error,
+                    wrote: false,
+                });
             }
         }
         let mut kept = keep.map(|_| BytesMut::new());
@@ -201,8 +233,8 @@ impl CacheSession {
             let frame = match self.upstream.next_frame().await {
                 Ok(frame) => frame,
                 Err(error) => {
-                    self.after_upstream_failure(lost_txn);
-                    return Err(upstream_failed(error, wrote));
+                    let error = self.after_upstream_failure(lost_txn, sent_failure(error));
+                    return Err(ForwardError::Upstream { error, wrote });
                 }
             };
             let last = matches!(frame, Frame::Message(_));
@@ -237,13 +269,16 @@ impl CacheSession {
         }
     }
 
-    /// A broken upstream connection rolled back the session's transaction, if one was open.
-    fn after_upstream_failure(&mut self, had_txn: bool) {
+    /// A broken upstream connection rolled back the session's transaction, if one was open:
+    /// the session leaves it, and the error says so.
+    fn after_upstream_failure(&mut self, had_txn: bool, error: UpstreamError) -> UpstreamError {
         if had_txn {
             self.txn = TransactionState::default();
             self.txn_writes.clear();
             tracing::debug!("upstream connection lost inside a transaction; it was rolled back");
+            return crate::upstream::inside_transaction(error);
         }
+        error
     }
 
     async fn use_database<S: AsyncRead + AsyncWrite + Unpin>(
@@ -252,7 +287,9 @@ impl CacheSession {
         db: String,
         out: &mut ServerConnection<S>,
     ) -> Result<(), ForwardError> {
-        let forwarded = self.forward(sql, out, false, None, None).await?;
+        // `USE` changes nothing: it may be sent again like a read.
+        let retry = self.read_retry();
+        let forwarded = self.forward(sql, out, false, None, None, retry).await?;
         if !forwarded.failed {
             self.upstream.selected(&db);
             self.db_key = db.to_lowercase().into();
@@ -268,7 +305,22 @@ impl CacheSession {
         out: &mut ServerConnection<S>,
     ) -> Result<(), ForwardError> {
         let ask = (!self.txn_writes.is_empty()).then_some(POSITION_STATEMENT);
-        let forwarded = self.forward(sql, out, true, None, ask).await?;
+        let retry = self.write_retry();
+        let commits = matches!(
+            control,
+            dirkdb_core::sql::classify::TransactionControl::Commit
+                | dirkdb_core::sql::classify::TransactionControl::Release(_)
+        );
+        let forwarded = match self.forward(sql, out, true, None, ask, retry).await {
+            // A COMMIT whose connection broke may have committed.
+            Err(ForwardError::Upstream { error, wrote }) if commits => {
+                return Err(ForwardError::Upstream {
+                    error: crate::upstream::at_commit(error),
+                    wrote,
+                })
+            }
+            other => other?,
+        };
         let answered = std::time::Instant::now();
         let position = match ask {
             Some(_) => self.upstream.pipelined_position().await,
@@ -298,10 +350,17 @@ impl CacheSession {
         CacheStats::bump(&self.ctx.stats.writes);
         if self.txn.open {
             self.txn_writes.push(targets);
-            return self.pass(sql, out).await;
+            return self.pass(sql, out, Retry::Never).await;
         }
         let forwarded = self
-            .forward(sql, out, true, None, Some(POSITION_STATEMENT))
+            .forward(
+                sql,
+                out,
+                true,
+                None,
+                Some(POSITION_STATEMENT),
+                Retry::BeforeSending,
+            )
             .await;
         let answered = std::time::Instant::now();
         let position = match &forwarded {
@@ -386,7 +445,8 @@ impl CacheSession {
         {
             Ok(()) => {
                 let cap = store.limits().max_entry_bytes;
-                self.forward(sql, out, false, Some(cap), None).await
+                self.forward(sql, out, false, Some(cap), None, Retry::Read)
+                    .await
             }
             Err(error) => Err(ForwardError::Upstream {
                 error,
@@ -437,7 +497,7 @@ impl CacheSession {
                 out.flush().await?;
                 Ok(())
             }
-            _ => self.pass(sql, out).await,
+            _ => self.pass(sql, out, self.read_retry()).await,
         }
     }
 
@@ -496,7 +556,7 @@ impl CacheSession {
     /// The views and keys of the session's database, from the server's catalog.
     async fn fetch_schema(&mut self) -> Option<DbSchema> {
         self.upstream
-            .send(self.db.as_deref(), SCHEMA_QUERY)
+            .send(self.db.as_deref(), SCHEMA_QUERY, self.read_retry())
             .await
             .ok()?;
         let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();

@@ -10,6 +10,20 @@
 //! the first address that answers, starting with the one in use; when a connection breaks or
 //! times out, the next one starts with the next address. A session's transaction does not
 //! survive the move: the session reports it rolled back (see `session`).
+//!
+//! When a proxy dies, what is sent again follows one rule ([`Retry`]): a statement is sent
+//! twice only when that cannot run it twice.
+//! * Before any statement, a connection the upstream has closed meanwhile (a proxy killed
+//!   between two statements) is replaced by one to the next address, and the statement goes
+//!   there, once; inside a transaction it is not replaced: the statement fails with
+//!   [`UpstreamError::TransactionLost`].
+//! * A read outside a transaction (and `USE`, `DIRK SEEN`) whose connection breaks after it was
+//!   sent and before the first frame of its answer arrived is sent again on the next address, at
+//!   most once per address: nothing of it reached the client, and running a read twice changes
+//!   nothing.
+//! * A write, DDL or transaction statement that was sent is never sent again: when the
+//!   connection breaks before its answer, it fails with [`UpstreamError::OutcomeUnknown`] (it may
+//!   have committed). A timeout is never retried (the upstream may still be running it).
 
 use std::time::Duration;
 
@@ -35,6 +49,22 @@ pub enum UpstreamError {
         addr: String,
         /// The timeout.
         ms: u64,
+    },
+    /// The connection broke inside the session's transaction.
+    #[error("the upstream {addr} connection broke inside a transaction ({reason}): the transaction was rolled back and its statements are lost; this session is now outside any transaction, start it again")]
+    TransactionLost {
+        /// The upstream address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection broke after a write was sent and before its answer.
+    #[error("the upstream {addr} connection broke before the answer ({reason}): the statement may or may not have run; the cache never sends a write twice, check before repeating it")]
+    OutcomeUnknown {
+        /// The upstream address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The session's database could not be selected again on a new connection.
     #[error("cannot select database {db} on the new upstream connection: {reason}")]
@@ -87,6 +117,28 @@ pub async fn connect_first(
     Err(last)
 }
 
+/// What may be sent again when the upstream connection breaks around a statement (the rule is
+/// in this module's header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A read outside a transaction: sent again on the next address when the connection breaks
+    /// before the first frame of its answer.
+    Read,
+    /// A write outside a transaction: a connection found closed before sending is replaced;
+    /// once sent, never again.
+    BeforeSending,
+    /// Inside a transaction: nothing is replaced; a closed connection lost the transaction.
+    Never,
+}
+
+/// The statement whose answer is being read, kept while a retry may still send it again.
+struct Pending {
+    db: Option<String>,
+    statement: String,
+    /// Addresses still to try.
+    tries_left: usize,
+}
+
 /// The session's upstream connection.
 pub struct Upstream {
     /// The address in use (the first of `addrs` until a connection moved on).
@@ -102,6 +154,8 @@ pub struct Upstream {
     deadline: Option<Instant>,
     /// The client the connection runs for (`crate::auth`).
     user: Option<String>,
+    /// A read sent whose first frame has not arrived yet.
+    pending: Option<Pending>,
 }
 
 impl Upstream {
@@ -119,6 +173,7 @@ impl Upstream {
             timeout,
             deadline: None,
             user: None,
+            pending: None,
         }
     }
 
@@ -183,7 +238,7 @@ impl Upstream {
     async fn call(&mut self, statement: &str) -> Result<Frame, UpstreamError> {
         self.send_raw(statement).await?;
         loop {
-            match self.next_frame().await? {
+            match self.next_frame_once().await? {
                 frame @ Frame::Message(_) => return Ok(frame),
                 _ => continue,
             }
@@ -202,9 +257,65 @@ impl Upstream {
     }
 
     /// Sends `statement` with `db` selected; read its answer with [`Upstream::next_frame`].
-    pub async fn send(&mut self, db: Option<&str>, statement: &str) -> Result<(), UpstreamError> {
+    /// `retry` says what may happen when the connection turns out broken (see [`Retry`]).
+    pub async fn send(
+        &mut self,
+        db: Option<&str>,
+        statement: &str,
+        retry: Retry,
+    ) -> Result<(), UpstreamError> {
+        self.pending = None;
+        self.replace_if_closed(retry).await?;
         self.ready(db).await?;
+        if retry == Retry::Read {
+            self.pending = Some(Pending {
+                db: db.map(str::to_string),
+                statement: statement.to_string(),
+                tries_left: self.addrs.len().saturating_sub(1),
+            });
+        }
+        match self.send_raw(statement).await {
+            Ok(()) => Ok(()),
+            // `next_frame` sends the read again, on the next address.
+            Err(_) if self.pending.as_ref().is_some_and(|p| p.tries_left > 0) => Ok(()),
+            Err(e) if retry == Retry::Never => Err(self.transaction_lost(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `statement` right behind the one just sent (pipelined); its answer follows that
+    /// one's.
+    pub async fn send_behind(&mut self, statement: &str) -> Result<(), UpstreamError> {
         self.send_raw(statement).await
+    }
+
+    /// Drops a connection the upstream closed since the last answer (a proxy that died between
+    /// statements): the next statement then goes to the next address. Inside a transaction
+    /// that is the transaction's loss.
+    async fn replace_if_closed(&mut self, retry: Retry) -> Result<(), UpstreamError> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        // Nothing is due between two answers: a frame or an end here means the connection is
+        // over (or out of step), and polling once never waits.
+        let why = match tokio::time::timeout(Duration::ZERO, client.next_frame()).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(_)) => "a frame arrived between two answers".to_string(),
+        };
+        let error = self.broken_because(why);
+        tracing::info!(error = %error, "the upstream connection was closed since the last statement: moving on");
+        match retry {
+            Retry::Never => Err(self.transaction_lost(error)),
+            _ => Ok(()),
+        }
+    }
+
+    fn transaction_lost(&self, error: UpstreamError) -> UpstreamError {
+        UpstreamError::TransactionLost {
+            addr: self.addr.clone(),
+            reason: reason_of(error),
+        }
     }
 
     /// Declares the session's database after a successful `USE` it sent itself.
@@ -212,8 +323,50 @@ impl Upstream {
         self.db = Some(db.to_string());
     }
 
-    /// The next frame of the current answer.
+    /// The next frame of the current answer. A read sent with [`Retry::Read`] whose connection
+    /// breaks before its first frame is sent again on the next address, transparently.
     pub async fn next_frame(&mut self) -> Result<Frame, UpstreamError> {
+        loop {
+            match self.next_frame_once().await {
+                Ok(frame) => {
+                    self.pending = None;
+                    return Ok(frame);
+                }
+                Err(e @ UpstreamError::Unreachable { .. }) => {
+                    let Some(mut pending) = self.pending.take() else {
+                        return Err(e);
+                    };
+                    if pending.tries_left == 0 {
+                        return Err(e);
+                    }
+                    pending.tries_left -= 1;
+                    tracing::info!(error = %e, statement = %pending.statement, "the upstream broke before answering a read: sending it to the next upstream");
+                    let floor = self.floor;
+                    self.ready(pending.db.as_deref()).await?;
+                    self.restore_floor(floor).await?;
+                    self.send_raw(&pending.statement).await?;
+                    self.pending = Some(pending);
+                }
+                Err(e) => {
+                    self.pending = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A read sent again on a new connection keeps the position floor the first one had.
+    async fn restore_floor(&mut self, floor: u64) -> Result<(), UpstreamError> {
+        if self.floor_supported && floor > self.floor {
+            let frame = self.call(&format!("DIRK SEEN {floor}")).await?;
+            if frame.error_text().is_none() {
+                self.floor = floor;
+            }
+        }
+        Ok(())
+    }
+
+    async fn next_frame_once(&mut self) -> Result<Frame, UpstreamError> {
         let deadline = self
             .deadline
             .unwrap_or_else(|| Instant::now() + self.timeout);
@@ -235,8 +388,12 @@ impl Upstream {
     }
 
     fn broken(&mut self, e: ClientError) -> UpstreamError {
+        self.broken_because(e)
+    }
+
+    fn broken_because(&mut self, why: impl std::fmt::Display) -> UpstreamError {
         self.client = None;
-        let error = self.unreachable(e);
+        let error = self.unreachable(why);
         self.move_on();
         error
     }
@@ -251,8 +408,23 @@ impl Upstream {
         if !self.floor_supported || seen <= self.floor {
             return Ok(());
         }
+        self.replace_if_closed(Retry::Read).await?;
         self.ready(db).await?;
-        let frame = self.call(&format!("DIRK SEEN {seen}")).await?;
+        if !self.floor_supported || seen <= self.floor {
+            return Ok(());
+        }
+        let statement = format!("DIRK SEEN {seen}");
+        self.send_raw(&statement).await?;
+        self.pending = Some(Pending {
+            db: db.map(str::to_string),
+            statement,
+            tries_left: self.addrs.len().saturating_sub(1),
+        });
+        let frame = loop {
+            if let frame @ Frame::Message(_) = self.next_frame().await? {
+                break frame;
+            }
+        };
         if frame.error_text().is_some() {
             tracing::debug!(upstream = %self.addr, "the upstream does not take DIRK SEEN; reads are not held to a position floor");
             self.floor_supported = false;
@@ -287,6 +459,48 @@ impl Upstream {
     }
 }
 
+/// The reason inside an upstream error, for an error that wraps it.
+fn reason_of(error: UpstreamError) -> String {
+    match error {
+        UpstreamError::Unreachable { reason, .. }
+        | UpstreamError::TransactionLost { reason, .. }
+        | UpstreamError::OutcomeUnknown { reason, .. }
+        | UpstreamError::Reselect { reason, .. } => reason,
+        e @ UpstreamError::Timeout { .. } => e.to_string(),
+    }
+}
+
+/// A write's error once sent: a broken connection leaves its outcome unknown.
+pub fn after_write(error: UpstreamError) -> UpstreamError {
+    match error {
+        UpstreamError::Unreachable { addr, reason } => {
+            UpstreamError::OutcomeUnknown { addr, reason }
+        }
+        other => other,
+    }
+}
+
+/// A `COMMIT` (or outermost `RELEASE`) whose connection broke may have committed.
+pub fn at_commit(error: UpstreamError) -> UpstreamError {
+    match error {
+        UpstreamError::TransactionLost { addr, reason } => {
+            UpstreamError::OutcomeUnknown { addr, reason }
+        }
+        other => other,
+    }
+}
+
+/// A transaction's error: a broken connection rolled it back.
+pub fn inside_transaction(error: UpstreamError) -> UpstreamError {
+    match error {
+        UpstreamError::Unreachable { addr, reason }
+        | UpstreamError::OutcomeUnknown { addr, reason } => {
+            UpstreamError::TransactionLost { addr, reason }
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +526,121 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains(&dead), "{e}");
+    }
+
+    /// How a fake upstream treats each connection.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Answers every statement with `ok <n>`.
+        Answers,
+        /// Reads one statement and closes without answering (dies mid-statement).
+        DiesMidStatement,
+        /// Answers one statement, then closes (dies between statements).
+        DiesAfterOne,
+    }
+
+    /// A fake upstream; returns its address and the statements it received.
+    async fn fake(behaviour: Behaviour) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use dirkdb_core::connection::ServerConnection;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut conn = ServerConnection::new(socket, 1 << 20);
+                    let mut n = 0;
+                    while let Ok(Some(incoming)) = conn.read_statement().await {
+                        let Ok(sql) = incoming.into_statement(1 << 20) else {
+                            return;
+                        };
+                        log.lock().unwrap().push(sql);
+                        n += 1;
+                        if matches!(behaviour, Behaviour::DiesMidStatement) {
+                            return;
+                        }
+                        let _ = conn.send(&Frame::Message(format!("ok {n}"))).await;
+                        if matches!(behaviour, Behaviour::DiesAfterOne) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_read_is_sent_again_on_the_next_upstream_a_write_never_is() {
+        let (dying, dying_saw) = fake(Behaviour::DiesMidStatement).await;
+        let (live, live_saw) = fake(Behaviour::Answers).await;
+        let list = format!("{dying},{live}");
+        let timeout = Duration::from_secs(5);
+        let mut read = Upstream::new(list.clone(), timeout);
+        read.send(None, "SELECT 1", Retry::Read).await.unwrap();
+        let frame = read.next_frame().await.unwrap();
+        assert!(
+            matches!(frame, Frame::Message(ref m) if m == "ok 1"),
+            "{frame:?}"
+        );
+        assert_eq!(*live_saw.lock().unwrap(), vec!["SELECT 1"]);
+        let mut write = Upstream::new(list, timeout);
+        write
+            .send(None, "INSERT INTO t VALUES (1)", Retry::BeforeSending)
+            .await
+            .unwrap();
+        let e = after_write(write.next_frame().await.unwrap_err()).to_string();
+        assert!(e.contains("may or may not have run"), "{e}");
+        assert_eq!(
+            dying_saw.lock().unwrap().len(),
+            2,
+            "both reached the dying upstream once"
+        );
+        assert_eq!(
+            live_saw.lock().unwrap().len(),
+            1,
+            "the write was not sent twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_between_statements_is_replaced_before_sending_except_in_a_transaction(
+    ) {
+        let (once, _) = fake(Behaviour::DiesAfterOne).await;
+        let (live, live_saw) = fake(Behaviour::Answers).await;
+        let list = format!("{once},{live}");
+        let timeout = Duration::from_secs(5);
+        let mut up = Upstream::new(list.clone(), timeout);
+        up.send(None, "SELECT 1", Retry::Read).await.unwrap();
+        up.next_frame().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        up.send(None, "INSERT INTO t VALUES (1)", Retry::BeforeSending)
+            .await
+            .unwrap();
+        let frame = up.next_frame().await.unwrap();
+        assert!(
+            matches!(frame, Frame::Message(ref m) if m == "ok 1"),
+            "{frame:?}"
+        );
+        assert_eq!(*live_saw.lock().unwrap(), vec!["INSERT INTO t VALUES (1)"]);
+        let mut txn = Upstream::new(list, timeout);
+        txn.send(None, "BEGIN", Retry::BeforeSending).await.unwrap();
+        txn.next_frame().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let e = txn
+            .send(None, "INSERT INTO t VALUES (2)", Retry::Never)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, UpstreamError::TransactionLost { .. }), "{e}");
+        assert!(e.to_string().contains("rolled back"), "{e}");
+        assert_eq!(
+            live_saw.lock().unwrap().len(),
+            1,
+            "nothing of the transaction went on"
+        );
     }
 }
