@@ -935,3 +935,49 @@ async fn joins_answer_in_dirkdb_order_and_natural_joins_pair_nulls() {
         .unwrap();
     assert_eq!(rows(filtered), [json!([null, "y0"])]);
 }
+
+#[tokio::test]
+async fn remembered_plans_follow_schema_changes_and_recreated_databases() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    let join = "alaivo * #ao@ a #tonona:avia@ b #ka a.n = b.n";
+    let labels = |r: &dirkdb_client::ResultSet| -> Vec<String> {
+        r.columns.iter().map(column_label).collect()
+    };
+    for sql in [
+        "manamboara tahiry memo",
+        "ampiasao memo",
+        "manamboara tabilao a (n ISA(null,null))",
+        "manamboara tabilao b (n ISA(null,null))",
+        "manampia ao a (n) sanda (1), (2)",
+        "manampia ao b (n) sanda (2)",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    let first = c.query(join).await.unwrap();
+    assert_eq!(labels(&first), ["n@a", "n@b"]);
+    assert_eq!(c.query(join).await.unwrap(), first, "the remembered plan");
+    // A schema change (English SQL here) is seen at once.
+    c.execute("ALTER TABLE a ADD COLUMN m").await.unwrap();
+    let altered = c.query(join).await.unwrap();
+    assert_eq!(labels(&altered), ["n@a", "m@a", "n@b"]);
+    // A database dropped and created again under its name, its schema at the same version as
+    // the first one's when the plan was remembered: planned afresh.
+    for sql in [
+        "ravao ny tahiry memo",
+        "manamboara tahiry memo",
+        "ampiasao memo",
+        "manamboara tabilao a (n ISA(null,null), x LAHATSORATRA(null,null))",
+        "manamboara tabilao b (n ISA(null,null))",
+        "ALTER TABLE a ADD COLUMN m",
+        "manampia ao a (n, x) sanda (2, 'x')",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    let again = c.query(join).await.unwrap();
+    assert_eq!(labels(&again), ["n@a", "x@a", "m@a", "n@b"]);
+    assert_eq!(
+        again.rows,
+        [[json!(2.0), json!("x"), Value::Null, Value::Null]]
+    );
+}

@@ -373,6 +373,7 @@ impl Session {
             max_result_rows: self.state.limits.max_result_rows,
             read_only: self.state.read_only_instance(),
             no_database: scratch,
+            schema_epoch: self.state.catalog.generation(),
             writer: match (&self.current, scratch) {
                 (Some(current), false) => Some(Writer {
                     path: self.state.write_path.clone(),

@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub writer: Option<Writer>,
     /// What the session's user may do in the database (see [`crate::auth`]).
     pub access: crate::auth::Access,
+    /// Changes whenever a database is created, dropped or replaced (the catalog's generation):
+    /// part of the key DirkDB plans are remembered by.
+    pub schema_epoch: u64,
     /// MULTI_PRIMARY: the objects this master owns (DirkDB's domains are checked here; tables
     /// and views by the connection's authorizer).
     pub ownership: Arc<Ownership>,
@@ -242,7 +245,7 @@ fn check_domain_owner(
 /// DirkDB's text or a relation named DirkDB's way.
 fn execute_dirkdb(
     conn: &Connection,
-    stmt: &DirkStatement,
+    stmt: &Arc<DirkStatement>,
     database: Option<&str>,
     options: &RunOptions,
     sink: &FrameSink,
@@ -255,13 +258,14 @@ fn execute_dirkdb(
 
 fn run_dirkdb(
     conn: &Connection,
-    stmt: &DirkStatement,
+    stmt: &Arc<DirkStatement>,
     database: Option<&str>,
     options: &RunOptions,
     sink: &FrameSink,
 ) -> Result<Last, RunError> {
     let schema = ConnSchema { conn, database };
-    let plan = dirkdb::plan(stmt, &schema).map_err(|e| RunError::Dirk(e.to_string()))?;
+    let plan = dirkdb::plan_memoized(stmt, &schema, options.schema_epoch)
+        .map_err(|e| RunError::Dirk(e.to_string()))?;
     let options = &dirkdb_pages(options);
     let naming = match &plan.answer {
         Answer::Relation(naming) => Some(naming),
@@ -327,6 +331,21 @@ impl Schema for ConnSchema<'_> {
 
     fn domain_exists(&self, name: &str) -> bool {
         self.domain(name).is_some()
+    }
+
+    fn version(&self) -> Option<i64> {
+        let pragma = |sql: &str| -> Option<i64> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .ok()
+        };
+        // Temporary objects are the connection's own, and can hide the database's.
+        if pragma("PRAGMA temp.schema_version")? != 0 {
+            return None;
+        }
+        self.database?;
+        pragma("PRAGMA main.schema_version")
     }
 
     fn prepare_error(&self, sql: &str) -> Option<String> {

@@ -108,6 +108,84 @@ pub fn routing_sql_of(sql: &str) -> Option<Arc<str>> {
     })
 }
 
+/// Plans remembered before the plan memo starts over.
+const PLAN_MEMO_CAPACITY: usize = 4096;
+/// Plans whose SQL is longer than this are not remembered.
+const PLAN_MEMO_MAX_SQL: usize = 64 * 1024;
+
+/// One remembered plan: valid for this statement in this database at this epoch and schema
+/// version. The entry holds the statement, so its address (the key) cannot be reused while
+/// the entry lives.
+struct PlanEntry {
+    stmt: Arc<Statement>,
+    database: Option<String>,
+    epoch: u64,
+    version: i64,
+    plan: Result<Plan, DirkError>,
+}
+
+/// [`plan`], remembered per (statement, current database, `epoch`, schema version) for the
+/// statements whose plan reads nothing but the SQLite schema — `alaivo`, `manampia`,
+/// `havaozy`, `fafao` (what a set operation's operands, a join's sources and `#vondrona`'s
+/// columns are, prepared on the connection). `epoch` must change whenever a database is
+/// created, dropped or replaced (the server's catalog generation), since two files of one name
+/// can share a schema version; a schema without a version (temporary objects on the
+/// connection, or no database) is planned afresh each time, as are DDL statements, whose plans
+/// also read the domains table.
+pub fn plan_memoized(
+    stmt: &Arc<Statement>,
+    schema: &dyn Schema,
+    epoch: u64,
+) -> Result<Plan, DirkError> {
+    let memoizable = matches!(
+        **stmt,
+        Statement::Select(_)
+            | Statement::Insert { .. }
+            | Statement::Update { .. }
+            | Statement::Delete { .. }
+    );
+    let Some(version) = memoizable.then(|| schema.version()).flatten() else {
+        return plan(stmt, schema);
+    };
+    static MEMO: Mutex<Option<HashMap<usize, PlanEntry>>> = Mutex::new(None);
+    let key = Arc::as_ptr(stmt) as usize;
+    let database = schema.database().map(str::to_string);
+    let fits = |e: &PlanEntry| {
+        Arc::ptr_eq(&e.stmt, stmt)
+            && e.database == database
+            && e.epoch == epoch
+            && e.version == version
+    };
+    if let Ok(memo) = MEMO.lock() {
+        if let Some(entry) = memo.as_ref().and_then(|m| m.get(&key)).filter(|e| fits(e)) {
+            return entry.plan.clone();
+        }
+    }
+    let planned = plan(stmt, schema);
+    let size = planned
+        .as_ref()
+        .map_or(0, |p| p.steps.iter().map(String::len).sum::<usize>());
+    if size <= PLAN_MEMO_MAX_SQL {
+        if let Ok(mut memo) = MEMO.lock() {
+            let map = memo.get_or_insert_with(HashMap::new);
+            if map.len() >= PLAN_MEMO_CAPACITY {
+                map.clear();
+            }
+            map.insert(
+                key,
+                PlanEntry {
+                    stmt: stmt.clone(),
+                    database,
+                    epoch,
+                    version,
+                    plan: planned.clone(),
+                },
+            );
+        }
+    }
+    planned
+}
+
 /// The database `sql` drops (`ravao ny tahiry d`, `DROP DATABASE [IF EXISTS] d`, the mixed
 /// form), so that a session holding it as its current database forgets it, as the server does.
 pub fn dropped_database(sql: &str) -> Option<String> {

@@ -416,3 +416,67 @@ fn routing_sql_keeps_sql_operators_for_classification_and_pins() {
     // The server's plan of the same statement uses DirkDB's value functions.
     assert!(sql("alaivo * #ao@ users #rehefa id = 1").contains("dirkdb_eq(`id`, 1.0)"));
 }
+
+/// A schema with a version that counts how often a plan asks it for columns.
+struct Counting {
+    version: i64,
+    asked: std::cell::Cell<usize>,
+}
+
+impl Schema for Counting {
+    fn database(&self) -> Option<&str> {
+        Some("d")
+    }
+    fn domain(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn has_domain_table(&self) -> bool {
+        false
+    }
+    fn domain_exists(&self, _: &str) -> bool {
+        false
+    }
+    fn object_type(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn columns(&self, _: &str) -> Option<translate::Columns> {
+        self.asked.set(self.asked.get() + 1);
+        Some(vec![("n".into(), Some("t".into()))])
+    }
+    fn version(&self) -> Option<i64> {
+        Some(self.version)
+    }
+}
+
+#[test]
+fn plans_are_remembered_per_epoch_and_schema_version() {
+    let Route::Dirk(stmt) = route("alaivo n #ao@ t #ankambana@ alaivo n #ao@ u #rehefa n > 1")
+    else {
+        panic!("DirkDB's");
+    };
+    let schema = Counting {
+        version: 7,
+        asked: std::cell::Cell::new(0),
+    };
+    let first = super::plan_memoized(&stmt, &schema, 1).unwrap();
+    let asked = schema.asked.get();
+    assert!(asked > 0);
+    assert_eq!(super::plan_memoized(&stmt, &schema, 1).unwrap(), first);
+    assert_eq!(
+        schema.asked.get(),
+        asked,
+        "remembered: the schema is not asked again"
+    );
+    super::plan_memoized(&stmt, &schema, 2).unwrap();
+    assert_eq!(schema.asked.get(), 2 * asked, "another epoch plans afresh");
+    let changed = Counting {
+        version: 8,
+        asked: std::cell::Cell::new(0),
+    };
+    super::plan_memoized(&stmt, &changed, 2).unwrap();
+    assert_eq!(
+        changed.asked.get(),
+        asked,
+        "another schema version plans afresh"
+    );
+}

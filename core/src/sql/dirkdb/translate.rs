@@ -30,6 +30,11 @@ pub trait Schema {
     fn columns(&self, _sql: &str) -> Option<Columns> {
         None
     }
+    /// A number that changes whenever anything a plan reads from the schema changes (SQLite's
+    /// schema version); `None` when plans must not be remembered.
+    fn version(&self) -> Option<i64> {
+        None
+    }
     /// SQLite's reason when `sql` cannot be prepared; `None` when it can (or nobody knows).
     fn prepare_error(&self, _sql: &str) -> Option<String> {
         None
