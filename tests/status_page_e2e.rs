@@ -502,3 +502,31 @@ async fn the_status_page_works_with_admin_authentication_on() {
     println!("with authentication on: {}", view["lagRows"]);
     browser.close().await.expect("close the browser");
 }
+
+/// The page's failover list outlives the proxy: a failover and its reason are still listed after
+/// the proxy is killed and started again.
+#[test]
+fn the_failover_log_is_kept_across_a_proxy_restart() {
+    let mut cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let answer = common::cluster::http(
+        cluster.proxy.admin,
+        "POST",
+        "/cluster/failover",
+        r#"{"to":"m2"}"#,
+    );
+    assert_eq!(answer["primary"], "m2", "{answer}");
+    let listed =
+        |port: u16| common::cluster::http(port, "GET", "/status/history", "")["failovers"].clone();
+    let before = listed(cluster.proxy.admin);
+    assert_eq!(before.as_array().map(Vec::len), Some(1), "{before}");
+    assert_eq!(
+        (&before[0]["from"], &before[0]["to"], &before[0]["kind"]),
+        (&json!("m1"), &json!("m2"), &json!("manual")),
+        "{before}"
+    );
+    assert_eq!(before[0]["reason"], "POST /cluster/failover asked for m2");
+    cluster.kill_proxy();
+    cluster.spawn_proxy();
+    let after = listed(cluster.proxy.admin);
+    assert_eq!(after, before, "the same failover, with its time and reason");
+}

@@ -110,6 +110,7 @@ pub async fn run(
         tracing::warn!("{}", dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY);
     }
     let topology = Arc::new(SharedTopology::new(Topology::load(config, state_file)));
+    status_page::load_failovers(&topology.load());
     let stats = Arc::new(ProxyStats::default());
     let file_triggers = FileTriggers::new(topology.clone());
     let history = status_page::History::new();

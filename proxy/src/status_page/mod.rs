@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::admin::AdminState;
 
+pub use failovers::load as load_failovers;
 pub use failovers::record as record_failover;
 pub use history::History;
 
