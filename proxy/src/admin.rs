@@ -127,7 +127,7 @@ async fn failover(State(s): State<AdminState>, body: Option<Json<Value>>) -> Res
         Ok(primary) => JsonLine(json!({ "primary": primary })).into_response(),
         Err(e) => (
             axum::http::StatusCode::CONFLICT,
-            JsonLine(json!({ "error": e })),
+            JsonLine(json!({ "error": e.to_string() })),
         )
             .into_response(),
     }

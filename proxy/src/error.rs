@@ -41,3 +41,77 @@ pub enum ProxyError {
     #[error(transparent)]
     Client(#[from] dirkdb_core::connection::ConnectionError),
 }
+
+/// Why a request to an instance's admin API failed ([`crate::http`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No answer within the caller's timeout (`loadBalancer.healthIntervalMillis` for health
+    /// checks).
+    #[error("{method} {path} timed out")]
+    Timeout {
+        /// `GET` or `POST`.
+        method: &'static str,
+        /// The path asked for.
+        path: String,
+    },
+    /// The connection could not be made or broke.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The answer was not HTTP.
+    #[error("malformed HTTP response")]
+    Malformed,
+    /// The instance answered with another status than 200 (its `{"error": …}` when it gave one).
+    #[error("{line}{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Status {
+        /// The status code.
+        code: u16,
+        /// The whole status line.
+        line: String,
+        /// The reason the instance gave.
+        reason: Option<String>,
+    },
+    /// The body of a 200 answer was not JSON.
+    #[error("bad JSON from {addr}{path}: {source}")]
+    Json {
+        /// The instance's admin address.
+        addr: String,
+        /// The path asked for.
+        path: String,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+}
+
+impl HttpError {
+    /// Whether the instance answered 404 (an endpoint an older server does not have).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, HttpError::Status { code: 404, .. })
+    }
+}
+
+/// Why a failover promoted nobody ([`crate::failover`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    /// The coordinator (`failover.coordinator`) did not let this proxy decide, or refused the
+    /// decision.
+    #[error("{0}")]
+    Coordinator(String),
+    /// `POST /cluster/failover {"to": …}` named no instance of the config.
+    #[error("no instance `{0}` in config.json")]
+    UnknownInstance(String),
+    /// The requested instance is the primary already.
+    #[error("{0} is already the primary")]
+    AlreadyPrimary(String),
+    /// The candidate has no admin API to be promoted through.
+    #[error("{0} has no adminPort")]
+    NoAdminPort(String),
+    /// No replica answered its status.
+    #[error("no reachable replica to promote")]
+    NoReachableReplica,
+    /// No candidate holds every acknowledged write (the text says where each stands).
+    #[error("{0}")]
+    Behind(String),
+    /// A candidate's admin API failed.
+    #[error(transparent)]
+    Admin(#[from] HttpError),
+}

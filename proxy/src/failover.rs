@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::ack_watermark::{self, Position};
 use crate::backend::HealthState;
+use crate::error::FailoverError;
 use crate::http::{get_json, post_json};
 use crate::topology::{SharedTopology, Topology};
 
@@ -37,8 +38,11 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// Promotes `to` (or the most advanced reachable replica) and makes it the proxy's primary;
 /// returns its id.
-pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<String, String> {
-    crate::coordinator::may_fail_over()?;
+pub async fn fail_over(
+    topology: &SharedTopology,
+    to: Option<&str>,
+) -> Result<String, FailoverError> {
+    crate::coordinator::may_fail_over().map_err(FailoverError::Coordinator)?;
     let writer = topology.write().await;
     // From here until the new primary is installed, no write is acknowledged: the candidate
     // must hold every acknowledgement made before this point, and none is made after it.
@@ -49,12 +53,12 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
     let requested = match to {
         Some(id) => Some(
             t.index_of(id)
-                .ok_or_else(|| format!("no instance `{id}` in config.json"))?,
+                .ok_or_else(|| FailoverError::UnknownInstance(id.to_string()))?,
         ),
         None => None,
     };
     if requested == Some(t.primary) {
-        return Err(format!("{} is already the primary", t.primary().id));
+        return Err(FailoverError::AlreadyPrimary(t.primary().id.clone()));
     }
     let failover = &t.config.failover;
     crate::lease::take_lease_from(t.primary(), failover).await;
@@ -67,7 +71,7 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
         Err(e) => {
             // Nothing promoted: the old primary may renew its lease again if it comes back.
             crate::lease::resume_renewing(&t.primary().id);
-            if requested.is_none() && ack_watermark::failover_waits(&e) {
+            if requested.is_none() && ack_watermark::failover_waits(&e.to_string()) {
                 tracing::warn!(primary = %t.primary().id, reason = %e, "failover waits: statements for the primary are refused until a replica holding every acknowledged write can be promoted or the primary returns");
             }
             return Err(e);
@@ -77,7 +81,7 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
     let admin = new
         .admin
         .clone()
-        .ok_or_else(|| format!("{} has no adminPort", new.id))?;
+        .ok_or_else(|| FailoverError::NoAdminPort(new.id.clone()))?;
     let status = get_json(&admin, "/replication/status", ADMIN_TIMEOUT).await?;
     let proposed = crate::lease::highest_term().max(status_term(&status)) + 1;
     // The decision is recorded (in etcd, under an ETCD coordinator) before anything changes.
@@ -85,7 +89,7 @@ pub async fn fail_over(topology: &SharedTopology, to: Option<&str>) -> Result<St
         Ok(term) => term,
         Err(e) => {
             crate::lease::resume_renewing(&t.primary().id);
-            return Err(e);
+            return Err(FailoverError::Coordinator(e));
         }
     };
     if status["role"] != "PRIMARY" {
@@ -124,7 +128,7 @@ fn position(status: &serde_json::Value) -> Position {
 }
 
 /// The reachable replica with the highest position, if it holds every acknowledged write.
-async fn most_advanced_replica(t: &Topology, watermark: Position) -> Result<usize, String> {
+async fn most_advanced_replica(t: &Topology, watermark: Position) -> Result<usize, FailoverError> {
     let mut best: Option<(Position, usize)> = None;
     for (i, b) in t.backends.iter().enumerate() {
         if i == t.primary || b.health().state == HealthState::Down {
@@ -139,12 +143,12 @@ async fn most_advanced_replica(t: &Topology, watermark: Position) -> Result<usiz
             }
         }
     }
-    let (p, i) = best.ok_or_else(|| "no reachable replica to promote".to_string())?;
+    let (p, i) = best.ok_or(FailoverError::NoReachableReplica)?;
     if !p.holds(watermark) {
-        return Err(format!(
+        return Err(FailoverError::Behind(format!(
             "no reachable replica holds every acknowledged write (the best, {}, stands at term {} sequence {}; writes were acknowledged up to term {} sequence {}): waiting for one to catch up or for the primary to return",
             t.backends[i].id, p.term, p.seq, watermark.term, watermark.seq
-        ));
+        )));
     }
     Ok(i)
 }
@@ -154,12 +158,12 @@ async fn wait_until_it_holds_the_watermark(
     t: &Topology,
     i: usize,
     watermark: Position,
-) -> Result<usize, String> {
+) -> Result<usize, FailoverError> {
     let b = &t.backends[i];
     let admin = b
         .admin
         .clone()
-        .ok_or_else(|| format!("{} has no adminPort", b.id))?;
+        .ok_or_else(|| FailoverError::NoAdminPort(b.id.clone()))?;
     let deadline = Instant::now() + CATCH_UP;
     loop {
         let status = get_json(&admin, "/replication/status", ADMIN_TIMEOUT).await?;
@@ -168,10 +172,10 @@ async fn wait_until_it_holds_the_watermark(
             return Ok(i);
         }
         if Instant::now() >= deadline {
-            return Err(format!(
+            return Err(FailoverError::Behind(format!(
                 "{} lacks acknowledged writes (at term {} sequence {}, acknowledged up to term {} sequence {}); not promoted",
                 b.id, p.term, p.seq, watermark.term, watermark.seq
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

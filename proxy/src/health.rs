@@ -236,7 +236,9 @@ async fn check(
     let timeout = interval.max(Duration::from_millis(500));
     match &backend.admin {
         Some(admin) => {
-            let status = get_json(admin, "/replication/status", timeout).await?;
+            let status = get_json(admin, "/replication/status", timeout)
+                .await
+                .map_err(|e| e.to_string())?;
             if primary && status["role"] == "PRIMARY" {
                 probe_write(admin, timeout).await?;
             }
@@ -273,7 +275,7 @@ async fn check(
 async fn probe_write(admin: &str, timeout: Duration) -> Result<(), String> {
     match post_json(admin, "/replication/write-probe", "", timeout).await {
         Ok(_) => Ok(()),
-        Err(e) if e.split_whitespace().nth(1) == Some("404") => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(format!("the write probe failed ({e})")),
     }
 }

@@ -117,7 +117,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(&path, cluster_file(admin, 4321)).unwrap();
         apply(ClusterConfig::load(&path).unwrap(), &shared).await;
-        assert_eq!(failover.await.unwrap(), Ok("m2".to_string()));
+        assert_eq!(failover.await.unwrap().ok().as_deref(), Some("m2"));
         let t = shared.load();
         assert_eq!(
             t.primary().id,

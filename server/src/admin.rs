@@ -77,7 +77,7 @@ async fn blocking<T: Send + 'static>(
     let s = state.clone();
     tokio::task::spawn_blocking(move || f(&s))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ServerError::from)?
         .map_err(ApiError::from)
 }
 
@@ -369,7 +369,7 @@ async fn promote(State(state): Shared, body: axum::body::Bytes) -> ApiResult {
     let s = state.clone();
     let promoted = tokio::task::spawn_blocking(move || s.promote(body.term))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(ServerError::from)?;
     let (chain, term) = promoted.map_err(conflict)?;
     crate::replication::etcd_lease::after_promotion(&state).await;
     let lease = match (body.lease_millis, body.sent_at_ms) {
@@ -421,7 +421,7 @@ async fn renew_lease(State(state): Shared, body: Option<Json<LeaseBody>>) -> Api
         s.grant_lease(body.term, body.lease_millis, body.sent_at_ms)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(ServerError::from)?;
     let left = granted.map_err(conflict)?;
     Ok(Json(
         json!({ "instance": state.instance_id, "term": state.term(), "leaseLeftMs": left.as_millis() as u64 }),
@@ -434,7 +434,7 @@ async fn write_probe(State(state): Shared) -> ApiResult {
     let s = state.clone();
     let probed = tokio::task::spawn_blocking(move || crate::replication::write_probe::probe(&s))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(ServerError::from)?;
     let took = probed.map_err(|e| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -463,7 +463,7 @@ async fn raise_term(State(state): Shared, body: Option<Json<TermBody>>) -> ApiRe
     let s = state.clone();
     let raised = tokio::task::spawn_blocking(move || s.raise_term_to(body.term))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(ServerError::from)?;
     let term = raised.map_err(conflict)?;
     Ok(Json(json!({ "instance": state.instance_id, "term": term })))
 }

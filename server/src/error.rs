@@ -59,6 +59,9 @@ pub enum ServerError {
     /// A worker task died; the session goes on with a fresh connection.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A blocking or spawned task panicked or was cancelled (its join error is the source).
+    #[error("internal error: {0}")]
+    Worker(#[from] tokio::task::JoinError),
 }
 
 /// Result alias of the server crate.

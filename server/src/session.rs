@@ -440,9 +440,7 @@ impl Session {
                 self.state.write_path.release(self.owner);
                 tracing::error!(error = %e, "statement worker failed");
                 if written.is_ok() {
-                    written = out
-                        .write_frame(&Frame::error(ServerError::Internal(e.to_string())))
-                        .await;
+                    written = out.write_frame(&Frame::error(ServerError::from(e))).await;
                 }
             }
         }
@@ -481,7 +479,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ServerError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(ServerError::from)?
 }
 
 /// Statements longer than this are prepared on a blocking thread (see [`prepare`]).

@@ -248,10 +248,10 @@ pub async fn run(topology: Arc<SharedTopology>, history: Arc<History>) {
         tick.tick().await;
         let t = topology.load_full();
         let cache_admin = cache_admin_addr(&t);
-        let (replicas, stats) = tokio::join!(
-            primary_replicas(&t),
-            crate::http::get_json(&cache_admin, "/stats", ADMIN_TIMEOUT)
-        );
+        let (replicas, stats) = tokio::join!(primary_replicas(&t), async {
+            let stats = crate::http::get_json(&cache_admin, "/stats", ADMIN_TIMEOUT).await;
+            stats.map_err(|e| e.to_string())
+        });
         history.sample(&t, replicas, stats);
     }
 }
@@ -263,7 +263,9 @@ async fn primary_replicas(t: &Topology) -> Result<serde_json::Value, String> {
         .admin
         .as_deref()
         .ok_or("the primary has no adminPort")?;
-    crate::http::get_json(admin, "/replication/replicas", ADMIN_TIMEOUT).await
+    crate::http::get_json(admin, "/replication/replicas", ADMIN_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Each replica's stream by instance id, from a `/replication/replicas` answer.

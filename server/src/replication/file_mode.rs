@@ -183,7 +183,7 @@ impl ReplicationMode for FileMode {
         writer.flush().await?;
         state
             .replication
-            .update_follower(|f| f.state = "Streaming".into());
+            .update_follower(|f| f.state = super::FollowerState::Streaming);
         let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
         let mut beat = tokio::time::interval(state.replication.heartbeat);
         loop {
@@ -214,7 +214,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StreamError> {
     Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ServerError::Internal(e.to_string()))??)
+        .map_err(ServerError::from)??)
 }
 
 /// What the secondary answered.

@@ -46,13 +46,13 @@ pub async fn run(state: Arc<ServerState>) {
     let mut resync = state.take_resync_on_start();
     loop {
         let Some(addr) = target.borrow_and_update().clone() else {
-            set_state(&state, "Stopped", None);
+            set_state(&state, super::FollowerState::Stopped, None);
             if target.changed().await.is_err() {
                 return;
             }
             continue;
         };
-        set_state(&state, "Connecting", None);
+        set_state(&state, super::FollowerState::Connecting, None);
         modes.borrow_and_update();
         let outcome = tokio::select! {
             r = follow(&state, &addr, resync) => r,
@@ -69,7 +69,11 @@ pub async fn run(state: Arc<ServerState>) {
                 } else {
                     tracing::info!(primary = %addr, error = %e, "replication stream ended; retrying");
                 }
-                set_state(&state, "Disconnected", Some(e.to_string()));
+                set_state(
+                    &state,
+                    super::FollowerState::Disconnected,
+                    Some(e.to_string()),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = target.changed() => {}
@@ -84,9 +88,9 @@ fn is_divergence(e: &StreamError) -> bool {
     matches!(e, StreamError::Server(ServerError::Refused(m)) if m.starts_with("replication apply"))
 }
 
-fn set_state(state: &ServerState, name: &str, error: Option<String>) {
+fn set_state(state: &ServerState, to: super::FollowerState, error: Option<String>) {
     state.replication.update_follower(|f| {
-        f.state = name.to_string();
+        f.state = to;
         if error.is_some() {
             f.last_error = error;
         }
@@ -114,11 +118,11 @@ async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<()
         instance: state.instance_id.clone(),
         history,
         seq: state.write_path.committed(),
-        mode: replication.kind().as_str().to_string(),
+        mode: replication.kind(),
         term: state.term(),
     };
     write_message(&mut writer, &hello).await?;
-    set_state(state, "Syncing", None);
+    set_state(state, super::FollowerState::Syncing, None);
     let mut units = spawn_reader(reader);
     replication
         .follow_primary(state, &mut units, &mut writer)
@@ -249,7 +253,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             tracing::info!(from, "partial sync: continuing from the oplog");
             state.replication.update_follower(|f| {
                 f.partial_syncs += 1;
-                f.state = "Streaming".into();
+                f.state = super::FollowerState::Streaming;
             });
         }
         Message::FullSyncBegin {
@@ -264,7 +268,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
                 super::rollback::save_divergent(&s, &new_chain)
             })
             .await
-            .map_err(|e| ServerError::Internal(e.to_string()))??;
+            .map_err(ServerError::from)??;
             if let Some(path) = saved {
                 tracing::warn!(file = %path.display(), "writes this node made that the new primary never received were saved to a rollback file");
             }
@@ -285,7 +289,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             .await?;
             state
                 .replication
-                .update_follower(|f| f.state = "Streaming".into());
+                .update_follower(|f| f.state = super::FollowerState::Streaming);
         }
         Message::Entries { entries, term } => {
             check_term(state, term, "entries")?;
@@ -297,7 +301,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             let owner = state.new_owner();
             let applied = tokio::task::spawn_blocking(move || lock(&a).apply(&s, owner, &entries))
                 .await
-                .map_err(|e| ServerError::Internal(e.to_string()))??;
+                .map_err(ServerError::from)??;
             let ack = Message::Ack {
                 applied,
                 term: state.term(),
@@ -399,7 +403,7 @@ async fn receive_full_sync(
     let (s, d, f) = (state.clone(), dir.clone(), files.to_vec());
     tokio::task::spawn_blocking(move || snapshot::install(&s, &d, &f, position))
         .await
-        .map_err(|e| ServerError::Internal(e.to_string()))??;
+        .map_err(ServerError::from)??;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(position, bytes = done, seconds, "full sync installed");
     state.replication.update_follower(|f| {

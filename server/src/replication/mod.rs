@@ -55,6 +55,23 @@ pub enum ReplicaState {
     Disconnected,
 }
 
+/// A replica's own view of its stream (`/replication/status`'s `following.state`); the
+/// primary's view of each replica is [`ReplicaState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum FollowerState {
+    /// Connecting to its primary.
+    Connecting,
+    /// Receiving a full sync or the first batch.
+    Syncing,
+    /// Applying the primary's stream.
+    Streaming,
+    /// The stream ended; it retries.
+    Disconnected,
+    /// Following nobody (a primary).
+    #[default]
+    Stopped,
+}
+
 /// What the primary reports about one replica.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -152,8 +169,8 @@ struct ReplicaRecord {
 pub struct FollowerStatus {
     /// The primary followed (`None` on a primary).
     pub primary: Option<String>,
-    /// Connecting, Syncing, Streaming, Disconnected or Stopped.
-    pub state: String,
+    /// Where its stream stands (serialized as the variant's name, as before).
+    pub state: FollowerState,
     /// Last applied sequence.
     pub applied_sequence: u64,
     /// The primary's committed sequence, from its heartbeats.
@@ -210,11 +227,10 @@ impl ReplicationHub {
             follower: Mutex::new(FollowerStatus {
                 primary: target.clone(),
                 state: if target.is_some() {
-                    "Connecting"
+                    FollowerState::Connecting
                 } else {
-                    "Stopped"
-                }
-                .into(),
+                    FollowerState::Stopped
+                },
                 ..FollowerStatus::default()
             }),
             target: watch::channel(target).0,

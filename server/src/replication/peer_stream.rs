@@ -40,7 +40,7 @@ pub async fn run(state: Arc<ServerState>, peers: Vec<(String, String)>) {
     let s = state.clone();
     let loaded = tokio::task::spawn_blocking(move || super::peers::load_positions(&s, &origins))
         .await
-        .map_err(|e| ServerError::Internal(e.to_string()))
+        .map_err(ServerError::from)
         .and_then(|r| r);
     if let Err(e) = loaded {
         tracing::error!(error = %e, "cannot read the positions of the other masters' streams: not following them");
@@ -188,7 +188,7 @@ async fn apply(
         (result, taken)
     })
     .await
-    .map_err(|e| ServerError::Internal(e.to_string()))?;
+    .map_err(ServerError::from)?;
     *applier = taken;
     let applied = result?;
     state.peers.update(applier.origin(), |s| {
@@ -420,5 +420,5 @@ async fn read_held(
         Ok(batch)
     })
     .await
-    .map_err(|e| StreamError::Server(ServerError::Internal(e.to_string())))?
+    .map_err(|e| StreamError::Server(ServerError::from(e)))?
 }

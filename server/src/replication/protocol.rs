@@ -52,8 +52,19 @@ pub struct CopyInfo {
     pub crcs: Vec<u32>,
 }
 
-fn oplog_mode() -> String {
-    "OPLOG".into()
+/// `Hello.mode` on the wire: `config.json`'s spelling (`OPLOG`, `FILE`), read case-insensitively;
+/// absent means OPLOG (replicas that predate FILE mode).
+mod mode_text {
+    use dirkdb_core::config::ReplicationType;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &ReplicationType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(mode.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ReplicationType, D::Error> {
+        ReplicationType::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Control messages of the stream.
@@ -69,8 +80,8 @@ pub enum Message {
         /// Its applied sequence.
         seq: u64,
         /// `OPLOG` or `FILE` (absent: OPLOG).
-        #[serde(default = "oplog_mode")]
-        mode: String,
+        #[serde(default, with = "mode_text")]
+        mode: dirkdb_core::config::ReplicationType,
         /// The highest term the replica has seen.
         #[serde(default)]
         term: u64,
@@ -312,6 +323,40 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Pr
 mod tests {
     use super::*;
 
+    #[test]
+    fn hello_mode_keeps_its_wire_spelling() {
+        use dirkdb_core::config::ReplicationType;
+        let hello = Message::Hello {
+            instance: "m2".into(),
+            history: "h".into(),
+            seq: 1,
+            mode: ReplicationType::File,
+            term: 0,
+        };
+        let text = serde_json::to_string(&hello).unwrap();
+        assert!(text.contains(r#""mode":"FILE""#), "{text}");
+        let read = |json: &str| serde_json::from_str::<Message>(json);
+        let old = r#"{"type":"hello","instance":"m2","history":"h","seq":1}"#;
+        assert!(matches!(
+            read(old),
+            Ok(Message::Hello {
+                mode: ReplicationType::Oplog,
+                ..
+            })
+        ));
+        let lower = r#"{"type":"hello","instance":"m2","history":"h","seq":1,"mode":"file"}"#;
+        assert!(matches!(
+            read(lower),
+            Ok(Message::Hello {
+                mode: ReplicationType::File,
+                ..
+            })
+        ));
+        let unknown = r#"{"type":"hello","instance":"m2","history":"h","seq":1,"mode":"RAFT"}"#;
+        let e = read(unknown).unwrap_err().to_string();
+        assert!(e.contains("RAFT") && e.contains("OPLOG"), "{e}");
+    }
+
     #[tokio::test]
     async fn units_round_trip_and_garbage_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
@@ -319,7 +364,7 @@ mod tests {
             instance: "m2".into(),
             history: "h".into(),
             seq: 7,
-            mode: "FILE".into(),
+            mode: dirkdb_core::config::ReplicationType::File,
             term: 3,
         };
         write_message(&mut a, &hello).await.unwrap();

@@ -94,6 +94,14 @@ pub async fn serve_replica(
         }
         other => {
             tracing::warn!(%peer, ?other, "replication stream did not start with Hello");
+            // A Hello this primary cannot read (a mode it does not know) gets the reason.
+            if let Err(e) = other {
+                let message = format!(
+                    "the stream must start with a Hello this primary reads: {e} (replication.type)"
+                );
+                let mut writer = writer;
+                let _ = write_message(&mut writer, &Message::Error { message }).await;
+            }
             return;
         }
     };
@@ -108,10 +116,13 @@ pub async fn serve_replica(
         return;
     }
     let replication = state.replication_mode();
-    let ours = replication.kind().as_str();
-    if !mode.eq_ignore_ascii_case(ours) {
-        let message =
-            format!("this primary replicates in {ours} mode, not {mode} (replication.type)");
+    let ours = replication.kind();
+    if mode != ours {
+        let message = format!(
+            "this primary replicates in {} mode, not {} (replication.type)",
+            ours.as_str(),
+            mode.as_str()
+        );
         tracing::info!(replica = %hello.instance, %peer, "refused: {message}");
         let _ = write_message(&mut writer, &Message::Error { message }).await;
         return;
@@ -132,7 +143,7 @@ pub async fn serve_replica(
     }
     let (instance, hub) = (hello.instance.clone(), &state.replication);
     hub.replica_connected(&instance, &peer);
-    tracing::info!(replica = %instance, %peer, history = %hello.history, seq = hello.seq, mode = ours, "replica connected");
+    tracing::info!(replica = %instance, %peer, history = %hello.history, seq = hello.seq, mode = ours.as_str(), "replica connected");
     let result = replication
         .serve_secondary(&state, hello, reader, &mut writer)
         .await;
@@ -318,7 +329,7 @@ async fn read_batch(
         Ok((batch, (generation, sources)))
     })
     .await
-    .map_err(|e| StreamError::Server(ServerError::Internal(e.to_string())))?
+    .map_err(|e| StreamError::Server(ServerError::from(e)))?
 }
 
 pub(crate) async fn read_acks<R: AsyncRead + Unpin>(
@@ -373,7 +384,7 @@ async fn full_sync<W: AsyncWrite + Unpin>(
     let s = state.clone();
     let snapshot = tokio::task::spawn_blocking(move || snapshot::take(&s))
         .await
-        .map_err(|e| ServerError::Internal(e.to_string()))??;
+        .map_err(ServerError::from)??;
     let total: u64 = snapshot.files.iter().map(|f| f.bytes).sum();
     tracing::info!(replica = %instance, position = snapshot.position, bytes = total, "full sync started");
     write_message(
