@@ -981,3 +981,38 @@ async fn remembered_plans_follow_schema_changes_and_recreated_databases() {
         [[json!(2.0), json!("x"), Value::Null, Value::Null]]
     );
 }
+
+#[tokio::test]
+async fn groups_and_enum_members_come_in_java_hash_order() {
+    let server = ServerProcess::start();
+    let mut c = server.client().await;
+    for sql in [
+        "manamboara tahiry vondrona",
+        "ampiasao vondrona",
+        "manamboara tabilao g (c ISA(null,null), v ISA(null,null))",
+        "manampia ao g (c, v) sanda (4, 1), (3, 1), (2, 1), (1, 1), (4, 2)",
+        "manamboara tabilao e (niveau TANISA('L3', 'M1', 'L2'))",
+    ] {
+        c.execute(sql).await.unwrap();
+    }
+    // GroupKey hashes (31 + Double.hashCode) put 4.0, 2.0 and 1.0 in java.util.HashMap's
+    // bucket 15 (first seen in that order) and 3.0 in bucket 7.
+    let groups = c
+        .query("alaivo c, count(v) antso n #ao@ g #vondrona (c)")
+        .await
+        .unwrap();
+    assert_eq!(
+        groups.rows,
+        [
+            [json!(3.0), json!(1.0)],
+            [json!(4.0), json!(2.0)],
+            [json!(2.0), json!(1.0)],
+            [json!(1.0), json!(1.0)]
+        ]
+    );
+    let e = server_error(c.execute("manampia ao e (niveau) sanda ('L1')").await);
+    assert_eq!(
+        e,
+        "can not convert into domain d : Domain{DomainEnum{allowedValues=[M1, L2, L3], size=3}} at values ind=0 { \"L1\" } "
+    );
+}

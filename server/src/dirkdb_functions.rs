@@ -14,9 +14,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         if f.deterministic() {
             flags |= FunctionFlags::SQLITE_DETERMINISTIC;
         }
-        conn.create_scalar_function(f.sql_name(), f.arity() as i32, flags, move |ctx| {
-            call(f, ctx)
-        })?;
+        conn.create_scalar_function(f.sql_name(), f.arity(), flags, move |ctx| call(f, ctx))?;
     }
     Ok(())
 }
@@ -47,6 +45,7 @@ fn call(f: Function, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
         Ok(Output::Boolean(b)) => Ok(SqlValue::Blob(bool_blob(b).to_vec())),
         Ok(Output::Number(n)) => Ok(SqlValue::Real(n)),
         Ok(Output::First) => Ok(raw.first().map_or(SqlValue::Null, |v| owned(*v))),
+        Ok(Output::Integer(n)) => Ok(SqlValue::Integer(n)),
         Err(text) => Err(rusqlite::Error::UserFunctionError(text.into())),
     }
 }

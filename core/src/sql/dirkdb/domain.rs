@@ -97,15 +97,25 @@ fn display_atom(atom: &TypeAtom) -> String {
         TypeAtom::Text(min, max) => format!("VARCHAR( {},{} )", opt(*min), opt(*max)),
         TypeAtom::Date => "DATE".into(),
         TypeAtom::Enum(members) => {
-            let shown: Vec<String> = members
+            // DomainEnum.toString: the HashSet's iteration order, ten members at most, and
+            // ", ..." once ten are shown (even when there are exactly ten).
+            use super::values::{java_double_hash, java_hash_order, java_string_hash};
+            let hashes: Vec<i32> = members
                 .iter()
-                .take(10)
                 .map(|m| match m {
+                    Member::Number(n) => java_double_hash(*n),
+                    Member::Str(s) => java_string_hash(s),
+                })
+                .collect();
+            let shown: Vec<String> = java_hash_order(&hashes)
+                .into_iter()
+                .take(10)
+                .map(|i| match &members[i] {
                     Member::Number(n) => java_double(*n),
                     Member::Str(s) => s.clone(),
                 })
                 .collect();
-            let more = if members.len() > 10 { ", ..." } else { "" };
+            let more = if members.len() >= 10 { ", ..." } else { "" };
             format!(
                 "DomainEnum{{allowedValues=[{}{more}], size={}}}",
                 shown.join(", "),
@@ -292,6 +302,25 @@ mod tests {
         assert_eq!(
             e.display(),
             "Domain{DomainEnum{allowedValues=[a, it's, 3.0], size=3}}"
+        );
+        // Java's HashSet order (DirkDB's examen1 script's niveau_domain).
+        let niveau = Domain(vec![TypeAtom::Enum(
+            ["L3", "M1", "L2"]
+                .iter()
+                .map(|m| Member::Str(m.to_string()))
+                .collect(),
+        )]);
+        assert_eq!(
+            niveau.display(),
+            "Domain{DomainEnum{allowedValues=[M1, L2, L3], size=3}}"
+        );
+        let ten = Domain(vec![TypeAtom::Enum(
+            (0..10).map(|i| Member::Number(f64::from(i))).collect(),
+        )]);
+        assert!(
+            ten.display().ends_with(", ...], size=10}}"),
+            "{}",
+            ten.display()
         );
         assert_eq!(
             Domain(vec![TypeAtom::Number(None, None)]).display(),

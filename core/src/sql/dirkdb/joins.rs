@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use super::ast::*;
 use super::error::DirkError;
 use super::translate::{
-    column_sql, dedups, group_item_sql, grouped, ident, item_sql, origin_alias, push_limit,
-    source_sql, truth_sql, Schema,
+    column_sql, dedups, group_item_sql, group_order_sql, grouped, ident, item_sql, origin_alias,
+    push_limit, source_sql, truth_sql, Schema,
 };
 
 /// One source of the join chain as the ordered select reads it.
@@ -233,6 +233,7 @@ impl Chain {
                 })
                 .collect();
             sql.push_str(&format!(" GROUP BY {}", keys.join(", ")));
+            sql.push_str(&group_order_sql(&keys, None));
         } else {
             let order: Vec<String> = self
                 .flags

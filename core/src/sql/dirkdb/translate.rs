@@ -541,7 +541,16 @@ fn select_sql(s: &Select, schema: &dyn Schema) -> Result<String, DirkError> {
     let mut sql = format!("SELECT {items}");
     let mut natural_filters = Vec::new();
     if let Some(from) = &s.from {
-        sql.push_str(&format!(" FROM {}", origin_sql(from, dedup, schema)?));
+        let from_sql = if grouped && s.joins.is_empty() && !SQL_OPERATORS.with(|c| c.get()) {
+            format!(
+                "(SELECT *, row_number() OVER () AS {GROUP_POSITION} FROM {}) AS {}",
+                source_sql(from, dedup, schema)?,
+                ident(&origin_alias(from))
+            )
+        } else {
+            origin_sql(from, dedup, schema)?
+        };
+        sql.push_str(&format!(" FROM {from_sql}"));
         for j in &s.joins {
             let right = origin_sql(&j.origin, dedup, schema)?;
             let on = j.on.as_ref().map(truth_sql);
@@ -579,9 +588,36 @@ fn select_sql(s: &Select, schema: &dyn Schema) -> Result<String, DirkError> {
     if let Some(group) = s.group.as_ref().filter(|g| !g.is_empty()) {
         let g: Vec<String> = group.iter().map(column_sql).collect();
         sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
+        let first_seen = s.joins.is_empty().then_some(GROUP_POSITION);
+        sql.push_str(&group_order_sql(&g, first_seen));
     }
     push_limit(&mut sql, s);
     Ok(sql)
+}
+
+/// The scan-order number of a grouping select's source rows (never answered: such a select
+/// has no `*`).
+const GROUP_POSITION: &str = "_dirk_g";
+
+/// DirkDB's group order (GroupByHelper keeps its groups in a java.util.HashMap): by the bucket
+/// of each key's `GroupKey.hashCode` in the table the groups' number needs, then by first
+/// occurrence (`first_seen`, the smallest source row number of the group; SQLite's order when
+/// unknown, as for joins). Not in the SQL the proxy and the cache read.
+pub(super) fn group_order_sql(keys: &[String], first_seen: Option<&str>) -> String {
+    use super::values::Function as F;
+    if SQL_OPERATORS.with(|c| c.get()) {
+        return String::new();
+    }
+    let mut sql = format!(
+        " ORDER BY {}({}({}), count(*) OVER ())",
+        F::JavaBucket.sql_name(),
+        F::JavaHash.sql_name(),
+        keys.join(", ")
+    );
+    if let Some(position) = first_seen {
+        sql.push_str(&format!(", min({position})"));
+    }
+    sql
 }
 
 /// `#fetra A [B]`: rows A (inclusive) to B (exclusive) by index.

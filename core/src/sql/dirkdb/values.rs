@@ -94,6 +94,8 @@ pub enum Output {
     Number(f64),
     /// The first argument unchanged.
     First,
+    /// An integer.
+    Integer(i64),
 }
 
 /// The SQL functions DirkDB's translation calls.
@@ -129,11 +131,15 @@ pub enum Function {
     Numeric,
     /// a boolean (1/0) leaving an expression, as DirkDB's boolean value
     Bool,
+    /// Java's hash of a `#vondrona` key, `(v1, …, vn)` (GroupKey.hashCode)
+    JavaHash,
+    /// `(hash, groups)`: the bucket a java.util.HashMap of that many groups keeps the hash in
+    JavaBucket,
 }
 
 impl Function {
     /// Every function, for registration.
-    pub const ALL: [Function; 15] = [
+    pub const ALL: [Function; 17] = [
         Function::Eq,
         Function::Ne,
         Function::Lt,
@@ -149,6 +155,8 @@ impl Function {
         Function::RowAggregate,
         Function::Numeric,
         Function::Bool,
+        Function::JavaHash,
+        Function::JavaBucket,
     ];
 
     /// Its SQL name.
@@ -169,13 +177,16 @@ impl Function {
             Function::RowAggregate => "dirkdb_row_aggregate",
             Function::Numeric => "dirkdb_numeric",
             Function::Bool => "dirkdb_bool",
+            Function::JavaHash => "dirkdb_java_hash",
+            Function::JavaBucket => "dirkdb_java_bucket",
         }
     }
 
-    /// How many arguments it takes.
-    pub fn arity(self) -> usize {
+    /// How many arguments it takes (-1: any number).
+    pub fn arity(self) -> i32 {
         match self {
             Function::Neg | Function::Truth | Function::Bool => 1,
+            Function::JavaHash => -1,
             _ => 2,
         }
     }
@@ -213,6 +224,12 @@ impl Function {
             }),
             Function::Truth => Output::Bool(truth(l)),
             Function::Bool => Output::Boolean(truth(l)),
+            Function::JavaHash => Output::Integer(i64::from(java_key_hash(args))),
+            Function::JavaBucket => {
+                let hash = arithmetic_number(l) as i64 as i32;
+                let groups = arithmetic_number(r).max(0.0) as usize;
+                Output::Integer(java_bucket(hash, java_capacity(groups)) as i64)
+            }
             Function::RowAggregate => {
                 let name = match l {
                     Value::Text(t) => t,
@@ -238,6 +255,68 @@ impl Function {
             }
         })
     }
+}
+
+/// Java's `String.hashCode` (over UTF-16 units).
+pub fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(i32::from(u)))
+}
+
+/// Java's `Double.hashCode`.
+pub fn java_double_hash(d: f64) -> i32 {
+    let bits = d.to_bits();
+    (bits ^ (bits >> 32)) as i32
+}
+
+/// Java's `hashCode` of a value as DirkDB holds it (numbers are `Double`s).
+fn java_value_hash(v: Value<'_>) -> i32 {
+    match v {
+        Value::Null | Value::Other => 0,
+        Value::Number(n) => java_double_hash(n),
+        Value::Text(s) => java_string_hash(s),
+        Value::Bool(b) => {
+            if b {
+                1231
+            } else {
+                1237
+            }
+        }
+    }
+}
+
+/// DirkDB's `GroupKey.hashCode` of a `#vondrona` key.
+fn java_key_hash(values: &[Value<'_>]) -> i32 {
+    values.iter().fold(1i32, |h, v| {
+        h.wrapping_mul(31).wrapping_add(java_value_hash(*v))
+    })
+}
+
+/// The table size a java.util.HashMap (default capacity 16, load factor 0.75) has once it
+/// holds `entries`.
+fn java_capacity(entries: usize) -> usize {
+    let mut capacity = 16usize;
+    while entries.saturating_mul(4) > capacity.saturating_mul(3) {
+        capacity = capacity.saturating_mul(2);
+    }
+    capacity
+}
+
+/// The bucket java.util.HashMap keeps a hash in.
+fn java_bucket(hash: i32, capacity: usize) -> usize {
+    let h = hash as u32;
+    ((h ^ (h >> 16)) as usize) & (capacity - 1)
+}
+
+/// The order a java.util.HashMap or HashSet iterates keys of these hashes, put in this order:
+/// by bucket, then in insertion order within a bucket (DirkDB's `#vondrona` groups and
+/// `TANISA` members). A bucket of eight or more keys in a table of 64 or more, which Java turns
+/// into a tree, is not modelled.
+pub fn java_hash_order(hashes: &[i32]) -> Vec<usize> {
+    let capacity = java_capacity(hashes.len());
+    let mut order: Vec<usize> = (0..hashes.len()).collect();
+    order.sort_by_key(|&i| (java_bucket(hashes[i], capacity), i));
+    order
 }
 
 /// Java's `Expression.ObjectIntoBoolean`.
@@ -404,6 +483,24 @@ mod tests {
         // Still JSON, and the same page for any reader.
         let back: crate::frame::RelationPage = serde_json::from_str(&json).unwrap();
         assert_eq!(back.rows[0][1], serde_json::json!(12345678.0));
+    }
+
+    #[test]
+    fn java_hashes_and_hash_order() {
+        assert_eq!(java_string_hash("Algo"), 2_043_507);
+        assert_eq!(java_string_hash(""), 0);
+        assert_eq!(java_double_hash(3.0), 1_074_266_112);
+        assert_eq!(java_double_hash(0.0), 0);
+        // GroupKey of one value: 31 + its hash.
+        assert_eq!(java_key_hash(&[Text("Algo")]), 31 + 2_043_507);
+        assert_eq!(java_key_hash(&[Null]), 31);
+        // DirkDB's td2 script groups Archi, Algo, Syst (first seen in that order) as Syst,
+        // Archi, Algo (computed with Java's HashMap rules).
+        let keys = ["Archi", "Algo", "Syst"].map(|k| java_key_hash(&[Text(k)]));
+        let order = java_hash_order(&keys);
+        assert_eq!(order, [2, 0, 1]);
+        assert_eq!(java_capacity(12), 16);
+        assert_eq!(java_capacity(13), 32);
     }
 
     #[test]
