@@ -203,7 +203,8 @@ pub async fn outrank(t: &Topology) {
 }
 
 /// Makes instance `i` follow the topology's primary (a no-op when it already does), reached at
-/// the primary's replication address.
+/// the primary's replication address — or, since the primary's id is sent too, at the address
+/// the instance's own config gives for it.
 pub async fn fence(t: &Topology, i: usize) {
     let primary = t.primary();
     let primary_addr = t
@@ -215,7 +216,8 @@ pub async fn fence(t: &Topology, i: usize) {
     let Some(admin) = &t.backends[i].admin else {
         return;
     };
-    let body = format!(r#"{{"primary":"{primary_addr}"}}"#);
+    // With its id, the instance may reach the primary at the address its own config gives.
+    let body = serde_json::json!({ "primary": primary_addr, "primaryId": primary.id }).to_string();
     match post_json(admin, "/replication/configure", &body, ADMIN_TIMEOUT).await {
         Ok(_) => {
             tracing::info!(instance = %t.backends[i].id, primary = %t.primary().id, "instance follows the primary")

@@ -471,6 +471,10 @@ async fn raise_term(State(state): Shared, body: Option<Json<TermBody>>) -> ApiRe
 #[derive(Deserialize)]
 struct ConfigureBody {
     primary: String,
+    /// The primary's instance id: when this instance's own config names it, the address there
+    /// (`replicationAddress`) wins over `primary`, since the network path may differ per node.
+    #[serde(default, rename = "primaryId")]
+    primary_id: Option<String>,
 }
 
 async fn configure(State(state): Shared, body: Option<Json<ConfigureBody>>) -> ApiResult {
@@ -480,7 +484,12 @@ async fn configure(State(state): Shared, body: Option<Json<ConfigureBody>>) -> A
             "expected a JSON body {\"primary\": \"host:port\"}".into(),
         ));
     };
-    let primary = body.primary.trim().to_string();
+    let primary = body
+        .primary_id
+        .as_deref()
+        .and_then(|id| state.peer_replication_addr(id))
+        .unwrap_or(body.primary.trim())
+        .to_string();
     if primary
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())

@@ -63,6 +63,9 @@ pub struct ServerState {
     pub security: Arc<crate::auth::ServerSecurity>,
     /// MULTI_PRIMARY: the other masters' streams applied here (per-origin positions).
     pub peers: crate::replication::peers::Peers,
+    /// Where this instance reaches each other instance's replication listener, from its own
+    /// `config.json` (`instances[].replicationAddress`, else `host:port`), by id.
+    peer_addresses: std::collections::BTreeMap<String, String>,
     read_only: AtomicBool,
     fenced: AtomicBool,
     next_owner: AtomicU64,
@@ -138,6 +141,12 @@ impl ServerState {
             metrics: ServerMetrics::default(),
             security: Arc::new(crate::auth::ServerSecurity::from_config(config)?),
             peers: Default::default(),
+            peer_addresses: config
+                .instances
+                .iter()
+                .filter(|i| i.id != instance.id)
+                .map(|i| (i.id.clone(), i.replication_addr()))
+                .collect(),
             read_only: AtomicBool::new(role == Role::Replica),
             fenced: AtomicBool::new(false),
             next_owner: AtomicU64::new(1),
@@ -243,6 +252,11 @@ impl ServerState {
     /// True while this node stepped down by itself and follows nobody yet.
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Acquire)
+    }
+
+    /// Where this instance reaches instance `id` as its primary, per its own `config.json`.
+    pub fn peer_replication_addr(&self, id: &str) -> Option<&str> {
+        self.peer_addresses.get(id).map(String::as_str)
     }
 
     /// Makes this instance a replica of `primary` (host:port), persisted across restarts. It

@@ -216,5 +216,6 @@ pub mod cache;
 pub mod cluster;
 pub mod etcd;
 pub mod inproc;
+pub mod network;
 pub mod relay;
 pub mod wait;

@@ -1,19 +1,31 @@
 //! A fault-injecting TCP relay for the fault tests: it listens on a free loopback port and
-//! forwards every connection to a target port, until it is cut.
+//! forwards every connection to a target port, until it is cut. Tests rarely use it alone:
+//! [`super::network::Network`] puts one relay on every link between two processes and cuts
+//! them by pair.
 //!
 //! A cut behaves like a network partition, not like a crash: connections already open stop
-//! carrying bytes in both directions (they hang, as across a dropped link), and new connections
-//! are accepted but carry nothing. Healing closes every connection that lived through the cut
-//! (their peers would have timed out on a real network) and forwards new ones again.
+//! carrying bytes in the cut direction (they hang, as across a dropped link), and new
+//! connections are accepted but carry nothing. A cut can be one-way ([`Direction`]): the other
+//! direction of an open connection keeps carrying bytes, as when only one direction of a link
+//! drops packets. Healing closes every connection that lived through a cut (their peers would
+//! have timed out on a real network) and forwards new ones again.
 //!
 //! It runs on its own thread with its own Tokio runtime, so tests of any flavour can use it;
 //! dropping the relay stops it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Which bytes of a relayed connection a cut drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the side that connected to the side it connected to.
+    Upstream,
+    /// Back from the side connected to.
+    Downstream,
+}
 
 /// One relay.
 pub struct Relay {
@@ -26,22 +38,55 @@ pub struct Relay {
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
+#[derive(Default, Clone, Copy)]
+struct Cuts {
+    up: bool,
+    down: bool,
+    /// Changes at every cut; a connection born before the last cut ends on heal.
+    generation: u64,
+}
+
+impl Cuts {
+    fn any(&self) -> bool {
+        self.up || self.down
+    }
+
+    fn of(&self, d: Direction) -> bool {
+        match d {
+            Direction::Upstream => self.up,
+            Direction::Downstream => self.down,
+        }
+    }
+}
+
+#[derive(Default)]
 struct State {
-    cut: AtomicBool,
-    /// Changes at every cut; a connection opened before the last cut ends on heal.
-    generation: AtomicU64,
+    cuts: Mutex<Cuts>,
     changed: tokio::sync::Notify,
+}
+
+impl State {
+    fn now(&self) -> Cuts {
+        *self.cuts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Cuts)) {
+        f(&mut self.cuts.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_waiters();
+    }
+
+    /// True when a connection born at `born` must end: a cut began after it and is healed.
+    fn outlived(&self, born: u64) -> bool {
+        let c = self.now();
+        c.generation != born && !c.any()
+    }
 }
 
 impl Relay {
     /// A relay from a free port to `target` on loopback.
     pub fn start(target: u16) -> Relay {
         let port = super::free_port();
-        let state = Arc::new(State {
-            cut: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            changed: tokio::sync::Notify::new(),
-        });
+        let state = Arc::new(State::default());
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("relay port");
         listener
             .set_nonblocking(true)
@@ -77,28 +122,44 @@ impl Relay {
         }
     }
 
-    /// Stops carrying bytes (a partition).
+    /// Stops carrying bytes both ways (a partition).
     pub fn cut(&self) {
-        self.state.generation.fetch_add(1, Ordering::AcqRel);
-        self.state.cut.store(true, Ordering::Release);
-        self.state.changed.notify_waiters();
+        self.state.update(|c| {
+            c.up = true;
+            c.down = true;
+            c.generation += 1;
+        });
+    }
+
+    /// Stops carrying bytes in one direction only (an asymmetric partition).
+    pub fn cut_one_way(&self, d: Direction) {
+        self.state.update(|c| {
+            match d {
+                Direction::Upstream => c.up = true,
+                Direction::Downstream => c.down = true,
+            }
+            c.generation += 1;
+        });
     }
 
     /// Carries bytes again; connections that lived through the cut are closed.
     pub fn heal(&self) {
-        self.state.cut.store(false, Ordering::Release);
-        self.state.changed.notify_waiters();
+        self.state.update(|c| {
+            c.up = false;
+            c.down = false;
+        });
     }
 
-    /// True while cut.
+    /// True while cut in either direction.
     pub fn is_cut(&self) -> bool {
-        self.state.cut.load(Ordering::Acquire)
+        self.state.now().any()
     }
 }
 
 async fn relay_connection(client: TcpStream, target: u16, state: Arc<State>) {
-    let born = state.generation.load(Ordering::Acquire);
-    if !wait_while_cut(&state, born).await {
+    let born = state.now().generation;
+    // A connection opened during a cut carries nothing (no handshake crosses a cut link).
+    if !wait_until_open(&state, born, None).await {
         return;
     }
     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
@@ -108,21 +169,34 @@ async fn relay_connection(client: TcpStream, target: u16, state: Arc<State>) {
     let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = tokio::spawn(pump(cr, sw, state.clone(), born));
-    let down = tokio::spawn(pump(sr, cw, state.clone(), born));
+    let up = tokio::spawn(pump(cr, sw, state.clone(), born, Direction::Upstream));
+    let down = tokio::spawn(pump(sr, cw, state.clone(), born, Direction::Downstream));
     let _ = tokio::join!(up, down);
 }
 
-/// Waits while the relay is cut; false when the connection must end instead (it was born
-/// before a cut that has since healed).
-async fn wait_while_cut(state: &State, born: u64) -> bool {
+/// Waits while `direction` (or, for `None`, either direction) is cut; false when the connection
+/// must end instead (it was born before a cut that has since healed).
+async fn wait_until_open(state: &State, born: u64, direction: Option<Direction>) -> bool {
     loop {
         let notified = state.changed.notified();
-        if state.generation.load(Ordering::Acquire) != born && !state.cut.load(Ordering::Acquire) {
+        if state.outlived(born) {
             return false;
         }
-        if !state.cut.load(Ordering::Acquire) {
+        let c = state.now();
+        let cut = direction.map_or(c.any(), |d| c.of(d));
+        if !cut {
             return true;
+        }
+        notified.await;
+    }
+}
+
+/// Resolves once a cut that began after `born` has healed: the connection must end.
+async fn outlived(state: &State, born: u64) {
+    loop {
+        let notified = state.changed.notified();
+        if state.outlived(born) {
+            return;
         }
         notified.await;
     }
@@ -133,6 +207,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     state: Arc<State>,
     born: u64,
+    direction: Direction,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -141,12 +216,11 @@ async fn pump(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
-            alive = wait_cut_over(&state, born) => {
-                if alive { continue } else { break }
-            }
+            _ = outlived(&state, born) => break,
         };
-        // Bytes read during a cut are held (never delivered if the cut outlives the connection).
-        if !wait_while_cut(&state, born).await {
+        // Bytes read while this direction is cut are held, and dropped if the connection does
+        // not outlive the cut (it never does: healing closes it).
+        if !wait_until_open(&state, born, Some(direction)).await {
             break;
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -154,18 +228,4 @@ async fn pump(
         }
     }
     let _ = to.shutdown().await;
-}
-
-/// Resolves when a cut begins and then ends: `false` when this connection must end (it lived
-/// through the cut); never resolves while nothing happens.
-async fn wait_cut_over(state: &State, born: u64) -> bool {
-    loop {
-        let notified = state.changed.notified();
-        if state.generation.load(Ordering::Acquire) != born {
-            // A cut began after this connection was born: it stays silent until the heal, then
-            // ends.
-            return wait_while_cut(state, born).await;
-        }
-        notified.await;
-    }
 }
