@@ -894,7 +894,18 @@ async fn a_primary_cut_from_one_peer_at_a_time_loses_no_acknowledged_write() {
 /// healed the old primary is fenced and its unreplicated writes are in its rollback file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_from_its_replicas_then_the_proxy_keeps_its_writes_in_a_rollback_file() {
-    let f = Faulty::start(1);
+    cut_from_replicas_then_the_proxy("OPLOG").await
+}
+
+/// The same in FILE mode: the demoted primary's databases are replaced by the new primary's
+/// copies, and each write of its own oplog a copy lacks is saved to a rollback file first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_file_mode_a_primary_cut_off_keeps_its_writes_in_a_rollback_file() {
+    cut_from_replicas_then_the_proxy("FILE").await
+}
+
+async fn cut_from_replicas_then_the_proxy(mode: &'static str) {
+    let f = Faulty::start_in(1, mode);
     let load = Load::start(&f).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let p = f.primary();
@@ -910,18 +921,9 @@ async fn a_primary_cut_from_its_replicas_then_the_proxy_keeps_its_writes_in_a_ro
             },
         )
         .await;
-    let present = check(
-        &f,
-        load,
-        "a primary cut from its replicas, then from the proxy",
-    )
-    .await;
-    let divergent = assert_rolled_back(
-        &f,
-        &held,
-        &present,
-        "a primary cut from its replicas, then from the proxy",
-    );
+    let what = format!("{mode}: a primary cut from its replicas, then from the proxy");
+    let present = check(&f, load, &what).await;
+    let divergent = assert_rolled_back(&f, &held, &present, &what);
     assert!(
         divergent > 0,
         "the old primary committed writes no replica received (the test must exercise the rollback)\n{}",
@@ -966,6 +968,94 @@ async fn asymmetric_cuts_of_the_primary_lose_no_acknowledged_write() {
     );
     let present = check(&f, load, "asymmetric cuts of the primary").await;
     assert_rolled_back(&f, &held, &present, "asymmetric cuts");
+}
+
+/// A FILE-mode secondary refuses a primary of a lower term than its own. Its own bytes to the
+/// primary are dropped (so the primary cannot learn its term from its heartbeats and step down
+/// first); raised above the primary's term, it refuses the primary's next heartbeat and installs
+/// none of its copies. Once healed it reconnects showing its term, and the stale primary steps
+/// down (it refuses writes and follows nobody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_mode_secondary_refuses_a_primary_of_a_lower_term() {
+    let mut cluster = common::cluster::Cluster::configure(1, "{}");
+    let net = Network::new();
+    let path = cluster.dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    config["replication"]["type"] = "FILE".into();
+    let via = net.link("m2", "m1", cluster.nodes[0].port);
+    config["instances"][0]["replicationAddress"] = format!("127.0.0.1:{via}").into();
+    std::fs::write(&path, config.to_string()).expect("config");
+    cluster.spawn(0);
+    cluster.spawn(1);
+    let mut c = cluster.client(0).await;
+    for sql in [
+        "CREATE DATABASE d",
+        "USE d",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+    ] {
+        c.execute(sql).await.expect(sql);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.committed(1) < cluster.committed(0) {
+        assert!(
+            Instant::now() < deadline,
+            "m2 never caught up\n{}",
+            cluster.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    net.cut_one_way("m2", "m1");
+    let term = cluster.get(0, "/replication/status")["term"]
+        .as_u64()
+        .unwrap_or(0);
+    let raised = cluster.post(
+        1,
+        "/replication/term",
+        &format!(r#"{{"term": {}}}"#, term + 5),
+    );
+    assert_eq!(raised["term"].as_u64(), Some(term + 5), "{raised}");
+    let refusal = format!("a FILE-mode primary of term {term} refused");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.log(1).contains(&refusal) {
+        assert!(
+            Instant::now() < deadline,
+            "m2 did not refuse the lower-term primary\n{}",
+            cluster.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect("m1 has not heard of the higher term yet");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut r = cluster.client(1).await;
+    r.execute("USE d").await.expect("use");
+    let rows = r.query("SELECT count(*) FROM t").await.expect("count");
+    assert_eq!(
+        rows.rows[0][0].as_i64(),
+        Some(1),
+        "m2 installed a copy of a lower-term primary"
+    );
+    net.heal_all();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let primary = cluster.get(0, "/replication/status");
+        if primary["fenced"] == true && primary["acceptsWrites"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lower-term primary did not step down: {primary}\n{}",
+            cluster.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.execute("INSERT INTO t VALUES (3)").await.is_err(),
+        "the stale primary still accepts writes"
+    );
 }
 
 /// A directory made immutable (`chattr +i`: no file can be created in it, even by root) until
@@ -1381,5 +1471,58 @@ async fn a_write_waiting_at_the_gate_while_its_node_is_fenced_never_commits() {
         rows.rows.is_empty(),
         "rows left on the fenced node: {:?}",
         rows.rows
+    );
+}
+
+/// Read-your-writes across a failover: a node vouches for a session's position (`DIRK WAIT`,
+/// which the proxy sends before a read on it) only once it has synced with its current primary.
+/// A demoted primary stands at its own last position, which may hold writes its successor never
+/// had at positions the successor reuses; so do a replica repointed elsewhere until it synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_or_repointed_node_vouches_for_no_position_until_it_has_synced() {
+    let cluster = common::cluster::Cluster::start(1, "{}");
+    let mut c = cluster.client(0).await;
+    for sql in [
+        "CREATE DATABASE d",
+        "USE d",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+    ] {
+        c.execute(sql).await.expect(sql);
+    }
+    let seq = cluster.committed(0);
+    let wait = format!("DIRK WAIT {seq} 2000");
+    let mut r = cluster.client(1).await;
+    r.execute(&wait)
+        .await
+        .expect("a streaming replica vouches for what it applied");
+    let nowhere = format!(r#"{{"primary": "127.0.0.1:{}"}}"#, common::free_port());
+    cluster.post(1, "/replication/configure", &nowhere);
+    let refused = r.execute(&wait).await;
+    assert!(
+        matches!(&refused, Err(dirkdb_client::ClientError::Server(m)) if m.contains("not synced")),
+        "a repointed replica vouched for a position before syncing: {refused:?}"
+    );
+    let back = format!(r#"{{"primary": "{}"}}"#, cluster.addr(0));
+    cluster.post(1, "/replication/configure", &back);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.execute(&wait).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "m2 never synced again\n{}",
+            cluster.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The primary demoted (pointed at a primary it cannot reach): its own writes are no longer
+    // vouched for.
+    c.execute(&wait)
+        .await
+        .expect("a primary vouches for its own writes");
+    cluster.post(0, "/replication/configure", &nowhere);
+    let refused = c.execute(&wait).await;
+    assert!(
+        matches!(&refused, Err(dirkdb_client::ClientError::Server(m)) if m.contains("not synced")),
+        "a demoted primary vouched for its own position: {refused:?}"
     );
 }

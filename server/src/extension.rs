@@ -4,7 +4,9 @@
 //! * `DIRK POSITION` → `position <seq>`: the oplog position of this session's last committed
 //!   write (0 before any), which a proxy needs for read-your-writes.
 //! * `DIRK WAIT <seq> <timeout_ms>` → `position <committed>` once this instance has committed
-//!   or applied `seq`; an error naming the position reached when the timeout passes first.
+//!   or applied `seq`; an error naming the position reached when the timeout passes first, or at
+//!   once on a replica that has not synced with its current primary since it was repointed or
+//!   demoted (its data may hold writes the primary lacks, at positions the primary reuses).
 //! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n> term <t>`: on a primary, waits
 //!   until `k` connected replicas acknowledged `seq` in the primary's term `t` (or the timeout),
 //!   and says how many did; an error when the node no longer accepts writes by then (it lost its
@@ -125,6 +127,14 @@ pub async fn answer(
     match ext {
         Extension::Position => Ok(format!("position {last_write}")),
         Extension::Wait { seq, timeout } => {
+            if state.is_replica() && !state.replication.is_synced() {
+                // A demoted primary (or a replica repointed) may stand at `seq` with writes its
+                // new primary never had: it answers for no position until it has synced.
+                return Err(ServerError::Refused(format!(
+                    "position {seq} not vouched for: this replica has not synced with its primary yet (at {})",
+                    state.write_path.committed()
+                )));
+            }
             let mut commits = state.write_path.subscribe();
             let reached = tokio::time::timeout(timeout, commits.wait_for(|c| *c >= seq)).await;
             let now = state.write_path.committed();

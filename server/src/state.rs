@@ -224,6 +224,7 @@ impl ServerState {
             self.fenced.store(true, Ordering::Release);
             Ok(())
         })?;
+        self.replication.set_synced(false);
         self.replication.end_streams();
         tracing::warn!(instance = %self.instance_id, term, why, "stepped down: writes refused until this node follows the new primary");
         Ok(())

@@ -136,6 +136,14 @@ impl ReplicationMode for FileMode {
                 )))
             }
         };
+        // The primary's term comes first: the secondary refuses copies before it knows it.
+        let term = Message::Heartbeat {
+            seq: state.write_path.committed(),
+            ts: now_ms(),
+            term: state.term(),
+        };
+        write_message(writer, &term).await?;
+        writer.flush().await?;
         let (tx, replies) = mpsc::channel(16);
         let listener = tokio::spawn(read_replies(
             state.clone(),
@@ -186,11 +194,12 @@ impl ReplicationMode for FileMode {
             .update_follower(|f| f.state = super::FollowerState::Streaming);
         let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);
         let mut beat = tokio::time::interval(state.replication.heartbeat);
+        let mut primary_term = None;
         loop {
             tokio::select! {
                 unit = next_unit(units, silence) => {
                     match unit? {
-                        Unit::Message(m) => on_message(state, m, units, writer).await?,
+                        Unit::Message(m) => on_message(state, m, units, writer, &mut primary_term).await?,
                         Unit::Chunk(_) => return Err(StreamError::Peer("pages outside a copy".into())),
                     }
                     writer.flush().await?;
@@ -239,8 +248,13 @@ async fn read_replies(
                     seq: applied, term, ..
                 },
             )) => {
-                state.replication.record_ack(&instance, applied, term);
-                continue;
+                if term > state.term() {
+                    let _ = state.step_down(term, "a FILE-mode secondary showed a higher term");
+                    Reply::Closed(format!("secondary is at term {term}"))
+                } else {
+                    state.replication.record_ack(&instance, applied, term);
+                    continue;
+                }
             }
             Ok(Ok(Message::FileResult { name, ok, error })) => Reply::Installed {
                 name,
@@ -394,6 +408,10 @@ impl PrimaryRounds<'_> {
                 .replication
                 .update_file_copy(&self.instance, &name, None::<fn(&mut _)>);
         }
+        if retry {
+            // A copy failed: the secondary does not hold `position`, so it must not confirm it.
+            return Ok(true);
+        }
         write_message(
             writer,
             &Message::FileRoundEnd {
@@ -406,7 +424,7 @@ impl PrimaryRounds<'_> {
         state
             .replication
             .record_sent(&self.instance, 0, 0, Some((position, dirty_since)));
-        Ok(retry)
+        Ok(false)
     }
 
     /// Sends `name` when the secondary's copy is older (or, at a sweep, when its files changed).
@@ -455,9 +473,16 @@ impl PrimaryRounds<'_> {
             Ok((version, map))
         })
         .await;
-        let Ok((version, map)) = taken else {
-            // Dropped meanwhile (the next round drops it on the secondary) or unreadable now.
-            return Ok(CopyOutcome::Unchanged);
+        let (version, map) = match taken {
+            Ok(taken) => taken,
+            // Dropped meanwhile: the next round drops it on the secondary.
+            Err(_) if !self.state.catalog.names().iter().any(|n| n == name) => {
+                return Ok(CopyOutcome::Unchanged)
+            }
+            Err(e) => {
+                tracing::warn!(replica = %self.instance, database = name, error = %e, "cannot take a copy; the round is retried");
+                return Ok(CopyOutcome::Failed);
+            }
         };
         self.stamps.insert(name.to_string(), stamp);
         let outcome = self.send_copy(name, version, &map, &copy, writer).await;
@@ -585,6 +610,15 @@ async fn send_pages(
     Ok(sent)
 }
 
+/// The newest oplog sequence in the live database `name`.
+fn live_version(state: &ServerState, name: &str) -> Option<u64> {
+    let db = state.catalog.get(name).ok()?;
+    let conn = db.lease().ok()?;
+    let version = copy_version(&conn);
+    db.give_back(conn);
+    Some(version)
+}
+
 /// The secondary's copies, for its inventory (shadows of databases it no longer has go).
 fn local_inventory(state: &ServerState) -> crate::error::Result<Vec<CopyInfo>> {
     let shadows = state.data_dir().join(SHADOW_DIR);
@@ -603,7 +637,11 @@ fn local_inventory(state: &ServerState) -> crate::error::Result<Vec<CopyInfo>> {
             let shadow = shadows.join(format!("{name}.db"));
             match (PageMap::of_file(&shadow), file_copy::open_source(&shadow)) {
                 (Ok(map), Ok(conn)) => CopyInfo {
-                    version: copy_version(&conn),
+                    // A database written since its last copy (this node was a primary meanwhile)
+                    // is not that copy: version 0 makes the primary send it again.
+                    version: Some(copy_version(&conn))
+                        .filter(|v| live_version(state, &name) == Some(*v))
+                        .unwrap_or(0),
                     page_size: map.page_size,
                     crcs: map.crcs,
                     name,
@@ -623,7 +661,24 @@ async fn on_message(
     message: Message,
     units: &mut Units,
     writer: &mut StreamWriter,
+    primary_term: &mut Option<u64>,
 ) -> Result<(), StreamError> {
+    if let Message::Heartbeat { seq, term, .. } = message {
+        // A FILE-mode secondary takes its primary's term from the heartbeats, so that its
+        // acknowledgements count for write concerns, and refuses a primary of a lower term.
+        super::follower::check_term(state, term, "a FILE-mode primary")?;
+        state.adopt_term(term)?;
+        *primary_term = Some(term);
+        state
+            .replication
+            .update_follower(|f| f.primary_sequence = seq);
+        return Ok(());
+    }
+    if primary_term.is_none() {
+        return Err(StreamError::Peer(
+            "the primary sent copies before its term".into(),
+        ));
+    }
     let answer = match message {
         Message::FileCopyBegin {
             name,
@@ -646,6 +701,8 @@ async fn on_message(
         Message::FileDrop { name } => on_drop(state, name).await?,
         Message::FileRoundEnd { position, ts } => {
             state.write_path.reset(position);
+            // Every database now equals the primary's copy at `position` or later.
+            state.replication.set_synced(true);
             state.replication.update_follower(|f| {
                 f.applied_sequence = position;
                 f.primary_sequence = f.primary_sequence.max(position);
@@ -655,15 +712,6 @@ async fn on_message(
                 applied: position,
                 term: state.term(),
             }
-        }
-        Message::Heartbeat { seq, term, .. } => {
-            // A FILE-mode secondary takes its primary's term from the heartbeats, so that
-            // its acknowledgements count for write concerns.
-            state.adopt_term(term)?;
-            state
-                .replication
-                .update_follower(|f| f.primary_sequence = seq);
-            return Ok(());
         }
         Message::Error { message } => return Err(StreamError::Peer(format!("primary: {message}"))),
         other => return Err(StreamError::Peer(format!("unexpected message {other:?}"))),
@@ -795,6 +843,23 @@ fn write_pages(
     Ok(writer)
 }
 
+/// On a node not yet synced with its primary (repointed, or a demoted primary): the writes of
+/// `name` the copy lacks go to a rollback file before the copy replaces them.
+fn save_own_writes(state: &ServerState, name: &str, shadow: &Path) -> crate::error::Result<()> {
+    if !state.catalog.names().iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let db = state.catalog.get(name)?;
+    let live = db.lease()?;
+    let saved = file_copy::open_source(shadow)
+        .and_then(|copy| super::rollback::save_divergent_from_copy(state, name, &live, &copy));
+    db.give_back(live);
+    if let Some(path) = saved? {
+        tracing::warn!(database = name, file = %path.display(), "writes this node made that the new primary's copy lacks were saved to a rollback file");
+    }
+    Ok(())
+}
+
 /// Verifies the patched shadow and writes it into the live database (created when new). A
 /// shadow that fails its CRC is deleted: the next inventory asks for every page.
 fn install(
@@ -810,6 +875,9 @@ fn install(
         return Err(e);
     }
     let verify_ms = started.elapsed().as_millis() as u64;
+    if !state.replication.is_synced() {
+        save_own_writes(state, name, shadow)?;
+    }
     let owner = state.new_owner();
     state.under_gate(owner, || {
         state.catalog.create(name, true)?;

@@ -225,7 +225,7 @@ pub(crate) fn received(unit: Option<Result<Unit, ProtocolError>>) -> Result<Unit
 }
 
 /// Refuses a primary (or its message) of a lower term than this node's.
-fn check_term(state: &ServerState, term: u64, what: &str) -> Result<(), StreamError> {
+pub(crate) fn check_term(state: &ServerState, term: u64, what: &str) -> Result<(), StreamError> {
     let own = state.term();
     if term < own {
         return Err(StreamError::Peer(format!(
@@ -250,6 +250,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
                 .adopt_history(&chain, term)
                 .map_err(ServerError::from)?;
             state.replication.raise_term(term);
+            state.replication.set_synced(true);
             tracing::info!(from, "partial sync: continuing from the oplog");
             state.replication.update_follower(|f| {
                 f.partial_syncs += 1;
@@ -278,6 +279,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
                 .adopt_history(&chain, term)
                 .map_err(ServerError::from)?;
             state.replication.raise_term(term);
+            state.replication.set_synced(true);
             lock(applier).reset();
             write_message(
                 writer,

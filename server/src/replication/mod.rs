@@ -31,7 +31,7 @@ pub mod snapshot;
 pub mod write_probe;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -211,6 +211,12 @@ pub struct ReplicationHub {
     streams_epoch: watch::Sender<u64>,
     mode: watch::Sender<ReplicationType>,
     term: AtomicU64,
+    /// True once this replica's data is known to be a prefix of its current primary's history
+    /// (a partial sync accepted, a full sync installed, a FILE round applied); false from a
+    /// change of target or a step-down until then — a demoted primary may hold writes its new
+    /// primary lacks, at positions the new primary reuses. Read-your-writes waits refuse
+    /// meanwhile.
+    synced: AtomicBool,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
 }
@@ -238,6 +244,7 @@ impl ReplicationHub {
             streams_epoch: watch::channel(0).0,
             mode: watch::channel(mode).0,
             term: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
             heartbeat,
         }
     }
@@ -245,6 +252,16 @@ impl ReplicationHub {
     /// The node's current replication term (the cached copy of the meta file's).
     pub fn term(&self) -> u64 {
         self.term.load(Ordering::Acquire)
+    }
+
+    /// See [`ReplicationHub::is_synced`].
+    pub fn set_synced(&self, synced: bool) {
+        self.synced.store(synced, Ordering::Release);
+    }
+
+    /// True once this replica's data is known to be a prefix of its current primary's history.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// Raises the cached term (callers store it durably first).
@@ -301,6 +318,7 @@ impl ReplicationHub {
 
     /// Follow another primary (or, with `None`, stop following).
     pub fn set_target(&self, target: Option<String>) {
+        self.set_synced(false);
         lock(&self.follower).primary = target.clone();
         self.target.send_replace(target);
     }

@@ -10,9 +10,18 @@
 //! The shared point is found whatever the chains' shapes ([`shared_through`]): the newest
 //! history both chains hold, up to where the first of the two left it. When the chains share
 //! no history at all, every entry the node still holds is saved.
+//!
+//! FILE mode has no history chain: a demoted node's databases are replaced by its new primary's
+//! copies. Before a copy replaces a database on a node that has not synced with its primary yet
+//! (it was repointed or demoted), [`save_divergent_from_copy`] saves every entry of the
+//! database's own oplog that the copy lacks or holds differently (compared by sequence and
+//! checksum) — the same file format. Entries older than the copy's oldest are not compared (the
+//! primary pruned them); a database the new primary no longer has is dropped without a save.
 
 use std::io::Write;
 use std::path::PathBuf;
+
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::Result;
 use crate::meta::HistoryLink;
@@ -38,20 +47,91 @@ pub fn save_divergent(state: &ServerState, new_chain: &[HistoryLink]) -> Result<
         },
         usize::MAX,
     )?;
-    if entries.is_empty() {
-        return Ok(None);
+    let mut file = RollbackFile::new(state, "");
+    file.write(&entries)?;
+    file.finish()
+}
+
+/// FILE mode: saves the entries of database `db`'s own oplog (`live`) that the copy about to
+/// replace it (`copy`, the new primary's file) lacks or holds differently; returns the file
+/// written, if there was anything to save.
+pub fn save_divergent_from_copy(
+    state: &ServerState,
+    db: &str,
+    live: &Connection,
+    copy: &Connection,
+) -> Result<Option<PathBuf>> {
+    const STEP: usize = 1000;
+    let oldest = store::file_stats(copy)?.oldest;
+    let mut after = oldest.map_or(0, |o| o.saturating_sub(1));
+    let mut file = RollbackFile::new(state, db);
+    let mut held = copy.prepare("SELECT crc FROM _dirk_oplog WHERE seq = ?1")?;
+    loop {
+        let own = store::read_file_entries(live, db, after, STEP)?;
+        let Some(last) = own.last().map(|e| e.seq) else {
+            break;
+        };
+        let mut divergent = Vec::new();
+        for entry in own {
+            let theirs: Option<i64> = held
+                .query_row([entry.seq.min(i64::MAX as u64) as i64], |r| r.get(0))
+                .optional()?;
+            if theirs.map(|c| c as u32) != Some(entry.crc) {
+                divergent.push(entry);
+            }
+        }
+        file.write(&divergent)?;
+        after = last;
     }
-    let dir = state.data_dir().join("rollback");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("rollback-{}.jsonl", now_ms()));
-    let mut file = std::fs::File::create(&path)?;
-    for entry in &entries {
-        let line = serde_json::to_string(entry)
-            .map_err(|e| crate::error::ServerError::Internal(e.to_string()))?;
-        writeln!(file, "{line}")?;
+    file.finish()
+}
+
+/// A rollback file, created with its first entry.
+struct RollbackFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl RollbackFile {
+    /// `rollback-<ms>.jsonl`, or `rollback-<ms>-<db>.jsonl` for one database's.
+    fn new(state: &ServerState, db: &str) -> RollbackFile {
+        let name = if db.is_empty() {
+            format!("rollback-{}.jsonl", now_ms())
+        } else {
+            format!("rollback-{}-{db}.jsonl", now_ms())
+        };
+        RollbackFile {
+            path: state.data_dir().join("rollback").join(name),
+            file: None,
+        }
     }
-    file.sync_all()?;
-    Ok(Some(path))
+
+    fn write(&mut self, entries: &[crate::oplog::Entry]) -> Result<()> {
+        for entry in entries {
+            let line = serde_json::to_string(entry)
+                .map_err(|e| crate::error::ServerError::Internal(e.to_string()))?;
+            let file = match &mut self.file {
+                Some(f) => f,
+                None => {
+                    std::fs::create_dir_all(self.path.parent().unwrap_or(&self.path))?;
+                    self.file.insert(std::fs::File::create(&self.path)?)
+                }
+            };
+            writeln!(file, "{line}")?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the file; `None` when nothing was written.
+    fn finish(self) -> Result<Option<PathBuf>> {
+        match self.file {
+            None => Ok(None),
+            Some(f) => {
+                f.sync_all()?;
+                Ok(Some(self.path))
+            }
+        }
+    }
 }
 
 /// The last sequence `own` and `new` certainly share: in the newest history both hold, the
