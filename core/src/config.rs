@@ -587,6 +587,11 @@ pub struct FailoverConfig {
     /// a tenth of `detectionMillis`, at least 100 ms); the proxy promotes a node only once the
     /// old primary's lease plus this margin has passed since its last renewal.
     pub clock_drift_millis: Option<u64>,
+    /// Majority leases: a primary also needs to have heard, within its lease, from enough
+    /// replicas of its term (acknowledgements or heartbeats) to make a majority of the
+    /// instances with itself; cut off from them it refuses writes by itself and the proxy
+    /// replaces it. Default false (the proxy's renewal alone grants the lease).
+    pub majority_lease: bool,
     /// Who decides a failover: this proxy alone (`LOCAL`, the default) or the proxies together
     /// through etcd (`ETCD`).
     pub coordinator: CoordinatorConfig,
@@ -599,6 +604,7 @@ impl Default for FailoverConfig {
             detection_millis: 3000,
             lease_millis: None,
             clock_drift_millis: None,
+            majority_lease: false,
             coordinator: CoordinatorConfig::Local,
         }
     }

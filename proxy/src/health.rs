@@ -241,6 +241,7 @@ async fn check(
                 .map_err(|e| e.to_string())?;
             if primary && status["role"] == "PRIMARY" {
                 probe_write(admin, timeout).await?;
+                crate::lease::check_majority(&status)?;
             }
             Ok(Finding {
                 committed: status["committedSequence"].as_u64().unwrap_or(0),

@@ -117,6 +117,19 @@ pub fn stop_renewing(id: &str) -> Option<Instant> {
     r.last_sent
 }
 
+/// A primary under a majority lease (`failover.majorityLease`) that no longer hears from a
+/// majority refuses writes by itself: its health check fails, so that it is replaced.
+pub fn check_majority(status: &serde_json::Value) -> Result<(), String> {
+    let majority = &status["lease"]["majority"];
+    if majority["holds"] == false {
+        return Err(format!(
+            "the primary lost its majority lease (it heard from {} of the {} replicas it needs)",
+            majority["heard"], majority["needed"]
+        ));
+    }
+    Ok(())
+}
+
 /// The body of a promotion: the new term and a first lease.
 pub fn promotion_body(term: u64, failover: &FailoverConfig) -> String {
     serde_json::json!({

@@ -116,6 +116,7 @@ async fn status(State(state): Shared) -> ApiResult {
         "lease": {
             "required": state.write_path.lease().required(),
             "leftMs": state.write_path.lease().remaining().map(|d| d.as_millis() as u64),
+            "majority": state.write_path.lease().majority(),
         },
         "etcdLease": crate::replication::etcd_lease::status(&state),
         "committedSequence": committed,

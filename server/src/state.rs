@@ -95,7 +95,11 @@ impl ServerState {
             _ => instance.role,
         };
         let lease_required = meta.setting(LEASE_REQUIRED_SETTING)?.is_some();
-        let lease = Arc::new(Lease::new(lease_required, role == Role::Primary));
+        let mut lease = Lease::new(lease_required, role == Role::Primary);
+        if config.failover.majority_lease {
+            lease = lease.with_majority(config.instances.len(), config.failover.lease());
+        }
+        let lease = Arc::new(lease);
         let settings = ConnectionSettings {
             synchronous: config.storage.synchronous,
             busy_timeout: Duration::from_millis(limits.busy_timeout_ms),
@@ -120,7 +124,7 @@ impl ServerState {
             meta,
             write_path: Arc::new(
                 WritePath::new(committed, Duration::from_millis(limits.busy_timeout_ms))
-                    .with_lease(lease),
+                    .with_lease(lease.clone()),
             ),
             in_flight: dirkdb_core::in_flight::InFlight::new(limits.max_in_flight_statement_bytes),
             limits,
@@ -153,6 +157,7 @@ impl ServerState {
             resync_on_start: AtomicBool::new(resync_on_start),
         };
         state.replication.raise_term(state.meta.term()?);
+        state.replication.attach_lease(lease);
         let latest = state.latest_on_disk()?;
         state.write_path.publish(latest);
         Ok(state)

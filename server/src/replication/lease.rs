@@ -16,8 +16,17 @@
 //! never had a proxy in front of it (tests, a single node) writes without one. Writes are
 //! refused at the writer gate ([`crate::write_path::WritePath::acquire_write`]) and once more at
 //! the commit itself (a SQLite commit hook, [`Lease::refuses_commit`]).
+//!
+//! Majority leases (`failover.majorityLease`): the lease then also needs a majority. A primary
+//! accepts writes only while, within the last lease length, it heard from enough replicas of its
+//! term (acknowledgements or heartbeats, [`Lease::note_replica`]) to make a majority of the
+//! instances with itself; a primary cut off from its replicas refuses writes by itself even
+//! while the proxy still renews its lease, says so in its status (`lease.majority`), and the
+//! proxy's health check counts that as a failure and replaces it. A node that just became
+//! primary has one lease length of grace for its replicas to connect.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,6 +47,25 @@ pub struct Lease {
     revoked_through_ms: AtomicI64,
     /// The lease in etcd, when `failover.coordinator.serverLeases` asks for one.
     etcd: super::etcd_lease::EtcdHold,
+    /// Majority leases: replicas needed besides this node (0: off).
+    needed: AtomicUsize,
+    /// The lease length, the window in which replicas must have been heard.
+    window: Mutex<Duration>,
+    /// When each replica was last heard from in this node's term.
+    heard: Mutex<HashMap<String, Instant>>,
+    /// When this node last became primary (the start of its grace).
+    primary_since: Mutex<Option<Instant>>,
+}
+
+/// What a majority lease stands on, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MajorityStatus {
+    /// Replicas that must have been heard from within the window.
+    pub needed: usize,
+    /// Replicas heard from within it.
+    pub heard: usize,
+    /// True while writes may go on as far as the majority goes.
+    pub holds: bool,
 }
 
 /// Why a renewal was refused.
@@ -73,7 +101,49 @@ impl Lease {
             until: Mutex::new(None),
             revoked_through_ms: AtomicI64::new(i64::MIN),
             etcd: Default::default(),
+            needed: AtomicUsize::new(0),
+            window: Mutex::new(Duration::ZERO),
+            heard: Mutex::new(HashMap::new()),
+            primary_since: Mutex::new(primary.then(Instant::now)),
         }
+    }
+
+    /// Makes the lease a majority lease over `instances` instances (this one included), with
+    /// replicas heard within `window` (the lease length).
+    pub fn with_majority(self, instances: usize, window: Duration) -> Lease {
+        self.needed.store(instances / 2, Ordering::Release);
+        *lock(&self.window) = window;
+        self
+    }
+
+    /// A replica of this node's term was heard from (an acknowledgement or a heartbeat).
+    pub fn note_replica(&self, instance: &str) {
+        if self.needed.load(Ordering::Acquire) > 0 {
+            lock(&self.heard).insert(instance.to_string(), Instant::now());
+        }
+    }
+
+    /// Where the majority stands; `None` without majority leases.
+    pub fn majority(&self) -> Option<MajorityStatus> {
+        let needed = self.needed.load(Ordering::Acquire);
+        if needed == 0 {
+            return None;
+        }
+        let window = *lock(&self.window);
+        let heard = lock(&self.heard)
+            .values()
+            .filter(|t| t.elapsed() <= window)
+            .count();
+        let grace = lock(&self.primary_since).is_some_and(|t| t.elapsed() <= window);
+        Some(MajorityStatus {
+            needed,
+            heard,
+            holds: heard >= needed || grace || !self.required(),
+        })
+    }
+
+    fn majority_holds(&self) -> bool {
+        self.majority().is_none_or(|m| m.holds)
     }
 
     /// Grants what is left of a `lease_ms` lease sent at `sent_at_ms` (proxy wall clock), now
@@ -92,6 +162,7 @@ impl Lease {
             return Err(LeaseRefusal::Stale { age_ms, lease_ms });
         }
         let left = Duration::from_millis(lease_ms - age_ms);
+        *lock(&self.window) = Duration::from_millis(lease_ms);
         let mut until = lock(&self.until);
         let end = Instant::now() + left;
         *until = Some(until.map_or(end, |u| u.max(end)));
@@ -114,7 +185,11 @@ impl Lease {
 
     /// The node became a primary (`true`) or a replica.
     pub fn set_primary(&self, primary: bool) {
-        self.primary.store(primary, Ordering::Release);
+        let was = self.primary.swap(primary, Ordering::AcqRel);
+        if primary && !was {
+            *lock(&self.primary_since) = Some(Instant::now());
+            lock(&self.heard).clear();
+        }
         if !primary {
             self.revoke();
         }
@@ -136,6 +211,7 @@ impl Lease {
     pub fn allows_writes(&self) -> bool {
         (!self.required() || self.remaining().is_some_and(|d| !d.is_zero()))
             && self.etcd.allows_writes()
+            && self.majority_holds()
     }
 
     /// The lease in etcd ([`super::etcd_lease`]).
@@ -150,6 +226,14 @@ impl Lease {
         }
         if !self.primary.load(Ordering::Acquire) || self.allows_writes() {
             return Ok(());
+        }
+        if let Some(m) = self.majority().filter(|m| !m.holds) {
+            return Err(ServerError::Refused(format!(
+                "this primary lost its majority lease: it heard from {} of the {} replicas it \
+                 needs within the lease (failover.majorityLease); writes are refused until they \
+                 are back or another node is promoted",
+                m.heard, m.needed
+            )));
         }
         Err(ServerError::Refused(
             "this primary holds no write lease (the proxy has not renewed it within \
@@ -234,6 +318,46 @@ mod tests {
             lease.grant(1000, 0, 0),
             Err(LeaseRefusal::NotPrimary),
             "only a primary holds a lease"
+        );
+    }
+
+    #[test]
+    fn a_majority_lease_needs_replicas_heard_within_the_lease() {
+        let lease = Lease::new(false, false).with_majority(3, Duration::from_millis(60));
+        lease.set_primary(true);
+        let now = crate::oplog::now_ms();
+        lease.grant(10_000, now, now).unwrap();
+        assert!(
+            lease.allows_writes(),
+            "a new primary has a lease length of grace"
+        );
+        std::thread::sleep(Duration::from_millis(70));
+        lease
+            .grant(60, crate::oplog::now_ms(), crate::oplog::now_ms())
+            .unwrap();
+        assert!(!lease.allows_writes(), "no replica heard: no majority");
+        let refused = lease.check_write().unwrap_err().to_string();
+        assert!(refused.contains("majority"), "{refused}");
+        lease.note_replica("m2");
+        assert!(
+            lease.allows_writes(),
+            "one replica of two makes a majority of three"
+        );
+        assert_eq!(
+            lease.majority(),
+            Some(MajorityStatus {
+                needed: 1,
+                heard: 1,
+                holds: true
+            })
+        );
+        std::thread::sleep(Duration::from_millis(70));
+        let now = crate::oplog::now_ms();
+        lease.grant(60, now, now).unwrap();
+        assert!(!lease.allows_writes(), "heard too long ago");
+        assert!(
+            Lease::new(true, true).majority().is_none(),
+            "off by default"
         );
     }
 

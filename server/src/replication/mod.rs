@@ -217,6 +217,8 @@ pub struct ReplicationHub {
     /// primary lacks, at positions the new primary reuses. Read-your-writes waits refuse
     /// meanwhile.
     synced: AtomicBool,
+    /// This node's write lease, told of every replica heard from (majority leases).
+    lease: std::sync::OnceLock<std::sync::Arc<lease::Lease>>,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
 }
@@ -245,6 +247,7 @@ impl ReplicationHub {
             mode: watch::channel(mode).0,
             term: AtomicU64::new(0),
             synced: AtomicBool::new(false),
+            lease: std::sync::OnceLock::new(),
             heartbeat,
         }
     }
@@ -252,6 +255,11 @@ impl ReplicationHub {
     /// The node's current replication term (the cached copy of the meta file's).
     pub fn term(&self) -> u64 {
         self.term.load(Ordering::Acquire)
+    }
+
+    /// Tells `lease` of every replica heard from in this node's term (majority leases).
+    pub fn attach_lease(&self, lease: std::sync::Arc<lease::Lease>) {
+        let _ = self.lease.set(lease);
     }
 
     /// See [`ReplicationHub::is_synced`].
@@ -406,6 +414,9 @@ impl ReplicationHub {
     pub fn record_ack(&self, instance: &str, applied: u64, term: u64) -> bool {
         if term != self.term() {
             return false;
+        }
+        if let Some(lease) = self.lease.get() {
+            lease.note_replica(instance);
         }
         self.with_replica(instance, |r| {
             r.status.acked_sequence = r.status.acked_sequence.max(applied);
