@@ -673,7 +673,12 @@ async fn pause_the_primary_in(rounds: usize, mode: &'static str) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    check(&f, load, &format!("{rounds} pauses of the primary")).await;
+    check(
+        &f,
+        load,
+        &format!("{rounds} pauses of the primary ({mode})"),
+    )
+    .await;
     f.kill9(0);
 }
 
