@@ -4,9 +4,9 @@
 //! * `DIRK POSITION` → `position <seq>`: the oplog position of this session's last committed
 //!   write (0 before any), which a proxy needs for read-your-writes.
 //! * `DIRK WAIT <seq> <timeout_ms>` → `position <committed>` once this instance has committed
-//!   or applied `seq`; an error naming the position reached when the timeout passes first, or at
-//!   once on a replica that has not synced with its current primary since it was repointed or
-//!   demoted (its data may hold writes the primary lacks, at positions the primary reuses).
+//!   or applied `seq` — on a replica, also synced with its current primary since it was
+//!   repointed or demoted (its data may hold writes the primary lacks, at positions the primary
+//!   reuses); an error naming the position reached when the timeout passes first.
 //! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n> term <t>`: on a primary, waits
 //!   until `k` connected replicas acknowledged `seq` in the primary's term `t` (or the timeout),
 //!   and says how many did; an error when the node no longer accepts writes by then (it lost its
@@ -126,26 +126,7 @@ pub async fn answer(
 ) -> Result<String, ServerError> {
     match ext {
         Extension::Position => Ok(format!("position {last_write}")),
-        Extension::Wait { seq, timeout } => {
-            if state.is_replica() && !state.replication.is_synced() {
-                // A demoted primary (or a replica repointed) may stand at `seq` with writes its
-                // new primary never had: it answers for no position until it has synced.
-                return Err(ServerError::Refused(format!(
-                    "position {seq} not vouched for: this replica has not synced with its primary yet (at {})",
-                    state.write_path.committed()
-                )));
-            }
-            let mut commits = state.write_path.subscribe();
-            let reached = tokio::time::timeout(timeout, commits.wait_for(|c| *c >= seq)).await;
-            let now = state.write_path.committed();
-            match reached {
-                Ok(Ok(_)) => Ok(format!("position {now}")),
-                _ => Err(ServerError::Refused(format!(
-                    "position {seq} not reached within {} ms (at {now})",
-                    timeout.as_millis()
-                ))),
-            }
-        }
+        Extension::Wait { seq, timeout } => wait_for_position(state, seq, timeout).await,
         Extension::WaitReplicas { k, seq, timeout } => {
             let count = || {
                 state
@@ -181,6 +162,41 @@ pub async fn answer(
             let _ = tokio::time::timeout(SEEN_WAIT, commits.wait_for(|c| *c >= seq)).await;
             Ok(format!("position {}", state.write_path.committed()))
         }
+    }
+}
+
+/// `DIRK WAIT`: waits until this node has `seq` and vouches for it. A replica vouches only once
+/// it has synced with its current primary since it was repointed or demoted: until then its
+/// sequence may count writes its primary never had (a demoted primary's own), at positions the
+/// primary reuses for others. Synced is not announced, so the wait also looks every 20 ms.
+async fn wait_for_position(
+    state: &ServerState,
+    seq: u64,
+    timeout: Duration,
+) -> Result<String, ServerError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut commits = state.write_path.subscribe();
+    loop {
+        let vouched = !state.is_replica() || state.replication.is_synced();
+        let now = state.write_path.committed();
+        if vouched && now >= seq {
+            return Ok(format!("position {now}"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServerError::Refused(if vouched {
+                format!(
+                    "position {seq} not reached within {} ms (at {now})",
+                    timeout.as_millis()
+                )
+            } else {
+                format!(
+                    "position {seq} not vouched for within {} ms: this replica has not synced with its primary yet (at {now})",
+                    timeout.as_millis()
+                )
+            }));
+        }
+        let step = (tokio::time::Instant::now() + Duration::from_millis(20)).min(deadline);
+        let _ = tokio::time::timeout_at(step, commits.changed()).await;
     }
 }
 
