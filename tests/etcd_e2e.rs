@@ -1290,3 +1290,63 @@ async fn a_reload_moves_proxies_and_servers_to_new_etcd_endpoints_and_refuses_a_
     assert_eq!(version_after, version_before, "no failover: {after}");
     assert_eq!(setup.acting_primaries(), vec!["m1".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_servers_leases_a_manual_failover_leaves_one_primary_that_holds_the_lease() {
+    let options = Options {
+        server_leases: true,
+        ..Options::default()
+    };
+    let setup = Setup::start_with(Etcd::single(), options).await;
+    write_through(&setup, 0, 80_000_000_001, Duration::from_secs(10)).await;
+    setup.cluster.wait_converged(0, Duration::from_secs(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Record::default());
+    let writers = start_writers(&setup, &stop, &record);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let elected = setup.wait_for_one_elected(Duration::from_secs(10));
+    let answer = http(
+        setup.proxies[elected].admin,
+        "POST",
+        "/cluster/failover",
+        r#"{"to": "m2"}"#,
+    );
+    assert_eq!(answer["primary"], "m2", "{answer}");
+    setup.wait_all_route_to("m2", Duration::from_secs(5));
+    // m1, alive, reads etcd's new record: it stops being a primary (by itself or fenced).
+    wait_for(Duration::from_secs(10), "m2 the only primary", || {
+        (setup.acting_primaries() == vec!["m2".to_string()]).then_some(())
+    });
+    let m2 = setup.cluster.get(1, "/replication/status");
+    assert_eq!(m2["etcdLease"]["held"], true, "{m2}");
+    let (after, _) = setup.record();
+    assert_eq!(m2["term"], after["term"], "m2 runs at etcd's term");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for k in 0..2 {
+        write_through(
+            &setup,
+            k,
+            80_000_000_010 + k as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let acknowledged = record.acknowledged.lock().unwrap().clone();
+    let held = setup.ids_on(1).await;
+    let lost: Vec<&u64> = acknowledged.difference(&held).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    assert_eq!(
+        setup.cluster.get(0, "/replication/status")["role"],
+        "REPLICA"
+    );
+    let vias: BTreeSet<u64> = acknowledged.iter().map(|id| id / 1_000_000_000).collect();
+    assert_eq!(vias.len(), 4, "every writer was acknowledged");
+}
