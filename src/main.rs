@@ -269,6 +269,7 @@ fn run_failover(args: FailoverArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     dirkdb_proxy::auth::use_cluster_credentials(&config).map_err(|e| anyhow::anyhow!(e))?;
+    dirkdb_core::tls::use_cluster_tls(&config.security)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let answer = runtime
         .block_on(dirkdb_proxy::http::post_json(

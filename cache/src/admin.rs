@@ -31,15 +31,15 @@ pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     security: std::sync::Arc<dirkdb_core::security::Security>,
+    tls: Option<std::sync::Arc<dirkdb_core::tls::TlsServer>>,
 ) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let app = dirkdb_core::security::http::protect(app, security)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+    let app = dirkdb_core::security::http::protect(app, security);
+    if let Err(e) = dirkdb_core::tls::http::serve(listener, app, tls).await {
         tracing::error!(error = %e, "cache admin API stopped");
     }
 }

@@ -30,7 +30,8 @@ use std::time::Duration;
 use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
-use tokio::net::{TcpListener, TcpStream};
+use dirkdb_core::tls::{Stream, TlsServer};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::result_store::{ResultStore, StoreLimits};
@@ -111,6 +112,11 @@ pub async fn run(
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
     auth::use_cluster_credentials(&settings.config).map_err(StartError::Security)?;
+    let security_config = &settings.config.security;
+    dirkdb_core::tls::use_cluster_tls(security_config)
+        .map_err(|e| StartError::Security(e.to_string()))?;
+    let tls = TlsServer::from_config(security_config)
+        .map_err(|e| StartError::Security(e.to_string()))?;
     let security = dirkdb_core::security::Security::new(&settings.config.security);
     let listen_host = settings.listen.rsplit_once(':').map_or("", |(h, _)| h);
     dirkdb_core::security::warn_if_exposed(listen_host, "the cache", &security);
@@ -131,6 +137,7 @@ pub async fn run(
             upstream: settings.upstream.clone(),
         },
         security.clone(),
+        tls.clone(),
     ))];
     if let Some(path) = settings.config_path.clone() {
         let security = security.clone();
@@ -180,7 +187,7 @@ pub async fn run(
     serve(
         listener,
         ctx,
-        settings.max_connections,
+        (settings.max_connections, tls),
         settings.shutdown_timeout,
         stopping,
     )
@@ -194,7 +201,7 @@ pub async fn run(
 async fn serve(
     listener: TcpListener,
     ctx: Arc<SessionContext>,
-    max_connections: usize,
+    (max_connections, tls): (usize, Option<Arc<TlsServer>>),
     shutdown_timeout: Duration,
     shutdown: impl std::future::Future,
 ) {
@@ -204,6 +211,7 @@ async fn serve(
             "too many connections to the cache (limit {max_connections}, cache.maxConnections)"
         ),
         shutdown_timeout,
+        tls,
     };
     serve_clients(
         listener,
@@ -226,7 +234,7 @@ async fn serve(
 }
 
 async fn handle_client(
-    socket: TcpStream,
+    socket: Stream,
     ctx: Arc<SessionContext>,
     stop: &mut Shutdown,
 ) -> Result<(), ConnectionError> {

@@ -70,6 +70,9 @@ pub struct ClientArgs {
     /// Who to authenticate as.
     #[command(flatten)]
     pub credentials: CredentialArgs,
+    /// TLS (`--tls`, `--ca FILE`).
+    #[command(flatten)]
+    pub tls: crate::tls_args::TlsArgs,
     /// Several proxies (or caches) to use in turn, `host:port,host:port`: the client connects
     /// to the first that answers and moves to the next when its connection fails. Replaces
     /// HOST and PORT.
@@ -113,6 +116,10 @@ pub fn run(args: ClientArgs) -> i32 {
             return EXIT_CONNECTION;
         }
     };
+    if let Err(e) = args.tls.apply() {
+        eprintln!("{e}");
+        return EXIT_CONNECTION;
+    }
     let mut shell = Shell {
         runtime,
         addrs: args.addresses(),

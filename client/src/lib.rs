@@ -12,14 +12,15 @@ pub mod bench;
 pub mod cli;
 pub mod credentials;
 pub mod render;
+pub mod tls_args;
 
 use std::time::Duration;
 
 use dirkdb_core::connection::{ClientConnection, ConnectionError};
 use dirkdb_core::frame::{Column, Frame, FrameError, RelationPage};
 use dirkdb_core::sql::split_script;
+use dirkdb_core::tls::{ConnectError, Stream};
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 /// Largest line or message accepted from a server (a page of rows is one line).
 pub const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
@@ -40,6 +41,15 @@ pub enum ClientError {
     /// Connecting took longer than the timeout.
     #[error("cannot connect to {0}: timed out")]
     ConnectTimeout(String),
+    /// The TLS handshake failed: the server's certificate is not signed by the CA given, does
+    /// not name the host, or the port does not speak TLS.
+    #[error("TLS with {addr} failed: {reason} (the server's certificate must be signed by the CA of --ca or security.tls.caFile and name the host connected to; is TLS on there?)")]
+    Tls {
+        /// Address tried.
+        addr: String,
+        /// rustls's reason.
+        reason: String,
+    },
     /// The server answered with an error; the connection is still usable.
     #[error("Hadisoana : {0}")]
     Server(String),
@@ -114,7 +124,7 @@ impl Reply {
 
 /// One connection to a server, proxy or cache.
 pub struct Client {
-    conn: ClientConnection<TcpStream>,
+    conn: ClientConnection<Stream>,
     addr: String,
 }
 
@@ -152,16 +162,16 @@ impl Client {
         }
     }
 
-    /// Connects with an explicit timeout.
+    /// Connects with an explicit timeout, in TLS when the process uses it
+    /// (`dirkdb_core::tls::use_cluster_tls`, `dirkdb client --tls`).
     pub async fn connect_timeout(addr: &str, timeout: Duration) -> Result<Client> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = dirkdb_core::tls::connect_peer(addr, timeout)
             .await
-            .map_err(|_| ClientError::ConnectTimeout(addr.to_string()))?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
-                source,
+            .map_err(|e| match e {
+                ConnectError::Timeout { addr } => ClientError::ConnectTimeout(addr),
+                ConnectError::Tcp { addr, source } => ClientError::Connect { addr, source },
+                ConnectError::Tls { addr, reason } => ClientError::Tls { addr, reason },
             })?;
-        let _ = stream.set_nodelay(true);
         Ok(Client {
             conn: ClientConnection::new(stream, MAX_FRAME_BYTES),
             addr: addr.to_string(),

@@ -12,6 +12,11 @@
 //!    [`Deadline`] every task can watch turns, and a server interrupts the SQLite statements
 //!    still running (their clients get an "interrupted" error); after [`INTERRUPT_GRACE`] more
 //!    the loop returns whatever still runs.
+//!
+//! With `security.tls` ([`ServeOptions::tls`]), each accepted connection first goes through
+//! [`TlsServer::accept`] on a task of its own (it holds its permit meanwhile): a TLS client gets
+//! its handshake, a plaintext one is served as before (or refused with `required`), and only
+//! then is the connection handed to the part's handler as a [`Stream`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,10 +24,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::connection::{ConnectionError, Incoming, ServerConnection};
-use crate::frame::Frame;
+use crate::frame::{encode_frame, Frame};
+use crate::tls::{AcceptError, Stream, TlsServer};
 
 /// How long tasks get to end once the deadline interrupted them.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
@@ -36,6 +43,8 @@ pub struct ServeOptions {
     pub refusal: String,
     /// How long running statements may take to finish once shutdown begins.
     pub shutdown_timeout: Duration,
+    /// TLS beside plaintext (`security.tls`); `None`: plaintext only.
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 /// How the loop ended.
@@ -113,7 +122,7 @@ pub async fn serve_clients<H, F>(
     mut handle: H,
 ) -> Drained
 where
-    H: FnMut(TcpStream, Shutdown) -> F,
+    H: FnMut(Stream, Shutdown) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let max_connections = options.max_connections.max(1);
@@ -121,27 +130,43 @@ where
     let (notify_tx, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let (deadline_tx, deadline_rx) = watch::channel(false);
+    let mut handshakes = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, permit) = tokio::select! {
+            accepted = listener.accept() => {
+                let socket = match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    refused();
+                    tokio::spawn(refuse(socket, options.refusal.clone(), options.tls.clone()));
                     continue;
+                };
+                match &options.tls {
+                    None => (Stream::Plain(socket), permit),
+                    Some(tls) => {
+                        handshakes.spawn(establish(tls.clone(), socket, permit));
+                        continue;
+                    }
                 }
-            },
+            }
+            Some(established) = handshakes.join_next(), if !handshakes.is_empty() => {
+                match established {
+                    Ok(Some(ready)) => ready,
+                    _ => continue,
+                }
+            }
             _ = &mut shutdown => break,
         };
-        let _ = socket.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refused();
-            tokio::spawn(refuse(socket, options.refusal.clone()));
-            continue;
-        };
         let client = handle(
-            socket,
+            stream,
             Shutdown {
                 is_shutdown: false,
                 notify: notify_tx.subscribe(),
@@ -155,6 +180,8 @@ where
             drop(done);
         });
     }
+    // Connections still in their handshake were never served: they just close.
+    handshakes.shutdown().await;
     drop(listener);
     let running = max_connections - permits.available_permits();
     if running > 0 {
@@ -201,8 +228,44 @@ pub async fn next_statement<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn refuse(socket: TcpStream, reason: String) {
-    let mut conn = ServerConnection::new(socket, 1024);
+/// A client's TLS handshake (or plaintext check); `None` when it is not to be served.
+async fn establish(
+    tls: Arc<TlsServer>,
+    socket: TcpStream,
+    permit: OwnedSemaphorePermit,
+) -> Option<(Stream, OwnedSemaphorePermit)> {
+    let peer = socket.peer_addr().ok();
+    match tls.accept(socket, &plaintext_refusal()).await {
+        Ok(stream) => Some((stream, permit)),
+        Err(e @ (AcceptError::PlaintextRefused | AcceptError::Handshake(_))) => {
+            tracing::info!(?peer, error = %e, "connection refused");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(?peer, error = %e, "connection closed before it was served");
+            None
+        }
+    }
+}
+
+/// The frame a plaintext client gets on a port with `security.tls.required`.
+fn plaintext_refusal() -> Vec<u8> {
+    let mut bytes = bytes::BytesMut::new();
+    let text = "this port requires TLS (security.tls.required): connect with TLS \
+                (dirkdb client --tls); plaintext is refused";
+    encode_frame(&Frame::error(text), &mut bytes);
+    bytes.to_vec()
+}
+
+async fn refuse(socket: TcpStream, reason: String, tls: Option<Arc<TlsServer>>) {
+    let stream = match tls {
+        None => Stream::Plain(socket),
+        Some(tls) => match tls.accept(socket, &plaintext_refusal()).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+    };
+    let mut conn = ServerConnection::new(stream, 1024);
     let _ = conn.send(&Frame::error(reason)).await;
 }
 
@@ -222,6 +285,7 @@ mod tests {
             max_connections: 1,
             refusal: "full (limits.maxConnections)".into(),
             shutdown_timeout: Duration::from_millis(timeout_ms),
+            tls: None,
         }
     }
 

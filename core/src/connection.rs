@@ -174,6 +174,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
         Ok(self.stream.into_inner())
     }
 
+    /// The socket (its peer, its TLS state).
+    pub fn get_ref(&self) -> &S {
+        self.stream.get_ref()
+    }
+
     /// True when a complete statement is already buffered: a caller reading ahead while a
     /// statement runs stops here, so piped statements wait in the socket, not in memory (an
     /// unfinished one is kept up to `max_statement_bytes`, then only counted).

@@ -5,6 +5,8 @@
 //! * [`change_feed`]: what a primary tells a cache about committed changes (`DIRK CHANGES`).
 //! * [`security`]: users, grants, password hashes and the `AUTH` statement.
 //! * [`in_flight`]: the bound on bytes held by large statements running at once.
+//! * [`tls`]: TLS of every port (beside plaintext, told apart by the first byte) and of the
+//!   connections between the parts.
 //! * [`rendezvous`]: DirkDB's rendezvous hashing (read stickiness, MULTI_PRIMARY object owners).
 //! * [`metrics`]: the one Prometheus writer of every `/metrics`.
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
@@ -28,4 +30,5 @@ pub mod metrics;
 pub mod rendezvous;
 pub mod security;
 pub mod sql;
+pub mod tls;
 pub mod value;

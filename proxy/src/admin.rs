@@ -37,6 +37,7 @@ pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     security: Arc<dirkdb_core::security::Security>,
+    tls: Option<Arc<dirkdb_core::tls::TlsServer>>,
 ) {
     let app = Router::new()
         .route("/health", get(health))
@@ -45,9 +46,8 @@ pub async fn serve(
         .route("/cluster/failover", axum::routing::post(failover))
         .merge(crate::status_page::routes())
         .with_state(state);
-    let app = dirkdb_core::security::http::protect(app, security)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+    let app = dirkdb_core::security::http::protect(app, security);
+    if let Err(e) = dirkdb_core::tls::http::serve(listener, app, tls).await {
         tracing::error!(error = %e, "proxy admin API stopped");
     }
 }

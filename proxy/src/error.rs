@@ -54,6 +54,9 @@ pub enum HttpError {
         /// The path asked for.
         path: String,
     },
+    /// The connection (TCP, then TLS with `security.tls`) could not be made.
+    #[error(transparent)]
+    Connect(#[from] dirkdb_core::tls::ConnectError),
     /// The connection could not be made or broke.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -1,5 +1,6 @@
 //! Minimal HTTP/1.1 GET and POST for the instances' admin APIs (health checks read small JSON
 //! documents on loopback or a LAN; a full HTTP client would be most of the proxy's binary).
+//! Over HTTPS, checked against `security.tls.caFile`, when the cluster uses TLS.
 
 use std::time::Duration;
 
@@ -7,7 +8,6 @@ use serde_json::Value;
 
 pub use crate::error::HttpError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// GETs `path` from `addr` and parses the JSON body.
 pub async fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<Value, HttpError> {
@@ -40,7 +40,8 @@ async fn within(
 }
 
 async fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Value, HttpError> {
-    let mut stream = TcpStream::connect(addr).await?;
+    // The callers' timeout bounds the whole request; this one only has to be longer.
+    let mut stream = dirkdb_core::tls::connect_peer(addr, Duration::from_secs(60)).await?;
     let authorization = crate::auth::admin_header()
         .map(|h| format!("Authorization: {h}\r\n"))
         .unwrap_or_default();
@@ -51,10 +52,17 @@ async fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<Val
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
-    stream
+    let read = (&mut stream)
         .take(4 * 1024 * 1024)
         .read_to_end(&mut response)
-        .await?;
+        .await;
+    match read {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: the answer (`Connection: close`) is all
+        // there, and a cut one fails as JSON below.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").ok_or(HttpError::Malformed)?;
     let line = head.lines().next().unwrap_or("");

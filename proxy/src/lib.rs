@@ -45,7 +45,8 @@ use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shut
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
-use tokio::net::{TcpListener, TcpStream};
+use dirkdb_core::tls::{Stream, TlsServer};
+use tokio::net::TcpListener;
 
 use crate::file_triggers::FileTriggers;
 use crate::session::ProxySession;
@@ -96,6 +97,7 @@ pub async fn run(
     });
     let lb = config.load_balancer.clone();
     auth::use_cluster_credentials(&config).map_err(StartError::Security)?;
+    let tls = tls_of(&config.security)?;
     let security = dirkdb_core::security::Security::new(&config.security);
     dirkdb_core::security::warn_if_exposed(&lb.listen_host, "the proxy", &security);
     let addr = format!("{}:{}", lb.listen_host, lb.listen_port);
@@ -127,6 +129,7 @@ pub async fn run(
                 history,
             },
             security.clone(),
+            tls.clone(),
         )),
     ];
     if let Some(path) = config_path {
@@ -141,7 +144,7 @@ pub async fn run(
         stats,
         file_triggers,
         security,
-        lb.max_connections.max(1),
+        (lb.max_connections.max(1), tls),
         shutdown,
     )
     .await;
@@ -157,7 +160,7 @@ async fn serve(
     stats: Arc<ProxyStats>,
     file_triggers: Arc<FileTriggers>,
     security: Arc<dirkdb_core::security::Security>,
-    max_connections: usize,
+    (max_connections, tls): (usize, Option<Arc<TlsServer>>),
     shutdown: impl std::future::Future,
 ) {
     let options = ServeOptions {
@@ -168,6 +171,7 @@ async fn serve(
         shutdown_timeout: std::time::Duration::from_millis(
             topology.load().config.limits.shutdown_timeout_ms,
         ),
+        tls,
     };
     serve_clients(
         listener,
@@ -195,8 +199,16 @@ async fn serve(
     tracing::info!("proxy stopped: in-flight statements finished");
 }
 
+/// The ports' TLS (`security.tls`), and the TLS this process speaks to the servers.
+fn tls_of(
+    security: &dirkdb_core::security::SecurityConfig,
+) -> Result<Option<Arc<TlsServer>>, StartError> {
+    dirkdb_core::tls::use_cluster_tls(security).map_err(|e| StartError::Security(e.to_string()))?;
+    TlsServer::from_config(security).map_err(|e| StartError::Security(e.to_string()))
+}
+
 async fn handle_client(
-    socket: TcpStream,
+    socket: Stream,
     topology: Arc<SharedTopology>,
     file_triggers: Arc<FileTriggers>,
     stats: &ProxyStats,

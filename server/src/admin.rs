@@ -28,6 +28,7 @@ type Shared = State<Arc<ServerState>>;
 /// Serves the admin API on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
     let security = state.security.security.clone();
+    let tls = state.security.tls.clone();
     let app = Router::new()
         .route("/health", get(health))
         .route("/replication/status", get(status))
@@ -47,8 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/metrics", get(metrics))
         .with_state(state);
     let app = dirkdb_core::security::http::protect(app, security);
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = dirkdb_core::tls::http::serve(listener, app, tls).await {
         tracing::error!(error = %e, "admin API stopped");
     }
 }

@@ -21,6 +21,7 @@ use dirkdb_core::security::statement::{self, AuthStatement};
 use dirkdb_core::security::{
     cluster_credentials, ConnectionAuth, Credentials, Permission, Security, SecurityError,
 };
+use dirkdb_core::tls::{use_cluster_tls, TlsServer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use dirkdb_core::security::connection::{
@@ -37,6 +38,8 @@ pub struct ServerSecurity {
     /// How this instance authenticates to its primary (`security.clusterUser`), when
     /// authentication is required.
     pub cluster: Option<Credentials>,
+    /// TLS of the SQL and admin ports (`security.tls`).
+    pub tls: Option<Arc<TlsServer>>,
     instances: RwLock<HashSet<String>>,
 }
 
@@ -48,9 +51,11 @@ impl ServerSecurity {
         } else {
             None
         };
+        dirkdb_core::tls::use_cluster_tls(&config.security)?;
         Ok(ServerSecurity {
             security: Security::new(&config.security),
             cluster,
+            tls: TlsServer::from_config(&config.security)?,
             instances: RwLock::new(instance_ids(config)),
         })
     }
@@ -58,6 +63,12 @@ impl ServerSecurity {
     /// Applies a reloaded file's users and instances.
     pub fn reload(&self, config: &ClusterConfig) {
         self.security.reload(&config.security);
+        if let Some(tls) = &self.tls {
+            let reloaded = tls.reload(&config.security);
+            if let Err(e) = reloaded.and_then(|()| use_cluster_tls(&config.security)) {
+                tracing::error!(error = %e, "reloaded security.tls unusable; keeping the previous certificates");
+            }
+        }
         *self.instances.write().unwrap_or_else(|p| p.into_inner()) = instance_ids(config);
     }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 use dirkdb_core::accept_loop::{serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
-use tokio::net::{TcpListener, TcpStream};
+use dirkdb_core::tls::Stream;
+use tokio::net::TcpListener;
 
 use crate::change_feed;
 use crate::replication::protocol::{HANDSHAKE, HANDSHAKE_OK};
@@ -36,6 +37,7 @@ pub async fn serve(
             "too many connections (limit {limit}, limits.maxConnections); try again later"
         ),
         shutdown_timeout: Duration::from_millis(state.limits.shutdown_timeout_ms),
+        tls: state.security.tls.clone(),
     };
     let refused = || state.metrics.refused_one();
     serve_clients(listener, options, shutdown, refused, |socket, shutdown| {
@@ -64,7 +66,7 @@ fn is_replication_handshake(incoming: &Incoming) -> bool {
 /// connection's first statement can do this, so no session state (an open transaction holding
 /// the writer gate) lingers behind a stream.
 async fn start_replication(
-    mut conn: ServerConnection<TcpStream>,
+    mut conn: ServerConnection<Stream>,
     state: Arc<ServerState>,
 ) -> Result<(), ConnectionError> {
     if let Some(id) = state.read_only_instance() {
@@ -77,8 +79,8 @@ async fn start_replication(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let (reader, writer) = socket.into_split();
-    serve_replica(state, reader, writer, peer).await;
+    let (reader, writer) = tokio::io::split(socket);
+    serve_replica(state, Box::new(reader), Box::new(writer), peer).await;
     Ok(())
 }
 
@@ -86,8 +88,26 @@ async fn start_replication(
 const UNFINISHED: &str = "the input ended inside a statement that was never run: \
      a string literal is not closed, or the last `;` is missing";
 
+/// Under `security.tls.mutualTls`, whether this connection carries a node certificate (the
+/// client is told when not).
+async fn may_stream(
+    conn: &mut ServerConnection<Stream>,
+    state: &ServerState,
+) -> Result<bool, ConnectionError> {
+    let tls = state.security.tls.as_deref();
+    match dirkdb_core::tls::check_node_certificate(tls, conn.get_ref()) {
+        Ok(()) => Ok(true),
+        Err(msg) => {
+            let peer = conn.get_ref().peer_ip();
+            tracing::warn!(%peer, "replication or change feed refused: {msg}");
+            conn.send(&Frame::error(msg)).await?;
+            Ok(false)
+        }
+    }
+}
+
 async fn handle_client(
-    socket: TcpStream,
+    socket: Stream,
     state: Arc<ServerState>,
     mut shutdown: Shutdown,
 ) -> Result<(), ConnectionError> {
@@ -118,7 +138,8 @@ async fn handle_client(
         // AUTH may come before the handshake.
         first = first && crate::auth::is_auth(&incoming);
         if (handshake || change_feed::is_changes_statement(&incoming))
-            && !crate::auth::may_replicate(&mut conn, session.auth()).await?
+            && !(crate::auth::may_replicate(&mut conn, session.auth()).await?
+                && may_stream(&mut conn, &session.state()).await?)
         {
             continue;
         }

@@ -100,6 +100,9 @@ pub struct BenchArgs {
     /// Who every connection authenticates as.
     #[command(flatten)]
     pub credentials: crate::credentials::CredentialArgs,
+    /// TLS of every connection (`--tls`, `--ca FILE`).
+    #[command(flatten)]
+    pub tls: crate::tls_args::TlsArgs,
 }
 
 /// The workloads of `-w`.

@@ -89,6 +89,7 @@ async fn run_async(args: BenchArgs) -> Result<i32, BenchError> {
     let endpoint = args.endpoint();
     let credentials =
         (args.credentials.resolve()).map_err(|e| BenchError::Connect(e.to_string()))?;
+    args.tls.apply().map_err(BenchError::Connect)?;
     if args.init {
         setup::init(
             &endpoint,

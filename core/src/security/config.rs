@@ -28,9 +28,8 @@ pub struct SecurityConfig {
     pub max_auth_failures: u32,
     /// `/health` and `/metrics` need ADMIN too.
     pub protect_metrics: bool,
-    /// TLS settings; not built yet, so a file that asks for TLS is refused rather than served
-    /// in plaintext.
-    pub tls: Option<serde_json::Value>,
+    /// TLS of every port and of the connections between the parts (see [`crate::tls`]).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for SecurityConfig {
@@ -97,12 +96,61 @@ impl SecurityConfig {
                 return Err(("security.clusterPasswordFile".into(), msg.into()));
             }
         }
-        if self.tls.is_some() {
-            let msg = "TLS is not built yet in DirkDB-rs; remove `tls` (or keep the cluster on a \
-                       private network)";
-            return Err(("security.tls".into(), msg.into()));
+        match &self.tls {
+            Some(tls) => tls.check(),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// `security.tls` section: with it every SQL and admin port accepts TLS, and every part speaks
+/// TLS to the others.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM), the leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) peers' certificates are checked against; without it, the
+    /// public roots of `webpki-roots` are used.
+    pub ca_file: Option<PathBuf>,
+    /// Plaintext connections are refused (by default the same ports accept both).
+    pub required: bool,
+    /// Replication streams and change feeds need a client certificate signed by `caFile`
+    /// (every node presents its own `certFile` when it connects to another).
+    pub mutual_tls: bool,
+    /// A connection that has neither sent its first byte nor finished its TLS handshake within
+    /// this many milliseconds is served as plaintext (or closed, with `required`).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            required: false,
+            mutual_tls: false,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Checks the fields and reads the files (certificate, key and CA must parse, and the key
+    /// must be the certificate's); the error is `(field, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.handshake_timeout_ms == 0 {
+            let msg = "must be above 0 (milliseconds)".to_string();
+            return Err(("security.tls.handshakeTimeoutMs".into(), msg));
+        }
+        if self.mutual_tls && self.ca_file.is_none() {
+            let msg = "needed with mutualTls: node certificates are checked against it".to_string();
+            return Err(("security.tls.caFile".into(), msg));
+        }
+        crate::tls::check_files(self).map_err(|e| (e.field(), e.problem))
     }
 }
 

@@ -3,7 +3,7 @@
 //! message, the peer's address, and the process-wide cluster credentials a part uses to reach
 //! the next one.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::RwLock;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -72,9 +72,6 @@ pub async fn close_unauthenticated<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The client's IP address (loopback when the socket cannot say).
-pub fn peer_ip(socket: &tokio::net::TcpStream) -> IpAddr {
-    socket
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+pub fn peer_ip(socket: &crate::tls::Stream) -> IpAddr {
+    socket.peer_ip()
 }

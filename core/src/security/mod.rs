@@ -49,6 +49,9 @@ pub enum SecurityError {
     /// The file's first line is empty.
     #[error("security.clusterPasswordFile {0} holds no password (its first line is empty)")]
     EmptyPasswordFile(PathBuf),
+    /// A file of `security.tls` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The user and password one part presents to another (`security.clusterUser`).

@@ -32,11 +32,10 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use dirkdb_core::config::ReplicationType;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 
 use super::follower::{next_unit, Units};
-use super::mode::{Hello, ReplicationMode, StreamWriter};
+use super::mode::{Hello, ReplicationMode, StreamReader, StreamWriter};
 use super::protocol::{read_message, write_chunk, write_message, CopyInfo, Message, Unit};
 use super::sender::StreamError;
 use crate::catalog::{as_internal, lock, validate_name};
@@ -122,7 +121,7 @@ impl ReplicationMode for FileMode {
         &self,
         state: &Arc<ServerState>,
         hello: Hello,
-        mut reader: OwnedReadHalf,
+        mut reader: StreamReader,
         writer: &mut StreamWriter,
     ) -> Result<(), StreamError> {
         self.watch_data_directory(&state.data_dir());
@@ -236,7 +235,7 @@ enum Reply {
 async fn read_replies(
     state: Arc<ServerState>,
     instance: String,
-    mut reader: OwnedReadHalf,
+    mut reader: StreamReader,
     replies: mpsc::Sender<Reply>,
 ) {
     let silence = state.replication.heartbeat * 6 + Duration::from_secs(1);

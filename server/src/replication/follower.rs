@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 use dirkdb_core::connection::ClientConnection;
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::apply::Applier;
-use super::mode::StreamWriter;
+use super::mode::{StreamReader, StreamWriter};
 use super::protocol::{
     read_unit, write_message, FileInfo, Message, ProtocolError, Unit, HANDSHAKE, HANDSHAKE_OK,
 };
@@ -103,8 +101,8 @@ fn set_state(state: &ServerState, to: super::FollowerState, error: Option<String
 async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<(), StreamError> {
     let replication = state.replication_mode();
     let stream = handshake(addr, state.security.cluster.as_ref()).await?;
-    let (reader, writer) = stream.into_split();
-    let mut writer = BufWriter::new(writer);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut writer: StreamWriter = BufWriter::new(Box::new(writer));
     let chain = state
         .meta
         .history(&state.instance_id)
@@ -123,7 +121,7 @@ async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<()
     };
     write_message(&mut writer, &hello).await?;
     set_state(state, super::FollowerState::Syncing, None);
-    let mut units = spawn_reader(reader);
+    let mut units = spawn_reader(Box::new(reader));
     replication
         .follow_primary(state, &mut units, &mut writer)
         .await
@@ -162,11 +160,10 @@ pub(crate) async fn oplog_follow(
 pub(crate) async fn handshake(
     addr: &str,
     credentials: Option<&dirkdb_core::security::Credentials>,
-) -> Result<TcpStream, StreamError> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+) -> Result<dirkdb_core::tls::Stream, StreamError> {
+    let stream = dirkdb_core::tls::connect_peer(addr, Duration::from_secs(5))
         .await
-        .map_err(|_| StreamError::Peer(format!("connecting to {addr} timed out")))??;
-    let _ = stream.set_nodelay(true);
+        .map_err(|e| StreamError::Peer(e.to_string()))?;
     let mut conn = ClientConnection::new(stream, 1 << 20);
     if let Some(credentials) = credentials {
         crate::auth::authenticate(&mut conn, credentials, addr)
@@ -180,6 +177,16 @@ pub(crate) async fn handshake(
         Ok(Some(Frame::Message(m))) if m == HANDSHAKE_OK => {}
         Ok(Some(Frame::Message(m))) => {
             return Err(StreamError::Peer(format!("{addr} refused: {m}")))
+        }
+        // Under mutual TLS, a primary that does not trust this node's certificate says so
+        // with an alert at the first read.
+        Err(e) => {
+            let hint = match dirkdb_core::tls::cluster_client() {
+                Some(_) => " (with security.tls.mutualTls there, this node's certFile must be \
+                            signed by that node's caFile)",
+                None => "",
+            };
+            return Err(StreamError::Peer(format!("{addr} refused the stream: {e}{hint}")));
         }
         other => {
             return Err(StreamError::Peer(format!(
@@ -195,7 +202,7 @@ pub(crate) async fn handshake(
 pub type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
 
 /// Reads units on their own task so the main loop can wait on them and on timers safely.
-pub(crate) fn spawn_reader(mut reader: OwnedReadHalf) -> Units {
+pub(crate) fn spawn_reader(mut reader: StreamReader) -> Units {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {

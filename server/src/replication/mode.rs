@@ -17,16 +17,19 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dirkdb_core::config::ReplicationType;
-use tokio::io::BufWriter;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
 
 use super::apply::Applier;
 use super::follower::{oplog_follow, Units};
 use super::sender::{oplog_stream, StreamError};
 use crate::state::ServerState;
 
-/// The primary's writer of a replication connection.
-pub type StreamWriter = BufWriter<OwnedWriteHalf>;
+/// The reading half of a replication connection, whatever carries it (TCP, TLS, a test's
+/// `tokio::io::duplex`).
+pub type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The writing half of a replication connection, buffered.
+pub type StreamWriter = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
 
 /// Who connected, as its `Hello` said.
 #[derive(Debug, Clone)]
@@ -53,7 +56,7 @@ pub trait ReplicationMode: Send + Sync {
         &self,
         state: &Arc<ServerState>,
         hello: Hello,
-        reader: OwnedReadHalf,
+        reader: StreamReader,
         writer: &mut StreamWriter,
     ) -> Result<(), StreamError>;
 
@@ -90,7 +93,7 @@ impl ReplicationMode for OplogMode {
         &self,
         state: &Arc<ServerState>,
         hello: Hello,
-        reader: OwnedReadHalf,
+        reader: StreamReader,
         writer: &mut StreamWriter,
     ) -> Result<(), StreamError> {
         oplog_stream(

@@ -89,9 +89,9 @@ async fn stream_from(
         .peers
         .update(origin, |s| s.state = "Connecting".into());
     let stream = handshake(addr, state.security.cluster.as_ref()).await?;
-    let (reader, writer) = stream.into_split();
-    let mut writer = BufWriter::new(writer);
-    let mut units = spawn_reader(reader);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut writer: super::mode::StreamWriter = BufWriter::new(Box::new(writer));
+    let mut units = spawn_reader(Box::new(reader));
     let mut history = state
         .peers
         .streams()

@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use super::mode::Hello;
+use super::mode::{Hello, StreamReader, StreamWriter};
 use super::protocol::{read_message, write_chunk, write_message, Message, ProtocolError};
 use super::snapshot;
 use crate::error::ServerError;
@@ -58,8 +57,8 @@ impl From<std::io::Error> for StreamError {
 /// Serves one secondary until its connection ends, in the mode this primary replicates in.
 pub async fn serve_replica(
     state: Arc<ServerState>,
-    mut reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    mut reader: StreamReader,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     peer: String,
 ) {
     let (hello, mode) = match read_message(&mut reader).await {
@@ -105,7 +104,7 @@ pub async fn serve_replica(
             return;
         }
     };
-    let mut writer = BufWriter::with_capacity(256 * 1024, writer);
+    let mut writer: StreamWriter = BufWriter::with_capacity(256 * 1024, writer);
     if !state.security.admits_replica(&hello.instance) {
         let message = format!(
             "`{}` is not an instance of this primary's config.json: replication refused",
