@@ -115,8 +115,8 @@ pub async fn run(
     let security_config = &settings.config.security;
     dirkdb_core::tls::use_cluster_tls(security_config)
         .map_err(|e| StartError::Security(e.to_string()))?;
-    let tls = TlsServer::from_config(security_config)
-        .map_err(|e| StartError::Security(e.to_string()))?;
+    let tls =
+        TlsServer::from_config(security_config).map_err(|e| StartError::Security(e.to_string()))?;
     let security = dirkdb_core::security::Security::new(&settings.config.security);
     let listen_host = settings.listen.rsplit_once(':').map_or("", |(h, _)| h);
     dirkdb_core::security::warn_if_exposed(listen_host, "the cache", &security);

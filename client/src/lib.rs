@@ -165,7 +165,18 @@ impl Client {
     /// Connects with an explicit timeout, in TLS when the process uses it
     /// (`dirkdb_core::tls::use_cluster_tls`, `dirkdb client --tls`).
     pub async fn connect_timeout(addr: &str, timeout: Duration) -> Result<Client> {
-        let stream = dirkdb_core::tls::connect_peer(addr, timeout)
+        let tls = dirkdb_core::tls::cluster_client();
+        Self::connect_with(addr, timeout, tls.as_deref()).await
+    }
+
+    /// Connects within `timeout`, in TLS with `tls` (plaintext with `None`), whatever the
+    /// process uses otherwise.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&dirkdb_core::tls::TlsClient>,
+    ) -> Result<Client> {
+        let stream = dirkdb_core::tls::connect(addr, timeout, tls)
             .await
             .map_err(|e| match e {
                 ConnectError::Timeout { addr } => ClientError::ConnectTimeout(addr),

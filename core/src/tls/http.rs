@@ -123,6 +123,9 @@ mod tests {
     fn the_refusal_has_the_length_it_announces() {
         let text = std::str::from_utf8(PLAINTEXT_REFUSAL).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{body:?}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{body:?}"
+        );
     }
 }

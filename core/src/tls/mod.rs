@@ -137,8 +137,13 @@ impl Stream {
     /// handshake fails on any other).
     pub fn has_node_certificate(&self) -> bool {
         match self {
-            Stream::Tls(s) => matches!(**s, tokio_rustls::TlsStream::Server(_))
-                && s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()),
+            Stream::Tls(s) => {
+                matches!(**s, tokio_rustls::TlsStream::Server(_))
+                    && s.get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty())
+            }
             Stream::Plain(_) => false,
         }
     }
@@ -315,8 +320,7 @@ impl TlsServer {
             refuse_plaintext(socket, refusal).await;
             return Err(AcceptError::PlaintextRefused);
         }
-        match tokio::time::timeout(active.handshake_timeout, active.acceptor.accept(socket)).await
-        {
+        match tokio::time::timeout(active.handshake_timeout, active.acceptor.accept(socket)).await {
             Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
             Ok(Err(e)) => Err(AcceptError::Handshake(e)),
             Err(_) => Err(AcceptError::HandshakeTimeout),

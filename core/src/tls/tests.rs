@@ -79,7 +79,10 @@ fn files_that_cannot_be_used_are_named_with_their_field() {
         ..tls_config(&pki)
     });
     assert_eq!(field, "security.tls.certFile");
-    assert!(msg.contains("cannot read") && msg.contains("missing.pem"), "{msg}");
+    assert!(
+        msg.contains("cannot read") && msg.contains("missing.pem"),
+        "{msg}"
+    );
 
     let (field, msg) = check(TlsConfig {
         cert_file: Some(garbage.clone()),
@@ -246,8 +249,17 @@ async fn a_node_certificate_of_another_ca_is_refused() {
 
 #[test]
 fn a_host_and_port_gives_the_name_to_check() {
-    assert!(matches!(server_name("db1.example:3948"), Ok(ServerName::DnsName(_))));
-    assert!(matches!(server_name("127.0.0.1:3948"), Ok(ServerName::IpAddress(_))));
-    assert!(matches!(server_name("[::1]:3948"), Ok(ServerName::IpAddress(_))));
+    assert!(matches!(
+        server_name("db1.example:3948"),
+        Ok(ServerName::DnsName(_))
+    ));
+    assert!(matches!(
+        server_name("127.0.0.1:3948"),
+        Ok(ServerName::IpAddress(_))
+    ));
+    assert!(matches!(
+        server_name("[::1]:3948"),
+        Ok(ServerName::IpAddress(_))
+    ));
     assert!(server_name("bad host:1").is_err());
 }

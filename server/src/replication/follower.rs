@@ -182,11 +182,15 @@ pub(crate) async fn handshake(
         // with an alert at the first read.
         Err(e) => {
             let hint = match dirkdb_core::tls::cluster_client() {
-                Some(_) => " (with security.tls.mutualTls there, this node's certFile must be \
-                            signed by that node's caFile)",
+                Some(_) => {
+                    " (with security.tls.mutualTls there, this node's certFile must be \
+                            signed by that node's caFile)"
+                }
                 None => "",
             };
-            return Err(StreamError::Peer(format!("{addr} refused the stream: {e}{hint}")));
+            return Err(StreamError::Peer(format!(
+                "{addr} refused the stream: {e}{hint}"
+            )));
         }
         other => {
             return Err(StreamError::Peer(format!(
