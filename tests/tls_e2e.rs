@@ -491,3 +491,31 @@ fn unusable_tls_files_stop_the_server_at_start_naming_the_field() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_tls_section_is_used_for_new_connections_without_a_restart() {
+    let mut cluster = Cluster::configure(0, "{}");
+    let pki = Pki::new(cluster.dir.path(), "old");
+    let renewed = Pki::new(cluster.dir.path(), "new");
+    set_tls(&config_path(&cluster), pki.section(json!({})));
+    cluster.spawn(0);
+    let addr = cluster.addr(0);
+    let mut open = connect(&addr, Some(&pki.client())).await.unwrap();
+    let e = connect(&addr, Some(&renewed.client())).await.err();
+    assert!(matches!(e, Some(ClientError::Tls { .. })), "{e:?}");
+
+    set_tls(&config_path(&cluster), renewed.section(json!({})));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while connect(&addr, Some(&renewed.client())).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded: {}",
+            cluster.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The session opened before keeps its connection.
+    open.execute("SELECT 1").await.unwrap();
+    let e = connect(&addr, Some(&pki.client())).await.err();
+    assert!(matches!(e, Some(ClientError::Tls { .. })), "{e:?}");
+}

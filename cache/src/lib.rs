@@ -140,12 +140,13 @@ pub async fn run(
         tls.clone(),
     ))];
     if let Some(path) = settings.config_path.clone() {
-        let security = security.clone();
+        let (security, tls) = (security.clone(), tls.clone());
         background.push(tokio::spawn(dirkdb_core::config::watch::watch(
             path,
             "cache".into(),
             move |config| {
                 security.reload(&config.security);
+                dirkdb_core::tls::reload(tls.as_deref(), &config.security);
                 std::future::ready(())
             },
         )));

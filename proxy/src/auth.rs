@@ -63,6 +63,7 @@ pub fn may_follow_changes(auth: &ConnectionAuth) -> Result<(), String> {
 pub async fn follow_reloads(
     security: Arc<Security>,
     topology: Arc<crate::topology::SharedTopology>,
+    tls: Option<Arc<dirkdb_core::tls::TlsServer>>,
 ) {
     let mut applied = topology.load().config.security.clone();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -73,6 +74,7 @@ pub async fn follow_reloads(
             continue;
         }
         security.reload(&config.security);
+        dirkdb_core::tls::reload(tls.as_deref(), &config.security);
         if let Err(e) = use_cluster_credentials(&config) {
             tracing::error!(error = %e, "reloaded security section: cluster credentials unusable; keeping the previous ones");
         }

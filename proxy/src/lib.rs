@@ -117,7 +117,11 @@ pub async fn run(
     let file_triggers = FileTriggers::new(topology.clone());
     let history = status_page::History::new();
     let mut background = vec![
-        tokio::spawn(auth::follow_reloads(security.clone(), topology.clone())),
+        tokio::spawn(auth::follow_reloads(
+            security.clone(),
+            topology.clone(),
+            tls.clone(),
+        )),
         tokio::spawn(health::run(topology.clone())),
         tokio::spawn(status_page::history::run(topology.clone(), history.clone())),
         tokio::spawn(admin::serve(

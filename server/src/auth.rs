@@ -21,7 +21,7 @@ use dirkdb_core::security::statement::{self, AuthStatement};
 use dirkdb_core::security::{
     cluster_credentials, ConnectionAuth, Credentials, Permission, Security, SecurityError,
 };
-use dirkdb_core::tls::{use_cluster_tls, TlsServer};
+use dirkdb_core::tls::TlsServer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use dirkdb_core::security::connection::{
@@ -63,12 +63,7 @@ impl ServerSecurity {
     /// Applies a reloaded file's users and instances.
     pub fn reload(&self, config: &ClusterConfig) {
         self.security.reload(&config.security);
-        if let Some(tls) = &self.tls {
-            let reloaded = tls.reload(&config.security);
-            if let Err(e) = reloaded.and_then(|()| use_cluster_tls(&config.security)) {
-                tracing::error!(error = %e, "reloaded security.tls unusable; keeping the previous certificates");
-            }
-        }
+        dirkdb_core::tls::reload(self.tls.as_deref(), &config.security);
         *self.instances.write().unwrap_or_else(|p| p.into_inner()) = instance_ids(config);
     }
 

@@ -449,6 +449,18 @@ pub fn use_client_tls(client: Option<TlsClient>) {
     *CLUSTER_CLIENT.write().unwrap_or_else(|p| p.into_inner()) = client.map(Arc::new);
 }
 
+/// Applies an edited `security` section's TLS: `server` (this part's ports) takes the new
+/// files for the connections it accepts from then on, and so do the connections this process
+/// opens; a file that cannot be used keeps the previous ones (and is logged).
+pub fn reload(server: Option<&TlsServer>, config: &SecurityConfig) {
+    let Some(server) = server else {
+        return;
+    };
+    if let Err(e) = server.reload(config).and_then(|()| use_cluster_tls(config)) {
+        tracing::error!(error = %e, "edited security.tls unusable; keeping the previous certificates");
+    }
+}
+
 /// The TLS this process speaks to the other parts, if any.
 pub fn cluster_client() -> Option<Arc<TlsClient>> {
     CLUSTER_CLIENT
