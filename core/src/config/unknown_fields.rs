@@ -19,7 +19,7 @@ use super::{
     OplogConfig, ReadRouting, ReplicationConfig, RoutingConfig, StorageConfig, WriteConcern,
     WriteRouting,
 };
-use crate::security::{SecurityConfig, UserConfig};
+use crate::security::{SecurityConfig, TlsConfig, UserConfig};
 
 /// One field of the file that was ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,8 @@ where
 
 /// Turns serde_ignored's `a.0.b` into `a[0].b` and looks for the field it meant.
 fn unknown_field(ignored: &str) -> UnknownField {
-    let segments: Vec<&str> = ignored.split('.').collect();
+    // serde_ignored writes `?` for the inside of an `Option` (`security.tls.?.x`).
+    let segments: Vec<&str> = ignored.split('.').filter(|s| *s != "?").collect();
     let (name, parents) = segments.split_last().unwrap_or((&"?", &[]));
     let path = render_path(&segments);
     let section = section_key(parents);
@@ -113,6 +114,7 @@ fn known_fields(section: &str) -> Option<&'static [&'static str]> {
         "storage" => fields_of::<StorageConfig>(),
         "security" => fields_of::<SecurityConfig>(),
         "security.users[]" => fields_of::<UserConfig>(),
+        "security.tls" => fields_of::<TlsConfig>(),
         _ => None,
     }
 }
@@ -188,6 +190,7 @@ mod tests {
             "storage",
             "security",
             "security.users[]",
+            "security.tls",
         ] {
             let fields = known_fields(section).unwrap_or_default();
             assert!(!fields.is_empty(), "no fields read for `{section}`");

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-pub use self::config::{SecurityConfig, UserConfig};
+pub use self::config::{SecurityConfig, TlsConfig, UserConfig};
 pub use self::statement::{auth_statement, AuthStatement};
 pub use self::users::{hash_password, verify_password, Permission, User, Users};
 use crate::frame::Frame;

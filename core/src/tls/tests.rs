@@ -263,3 +263,22 @@ fn a_host_and_port_gives_the_name_to_check() {
     ));
     assert!(server_name("bad host:1").is_err());
 }
+
+#[test]
+fn a_misspelt_tls_field_is_reported_with_the_one_it_meant() {
+    let text = r#"{ "instances": [ { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1",
+        "port": 3948, "dataDirectory": "d" } ],
+        "security": { "tls": { "certFile": "c.pem", "requried": true } } }"#;
+    let (config, unknown) = crate::config::ClusterConfig::parse_reporting(text).unwrap();
+    let tls = config.security.tls.expect("tls section");
+    assert_eq!(tls.cert_file, Some(PathBuf::from("c.pem")));
+    assert!(!tls.required);
+    let seen: Vec<(String, Option<&str>)> = unknown
+        .into_iter()
+        .map(|u| (u.path, u.suggestion))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("security.tls.requried".to_string(), Some("required"))]
+    );
+}
