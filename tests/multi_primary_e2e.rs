@@ -430,6 +430,77 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
         converged[1]["tables"]["testdb"]["dirkdb_domains"]["rows"],
         1
     );
+    // Visible: SHOW OWNERS through `dirkdb client` (DirkDB's spelling too), each object's
+    // owner and the per-origin positions and lag in /cluster/status, the same in /metrics.
+    let port = cluster.lb.to_string();
+    for show in ["SHOW OWNERS", "asehoy ny tompo"] {
+        let out = common::run_client(&["127.0.0.1", &port, "-c", show], None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{show}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (name, owner) in [
+            ("utilisateurs", "m1"),
+            ("commandes", "m2"),
+            ("produits", "m3"),
+            ("vola", "m3"),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("{show}: no {name} in {text}"));
+            assert!(
+                line.contains(owner),
+                "{show}: {name} owned by {owner}: {line}"
+            );
+        }
+    }
+    let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
+    let mp = &status["multiPrimary"];
+    let objects = mp["objects"].as_array().cloned().unwrap_or_default();
+    let owner = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["name"] == name)
+            .map(|o| o["owner"].clone())
+    };
+    assert_eq!(owner("TABLE", "produits"), Some(Value::from("m3")), "{mp}");
+    assert_eq!(owner("DATABASE", "testdb"), Some(Value::from("m1")), "{mp}");
+    assert_eq!(owner("DOMAIN", "vola"), Some(Value::from("m3")), "{mp}");
+    for m in ["m1", "m2", "m3"] {
+        let streams = mp["positions"][m]["streams"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(streams.len(), 2, "{m}: {mp}");
+        assert!(
+            streams
+                .iter()
+                .all(|s| s["lagOperations"].is_u64() && s["lagMs"].is_u64()),
+            "{mp}"
+        );
+        assert!(
+            mp["positions"][m]["positions"]["m3"].as_u64().unwrap_or(0) > 0,
+            "{mp}"
+        );
+    }
+    let metrics = http(cluster.masters[0].1, "GET", "/metrics", "");
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("dirkdb_peer_lag_operations{instance=\"m1\",origin=\"m2\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dirkdb_peer_applied_sequence{instance=\"m1\",origin=\"m3\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("database=\"testdb\",object=\"produits\",owner=\"m3\"}"),
+        "{metrics}"
+    );
+
     let log = cluster.log();
     assert!(!log.contains("multi-primary apply"), "{log}");
     assert!(!log.contains("stream refused"), "{log}");

@@ -100,7 +100,7 @@ fn instances(t: &Topology) -> Vec<Value> {
 }
 
 async fn status(State(s): State<AdminState>) -> JsonLine {
-    let t = s.topology.load();
+    let t = s.topology.load_full();
     let reads = &t.config.routing.reads;
     JsonLine(json!({
         "primary": t.primary().id,
@@ -109,7 +109,7 @@ async fn status(State(s): State<AdminState>) -> JsonLine {
         "writeConcern": { "replicas": t.config.routing.writes.write_concern.replicas },
         "replication": t.config.replication.kind.as_str(),
         "writeMode": t.config.routing.writes.mode.as_str(),
-        "multiPrimary": crate::ownership::status(&t),
+        "multiPrimary": crate::ownership::status(&t).await,
         "fileTriggers": s.file_triggers.stats(),
         "clientConnections": s.stats.open(),
         "changeFeeds": s.stats.feeds(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use dirkdb_core::rendezvous::ObjectRef;
 use serde_json::{json, Value};
 
-use crate::http::post_json;
+use crate::http::{get_json, post_json};
 use crate::topology::Topology;
 
 #[derive(Debug, Default)]
@@ -92,12 +92,52 @@ pub fn describe(owned: &[(ObjectRef, Option<String>)]) -> String {
         .join(", ")
 }
 
-/// The MULTI_PRIMARY part of `/cluster/status` (`null` in SINGLE_PRIMARY).
-pub fn status(t: &Topology) -> Value {
+/// Objects listed in `/cluster/status` at most.
+const STATUS_OBJECTS: usize = 1000;
+
+/// The MULTI_PRIMARY part of `/cluster/status` (`null` in SINGLE_PRIMARY): the ownership
+/// inputs, each object's owner (the objects as a master lists them, the owner as this proxy
+/// routes), and each master's per-origin positions and streams with their lag, asked of the
+/// masters up (`GET /replication/status`, `/replication/owners`) at each request.
+pub async fn status(t: &Topology) -> Value {
     if !t.is_multi_primary() {
         return Value::Null;
     }
     let (up, term) = current().unwrap_or_default();
+    let timeout = Duration::from_millis(500);
+    let mut asked = Vec::new();
+    for master in t.masters_up() {
+        let Some(admin) = master.admin.clone() else {
+            continue;
+        };
+        asked.push((
+            master.id.clone(),
+            tokio::spawn(async move {
+                let status = get_json(&admin, "/replication/status", timeout).await;
+                let owners = get_json(&admin, "/replication/owners", timeout).await;
+                (status, owners)
+            }),
+        ));
+    }
+    let mut masters = serde_json::Map::new();
+    let mut objects: Option<Vec<Value>> = None;
+    for (id, task) in asked {
+        let Ok((status, owners)) = task.await else {
+            continue;
+        };
+        let entry = match status {
+            Ok(s) => json!({
+                "positions": s["positions"],
+                "streams": s["peers"],
+                "committedSequence": s["committedSequence"],
+            }),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+        masters.insert(id, entry);
+        if objects.is_none() {
+            objects = owners.ok().map(|o| routed_owners(t, &o["objects"]));
+        }
+    }
     json!({
         "masters": t.config.master_ids(),
         "mastersUp": up,
@@ -107,7 +147,36 @@ pub fn status(t: &Topology) -> Value {
         "replicationNote": t.config.replication.file_replaced_by_oplog
             .then_some(dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY),
         "streamsBetweenMasters": true,
+        "objects": objects,
+        "positions": masters,
     })
+}
+
+/// The objects a master listed, each with the owner this proxy routes its writes to.
+fn routed_owners(t: &Topology, listed: &Value) -> Vec<Value> {
+    use dirkdb_core::rendezvous::ObjectKind;
+    let empty = Vec::new();
+    listed
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .take(STATUS_OBJECTS)
+        .filter_map(|o| {
+            let (kind, db, name) = (
+                o["kind"].as_str()?,
+                o["database"].as_str()?,
+                o["name"].as_str()?,
+            );
+            let object = match kind {
+                "DATABASE" => ObjectRef::database(db),
+                "VIEW" => ObjectRef::object(db, ObjectKind::View, name),
+                "DOMAIN" => ObjectRef::object(db, ObjectKind::Domain, name),
+                _ => ObjectRef::object(db, ObjectKind::Table, name),
+            };
+            let owner = t.owner_of(&object).map(|b| b.id.clone());
+            Some(json!({ "kind": kind, "database": db, "name": name, "owner": owner }))
+        })
+        .collect()
 }
 
 #[cfg(test)]

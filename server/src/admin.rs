@@ -43,6 +43,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/lease", post(renew_lease))
         .route("/replication/write-probe", post(write_probe))
         .route("/replication/ownership", post(set_ownership))
+        .route("/replication/owners", get(owners))
         .route("/replication/mode", post(set_mode))
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
@@ -180,6 +181,26 @@ async fn set_ownership(State(state): Shared, body: Option<Json<OwnershipBody>>) 
     Ok(Json(
         json!({ "instance": state.instance_id, "ownership": view }),
     ))
+}
+
+/// `GET /replication/owners`: every database, table, view and domain this master holds, with
+/// its owner in this master's view (MULTI_PRIMARY; 409 otherwise).
+async fn owners(State(state): Shared) -> ApiResult {
+    if !state.settings.ownership.active() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "not a master of a MULTI_PRIMARY topology (routing.writes.mode)".into(),
+        ));
+    }
+    let objects = blocking(&state, |s| {
+        crate::replication::ownership::owned_objects(s, &s.catalog.names())
+    })
+    .await?;
+    Ok(Json(json!({
+        "instance": state.instance_id,
+        "ownership": state.settings.ownership.view(),
+        "objects": objects,
+    })))
 }
 
 /// Files in `<dataDirectory>/rollback` (writes saved when this node rejoined a new primary).

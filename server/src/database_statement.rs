@@ -1,5 +1,6 @@
 //! Statements about databases rather than inside one, which SQLite does not know:
-//! `CREATE DATABASE`, `DROP DATABASE`, `USE`, `SHOW DATABASES`, `SHOW TABLES`, and the DirkDB
+//! `CREATE DATABASE`, `DROP DATABASE`, `USE`, `SHOW DATABASES`, `SHOW TABLES`, `SHOW OWNERS`
+//! (MULTI_PRIMARY), and the DirkDB
 //! success texts of the statements SQLite runs.
 //!
 //! Both work on the significant tokens of an already translated statement (Malagasy keywords are
@@ -30,6 +31,8 @@ pub enum DatabaseStatement {
     ShowDatabases,
     /// `SHOW TABLES`
     ShowTables,
+    /// `SHOW OWNERS` (MULTI_PRIMARY): every database, table, view and domain with its owner.
+    ShowOwners,
 }
 
 /// A significant token: its upper-cased text for keyword matching, its identifier value, and
@@ -124,7 +127,8 @@ pub fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
         ["USE", ..] => name_at(1).map(DatabaseStatement::Use),
         ["SHOW", "DATABASES" | "SCHEMAS"] => Ok(DatabaseStatement::ShowDatabases),
         ["SHOW", "TABLES"] => Ok(DatabaseStatement::ShowTables),
-        ["SHOW", ..] => Err("SHOW takes DATABASES or TABLES".into()),
+        ["SHOW", "OWNERS"] => Ok(DatabaseStatement::ShowOwners),
+        ["SHOW", ..] => Err("SHOW takes DATABASES, TABLES or OWNERS".into()),
         _ => return None,
     };
     Some(result)
@@ -267,6 +271,7 @@ mod tests {
         assert_eq!(p("use `x`"), Some(Ok(Use("x".into()))));
         assert_eq!(p("SHOW DATABASES"), Some(Ok(ShowDatabases)));
         assert_eq!(p("show tables -- all"), Some(Ok(ShowTables)));
+        assert_eq!(p("SHOW OWNERS"), Some(Ok(ShowOwners)));
         assert!(matches!(p("USE"), Some(Err(_))));
         assert_eq!(p("USE a-b"), Some(Ok(Use("a-b".into()))));
         assert_eq!(p("USE a b"), Some(Ok(Use("a b".into()))));

@@ -139,6 +139,7 @@ fn write_page(
     page.one(&STATEMENTS, m.statements())?;
     page.one(&ERRORS, m.errors())?;
     write_replicas(&state.replication.replicas(committed), page)?;
+    crate::replication::peers::write_metrics(state, page)?;
     if state.is_replica() {
         let f = state.replication.follower();
         page.one(&FOLLOWER_LAG, f.primary_sequence.saturating_sub(committed))?;

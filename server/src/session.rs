@@ -196,6 +196,10 @@ impl Session {
                 Ok(Reply::Sql(show_databases_sql(&names)))
             }
             DatabaseStatement::ShowTables => Ok(Reply::Sql(SHOW_TABLES_SQL.to_string())),
+            DatabaseStatement::ShowOwners => {
+                let names = auth::visible(&self.auth, self.state.catalog.names());
+                show_owners(self.state.clone(), names).await.map(Reply::Sql)
+            }
         }
     }
 
@@ -472,6 +476,20 @@ const SHOW_TABLES_SQL: &str = "SELECT name AS \"table\" FROM sqlite_schema \
 fn show_databases_sql(names: &[String]) -> String {
     let json = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
     format!("SELECT value AS \"database\" FROM json_each('{json}') ORDER BY value")
+}
+
+/// MULTI_PRIMARY: `SHOW OWNERS` over `names` (the databases the client may see).
+async fn show_owners(state: Arc<ServerState>, names: Vec<String>) -> Result<String, ServerError> {
+    use crate::replication::ownership::{owned_objects, show_owners_sql};
+    if !state.settings.ownership.active() {
+        return Err(ServerError::Refused(
+            "SHOW OWNERS: this instance is not a master of a MULTI_PRIMARY topology \
+             (routing.writes.mode)"
+                .into(),
+        ));
+    }
+    let objects = blocking(move || owned_objects(&state, &names)).await?;
+    Ok(show_owners_sql(&objects))
 }
 
 async fn blocking<T: Send + 'static>(

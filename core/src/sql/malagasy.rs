@@ -71,7 +71,11 @@ impl Head {
                 ("tabilao", "DROP TABLE"),
                 ("jery", "DROP VIEW"),
             ],
-            Head::Show => &[("tahiry", "SHOW DATABASES"), ("tabilao", "SHOW TABLES")],
+            Head::Show => &[
+                ("tahiry", "SHOW DATABASES"),
+                ("tabilao", "SHOW TABLES"),
+                ("tompo", "SHOW OWNERS"),
+            ],
         };
         lookup(table, object)
     }
@@ -594,6 +598,7 @@ mod tests {
         assert_eq!(tr("asehoy ny tabilao"), "SHOW TABLES");
         assert_eq!(tr("asehoy tahiry"), "SHOW DATABASES");
         assert_eq!(tr("Asehoy Tabilao"), "SHOW TABLES");
+        assert_eq!(tr("asehoy ny tompo"), "SHOW OWNERS");
     }
 
     #[test]

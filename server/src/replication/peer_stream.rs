@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::follower::{handshake, received, spawn_reader, Units};
 use super::peer_apply::PeerApplier;
-use super::peers::PeerHello;
+use super::peers::{PeerHello, PeerState};
 use super::protocol::{write_message, Message, Unit};
 use super::sender::{read_acks, send_within, StreamError};
 use crate::error::ServerError;
@@ -68,7 +68,11 @@ async fn follow_origin(state: Arc<ServerState>, origin: String, addr: String) {
                     tracing::info!(%origin, error = %e, "stream from another master ended; retrying");
                 }
                 state.peers.update(&origin, |s| {
-                    s.state = if refused { "Refused" } else { "Disconnected" }.into();
+                    s.state = if refused {
+                        PeerState::Refused
+                    } else {
+                        PeerState::Disconnected
+                    };
                     s.last_error = Some(e.to_string());
                 });
                 tokio::time::sleep(backoff).await;
@@ -87,7 +91,7 @@ async fn stream_from(
 ) -> Result<(), StreamError> {
     state
         .peers
-        .update(origin, |s| s.state = "Connecting".into());
+        .update(origin, |s| s.state = PeerState::Connecting);
     let stream = handshake(addr, state.security.cluster.as_ref()).await?;
     let (reader, writer) = tokio::io::split(stream);
     let mut writer: super::mode::StreamWriter = BufWriter::new(Box::new(writer));
@@ -116,7 +120,7 @@ async fn stream_from(
             history = chain.last().map(|l| l.id.clone());
             let h = history.clone();
             state.peers.update(origin, |s| {
-                s.state = "Streaming".into();
+                s.state = PeerState::Streaming;
                 s.history = h;
                 s.connected_since_ms = now_ms();
                 s.last_error = None;

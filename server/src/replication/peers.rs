@@ -58,6 +58,20 @@ pub struct PeerHello {
     pub seq: u64,
 }
 
+/// The state of one origin's stream on this master.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum PeerState {
+    /// Connecting to the origin (or not yet tried).
+    #[default]
+    Connecting,
+    /// Applying the origin's entries.
+    Streaming,
+    /// The stream ended; retrying.
+    Disconnected,
+    /// The origin refused the stream (see `lastError`); retrying.
+    Refused,
+}
+
 /// One origin's stream as this master receives it.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,7 +81,7 @@ pub struct PeerStatus {
     /// Its replication address.
     pub address: String,
     /// Connecting, Streaming, Disconnected or Refused.
-    pub state: String,
+    pub state: PeerState,
     /// The origin's last sequence applied here.
     pub applied_sequence: u64,
     /// The origin's committed sequence, from its heartbeats and entries.
@@ -137,7 +151,6 @@ impl Peers {
             .entry(origin.to_string())
             .or_insert_with(|| PeerStatus {
                 origin: origin.to_string(),
-                state: "Connecting".into(),
                 ..PeerStatus::default()
             });
         f(status);
@@ -377,6 +390,94 @@ pub(crate) fn load_positions(
         state.peers.update(origin, |s| s.history = history.clone());
     }
     Ok(out)
+}
+
+/// The MULTI_PRIMARY metrics of `GET /metrics`: per origin stream and per object owner.
+mod described {
+    use dirkdb_core::metrics::Metric;
+
+    pub const APPLIED: Metric = Metric::gauge(
+        "dirkdb_peer_applied_sequence",
+        "MULTI_PRIMARY: the origin master's last sequence applied here.",
+    );
+    pub const ORIGIN: Metric = Metric::gauge(
+        "dirkdb_peer_origin_sequence",
+        "MULTI_PRIMARY: the origin master's committed sequence, as last heard.",
+    );
+    pub const LAG_OPS: Metric = Metric::gauge(
+        "dirkdb_peer_lag_operations",
+        "MULTI_PRIMARY: entries the origin committed that are not applied here.",
+    );
+    pub const LAG_MS: Metric = Metric::gauge(
+        "dirkdb_peer_lag_ms",
+        "MULTI_PRIMARY: how long this master has been behind the origin.",
+    );
+    pub const STREAMING: Metric = Metric::gauge(
+        "dirkdb_peer_streaming",
+        "MULTI_PRIMARY: 1 while the origin's stream is up.",
+    );
+    pub const OWNED: Metric = Metric::gauge(
+        "dirkdb_owned_objects",
+        "MULTI_PRIMARY: databases, tables, views and domains per owner, in this master's view.",
+    );
+    pub const OWNER: Metric = Metric::gauge(
+        "dirkdb_object_owner",
+        "MULTI_PRIMARY: 1 per object, labelled with its owner (first 1000 objects).",
+    );
+}
+
+/// Objects listed one by one in `dirkdb_object_owner` at most.
+const OWNER_SAMPLES: usize = 1000;
+
+/// Writes the MULTI_PRIMARY metrics (nothing outside MULTI_PRIMARY).
+pub(crate) fn write_metrics(
+    state: &ServerState,
+    page: &mut dirkdb_core::metrics::Page,
+) -> std::fmt::Result {
+    use described::*;
+    if !state.settings.ownership.active() {
+        return Ok(());
+    }
+    let streams = state.peers.streams();
+    let per_origin = |figure: fn(&PeerStatus) -> u64| {
+        streams
+            .iter()
+            .map(move |s| (vec![("origin", s.origin.clone())], figure(s)))
+    };
+    page.each(&APPLIED, per_origin(|s| s.applied_sequence))?;
+    page.each(&ORIGIN, per_origin(|s| s.origin_sequence))?;
+    page.each(&LAG_OPS, per_origin(|s| s.lag_operations))?;
+    page.each(&LAG_MS, per_origin(|s| s.lag_ms))?;
+    page.each(
+        &STREAMING,
+        per_origin(|s| u64::from(s.state == PeerState::Streaming)),
+    )?;
+    let objects =
+        super::ownership::owned_objects(state, &state.catalog.names()).unwrap_or_default();
+    let mut per_owner: BTreeMap<String, u64> = BTreeMap::new();
+    for o in &objects {
+        *per_owner
+            .entry(o.owner.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    page.each(
+        &OWNED,
+        per_owner
+            .into_iter()
+            .map(|(owner, n)| (vec![("owner", owner)], n)),
+    )?;
+    page.each(
+        &OWNER,
+        objects.into_iter().take(OWNER_SAMPLES).map(|o| {
+            let labels = vec![
+                ("kind", o.kind.to_string()),
+                ("database", o.database),
+                ("object", o.name),
+                ("owner", o.owner.unwrap_or_default()),
+            ];
+            (labels, 1u64)
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -253,12 +253,34 @@ impl<T: Clone> Memo<T> {
 }
 
 fn route_uncached(sql: &str) -> Route {
+    if is_show_owners(sql) {
+        return Route::Mixed;
+    }
     match parser::parse_statement(sql) {
         Ok(stmt) if uses_sql_types(&stmt) && mixed_reads_as_sql(sql) => Route::Mixed,
         Ok(stmt) => Route::Dirk(Arc::new(stmt)),
         Err(_) if has_english_marker(sql) && mixed_reads_as_sql(sql) => Route::Mixed,
         Err(e) => Route::Error(e),
     }
+}
+
+/// `asehoy [ny] tompo` (MULTI_PRIMARY's SHOW OWNERS): spelt in DirkDB's words but not one of
+/// DirkDB's statements, so the Malagasy translation runs it (see `docs/dirkdb-compatibility.md`).
+fn is_show_owners(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    matches!(
+        words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["asehoy", "tompo"] | ["asehoy", "ny", "tompo"]
+    )
 }
 
 fn uses_sql_types(stmt: &Statement) -> bool {

@@ -285,6 +285,8 @@ fn routing_rule() {
         Route::Mixed
     );
     assert_eq!(route("manamboara tabilao u (nom TEXT)"), Route::Mixed);
+    assert_eq!(route("asehoy ny tompo"), Route::Mixed, "SHOW OWNERS");
+    assert_eq!(route("Asehoy tompo;"), Route::Mixed);
     assert_eq!(
         route("alaivo count(*) ao t rehefa v dia tsy NULL"),
         Route::Mixed
