@@ -6,6 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{http, Cluster};
+use common::wait::eventually;
+
+/// How long a check may take to hold.
+const FIVE_S: Duration = Duration::from_secs(5);
 use dirkdb_client::{Client, ClientError, Reply};
 use dirkdb_core::change_feed::ChangeNotice;
 use dirkdb_core::frame::Frame;
@@ -158,15 +162,6 @@ fn metric(port: u16, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-/// Polls `f` for up to 5 s until it holds.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_primary_s_feed_lists_exactly_what_each_commit_touched() {
     let cluster = Cluster::start(0, OPLOG);
@@ -266,9 +261,11 @@ async fn a_primary_s_feed_lists_exactly_what_each_commit_touched() {
     let admin = cluster.nodes[0].admin;
     assert_eq!(metric(admin, "dirkdb_connections_open"), 2.0);
     drop(feed);
-    eventually("the feed's connection stays open on the server", || {
-        metric(admin, "dirkdb_connections_open") == 1.0
-    })
+    eventually(
+        FIVE_S,
+        "the feed's connection stays open on the server",
+        || metric(admin, "dirkdb_connections_open") == 1.0,
+    )
     .await;
 }
 
@@ -505,7 +502,7 @@ async fn through_the_proxy_a_feed_relays_the_primary_until_a_failover() {
     };
     assert_eq!(open(), (1, 2));
     drop(other);
-    eventually("the proxy kept a closed feed", || open() == (1, 1)).await;
+    eventually(FIVE_S, "the proxy kept a closed feed", || open() == (1, 1)).await;
 
     let answer = http(cluster.proxy.admin, "POST", "/cluster/failover", "{}");
     assert_eq!(answer["primary"], "m2", "{answer}");

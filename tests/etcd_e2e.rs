@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{http, Cluster};
 use common::etcd::Etcd;
 use common::relay::Relay;
+use common::wait::until as wait_for;
 use common::{dirkdb_bin, free_port, wait_for_port};
 use dirkdb_client::Client;
 use serde_json::Value;
@@ -350,18 +351,6 @@ fn spawn_server_with(cluster: &mut Cluster, i: usize, config: &Value) {
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// Polls `probe` every 50 ms until it answers, or panics naming `what`.
-fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "no {what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs a statement until it succeeds (the first primary needs its first lease), 10 s at most.

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::dirkdb_bin;
+use common::wait::holds_within as eventually;
 use rusqlite::{Connection, OpenFlags};
 
-fn dirkdb_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dirkdb")
-}
+mod common;
 
 /// A source database in WAL mode with `rows` rows of 200 characters in table `t`.
 fn source_db(path: &Path, rows: i64) -> Connection {
@@ -58,18 +58,6 @@ fn count(path: &Path) -> rusqlite::Result<i64> {
 
 fn integrity(path: &Path) -> rusqlite::Result<String> {
     reader(path)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    check()
 }
 
 /// `dirkdb replicate-files --once`: its exit status and its log.
