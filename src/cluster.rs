@@ -45,7 +45,7 @@ struct Group {
 }
 
 /// Runs the cluster until `shutdown` resolves or a part fails.
-pub async fn run(
+pub(crate) async fn run(
     config: ClusterConfig,
     config_path: std::path::PathBuf,
     shutdown: impl std::future::Future,

@@ -20,6 +20,7 @@
 //! CI runs a short seeded run (`FRESHNESS_SECS`, default 3 s; `FRESHNESS_SEED` to replay one).
 //! The long run: `cargo test --test cache_freshness_e2e -- --ignored` (60 s, or
 //! `FRESHNESS_LONG_SECS`).
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

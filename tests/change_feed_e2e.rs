@@ -1,5 +1,6 @@
 //! End-to-end tests of the change feed (`DIRK CHANGES`) and of `DIRK SEEN`/`DIRK POSITION`,
 //! on a server directly and through the proxy, with real processes over TCP.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Tests of the `dirkdb client` command line and of `dirkdb server` start-up errors, run as a
 //! user runs them: real processes, real TCP.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

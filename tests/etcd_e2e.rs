@@ -28,6 +28,7 @@
 //! * a reload of config.json moves a proxy and a server to new etcd endpoints (their old links
 //!   then cut, they go on), and a new coordinator type is refused until a restart, said in
 //!   `/cluster/status`.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

@@ -29,6 +29,7 @@
 //! a lower term; a demoted node vouching for no position; majority leases; four random faults
 //! starting with a kill of the primary); the long runs (ten pauses, twenty random faults) are
 //! `#[ignore]`d: `cargo test --test fault_e2e -- --ignored`, or `bench/faults.sh`.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of FILE replication mode: a primary, secondaries and the proxy as real
 //! processes, consistent database copies sent over TCP.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! Owners are DirkDB's rendezvous over m1, m2, m3 — vectors computed independently in Python
 //! (see `core/src/rendezvous.rs`): `DB:testdb` → m1, `DB:testdb|TABLE:utilisateurs` → m1,
 //! `DB:testdb|TABLE:commandes` → m2, `DB:testdb|TABLE:produits` → m3.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

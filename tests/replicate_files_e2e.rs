@@ -1,5 +1,6 @@
 //! `dirkdb replicate-files` end to end: real processes copying real SQLite files (WAL mode, as
 //! DirkDB's servers keep them) while other threads write the sources and read the copies.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,5 +1,6 @@
 //! Security end to end, against real `dirkdb` processes: every hole of issue 15 is tried as an
 //! outsider would (and refused), then with the right permission (and let through).
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! End-to-end tests of `dirkdb server`: a real process, real TCP, the client library.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

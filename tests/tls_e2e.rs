@@ -3,6 +3,7 @@
 //! beside TLS on the same ports or refused with `required`, the client and the bench speaking
 //! TLS, a wrong CA refused with a clear message, and a replica whose certificate no trusted CA
 //! signed kept out under mutual TLS.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 

@@ -16,7 +16,7 @@ use crate::stats::CacheStats;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The kept results (to settle pending evictions before reporting).
     pub store: Arc<ResultStore>,
     /// The counters.
@@ -27,7 +27,7 @@ pub struct AdminState {
 
 /// Serves the admin API until the task is aborted; with `security.requireAuth`, `/stats` (and,
 /// with `protectMetrics`, everything) needs ADMIN over HTTP Basic.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: AdminState,
     security: std::sync::Arc<dirkdb_core::security::Security>,

@@ -12,14 +12,14 @@
 //! * `FLUSH CACHE` needs ADMIN on `*`.
 
 use dirkdb_client::{Client, Reply};
-pub use dirkdb_core::security::connection::{
+pub(crate) use dirkdb_core::security::connection::{
     close_unauthenticated, cluster, deadline, gate, peer_ip, use_cluster_credentials,
 };
 use dirkdb_core::security::{ConnectionAuth, Permission};
 
 /// Authenticates a fresh upstream connection as the cluster user, acting for `user` when given
 /// (no-op without cluster credentials).
-pub async fn login(client: &mut Client, user: Option<&str>) -> Result<(), String> {
+pub(crate) async fn login(client: &mut Client, user: Option<&str>) -> Result<(), String> {
     let Some(credentials) = cluster() else {
         return Ok(());
     };
@@ -42,7 +42,7 @@ pub async fn login(client: &mut Client, user: Option<&str>) -> Result<(), String
 }
 
 /// Whether a kept answer in `db` may be served to this client.
-pub fn may_read_kept(auth: Option<&ConnectionAuth>, db: Option<&str>) -> bool {
+pub(crate) fn may_read_kept(auth: Option<&ConnectionAuth>, db: Option<&str>) -> bool {
     match (auth, db) {
         (Some(auth), Some(db)) => auth.require(db, Permission::Read).is_ok(),
         (Some(auth), None) => auth.authenticated(),
@@ -51,6 +51,6 @@ pub fn may_read_kept(auth: Option<&ConnectionAuth>, db: Option<&str>) -> bool {
 }
 
 /// `FLUSH CACHE`: ADMIN on `*`.
-pub fn may_flush(auth: Option<&ConnectionAuth>) -> Result<(), String> {
+pub(crate) fn may_flush(auth: Option<&ConnectionAuth>) -> Result<(), String> {
     auth.map_or(Ok(()), |a| a.require_everywhere(Permission::Admin))
 }

@@ -33,7 +33,7 @@ enum FeedEnd {
 }
 
 /// Keeps a feed running until `stop` turns true.
-pub async fn follow(
+pub(crate) async fn follow(
     addr: String,
     store: Arc<ResultStore>,
     stats: Arc<CacheStats>,
@@ -131,7 +131,7 @@ async fn subscribe(addr: &str, store: &ResultStore, stats: &CacheStats) -> FeedE
 }
 
 /// Drops what one notice says changed.
-pub fn apply(store: &ResultStore, notice: &ChangeNotice) {
+pub(crate) fn apply(store: &ResultStore, notice: &ChangeNotice) {
     if notice.is_empty() {
         return;
     }

@@ -12,15 +12,15 @@
 //! follows the primary's change feed to drop what other clients' writes changed. [`admin`]
 //! serves the counters of [`stats`].
 
-pub mod admin;
-pub mod auth;
-pub mod change_listener;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod change_listener;
 pub mod result_store;
-pub mod session;
+pub(crate) mod session;
 pub mod statement_analysis;
 pub mod stats;
 pub mod table_keys;
-pub mod upstream;
+pub(crate) mod upstream;
 pub mod view_map;
 
 use std::sync::atomic::Ordering;

@@ -36,7 +36,7 @@ const FEED_WAIT: Duration = Duration::from_millis(500);
 const POSITION_STATEMENT: &str = "DIRK POSITION";
 
 /// What every session shares.
-pub struct SessionContext {
+pub(crate) struct SessionContext {
     /// The kept results.
     pub store: Arc<ResultStore>,
     /// The counters.
@@ -80,7 +80,7 @@ impl From<ConnectionError> for ForwardError {
 }
 
 /// Per-client state.
-pub struct CacheSession {
+pub(crate) struct CacheSession {
     ctx: Arc<SessionContext>,
     upstream: Upstream,
     db: Option<String>,
@@ -94,7 +94,7 @@ pub struct CacheSession {
 
 impl CacheSession {
     /// A session with no current database and no upstream connection yet.
-    pub fn new(ctx: Arc<SessionContext>) -> CacheSession {
+    pub(crate) fn new(ctx: Arc<SessionContext>) -> CacheSession {
         let upstream = Upstream::new(ctx.upstream_addr.clone(), ctx.statement_timeout);
         CacheSession {
             ctx,
@@ -109,14 +109,14 @@ impl CacheSession {
 
     /// The client's identity after an `AUTH`: kept answers are served by its grants, and the
     /// upstream connection runs for it.
-    pub fn set_identity(&mut self, auth: dirkdb_core::security::ConnectionAuth) {
+    pub(crate) fn set_identity(&mut self, auth: dirkdb_core::security::ConnectionAuth) {
         self.upstream
             .set_user(auth.effective_name().map(str::to_string));
         self.identity = Some(auth);
     }
 
     /// Answers one statement with one complete response.
-    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(crate) async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         incoming: Incoming,
         out: &mut ServerConnection<S>,

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 /// Why the upstream could not answer.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No connection, or it broke.
     #[error("the upstream {addr} cannot be reached: {reason}")]
     Unreachable {
@@ -77,7 +77,7 @@ pub enum UpstreamError {
 }
 
 /// The addresses of an upstream list (`host:port,host:port`), in order; never empty.
-pub fn addresses(list: &str) -> Vec<String> {
+pub(crate) fn addresses(list: &str) -> Vec<String> {
     let addrs: Vec<String> = list
         .split(',')
         .map(str::trim)
@@ -93,7 +93,7 @@ pub fn addresses(list: &str) -> Vec<String> {
 
 /// Connects to the first address of `addrs` that answers within `timeout`, trying them in
 /// order from `start`; returns the client and the index of its address.
-pub async fn connect_first(
+pub(crate) async fn connect_first(
     addrs: &[String],
     start: usize,
     timeout: Duration,
@@ -120,7 +120,7 @@ pub async fn connect_first(
 /// What may be sent again when the upstream connection breaks around a statement (the rule is
 /// in this module's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
+pub(crate) enum Retry {
     /// A read outside a transaction: sent again on the next address when the connection breaks
     /// before the first frame of its answer.
     Read,
@@ -140,7 +140,7 @@ struct Pending {
 }
 
 /// The session's upstream connection.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The address in use (the first of `addrs` until a connection moved on).
     addr: String,
     addrs: Vec<String>,
@@ -160,7 +160,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Not connected yet.
-    pub fn new(addr: String, timeout: Duration) -> Upstream {
+    pub(crate) fn new(addr: String, timeout: Duration) -> Upstream {
         let addrs = addresses(&addr);
         Upstream {
             addr: addrs[0].clone(),
@@ -179,7 +179,7 @@ impl Upstream {
 
     /// Makes the connection run for `user` from the next statement on (a new identity means a
     /// new connection, authenticated for it).
-    pub fn set_user(&mut self, user: Option<String>) {
+    pub(crate) fn set_user(&mut self, user: Option<String>) {
         if self.user != user {
             self.user = user;
             self.client = None;
@@ -258,7 +258,7 @@ impl Upstream {
 
     /// Sends `statement` with `db` selected; read its answer with [`Upstream::next_frame`].
     /// `retry` says what may happen when the connection turns out broken (see [`Retry`]).
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         db: Option<&str>,
         statement: &str,
@@ -285,7 +285,7 @@ impl Upstream {
 
     /// Sends `statement` right behind the one just sent (pipelined); its answer follows that
     /// one's.
-    pub async fn send_behind(&mut self, statement: &str) -> Result<(), UpstreamError> {
+    pub(crate) async fn send_behind(&mut self, statement: &str) -> Result<(), UpstreamError> {
         self.send_raw(statement).await
     }
 
@@ -319,13 +319,13 @@ impl Upstream {
     }
 
     /// Declares the session's database after a successful `USE` it sent itself.
-    pub fn selected(&mut self, db: &str) {
+    pub(crate) fn selected(&mut self, db: &str) {
         self.db = Some(db.to_string());
     }
 
     /// The next frame of the current answer. A read sent with [`Retry::Read`] whose connection
     /// breaks before its first frame is sent again on the next address, transparently.
-    pub async fn next_frame(&mut self) -> Result<Frame, UpstreamError> {
+    pub(crate) async fn next_frame(&mut self) -> Result<Frame, UpstreamError> {
         loop {
             match self.next_frame_once().await {
                 Ok(frame) => {
@@ -404,7 +404,11 @@ impl Upstream {
     }
 
     /// Makes sure the upstream serves the next read at position `seen` or later.
-    pub async fn raise_floor(&mut self, db: Option<&str>, seen: u64) -> Result<(), UpstreamError> {
+    pub(crate) async fn raise_floor(
+        &mut self,
+        db: Option<&str>,
+        seen: u64,
+    ) -> Result<(), UpstreamError> {
         if !self.floor_supported || seen <= self.floor {
             return Ok(());
         }
@@ -434,19 +438,9 @@ impl Upstream {
         Ok(())
     }
 
-    /// The position of this session's last write on the primary (`DIRK POSITION`); `None` when
-    /// the upstream does not say.
-    pub async fn last_write_position(&mut self) -> Option<u64> {
-        self.client.as_ref()?;
-        match self.call("DIRK POSITION").await {
-            Ok(Frame::Message(text)) => text.strip_prefix("position ")?.trim().parse().ok(),
-            _ => None,
-        }
-    }
-
     /// Reads the answer of a `DIRK POSITION` already sent behind the previous statement
     /// (pipelined); `None` when the upstream does not say.
-    pub async fn pipelined_position(&mut self) -> Option<u64> {
+    pub(crate) async fn pipelined_position(&mut self) -> Option<u64> {
         self.client.as_ref()?;
         loop {
             match self.next_frame().await.ok()? {
@@ -471,7 +465,7 @@ fn reason_of(error: UpstreamError) -> String {
 }
 
 /// A write's error once sent: a broken connection leaves its outcome unknown.
-pub fn after_write(error: UpstreamError) -> UpstreamError {
+pub(crate) fn after_write(error: UpstreamError) -> UpstreamError {
     match error {
         UpstreamError::Unreachable { addr, reason } => {
             UpstreamError::OutcomeUnknown { addr, reason }
@@ -481,7 +475,7 @@ pub fn after_write(error: UpstreamError) -> UpstreamError {
 }
 
 /// A `COMMIT` (or outermost `RELEASE`) whose connection broke may have committed.
-pub fn at_commit(error: UpstreamError) -> UpstreamError {
+pub(crate) fn at_commit(error: UpstreamError) -> UpstreamError {
     match error {
         UpstreamError::TransactionLost { addr, reason } => {
             UpstreamError::OutcomeUnknown { addr, reason }
@@ -491,7 +485,7 @@ pub fn at_commit(error: UpstreamError) -> UpstreamError {
 }
 
 /// A transaction's error: a broken connection rolled it back.
-pub fn inside_transaction(error: UpstreamError) -> UpstreamError {
+pub(crate) fn inside_transaction(error: UpstreamError) -> UpstreamError {
     match error {
         UpstreamError::Unreachable { addr, reason }
         | UpstreamError::OutcomeUnknown { addr, reason } => {

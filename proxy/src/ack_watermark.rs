@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 /// A replication position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Position {
+pub(crate) struct Position {
     /// The primary's term when the write was confirmed.
     pub term: u64,
     /// Its oplog sequence.
@@ -30,7 +30,7 @@ pub struct Position {
 
 impl Position {
     /// True when a node standing at `self` holds every write up to `watermark`.
-    pub fn holds(&self, watermark: Position) -> bool {
+    pub(crate) fn holds(&self, watermark: Position) -> bool {
         self.term >= watermark.term && self.seq >= watermark.seq
     }
 }
@@ -42,7 +42,7 @@ impl Position {
 /// every acknowledgement either happened before the failover's read, and the promoted node holds
 /// it, or is refused: none slips between the read and the new primary's installation.
 #[derive(Debug, Default)]
-pub struct Watermark(Mutex<State>);
+pub(crate) struct Watermark(Mutex<State>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -52,7 +52,7 @@ struct State {
 }
 
 /// A failover's hold on the watermark: no acknowledgement is recorded until it is dropped.
-pub struct Frozen<'a> {
+pub(crate) struct Frozen<'a> {
     watermark: &'a Watermark,
     /// The watermark when it was frozen.
     pub position: Position,
@@ -74,7 +74,7 @@ impl Watermark {
     /// `DIRK WAIT REPLICAS` (`replicas <n> term <t>`). Records it and returns true when the write
     /// may be acknowledged: no failover holds the watermark, and `still_primary()` (asked under
     /// the watermark's lock) says the write's node is still the proxy's primary.
-    pub fn acknowledge(
+    pub(crate) fn acknowledge(
         &self,
         seq: u64,
         confirmation: &str,
@@ -96,7 +96,7 @@ impl Watermark {
     }
 
     /// Freezes the watermark for a failover and returns its position.
-    pub fn freeze(&self) -> Frozen<'_> {
+    pub(crate) fn freeze(&self) -> Frozen<'_> {
         let mut s = self.lock();
         s.frozen += 1;
         Frozen {
@@ -106,7 +106,7 @@ impl Watermark {
     }
 
     /// The highest acknowledged position.
-    pub fn current(&self) -> Position {
+    pub(crate) fn current(&self) -> Position {
         self.lock().position
     }
 }
@@ -118,17 +118,21 @@ fn global() -> &'static Watermark {
 }
 
 /// The session's hook: see [`Watermark::acknowledge`].
-pub fn acknowledge(seq: u64, confirmation: &str, still_primary: impl FnOnce() -> bool) -> bool {
+pub(crate) fn acknowledge(
+    seq: u64,
+    confirmation: &str,
+    still_primary: impl FnOnce() -> bool,
+) -> bool {
     global().acknowledge(seq, confirmation, still_primary)
 }
 
 /// A failover's hold on the proxy's watermark: see [`Watermark::freeze`].
-pub fn freeze() -> Frozen<'static> {
+pub(crate) fn freeze() -> Frozen<'static> {
     global().freeze()
 }
 
 /// The proxy's highest acknowledged position.
-pub fn current() -> Position {
+pub(crate) fn current() -> Position {
     global().current()
 }
 
@@ -146,7 +150,7 @@ fn waiting() -> std::sync::MutexGuard<'static, Option<Waiting>> {
 
 /// An automatic failover found no candidate it may promote (`reason`) and will retry; returns
 /// true when this starts the wait or changes its reason (worth a log line; the retries are not).
-pub fn failover_waits(reason: &str) -> bool {
+pub(crate) fn failover_waits(reason: &str) -> bool {
     let mut w = waiting();
     let changed = w.as_ref().is_none_or(|w| w.reason != reason);
     let since = w.as_ref().map_or_else(std::time::Instant::now, |w| w.since);
@@ -158,12 +162,12 @@ pub fn failover_waits(reason: &str) -> bool {
 }
 
 /// The wait is over: a failover installed a primary, or the primary came back.
-pub fn failover_over() {
+pub(crate) fn failover_over() {
     *waiting() = None;
 }
 
 /// While a failover waits for a candidate: the answer for a statement that needs the primary.
-pub fn failover_waiting() -> Option<String> {
+pub(crate) fn failover_waiting() -> Option<String> {
     waiting().as_ref().map(|w| {
         format!(
             "no primary accepts writes: the primary is down and the failover has been waiting {} ms for a replica that holds every acknowledged write ({}); nothing was run, retry later",

@@ -20,7 +20,7 @@ use crate::ProxyStats;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The current topology.
     pub topology: Arc<SharedTopology>,
     /// Client counters.
@@ -33,7 +33,7 @@ pub struct AdminState {
 
 /// Serves the admin API until the task is aborted; with `security.requireAuth`, everything but
 /// `/health` and `/metrics` needs ADMIN (HTTP Basic).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: AdminState,
     security: Arc<dirkdb_core::security::Security>,
@@ -152,56 +152,57 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 mod described {
     use dirkdb_core::metrics::Metric;
 
-    pub const CLIENTS: Metric = Metric::gauge(
+    pub(super) const CLIENTS: Metric = Metric::gauge(
         "dirkdb_proxy_client_connections",
         "Client connections open.",
     );
-    pub const READS: Metric =
+    pub(super) const READS: Metric =
         Metric::counter("dirkdb_proxy_reads", "Reads served by the instance.");
-    pub const WRITES: Metric =
+    pub(super) const WRITES: Metric =
         Metric::counter("dirkdb_proxy_writes", "Writes served by the instance.");
-    pub const ERRORS: Metric = Metric::counter("dirkdb_proxy_errors", "Errors from the instance.");
-    pub const BUSY: Metric = Metric::counter(
+    pub(super) const ERRORS: Metric =
+        Metric::counter("dirkdb_proxy_errors", "Errors from the instance.");
+    pub(super) const BUSY: Metric = Metric::counter(
         "dirkdb_proxy_busy_seconds",
         "Time spent in statements on the instance.",
     );
-    pub const UP: Metric = Metric::gauge(
+    pub(super) const UP: Metric = Metric::gauge(
         "dirkdb_proxy_instance_up",
         "1 when the instance is not down.",
     );
-    pub const LAG: Metric = Metric::gauge(
+    pub(super) const LAG: Metric = Metric::gauge(
         "dirkdb_proxy_instance_lag_ms",
         "How long the instance has been behind the primary.",
     );
-    pub const FILE_MODE: Metric = Metric::gauge(
+    pub(super) const FILE_MODE: Metric = Metric::gauge(
         "dirkdb_proxy_replication_file_mode",
         "1 when config.json's replication.type is FILE.",
     );
-    pub const INSTANCE_FILE_MODE: Metric = Metric::gauge(
+    pub(super) const INSTANCE_FILE_MODE: Metric = Metric::gauge(
         "dirkdb_proxy_instance_file_mode",
         "1 when the instance reports FILE replication, 0 for OPLOG (absent when it reports no mode).",
     );
-    pub const TRIGGERS_REQUESTED: Metric = Metric::counter(
+    pub(super) const TRIGGERS_REQUESTED: Metric = Metric::counter(
         "dirkdb_proxy_file_triggers_requested",
         "Acknowledged writes handed to the FILE replication triggers.",
     );
-    pub const TRIGGERS_COALESCED: Metric = Metric::counter(
+    pub(super) const TRIGGERS_COALESCED: Metric = Metric::counter(
         "dirkdb_proxy_file_triggers_coalesced",
         "Triggers absorbed by a request already in flight or due.",
     );
-    pub const TRIGGERS_SENT: Metric = Metric::counter(
+    pub(super) const TRIGGERS_SENT: Metric = Metric::counter(
         "dirkdb_proxy_file_trigger_requests_sent",
         "POST /replication/written requests answered by the primary.",
     );
-    pub const TRIGGERS_FAILED: Metric = Metric::counter(
+    pub(super) const TRIGGERS_FAILED: Metric = Metric::counter(
         "dirkdb_proxy_file_trigger_requests_failed",
         "POST /replication/written requests that failed.",
     );
-    pub const TRIGGERS_SKIPPED: Metric = Metric::counter(
+    pub(super) const TRIGGERS_SKIPPED: Metric = Metric::counter(
         "dirkdb_proxy_file_trigger_requests_skipped",
         "Trigger requests not sent (no FILE mode, or a primary without adminPort).",
     );
-    pub const TRIGGERS_IN_FLIGHT: Metric = Metric::gauge(
+    pub(super) const TRIGGERS_IN_FLIGHT: Metric = Metric::gauge(
         "dirkdb_proxy_file_triggers_in_flight",
         "Databases with a trigger request in flight or a follow-up due.",
     );

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dirkdb_client::Client;
-pub use dirkdb_core::change_feed::{is_changes_sql, is_changes_statement};
+pub(crate) use dirkdb_core::change_feed::{is_changes_sql, is_changes_statement};
 use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use dirkdb_core::frame::Frame;
@@ -37,13 +37,13 @@ use crate::error::ProxyError;
 use crate::topology::SharedTopology;
 
 /// Longest wait to connect to the primary and for its first notice.
-pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A primary's feed silent this long is taken for dead.
-pub const SILENCE: Duration = Duration::from_millis(3 * FEED_HEARTBEAT.as_millis() as u64);
+pub(crate) const SILENCE: Duration = Duration::from_millis(3 * FEED_HEARTBEAT.as_millis() as u64);
 
 /// A feed opened on a primary, its first notice read but not yet passed on.
-pub struct Upstream {
+pub(crate) struct Upstream {
     backend: Arc<Backend>,
     client: Client,
     first: Frame,
@@ -51,13 +51,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// The instance serving the feed.
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.backend.id
     }
 }
 
 /// Opens a feed on the topology's current primary and reads its first notice.
-pub async fn subscribe(topology: &SharedTopology) -> Result<Upstream, ProxyError> {
+pub(crate) async fn subscribe(topology: &SharedTopology) -> Result<Upstream, ProxyError> {
     let backend = topology.load().primary().clone();
     let fail = |reason: String| ProxyError::Backend {
         instance: backend.id.clone(),
@@ -114,7 +114,7 @@ enum End {
 
 /// Passes `upstream`'s frames to the client until one of the ends listed in the module docs.
 /// The caller races it against the proxy's shutdown and closes the connection afterwards.
-pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     mut upstream: Upstream,
     out: &mut ServerConnection<S>,
     topology: &SharedTopology,

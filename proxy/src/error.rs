@@ -94,7 +94,7 @@ impl HttpError {
 
 /// Why a failover promoted nobody ([`crate::failover`]).
 #[derive(Debug, thiserror::Error)]
-pub enum FailoverError {
+pub(crate) enum FailoverError {
     /// The coordinator (`failover.coordinator`) did not let this proxy decide, or refused the
     /// decision.
     #[error("{0}")]

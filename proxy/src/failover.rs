@@ -38,7 +38,7 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// Promotes `to` (or the most advanced reachable replica) and makes it the proxy's primary;
 /// returns its id.
-pub async fn fail_over(
+pub(crate) async fn fail_over(
     topology: &SharedTopology,
     to: Option<&str>,
 ) -> Result<String, FailoverError> {
@@ -183,7 +183,7 @@ async fn wait_until_it_holds_the_watermark(
 
 /// Before a stray primary of a higher term is fenced, the chosen primary is raised above every
 /// term seen, so that the stray follows it instead of making it step down.
-pub async fn outrank(t: &Topology) {
+pub(crate) async fn outrank(t: &Topology) {
     let primary = t.primary();
     let highest = crate::lease::highest_term();
     if crate::lease::term_of(&primary.id) >= highest {
@@ -205,7 +205,7 @@ pub async fn outrank(t: &Topology) {
 /// Makes instance `i` follow the topology's primary (a no-op when it already does), reached at
 /// the primary's replication address — or, since the primary's id is sent too, at the address
 /// the instance's own config gives for it.
-pub async fn fence(t: &Topology, i: usize) {
+pub(crate) async fn fence(t: &Topology, i: usize) {
     let primary = t.primary();
     let primary_addr = t
         .config

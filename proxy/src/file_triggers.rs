@@ -37,17 +37,17 @@ use serde::Serialize;
 use crate::topology::SharedTopology;
 
 /// Shortest time between the end of one request for a database and the next request for it.
-pub const FOLLOW_UP_GAP: Duration = Duration::from_millis(200);
+pub(crate) const FOLLOW_UP_GAP: Duration = Duration::from_millis(200);
 
 /// Longest wait for the primary's answer to one trigger request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The admin endpoint a trigger is sent to.
-pub const WRITTEN_PATH: &str = "/replication/written";
+pub(crate) const WRITTEN_PATH: &str = "/replication/written";
 
 /// How one trigger request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendOutcome {
+pub(crate) enum SendOutcome {
     /// The primary answered 200.
     Sent,
     /// Nothing was sent (no FILE mode any more, or a primary without an `adminPort`).
@@ -57,10 +57,10 @@ pub enum SendOutcome {
 }
 
 /// The future of one trigger request.
-pub type SendFuture = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
+pub(crate) type SendFuture = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
 
 /// Sends one trigger request for a database (injectable, so tests need no network).
-pub type SendFn = Arc<dyn Fn(String) -> SendFuture + Send + Sync>;
+pub(crate) type SendFn = Arc<dyn Fn(String) -> SendFuture + Send + Sync>;
 
 /// The coalescing state: which databases are in a window (a request in flight, or the gap after
 /// it), and whether a follow-up was asked for since the current request started.
@@ -72,14 +72,14 @@ pub type SendFn = Arc<dyn Fn(String) -> SendFuture + Send + Sync>;
 /// again, from `begin_send`), or false and forgets the database (the next `request` starts a
 /// new sender, which sends at once).
 #[derive(Debug, Default)]
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     /// Database → a follow-up was requested since the last `begin_send`.
     pending: HashMap<String, bool>,
 }
 
 impl Coalescer {
     /// Records a trigger; true when no sender runs for `db`, so the caller must start one.
-    pub fn request(&mut self, db: &str) -> bool {
+    pub(crate) fn request(&mut self, db: &str) -> bool {
         match self.pending.get_mut(db) {
             Some(again) => {
                 *again = true;
@@ -93,7 +93,7 @@ impl Coalescer {
     }
 
     /// The sender is about to send for `db`: the request covers every trigger so far.
-    pub fn begin_send(&mut self, db: &str) {
+    pub(crate) fn begin_send(&mut self, db: &str) {
         if let Some(again) = self.pending.get_mut(db) {
             *again = false;
         }
@@ -102,7 +102,7 @@ impl Coalescer {
     /// The window after the sender's request for `db` ended; true when a follow-up is due
     /// (triggers arrived since [`begin_send`](Coalescer::begin_send)), false when the database
     /// is forgotten.
-    pub fn finished(&mut self, db: &str) -> bool {
+    pub(crate) fn finished(&mut self, db: &str) -> bool {
         match self.pending.get(db) {
             Some(true) => true,
             Some(false) => {
@@ -114,7 +114,7 @@ impl Coalescer {
     }
 
     /// Databases in a window (with a sender running).
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.pending.len()
     }
 }
@@ -122,7 +122,7 @@ impl Coalescer {
 /// A snapshot of the trigger counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TriggerStats {
+pub(crate) struct TriggerStats {
     /// Triggers handed over by sessions (acknowledged writes in FILE mode).
     pub requested: u64,
     /// Triggers absorbed into a request in flight or a follow-up.
@@ -139,7 +139,7 @@ pub struct TriggerStats {
 
 /// The shared trigger component: sessions call [`trigger`](FileTriggers::trigger), background
 /// tasks (at most one per database) send the requests.
-pub struct FileTriggers {
+pub(crate) struct FileTriggers {
     coalescer: Mutex<Coalescer>,
     send: SendFn,
     gap: Duration,
@@ -152,7 +152,7 @@ pub struct FileTriggers {
 
 impl FileTriggers {
     /// Triggers sent over HTTP to the admin API of `topology`'s current primary.
-    pub fn new(topology: Arc<SharedTopology>) -> Arc<FileTriggers> {
+    pub(crate) fn new(topology: Arc<SharedTopology>) -> Arc<FileTriggers> {
         let send: SendFn = Arc::new(move |db: String| {
             let topology = topology.clone();
             Box::pin(async move { send_written(&topology, &db).await }) as SendFuture
@@ -162,7 +162,7 @@ impl FileTriggers {
 
     /// Triggers sent by `send`, each request for a database at least `gap` after the end of the
     /// previous one.
-    pub fn with_sender(send: SendFn, gap: Duration) -> Arc<FileTriggers> {
+    pub(crate) fn with_sender(send: SendFn, gap: Duration) -> Arc<FileTriggers> {
         Arc::new(FileTriggers {
             coalescer: Mutex::new(Coalescer::default()),
             send,
@@ -178,7 +178,7 @@ impl FileTriggers {
     /// Notes that a write to `db` was acknowledged; returns at once. Starts a sender task for
     /// `db` unless `db` is in a window already, in which case the trigger joins its follow-up.
     /// Must be called within a Tokio runtime.
-    pub fn trigger(self: &Arc<Self>, db: &str) {
+    pub(crate) fn trigger(self: &Arc<Self>, db: &str) {
         self.requested.fetch_add(1, Ordering::Relaxed);
         if !lock(&self.coalescer).request(db) {
             self.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -190,7 +190,7 @@ impl FileTriggers {
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> TriggerStats {
+    pub(crate) fn stats(&self) -> TriggerStats {
         TriggerStats {
             requested: self.requested.load(Ordering::Relaxed),
             coalesced: self.coalesced.load(Ordering::Relaxed),

@@ -40,7 +40,7 @@ struct Finding {
 }
 
 /// Checks every instance forever.
-pub async fn run(topology: Arc<SharedTopology>) {
+pub(crate) async fn run(topology: Arc<SharedTopology>) {
     let mut behind_since: std::collections::HashMap<String, Instant> = Default::default();
     let mut primary_down_since: Option<Instant> = None;
     let mut mode_switched_at: std::collections::HashMap<String, Instant> = Default::default();

@@ -40,7 +40,7 @@ fn records() -> std::sync::MutexGuard<'static, HashMap<String, Record>> {
 }
 
 /// Notes what a health check found of an instance: its term and whether it stepped down.
-pub fn note_status(id: &str, term: u64, fenced: bool) {
+pub(crate) fn note_status(id: &str, term: u64, fenced: bool) {
     let mut records = records();
     let r = records.entry(id.to_string()).or_default();
     r.term = term;
@@ -48,22 +48,22 @@ pub fn note_status(id: &str, term: u64, fenced: bool) {
 }
 
 /// The last term an instance reported.
-pub fn term_of(id: &str) -> u64 {
+pub(crate) fn term_of(id: &str) -> u64 {
     records().get(id).map_or(0, |r| r.term)
 }
 
 /// True when an instance reported that it stepped down and follows nobody.
-pub fn is_fenced(id: &str) -> bool {
+pub(crate) fn is_fenced(id: &str) -> bool {
     records().get(id).is_some_and(|r| r.fenced)
 }
 
 /// The highest term any instance reported.
-pub fn highest_term() -> u64 {
+pub(crate) fn highest_term() -> u64 {
     records().values().map(|r| r.term).max().unwrap_or(0)
 }
 
 /// The current time on the proxy's wall clock, ms since the epoch (sent with each renewal).
-pub fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -83,7 +83,7 @@ fn begin_renewal(id: &str) -> bool {
 
 /// Renews the lease of `primary` in the background (a paused primary must not hold up the
 /// health checks); the send time is recorded before anything leaves.
-pub fn renew(primary: &Backend, failover: &FailoverConfig, timeout: Duration) {
+pub(crate) fn renew(primary: &Backend, failover: &FailoverConfig, timeout: Duration) {
     let Some(admin) = primary.admin.clone() else {
         return;
     };
@@ -105,12 +105,12 @@ pub fn renew(primary: &Backend, failover: &FailoverConfig, timeout: Duration) {
 }
 
 /// Renewals to `id` start again (it was chosen as primary).
-pub fn resume_renewing(id: &str) {
+pub(crate) fn resume_renewing(id: &str) {
     records().entry(id.to_string()).or_default().stopped = false;
 }
 
 /// Stops renewing `id`'s lease; returns when the last renewal was sent, if ever.
-pub fn stop_renewing(id: &str) -> Option<Instant> {
+pub(crate) fn stop_renewing(id: &str) -> Option<Instant> {
     let mut records = records();
     let r = records.entry(id.to_string()).or_default();
     r.stopped = true;
@@ -119,7 +119,7 @@ pub fn stop_renewing(id: &str) -> Option<Instant> {
 
 /// A primary under a majority lease (`failover.majorityLease`) that no longer hears from a
 /// majority refuses writes by itself: its health check fails, so that it is replaced.
-pub fn check_majority(status: &serde_json::Value) -> Result<(), String> {
+pub(crate) fn check_majority(status: &serde_json::Value) -> Result<(), String> {
     let majority = &status["lease"]["majority"];
     if majority["holds"] == false {
         return Err(format!(
@@ -131,7 +131,7 @@ pub fn check_majority(status: &serde_json::Value) -> Result<(), String> {
 }
 
 /// The body of a promotion: the new term and a first lease.
-pub fn promotion_body(term: u64, failover: &FailoverConfig) -> String {
+pub(crate) fn promotion_body(term: u64, failover: &FailoverConfig) -> String {
     serde_json::json!({
         "term": term,
         "leaseMillis": failover.lease().as_millis() as u64,
@@ -143,7 +143,7 @@ pub fn promotion_body(term: u64, failover: &FailoverConfig) -> String {
 /// Takes the lease away from the old primary `old`: stops renewing it, asks it to give the
 /// lease up, and when it does not answer, waits until any lease it may hold has certainly
 /// ended (last renewal sent + lease + clock drift). Returns how long it waited.
-pub async fn take_lease_from(old: &Backend, failover: &FailoverConfig) -> Duration {
+pub(crate) async fn take_lease_from(old: &Backend, failover: &FailoverConfig) -> Duration {
     let last_sent = stop_renewing(&old.id);
     let Some(last_sent) = last_sent else {
         return Duration::ZERO;

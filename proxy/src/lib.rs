@@ -20,23 +20,23 @@
 //! With `failover.coordinator` ETCD, several proxies share one decision through etcd
 //! ([`coordinator`]): one elected proxy fails over, every other follows etcd's record.
 
-pub mod ack_watermark;
-pub mod admin;
+pub(crate) mod ack_watermark;
+pub(crate) mod admin;
 pub mod auth;
-pub mod backend;
-pub mod change_feed;
-pub mod coordinator;
-pub mod error;
-pub mod failover;
-pub mod file_triggers;
-pub mod health;
+pub(crate) mod backend;
+pub(crate) mod change_feed;
+pub(crate) mod coordinator;
+pub(crate) mod error;
+pub(crate) mod failover;
+pub(crate) mod file_triggers;
+pub(crate) mod health;
 pub mod http;
-pub mod lease;
-pub mod ownership;
-pub mod reload;
-pub mod session;
-pub mod status_page;
-pub mod topology;
+pub(crate) mod lease;
+pub(crate) mod ownership;
+pub(crate) mod reload;
+pub(crate) mod session;
+pub(crate) mod status_page;
+pub(crate) mod topology;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

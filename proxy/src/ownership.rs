@@ -44,14 +44,14 @@ fn term_for(up: &[String]) -> u64 {
 }
 
 /// The masters up and the ownership term last sent (`None` before the first health check).
-pub fn current() -> Option<(Vec<String>, u64)> {
+pub(crate) fn current() -> Option<(Vec<String>, u64)> {
     let r = record();
     r.up.clone().map(|up| (up, r.term))
 }
 
 /// Sends the ownership inputs to every master that is not down, in the background (a paused
 /// master must not hold up the health checks).
-pub fn push(t: &Topology, timeout: Duration) {
+pub(crate) fn push(t: &Topology, timeout: Duration) {
     if !t.is_multi_primary() {
         return;
     }
@@ -73,7 +73,7 @@ pub fn push(t: &Topology, timeout: Duration) {
 
 /// The owners of `objects`, as (object, owner id) pairs; an object without an owner (no master
 /// up) is paired with `None`.
-pub fn owners(t: &Topology, objects: &[ObjectRef]) -> Vec<(ObjectRef, Option<String>)> {
+pub(crate) fn owners(t: &Topology, objects: &[ObjectRef]) -> Vec<(ObjectRef, Option<String>)> {
     objects
         .iter()
         .map(|o| (o.clone(), t.owner_of(o).map(|b| b.id.clone())))
@@ -81,7 +81,7 @@ pub fn owners(t: &Topology, objects: &[ObjectRef]) -> Vec<(ObjectRef, Option<Str
 }
 
 /// `object (owner), …` for error messages.
-pub fn describe(owned: &[(ObjectRef, Option<String>)]) -> String {
+pub(crate) fn describe(owned: &[(ObjectRef, Option<String>)]) -> String {
     owned
         .iter()
         .map(|(o, owner)| match owner {
@@ -99,7 +99,7 @@ const STATUS_OBJECTS: usize = 1000;
 /// inputs, each object's owner (the objects as a master lists them, the owner as this proxy
 /// routes), and each master's per-origin positions and streams with their lag, asked of the
 /// masters up (`GET /replication/status`, `/replication/owners`) at each request.
-pub async fn status(t: &Topology) -> Value {
+pub(crate) async fn status(t: &Topology) -> Value {
     if !t.is_multi_primary() {
         return Value::Null;
     }

@@ -17,7 +17,7 @@ use crate::backend::Backend;
 use crate::topology::{SharedTopology, Topology};
 
 /// Watches `path` and swaps the topology whenever a valid new version appears.
-pub async fn watch(path: PathBuf, topology: Arc<SharedTopology>) {
+pub(crate) async fn watch(path: PathBuf, topology: Arc<SharedTopology>) {
     dirkdb_core::config::watch::watch(path, "proxy".into(), |config| {
         let topology = topology.clone();
         async move { apply(config, &topology).await }

@@ -50,7 +50,7 @@ use crate::topology::{SharedTopology, Topology};
 mod multi_primary;
 
 /// Per-client state.
-pub struct ProxySession {
+pub(crate) struct ProxySession {
     topology: Arc<SharedTopology>,
     db: Option<String>,
     txn: TransactionState,
@@ -103,7 +103,10 @@ enum ReadOutcome {
 impl ProxySession {
     /// A session with no current database; its acknowledged writes go to `file_triggers` when
     /// the topology is in FILE replication mode.
-    pub fn new(topology: Arc<SharedTopology>, file_triggers: Arc<FileTriggers>) -> ProxySession {
+    pub(crate) fn new(
+        topology: Arc<SharedTopology>,
+        file_triggers: Arc<FileTriggers>,
+    ) -> ProxySession {
         ProxySession {
             topology,
             db: None,
@@ -124,18 +127,18 @@ impl ProxySession {
 
     /// How long the connection may wait for the next statement (`limits.idleInTransactionTimeoutMs`
     /// while a transaction is open; closing the connection rolls it back on the primary).
-    pub fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
+    pub(crate) fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
         let limits = &self.topology.load().config.limits;
         dirkdb_core::conn_limit::idle_limit(limits, self.txn.open)
     }
 
     /// The client the session's statements run for, once it authenticated.
-    pub fn set_user(&mut self, user: Option<String>) {
+    pub(crate) fn set_user(&mut self, user: Option<String>) {
         self.user = user;
     }
 
     /// Answers one statement with one complete response.
-    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(crate) async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         incoming: Incoming,
         out: &mut ServerConnection<S>,

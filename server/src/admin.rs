@@ -26,7 +26,7 @@ use dirkdb_core::config::ReplicationType;
 type Shared = State<Arc<ServerState>>;
 
 /// Serves the admin API on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
     let security = state.security.security.clone();
     let tls = state.security.tls.clone();
     let app = Router::new()

@@ -24,7 +24,7 @@ use dirkdb_core::security::{
 use dirkdb_core::tls::TlsServer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use dirkdb_core::security::connection::{
+pub(crate) use dirkdb_core::security::connection::{
     close_unauthenticated, deadline as auth_deadline, peer_ip,
 };
 
@@ -84,14 +84,14 @@ fn instance_ids(config: &ClusterConfig) -> HashSet<String> {
 
 /// What one statement run may do in its database: `None` allowed, else the denial's text.
 #[derive(Debug, Clone, Default)]
-pub struct Access {
+pub(crate) struct Access {
     read: Option<String>,
     write: Option<String>,
 }
 
 impl Access {
     /// The grants of `auth` on `database`.
-    pub fn in_database(auth: &ConnectionAuth, database: &str) -> Access {
+    pub(crate) fn in_database(auth: &ConnectionAuth, database: &str) -> Access {
         Access {
             read: auth.require(database, Permission::Read).err(),
             write: auth.require(database, Permission::Write).err(),
@@ -100,7 +100,7 @@ impl Access {
 
     /// Refuses a statement the grants do not cover. Transaction control passes (it reads or
     /// writes nothing by itself).
-    pub fn check(&self, writes: bool, first_word: Option<&str>) -> Result<(), ServerError> {
+    pub(crate) fn check(&self, writes: bool, first_word: Option<&str>) -> Result<(), ServerError> {
         let denial = if writes { &self.write } else { &self.read };
         let control = matches!(
             first_word,
@@ -114,7 +114,7 @@ impl Access {
 }
 
 /// `USE database`: any permission on it.
-pub fn check_use(auth: &ConnectionAuth, database: &str) -> Result<(), ServerError> {
+pub(crate) fn check_use(auth: &ConnectionAuth, database: &str) -> Result<(), ServerError> {
     if auth.sees(database) {
         return Ok(());
     }
@@ -126,30 +126,30 @@ pub fn check_use(auth: &ConnectionAuth, database: &str) -> Result<(), ServerErro
 }
 
 /// `CREATE`/`DROP DATABASE database`: ADMIN on it.
-pub fn check_admin(auth: &ConnectionAuth, database: &str) -> Result<(), ServerError> {
+pub(crate) fn check_admin(auth: &ConnectionAuth, database: &str) -> Result<(), ServerError> {
     auth.require(database, Permission::Admin)
         .map_err(ServerError::PermissionDenied)
 }
 
 /// The databases `SHOW DATABASES` lists to this connection.
-pub fn visible(auth: &ConnectionAuth, names: Vec<String>) -> Vec<String> {
+pub(crate) fn visible(auth: &ConnectionAuth, names: Vec<String>) -> Vec<String> {
     names.into_iter().filter(|n| auth.sees(n)).collect()
 }
 
 /// `DIRK REPLICATION` and `DIRK CHANGES`: REPLICATE on `*`.
-pub fn check_replicate(auth: &ConnectionAuth) -> Result<(), String> {
+pub(crate) fn check_replicate(auth: &ConnectionAuth) -> Result<(), String> {
     auth.require_everywhere(Permission::Replicate)
 }
 
 /// Whether `incoming` is an `AUTH` statement.
-pub fn is_auth(incoming: &Incoming) -> bool {
+pub(crate) fn is_auth(incoming: &Incoming) -> bool {
     matches!(incoming, Incoming::Statement(s)
         if matches!(statement::parse(s), Some(Ok(AuthStatement::Auth { .. }))))
 }
 
 /// For `DIRK REPLICATION` and `DIRK CHANGES`: true when the connection holds REPLICATE on
 /// `*`; otherwise the client is told why not and false returned.
-pub async fn may_replicate<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn may_replicate<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut ServerConnection<S>,
     auth: &ConnectionAuth,
 ) -> Result<bool, ConnectionError> {
@@ -164,7 +164,7 @@ pub async fn may_replicate<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Sends `credentials` as an `AUTH` statement on a fresh connection to `addr`.
-pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut dirkdb_core::connection::ClientConnection<S>,
     credentials: &Credentials,
     addr: &str,

@@ -29,7 +29,7 @@ const MAX_IDLE: usize = 32;
 /// commits (and a replica's apply) do not pay for checkpoints; this is only the safety net.
 const INLINE_CHECKPOINT_PAGES: u32 = 10_000;
 /// Prefix reserved for DirkDB's own files and tables.
-pub const RESERVED_PREFIX: &str = "_dirk";
+pub(crate) const RESERVED_PREFIX: &str = "_dirk";
 
 /// How every SQLite connection of this instance is set up.
 #[derive(Debug, Clone)]
@@ -293,13 +293,13 @@ impl Catalog {
 
 /// True for names in DirkDB's reserved namespace, in any letter case (SQLite's `LIKE` and its
 /// identifiers are case-insensitive, so `_DIRKx` must be as reserved as `_dirkx`).
-pub fn is_reserved(name: &str) -> bool {
+pub(crate) fn is_reserved(name: &str) -> bool {
     name.len() >= RESERVED_PREFIX.len()
         && name.as_bytes()[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes())
 }
 
 /// Database names become file names: keep them to a safe alphabet.
-pub fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !is_reserved(name)
@@ -314,7 +314,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Opens a database file with the instance's settings; `create` allows a new file.
-pub fn open_connection(
+pub(crate) fn open_connection(
     path: &Path,
     settings: &ConnectionSettings,
     create: bool,
@@ -357,7 +357,10 @@ pub fn open_connection(
 /// applied batch (and out of the replication lag). A power loss could cost one file's newest
 /// commits while another's survive; a replica that restarts after such a reboot resyncs fully
 /// (see `state::lost_power_since_last_run`).
-pub fn open_apply_connection(path: &Path, settings: &ConnectionSettings) -> Result<Connection> {
+pub(crate) fn open_apply_connection(
+    path: &Path,
+    settings: &ConnectionSettings,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_CREATE;
@@ -381,7 +384,7 @@ pub fn open_apply_connection(path: &Path, settings: &ConnectionSettings) -> Resu
 /// The function DirkDB's domain CHECK constraints call for a value that does not fit (see
 /// `dirkdb_core::sql::dirkdb::domain`): it fails the statement with DirkDB's text,
 /// `can not convert into domain d : <domain> at values ind=<i> { <value> } `.
-pub fn register_domain_violation(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn register_domain_violation(conn: &Connection) -> rusqlite::Result<()> {
     use dirkdb_core::sql::dirkdb::domain::{violation_text, DomainValue};
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;
@@ -415,7 +418,7 @@ pub fn register_domain_violation(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The scratch connection of a session with no current database: expressions only.
-pub fn open_scratch() -> Result<Connection> {
+pub(crate) fn open_scratch() -> Result<Connection> {
     let mut conn = Connection::open_in_memory()?;
     conn.execute_batch("PRAGMA query_only=1;")?;
     crate::dirkdb_functions::register(&conn)?;
@@ -429,7 +432,7 @@ thread_local! {
 
 /// Runs `f` with DirkDB's own tables and triggers writable on this thread (for the server's
 /// bookkeeping: DDL entries, capture triggers, replica apply).
-pub fn as_internal<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn as_internal<T>(f: impl FnOnce() -> T) -> T {
     let previous = INTERNAL.with(|i| i.replace(true));
     let out = f();
     INTERNAL.with(|i| i.set(previous));
@@ -437,7 +440,7 @@ pub fn as_internal<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// True inside [`as_internal`] on this thread.
-pub fn is_internal() -> bool {
+pub(crate) fn is_internal() -> bool {
     INTERNAL.with(|i| i.get())
 }
 
@@ -515,7 +518,7 @@ fn refuse_outside_files(ctx: AuthContext<'_>) -> Authorization {
 }
 
 /// Locks a mutex, recovering it if a panicking thread poisoned it (the data stays usable).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-pub use dirkdb_core::change_feed::is_changes_statement;
+pub(crate) use dirkdb_core::change_feed::is_changes_statement;
 use dirkdb_core::change_feed::{ChangeNotice, RowKey, FEED_HEARTBEAT};
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use dirkdb_core::frame::Frame;
@@ -43,12 +43,12 @@ use crate::state::ServerState;
 use crate::write_path::WritePath;
 
 /// Backlog entries read per lock of the backlog.
-pub const BATCH: usize = 1000;
+pub(crate) const BATCH: usize = 1000;
 
 /// Where a feed stands: the position its last notice brought the reader to, and the backlog
 /// generation it read that position in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedCursor {
+pub(crate) struct FeedCursor {
     /// `upto` of the last notice sent.
     pub upto: u64,
     /// [`WritePath::resets`] when `upto` was read.
@@ -57,7 +57,7 @@ pub struct FeedCursor {
 
 impl FeedCursor {
     /// A cursor at the committed position: where a new feed starts.
-    pub fn start(path: &WritePath) -> FeedCursor {
+    pub(crate) fn start(path: &WritePath) -> FeedCursor {
         let resets = path.resets();
         FeedCursor {
             upto: path.committed(),
@@ -67,7 +67,7 @@ impl FeedCursor {
 
     /// The first notice of a feed: its position, nothing changed, and how many row keys a
     /// notice lists at most.
-    pub fn hello(&self, max_row_keys: u64) -> ChangeNotice {
+    pub(crate) fn hello(&self, max_row_keys: u64) -> ChangeNotice {
         ChangeNotice {
             keys: Some(max_row_keys),
             ..self.notice()
@@ -75,7 +75,7 @@ impl FeedCursor {
     }
 
     /// A notice of the cursor's position with nothing changed (a heartbeat).
-    pub fn notice(&self) -> ChangeNotice {
+    pub(crate) fn notice(&self) -> ChangeNotice {
         ChangeNotice {
             upto: self.upto,
             ..ChangeNotice::default()
@@ -192,7 +192,7 @@ impl Touched {
 /// `None` when nothing committed since (and the history was not reset). The notice lists what
 /// the entries in between touched, or says `all: true` when the backlog cannot serve them
 /// all, when the position went backwards, or when the backlog's generation changed.
-pub fn next_notice(
+pub(crate) fn next_notice(
     path: &WritePath,
     cursor: &mut FeedCursor,
     max_row_keys: u64,
@@ -234,7 +234,7 @@ pub fn next_notice(
 
 /// Serves a change feed on `conn` until the client closes it. Runs until cancelled otherwise:
 /// the caller races it against the server's shutdown.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut ServerConnection<S>,
     state: &ServerState,
 ) -> Result<(), ConnectionError> {

@@ -15,7 +15,7 @@ use crate::oplog::capture::{rows_sql, user_tables};
 
 /// Digest and row count of one database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Digest {
+pub(crate) struct Digest {
     /// 16 hex digits.
     pub digest: String,
     /// Rows in all user tables.
@@ -23,7 +23,7 @@ pub struct Digest {
 }
 
 /// Computes the digest of the database `conn` is open on.
-pub fn database_digest(conn: &Connection) -> rusqlite::Result<Digest> {
+pub(crate) fn database_digest(conn: &Connection) -> rusqlite::Result<Digest> {
     let tx = conn.unchecked_transaction()?;
     let mut sum: u64 = 0;
     let mut rows: u64 = 0;
@@ -59,7 +59,7 @@ pub fn database_digest(conn: &Connection) -> rusqlite::Result<Digest> {
 /// The digest of each user table of the database `conn` is open on: its schema objects (the
 /// table, its indexes and triggers) and its rows, as in [`database_digest`]; comparable across
 /// nodes table by table (MULTI_PRIMARY masters each own some of them).
-pub fn table_digests(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Digest>> {
+pub(crate) fn table_digests(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Digest>> {
     let tx = conn.unchecked_transaction()?;
     let mut out = BTreeMap::new();
     for table in user_tables(&tx)? {
@@ -99,7 +99,7 @@ pub fn table_digests(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Dig
 }
 
 /// FNV-1a 64 over the parts, each followed by a 0 byte so that ("ab","c") ≠ ("a","bc").
-pub fn fnv1a<S: AsRef<str>>(parts: &[S]) -> u64 {
+pub(crate) fn fnv1a<S: AsRef<str>>(parts: &[S]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in part.as_ref().as_bytes().iter().chain(std::iter::once(&0u8)) {

@@ -10,7 +10,7 @@ use dirkdb_core::sql::lexer::{tokenize, TokenKind};
 
 /// A statement the server handles itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DatabaseStatement {
+pub(crate) enum DatabaseStatement {
     /// `CREATE DATABASE [IF NOT EXISTS] name`
     Create {
         /// Database name.
@@ -88,7 +88,7 @@ fn unquote(text: &str) -> String {
 
 /// Recognizes a database statement; `None` means "not one, give it to SQLite";
 /// `Some(Err)` is a database statement with a syntax error.
-pub fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
+pub(crate) fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
     if !starts_with_any(sql, &["CREATE", "DROP", "USE", "SHOW"]) {
         return None; // most statements: no need to tokenize them whole
     }
@@ -136,7 +136,7 @@ pub fn parse(sql: &str) -> Option<Result<DatabaseStatement, String>> {
 
 /// The schema object a CREATE/DROP/ALTER statement is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchemaObject {
+pub(crate) struct SchemaObject {
     /// CREATE, DROP or ALTER.
     pub verb: String,
     /// TABLE, VIEW, INDEX or TRIGGER.
@@ -146,7 +146,7 @@ pub struct SchemaObject {
 }
 
 /// Finds the object of a CREATE/DROP/ALTER statement.
-pub fn schema_object(sql: &str) -> Option<SchemaObject> {
+pub(crate) fn schema_object(sql: &str) -> Option<SchemaObject> {
     if !starts_with_any(sql, &["CREATE", "DROP", "ALTER"]) {
         return None;
     }
@@ -183,7 +183,7 @@ pub fn schema_object(sql: &str) -> Option<SchemaObject> {
 }
 
 /// DirkDB's answer to a statement that returned no rows.
-pub fn success_text(sql: &str) -> String {
+pub(crate) fn success_text(sql: &str) -> String {
     let words = significant_words(sql);
     let upper: Vec<&str> = words.iter().map(|w| w.upper.as_str()).collect();
     match upper.first().copied() {
@@ -202,7 +202,7 @@ pub fn success_text(sql: &str) -> String {
 }
 
 /// DirkDB's text after INSERT, UPDATE and DELETE.
-pub const CHANGED: &str = "Tafinditra ny fiovana ny tabilao";
+pub(crate) const CHANGED: &str = "Tafinditra ny fiovana ny tabilao";
 
 /// `Ny <kind> : <name> dia <verb> soamantsara` for CREATE/DROP of a schema object.
 fn object_text(sql: &str, verb: &str) -> String {
@@ -219,12 +219,12 @@ fn object_text(sql: &str, verb: &str) -> String {
 }
 
 /// DirkDB's answer to `USE`; its client matches it to update the prompt.
-pub fn use_text(name: &str) -> String {
+pub(crate) fn use_text(name: &str) -> String {
     format!("Ny tahiry : {name} dia miasa ankehitriny")
 }
 
 /// DirkDB's answer to CREATE/DROP DATABASE.
-pub fn database_text(name: &str, verb: &str) -> String {
+pub(crate) fn database_text(name: &str, verb: &str) -> String {
     format!("Ny tahiry : {name} dia {verb} soamantsara")
 }
 

@@ -28,11 +28,11 @@ use crate::error::ServerError;
 use crate::state::ServerState;
 
 /// Longest wait of `DIRK SEEN`.
-pub const SEEN_WAIT: Duration = Duration::from_millis(1000);
+pub(crate) const SEEN_WAIT: Duration = Duration::from_millis(1000);
 
 /// A parsed extension statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Extension {
+pub(crate) enum Extension {
     /// `DIRK POSITION`
     Position,
     /// `DIRK WAIT <seq> <timeout_ms>`
@@ -67,7 +67,7 @@ pub enum Extension {
 
 /// Recognizes an extension; `None` for every other statement (including the replication
 /// handshake and the change feed, which the listener handles).
-pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
+pub(crate) fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
     let words: Vec<String> = sql
         .split_whitespace()
         .map(str::to_ascii_uppercase)
@@ -119,7 +119,7 @@ pub fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
 }
 
 /// Answers an extension; `last_write` is the session's last committed position.
-pub async fn answer(
+pub(crate) async fn answer(
     state: &ServerState,
     ext: Extension,
     last_write: u64,

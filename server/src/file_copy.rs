@@ -28,7 +28,7 @@ const DEFAULT_PAGE_SIZE: u32 = 4096;
 
 /// Copies the database behind `source` into a new file `to`, in one backup step (one read
 /// transaction of the source).
-pub fn snapshot_database(source: &Connection, to: &Path) -> Result<()> {
+pub(crate) fn snapshot_database(source: &Connection, to: &Path) -> Result<()> {
     let _ = std::fs::remove_file(to);
     let mut target = Connection::open(to)?;
     copy_in_one_step(source, &mut target)?;
@@ -37,7 +37,7 @@ pub fn snapshot_database(source: &Connection, to: &Path) -> Result<()> {
 }
 
 /// Opens a database file read-only (for copying it) with a busy timeout.
-pub fn open_source(path: &Path) -> Result<Connection> {
+pub(crate) fn open_source(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -48,7 +48,7 @@ pub fn open_source(path: &Path) -> Result<Connection> {
 
 /// What a copy is made of, page by page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PageMap {
+pub(crate) struct PageMap {
     /// Bytes per page (from the file header).
     pub page_size: u32,
     /// CRC-32 of each page, in order.
@@ -70,7 +70,7 @@ fn header_page_size(header: &[u8]) -> u32 {
 
 impl PageMap {
     /// Reads `path` once and maps it.
-    pub fn of_file(path: &Path) -> Result<PageMap> {
+    pub(crate) fn of_file(path: &Path) -> Result<PageMap> {
         let mut file = File::open(path)?;
         let mut header = [0u8; 100];
         let read = file.read(&mut header)?;
@@ -111,7 +111,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Indexes of the pages of `new` that `old` (page CRCs of the previous copy) does not have.
-pub fn changed_pages(old: &[u32], new: &PageMap) -> Vec<u32> {
+pub(crate) fn changed_pages(old: &[u32], new: &PageMap) -> Vec<u32> {
     new.crcs
         .iter()
         .enumerate()
@@ -121,7 +121,7 @@ pub fn changed_pages(old: &[u32], new: &PageMap) -> Vec<u32> {
 }
 
 /// Reads page `index` of a file.
-pub fn read_page(file: &mut File, page_size: u32, index: u32) -> Result<Vec<u8>> {
+pub(crate) fn read_page(file: &mut File, page_size: u32, index: u32) -> Result<Vec<u8>> {
     file.seek(SeekFrom::Start(u64::from(index) * u64::from(page_size)))?;
     let mut page = vec![0u8; page_size as usize];
     let n = read_full(file, &mut page)?;
@@ -130,7 +130,7 @@ pub fn read_page(file: &mut File, page_size: u32, index: u32) -> Result<Vec<u8>>
 }
 
 /// Builds a new copy from the previous one (if any) and the pages that changed.
-pub struct DeltaWriter {
+pub(crate) struct DeltaWriter {
     file: File,
     page_size: u32,
     bytes: u64,
@@ -139,7 +139,13 @@ pub struct DeltaWriter {
 impl DeltaWriter {
     /// Starts `target` as a byte copy of `base` (or empty), to become `bytes` long with pages
     /// of `page_size`.
-    pub fn start(base: Option<&Path>, target: &Path, page_size: u32, bytes: u64) -> Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn start(
+        base: Option<&Path>,
+        target: &Path,
+        page_size: u32,
+        bytes: u64,
+    ) -> Result<Self> {
         if page_size < 512 || !page_size.is_power_of_two() || page_size > 65536 {
             return Err(ServerError::Refused(format!(
                 "page size {page_size} is not a SQLite page size"
@@ -164,7 +170,7 @@ impl DeltaWriter {
     /// Patches `target` where it lies (created when missing): no copy of the previous version,
     /// so a large database costs only its changed pages. If the result fails its CRC the caller
     /// must delete the file (its pages then match nothing and everything is sent again).
-    pub fn in_place(target: &Path, page_size: u32, bytes: u64) -> Result<Self> {
+    pub(crate) fn in_place(target: &Path, page_size: u32, bytes: u64) -> Result<Self> {
         if page_size < 512 || !page_size.is_power_of_two() || page_size > 65536 {
             return Err(ServerError::Refused(format!(
                 "page size {page_size} is not a SQLite page size"
@@ -183,7 +189,7 @@ impl DeltaWriter {
     }
 
     /// Writes page `index`.
-    pub fn write_page(&mut self, index: u32, page: &[u8]) -> Result<()> {
+    pub(crate) fn write_page(&mut self, index: u32, page: &[u8]) -> Result<()> {
         let offset = u64::from(index) * u64::from(self.page_size);
         if page.len() > self.page_size as usize || offset + page.len() as u64 > self.bytes {
             return Err(ServerError::Refused(format!(
@@ -199,7 +205,7 @@ impl DeltaWriter {
 
     /// Cuts the file to its final length, flushes it, and checks its CRC; a mismatch refuses
     /// the copy (the caller asks for it again).
-    pub fn finish(self, target: &Path, expected_crc: u32) -> Result<PageMap> {
+    pub(crate) fn finish(self, target: &Path, expected_crc: u32) -> Result<PageMap> {
         self.file.set_len(self.bytes)?;
         self.file.sync_all()?;
         drop(self.file);
@@ -217,7 +223,7 @@ impl DeltaWriter {
 
 /// Writes the verified copy at `copy` into the live database at `destination` (created if
 /// missing) in one write transaction of the destination.
-pub fn install_copy(copy: &Path, destination: &Path) -> Result<()> {
+pub(crate) fn install_copy(copy: &Path, destination: &Path) -> Result<()> {
     let source = open_source(copy)?;
     let mut target = Connection::open(destination)?;
     target.busy_timeout(Duration::from_secs(30))?;
@@ -241,7 +247,7 @@ fn copy_in_one_step(source: &Connection, target: &mut Connection) -> Result<()> 
 }
 
 /// Runs SQLite's integrity check on a file; `Ok(())` only when it answers `ok`.
-pub fn integrity_check(path: &Path) -> Result<()> {
+pub(crate) fn integrity_check(path: &Path) -> Result<()> {
     let conn = open_source(path)?;
     let answer: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if answer == "ok" {

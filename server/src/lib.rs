@@ -29,27 +29,27 @@
 //! notices saying which tables, schemas and databases each commit touched ([`change_feed`]),
 //! read from the same backlog the replica streams use.
 
-pub mod admin;
-pub mod auth;
-pub mod catalog;
-pub mod change_feed;
-pub mod checksum;
-pub mod database_statement;
-pub mod dirkdb_functions;
-pub mod error;
-pub mod extension;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod catalog;
+pub(crate) mod change_feed;
+pub(crate) mod checksum;
+pub(crate) mod database_statement;
+pub(crate) mod dirkdb_functions;
+pub(crate) mod error;
+pub(crate) mod extension;
 mod failure_injection;
-pub mod file_copy;
-pub mod listener;
-pub mod meta;
-pub mod metrics;
-pub mod oplog;
+pub(crate) mod file_copy;
+pub(crate) mod listener;
+pub(crate) mod meta;
+pub(crate) mod metrics;
+pub(crate) mod oplog;
 pub mod replicate_files;
 pub mod replication;
-pub mod session;
-pub mod state;
-pub mod statement_runner;
-pub mod write_path;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod statement_runner;
+pub(crate) mod write_path;
 
 use std::sync::Arc;
 

@@ -25,7 +25,7 @@ use crate::state::ServerState;
 
 /// Accepts clients until `shutdown` resolves, then waits for every session to end (at most
 /// `limits.shutdownTimeoutMs`, then interrupting what still runs).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
     shutdown: impl std::future::Future,

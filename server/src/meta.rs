@@ -19,7 +19,7 @@ use crate::catalog::lock;
 use crate::oplog::{capture, register_functions, store, Entry, Op, CREATE_OPLOG_SQL};
 
 /// File name of the meta database.
-pub const META_FILE: &str = "_dirk_meta.db";
+pub(crate) const META_FILE: &str = "_dirk_meta.db";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _dirk_history (
@@ -352,7 +352,7 @@ fn new_history_id(instance_id: &str) -> String {
 
 /// Whether a replica at (`history`, `seq`) can continue from `chain` without a full sync: its
 /// position must lie inside a history of the chain, before that history was branched from.
-pub fn position_in_chain(chain: &[HistoryLink], history: &str, seq: u64) -> bool {
+pub(crate) fn position_in_chain(chain: &[HistoryLink], history: &str, seq: u64) -> bool {
     let Some(i) = chain.iter().position(|l| l.id == history) else {
         return false;
     };

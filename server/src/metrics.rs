@@ -49,76 +49,80 @@ impl ServerMetrics {
 mod described {
     use dirkdb_core::metrics::Metric;
 
-    pub const COMMITTED: Metric = Metric::gauge(
+    pub(super) const COMMITTED: Metric = Metric::gauge(
         "dirkdb_committed_sequence",
         "Last committed (primary) or applied (replica) oplog sequence.",
     );
-    pub const IS_PRIMARY: Metric =
+    pub(super) const IS_PRIMARY: Metric =
         Metric::gauge("dirkdb_is_primary", "1 on a primary, 0 on a replica.");
-    pub const DATABASES: Metric = Metric::gauge("dirkdb_databases", "Databases held.");
-    pub const OPEN: Metric = Metric::gauge("dirkdb_connections_open", "Client connections open.");
-    pub const REFUSED: Metric = Metric::counter(
+    pub(super) const DATABASES: Metric = Metric::gauge("dirkdb_databases", "Databases held.");
+    pub(super) const OPEN: Metric =
+        Metric::gauge("dirkdb_connections_open", "Client connections open.");
+    pub(super) const REFUSED: Metric = Metric::counter(
         "dirkdb_connections_refused",
         "Clients refused over limits.maxConnections.",
     );
-    pub const STATEMENTS: Metric = Metric::counter("dirkdb_statements", "Statements answered.");
-    pub const ERRORS: Metric = Metric::counter(
+    pub(super) const STATEMENTS: Metric =
+        Metric::counter("dirkdb_statements", "Statements answered.");
+    pub(super) const ERRORS: Metric = Metric::counter(
         "dirkdb_statement_errors",
         "Statements answered with an error.",
     );
-    pub const REPLICA_CONNECTED: Metric = Metric::gauge(
+    pub(super) const REPLICA_CONNECTED: Metric = Metric::gauge(
         "dirkdb_replica_connected",
         "1 while the replica is connected.",
     );
-    pub const REPLICA_ACKED: Metric = Metric::gauge(
+    pub(super) const REPLICA_ACKED: Metric = Metric::gauge(
         "dirkdb_replica_acked_sequence",
         "Last sequence the replica acknowledged.",
     );
-    pub const REPLICA_LAG_OPS: Metric = Metric::gauge(
+    pub(super) const REPLICA_LAG_OPS: Metric = Metric::gauge(
         "dirkdb_replica_lag_operations",
         "Committed entries the replica has not acknowledged.",
     );
-    pub const REPLICA_LAG_MS: Metric = Metric::gauge(
+    pub(super) const REPLICA_LAG_MS: Metric = Metric::gauge(
         "dirkdb_replica_lag_ms",
         "Age of the oldest unacknowledged entry.",
     );
-    pub const REPLICA_BYTES: Metric =
+    pub(super) const REPLICA_BYTES: Metric =
         Metric::counter("dirkdb_replica_bytes_sent", "Bytes sent to the replica.");
-    pub const REPLICA_SYNCED: Metric = Metric::counter(
+    pub(super) const REPLICA_SYNCED: Metric = Metric::counter(
         "dirkdb_replica_operations_synced",
         "Entries sent to the replica.",
     );
-    pub const COPY_VERSION: Metric = Metric::gauge(
+    pub(super) const COPY_VERSION: Metric = Metric::gauge(
         "dirkdb_file_copy_version",
         "FILE mode: version of the secondary's copy.",
     );
-    pub const COPY_AGE: Metric = Metric::gauge(
+    pub(super) const COPY_AGE: Metric = Metric::gauge(
         "dirkdb_file_copy_age_ms",
         "FILE mode: age of the secondary's copy.",
     );
-    pub const COPY_BYTES: Metric = Metric::gauge(
+    pub(super) const COPY_BYTES: Metric = Metric::gauge(
         "dirkdb_file_copy_bytes",
         "FILE mode: size of the secondary's copy.",
     );
-    pub const COPY_SENT: Metric = Metric::counter(
+    pub(super) const COPY_SENT: Metric = Metric::counter(
         "dirkdb_file_copy_bytes_sent",
         "FILE mode: bytes of pages sent for this database.",
     );
-    pub const COPY_FAILURES: Metric = Metric::counter(
+    pub(super) const COPY_FAILURES: Metric = Metric::counter(
         "dirkdb_file_copy_failures",
         "FILE mode: copies refused or failed.",
     );
-    pub const FOLLOWER_LAG: Metric = Metric::gauge(
+    pub(super) const FOLLOWER_LAG: Metric = Metric::gauge(
         "dirkdb_follower_lag_operations",
         "Entries the primary committed that this replica has not applied.",
     );
-    pub const FOLLOWER_FULL_SYNCS: Metric =
+    pub(super) const FOLLOWER_FULL_SYNCS: Metric =
         Metric::counter("dirkdb_follower_full_syncs", "Full syncs received.");
 }
 
 /// The text of `GET /metrics` for `state` (Prometheus text format, every sample labelled with
 /// the instance id).
-pub fn page(state: &std::sync::Arc<crate::state::ServerState>) -> Result<String, std::fmt::Error> {
+pub(crate) fn page(
+    state: &std::sync::Arc<crate::state::ServerState>,
+) -> Result<String, std::fmt::Error> {
     let state = state.clone();
     let instance = vec![("instance", state.instance_id.clone())];
     dirkdb_core::metrics::render(instance, move |page| write_page(&state, page))

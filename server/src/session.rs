@@ -38,7 +38,7 @@ use dirkdb_core::sql::dirkdb::{self, Route};
 const FRAME_CHANNEL: usize = 4;
 
 /// Per-client state.
-pub struct Session {
+pub(crate) struct Session {
     state: Arc<ServerState>,
     /// This session's id at the writer gate.
     owner: u64,
@@ -68,7 +68,7 @@ impl CurrentDatabase {
 
 impl Session {
     /// A session with no current database, for a client at `peer`.
-    pub fn new(state: Arc<ServerState>, peer: IpAddr) -> Session {
+    pub(crate) fn new(state: Arc<ServerState>, peer: IpAddr) -> Session {
         Session {
             owner: state.new_owner(),
             last_write: Arc::default(),
@@ -83,28 +83,28 @@ impl Session {
 
     /// How long the connection may wait for the next statement (`limits.idleInTransactionTimeoutMs`
     /// while a transaction is open).
-    pub fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
+    pub(crate) fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
         let in_transaction = self.current.as_ref().is_some_and(|c| c.in_transaction());
         dirkdb_core::conn_limit::idle_limit(&self.state.limits, in_transaction)
     }
 
     /// The client's identity.
-    pub fn auth(&self) -> &ConnectionAuth {
+    pub(crate) fn auth(&self) -> &ConnectionAuth {
         &self.auth
     }
 
     /// Interrupts the running statement once `deadline` passes (the shutdown deadline).
-    pub fn interrupt_at(&mut self, deadline: Deadline) {
+    pub(crate) fn interrupt_at(&mut self, deadline: Deadline) {
         self.deadline = deadline;
     }
 
     /// The instance this session belongs to.
-    pub fn state(&self) -> Arc<ServerState> {
+    pub(crate) fn state(&self) -> Arc<ServerState> {
         self.state.clone()
     }
 
     /// Answers one incoming statement with one complete response.
-    pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(crate) async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         incoming: Incoming,
         out: &mut ServerConnection<S>,

@@ -32,11 +32,11 @@ use crate::replication::ownership::{self, Ownership};
 use crate::write_path::WritePath;
 
 /// Pages read ahead before a result is counted.
-pub const WINDOW_PAGES: usize = 8;
+pub(crate) const WINDOW_PAGES: usize = 8;
 
 /// What the runner needs to know besides the SQL.
 #[derive(Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Rows per page.
     pub page_rows: usize,
     /// Largest result allowed (0 = no limit).
@@ -59,7 +59,7 @@ pub struct RunOptions {
 
 /// A session's handle on the writer gate.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     /// The gate and committed sequence.
     pub path: Arc<WritePath>,
     /// The session's owner id.
@@ -72,14 +72,14 @@ pub struct Writer {
 
 /// The client went away while frames were being sent.
 #[derive(Debug)]
-pub struct ClientGone;
+pub(crate) struct ClientGone;
 
 /// The blocking side of the channel to the session's writer.
-pub struct FrameSink(pub mpsc::Sender<Frame>);
+pub(crate) struct FrameSink(pub mpsc::Sender<Frame>);
 
 impl FrameSink {
     /// Sends a frame, waiting while the writer is behind.
-    pub fn emit(&self, frame: Frame) -> Result<(), ClientGone> {
+    pub(crate) fn emit(&self, frame: Frame) -> Result<(), ClientGone> {
         self.0.blocking_send(frame).map_err(|_| ClientGone)
     }
 }
@@ -117,7 +117,7 @@ enum Last {
 
 /// Runs `sql` and sends its whole response: pages and `OK`, a success text, or an error. A
 /// write is acknowledged only after it committed and its oplog position was published.
-pub fn run_statement(
+pub(crate) fn run_statement(
     conn: &Connection,
     sql: &str,
     options: &RunOptions,
@@ -151,7 +151,7 @@ fn settle_and_answer(
 }
 
 /// What a session asks the runner to do with one statement.
-pub enum Job {
+pub(crate) enum Job {
     /// SQL as SQLite reads it (English or today's mixed form, translated).
     Sql(String),
     /// A statement in DirkDB's grammar, run in the session's current database.
@@ -172,7 +172,7 @@ pub enum Job {
 }
 
 /// Runs one job and sends its whole response.
-pub fn run_job(
+pub(crate) fn run_job(
     conn: &Connection,
     job: &Job,
     options: &RunOptions,

@@ -29,9 +29,6 @@ use crate::replication::lease::Lease;
 /// Entries kept in the backlog at most.
 const BACKLOG_ENTRIES: usize = 20_000;
 
-/// Owner id used by the server's own writers (replica apply, pruning, database events).
-pub const INTERNAL_OWNER: u64 = 0;
-
 /// The gate and the committed sequence.
 pub struct WritePath {
     holder: Mutex<Option<u64>>,
@@ -194,6 +191,7 @@ impl WritePath {
     }
 
     /// Up to `limit` entries in `(after, upto]` from the backlog, when it holds `after + 1`.
+    #[allow(clippy::wrong_self_convention)] // "from the backlog", not a constructor
     pub fn from_backlog(&self, after: u64, upto: u64, limit: usize) -> Option<Vec<Entry>> {
         let mut entries = Vec::new();
         self.visit_backlog(after, upto, limit, |e| entries.push(e.clone()))

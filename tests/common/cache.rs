@@ -15,7 +15,7 @@ use super::cluster::{http, Cluster};
 use super::{dirkdb_bin, free_port, wait_for_port};
 
 /// A running cache.
-pub struct CacheProcess {
+pub(crate) struct CacheProcess {
     pub port: u16,
     pub admin: u16,
     pub upstream_port: u16,
@@ -27,7 +27,12 @@ pub struct CacheProcess {
 impl CacheProcess {
     /// Starts `dirkdb cache 127.0.0.1 <proxy> <port> <ttl_ms> <max_entries> [extra…]` in front
     /// of the cluster's proxy.
-    pub fn start(cluster: &Cluster, ttl_ms: u64, max_entries: u64, extra: &[&str]) -> CacheProcess {
+    pub(crate) fn start(
+        cluster: &Cluster,
+        ttl_ms: u64,
+        max_entries: u64,
+        extra: &[&str],
+    ) -> CacheProcess {
         let mut cache = CacheProcess {
             port: free_port(),
             admin: free_port(),
@@ -59,7 +64,7 @@ impl CacheProcess {
     }
 
     /// Starts the process (again) with the same arguments.
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let log = std::fs::File::create(&self.log).expect("cache log");
         let child = Command::new(dirkdb_bin())
             .args(&self.args)
@@ -73,28 +78,28 @@ impl CacheProcess {
         wait_for_port(self.admin);
     }
 
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.addr())
             .await
             .expect("connect to the cache")
     }
 
     /// `GET /stats`.
-    pub fn stats(&self) -> Value {
+    pub(crate) fn stats(&self) -> Value {
         http(self.admin, "GET", "/stats", "")
     }
 
     /// One counter of `/stats`.
-    pub fn stat(&self, name: &str) -> u64 {
+    pub(crate) fn stat(&self, name: &str) -> u64 {
         self.stats()[name].as_u64().unwrap_or(0)
     }
 
     /// Waits until the cache follows the primary's change feed.
-    pub fn wait_for_feed(&self) {
+    pub(crate) fn wait_for_feed(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while self.stat("feed_connected") != 1 {
             assert!(
@@ -106,7 +111,7 @@ impl CacheProcess {
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -121,12 +126,12 @@ impl Drop for CacheProcess {
 }
 
 /// A plain socket that sends statements and returns each response's exact bytes.
-pub struct RawConnection {
+pub(crate) struct RawConnection {
     stream: TcpStream,
 }
 
 impl RawConnection {
-    pub fn connect(port: u16) -> RawConnection {
+    pub(crate) fn connect(port: u16) -> RawConnection {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -135,7 +140,7 @@ impl RawConnection {
     }
 
     /// Sends `statement;` and returns the bytes of its whole response.
-    pub fn exchange(&mut self, statement: &str) -> Vec<u8> {
+    pub(crate) fn exchange(&mut self, statement: &str) -> Vec<u8> {
         self.stream
             .write_all(format!("{statement};\n").as_bytes())
             .expect("send");

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{dirkdb_bin, free_port, wait_for_port};
 
 /// One instance of the cluster.
-pub struct Node {
+pub(crate) struct Node {
     pub id: String,
     pub port: u16,
     pub admin: u16,
@@ -21,7 +21,7 @@ pub struct Node {
 }
 
 /// The cluster: its folder, config and nodes.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     /// The proxy's SQL and admin ports, and its process once started.
@@ -31,7 +31,7 @@ pub struct Cluster {
 impl Cluster {
     /// Writes a config with `replicas` replicas and the given `replication.oplog` JSON, and
     /// starts every node.
-    pub fn start(replicas: usize, oplog: &str) -> Cluster {
+    pub(crate) fn start(replicas: usize, oplog: &str) -> Cluster {
         let cluster = Cluster::configure(replicas, oplog);
         let mut cluster = cluster;
         for i in 0..cluster.nodes.len() {
@@ -41,14 +41,14 @@ impl Cluster {
     }
 
     /// Writes a config with a `routing` section, starts every node, then the proxy.
-    pub fn start_with_proxy(replicas: usize, oplog: &str, routing: &str) -> Cluster {
+    pub(crate) fn start_with_proxy(replicas: usize, oplog: &str, routing: &str) -> Cluster {
         let mut cluster = Cluster::configure_with(replicas, oplog, routing);
         cluster.spawn_all_with_proxy();
         cluster
     }
 
     /// Starts every node, then the proxy (for a config a test adjusted first).
-    pub fn spawn_all_with_proxy(&mut self) {
+    pub(crate) fn spawn_all_with_proxy(&mut self) {
         for i in 0..self.nodes.len() {
             self.spawn(i);
         }
@@ -58,7 +58,7 @@ impl Cluster {
     /// One primary and one replica that applies every batch `apply_delay_ms` late, behind a
     /// proxy reading only from replicas with `consistency` and a lag limit of 60 s: the setup
     /// for showing what a lagging replica does to reads.
-    pub fn start_with_lagging_replica(consistency: &str, apply_delay_ms: u64) -> Cluster {
+    pub(crate) fn start_with_lagging_replica(consistency: &str, apply_delay_ms: u64) -> Cluster {
         let routing = format!(
             r#"{{ "reads": {{ "includeRoles": ["REPLICA"], "consistency": "{consistency}", "maxReplicationLagMs": 60000 }} }}"#
         );
@@ -71,12 +71,12 @@ impl Cluster {
     }
 
     /// Writes the config without starting anything.
-    pub fn configure(replicas: usize, oplog: &str) -> Cluster {
+    pub(crate) fn configure(replicas: usize, oplog: &str) -> Cluster {
         Cluster::configure_with(replicas, oplog, "{}")
     }
 
     /// Writes the config with a `routing` section, without starting anything.
-    pub fn configure_with(replicas: usize, oplog: &str, routing: &str) -> Cluster {
+    pub(crate) fn configure_with(replicas: usize, oplog: &str, routing: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<Node> = (0..=replicas)
             .map(|i| Node {
@@ -120,17 +120,17 @@ impl Cluster {
         Cluster { dir, nodes, proxy }
     }
 
-    pub fn data_dir(&self, i: usize) -> PathBuf {
+    pub(crate) fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(&self.nodes[i].id)
     }
 
     /// Starts node `i` and waits for its SQL port.
-    pub fn spawn(&mut self, i: usize) {
+    pub(crate) fn spawn(&mut self, i: usize) {
         self.spawn_with_env(i, &[]);
     }
 
     /// Starts node `i` with extra environment variables.
-    pub fn spawn_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+    pub(crate) fn spawn_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", self.nodes[i].id)))
             .expect("log file");
         let child = Command::new(dirkdb_bin())
@@ -149,7 +149,7 @@ impl Cluster {
     }
 
     /// Starts the proxy and waits for its ports.
-    pub fn spawn_proxy(&mut self) {
+    pub(crate) fn spawn_proxy(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("proxy.log")).expect("log file");
         let child = Command::new(dirkdb_bin())
             .args(["proxy", "--config"])
@@ -165,19 +165,19 @@ impl Cluster {
     }
 
     /// A client of the proxy.
-    pub async fn proxy_client(&self) -> Client {
+    pub(crate) async fn proxy_client(&self) -> Client {
         Client::connect(&format!("127.0.0.1:{}", self.proxy.port))
             .await
             .expect("connect to the proxy")
     }
 
     /// The proxy's `/cluster/status`.
-    pub fn proxy_status(&self) -> Value {
+    pub(crate) fn proxy_status(&self) -> Value {
         http(self.proxy.admin, "GET", "/cluster/status", "")
     }
 
     /// `kill -9` node `i`.
-    pub fn kill9(&mut self, i: usize) {
+    pub(crate) fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -186,7 +186,7 @@ impl Cluster {
 
     /// Kills the proxy (`kill -9`): a node promoted by hand afterwards is not fenced by the
     /// proxy's health checker as a stray primary.
-    pub fn kill_proxy(&mut self) {
+    pub(crate) fn kill_proxy(&mut self) {
         if let Some(mut child) = self.proxy.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -194,40 +194,40 @@ impl Cluster {
     }
 
     /// The log of node `i` so far.
-    pub fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.nodes[i].id)))
             .unwrap_or_default()
     }
 
-    pub fn addr(&self, i: usize) -> String {
+    pub(crate) fn addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.nodes[i].port)
     }
 
-    pub async fn client(&self, i: usize) -> Client {
+    pub(crate) async fn client(&self, i: usize) -> Client {
         Client::connect(&self.addr(i)).await.expect("connect")
     }
 
-    pub fn get(&self, i: usize, path: &str) -> Value {
+    pub(crate) fn get(&self, i: usize, path: &str) -> Value {
         http(self.nodes[i].admin, "GET", path, "")
     }
 
-    pub fn post(&self, i: usize, path: &str, body: &str) -> Value {
+    pub(crate) fn post(&self, i: usize, path: &str, body: &str) -> Value {
         http(self.nodes[i].admin, "POST", path, body)
     }
 
-    pub fn committed(&self, i: usize) -> u64 {
+    pub(crate) fn committed(&self, i: usize) -> u64 {
         self.get(i, "/replication/status")["committedSequence"]
             .as_u64()
             .unwrap_or(0)
     }
 
-    pub fn follower(&self, i: usize) -> Value {
+    pub(crate) fn follower(&self, i: usize) -> Value {
         self.get(i, "/replication/status")["following"].clone()
     }
 
     /// Waits until every running node stands at the primary `p`'s committed sequence, then
     /// returns their checksums (which the caller compares).
-    pub fn wait_converged(&self, p: usize, timeout: Duration) -> Vec<Value> {
+    pub(crate) fn wait_converged(&self, p: usize, timeout: Duration) -> Vec<Value> {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].child.is_some())
             .collect();
@@ -235,7 +235,12 @@ impl Cluster {
     }
 
     /// Like `wait_converged`, for the given nodes (which may run outside this harness).
-    pub fn wait_converged_on(&self, p: usize, running: &[usize], timeout: Duration) -> Vec<Value> {
+    pub(crate) fn wait_converged_on(
+        &self,
+        p: usize,
+        running: &[usize],
+        timeout: Duration,
+    ) -> Vec<Value> {
         let running = running.to_vec();
         let deadline = Instant::now() + timeout;
         loop {
@@ -264,13 +269,13 @@ impl Cluster {
     }
 
     /// Asserts that every running node holds the same data as the primary `p`.
-    pub fn assert_same_data(&self, p: usize) {
+    pub(crate) fn assert_same_data(&self, p: usize) {
         let sums = self.wait_converged(p, Duration::from_secs(60));
         Self::assert_equal_sums(&sums);
     }
 
     /// Asserts that the given nodes hold the same data as the primary `p`.
-    pub fn assert_same_data_on(&self, p: usize, nodes: &[usize]) {
+    pub(crate) fn assert_same_data_on(&self, p: usize, nodes: &[usize]) {
         Self::assert_equal_sums(&self.wait_converged_on(p, nodes, Duration::from_secs(60)));
     }
 
@@ -298,7 +303,7 @@ impl Drop for Cluster {
 }
 
 /// A minimal HTTP/1.1 request to the admin API on loopback; returns the JSON body.
-pub fn http(port: u16, method: &str, path: &str, body: &str) -> Value {
+pub(crate) fn http(port: u16, method: &str, path: &str, body: &str) -> Value {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin port");
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let request = format!(

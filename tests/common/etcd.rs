@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{free_port, wait_for_port};
 
 /// One member.
-pub struct Member {
+pub(crate) struct Member {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
@@ -20,25 +20,25 @@ pub struct Member {
 }
 
 /// An etcd cluster of one or three members.
-pub struct Etcd {
+pub(crate) struct Etcd {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
     token: String,
 }
 
 /// The etcd binary (`DIRKDB_ETCD` overrides it).
-pub fn etcd_bin() -> String {
+pub(crate) fn etcd_bin() -> String {
     std::env::var("DIRKDB_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into())
 }
 
 impl Etcd {
     /// One member.
-    pub fn single() -> Etcd {
+    pub(crate) fn single() -> Etcd {
         Etcd::start(1)
     }
 
     /// Three members.
-    pub fn three() -> Etcd {
+    pub(crate) fn three() -> Etcd {
         Etcd::start(3)
     }
 
@@ -69,7 +69,7 @@ impl Etcd {
     }
 
     /// `host:port` of every member, for `failover.coordinator.endpoints`.
-    pub fn endpoints(&self) -> Vec<String> {
+    pub(crate) fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
@@ -77,7 +77,7 @@ impl Etcd {
     }
 
     /// The endpoints as a JSON array.
-    pub fn endpoints_json(&self) -> String {
+    pub(crate) fn endpoints_json(&self) -> String {
         serde_json::to_string(&self.endpoints()).expect("json")
     }
 
@@ -86,7 +86,7 @@ impl Etcd {
     }
 
     /// The log of member `i`.
-    pub fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(
             self.dir
                 .path()
@@ -96,7 +96,7 @@ impl Etcd {
     }
 
     /// Starts member `i` (again, on its ports and data) and waits for its client port.
-    pub fn spawn(&mut self, i: usize) {
+    pub(crate) fn spawn(&mut self, i: usize) {
         let initial: Vec<String> = self
             .members
             .iter()
@@ -129,7 +129,7 @@ impl Etcd {
     }
 
     /// `kill -9` member `i`.
-    pub fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -137,14 +137,14 @@ impl Etcd {
     }
 
     /// Kills every member.
-    pub fn kill_all(&mut self) {
+    pub(crate) fn kill_all(&mut self) {
         for i in 0..self.members.len() {
             self.kill(i);
         }
     }
 
     /// Starts every stopped member again and waits until the cluster answers.
-    pub fn restart_stopped(&mut self) {
+    pub(crate) fn restart_stopped(&mut self) {
         for i in 0..self.members.len() {
             if self.members[i].child.is_none() {
                 self.spawn(i);
@@ -155,13 +155,13 @@ impl Etcd {
 
     /// Member `i`'s `/health` (etcd's HTTP endpoint on the client port): true when it has a
     /// leader and answers.
-    pub fn healthy(&self, i: usize) -> bool {
+    pub(crate) fn healthy(&self, i: usize) -> bool {
         let v = http_try(self.members[i].client_port, "GET", "/health", "");
         v.is_some_and(|v| v["health"] == "true")
     }
 
     /// Waits until every running member is healthy.
-    pub fn wait_healthy(&self, timeout: Duration) {
+    pub(crate) fn wait_healthy(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let running: Vec<usize> = (0..self.members.len())
@@ -181,7 +181,7 @@ impl Etcd {
 
     /// The index of the member that is raft leader (from `/v3/maintenance/status`, the gRPC
     /// gateway), if one is known.
-    pub fn leader(&self) -> Option<usize> {
+    pub(crate) fn leader(&self) -> Option<usize> {
         for (i, m) in self.members.iter().enumerate() {
             if m.child.is_none() {
                 continue;
@@ -197,7 +197,7 @@ impl Etcd {
 
     /// The value stored at `key` (through the gRPC gateway's JSON, base64 keys and values),
     /// with its version (how many times it was written since it was created).
-    pub fn get(&self, key: &str) -> Option<(String, i64)> {
+    pub(crate) fn get(&self, key: &str) -> Option<(String, i64)> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
@@ -216,7 +216,12 @@ impl Etcd {
 
 /// A small HTTP/1.1 request to etcd's client port (its `/health` and JSON gateway); `None` when
 /// it does not answer within a second.
-pub fn http_try(port: u16, method: &str, path: &str, body: &str) -> Option<serde_json::Value> {
+pub(crate) fn http_try(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -235,7 +240,7 @@ pub fn http_try(port: u16, method: &str, path: &str, body: &str) -> Option<serde
 
 impl Etcd {
     /// Writes `value` at `key` (as an operator or a crashed writer would), through any member.
-    pub fn put(&self, key: &str, value: &str) {
+    pub(crate) fn put(&self, key: &str, value: &str) {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let body = serde_json::json!({ "key": b64.encode(key), "value": b64.encode(value) });

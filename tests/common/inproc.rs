@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::free_port;
 
 /// One part running in this process; dropping it stops it.
-pub struct Part {
+pub(crate) struct Part {
     /// Its SQL port.
     pub port: u16,
     /// Its admin HTTP port.
@@ -30,17 +30,17 @@ pub struct Part {
 
 impl Part {
     /// `127.0.0.1:<port>`.
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// A client connected to it.
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.addr()).await.expect("connect")
     }
 
     /// Asks it to stop and waits until it has (the server checkpoints its files).
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -88,7 +88,7 @@ async fn accepting(port: u16) {
 }
 
 /// A primary `m1` with an admin port and its own data folder, and the config around it.
-pub struct Primary {
+pub(crate) struct Primary {
     pub dir: tempfile::TempDir,
     pub config: ClusterConfig,
     pub part: Part,
@@ -96,7 +96,7 @@ pub struct Primary {
 
 /// The config of one primary `m1` on `port`/`admin`, a proxy on `proxy`/`proxy_admin`, and
 /// `extra` top-level sections (`"cache": {…}`, …) appended as they are.
-pub fn config_text(dir: &std::path::Path, ports: [u16; 4], extra: &str) -> String {
+pub(crate) fn config_text(dir: &std::path::Path, ports: [u16; 4], extra: &str) -> String {
     let [port, admin, proxy, proxy_admin] = ports;
     format!(
         r#"{{ "instances": [ {{ "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": {port},
@@ -110,12 +110,12 @@ pub fn config_text(dir: &std::path::Path, ports: [u16; 4], extra: &str) -> Strin
 }
 
 /// Starts a primary in this process (its proxy's ports are reserved in the config, not used).
-pub async fn primary() -> Primary {
+pub(crate) async fn primary() -> Primary {
     primary_with("").await
 }
 
 /// Starts a primary whose config has `extra` top-level sections (see [`config_text`]).
-pub async fn primary_with(extra: &str) -> Primary {
+pub(crate) async fn primary_with(extra: &str) -> Primary {
     let dir = tempfile::tempdir().expect("tempdir");
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let config = ClusterConfig::parse(&config_text(dir.path(), ports, extra)).expect("test config");
@@ -131,7 +131,7 @@ pub async fn primary_with(extra: &str) -> Primary {
 }
 
 /// Starts the proxy of `primary`'s config in this process.
-pub async fn proxy(primary: &Primary) -> Part {
+pub(crate) async fn proxy(primary: &Primary) -> Part {
     let config = primary.config.clone();
     let lb = &config.load_balancer;
     let (port, admin) = (lb.listen_port, lb.admin_port);
@@ -145,7 +145,7 @@ pub async fn proxy(primary: &Primary) -> Part {
 
 /// Starts a cache in this process in front of `upstream` (`host:port`), following the
 /// primary's change feed.
-pub async fn cache(primary: &Primary, upstream: &str) -> Part {
+pub(crate) async fn cache(primary: &Primary, upstream: &str) -> Part {
     let mut settings = dirkdb_cache::CacheSettings::from_config(&primary.config);
     let (port, admin) = (free_port(), free_port());
     settings.listen = format!("127.0.0.1:{port}");
@@ -160,7 +160,7 @@ pub async fn cache(primary: &Primary, upstream: &str) -> Part {
 }
 
 /// `GET path` on a loopback admin port; the status code and the body.
-pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("admin port");
@@ -187,26 +187,26 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// One scrape of `GET /metrics`, read as Prometheus' text format.
-pub struct Scrape {
+pub(crate) struct Scrape {
     pub text: String,
 }
 
 impl Scrape {
     /// Scrapes `port`'s `/metrics`, checking the answer is 200.
-    pub async fn of(port: u16) -> Scrape {
+    pub(crate) async fn of(port: u16) -> Scrape {
         let (status, text) = http_get(port, "/metrics").await;
         assert_eq!(status, 200, "{text}");
         Scrape { text }
     }
 
     /// The `# TYPE` of `name` (`counter`, `gauge`), if described.
-    pub fn kind(&self, name: &str) -> Option<&str> {
+    pub(crate) fn kind(&self, name: &str) -> Option<&str> {
         let prefix = format!("# TYPE {name} ");
         self.text.lines().find_map(|l| l.strip_prefix(&prefix))
     }
 
     /// The value of the sample written exactly `series` (`name` or `name{labels}`).
-    pub fn value(&self, series: &str) -> Option<f64> {
+    pub(crate) fn value(&self, series: &str) -> Option<f64> {
         self.text.lines().find_map(|l| {
             let (s, v) = l.rsplit_once(' ')?;
             (s == series).then(|| v.parse().ok())?
@@ -214,7 +214,7 @@ impl Scrape {
     }
 
     /// Checks every sample line is `name[{labels}] number` under a `# TYPE` of its name.
-    pub fn assert_well_formed(&self) {
+    pub(crate) fn assert_well_formed(&self) {
         let mut described = None::<String>;
         for line in self.text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

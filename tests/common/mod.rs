@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use dirkdb_client::Client;
 
 /// The `dirkdb` binary built for these tests.
-pub fn dirkdb_bin() -> &'static str {
+pub(crate) fn dirkdb_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dirkdb")
 }
 
 /// A port nobody listens on right now, taken below the kernel's ephemeral range (32768 and up
 /// by default): outgoing connections draw their local ports from that range, so one of them
 /// could otherwise take the port of a node a test stopped and is about to restart.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = (std::process::id() % 60) * 200;
@@ -33,7 +33,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A `dirkdb server` process with its own config and data directory.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub child: Option<Child>,
@@ -43,12 +43,12 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts a PRIMARY with default limits.
-    pub fn start() -> ServerProcess {
+    pub(crate) fn start() -> ServerProcess {
         Self::start_with("PRIMARY", "{}")
     }
 
     /// Starts an instance with the given role and `limits` JSON object.
-    pub fn start_with(role: &'static str, limits: &str) -> ServerProcess {
+    pub(crate) fn start_with(role: &'static str, limits: &str) -> ServerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut server = ServerProcess {
             dir,
@@ -62,15 +62,15 @@ impl ServerProcess {
         server
     }
 
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.json")
     }
 
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -101,7 +101,7 @@ impl ServerProcess {
     }
 
     /// Starts the process and waits until it accepts connections.
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = Command::new(dirkdb_bin())
             .args(["server", "--config"])
             .arg(self.config_path())
@@ -116,7 +116,7 @@ impl ServerProcess {
     }
 
     /// `kill -9`.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -124,7 +124,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM and wait for a graceful exit; returns the exit status.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -138,12 +138,12 @@ impl ServerProcess {
         None
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
     /// Peak resident memory of the process in KiB (Linux `VmHWM`).
-    pub fn peak_rss_kib(&self) -> Option<u64> {
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         status
             .lines()
@@ -154,7 +154,7 @@ impl ServerProcess {
             .ok()
     }
 
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.addr()).await.expect("connect")
     }
 }
@@ -166,7 +166,7 @@ impl Drop for ServerProcess {
 }
 
 /// Sends a signal with the `kill` command (no libc binding needed in tests).
-pub fn signal(pid: u32, name: &str) {
+pub(crate) fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
@@ -174,7 +174,7 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 /// Waits up to 20 s for something to accept on `port`.
-pub fn wait_for_port(port: u16) {
+pub(crate) fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -186,7 +186,7 @@ pub fn wait_for_port(port: u16) {
 }
 
 /// Runs `dirkdb client` with arguments and optional standard input.
-pub fn run_client(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+pub(crate) fn run_client(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(dirkdb_bin())
         .arg("client")
@@ -207,15 +207,15 @@ pub fn run_client(args: &[&str], stdin: Option<&str>) -> std::process::Output {
 }
 
 /// Writes a file into a folder and returns its path.
-pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write file");
     path
 }
-pub mod cache;
-pub mod cluster;
-pub mod etcd;
-pub mod inproc;
-pub mod network;
-pub mod relay;
-pub mod wait;
+pub(crate) mod cache;
+pub(crate) mod cluster;
+pub(crate) mod etcd;
+pub(crate) mod inproc;
+pub(crate) mod network;
+pub(crate) mod relay;
+pub(crate) mod wait;

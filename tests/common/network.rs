@@ -27,19 +27,19 @@ use super::relay::{Direction, Relay};
 
 /// Links between named processes, each through its own relay.
 #[derive(Default)]
-pub struct Network {
+pub(crate) struct Network {
     /// `(from, to)` → the relays from `from` to the ports of `to`.
     links: Mutex<HashMap<(String, String), Vec<Relay>>>,
 }
 
 impl Network {
-    pub fn new() -> Network {
+    pub(crate) fn new() -> Network {
         Network::default()
     }
 
     /// The port at which `from` reaches port `target` of `to`: a relay that carries only this
     /// pair's traffic (created on first use).
-    pub fn link(&self, from: &str, to: &str, target: u16) -> u16 {
+    pub(crate) fn link(&self, from: &str, to: &str, target: u16) -> u16 {
         let mut links = self.lock();
         let relays = links.entry((from.into(), to.into())).or_default();
         if let Some(r) = relays.iter().find(|r| r.target == target) {
@@ -52,40 +52,40 @@ impl Network {
     }
 
     /// Cuts every link between `a` and `b`, both ways.
-    pub fn cut(&self, a: &str, b: &str) {
+    pub(crate) fn cut(&self, a: &str, b: &str) {
         self.each(a, b, Relay::cut);
         self.each(b, a, Relay::cut);
     }
 
     /// Drops the bytes `from` sends to `to` (on connections either side opened), while the
     /// bytes `to` sends to `from` are still delivered.
-    pub fn cut_one_way(&self, from: &str, to: &str) {
+    pub(crate) fn cut_one_way(&self, from: &str, to: &str) {
         self.each(from, to, |r| r.cut_one_way(Direction::Upstream));
         self.each(to, from, |r| r.cut_one_way(Direction::Downstream));
     }
 
     /// Heals every link between `a` and `b` (connections that lived through the cut close).
-    pub fn heal(&self, a: &str, b: &str) {
+    pub(crate) fn heal(&self, a: &str, b: &str) {
         self.each(a, b, Relay::heal);
         self.each(b, a, Relay::heal);
     }
 
     /// Cuts every link between `a` and any other process.
-    pub fn isolate(&self, a: &str) {
+    pub(crate) fn isolate(&self, a: &str) {
         for other in self.peers_of(a) {
             self.cut(a, &other);
         }
     }
 
     /// Heals every link of `a`.
-    pub fn rejoin(&self, a: &str) {
+    pub(crate) fn rejoin(&self, a: &str) {
         for other in self.peers_of(a) {
             self.heal(a, &other);
         }
     }
 
     /// Cuts every link between a process of `left` and one of `right`.
-    pub fn partition(&self, left: &[&str], right: &[&str]) {
+    pub(crate) fn partition(&self, left: &[&str], right: &[&str]) {
         for a in left {
             for b in right {
                 self.cut(a, b);
@@ -94,14 +94,14 @@ impl Network {
     }
 
     /// Heals every link.
-    pub fn heal_all(&self) {
+    pub(crate) fn heal_all(&self) {
         for relays in self.lock().values() {
             relays.iter().for_each(Relay::heal);
         }
     }
 
     /// True while some link between `a` and `b` is cut (in either direction).
-    pub fn is_cut(&self, a: &str, b: &str) -> bool {
+    pub(crate) fn is_cut(&self, a: &str, b: &str) -> bool {
         let links = self.lock();
         [(a, b), (b, a)].iter().any(|(x, y)| {
             links

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Which bytes of a relayed connection a cut drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// From the side that connected to the side it connected to.
     Upstream,
     /// Back from the side connected to.
@@ -28,7 +28,7 @@ pub enum Direction {
 }
 
 /// One relay.
-pub struct Relay {
+pub(crate) struct Relay {
     /// The port it listens on.
     pub port: u16,
     /// The port it forwards to.
@@ -84,7 +84,7 @@ impl State {
 
 impl Relay {
     /// A relay from a free port to `target` on loopback.
-    pub fn start(target: u16) -> Relay {
+    pub(crate) fn start(target: u16) -> Relay {
         let port = super::free_port();
         let state = Arc::new(State::default());
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("relay port");
@@ -123,7 +123,7 @@ impl Relay {
     }
 
     /// Stops carrying bytes both ways (a partition).
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.state.update(|c| {
             c.up = true;
             c.down = true;
@@ -132,7 +132,7 @@ impl Relay {
     }
 
     /// Stops carrying bytes in one direction only (an asymmetric partition).
-    pub fn cut_one_way(&self, d: Direction) {
+    pub(crate) fn cut_one_way(&self, d: Direction) {
         self.state.update(|c| {
             match d {
                 Direction::Upstream => c.up = true,
@@ -143,7 +143,7 @@ impl Relay {
     }
 
     /// Carries bytes again; connections that lived through the cut are closed.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.state.update(|c| {
             c.up = false;
             c.down = false;
@@ -151,7 +151,7 @@ impl Relay {
     }
 
     /// True while cut in either direction.
-    pub fn is_cut(&self) -> bool {
+    pub(crate) fn is_cut(&self) -> bool {
         self.state.now().any()
     }
 }

@@ -10,7 +10,7 @@ const EVERY: Duration = Duration::from_millis(20);
 
 /// Calls `probe` until it answers, for up to `timeout` (one last try then); `None` if it never
 /// did.
-pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(found) = probe() {
@@ -24,17 +24,17 @@ pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// [`poll`], panicking with `what` when nothing came within `timeout`.
-pub fn until<T>(timeout: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn until<T>(timeout: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
     poll(timeout, probe).unwrap_or_else(|| panic!("no {what} within {timeout:?}"))
 }
 
 /// Whether `check` held within `limit` (blocking).
-pub fn holds_within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn holds_within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     poll(limit, || check().then_some(())).is_some()
 }
 
 /// Awaits `probe` until it answers, for up to `timeout` (one last try then).
-pub async fn poll_async<T, F>(timeout: Duration, mut probe: impl FnMut() -> F) -> Option<T>
+pub(crate) async fn poll_async<T, F>(timeout: Duration, mut probe: impl FnMut() -> F) -> Option<T>
 where
     F: Future<Output = Option<T>>,
 {
@@ -51,7 +51,7 @@ where
 }
 
 /// Whether the async `check` held within `limit`.
-pub async fn until_async<F>(limit: Duration, mut check: impl FnMut() -> F) -> bool
+pub(crate) async fn until_async<F>(limit: Duration, mut check: impl FnMut() -> F) -> bool
 where
     F: Future<Output = bool>,
 {
@@ -65,7 +65,7 @@ where
 
 /// Waits (without blocking the runtime) until the blocking `check` holds, for up to `limit`;
 /// panics with `what` otherwise.
-pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let held = until_async(limit, || std::future::ready(check())).await;
     assert!(held, "{what} (waited {limit:?})");
 }

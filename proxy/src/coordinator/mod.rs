@@ -32,11 +32,9 @@ use serde_json::{json, Value};
 use crate::ack_watermark::Position;
 use crate::topology::{SharedTopology, Topology};
 
-pub use record::PrimaryRecord;
-
 /// Why the coordinator could not do what was asked.
 #[derive(Debug, thiserror::Error)]
-pub enum CoordinatorError {
+pub(crate) enum CoordinatorError {
     /// etcd did not answer (or refused); nothing was decided.
     #[error("etcd unreachable at {endpoints} ({reason}): no failover is decided until it answers (failover.coordinator.endpoints)")]
     Unreachable {
@@ -86,7 +84,7 @@ fn active() -> Option<Arc<etcd::Etcd>> {
 /// the task that keeps this proxy's session with etcd (returned, to abort at shutdown). Waits a
 /// moment for etcd's first answer so that the proxy routes to etcd's primary from its first
 /// statement; when etcd does not answer it starts with the file's primary and keeps trying.
-pub async fn start(
+pub(crate) async fn start(
     config: &ClusterConfig,
     topology: Arc<SharedTopology>,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -121,12 +119,12 @@ fn proxy_id(port: u16) -> String {
 
 /// True when this proxy may act on the servers (renew the primary's lease, fence, fail over):
 /// always under `LOCAL`; under `ETCD` only while it certainly holds the election.
-pub fn decides() -> bool {
+pub(crate) fn decides() -> bool {
     active().is_none_or(|c| c.decides())
 }
 
 /// Refuses a failover on a proxy that is not the elected one.
-pub fn may_fail_over() -> Result<(), String> {
+pub(crate) fn may_fail_over() -> Result<(), String> {
     match active() {
         Some(c) if !c.decides() => Err(CoordinatorError::NotLeader(c.leader_name()).to_string()),
         _ => Ok(()),
@@ -135,7 +133,7 @@ pub fn may_fail_over() -> Result<(), String> {
 
 /// Records the decision to replace `old` by `new`; returns the term `new` is promoted into.
 /// `LOCAL`: `proposed` as is. `ETCD`: one transaction, at a term above etcd's and `proposed`.
-pub async fn commit_failover(old: &str, new: &str, proposed: u64) -> Result<u64, String> {
+pub(crate) async fn commit_failover(old: &str, new: &str, proposed: u64) -> Result<u64, String> {
     match active() {
         None => Ok(proposed),
         Some(c) => c
@@ -147,7 +145,7 @@ pub async fn commit_failover(old: &str, new: &str, proposed: u64) -> Result<u64,
 
 /// The highest position acknowledged under write concern ≥ 1 by any proxy: `own` under
 /// `LOCAL`; under `ETCD` also what the other live proxies published.
-pub async fn cluster_watermark(own: Position) -> Position {
+pub(crate) async fn cluster_watermark(own: Position) -> Position {
     match active() {
         None => own,
         Some(c) => c.cluster_watermark(own).await,
@@ -157,7 +155,7 @@ pub async fn cluster_watermark(own: Position) -> Position {
 /// Finishes a failover that an elected proxy recorded in etcd but could not carry out (it died
 /// between the transaction and the promotion): when etcd's primary still reports REPLICA, the
 /// elected proxy promotes it into etcd's term. Nothing under `LOCAL`.
-pub async fn complete_promotion(topology: &SharedTopology, t: &Topology) {
+pub(crate) async fn complete_promotion(topology: &SharedTopology, t: &Topology) {
     if let Some(c) = active() {
         if c.decides() {
             c.complete_promotion(topology, t).await;
@@ -166,7 +164,7 @@ pub async fn complete_promotion(topology: &SharedTopology, t: &Topology) {
 }
 
 /// The coordinator's part of `/cluster/status`.
-pub fn status() -> Value {
+pub(crate) fn status() -> Value {
     let mut status = match active() {
         None => json!({ "type": "LOCAL", "decides": true }),
         Some(c) => c.status(),
@@ -228,7 +226,7 @@ fn judge_reload(running: &CoordinatorConfig, wanted: &CoordinatorConfig) -> Relo
 /// at once (the session reconnects), and refuses a change of type or prefix, which needs a
 /// restart: said in the log and in `/cluster/status` → `coordinator.restartNeeded`, with the
 /// running coordinator kept.
-pub fn on_reload(config: &ClusterConfig) {
+pub(crate) fn on_reload(config: &ClusterConfig) {
     let running = match active() {
         None => CoordinatorConfig::Local,
         Some(c) => CoordinatorConfig::Etcd(c.settings()),

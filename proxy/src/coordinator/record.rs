@@ -9,7 +9,7 @@ use crate::ack_watermark::Position;
 /// `<prefix>/primary`: which instance is the primary, and the term it was promoted into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PrimaryRecord {
+pub(crate) struct PrimaryRecord {
     /// The instance id (as in config.json).
     pub primary: String,
     /// The term of its promotion (0: the primary config.json named at the cluster's start).

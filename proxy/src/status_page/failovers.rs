@@ -52,7 +52,7 @@ pub(crate) enum Kind {
 
 /// Records that `before`'s primary was replaced by instance `target`; `requested` is the
 /// instance a `POST /cluster/failover` named, if any.
-pub fn record(before: &Topology, target: usize, requested: Option<&str>) {
+pub(crate) fn record(before: &Topology, target: usize, requested: Option<&str>) {
     let entry = describe(before, target, requested, super::now_ms());
     tracing::info!(from = %entry.from, to = %entry.to, reason = %entry.reason, "failover recorded");
     if let Some(path) = log_file(before) {
@@ -79,7 +79,7 @@ fn log_file(t: &Topology) -> Option<PathBuf> {
 }
 
 /// Reads the last [`KEPT`] failovers of an earlier run back into the log (at start).
-pub fn load(t: &Topology) {
+pub(crate) fn load(t: &Topology) {
     let Some(path) = log_file(t) else { return };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

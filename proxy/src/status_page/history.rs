@@ -104,7 +104,7 @@ struct Previous {
 }
 
 /// The ring buffer and what the sampler remembers between samples.
-pub struct History {
+pub(crate) struct History {
     samples: Mutex<VecDeque<Sample>>,
     cache: Mutex<CacheView>,
     previous: Mutex<Previous>,
@@ -112,7 +112,7 @@ pub struct History {
 
 impl History {
     /// An empty history.
-    pub fn new() -> Arc<History> {
+    pub(crate) fn new() -> Arc<History> {
         Arc::new(History {
             samples: Mutex::new(VecDeque::with_capacity(CAPACITY)),
             cache: Mutex::new(CacheView {
@@ -241,7 +241,7 @@ impl History {
 }
 
 /// Samples the topology every [`INTERVAL`] forever.
-pub async fn run(topology: Arc<SharedTopology>, history: Arc<History>) {
+pub(crate) async fn run(topology: Arc<SharedTopology>, history: Arc<History>) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

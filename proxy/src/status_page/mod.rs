@@ -7,8 +7,8 @@
 //! from the admin port itself, the page's requests carry whatever HTTP credentials the browser
 //! holds for that port.
 
-pub mod failovers;
-pub mod history;
+pub(crate) mod failovers;
+pub(crate) mod history;
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -20,9 +20,9 @@ use serde_json::json;
 
 use crate::admin::AdminState;
 
-pub use failovers::load as load_failovers;
-pub use failovers::record as record_failover;
-pub use history::History;
+pub(crate) use failovers::load as load_failovers;
+pub(crate) use failovers::record as record_failover;
+pub(crate) use history::History;
 
 const PAGE: &str = include_str!("assets/index.html");
 const STYLE: &str = include_str!("assets/style.css");

@@ -21,13 +21,13 @@ use super::{Entry, Op, CREATE_OPLOG_SQL, NEXT_SEQ_SQL};
 const TRIGGER_PREFIX: &str = "_dirk_cap_";
 
 /// Creates the oplog table and the capture triggers of every table.
-pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(CREATE_OPLOG_SQL)?;
     reconcile_triggers(conn)
 }
 
 /// Makes the capture triggers match the current tables exactly.
-pub fn reconcile_triggers(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn reconcile_triggers(conn: &Connection) -> rusqlite::Result<()> {
     let expected = expected_triggers(conn)?;
     let mut existing: HashMap<String, String> = HashMap::new();
     {
@@ -56,7 +56,7 @@ pub fn reconcile_triggers(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Drops the capture triggers of one table (before an ALTER TABLE that could conflict with
 /// them, such as dropping a column they name); [`reconcile_triggers`] recreates them.
-pub fn drop_triggers_for(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+pub(crate) fn drop_triggers_for(conn: &Connection, table: &str) -> rusqlite::Result<()> {
     for kind in ["i", "u", "d"] {
         let name = format!("{TRIGGER_PREFIX}{kind}_{table}");
         conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(&name)))?;
@@ -74,7 +74,7 @@ struct TableShape {
 }
 
 /// User tables of the main schema (DirkDB's and SQLite's own are skipped).
-pub fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(
         "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
          AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_dirk%' ESCAPE '\\' \
@@ -233,7 +233,12 @@ fn row_expr(prefix: &str, columns: &[String]) -> String {
 
 /// Records an entry written by code (DDL, database events): allocates its sequence number in
 /// SQL like the triggers do, and returns it.
-pub fn record(conn: &Connection, table: &str, op: Op, data: Option<&str>) -> rusqlite::Result<u64> {
+pub(crate) fn record(
+    conn: &Connection,
+    table: &str,
+    op: Op,
+    data: Option<&str>,
+) -> rusqlite::Result<u64> {
     let sql = entry_insert_sql("?1", op, "NULL", "NULL", "?2");
     conn.execute(&sql, params![table, data])?;
     conn.query_row("SELECT max(seq) FROM _dirk_oplog", [], |r| {
@@ -243,7 +248,7 @@ pub fn record(conn: &Connection, table: &str, op: Op, data: Option<&str>) -> rus
 }
 
 /// `SELECT <key JSON>, <row JSON> FROM table`: every row in the oplog's encoding.
-pub fn rows_sql(conn: &Connection, table: &str) -> rusqlite::Result<String> {
+pub(crate) fn rows_sql(conn: &Connection, table: &str) -> rusqlite::Result<String> {
     let shape = table_shape(conn, table)?;
     Ok(format!(
         "SELECT {}, {} FROM {}",
@@ -255,7 +260,7 @@ pub fn rows_sql(conn: &Connection, table: &str) -> rusqlite::Result<String> {
 
 /// Records every row of `table` as an insert (after `CREATE TABLE … AS SELECT`, whose rows no
 /// trigger saw).
-pub fn record_existing_rows(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+pub(crate) fn record_existing_rows(conn: &Connection, table: &str) -> rusqlite::Result<()> {
     let sql = rows_sql(conn, table)?;
     let rows: Vec<(String, String)> = {
         let mut stmt = conn.prepare(&sql)?;
@@ -270,7 +275,7 @@ pub fn record_existing_rows(conn: &Connection, table: &str) -> rusqlite::Result<
 }
 
 /// Writes an entry received from the primary, with its own sequence, time and checksum.
-pub fn insert_entry(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
+pub(crate) fn insert_entry(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO _dirk_oplog(seq, ts, tbl, op, old_key, new_key, data, crc) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -289,12 +294,12 @@ pub fn insert_entry(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
 }
 
 /// `"name"` with inner quotes doubled.
-pub fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `'text'` with inner quotes doubled.
-pub fn literal(text: &str) -> String {
+pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 

@@ -14,8 +14,8 @@
 //! `{"blob":"<hex>"}` and a non-finite REAL `{"real":"inf"|"-inf"}`, so every value replicates
 //! with its exact type.
 
-pub mod capture;
-pub mod store;
+pub(crate) mod capture;
+pub(crate) mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,11 +27,8 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Name of the oplog table in every database file and in the meta file.
-pub const OPLOG_TABLE: &str = "_dirk_oplog";
-
 /// Creates the oplog table of a file if it is missing.
-pub const CREATE_OPLOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _dirk_oplog (
+pub(crate) const CREATE_OPLOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _dirk_oplog (
     seq INTEGER PRIMARY KEY,
     ts INTEGER NOT NULL,
     tbl TEXT NOT NULL,
@@ -43,7 +40,7 @@ pub const CREATE_OPLOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _dirk_oplog (
 )";
 
 /// The next sequence number, as SQL: used by triggers and internal inserts alike.
-pub const NEXT_SEQ_SQL: &str =
+pub(crate) const NEXT_SEQ_SQL: &str =
     "max(dirk_committed(), coalesce((SELECT max(seq) FROM _dirk_oplog), 0)) + 1";
 
 /// What an entry records.
@@ -138,7 +135,7 @@ impl Entry {
 }
 
 /// The checksum of an entry's fields (the same function the triggers call as `dirk_crc`).
-pub fn entry_crc(
+pub(crate) fn entry_crc(
     seq: u64,
     ts: i64,
     table: &str,
@@ -164,7 +161,7 @@ pub fn entry_crc(
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -172,7 +169,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// The oplog JSON form of one SQL value.
-pub fn encode_value(value: ValueRef<'_>) -> Value {
+pub(crate) fn encode_value(value: ValueRef<'_>) -> Value {
     match value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(n) => Value::from(n),
@@ -186,7 +183,7 @@ pub fn encode_value(value: ValueRef<'_>) -> Value {
 }
 
 /// The SQL value of an oplog JSON value (the inverse of [`encode_value`]).
-pub fn decode_value(value: &Value) -> Result<SqlValue, String> {
+pub(crate) fn decode_value(value: &Value) -> Result<SqlValue, String> {
     Ok(match value {
         Value::Null => SqlValue::Null,
         Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
@@ -236,7 +233,10 @@ fn unhex(text: &str) -> Result<Vec<u8>, String> {
 
 /// Registers the SQL functions the capture triggers call: `dirk_committed()` (the instance's
 /// last committed sequence), `dirk_now()`, `dirk_row(name, value, …)` and `dirk_crc(…)`.
-pub fn register_functions(conn: &Connection, committed: Arc<AtomicU64>) -> rusqlite::Result<()> {
+pub(crate) fn register_functions(
+    conn: &Connection,
+    committed: Arc<AtomicU64>,
+) -> rusqlite::Result<()> {
     let deterministic = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function("dirk_committed", 0, FunctionFlags::SQLITE_UTF8, move |_| {
         Ok(committed.load(Ordering::Acquire) as i64)

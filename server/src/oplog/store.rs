@@ -39,7 +39,7 @@ pub enum StoreError {
 
 /// Which entries of a file to read.
 #[derive(Debug, Clone, Copy)]
-pub enum Filter<'a> {
+pub(crate) enum Filter<'a> {
     /// Sequence numbers in `(after, to]`.
     Range {
         /// Exclusive lower bound.
@@ -57,7 +57,7 @@ pub enum Filter<'a> {
 }
 
 /// Entries of one file with `seq > after`, in order, at most `limit`.
-pub fn read_file_entries(
+pub(crate) fn read_file_entries(
     conn: &Connection,
     db: &str,
     after: u64,
@@ -140,7 +140,7 @@ fn row_to_entry(row: &rusqlite::Row<'_>, db: &str) -> rusqlite::Result<Entry> {
 }
 
 /// Entries of every source matching `filter`, merged in sequence order, at most `limit`.
-pub fn merge(
+pub(crate) fn merge(
     sources: &[Source],
     filter: Filter<'_>,
     limit: usize,
@@ -155,7 +155,7 @@ pub fn merge(
 }
 
 /// The highest sequence number stored in a file (0 when it has none).
-pub fn max_seq(conn: &Connection) -> rusqlite::Result<u64> {
+pub(crate) fn max_seq(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row("SELECT coalesce(max(seq), 0) FROM _dirk_oplog", [], |r| {
         r.get::<_, i64>(0)
     })
@@ -164,7 +164,7 @@ pub fn max_seq(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Counts of one file's oplog.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct FileStats {
+pub(crate) struct FileStats {
     /// Entries stored.
     pub entries: u64,
     /// Lowest sequence stored.
@@ -176,7 +176,7 @@ pub struct FileStats {
 }
 
 /// Counts one file's entries.
-pub fn file_stats(conn: &Connection) -> rusqlite::Result<FileStats> {
+pub(crate) fn file_stats(conn: &Connection) -> rusqlite::Result<FileStats> {
     let (entries, oldest, latest): (i64, Option<i64>, Option<i64>) = conn.query_row(
         "SELECT count(*), min(seq), max(seq) FROM _dirk_oplog",
         [],
@@ -199,7 +199,11 @@ pub fn file_stats(conn: &Connection) -> rusqlite::Result<FileStats> {
 
 /// Deletes entries with `seq <= through` or older than `before_ms`, always keeping the file's
 /// newest entry (it anchors the file's position). Returns how many were deleted.
-pub fn prune_file(conn: &Connection, through: u64, before_ms: i64) -> rusqlite::Result<usize> {
+pub(crate) fn prune_file(
+    conn: &Connection,
+    through: u64,
+    before_ms: i64,
+) -> rusqlite::Result<usize> {
     conn.execute(
         "DELETE FROM _dirk_oplog WHERE (seq <= ?1 OR ts < ?2) \
          AND seq < (SELECT max(seq) FROM _dirk_oplog)",
@@ -208,7 +212,7 @@ pub fn prune_file(conn: &Connection, through: u64, before_ms: i64) -> rusqlite::
 }
 
 /// The highest sequence whose entry is older than `before_ms` in this file (0 if none).
-pub fn last_seq_before(conn: &Connection, before_ms: i64) -> rusqlite::Result<u64> {
+pub(crate) fn last_seq_before(conn: &Connection, before_ms: i64) -> rusqlite::Result<u64> {
     conn.query_row(
         "SELECT coalesce(max(seq), 0) FROM _dirk_oplog WHERE ts < ?1",
         [before_ms],

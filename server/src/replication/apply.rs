@@ -25,19 +25,24 @@ use crate::state::ServerState;
 
 /// Applies batches of entries; keeps one connection per database between batches.
 #[derive(Default)]
-pub struct Applier {
+pub(crate) struct Applier {
     conns: HashMap<String, Connection>,
 }
 
 impl Applier {
     /// Forgets every connection (after a full sync replaced the files).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.conns.clear();
     }
 
     /// Applies `entries` (which must follow the replica's position without a gap) and returns
     /// the new position.
-    pub fn apply(&mut self, state: &ServerState, owner: u64, entries: &[Entry]) -> Result<u64> {
+    pub(crate) fn apply(
+        &mut self,
+        state: &ServerState,
+        owner: u64,
+        entries: &[Entry],
+    ) -> Result<u64> {
         let mut position = state.write_path.committed();
         for e in entries {
             if !e.checksum_ok() {

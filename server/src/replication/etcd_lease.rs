@@ -48,7 +48,7 @@ const AFTER_PROMOTION: Duration = Duration::from_secs(1);
 
 /// Why a session with etcd ended.
 #[derive(Debug, thiserror::Error)]
-pub enum EtcdLeaseError {
+pub(crate) enum EtcdLeaseError {
     /// etcd did not answer, or refused.
     #[error("etcd unreachable at {endpoint} ({reason}) (failover.coordinator.endpoints)")]
     Unreachable {
@@ -177,7 +177,7 @@ fn judge(me: &str, term: u64, record: Option<&PrimaryRecord>) -> Verdict {
 
 /// Starts the lease's task when `config` asks for server leases; writes are refused from this
 /// call on until the first renewal.
-pub fn start(
+pub(crate) fn start(
     state: &Arc<ServerState>,
     config: &ClusterConfig,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -197,7 +197,7 @@ pub fn start(
 /// `leaseMillis` apply at once (the session reconnects with them); turning `serverLeases` on
 /// or off, or another type or prefix, needs a restart of the server, which keeps the settings
 /// it started with and says so in the log and in `/replication/status` → `etcdLease`.
-pub fn on_reload(state: &ServerState, config: &ClusterConfig) {
+pub(crate) fn on_reload(state: &ServerState, config: &ClusterConfig) {
     let hold = state.write_path.lease().etcd();
     let running = lock(&hold.settings).clone();
     let wanted = match &config.failover.coordinator {
@@ -236,7 +236,7 @@ pub fn on_reload(state: &ServerState, config: &ClusterConfig) {
 
 /// Waits (a second at most) until a node just promoted holds its etcd lease, so that the
 /// promotion's answer means writes are accepted. A no-op without server leases.
-pub async fn after_promotion(state: &ServerState) {
+pub(crate) async fn after_promotion(state: &ServerState) {
     let hold = state.write_path.lease().etcd();
     if !hold.required() {
         return;
@@ -249,7 +249,7 @@ pub async fn after_promotion(state: &ServerState) {
 }
 
 /// `/replication/status`'s `etcdLease` (`null` without server leases).
-pub fn status(state: &ServerState) -> Value {
+pub(crate) fn status(state: &ServerState) -> Value {
     let hold = state.write_path.lease().etcd();
     let restart_needed = lock(&hold.restart_needed).clone();
     if !hold.required() {

@@ -46,11 +46,11 @@ use crate::state::ServerState;
 
 /// Meta setting present on a node that holds FILE-mode copies (it needs a full sync before
 /// following an oplog again).
-pub const FILE_COPIES_SETTING: &str = "file_copies";
+pub(crate) const FILE_COPIES_SETTING: &str = "file_copies";
 /// Shortest time between two rounds for one secondary.
-pub const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+pub(crate) const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
 /// Pages per chunk sent.
-pub const PAGES_PER_CHUNK: usize = 256;
+pub(crate) const PAGES_PER_CHUNK: usize = 256;
 /// Longest wait for a secondary to install one copy.
 const INSTALL_WAIT: Duration = Duration::from_secs(300);
 /// Where a secondary keeps the exact copies it received.

@@ -37,7 +37,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows the target primary for as long as the server runs.
-pub async fn run(state: Arc<ServerState>) {
+pub(crate) async fn run(state: Arc<ServerState>) {
     let mut target = state.replication.watch_target();
     let mut modes = state.replication.watch_mode();
     let mut backoff = MIN_BACKOFF;
@@ -203,7 +203,7 @@ pub(crate) async fn handshake(
 }
 
 /// The units read from the primary, by a task of their own.
-pub type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
+pub(crate) type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
 
 /// Reads units on their own task so the main loop can wait on them and on timers safely.
 pub(crate) fn spawn_reader(mut reader: StreamReader) -> Units {

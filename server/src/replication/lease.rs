@@ -34,7 +34,7 @@ use crate::catalog::lock;
 use crate::error::ServerError;
 
 /// The meta file's setting that records that this node is under a lease.
-pub const LEASE_REQUIRED_SETTING: &str = "lease_required";
+pub(crate) const LEASE_REQUIRED_SETTING: &str = "lease_required";
 
 /// This node's lease.
 #[derive(Debug, Default)]

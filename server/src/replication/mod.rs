@@ -14,21 +14,21 @@
 //! node's replication term (kept durably in the meta file, cached here): an acknowledgement counts
 //! for write concerns only when it carries the current term.
 
-pub mod apply;
-pub mod etcd_lease;
-pub mod file_mode;
-pub mod follower;
-pub mod lease;
-pub mod mode;
-pub mod ownership;
-pub mod peer_apply;
-pub mod peer_stream;
-pub mod peers;
+pub(crate) mod apply;
+pub(crate) mod etcd_lease;
+pub(crate) mod file_mode;
+pub(crate) mod follower;
+pub(crate) mod lease;
+pub(crate) mod mode;
+pub(crate) mod ownership;
+pub(crate) mod peer_apply;
+pub(crate) mod peer_stream;
+pub(crate) mod peers;
 pub mod protocol;
-pub mod rollback;
-pub mod sender;
-pub mod snapshot;
-pub mod write_probe;
+pub(crate) mod rollback;
+pub(crate) mod sender;
+pub(crate) mod snapshot;
+pub(crate) mod write_probe;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

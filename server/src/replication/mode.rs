@@ -26,10 +26,10 @@ use crate::state::ServerState;
 
 /// The reading half of a replication connection, whatever carries it (TCP, TLS, a test's
 /// `tokio::io::duplex`).
-pub type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
 
 /// The writing half of a replication connection, buffered.
-pub type StreamWriter = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
+pub(crate) type StreamWriter = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
 
 /// Who connected, as its `Hello` said.
 #[derive(Debug, Clone)]

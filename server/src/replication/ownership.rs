@@ -70,7 +70,7 @@ thread_local! {
 
 /// Runs `f` as a DirkDB domain statement whose owner was checked: its writes to the domain
 /// table (`dirkdb_domains`, one row per domain) are the domain's, not the table's.
-pub fn as_domain_statement<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn as_domain_statement<T>(f: impl FnOnce() -> T) -> T {
     let previous = DOMAIN_STATEMENT.with(|d| d.replace(true));
     let out = f();
     DOMAIN_STATEMENT.with(|d| d.set(previous));
@@ -78,12 +78,12 @@ pub fn as_domain_statement<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// True inside [`as_domain_statement`] on this thread.
-pub fn in_domain_statement() -> bool {
+pub(crate) fn in_domain_statement() -> bool {
     DOMAIN_STATEMENT.with(|d| d.get())
 }
 
 /// The reason of the last ownership refusal on this thread, taken (once).
-pub fn take_refusal() -> Option<String> {
+pub(crate) fn take_refusal() -> Option<String> {
     REFUSAL.with(|r| r.borrow_mut().take())
 }
 
@@ -194,7 +194,7 @@ impl Ownership {
 /// One object of this master's catalog and its owner (`SHOW OWNERS`, `GET
 /// /replication/owners`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OwnedObject {
+pub(crate) struct OwnedObject {
     /// DATABASE, TABLE, VIEW or DOMAIN.
     pub kind: &'static str,
     /// Its database.
@@ -207,7 +207,7 @@ pub struct OwnedObject {
 
 /// Every database of `databases` and every table, view and DirkDB domain in them, with its
 /// owner in this master's view.
-pub fn owned_objects(
+pub(crate) fn owned_objects(
     state: &crate::state::ServerState,
     databases: &[String],
 ) -> crate::error::Result<Vec<OwnedObject>> {
@@ -280,7 +280,7 @@ fn schema_objects(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(ObjectKi
 }
 
 /// `SHOW OWNERS` (`asehoy ny tompo`) as a query over `objects`, so it is paged like any result.
-pub fn show_owners_sql(objects: &[OwnedObject]) -> String {
+pub(crate) fn show_owners_sql(objects: &[OwnedObject]) -> String {
     let rows: Vec<[String; 4]> = objects
         .iter()
         .map(|o| {

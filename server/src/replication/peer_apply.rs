@@ -28,14 +28,14 @@ use crate::oplog::{Entry, Op};
 use crate::state::ServerState;
 
 /// Applies one origin's entries; keeps one connection per database between batches.
-pub struct PeerApplier {
+pub(crate) struct PeerApplier {
     origin: String,
     conns: HashMap<String, Connection>,
 }
 
 /// What a batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// The origin's position now.
     pub position: u64,
     /// Entries applied (skipped ones not counted).
@@ -44,7 +44,7 @@ pub struct Applied {
 
 impl PeerApplier {
     /// An applier of `origin`'s stream.
-    pub fn new(origin: &str) -> PeerApplier {
+    pub(crate) fn new(origin: &str) -> PeerApplier {
         PeerApplier {
             origin: origin.to_string(),
             conns: HashMap::new(),
@@ -52,13 +52,13 @@ impl PeerApplier {
     }
 
     /// The origin whose entries this applier applies.
-    pub fn origin(&self) -> &str {
+    pub(crate) fn origin(&self) -> &str {
         &self.origin
     }
 
     /// Applies `entries` of the origin; `history` is the origin's history id, stored with the
     /// position.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         state: &ServerState,
         entries: &[Entry],

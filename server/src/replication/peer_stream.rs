@@ -35,7 +35,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const BATCH: usize = 1000;
 
 /// Follows every other master's stream (`peers`: id and replication address) until aborted.
-pub async fn run(state: Arc<ServerState>, peers: Vec<(String, String)>) {
+pub(crate) async fn run(state: Arc<ServerState>, peers: Vec<(String, String)>) {
     let origins: Vec<String> = peers.iter().map(|(id, _)| id.clone()).collect();
     let s = state.clone();
     let loaded = tokio::task::spawn_blocking(move || super::peers::load_positions(&s, &origins))
@@ -206,7 +206,7 @@ async fn apply(
 }
 
 /// Origin side: serves one master's request for this master's stream until it ends.
-pub async fn serve_peer<R, W>(
+pub(crate) async fn serve_peer<R, W>(
     state: Arc<ServerState>,
     hello: PeerHello,
     reader: R,

@@ -47,7 +47,7 @@ pub(crate) const FILE_SCHEMA: &str =
 
 /// What a master asking for a stream said.
 #[derive(Debug, Clone)]
-pub struct PeerHello {
+pub(crate) struct PeerHello {
     /// The asking master.
     pub instance: String,
     /// The origin it asks (this master).
@@ -234,10 +234,10 @@ impl Peers {
 }
 
 /// The positions a session wants, per origin master.
-pub type Wanted = Vec<(String, u64)>;
+pub(crate) type Wanted = Vec<(String, u64)>;
 
 /// Parses `DIRK WAIT ORIGINS <timeout_ms> <id>=<seq> …`; `None` for any other statement.
-pub fn parse_wait(sql: &str) -> Option<Result<(Duration, Wanted)>> {
+pub(crate) fn parse_wait(sql: &str) -> Option<Result<(Duration, Wanted)>> {
     let words: Vec<&str> = sql.split_whitespace().collect();
     let is = |i: usize, w: &str| words.get(i).is_some_and(|x| x.eq_ignore_ascii_case(w));
     if !(is(0, "DIRK") && is(1, "WAIT") && is(2, "ORIGINS")) {
@@ -396,31 +396,31 @@ pub(crate) fn load_positions(
 mod described {
     use dirkdb_core::metrics::Metric;
 
-    pub const APPLIED: Metric = Metric::gauge(
+    pub(super) const APPLIED: Metric = Metric::gauge(
         "dirkdb_peer_applied_sequence",
         "MULTI_PRIMARY: the origin master's last sequence applied here.",
     );
-    pub const ORIGIN: Metric = Metric::gauge(
+    pub(super) const ORIGIN: Metric = Metric::gauge(
         "dirkdb_peer_origin_sequence",
         "MULTI_PRIMARY: the origin master's committed sequence, as last heard.",
     );
-    pub const LAG_OPS: Metric = Metric::gauge(
+    pub(super) const LAG_OPS: Metric = Metric::gauge(
         "dirkdb_peer_lag_operations",
         "MULTI_PRIMARY: entries the origin committed that are not applied here.",
     );
-    pub const LAG_MS: Metric = Metric::gauge(
+    pub(super) const LAG_MS: Metric = Metric::gauge(
         "dirkdb_peer_lag_ms",
         "MULTI_PRIMARY: how long this master has been behind the origin.",
     );
-    pub const STREAMING: Metric = Metric::gauge(
+    pub(super) const STREAMING: Metric = Metric::gauge(
         "dirkdb_peer_streaming",
         "MULTI_PRIMARY: 1 while the origin's stream is up.",
     );
-    pub const OWNED: Metric = Metric::gauge(
+    pub(super) const OWNED: Metric = Metric::gauge(
         "dirkdb_owned_objects",
         "MULTI_PRIMARY: databases, tables, views and domains per owner, in this master's view.",
     );
-    pub const OWNER: Metric = Metric::gauge(
+    pub(super) const OWNER: Metric = Metric::gauge(
         "dirkdb_object_owner",
         "MULTI_PRIMARY: 1 per object, labelled with its owner (first 1000 objects).",
     );

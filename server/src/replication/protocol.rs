@@ -58,11 +58,16 @@ mod mode_text {
     use dirkdb_core::config::ReplicationType;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(mode: &ReplicationType, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        mode: &ReplicationType,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(mode.as_str())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ReplicationType, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<ReplicationType, D::Error> {
         ReplicationType::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }

@@ -31,7 +31,10 @@ use crate::state::ServerState;
 
 /// Saves this node's entries beyond its branch point in `new_chain`; returns the file written,
 /// if there was anything to save.
-pub fn save_divergent(state: &ServerState, new_chain: &[HistoryLink]) -> Result<Option<PathBuf>> {
+pub(crate) fn save_divergent(
+    state: &ServerState,
+    new_chain: &[HistoryLink],
+) -> Result<Option<PathBuf>> {
     let own = state.meta.history(&state.instance_id)?;
     let branch = shared_through(&own, new_chain);
     let committed = state.write_path.committed();
@@ -55,7 +58,7 @@ pub fn save_divergent(state: &ServerState, new_chain: &[HistoryLink]) -> Result<
 /// FILE mode: saves the entries of database `db`'s own oplog (`live`) that the copy about to
 /// replace it (`copy`, the new primary's file) lacks or holds differently; returns the file
 /// written, if there was anything to save.
-pub fn save_divergent_from_copy(
+pub(crate) fn save_divergent_from_copy(
     state: &ServerState,
     db: &str,
     live: &Connection,
@@ -137,7 +140,7 @@ impl RollbackFile {
 /// The last sequence `own` and `new` certainly share: in the newest history both hold, the
 /// sequence at which the first of them moved on to another history (none moved on: everything,
 /// `u64::MAX`). 0 when they share no history.
-pub fn shared_through(own: &[HistoryLink], new: &[HistoryLink]) -> u64 {
+pub(crate) fn shared_through(own: &[HistoryLink], new: &[HistoryLink]) -> u64 {
     let end = |chain: &[HistoryLink], i: usize| chain.get(i + 1).map_or(u64::MAX, |l| l.parent_end);
     own.iter()
         .enumerate()

@@ -55,7 +55,7 @@ impl From<std::io::Error> for StreamError {
 }
 
 /// Serves one secondary until its connection ends, in the mode this primary replicates in.
-pub async fn serve_replica(
+pub(crate) async fn serve_replica(
     state: Arc<ServerState>,
     mut reader: StreamReader,
     writer: Box<dyn AsyncWrite + Send + Unpin>,

@@ -22,7 +22,7 @@ use crate::meta::META_FILE;
 use crate::state::ServerState;
 
 /// Settings of the meta file that describe this node, not the data (kept across a full sync).
-pub const LOCAL_SETTINGS: [&str; 5] = [
+pub(crate) const LOCAL_SETTINGS: [&str; 5] = [
     "role",
     "primary",
     "boot_id",
@@ -31,7 +31,7 @@ pub const LOCAL_SETTINGS: [&str; 5] = [
 ];
 
 /// Copies of every file at one position, deleted when dropped.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Folder holding the copies.
     pub dir: PathBuf,
     /// Sequence all copies stand at.
@@ -47,7 +47,7 @@ impl Drop for Snapshot {
 }
 
 /// Takes a consistent snapshot of the whole instance.
-pub fn take(state: &ServerState) -> Result<Snapshot> {
+pub(crate) fn take(state: &ServerState) -> Result<Snapshot> {
     let owner = state.new_owner();
     state.under_gate(owner, || {
         let position = state.write_path.committed();
@@ -102,7 +102,7 @@ fn unique() -> String {
 }
 
 /// The folder a replica receives a full sync into (emptied first).
-pub fn incoming_dir(state: &ServerState) -> Result<PathBuf> {
+pub(crate) fn incoming_dir(state: &ServerState) -> Result<PathBuf> {
     let dir = state.data_dir().join("_dirk_incoming");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -110,7 +110,7 @@ pub fn incoming_dir(state: &ServerState) -> Result<PathBuf> {
 }
 
 /// Checks that a file name sent by a primary is one of ours (no path tricks).
-pub fn accepted_file_name(name: &str) -> bool {
+pub(crate) fn accepted_file_name(name: &str) -> bool {
     name == META_FILE
         || name
             .strip_suffix(".db")
@@ -118,7 +118,7 @@ pub fn accepted_file_name(name: &str) -> bool {
 }
 
 /// Replaces the replica's whole state with the received snapshot.
-pub fn install(
+pub(crate) fn install(
     state: &ServerState,
     incoming: &Path,
     files: &[FileInfo],
@@ -185,7 +185,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// At start-up, before anything opens the data directory: if a full-sync install was cut short,
 /// removes every database and the meta file (the node then starts empty and receives a full
 /// sync) and returns the node's own settings saved in the marker, to be restored.
-pub fn recover_interrupted_install(dir: &Path) -> Result<Vec<(String, Option<String>)>> {
+pub(crate) fn recover_interrupted_install(dir: &Path) -> Result<Vec<(String, Option<String>)>> {
     let marker = dir.join(INSTALL_MARKER);
     let Ok(text) = std::fs::read_to_string(&marker) else {
         return Ok(Vec::new());
@@ -206,7 +206,7 @@ pub fn recover_interrupted_install(dir: &Path) -> Result<Vec<(String, Option<Str
 }
 
 /// Removes a database file with its WAL and shared-memory files.
-pub fn remove_database_files(dir: &Path, file: &str) -> Result<()> {
+pub(crate) fn remove_database_files(dir: &Path, file: &str) -> Result<()> {
     for suffix in ["-wal", "-shm", ""] {
         match std::fs::remove_file(dir.join(format!("{file}{suffix}"))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),

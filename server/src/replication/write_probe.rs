@@ -24,7 +24,7 @@ const PROBE_SETTING: &str = "write_probe_ms";
 
 /// Writes, syncs and removes the probe file, then commits the probe setting; returns how long
 /// it took, or what failed.
-pub fn probe(state: &ServerState) -> Result<Duration, String> {
+pub(crate) fn probe(state: &ServerState) -> Result<Duration, String> {
     let started = Instant::now();
     if !state.is_replica() {
         state
