@@ -93,6 +93,15 @@ enum Sink<'a, S> {
     },
 }
 
+/// What a write concern wait answered.
+struct Confirmations {
+    concern: dirkdb_core::config::WriteConcern,
+    /// Replicas (or other masters) that applied the write.
+    confirmed: u64,
+    /// The server's whole answer (the ack watermark reads it too).
+    answer: String,
+}
+
 /// How a read attempt ended.
 enum ReadOutcome {
     Served,
@@ -377,23 +386,14 @@ impl ProxySession {
         let text = backend.extension(conn, "DIRK POSITION").await?;
         let position = parse_number(&text, "position").unwrap_or(0);
         self.last_write = self.last_write.max(position);
-        let concern = self
-            .topology
-            .load()
-            .config
-            .routing
-            .writes
-            .write_concern
-            .clone();
-        if concern.replicas == 0 || self.txn.open || position == 0 {
+        let Some(Confirmations {
+            concern,
+            confirmed,
+            answer,
+        }) = self.confirmations(backend, conn, position).await?
+        else {
             return Ok(last);
-        }
-        let wait = format!(
-            "DIRK WAIT REPLICAS {} {position} {}",
-            concern.replicas, concern.timeout_ms
-        );
-        let answer = backend.extension(conn, &wait).await?;
-        let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
+        };
         let still_primary = || self.topology.load().primary().id == backend.id;
         if confirmed >= u64::from(concern.replicas)
             && !crate::ack_watermark::acknowledge(position, &answer, still_primary)
@@ -412,6 +412,38 @@ impl ProxySession {
             return Ok(Frame::error(msg));
         }
         Ok(last)
+    }
+
+    /// Waits for the write concern of a write at `position` (`DIRK WAIT REPLICAS`); `None` when
+    /// there is nothing to wait for: no concern, an open transaction, or no position.
+    async fn confirmations(
+        &self,
+        backend: &Backend,
+        conn: &mut BackendConn,
+        position: u64,
+    ) -> Result<Option<Confirmations>, ProxyError> {
+        let concern = self
+            .topology
+            .load()
+            .config
+            .routing
+            .writes
+            .write_concern
+            .clone();
+        if concern.replicas == 0 || self.txn.open || position == 0 {
+            return Ok(None);
+        }
+        let wait = format!(
+            "DIRK WAIT REPLICAS {} {position} {}",
+            concern.replicas, concern.timeout_ms
+        );
+        let answer = backend.extension(conn, &wait).await?;
+        let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
+        Ok(Some(Confirmations {
+            concern,
+            confirmed,
+            answer,
+        }))
     }
 
     /// Routes a read outside a transaction.

@@ -38,7 +38,7 @@ use dirkdb_core::sql::classify::{StatementClass, TransactionControl};
 use dirkdb_core::sql::objects::{read_tables, written_objects, Targets};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{follow_writes, parse_number, ProxySession};
+use super::{follow_writes, parse_number, Confirmations, ProxySession};
 use crate::backend::{Backend, BackendConn};
 use crate::error::ProxyError;
 use crate::ownership::{describe, owners};
@@ -256,23 +256,12 @@ impl ProxySession {
         if position > 0 {
             self.positions.record_write(&backend.id, position);
         }
-        let concern = self
-            .topology
-            .load()
-            .config
-            .routing
-            .writes
-            .write_concern
-            .clone();
-        if concern.replicas == 0 || self.txn.open || position == 0 {
+        let Some(Confirmations {
+            concern, confirmed, ..
+        }) = self.confirmations(backend, conn, position).await?
+        else {
             return Ok(last);
-        }
-        let wait = format!(
-            "DIRK WAIT REPLICAS {} {position} {}",
-            concern.replicas, concern.timeout_ms
-        );
-        let answer = backend.extension(conn, &wait).await?;
-        let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
+        };
         if confirmed < u64::from(concern.replicas) {
             return Ok(Frame::error(format!(
                 "the write is committed on {} (the owner of what it writes) but only {confirmed} \
