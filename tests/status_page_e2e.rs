@@ -4,7 +4,9 @@
 //! within seconds, the proxy stopped and the page saying it cannot reach it. Screenshots land in
 //! `target/status-page*.png` (laptop width, after the failover, narrow window). A second cluster
 //! with `security.requireAuth` checks that the page and its JSON need the admin user and work
-//! with its credentials.
+//! with its credentials. A replica applying late under `dirkdb bench` shows the lag chart move
+//! and fall back; DirkDB's own three-master `config.json` under `dirkdb cluster` shows every
+//! master with the objects it owns, the streams between them and the conflicts.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
 //! other paths through `DIRKDB_CHROMIUM` / `DIRKDB_CHROMEDRIVER`); without them the test prints
@@ -190,6 +192,17 @@ async fn page_view(browser: &Browser) -> Value {
           failovers: all('#failovers li[data-from]').map((l) => ({
             from: l.dataset.from, to: l.dataset.to, text: l.textContent })),
           lagRows: all('#lag-table tr[data-lag-instance]').map((r) => r.textContent),
+          lag: Object.fromEntries(all('#lag-table tr[data-lag-ops]').map((r) =>
+            [r.dataset.lagInstance, { ops: Number(r.dataset.lagOps), ms: Number(r.dataset.lagMs) }])),
+          lagPaths: all('#lag-chart svg path').map((p) => p.getAttribute('d')).join(' | '),
+          owns: Object.fromEntries(all('g[data-instance][data-owns]').map((g) =>
+            [g.dataset.instance, Number(g.dataset.owns)])),
+          owners: all('#owners tr[data-object]').map((r) => [r.dataset.object, r.dataset.owner]),
+          ownersShown: !document.getElementById('owners-card').hidden,
+          meshEdges: all('#topology path.mesh').length,
+          openConflicts: (document.querySelector('#conflicts [data-open-conflicts]') || {dataset: {}})
+            .dataset.openConflicts,
+          conflictsText: document.getElementById('conflicts').innerText,
           conn: document.getElementById('conn').dataset.state,
           alerts: document.getElementById('alerts').innerText,
           charts: all('.chart svg path').length,
@@ -529,4 +542,237 @@ fn the_failover_log_is_kept_across_a_proxy_restart() {
     cluster.spawn_proxy();
     let after = listed(cluster.proxy.admin);
     assert_eq!(after, before, "the same failover, with its time and reason");
+}
+
+/// `dirkdb bench ARGS` as a user runs it, in the background.
+fn spawn_bench(args: &[&str], log: &Path) -> Child {
+    Command::new(dirkdb_bin())
+        .arg("bench")
+        .args(args)
+        .stdout(std::fs::File::create(log).expect("bench log"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run dirkdb bench")
+}
+
+/// The lag the page's table shows for `id` in operations (`None`: no figure shown).
+fn lag_ops(view: &Value, id: &str) -> Option<u64> {
+    view["lag"][id]["ops"].as_u64()
+}
+
+/// The quick start's promise: "watches the lag chart move under `dirkdb bench`". One primary
+/// and one replica that applies every batch 25 ms late (the test-only fault hook), `dirkdb
+/// bench -w insert` through the proxy, 600 single-row INSERTs: while the replica works through
+/// them the page shows the replica behind
+/// in its table and its chart line climbs off zero and changes from second to second; when the
+/// bench ends the replica catches up and the page says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_chart_moves_under_dirkdb_bench() {
+    let (chromium, driver_bin) = match browser_binaries() {
+        Ok(paths) => paths,
+        Err(why) => {
+            println!("SKIPPED the_lag_chart_moves_under_dirkdb_bench: {why}");
+            return;
+        }
+    };
+    let cluster = Cluster::start_with_lagging_replica("EVENTUAL", 25);
+    let driver = Driver::start(&driver_bin, &cluster.dir.path().join("chromedriver.log"));
+    let profile = tempfile::tempdir().expect("browser profile");
+    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let url = format!("http://127.0.0.1:{}/", cluster.proxy.admin);
+    browser.goto(&url).await.expect("open the status page");
+    let (view, _) = wait_for(&browser, Duration::from_secs(15), "the cluster", |v| {
+        role_of(v, "m1") == Some(("PRIMARY", "Up")) && lag_ops(v, "m2") == Some(0)
+    })
+    .await;
+    assert!(view["conn"] == "live", "{view:#}");
+
+    let port = cluster.proxy.port.to_string();
+    let bench_log = cluster.dir.path().join("bench.out");
+    let mut bench = spawn_bench(
+        &[
+            "--port", &port, "--init", "-w", "insert", "-c", "4", "-n", "600", "--warmup", "0",
+            "-q",
+        ],
+        &bench_log,
+    );
+    let (view, took) = wait_for(
+        &browser,
+        Duration::from_secs(40),
+        "the replica behind",
+        |v| lag_ops(v, "m2").unwrap_or(0) > 0 && v["lag"]["m2"]["ms"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
+    println!(
+        "the page showed m2 {} ops / {} ms behind {:.1} s into the bench",
+        view["lag"]["m2"]["ops"],
+        view["lag"]["m2"]["ms"],
+        took.as_secs_f64()
+    );
+    // The chart moves: its line is redrawn with new points from one second to the next, and
+    // not every point of it is on the zero line any more.
+    let before = page_view(&browser).await["lagPaths"].clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = page_view(&browser).await;
+    assert_ne!(before, after["lagPaths"], "the lag chart did not change");
+    screenshot(&browser, "status-page-lag-under-bench.png").await;
+
+    let status = bench.wait().expect("wait for dirkdb bench");
+    let out = std::fs::read_to_string(&bench_log).unwrap_or_default();
+    assert!(status.success(), "dirkdb bench failed: {out}");
+    let (_, took) = wait_for(
+        &browser,
+        Duration::from_secs(60),
+        "the replica caught up",
+        |v| lag_ops(v, "m2") == Some(0),
+    )
+    .await;
+    println!(
+        "after the bench the page showed m2 caught up in {:.1} s",
+        took.as_secs_f64()
+    );
+    browser.close().await.expect("close the browser");
+}
+
+/// DirkDB's own three-master file (hosts and ports changed, and the cache that `dirkdb cluster`
+/// starts given free ports) under `dirkdb cluster`.
+const DIRKDB_CONFIG: &str = r#"{"configVersion": 1,
+ "loadBalancer": {"listenHost": "127.0.0.1", "listenPort": {lb}, "adminPort": {lb_admin}},
+ "cache": {"listenPort": {cache}, "adminPort": {cache_admin}},
+ "instances": [
+   {"id": "m1", "role": "MASTER", "host": "127.0.0.1", "port": {m1}, "adminPort": {m1_admin}, "dataDirectory": "{dir}/data/m1"},
+   {"id": "m2", "role": "MASTER", "host": "127.0.0.1", "port": {m2}, "adminPort": {m2_admin}, "dataDirectory": "{dir}/data/m2"},
+   {"id": "m3", "role": "MASTER", "host": "127.0.0.1", "port": {m3}, "adminPort": {m3_admin}, "dataDirectory": "{dir}/data/m3"}],
+ "routing": {"reads": {"strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"]},
+             "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
+ "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
+
+/// Under MULTI_PRIMARY the page shows every master as MASTER with the objects it owns (the
+/// same owners `SHOW OWNERS` gives through the proxy), one stream line per pair of masters, the
+/// owners' table, the lag of the streams between masters, and the conflicts as the proxy
+/// reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_dirkdbs_masters_and_their_objects() {
+    let (chromium, driver_bin) = match browser_binaries() {
+        Ok(paths) => paths,
+        Err(why) => {
+            println!("SKIPPED the_status_page_shows_dirkdbs_masters_and_their_objects: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (lb, lb_admin) = (free_port(), free_port());
+    let mut config = DIRKDB_CONFIG
+        .replace("{lb}", &lb.to_string())
+        .replace("{lb_admin}", &lb_admin.to_string())
+        .replace("{cache}", &free_port().to_string())
+        .replace("{cache_admin}", &free_port().to_string())
+        .replace("{dir}", &dir.path().display().to_string());
+    let mut ports = Vec::new();
+    for m in 1..=3 {
+        let (port, admin) = (free_port(), free_port());
+        config = config
+            .replace(&format!("{{m{m}}}"), &port.to_string())
+            .replace(&format!("{{m{m}_admin}}"), &admin.to_string());
+        ports.push((port, admin));
+    }
+    std::fs::write(dir.path().join("config.json"), config).expect("write config");
+    let log = std::fs::File::create(dir.path().join("cluster.log")).expect("log");
+    let child = Command::new(dirkdb_bin())
+        .args(["cluster", "--config"])
+        .arg(dir.path().join("config.json"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn dirkdb cluster");
+    let _cluster = Cache(child);
+    for (port, admin) in &ports {
+        wait_for_port(*port);
+        wait_for_port(*admin);
+    }
+    wait_for_port(lb);
+    wait_for_port(lb_admin);
+
+    // DirkDB's own statements through the proxy: a database, tables spread over the owners.
+    let mut client = dirkdb_client::Client::connect(&format!("127.0.0.1:{lb}"))
+        .await
+        .expect("connect to the proxy");
+    let mut script = vec![
+        "manamboara tahiry sekoly".to_string(),
+        "ampiasao sekoly".into(),
+    ];
+    for t in [
+        "mpianatra",
+        "mpampianatra",
+        "taranja",
+        "efitrano",
+        "fanadinana",
+        "naoty",
+    ] {
+        script.push(format!(
+            "manamboara tabilao {t} (id ISA(null,null), anarana LAHATSORATRA(null,null))"
+        ));
+    }
+    for statement in &script {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The proxy learns which masters are up (and so the owners) within its first checks.
+        while let Err(e) = client.execute(statement).await {
+            assert!(Instant::now() < deadline, "{statement}: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let owners = client.query("SHOW OWNERS").await.expect("SHOW OWNERS");
+    let expected: std::collections::BTreeMap<String, String> = owners
+        .rows
+        .iter()
+        .filter(|r| r.len() >= 4)
+        .map(|r| {
+            let cell = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+            (format!("{}|{}|{}", cell(0), cell(1), cell(2)), cell(3))
+        })
+        .collect();
+    assert!(expected.len() >= 7, "SHOW OWNERS: {owners:?}");
+    let mut per_master: std::collections::BTreeMap<String, u64> = Default::default();
+    for owner in expected.values() {
+        *per_master.entry(owner.clone()).or_default() += 1;
+    }
+
+    let driver = Driver::start(&driver_bin, &dir.path().join("chromedriver.log"));
+    let profile = tempfile::tempdir().expect("browser profile");
+    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    browser
+        .goto(&format!("http://127.0.0.1:{lb_admin}/"))
+        .await
+        .expect("open the status page");
+    let (view, _) = wait_for(&browser, Duration::from_secs(20), "the masters", |v| {
+        ["m1", "m2", "m3"]
+            .iter()
+            .all(|id| role_of(v, id) == Some(("MASTER", "Up")))
+            && v["ownersShown"] == true
+            && v["owners"].as_array().map(Vec::len) == Some(expected.len())
+            && v["lag"].as_object().map(|l| l.len()) == Some(3)
+    })
+    .await;
+    for m in ["m1", "m2", "m3"] {
+        assert_eq!(
+            view["owns"][m].as_u64().unwrap_or(0),
+            per_master.get(m).copied().unwrap_or(0),
+            "objects of {m} on the page against SHOW OWNERS {per_master:?}: {view:#}"
+        );
+    }
+    assert_eq!(view["meshEdges"], 3, "one stream line per pair: {view:#}");
+    let status: Value =
+        serde_json::from_str(&raw_get(lb_admin, "/cluster/status").2).expect("json");
+    match status["multiPrimary"]["openConflicts"].as_u64() {
+        Some(open) => assert_eq!(view["openConflicts"], open.to_string(), "{view:#}"),
+        None => assert!(
+            view["conflictsText"]
+                .as_str()
+                .is_some_and(|t| t.contains("does not report conflicts")),
+            "{view:#}"
+        ),
+    }
+    screenshot(&browser, "status-page-multi-primary.png").await;
+    browser.close().await.expect("close the browser");
 }

@@ -155,6 +155,7 @@ impl History {
         cache_stats: Result<serde_json::Value, String>,
     ) {
         let streams = replicas.map(|r| streams(&r)).unwrap_or_default();
+        let multi_primary = t.is_multi_primary();
         let now = Instant::now();
         let mut previous = lock(&self.previous);
         let seconds = previous
@@ -182,7 +183,7 @@ impl History {
                     lag_ms: h.lag_ms,
                     reads_per_sec,
                     writes_per_sec,
-                    stream: (i != t.primary)
+                    stream: (multi_primary || i != t.primary)
                         .then(|| streams.get(&b.id).cloned())
                         .flatten(),
                 }
@@ -248,12 +249,71 @@ pub(crate) async fn run(topology: Arc<SharedTopology>, history: Arc<History>) {
         tick.tick().await;
         let t = topology.load_full();
         let cache_admin = cache_admin_addr(&t);
-        let (replicas, stats) = tokio::join!(primary_replicas(&t), async {
+        let (replicas, stats) = tokio::join!(stream_lags(&t), async {
             let stats = crate::http::get_json(&cache_admin, "/stats", ADMIN_TIMEOUT).await;
             stats.map_err(|e| e.to_string())
         });
         history.sample(&t, replicas, stats);
     }
+}
+
+/// How far behind each instance's stream is, in the shape of the primary's
+/// `/replication/replicas`: under SINGLE_PRIMARY that answer itself; under MULTI_PRIMARY, for
+/// every master up, the worst of the streams it applies from the other masters
+/// ([`master_stream_lags`]).
+async fn stream_lags(t: &Topology) -> Result<serde_json::Value, String> {
+    if t.is_multi_primary() {
+        Ok(master_stream_lags(t).await)
+    } else {
+        primary_replicas(t).await
+    }
+}
+
+/// Each master's `/replication/status` peers folded into one line per master: the largest lag
+/// (operations and ms) over the origins it follows, and `Streaming` only when every stream is
+/// (else the first state that is not). A master that does not answer is left out (its health
+/// already says why).
+async fn master_stream_lags(t: &Topology) -> serde_json::Value {
+    let asked: Vec<_> = t
+        .masters_up()
+        .into_iter()
+        .filter_map(|m| {
+            let admin = m.admin.clone()?;
+            let id = m.id.clone();
+            Some(tokio::spawn(async move {
+                let status = crate::http::get_json(&admin, "/replication/status", ADMIN_TIMEOUT);
+                (id, status.await)
+            }))
+        })
+        .collect();
+    let mut lines = Vec::new();
+    for task in asked {
+        if let Ok((id, Ok(status))) = task.await {
+            lines.push(worst_peer_stream(&id, &status["peers"]));
+        }
+    }
+    serde_json::json!({ "replicas": lines })
+}
+
+/// One master's incoming streams (`peers` of its `/replication/status`) as one replica line.
+fn worst_peer_stream(id: &str, peers: &serde_json::Value) -> serde_json::Value {
+    let peers = peers.as_array().map(Vec::as_slice).unwrap_or_default();
+    let field = |p: &serde_json::Value, name: &str| p[name].as_u64().unwrap_or(0);
+    let state = peers
+        .iter()
+        .filter_map(|p| p["state"].as_str())
+        .find(|s| *s != "Streaming")
+        .unwrap_or(if peers.is_empty() {
+            "Connecting"
+        } else {
+            "Connected"
+        });
+    serde_json::json!({
+        "instance": id,
+        "state": state,
+        "lagOperations": peers.iter().map(|p| field(p, "lagOperations")).max().unwrap_or(0),
+        "lagMs": peers.iter().map(|p| field(p, "lagMs")).max().unwrap_or(0),
+    })
 }
 
 /// The primary's `/replication/replicas`, when it has an admin port and answers.
@@ -327,6 +387,26 @@ mod tests {
 
     fn no_primary() -> Result<serde_json::Value, String> {
         Err("refused".into())
+    }
+
+    #[test]
+    fn a_masters_streams_fold_into_the_one_furthest_behind() {
+        let peers = serde_json::json!([
+            { "origin": "m2", "state": "Streaming", "lagOperations": 3, "lagMs": 40 },
+            { "origin": "m3", "state": "Disconnected", "lagOperations": 1, "lagMs": 900 },
+        ]);
+        let line = worst_peer_stream("m1", &peers);
+        assert_eq!(
+            line,
+            serde_json::json!({ "instance": "m1", "state": "Disconnected",
+                                "lagOperations": 3, "lagMs": 900 })
+        );
+        let caught_up = serde_json::json!([{ "state": "Streaming" }, { "state": "Streaming" }]);
+        assert_eq!(worst_peer_stream("m1", &caught_up)["state"], "Connected");
+        assert_eq!(
+            worst_peer_stream("m1", &serde_json::Value::Null)["state"],
+            "Connecting"
+        );
     }
 
     #[test]

@@ -49,6 +49,27 @@ function fmtAgo(ms) {
   return Math.round(s / 3600) + " h ago";
 }
 function proxyNow() { return Date.now() + state.clockSkew; }
+
+// ---------- MULTI_PRIMARY ----------
+
+// Under routing.writes.mode MULTI_PRIMARY every master takes writes for the objects it owns;
+// /cluster/status reports masters with role PRIMARY and the page calls them MASTER, as
+// DirkDB's config.json does.
+function isMultiPrimary() { return !!(state.meta && state.meta.writeMode === "MULTI_PRIMARY"); }
+function displayRole(inst) { return isMultiPrimary() && inst.role === "PRIMARY" ? "MASTER" : inst.role; }
+function masters() { return state.status.instances.filter((i) => displayRole(i) === "MASTER"); }
+function objectLabel(o) { return o.kind === "DATABASE" ? "database " + o.database : o.database + "." + o.name; }
+
+// The objects each master owns, as the proxy routes their writes (multiPrimary.objects).
+function ownedBy() {
+  const mp = state.status.multiPrimary;
+  const map = {};
+  for (const o of (mp && Array.isArray(mp.objects) ? mp.objects : [])) {
+    if (o.owner == null) continue;
+    (map[o.owner] = map[o.owner] || []).push(o);
+  }
+  return map;
+}
 function truncate(s, n) { s = String(s || ""); return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 
 // ---------- polling ----------
@@ -110,6 +131,7 @@ function render() {
   renderCache();
   renderFailovers();
   renderConflicts();
+  renderOwners(colors);
   renderInstances();
 }
 
@@ -219,8 +241,14 @@ function renderTopology(colors) {
     const color = inst.health === "Down" ? "#d6333a" : "#b4bccb";
     parts.push(line(p.x + p.w / 2, p.y + p.h, b.x + b.w / 2, b.y, color, inst.health === "Down", false));
   });
-  // Replication: primary → each replica, dashed, labelled with the lag.
-  const primary = st.instances.find((i) => i.role === "PRIMARY");
+  // Replication: primary → each replica, dashed, labelled with the lag; under MULTI_PRIMARY
+  // every master streams to every other (one dashed line per pair, arrows both ways).
+  const primary = isMultiPrimary() ? null : st.instances.find((i) => i.role === "PRIMARY");
+  const ms = isMultiPrimary() ? masters() : [];
+  ms.forEach((a, i) => ms.slice(i + 1).forEach((b, j) => {
+    const worst = a.health === "Down" || b.health === "Down" ? "Down" : a.health === "Lagging" || b.health === "Lagging" ? "Lagging" : "Up";
+    parts.push(meshEdge(pos[a.id], pos[b.id], narrow, worst, j + 1));
+  }));
   if (primary) {
     const a = pos[primary.id];
     st.instances.forEach((inst) => {
@@ -231,11 +259,16 @@ function renderTopology(colors) {
   }
 
   front.forEach((f) => parts.push(frontNode(f.kind, pos[f.kind], st, cache, last)));
-  st.instances.forEach((inst) => parts.push(instanceNode(inst, pos[inst.id], colors[inst.id], latest)));
+  const owners = ownedBy();
+  st.instances.forEach((inst) => parts.push(instanceNode(inst, pos[inst.id], colors[inst.id], latest, owners)));
 
   box.innerHTML = '<svg viewBox="0 0 ' + W + " " + H + '" role="img" aria-label="cluster topology">' + parts.join("") + "</svg>";
   const down = st.instances.filter((i) => i.health === "Down").length;
-  $("topology-summary").textContent = n + " instance" + (n === 1 ? "" : "s") + ", primary " + st.primary +
+  const mp = st.multiPrimary;
+  const writes = isMultiPrimary()
+    ? ms.length + " masters, MULTI_PRIMARY" + (mp ? " (" + mp.partition + ", " + mp.hash + ", ownership term " + mp.ownershipTerm + ")" : "")
+    : "primary " + st.primary;
+  $("topology-summary").textContent = n + " instance" + (n === 1 ? "" : "s") + ", " + writes +
     (down ? ", " + down + " unreachable" : "") + " · " + st.replication + " replication · reads " + st.strategy + ", " + st.consistency;
 }
 
@@ -261,6 +294,23 @@ function replicationEdge(a, b, narrow, health, distance) {
   }
   return '<path d="' + d + '" fill="none" stroke="' + color + '" stroke-width="1.8" stroke-dasharray="6 4" marker-end="url(#arrow-' +
     (health === "Down" ? "red" : health === "Lagging" ? "amber" : "blue") + ')"/>';
+}
+
+// A dashed line between two masters (each streams its own writes to the other), below the
+// boxes in a wide window and on their left in a narrow one; `distance` spreads the curves.
+function meshEdge(a, b, narrow, health, distance) {
+  const color = health === "Down" ? "#d6333a" : health === "Lagging" ? "#d98b00" : "#2f5bea";
+  const marker = "url(#arrow-" + (health === "Down" ? "red" : health === "Lagging" ? "amber" : "blue") + ")";
+  let d;
+  if (!narrow) {
+    const x1 = a.x + a.w / 2, x2 = b.x + b.w / 2, y = a.y + a.h + 4, dip = 14 + 16 * distance;
+    d = "M" + x1 + "," + y + " C" + x1 + "," + (y + dip) + " " + x2 + "," + (y + dip) + " " + x2 + "," + y;
+  } else {
+    const x = a.x - 4, y1 = a.y + a.h / 2, y2 = b.y + b.h / 2, bulge = Math.min(Math.max(a.x - 8, 4), 10 + 8 * distance);
+    d = "M" + x + "," + y1 + " C" + (x - bulge) + "," + y1 + " " + (x - bulge) + "," + y2 + " " + x + "," + y2;
+  }
+  return '<path class="mesh" d="' + d + '" fill="none" stroke="' + color + '" stroke-width="1.8" stroke-dasharray="6 4" marker-start="' +
+    marker + '" marker-end="' + marker + '"/>';
 }
 
 function rect(b, stroke, fill, width) {
@@ -296,38 +346,42 @@ function frontNode(kind, b, st, cache, last) {
       'font-size="11.5" fill="#d5dbe6"') + "</g>";
 }
 
-function instanceNode(inst, b, color, latest) {
+function instanceNode(inst, b, color, latest, owners) {
   const health = inst.health;
   const stroke = HEALTH_COLOR[health] || "#8a95a8";
   const fill = health === "Down" ? "#fff3f3" : health === "Lagging" ? "#fffaf0" : "#ffffff";
   const x = b.x + 12;
-  const isPrimary = inst.role === "PRIMARY";
-  const parts = ['<g class="node instance" data-instance="' + esc(inst.id) + '" data-role="' + esc(inst.role) +
-    '" data-health="' + esc(health) + '">', rect(b, stroke, fill, 2.2)];
+  const role = displayRole(inst);
+  const isPrimary = role === "PRIMARY" || role === "MASTER";
+  const owned = isMultiPrimary() ? (owners[inst.id] || []) : null;
+  const parts = ['<g class="node instance" data-instance="' + esc(inst.id) + '" data-role="' + esc(role) +
+    '" data-health="' + esc(health) + '"' + (owned ? ' data-owns="' + owned.length + '"' : "") + ">", rect(b, stroke, fill, 2.2)];
   parts.push('<rect x="' + b.x + '" y="' + (b.y + 8) + '" width="4" height="' + (b.h - 16) + '" fill="' + color + '"/>');
   parts.push(text(x, b.y + 22, inst.id, 'font-size="15" font-weight="700" fill="#1d2433"'));
-  const badgeW = isPrimary ? 66 : 62;
+  const badgeW = role === "MASTER" ? 62 : isPrimary ? 66 : 62;
   parts.push('<rect x="' + (b.x + b.w - badgeW - 10) + '" y="' + (b.y + 8) + '" width="' + badgeW + '" height="19" rx="5" fill="' +
     (isPrimary ? "#e3eafe" : "#eceff4") + '"/>');
-  parts.push(text(b.x + b.w - badgeW / 2 - 10, b.y + 22, inst.role, 'font-size="11" font-weight="700" text-anchor="middle" class="role" fill="' +
+  parts.push(text(b.x + b.w - badgeW / 2 - 10, b.y + 22, role, 'font-size="11" font-weight="700" text-anchor="middle" class="role" fill="' +
     (isPrimary ? "#2f5bea" : "#46556b") + '"'));
   const healthWord = health === "Down" ? "UNREACHABLE" : health === "Lagging" ? "lagging" : "up";
-  const term = inst.term != null ? " · term " + inst.term : "";
+  // Under MULTI_PRIMARY the topology's summary shows the ownership term instead.
+  const term = inst.term != null && !isMultiPrimary() ? " · term " + inst.term : "";
   parts.push(text(x, b.y + 41, healthWord + term, 'font-size="12.5" font-weight="' + (health === "Up" ? 600 : 700) + '" fill="' + stroke + '" class="health"'));
   parts.push(text(x, b.y + 59, "seq " + fmtInt(inst.committedSequence), 'font-size="12" fill="#46556b"'));
   const s = latest && latest.instances.find((i) => i.id === inst.id);
   if (health === "Down") {
     parts.push(text(x, b.y + 78, truncate(inst.lastError || "no answer", Math.floor((b.w - 24) / 6.2)), 'font-size="11" fill="#d6333a"'));
-  } else if (isPrimary) {
+  } else if (role === "PRIMARY") {
     parts.push(text(x, b.y + 78, "takes every write", 'font-size="12" fill="#46556b"'));
   } else {
     const lag = s ? lagOf(s) : { ops: inst.lagOperations, ms: inst.lagMs };
     parts.push(text(x, b.y + 78, "lag " + fmtOps(lag.ops) + " · " + fmtMs(lag.ms), 'font-size="12" fill="#46556b"'));
   }
-  const owned = inst.ownedObjects || inst.owns;
-  if (Array.isArray(owned)) {
+  if (owned) {
+    const names = owned.map(objectLabel).join(", ");
     parts.push(text(x, b.y + 95, "owns " + owned.length + " object" + (owned.length === 1 ? "" : "s") +
-      (owned.length ? ": " + truncate(owned.join(", "), 28) : ""), 'font-size="11" fill="#46556b"'));
+      (owned.length ? ": " + truncate(names, Math.max(8, Math.floor((b.w - 24) / 5.6) - 14)) : ""),
+      'font-size="11" fill="#46556b" class="owns"'));
   } else if (s) {
     parts.push(text(x, b.y + 95, fmtRate(s.readsPerSec) + " reads · " + fmtRate(s.writesPerSec) + " writes",
       'font-size="11" fill="#687385" class="rates"'));
@@ -446,7 +500,8 @@ function streamBadge(stream, health) {
 }
 
 function renderLag(colors) {
-  const replicas = state.status.instances.filter((i) => i.role !== "PRIMARY");
+  const mp = isMultiPrimary();
+  const replicas = mp ? masters() : state.status.instances.filter((i) => i.role !== "PRIMARY");
   const ops = state.lagUnit === "ops";
   const head = $("lag-card").querySelector("h2");
   head.innerHTML = "Replication lag " + segmented("lag", [["ms", "ms"], ["ops", "operations"]], state.lagUnit);
@@ -457,18 +512,21 @@ function renderLag(colors) {
     return ops ? lag.ops : lag.ms;
   }, r.id)), {
     fmt: ops ? fmtOps : fmtMs, label: "replication lag", minMax: ops ? 5 : 100,
-    empty: replicas.length ? "collecting samples…" : "no replica in config.json", markers: state.meta.failovers,
+    empty: replicas.length ? "collecting samples…" : mp ? "no master up" : "no replica in config.json", markers: state.meta.failovers,
   });
   const rows = replicas.map((r) => {
     const s = latestOf(r.id);
     const lag = s ? lagOf(s) : { ops: r.lagOperations, ms: r.lagMs, state: null, exact: false };
     const figures = r.health === "Down" ? '<td class="num">–</td><td class="num">–</td>'
       : '<td class="num">' + fmtOps(lag.ops) + '</td><td class="num">' + fmtMs(lag.ms) + (lag.exact ? "" : ' <span class="muted small" title="the primary does not report this replica; the proxy\'s health checks measure it">*</span>') + "</td>";
-    return '<tr data-lag-instance="' + esc(r.id) + '"><td>' + esc(r.id) + "</td><td>" + streamBadge(lag.state, r.health) + "</td>" + figures + "</tr>";
+    const data = r.health === "Down" ? "" : ' data-lag-ops="' + lag.ops + '" data-lag-ms="' + lag.ms + '"';
+    return '<tr data-lag-instance="' + esc(r.id) + '"' + data + "><td>" + esc(r.id) + "</td><td>" + streamBadge(lag.state, r.health) + "</td>" + figures + "</tr>";
   });
-  $("lag-table").innerHTML = "<tr><th>Replica</th><th>Stream</th><th class=num>Behind</th><th class=num title=\"age of the oldest entry the replica has not acknowledged\">Age</th></tr>" +
-    (rows.length ? rows.join("") : '<tr><td colspan="4" class="muted">no replica</td></tr>');
-  $("lag-source").textContent = "as the primary " + state.status.primary + " reports it";
+  $("lag-table").innerHTML = "<tr><th>" + (mp ? "Master" : "Replica") + "</th><th>Stream" + (mp ? "s in" : "") + "</th><th class=num>Behind</th><th class=num title=\"age of the oldest entry the replica has not acknowledged\">Age</th></tr>" +
+    (rows.length ? rows.join("") : '<tr><td colspan="4" class="muted">' + (mp ? "no master up" : "no replica") + "</td></tr>");
+  $("lag-source").textContent = mp
+    ? "as each master reports the streams it applies from the other masters (the one furthest behind)"
+    : "as the primary " + state.status.primary + " reports it";
 }
 
 function renderRates(colors) {
@@ -485,7 +543,7 @@ function renderRates(colors) {
   $("rate-table").innerHTML = "<tr><th>Instance</th><th class=num>Reads</th><th class=num>Writes</th><th class=num>Mean latency</th></tr>" +
     insts.map((r) => {
       const s = latest && latest.instances.find((x) => x.id === r.id);
-      return "<tr><td>" + esc(r.id) + ' <span class="badge ' + esc(r.role) + '">' + esc(r.role) + "</span></td>" +
+      return "<tr><td>" + esc(r.id) + ' <span class="badge ' + esc(r.role) + '">' + esc(displayRole(r)) + "</span></td>" +
         '<td class="num">' + (s ? fmtRate(s.readsPerSec) : "–") + '</td><td class="num">' + (s ? fmtRate(s.writesPerSec) : "–") +
         '</td><td class="num">' + r.meanLatencyMs.toFixed(2) + " ms</td></tr>";
     }).join("");
@@ -529,10 +587,12 @@ function renderFailovers() {
 
 function renderConflicts() {
   const st = state.status;
+  const reported = st.multiPrimary && st.multiPrimary.openConflicts != null ? st.multiPrimary.openConflicts : st.conflicts;
   let html;
-  if (st.conflicts != null) {
-    const open = typeof st.conflicts === "object" ? st.conflicts.open : st.conflicts;
-    html = '<p class="big"><strong>' + fmtInt(open || 0) + "</strong> open</p>";
+  if (reported != null) {
+    const open = typeof reported === "object" ? reported.open : reported;
+    html = '<p class="big" data-open-conflicts="' + (open || 0) + '"><strong>' + fmtInt(open || 0) + "</strong> open" +
+      (open ? ' — <code>SHOW CONFLICTS</code> lists them' : "") + "</p>";
   } else if (state.meta.writeMode === "MULTI_PRIMARY") {
     html = '<p class="none">This proxy does not report conflicts.</p>';
   } else {
@@ -540,6 +600,24 @@ function renderConflicts() {
       ", one primary takes every write.</p>";
   }
   $("conflicts").innerHTML = html;
+}
+
+// MULTI_PRIMARY: every object with the master its writes go to.
+function renderOwners(colors) {
+  const card = $("owners-card");
+  const mp = state.status.multiPrimary;
+  card.hidden = !isMultiPrimary();
+  if (card.hidden) return;
+  const objects = mp && Array.isArray(mp.objects) ? mp.objects : null;
+  const counts = ownedBy();
+  $("owners-summary").textContent = masters().map((m) => m.id + " " + ((counts[m.id] || []).length)).join(" · ");
+  $("owners").innerHTML = objects == null
+    ? '<tr><td class="muted">No master answered GET /replication/owners.</td></tr>'
+    : "<tr><th>Object</th><th>Kind</th><th>Owner</th></tr>" + (objects.length ? objects.map((o) =>
+        '<tr data-object="' + esc(o.kind + ":" + objectLabel(o)) + '" data-owner="' + esc(o.owner || "") + '"><td><code>' + esc(objectLabel(o)) +
+        "</code></td><td>" + esc(o.kind.toLowerCase()) + '</td><td><i class="dot" style="background:' + (colors[o.owner] || "#8a95a8") + '"></i>' +
+        esc(o.owner || "no master up") + "</td></tr>").join("")
+        : '<tr><td colspan="3" class="muted">no database yet</td></tr>');
 }
 
 function healthBadge(h) {
@@ -553,7 +631,7 @@ function renderInstances() {
   $("instances").innerHTML = "<tr><th>Instance</th><th>Address</th><th>Role</th><th>Health</th>" + (hasTerm ? "<th class=num>Term</th>" : "") +
     "<th class=num>Sequence</th><th class=num>Lag (proxy's checks)</th><th class=num>Reads, total</th><th class=num>Writes, total</th><th class=num>Errors</th><th class=num>In flight</th><th class=num>Mean latency</th><th>Last error</th></tr>" +
     insts.map((i) => '<tr data-row-instance="' + esc(i.id) + '"><td><strong>' + esc(i.id) + "</strong></td><td><code>" + esc(i.address) + "</code></td>" +
-      '<td><span class="badge ' + esc(i.role) + '">' + esc(i.role) + "</span>" +
+      '<td><span class="badge ' + esc(i.role) + '">' + esc(displayRole(i)) + "</span>" +
       (i.reportedRole && i.reportedRole !== i.role ? ' <span class="muted small">reports ' + esc(i.reportedRole) + "</span>" : "") + "</td>" +
       "<td>" + healthBadge(i.health) + "</td>" + (hasTerm ? '<td class="num">' + (i.term != null ? esc(i.term) : "–") + "</td>" : "") +
       '<td class="num">' + fmtInt(i.committedSequence) + '</td><td class="num">' + (i.role === "PRIMARY" ? "–" : fmtOps(i.lagOperations) + ", " + fmtMs(i.lagMs)) +
