@@ -35,6 +35,7 @@ use crate::stats::CacheStats;
 use crate::table_keys::tuple_of_row;
 use crate::view_map::{DbSchema, ANY_TABLE};
 use dirkdb_core::change_feed::RowKey;
+use dirkdb_core::sync::lock;
 
 /// Limits of the store.
 #[derive(Debug, Clone)]
@@ -386,10 +387,6 @@ pub struct FeedState {
     pub connected: bool,
     /// The position its notices have reached.
     pub upto: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ResultStore {

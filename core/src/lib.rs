@@ -9,6 +9,7 @@
 //!   connections between the parts.
 //! * [`rendezvous`]: DirkDB's rendezvous hashing (read stickiness, MULTI_PRIMARY object owners).
 //! * [`metrics`]: the one Prometheus writer of every `/metrics`.
+//! * [`sync`] and [`clock`]: locks that survive a panicking holder, and the wall clock in ms.
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
 //! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
 //! * [`connection`]: sockets wrapped so that the server reads statements and writes frames, and the
@@ -21,6 +22,7 @@
 
 pub mod accept_loop;
 pub mod change_feed;
+pub mod clock;
 pub mod config;
 pub mod conn_limit;
 pub mod connection;
@@ -30,5 +32,6 @@ pub mod metrics;
 pub mod rendezvous;
 pub mod security;
 pub mod sql;
+pub mod sync;
 pub mod tls;
 pub mod value;

@@ -16,6 +16,7 @@ use dirkdb_core::config::InstanceConfig;
 use serde::Serialize;
 
 use crate::error::ProxyError;
+use dirkdb_core::sync::lock;
 
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 64;
@@ -295,8 +296,4 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

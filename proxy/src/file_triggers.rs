@@ -35,6 +35,7 @@ use dirkdb_core::config::ReplicationType;
 use serde::Serialize;
 
 use crate::topology::SharedTopology;
+use dirkdb_core::sync::lock;
 
 /// Shortest time between the end of one request for a database and the next request for it.
 pub(crate) const FOLLOW_UP_GAP: Duration = Duration::from_millis(200);
@@ -244,10 +245,6 @@ async fn send_written(topology: &SharedTopology, db: &str) -> SendOutcome {
         Ok(_) => SendOutcome::Sent,
         Err(e) => SendOutcome::Failed(format!("{} ({admin}): {e}", primary.id)),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -76,10 +76,7 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let s = state.clone();
-    tokio::task::spawn_blocking(move || f(&s))
-        .await
-        .map_err(ServerError::from)?
-        .map_err(ApiError::from)
+    Ok(crate::blocking::blocking(move || f(&s)).await?)
 }
 
 fn role(state: &ServerState) -> &'static str {

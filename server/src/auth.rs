@@ -64,17 +64,12 @@ impl ServerSecurity {
     pub fn reload(&self, config: &ClusterConfig) {
         self.security.reload(&config.security);
         dirkdb_core::tls::reload(self.tls.as_deref(), &config.security);
-        *self.instances.write().unwrap_or_else(|p| p.into_inner()) = instance_ids(config);
+        *dirkdb_core::sync::write(&self.instances) = instance_ids(config);
     }
 
     /// Whether a replica calling itself `id` may stream from this primary.
     pub fn admits_replica(&self, id: &str) -> bool {
-        !self.security.required()
-            || self
-                .instances
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(id)
+        !self.security.required() || dirkdb_core::sync::read(&self.instances).contains(id)
     }
 }
 

@@ -31,6 +31,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod blocking;
 pub(crate) mod catalog;
 pub(crate) mod change_feed;
 pub(crate) mod checksum;

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::lock;
 use crate::oplog::{capture, register_functions, store, Entry, Op, CREATE_OPLOG_SQL};
+use dirkdb_core::sync::lock;
 
 /// File name of the meta database.
 pub(crate) const META_FILE: &str = "_dirk_meta.db";
@@ -335,7 +335,7 @@ fn replace_history(tx: &Connection, chain: &[HistoryLink]) -> rusqlite::Result<(
                 i as i64,
                 link.id,
                 link.parent_end as i64,
-                crate::oplog::now_ms()
+                dirkdb_core::clock::now_ms()
             ],
         )?;
     }

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::auth::{self, Access};
+use crate::blocking::blocking;
 use crate::catalog::{open_scratch, Database};
 use crate::database_statement::{self, database_text, use_text, DatabaseStatement};
 use crate::error::ServerError;
@@ -490,14 +491,6 @@ async fn show_owners(state: Arc<ServerState>, names: Vec<String>) -> Result<Stri
     }
     let objects = blocking(move || owned_objects(&state, &names)).await?;
     Ok(show_owners_sql(&objects))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
-) -> Result<T, ServerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ServerError::from)?
 }
 
 /// Statements longer than this are prepared on a blocking thread (see [`prepare`]).

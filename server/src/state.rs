@@ -19,13 +19,14 @@ use crate::error::{Result, ServerError};
 use crate::meta::Meta;
 use crate::metrics::ServerMetrics;
 use crate::oplog::store::{self, Source};
-use crate::oplog::{now_ms, Op};
+use crate::oplog::Op;
 use crate::replication::file_mode::FileMode;
 use crate::replication::lease::{Lease, LeaseRefusal, LEASE_REQUIRED_SETTING};
 use crate::replication::mode::{OplogMode, ReplicationMode};
 use crate::replication::ownership::Ownership;
 use crate::replication::ReplicationHub;
 use crate::write_path::WritePath;
+use dirkdb_core::clock::now_ms;
 
 /// The implementations of [`ReplicationMode`], kept for the life of the instance.
 pub struct Modes {

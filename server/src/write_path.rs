@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::catalog::lock;
 use crate::error::ServerError;
 use crate::oplog::Entry;
 use crate::replication::lease::Lease;
+use dirkdb_core::sync::lock;
 
 /// Entries kept in the backlog at most.
 const BACKLOG_ENTRIES: usize = 20_000;

@@ -29,6 +29,7 @@ pub use self::config::{SecurityConfig, TlsConfig, UserConfig};
 pub use self::statement::{auth_statement, AuthStatement};
 pub use self::users::{hash_password, verify_password, Permission, User, Users};
 use crate::frame::Frame;
+use crate::sync::lock;
 
 /// The window over which failed authentications are counted per address.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -462,10 +463,6 @@ impl ConnectionAuth {
         }
         self.effective_user().is_ok_and(|u| u.sees(database))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use argon2::Argon2;
 use serde::Deserialize;
 
 use super::config::UserConfig;
+use crate::sync::lock;
 
 /// Verified passwords remembered at most (the set is emptied when full).
 const VERIFIED_MAX: usize = 4096;
@@ -189,8 +190,4 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
             .is_ok(),
         Err(_) => false,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -19,7 +19,6 @@ pub(crate) mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{Value as SqlValue, ValueRef};
@@ -160,14 +159,6 @@ pub(crate) fn entry_crc(
     h.finalize()
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The oplog JSON form of one SQL value.
 pub(crate) fn encode_value(value: ValueRef<'_>) -> Value {
     match value {
@@ -178,7 +169,7 @@ pub(crate) fn encode_value(value: ValueRef<'_>) -> Value {
             None => serde_json::json!({ "real": if f > 0.0 { "inf" } else { "-inf" } }),
         },
         ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => serde_json::json!({ "blob": hex(b) }),
+        ValueRef::Blob(b) => dirkdb_core::value::blob(b),
     }
 }
 
@@ -200,16 +191,6 @@ pub(crate) fn decode_value(value: &Value) -> Result<SqlValue, String> {
         },
         Value::Array(_) => return Err(format!("unknown value encoding {value}")),
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
 }
 
 fn unhex(text: &str) -> Result<Vec<u8>, String> {
@@ -241,7 +222,9 @@ pub(crate) fn register_functions(
     conn.create_scalar_function("dirk_committed", 0, FunctionFlags::SQLITE_UTF8, move |_| {
         Ok(committed.load(Ordering::Acquire) as i64)
     })?;
-    conn.create_scalar_function("dirk_now", 0, FunctionFlags::SQLITE_UTF8, |_| Ok(now_ms()))?;
+    conn.create_scalar_function("dirk_now", 0, FunctionFlags::SQLITE_UTF8, |_| {
+        Ok(dirkdb_core::clock::now_ms())
+    })?;
     conn.create_scalar_function("dirk_row", -1, deterministic, row_function)?;
     conn.create_scalar_function("dirk_crc", 7, deterministic, crc_function)?;
     Ok(())

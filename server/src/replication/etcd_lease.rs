@@ -33,9 +33,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::catalog::lock;
 use crate::error::ServerError;
 use crate::state::ServerState;
+use dirkdb_core::sync::lock;
 
 /// How long one etcd request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -38,11 +38,13 @@ use super::follower::{next_unit, Units};
 use super::mode::{Hello, ReplicationMode, StreamReader, StreamWriter};
 use super::protocol::{read_message, write_chunk, write_message, CopyInfo, Message, Unit};
 use super::sender::StreamError;
-use crate::catalog::{as_internal, lock, validate_name};
+use crate::blocking::blocking;
+use crate::catalog::{as_internal, validate_name};
 use crate::error::ServerError;
 use crate::file_copy::{self, changed_pages, DeltaWriter, PageMap};
-use crate::oplog::now_ms;
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
+use dirkdb_core::sync::lock;
 
 /// Meta setting present on a node that holds FILE-mode copies (it needs a full sync before
 /// following an oplog again).
@@ -215,14 +217,6 @@ impl ReplicationMode for FileMode {
     fn database_written(&self, _db: &str) {
         self.trigger();
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
-) -> Result<T, StreamError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ServerError::from)??)
 }
 
 /// What the secondary answered.
@@ -815,8 +809,7 @@ async fn receive_copy(
     }
     let writer = match delta {
         Some(Ok(w)) => w,
-        Some(Err(StreamError::Server(e))) => return Ok(Err(e)),
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => return Ok(Err(e)),
         None => return Ok(Err(ServerError::Internal("copy lost".into()))),
     };
     let (s, name, crc) = (state.clone(), copy.name.clone(), copy.file_crc);

@@ -28,10 +28,10 @@ use super::protocol::{
 };
 use super::sender::StreamError;
 use super::{snapshot, FullSyncFigures};
-use crate::catalog::lock;
 use crate::error::ServerError;
-use crate::oplog::now_ms;
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
+use dirkdb_core::sync::lock;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

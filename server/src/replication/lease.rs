@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::catalog::lock;
 use crate::error::ServerError;
+use dirkdb_core::sync::lock;
 
 /// The meta file's setting that records that this node is under a lease.
 pub(crate) const LEASE_REQUIRED_SETTING: &str = "lease_required";
@@ -325,7 +325,7 @@ mod tests {
     fn a_majority_lease_needs_replicas_heard_within_the_lease() {
         let lease = Lease::new(false, false).with_majority(3, Duration::from_millis(60));
         lease.set_primary(true);
-        let now = crate::oplog::now_ms();
+        let now = dirkdb_core::clock::now_ms();
         lease.grant(10_000, now, now).unwrap();
         assert!(
             lease.allows_writes(),
@@ -333,7 +333,11 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(70));
         lease
-            .grant(60, crate::oplog::now_ms(), crate::oplog::now_ms())
+            .grant(
+                60,
+                dirkdb_core::clock::now_ms(),
+                dirkdb_core::clock::now_ms(),
+            )
             .unwrap();
         assert!(!lease.allows_writes(), "no replica heard: no majority");
         let refused = lease.check_write().unwrap_err().to_string();
@@ -352,7 +356,7 @@ mod tests {
             })
         );
         std::thread::sleep(Duration::from_millis(70));
-        let now = crate::oplog::now_ms();
+        let now = dirkdb_core::clock::now_ms();
         lease.grant(60, now, now).unwrap();
         assert!(!lease.allows_writes(), "heard too long ago");
         assert!(
@@ -368,7 +372,7 @@ mod tests {
             !lease.allows_writes(),
             "required and never granted since the start"
         );
-        let now = crate::oplog::now_ms();
+        let now = dirkdb_core::clock::now_ms();
         lease.grant(30, now, now).unwrap();
         assert!(lease.allows_writes());
         std::thread::sleep(Duration::from_millis(40));

@@ -39,8 +39,8 @@ use dirkdb_core::config::ReplicationType;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::catalog::lock;
-use crate::oplog::now_ms;
+use dirkdb_core::clock::now_ms;
+use dirkdb_core::sync::lock;
 
 /// A replica's state as the primary sees it (DESIGN.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -26,8 +26,9 @@ use super::sender::{read_acks, send_within, StreamError};
 use crate::error::ServerError;
 use crate::meta::position_in_chain;
 use crate::oplog::store::{self, Filter};
-use crate::oplog::{now_ms, Entry};
+use crate::oplog::Entry;
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -30,10 +30,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::catalog::lock;
 use crate::error::{Result, ServerError};
-use crate::oplog::now_ms;
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
+use dirkdb_core::sync::lock;
 
 /// The meta file's table of per-origin positions.
 const META_SCHEMA: &str = "

@@ -25,9 +25,9 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::Result;
 use crate::meta::HistoryLink;
-use crate::oplog::now_ms;
 use crate::oplog::store::{self, Filter};
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
 
 /// Saves this node's entries beyond its branch point in `new_chain`; returns the file written,
 /// if there was anything to save.

@@ -26,8 +26,9 @@ use super::snapshot;
 use crate::error::ServerError;
 use crate::meta::position_in_chain;
 use crate::oplog::store::{self, Filter, Source};
-use crate::oplog::{now_ms, Entry};
+use crate::oplog::Entry;
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
 
 /// Entries per message at most.
 const BATCH: usize = 1000;

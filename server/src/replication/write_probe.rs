@@ -14,8 +14,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::oplog::now_ms;
 use crate::state::ServerState;
+use dirkdb_core::clock::now_ms;
 
 /// The probe's file in the data directory (never a database: no `.db` extension).
 const PROBE_FILE: &str = "_dirk_write_probe";
