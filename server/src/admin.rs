@@ -190,7 +190,7 @@ async fn owners(State(state): Shared) -> ApiResult {
         ));
     }
     let objects = blocking(&state, |s| {
-        crate::replication::ownership::owned_objects(s, &s.catalog.names())
+        crate::owners::owned_objects(s, &s.catalog.names())
     })
     .await?;
     Ok(Json(json!({
@@ -420,7 +420,7 @@ struct LeaseBody {
 }
 
 /// `POST /replication/lease {"term": T, "leaseMillis": L, "sentAtMs": S}`: the proxy renews this
-/// primary's write lease (see `replication::lease`); `leaseMillis` 0 gives it up at once, and
+/// primary's write lease (see `lease.rs`); `leaseMillis` 0 gives it up at once, and
 /// refuses renewals sent until `sentAtMs` that arrive later.
 async fn renew_lease(State(state): Shared, body: Option<Json<LeaseBody>>) -> ApiResult {
     let Some(Json(body)) = body else {

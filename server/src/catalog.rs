@@ -42,10 +42,10 @@ pub struct ConnectionSettings {
     /// The committed sequence the capture triggers read (`dirk_committed()`).
     pub committed: Arc<AtomicU64>,
     /// The primary's write lease, checked by every client connection's commit hook.
-    pub lease: Arc<crate::replication::lease::Lease>,
+    pub lease: Arc<crate::lease::Lease>,
     /// MULTI_PRIMARY: the objects this master owns, checked by every client connection's
-    /// authorizer (see `replication::ownership`).
-    pub ownership: Arc<crate::replication::ownership::Ownership>,
+    /// authorizer (see `ownership.rs`).
+    pub ownership: Arc<crate::ownership::Ownership>,
 }
 
 /// One database: its file and its idle connections.
@@ -348,7 +348,7 @@ pub(crate) fn open_connection(
         },
     ))?;
     let lease = settings.lease.clone();
-    conn.commit_hook(Some(move || lease.refuses_commit()))?;
+    conn.commit_hook(Some(move || !is_internal() && lease.refuses_commit()))?;
     Ok(conn)
 }
 
@@ -448,12 +448,8 @@ pub(crate) fn is_internal() -> bool {
 /// MULTI_PRIMARY: false when the statement being authorized writes a table or view of the
 /// `main` database that another master owns (a client's statement; the server's own
 /// bookkeeping and DirkDB's `_dirk` and SQLite's `sqlite_` tables are not owned objects).
-fn owns_target(
-    ownership: &crate::replication::ownership::Ownership,
-    db: &str,
-    ctx: &AuthContext<'_>,
-) -> bool {
-    use crate::replication::ownership::Ownership;
+fn owns_target(ownership: &crate::ownership::Ownership, db: &str, ctx: &AuthContext<'_>) -> bool {
+    use crate::ownership::Ownership;
     use dirkdb_core::rendezvous::ObjectKind::{Table, View};
     use AuthAction::*;
     if !ownership.active() || is_internal() || ctx.database_name.is_some_and(|d| d != "main") {
@@ -476,7 +472,7 @@ fn owns_target(
     let own_bookkeeping = |n: &str| {
         is_reserved(n) || n.len() >= 7 && n.as_bytes()[..7].eq_ignore_ascii_case(b"sqlite_")
     };
-    let domain_row = crate::replication::ownership::in_domain_statement()
+    let domain_row = crate::ownership::in_domain_statement()
         && name.eq_ignore_ascii_case(dirkdb_core::sql::dirkdb::translate::DOMAIN_TABLE);
     own_bookkeeping(name) || domain_row || Ownership::allows(ownership, db, kind, name)
 }
@@ -534,7 +530,7 @@ mod tests {
 
     #[test]
     fn a_master_refuses_writes_to_tables_and_views_it_does_not_own() {
-        use crate::replication::ownership::{take_refusal, Ownership};
+        use crate::ownership::{take_refusal, Ownership};
         let dir = tempfile::tempdir().unwrap();
         let masters = vec!["m1".to_string(), "m2".into(), "m3".into()];
         let settings = ConnectionSettings {

@@ -481,7 +481,7 @@ fn show_databases_sql(names: &[String]) -> String {
 
 /// MULTI_PRIMARY: `SHOW OWNERS` over `names` (the databases the client may see).
 async fn show_owners(state: Arc<ServerState>, names: Vec<String>) -> Result<String, ServerError> {
-    use crate::replication::ownership::{owned_objects, show_owners_sql};
+    use crate::owners::{owned_objects, show_owners_sql};
     if !state.settings.ownership.active() {
         return Err(ServerError::Refused(
             "SHOW OWNERS: this instance is not a master of a MULTI_PRIMARY topology \

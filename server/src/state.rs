@@ -16,14 +16,14 @@ use dirkdb_core::config::{
 
 use crate::catalog::{Catalog, ConnectionSettings};
 use crate::error::{Result, ServerError};
+use crate::lease::{Lease, LeaseRefusal, LEASE_REQUIRED_SETTING};
 use crate::meta::Meta;
 use crate::metrics::ServerMetrics;
 use crate::oplog::store::{self, Source};
 use crate::oplog::Op;
+use crate::ownership::Ownership;
 use crate::replication::file_mode::FileMode;
-use crate::replication::lease::{Lease, LeaseRefusal, LEASE_REQUIRED_SETTING};
 use crate::replication::mode::{OplogMode, ReplicationMode};
-use crate::replication::ownership::Ownership;
 use crate::replication::ReplicationHub;
 use crate::write_path::WritePath;
 use dirkdb_core::clock::now_ms;

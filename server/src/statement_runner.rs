@@ -28,7 +28,7 @@ use dirkdb_core::sql::dirkdb::{
 use crate::database_statement::{schema_object, success_text};
 use crate::error::ServerError;
 use crate::oplog::{capture, store, Op};
-use crate::replication::ownership::{self, Ownership};
+use crate::ownership::{self, Ownership};
 use crate::write_path::WritePath;
 
 /// Pages read ahead before a result is counted.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::error::ServerError;
+use crate::lease::Lease;
 use crate::oplog::Entry;
-use crate::replication::lease::Lease;
 use dirkdb_core::sync::lock;
 
 /// Entries kept in the backlog at most.
@@ -81,7 +81,7 @@ impl WritePath {
     }
 
     /// Takes the gate for a client's write: refused at once when this primary's write lease
-    /// has ended (see [`crate::replication::lease`]), and again once the gate is held when the
+    /// has ended (see [`crate::lease`]), and again once the gate is held when the
     /// node stopped being a primary (or lost its lease) while the write waited for it.
     pub fn acquire_write(&self, owner: u64) -> Result<(), ServerError> {
         self.lease.check_write()?;

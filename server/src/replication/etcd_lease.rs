@@ -10,7 +10,7 @@
 //! error naming the cause, and the write probe (`POST /replication/write-probe`) fails, which
 //! makes the elected proxy replace it; once etcd answers again (and still names it) it writes
 //! again without a restart. This lease only ever takes permission away: the proxy's write lease
-//! ([`super::lease`]) and the failover's wait for it stay as they are.
+//! ([`crate::lease`]) and the failover's wait for it stay as they are.
 //!
 //! One session talks to one member of `endpoints`, the next after a failure, every
 //! [`RETRY`]. Each tick (a third of the lease, at most 500 ms) keeps the lease alive and reads
@@ -24,16 +24,14 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dirkdb_core::config::{ClusterConfig, CoordinatorConfig, EtcdCoordinator};
 use etcd_client::{Client, ConnectOptions, PutOptions};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
-use crate::error::ServerError;
 use crate::state::ServerState;
 use dirkdb_core::sync::lock;
 
@@ -63,75 +61,6 @@ pub(crate) enum EtcdLeaseError {
     /// config.json changed `endpoints` or `leaseMillis`.
     #[error("failover.coordinator changed in config.json: reconnecting with the new settings")]
     Reconfigured,
-}
-
-/// The permission to write that the etcd lease gives, checked by [`super::lease::Lease`] at
-/// the writer gate and in the commit hook. Not required (always allowing) unless
-/// `serverLeases` is on.
-#[derive(Debug, Default)]
-pub struct EtcdHold {
-    required: AtomicBool,
-    until: Mutex<Option<Instant>>,
-    /// Why the lease is not held, when it is not.
-    why_not: Mutex<Option<String>>,
-    /// Wakes the session (a promotion wants its first lease now).
-    wake: Notify,
-    /// The settings in force (`None` without server leases).
-    settings: Mutex<Option<EtcdCoordinator>>,
-    /// Ends the session, so that the next one uses new settings.
-    reconfigured: Notify,
-    /// Why config.json's coordinator is not the one in force (a change needing a restart).
-    restart_needed: Mutex<Option<String>>,
-}
-
-impl EtcdHold {
-    /// From now on writes need the etcd lease.
-    pub fn require(&self) {
-        *lock(&self.why_not) = Some("etcd has not answered since this node started".into());
-        self.required.store(true, Ordering::Release);
-    }
-
-    /// Whether writes need the etcd lease.
-    pub fn required(&self) -> bool {
-        self.required.load(Ordering::Acquire)
-    }
-
-    /// Time left on the lease (`None`: not held).
-    pub fn remaining(&self) -> Option<Duration> {
-        let until = (*lock(&self.until))?;
-        until
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-    }
-
-    /// True when it is not required, or held.
-    pub fn allows_writes(&self) -> bool {
-        !self.required() || self.remaining().is_some()
-    }
-
-    /// `Ok` when a primary may write as far as etcd is concerned; the reason otherwise.
-    pub fn check(&self) -> Result<(), ServerError> {
-        if self.allows_writes() {
-            return Ok(());
-        }
-        let why = lock(&self.why_not).clone().unwrap_or_else(|| {
-            "its last renewal is older than the lease (etcd did not answer in time)".into()
-        });
-        Err(ServerError::Refused(format!(
-            "this primary holds no lease in etcd (failover.coordinator.serverLeases): {why}; \
-             writes are refused until it renews it or another node is promoted"
-        )))
-    }
-
-    fn extend_to(&self, until: Instant) {
-        *lock(&self.until) = Some(until);
-        *lock(&self.why_not) = None;
-    }
-
-    fn lapse(&self, why: String) {
-        *lock(&self.until) = None;
-        *lock(&self.why_not) = Some(why);
-    }
 }
 
 /// What etcd's primary record says of this node.
@@ -523,29 +452,5 @@ mod tests {
             judge("m1", 3, Some(&record("m2", 1))),
             Verdict::Refuse(why) if why.contains("m2")
         ));
-    }
-
-    #[test]
-    fn the_hold_refuses_writes_once_required_until_extended_and_after_it_runs_out() {
-        let hold = EtcdHold::default();
-        assert!(hold.allows_writes() && hold.check().is_ok(), "not required");
-        hold.require();
-        let e = hold.check().unwrap_err().to_string();
-        assert!(
-            e.contains("serverLeases") && e.contains("not answered"),
-            "{e}"
-        );
-        hold.extend_to(Instant::now() + Duration::from_millis(30));
-        assert!(hold.allows_writes());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(!hold.allows_writes());
-        assert!(hold.check().unwrap_err().to_string().contains("older"));
-        hold.extend_to(Instant::now() + Duration::from_secs(5));
-        hold.lapse("etcd unreachable at x".into());
-        assert!(hold
-            .check()
-            .unwrap_err()
-            .to_string()
-            .contains("unreachable at x"));
     }
 }

@@ -18,9 +18,7 @@ pub(crate) mod apply;
 pub(crate) mod etcd_lease;
 pub(crate) mod file_mode;
 pub(crate) mod follower;
-pub(crate) mod lease;
 pub(crate) mod mode;
-pub(crate) mod ownership;
 pub(crate) mod peer_apply;
 pub(crate) mod peer_stream;
 pub(crate) mod peers;
@@ -218,7 +216,7 @@ pub struct ReplicationHub {
     /// meanwhile.
     synced: AtomicBool,
     /// This node's write lease, told of every replica heard from (majority leases).
-    lease: std::sync::OnceLock<std::sync::Arc<lease::Lease>>,
+    lease: std::sync::OnceLock<std::sync::Arc<crate::lease::Lease>>,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
 }
@@ -258,7 +256,7 @@ impl ReplicationHub {
     }
 
     /// Tells `lease` of every replica heard from in this node's term (majority leases).
-    pub fn attach_lease(&self, lease: std::sync::Arc<lease::Lease>) {
+    pub fn attach_lease(&self, lease: std::sync::Arc<crate::lease::Lease>) {
         let _ = self.lease.set(lease);
     }
 

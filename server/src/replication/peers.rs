@@ -452,8 +452,7 @@ pub(crate) fn write_metrics(
         &STREAMING,
         per_origin(|s| u64::from(s.state == PeerState::Streaming)),
     )?;
-    let objects =
-        super::ownership::owned_objects(state, &state.catalog.names()).unwrap_or_default();
+    let objects = crate::owners::owned_objects(state, &state.catalog.names()).unwrap_or_default();
     let mut per_owner: BTreeMap<String, u64> = BTreeMap::new();
     for o in &objects {
         *per_owner

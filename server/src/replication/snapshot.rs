@@ -27,7 +27,7 @@ pub(crate) const LOCAL_SETTINGS: [&str; 5] = [
     "primary",
     "boot_id",
     "clean_shutdown",
-    super::lease::LEASE_REQUIRED_SETTING,
+    crate::lease::LEASE_REQUIRED_SETTING,
 ];
 
 /// Copies of every file at one position, deleted when dropped.

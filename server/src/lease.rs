@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dirkdb_core::config::EtcdCoordinator;
+use tokio::sync::Notify;
+
 use crate::error::ServerError;
 use dirkdb_core::sync::lock;
 
@@ -46,7 +49,7 @@ pub struct Lease {
     /// the proxy took the lease away must not give it back.
     revoked_through_ms: AtomicI64,
     /// The lease in etcd, when `failover.coordinator.serverLeases` asks for one.
-    etcd: super::etcd_lease::EtcdHold,
+    etcd: EtcdHold,
     /// Majority leases: replicas needed besides this node (0: off).
     needed: AtomicUsize,
     /// The lease length, the window in which replicas must have been heard.
@@ -214,8 +217,8 @@ impl Lease {
             && self.majority_holds()
     }
 
-    /// The lease in etcd ([`super::etcd_lease`]).
-    pub fn etcd(&self) -> &super::etcd_lease::EtcdHold {
+    /// The lease in etcd (kept by `replication/etcd_lease.rs`).
+    pub fn etcd(&self) -> &EtcdHold {
         &self.etcd
     }
 
@@ -261,11 +264,81 @@ impl Lease {
     }
 
     /// The SQLite commit hook's answer: true turns a client commit on a primary whose lease
-    /// has ended into a rollback (the server's own bookkeeping is never refused).
+    /// has ended into a rollback (the catalog's hook never asks it for the server's own
+    /// bookkeeping).
     pub fn refuses_commit(&self) -> bool {
-        self.primary.load(Ordering::Acquire)
-            && !self.allows_writes()
-            && !crate::catalog::is_internal()
+        self.primary.load(Ordering::Acquire) && !self.allows_writes()
+    }
+}
+
+/// The permission to write that the etcd lease gives, checked by [`Lease`] at
+/// the writer gate and in the commit hook. Not required (always allowing) unless
+/// `serverLeases` is on.
+#[derive(Debug, Default)]
+pub struct EtcdHold {
+    required: AtomicBool,
+    until: Mutex<Option<Instant>>,
+    /// Why the lease is not held, when it is not.
+    pub(crate) why_not: Mutex<Option<String>>,
+    /// Wakes the session (a promotion wants its first lease now).
+    pub(crate) wake: Notify,
+    /// The settings in force (`None` without server leases).
+    pub(crate) settings: Mutex<Option<EtcdCoordinator>>,
+    /// Ends the session, so that the next one uses new settings.
+    pub(crate) reconfigured: Notify,
+    /// Why config.json's coordinator is not the one in force (a change needing a restart).
+    pub(crate) restart_needed: Mutex<Option<String>>,
+}
+
+impl EtcdHold {
+    /// From now on writes need the etcd lease.
+    pub fn require(&self) {
+        *lock(&self.why_not) = Some("etcd has not answered since this node started".into());
+        self.required.store(true, Ordering::Release);
+    }
+
+    /// Whether writes need the etcd lease.
+    pub fn required(&self) -> bool {
+        self.required.load(Ordering::Acquire)
+    }
+
+    /// Time left on the lease (`None`: not held).
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = (*lock(&self.until))?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// True when it is not required, or held.
+    pub fn allows_writes(&self) -> bool {
+        !self.required() || self.remaining().is_some()
+    }
+
+    /// `Ok` when a primary may write as far as etcd is concerned; the reason otherwise.
+    pub fn check(&self) -> Result<(), ServerError> {
+        if self.allows_writes() {
+            return Ok(());
+        }
+        let why = lock(&self.why_not).clone().unwrap_or_else(|| {
+            "its last renewal is older than the lease (etcd did not answer in time)".into()
+        });
+        Err(ServerError::Refused(format!(
+            "this primary holds no lease in etcd (failover.coordinator.serverLeases): {why}; \
+             writes are refused until it renews it or another node is promoted"
+        )))
+    }
+
+    /// The lease is held until `until`.
+    pub(crate) fn extend_to(&self, until: Instant) {
+        *lock(&self.until) = Some(until);
+        *lock(&self.why_not) = None;
+    }
+
+    /// The lease is not held, for this reason.
+    pub(crate) fn lapse(&self, why: String) {
+        *lock(&self.until) = None;
+        *lock(&self.why_not) = Some(why);
     }
 }
 
@@ -378,5 +451,29 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert!(!lease.allows_writes());
         assert!(lease.remaining().is_none());
+    }
+
+    #[test]
+    fn the_hold_refuses_writes_once_required_until_extended_and_after_it_runs_out() {
+        let hold = EtcdHold::default();
+        assert!(hold.allows_writes() && hold.check().is_ok(), "not required");
+        hold.require();
+        let e = hold.check().unwrap_err().to_string();
+        assert!(
+            e.contains("serverLeases") && e.contains("not answered"),
+            "{e}"
+        );
+        hold.extend_to(Instant::now() + Duration::from_millis(30));
+        assert!(hold.allows_writes());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!hold.allows_writes());
+        assert!(hold.check().unwrap_err().to_string().contains("older"));
+        hold.extend_to(Instant::now() + Duration::from_secs(5));
+        hold.lapse("etcd unreachable at x".into());
+        assert!(hold
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("unreachable at x"));
     }
 }
