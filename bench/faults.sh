@@ -13,11 +13,17 @@
 #
 #   bench/faults.sh            # one long run
 #   RUNS=10 bench/faults.sh    # ten of them (the issue's "done when")
+#   FAULTS_LOG=faults.log bench/faults.sh   # keep the whole output (servers' logs of failures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-1}"
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+if [ -n "${FAULTS_LOG:-}" ]; then
+    log="$FAULTS_LOG"
+    : >"$log"
+else
+    log="$(mktemp)"
+    trap 'rm -f "$log"' EXIT
+fi
 for run in $(seq 1 "$runs"); do
     echo "== fault run $run of $runs"
     cargo test --test fault_e2e -- --include-ignored --nocapture --test-threads 1 2>&1 \
