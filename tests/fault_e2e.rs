@@ -57,7 +57,7 @@ struct Node {
 struct Faulty {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
-    /// Every link between "proxy", "m1", "m2" and "m3".
+    /// Every link between "proxy" and the nodes ("m1", "m2", …).
     net: Network,
     proxy_port: u16,
     proxy_admin: u16,
@@ -85,8 +85,13 @@ impl Faulty {
 
     /// Like [`Faulty::start_in`], with `failover.majorityLease` set to `majority`.
     fn start_with(k: u32, mode: &'static str, majority: bool) -> Faulty {
+        Faulty::start_nodes(k, mode, majority, 3)
+    }
+
+    /// Like [`Faulty::start_with`], with `n` nodes (m1 primary).
+    fn start_nodes(k: u32, mode: &'static str, majority: bool, n: usize) -> Faulty {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<Node> = (0..3)
+        let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 id: format!("m{}", i + 1),
                 port: free_port(),
@@ -104,11 +109,11 @@ impl Faulty {
             mode,
             majority,
         };
-        for i in 0..3 {
+        for i in 0..n {
             std::fs::write(f.server_config_path(i), f.config(Some(i), k)).expect("config");
         }
         std::fs::write(f.dir.path().join("config.json"), f.config(None, k)).expect("config");
-        for i in 0..3 {
+        for i in 0..n {
             f.spawn(i);
         }
         f.spawn_proxy();
@@ -238,8 +243,8 @@ impl Faulty {
     }
 
     fn logs(&self) -> String {
-        ["proxy", "m1", "m2", "m3"]
-            .iter()
+        std::iter::once("proxy")
+            .chain(self.nodes.iter().map(|n| n.id.as_str()))
             .map(|n| format!("==== {n}\n{}", tail(&self.log(n), 60)))
             .collect()
     }
@@ -273,7 +278,7 @@ impl Faulty {
 
     /// Cuts (or heals) every link between node `i` and the other nodes (not the proxy).
     fn replication_of(&self, i: usize, cut: bool) {
-        for j in (0..3).filter(|&j| j != i) {
+        for j in (0..self.nodes.len()).filter(|&j| j != i) {
             self.link(i, j, cut)
         }
     }
@@ -294,11 +299,11 @@ impl Faulty {
         loop {
             let p = self.primary();
             let target = self.status(p)["committedSequence"].as_u64();
-            let all: Vec<Option<u64>> = (0..3)
+            let all: Vec<Option<u64>> = (0..self.nodes.len())
                 .map(|i| self.status(i)["committedSequence"].as_u64())
                 .collect();
             if target.is_some() && all.iter().all(|s| *s == target) {
-                let sums: Vec<Value> = (0..3)
+                let sums: Vec<Value> = (0..self.nodes.len())
                     .map(|i| {
                         try_http(self.nodes[i].admin, "GET", "/replication/checksum", "")
                             .map(|v| v["databases"].clone())
@@ -409,6 +414,8 @@ struct Record {
     probes: AtomicU64,
     /// Read-your-writes violations: (acknowledged value, value read).
     backwards: Mutex<Vec<(u64, u64)>>,
+    /// What every node held and said at the first read that went backwards.
+    backwards_seen: Mutex<Option<String>>,
     reads: AtomicU64,
 }
 
@@ -444,8 +451,10 @@ impl Load {
                 record.clone(),
             )));
         }
+        let nodes: Vec<(u16, u16)> = f.nodes.iter().map(|n| (n.port, n.admin)).collect();
         tasks.push(tokio::spawn(reader_of_own_writes(
             proxy.clone(),
+            nodes,
             stop.clone(),
             record.clone(),
         )));
@@ -513,7 +522,12 @@ async fn writer(proxy: String, w: u64, stop: Arc<AtomicBool>, record: Arc<Record
 
 /// One session that increments a counter and reads it back: a read must never show less than
 /// the session's last acknowledged increment.
-async fn reader_of_own_writes(proxy: String, stop: Arc<AtomicBool>, record: Arc<Record>) {
+async fn reader_of_own_writes(
+    proxy: String,
+    nodes: Vec<(u16, u16)>,
+    stop: Arc<AtomicBool>,
+    record: Arc<Record>,
+) {
     let mut client = None;
     let mut acked = 0u64;
     while !stop.load(Ordering::Acquire) {
@@ -554,6 +568,11 @@ async fn reader_of_own_writes(proxy: String, stop: Arc<AtomicBool>, record: Arc<
                 record.reads.fetch_add(1, Ordering::Relaxed);
                 if seen < acked {
                     record.backwards.lock().unwrap().push((acked, seen));
+                    if record.backwards_seen.lock().unwrap().is_none() {
+                        let nodes = every_node_says(&nodes).await;
+                        *record.backwards_seen.lock().unwrap() =
+                            Some(format!("read {seen} after {acked}: {nodes}"));
+                    }
                 }
             }
             Ok(Err(dirkdb_client::ClientError::Server(_))) => {}
@@ -561,6 +580,32 @@ async fn reader_of_own_writes(proxy: String, stop: Arc<AtomicBool>, record: Arc<
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Each node's counter, read directly, and what its status says (a read gone backwards).
+async fn every_node_says(nodes: &[(u16, u16)]) -> String {
+    let mut said = Vec::new();
+    for &(port, admin) in nodes {
+        let counter = match connect_use(&format!("127.0.0.1:{port}")).await {
+            Some(mut c) => c
+                .query("SELECT n FROM counter WHERE id = 1")
+                .await
+                .ok()
+                .and_then(|r| r.rows.first().and_then(|row| row[0].as_u64())),
+            None => None,
+        };
+        let s = tokio::task::spawn_blocking(move || {
+            try_http(admin, "GET", "/replication/status", "").unwrap_or(Value::Null)
+        })
+        .await
+        .unwrap_or(Value::Null);
+        said.push(format!(
+            "{} counter {counter:?} role {} term {} committed {} accepts {} history {} following {}",
+            s["instance"], s["role"], s["term"], s["committedSequence"], s["acceptsWrites"],
+            s["history"], s["following"]
+        ));
+    }
+    said.join("\n")
 }
 
 /// Asks every node, directly and all along, whether it accepts writes.
@@ -626,7 +671,14 @@ async fn check(f: &Faulty, load: Load, what: &str) -> BTreeSet<u64> {
     );
     assert!(
         backwards.is_empty(),
-        "{what}: reads went backwards: {backwards:?}"
+        "{what}: reads went backwards: {backwards:?}\n{}\n{}",
+        record
+            .backwards_seen
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default(),
+        f.logs()
     );
     for id in f.rolled_back_ids() {
         assert!(
@@ -1145,6 +1197,93 @@ async fn with_majority_leases_a_primary_cut_from_its_replicas_steps_down_by_itse
     assert_rolled_back(&f, &held, &present, "majority leases");
 }
 
+/// Majority leases on five nodes (a majority is three: the primary and two replicas): the
+/// primary cut from two replicas keeps writing, with no failover; cut from three, it hears one
+/// replica — a minority — and refuses writes by itself while the proxy still sees it; the proxy
+/// replaces it, writes are acknowledged again during the cut, and healed it is fenced with its
+/// unreplicated writes in its rollback file and nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_majority_leases_on_five_nodes_a_primary_left_with_a_minority_steps_down() {
+    let f = Faulty::start_nodes(1, "OPLOG", true, 5);
+    let load = Load::start(&f).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = f.primary();
+    let others: Vec<usize> = (0..5).filter(|&i| i != p).collect();
+    let cut = |f: &Faulty, n: usize, cut: bool| {
+        for &o in &others[..n] {
+            f.link(p, o, cut)
+        }
+    };
+    let during = f
+        .acknowledged_during(
+            &load,
+            Duration::from_secs(3),
+            Duration::ZERO,
+            |f| cut(f, 2, true),
+            |f| cut(f, 2, false),
+        )
+        .await;
+    assert!(
+        during > 0,
+        "the primary and two replicas are a majority of five: writes go on\n{}",
+        f.logs()
+    );
+    assert_eq!(
+        f.primary(),
+        p,
+        "no failover while a majority hears the primary\n{}",
+        f.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acknowledged = || load.record.acknowledged.lock().unwrap().len();
+    cut(&f, 3, true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.primary() == p || f.status(p)["acceptsWrites"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "a primary left with a minority kept its lease or was not replaced: {}\n{}",
+            f.status(p),
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = f.status(p)["lease"]["majority"].clone();
+    assert!(
+        f.log(f.id(p)).contains("majority lease") || f.log("proxy").contains("majority lease"),
+        "the lost majority is named ({status})\n{}",
+        f.logs()
+    );
+    let held = f.ids_on(p).await;
+    let at_failover = acknowledged();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acknowledged() <= at_failover {
+        assert!(
+            Instant::now() < deadline,
+            "writes are acknowledged again during the cut, by the new primary\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cut(&f, 3, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.status(p)["following"]["state"] != "Streaming" {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was not fenced: {}\n{}",
+            f.status(p),
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let present = check(
+        &f,
+        load,
+        "majority leases, five nodes: primary left with a minority",
+    )
+    .await;
+    assert_rolled_back(&f, &held, &present, "majority leases, five nodes");
+}
+
 /// A directory made immutable (`chattr +i`: no file can be created in it, even by root) until
 /// dropped; `None` where `chattr` cannot do it (no CAP_LINUX_IMMUTABLE, a filesystem without
 /// the attribute).
@@ -1431,7 +1570,7 @@ impl Faulty {
         if self.status(p)["acceptsWrites"] != true {
             return false;
         }
-        (0..3).filter(|&i| i != p).all(|i| {
+        (0..self.nodes.len()).filter(|&i| i != p).all(|i| {
             let s = self.status(i);
             s["role"] == "REPLICA" && s["following"]["state"] == "Streaming"
         })
@@ -1633,4 +1772,153 @@ async fn a_demoted_or_repointed_node_vouches_for_no_position_until_it_has_synced
         matches!(&refused, Err(dirkdb_client::ClientError::Server(m)) if m.contains("not synced")),
         "a demoted primary vouched for its own position: {refused:?}"
     );
+}
+
+/// Waits until nodes `nodes` stand at the same committed sequence, at least `at_least`.
+async fn caught_up(f: &Faulty, nodes: &[usize], at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seqs: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|&i| f.status(i)["committedSequence"].as_u64())
+            .collect();
+        if let Some(Some(first)) = seqs.first() {
+            if *first >= at_least && seqs.iter().all(|s| *s == Some(*first)) {
+                return *first;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes {nodes:?} never caught up: {seqs:?}\n{}",
+            f.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Read-your-writes across a failover, write concern 0: the session's write reaches only the
+/// old primary, a replica is promoted and writes others at the same sequences. The session's
+/// next read must not silently miss its write (sequence alone would say the new history holds
+/// it): it is refused once, naming the rollback, and the session then follows the new history.
+/// A session whose write every node took reads it across the failover without a refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_your_writes_session_never_reads_backwards_across_a_failover() {
+    read_your_writes_across_a_failover("OPLOG").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_file_mode_a_read_your_writes_session_never_reads_backwards_across_a_failover() {
+    read_your_writes_across_a_failover("FILE").await
+}
+
+async fn read_your_writes_across_a_failover(mode: &'static str) {
+    let mut f = Faulty::start_in(0, mode);
+    let proxy = format!("127.0.0.1:{}", f.proxy_port);
+    let mut setup = Client::connect(&proxy).await.expect("proxy");
+    for sql in [
+        "CREATE DATABASE jepsen",
+        "USE jepsen",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, w INT)",
+    ] {
+        setup.execute(sql).await.expect(sql);
+    }
+    let mut kept = connect_use(&proxy).await.expect("session");
+    insert(&mut kept, 2)
+        .await
+        .expect("a write every node takes");
+    let before = caught_up(&f, &[0, 1, 2], 1).await;
+    // m1 keeps the proxy but loses its replicas: the session's write stays on m1 alone.
+    f.replication_of(0, true);
+    let mut session = connect_use(&proxy).await.expect("session");
+    insert(&mut session, 1)
+        .await
+        .expect("acknowledged with k = 0");
+    // A database only m1 gets: the new primary will not have it at all.
+    let mut lone = Client::connect(&proxy).await.expect("proxy");
+    for sql in [
+        "CREATE DATABASE solo",
+        "USE solo",
+        "CREATE TABLE s(id INTEGER PRIMARY KEY)",
+        "INSERT INTO s VALUES (7)",
+    ] {
+        lone.execute(sql).await.expect(sql);
+    }
+    let own = "SELECT count(*) FROM t WHERE id = 1";
+    let rows = session.query(own).await.expect("read");
+    assert_eq!(
+        rows.rows[0][0].as_u64(),
+        Some(1),
+        "the session reads its write"
+    );
+    // m1 loses the proxy too: a replica is promoted once m1's lease ended.
+    f.proxy_link(0, true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.primary() == 0 {
+        assert!(Instant::now() < deadline, "no failover\n{}", f.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let others: Vec<usize> = (1..3).collect();
+    // Another session writes on the new primary past the session's sequence.
+    let mut writer = connect_use(&proxy).await.expect("writer");
+    let mut id = 100;
+    while id < 103 {
+        match insert(&mut writer, id).await {
+            Ok(_) => id += 1,
+            Err(dirkdb_client::ClientError::Server(_)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no writes after the failover\n{}",
+                    f.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("writer: {e}"),
+        }
+    }
+    caught_up(&f, &others, before + 2).await;
+    let read = session.query(own).await;
+    match &read {
+        Err(dirkdb_client::ClientError::Server(m)) => assert!(
+            m.contains("a failover rolled it back"),
+            "refused for another reason: {m}"
+        ),
+        Ok(rows) => panic!(
+            "the session's read went backwards without a word: {:?}\n{}",
+            rows.rows,
+            f.logs()
+        ),
+        Err(e) => panic!("read: {e}"),
+    }
+    let rows = kept
+        .query("SELECT count(*) FROM t WHERE id = 2")
+        .await
+        .expect("a write the new primary holds is read without a refusal");
+    assert_eq!(rows.rows[0][0].as_u64(), Some(1));
+    // Told once; the session now follows the new primary's history.
+    let rows = session
+        .query("SELECT count(*) FROM t WHERE id >= 100")
+        .await
+        .expect("the next read is served");
+    assert_eq!(rows.rows[0][0].as_u64(), Some(3));
+    // m1 rejoins, is fenced, and keeps the write in a rollback file.
+    f.replication_of(0, false);
+    f.proxy_link(0, false);
+    f.converge(Duration::from_secs(60));
+    assert!(
+        f.rolled_back_ids().contains(&1),
+        "the rolled back write is in no rollback file\n{}",
+        f.logs()
+    );
+    let solo: Vec<Value> = f
+        .rollback_entries()
+        .into_iter()
+        .filter(|e| e["table"] == "s" && e["op"] == "I")
+        .collect();
+    assert_eq!(
+        solo.len(),
+        1,
+        "the write in a database the new primary lacks is in no rollback file: {solo:?}\n{}",
+        f.logs()
+    );
+    f.restart(0);
 }

@@ -10,6 +10,7 @@
 //! * [`rendezvous`]: DirkDB's rendezvous hashing (read stickiness, MULTI_PRIMARY object owners).
 //! * [`metrics`]: the one Prometheus writer of every `/metrics`.
 //! * [`sync`] and [`clock`]: locks that survive a panicking holder, and the wall clock in ms.
+//! * [`position`]: a write's position (sequence and history) as the extensions spell it.
 //! * [`frame`] and [`value`]: response frames of the wire protocol and how SQL values are written.
 //! * [`sql`]: statement framing (where a `;` ends a statement) and the Malagasy keyword dialect.
 //! * [`connection`]: sockets wrapped so that the server reads statements and writes frames, and the
@@ -29,6 +30,7 @@ pub mod connection;
 pub mod frame;
 pub mod in_flight;
 pub mod metrics;
+pub mod position;
 pub mod rendezvous;
 pub mod security;
 pub mod sql;

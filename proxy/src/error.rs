@@ -33,6 +33,15 @@ pub enum ProxyError {
     /// acknowledged write (see `ack_watermark::failover_waiting`).
     #[error("{0}")]
     FailoverWaiting(String),
+    /// READ_YOUR_WRITES: the session's last write is not in the primary's history (a failover
+    /// rolled it back); the session now follows the primary's history.
+    #[error("read-your-writes: this session's last write ({position}) is not in the history of the primary {instance}: a failover rolled it back (the node that took it keeps it in a rollback file); this read was refused, the session's next reads follow {instance}'s history")]
+    OwnWriteRolledBack {
+        /// The session's position (sequence and history).
+        position: String,
+        /// The primary.
+        instance: String,
+    },
     /// MULTI_PRIMARY: the statement would break the one-writer-per-object rule (the text names
     /// the objects and their owners).
     #[error("{0}")]

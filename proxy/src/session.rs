@@ -12,10 +12,20 @@
 //! replicas, its outcome (the last frame) is held until k replicas have
 //! applied it (`DIRK WAIT REPLICAS`), or replaced by an error saying how many did.
 //!
-//! Two extensions are answered by the session itself, from its read-your-writes position (the
-//! position of its last acknowledged write): `DIRK POSITION` → `position <last_write>`, and
-//! `DIRK SEEN <seq>` → the position becomes `max(last_write, seq)` and is answered as
-//! `position <n>`. A caching proxy in front sends `DIRK SEEN` with a change notice's position so
+//! A session's read-your-writes position is that of its last write: the sequence and the
+//! history it was written in (`DIRK POSITION HISTORY`; see [`dirkdb_core::position`]), since a
+//! new primary reuses the sequences of writes a failover rolled back. A replica serves the
+//! session's reads once it holds that position of that history (`DIRK WAIT <seq> <ms>
+//! <history>`); before the primary serves one, it is asked too (`DIRK WAIT <seq> 0 <history>`),
+//! and when the position is not in its history (the write was never acknowledged to k ≥ 1
+//! replicas and a failover rolled it back) the read is refused once with an error saying so,
+//! and the session follows the primary's history from there: its reads never silently go
+//! backwards.
+//!
+//! Two extensions are answered by the session itself, from its read-your-writes position:
+//! `DIRK POSITION` → `position <seq>`, and `DIRK SEEN <seq>` → the position becomes
+//! `max(seq of the last write, seq)` (a raised one without a history: a change notice's
+//! sequence is compared by sequence alone) and is answered as `position <n>`. A caching proxy in front sends `DIRK SEEN` with a change notice's position so
 //! that the session's later reads on replicas wait for it. Other `DIRK` statements go to the
 //! primary; `DIRK CHANGES` is the listener's (see [`crate::change_feed`]).
 //!
@@ -38,6 +48,7 @@ use dirkdb_client::ClientError;
 use dirkdb_core::config::{ReadConsistency, ReplicationType};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
+use dirkdb_core::position::Position;
 use dirkdb_core::sql::classify::{classify, StatementClass, TransactionControl};
 use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -58,7 +69,8 @@ pub(crate) struct ProxySession {
     txn_wrote: bool,
     /// Why the open transaction was rolled back, until the client ends it.
     rolled_back: Option<String>,
-    last_write: u64,
+    /// The read-your-writes position: the session's last write (or a change notice's position).
+    last_write: Position,
     primary: Option<(Arc<Backend>, BackendConn)>,
     file_triggers: Arc<FileTriggers>,
     /// The authenticated client; backend connections run for it (`crate::auth`).
@@ -122,7 +134,7 @@ impl ProxySession {
             txn: TransactionState::default(),
             txn_wrote: false,
             rolled_back: None,
-            last_write: 0,
+            last_write: Position::default(),
             primary: None,
             file_triggers,
             user: None,
@@ -164,11 +176,13 @@ impl ProxySession {
         if let Some(own) = own_extension(&sql) {
             let frame = match own {
                 Ok(OwnExtension::Position) => {
-                    Frame::Message(format!("position {}", self.last_write))
+                    Frame::Message(format!("position {}", self.last_write.seq))
                 }
                 Ok(OwnExtension::Seen(seq)) => {
-                    self.last_write = self.last_write.max(seq);
-                    Frame::Message(format!("position {}", self.last_write))
+                    if seq > self.last_write.seq {
+                        self.last_write = Position { seq, history: None };
+                    }
+                    Frame::Message(format!("position {}", self.last_write.seq))
                 }
                 Err(msg) => Frame::error(msg),
             };
@@ -383,9 +397,10 @@ impl ProxySession {
         if self.topology.load().is_multi_primary() {
             return self.settle_on_master(backend, conn, last).await;
         }
-        let text = backend.extension(conn, "DIRK POSITION").await?;
-        let position = parse_number(&text, "position").unwrap_or(0);
-        self.last_write = self.last_write.max(position);
+        let text = backend.extension(conn, "DIRK POSITION HISTORY").await?;
+        let written = dirkdb_core::position::parse(&text).unwrap_or_default();
+        let position = written.seq;
+        self.wrote_at(written);
         let Some(Confirmations {
             concern,
             confirmed,
@@ -412,6 +427,50 @@ impl ProxySession {
             return Ok(Frame::error(msg));
         }
         Ok(last)
+    }
+
+    /// Follows the session's write at `written`: its position becomes the session's, unless an
+    /// earlier write of the same history stands further (never, for one session).
+    fn wrote_at(&mut self, written: Position) {
+        if written.history != self.last_write.history || written.seq >= self.last_write.seq {
+            self.last_write = written;
+        }
+    }
+
+    /// READ_YOUR_WRITES, before the primary serves a read: asks it whether the session's
+    /// position is in its history; when not, refuses this read with the reason and moves the
+    /// session's position to the primary's.
+    async fn own_writes_on_primary(&mut self) -> Result<(), ProxyError> {
+        let topology = self.topology.load_full();
+        if topology.config.routing.reads.consistency != ReadConsistency::ReadYourWrites
+            || self.last_write.seq == 0
+            || self.last_write.history.is_none()
+        {
+            return Ok(());
+        }
+        let (backend, mut conn) = self.primary_conn().await?;
+        let wait = self.last_write.wait_statement(0);
+        let answer = conn.client.execute(&wait).await;
+        self.primary = Some((backend.clone(), conn));
+        match answer {
+            Err(ClientError::Server(e)) => match dirkdb_core::position::parse_refusal(&e) {
+                Some(primary_at) => {
+                    let position = std::mem::replace(&mut self.last_write, primary_at);
+                    tracing::warn!(instance = %backend.id, %position, "a read-your-writes session's last write is not in the primary's history");
+                    Err(ProxyError::OwnWriteRolledBack {
+                        position: position.to_string(),
+                        instance: backend.id.clone(),
+                    })
+                }
+                // Not reached yet, or not told: the primary serves it as before.
+                None => Ok(()),
+            },
+            Err(e) => {
+                self.primary = None;
+                Err(backend.failure(e.to_string()))
+            }
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Waits for the write concern of a write at `position` (`DIRK WAIT REPLICAS`); `None` when
@@ -457,6 +516,7 @@ impl ProxySession {
         let mut retried = false;
         for backend in topology.read_candidates(self.db.as_deref()) {
             if Arc::ptr_eq(&backend, &primary) {
+                self.own_writes_on_primary().await?;
                 return self.on_primary(sql, &StatementClass::Read, out).await;
             }
             let mut sent = false;
@@ -471,6 +531,7 @@ impl ProxySession {
                 }
             }
         }
+        self.own_writes_on_primary().await?;
         self.on_primary(sql, &StatementClass::Read, out).await
     }
 
@@ -485,12 +546,9 @@ impl ProxySession {
         let mut conn = backend.checkout(self.db.as_deref()).await?;
         let lb = &topology.config.load_balancer;
         if topology.config.routing.reads.consistency == ReadConsistency::ReadYourWrites
-            && self.last_write > 0
+            && self.last_write.seq > 0
         {
-            let wait = format!(
-                "DIRK WAIT {} {}",
-                self.last_write, lb.read_your_writes_wait_ms
-            );
+            let wait = self.last_write.wait_statement(lb.read_your_writes_wait_ms);
             match conn.client.execute(&wait).await {
                 Ok(_) => {}
                 Err(ClientError::Server(_)) => {

@@ -3,10 +3,18 @@
 //!
 //! * `DIRK POSITION` → `position <seq>`: the oplog position of this session's last committed
 //!   write (0 before any), which a proxy needs for read-your-writes.
-//! * `DIRK WAIT <seq> <timeout_ms>` → `position <committed>` once this instance has committed
-//!   or applied `seq` — on a replica, also synced with its current primary since it was
-//!   repointed or demoted (its data may hold writes the primary lacks, at positions the primary
-//!   reuses); an error naming the position reached when the timeout passes first.
+//! * `DIRK POSITION HISTORY` → `position <seq> history <id>`: the same position and the
+//!   history (see [`crate::meta`]; every promotion starts one, with a new term) it was written
+//!   in. A sequence alone does not name a write: after a failover the new primary reuses the
+//!   sequences of writes it never received.
+//! * `DIRK WAIT <seq> <timeout_ms> [<history>]` → `position <committed>` once this instance has
+//!   committed or applied `seq` — on a replica, also synced with its current primary since it
+//!   was repointed or demoted (its data may hold writes the primary lacks, at positions the
+//!   primary reuses); an error naming the position reached when the timeout passes first. With
+//!   a history, `seq` of that history must be in this node's history chain: refused at once
+//!   when it is not (`dirkdb_core::position::NOT_IN_HISTORY`: the history was left before
+//!   `seq`, or a primary does not descend from it — a failover rolled the write back), while a
+//!   replica that does not know the history yet waits for it.
 //! * `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>` → `replicas <n> term <t>`: on a primary, waits
 //!   until `k` connected replicas acknowledged `seq` in the primary's term `t` (or the timeout),
 //!   and says how many did; an error when the node no longer accepts writes by then (it lost its
@@ -25,6 +33,9 @@
 use std::time::Duration;
 
 use crate::error::ServerError;
+use dirkdb_core::position::{NODE_AT, NOT_IN_HISTORY};
+
+use crate::meta::{position_in_chain, HistoryLink};
 use crate::state::ServerState;
 
 /// Longest wait of `DIRK SEEN`.
@@ -35,12 +46,16 @@ pub(crate) const SEEN_WAIT: Duration = Duration::from_millis(1000);
 pub(crate) enum Extension {
     /// `DIRK POSITION`
     Position,
-    /// `DIRK WAIT <seq> <timeout_ms>`
+    /// `DIRK POSITION HISTORY`
+    PositionHistory,
+    /// `DIRK WAIT <seq> <timeout_ms> [<history>]`
     Wait {
         /// Position to reach.
         seq: u64,
         /// Longest wait.
         timeout: Duration,
+        /// The history `seq` belongs to, when the asker knows it.
+        history: Option<String>,
     },
     /// `DIRK WAIT REPLICAS <k> <seq> <timeout_ms>`
     WaitReplicas {
@@ -91,6 +106,9 @@ pub(crate) fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
     };
     let parsed = match words.get(1).map(String::as_str) {
         Some("POSITION") if words.len() == 2 => Ok(Extension::Position),
+        Some("POSITION") if words.len() == 3 && words[2] == "HISTORY" => {
+            Ok(Extension::PositionHistory)
+        }
         Some("WAIT")
             if words.get(2).map(String::as_str) == Some("REPLICAS") && words.len() == 6 =>
         {
@@ -102,10 +120,12 @@ pub(crate) fn parse(sql: &str) -> Option<Result<Extension, ServerError>> {
                 })
             })()
         }
-        Some("WAIT") if words.len() == 4 => (|| {
+        Some("WAIT") if words.len() == 4 || words.len() == 5 => (|| {
             Ok(Extension::Wait {
                 seq: number(2)?,
                 timeout: Duration::from_millis(number(3)?),
+                // History ids keep their case.
+                history: sql.split_whitespace().nth(4).map(str::to_string),
             })
         })(),
         Some("SEEN") if words.len() == 3 => number(2).map(|seq| Extension::Seen { seq }),
@@ -126,7 +146,16 @@ pub(crate) async fn answer(
 ) -> Result<String, ServerError> {
     match ext {
         Extension::Position => Ok(format!("position {last_write}")),
-        Extension::Wait { seq, timeout } => wait_for_position(state, seq, timeout).await,
+        Extension::PositionHistory => {
+            let chain = state.meta.history(&state.instance_id)?;
+            let history = history_at(&chain, last_write).unwrap_or_default();
+            Ok(format!("position {last_write} history {history}"))
+        }
+        Extension::Wait {
+            seq,
+            timeout,
+            history,
+        } => wait_for_position(state, seq, timeout, history.as_deref()).await,
         Extension::WaitReplicas { k, seq, timeout } => {
             let count = || {
                 state
@@ -165,14 +194,44 @@ pub(crate) async fn answer(
     }
 }
 
+/// The history of `chain` in which `seq` was written: the newest one that began before it.
+fn history_at(chain: &[HistoryLink], seq: u64) -> Option<&str> {
+    chain
+        .iter()
+        .rev()
+        .find(|l| l.parent_end < seq)
+        .or(chain.first())
+        .map(|l| l.id.as_str())
+}
+
+/// Whether position `seq` of `history` is in `chain` (`None`: the chain does not know that
+/// history, which a replica may only not have heard of yet).
+fn in_chain(chain: &[HistoryLink], history: &str, seq: u64) -> Option<bool> {
+    chain
+        .iter()
+        .any(|l| l.id == history)
+        .then(|| position_in_chain(chain, history, seq))
+}
+
+/// The refusal of a position that is not in `chain`.
+fn not_in_history(chain: &[HistoryLink], history: &str, seq: u64, now: u64) -> ServerError {
+    let current = chain.last().map_or("", |l| l.id.as_str());
+    ServerError::Refused(format!(
+        "position {seq} of history {history} is {NOT_IN_HISTORY} (a failover rolled it back); \
+         {NODE_AT}position {now} history {current}"
+    ))
+}
+
 /// `DIRK WAIT`: waits until this node has `seq` and vouches for it. A replica vouches only once
 /// it has synced with its current primary since it was repointed or demoted: until then its
 /// sequence may count writes its primary never had (a demoted primary's own), at positions the
 /// primary reuses for others. Synced is not announced, so the wait also looks every 20 ms.
+/// With `history`, the position must also be in this node's history chain.
 async fn wait_for_position(
     state: &ServerState,
     seq: u64,
     timeout: Duration,
+    history: Option<&str>,
 ) -> Result<String, ServerError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut commits = state.write_path.subscribe();
@@ -180,10 +239,29 @@ async fn wait_for_position(
         let vouched = !state.is_replica() || state.replication.is_synced();
         let now = state.write_path.committed();
         if vouched && now >= seq {
-            return Ok(format!("position {now}"));
+            let Some(history) = history else {
+                return Ok(format!("position {now}"));
+            };
+            let chain = state.meta.history(&state.instance_id)?;
+            match in_chain(&chain, history, seq) {
+                Some(true) => return Ok(format!("position {now}")),
+                Some(false) => return Err(not_in_history(&chain, history, seq, now)),
+                // A primary holds its whole lineage: a history it lacks is not its ancestor.
+                None if !state.is_replica() => {
+                    return Err(not_in_history(&chain, history, seq, now))
+                }
+                // A replica may not have heard of it yet.
+                None => {}
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ServerError::Refused(if vouched {
+            return Err(ServerError::Refused(if vouched && now >= seq {
+                format!(
+                    "position {seq} of history {} not vouched for within {} ms: this replica has not heard of that history yet (at {now})",
+                    history.unwrap_or_default(),
+                    timeout.as_millis()
+                )
+            } else if vouched {
                 format!(
                     "position {seq} not reached within {} ms (at {now})",
                     timeout.as_millis()
@@ -214,9 +292,24 @@ mod tests {
             parse("dirk wait 12 500").unwrap().unwrap(),
             Extension::Wait {
                 seq: 12,
-                timeout: Duration::from_millis(500)
+                timeout: Duration::from_millis(500),
+                history: None,
             }
         );
+        assert_eq!(
+            parse("DIRK WAIT 12 500 m1-Ab-3").unwrap().unwrap(),
+            Extension::Wait {
+                seq: 12,
+                timeout: Duration::from_millis(500),
+                history: Some("m1-Ab-3".into()),
+            }
+        );
+        assert_eq!(
+            parse("dirk position history").unwrap().unwrap(),
+            Extension::PositionHistory
+        );
+        assert!(parse("DIRK POSITION NOW").unwrap().is_err());
+        assert!(parse("DIRK WAIT 12 500 a b").unwrap().is_err());
         assert_eq!(
             parse("DIRK WAIT REPLICAS 2 9 100").unwrap().unwrap(),
             Extension::WaitReplicas {
@@ -239,5 +332,33 @@ mod tests {
         assert!(parse("dirk changes").is_none());
         assert!(parse("DIRK CHANGES now").unwrap().is_err());
         assert!(parse("SELECT 1").is_none());
+    }
+
+    fn chain(links: &[(&str, u64)]) -> Vec<HistoryLink> {
+        links
+            .iter()
+            .map(|(id, parent_end)| HistoryLink {
+                id: id.to_string(),
+                parent_end: *parent_end,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_position_names_the_history_it_was_written_in() {
+        let c = chain(&[("a", 0), ("b", 100), ("c", 250)]);
+        assert_eq!(history_at(&c, 0), Some("a"));
+        assert_eq!(history_at(&c, 100), Some("a"));
+        assert_eq!(history_at(&c, 101), Some("b"));
+        assert_eq!(history_at(&c, 250), Some("b"));
+        assert_eq!(history_at(&c, 251), Some("c"));
+        assert_eq!(in_chain(&c, "a", 100), Some(true));
+        assert_eq!(
+            in_chain(&c, "a", 101),
+            Some(false),
+            "the same sequence, written again in a later history"
+        );
+        assert_eq!(in_chain(&c, "c", 9999), Some(true));
+        assert_eq!(in_chain(&c, "x", 1), None);
     }
 }

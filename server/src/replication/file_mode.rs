@@ -405,11 +405,16 @@ impl PrimaryRounds<'_> {
             // A copy failed: the secondary does not hold `position`, so it must not confirm it.
             return Ok(true);
         }
+        let chain = state
+            .meta
+            .history(&state.instance_id)
+            .map_err(|e| StreamError::Server(e.into()))?;
         write_message(
             writer,
             &Message::FileRoundEnd {
                 position,
                 ts: dirty_since,
+                chain,
             },
         )
         .await?;
@@ -692,7 +697,12 @@ async fn on_message(
             on_copy(state, copy, units).await?
         }
         Message::FileDrop { name } => on_drop(state, name).await?,
-        Message::FileRoundEnd { position, ts } => {
+        Message::FileRoundEnd {
+            position,
+            ts,
+            chain,
+        } => {
+            adopt_chain(state, &chain)?;
             state.write_path.reset(position);
             // Every database now equals the primary's copy at `position` or later.
             state.replication.set_synced(true);
@@ -710,6 +720,25 @@ async fn on_message(
         other => return Err(StreamError::Peer(format!("unexpected message {other:?}"))),
     };
     write_message(writer, &answer).await?;
+    Ok(())
+}
+
+/// Adopts the primary's history chain when it differs from this node's (`chain` empty: the
+/// primary predates chains in FILE rounds).
+fn adopt_chain(state: &ServerState, chain: &[crate::meta::HistoryLink]) -> Result<(), StreamError> {
+    if chain.is_empty() {
+        return Ok(());
+    }
+    let own = state
+        .meta
+        .history(&state.instance_id)
+        .map_err(|e| StreamError::Server(e.into()))?;
+    if own != chain {
+        state
+            .meta
+            .adopt_history(chain, state.term())
+            .map_err(|e| StreamError::Server(e.into()))?;
+    }
     Ok(())
 }
 
@@ -737,6 +766,9 @@ async fn on_drop(state: &Arc<ServerState>, name: String) -> Result<Message, Stre
     validate_name(&name).map_err(StreamError::Server)?;
     let (s, n) = (state.clone(), name.clone());
     let dropped = blocking(move || {
+        if !s.replication.is_synced() {
+            save_dropped_database(&s, &n)?;
+        }
         s.catalog.drop_database(&n, true)?;
         let _ = std::fs::remove_file(s.data_dir().join(SHADOW_DIR).join(format!("{n}.db")));
         Ok(())
@@ -848,6 +880,22 @@ fn save_own_writes(state: &ServerState, name: &str, shadow: &Path) -> crate::err
     db.give_back(live);
     if let Some(path) = saved? {
         tracing::warn!(database = name, file = %path.display(), "writes this node made that the new primary's copy lacks were saved to a rollback file");
+    }
+    Ok(())
+}
+
+/// On a node not yet synced with its primary: every write of `name`, which the primary no
+/// longer has, goes to a rollback file before the database is dropped.
+fn save_dropped_database(state: &ServerState, name: &str) -> crate::error::Result<()> {
+    if !state.catalog.names().iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let db = state.catalog.get(name)?;
+    let live = db.lease()?;
+    let saved = super::rollback::save_database(state, name, &live);
+    db.give_back(live);
+    if let Some(path) = saved? {
+        tracing::warn!(database = name, file = %path.display(), "the writes of a database the new primary no longer has were saved to a rollback file before it was dropped");
     }
     Ok(())
 }

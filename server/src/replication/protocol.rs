@@ -138,6 +138,10 @@ pub enum Message {
         position: u64,
         /// The time of the oldest change the round carries (ms since the epoch).
         ts: i64,
+        /// The primary's history chain (the secondary adopts it, so that positions name their
+        /// history on it too; empty from servers that predate it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chain: Vec<HistoryLink>,
     },
     /// Primary → replica: partial sync; entries after `from` follow.
     Continue {

@@ -16,7 +16,9 @@
 //! (it was repointed or demoted), [`save_divergent_from_copy`] saves every entry of the
 //! database's own oplog that the copy lacks or holds differently (compared by sequence and
 //! checksum) — the same file format. Entries older than the copy's oldest are not compared (the
-//! primary pruned them); a database the new primary no longer has is dropped without a save.
+//! primary pruned them). A database the new primary no longer has is dropped, on such a node,
+//! only after every entry of its oplog was saved ([`save_database`]: the primary holds none of
+//! them now, though it may have held some before it dropped the database).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,11 +66,43 @@ pub(crate) fn save_divergent_from_copy(
     live: &Connection,
     copy: &Connection,
 ) -> Result<Option<PathBuf>> {
-    const STEP: usize = 1000;
     let oldest = store::file_stats(copy)?.oldest;
-    let mut after = oldest.map_or(0, |o| o.saturating_sub(1));
-    let mut file = RollbackFile::new(state, db);
     let mut held = copy.prepare("SELECT crc FROM _dirk_oplog WHERE seq = ?1")?;
+    let mut lacks = |entry: &crate::oplog::Entry| -> Result<bool> {
+        let theirs: Option<i64> = held
+            .query_row([entry.seq.min(i64::MAX as u64) as i64], |r| r.get(0))
+            .optional()?;
+        Ok(theirs.map(|c| c as u32) != Some(entry.crc))
+    };
+    save_file_entries(
+        state,
+        db,
+        live,
+        oldest.map_or(0, |o| o.saturating_sub(1)),
+        &mut lacks,
+    )
+}
+
+/// FILE mode: saves every entry of database `db`'s own oplog (`live`), which the new primary
+/// no longer has; returns the file written, if there was anything to save.
+pub(crate) fn save_database(
+    state: &ServerState,
+    db: &str,
+    live: &Connection,
+) -> Result<Option<PathBuf>> {
+    save_file_entries(state, db, live, 0, &mut |_| Ok(true))
+}
+
+/// Saves the entries of `live`'s oplog after `after` for which `lacks` is true.
+fn save_file_entries(
+    state: &ServerState,
+    db: &str,
+    live: &Connection,
+    mut after: u64,
+    lacks: &mut dyn FnMut(&crate::oplog::Entry) -> Result<bool>,
+) -> Result<Option<PathBuf>> {
+    const STEP: usize = 1000;
+    let mut file = RollbackFile::new(state, db);
     loop {
         let own = store::read_file_entries(live, db, after, STEP)?;
         let Some(last) = own.last().map(|e| e.seq) else {
@@ -76,10 +110,7 @@ pub(crate) fn save_divergent_from_copy(
         };
         let mut divergent = Vec::new();
         for entry in own {
-            let theirs: Option<i64> = held
-                .query_row([entry.seq.min(i64::MAX as u64) as i64], |r| r.get(0))
-                .optional()?;
-            if theirs.map(|c| c as u32) != Some(entry.crc) {
+            if lacks(&entry)? {
                 divergent.push(entry);
             }
         }
