@@ -28,13 +28,14 @@ for run in $(seq 1 "$runs"); do
     echo "== fault run $run of $runs"
     cargo test --test fault_e2e -- --include-ignored --nocapture --test-threads 1 2>&1 \
         | tee -a "$log" \
-        | grep -E "^(test |random faults: seed|.*acknowledged, )|panicked|FAILED" || true
+        | grep -E "^(test |random faults: seed|.*acknowledged, )|panicked|FAILED|went backwards|lost:" \
+        | cut -c1-2000 || true
 done
 # Totals per scenario over every run: runs, acknowledged writes, lost ones, probe rounds with
 # two writers, reads that went backwards, and test failures.
 echo "== totals over $runs run(s)"
 perl -ne '
-    $failed++ if /^test \S+ \.\.\. .*FAILED$/;
+    $failed += $1 if /^test result: FAILED\. \d+ passed; (\d+) failed/;
     s/^test \S+ \.\.\. //;
     if (/^(.*?): (\d+) acknowledged, .*? (\d+) lost, .*?\((\d+) with two writers\), .*?\((\d+) backwards\)/) {
         my ($k, $ack, $lost, $two, $back) = ($1, $2, $3, $4, $5);

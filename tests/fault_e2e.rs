@@ -430,16 +430,7 @@ struct Load {
 impl Load {
     async fn start(f: &Faulty) -> Load {
         let proxy = format!("127.0.0.1:{}", f.proxy_port);
-        let mut c = Client::connect(&proxy).await.expect("proxy");
-        for sql in [
-            "CREATE DATABASE jepsen",
-            "USE jepsen",
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, w INT)",
-            "CREATE TABLE counter(id INTEGER PRIMARY KEY, n INT)",
-            "INSERT INTO counter VALUES (1, 0)",
-        ] {
-            c.execute(sql).await.expect(sql);
-        }
+        set_up(&proxy, f).await;
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Record::default());
         let mut tasks = Vec::new();
@@ -479,6 +470,43 @@ impl Load {
         }
         self.record.clone()
     }
+}
+
+/// Creates the harness's tables through the proxy. Each statement is idempotent and retried:
+/// on a loaded machine the primary may lose its lease before the load even starts (a false
+/// failover, which the harness tolerates; it is losses it counts).
+async fn set_up(proxy: &str, f: &Faulty) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for sql in [
+        "CREATE DATABASE IF NOT EXISTS jepsen",
+        "USE jepsen",
+        "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, w INT)",
+        "CREATE TABLE IF NOT EXISTS counter(id INTEGER PRIMARY KEY, n INT)",
+        "INSERT OR IGNORE INTO counter VALUES (1, 0)",
+    ] {
+        loop {
+            let done = match connect_use_or_not(proxy).await {
+                Some(mut c) => c.execute(sql).await.map(|_| ()),
+                None => Err(dirkdb_client::ClientError::Server("no proxy".into())),
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "set-up `{sql}`: {e}\n{}",
+                    f.logs()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A connection to the proxy in database jepsen when it exists yet.
+async fn connect_use_or_not(addr: &str) -> Option<Client> {
+    let mut c = Client::connect(addr).await.ok()?;
+    let _ = c.execute("USE jepsen").await;
+    Some(c)
 }
 
 async fn connect_use(addr: &str) -> Option<Client> {
