@@ -330,3 +330,161 @@ async fn large_statements_at_once_are_bounded_by_the_in_flight_budget() {
     assert_still_serving("server", &mut cluster.nodes[0].child, &server_addr, 200).await;
     assert_still_serving("proxy", &mut cluster.proxy.child, &proxy_addr, 200).await;
 }
+
+/// A TCP connection to `addr` made from `source`, another loopback address (127.0.0.2, …): an
+/// address the cluster's `config.json` does not name, so its limits apply to it.
+async fn connect_from(source: &str, addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().expect("source address"))?;
+    socket.connect(addr.parse().expect("address")).await
+}
+
+/// What a silent connection from `source` is told before it is closed (within 5 s).
+async fn told_on_connect(source: &str, addr: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut socket = connect_from(source, addr).await.expect("connect");
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut bytes)).await;
+    if bytes.is_empty() {
+        println!("{source} -> {addr}: nothing read ({read:?})");
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A session from `source` (statements sent and frames read with the core codec).
+async fn session_from(
+    source: &str,
+    addr: &str,
+) -> dirkdb_core::connection::ClientConnection<tokio::net::TcpStream> {
+    let socket = connect_from(source, addr).await.expect("connect");
+    dirkdb_core::connection::ClientConnection::new(socket, 1 << 20)
+}
+
+/// The message frame answering `sql` on `conn` (pages skipped).
+async fn message_of(
+    conn: &mut dirkdb_core::connection::ClientConnection<tokio::net::TcpStream>,
+    sql: &str,
+) -> Option<String> {
+    conn.send_statement(sql).await.ok()?;
+    loop {
+        match conn.read_frame().await.ok()?? {
+            Frame::Message(text) => return Some(text),
+            _ => continue,
+        }
+    }
+}
+
+/// A counter's value in a `/metrics` text (0 when absent).
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_thousand_silent_sockets_from_one_address_do_not_lock_the_others_out() {
+    // Default limits: 1024 connections, 256 per address, no authentication.
+    let mut cluster = cluster_with_limits("{}");
+    let server_addr = cluster.addr(0);
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    let admins = [cluster.nodes[0].admin, cluster.proxy.admin];
+    for (i, (name, addr)) in [("server", &server_addr), ("proxy", &proxy_addr)]
+        .into_iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..1030 {
+            // Every connect succeeds (the kernel's backlog); the refused ones are closed soon.
+            silent.push(connect_from("127.0.0.2", addr).await.expect("connect"));
+        }
+        println!(
+            "{name}: 1030 silent sockets open after {:?}",
+            started.elapsed()
+        );
+        let child = if i == 0 {
+            &mut cluster.nodes[0].child
+        } else {
+            &mut cluster.proxy.child
+        };
+        // Another client (another address) is served at once, and memory stays small.
+        assert_still_serving(name, child, addr, 200).await;
+        // One more from the flooding address is told why it is refused.
+        let mut text = String::new();
+        for _ in 0..10 {
+            text = told_on_connect("127.0.0.2", addr).await;
+            if !text.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(
+            text.contains("too many connections from 127.0.0.2")
+                && text.contains("limits.maxConnectionsPerAddress"),
+            "{name}: the refused connection read {text:?}"
+        );
+        let metrics = common::inproc::Scrape::of(admins[i]).await.text;
+        let refused = counter(&metrics, "dirkdb_connections_refused_per_address_total");
+        assert!(refused >= 1030 - 256, "{name}: {refused} refusals counted");
+        drop(silent);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_and_an_edited_limit_applies_live() {
+    let mut cluster = cluster_with_limits(r#"{ "idleTimeoutMs": 700 }"#);
+    let server_addr = cluster.addr(0);
+    let proxy_addr = format!("127.0.0.1:{}", cluster.proxy.port);
+    for (name, addr) in [("server", &server_addr), ("proxy", &proxy_addr)] {
+        let mut idle = session_from("127.0.0.3", addr).await;
+        let answer = message_of(&mut idle, "SELECT 1").await;
+        assert!(answer.is_some(), "{name}: served at first");
+        // The cluster's own address (127.0.0.1 is every host of config.json) is exempt.
+        let mut own = Client::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let told = idle.read_frame().await;
+        match told {
+            Ok(Some(Frame::Message(text))) => {
+                assert!(text.contains("limits.idleTimeoutMs"), "{name}: {text}")
+            }
+            other => panic!("{name}: the idle session got {other:?}"),
+        }
+        assert!(
+            matches!(idle.read_frame().await, Ok(None) | Err(_)),
+            "{name}: closed after the message"
+        );
+        own.query("SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the exempt session was closed: {e}"));
+    }
+    // An edited file: two connections per address at most, applied without a restart.
+    let path = cluster.dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    config["limits"] = serde_json::json!({ "maxConnectionsPerAddress": 2 });
+    std::fs::write(&path, config.to_string()).expect("write config");
+    for (name, addr) in [("server", &server_addr), ("proxy", &proxy_addr)] {
+        let mut text = String::new();
+        for _ in 0..50 {
+            let _held = [
+                connect_from("127.0.0.4", addr).await.expect("connect"),
+                connect_from("127.0.0.4", addr).await.expect("connect"),
+            ];
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut third = session_from("127.0.0.4", addr).await;
+            let told = tokio::time::timeout(Duration::from_millis(500), third.read_frame()).await;
+            if let Ok(Ok(Some(Frame::Message(t)))) = told {
+                text = t;
+                break;
+            }
+        }
+        assert!(
+            text.contains("limits.maxConnectionsPerAddress") && text.contains("limit 2"),
+            "{name}: {text:?}"
+        );
+    }
+    let server_addr = cluster.addr(0);
+    assert_still_serving("server", &mut cluster.nodes[0].child, &server_addr, 200).await;
+}

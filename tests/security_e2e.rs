@@ -714,3 +714,48 @@ async fn server_proxy_and_cache_apply_edited_users_live_and_keep_sessions() {
         assert!(gone.contains("no longer exists"), "{part}: {gone}");
     }
 }
+
+/// `AUTH` again inside a transaction, on `addr`: the transaction goes on under the new user's
+/// grants (a statement it may not run is refused naming the permission) and ends as the client
+/// says; nothing autocommits behind its back.
+async fn reauth_inside_a_transaction(name: &str, addr: &str) {
+    let mut admin = login(addr, "admin", "admin-pw").await;
+    eventually(&mut admin, "USE shop").await;
+    admin.execute("DELETE FROM r").await.unwrap();
+    for (end, kept) in [("ROLLBACK", 0), ("COMMIT", 2)] {
+        let mut c = login(addr, "admin", "admin-pw").await;
+        c.execute("USE shop").await.unwrap();
+        c.execute("BEGIN").await.unwrap();
+        c.execute("INSERT INTO r VALUES ('by admin')")
+            .await
+            .unwrap();
+        c.execute("AUTH app app-pw").await.unwrap();
+        c.execute("INSERT INTO r VALUES ('by app')").await.unwrap();
+        // Inside the transaction its own rows are seen (same connection all along).
+        let seen = rows(c.execute("SELECT count(*) FROM r").await.unwrap());
+        assert_eq!(seen, vec![vec![json!(2)]], "{name}: inside the transaction");
+        c.execute("AUTH reader reader-pw").await.unwrap();
+        let e = denied(c.execute("INSERT INTO r VALUES ('by reader')").await);
+        assert!(e.contains("lacks WRITE on database `shop`"), "{name}: {e}");
+        c.execute(end)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {end} after AUTH: {e}"));
+        let after = rows(admin.execute("SELECT count(*) FROM r").await.unwrap());
+        assert_eq!(after, vec![vec![json!(kept)]], "{name}: after {end}");
+        admin.execute("DELETE FROM r").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticating_again_inside_a_transaction_keeps_the_transaction() {
+    let cluster = secure_cluster_with_proxy(0, "{}", json!({}));
+    let cache = start_cache(&cluster);
+    let proxy = format!("127.0.0.1:{}", cluster.proxy.port);
+    let mut admin = login(&proxy, "admin", "admin-pw").await;
+    eventually(&mut admin, "CREATE DATABASE shop").await;
+    admin.execute("USE shop").await.unwrap();
+    admin.execute("CREATE TABLE r (v TEXT)").await.unwrap();
+    reauth_inside_a_transaction("server", &cluster.addr(0)).await;
+    reauth_inside_a_transaction("proxy", &proxy).await;
+    reauth_inside_a_transaction("cache", &format!("127.0.0.1:{}", cache.port)).await;
+}

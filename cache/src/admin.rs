@@ -23,6 +23,8 @@ pub(crate) struct AdminState {
     pub stats: Arc<CacheStats>,
     /// Where the cache forwards to.
     pub upstream: String,
+    /// The refusals counted alike by every part.
+    pub guards: dirkdb_core::metrics::Guards,
 }
 
 /// Serves the admin API until the task is aborted; with `security.requireAuth`, `/stats` (and,
@@ -59,7 +61,7 @@ async fn stats(State(s): State<AdminState>) -> Json<Value> {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     s.store.settle();
-    match s.stats.to_prometheus() {
+    match s.stats.to_prometheus(Some(s.guards.clone())) {
         Ok(text) => (
             [(header::CONTENT_TYPE, dirkdb_core::metrics::CONTENT_TYPE)],
             text,

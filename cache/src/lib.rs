@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
+use dirkdb_core::conn_limit::{AddressSlot, ClientLimits};
 use dirkdb_core::connection::{ConnectionError, ServerConnection};
 use dirkdb_core::tls::{Stream, TlsServer};
 use tokio::net::TcpListener;
@@ -129,24 +130,33 @@ pub async fn run(
     let stats = Arc::new(CacheStats::default());
     let store = ResultStore::new(settings.limits.clone(), stats.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let client_limits = ClientLimits::new(&settings.config);
+    let guards = dirkdb_core::metrics::Guards {
+        limits: client_limits.clone(),
+        security: security.clone(),
+        tls: tls.clone(),
+    };
     let mut background = vec![tokio::spawn(admin::serve(
         admin_listener,
         admin::AdminState {
             store: store.clone(),
             stats: stats.clone(),
             upstream: settings.upstream.clone(),
+            guards,
         },
         security.clone(),
         tls.clone(),
     ))];
     if let Some(path) = settings.config_path.clone() {
         let (security, tls) = (security.clone(), tls.clone());
+        let client_limits = client_limits.clone();
         background.push(tokio::spawn(dirkdb_core::config::watch::watch(
             path,
             "cache".into(),
             move |config| {
                 security.reload(&config.security);
                 dirkdb_core::tls::reload(tls.as_deref(), &config.security);
+                client_limits.reload(&config);
                 std::future::ready(())
             },
         )));
@@ -188,7 +198,7 @@ pub async fn run(
     serve(
         listener,
         ctx,
-        (settings.max_connections, tls),
+        (settings.max_connections, tls, client_limits),
         settings.shutdown_timeout,
         stopping,
     )
@@ -202,7 +212,7 @@ pub async fn run(
 async fn serve(
     listener: TcpListener,
     ctx: Arc<SessionContext>,
-    (max_connections, tls): (usize, Option<Arc<TlsServer>>),
+    (max_connections, tls, limits): (usize, Option<Arc<TlsServer>>, Arc<ClientLimits>),
     shutdown_timeout: Duration,
     shutdown: impl std::future::Future,
 ) {
@@ -213,17 +223,20 @@ async fn serve(
         ),
         shutdown_timeout,
         tls,
+        limits: limits.clone(),
     };
     serve_clients(
         listener,
         options,
         shutdown,
         || {},
-        |socket, mut stop| {
+        |socket, mut stop, slot| {
             let ctx = ctx.clone();
+            let limits = limits.clone();
             async move {
                 ctx.stats.clients.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = handle_client(socket, ctx.clone(), &mut stop).await {
+                if let Err(e) = handle_client(socket, ctx.clone(), &mut stop, (slot, &limits)).await
+                {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
                 ctx.stats.clients.fetch_sub(1, Ordering::Relaxed);
@@ -238,10 +251,12 @@ async fn handle_client(
     socket: Stream,
     ctx: Arc<SessionContext>,
     stop: &mut Shutdown,
+    (mut slot, limits): (AddressSlot, &ClientLimits),
 ) -> Result<(), ConnectionError> {
     let mut auth =
         dirkdb_core::security::ConnectionAuth::new(ctx.security.clone(), auth::peer_ip(&socket));
     let mut conn = ServerConnection::new(socket, ctx.max_statement_bytes);
+    conn.set_idle_limit(limits.idle_limit(&slot, false));
     let mut session = CacheSession::new(ctx);
     loop {
         let incoming = tokio::select! {
@@ -251,9 +266,13 @@ async fn handle_client(
         let Some(incoming) = incoming else { break };
         if auth::gate(&mut auth, &incoming, &mut conn).await? {
             session.set_identity(auth.clone());
-            continue;
+            if auth.is_cluster_login() {
+                slot.release();
+            }
+        } else {
+            session.handle(incoming, &mut conn).await?;
         }
-        session.handle(incoming, &mut conn).await?;
+        conn.set_idle_limit(limits.idle_limit(&slot, session.in_transaction()));
     }
     Ok(())
 }

@@ -115,6 +115,12 @@ impl CacheSession {
         self.identity = Some(auth);
     }
 
+    /// Whether the client has a transaction open (its idle limit is
+    /// `limits.idleInTransactionTimeoutMs`).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.txn.open
+    }
+
     /// Answers one statement with one complete response.
     pub(crate) async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
@@ -270,9 +276,10 @@ impl CacheSession {
     }
 
     /// A broken upstream connection rolled back the session's transaction, if one was open:
-    /// the session leaves it, and the error says so.
+    /// the session leaves it, and the error says so. A refused `DIRK AS` left the connection,
+    /// and its transaction, as they were.
     fn after_upstream_failure(&mut self, had_txn: bool, error: UpstreamError) -> UpstreamError {
-        if had_txn {
+        if had_txn && !matches!(error, UpstreamError::ActAs { .. }) {
             self.txn = TransactionState::default();
             self.txn_writes.clear();
             tracing::debug!("upstream connection lost inside a transaction; it was rolled back");

@@ -112,12 +112,17 @@ impl CacheStats {
     }
 
     /// The figures in Prometheus' text format, through the one writer of every `/metrics`.
-    pub fn to_prometheus(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+    /// `guards` adds the refusals every part counts alike.
+    pub fn to_prometheus(
+        self: &Arc<Self>,
+        guards: Option<dirkdb_core::metrics::Guards>,
+    ) -> Result<String, std::fmt::Error> {
         let stats = self.clone();
         dirkdb_core::metrics::render(Vec::new(), move |page| {
             FIGURES
                 .iter()
-                .try_for_each(|f| page.one(&f.metric, (f.value)(&stats)))
+                .try_for_each(|f| page.one(&f.metric, (f.value)(&stats)))?;
+            guards.as_ref().map_or(Ok(()), |g| g.write(page))
         })
     }
 }
@@ -289,7 +294,7 @@ mod tests {
         CacheStats::bump(&stats.misses);
         assert_eq!(stats.hit_ratio(), 0.75);
         assert_eq!(stats.to_json()["hit_ratio"], json!(0.75));
-        let text = stats.to_prometheus().unwrap();
+        let text = stats.to_prometheus(None).unwrap();
         assert!(text.contains("dirkdb_cache_hits_total 3\n"), "{text}");
         assert!(
             text.contains("# TYPE dirkdb_cache_entries gauge\n"),

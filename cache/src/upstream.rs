@@ -66,6 +66,14 @@ pub(crate) enum UpstreamError {
         /// What went wrong.
         reason: String,
     },
+    /// The upstream connection could not be switched to the client's new user.
+    #[error("the upstream refused to run for user `{user}` (DIRK AS): {reason}")]
+    ActAs {
+        /// The user the client authenticated as.
+        user: String,
+        /// The upstream's answer.
+        reason: String,
+    },
     /// The session's database could not be selected again on a new connection.
     #[error("cannot select database {db} on the new upstream connection: {reason}")]
     Reselect {
@@ -152,8 +160,11 @@ pub(crate) struct Upstream {
     floor_supported: bool,
     timeout: Duration,
     deadline: Option<Instant>,
-    /// The client the connection runs for (`crate::auth`).
+    /// The client the session runs for (`crate::auth`).
     user: Option<String>,
+    /// The client the open connection runs for (`DIRK AS`); it follows `user` before the next
+    /// statement is sent.
+    acting: Option<String>,
     /// A read sent whose first frame has not arrived yet.
     pending: Option<Pending>,
 }
@@ -173,17 +184,17 @@ impl Upstream {
             timeout,
             deadline: None,
             user: None,
+            acting: None,
             pending: None,
         }
     }
 
-    /// Makes the connection run for `user` from the next statement on (a new identity means a
-    /// new connection, authenticated for it).
+    /// Makes the connection run for `user` from the next statement on. An open connection is
+    /// kept and switched with `DIRK AS` before that statement, so a client that authenticates
+    /// again inside a transaction keeps its transaction (under the new user's grants), as on
+    /// the proxy and the server.
     pub(crate) fn set_user(&mut self, user: Option<String>) {
-        if self.user != user {
-            self.user = user;
-            self.client = None;
-        }
+        self.user = user;
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> UpstreamError {
@@ -205,9 +216,11 @@ impl Upstream {
                 .await
                 .map_err(|e| self.unreachable(e))?;
             self.client = Some(client);
+            self.acting = self.user.clone();
             self.db = None;
             self.floor = 0;
         }
+        self.act_for_user().await?;
         if let Some(db) = db.filter(|db| self.db.as_deref() != Some(*db)) {
             let statement = format!("USE {db}");
             match self.call(&statement).await {
@@ -232,6 +245,30 @@ impl Upstream {
                 addr: self.addr.clone(),
                 reason: "not connected".into(),
             })
+    }
+
+    /// Switches the open connection to the session's user (`DIRK AS`) when it runs for another
+    /// one; without cluster credentials nobody is acted for (grants are not enforced upstream).
+    async fn act_for_user(&mut self) -> Result<(), UpstreamError> {
+        if self.acting == self.user || crate::auth::cluster().is_none() {
+            return Ok(());
+        }
+        let Some(user) = self.user.clone() else {
+            return Ok(());
+        };
+        match self.call(&format!("DIRK AS {user}")).await? {
+            Frame::Message(text) if !text.starts_with(dirkdb_core::frame::ERROR_PREFIX) => {
+                self.acting = Some(user);
+                Ok(())
+            }
+            frame => Err(UpstreamError::ActAs {
+                user,
+                reason: frame
+                    .error_text()
+                    .unwrap_or("unexpected answer")
+                    .to_string(),
+            }),
+        }
     }
 
     /// Sends a statement whose answer is one message frame, and returns that frame.
@@ -460,7 +497,7 @@ fn reason_of(error: UpstreamError) -> String {
         | UpstreamError::TransactionLost { reason, .. }
         | UpstreamError::OutcomeUnknown { reason, .. }
         | UpstreamError::Reselect { reason, .. } => reason,
-        e @ UpstreamError::Timeout { .. } => e.to_string(),
+        e @ (UpstreamError::Timeout { .. } | UpstreamError::ActAs { .. }) => e.to_string(),
     }
 }
 

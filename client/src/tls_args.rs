@@ -1,6 +1,7 @@
-//! `--tls`, `--ca`, `--cert` and `--key` of `dirkdb client` and `dirkdb bench`: connect in TLS,
-//! checking the server's certificate against `--ca` (the public roots without it), presenting a
-//! client certificate when given (a node certificate, for parts with `security.tls.mutualTls`).
+//! `--tls`, `--ca`, `--cert`, `--key` and `--server-name` of `dirkdb client` and `dirkdb bench`:
+//! connect in TLS, checking the server's certificate against `--ca` (the public roots without
+//! it) and the host connected to (or `--server-name`), presenting a client certificate when
+//! given (a node certificate, for parts with `security.tls.mutualTls`).
 
 use std::path::PathBuf;
 
@@ -22,12 +23,16 @@ pub struct TlsArgs {
     /// The private key (PEM) of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it does not name the host connected
+    /// to (security.tls.serverName of the parts); implies --tls.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
 }
 
 impl TlsArgs {
     /// True when connections are to be made in TLS.
     pub fn enabled(&self) -> bool {
-        self.tls || self.ca.is_some() || self.cert.is_some()
+        self.tls || self.ca.is_some() || self.cert.is_some() || self.server_name.is_some()
     }
 
     /// Makes every connection of this process use these options; the error names the option.
@@ -36,7 +41,10 @@ impl TlsArgs {
             return Ok(());
         }
         let identity = self.cert.as_deref().zip(self.key.as_deref());
-        let client = TlsClient::new(self.ca.as_deref(), identity).map_err(option_error)?;
+        let mut client = TlsClient::new(self.ca.as_deref(), identity).map_err(option_error)?;
+        if let Some(name) = &self.server_name {
+            client = client.with_server_name(name).map_err(option_error)?;
+        }
         use_client_tls(Some(client));
         Ok(())
     }
@@ -46,6 +54,7 @@ fn option_error(e: TlsError) -> String {
     let option = match e.field {
         "certFile" => "--cert",
         "keyFile" => "--key",
+        "serverName" => "--server-name",
         _ => "--ca",
     };
     format!("{option}: {}", e.problem)

@@ -1,7 +1,11 @@
 //! The one accept loop of every listener (server, proxy, cache), and its graceful shutdown.
 //!
-//! Every accepted client gets a task, at most `max_connections` at once (one more gets a single
-//! error frame and is closed, never left hanging). Shutdown follows tokio's mini-redis:
+//! Every accepted client gets a task, at most `max_connections` at once and at most
+//! `limits.maxConnectionsPerAddress` from one IP address ([`ClientLimits::admit`]; the handler
+//! gets the connection's [`AddressSlot`]). One more gets a single error frame and is closed,
+//! never left hanging; those refusals run [`MAX_REFUSING`] at a time, each for at most
+//! [`REFUSAL_TIME`], and past that a refused socket is just closed, so a flood costs bounded
+//! memory. Shutdown follows tokio's mini-redis:
 //!
 //! 1. the loop stops accepting and drops the sender of a broadcast channel, so every task's
 //!    [`Shutdown::recv`] returns: a task finishes the statement it runs and ends when it next
@@ -22,17 +26,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::conn_limit::{AddressSlot, ClientLimits};
 use crate::connection::{ConnectionError, Incoming, ServerConnection};
 use crate::frame::{encode_frame, Frame};
 use crate::tls::{AcceptError, Stream, TlsServer};
 
 /// How long tasks get to end once the deadline interrupted them.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Refused connections being told why at once; more are closed without a word.
+pub const MAX_REFUSING: usize = 64;
+
+/// How long telling one refused connection why may take (its TLS handshake included).
+pub const REFUSAL_TIME: Duration = Duration::from_secs(3);
 
 /// How the loop serves and stops.
 #[derive(Debug, Clone)]
@@ -45,6 +56,8 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// TLS beside plaintext (`security.tls`); `None`: plaintext only.
     pub tls: Option<Arc<TlsServer>>,
+    /// `limits.maxConnectionsPerAddress` and the idle timeouts (reloadable).
+    pub limits: Arc<ClientLimits>,
 }
 
 /// How the loop ended.
@@ -113,7 +126,8 @@ impl Deadline {
 
 /// Accepts clients until `shutdown` resolves, then drains them (see the module). `handle`
 /// serves one client and returns soon after its [`Shutdown`] fires; `refused` is called for
-/// each client over the limit (a metric), before its refusal frame is sent.
+/// each client over `max_connections` (a metric; those over the per-address bound are counted
+/// by [`ClientLimits::refused_per_address`]), before its refusal frame is sent.
 pub async fn serve_clients<H, F>(
     listener: TcpListener,
     options: ServeOptions,
@@ -122,7 +136,7 @@ pub async fn serve_clients<H, F>(
     mut handle: H,
 ) -> Drained
 where
-    H: FnMut(Stream, Shutdown) -> F,
+    H: FnMut(Stream, Shutdown, AddressSlot) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let max_connections = options.max_connections.max(1);
@@ -131,12 +145,13 @@ where
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let (deadline_tx, deadline_rx) = watch::channel(false);
     let mut handshakes = JoinSet::new();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     tokio::pin!(shutdown);
     loop {
         let (stream, permit) = tokio::select! {
             accepted = listener.accept() => {
-                let socket = match accepted {
-                    Ok((socket, _)) => socket,
+                let (socket, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,11 +159,20 @@ where
                     }
                 };
                 let _ = socket.set_nodelay(true);
+                let slot = match options.limits.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        tracing::debug!(%peer, "connection refused: {reason}");
+                        refuse_bounded(&refusing, socket, reason, options.tls.clone());
+                        continue;
+                    }
+                };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     refused();
-                    tokio::spawn(refuse(socket, options.refusal.clone(), options.tls.clone()));
+                    refuse_bounded(&refusing, socket, options.refusal.clone(), options.tls.clone());
                     continue;
                 };
+                let permit = (permit, slot);
                 match &options.tls {
                     None => (Stream::Plain(socket), permit),
                     Some(tls) => {
@@ -165,6 +189,7 @@ where
             }
             _ = &mut shutdown => break,
         };
+        let (permit, slot) = permit;
         let client = handle(
             stream,
             Shutdown {
@@ -172,6 +197,7 @@ where
                 notify: notify_tx.subscribe(),
                 deadline: Deadline(deadline_rx.clone()),
             },
+            slot,
         );
         let done = done_tx.clone();
         tokio::spawn(async move {
@@ -229,11 +255,7 @@ pub async fn next_statement<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A client's TLS handshake (or plaintext check); `None` when it is not to be served.
-async fn establish(
-    tls: Arc<TlsServer>,
-    socket: TcpStream,
-    permit: OwnedSemaphorePermit,
-) -> Option<(Stream, OwnedSemaphorePermit)> {
+async fn establish<P>(tls: Arc<TlsServer>, socket: TcpStream, permit: P) -> Option<(Stream, P)> {
     let peer = socket.peer_addr().ok();
     match tls.accept(socket, &plaintext_refusal()).await {
         Ok(stream) => Some((stream, permit)),
@@ -257,17 +279,45 @@ fn plaintext_refusal() -> Vec<u8> {
     bytes.to_vec()
 }
 
+/// Tells a refused connection why on a task of its own, unless [`MAX_REFUSING`] are being told
+/// already: then it is closed at once.
+fn refuse_bounded(
+    refusing: &Arc<Semaphore>,
+    socket: TcpStream,
+    reason: String,
+    tls: Option<Arc<TlsServer>>,
+) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_TIME, refuse(socket, reason, tls)).await;
+        drop(permit);
+    });
+}
+
 async fn refuse(socket: TcpStream, reason: String, tls: Option<Arc<TlsServer>>) {
-    let stream = match tls {
+    let mut stream = match tls {
         None => Stream::Plain(socket),
         Some(tls) => match tls.accept(socket, &plaintext_refusal()).await {
             Ok(stream) => stream,
             Err(_) => return,
         },
     };
-    let mut conn = ServerConnection::new(stream, 1024);
-    let _ = conn.send(&Frame::error(reason)).await;
+    let mut bytes = bytes::BytesMut::new();
+    encode_frame(&Frame::error(reason), &mut bytes);
+    if stream.write_all(&bytes).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    // What the client sent meanwhile is read (briefly), so closing does not reset the
+    // connection before it read the refusal.
+    let mut sink = [0u8; 1024];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
+
+/// How long a refused connection's own bytes are read before it is closed.
+const DRAIN_TIME: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {
@@ -286,6 +336,7 @@ mod tests {
             refusal: "full (limits.maxConnections)".into(),
             shutdown_timeout: Duration::from_millis(timeout_ms),
             tls: None,
+            limits: ClientLimits::unlimited(&crate::config::LimitsConfig::default()),
         }
     }
 
@@ -298,7 +349,7 @@ mod tests {
             options(100),
             stop_rx,
             || {},
-            |_socket, shutdown| async move {
+            |_socket, shutdown, _slot| async move {
                 // A statement that never ends by itself: only the deadline stops it.
                 let mut deadline = shutdown.deadline();
                 deadline.passed().await;
@@ -325,7 +376,7 @@ mod tests {
             options(10_000),
             stop_rx,
             || {},
-            |_socket, mut shutdown| async move { shutdown.recv().await },
+            |_socket, mut shutdown, _slot| async move { shutdown.recv().await },
         ));
         let _client = TcpStream::connect(&addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -726,6 +726,16 @@ pub struct LimitsConfig {
     /// Bytes that large statements (over 64 KiB) running at once may hold in one process;
     /// one that does not fit is refused at once (0: no bound); see `in_flight`.
     pub max_in_flight_statement_bytes: usize,
+    /// A session idle this long outside a transaction (no statement sent, none running) is
+    /// told so and closed, by the server, the proxy and the cache (0: never, the default);
+    /// connections of the cluster's own parts are exempt (see `conn_limit`).
+    pub idle_timeout_ms: u64,
+    /// Client connections one IP address may hold at once in one process; one more is refused
+    /// with a message (0: no bound). The cluster's own parts are exempt (see `conn_limit`).
+    pub max_connections_per_address: usize,
+    /// IP addresses exempt from `maxConnectionsPerAddress` and `idleTimeoutMs` besides those
+    /// the file names as hosts (a proxy or cache whose outgoing address is not its listenHost).
+    pub exempt_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for LimitsConfig {
@@ -740,6 +750,9 @@ impl Default for LimitsConfig {
             shutdown_timeout_ms: 10_000,
             idle_in_transaction_timeout_ms: 60_000,
             max_in_flight_statement_bytes: 64 * 1024 * 1024,
+            idle_timeout_ms: 0,
+            max_connections_per_address: 256,
+            exempt_addresses: Vec::new(),
         }
     }
 }

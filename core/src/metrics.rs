@@ -17,6 +17,42 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+/// What every part counts the same way about the connections it refused: over
+/// `limits.maxConnectionsPerAddress`, failed authentications, failed TLS handshakes. Each part
+/// keeps one and writes it into its page with [`Guards::write`].
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// The connection limits (their refusals).
+    pub limits: std::sync::Arc<crate::conn_limit::ClientLimits>,
+    /// Users and the failure limiter (its failures).
+    pub security: std::sync::Arc<crate::security::Security>,
+    /// The ports' TLS, when on (its failed handshakes).
+    pub tls: Option<std::sync::Arc<crate::tls::TlsServer>>,
+}
+
+const REFUSED_PER_ADDRESS: Metric = Metric::counter(
+    "dirkdb_connections_refused_per_address",
+    "Connections refused over limits.maxConnectionsPerAddress.",
+);
+const AUTH_FAILURES: Metric = Metric::counter(
+    "dirkdb_auth_failures",
+    "Authentications refused (wrong user or password, or over security.maxAuthFailures), SQL and admin ports.",
+);
+const TLS_FAILURES: Metric = Metric::counter(
+    "dirkdb_tls_handshake_failures",
+    "TLS handshakes that failed or timed out, SQL and admin ports (0 without security.tls).",
+);
+
+impl Guards {
+    /// Writes the three counters.
+    pub fn write(&self, page: &mut Page) -> fmt::Result {
+        page.one(&REFUSED_PER_ADDRESS, self.limits.refused_per_address())?;
+        page.one(&AUTH_FAILURES, self.security.auth_failures())?;
+        let tls = self.tls.as_ref().map_or(0, |t| t.handshake_failures());
+        page.one(&TLS_FAILURES, tls)
+    }
+}
+
 /// The `Content-Type` of a `/metrics` answer.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 

@@ -29,6 +29,8 @@ pub(crate) struct AdminState {
     pub file_triggers: Arc<FileTriggers>,
     /// The status page's samples of the last minutes.
     pub history: Arc<crate::status_page::History>,
+    /// The refusals counted alike by every part.
+    pub guards: dirkdb_core::metrics::Guards,
 }
 
 /// Serves the admin API until the task is aborted; with `security.requireAuth`, everything but
@@ -213,6 +215,7 @@ fn write_metrics(s: &AdminState, page: &mut dirkdb_core::metrics::Page) -> std::
     use described::*;
     let t = s.topology.load();
     page.one(&CLIENTS, s.stats.open())?;
+    s.guards.write(page)?;
     let per_instance =
         |figure: &dyn Fn(&crate::backend::Backend) -> dirkdb_core::metrics::Value| {
             t.backends

@@ -59,17 +59,22 @@ pub fn may_follow_changes(auth: &ConnectionAuth) -> Result<(), String> {
 }
 
 /// Applies the `security` section of every reloaded topology (users, grants, cluster
-/// credentials) to `security`, checking once a second; sessions keep going with their user.
+/// credentials) to `security`, and its connection limits to `limits`, checking once a second;
+/// sessions keep going with their user.
 pub async fn follow_reloads(
     security: Arc<Security>,
     topology: Arc<crate::topology::SharedTopology>,
-    tls: Option<Arc<dirkdb_core::tls::TlsServer>>,
+    (tls, limits): (
+        Option<Arc<dirkdb_core::tls::TlsServer>>,
+        Arc<dirkdb_core::conn_limit::ClientLimits>,
+    ),
 ) {
     let mut applied = topology.load().config.security.clone();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         let config = topology.load().config.clone();
+        limits.reload(&config);
         if config.security == applied {
             continue;
         }

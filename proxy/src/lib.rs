@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
+use dirkdb_core::conn_limit::{AddressSlot, ClientLimits};
 use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
 use dirkdb_core::tls::{Stream, TlsServer};
@@ -116,11 +117,12 @@ pub async fn run(
     let stats = Arc::new(ProxyStats::default());
     let file_triggers = FileTriggers::new(topology.clone());
     let history = status_page::History::new();
+    let client_limits = ClientLimits::new(&topology.load().config);
     let mut background = vec![
         tokio::spawn(auth::follow_reloads(
             security.clone(),
             topology.clone(),
-            tls.clone(),
+            (tls.clone(), client_limits.clone()),
         )),
         tokio::spawn(health::run(topology.clone())),
         tokio::spawn(status_page::history::run(topology.clone(), history.clone())),
@@ -131,6 +133,11 @@ pub async fn run(
                 stats: stats.clone(),
                 file_triggers: file_triggers.clone(),
                 history,
+                guards: dirkdb_core::metrics::Guards {
+                    limits: client_limits.clone(),
+                    security: security.clone(),
+                    tls: tls.clone(),
+                },
             },
             security.clone(),
             tls.clone(),
@@ -148,7 +155,7 @@ pub async fn run(
         stats,
         file_triggers,
         security,
-        (lb.max_connections.max(1), tls),
+        (lb.max_connections.max(1), tls, client_limits),
         shutdown,
     )
     .await;
@@ -164,7 +171,7 @@ async fn serve(
     stats: Arc<ProxyStats>,
     file_triggers: Arc<FileTriggers>,
     security: Arc<dirkdb_core::security::Security>,
-    (max_connections, tls): (usize, Option<Arc<TlsServer>>),
+    (max_connections, tls, limits): (usize, Option<Arc<TlsServer>>, Arc<ClientLimits>),
     shutdown: impl std::future::Future,
 ) {
     let options = ServeOptions {
@@ -176,22 +183,25 @@ async fn serve(
             topology.load().config.limits.shutdown_timeout_ms,
         ),
         tls,
+        limits: limits.clone(),
     };
     serve_clients(
         listener,
         options,
         shutdown,
         || {},
-        |socket, mut stop| {
+        |socket, mut stop, slot| {
             let (topology, stats) = (topology.clone(), stats.clone());
             let file_triggers = file_triggers.clone();
             let security = security.clone();
+            let limits = limits.clone();
             async move {
                 stats.open.fetch_add(1, Ordering::Relaxed);
                 let peer = auth::peer_ip(&socket);
                 let auth = auth::connection(&security, peer);
+                let client = Client { auth, slot, limits };
                 if let Err(e) =
-                    handle_client(socket, topology, file_triggers, &stats, auth, &mut stop).await
+                    handle_client(socket, topology, file_triggers, &stats, client, &mut stop).await
                 {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
@@ -211,16 +221,29 @@ fn tls_of(
     TlsServer::from_config(security).map_err(|e| StartError::Security(e.to_string()))
 }
 
+/// One client connection's identity and its place under the connection limits.
+struct Client {
+    auth: dirkdb_core::security::ConnectionAuth,
+    slot: AddressSlot,
+    limits: Arc<ClientLimits>,
+}
+
 async fn handle_client(
     socket: Stream,
     topology: Arc<SharedTopology>,
     file_triggers: Arc<FileTriggers>,
     stats: &ProxyStats,
-    mut auth: dirkdb_core::security::ConnectionAuth,
+    client: Client,
     stop: &mut Shutdown,
 ) -> Result<(), dirkdb_core::connection::ConnectionError> {
+    let Client {
+        mut auth,
+        mut slot,
+        limits,
+    } = client;
     let max = topology.load().config.limits.max_statement_bytes;
     let mut conn = ServerConnection::new(socket, max);
+    conn.set_idle_limit(limits.idle_limit(&slot, false));
     let mut session = ProxySession::new(topology.clone(), file_triggers);
     loop {
         let incoming = tokio::select! {
@@ -230,6 +253,10 @@ async fn handle_client(
         let Some(incoming) = incoming else { break };
         if auth::gate(&mut auth, &incoming, &mut conn).await? {
             session.set_user(auth.effective_name().map(str::to_string));
+            if auth.is_cluster_login() {
+                slot.release();
+            }
+            conn.set_idle_limit(limits.idle_limit(&slot, session.in_transaction()));
             continue;
         }
         if change_feed::is_changes_statement(&incoming) {
@@ -264,7 +291,7 @@ async fn handle_client(
             }
         }
         session.handle(incoming, &mut conn).await?;
-        conn.set_idle_limit(session.idle_limit());
+        conn.set_idle_limit(limits.idle_limit(&slot, session.in_transaction()));
     }
     Ok(())
 }

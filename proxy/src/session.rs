@@ -146,11 +146,10 @@ impl ProxySession {
         }
     }
 
-    /// How long the connection may wait for the next statement (`limits.idleInTransactionTimeoutMs`
-    /// while a transaction is open; closing the connection rolls it back on the primary).
-    pub(crate) fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
-        let limits = &self.topology.load().config.limits;
-        dirkdb_core::conn_limit::idle_limit(limits, self.txn.open)
+    /// Whether a transaction is open (its idle limit is `limits.idleInTransactionTimeoutMs`;
+    /// closing the connection rolls it back on the primary).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.txn.open
     }
 
     /// The client the session's statements run for, once it authenticated.

@@ -147,11 +147,13 @@ fn other_masters(config: &ClusterConfig, me: &str) -> Vec<(String, String)> {
 }
 
 /// Applies each valid edit of `config.json`'s users, grants and instance list to open sessions
-/// at their next statement (the rest of the file is read at start).
+/// at their next statement, and its connection limits to the next connections (the rest of the
+/// file is read at start).
 async fn watch_security(path: std::path::PathBuf, state: Arc<ServerState>) {
     let what = format!("instance {}", state.instance_id);
     dirkdb_core::config::watch::watch(path, what, |config| {
         state.security.reload(&config);
+        state.client_limits.reload(&config);
         replication::etcd_lease::on_reload(&state, &config);
         std::future::ready(())
     })

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirkdb_core::accept_loop::{serve_clients, ServeOptions, Shutdown};
+use dirkdb_core::conn_limit::AddressSlot;
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use dirkdb_core::tls::Stream;
@@ -38,23 +39,30 @@ pub(crate) async fn serve(
         ),
         shutdown_timeout: Duration::from_millis(state.limits.shutdown_timeout_ms),
         tls: state.security.tls.clone(),
+        limits: state.client_limits.clone(),
     };
     let refused = || state.metrics.refused_one();
-    serve_clients(listener, options, shutdown, refused, |socket, shutdown| {
-        let state = state.clone();
-        async move {
-            let peer = socket
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            tracing::debug!(%peer, "client connected");
-            state.metrics.connection(1);
-            if let Err(e) = handle_client(socket, state.clone(), shutdown).await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    serve_clients(
+        listener,
+        options,
+        shutdown,
+        refused,
+        |socket, shutdown, slot| {
+            let state = state.clone();
+            async move {
+                let peer = socket
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::debug!(%peer, "client connected");
+                state.metrics.connection(1);
+                if let Err(e) = handle_client(socket, state.clone(), shutdown, slot).await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                state.metrics.connection(-1);
             }
-            state.metrics.connection(-1);
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -110,11 +118,13 @@ async fn handle_client(
     socket: Stream,
     state: Arc<ServerState>,
     mut shutdown: Shutdown,
+    mut slot: AddressSlot,
 ) -> Result<(), ConnectionError> {
     let peer = crate::auth::peer_ip(&socket);
     let mut conn = ServerConnection::new(socket, state.limits.max_statement_bytes);
     let mut session = Session::new(state, peer);
     session.interrupt_at(shutdown.deadline());
+    conn.set_idle_limit(session.idle_limit(&slot));
     let mut first = true;
     loop {
         let incoming = tokio::select! {
@@ -161,6 +171,9 @@ async fn handle_client(
             };
         }
         session.handle(incoming, &mut conn).await?;
-        conn.set_idle_limit(session.idle_limit());
+        if !slot.is_exempt() && session.auth().is_cluster_login() {
+            slot.release();
+        }
+        conn.set_idle_limit(session.idle_limit(&slot));
     }
 }

@@ -142,6 +142,12 @@ fn write_page(
     page.one(&REFUSED, m.refused())?;
     page.one(&STATEMENTS, m.statements())?;
     page.one(&ERRORS, m.errors())?;
+    dirkdb_core::metrics::Guards {
+        limits: state.client_limits.clone(),
+        security: state.security.security.clone(),
+        tls: state.security.tls.clone(),
+    }
+    .write(page)?;
     write_replicas(&state.replication.replicas(committed), page)?;
     crate::replication::peers::write_metrics(state, page)?;
     if state.is_replica() {

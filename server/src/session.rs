@@ -82,11 +82,15 @@ impl Session {
         }
     }
 
-    /// How long the connection may wait for the next statement (`limits.idleInTransactionTimeoutMs`
-    /// while a transaction is open).
-    pub(crate) fn idle_limit(&self) -> Option<dirkdb_core::connection::IdleLimit> {
+    /// How long the connection of `slot` may wait for the next statement
+    /// (`limits.idleInTransactionTimeoutMs` while a transaction is open, else
+    /// `limits.idleTimeoutMs`).
+    pub(crate) fn idle_limit(
+        &self,
+        slot: &dirkdb_core::conn_limit::AddressSlot,
+    ) -> Option<dirkdb_core::connection::IdleLimit> {
         let in_transaction = self.current.as_ref().is_some_and(|c| c.in_transaction());
-        dirkdb_core::conn_limit::idle_limit(&self.state.limits, in_transaction)
+        self.state.client_limits.idle_limit(slot, in_transaction)
     }
 
     /// The client's identity.

@@ -50,6 +50,8 @@ pub struct ServerState {
     pub limits: LimitsConfig,
     /// Bytes held by the large statements running now (`limits.maxInFlightStatementBytes`).
     pub in_flight: Arc<dirkdb_core::in_flight::InFlight>,
+    /// `limits.maxConnectionsPerAddress` and the idle timeouts (reloaded with the file).
+    pub client_limits: Arc<dirkdb_core::conn_limit::ClientLimits>,
     /// How its SQLite connections are opened.
     pub settings: ConnectionSettings,
     /// Replication bookkeeping and the followed primary.
@@ -128,6 +130,7 @@ impl ServerState {
                     .with_lease(lease.clone()),
             ),
             in_flight: dirkdb_core::in_flight::InFlight::new(limits.max_in_flight_statement_bytes),
+            client_limits: dirkdb_core::conn_limit::ClientLimits::new(config),
             limits,
             settings,
             replication: ReplicationHub::new(

@@ -123,6 +123,9 @@ pub struct TlsConfig {
     /// A connection that has neither sent its first byte nor finished its TLS handshake within
     /// this many milliseconds is served as plaintext (or closed, with `required`).
     pub handshake_timeout_ms: u64,
+    /// The name every peer's certificate is checked against when this part connects to another
+    /// (by default the `host` it dials): for certificates that do not name those addresses.
+    pub server_name: Option<String>,
 }
 
 impl Default for TlsConfig {
@@ -134,6 +137,7 @@ impl Default for TlsConfig {
             required: false,
             mutual_tls: false,
             handshake_timeout_ms: 10_000,
+            server_name: None,
         }
     }
 }

@@ -130,6 +130,7 @@ struct Current {
 pub struct Security {
     current: RwLock<Arc<Current>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Security {
@@ -144,6 +145,7 @@ impl Security {
         Arc::new(Security {
             current: RwLock::new(Arc::new(current(config))),
             failures: Mutex::default(),
+            failed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -192,6 +194,8 @@ impl Security {
         password: &str,
     ) -> Result<Arc<User>, String> {
         if let Some(wait) = self.blocked_for(peer) {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%peer, user, "authentication refused: too many failures from this address");
             return Err(format!(
                 "too many failed authentications from {peer}; try again in {} s (security.maxAuthFailures)",
@@ -212,10 +216,18 @@ impl Security {
             }
             None => {
                 self.count_failure(peer);
+                self.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(%peer, user, "authentication failed");
                 Err(format!("authentication failed for user `{user}`"))
             }
         }
+    }
+
+    /// Authentications refused since the start (wrong user or password, or an address over
+    /// `maxAuthFailures`), on the SQL port and the admin port alike.
+    pub fn auth_failures(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn blocked_for(&self, peer: IpAddr) -> Option<Duration> {
@@ -359,6 +371,14 @@ impl ConnectionAuth {
     /// The name the connection authenticated as (not the one it acts for).
     pub fn login(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Whether the connection authenticated as `security.clusterUser` (one of the cluster's
+    /// own parts).
+    pub fn is_cluster_login(&self) -> bool {
+        self.user
+            .as_deref()
+            .is_some_and(|u| self.security.is_cluster_user(u))
     }
 
     /// The name whose grants apply: the one a cluster user acts for, else its own.

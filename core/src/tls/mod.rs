@@ -22,6 +22,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -234,6 +235,7 @@ struct Active {
 /// The server side of one part's ports: accepts TLS and plaintext (see the module).
 pub struct TlsServer {
     active: RwLock<Arc<Active>>,
+    handshake_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -253,7 +255,10 @@ impl TlsServer {
             return Ok(None);
         };
         let active = RwLock::new(Arc::new(Self::build(tls)?));
-        Ok(Some(Arc::new(TlsServer { active })))
+        Ok(Some(Arc::new(TlsServer {
+            active,
+            handshake_failures: AtomicU64::new(0),
+        })))
     }
 
     fn build(tls: &TlsConfig) -> Result<Active, TlsError> {
@@ -299,6 +304,11 @@ impl TlsServer {
         self.active().handshake_timeout
     }
 
+    /// TLS handshakes that failed or timed out since the start (SQL and admin ports).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
     /// Serves `socket` in TLS when its first byte starts a handshake, in plaintext otherwise
     /// (also when it sends nothing within the handshake timeout: an interactive client may wait
     /// before its first statement). With `required`, plaintext gets `refusal` (bytes of the
@@ -320,11 +330,15 @@ impl TlsServer {
             refuse_plaintext(socket, refusal).await;
             return Err(AcceptError::PlaintextRefused);
         }
-        match tokio::time::timeout(active.handshake_timeout, active.acceptor.accept(socket)).await {
-            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
-            Ok(Err(e)) => Err(AcceptError::Handshake(e)),
-            Err(_) => Err(AcceptError::HandshakeTimeout),
-        }
+        let shaken =
+            tokio::time::timeout(active.handshake_timeout, active.acceptor.accept(socket)).await;
+        let failed = match shaken {
+            Ok(Ok(tls)) => return Ok(Stream::Tls(Box::new(tls.into()))),
+            Ok(Err(e)) => AcceptError::Handshake(e),
+            Err(_) => AcceptError::HandshakeTimeout,
+        };
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        Err(failed)
     }
 }
 
@@ -367,9 +381,11 @@ async fn refuse_plaintext(mut socket: TcpStream, refusal: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
-/// The client side: the CA peers are checked against, and the certificate presented to them.
+/// The client side: the CA peers are checked against, the certificate presented to them, and
+/// the name their certificates must carry (by default the host each is dialled at).
 pub struct TlsClient {
     connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -398,7 +414,17 @@ impl TlsClient {
         };
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
+            server_name: None,
         })
+    }
+
+    /// Checks every server's certificate against `name` instead of the host it is dialled at
+    /// (`security.tls.serverName`, `dirkdb client --server-name`): for certificates that do not
+    /// name the addresses peers use, such as one shared certificate for `db.internal`.
+    pub fn with_server_name(mut self, name: &str) -> Result<Self, TlsError> {
+        self.server_name =
+            Some(parse_server_name(name).map_err(|problem| TlsError::new("serverName", problem))?);
+        Ok(self)
     }
 
     /// How a node reaches its peers: checked against `caFile`, presenting its own certificate.
@@ -407,12 +433,20 @@ impl TlsClient {
             (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
             _ => None,
         };
-        Self::new(tls.ca_file.as_deref(), identity)
+        let client = Self::new(tls.ca_file.as_deref(), identity)?;
+        match &tls.server_name {
+            Some(name) => client.with_server_name(name),
+            None => Ok(client),
+        }
     }
 
-    /// Runs the TLS handshake on `tcp`, checking that the certificate names the host of `addr`.
+    /// Runs the TLS handshake on `tcp`, checking that the certificate names the host of `addr`
+    /// (or the configured server name).
     pub async fn handshake(&self, addr: &str, tcp: TcpStream) -> io::Result<Stream> {
-        let name = server_name(addr)?;
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => server_name(addr)?,
+        };
         let tls = self.connector.connect(name, tcp).await?;
         Ok(Stream::Tls(Box::new(tls.into())))
     }
@@ -424,10 +458,13 @@ fn server_name(addr: &str) -> io::Result<ServerName<'static>> {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => addr.rsplit_once(':').map_or(addr, |(host, _)| host),
     };
-    ServerName::try_from(host.to_string()).map_err(|e| {
-        let msg = format!("`{host}` cannot be checked against a certificate: {e}");
-        io::Error::new(io::ErrorKind::InvalidInput, msg)
-    })
+    parse_server_name(host).map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))
+}
+
+/// A DNS name or IP address to check a certificate against, or why it is none.
+fn parse_server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_string())
+        .map_err(|e| format!("`{host}` cannot be checked against a certificate: {e}"))
 }
 
 static CLUSTER_CLIENT: RwLock<Option<Arc<TlsClient>>> = RwLock::new(None);

@@ -21,6 +21,11 @@ struct Pki {
 }
 
 fn make_pki(dir: &Path, name: &str) -> Pki {
+    make_pki_for(dir, name, &["localhost", "127.0.0.1"])
+}
+
+/// A CA and one certificate it signed for `names`.
+fn make_pki_for(dir: &Path, name: &str, names: &[&str]) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -30,7 +35,8 @@ fn make_pki(dir: &Path, name: &str) -> Pki {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names).unwrap();
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -138,13 +144,14 @@ async fn echo_port(tls: Arc<TlsServer>) -> String {
         refusal: "full".into(),
         shutdown_timeout: Duration::from_secs(1),
         tls: Some(tls),
+        limits: crate::conn_limit::ClientLimits::unlimited(&Default::default()),
     };
     tokio::spawn(serve_clients(
         listener,
         options,
         std::future::pending::<()>(),
         || {},
-        |stream, _shutdown| async move {
+        |stream, _shutdown, _slot| async move {
             let mut conn = ServerConnection::new(stream, 1024);
             while let Ok(Some(Incoming::Statement(_))) = conn.read_statement().await {
                 let s = conn.get_ref();
@@ -245,6 +252,45 @@ async fn a_node_certificate_of_another_ca_is_refused() {
         Err(e) => e.to_string(),
     };
     assert!(refused.contains("UnknownCA"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_server_name_checks_certificates_that_do_not_name_the_dialled_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki_for(dir.path(), "n", &["db.internal"]);
+    let port = server(tls_config(&pki));
+    let addr = echo_port(port.clone()).await;
+    // Dialled at 127.0.0.1, which the certificate does not name: refused, and counted.
+    let client = TlsClient::new(Some(&pki.ca), None).unwrap();
+    let text = connect(&addr, SECOND, Some(&client))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("not valid for name"), "{text}");
+    // With the name the certificate carries (security.tls.serverName), it is accepted.
+    let named = TlsClient::for_node(&TlsConfig {
+        server_name: Some("db.internal".into()),
+        ..tls_config(&pki)
+    })
+    .unwrap();
+    let tls = connect(&addr, SECOND, Some(&named)).await.unwrap();
+    assert_eq!(ask(tls).await, "tls=true node=true");
+    // A name that cannot be a certificate's is refused, naming the field.
+    let (field, _) = TlsConfig {
+        server_name: Some("bad name".into()),
+        ..tls_config(&pki)
+    }
+    .check()
+    .unwrap_err();
+    assert_eq!(field, "security.tls.serverName");
+    // The refused handshake was counted by the port (its alert may arrive just after).
+    for _ in 0..50 {
+        if port.handshake_failures() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(port.handshake_failures(), 1);
 }
 
 #[test]
