@@ -195,6 +195,13 @@ async fn failures_are_rate_limited_and_silent_connections_closed() {
     let e = denied(c.execute("AUTH app app-pw").await);
     assert!(e.contains("too many failed authentications"), "{e}");
     assert!(cluster.log(0).contains("authentication failed"));
+    // Four refusals counted on /metrics (open: protectMetrics is off).
+    let (status, metrics) = http(cluster.nodes[0].admin, "GET", "/metrics", None, "");
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("dirkdb_auth_failures_total{instance=\"m1\"} 4\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,11 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path, name: &str) -> Pki {
+        Pki::for_names(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a node certificate for `names` only.
+    fn for_names(dir: &Path, name: &str, names: &[&str]) -> Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -41,7 +46,7 @@ impl Pki {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().unwrap();
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -519,4 +524,72 @@ async fn an_edited_tls_section_is_used_for_new_connections_without_a_restart() {
     open.execute("SELECT 1").await.unwrap();
     let e = connect(&addr, Some(&pki.client())).await.err();
     assert!(matches!(e, Some(ClientError::Tls { .. })), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_lets_certificates_name_another_host_than_the_one_dialled() {
+    // One certificate for `db.internal` on every node, the nodes reached at 127.0.0.1: with
+    // serverName the replica, the proxy and the client check it against that name.
+    let mut cluster = Cluster::configure(1, "{}");
+    let pki = Pki::for_names(cluster.dir.path(), "named", &["db.internal"]);
+    set_tls(
+        &config_path(&cluster),
+        pki.section(json!({ "required": true, "serverName": "db.internal" })),
+    );
+    cluster.spawn_all_with_proxy();
+    let named = TlsClient::new(Some(&pki.ca), None)
+        .unwrap()
+        .with_server_name("db.internal")
+        .unwrap();
+    let proxy = format!("127.0.0.1:{}", cluster.proxy.port);
+    let statements = [
+        "CREATE DATABASE shop",
+        "USE shop",
+        "CREATE TABLE t (v TEXT)",
+        "INSERT INTO t VALUES ('named')",
+    ];
+    eventually(&proxy, &named, &statements).await;
+    let replica = eventually(&cluster.addr(1), &named, &["USE shop", "SELECT v FROM t"]).await;
+    assert_eq!(text(replica), vec![vec![json!("named")]]);
+    // The client: refused by the dialled host's name, accepted with --server-name.
+    let port = cluster.nodes[0].port.to_string();
+    let ca = pki.ca.display().to_string();
+    let out = run_client(&["127.0.0.1", &port, "--ca", &ca, "-c", "SELECT 1"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not valid for name"), "{stderr}");
+    let out = run_client(
+        &[
+            "127.0.0.1",
+            &port,
+            "--ca",
+            &ca,
+            "--server-name",
+            "db.internal",
+            "-c",
+            "SELECT 1",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The refused handshake is counted on m1's /metrics.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(cluster.nodes[0].admin, "/metrics", Some(&named)).await;
+        let failures = metrics
+            .lines()
+            .find(|l| l.starts_with("dirkdb_tls_handshake_failures_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if failures >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

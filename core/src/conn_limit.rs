@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use crate::config::{ClusterConfig, LimitsConfig};
 use crate::connection::IdleLimit;
+use crate::sync::{lock, read, write};
 
 /// The limits in force (reloadable) and the connections counted per address.
 #[derive(Debug)]
@@ -115,7 +116,7 @@ impl ClientLimits {
     /// Applies a new version of the file (live reload).
     pub fn reload(&self, config: &ClusterConfig) {
         let new = Settings::of(config);
-        let mut settings = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        let mut settings = write(&self.settings);
         if *settings != new {
             tracing::info!(
                 max_connections_per_address = new.per_address,
@@ -132,7 +133,7 @@ impl ClientLimits {
     /// `limits.maxConnectionsPerAddress`).
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<AddressSlot, String> {
         let (bound, exempt) = {
-            let s = self.settings.read().unwrap_or_else(|p| p.into_inner());
+            let s = read(&self.settings);
             (s.per_address, s.exempt.contains(&peer))
         };
         if exempt {
@@ -172,7 +173,7 @@ impl ClientLimits {
     /// `limits.idleInTransactionTimeoutMs` while a transaction is open, else
     /// `limits.idleTimeoutMs` unless the connection is exempt (0 turns either off).
     pub fn idle_limit(&self, slot: &AddressSlot, in_transaction: bool) -> Option<IdleLimit> {
-        let s = self.settings.read().unwrap_or_else(|p| p.into_inner());
+        let s = read(&self.settings);
         if in_transaction {
             return idle_in_transaction(s.idle_in_transaction_ms);
         }
@@ -260,10 +261,6 @@ impl Drop for AddressSlot {
     fn drop(&mut self) {
         self.release();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
