@@ -127,6 +127,10 @@ struct Options {
     proxy_relays: bool,
     /// `DIRKDB_PAUSE_AFTER_FAILOVER_TXN_MS` for every proxy.
     pause_after_txn_ms: Option<u64>,
+    /// `failover.detectionMillis` and `failover.leaseMillis`: 500 and 1000 by default; longer
+    /// where a test asserts that no failover happens for another reason (a debug-build primary
+    /// starved of CPU by a loaded full-suite run misses 1 s leases and gets failed over).
+    patient: bool,
 }
 
 impl Default for Options {
@@ -137,14 +141,21 @@ impl Default for Options {
             m1_relay: false,
             proxy_relays: false,
             pause_after_txn_ms: None,
+            patient: false,
         }
     }
 }
 
 /// `failover` of every config.json, with etcd at `endpoints`.
-fn failover_section(endpoints: Vec<String>, server_leases: bool) -> Value {
+fn failover_section(endpoints: Vec<String>, options: &Options) -> Value {
+    let (detection, lease) = if options.patient {
+        (2000, 4000)
+    } else {
+        (500, 1000)
+    };
+    let server_leases = options.server_leases;
     serde_json::json!({
-        "mode": "AUTOMATIC", "detectionMillis": 500, "leaseMillis": 1000,
+        "mode": "AUTOMATIC", "detectionMillis": detection, "leaseMillis": lease,
         "clockDriftMillis": 100,
         "coordinator": { "type": "ETCD", "endpoints": endpoints,
                          "prefix": PREFIX, "leaseMillis": 1000, "serverLeases": server_leases }
@@ -173,7 +184,7 @@ impl Setup {
         let mut base: Value =
             serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config"))
                 .expect("config json");
-        base["failover"] = failover_section(etcd.endpoints(), options.server_leases);
+        base["failover"] = failover_section(etcd.endpoints(), &options);
         std::fs::write(&config_path, base.to_string()).expect("write config");
         let etcd_port = etcd.members[0].client_port;
         let m1_relay = options.m1_relay.then(|| Relay::start(etcd_port));
@@ -182,7 +193,7 @@ impl Setup {
                 (Some(relay), 0) => {
                     let mut own = base.clone();
                     let through = vec![format!("127.0.0.1:{}", relay.port)];
-                    own["failover"] = failover_section(through, options.server_leases);
+                    own["failover"] = failover_section(through, &options);
                     spawn_server_with(&mut cluster, 0, &own);
                 }
                 _ => cluster.spawn(i),
@@ -200,7 +211,7 @@ impl Setup {
                 if options.proxy_relays {
                     let relay = Relay::start(etcd_port);
                     let through = vec![format!("127.0.0.1:{}", relay.port)];
-                    config["failover"] = failover_section(through, options.server_leases);
+                    config["failover"] = failover_section(through, &options);
                     proxy_relays.push(relay);
                 }
                 std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
@@ -1164,7 +1175,11 @@ async fn the_cache_over_two_proxies_keeps_answering_when_one_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_node_etcd_loses_its_leader_without_a_failover_and_still_decides_one() {
-    let mut setup = Setup::start(Etcd::three(), 2).await;
+    let options = Options {
+        patient: true,
+        ..Options::default()
+    };
+    let mut setup = Setup::start_with(Etcd::three(), options).await;
     write_through(&setup, 0, 400_000_000_001, Duration::from_secs(10)).await;
     let (_, version_before) = setup.record();
     let leader = wait_for(Duration::from_secs(10), "an etcd leader", || {
@@ -1224,6 +1239,7 @@ async fn a_reload_moves_proxies_and_servers_to_new_etcd_endpoints_and_refuses_a_
         server_leases: true,
         m1_relay: true,
         proxy_relays: true,
+        patient: true,
         ..Options::default()
     };
     let setup = Setup::start_with(Etcd::single(), options).await;
