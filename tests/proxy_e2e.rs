@@ -454,6 +454,11 @@ async fn killing_the_primary_promotes_a_replica_without_losing_acknowledged_writ
 #[tokio::test]
 async fn an_old_primary_coming_back_is_fenced_and_its_lost_writes_go_to_a_rollback_file() {
     let mut cluster = failover_cluster(0);
+    // One failover is the point, not its speed: with 300 ms leases a CPU-starved debug-build
+    // primary (a loaded full-suite run) lost its lease or was failed over a second time, and
+    // the write through the proxy or the single rollback file below failed.
+    set_config(&cluster, "failover", "detectionMillis", json!(1000));
+    set_config(&cluster, "failover", "leaseMillis", json!(2000));
     cluster.spawn_all_with_proxy();
     let mut c = cluster.proxy_client().await;
     setup(&mut c).await;
