@@ -721,7 +721,7 @@ pub struct LimitsConfig {
     /// interrupted, in milliseconds (servers, proxy and cache).
     pub shutdown_timeout_ms: u64,
     /// A session idle this long inside an open transaction is rolled back and closed, by the
-    /// server and the proxy (0: never); see `conn_limit`.
+    /// server, the proxy and the cache (0: never); see `conn_limit`.
     pub idle_in_transaction_timeout_ms: u64,
     /// Bytes that large statements (over 64 KiB) running at once may hold in one process;
     /// one that does not fit is refused at once (0: no bound); see `in_flight`.
