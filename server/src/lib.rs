@@ -22,7 +22,7 @@
 //! How replication flows: see [`replication`]. A replica's follower connects to the primary's
 //! SQL port, the primary's sender streams entries from the backlog (or the oplog files, or a
 //! [`replication::snapshot`]), the replica's applier writes them, and both sides report through
-//! the [`admin`] API. Background tasks prune the oplog ([`state::ServerState::prune_oplog`]) and
+//! the [`admin`] API. Background tasks prune the oplog ([`storage::Storage::prune_oplog`]) and
 //! checkpoint WAL files.
 //!
 //! How a change feed flows: a client's `DIRK CHANGES;` turns its connection into a stream of
@@ -53,6 +53,7 @@ pub mod replication;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod statement_runner;
+pub(crate) mod storage;
 pub(crate) mod write_path;
 
 use std::sync::Arc;
@@ -100,16 +101,19 @@ pub async fn run(
         data = %instance.data_directory.display(),
         "DirkDB server listening"
     );
-    let follower = tokio::spawn(replication::follower::run(state.clone()));
+    let follower = tokio::spawn(replication::follower::run(
+        state.node.clone(),
+        state.modes.clone(),
+    ));
     let peers = tokio::spawn(replication::peer_stream::run(
-        state.clone(),
+        state.node.clone(),
         other_masters(config, &instance.id),
     ));
     let mut background = vec![
         tokio::spawn(prune_periodically(state.clone())),
         tokio::spawn(checkpoint_periodically(state.clone())),
     ];
-    background.extend(replication::etcd_lease::start(&state, config));
+    background.extend(replication::etcd_lease::start(&state.node, config));
     if let Some(path) = config_path {
         background.push(tokio::spawn(watch_security(path, state.clone())));
     }

@@ -88,7 +88,8 @@ async fn start_replication(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let (reader, writer) = tokio::io::split(socket);
-    serve_replica(state, Box::new(reader), Box::new(writer), peer).await;
+    let node = state.node.clone();
+    serve_replica(node, &state.modes, Box::new(reader), Box::new(writer), peer).await;
     Ok(())
 }
 

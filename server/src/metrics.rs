@@ -1,49 +1,5 @@
-//! Counters a server exposes on `GET /metrics`, updated by the listener and the sessions.
-
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-/// Connection and statement counters.
-#[derive(Debug, Default)]
-pub struct ServerMetrics {
-    open: AtomicI64,
-    refused: AtomicU64,
-    statements: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl ServerMetrics {
-    /// A client connected (`+1`) or left (`-1`).
-    pub fn connection(&self, delta: i64) {
-        self.open.fetch_add(delta, Ordering::Relaxed);
-    }
-    /// A client was refused over the connection limit.
-    pub fn refused_one(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-    /// A statement was answered, with an error or not.
-    pub fn answered(&self, error: bool) {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    /// Client connections open.
-    pub fn open(&self) -> i64 {
-        self.open.load(Ordering::Relaxed)
-    }
-    /// Clients refused.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
-    /// Statements answered.
-    pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
-    }
-    /// Statements answered with an error.
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-}
+//! A server's `GET /metrics`: its counters (`state::ServerMetrics`), replication and
+//! MULTI_PRIMARY figures, each metric described once.
 
 /// Every metric of `GET /metrics`, described once. Each sample has the `instance` label.
 mod described {
@@ -149,7 +105,7 @@ fn write_page(
     }
     .write(page)?;
     write_replicas(&state.replication.replicas(committed), page)?;
-    crate::replication::peers::write_metrics(state, page)?;
+    crate::replication::peers::write_metrics(state, &state.peers, page)?;
     if state.is_replica() {
         let f = state.replication.follower();
         page.one(&FOLLOWER_LAG, f.primary_sequence.saturating_sub(committed))?;

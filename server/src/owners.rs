@@ -22,7 +22,7 @@ pub(crate) struct OwnedObject {
 /// Every database of `databases` and every table, view and DirkDB domain in them, with its
 /// owner in this master's view.
 pub(crate) fn owned_objects(
-    state: &crate::state::ServerState,
+    state: &crate::storage::Storage,
     databases: &[String],
 ) -> crate::error::Result<Vec<OwnedObject>> {
     let ownership = &state.settings.ownership;

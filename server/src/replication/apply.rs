@@ -21,7 +21,7 @@ use crate::database_statement::schema_object;
 use crate::error::{Result, ServerError};
 use crate::oplog::capture::{self, ident};
 use crate::oplog::{decode_value, store, Entry, Op};
-use crate::state::ServerState;
+use crate::storage::Storage;
 
 /// Applies batches of entries; keeps one connection per database between batches.
 #[derive(Default)]
@@ -37,12 +37,7 @@ impl Applier {
 
     /// Applies `entries` (which must follow the replica's position without a gap) and returns
     /// the new position.
-    pub(crate) fn apply(
-        &mut self,
-        state: &ServerState,
-        owner: u64,
-        entries: &[Entry],
-    ) -> Result<u64> {
+    pub(crate) fn apply(&mut self, state: &Storage, owner: u64, entries: &[Entry]) -> Result<u64> {
         let mut position = state.write_path.committed();
         for e in entries {
             if !e.checksum_ok() {
@@ -82,7 +77,7 @@ impl Applier {
         Ok(state.write_path.committed())
     }
 
-    fn apply_database_event(&mut self, state: &ServerState, e: &Entry) -> Result<()> {
+    fn apply_database_event(&mut self, state: &Storage, e: &Entry) -> Result<()> {
         if e.seq <= state.meta.max_seq()? {
             return Ok(());
         }
@@ -107,7 +102,7 @@ impl Applier {
     /// apply then fails as a divergence, so the follower asks for a full sync, which saves this
     /// node's own entries to a rollback file first. Entries pruned or dropped since are taken
     /// on trust.
-    fn check_held(&mut self, state: &ServerState, e: &Entry) -> Result<()> {
+    fn check_held(&mut self, state: &Storage, e: &Entry) -> Result<()> {
         if e.db.is_empty() || state.catalog.get(&e.db).is_err() {
             return Ok(());
         }
@@ -124,7 +119,7 @@ impl Applier {
     }
 
     /// This applier's connection to `db`, opened on first use.
-    fn connection(&mut self, state: &ServerState, db: &str) -> Result<&Connection> {
+    fn connection(&mut self, state: &Storage, db: &str) -> Result<&Connection> {
         if !self.conns.contains_key(db) {
             let database = state.catalog.get(db)?;
             let conn = open_apply_connection(database.path(), &state.settings)?;
@@ -135,7 +130,7 @@ impl Applier {
             .ok_or_else(|| apply_error(format!("no connection for `{db}`")))
     }
 
-    fn apply_run(&mut self, state: &ServerState, run: &[&Entry]) -> Result<()> {
+    fn apply_run(&mut self, state: &Storage, run: &[&Entry]) -> Result<()> {
         let conn = self.connection(state, &run[0].db)?;
         let tx = conn.unchecked_transaction()?;
         let stored = store::max_seq(&tx)?;

@@ -32,7 +32,7 @@ use etcd_client::{Client, ConnectOptions, PutOptions};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::state::ServerState;
+use super::node::Node;
 use dirkdb_core::sync::lock;
 
 /// How long one etcd request may take.
@@ -107,7 +107,7 @@ fn judge(me: &str, term: u64, record: Option<&PrimaryRecord>) -> Verdict {
 /// Starts the lease's task when `config` asks for server leases; writes are refused from this
 /// call on until the first renewal.
 pub(crate) fn start(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     config: &ClusterConfig,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let CoordinatorConfig::Etcd(settings) = &config.failover.coordinator else {
@@ -126,7 +126,7 @@ pub(crate) fn start(
 /// `leaseMillis` apply at once (the session reconnects with them); turning `serverLeases` on
 /// or off, or another type or prefix, needs a restart of the server, which keeps the settings
 /// it started with and says so in the log and in `/replication/status` → `etcdLease`.
-pub(crate) fn on_reload(state: &ServerState, config: &ClusterConfig) {
+pub(crate) fn on_reload(state: &Node, config: &ClusterConfig) {
     let hold = state.write_path.lease().etcd();
     let running = lock(&hold.settings).clone();
     let wanted = match &config.failover.coordinator {
@@ -165,7 +165,7 @@ pub(crate) fn on_reload(state: &ServerState, config: &ClusterConfig) {
 
 /// Waits (a second at most) until a node just promoted holds its etcd lease, so that the
 /// promotion's answer means writes are accepted. A no-op without server leases.
-pub(crate) async fn after_promotion(state: &ServerState) {
+pub(crate) async fn after_promotion(state: &Node) {
     let hold = state.write_path.lease().etcd();
     if !hold.required() {
         return;
@@ -178,7 +178,7 @@ pub(crate) async fn after_promotion(state: &ServerState) {
 }
 
 /// `/replication/status`'s `etcdLease` (`null` without server leases).
-pub(crate) fn status(state: &ServerState) -> Value {
+pub(crate) fn status(state: &Node) -> Value {
     let hold = state.write_path.lease().etcd();
     let restart_needed = lock(&hold.restart_needed).clone();
     if !hold.required() {
@@ -194,7 +194,7 @@ pub(crate) fn status(state: &ServerState) -> Value {
 }
 
 /// Keeps a session with etcd forever, one member after another.
-async fn run(state: Arc<ServerState>) {
+async fn run(state: Arc<Node>) {
     let hold = state.write_path.lease().etcd();
     let reachable = AtomicBool::new(true);
     for attempt in 0usize.. {
@@ -227,7 +227,7 @@ async fn run(state: Arc<ServerState>) {
 
 /// One session with one etcd member.
 struct Session<'a> {
-    state: &'a Arc<ServerState>,
+    state: &'a Arc<Node>,
     settings: &'a EtcdCoordinator,
     endpoint: String,
     reachable: &'a AtomicBool,
@@ -237,7 +237,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(
-        state: &'a Arc<ServerState>,
+        state: &'a Arc<Node>,
         settings: &'a EtcdCoordinator,
         endpoint: String,
         reachable: &'a AtomicBool,

@@ -34,15 +34,14 @@ use dirkdb_core::config::ReplicationType;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::follower::{next_unit, Units};
-use super::mode::{Hello, ReplicationMode, StreamReader, StreamWriter};
+use super::mode::{Hello, ReplicationMode};
+use super::node::Node;
 use super::protocol::{read_message, write_chunk, write_message, CopyInfo, Message, Unit};
-use super::sender::StreamError;
+use super::stream::{check_term, next_unit, StreamError, StreamReader, StreamWriter, Units};
 use crate::blocking::blocking;
 use crate::catalog::{as_internal, validate_name};
 use crate::error::ServerError;
 use crate::file_copy::{self, changed_pages, DeltaWriter, PageMap};
-use crate::state::ServerState;
 use dirkdb_core::clock::now_ms;
 use dirkdb_core::sync::lock;
 
@@ -61,7 +60,7 @@ const SHADOW_DIR: &str = "_dirk_filecopy";
 const OUTGOING_DIR: &str = "_dirk_filecopy_out";
 
 /// FILE replication.
-pub struct FileMode {
+pub(crate) struct FileMode {
     interval: Duration,
     page_deltas: bool,
     triggers: watch::Sender<u64>,
@@ -70,7 +69,7 @@ pub struct FileMode {
 
 impl FileMode {
     /// Sweeps every `interval`; sends page deltas when `page_deltas`.
-    pub fn new(interval: Duration, page_deltas: bool) -> FileMode {
+    pub(crate) fn new(interval: Duration, page_deltas: bool) -> FileMode {
         FileMode {
             interval,
             page_deltas,
@@ -121,7 +120,7 @@ impl ReplicationMode for FileMode {
 
     async fn serve_secondary(
         &self,
-        state: &Arc<ServerState>,
+        state: &Arc<Node>,
         hello: Hello,
         mut reader: StreamReader,
         writer: &mut StreamWriter,
@@ -172,7 +171,7 @@ impl ReplicationMode for FileMode {
 
     async fn follow_primary(
         &self,
-        state: &Arc<ServerState>,
+        state: &Arc<Node>,
         units: &mut Units,
         writer: &mut StreamWriter,
     ) -> Result<(), StreamError> {
@@ -227,7 +226,7 @@ enum Reply {
 
 /// Reads the secondary's acks, heartbeats and install results.
 async fn read_replies(
-    state: Arc<ServerState>,
+    state: Arc<Node>,
     instance: String,
     mut reader: StreamReader,
     replies: mpsc::Sender<Reply>,
@@ -299,7 +298,7 @@ fn copy_version(conn: &rusqlite::Connection) -> u64 {
 /// One secondary's rounds, on the primary.
 struct PrimaryRounds<'a> {
     mode: &'a FileMode,
-    state: &'a Arc<ServerState>,
+    state: &'a Arc<Node>,
     instance: String,
     /// What the secondary holds (updated as it confirms installs).
     view: HashMap<String, CopyInfo>,
@@ -609,7 +608,7 @@ async fn send_pages(
 }
 
 /// The newest oplog sequence in the live database `name`.
-fn live_version(state: &ServerState, name: &str) -> Option<u64> {
+fn live_version(state: &Node, name: &str) -> Option<u64> {
     let db = state.catalog.get(name).ok()?;
     let conn = db.lease().ok()?;
     let version = copy_version(&conn);
@@ -618,7 +617,7 @@ fn live_version(state: &ServerState, name: &str) -> Option<u64> {
 }
 
 /// The secondary's copies, for its inventory (shadows of databases it no longer has go).
-fn local_inventory(state: &ServerState) -> crate::error::Result<Vec<CopyInfo>> {
+fn local_inventory(state: &Node) -> crate::error::Result<Vec<CopyInfo>> {
     let shadows = state.data_dir().join(SHADOW_DIR);
     std::fs::create_dir_all(&shadows)?;
     let names = state.catalog.names();
@@ -655,7 +654,7 @@ fn local_inventory(state: &ServerState) -> crate::error::Result<Vec<CopyInfo>> {
 
 /// Handles one message from the primary, on the secondary.
 async fn on_message(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     message: Message,
     units: &mut Units,
     writer: &mut StreamWriter,
@@ -664,7 +663,7 @@ async fn on_message(
     if let Message::Heartbeat { seq, term, .. } = message {
         // A FILE-mode secondary takes its primary's term from the heartbeats, so that its
         // acknowledgements count for write concerns, and refuses a primary of a lower term.
-        super::follower::check_term(state, term, "a FILE-mode primary")?;
+        check_term(state, term, "a FILE-mode primary")?;
         state.adopt_term(term)?;
         *primary_term = Some(term);
         state
@@ -725,7 +724,7 @@ async fn on_message(
 
 /// Adopts the primary's history chain when it differs from this node's (`chain` empty: the
 /// primary predates chains in FILE rounds).
-fn adopt_chain(state: &ServerState, chain: &[crate::meta::HistoryLink]) -> Result<(), StreamError> {
+fn adopt_chain(state: &Node, chain: &[crate::meta::HistoryLink]) -> Result<(), StreamError> {
     if chain.is_empty() {
         return Ok(());
     }
@@ -744,7 +743,7 @@ fn adopt_chain(state: &ServerState, chain: &[crate::meta::HistoryLink]) -> Resul
 
 /// Receives and installs one copy; answers how it went.
 async fn on_copy(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     copy: IncomingCopy,
     units: &mut Units,
 ) -> Result<Message, StreamError> {
@@ -762,7 +761,7 @@ async fn on_copy(
 }
 
 /// Drops a database the primary no longer has, with its shadow; answers how it went.
-async fn on_drop(state: &Arc<ServerState>, name: String) -> Result<Message, StreamError> {
+async fn on_drop(state: &Arc<Node>, name: String) -> Result<Message, StreamError> {
     validate_name(&name).map_err(StreamError::Server)?;
     let (s, n) = (state.clone(), name.clone());
     let dropped = blocking(move || {
@@ -795,7 +794,7 @@ struct IncomingCopy {
     pages: u64,
 }
 
-fn record_follower_copy(state: &ServerState, copy: &IncomingCopy, error: Option<String>) {
+fn record_follower_copy(state: &Node, copy: &IncomingCopy, error: Option<String>) {
     let sent = copy.pages * (4 + u64::from(copy.page_size));
     state.replication.update_follower(|f| {
         let status = f.files.entry(copy.name.clone()).or_default();
@@ -809,7 +808,7 @@ fn record_follower_copy(state: &ServerState, copy: &IncomingCopy, error: Option<
 /// Receives the pages of one copy, verifies it, installs it. The outer error ends the stream;
 /// the inner one (a refused copy) is reported to the primary, which sends it again.
 async fn receive_copy(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     copy: &IncomingCopy,
     units: &mut Units,
 ) -> Result<crate::error::Result<()>, StreamError> {
@@ -869,7 +868,7 @@ fn write_pages(
 
 /// On a node not yet synced with its primary (repointed, or a demoted primary): the writes of
 /// `name` the copy lacks go to a rollback file before the copy replaces them.
-fn save_own_writes(state: &ServerState, name: &str, shadow: &Path) -> crate::error::Result<()> {
+fn save_own_writes(state: &Node, name: &str, shadow: &Path) -> crate::error::Result<()> {
     if !state.catalog.names().iter().any(|n| n == name) {
         return Ok(());
     }
@@ -886,7 +885,7 @@ fn save_own_writes(state: &ServerState, name: &str, shadow: &Path) -> crate::err
 
 /// On a node not yet synced with its primary: every write of `name`, which the primary no
 /// longer has, goes to a rollback file before the database is dropped.
-fn save_dropped_database(state: &ServerState, name: &str) -> crate::error::Result<()> {
+fn save_dropped_database(state: &Node, name: &str) -> crate::error::Result<()> {
     if !state.catalog.names().iter().any(|n| n == name) {
         return Ok(());
     }
@@ -903,7 +902,7 @@ fn save_dropped_database(state: &ServerState, name: &str) -> crate::error::Resul
 /// Verifies the patched shadow and writes it into the live database (created when new). A
 /// shadow that fails its CRC is deleted: the next inventory asks for every page.
 fn install(
-    state: &ServerState,
+    state: &Node,
     name: &str,
     writer: DeltaWriter,
     shadow: &Path,

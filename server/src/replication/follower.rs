@@ -19,17 +19,16 @@ use std::time::{Duration, Instant};
 use dirkdb_core::connection::ClientConnection;
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
 
 use super::apply::Applier;
-use super::mode::{StreamReader, StreamWriter};
-use super::protocol::{
-    read_unit, write_message, FileInfo, Message, ProtocolError, Unit, HANDSHAKE, HANDSHAKE_OK,
+use super::mode::Modes;
+use super::node::Node;
+use super::protocol::{write_message, FileInfo, Message, Unit, HANDSHAKE, HANDSHAKE_OK};
+use super::stream::{
+    check_term, next_unit, received, spawn_reader, StreamError, StreamWriter, Units,
 };
-use super::sender::StreamError;
 use super::{snapshot, FullSyncFigures};
 use crate::error::ServerError;
-use crate::state::ServerState;
 use dirkdb_core::clock::now_ms;
 use dirkdb_core::sync::lock;
 
@@ -37,9 +36,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows the target primary for as long as the server runs.
-pub(crate) async fn run(state: Arc<ServerState>) {
+pub(crate) async fn run(state: Arc<Node>, modes: Arc<Modes>) {
     let mut target = state.replication.watch_target();
-    let mut modes = state.replication.watch_mode();
+    let mut mode_changes = state.replication.watch_mode();
     let mut backoff = MIN_BACKOFF;
     let mut resync = state.take_resync_on_start();
     loop {
@@ -51,11 +50,11 @@ pub(crate) async fn run(state: Arc<ServerState>) {
             continue;
         };
         set_state(&state, super::FollowerState::Connecting, None);
-        modes.borrow_and_update();
+        mode_changes.borrow_and_update();
         let outcome = tokio::select! {
-            r = follow(&state, &addr, resync) => r,
+            r = follow(&state, &modes, &addr, resync) => r,
             _ = target.changed() => Ok(()),
-            _ = modes.changed() => Ok(()),
+            _ = mode_changes.changed() => Ok(()),
         };
         match outcome {
             Ok(()) => backoff = MIN_BACKOFF,
@@ -86,7 +85,7 @@ fn is_divergence(e: &StreamError) -> bool {
     matches!(e, StreamError::Server(ServerError::Refused(m)) if m.starts_with("replication apply"))
 }
 
-fn set_state(state: &ServerState, to: super::FollowerState, error: Option<String>) {
+fn set_state(state: &Node, to: super::FollowerState, error: Option<String>) {
     state.replication.update_follower(|f| {
         f.state = to;
         if error.is_some() {
@@ -98,8 +97,13 @@ fn set_state(state: &ServerState, to: super::FollowerState, error: Option<String
 
 /// One connection to the primary, until it breaks: the handshake and `Hello` here, the rest in
 /// the mode's [`super::mode::ReplicationMode::follow_primary`].
-async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<(), StreamError> {
-    let replication = state.replication_mode();
+async fn follow(
+    state: &Arc<Node>,
+    modes: &Modes,
+    addr: &str,
+    resync: bool,
+) -> Result<(), StreamError> {
+    let replication = modes.get(state.replication.mode());
     let stream = handshake(addr, state.security.cluster.as_ref()).await?;
     let (reader, writer) = tokio::io::split(stream);
     let mut writer: StreamWriter = BufWriter::new(Box::new(writer));
@@ -129,7 +133,7 @@ async fn follow(state: &Arc<ServerState>, addr: &str, resync: bool) -> Result<()
 
 /// OPLOG mode, secondary side: full or partial sync, then entries applied and acknowledged.
 pub(crate) async fn oplog_follow(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     units: &mut Units,
     applier: &Arc<Mutex<Applier>>,
     writer: &mut StreamWriter,
@@ -202,52 +206,8 @@ pub(crate) async fn handshake(
         .map_err(|_| StreamError::Peer("primary sent data before the replica spoke".into()))
 }
 
-/// The units read from the primary, by a task of their own.
-pub(crate) type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
-
-/// Reads units on their own task so the main loop can wait on them and on timers safely.
-pub(crate) fn spawn_reader(mut reader: StreamReader) -> Units {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let unit = read_unit(&mut reader).await;
-            let failed = unit.is_err();
-            if tx.send(unit).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The next unit, or an error when the primary stays silent for `silence` or leaves.
-pub(crate) async fn next_unit(units: &mut Units, silence: Duration) -> Result<Unit, StreamError> {
-    match tokio::time::timeout(silence, units.recv()).await {
-        Err(_) => Err(StreamError::Peer(format!("primary silent for {silence:?}"))),
-        Ok(unit) => received(unit),
-    }
-}
-
-pub(crate) fn received(unit: Option<Result<Unit, ProtocolError>>) -> Result<Unit, StreamError> {
-    match unit {
-        None => Err(StreamError::Peer("primary closed the stream".into())),
-        Some(unit) => Ok(unit?),
-    }
-}
-
-/// Refuses a primary (or its message) of a lower term than this node's.
-pub(crate) fn check_term(state: &ServerState, term: u64, what: &str) -> Result<(), StreamError> {
-    let own = state.term();
-    if term < own {
-        return Err(StreamError::Peer(format!(
-            "{what} of term {term} refused: this node is at term {own} (the primary was replaced)"
-        )));
-    }
-    Ok(())
-}
-
 async fn handle<W: tokio::io::AsyncWrite + Unpin>(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     message: Message,
     units: &mut Units,
     applier: &Arc<Mutex<Applier>>,
@@ -341,7 +301,7 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Receives every file of a full sync, checks each CRC, then installs them.
 async fn receive_full_sync(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     units: &mut Units,
     files: &[FileInfo],
     position: u64,

@@ -19,6 +19,8 @@ pub(crate) mod etcd_lease;
 pub(crate) mod file_mode;
 pub(crate) mod follower;
 pub(crate) mod mode;
+pub(crate) mod node;
+pub(crate) mod oplog_mode;
 pub(crate) mod peer_apply;
 pub(crate) mod peer_stream;
 pub(crate) mod peers;
@@ -26,6 +28,7 @@ pub mod protocol;
 pub(crate) mod rollback;
 pub(crate) mod sender;
 pub(crate) mod snapshot;
+pub(crate) mod stream;
 pub(crate) mod write_probe;
 
 use std::collections::{BTreeMap, VecDeque};

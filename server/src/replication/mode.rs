@@ -2,7 +2,7 @@
 //! admin API and the proxy's triggers never branch on the mode: a third mode is a new
 //! implementation of [`ReplicationMode`], not new branches everywhere.
 //!
-//! * [`OplogMode`]: the row-level stream of the primary's oplog (partial or full sync, then
+//! * [`super::oplog_mode::OplogMode`]: the row-level stream of the primary's oplog (partial or full sync, then
 //!   entries), in [`super::sender`] and [`super::follower`]'s apply loop.
 //! * [`super::file_mode::FileMode`]: consistent copies of changed database files, sent as page
 //!   deltas.
@@ -13,23 +13,13 @@
 //! reconnect in the new mode, and a FILE-mode secondary going back to OPLOG asks for a full sync
 //! (its copies were taken database by database, not at one oplog position).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use dirkdb_core::config::ReplicationType;
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
 
-use super::apply::Applier;
-use super::follower::{oplog_follow, Units};
-use super::sender::{oplog_stream, StreamError};
-use crate::state::ServerState;
-
-/// The reading half of a replication connection, whatever carries it (TCP, TLS, a test's
-/// `tokio::io::duplex`).
-pub(crate) type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
-
-/// The writing half of a replication connection, buffered.
-pub(crate) type StreamWriter = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
+use super::node::Node;
+use super::stream::{StreamError, StreamReader, StreamWriter, Units};
 
 /// Who connected, as its `Hello` said.
 #[derive(Debug, Clone)]
@@ -54,7 +44,7 @@ pub trait ReplicationMode: Send + Sync {
     /// or the streams are ended.
     async fn serve_secondary(
         &self,
-        state: &Arc<ServerState>,
+        state: &Arc<Node>,
         hello: Hello,
         reader: StreamReader,
         writer: &mut StreamWriter,
@@ -63,7 +53,7 @@ pub trait ReplicationMode: Send + Sync {
     /// Secondary side: follows the primary on one connection (its `Hello` sent) until it breaks.
     async fn follow_primary(
         &self,
-        state: &Arc<ServerState>,
+        state: &Arc<Node>,
         units: &mut Units,
         writer: &mut StreamWriter,
     ) -> Result<(), StreamError>;
@@ -72,57 +62,29 @@ pub trait ReplicationMode: Send + Sync {
     fn database_written(&self, _db: &str) {}
 
     /// Whether a secondary connecting in this mode must first be fully resynced.
-    fn needs_resync_on_entry(&self, _state: &ServerState) -> bool {
+    fn needs_resync_on_entry(&self, _state: &Node) -> bool {
         false
     }
 }
 
-/// Row-level replication of the oplog.
-#[derive(Default)]
-pub struct OplogMode {
-    applier: Arc<Mutex<Applier>>,
+/// The implementations of [`ReplicationMode`], kept for the life of the instance; the hub's
+/// `mode()` says which one runs.
+pub struct Modes {
+    oplog: Arc<dyn ReplicationMode>,
+    file: Arc<dyn ReplicationMode>,
 }
 
-#[async_trait]
-impl ReplicationMode for OplogMode {
-    fn kind(&self) -> ReplicationType {
-        ReplicationType::Oplog
+impl Modes {
+    /// Row-level oplog streaming and copies of database files.
+    pub fn new(oplog: Arc<dyn ReplicationMode>, file: Arc<dyn ReplicationMode>) -> Modes {
+        Modes { oplog, file }
     }
 
-    async fn serve_secondary(
-        &self,
-        state: &Arc<ServerState>,
-        hello: Hello,
-        reader: StreamReader,
-        writer: &mut StreamWriter,
-    ) -> Result<(), StreamError> {
-        oplog_stream(
-            state,
-            &hello.instance,
-            &hello.history,
-            hello.seq,
-            reader,
-            writer,
-        )
-        .await
-    }
-
-    async fn follow_primary(
-        &self,
-        state: &Arc<ServerState>,
-        units: &mut Units,
-        writer: &mut StreamWriter,
-    ) -> Result<(), StreamError> {
-        oplog_follow(state, units, &self.applier, writer).await
-    }
-
-    fn needs_resync_on_entry(&self, state: &ServerState) -> bool {
-        // Copies from FILE mode stand at no single oplog position.
-        state
-            .meta
-            .setting(super::file_mode::FILE_COPIES_SETTING)
-            .ok()
-            .flatten()
-            .is_some()
+    /// The implementation of `kind`.
+    pub fn get(&self, kind: ReplicationType) -> Arc<dyn ReplicationMode> {
+        match kind {
+            ReplicationType::Oplog => self.oplog.clone(),
+            ReplicationType::File => self.file.clone(),
+        }
     }
 }

@@ -20,12 +20,12 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection};
 
 use super::apply::apply_entry;
+use super::node::Node;
 use super::peers::{file_position, mark_dropped, store_meta_position, was_dropped, FILE_SCHEMA};
 use crate::catalog::open_apply_connection;
 use crate::error::{Result, ServerError};
 use crate::meta::update_live_set;
 use crate::oplog::{Entry, Op};
-use crate::state::ServerState;
 
 /// Applies one origin's entries; keeps one connection per database between batches.
 pub(crate) struct PeerApplier {
@@ -60,7 +60,7 @@ impl PeerApplier {
     /// position.
     pub(crate) fn apply(
         &mut self,
-        state: &ServerState,
+        state: &Node,
         entries: &[Entry],
         history: Option<&str>,
     ) -> Result<Applied> {
@@ -114,7 +114,7 @@ impl PeerApplier {
         })
     }
 
-    fn apply_database_event(&mut self, state: &ServerState, e: &Entry) -> Result<()> {
+    fn apply_database_event(&mut self, state: &Node, e: &Entry) -> Result<()> {
         let name = e.table.clone();
         state.meta.with(|conn| {
             let tx = conn.unchecked_transaction()?;
@@ -144,7 +144,7 @@ impl PeerApplier {
 
     /// This applier's connection to `db`, opened on first use; `None` when the database was
     /// dropped here.
-    fn connection(&mut self, state: &ServerState, db: &str) -> Result<Option<&Connection>> {
+    fn connection(&mut self, state: &Node, db: &str) -> Result<Option<&Connection>> {
         if !self.conns.contains_key(db) {
             let database = match state.catalog.get(db) {
                 Ok(database) => database,
@@ -169,7 +169,7 @@ impl PeerApplier {
 
     /// Applies one database's run in one transaction with the origin's position; returns the
     /// entries applied.
-    fn apply_run(&mut self, state: &ServerState, run: &[&Entry]) -> Result<u64> {
+    fn apply_run(&mut self, state: &Node, run: &[&Entry]) -> Result<u64> {
         let origin = self.origin.clone();
         let db = run[0].db.clone();
         let Some(conn) = self.connection(state, &db)? else {

@@ -18,16 +18,18 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-use super::follower::{handshake, received, spawn_reader, Units};
+use super::follower::handshake;
+use super::node::Node;
 use super::peer_apply::PeerApplier;
 use super::peers::{PeerHello, PeerState};
 use super::protocol::{write_message, Message, Unit};
-use super::sender::{read_acks, send_within, StreamError};
+use super::stream::{
+    next_unit, read_acks, received, send_within, spawn_reader, StreamError, StreamWriter, Units,
+};
 use crate::error::ServerError;
 use crate::meta::position_in_chain;
 use crate::oplog::store::{self, Filter};
 use crate::oplog::Entry;
-use crate::state::ServerState;
 use dirkdb_core::clock::now_ms;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -36,13 +38,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const BATCH: usize = 1000;
 
 /// Follows every other master's stream (`peers`: id and replication address) until aborted.
-pub(crate) async fn run(state: Arc<ServerState>, peers: Vec<(String, String)>) {
+pub(crate) async fn run(state: Arc<Node>, peers: Vec<(String, String)>) {
     let origins: Vec<String> = peers.iter().map(|(id, _)| id.clone()).collect();
     let s = state.clone();
-    let loaded = tokio::task::spawn_blocking(move || super::peers::load_positions(&s, &origins))
-        .await
-        .map_err(ServerError::from)
-        .and_then(|r| r);
+    let loaded =
+        tokio::task::spawn_blocking(move || super::peers::load_positions(&s, &s.peers, &origins))
+            .await
+            .map_err(ServerError::from)
+            .and_then(|r| r);
     if let Err(e) = loaded {
         tracing::error!(error = %e, "cannot read the positions of the other masters' streams: not following them");
         return;
@@ -54,7 +57,7 @@ pub(crate) async fn run(state: Arc<ServerState>, peers: Vec<(String, String)>) {
     while tasks.join_next().await.is_some() {}
 }
 
-async fn follow_origin(state: Arc<ServerState>, origin: String, addr: String) {
+async fn follow_origin(state: Arc<Node>, origin: String, addr: String) {
     let mut applier = PeerApplier::new(&origin);
     let mut backoff = MIN_BACKOFF;
     state.peers.update(&origin, |s| s.address = addr.clone());
@@ -85,7 +88,7 @@ async fn follow_origin(state: Arc<ServerState>, origin: String, addr: String) {
 
 /// One connection to `origin`, until it breaks.
 async fn stream_from(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     origin: &str,
     addr: &str,
     applier: &mut PeerApplier,
@@ -95,7 +98,7 @@ async fn stream_from(
         .update(origin, |s| s.state = PeerState::Connecting);
     let stream = handshake(addr, state.security.cluster.as_ref()).await?;
     let (reader, writer) = tokio::io::split(stream);
-    let mut writer: super::mode::StreamWriter = BufWriter::new(Box::new(writer));
+    let mut writer: StreamWriter = BufWriter::new(Box::new(writer));
     let mut units = spawn_reader(Box::new(reader));
     let mut history = state
         .peers
@@ -170,7 +173,7 @@ async fn stream_from(
 }
 
 async fn next(units: &mut Units, silence: Duration) -> Result<Message, StreamError> {
-    match super::follower::next_unit(units, silence).await? {
+    match next_unit(units, silence).await? {
         Unit::Message(m) => Ok(m),
         Unit::Chunk(_) => Err(StreamError::Peer(
             "file chunk in a stream between masters".into(),
@@ -180,7 +183,7 @@ async fn next(units: &mut Units, silence: Duration) -> Result<Message, StreamErr
 
 /// Applies one batch on a blocking thread; returns the origin's position now.
 async fn apply(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     applier: &mut PeerApplier,
     entries: Vec<Entry>,
     history: Option<String>,
@@ -208,7 +211,7 @@ async fn apply(
 
 /// Origin side: serves one master's request for this master's stream until it ends.
 pub(crate) async fn serve_peer<R, W>(
-    state: Arc<ServerState>,
+    state: Arc<Node>,
     hello: PeerHello,
     reader: R,
     writer: W,
@@ -243,7 +246,7 @@ pub(crate) async fn serve_peer<R, W>(
 }
 
 /// Where the stream asked for continues, or why it cannot.
-fn continue_from(state: &ServerState, hello: &PeerHello) -> Result<u64, String> {
+fn continue_from(state: &Node, hello: &PeerHello) -> Result<u64, String> {
     let me = &state.instance_id;
     if !state.settings.ownership.active() {
         return Err(format!(
@@ -300,7 +303,7 @@ fn oplog_window_message(me: &str, peer: &str, seq: u64, floor: u64) -> String {
 }
 
 async fn serve_from<R, W>(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     instance: &str,
     from: u64,
     reader: R,
@@ -339,7 +342,7 @@ where
 }
 
 async fn stream_own_entries<W: AsyncWrite + Unpin>(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     instance: &str,
     mut cursor: u64,
     writer: &mut W,
@@ -404,7 +407,7 @@ async fn stream_own_entries<W: AsyncWrite + Unpin>(
 /// The entries held in `(after, upto]` (at most a batch), read from the oplog files; an error
 /// naming the knob when pruning passed `after` meanwhile.
 async fn read_held(
-    state: Arc<ServerState>,
+    state: Arc<Node>,
     instance: String,
     after: u64,
     upto: u64,

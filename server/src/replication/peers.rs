@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::{Result, ServerError};
-use crate::state::ServerState;
+use crate::storage::Storage;
 use dirkdb_core::clock::now_ms;
 use dirkdb_core::sync::lock;
 
@@ -183,7 +183,7 @@ impl Peers {
     /// its committed sequence), at most `timeout`; `Err` names the positions it stands at.
     pub async fn wait_for(
         &self,
-        state: &ServerState,
+        state: &Storage,
         wanted: &[(String, u64)],
         timeout: Duration,
     ) -> Result<String> {
@@ -355,7 +355,8 @@ pub(crate) fn file_position(conn: &Connection, origin: &str) -> rusqlite::Result
 /// Loads every origin's durable position (and history) at start: the highest of the meta
 /// file's and of every database file's.
 pub(crate) fn load_positions(
-    state: &ServerState,
+    state: &Storage,
+    peers: &Peers,
     origins: &[String],
 ) -> Result<BTreeMap<String, (u64, Option<String>)>> {
     let mut out = BTreeMap::new();
@@ -386,8 +387,8 @@ pub(crate) fn load_positions(
         db.give_back(conn);
     }
     for (origin, (seq, history)) in &out {
-        state.peers.advance(origin, *seq);
-        state.peers.update(origin, |s| s.history = history.clone());
+        peers.advance(origin, *seq);
+        peers.update(origin, |s| s.history = history.clone());
     }
     Ok(out)
 }
@@ -431,14 +432,15 @@ const OWNER_SAMPLES: usize = 1000;
 
 /// Writes the MULTI_PRIMARY metrics (nothing outside MULTI_PRIMARY).
 pub(crate) fn write_metrics(
-    state: &ServerState,
+    state: &Storage,
+    peers: &Peers,
     page: &mut dirkdb_core::metrics::Page,
 ) -> std::fmt::Result {
     use described::*;
     if !state.settings.ownership.active() {
         return Ok(());
     }
-    let streams = state.peers.streams();
+    let streams = peers.streams();
     let per_origin = |figure: fn(&PeerStatus) -> u64| {
         streams
             .iter()

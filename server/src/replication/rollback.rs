@@ -28,13 +28,13 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::Result;
 use crate::meta::HistoryLink;
 use crate::oplog::store::{self, Filter};
-use crate::state::ServerState;
+use crate::storage::Storage;
 use dirkdb_core::clock::now_ms;
 
 /// Saves this node's entries beyond its branch point in `new_chain`; returns the file written,
 /// if there was anything to save.
 pub(crate) fn save_divergent(
-    state: &ServerState,
+    state: &Storage,
     new_chain: &[HistoryLink],
 ) -> Result<Option<PathBuf>> {
     let own = state.meta.history(&state.instance_id)?;
@@ -61,7 +61,7 @@ pub(crate) fn save_divergent(
 /// replace it (`copy`, the new primary's file) lacks or holds differently; returns the file
 /// written, if there was anything to save.
 pub(crate) fn save_divergent_from_copy(
-    state: &ServerState,
+    state: &Storage,
     db: &str,
     live: &Connection,
     copy: &Connection,
@@ -86,7 +86,7 @@ pub(crate) fn save_divergent_from_copy(
 /// FILE mode: saves every entry of database `db`'s own oplog (`live`), which the new primary
 /// no longer has; returns the file written, if there was anything to save.
 pub(crate) fn save_database(
-    state: &ServerState,
+    state: &Storage,
     db: &str,
     live: &Connection,
 ) -> Result<Option<PathBuf>> {
@@ -95,7 +95,7 @@ pub(crate) fn save_database(
 
 /// Saves the entries of `live`'s oplog after `after` for which `lacks` is true.
 fn save_file_entries(
-    state: &ServerState,
+    state: &Storage,
     db: &str,
     live: &Connection,
     mut after: u64,
@@ -128,7 +128,7 @@ struct RollbackFile {
 
 impl RollbackFile {
     /// `rollback-<ms>.jsonl`, or `rollback-<ms>-<db>.jsonl` for one database's.
-    fn new(state: &ServerState, db: &str) -> RollbackFile {
+    fn new(state: &Storage, db: &str) -> RollbackFile {
         let name = if db.is_empty() {
             format!("rollback-{}.jsonl", now_ms())
         } else {

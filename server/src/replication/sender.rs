@@ -10,7 +10,7 @@
 //!
 //! Terms: every message carries this primary's term; a replica whose `Hello` (or any later
 //! message) shows a higher term proves that another node was promoted since, so this primary
-//! steps down at once ([`ServerState::step_down`]) instead of serving it. Silence is measured
+//! steps down at once ([`Node::step_down`]) instead of serving it. Silence is measured
 //! on what the replica sends: no ack or heartbeat for [`super::ReplicationHub::silence`] ends the
 //! stream, and so does a send the replica does not take within that time (a paused replica).
 
@@ -20,14 +20,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-use super::mode::{Hello, StreamReader, StreamWriter};
-use super::protocol::{read_message, write_chunk, write_message, Message, ProtocolError};
+use super::mode::{Hello, Modes};
+use super::node::Node;
+use super::protocol::{read_message, write_chunk, write_message, Message};
 use super::snapshot;
+use super::stream::{read_acks, send_within, StreamError, StreamReader, StreamWriter};
 use crate::error::ServerError;
 use crate::meta::position_in_chain;
 use crate::oplog::store::{self, Filter, Source};
 use crate::oplog::Entry;
-use crate::state::ServerState;
 use dirkdb_core::clock::now_ms;
 
 /// Entries per message at most.
@@ -35,29 +36,10 @@ const BATCH: usize = 1000;
 /// Snapshot chunk size.
 const CHUNK: usize = 1024 * 1024;
 
-/// Why a stream ended.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The connection broke.
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    /// Reading the oplog or taking a snapshot failed.
-    #[error(transparent)]
-    Server(#[from] ServerError),
-    /// The peer went silent or misbehaved.
-    #[error("{0}")]
-    Peer(String),
-}
-
-impl From<std::io::Error> for StreamError {
-    fn from(e: std::io::Error) -> Self {
-        StreamError::Protocol(e.into())
-    }
-}
-
 /// Serves one secondary until its connection ends, in the mode this primary replicates in.
 pub(crate) async fn serve_replica(
-    state: Arc<ServerState>,
+    state: Arc<Node>,
+    modes: &Modes,
     mut reader: StreamReader,
     writer: Box<dyn AsyncWrite + Send + Unpin>,
     peer: String,
@@ -115,7 +97,7 @@ pub(crate) async fn serve_replica(
         let _ = write_message(&mut writer, &Message::Error { message }).await;
         return;
     }
-    let replication = state.replication_mode();
+    let replication = modes.get(state.replication.mode());
     let ours = replication.kind();
     if mode != ours {
         let message = format!(
@@ -157,7 +139,7 @@ pub(crate) async fn serve_replica(
 
 /// OPLOG mode, primary side: a partial or full sync, then committed entries as they appear.
 pub(crate) async fn oplog_stream<R, W>(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     instance: &str,
     history: &str,
     seq: u64,
@@ -206,7 +188,7 @@ where
 }
 
 async fn stream_entries<W: AsyncWrite + Unpin>(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     instance: &str,
     cursor: &mut u64,
     writer: &mut W,
@@ -258,24 +240,8 @@ async fn stream_entries<W: AsyncWrite + Unpin>(
     }
 }
 
-/// A send the replica does not take within the silence limit ends the stream (its receive
-/// buffer is full: it is paused or cut off).
-pub(crate) async fn send_within<F, E>(state: &ServerState, send: F) -> Result<(), StreamError>
-where
-    F: std::future::Future<Output = Result<(), E>>,
-    StreamError: From<E>,
-{
-    let silence = state.replication.silence();
-    match tokio::time::timeout(silence, send).await {
-        Ok(result) => result.map_err(StreamError::from),
-        Err(_) => Err(StreamError::Peer(format!(
-            "the replica took nothing for {silence:?}"
-        ))),
-    }
-}
-
 async fn send_entries<W: AsyncWrite + Unpin>(
-    state: &ServerState,
+    state: &Node,
     instance: &str,
     entries: Vec<Entry>,
     writer: &mut W,
@@ -301,7 +267,7 @@ async fn send_entries<W: AsyncWrite + Unpin>(
 /// unchanged (its generation moves with every CREATE, DROP or reload, even of the same name).
 /// Fails on a gap (a pruned or corrupt oplog) so the replica resyncs.
 async fn read_batch(
-    state: Arc<ServerState>,
+    state: Arc<Node>,
     sources: Option<(u64, Vec<Source>)>,
     after: u64,
     upto: u64,
@@ -332,51 +298,9 @@ async fn read_batch(
     .map_err(|e| StreamError::Server(ServerError::from(e)))?
 }
 
-pub(crate) async fn read_acks<R: AsyncRead + Unpin>(
-    state: Arc<ServerState>,
-    instance: String,
-    mut reader: R,
-    closed: mpsc::Sender<String>,
-) {
-    let silence = state.replication.silence();
-    loop {
-        let message = match tokio::time::timeout(silence, read_message(&mut reader)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                let _ = closed.send(e.to_string()).await;
-                return;
-            }
-            Err(_) => {
-                let _ = closed.send(format!("no heartbeat for {silence:?}")).await;
-                return;
-            }
-        };
-        match message {
-            Message::Ack { applied, term }
-            | Message::Heartbeat {
-                seq: applied, term, ..
-            } => {
-                if term > state.term() {
-                    let _ = state.step_down(term, "a replica acknowledged in a higher term");
-                    let _ = closed.send(format!("replica is at term {term}")).await;
-                    return;
-                }
-                if !state.replication.record_ack(&instance, applied, term) {
-                    tracing::debug!(replica = %instance, term, "acknowledgement of another term not counted");
-                }
-            }
-            Message::Error { message } => {
-                let _ = closed.send(format!("replica reported: {message}")).await;
-                return;
-            }
-            other => tracing::debug!(?other, "unexpected message from replica"),
-        }
-    }
-}
-
 /// Sends a snapshot of everything; returns the position streaming continues from.
 async fn full_sync<W: AsyncWrite + Unpin>(
-    state: &Arc<ServerState>,
+    state: &Arc<Node>,
     instance: &str,
     chain: Vec<crate::meta::HistoryLink>,
     writer: &mut W,
@@ -465,7 +389,7 @@ impl Progress {
 }
 
 async fn send_file<W: AsyncWrite + Unpin>(
-    state: &ServerState,
+    state: &Node,
     instance: &str,
     path: &std::path::Path,
     writer: &mut W,

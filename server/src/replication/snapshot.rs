@@ -19,7 +19,7 @@ use super::protocol::FileInfo;
 use crate::catalog::Catalog;
 use crate::error::{Result, ServerError};
 use crate::meta::META_FILE;
-use crate::state::ServerState;
+use crate::storage::Storage;
 
 /// Settings of the meta file that describe this node, not the data (kept across a full sync).
 pub(crate) const LOCAL_SETTINGS: [&str; 5] = [
@@ -47,7 +47,7 @@ impl Drop for Snapshot {
 }
 
 /// Takes a consistent snapshot of the whole instance.
-pub(crate) fn take(state: &ServerState) -> Result<Snapshot> {
+pub(crate) fn take(state: &Storage) -> Result<Snapshot> {
     let owner = state.new_owner();
     state.under_gate(owner, || {
         let position = state.write_path.committed();
@@ -102,7 +102,7 @@ fn unique() -> String {
 }
 
 /// The folder a replica receives a full sync into (emptied first).
-pub(crate) fn incoming_dir(state: &ServerState) -> Result<PathBuf> {
+pub(crate) fn incoming_dir(state: &Storage) -> Result<PathBuf> {
     let dir = state.data_dir().join("_dirk_incoming");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -119,7 +119,7 @@ pub(crate) fn accepted_file_name(name: &str) -> bool {
 
 /// Replaces the replica's whole state with the received snapshot.
 pub(crate) fn install(
-    state: &ServerState,
+    state: &Storage,
     incoming: &Path,
     files: &[FileInfo],
     position: u64,

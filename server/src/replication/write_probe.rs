@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::state::ServerState;
+use super::node::Node;
 use dirkdb_core::clock::now_ms;
 
 /// The probe's file in the data directory (never a database: no `.db` extension).
@@ -24,7 +24,7 @@ const PROBE_SETTING: &str = "write_probe_ms";
 
 /// Writes, syncs and removes the probe file, then commits the probe setting; returns how long
 /// it took, or what failed.
-pub(crate) fn probe(state: &ServerState) -> Result<Duration, String> {
+pub(crate) fn probe(state: &Node) -> Result<Duration, String> {
     let started = Instant::now();
     if !state.is_replica() {
         state
