@@ -444,6 +444,8 @@ impl ProxySession {
         if topology.config.routing.reads.consistency != ReadConsistency::ReadYourWrites
             || self.last_write.seq == 0
             || self.last_write.history.is_none()
+            // The read is refused at once with the failover's reason (`on_primary`).
+            || crate::ack_watermark::failover_waiting().is_some()
         {
             return Ok(());
         }
