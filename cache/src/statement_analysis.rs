@@ -204,16 +204,25 @@ pub fn analyze(sql: &str) -> Analysis {
         StatementClass::Use(db) => Analysis::Use(db),
         StatementClass::Transaction(control) => Analysis::Transaction(control),
         StatementClass::Write => Analysis::Write(write_targets(&translated)),
-        StatementClass::Read => read_analysis(&translated),
+        StatementClass::Read => {
+            let dirkdb = dirkdb_core::sql::dirkdb::routing_sql_of(sql).is_some();
+            read_analysis(&translated, dirkdb)
+        }
     }
 }
+
+/// What begins the key of a read written in DirkDB's language. DirkDB's answer to it (doubles
+/// in Java's form, pages of 20 rows, DirkDB's names and row orders) is not SQLite's answer to
+/// the SQL it stands for, so the two never share an entry; no English key (sqlparser's text of
+/// a query) can begin so.
+const DIRKDB_KEY_PREFIX: &str = "DIRKDB\n";
 
 fn parse_one(sql: &str) -> Option<Statement> {
     let mut statements = Parser::parse_sql(&SQLiteDialect {}, sql).ok()?;
     (statements.len() == 1).then(|| statements.remove(0))
 }
 
-fn read_analysis(translated: &str) -> Analysis {
+fn read_analysis(translated: &str, dirkdb: bool) -> Analysis {
     let Some(statement) = parse_one(translated) else {
         return Analysis::Uncacheable("the statement is not a query the cache can parse");
     };
@@ -246,6 +255,11 @@ fn read_analysis(translated: &str) -> Analysis {
         canonical
     } else {
         format!("{canonical}\n{}", translated.trim())
+    };
+    let key = if dirkdb {
+        format!("{DIRKDB_KEY_PREFIX}{key}")
+    } else {
+        key
     };
     Analysis::Cacheable(CacheableRead {
         key: key.into(),
@@ -652,6 +666,32 @@ mod tests {
             assert!(read.relations.contains(&t.to_string()), "{t}");
         }
         assert_ne!(key("alaivo 1 antso x"), key("alaivo 1 antso y"));
+    }
+
+    /// A DirkDB read is answered with DirkDB's meaning (doubles in Java's form, pages of 20,
+    /// DirkDB's names, its join, group and set orders), so it never shares an entry with the
+    /// English SQL it stands for, even when a client sends exactly that SQL.
+    #[test]
+    fn dirkdb_reads_never_share_a_key_with_english_sql() {
+        for dirk in [
+            "alaivo a #ao@ t",
+            "alaivo * #ao@ t",
+            "alaivo ja.k, a, b #ao@ ja #tonona:avia@ jb #ka ja.k = jb.k",
+            "alaivo a, b #ao@ ja #tonona jb",
+            "alaivo * #ao@ ja #tonona:natoraly@ jb",
+            "alaivo c, count(v) #ao@ g #vondrona (c)",
+            "alaivo n #ao@ t #ankambana@ alaivo n #ao@ u",
+            "alaivo n #ao@ t #analana@ alaivo n #ao@ u",
+            "alaivo * #ao@ t #fetra 1 3",
+            "alaivo x #ao@ (alaivo n antso x #ao@ t #rehefa n = 5) q",
+            "alaivo * #ao@ v",
+        ] {
+            let english = dirkdb_core::sql::translate(dirk);
+            assert_ne!(english, dirk, "{dirk} has a DirkDB translation");
+            if let Analysis::Cacheable(read) = analyze(&english) {
+                assert_ne!(key(dirk), read.key.to_string(), "{dirk} / {english}");
+            }
+        }
     }
 
     #[test]

@@ -321,6 +321,11 @@ fn bench_dirkdb(c: &mut Criterion) {
         group.bench_function(format!("translate/{name}"), |b| {
             b.iter(|| translate(black_box(sql)))
         });
+        // Before the front end: these statements went through the token substitution of
+        // `sql::malagasy` (still the mixed form's path), whose output SQLite then refused.
+        group.bench_function(format!("before_token_translation/{name}"), |b| {
+            b.iter(|| dirkdb_core::sql::malagasy::translate(black_box(sql)))
+        });
     }
     group.finish();
 }

@@ -2,8 +2,10 @@
 //! for their meaning), registered on every SQLite connection of the server: DirkDB's value
 //! semantics for comparisons, arithmetic, truthiness and aggregates, with DirkDB's error texts.
 
-use dirkdb_core::sql::dirkdb::values::{blob_bool, bool_blob, Function, Output, Value};
-use rusqlite::functions::{Context, FunctionFlags};
+use dirkdb_core::sql::dirkdb::values::{
+    blob_bool, bool_blob, Function, JavaOrder, Output, Value, JAVA_ORDER_FUNCTION,
+};
+use rusqlite::functions::{Aggregate, Context, FunctionFlags, WindowAggregate};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::Connection;
 
@@ -16,7 +18,43 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
         }
         conn.create_scalar_function(f.sql_name(), f.arity(), flags, move |ctx| call(f, ctx))?;
     }
+    conn.create_window_function(
+        JAVA_ORDER_FUNCTION,
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS,
+        JavaOrderWindow,
+    )?;
     Ok(())
+}
+
+/// `dirkdb_java_order(hash) OVER (…)`: DirkDB's `#vondrona` group order ([`JavaOrder`]).
+struct JavaOrderWindow;
+
+impl Aggregate<JavaOrder, i64> for JavaOrderWindow {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<JavaOrder> {
+        Ok(JavaOrder::default())
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, order: &mut JavaOrder) -> rusqlite::Result<()> {
+        // dirkdb_java_hash answers an i32 as an integer.
+        order.step(ctx.get::<i64>(0)? as i32);
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, order: Option<JavaOrder>) -> rusqlite::Result<i64> {
+        Ok(order.map_or(0, |mut o| o.value()))
+    }
+}
+
+impl WindowAggregate<JavaOrder, i64> for JavaOrderWindow {
+    fn value(&self, order: Option<&mut JavaOrder>) -> rusqlite::Result<i64> {
+        Ok(order.map_or(0, |o| o.value()))
+    }
+
+    fn inverse(&self, _: &mut Context<'_>, order: &mut JavaOrder) -> rusqlite::Result<()> {
+        order.inverse();
+        Ok(())
+    }
 }
 
 fn call(f: Function, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {

@@ -46,6 +46,22 @@ impl Domain {
         parts.join(":")
     }
 
+    /// The domain as DirkDB stores it (a table's column or a named domain, written as JSON by
+    /// Jackson): each `TANISA`'s members in the order its `HashSet` iterates them, which is the
+    /// order they are read back in (`add` one by one). Applied once per store, so a table's type
+    /// from a named domain has gone through the domain's store and the table's.
+    pub fn stored(&self) -> Domain {
+        Domain(
+            self.0
+                .iter()
+                .map(|a| match a {
+                    TypeAtom::Enum(members) => TypeAtom::Enum(java_set(members)),
+                    other => other.clone(),
+                })
+                .collect(),
+        )
+    }
+
     /// Java's `Domain.toString()`: `Domain{NUMBER(min:0.0,max:10.0)}`.
     pub fn display(&self) -> String {
         let parts: Vec<String> = self.0.iter().map(display_atom).collect();
@@ -97,32 +113,64 @@ fn display_atom(atom: &TypeAtom) -> String {
         TypeAtom::Text(min, max) => format!("VARCHAR( {},{} )", opt(*min), opt(*max)),
         TypeAtom::Date => "DATE".into(),
         TypeAtom::Enum(members) => {
-            // DomainEnum.toString: the HashSet's iteration order, ten members at most, and
-            // ", ..." once ten are shown (even when there are exactly ten).
-            use super::values::{java_double_hash, java_hash_order, java_string_hash};
-            let hashes: Vec<i32> = members
+            // DomainEnum.toString: the HashSet's iteration order (the set DirkDB reads back from
+            // the members as stored), ten members at most, and ", ..." once ten are shown (even
+            // when there are exactly ten).
+            let set = java_set(members);
+            let shown: Vec<String> = set
                 .iter()
-                .map(|m| match m {
-                    Member::Number(n) => java_double_hash(*n),
-                    Member::Str(s) => java_string_hash(s),
-                })
-                .collect();
-            let shown: Vec<String> = java_hash_order(&hashes)
-                .into_iter()
                 .take(10)
-                .map(|i| match &members[i] {
+                .map(|m| match m {
                     Member::Number(n) => java_double(*n),
                     Member::Str(s) => s.clone(),
                 })
                 .collect();
-            let more = if members.len() >= 10 { ", ..." } else { "" };
+            let more = if set.len() >= 10 { ", ..." } else { "" };
             format!(
                 "DomainEnum{{allowedValues=[{}{more}], size={}}}",
                 shown.join(", "),
-                members.len()
+                set.len()
             )
         }
         TypeAtom::Named(n) => n.clone(),
+    }
+}
+
+/// A `HashSet<Object>` built by adding `members` in this order (Java's `equals`: a duplicate is
+/// dropped), as it iterates.
+fn java_set(members: &[Member]) -> Vec<Member> {
+    use super::java_hash::{iteration_order, JavaKey};
+    use super::values::{java_double_hash, java_string_hash};
+    let mut distinct: Vec<&Member> = Vec::with_capacity(members.len());
+    for m in members {
+        let same = |d: &&Member| match (d, m) {
+            (Member::Number(a), Member::Number(b)) => java_double_bits(*a) == java_double_bits(*b),
+            (Member::Str(a), Member::Str(b)) => a == b,
+            _ => false,
+        };
+        if !distinct.iter().any(same) {
+            distinct.push(m);
+        }
+    }
+    let keys: Vec<(i32, JavaKey<'_>)> = distinct
+        .iter()
+        .map(|m| match m {
+            Member::Number(n) => (java_double_hash(*n), JavaKey::Double(*n)),
+            Member::Str(s) => (java_string_hash(s), JavaKey::Str(s)),
+        })
+        .collect();
+    iteration_order(&keys)
+        .into_iter()
+        .map(|i| distinct[i].clone())
+        .collect()
+}
+
+/// `Double.doubleToLongBits` (what `Double.equals` compares): every NaN is one NaN.
+fn java_double_bits(d: f64) -> u64 {
+    if d.is_nan() {
+        0x7ff8_0000_0000_0000
+    } else {
+        d.to_bits()
     }
 }
 

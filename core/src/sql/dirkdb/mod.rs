@@ -20,6 +20,7 @@
 pub mod ast;
 pub mod domain;
 pub mod error;
+pub mod java_hash;
 mod joins;
 mod lexer;
 pub mod messages;

@@ -162,7 +162,7 @@ fn derived_tables_group_by_and_names() {
     );
     assert_eq!(
         sql("alaivo c, count(v), sum(v), avg(v) antso m #ao@ g #rehefa v > 1 #vondrona (c)"),
-        "SELECT `c`, CAST(count(`v`) AS REAL) AS `FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=v])])`, total(dirkdb_numeric(`v`, 'SUM')) AS `FunctionExpr(sum, [ID(QualifiedIdentifier [origin=null, name=v])])`, coalesce(avg(dirkdb_numeric(`v`, 'AVG')), 0.0) AS `m` FROM (SELECT *, row_number() OVER () AS _dirk_g FROM (SELECT DISTINCT * FROM `g`)) AS `g` WHERE dirkdb_gt(`v`, 1.0) GROUP BY `c` ORDER BY dirkdb_java_bucket(dirkdb_java_hash(`c`), count(*) OVER ()), min(_dirk_g)"
+        "SELECT `c`, CAST(count(`v`) AS REAL) AS `FunctionExpr(count, [ID(QualifiedIdentifier [origin=null, name=v])])`, total(dirkdb_numeric(`v`, 'SUM')) AS `FunctionExpr(sum, [ID(QualifiedIdentifier [origin=null, name=v])])`, coalesce(avg(dirkdb_numeric(`v`, 'AVG')), 0.0) AS `m` FROM (SELECT *, row_number() OVER () AS _dirk_g FROM (SELECT DISTINCT * FROM `g`)) AS `g` WHERE dirkdb_gt(`v`, 1.0) GROUP BY `c` ORDER BY dirkdb_java_order(dirkdb_java_hash(`c`)) OVER (ORDER BY min(_dirk_g) ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)"
     );
     assert_eq!(
         relation("alaivo 1+1").columns,

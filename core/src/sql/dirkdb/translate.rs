@@ -138,11 +138,12 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
             }
             let mut defs = Vec::new();
             for (i, (col, ty)) in columns.iter().enumerate() {
-                let domain =
-                    resolve(ty, &|n| schema.domain(n)).map_err(|n| DirkError::NotFound {
+                let domain = resolve(ty, &|n| schema.domain(n))
+                    .map_err(|n| DirkError::NotFound {
                         db: db.clone(),
                         name: n,
-                    })?;
+                    })?
+                    .stored();
                 defs.push(column_def(col, i, &domain));
             }
             Plan {
@@ -160,7 +161,8 @@ pub fn plan(stmt: &Statement, schema: &dyn Schema) -> Result<Plan, DirkError> {
                 return Err(DirkError::DomainExists(name.clone()));
             }
             let domain = resolve(ty, &|n| schema.domain(n))
-                .map_err(|n| DirkError::NotFound { db, name: n })?;
+                .map_err(|n| DirkError::NotFound { db, name: n })?
+                .stored();
             let mut steps = Vec::new();
             if !schema.has_domain_table() {
                 steps.push(format!(
@@ -599,25 +601,25 @@ fn select_sql(s: &Select, schema: &dyn Schema) -> Result<String, DirkError> {
 /// has no `*`).
 const GROUP_POSITION: &str = "_dirk_g";
 
-/// DirkDB's group order (GroupByHelper keeps its groups in a java.util.HashMap): by the bucket
-/// of each key's `GroupKey.hashCode` in the table the groups' number needs, then by first
+/// DirkDB's group order (GroupByHelper keeps its groups in a java.util.HashMap): each group's
+/// place in the iteration of a HashMap into which the groups were put in order of first
 /// occurrence (`first_seen`, the smallest source row number of the group; SQLite's order when
-/// unknown, as for joins). Not in the SQL the proxy and the cache read.
+/// unknown, as for joins), keyed by `GroupKey.hashCode` (see [`super::values::JavaOrder`]).
+/// Not in the SQL the proxy and the cache read.
 pub(super) fn group_order_sql(keys: &[String], first_seen: Option<&str>) -> String {
-    use super::values::Function as F;
+    use super::values::{Function as F, JAVA_ORDER_FUNCTION};
     if SQL_OPERATORS.with(|c| c.get()) {
         return String::new();
     }
-    let mut sql = format!(
-        " ORDER BY {}({}({}), count(*) OVER ())",
-        F::JavaBucket.sql_name(),
+    let window = match first_seen {
+        Some(position) => format!("ORDER BY min({position}) "),
+        None => String::new(),
+    };
+    format!(
+        " ORDER BY {JAVA_ORDER_FUNCTION}({}({})) OVER ({window}ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)",
         F::JavaHash.sql_name(),
         keys.join(", ")
-    );
-    if let Some(position) = first_seen {
-        sql.push_str(&format!(", min({position})"));
-    }
-    sql
+    )
 }
 
 /// `#fetra A [B]`: rows A (inclusive) to B (exclusive) by index.
@@ -1000,6 +1002,12 @@ pub fn expr_sql(e: &Expr) -> String {
                 BinOp::Gte => F::Ge,
                 BinOp::And | BinOp::Or => F::Truth,
             };
+            if matches!(op, BinOp::Eq | BinOp::Neq) {
+                // Java's CompareOp tells a Boolean from a Double: `(1 = 2) = -0` compares
+                // false and -0.0 as numbers (0.0 == -0.0, true), where two doubles would
+                // compare by Double.equals. So a boolean operand goes as DirkDB's boolean value.
+                return format!("{}({}, {})", f.sql_name(), value_sql(l), value_sql(r));
+            }
             format!("{}({}, {})", f.sql_name(), expr_sql(l), expr_sql(r))
         }
     }

@@ -133,13 +133,11 @@ pub enum Function {
     Bool,
     /// Java's hash of a `#vondrona` key, `(v1, …, vn)` (GroupKey.hashCode)
     JavaHash,
-    /// `(hash, groups)`: the bucket a java.util.HashMap of that many groups keeps the hash in
-    JavaBucket,
 }
 
 impl Function {
     /// Every function, for registration.
-    pub const ALL: [Function; 17] = [
+    pub const ALL: [Function; 16] = [
         Function::Eq,
         Function::Ne,
         Function::Lt,
@@ -156,7 +154,6 @@ impl Function {
         Function::Numeric,
         Function::Bool,
         Function::JavaHash,
-        Function::JavaBucket,
     ];
 
     /// Its SQL name.
@@ -178,7 +175,6 @@ impl Function {
             Function::Numeric => "dirkdb_numeric",
             Function::Bool => "dirkdb_bool",
             Function::JavaHash => "dirkdb_java_hash",
-            Function::JavaBucket => "dirkdb_java_bucket",
         }
     }
 
@@ -225,11 +221,6 @@ impl Function {
             Function::Truth => Output::Bool(truth(l)),
             Function::Bool => Output::Boolean(truth(l)),
             Function::JavaHash => Output::Integer(i64::from(java_key_hash(args))),
-            Function::JavaBucket => {
-                let hash = arithmetic_number(l) as i64 as i32;
-                let groups = arithmetic_number(r).max(0.0) as usize;
-                Output::Integer(java_bucket(hash, java_capacity(groups)) as i64)
-            }
             Function::RowAggregate => {
                 let name = match l {
                     Value::Text(t) => t,
@@ -292,31 +283,52 @@ fn java_key_hash(values: &[Value<'_>]) -> i32 {
     })
 }
 
-/// The table size a java.util.HashMap (default capacity 16, load factor 0.75) has once it
-/// holds `entries`.
-fn java_capacity(entries: usize) -> usize {
-    let mut capacity = 16usize;
-    while entries.saturating_mul(4) > capacity.saturating_mul(3) {
-        capacity = capacity.saturating_mul(2);
+/// The SQL name of the window function that numbers `#vondrona` groups in DirkDB's order.
+pub const JAVA_ORDER_FUNCTION: &str = "dirkdb_java_order";
+
+/// The window function [`JAVA_ORDER_FUNCTION`]`(hash) OVER (ORDER BY first_row ROWS BETWEEN
+/// CURRENT ROW AND UNBOUNDED FOLLOWING)`: each group's position in the iteration of a
+/// java.util.HashMap into which the groups were put in first-row order (DirkDB's
+/// `GroupByHelper`), tree bins included (see [`super::java_hash`]). The frame starts at the
+/// current row, so the groups inverted (left behind) so far say which one is current.
+#[derive(Debug, Default)]
+pub struct JavaOrder {
+    hashes: Vec<i32>,
+    left_behind: usize,
+    positions: Option<Vec<usize>>,
+}
+
+impl JavaOrder {
+    /// A group enters the frame (in first-row order).
+    pub fn step(&mut self, hash: i32) {
+        self.hashes.push(hash);
+        self.positions = None;
     }
-    capacity
-}
 
-/// The bucket java.util.HashMap keeps a hash in.
-fn java_bucket(hash: i32, capacity: usize) -> usize {
-    let h = hash as u32;
-    ((h ^ (h >> 16)) as usize) & (capacity - 1)
-}
+    /// The current group leaves the frame.
+    pub fn inverse(&mut self) {
+        self.left_behind += 1;
+    }
 
-/// The order a java.util.HashMap or HashSet iterates keys of these hashes, put in this order:
-/// by bucket, then in insertion order within a bucket (DirkDB's `#vondrona` groups and
-/// `TANISA` members). A bucket of eight or more keys in a table of 64 or more, which Java turns
-/// into a tree, is not modelled.
-pub fn java_hash_order(hashes: &[i32]) -> Vec<usize> {
-    let capacity = java_capacity(hashes.len());
-    let mut order: Vec<usize> = (0..hashes.len()).collect();
-    order.sort_by_key(|&i| (java_bucket(hashes[i], capacity), i));
-    order
+    /// The current group's position in Java's iteration.
+    pub fn value(&mut self) -> i64 {
+        let hashes = &self.hashes;
+        let positions = self.positions.get_or_insert_with(|| {
+            let keys: Vec<(i32, super::java_hash::JavaKey<'_>)> = hashes
+                .iter()
+                .map(|&h| (h, super::java_hash::JavaKey::Opaque))
+                .collect();
+            let mut positions = vec![0; keys.len()];
+            for (position, i) in super::java_hash::iteration_order(&keys)
+                .into_iter()
+                .enumerate()
+            {
+                positions[i] = position;
+            }
+            positions
+        });
+        positions.get(self.left_behind).map_or(0, |&p| p as i64)
+    }
 }
 
 /// Java's `Expression.ObjectIntoBoolean`.
@@ -496,11 +508,16 @@ mod tests {
         assert_eq!(java_key_hash(&[Null]), 31);
         // DirkDB's td2 script groups Archi, Algo, Syst (first seen in that order) as Syst,
         // Archi, Algo (computed with Java's HashMap rules).
-        let keys = ["Archi", "Algo", "Syst"].map(|k| java_key_hash(&[Text(k)]));
-        let order = java_hash_order(&keys);
-        assert_eq!(order, [2, 0, 1]);
-        assert_eq!(java_capacity(12), 16);
-        assert_eq!(java_capacity(13), 32);
+        let mut order = JavaOrder::default();
+        for k in ["Archi", "Algo", "Syst"] {
+            order.step(java_key_hash(&[Text(k)]));
+        }
+        let mut positions = Vec::new();
+        for _ in 0..3 {
+            positions.push(order.value());
+            order.inverse();
+        }
+        assert_eq!(positions, [1, 2, 0]);
     }
 
     #[test]
