@@ -503,6 +503,8 @@ async fn the_cache_keys_and_drops_every_dirkdb_read_form() {
     ];
     let mut proxy = cluster.proxy_client().await;
     proxy.execute("ampiasao fitadidiana").await.unwrap();
+    let mut primary = cluster.client(0).await;
+    primary.execute("ampiasao fitadidiana").await.unwrap();
     let mut before = Vec::new();
     for sql in reads {
         let (rows, _) = cached_read(&mut c, &cache, sql).await;
@@ -517,9 +519,9 @@ async fn the_cache_keys_and_drops_every_dirkdb_read_form() {
             _ => proxy.execute(write).await.unwrap(),
         };
         for (i, sql) in reads.iter().enumerate() {
-            // What the server answers now (a fresh read on the proxy, no cache).
+            // What the primary answers now (no cache, no replica that may lag).
             let truth = {
-                let rows = proxy.query(sql).await.unwrap().rows;
+                let rows = primary.query(sql).await.unwrap().rows;
                 let rows: Vec<Value> = rows.into_iter().map(Value::Array).collect();
                 sorted(&rows)
             };
@@ -670,10 +672,14 @@ async fn a_file_copy_holds_the_domains() {
     let started = std::time::Instant::now();
     let mut s = cluster.client(1).await;
     loop {
+        // A copy taken between the domain and the table has the domain only: wait for both.
         let copied = s.execute("ampiasao d").await.is_ok()
             && s.query("asehoy ny efitra")
                 .await
-                .is_ok_and(|rs| rs.rows.concat() == [json!("isa10")]);
+                .is_ok_and(|rs| rs.rows.concat() == [json!("isa10")])
+            && s.query("asehoy ny tabilao")
+                .await
+                .is_ok_and(|rs| rs.rows.concat() == [json!("t")]);
         if copied {
             break;
         }
