@@ -15,6 +15,8 @@
 //! for write concerns only when it carries the current term.
 
 pub(crate) mod apply;
+#[cfg(test)]
+mod duplex_tests;
 pub(crate) mod etcd_lease;
 pub(crate) mod file_mode;
 pub(crate) mod follower;
