@@ -251,7 +251,8 @@ async fn send_written(topology: &SharedTopology, db: &str) -> SendOutcome {
 mod tests {
     use super::*;
     use crate::topology::Topology;
-    use std::time::Instant;
+    // tokio's clock: real time, except in the tests that start with it paused.
+    use tokio::time::Instant;
     use tokio::sync::Semaphore;
 
     #[test]
@@ -363,7 +364,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn writes_just_after_a_fast_request_wait_for_its_window() {
         // The primary answers at once: writes arriving after a request ended must still
         // collapse, or a steady write load would send one request per write.
@@ -391,7 +392,7 @@ mod tests {
         assert_eq!(triggers.stats().coalesced, 20);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn failures_are_counted_and_the_next_write_triggers_again() {
         let (send, calls, gate) = gated(SendOutcome::Failed("connection refused".into()));
         let triggers = FileTriggers::with_sender(send, Duration::from_millis(5));
