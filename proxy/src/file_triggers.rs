@@ -252,8 +252,8 @@ mod tests {
     use super::*;
     use crate::topology::Topology;
     // tokio's clock: real time, except in the tests that start with it paused.
-    use tokio::time::Instant;
     use tokio::sync::Semaphore;
+    use tokio::time::Instant;
 
     #[test]
     fn a_burst_during_a_request_collapses_into_one_follow_up() {
