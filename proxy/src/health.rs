@@ -81,7 +81,7 @@ pub(crate) async fn run(topology: Arc<SharedTopology>) {
         if decides && t.is_multi_primary() {
             // Every master is a primary: none is a stray, and no failover promotes one; the
             // masters get the ownership inputs instead (crate::ownership).
-            crate::ownership::push(&t, interval.max(Duration::from_millis(500)));
+            crate::ownership::round(&t, interval.max(Duration::from_millis(500))).await;
         } else if decides {
             crate::coordinator::complete_promotion(&topology, &t).await;
             fence_stray_primaries(&topology, &t).await;

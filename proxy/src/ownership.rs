@@ -1,17 +1,42 @@
-//! MULTI_PRIMARY ownership, the proxy's side: which master owns each object, and telling the
-//! masters the inputs they check their writes against.
+//! MULTI_PRIMARY ownership, the proxy's side: which master owns each object, telling the
+//! masters the inputs they check their writes against, and moving objects safely when a
+//! master is down (issue #16 item 4).
 //!
-//! An object's owner is DirkDB's rendezvous of its key over the masters that are up
-//! ([`Topology::owner_of`]). At every health check the proxy sends each reachable master
-//! `POST /replication/ownership {"up": [...], "term": T}` (the way it renews leases), so that a
-//! master refuses writes to objects it does not own even from a client that bypasses the proxy
-//! (`server/src/replication/ownership.rs`). `T`, the ownership term, is raised whenever the set
-//! of masters up changes, and starts at the proxy's wall clock in milliseconds so that a
-//! restarted proxy never sends a term below one it sent before; a master refuses lower terms.
+//! An object's owner is DirkDB's rendezvous of its key over the masters that *own* objects
+//! ([`Topology::owner_of`]), in `config.json` order. At every health check the proxy sends each
+//! reachable master `POST /replication/ownership {"up": [...], "term": T, "leaseMillis",
+//! "sentAtMs"}`, so that a master refuses writes to objects it does not own even from a client
+//! that bypasses the proxy (`server/src/replication/ownership.rs`). The update is a lease: a
+//! master whose view is not renewed within `failover.leaseMillis` (anchored at the send time)
+//! refuses every write. `T`, the ownership term, is raised whenever the set changes, and starts
+//! at the proxy's wall clock in milliseconds so that a restarted proxy never sends a term below
+//! one it sent before; a master refuses lower terms and keeps its term across restarts.
+//!
+//! The set moves in two ways, decided once per health round ([`plan`]):
+//!
+//! * **Away from a master down** for `failover.detectionMillis` (AUTOMATIC failover only): from
+//!   then on no write of that master is acknowledged (its outcome is reported unknown), and
+//!   the master leaves the set only once (a) any view it may hold has certainly lapsed — last
+//!   update sent + `failover.leaseMillis` + `failover.clockDriftMillis` — and (b) every other
+//!   master of the set that is up has applied the master's stream up to the highest position
+//!   the proxy acknowledged for it under a write concern of at least one master
+//!   ([`acknowledge`]). Its objects then go to the next masters by rendezvous. Until (b) holds
+//!   (the only master that applied the last acknowledged write is down too) they stay where
+//!   they are and their writes fail: no acknowledged write is ever left behind.
+//! * **Back to a master that returns**: it is *returning* first. The other masters get a view
+//!   that gives it its objects back (so they stop writing them) and answer with their
+//!   committed sequence; the returning master gets a view in which it owns nothing, until it
+//!   has applied every other master's stream up to those sequences, and every other master up
+//!   has applied its stream up to its committed sequence and is streaming from it (so that all
+//!   of them stream from it again before it writes: a write it later has acknowledged by one master is then on the
+//!   others' way too). Then it joins the set and owns its objects again. Meanwhile the proxy
+//!   refuses writes to them with that reason.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use dirkdb_core::config::{FailoverConfig, FailoverMode};
 use dirkdb_core::rendezvous::ObjectRef;
 use serde_json::{json, Value};
 
@@ -20,8 +45,26 @@ use crate::topology::Topology;
 
 #[derive(Debug, Default)]
 struct Record {
+    /// The masters that own objects, in config order (`None` before the first round).
+    owning: Option<Vec<String>>,
+    /// Masters back and catching up: per master, each other master's committed sequence once it
+    /// took the view that gives the returning one its objects back.
+    returning: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The set (owning and returning) the term is for.
     up: Option<Vec<String>>,
     term: u64,
+    /// Highest position acknowledged per origin under a write concern of at least one master.
+    acked: HashMap<String, u64>,
+    /// Origins whose objects are moving away: their writes are no longer acknowledged.
+    moving: HashSet<String>,
+    /// Since when each master has been down (as the health checks see it).
+    down_since: HashMap<String, Instant>,
+    /// When a view was last sent to each master.
+    view_sent: HashMap<String, Instant>,
+    /// Each master's positions as it last answered (per origin; its own committed sequence).
+    positions: HashMap<String, BTreeMap<String, u64>>,
+    /// The origins each master was streaming from when it last answered.
+    streaming: HashMap<String, HashSet<String>>,
 }
 
 fn record() -> std::sync::MutexGuard<'static, Record> {
@@ -32,42 +75,270 @@ fn record() -> std::sync::MutexGuard<'static, Record> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// The ownership term for the masters `up`: raised when the set changed since the last call.
-fn term_for(up: &[String]) -> u64 {
-    let mut r = record();
-    if r.up.as_deref() != Some(up) {
-        let now = crate::lease::wall_ms().max(0) as u64;
-        r.term = now.max(r.term + 1);
-        r.up = Some(up.to_vec());
+impl Record {
+    /// The ownership term for the set `up`: raised when the set changed since the last call.
+    fn term_for(&mut self, up: &[String]) -> u64 {
+        if self.up.as_deref() != Some(up) {
+            let now = crate::lease::wall_ms().max(0) as u64;
+            self.term = now.max(self.term + 1);
+            self.up = Some(up.to_vec());
+        }
+        self.term
     }
-    r.term
+
+    /// See [`acknowledge`].
+    fn acknowledge(&mut self, origin: &str, seq: u64) -> bool {
+        let owns = self
+            .owning
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|m| m == origin));
+        if !owns || self.moving.contains(origin) {
+            return false;
+        }
+        let at = self.acked.entry(origin.to_string()).or_insert(0);
+        *at = (*at).max(seq);
+        true
+    }
+
+    fn position(&self, on: &str, origin: &str) -> u64 {
+        self.positions
+            .get(on)
+            .and_then(|p| p.get(origin))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
-/// The masters up and the ownership term last sent (`None` before the first health check).
+/// One view to send: to whom, and the masters it says own objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outgoing {
+    to: String,
+    up: Vec<String>,
+}
+
+/// Decides this round's set from the masters `up` (health), `masters` (config order) and the
+/// failover settings; returns the views to send and the term.
+fn plan(
+    r: &mut Record,
+    up: &[String],
+    masters: &[String],
+    failover: &FailoverConfig,
+    now: Instant,
+) -> (Vec<Outgoing>, u64) {
+    if r.owning.is_none() {
+        // A view sent by an earlier proxy may still run: counted as sent now.
+        for m in masters {
+            r.view_sent.insert(m.clone(), now);
+        }
+    }
+    let mut owning = r.owning.clone().unwrap_or_else(|| masters.to_vec());
+    for m in masters {
+        if up.contains(m) {
+            r.down_since.remove(m);
+        } else {
+            r.down_since.entry(m.clone()).or_insert(now);
+        }
+    }
+    for m in owning.clone() {
+        if up.contains(&m) {
+            r.moving.remove(&m);
+            continue;
+        }
+        let down_for = r.down_since.get(&m).map_or(Duration::ZERO, |t| now - *t);
+        if failover.mode != FailoverMode::Automatic
+            || down_for < Duration::from_millis(failover.detection_millis)
+        {
+            continue;
+        }
+        if r.moving.insert(m.clone()) {
+            tracing::warn!(instance = %m, acknowledged = r.acked.get(&m).copied().unwrap_or(0), "master down past failover.detectionMillis: its objects move once its view lapsed and the others hold its acknowledged writes");
+        }
+        if may_leave(r, &owning, up, &m, failover, now) {
+            owning.retain(|o| o != &m);
+            tracing::warn!(instance = %m, owning = ?owning, "ownership moved: the master's objects go to the next masters by rendezvous");
+        }
+    }
+    r.returning.retain(|m, _| up.contains(m));
+    for m in up {
+        if !owning.contains(m) {
+            r.returning.entry(m.clone()).or_default();
+        }
+    }
+    let others_up: Vec<String> = owning.iter().filter(|o| up.contains(o)).cloned().collect();
+    let caught_up: Vec<String> = r
+        .returning
+        .iter()
+        .filter(|(m, cutoffs)| {
+            others_up.iter().all(|o| {
+                cutoffs.get(o).is_some_and(|c| r.position(m, o) >= *c)
+                    && r.position(o, m) >= r.position(m, m)
+                    && r.streaming.get(o).is_some_and(|s| s.contains(m.as_str()))
+            })
+        })
+        .map(|(m, _)| m.clone())
+        .collect();
+    for m in caught_up {
+        r.returning.remove(&m);
+        r.moving.remove(&m);
+        owning.push(m.clone());
+        tracing::info!(instance = %m, "the returning master caught up: it owns its objects again");
+    }
+    owning = in_order(masters, &owning);
+    let set = in_order(
+        masters,
+        &owning
+            .iter()
+            .chain(r.returning.keys())
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    r.owning = Some(owning);
+    let term = r.term_for(&set);
+    let sends = up
+        .iter()
+        .map(|to| Outgoing {
+            to: to.clone(),
+            up: if r.returning.contains_key(to) {
+                set.iter().filter(|m| *m != to).cloned().collect()
+            } else {
+                set.clone()
+            },
+        })
+        .collect();
+    (sends, term)
+}
+
+/// True when master `m`, down, may leave the set `owning`: any view it holds has lapsed and
+/// every other master of the set that is up applied its acknowledged writes.
+fn may_leave(
+    r: &Record,
+    owning: &[String],
+    up: &[String],
+    m: &str,
+    failover: &FailoverConfig,
+    now: Instant,
+) -> bool {
+    let lapsed = r
+        .view_sent
+        .get(m)
+        .is_none_or(|sent| now >= *sent + failover.lease() + failover.clock_drift());
+    let acked = r.acked.get(m).copied().unwrap_or(0);
+    let others: Vec<&String> = owning
+        .iter()
+        .filter(|o| *o != m && up.contains(o))
+        .collect();
+    lapsed && !others.is_empty() && others.iter().all(|o| r.position(o, m) >= acked)
+}
+
+/// `ids` in `masters`' order, each once.
+fn in_order(masters: &[String], ids: &[String]) -> Vec<String> {
+    masters
+        .iter()
+        .filter(|m| ids.contains(m))
+        .cloned()
+        .collect()
+}
+
+/// Takes a master's answer to its view: its positions, and for a master that gave returning
+/// ones their objects back, its committed sequence as their cutoff.
+fn take_answer(r: &mut Record, from: &str, answer: &Value) {
+    let mut positions = BTreeMap::new();
+    if let Some(map) = answer["positions"].as_object() {
+        for (origin, seq) in map {
+            positions.insert(origin.clone(), seq.as_u64().unwrap_or(0));
+        }
+    }
+    let committed = answer["committedSequence"].as_u64().unwrap_or(0);
+    positions.insert(from.to_string(), committed);
+    r.positions.insert(from.to_string(), positions);
+    let streaming = answer["streaming"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| o.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    r.streaming.insert(from.to_string(), streaming);
+    if !r.returning.contains_key(from) {
+        for cutoffs in r.returning.values_mut() {
+            cutoffs.entry(from.to_string()).or_insert(committed);
+        }
+    }
+}
+
+/// A write of `origin` at `seq` was confirmed under a write concern of at least one master:
+/// records it and returns true when it may be acknowledged (its objects are not moving away).
+pub(crate) fn acknowledge(origin: &str, seq: u64) -> bool {
+    record().acknowledge(origin, seq)
+}
+
+/// The masters whose rendezvous decides owners (owning and returning, config order), once the
+/// first round ran.
+pub(crate) fn routing_set() -> Option<Vec<String>> {
+    record().up.clone()
+}
+
+/// True while `id` is back but catching up (its objects are not writable yet).
+pub(crate) fn is_returning(id: &str) -> bool {
+    record().returning.contains_key(id)
+}
+
+/// True while `id` is down past `failover.detectionMillis` and its objects are moving away.
+pub(crate) fn is_moving(id: &str) -> bool {
+    record().moving.contains(id)
+}
+
+/// The set and the ownership term last sent (`None` before the first health check).
 pub(crate) fn current() -> Option<(Vec<String>, u64)> {
     let r = record();
     r.up.clone().map(|up| (up, r.term))
 }
 
-/// Sends the ownership inputs to every master that is not down, in the background (a paused
-/// master must not hold up the health checks).
-pub(crate) fn push(t: &Topology, timeout: Duration) {
+/// One round: decides the set ([`plan`]) and sends each master that is not down its leased
+/// view, waiting (at most `timeout`) for the answers that the next round decides on.
+pub(crate) async fn round(t: &Topology, timeout: Duration) {
     if !t.is_multi_primary() {
         return;
     }
     let up: Vec<String> = t.masters_up().iter().map(|b| b.id.clone()).collect();
-    let term = term_for(&up);
-    let body = json!({ "up": up, "term": term }).to_string();
-    for master in t.masters_up() {
-        let Some(admin) = master.admin.clone() else {
+    let failover = &t.config.failover;
+    let (sends, term) = plan(
+        &mut record(),
+        &up,
+        &t.config.master_ids(),
+        failover,
+        Instant::now(),
+    );
+    let mut answers = Vec::new();
+    for send in sends {
+        let Some(admin) = t
+            .index_of(&send.to)
+            .and_then(|i| t.backends[i].admin.clone())
+        else {
             continue;
         };
-        let (body, id) = (body.clone(), master.id.clone());
-        tokio::spawn(async move {
-            if let Err(e) = post_json(&admin, "/replication/ownership", &body, timeout).await {
-                tracing::debug!(instance = %id, error = %e, "ownership update failed");
-            }
-        });
+        record().view_sent.insert(send.to.clone(), Instant::now());
+        let body = json!({
+            "up": send.up,
+            "term": term,
+            "leaseMillis": failover.lease().as_millis() as u64,
+            "sentAtMs": crate::lease::wall_ms(),
+        })
+        .to_string();
+        answers.push((
+            send.to,
+            tokio::spawn(async move {
+                post_json(&admin, "/replication/ownership", &body, timeout).await
+            }),
+        ));
+    }
+    for (id, task) in answers {
+        match task.await {
+            Ok(Ok(answer)) => take_answer(&mut record(), &id, &answer),
+            Ok(Err(e)) => tracing::debug!(instance = %id, error = %e, "ownership update failed"),
+            Err(e) => tracing::debug!(instance = %id, error = %e, "ownership update lost"),
+        }
     }
 }
 
@@ -142,6 +413,8 @@ pub(crate) async fn status(t: &Topology) -> Value {
         "masters": t.config.master_ids(),
         "mastersUp": up,
         "ownershipTerm": term,
+        "returning": returning_status(),
+        "moving": moving_status(),
         "partition": t.config.routing.writes.partition.as_str(),
         "hash": t.config.routing.writes.hash.as_str(),
         "replicationNote": t.config.replication.file_replaced_by_oplog
@@ -150,6 +423,23 @@ pub(crate) async fn status(t: &Topology) -> Value {
         "objects": objects,
         "positions": masters,
     })
+}
+
+/// The masters back and catching up, with what each must reach.
+fn returning_status() -> Value {
+    let r = record();
+    json!(r.returning)
+}
+
+/// The masters whose objects are moving away, with the position acknowledged for each.
+fn moving_status() -> Value {
+    let r = record();
+    let moving: BTreeMap<&String, u64> = r
+        .moving
+        .iter()
+        .map(|m| (m, r.acked.get(m).copied().unwrap_or(0)))
+        .collect();
+    json!(moving)
 }
 
 /// The objects a master listed, each with the owner this proxy routes its writes to.
@@ -183,12 +473,131 @@ fn routed_owners(t: &Topology, listed: &Value) -> Vec<Value> {
 mod tests {
     use super::*;
 
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn failover() -> FailoverConfig {
+        FailoverConfig {
+            detection_millis: 1000,
+            lease_millis: Some(500),
+            clock_drift_millis: Some(100),
+            ..FailoverConfig::default()
+        }
+    }
+
+    fn answer(positions: &[(&str, u64)], committed: u64) -> Value {
+        let map: serde_json::Map<String, Value> = positions
+            .iter()
+            .map(|(o, s)| (o.to_string(), json!(s)))
+            .collect();
+        let streaming: Vec<&str> = positions.iter().map(|(o, _)| *o).collect();
+        json!({ "positions": map, "committedSequence": committed, "streaming": streaming })
+    }
+
     #[test]
     fn the_term_rises_when_the_set_changes_and_only_then() {
-        let a = term_for(&["m1".into(), "m2".into()]);
-        assert_eq!(term_for(&["m1".into(), "m2".into()]), a);
-        let b = term_for(&["m1".into()]);
+        let mut r = Record::default();
+        let a = r.term_for(&ids(&["m1", "m2"]));
+        assert_eq!(r.term_for(&ids(&["m1", "m2"])), a);
+        let b = r.term_for(&ids(&["m1"]));
         assert!(b > a);
-        assert!(term_for(&["m1".into(), "m2".into()]) > b);
+        assert!(r.term_for(&ids(&["m1", "m2"])) > b);
+    }
+
+    #[test]
+    fn a_down_master_leaves_only_once_its_view_lapsed_and_the_others_hold_its_acknowledged_writes()
+    {
+        let masters = ids(&["m1", "m2", "m3"]);
+        let f = failover();
+        let mut r = Record::default();
+        let t0 = Instant::now();
+        let (sends, term) = plan(&mut r, &masters, &masters, &f, t0);
+        assert_eq!(sends.len(), 3);
+        assert!(sends.iter().all(|s| s.up == masters));
+        r.view_sent.insert("m3".into(), t0);
+        r.acked.insert("m3".into(), 40);
+        // m3 goes down: nothing moves before failover.detectionMillis.
+        let up = ids(&["m1", "m2"]);
+        let (sends, same) = plan(&mut r, &up, &masters, &f, t0);
+        assert_eq!((sends[0].up.clone(), same), (masters.clone(), term));
+        // Past detection, the others lack m3's acknowledged write 40: it stays, writes refused.
+        take_answer(&mut r, "m1", &answer(&[("m3", 40)], 9));
+        take_answer(&mut r, "m2", &answer(&[("m3", 39)], 7));
+        let (sends, _) = plan(&mut r, &up, &masters, &f, t0 + Duration::from_millis(1100));
+        assert_eq!(sends[0].up, masters, "m2 has not applied m3's 40");
+        assert!(r.moving.contains("m3"));
+        assert!(!r.acknowledge("m3", 41), "no acknowledgement while moving");
+        // Both hold it now: m3 leaves, at a higher term.
+        take_answer(&mut r, "m2", &answer(&[("m3", 40)], 7));
+        let (sends, moved) = plan(&mut r, &up, &masters, &f, t0 + Duration::from_millis(1200));
+        assert_eq!(sends[0].up, up);
+        assert!(moved > term);
+        // m3 returns: the others give it its objects back, it owns nothing until caught up.
+        let all = masters.clone();
+        let (sends, back) = plan(&mut r, &all, &masters, &f, t0 + Duration::from_millis(1300));
+        assert!(back > moved);
+        let to = |id: &str| sends.iter().find(|s| s.to == id).map(|s| s.up.clone());
+        assert_eq!(to("m1"), Some(masters.clone()));
+        assert_eq!(to("m3"), Some(ids(&["m1", "m2"])));
+        take_answer(&mut r, "m1", &answer(&[("m3", 40)], 12));
+        take_answer(&mut r, "m2", &answer(&[("m3", 40)], 8));
+        take_answer(&mut r, "m3", &answer(&[("m1", 11), ("m2", 8)], 40));
+        let (sends, _) = plan(&mut r, &all, &masters, &f, t0 + Duration::from_millis(1400));
+        assert_eq!(
+            sends.iter().find(|s| s.to == "m3").map(|s| s.up.clone()),
+            Some(ids(&["m1", "m2"])),
+            "m3 lacks m1's 12"
+        );
+        take_answer(&mut r, "m3", &answer(&[("m1", 12), ("m2", 8)], 40));
+        let (sends, last) = plan(&mut r, &all, &masters, &f, t0 + Duration::from_millis(1500));
+        assert!(sends.iter().all(|s| s.up == masters));
+        assert_eq!(last, back, "the set did not change: same term");
+        assert!(r.acknowledge("m3", 41));
+    }
+
+    #[test]
+    fn a_master_that_comes_back_before_it_left_keeps_its_objects() {
+        let masters = ids(&["m1", "m2", "m3"]);
+        let f = failover();
+        let mut r = Record::default();
+        let t0 = Instant::now();
+        plan(&mut r, &ids(&["m1", "m2"]), &masters, &f, t0);
+        r.view_sent
+            .insert("m3".into(), t0 + Duration::from_millis(1000));
+        plan(
+            &mut r,
+            &ids(&["m1", "m2"]),
+            &masters,
+            &f,
+            t0 + Duration::from_millis(1100),
+        );
+        assert!(r.moving.contains("m3"), "its view has not lapsed yet");
+        let (sends, _) = plan(
+            &mut r,
+            &masters,
+            &masters,
+            &f,
+            t0 + Duration::from_millis(1200),
+        );
+        assert!(!r.moving.contains("m3"));
+        assert!(sends.iter().all(|s| s.up == masters));
+        let manual = FailoverConfig {
+            mode: FailoverMode::Manual,
+            ..failover()
+        };
+        let mut r = Record::default();
+        plan(&mut r, &ids(&["m1"]), &masters, &manual, t0);
+        let (sends, _) = plan(
+            &mut r,
+            &ids(&["m1"]),
+            &masters,
+            &manual,
+            t0 + Duration::from_secs(60),
+        );
+        assert_eq!(
+            sends[0].up, masters,
+            "MANUAL failover: nothing moves by itself"
+        );
     }
 }

@@ -187,11 +187,18 @@ impl Topology {
             .collect()
     }
 
-    /// MULTI_PRIMARY: the owner of `object` by DirkDB's rendezvous over the masters up.
+    /// MULTI_PRIMARY: the owner of `object` by DirkDB's rendezvous over the masters that own
+    /// objects (see [`crate::ownership`]; the masters up before its first round).
     pub fn owner_of(&self, object: &rendezvous::ObjectRef) -> Option<Arc<Backend>> {
-        let up = self.masters_up();
-        let ids: Vec<&str> = up.iter().map(|b| b.id.as_str()).collect();
-        rendezvous::owner(&object.key(), &ids).map(|i| up[i].clone())
+        let set: Vec<Arc<Backend>> = match crate::ownership::routing_set() {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| self.index_of(id).map(|i| self.backends[i].clone()))
+                .collect(),
+            None => self.masters_up(),
+        };
+        let ids: Vec<&str> = set.iter().map(|b| b.id.as_str()).collect();
+        rendezvous::owner(&object.key(), &ids).map(|i| set[i].clone())
     }
 
     /// Backends that may serve a read, best first per the strategy; `database` feeds RENDEZVOUS.

@@ -152,17 +152,27 @@ fn ownership_status(state: &ServerState) -> Value {
     if !ownership.active() {
         return Value::Null;
     }
-    serde_json::to_value(ownership.view()).unwrap_or(Value::Null)
+    let mut view = serde_json::to_value(ownership.view()).unwrap_or(Value::Null);
+    view["leaseLeftMs"] = json!(ownership.lease_left().map(|d| d.as_millis() as u64));
+    view
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct OwnershipBody {
     up: Vec<String>,
     term: u64,
+    /// The view's lease (absent: the view never lapses).
+    lease_millis: Option<u64>,
+    /// The proxy's wall clock when it sent the update.
+    sent_at_ms: Option<i64>,
 }
 
-/// `POST /replication/ownership {"up": [...], "term": T}`: the proxy's masters up (MULTI_PRIMARY);
-/// 409 for a term below the one in force, an unknown master, or outside MULTI_PRIMARY.
+/// `POST /replication/ownership {"up": [...], "term": T, "leaseMillis": L, "sentAtMs": S}`: the
+/// masters that own objects as the proxy decided, leased (MULTI_PRIMARY); 409 for a term below
+/// the one in force, an unknown master, or outside MULTI_PRIMARY. A new term is kept in the
+/// meta file. The answer carries this master's positions (per origin, its own committed
+/// sequence included), from which the proxy decides when ownership may move.
 async fn set_ownership(State(state): Shared, body: Option<Json<OwnershipBody>>) -> ApiResult {
     let Some(Json(body)) = body else {
         return Err(ApiError(
@@ -170,14 +180,41 @@ async fn set_ownership(State(state): Shared, body: Option<Json<OwnershipBody>>) 
             "expected a JSON body {\"up\": [\"m1\", …], \"term\": <number>}".into(),
         ));
     };
+    use crate::ownership::{ViewLease, OWNERSHIP_TERM_SETTING};
+    let lease = body
+        .lease_millis
+        .zip(body.sent_at_ms)
+        .map(|(lease_ms, sent_at_ms)| ViewLease {
+            lease_ms,
+            sent_at_ms,
+            now_ms: dirkdb_core::clock::now_ms(),
+        });
+    let before = state.settings.ownership.view().term;
     let view = state
         .settings
         .ownership
-        .update(&body.up, body.term)
+        .update(&body.up, body.term, lease)
         .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
-    Ok(Json(
-        json!({ "instance": state.instance_id, "ownership": view }),
-    ))
+    if view.term != before {
+        let term = view.term.to_string();
+        blocking(&state, move |s| {
+            Ok(s.meta.set_setting(OWNERSHIP_TERM_SETTING, Some(&term))?)
+        })
+        .await?;
+    }
+    Ok(Json(json!({
+        "instance": state.instance_id,
+        "ownership": view,
+        "committedSequence": state.write_path.committed(),
+        "positions": peer_positions(&state),
+        "streaming": state
+            .peers
+            .streams()
+            .into_iter()
+            .filter(|s| s.state == crate::replication::peers::PeerState::Streaming)
+            .map(|s| s.origin)
+            .collect::<Vec<_>>(),
+    })))
 }
 
 /// `GET /replication/owners`: every database, table, view and domain this master holds, with

@@ -18,11 +18,24 @@
 //! A database itself is owned too: CREATE/DROP DATABASE are accepted by the owner of `DB:<db>`
 //! only (`Storage::create_database`), and reach the other masters on its stream
 //! (`replication/peers.rs`). `owners.rs` lists every object with its owner (`SHOW OWNERS`).
+//!
+//! The view is a lease (issue #16 item 4): each update carries `leaseMillis` and the proxy's
+//! wall clock when it sent it (`sentAtMs`), and grants what is left of the lease at arrival,
+//! anchored at the send time as the write lease is (`lease.rs`). Once a master has taken
+//! one leased view it refuses every write when its view is not renewed in time: a master that
+//! was paused, cut off from the proxy or killed cannot write the objects it owned after the
+//! proxy stopped renewing its view, which is what lets the proxy move them to another master
+//! once `last renewal sent + lease + failover.clockDriftMillis` has passed. The term of the
+//! view is kept in the meta file (`ownership_term`): a restarted master starts with its view
+//! lapsed at that term, and writes again only once the proxy sent it a view of that term or a
+//! later one.
 
 use std::cell::RefCell;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use dirkdb_core::rendezvous::{self, ObjectKind, ObjectRef};
+use dirkdb_core::sync::{lock, read, write};
 use serde::Serialize;
 
 /// This master's view of ownership.
@@ -32,6 +45,32 @@ pub struct Ownership {
     /// Every master, in `config.json` order; empty outside MULTI_PRIMARY (nothing is checked).
     masters: Vec<String>,
     view: RwLock<View>,
+    /// The view's lease: `None` while no leased view was ever taken (nothing enforced).
+    lease: Mutex<Option<Instant>>,
+    /// True once a leased view was taken here (or one was before a restart).
+    leased: std::sync::atomic::AtomicBool,
+}
+
+/// The meta file's setting that keeps the ownership term across restarts.
+pub(crate) const OWNERSHIP_TERM_SETTING: &str = "ownership_term";
+
+/// The lease of one ownership update: its length and the proxy's wall clock when sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewLease {
+    /// `leaseMillis`.
+    pub lease_ms: u64,
+    /// `sentAtMs`, the proxy's wall clock.
+    pub sent_at_ms: i64,
+    /// This master's wall clock on arrival.
+    pub now_ms: i64,
+}
+
+impl ViewLease {
+    /// What is left of the lease on arrival (nothing once older than the lease).
+    fn left(&self) -> Duration {
+        let age = self.now_ms.saturating_sub(self.sent_at_ms).max(0) as u64;
+        Duration::from_millis(self.lease_ms.saturating_sub(age))
+    }
 }
 
 /// The inputs of ownership: the masters up and the proxy's term for that set.
@@ -112,6 +151,40 @@ impl Ownership {
                 term: 0,
             }),
             masters,
+            lease: Mutex::new(None),
+            leased: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A master restarted at ownership term `term` (from the meta file): its view starts
+    /// lapsed, so it writes nothing until the proxy renews it at `term` or later.
+    pub fn restore(&self, term: u64) {
+        let mut view = write(&self.view);
+        view.term = view.term.max(term);
+        self.leased
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// What is left of the view's lease (`None`: leases not enforced here yet).
+    pub fn lease_left(&self) -> Option<Duration> {
+        if !self.leased.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let until = *lock(&self.lease);
+        Some(until.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        }))
+    }
+
+    /// `Err` (the reason) when the view's lease has lapsed.
+    fn check_lease(&self) -> Result<(), String> {
+        match self.lease_left() {
+            Some(left) if left.is_zero() => Err(format!(
+                "{} refuses every write: its ownership view (term {}) was not renewed by the                  proxy within its lease (failover.leaseMillis); the objects it owned may have                  moved to another master (MULTI_PRIMARY)",
+                self.instance,
+                self.view().term
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -122,18 +195,24 @@ impl Ownership {
 
     /// The current inputs.
     pub fn view(&self) -> View {
-        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.view).clone()
     }
 
-    /// Takes the proxy's update: `up` (any order; kept in config order) under `term`.
-    pub fn update(&self, up: &[String], term: u64) -> Result<View, OwnershipRefusal> {
+    /// Takes the proxy's update: `up` (any order; kept in config order) under `term`, with
+    /// its lease when it has one.
+    pub fn update(
+        &self,
+        up: &[String],
+        term: u64,
+        lease: Option<ViewLease>,
+    ) -> Result<View, OwnershipRefusal> {
         if !self.active() {
             return Err(OwnershipRefusal::NotMultiPrimary);
         }
         if let Some(unknown) = up.iter().find(|id| !self.masters.contains(id)) {
             return Err(OwnershipRefusal::UnknownMaster(unknown.clone()));
         }
-        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let mut view = write(&self.view);
         if term < view.term {
             return Err(OwnershipRefusal::StaleTerm {
                 asked: term,
@@ -150,6 +229,13 @@ impl Ownership {
             tracing::info!(instance = %self.instance, up = ?ordered, term, "ownership inputs changed");
         }
         *view = View { up: ordered, term };
+        if let Some(lease) = lease {
+            let until = Instant::now() + lease.left();
+            let mut held = lock(&self.lease);
+            *held = Some(until);
+            self.leased
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         Ok(view.clone())
     }
 
@@ -165,6 +251,7 @@ impl Ownership {
         if !self.active() {
             return Ok(());
         }
+        self.check_lease()?;
         match self.owner_of(object) {
             Some(owner) if owner == self.instance => Ok(()),
             Some(owner) => Err(format!(
@@ -215,19 +302,58 @@ mod tests {
         assert!(take_refusal().is_some_and(|r| r.contains("owned by m3")));
         assert_eq!(take_refusal(), None, "taken once");
         // m3 down: its objects go to the next by rendezvous.
-        m2.update(&["m2".into(), "m1".into()], 5).unwrap();
+        m2.update(&["m2".into(), "m1".into()], 5, None).unwrap();
         assert_eq!(m2.view().up, ["m1", "m2"], "kept in config order");
         assert_eq!(m2.owner_of(&produits).as_deref(), Some("m2"));
         assert_eq!(
-            m2.update(&masters(), 4),
+            m2.update(&masters(), 4, None),
             Err(OwnershipRefusal::StaleTerm { asked: 4, own: 5 })
         );
         assert!(matches!(
-            m2.update(&["m9".into()], 6),
+            m2.update(&["m9".into()], 6, None),
             Err(OwnershipRefusal::UnknownMaster(_))
         ));
-        m2.update(&[], 6).unwrap();
+        m2.update(&[], 6, None).unwrap();
         assert!(m2.check(&commandes).unwrap_err().contains("no owner"));
+    }
+
+    #[test]
+    fn a_leased_view_lapses_and_a_restarted_master_waits_for_one() {
+        let m2 = Ownership::new("m2", masters());
+        let commandes = ObjectRef::table("testdb", "commandes");
+        assert!(
+            m2.check(&commandes).is_ok(),
+            "no leased view yet: not enforced"
+        );
+        let lease = |lease_ms, sent_at_ms| ViewLease {
+            lease_ms,
+            sent_at_ms,
+            now_ms: 10_000,
+        };
+        m2.update(&masters(), 3, Some(lease(60_000, 9_900)))
+            .unwrap();
+        assert!(m2.check(&commandes).is_ok());
+        let left = m2.lease_left().unwrap();
+        assert!(left > Duration::from_millis(59_000) && left <= Duration::from_millis(59_900));
+        // A renewal that waited past its lease grants nothing.
+        m2.update(&masters(), 3, Some(lease(500, 9_000))).unwrap();
+        let err = m2.check(&commandes).unwrap_err();
+        assert!(
+            err.contains("refuses every write") && err.contains("term 3"),
+            "{err}"
+        );
+        // A restarted master: lapsed at its stored term until renewed.
+        let restarted = Ownership::new("m2", masters());
+        restarted.restore(3);
+        assert!(restarted.check(&commandes).is_err());
+        assert_eq!(
+            restarted.update(&masters(), 2, Some(lease(60_000, 10_000))),
+            Err(OwnershipRefusal::StaleTerm { asked: 2, own: 3 })
+        );
+        restarted
+            .update(&masters(), 3, Some(lease(60_000, 10_000)))
+            .unwrap();
+        assert!(restarted.check(&commandes).is_ok());
     }
 
     #[test]
@@ -235,6 +361,9 @@ mod tests {
         let o = Ownership::disabled();
         assert!(!o.active());
         assert!(o.check(&ObjectRef::table("d", "t")).is_ok());
-        assert_eq!(o.update(&[], 1), Err(OwnershipRefusal::NotMultiPrimary));
+        assert_eq!(
+            o.update(&[], 1, None),
+            Err(OwnershipRefusal::NotMultiPrimary)
+        );
     }
 }

@@ -73,7 +73,11 @@ impl Storage {
             busy_timeout,
             committed: committed.clone(),
             lease: lease.clone(),
-            ownership: Arc::new(Ownership::new(&instance.id, config.master_ids())),
+            ownership: Arc::new(restored_ownership(
+                &meta,
+                &instance.id,
+                config.master_ids(),
+            )?),
         };
         if config.replication.file_replaced_by_oplog {
             tracing::warn!(instance = %instance.id, "{}", dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY);
@@ -287,4 +291,17 @@ fn reconcile_database_files(meta: &Meta, dir: &Path) -> Result<()> {
         rusqlite::Connection::open(dir.join(format!("{name}.db")))?;
     }
     Ok(())
+}
+
+/// This master's ownership view at start: lapsed at its stored term when it ever had one
+/// (see `ownership.rs`).
+fn restored_ownership(meta: &Meta, instance: &str, masters: Vec<String>) -> Result<Ownership> {
+    let ownership = Ownership::new(instance, masters);
+    let stored = meta.setting(crate::ownership::OWNERSHIP_TERM_SETTING)?;
+    if let Some(term) = stored.and_then(|t| t.parse::<u64>().ok()) {
+        if ownership.active() {
+            ownership.restore(term);
+        }
+    }
+    Ok(ownership)
 }

@@ -270,6 +270,14 @@ impl ProxySession {
                 backend.id, concern.replicas, concern.timeout_ms
             )));
         }
+        if !crate::ownership::acknowledge(&backend.id, position) {
+            return Ok(Frame::error(format!(
+                "the write's outcome is unknown: {} committed it, but its objects are moving to \
+                 other masters (it was down past failover.detectionMillis), so the proxy does \
+                 not acknowledge it; read it back before writing it again",
+                backend.id
+            )));
+        }
         Ok(last)
     }
 
@@ -461,8 +469,30 @@ impl ProxySession {
     }
 }
 
-/// The owner of `object`, or an error when no master is up.
+/// The owner of `object`, or an error when no master is up, when its owner is back and catching
+/// up, or down (its objects move once `failover.detectionMillis` passed).
 fn owner_or_refuse(t: &Topology, object: &ObjectRef) -> Result<Arc<Backend>, ProxyError> {
-    t.owner_of(object)
-        .ok_or(ProxyError::NoBackend("MULTI_PRIMARY: no master is up"))
+    let owner = t
+        .owner_of(object)
+        .ok_or(ProxyError::NoBackend("MULTI_PRIMARY: no master is up"))?;
+    if crate::ownership::is_returning(&owner.id) {
+        return Err(ProxyError::Ownership(format!(
+            "{object} moves back to its owner {}, which is catching up with the other masters \
+             (MULTI_PRIMARY): nothing was run, retry shortly",
+            owner.id
+        )));
+    }
+    if owner.health().state == crate::backend::HealthState::Down {
+        let when = if crate::ownership::is_moving(&owner.id) {
+            "its objects move to another master as soon as one holds every write it acknowledged"
+        } else {
+            "its objects move to another master once it has been down for failover.detectionMillis"
+        };
+        return Err(ProxyError::Ownership(format!(
+            "{object} is owned by {}, which is down: {when} (MULTI_PRIMARY); nothing was run, \
+             retry shortly",
+            owner.id
+        )));
+    }
+    Ok(owner)
 }

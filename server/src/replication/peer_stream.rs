@@ -4,7 +4,7 @@
 //! connects to that master's SQL port, switches to the replication protocol, sends `PeerHello`
 //! with its applied position and the origin's history, then applies each `PeerEntries` batch
 //! ([`super::peer_apply`]) and acknowledges it; both sides heartbeat, and a silent origin counts
-//! as gone. Any failure reconnects with exponential backoff (0.1 s to 5 s); a failure is logged
+//! as gone. Any failure reconnects with exponential backoff (0.1 s to 1 s); a failure is logged
 //! and shown in `/replication/status` (`peers`), never dropped.
 //!
 //! Origin side ([`serve_peer`]): continues from the position asked when its oplog still holds
@@ -33,7 +33,9 @@ use crate::oplog::Entry;
 use dirkdb_core::clock::now_ms;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At most one second between tries: a master back from a crash must be streamed from again
+/// before the proxy gives it its objects back (`proxy/src/ownership.rs`).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Entries per message at most.
 const BATCH: usize = 1000;
 
