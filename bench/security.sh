@@ -19,6 +19,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
