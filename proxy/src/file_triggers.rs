@@ -251,8 +251,8 @@ async fn send_written(topology: &SharedTopology, db: &str) -> SendOutcome {
 mod tests {
     use super::*;
     use crate::topology::Topology;
-    // tokio's clock: real time, except in the tests that start with it paused.
     use tokio::sync::Semaphore;
+    // tokio's clock: real time, except in the tests that start with it paused.
     use tokio::time::Instant;
 
     #[test]

@@ -45,6 +45,8 @@ pub(crate) mod lease;
 pub(crate) mod listener;
 pub(crate) mod meta;
 pub(crate) mod metrics;
+#[cfg(test)]
+mod no_cycles;
 pub(crate) mod oplog;
 pub(crate) mod owners;
 pub(crate) mod ownership;
