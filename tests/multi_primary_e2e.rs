@@ -726,7 +726,8 @@ async fn a_master_killed_and_restarted_catches_up_from_its_per_origin_positions(
 }
 
 /// DirkDB's file with write concern 1 and a quick failover: health checks every 100 ms, an
-/// instance down after 2 failed checks, `failover.detectionMillis` 800, leases of 600 ms.
+/// instance down after 2 failed checks, `failover.detectionMillis` 1000, leases of 1500 ms
+/// (longer than a health round that waits 500 ms for a paused master).
 fn with_quick_failover(text: String) -> String {
     text.replace(
         "\"hash\": \"RENDEZVOUS\"}",
@@ -738,7 +739,7 @@ fn with_quick_failover(text: String) -> String {
     )
     .replace(
         " \"replication\":",
-        " \"failover\": {\"detectionMillis\": 800, \"leaseMillis\": 600, \"clockDriftMillis\": 100},\n \"replication\":",
+        " \"failover\": {\"detectionMillis\": 1000, \"leaseMillis\": 1500, \"clockDriftMillis\": 100},\n \"replication\":",
     )
 }
 

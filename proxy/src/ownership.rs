@@ -260,7 +260,10 @@ fn take_answer(r: &mut Record, from: &str, answer: &Value) {
         })
         .unwrap_or_default();
     r.streaming.insert(from.to_string(), streaming);
-    if !r.returning.contains_key(from) {
+    // Only an answer to a view that gives the returning masters their objects back counts
+    // (answers arrive in the background, possibly to an earlier view).
+    let current_view = answer["ownership"]["term"].as_u64() == Some(r.term);
+    if current_view && !r.returning.contains_key(from) {
         for cutoffs in r.returning.values_mut() {
             cutoffs.entry(from.to_string()).or_insert(committed);
         }
@@ -296,7 +299,7 @@ pub(crate) fn current() -> Option<(Vec<String>, u64)> {
 }
 
 /// One round: decides the set ([`plan`]) and sends each master that is not down its leased
-/// view, waiting (at most `timeout`) for the answers that the next round decides on.
+/// view in the background; the answers (within `timeout`) feed the next rounds.
 pub(crate) async fn round(t: &Topology, timeout: Duration) {
     if !t.is_multi_primary() {
         return;
@@ -310,7 +313,6 @@ pub(crate) async fn round(t: &Topology, timeout: Duration) {
         failover,
         Instant::now(),
     );
-    let mut answers = Vec::new();
     for send in sends {
         let Some(admin) = t
             .index_of(&send.to)
@@ -326,19 +328,14 @@ pub(crate) async fn round(t: &Topology, timeout: Duration) {
             "sentAtMs": crate::lease::wall_ms(),
         })
         .to_string();
-        answers.push((
-            send.to,
-            tokio::spawn(async move {
-                post_json(&admin, "/replication/ownership", &body, timeout).await
-            }),
-        ));
-    }
-    for (id, task) in answers {
-        match task.await {
-            Ok(Ok(answer)) => take_answer(&mut record(), &id, &answer),
-            Ok(Err(e)) => tracing::debug!(instance = %id, error = %e, "ownership update failed"),
-            Err(e) => tracing::debug!(instance = %id, error = %e, "ownership update lost"),
-        }
+        // In the background: a paused master must not delay the others' renewals.
+        let id = send.to;
+        tokio::spawn(async move {
+            match post_json(&admin, "/replication/ownership", &body, timeout).await {
+                Ok(answer) => take_answer(&mut record(), &id, &answer),
+                Err(e) => tracing::debug!(instance = %id, error = %e, "ownership update failed"),
+            }
+        });
     }
 }
 
@@ -486,13 +483,14 @@ mod tests {
         }
     }
 
-    fn answer(positions: &[(&str, u64)], committed: u64) -> Value {
+    fn answer(positions: &[(&str, u64)], committed: u64, term: u64) -> Value {
         let map: serde_json::Map<String, Value> = positions
             .iter()
             .map(|(o, s)| (o.to_string(), json!(s)))
             .collect();
         let streaming: Vec<&str> = positions.iter().map(|(o, _)| *o).collect();
-        json!({ "positions": map, "committedSequence": committed, "streaming": streaming })
+        json!({ "positions": map, "committedSequence": committed, "streaming": streaming,
+                "ownership": { "term": term } })
     }
 
     #[test]
@@ -522,14 +520,17 @@ mod tests {
         let (sends, same) = plan(&mut r, &up, &masters, &f, t0);
         assert_eq!((sends[0].up.clone(), same), (masters.clone(), term));
         // Past detection, the others lack m3's acknowledged write 40: it stays, writes refused.
-        take_answer(&mut r, "m1", &answer(&[("m3", 40)], 9));
-        take_answer(&mut r, "m2", &answer(&[("m3", 39)], 7));
+        let a = answer(&[("m3", 40)], 9, r.term);
+        take_answer(&mut r, "m1", &a);
+        let a = answer(&[("m3", 39)], 7, r.term);
+        take_answer(&mut r, "m2", &a);
         let (sends, _) = plan(&mut r, &up, &masters, &f, t0 + Duration::from_millis(1100));
         assert_eq!(sends[0].up, masters, "m2 has not applied m3's 40");
         assert!(r.moving.contains("m3"));
         assert!(!r.acknowledge("m3", 41), "no acknowledgement while moving");
         // Both hold it now: m3 leaves, at a higher term.
-        take_answer(&mut r, "m2", &answer(&[("m3", 40)], 7));
+        let a = answer(&[("m3", 40)], 7, r.term);
+        take_answer(&mut r, "m2", &a);
         let (sends, moved) = plan(&mut r, &up, &masters, &f, t0 + Duration::from_millis(1200));
         assert_eq!(sends[0].up, up);
         assert!(moved > term);
@@ -540,16 +541,20 @@ mod tests {
         let to = |id: &str| sends.iter().find(|s| s.to == id).map(|s| s.up.clone());
         assert_eq!(to("m1"), Some(masters.clone()));
         assert_eq!(to("m3"), Some(ids(&["m1", "m2"])));
-        take_answer(&mut r, "m1", &answer(&[("m3", 40)], 12));
-        take_answer(&mut r, "m2", &answer(&[("m3", 40)], 8));
-        take_answer(&mut r, "m3", &answer(&[("m1", 11), ("m2", 8)], 40));
+        let a = answer(&[("m3", 40)], 12, r.term);
+        take_answer(&mut r, "m1", &a);
+        let a = answer(&[("m3", 40)], 8, r.term);
+        take_answer(&mut r, "m2", &a);
+        let a = answer(&[("m1", 11), ("m2", 8)], 40, r.term);
+        take_answer(&mut r, "m3", &a);
         let (sends, _) = plan(&mut r, &all, &masters, &f, t0 + Duration::from_millis(1400));
         assert_eq!(
             sends.iter().find(|s| s.to == "m3").map(|s| s.up.clone()),
             Some(ids(&["m1", "m2"])),
             "m3 lacks m1's 12"
         );
-        take_answer(&mut r, "m3", &answer(&[("m1", 12), ("m2", 8)], 40));
+        let a = answer(&[("m1", 12), ("m2", 8)], 40, r.term);
+        take_answer(&mut r, "m3", &a);
         let (sends, last) = plan(&mut r, &all, &masters, &f, t0 + Duration::from_millis(1500));
         assert!(sends.iter().all(|s| s.up == masters));
         assert_eq!(last, back, "the set did not change: same term");

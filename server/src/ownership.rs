@@ -180,7 +180,9 @@ impl Ownership {
     fn check_lease(&self) -> Result<(), String> {
         match self.lease_left() {
             Some(left) if left.is_zero() => Err(format!(
-                "{} refuses every write: its ownership view (term {}) was not renewed by the                  proxy within its lease (failover.leaseMillis); the objects it owned may have                  moved to another master (MULTI_PRIMARY)",
+                "{} refuses every write: its ownership view (term {}) was not renewed by the proxy \
+                 within its lease (failover.leaseMillis); the objects it owned may have moved to \
+                 another master (MULTI_PRIMARY)",
                 self.instance,
                 self.view().term
             )),
