@@ -426,6 +426,44 @@ config_enum!(
 );
 
 config_enum!(
+    /// How the replication stream is compressed (`replication.compression.type`).
+    CompressionType {
+        /// Sent as it is.
+        #[default]
+        None = "NONE",
+        /// zstd, when both ends agree (negotiated in the replica's `Hello`).
+        Zstd = "ZSTD",
+    }
+);
+
+/// `replication.compression`: `{"type": "ZSTD", "level": 3}` compresses what a primary sends
+/// its replicas (entries, heartbeats, full-sync snapshots, FILE copies) when the replica asks for
+/// it too; either end left at NONE (or a node that predates compression) keeps the stream plain.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CompressionConfig {
+    /// NONE or ZSTD.
+    #[serde(rename = "type")]
+    pub kind: CompressionType,
+    /// zstd's level, 1 (fastest) to 19 (smallest).
+    pub level: i32,
+}
+
+impl CompressionConfig {
+    /// Levels accepted in `replication.compression.level`.
+    pub const LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            kind: CompressionType::None,
+            level: 3,
+        }
+    }
+}
+
+config_enum!(
     /// Whether the proxy promotes a replica by itself.
     FailoverMode {
         /// Promote after `detectionMillis` without a healthy primary.
@@ -530,6 +568,8 @@ pub struct ReplicationConfig {
     pub heartbeat_millis: u64,
     /// Oplog bounds.
     pub oplog: OplogConfig,
+    /// Compression of the stream to replicas.
+    pub compression: CompressionConfig,
     /// The file asked for FILE under MULTI_PRIMARY, which runs OPLOG instead
     /// ([`FILE_UNDER_MULTI_PRIMARY`]); set by [`ClusterConfig::parse`].
     #[serde(skip)]
@@ -544,6 +584,7 @@ impl Default for ReplicationConfig {
             page_deltas: true,
             heartbeat_millis: 500,
             oplog: OplogConfig::default(),
+            compression: CompressionConfig::default(),
             file_replaced_by_oplog: false,
         }
     }
@@ -851,6 +892,7 @@ impl ClusterConfig {
         self.validate_instances()?;
         self.validate_routing()?;
         self.validate_limits()?;
+        self.validate_compression()?;
         if let CoordinatorConfig::Etcd(etcd) = &self.failover.coordinator {
             etcd.check()?;
         }
@@ -950,6 +992,15 @@ impl ClusterConfig {
                  {others} masters besides the one that takes it (MULTI_PRIMARY)"
             );
             return Err(invalid("routing.writes.writeConcern.replicas", &msg));
+        }
+        Ok(())
+    }
+
+    fn validate_compression(&self) -> Result<(), ConfigError> {
+        let level = self.replication.compression.level;
+        if !CompressionConfig::LEVELS.contains(&level) {
+            let msg = format!("{level} is not a zstd level: use 1 (fastest) to 19 (smallest)");
+            return Err(invalid("replication.compression.level", &msg));
         }
         Ok(())
     }
@@ -1267,5 +1318,28 @@ mod tests {
         );
         let e = with(&bad).unwrap_err().to_string();
         assert!(e.contains("cache.upstreams[1]"), "{e}");
+    }
+
+    #[test]
+    fn replication_compression_is_read_and_its_level_checked() {
+        let base = r#"{"instances": [{"id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": 3948,
+                                      "dataDirectory": "data/m1"}],
+                       "replication": {"compression": COMPRESSION}}"#;
+        let parse = |c: &str| ClusterConfig::parse(&base.replace("COMPRESSION", c));
+        let on = parse(r#"{"type": "ZSTD", "level": 9}"#).unwrap();
+        assert_eq!(
+            on.replication.compression,
+            CompressionConfig {
+                kind: CompressionType::Zstd,
+                level: 9
+            }
+        );
+        let default = parse("{}").unwrap();
+        assert_eq!(default.replication.compression.kind, CompressionType::None);
+        let bad = parse(r#"{"type": "ZSTD", "level": 40}"#).unwrap();
+        let bad = bad.validate().unwrap_err().to_string();
+        assert!(bad.contains("replication.compression.level"), "{bad}");
+        let unknown = parse(r#"{"type": "GZIP"}"#).unwrap_err().to_string();
+        assert!(unknown.contains("GZIP"), "{unknown}");
     }
 }

@@ -42,6 +42,15 @@ mod described {
     );
     pub(super) const REPLICA_BYTES: Metric =
         Metric::counter("dirkdb_replica_bytes_sent", "Bytes sent to the replica.");
+    pub(super) const STREAM_BYTES: Metric = Metric::counter(
+        "dirkdb_replication_stream_bytes",
+        "Bytes this node wrote to its replicas' streams, before compression.",
+    );
+    pub(super) const WIRE_BYTES: Metric = Metric::counter(
+        "dirkdb_replication_wire_bytes",
+        "Bytes this node's replica streams put on the wire, after compression \
+         (replication.compression); equal to dirkdb_replication_stream_bytes without it.",
+    );
     pub(super) const REPLICA_SYNCED: Metric = Metric::counter(
         "dirkdb_replica_operations_synced",
         "Entries sent to the replica.",
@@ -104,6 +113,8 @@ fn write_page(
         tls: state.security.tls.clone(),
     }
     .write(page)?;
+    page.one(&STREAM_BYTES, state.replication.sent.uncompressed())?;
+    page.one(&WIRE_BYTES, state.replication.sent.wire())?;
     write_replicas(&state.replication.replicas(committed), page)?;
     crate::replication::peers::write_metrics(state, &state.peers, page)?;
     if state.is_replica() {

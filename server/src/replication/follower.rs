@@ -25,7 +25,7 @@ use super::mode::Modes;
 use super::node::Node;
 use super::protocol::{write_message, FileInfo, Message, Unit, HANDSHAKE, HANDSHAKE_OK};
 use super::stream::{
-    check_term, next_unit, received, spawn_reader, StreamError, StreamWriter, Units,
+    check_term, next_unit, received, spawn_reader_compressed, StreamError, StreamWriter, Units,
 };
 use super::{snapshot, FullSyncFigures};
 use crate::error::ServerError;
@@ -122,10 +122,18 @@ async fn follow(
         seq: state.write_path.committed(),
         mode: replication.kind(),
         term: state.term(),
+        compression: super::compression::offer(&state.replication.compression),
     };
+    let offered = matches!(
+        &hello,
+        Message::Hello {
+            compression: Some(_),
+            ..
+        }
+    );
     write_message(&mut writer, &hello).await?;
     set_state(state, super::FollowerState::Syncing, None);
-    let mut units = spawn_reader(Box::new(reader));
+    let mut units = spawn_reader_compressed(Box::new(reader), offered);
     replication
         .follow_primary(state, &mut units, &mut writer)
         .await

@@ -15,6 +15,7 @@
 //! for write concerns only when it carries the current term.
 
 pub(crate) mod apply;
+pub(crate) mod compression;
 #[cfg(test)]
 mod duplex_tests;
 pub(crate) mod etcd_lease;
@@ -224,6 +225,10 @@ pub struct ReplicationHub {
     lease: std::sync::OnceLock<std::sync::Arc<crate::lease::Lease>>,
     /// Heartbeat period (`replication.heartbeatMillis`).
     pub heartbeat: Duration,
+    /// `replication.compression`: what this node offers as a replica and accepts as a primary.
+    pub compression: dirkdb_core::config::CompressionConfig,
+    /// Bytes sent to replicas, before and after compression.
+    pub sent: std::sync::Arc<compression::WireCounters>,
 }
 
 impl ReplicationHub {
@@ -252,7 +257,15 @@ impl ReplicationHub {
             synced: AtomicBool::new(false),
             lease: std::sync::OnceLock::new(),
             heartbeat,
+            compression: Default::default(),
+            sent: Default::default(),
         }
+    }
+
+    /// The same hub with `replication.compression` applied.
+    pub fn with_compression(mut self, compression: dirkdb_core::config::CompressionConfig) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// The node's current replication term (the cached copy of the meta file's).

@@ -67,7 +67,8 @@ impl Node {
             target,
             Duration::from_millis(config.replication.heartbeat_millis.max(10)),
             config.replication.kind,
-        );
+        )
+        .with_compression(config.replication.compression.clone());
         replication.raise_term(meta.term()?);
         replication.attach_lease(storage.settings.lease.clone());
         Ok(Node {

@@ -7,6 +7,10 @@
 //! a snapshot file (kind 1). The replica speaks first (`Hello` with its position), so no byte of
 //! the binary protocol can be mistaken for a statement.
 //!
+//! With `replication.compression` ZSTD on both ends, the replica's `Hello` asks for `zstd` and
+//! the primary answers with a plain `Compression` message; everything the primary sends after
+//! it is one zstd stream (see [`super::compression`]).
+//!
 //! Every message that carries data or liveness carries the sender's replication term (`Hello`,
 //! `Continue`, `FullSyncBegin`, `Entries`, `Heartbeat`, `Ack`; 0 from servers that predate terms):
 //! a replica refuses a stream, entries or heartbeats from a term below its own, a primary that
@@ -90,6 +94,16 @@ pub enum Message {
         /// The highest term the replica has seen.
         #[serde(default)]
         term: u64,
+        /// The compression it asks for (`zstd`; absent: none), see
+        /// [`super::compression`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<String>,
+    },
+    /// Primary → replica, first and plain, when both asked for compression: every byte after
+    /// it is one `algorithm` stream.
+    Compression {
+        /// `zstd`.
+        algorithm: String,
     },
     /// FILE mode, secondary → primary after `Hello`: the copies it holds.
     FileInventory {
@@ -341,6 +355,7 @@ mod tests {
             seq: 1,
             mode: ReplicationType::File,
             term: 0,
+            compression: None,
         };
         let text = serde_json::to_string(&hello).unwrap();
         assert!(text.contains(r#""mode":"FILE""#), "{text}");
@@ -375,6 +390,7 @@ mod tests {
             seq: 7,
             mode: dirkdb_core::config::ReplicationType::File,
             term: 3,
+            compression: Some("zstd".into()),
         };
         write_message(&mut a, &hello).await.unwrap();
         write_chunk(&mut a, b"abc").await.unwrap();

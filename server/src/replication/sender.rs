@@ -44,13 +44,14 @@ pub(crate) async fn serve_replica(
     writer: Box<dyn AsyncWrite + Send + Unpin>,
     peer: String,
 ) {
-    let (hello, mode) = match read_message(&mut reader).await {
+    let (hello, mode, compression) = match read_message(&mut reader).await {
         Ok(Message::Hello {
             instance,
             history,
             seq,
             mode,
             term,
+            compression,
         }) => (
             Hello {
                 instance,
@@ -59,6 +60,7 @@ pub(crate) async fn serve_replica(
                 term,
             },
             mode,
+            compression,
         ),
         Ok(Message::PeerHello {
             instance,
@@ -87,6 +89,17 @@ pub(crate) async fn serve_replica(
             return;
         }
     };
+    let level = super::compression::agreed(&state.replication.compression, compression.as_deref());
+    let writer = match super::compression::sending(writer, level, &state.replication.sent).await {
+        Ok(writer) => writer,
+        Err(e) => {
+            tracing::info!(replica = %hello.instance, %peer, error = %e, "replication stream ended");
+            return;
+        }
+    };
+    if let Some(level) = level {
+        tracing::info!(replica = %hello.instance, level, "replication stream compressed with zstd");
+    }
     let mut writer: StreamWriter = BufWriter::with_capacity(256 * 1024, writer);
     if !state.security.admits_replica(&hello.instance) {
         let message = format!(

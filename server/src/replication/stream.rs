@@ -44,11 +44,30 @@ impl From<std::io::Error> for StreamError {
 pub(crate) type Units = mpsc::Receiver<Result<Unit, ProtocolError>>;
 
 /// Reads units on their own task so the main loop can wait on them and on timers safely.
-pub(crate) fn spawn_reader(mut reader: StreamReader) -> Units {
+pub(crate) fn spawn_reader(reader: StreamReader) -> Units {
+    spawn_reader_compressed(reader, false)
+}
+
+/// [`spawn_reader`] for a stream whose `Hello` asked for compression (`offered`): a
+/// `Compression` message from the primary switches the reader to its decoder and is not passed
+/// on; one that was not asked for ends the stream.
+pub(crate) fn spawn_reader_compressed(mut reader: StreamReader, offered: bool) -> Units {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let unit = read_unit(&mut reader).await;
+            let unit = match read_unit(&mut reader).await {
+                Ok(Unit::Message(Message::Compression { algorithm })) => {
+                    if offered && algorithm.eq_ignore_ascii_case(super::compression::ZSTD) {
+                        reader = super::compression::receiving(reader);
+                        continue;
+                    }
+                    Err(ProtocolError::Invalid(format!(
+                        "the primary compresses with {algorithm}, which this node did not ask for \
+                         (replication.compression)"
+                    )))
+                }
+                unit => unit,
+            };
             let failed = unit.is_err();
             if tx.send(unit).await.is_err() || failed {
                 return;
