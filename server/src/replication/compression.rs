@@ -28,8 +28,8 @@ use async_compression::Level;
 use dirkdb_core::config::{CompressionConfig, CompressionType};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::stream::StreamReader;
 use super::protocol::{write_message, Message, ProtocolError};
+use super::stream::StreamReader;
 
 /// The one algorithm spoken, as `Hello.compression` and `Message::Compression` name it.
 pub(crate) const ZSTD: &str = "zstd";
