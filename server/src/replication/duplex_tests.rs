@@ -106,6 +106,7 @@ async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
             seq: 0,
             mode: ReplicationType::Oplog,
             term: r.term(),
+            compression: None,
         };
         write_message(&mut writer, &hello).await.unwrap();
         let mut units = spawn_reader(Box::new(r_read));
