@@ -26,16 +26,19 @@ use async_compression::tokio::bufread::ZstdDecoder;
 use async_compression::tokio::write::ZstdEncoder;
 use async_compression::Level;
 use dirkdb_core::config::{CompressionConfig, CompressionType};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::protocol::{write_message, Message, ProtocolError};
-use super::stream::StreamReader;
 
 /// The one algorithm spoken, as `Hello.compression` and `Message::Compression` name it.
 pub(crate) const ZSTD: &str = "zstd";
 
 /// The writing half of a replica's stream, before buffering.
 pub(crate) type RawWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The reading half (the same type as [`super::stream::StreamReader`], named here so that this
+/// module, which `stream` uses, does not use `stream` back).
+pub(crate) type RawReader = Box<dyn AsyncRead + Send + Unpin>;
 
 /// What a replica offers in its `Hello`.
 pub(crate) fn offer(config: &CompressionConfig) -> Option<String> {
@@ -94,7 +97,7 @@ pub(crate) async fn sending(
 }
 
 /// Replica side: the reader that decodes everything after the primary's `Compression`.
-pub(crate) fn receiving(reader: StreamReader) -> StreamReader {
+pub(crate) fn receiving(reader: RawReader) -> RawReader {
     Box::new(ZstdDecoder::new(BufReader::new(reader)))
 }
 
@@ -197,7 +200,7 @@ mod tests {
             writer.flush().await.unwrap();
         }
         drop(writer);
-        let mut reader: StreamReader = Box::new(b);
+        let mut reader: RawReader = Box::new(b);
         match read_unit(&mut reader).await.unwrap() {
             Unit::Message(Message::Compression { algorithm }) => assert_eq!(algorithm, "zstd"),
             other => panic!("{other:?}"),
