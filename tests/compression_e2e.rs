@@ -55,6 +55,18 @@ fn without_colours(text: &str) -> String {
     out
 }
 
+/// Database `sekoly` with the empty table `naoty` on the primary.
+async fn create_notes(cluster: &Cluster) {
+    let mut client = cluster.client(0).await;
+    for statement in [
+        "CREATE DATABASE sekoly",
+        "USE sekoly",
+        "CREATE TABLE naoty (id INTEGER PRIMARY KEY, anarana TEXT, fanamarihana TEXT)",
+    ] {
+        client.execute(statement).await.unwrap();
+    }
+}
+
 /// Rows of course notes: repetitive text, as real tables of names and comments are.
 async fn write_notes(cluster: &Cluster, from: u32, rows: u32) {
     let mut client = cluster.client(0).await;
@@ -82,16 +94,7 @@ async fn a_zstd_primary_serves_compressed_and_plain_replicas_the_same_data() {
     let zstd = set_compression(&cluster, json!({ "type": "ZSTD", "level": 3 }));
     cluster.spawn(0);
     cluster.spawn(1);
-    {
-        let mut client = cluster.client(0).await;
-        for statement in [
-            "CREATE DATABASE sekoly",
-            "USE sekoly",
-            "CREATE TABLE naoty (id INTEGER PRIMARY KEY, anarana TEXT, fanamarihana TEXT)",
-        ] {
-            client.execute(statement).await.unwrap();
-        }
-    }
+    create_notes(&cluster).await;
     write_notes(&cluster, 0, 2000).await;
 
     // m3 starts with its own file saying NONE: it follows the ZSTD primary plainly.
@@ -152,16 +155,7 @@ async fn a_text_heavy_table_needs_three_times_fewer_bytes_on_the_wire() {
     let mut cluster = Cluster::configure(1, OPLOG);
     set_compression(&cluster, json!({ "type": "ZSTD" }));
     cluster.spawn(0);
-    {
-        let mut client = cluster.client(0).await;
-        for statement in [
-            "CREATE DATABASE sekoly",
-            "USE sekoly",
-            "CREATE TABLE naoty (id INTEGER PRIMARY KEY, anarana TEXT, fanamarihana TEXT)",
-        ] {
-            client.execute(statement).await.unwrap();
-        }
-    }
+    create_notes(&cluster).await;
     write_notes(&cluster, 0, 1000).await;
     cluster.spawn(1);
     write_notes(&cluster, 1000, 1000).await;

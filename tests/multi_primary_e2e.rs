@@ -14,21 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::http;
-use common::{dirkdb_bin, free_port, wait_for_port};
+use common::{dirkdb_bin, wait_for_port};
 use dirkdb_client::{Client, ClientError};
 use serde_json::Value;
-
-/// DirkDB's file with `{…}` placeholders for what a test must change.
-const DIRKDB_CONFIG: &str = r#"{"configVersion": 1,
- "loadBalancer": {"listenHost": "127.0.0.1", "listenPort": {lb}, "adminPort": {lb_admin}},
- "cache": {"listenPort": {cache}, "adminPort": {cache_admin}},
- "instances": [
-   {"id": "m1", "role": "MASTER", "host": "127.0.0.1", "port": {m1}, "adminPort": {m1_admin}, "dataDirectory": "{dir}/data/m1"},
-   {"id": "m2", "role": "MASTER", "host": "127.0.0.1", "port": {m2}, "adminPort": {m2_admin}, "dataDirectory": "{dir}/data/m2"},
-   {"id": "m3", "role": "MASTER", "host": "127.0.0.1", "port": {m3}, "adminPort": {m3_admin}, "dataDirectory": "{dir}/data/m3"}],
- "routing": {"reads": {"strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"]},
-             "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
- "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
 
 /// DirkDB's file run by `dirkdb cluster` (one process), or by one `dirkdb server` process per
 /// master and a `dirkdb proxy` (so that one master can be killed).
@@ -58,19 +46,12 @@ impl LocalCluster {
 
     fn launch(edit: impl FnOnce(String) -> String, separate: bool) -> LocalCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (lb, lb_admin) = (free_port(), free_port());
-        let masters: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let mut text = DIRKDB_CONFIG
-            .replace("{lb}", &lb.to_string())
-            .replace("{lb_admin}", &lb_admin.to_string())
-            .replace("{cache}", &free_port().to_string())
-            .replace("{cache_admin}", &free_port().to_string())
-            .replace("{dir}", &dir.path().display().to_string());
-        for (i, (port, admin)) in masters.iter().enumerate() {
-            text = text
-                .replace(&format!("{{m{}}}", i + 1), &port.to_string())
-                .replace(&format!("{{m{}_admin}}", i + 1), &admin.to_string());
-        }
+        let common::DirkdbConfig {
+            text,
+            lb,
+            lb_admin,
+            masters,
+        } = common::dirkdb_config(dir.path());
         let config = dir.path().join("config.json");
         std::fs::write(&config, edit(text)).expect("write config");
         let names: Vec<&str> = if separate {

@@ -158,6 +158,19 @@ async fn load(proxy: String, cache: String, stop: Arc<AtomicBool>) {
     }
 }
 
+/// chromedriver (its log in `dir`), a fresh browser profile and a browser session; the driver
+/// and the profile must outlive the session.
+async fn start_browser(
+    chromium: &Path,
+    driver_bin: &Path,
+    dir: &Path,
+) -> (Driver, tempfile::TempDir, Browser) {
+    let driver = Driver::start(driver_bin, &dir.join("chromedriver.log"));
+    let profile = tempfile::tempdir().expect("browser profile");
+    let browser = open_browser(chromium, &driver, profile.path()).await;
+    (driver, profile, browser)
+}
+
 async fn open_browser(chromium: &Path, driver: &Driver, profile: &Path) -> Browser {
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -272,9 +285,8 @@ async fn the_status_page_shows_the_cluster_and_a_failover_in_a_real_browser() {
         format!("127.0.0.1:{cache_port}"),
         stop.clone(),
     ));
-    let driver = Driver::start(&driver_bin, &cluster.dir.path().join("chromedriver.log"));
-    let profile = tempfile::tempdir().expect("browser profile");
-    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let (_driver, _profile, browser) =
+        start_browser(&chromium, &driver_bin, cluster.dir.path()).await;
     let url = format!("http://127.0.0.1:{}/", cluster.proxy.admin);
     browser.goto(&url).await.expect("open the status page");
 
@@ -488,9 +500,8 @@ async fn the_status_page_works_with_admin_authentication_on() {
     let (status, _, _) = raw_get(cluster.proxy.admin, "/status/history");
     assert!(status.contains(" 401 "), "so does its JSON: {status}");
 
-    let driver = Driver::start(&driver_bin, &cluster.dir.path().join("chromedriver.log"));
-    let profile = tempfile::tempdir().expect("browser profile");
-    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let (_driver, _profile, browser) =
+        start_browser(&chromium, &driver_bin, cluster.dir.path()).await;
     let url = format!("http://admin:admin-pw@127.0.0.1:{}/", cluster.proxy.admin);
     browser.goto(&url).await.expect("open the status page");
     let (view, _) = wait_for(&browser, Duration::from_secs(15), "the cluster", |v| {
@@ -576,9 +587,8 @@ async fn the_lag_chart_moves_under_dirkdb_bench() {
         }
     };
     let cluster = Cluster::start_with_lagging_replica("EVENTUAL", 25);
-    let driver = Driver::start(&driver_bin, &cluster.dir.path().join("chromedriver.log"));
-    let profile = tempfile::tempdir().expect("browser profile");
-    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let (_driver, _profile, browser) =
+        start_browser(&chromium, &driver_bin, cluster.dir.path()).await;
     let url = format!("http://127.0.0.1:{}/", cluster.proxy.admin);
     browser.goto(&url).await.expect("open the status page");
     let (view, _) = wait_for(&browser, Duration::from_secs(15), "the cluster", |v| {
@@ -634,19 +644,6 @@ async fn the_lag_chart_moves_under_dirkdb_bench() {
     browser.close().await.expect("close the browser");
 }
 
-/// DirkDB's own three-master file (hosts and ports changed, and the cache that `dirkdb cluster`
-/// starts given free ports) under `dirkdb cluster`.
-const DIRKDB_CONFIG: &str = r#"{"configVersion": 1,
- "loadBalancer": {"listenHost": "127.0.0.1", "listenPort": {lb}, "adminPort": {lb_admin}},
- "cache": {"listenPort": {cache}, "adminPort": {cache_admin}},
- "instances": [
-   {"id": "m1", "role": "MASTER", "host": "127.0.0.1", "port": {m1}, "adminPort": {m1_admin}, "dataDirectory": "{dir}/data/m1"},
-   {"id": "m2", "role": "MASTER", "host": "127.0.0.1", "port": {m2}, "adminPort": {m2_admin}, "dataDirectory": "{dir}/data/m2"},
-   {"id": "m3", "role": "MASTER", "host": "127.0.0.1", "port": {m3}, "adminPort": {m3_admin}, "dataDirectory": "{dir}/data/m3"}],
- "routing": {"reads": {"strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"]},
-             "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
- "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
-
 /// Under MULTI_PRIMARY the page shows every master as MASTER with the objects it owns (the
 /// same owners `SHOW OWNERS` gives through the proxy), one stream line per pair of masters, the
 /// owners' table, the lag of the streams between masters, and the conflicts as the proxy
@@ -661,22 +658,15 @@ async fn the_status_page_shows_dirkdbs_masters_and_their_objects() {
         }
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (lb, lb_admin) = (free_port(), free_port());
-    let mut config = DIRKDB_CONFIG
-        .replace("{lb}", &lb.to_string())
-        .replace("{lb_admin}", &lb_admin.to_string())
-        .replace("{cache}", &free_port().to_string())
-        .replace("{cache_admin}", &free_port().to_string())
-        .replace("{dir}", &dir.path().display().to_string());
-    let mut ports = Vec::new();
-    for m in 1..=3 {
-        let (port, admin) = (free_port(), free_port());
-        config = config
-            .replace(&format!("{{m{m}}}"), &port.to_string())
-            .replace(&format!("{{m{m}_admin}}"), &admin.to_string());
-        ports.push((port, admin));
-    }
-    std::fs::write(dir.path().join("config.json"), config).expect("write config");
+    // DirkDB's own three-master file, with free ports (and free ones for the cache that
+    // `dirkdb cluster` starts).
+    let common::DirkdbConfig {
+        text,
+        lb,
+        lb_admin,
+        masters: ports,
+    } = common::dirkdb_config(dir.path());
+    std::fs::write(dir.path().join("config.json"), text).expect("write config");
     let log = std::fs::File::create(dir.path().join("cluster.log")).expect("log");
     let child = Command::new(dirkdb_bin())
         .args(["cluster", "--config"])
@@ -738,9 +728,7 @@ async fn the_status_page_shows_dirkdbs_masters_and_their_objects() {
         *per_master.entry(owner.clone()).or_default() += 1;
     }
 
-    let driver = Driver::start(&driver_bin, &dir.path().join("chromedriver.log"));
-    let profile = tempfile::tempdir().expect("browser profile");
-    let browser = open_browser(&chromium, &driver, profile.path()).await;
+    let (_driver, _profile, browser) = start_browser(&chromium, &driver_bin, dir.path()).await;
     browser
         .goto(&format!("http://127.0.0.1:{lb_admin}/"))
         .await

@@ -219,3 +219,50 @@ pub(crate) mod inproc;
 pub(crate) mod network;
 pub(crate) mod relay;
 pub(crate) mod wait;
+
+/// DirkDB's own three-master `config.json` (from the head of its repository: MULTI_PRIMARY,
+/// DB_OBJECT, RENDEZVOUS, FILE replication) with `{…}` placeholders for the ports and folder.
+const DIRKDB_CONFIG: &str = r#"{"configVersion": 1,
+ "loadBalancer": {"listenHost": "127.0.0.1", "listenPort": {lb}, "adminPort": {lb_admin}},
+ "cache": {"listenPort": {cache}, "adminPort": {cache_admin}},
+ "instances": [
+   {"id": "m1", "role": "MASTER", "host": "127.0.0.1", "port": {m1}, "adminPort": {m1_admin}, "dataDirectory": "{dir}/data/m1"},
+   {"id": "m2", "role": "MASTER", "host": "127.0.0.1", "port": {m2}, "adminPort": {m2_admin}, "dataDirectory": "{dir}/data/m2"},
+   {"id": "m3", "role": "MASTER", "host": "127.0.0.1", "port": {m3}, "adminPort": {m3_admin}, "dataDirectory": "{dir}/data/m3"}],
+ "routing": {"reads": {"strategy": "ROUND_ROBIN", "includeRoles": ["MASTER"]},
+             "writes": {"mode": "MULTI_PRIMARY", "partition": "DB_OBJECT", "hash": "RENDEZVOUS"}},
+ "replication": {"type": "FILE", "intervalSeconds": 2}}"#;
+
+/// [`DIRKDB_CONFIG`] filled in: free ports, data under `dir`.
+pub(crate) struct DirkdbConfig {
+    /// The file's text.
+    pub text: String,
+    /// The proxy's SQL and admin ports.
+    pub lb: u16,
+    pub lb_admin: u16,
+    /// Each master's SQL and admin ports, m1 first.
+    pub masters: Vec<(u16, u16)>,
+}
+
+/// DirkDB's three-master file with free ports (the cache's too) and data folders under `dir`.
+pub(crate) fn dirkdb_config(dir: &Path) -> DirkdbConfig {
+    let (lb, lb_admin) = (free_port(), free_port());
+    let masters: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut text = DIRKDB_CONFIG
+        .replace("{lb}", &lb.to_string())
+        .replace("{lb_admin}", &lb_admin.to_string())
+        .replace("{cache}", &free_port().to_string())
+        .replace("{cache_admin}", &free_port().to_string())
+        .replace("{dir}", &dir.display().to_string());
+    for (i, (port, admin)) in masters.iter().enumerate() {
+        text = text
+            .replace(&format!("{{m{}}}", i + 1), &port.to_string())
+            .replace(&format!("{{m{}_admin}}", i + 1), &admin.to_string());
+    }
+    DirkdbConfig {
+        text,
+        lb,
+        lb_admin,
+        masters,
+    }
+}
