@@ -335,13 +335,7 @@ mod tests {
     }
 
     fn chain(links: &[(&str, u64)]) -> Vec<HistoryLink> {
-        links
-            .iter()
-            .map(|(id, parent_end)| HistoryLink {
-                id: id.to_string(),
-                parent_end: *parent_end,
-            })
-            .collect()
+        HistoryLink::chain(links)
     }
 
     #[test]

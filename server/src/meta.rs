@@ -36,6 +36,20 @@ pub struct HistoryLink {
     pub parent_end: u64,
 }
 
+#[cfg(test)]
+impl HistoryLink {
+    /// A chain from `(id, parent_end)` pairs, for tests.
+    pub(crate) fn chain(links: &[(&str, u64)]) -> Vec<HistoryLink> {
+        links
+            .iter()
+            .map(|(id, parent_end)| HistoryLink {
+                id: id.to_string(),
+                parent_end: *parent_end,
+            })
+            .collect()
+    }
+}
+
 /// The meta database.
 pub struct Meta {
     conn: Mutex<Connection>,
