@@ -9,7 +9,9 @@
 //! runs on this node's monotonic clock, which keeps running while the process is stopped, so a
 //! primary resumed after `SIGSTOP` finds its lease expired. The proxy waits for the lease plus
 //! `failover.clockDriftMillis` after its last renewal before it promotes anyone, which covers the
-//! skew between the proxy's and this node's clocks.
+//! skew between the proxy's and this node's clocks. That clock is tokio's [`Instant`] (the
+//! system's monotonic clock outside paused test time), so the unit tests below run their leases
+//! out on paused time and take no wall-clock time.
 //!
 //! Leases are enforced from the first renewal a node receives (remembered in its meta file, so a
 //! restarted primary waits for the proxy), and only while the node is a primary; a server that
@@ -28,10 +30,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dirkdb_core::config::EtcdCoordinator;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::error::ServerError;
 use dirkdb_core::sync::lock;
@@ -394,24 +397,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_majority_lease_needs_replicas_heard_within_the_lease() {
+    #[tokio::test(start_paused = true)]
+    async fn a_majority_lease_needs_replicas_heard_within_the_lease() {
         let lease = Lease::new(false, false).with_majority(3, Duration::from_millis(60));
         lease.set_primary(true);
-        let now = dirkdb_core::clock::now_ms();
-        lease.grant(10_000, now, now).unwrap();
+        lease.grant(10_000, 1_000, 1_000).unwrap();
         assert!(
             lease.allows_writes(),
             "a new primary has a lease length of grace"
         );
-        std::thread::sleep(Duration::from_millis(70));
-        lease
-            .grant(
-                60,
-                dirkdb_core::clock::now_ms(),
-                dirkdb_core::clock::now_ms(),
-            )
-            .unwrap();
+        tokio::time::advance(Duration::from_millis(60)).await;
+        lease.grant(60, 2_000, 2_000).unwrap();
+        assert!(lease.allows_writes(), "the grace's last instant");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!lease.allows_writes(), "no replica heard: no majority");
         let refused = lease.check_write().unwrap_err().to_string();
         assert!(refused.contains("majority"), "{refused}");
@@ -428,33 +426,38 @@ mod tests {
                 holds: true
             })
         );
-        std::thread::sleep(Duration::from_millis(70));
-        let now = dirkdb_core::clock::now_ms();
-        lease.grant(60, now, now).unwrap();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        lease.grant(60, 3_000, 3_000).unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(lease.allows_writes(), "heard exactly one lease length ago");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!lease.allows_writes(), "heard too long ago");
+        assert_eq!(lease.majority().map(|m| m.heard), Some(0));
         assert!(
             Lease::new(true, true).majority().is_none(),
             "off by default"
         );
     }
 
-    #[test]
-    fn a_lease_runs_out() {
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_runs_out() {
         let lease = Lease::new(true, true);
         assert!(
             !lease.allows_writes(),
             "required and never granted since the start"
         );
-        let now = dirkdb_core::clock::now_ms();
-        lease.grant(30, now, now).unwrap();
+        lease.grant(30, 1_000, 1_000).unwrap();
         assert!(lease.allows_writes());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(!lease.allows_writes());
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(lease.allows_writes(), "1 ms left");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!lease.allows_writes(), "its last instant grants nothing");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(lease.remaining().is_none());
     }
 
-    #[test]
-    fn the_hold_refuses_writes_once_required_until_extended_and_after_it_runs_out() {
+    #[tokio::test(start_paused = true)]
+    async fn the_hold_refuses_writes_once_required_until_extended_and_after_it_runs_out() {
         let hold = EtcdHold::default();
         assert!(hold.allows_writes() && hold.check().is_ok(), "not required");
         hold.require();
@@ -465,7 +468,9 @@ mod tests {
         );
         hold.extend_to(Instant::now() + Duration::from_millis(30));
         assert!(hold.allows_writes());
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(hold.allows_writes(), "1 ms left");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!hold.allows_writes());
         assert!(hold.check().unwrap_err().to_string().contains("older"));
         hold.extend_to(Instant::now() + Duration::from_secs(5));

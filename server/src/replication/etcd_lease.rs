@@ -25,12 +25,13 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dirkdb_core::config::{ClusterConfig, CoordinatorConfig, EtcdCoordinator};
 use etcd_client::{Client, ConnectOptions, PutOptions};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use super::node::Node;
 use dirkdb_core::sync::lock;
