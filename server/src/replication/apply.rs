@@ -5,8 +5,9 @@
 //! actions are off (cascades and trigger effects arrive as entries of their own); the same
 //! transaction inserts the entries into the replica's own oplog. So the replica's position is
 //! simply the highest sequence it stores, a crash at any instant loses nothing and applies
-//! nothing twice (entries at or below a file's stored position are skipped, once checked to be
-//! the very entries it holds: a different one is a divergence, which a full sync repairs), and
+//! nothing twice (entries at or below the node's position, or at or below a file's own highest
+//! sequence, are skipped, once checked to be the very entries it holds: a different one is a
+//! divergence, which a full sync repairs), and
 //! the replica holds the oplog it needs to serve others once promoted. CREATE/DROP DATABASE
 //! events go through the meta file first, then the file operation, as on the primary.
 
@@ -107,15 +108,7 @@ impl Applier {
             return Ok(());
         }
         let conn = self.connection(state, &e.db)?;
-        let held = store::read_file_entries(conn, &e.db, e.seq.saturating_sub(1), 1)?;
-        match held.first() {
-            Some(h) if h.seq == e.seq && h.crc != e.crc => Err(apply_error(format!(
-                "entry {} differs from the one this node holds at that sequence (its history \
-                 diverged from the primary's): resyncing",
-                e.seq
-            ))),
-            _ => Ok(()),
-        }
+        refuse_if_held_differently(conn, e, "this node holds")
     }
 
     /// This applier's connection to `db`, opened on first use.
@@ -134,6 +127,15 @@ impl Applier {
         let conn = self.connection(state, &run[0].db)?;
         let tx = conn.unchecked_transaction()?;
         let stored = store::max_seq(&tx)?;
+        // The file may hold entries beyond the node's position (a FILE-mode copy newer than its
+        // round's position): each is skipped only when it is the very entry the primary sent.
+        for e in run.iter().filter(|e| e.seq <= stored) {
+            refuse_if_held_differently(
+                &tx,
+                e,
+                "this database's file holds beyond the node's position",
+            )?;
+        }
         for e in run.iter().filter(|e| e.seq > stored) {
             apply_entry(&tx, e).map_err(|err| {
                 apply_error(format!(
@@ -145,6 +147,23 @@ impl Applier {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// Fails, as a divergence (the follower then resyncs fully, saving this node's own entries to a
+/// rollback file), when `conn`'s oplog holds an entry at `e.seq` other than `e`.
+fn refuse_if_held_differently(conn: &Connection, e: &Entry, holder: &str) -> Result<()> {
+    let held = store::read_file_entries(conn, &e.db, e.seq.saturating_sub(1), 1)?;
+    match held.first() {
+        Some(h) if h.seq == e.seq && h.crc != e.crc => {
+            tracing::warn!(seq = e.seq, db = %e.db, "the primary's entry differs from the one {holder}: resyncing fully");
+            Err(apply_error(format!(
+                "entry {} on `{}` differs from the one {holder} at that sequence (its history \
+                 diverged from the primary's): resyncing",
+                e.seq, e.db
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -129,3 +129,68 @@ async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
     sender.abort();
     follower.abort();
 }
+
+/// Every entry `state` holds, in sequence order.
+fn all_entries(state: &ServerState) -> Vec<crate::oplog::Entry> {
+    let sources = state.oplog_sources().unwrap();
+    let range = crate::oplog::store::Filter::Range {
+        after: 0,
+        to: u64::MAX,
+    };
+    crate::oplog::store::merge(&sources, range, usize::MAX).unwrap()
+}
+
+/// #14: a database file holding an entry beyond the node's committed position (a FILE-mode
+/// copy newer than its round's position, a crash between the file's commit and the position's)
+/// used to make the apply skip the primary's entry at that sequence without a look, so the
+/// replica kept its own row while reporting the primary's position. A different entry there is
+/// now a divergence (the follower resyncs fully); the very same entry is still skipped.
+#[test]
+fn an_entry_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
+    let a = ServerState::open(&config_a.instances[0], &config_a).unwrap();
+    let b = ServerState::open(&config_b.instances[0], &config_b).unwrap();
+    let replica = ServerState::open(&config_a.instances[1], &config_a).unwrap();
+    for (primary, v) in [(&a, "a"), (&b, "x")] {
+        primary
+            .create_database(primary.new_owner(), "d", false)
+            .unwrap();
+        write(primary, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+        write(primary, &format!("INSERT INTO t(v) VALUES ('{v}');"));
+    }
+    let (from_a, from_b) = (all_entries(&a), all_entries(&b));
+    let last = from_a.last().map(|e| e.seq).unwrap();
+    assert_eq!(from_b.last().map(|e| e.seq), Some(last));
+    let mut applier = super::apply::Applier::default();
+    // The table is made outside the oplog (as in a full sync's files); the rows arrive as entries.
+    applier
+        .apply(&replica, replica.new_owner(), &from_a[..1])
+        .unwrap();
+    let db = replica.catalog.get("d").unwrap();
+    let conn = db.lease().unwrap();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    db.give_back(conn);
+    applier
+        .apply(&replica, replica.new_owner(), &from_a[1..])
+        .unwrap();
+    assert_eq!(rows(&replica), vec![(1, "a".to_string())]);
+
+    // The file holds A's last entry; the node's position says it does not.
+    replica.write_path.reset(last - 1);
+    let same = applier.apply(&replica, replica.new_owner(), &from_a[from_a.len() - 1..]);
+    assert_eq!(same.unwrap(), last, "the very entry held is skipped");
+    replica.write_path.reset(last - 1);
+    let other = applier.apply(&replica, replica.new_owner(), &from_b[from_b.len() - 1..]);
+    let err = other.expect_err("B's different entry must not be skipped silently");
+    assert!(
+        err.to_string().contains("replication apply") && err.to_string().contains("resync"),
+        "{err}"
+    );
+    assert_eq!(
+        replica.write_path.committed(),
+        last - 1,
+        "no position advanced"
+    );
+}
