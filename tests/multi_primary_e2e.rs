@@ -482,6 +482,29 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
         metrics.contains("database=\"testdb\",object=\"produits\",owner=\"m3\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("dirkdb_owned_objects{instance=\"m1\",owner=\"m3\"} 2"),
+        "{metrics}"
+    );
+    // The proxy's /metrics: the term, each master's part, and the owner it routes each
+    // object's writes to.
+    let metrics = http(cluster.lb_admin, "GET", "/metrics", "");
+    let metrics = metrics.as_str().unwrap_or_default();
+    for sample in [
+        "dirkdb_proxy_master_ownership{instance=\"m1\",state=\"owning\"} 1",
+        "dirkdb_proxy_master_ownership{instance=\"m3\",state=\"owning\"} 1",
+        "dirkdb_proxy_object_owner{kind=\"TABLE\",database=\"testdb\",object=\"produits\",owner=\"m3\"} 1",
+        "dirkdb_proxy_object_owner{kind=\"DOMAIN\",database=\"testdb\",object=\"vola\",owner=\"m3\"} 1",
+        "dirkdb_proxy_object_owner{kind=\"DATABASE\",database=\"testdb\",object=\"testdb\",owner=\"m1\"} 1",
+        "dirkdb_proxy_owned_objects{owner=\"m2\"}",
+    ] {
+        assert!(metrics.contains(sample), "{sample}: {metrics}");
+    }
+    let term = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dirkdb_proxy_ownership_term "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(term.is_some_and(|t| t > 0.0), "{metrics}");
 
     let log = cluster.log();
     assert!(!log.contains("multi-primary apply"), "{log}");

@@ -176,6 +176,24 @@ impl Page<'_> {
         }
         Ok(())
     }
+
+    /// Writes `metric` with one sample per distinct value of `keys`, labelled `label`, whose
+    /// value is how many times it occurs (in key order).
+    pub fn counts(
+        &mut self,
+        metric: &Metric,
+        label: &'static str,
+        keys: impl IntoIterator<Item = String>,
+    ) -> fmt::Result {
+        let mut counted: std::collections::BTreeMap<String, u64> = Default::default();
+        for key in keys {
+            *counted.entry(key).or_default() += 1;
+        }
+        self.each(
+            metric,
+            counted.into_iter().map(|(key, n)| (vec![(label, key)], n)),
+        )
+    }
 }
 
 /// Writes one sample's value as its metric's type.

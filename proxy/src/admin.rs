@@ -1,6 +1,7 @@
 //! The proxy's admin HTTP API: `GET /health`, `GET /cluster/status` (every instance with its
 //! role, health, position, lag, statements in flight, reads, writes, errors and mean latency),
-//! and `GET /metrics` in Prometheus text format. Both also show the configured replication
+//! and `GET /metrics` in Prometheus text format (under MULTI_PRIMARY with the owners,
+//! [`crate::owner_metrics`]). Both also show the configured replication
 //! mode, each instance's reported mode, and the FILE-mode write trigger counters
 //! ([`crate::file_triggers`]). `GET /` is the status page ([`crate::status_page`]).
 
@@ -136,7 +137,15 @@ async fn failover(State(s): State<AdminState>, body: Option<Json<Value>>) -> Res
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    match dirkdb_core::metrics::render(Vec::new(), move |page| write_metrics(&s, page)) {
+    let owners = crate::owner_metrics::gather(&s.topology.load_full()).await;
+    let written = dirkdb_core::metrics::render(Vec::new(), move |page| {
+        write_metrics(&s, page)?;
+        match &owners {
+            Some(owners) => crate::owner_metrics::write(owners, page),
+            None => Ok(()),
+        }
+    });
+    match written {
         Ok(text) => (
             [(header::CONTENT_TYPE, dirkdb_core::metrics::CONTENT_TYPE)],
             text,

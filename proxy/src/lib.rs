@@ -32,6 +32,7 @@ pub(crate) mod file_triggers;
 pub(crate) mod health;
 pub mod http;
 pub(crate) mod lease;
+pub(crate) mod owner_metrics;
 pub(crate) mod ownership;
 pub(crate) mod reload;
 pub(crate) mod session;

@@ -439,6 +439,42 @@ fn moving_status() -> Value {
     json!(moving)
 }
 
+/// The objects as the first master up that answers lists them (`GET /replication/owners`),
+/// each with the owner this proxy routes its writes to; `None` when no master answered.
+pub(crate) async fn routed_objects(t: &Topology, timeout: Duration) -> Option<Vec<Value>> {
+    for master in t.masters_up() {
+        let Some(admin) = master.admin.as_deref() else {
+            continue;
+        };
+        if let Ok(listed) = get_json(admin, "/replication/owners", timeout).await {
+            return Some(routed_owners(t, &listed["objects"]));
+        }
+    }
+    None
+}
+
+/// Each configured master's part in ownership, as this proxy last decided it: `owning`,
+/// `returning` (back, catching up), `moving` (down, its objects moving away) or `out`.
+pub(crate) fn master_states(t: &Topology) -> Vec<(String, &'static str)> {
+    let r = record();
+    t.config
+        .master_ids()
+        .into_iter()
+        .map(|id| {
+            let state = if r.returning.contains_key(&id) {
+                "returning"
+            } else if r.moving.contains(&id) {
+                "moving"
+            } else if r.up.as_ref().is_some_and(|up| up.contains(&id)) {
+                "owning"
+            } else {
+                "out"
+            };
+            (id, state)
+        })
+        .collect()
+}
+
 /// The objects a master listed, each with the owner this proxy routes its writes to.
 fn routed_owners(t: &Topology, listed: &Value) -> Vec<Value> {
     use dirkdb_core::rendezvous::ObjectKind;

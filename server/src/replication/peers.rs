@@ -455,18 +455,8 @@ pub(crate) fn write_metrics(
         per_origin(|s| u64::from(s.state == PeerState::Streaming)),
     )?;
     let objects = crate::owners::owned_objects(state, &state.catalog.names()).unwrap_or_default();
-    let mut per_owner: BTreeMap<String, u64> = BTreeMap::new();
-    for o in &objects {
-        *per_owner
-            .entry(o.owner.clone().unwrap_or_default())
-            .or_default() += 1;
-    }
-    page.each(
-        &OWNED,
-        per_owner
-            .into_iter()
-            .map(|(owner, n)| (vec![("owner", owner)], n)),
-    )?;
+    let owners = objects.iter().map(|o| o.owner.clone().unwrap_or_default());
+    page.counts(&OWNED, "owner", owners)?;
     page.each(
         &OWNER,
         objects.into_iter().take(OWNER_SAMPLES).map(|o| {
