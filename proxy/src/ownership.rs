@@ -276,6 +276,16 @@ pub(crate) fn acknowledge(origin: &str, seq: u64) -> bool {
     record().acknowledge(origin, seq)
 }
 
+/// The highest sequence acknowledged per origin under a write concern of at least one master
+/// (what this proxy publishes in etcd for the proxy that decides ownership moves).
+pub(crate) fn acknowledged() -> std::collections::BTreeMap<String, u64> {
+    record()
+        .acked
+        .iter()
+        .map(|(o, s)| (o.clone(), *s))
+        .collect()
+}
+
 /// The masters whose rendezvous decides owners (owning and returning, config order), once the
 /// first round ran.
 pub(crate) fn routing_set() -> Option<Vec<String>> {

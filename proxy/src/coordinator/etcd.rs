@@ -17,6 +17,7 @@
 //! alive across its own restarts, so a proxy that comes back within its TTL keeps its lease and
 //! its election.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,7 +92,8 @@ struct State {
     decides_until: Option<Instant>,
     /// The last primary record seen, and its revision.
     record: Option<(PrimaryRecord, i64)>,
-    published: Option<Position>,
+    /// The watermark and per-origin positions last put in the liveness entry.
+    published: Option<(Position, BTreeMap<String, u64>)>,
     failovers: u64,
     /// Sessions opened so far (picks the member of the next one).
     sessions: usize,
@@ -339,13 +341,16 @@ impl Etcd {
         force: bool,
     ) -> Result<(), CoordinatorError> {
         let acked = crate::ack_watermark::current();
-        if !force && self.state().published == Some(acked) {
+        let by_origin = crate::ownership::acknowledged();
+        let now = Some((acked, by_origin.clone()));
+        if !force && self.state().published == now {
             return Ok(());
         }
         let entry = ProxyEntry {
             admin: self.admin.clone(),
             acked_term: acked.term,
             acked_seq: acked.seq,
+            acked_by_origin: by_origin,
         };
         let value = serde_json::to_string(&entry).unwrap_or_default();
         let options = PutOptions::new().with_lease(lease);
@@ -354,7 +359,7 @@ impl Etcd {
             client.put(self.proxy_key(), value, Some(options)),
         )
         .await?;
-        self.state().published = Some(acked);
+        self.state().published = now;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! What the coordinator keeps in etcd, as JSON values: the primary record and a proxy's
-//! liveness entry.
+//! liveness entry (with, under MULTI_PRIMARY, its acknowledged positions per origin).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,10 @@ pub(crate) struct ProxyEntry {
     pub acked_term: u64,
     /// Sequence of that position.
     pub acked_seq: u64,
+    /// Under MULTI_PRIMARY: the highest sequence it acknowledged per origin under a write concern
+    /// of at least one master (absent in entries of older proxies).
+    #[serde(default)]
+    pub acked_by_origin: BTreeMap<String, u64>,
 }
 
 impl ProxyEntry {
@@ -80,5 +86,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/d/x/primary"), "{e}");
+    }
+
+    #[test]
+    fn a_proxy_entry_carries_its_per_origin_positions_and_older_entries_still_parse() {
+        let entry = ProxyEntry {
+            admin: "h:1".into(),
+            acked_term: 1,
+            acked_seq: 7,
+            acked_by_origin: BTreeMap::from([("m1".into(), 12), ("m3".into(), 40)]),
+        };
+        let json = serde_json::to_string(&entry).unwrap();
+        assert!(
+            json.contains(r#""ackedByOrigin":{"m1":12,"m3":40}"#),
+            "{json}"
+        );
+        let back: ProxyEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.acked_by_origin, entry.acked_by_origin);
+        let old: ProxyEntry =
+            serde_json::from_str(r#"{"admin":"h:2","ackedTerm":0,"ackedSeq":3}"#).unwrap();
+        assert!(old.acked_by_origin.is_empty());
     }
 }
