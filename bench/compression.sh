@@ -11,8 +11,9 @@
 # Needs python3 and curl besides cargo; leaves nothing running.
 # State (2026-12-02): sections 1 and 2 ran (one 3-second round at load 6, too noisy to choose a
 # default from); in that first run the ZSTD cluster's full sync had not reported its end after
-# five minutes, while the NONE one took 1.1 s. Whether that is this script's wait or a slow
-# compressed full sync is not yet known (issue #19).
+# five minutes, while the NONE one took 1.1 s. A ZSTD full sync by hand (a fresh replica, a 66 MB
+# text-heavy database, level 3) took 0.61 s = 108 MB/s, so the stall is most likely in this
+# script's third section, not in the server; to be found before its figures are used (issue #19).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
