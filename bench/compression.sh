@@ -9,11 +9,12 @@
 #      MB/s and the bytes that crossed the wire.
 # Usage: bench/compression.sh [seconds-per-round] [zstd-level] [rounds]   (default 8, 3, 2)
 # Needs python3 and curl besides cargo; leaves nothing running.
-# State (2026-12-02): sections 1 and 2 ran (one 3-second round at load 6, too noisy to choose a
-# default from); in that first run the ZSTD cluster's full sync had not reported its end after
-# five minutes, while the NONE one took 1.1 s. A ZSTD full sync by hand (a fresh replica, a 66 MB
-# text-heavy database, level 3) took 0.61 s = 108 MB/s, so the stall is most likely in this
-# script's third section, not in the server; to be found before its figures are used (issue #19).
+# The third section once seemed to stall: the replica restarted right after `kill -9` while the
+# kernel still held its listening port, exited with "Address already in use", and the script
+# waited ten minutes for a sync that could not start. It now waits for both ports to be free and
+# stops at once if the restarted replica exits. One run (1 s rounds, load 2.4, 2026-12-02): full
+# sync of 119 MB, NONE 1.11 s (107 MB/s, 118.8 MB on the wire), ZSTD level 3 1.60 s (74 MB/s,
+# 5.9 MB on the wire, 20x fewer bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -27,6 +28,23 @@ pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# wait_free PORT: a process killed with -9 holds its listening socket until the kernel has torn it
+# down; restarting before that fails with "Address already in use".
+wait_free() {
+  python3 - "$1" <<'PY'
+import socket, sys, time
+for _ in range(200):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1]))); sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+    finally:
+        s.close()
+sys.exit(f"port {sys.argv[1]} still taken 10 s after kill -9")
+PY
+}
 
 # cluster NAME COMPRESSION-JSON: writes $work/NAME/config.json and sets NAME_P1.. and NAME_A1..
 cluster() {
@@ -101,11 +119,13 @@ for c in plain zstd; do
 done
 echo "database file on each primary: $(du -h "$work/plain/m1/notes.db" | cut -f1)"
 for c in plain zstd; do
-  a1=${c}_A1; a3=${c}_A3; pid=pid_${c}_m3
+  a1=${c}_A1; a3=${c}_A3; p3=${c}_P3; pid=pid_${c}_m3
   kill -9 "${!pid}"; rm -rf "$work/$c/m3"
+  wait_free "${!p3}"; wait_free "${!a3}"
   before=$(wire "${!a1}")
   start "$c" m3
   for _ in $(seq 2400); do
+    kill -0 "${!pid}" 2>/dev/null || { echo "$c m3 exited during its full sync:"; tail -5 "$work/$c/m3.log"; exit 1; }
     s=$(status "${!a3}" 2>/dev/null || true)
     grep -q lastFullSync <<<"$s" && grep -q '"mbPerSec"' <<<"$s" && break
     sleep 0.25
