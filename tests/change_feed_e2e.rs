@@ -571,12 +571,13 @@ async fn the_proxy_answers_dirk_seen_and_position_and_seen_positions_are_read() 
         "DIRK SEEN x",
         "DIRK SEEN -1",
         "DIRK SEEN +9",
-        "DIRK SEEN 1 2",
+        "DIRK SEEN 1 h 2",
+        "DIRK SEEN h 2",
     ] {
         match c.execute(bad).await {
             Err(ClientError::Server(reason)) => {
                 assert!(
-                    reason.starts_with("expected `DIRK SEEN <position>`"),
+                    reason.starts_with("expected `DIRK SEEN <position> [<history>]`"),
                     "{reason}"
                 )
             }
@@ -584,6 +585,14 @@ async fn the_proxy_answers_dirk_seen_and_position_and_seen_positions_are_read() 
         }
     }
     assert_eq!(position(&mut c, "DIRK POSITION").await, 7);
+    // A position carried with its history (a reconnecting client's) is answered back whole.
+    let mut carried = cluster.proxy_client().await;
+    assert_eq!(position(&mut carried, "DIRK SEEN 9 m1-a").await, 9);
+    assert_eq!(position(&mut carried, "DIRK SEEN 8 m1-a").await, 9);
+    match carried.execute("DIRK POSITION HISTORY").await {
+        Ok(Reply::Message(text)) => assert_eq!(text, "position 9 history m1-a"),
+        other => panic!("DIRK POSITION HISTORY: {other:?}"),
+    }
 
     // A write through the proxy: its position, the same on every ask.
     let mut w = cluster.proxy_client().await;

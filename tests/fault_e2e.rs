@@ -19,6 +19,12 @@
 //! proxy or a replica, one at a time, each held 1-4 s, healed (a killed node is restarted) and
 //! recovered from before the next.
 //!
+//! Two read-your-writes clients increment one counter and read it back through the proxy; a read
+//! below the session's own last acknowledged increment is a read gone backwards. One client
+//! reconnects with no position (a new session is bound to nothing an earlier one wrote: its
+//! stale reads are counted apart); the other hands its last position to each new session
+//! (`DIRK SEEN <seq> <history>`), so its reads are bound across reconnects too.
+//!
 //! Scenarios that fail over also read the old primary's rows directly once its lease has ended,
 //! and check that each of them the final primary lacks is in a rollback file.
 //!
@@ -417,6 +423,12 @@ struct Record {
     /// What every node held and said at the first read that went backwards.
     backwards_seen: Mutex<Option<String>>,
     reads: AtomicU64,
+    /// Sessions the read-your-writes clients opened after their first acknowledged increment.
+    reconnects: AtomicU64,
+    /// Reads below an increment an earlier session of the same client had acknowledged, in a
+    /// session bound to no position or an older one: [client that carries no position, client
+    /// that carries its last one (only when asking for that position failed)].
+    unbound: [AtomicU64; 2],
 }
 
 /// Writers, a read-your-writes session and the probe, until `stop`.
@@ -443,12 +455,15 @@ impl Load {
             )));
         }
         let nodes: Vec<(u16, u16)> = f.nodes.iter().map(|n| (n.port, n.admin)).collect();
-        tasks.push(tokio::spawn(reader_of_own_writes(
-            proxy.clone(),
-            nodes,
-            stop.clone(),
-            record.clone(),
-        )));
+        for carry in [false, true] {
+            tasks.push(tokio::spawn(reader_of_own_writes(
+                proxy.clone(),
+                nodes.clone(),
+                carry,
+                stop.clone(),
+                record.clone(),
+            )));
+        }
         let admins: Vec<u16> = f.nodes.iter().map(|n| n.admin).collect();
         let (s, r) = (stop.clone(), record.clone());
         let probe = std::thread::spawn(move || probe_writers(&admins, &s, &r));
@@ -548,23 +563,41 @@ async fn writer(proxy: String, w: u64, stop: Arc<AtomicBool>, record: Arc<Record
     }
 }
 
-/// One session that increments a counter and reads it back: a read must never show less than
-/// the session's last acknowledged increment.
+/// A client that increments a counter and reads it back, reconnecting when its session fails.
+/// A read must never show less than the session's floor: its own last acknowledged increment,
+/// or, when `carry`, also the one its previous sessions acknowledged (the client hands its last
+/// position to each new session with `DIRK SEEN <seq> <history>`). A read below an earlier
+/// session's increment in a session that carried no position (or an older one) is not a
+/// violation — a new session has no position — and is counted apart (`Record::unbound`).
 async fn reader_of_own_writes(
     proxy: String,
     nodes: Vec<(u16, u16)>,
+    carry: bool,
     stop: Arc<AtomicBool>,
     record: Arc<Record>,
 ) {
     let mut client = None;
+    // The highest increment acknowledged to any of this client's sessions.
     let mut acked = 0u64;
+    // What this session's reads are bound to.
+    let mut floor = 0u64;
+    // The last acknowledged increment whose position is known: (value, position).
+    let mut carried: Option<(u64, dirkdb_core::position::Position)> = None;
     while !stop.load(Ordering::Acquire) {
         if client.is_none() {
-            client = connect_use(&proxy).await;
+            let position = if carry { carried.as_ref() } else { None };
+            client = new_session(&proxy, position).await;
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+            if acked > 0 {
+                record.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            floor = match (&carried, carry) {
+                (Some((n, _)), true) => *n,
+                _ => 0,
+            };
         }
         let Some(c) = client.as_mut() else { continue };
         let step = async {
@@ -572,14 +605,30 @@ async fn reader_of_own_writes(
                 .query("UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n")
                 .await
                 .ok();
-            (
-                rows.and_then(|r| r.rows.first().and_then(|row| row[0].as_u64())),
-                (),
-            )
+            let n = rows.and_then(|r| r.rows.first().and_then(|row| row[0].as_u64()));
+            let at = match n {
+                Some(_) => c.execute("DIRK POSITION HISTORY").await.ok(),
+                None => None,
+            };
+            let at = match at {
+                Some(dirkdb_client::Reply::Message(m)) => dirkdb_core::position::parse(&m),
+                _ => None,
+            };
+            (n, at)
         };
         match tokio::time::timeout(Duration::from_secs(10), step).await {
-            Ok((Some(n), ())) => acked = acked.max(n),
-            Ok((None, ())) => {}
+            Ok((Some(n), at)) => {
+                if n <= acked {
+                    // The primary lost an acknowledged increment.
+                    record.backwards.lock().unwrap().push((acked, n));
+                }
+                acked = acked.max(n);
+                floor = floor.max(n);
+                if let Some(at) = at {
+                    carried = Some((n, at));
+                }
+            }
+            Ok((None, _)) => {}
             Err(_) => {
                 client = None;
                 continue;
@@ -594,13 +643,15 @@ async fn reader_of_own_writes(
             Ok(Ok(rows)) => {
                 let seen = rows.rows.first().and_then(|r| r[0].as_u64()).unwrap_or(0);
                 record.reads.fetch_add(1, Ordering::Relaxed);
-                if seen < acked {
-                    record.backwards.lock().unwrap().push((acked, seen));
+                if seen < floor {
+                    record.backwards.lock().unwrap().push((floor, seen));
                     if record.backwards_seen.lock().unwrap().is_none() {
                         let nodes = every_node_says(&nodes).await;
                         *record.backwards_seen.lock().unwrap() =
-                            Some(format!("read {seen} after {acked}: {nodes}"));
+                            Some(format!("read {seen} after {floor}: {nodes}"));
                     }
+                } else if seen < acked {
+                    record.unbound[usize::from(carry)].fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(Err(dirkdb_client::ClientError::Server(_))) => {}
@@ -608,6 +659,21 @@ async fn reader_of_own_writes(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A new session in database jepsen, handed `position` first (`DIRK SEEN <seq> <history>`)
+/// when there is one to carry; `None` when any of it failed.
+async fn new_session(
+    proxy: &str,
+    position: Option<&(u64, dirkdb_core::position::Position)>,
+) -> Option<Client> {
+    let mut c = connect_use(proxy).await?;
+    if let Some((_, at)) = position {
+        let history = at.history.as_deref().unwrap_or_default();
+        let seen = format!("DIRK SEEN {} {history}", at.seq);
+        c.execute(seen.trim_end()).await.ok()?;
+    }
+    Some(c)
 }
 
 /// Each node's counter, read directly, and what its status says (a read gone backwards).
@@ -670,7 +736,7 @@ async fn check(f: &Faulty, load: Load, what: &str) -> BTreeSet<u64> {
     let two = record.two_writers.lock().unwrap().clone();
     let backwards = record.backwards.lock().unwrap().clone();
     eprintln!(
-        "{what}: {} acknowledged, {} failed or unknown, {} lost, {} rollback entries, {} probes ({} with two writers), {} own reads ({} backwards), final primary {}",
+        "{what}: {} acknowledged, {} failed or unknown, {} lost, {} rollback entries, {} probes ({} with two writers), {} own reads ({} backwards), {} reconnects, {} reads below an earlier session's write ({} of them carrying a position), final primary {}",
         acknowledged.len(),
         record.failed.load(Ordering::Relaxed),
         lost.len(),
@@ -679,6 +745,9 @@ async fn check(f: &Faulty, load: Load, what: &str) -> BTreeSet<u64> {
         two.len(),
         record.reads.load(Ordering::Relaxed),
         backwards.len(),
+        record.reconnects.load(Ordering::Relaxed),
+        record.unbound[0].load(Ordering::Relaxed) + record.unbound[1].load(Ordering::Relaxed),
+        record.unbound[1].load(Ordering::Relaxed),
         f.nodes[p].id
     );
     // FILE mode confirms a write once a file copy reached a replica (rounds >= 100 ms apart).
@@ -1824,11 +1893,30 @@ async fn caught_up(f: &Faulty, nodes: &[usize], at_least: u64) -> u64 {
     }
 }
 
+/// The session's read-your-writes position, as the proxy answers `DIRK POSITION HISTORY`.
+async fn position_of(c: &mut Client) -> dirkdb_core::position::Position {
+    match c.execute("DIRK POSITION HISTORY").await {
+        Ok(dirkdb_client::Reply::Message(m)) => dirkdb_core::position::parse(&m)
+            .filter(|p| p.history.is_some())
+            .unwrap_or_else(|| panic!("not a position with its history: {m}")),
+        other => panic!("DIRK POSITION HISTORY: {other:?}"),
+    }
+}
+
+/// A new session in database jepsen that carries `at` (`DIRK SEEN <seq> <history>`).
+async fn session_at_position(proxy: &str, at: &dirkdb_core::position::Position) -> Client {
+    let carried = (at.seq, at.clone());
+    let c = new_session(proxy, Some(&carried)).await;
+    c.expect("a new session carrying a position")
+}
+
 /// Read-your-writes across a failover, write concern 0: the session's write reaches only the
 /// old primary, a replica is promoted and writes others at the same sequences. The session's
 /// next read must not silently miss its write (sequence alone would say the new history holds
 /// it): it is refused once, naming the rollback, and the session then follows the new history.
-/// A session whose write every node took reads it across the failover without a refusal.
+/// A session whose write every node took reads it across the failover without a refusal. New
+/// sessions that carry either position from before the failover (`DIRK SEEN <seq> <history>`,
+/// a position of the old term's history) get the same answers.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_your_writes_session_never_reads_backwards_across_a_failover() {
     read_your_writes_across_a_failover("OPLOG").await
@@ -1861,6 +1949,10 @@ async fn read_your_writes_across_a_failover(mode: &'static str) {
     insert(&mut session, 1)
         .await
         .expect("acknowledged with k = 0");
+    let (kept_at, session_at) = (
+        position_of(&mut kept).await,
+        position_of(&mut session).await,
+    );
     // A database only m1 gets: the new primary will not have it at all.
     let mut lone = Client::connect(&proxy).await.expect("proxy");
     for sql in [
@@ -1904,6 +1996,25 @@ async fn read_your_writes_across_a_failover(mode: &'static str) {
         }
     }
     caught_up(&f, &others, before + 2).await;
+    // New sessions that carry the old sessions' positions (of the old term's history) are
+    // judged as those sessions would be.
+    let mut carrier = session_at_position(&proxy, &session_at).await;
+    match carrier.query(own).await {
+        Err(dirkdb_client::ClientError::Server(m)) => assert!(
+            m.contains("a failover rolled it back"),
+            "a carried position refused for another reason: {m}"
+        ),
+        other => panic!(
+            "a carried rolled-back position read without a word: {other:?}\n{}",
+            f.logs()
+        ),
+    }
+    let mut carrier = session_at_position(&proxy, &kept_at).await;
+    let rows = carrier
+        .query("SELECT count(*) FROM t WHERE id = 2")
+        .await
+        .expect("a carried position the new primary holds is read without a refusal");
+    assert_eq!(rows.rows[0][0].as_u64(), Some(1));
     let read = session.query(own).await;
     match &read {
         Err(dirkdb_client::ClientError::Server(m)) => assert!(

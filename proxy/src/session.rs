@@ -22,12 +22,17 @@
 //! and the session follows the primary's history from there: its reads never silently go
 //! backwards.
 //!
-//! Two extensions are answered by the session itself, from its read-your-writes position:
-//! `DIRK POSITION` → `position <seq>`, and `DIRK SEEN <seq>` → the position becomes
-//! `max(seq of the last write, seq)` (a raised one without a history: a change notice's
-//! sequence is compared by sequence alone) and is answered as `position <n>`. A caching proxy in front sends `DIRK SEEN` with a change notice's position so
-//! that the session's later reads on replicas wait for it. Other `DIRK` statements go to the
-//! primary; `DIRK CHANGES` is the listener's (see [`crate::change_feed`]).
+//! Three extensions are answered by the session itself, from its read-your-writes position:
+//! `DIRK POSITION` → `position <seq>`, `DIRK POSITION HISTORY` → `position <seq> history <id>`,
+//! and `DIRK SEEN <seq> [<history>]`, which raises the position (see `raise_position`) and is
+//! answered as `position <n>`. A caching proxy in front sends `DIRK SEEN <seq>` with a change
+//! notice's position (a bare sequence, compared by sequence alone), so that the session's later
+//! reads on replicas wait for it. A client that reconnects sends `DIRK SEEN <seq> <history>`
+//! with the position its previous session answered to `DIRK POSITION HISTORY`: a new session has
+//! no position, so without it a read could go to a replica that lacks the earlier session's
+//! writes. With the history, a position from an older term is judged by each node's history
+//! chain as a session's own would be (held: served; rolled back: refused once). Other `DIRK`
+//! statements go to the primary; `DIRK CHANGES` is the listener's (see [`crate::change_feed`]).
 //!
 //! A statement of an open transaction that times out, or whose primary connection fails, loses
 //! the connection and with it the transaction (the server rolls it back). The session says so in
@@ -177,10 +182,9 @@ impl ProxySession {
                 Ok(OwnExtension::Position) => {
                     Frame::Message(format!("position {}", self.last_write.seq))
                 }
-                Ok(OwnExtension::Seen(seq)) => {
-                    if seq > self.last_write.seq {
-                        self.last_write = Position { seq, history: None };
-                    }
+                Ok(OwnExtension::PositionHistory) => Frame::Message(self.last_write.to_string()),
+                Ok(OwnExtension::Seen(seen)) => {
+                    raise_position(&mut self.last_write, seen);
                     Frame::Message(format!("position {}", self.last_write.seq))
                 }
                 Err(msg) => Frame::error(msg),
@@ -674,16 +678,19 @@ fn follow_writes(txn: &mut TransactionState, txn_wrote: &mut bool, class: &State
 }
 
 /// The extensions the session answers itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum OwnExtension {
     /// `DIRK POSITION`
     Position,
-    /// `DIRK SEEN <seq>`
-    Seen(u64),
+    /// `DIRK POSITION HISTORY`
+    PositionHistory,
+    /// `DIRK SEEN <seq> [<history>]`
+    Seen(Position),
 }
 
-/// Recognizes `DIRK POSITION` and `DIRK SEEN <seq>` (case-insensitive); `Err` with the reason
-/// for malformed forms of these two, `None` for every other statement.
+/// Recognizes `DIRK POSITION [HISTORY]` and `DIRK SEEN <seq> [<history>]` (case-insensitive,
+/// the history id as written); `Err` with the reason for malformed forms of these, `None` for
+/// every other statement.
 fn own_extension(sql: &str) -> Option<Result<OwnExtension, String>> {
     let words: Vec<&str> = sql.split_whitespace().collect();
     let is = |i: usize, word: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(word));
@@ -693,26 +700,54 @@ fn own_extension(sql: &str) -> Option<Result<OwnExtension, String>> {
     if is(1, "POSITION") {
         return Some(match words.len() {
             2 => Ok(OwnExtension::Position),
+            3 if is(2, "HISTORY") => Ok(OwnExtension::PositionHistory),
             _ => Err(format!(
-                "`DIRK POSITION` takes no argument, got `{}`",
+                "`DIRK POSITION` takes no argument but HISTORY, got `{}`",
                 sql.trim()
             )),
         });
     }
     if is(1, "SEEN") {
-        let seq = match words.as_slice() {
-            [_, _, n] if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().ok(),
+        let seq = |n: &str| {
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse().ok())
+                .flatten()
+        };
+        let seen = match words.as_slice() {
+            [_, _, n] => seq(n).map(|seq| Position { seq, history: None }),
+            [_, _, n, history] => seq(n).map(|seq| Position {
+                seq,
+                history: Some(history.to_string()),
+            }),
             _ => None,
         };
-        return Some(seq.map(OwnExtension::Seen).ok_or_else(|| {
+        return Some(seen.map(OwnExtension::Seen).ok_or_else(|| {
             format!(
-                "expected `DIRK SEEN <position>` with a position from 0 to {}, got `{}`",
+                "expected `DIRK SEEN <position> [<history>]` with a position from 0 to {}, got `{}`",
                 u64::MAX,
                 sql.trim()
             )
         }));
     }
     None
+}
+
+/// `DIRK SEEN`: raises a session's read-your-writes position `mine` to `seen`. A bare sequence
+/// (a change notice's) raises the sequence alone when it is further. A position with its history
+/// (one a client carried over from an earlier session, read there with `DIRK POSITION
+/// HISTORY`) is taken when the session has no position yet, or only a sequence that is not
+/// further, or a position of the same history that is not further. The session's own position
+/// in another history stands: the session wrote it after it connected, so after what it saw.
+fn raise_position(mine: &mut Position, seen: Position) {
+    let raises = match (&seen.history, &mine.history) {
+        _ if mine.seq == 0 => true,
+        (None, _) => seen.seq > mine.seq,
+        (Some(_), None) => seen.seq >= mine.seq,
+        (Some(carried), Some(own)) => carried == own && seen.seq > mine.seq,
+    };
+    if raises {
+        *mine = seen;
+    }
 }
 
 /// The number after `word` at the start of `text` (`replicas 2 term 5` → 2).
@@ -756,6 +791,42 @@ mod tests {
     }
 
     #[test]
+    fn a_seen_position_raises_the_session_s_only_where_it_is_further() {
+        let at = |seq: u64, history: Option<&str>| Position {
+            seq,
+            history: history.map(str::to_string),
+        };
+        let raised = |mine: Position, seen: Position| {
+            let mut mine = mine;
+            raise_position(&mut mine, seen);
+            mine
+        };
+        let carried = at(5, Some("m1-a"));
+        assert_eq!(
+            raised(at(0, None), carried.clone()),
+            carried,
+            "a new session"
+        );
+        assert_eq!(raised(at(3, None), carried.clone()), carried);
+        assert_eq!(raised(at(9, None), carried.clone()), at(9, None));
+        assert_eq!(raised(at(3, Some("m1-a")), carried.clone()), carried);
+        assert_eq!(
+            raised(at(8, Some("m1-a")), carried.clone()),
+            at(8, Some("m1-a"))
+        );
+        assert_eq!(
+            raised(at(2, Some("m2-b")), carried.clone()),
+            at(2, Some("m2-b")),
+            "the session's own write of another history stands"
+        );
+        assert_eq!(raised(at(3, Some("m1-a")), at(4, None)), at(4, None));
+        assert_eq!(
+            raised(at(5, Some("m1-a")), at(4, None)),
+            at(5, Some("m1-a"))
+        );
+    }
+
+    #[test]
     fn own_extensions_parse_strictly() {
         assert_eq!(
             own_extension("DIRK POSITION"),
@@ -765,13 +836,25 @@ mod tests {
             own_extension(" dirk\tposition "),
             Some(Ok(OwnExtension::Position))
         );
-        assert_eq!(
-            own_extension("dirk seen 42"),
-            Some(Ok(OwnExtension::Seen(42)))
-        );
+        let at = |seq: u64, history: Option<&str>| {
+            Some(Ok(OwnExtension::Seen(Position {
+                seq,
+                history: history.map(str::to_string),
+            })))
+        };
+        assert_eq!(own_extension("dirk seen 42"), at(42, None));
         assert_eq!(
             own_extension("DIRK SEEN 18446744073709551615"),
-            Some(Ok(OwnExtension::Seen(u64::MAX)))
+            at(u64::MAX, None)
+        );
+        assert_eq!(
+            own_extension("DIRK SEEN 7 m1-18f-2A"),
+            at(7, Some("m1-18f-2A")),
+            "the history as written"
+        );
+        assert_eq!(
+            own_extension("dirk position history"),
+            Some(Ok(OwnExtension::PositionHistory))
         );
         for bad in [
             "DIRK SEEN",
@@ -779,9 +862,11 @@ mod tests {
             "DIRK SEEN -1",
             "DIRK SEEN +1",
             "DIRK SEEN 1.5",
-            "DIRK SEEN 1 2",
+            "DIRK SEEN x h",
+            "DIRK SEEN 1 h 2",
             "DIRK SEEN 18446744073709551616",
             "DIRK POSITION 3",
+            "DIRK POSITION HISTORY 3",
         ] {
             assert!(matches!(own_extension(bad), Some(Err(_))), "{bad}");
         }
