@@ -27,6 +27,8 @@ struct LocalCluster {
     lb: u16,
     lb_admin: u16,
     masters: Vec<(u16, u16)>,
+    /// Every proxy's SQL and admin ports: `proxy` (`lb`, `lb_admin`) first, then `proxy2`, …
+    proxies: Vec<(u16, u16)>,
 }
 
 impl LocalCluster {
@@ -44,7 +46,21 @@ impl LocalCluster {
         LocalCluster::launch(edit, true)
     }
 
+    /// Like [`LocalCluster::start_separate`] with `count` proxies over the same file, each on
+    /// its own ports (`config-proxyN.json` for the second and later).
+    fn start_proxies(count: usize, edit: impl FnOnce(String) -> String) -> LocalCluster {
+        LocalCluster::launch_with(edit, true, count)
+    }
+
     fn launch(edit: impl FnOnce(String) -> String, separate: bool) -> LocalCluster {
+        LocalCluster::launch_with(edit, separate, 1)
+    }
+
+    fn launch_with(
+        edit: impl FnOnce(String) -> String,
+        separate: bool,
+        proxies: usize,
+    ) -> LocalCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let common::DirkdbConfig {
             text,
@@ -53,18 +69,33 @@ impl LocalCluster {
             masters,
         } = common::dirkdb_config(dir.path());
         let config = dir.path().join("config.json");
-        std::fs::write(&config, edit(text)).expect("write config");
-        let names: Vec<&str> = if separate {
-            vec!["m1", "m2", "m3", "proxy"]
+        let text = edit(text);
+        let mut ports = vec![(lb, lb_admin)];
+        let mut names: Vec<String> = if separate {
+            vec!["m1".into(), "m2".into(), "m3".into(), "proxy".into()]
         } else {
-            vec!["cluster"]
+            vec!["cluster".into()]
         };
+        for n in 2..=proxies {
+            let own = (common::free_port(), common::free_port());
+            let listen = |(port, admin): (u16, u16)| {
+                format!("\"listenPort\": {port}, \"adminPort\": {admin}")
+            };
+            let own_text = text.replace(&listen((lb, lb_admin)), &listen(own));
+            assert_ne!(own_text, text, "the proxy's ports are in the file");
+            std::fs::write(dir.path().join(format!("config-proxy{n}.json")), own_text)
+                .expect("write config");
+            ports.push(own);
+            names.push(format!("proxy{n}"));
+        }
+        std::fs::write(&config, text).expect("write config");
         let mut cluster = LocalCluster {
             dir,
-            children: names.iter().map(|n| (n.to_string(), None)).collect(),
+            children: names.into_iter().map(|n| (n, None)).collect(),
             lb,
             lb_admin,
             masters,
+            proxies: ports,
         };
         for i in 0..cluster.children.len() {
             cluster.spawn(i);
@@ -83,14 +114,19 @@ impl LocalCluster {
             .open(self.dir.path().join(format!("{name}.log")))
             .expect("log");
         let mut command = Command::new(dirkdb_bin());
+        let mut config = self.dir.path().join("config.json");
         match name.as_str() {
             "cluster" => command.arg("cluster"),
             "proxy" => command.arg("proxy"),
+            proxy if proxy.starts_with("proxy") => {
+                config = self.dir.path().join(format!("config-{proxy}.json"));
+                command.arg("proxy")
+            }
             master => command.args(["server", "--instance", master]),
         };
         let child = command
             .arg("--config")
-            .arg(self.dir.path().join("config.json"))
+            .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -100,6 +136,10 @@ impl LocalCluster {
         let ports: Vec<(u16, u16)> = match name.as_str() {
             "cluster" => self.masters.clone(),
             "proxy" => vec![(self.lb, self.lb_admin)],
+            proxy if proxy.starts_with("proxy") => {
+                let n: usize = proxy["proxy".len()..].parse().unwrap_or(1);
+                vec![self.proxies[n - 1]]
+            }
             master => vec![self.masters[master[1..].parse::<usize>().unwrap_or(1) - 1]],
         };
         for (port, admin) in ports {
@@ -816,6 +856,19 @@ impl Writers {
     }
 }
 
+/// Prints how many writes were acknowledged, refused or failed, and of unknown outcome.
+fn report(acked: &[(String, String)], errors: &[String], how: &str) {
+    let unknown = errors
+        .iter()
+        .filter(|e| e.contains("outcome is unknown"))
+        .count();
+    eprintln!(
+        "{} writes acknowledged{how}, {} refused or failed ({unknown} of unknown outcome)",
+        acked.len(),
+        errors.len()
+    );
+}
+
 async fn connect_testdb(lb: u16) -> Option<Client> {
     let mut c = Client::connect(&format!("127.0.0.1:{lb}")).await.ok()?;
     c.execute("USE testdb").await.ok()?;
@@ -838,18 +891,33 @@ impl LocalCluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
-    /// The proxy's `/cluster/status` MULTI_PRIMARY part.
-    fn multi_primary(&self) -> Value {
-        http(self.lb_admin, "GET", "/cluster/status", "")["multiPrimary"].clone()
+    /// Proxy `k`'s (0: `proxy`) `/cluster/status` MULTI_PRIMARY part.
+    fn multi_primary_of(&self, k: usize) -> Value {
+        self.cluster_status(k)["multiPrimary"].clone()
+    }
+
+    /// Proxy `k`'s `/cluster/status`.
+    fn cluster_status(&self, k: usize) -> Value {
+        http(self.proxies[k].1, "GET", "/cluster/status", "")
     }
 
     /// Waits until the proxy routes writes to `testdb.produits` to `owner` with no master
     /// returning, and one such write through the proxy succeeds; returns how long it took.
     async fn wait_produits_owned(&self, owner_is_m3: bool, limit: Duration) -> Duration {
+        self.wait_produits_owned_via(0, owner_is_m3, limit).await
+    }
+
+    /// [`LocalCluster::wait_produits_owned`] through proxy `k`.
+    async fn wait_produits_owned_via(
+        &self,
+        k: usize,
+        owner_is_m3: bool,
+        limit: Duration,
+    ) -> Duration {
         let started = Instant::now();
         let mut last = String::new();
         while started.elapsed() < limit {
-            let mp = self.multi_primary();
+            let mp = self.multi_primary_of(k);
             let routed = mp["objects"]
                 .as_array()
                 .and_then(|o| o.iter().find(|o| o["name"] == "produits").cloned())
@@ -857,7 +925,7 @@ impl LocalCluster {
                 .unwrap_or_default();
             let settled = mp["returning"].as_object().is_some_and(|r| r.is_empty());
             if settled && !routed.is_empty() && (routed == "m3") == owner_is_m3 {
-                if let Some(mut c) = connect_testdb(self.lb).await {
+                if let Some(mut c) = connect_testdb(self.proxies[k].0).await {
                     match c
                         .execute(&format!(
                             "INSERT INTO produits (v) VALUES ('probe-{}')",
@@ -881,6 +949,44 @@ impl LocalCluster {
         );
     }
 
+    /// testdb and its three tables, through the first proxy.
+    async fn create_tables(&self) {
+        let mut c = self.proxy().await;
+        c.execute("CREATE DATABASE testdb").await.unwrap();
+        c.execute("USE testdb").await.unwrap();
+        // Rows keyed by their distinct values: writes of the old owner that no one else applied
+        // (conflicts, item 5, tested apart) cannot meet the new owner's rows by rowid here.
+        for table in TABLES {
+            c.execute(&format!(
+                "CREATE TABLE {table} (v TEXT PRIMARY KEY) WITHOUT ROWID"
+            ))
+            .await
+            .unwrap();
+        }
+        assert_eq!(owner_of("DB:testdb|TABLE:produits"), 3);
+    }
+
+    /// Asserts that masters `on` hold every acknowledged value of `acked`.
+    async fn assert_held(&self, acked: &[(String, String)], on: &[usize]) {
+        for table in TABLES {
+            let wanted: Vec<&String> = acked
+                .iter()
+                .filter(|(t, _)| t == table)
+                .map(|(_, v)| v)
+                .collect();
+            assert!(wanted.len() > 10, "{table}: {} acknowledged", wanted.len());
+            for &m in on {
+                let held = self.values_on(m, table).await;
+                let lost: Vec<&&String> = wanted.iter().filter(|v| !held.contains(**v)).collect();
+                assert!(
+                    lost.is_empty(),
+                    "m{m} lacks acknowledged writes to {table}: {lost:?}\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
     /// Every value of `table` in testdb on master `m`.
     async fn values_on(&self, m: usize, table: &str) -> std::collections::HashSet<String> {
         let mut c = self.master(m).await;
@@ -899,19 +1005,7 @@ impl LocalCluster {
 async fn an_owner_killed_or_paused_under_writers_hands_its_tables_over_and_gets_them_back() {
     let mut cluster = LocalCluster::start_separate(with_quick_failover);
     cluster.wait_for_ownership();
-    let mut c = cluster.proxy().await;
-    c.execute("CREATE DATABASE testdb").await.unwrap();
-    c.execute("USE testdb").await.unwrap();
-    // Rows keyed by their distinct values: writes of the old owner that no one else applied
-    // (conflicts, item 5, tested apart) cannot meet the new owner's rows by rowid here.
-    for table in TABLES {
-        c.execute(&format!(
-            "CREATE TABLE {table} (v TEXT PRIMARY KEY) WITHOUT ROWID"
-        ))
-        .await
-        .unwrap();
-    }
-    assert_eq!(owner_of("DB:testdb|TABLE:produits"), 3);
+    cluster.create_tables().await;
     cluster
         .wait_produits_owned(true, Duration::from_secs(10))
         .await;
@@ -948,31 +1042,197 @@ async fn an_owner_killed_or_paused_under_writers_hands_its_tables_over_and_gets_
 
     // No acknowledged write lost, on any master; all three equal.
     let converged = cluster.wait_converged();
-    for table in TABLES {
-        let wanted: Vec<&String> = acked
-            .iter()
-            .filter(|(t, _)| t == table)
-            .map(|(_, v)| v)
-            .collect();
-        assert!(wanted.len() > 10, "{table}: {} acknowledged", wanted.len());
-        for m in 1..=3 {
-            let held = cluster.values_on(m, table).await;
-            let lost: Vec<&&String> = wanted.iter().filter(|v| !held.contains(**v)).collect();
-            assert!(
-                lost.is_empty(),
-                "m{m} lacks acknowledged writes to {table}: {lost:?}\n{}",
-                cluster.log()
-            );
-        }
-    }
+    cluster.assert_held(&acked, &[1, 2, 3]).await;
     assert_eq!(converged[0]["tables"], converged[2]["tables"]);
-    let unknown = errors
-        .iter()
-        .filter(|e| e.contains("outcome is unknown"))
-        .count();
+    report(&acked, &errors, "");
+}
+
+/// The prefix of the ownership plan in etcd in the tests below.
+const ETCD_PREFIX: &str = "/dirkdb/mp-e2e";
+
+/// [`with_quick_failover`] with several proxies coordinated through etcd at `endpoints` (the
+/// ownership plan in etcd, a proxy's etcd lease of 1 s).
+fn with_etcd(text: String, endpoints: &[String]) -> String {
+    let coordinator = serde_json::json!({
+        "type": "ETCD", "endpoints": endpoints, "prefix": ETCD_PREFIX, "leaseMillis": 1000
+    });
+    let text = with_quick_failover(text);
+    let with = text.replace(
+        "\"clockDriftMillis\": 100}",
+        &format!("\"clockDriftMillis\": 100, \"coordinator\": {coordinator}}}"),
+    );
+    assert_ne!(with, text);
+    with
+}
+
+/// The ownership plan in etcd (`Null` when there is none).
+fn plan_in(etcd: &common::etcd::Etcd) -> Value {
+    etcd.get(&format!("{ETCD_PREFIX}/ownership"))
+        .map(|(value, _)| serde_json::from_str(&value).unwrap())
+        .unwrap_or(Value::Null)
+}
+
+impl LocalCluster {
+    /// Waits until every proxy routes by etcd's plan (the same term), and masters `masters`
+    /// took that term; returns the plan.
+    fn wait_plan_everywhere(&self, etcd: &common::etcd::Etcd, masters: &[usize]) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let plan = plan_in(etcd);
+            let term = &plan["term"];
+            let proxies = (0..self.proxies.len()).all(|k| {
+                &self.cluster_status(k)["coordinator"]["ownership"]["plan"]["term"] == term
+            });
+            let told = masters
+                .iter()
+                .all(|&m| &self.master_status(m)["ownership"]["term"] == term);
+            if term.is_u64() && proxies && told {
+                return plan;
+            }
+            last = plan;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the proxies and masters never took etcd's plan {last}\n{}",
+            self.log()
+        );
+    }
+
+    /// How many ownership moves the proxies recorded in etcd, all together.
+    fn moves_recorded(&self) -> u64 {
+        (0..self.proxies.len())
+            .map(|k| self.cluster_status(k)["coordinator"]["ownershipMovesRecorded"].as_u64())
+            .map(|n| n.unwrap_or(0))
+            .sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_etcd_an_owner_killed_under_writers_through_two_proxies_moves_once_and_loses_nothing()
+{
+    let etcd = common::etcd::Etcd::single();
+    let endpoints = etcd.endpoints();
+    let mut cluster = LocalCluster::start_proxies(2, |text| with_etcd(text, &endpoints));
+    cluster.wait_for_ownership();
+    cluster.create_tables().await;
+    let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2, 3]);
+    assert_eq!(
+        plan["owning"],
+        serde_json::json!(["m1", "m2", "m3"]),
+        "{plan}"
+    );
+    assert_eq!(plan["moves"], 0);
+    for k in 0..2 {
+        cluster
+            .wait_produits_owned_via(k, true, Duration::from_secs(10))
+            .await;
+    }
+    let writers: Vec<Writers> = (0..2)
+        .map(|k| Writers::start(cluster.proxies[k].0, 2))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // kill -9 of produits' owner under writers through both proxies: its tables move once, by
+    // the elected proxy's plan in etcd, and both proxies route by it.
+    cluster.kill9(3);
+    for k in 0..2 {
+        let moved = cluster
+            .wait_produits_owned_via(k, false, Duration::from_secs(30))
+            .await;
+        eprintln!("proxy {k}: produits writable elsewhere after {moved:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut acked, mut errors) = (Vec::new(), Vec::new());
+    for w in writers {
+        let (a, e) = w.finish().await;
+        acked.extend(a);
+        errors.extend(e);
+    }
+    let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2]);
+    assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
+    assert_eq!(plan["moves"], 1, "exactly one ownership change: {plan}");
+    assert_eq!(cluster.moves_recorded(), 1, "one proxy recorded it");
+    cluster.assert_held(&acked, &[1, 2]).await;
+
+    // m3 back: it catches up, owns produits again, and the three masters are equal.
+    cluster.spawn(2);
+    for k in 0..2 {
+        cluster
+            .wait_produits_owned_via(k, true, Duration::from_secs(30))
+            .await;
+    }
+    let converged = cluster.wait_converged();
+    assert_eq!(converged[0]["tables"], converged[2]["tables"]);
+    cluster.assert_held(&acked, &[1, 2, 3]).await;
+    assert_eq!(plan_in(&etcd)["moves"], 2, "and one back");
+    report(&acked, &errors, " through two proxies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_etcd_with_etcd_stopped_no_ownership_moves_and_writes_are_refused_saying_why() {
+    let mut etcd = common::etcd::Etcd::single();
+    let endpoints = etcd.endpoints();
+    let mut cluster = LocalCluster::start_proxies(2, |text| with_etcd(text, &endpoints));
+    cluster.wait_for_ownership();
+    cluster.create_tables().await;
+    cluster.wait_plan_everywhere(&etcd, &[1, 2, 3]);
+    for k in 0..2 {
+        cluster
+            .wait_produits_owned_via(k, true, Duration::from_secs(10))
+            .await;
+    }
+    etcd.kill_all();
+    for k in 0..2 {
+        common::wait::until(
+            Duration::from_secs(10),
+            "the proxy saying etcd is unreachable",
+            || (cluster.cluster_status(k)["coordinator"]["reachable"] == false).then_some(()),
+        );
+    }
+    // m3 killed while etcd is down: past failover.detectionMillis + leases (about 2.6 s),
+    // twice over, nothing moves; writes are refused with the reason.
+    cluster.kill9(3);
+    let outage = Instant::now();
+    let mut reasons = Vec::new();
+    while outage.elapsed() < Duration::from_secs(6) {
+        for k in 0..2 {
+            let plan = &cluster.cluster_status(k)["coordinator"]["ownership"]["plan"];
+            assert_eq!(
+                plan["owning"],
+                serde_json::json!(["m1", "m2", "m3"]),
+                "proxy {k}"
+            );
+            // (USE fails while a loaded machine lets m1 miss two 100 ms health checks.)
+            let Some(mut c) = connect_testdb(cluster.proxies[k].0).await else {
+                continue;
+            };
+            for table in ["produits", "utilisateurs"] {
+                let sql = format!("INSERT INTO {table} (v) VALUES ('outage-{k}')");
+                reasons.push(refusal(c.execute(&sql).await));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(reasons.len() >= 4, "{reasons:?}");
+    for reason in &reasons {
+        assert!(
+            reason.contains("etcd") && reason.contains("failover.coordinator"),
+            "{reason}"
+        );
+    }
+    etcd.restart_stopped();
+    // etcd back: the elected proxy moves m3's objects, once.
+    for k in 0..2 {
+        cluster
+            .wait_produits_owned_via(k, false, Duration::from_secs(30))
+            .await;
+    }
+    let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2]);
+    assert_eq!(plan["moves"], 1, "{plan}");
+    assert_eq!(cluster.moves_recorded(), 1);
     eprintln!(
-        "{} writes acknowledged, {} refused or failed ({unknown} of unknown outcome)",
-        acked.len(),
-        errors.len()
+        "{} writes refused during the outage, e.g. {}",
+        reasons.len(),
+        reasons[0]
     );
 }

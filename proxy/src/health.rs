@@ -88,6 +88,10 @@ pub(crate) async fn run(topology: Arc<SharedTopology>) {
             watch_primary(&topology, &t, &mut primary_down_since).await;
         } else {
             primary_down_since = None;
+            if t.is_multi_primary() {
+                // The elected proxy sends the views; this one routes by the plan in etcd.
+                crate::ownership::not_deciding();
+            }
         }
         tokio::time::sleep(interval).await;
     }

@@ -31,6 +31,15 @@
 //!   of them stream from it again before it writes: a write it later has acknowledged by one master is then on the
 //!   others' way too). Then it joins the set and owns its objects again. Meanwhile the proxy
 //!   refuses writes to them with that reason.
+//!
+//! Under an ETCD coordinator (several proxies) only the elected proxy decides, and the plan
+//! lives in etcd (`<prefix>/ownership`, `crate::coordinator`): the elected proxy records each
+//! new plan by compare-and-swap and sends the masters a view only once its term is in etcd, so
+//! the term the masters fence on comes from etcd. The other proxies adopt the plan they read
+//! and watch ([`adopt`]) and route by it. Every proxy records in etcd what it acknowledges
+//! before answering the client, unless the plan says the origin is moving; the elected proxy
+//! moves a master's objects only after a plan marking it moving is in etcd and the others hold
+//! the highest sequence any proxy recorded for it, a proxy whose lease lapsed included.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
@@ -40,6 +49,7 @@ use dirkdb_core::config::{FailoverConfig, FailoverMode};
 use dirkdb_core::rendezvous::ObjectRef;
 use serde_json::{json, Value};
 
+use crate::coordinator::record::OwnershipRecord;
 use crate::http::{get_json, post_json};
 use crate::topology::Topology;
 
@@ -65,6 +75,14 @@ struct Record {
     positions: HashMap<String, BTreeMap<String, u64>>,
     /// The origins each master was streaming from when it last answered.
     streaming: HashMap<String, HashSet<String>>,
+    /// True under an ETCD coordinator: a move needs its master recorded moving in etcd first,
+    /// and every proxy's acknowledged positions.
+    coordinated: bool,
+    /// Under ETCD: the plan last recorded in or read from etcd, and its revision.
+    recorded: Option<(OwnershipRecord, i64)>,
+    /// Under ETCD: per origin, the highest sequence any proxy recorded as acknowledged, read
+    /// this round (`None`: etcd did not answer, so nothing moves).
+    acked_by_all: Option<BTreeMap<String, u64>>,
 }
 
 fn record() -> std::sync::MutexGuard<'static, Record> {
@@ -100,6 +118,52 @@ impl Record {
         true
     }
 
+    /// See [`adopt`].
+    fn adopt(&mut self, plan: OwnershipRecord, revision: i64) {
+        if self
+            .recorded
+            .as_ref()
+            .is_some_and(|(_, held)| *held >= revision)
+        {
+            return;
+        }
+        if self.up.as_ref() != Some(&plan.set) || self.term != plan.term {
+            tracing::info!(owning = ?plan.owning, moving = ?plan.moving, term = plan.term, by = %plan.by, "ownership plan from etcd: routing by it");
+        }
+        self.owning = Some(plan.owning.clone());
+        self.up = Some(plan.set.clone());
+        self.term = plan.term;
+        self.returning = plan.returning.clone();
+        self.moving = plan.moving.iter().cloned().collect();
+        self.recorded = Some((plan, revision));
+    }
+
+    /// See [`committed`].
+    fn commit(&mut self, plan: OwnershipRecord, revision: i64) {
+        if self
+            .recorded
+            .as_ref()
+            .is_none_or(|(_, held)| *held < revision)
+        {
+            self.recorded = Some((plan, revision));
+        }
+    }
+
+    /// See [`moves_owners`].
+    fn moves_owners(&self, plan: &OwnershipRecord) -> bool {
+        self.recorded
+            .as_ref()
+            .is_some_and(|(previous, _)| previous.owning != plan.owning)
+    }
+
+    /// See [`plan_revision_unless_moving`].
+    fn revision_unless_moving(&self, origin: &str) -> Option<i64> {
+        if self.moving.contains(origin) {
+            return None;
+        }
+        Some(self.recorded.as_ref().map_or(0, |(_, revision)| *revision))
+    }
+
     fn position(&self, on: &str, origin: &str) -> u64 {
         self.positions
             .get(on)
@@ -125,8 +189,9 @@ fn plan(
     failover: &FailoverConfig,
     now: Instant,
 ) -> (Vec<Outgoing>, u64) {
-    if r.owning.is_none() {
-        // A view sent by an earlier proxy may still run: counted as sent now.
+    if r.view_sent.is_empty() {
+        // A view sent by an earlier proxy (or the one elected before) may still run: counted
+        // as sent now.
         for m in masters {
             r.view_sent.insert(m.clone(), now);
         }
@@ -209,7 +274,8 @@ fn plan(
 }
 
 /// True when master `m`, down, may leave the set `owning`: any view it holds has lapsed and
-/// every other master of the set that is up applied its acknowledged writes.
+/// every other master of the set that is up applied its acknowledged writes (under ETCD: the
+/// highest any proxy recorded, read after a plan marking `m` moving was in etcd).
 fn may_leave(
     r: &Record,
     owning: &[String],
@@ -222,7 +288,17 @@ fn may_leave(
         .view_sent
         .get(m)
         .is_none_or(|sent| now >= *sent + failover.lease() + failover.clock_drift());
-    let acked = r.acked.get(m).copied().unwrap_or(0);
+    let mut acked = r.acked.get(m).copied().unwrap_or(0);
+    if r.coordinated {
+        let recorded_moving = r
+            .recorded
+            .as_ref()
+            .is_some_and(|(plan, _)| plan.moving.iter().any(|x| x == m));
+        let Some(all) = r.acked_by_all.as_ref().filter(|_| recorded_moving) else {
+            return false;
+        };
+        acked = acked.max(all.get(m).copied().unwrap_or(0));
+    }
     let others: Vec<&String> = owning
         .iter()
         .filter(|o| *o != m && up.contains(o))
@@ -237,6 +313,72 @@ fn in_order(masters: &[String], ids: &[String]) -> Vec<String> {
         .filter(|m| ids.contains(m))
         .cloned()
         .collect()
+}
+
+/// The plan to record in etcd with the revision it replaces, when it differs from the one
+/// recorded.
+fn proposal(r: &Record) -> Option<(OwnershipRecord, i64)> {
+    let (previous, revision) = r.recorded.clone().unwrap_or_default();
+    let owning = r.owning.clone().unwrap_or_default();
+    let moves = match &r.recorded {
+        Some(_) if previous.owning != owning => previous.moves + 1,
+        _ => previous.moves,
+    };
+    let mut moving: Vec<String> = r.moving.iter().cloned().collect();
+    moving.sort();
+    let own: BTreeMap<String, u64> = r.acked.iter().map(|(o, s)| (o.clone(), *s)).collect();
+    let next = OwnershipRecord {
+        owning,
+        set: r.up.clone().unwrap_or_default(),
+        returning: r.returning.clone(),
+        moving,
+        acknowledged: crate::coordinator::record::highest_by_origin(
+            [&own].into_iter().chain(r.acked_by_all.as_ref()),
+        ),
+        term: r.term,
+        moves,
+        ..OwnershipRecord::default()
+    };
+    let unchanged = r.recorded.is_some() && next.same_plan(&previous);
+    (!unchanged).then_some((next, revision))
+}
+
+/// A plan read from etcd at `revision` (the elected proxy's, or one it wrote before): this
+/// proxy routes, refuses and acknowledges by it. A plan older than the one held is ignored.
+pub(crate) fn adopt(plan: OwnershipRecord, revision: i64) {
+    record().adopt(plan, revision);
+}
+
+/// The elected proxy recorded `plan` at `revision`.
+pub(crate) fn committed(plan: OwnershipRecord, revision: i64) {
+    record().commit(plan, revision);
+}
+
+/// True when `plan` changes the owning masters of the plan held (read before it is recorded:
+/// the watch may bring it back before the recording proxy notes it).
+pub(crate) fn moves_owners(plan: &OwnershipRecord) -> bool {
+    record().moves_owners(plan)
+}
+
+/// The revision of the plan this proxy routes by (0: none in etcd yet), or `None` when it says
+/// `origin`'s objects are moving away (read together, under one lock).
+pub(crate) fn plan_revision_unless_moving(origin: &str) -> Option<i64> {
+    record().revision_unless_moving(origin)
+}
+
+/// This proxy does not decide this round: the views it sent are forgotten, so that once
+/// elected it counts every master's view as just sent (another proxy may have sent one).
+pub(crate) fn not_deciding() {
+    record().view_sent.clear();
+}
+
+/// The plan in etcd as this proxy holds it, with its revision (for `/cluster/status`).
+pub(crate) fn recorded_status() -> Value {
+    let r = record();
+    match &r.recorded {
+        None => Value::Null,
+        Some((plan, revision)) => json!({ "plan": plan, "revision": revision }),
+    }
 }
 
 /// Takes a master's answer to its view: its positions, and for a master that gave returning
@@ -314,15 +456,38 @@ pub(crate) async fn round(t: &Topology, timeout: Duration) {
     if !t.is_multi_primary() {
         return;
     }
+    let coordinated = crate::coordinator::coordinated();
+    let acked_by_all = if coordinated {
+        crate::coordinator::acknowledged_by_all()
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "acknowledgements not read from etcd: no ownership moves this round"))
+            .ok()
+    } else {
+        None
+    };
     let up: Vec<String> = t.masters_up().iter().map(|b| b.id.clone()).collect();
     let failover = &t.config.failover;
-    let (sends, term) = plan(
-        &mut record(),
-        &up,
-        &t.config.master_ids(),
-        failover,
-        Instant::now(),
-    );
+    let (sends, term, proposal) = {
+        let mut r = record();
+        r.coordinated = coordinated;
+        r.acked_by_all = acked_by_all;
+        let (sends, term) = plan(
+            &mut r,
+            &up,
+            &t.config.master_ids(),
+            failover,
+            Instant::now(),
+        );
+        let proposal = if coordinated { proposal(&r) } else { None };
+        (sends, term, proposal)
+    };
+    if let Some((plan, expected)) = proposal {
+        // The masters hear of a new plan (and its term) only once it is in etcd.
+        if let Err(e) = crate::coordinator::record_ownership(plan, expected).await {
+            tracing::warn!(error = %e, "ownership plan not recorded in etcd: no view sent this round");
+            return;
+        }
+    }
     for send in sends {
         let Some(admin) = t
             .index_of(&send.to)
@@ -650,5 +815,96 @@ mod tests {
             sends[0].up, masters,
             "MANUAL failover: nothing moves by itself"
         );
+    }
+
+    #[test]
+    fn under_etcd_a_master_moves_only_once_etcd_says_moving_and_the_others_hold_every_proxys_acks()
+    {
+        let masters = ids(&["m1", "m2", "m3"]);
+        let up = ids(&["m1", "m2"]);
+        let f = failover();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = Record {
+            coordinated: true,
+            acked_by_all: Some(BTreeMap::new()),
+            ..Record::default()
+        };
+        plan(&mut r, &masters, &masters, &f, at(0));
+        let (first, revision) = proposal(&r).expect("the first plan is recorded");
+        assert_eq!((first.owning.clone(), revision), (masters.clone(), 0));
+        assert!(!r.moves_owners(&first), "no owning master changed");
+        r.commit(first, 5);
+        assert!(proposal(&r).is_none(), "nothing new to record");
+        plan(&mut r, &up, &masters, &f, at(0));
+        // m3 down past detection: this proxy acknowledged 10 of it, another proxy (its lease
+        // maybe lapsed) 40; m1 and m2 applied 10 only.
+        r.view_sent.insert("m3".into(), at(0));
+        r.acked.insert("m3".into(), 10);
+        r.acked_by_all = Some(BTreeMap::from([("m3".into(), 40)]));
+        let a = answer(&[("m3", 10)], 9, r.term);
+        take_answer(&mut r, "m1", &a);
+        let a = answer(&[("m3", 10)], 7, r.term);
+        take_answer(&mut r, "m2", &a);
+        let (sends, _) = plan(&mut r, &up, &masters, &f, at(1100));
+        assert_eq!(sends[0].up, masters, "not moved before etcd says moving");
+        let (moving, revision) = proposal(&r).expect("moving is recorded");
+        assert_eq!((moving.moving.clone(), revision), (ids(&["m3"]), 5));
+        assert_eq!(moving.acknowledged.get("m3"), Some(&40));
+        r.commit(moving, 6);
+        let (sends, _) = plan(&mut r, &up, &masters, &f, at(1200));
+        assert_eq!(
+            sends[0].up, masters,
+            "the others lack the 40 another proxy acknowledged"
+        );
+        let a = answer(&[("m3", 40)], 9, r.term);
+        take_answer(&mut r, "m1", &a);
+        let a = answer(&[("m3", 40)], 7, r.term);
+        take_answer(&mut r, "m2", &a);
+        r.acked_by_all = None;
+        let (sends, _) = plan(&mut r, &up, &masters, &f, at(1300));
+        assert_eq!(
+            sends[0].up, masters,
+            "etcd unread this round: nothing moves"
+        );
+        r.acked_by_all = Some(BTreeMap::from([("m3".into(), 40)]));
+        let (sends, term) = plan(&mut r, &up, &masters, &f, at(1400));
+        assert_eq!(sends[0].up, up);
+        let (moved, _) = proposal(&r).expect("the move is recorded");
+        assert_eq!(
+            (moved.owning.clone(), moved.term, moved.moves),
+            (up, term, 1)
+        );
+        assert!(r.moves_owners(&moved), "the owning masters changed");
+        r.commit(moved, 7);
+    }
+
+    #[test]
+    fn a_proxy_routes_by_the_plan_it_adopts_and_ignores_an_older_one() {
+        let plan = OwnershipRecord {
+            owning: ids(&["m1", "m2"]),
+            set: ids(&["m1", "m2"]),
+            moving: ids(&["m3"]),
+            term: 77,
+            ..OwnershipRecord::default()
+        };
+        let mut r = Record::default();
+        assert_eq!(
+            r.revision_unless_moving("m3"),
+            Some(0),
+            "no plan in etcd yet"
+        );
+        r.adopt(plan.clone(), 9);
+        assert_eq!((r.up.clone(), r.term), (Some(ids(&["m1", "m2"])), 77));
+        assert!(r.moving.contains("m3"));
+        assert_eq!(r.revision_unless_moving("m3"), None);
+        assert_eq!(r.revision_unless_moving("m1"), Some(9));
+        assert!(
+            !r.acknowledge("m3", 5),
+            "its objects move: not acknowledged"
+        );
+        assert!(r.acknowledge("m1", 5));
+        r.adopt(OwnershipRecord { term: 70, ..plan }, 8);
+        assert_eq!(r.term, 77, "an older plan is ignored");
     }
 }

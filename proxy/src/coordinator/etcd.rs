@@ -16,6 +16,12 @@
 //! `reachable: false` with the reason, and the log says it once per outage. etcd keeps leases
 //! alive across its own restarts, so a proxy that comes back within its TTL keeps its lease and
 //! its election.
+//!
+//! Under MULTI_PRIMARY the session also reads and watches the ownership plan
+//! (`<prefix>/ownership`) and records acknowledgements (`<prefix>/acked/<id>`): see
+//! [`multi_primary`].
+
+mod multi_primary;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -62,6 +68,24 @@ async fn pause_after_transaction() {
 #[cfg(not(feature = "failure-injection"))]
 async fn pause_after_transaction() {}
 
+/// The first key-value a transaction's `get` answered.
+fn first_kv(responses: Vec<TxnOpResponse>) -> Option<etcd_client::KeyValue> {
+    responses.into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+/// The later of two positions, compared as (term, seq) pairs: a position of a later term is
+/// later whatever its sequence (each term's primary numbers its writes on from its own).
+fn highest_position(a: Position, b: Position) -> Position {
+    if (b.term, b.seq) > (a.term, a.seq) {
+        b
+    } else {
+        a
+    }
+}
+
 /// One proxy's coordinator.
 pub(crate) struct Etcd {
     /// The settings in force: `endpoints` and `leaseMillis` change on a reload of config.json
@@ -75,6 +99,9 @@ pub(crate) struct Etcd {
     admin: String,
     state: Mutex<State>,
     contact: Notify,
+    /// One acknowledgement record in etcd at a time (the next one carries every write
+    /// acknowledged meanwhile).
+    ack_turn: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -95,6 +122,10 @@ struct State {
     /// The watermark and per-origin positions last put in the liveness entry.
     published: Option<(Position, BTreeMap<String, u64>)>,
     failovers: u64,
+    /// The per-origin positions last recorded at `<prefix>/acked/<id>`.
+    acked_recorded: BTreeMap<String, u64>,
+    /// Ownership plans this proxy recorded that changed the owning masters.
+    ownership_moves: u64,
     /// Sessions opened so far (picks the member of the next one).
     sessions: usize,
 }
@@ -108,6 +139,7 @@ impl Etcd {
             admin,
             state: Mutex::new(State::default()),
             contact: Notify::new(),
+            ack_turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -184,6 +216,16 @@ impl Etcd {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Why etcd cannot be counted on now (`None` while the session answers).
+    pub(crate) fn unreachable_reason(&self) -> Option<String> {
+        let s = self.state();
+        (!s.reachable).then(|| {
+            s.last_error
+                .clone()
+                .unwrap_or_else(|| "not reached yet since this proxy started".into())
+        })
+    }
+
     pub(crate) fn leader_name(&self) -> String {
         self.state()
             .leader
@@ -257,6 +299,7 @@ impl Etcd {
             .await?;
         self.publish(&mut client, lease, true).await?;
         let revision = self.adopt_current(&mut client, topology).await?;
+        self.adopt_ownership(&mut client).await?;
         let (_watcher, mut events) = self
             .within(
                 "watch",
@@ -453,13 +496,7 @@ impl Etcd {
             tracing::info!(primary = %initial.primary, "etcd had no primary record for this cluster: recorded config.json's");
             (initial, revision)
         } else {
-            let kv = answer
-                .op_responses()
-                .into_iter()
-                .find_map(|r| match r {
-                    TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-                    _ => None,
-                })
+            let kv = first_kv(answer.op_responses())
                 .ok_or_else(|| self.unreachable("read primary: empty answer"))?;
             (PrimaryRecord::parse(&key, kv.value())?, kv.mod_revision())
         };
@@ -475,6 +512,8 @@ impl Etcd {
                 Ok(record) => self.adopt(record, kv.mod_revision(), topology).await,
                 Err(e) => tracing::error!(error = %e, "ignored"),
             }
+        } else if key == self.ownership_key() && event.event_type() == EventType::Put {
+            self.on_ownership(kv);
         } else if key == self.leader_key() && event.event_type() == EventType::Delete {
             tracing::info!("the elected proxy left; the next tick holds an election");
         }
@@ -590,16 +629,7 @@ impl Etcd {
             .iter()
             .filter_map(|kv| serde_json::from_slice::<ProxyEntry>(kv.value()).ok())
             .map(|e| e.acked())
-            .fold(own, |a, b| {
-                if (b.term, b.seq) > (a.term, a.seq) {
-                    Position {
-                        term: a.term.max(b.term),
-                        seq: a.seq.max(b.seq),
-                    }
-                } else {
-                    a
-                }
-            })
+            .fold(own, highest_position)
     }
 
     /// Promotes etcd's primary when it still reports REPLICA (see
@@ -657,6 +687,7 @@ impl Etcd {
     pub(crate) fn status(&self) -> Value {
         let decides = self.decides();
         let settings = self.settings();
+        let ownership = crate::ownership::recorded_status();
         let s = self.state();
         let record = s.record.as_ref().map(
             |(r, rev)| json!({ "primary": r.primary, "term": r.term, "by": r.by, "revision": rev }),
@@ -674,9 +705,25 @@ impl Etcd {
             "decides": decides,
             "record": record,
             "failoversRecorded": s.failovers,
+            "ownershipMovesRecorded": s.ownership_moves,
+            "ownership": ownership,
             "note": if s.reachable { Value::Null } else {
                 json!("etcd unreachable: no failover is decided; routing goes on to the last known primary")
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_watermark_compares_positions_as_term_then_sequence() {
+        let p = |term, seq| Position { term, seq };
+        assert_eq!(highest_position(p(1, 90), p(2, 5)), p(2, 5));
+        assert_eq!(highest_position(p(2, 5), p(1, 90)), p(2, 5));
+        assert_eq!(highest_position(p(2, 5), p(2, 7)), p(2, 7));
+        assert_eq!(highest_position(p(2, 7), p(2, 7)), p(2, 7));
     }
 }

@@ -6,29 +6,35 @@
 //! under the configured prefix: `<prefix>/primary` (the current primary and its term, JSON),
 //! `<prefix>/leader` (the one proxy that decides, bound to its etcd lease) and
 //! `<prefix>/proxies/<id>` (each proxy's liveness under its own lease, with the highest write
-//! position it acknowledged under a write concern of at least one). Only the elected proxy
-//! renews the primary's write lease, fences stray primaries and fails over; a failover is one
-//! etcd transaction that compares the primary record's revision it read (and that this proxy
-//! still holds the leader key) and writes the new primary and term. Every proxy watches the
+//! position it acknowledged under a write concern of at least one) and, under MULTI_PRIMARY,
+//! `<prefix>/ownership` (the ownership plan and its term, written by the elected proxy) and
+//! `<prefix>/acked/<id>` (what each proxy acknowledged, without a lease; see
+//! `etcd/multi_primary.rs`). Only the elected proxy renews the primary's write lease, fences
+//! stray primaries, fails over and writes the ownership plan; a failover is one etcd
+//! transaction that compares the primary record's revision it read (and that this proxy still
+//! holds the leader key) and writes the new primary and term. Every proxy watches the
 //! record and reroutes as soon as it changes. The term in etcd is the term the new primary is
 //! promoted into: the fencing token the servers check.
 //!
 //! The hooks are process-wide (one proxy per process, like [`crate::lease`]): [`decides`],
-//! [`may_fail_over`], [`commit_failover`], [`cluster_watermark`], [`complete_promotion`] and
-//! [`status`]. With no ETCD coordinator started they all answer as `LOCAL`.
+//! [`may_fail_over`], [`commit_failover`], [`cluster_watermark`], [`complete_promotion`],
+//! [`status`] and, under MULTI_PRIMARY, [`record_ownership`], [`acknowledged_by_all`] and
+//! [`record_acknowledgement`]. With no ETCD coordinator started they all answer as `LOCAL`.
 //!
 //! On a reload of config.json ([`on_reload`]) new etcd `endpoints` and `leaseMillis` apply at
 //! once; a new type (LOCAL ↔ ETCD) or prefix needs a restart of the proxy, which keeps the one
 //! it started with and says so in the log and in `/cluster/status`.
 
 pub(crate) mod etcd;
-mod record;
+pub(crate) mod record;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use dirkdb_core::config::{ClusterConfig, CoordinatorConfig, EtcdCoordinator};
 use serde_json::{json, Value};
 
+use self::record::OwnershipRecord;
 use crate::ack_watermark::Position;
 use crate::topology::{SharedTopology, Topology};
 
@@ -54,6 +60,9 @@ pub(crate) enum CoordinatorError {
         "etcd's primary record changed or this proxy lost its election: {0}; nothing was written"
     )]
     Conflict(String),
+    /// MULTI_PRIMARY: the ownership plan in etcd says this master's objects are moving away.
+    #[error("the ownership plan in etcd moves {0}'s objects to other masters (it is down): its writes are no longer acknowledged")]
+    Moving(String),
     /// config.json changed `endpoints` or `leaseMillis`: the session ends and the next one
     /// uses them.
     #[error("failover.coordinator changed in config.json: reconnecting with the new settings")]
@@ -149,6 +158,49 @@ pub(crate) async fn cluster_watermark(own: Position) -> Position {
     match active() {
         None => own,
         Some(c) => c.cluster_watermark(own).await,
+    }
+}
+
+/// True under an ETCD coordinator: the MULTI_PRIMARY ownership plan lives in etcd.
+pub(crate) fn coordinated() -> bool {
+    active().is_some()
+}
+
+/// Under ETCD, why etcd cannot be counted on now (`None` when it answers, and under `LOCAL`).
+pub(crate) fn unreachable_reason() -> Option<String> {
+    active().and_then(|c| c.unreachable_reason())
+}
+
+/// MULTI_PRIMARY: records the elected proxy's ownership `plan` if etcd's is still at revision
+/// `expected`; returns the new revision (`LOCAL`: nothing to record, 0).
+pub(crate) async fn record_ownership(plan: OwnershipRecord, expected: i64) -> Result<i64, String> {
+    match active() {
+        None => Ok(0),
+        Some(c) => c
+            .record_ownership(plan, expected)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// MULTI_PRIMARY: per origin, the highest sequence any proxy recorded as acknowledged, its
+/// lease lapsed or not (`LOCAL`: none besides this proxy's own).
+pub(crate) async fn acknowledged_by_all() -> Result<BTreeMap<String, u64>, String> {
+    match active() {
+        None => Ok(BTreeMap::new()),
+        Some(c) => c.acknowledged_by_all().await.map_err(|e| e.to_string()),
+    }
+}
+
+/// MULTI_PRIMARY: records in etcd, before the client is answered, that this proxy acknowledges
+/// `origin`'s write at `seq` (`LOCAL`: nothing to do).
+pub(crate) async fn record_acknowledgement(origin: &str, seq: u64) -> Result<(), String> {
+    match active() {
+        None => Ok(()),
+        Some(c) => c
+            .record_acknowledgement(origin, seq)
+            .await
+            .map_err(|e| e.to_string()),
     }
 }
 

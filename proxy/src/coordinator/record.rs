@@ -1,5 +1,6 @@
-//! What the coordinator keeps in etcd, as JSON values: the primary record and a proxy's
-//! liveness entry (with, under MULTI_PRIMARY, its acknowledged positions per origin).
+//! What the coordinator keeps in etcd, as JSON values: the primary record, a proxy's liveness
+//! entry (with, under MULTI_PRIMARY, its acknowledged positions per origin, also kept without a
+//! lease in [`AckedEntry`]) and, under MULTI_PRIMARY, the ownership plan ([`OwnershipRecord`]).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,86 @@ impl ProxyEntry {
             seq: self.acked_seq,
         }
     }
+}
+
+/// `<prefix>/ownership` (MULTI_PRIMARY): the plan the elected proxy decided
+/// (`crate::ownership`), changed only by a compare-and-swap on the revision it read while it
+/// holds the election. Its `term` is the ownership term the masters are told and check: a
+/// master refuses a view below the term it took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct OwnershipRecord {
+    /// The masters that own objects, in config order.
+    pub owning: Vec<String>,
+    /// The masters whose rendezvous decides owners: owning and returning, config order.
+    pub set: Vec<String>,
+    /// Masters back and catching up, with each other master's cutoff known so far.
+    #[serde(default)]
+    pub returning: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Masters down whose objects are moving away: no proxy acknowledges their writes.
+    #[serde(default)]
+    pub moving: Vec<String>,
+    /// The highest sequence per origin acknowledged by any proxy when this plan was decided.
+    #[serde(default)]
+    pub acknowledged: BTreeMap<String, u64>,
+    /// The ownership term of `set`.
+    pub term: u64,
+    /// How many times `owning` changed since the record was created.
+    #[serde(default)]
+    pub moves: u64,
+    /// The proxy that wrote it.
+    #[serde(default)]
+    pub by: String,
+    /// When, ms since the epoch (informational).
+    #[serde(default)]
+    pub at_ms: i64,
+}
+
+impl OwnershipRecord {
+    /// Parses the value stored at `key`.
+    pub(crate) fn parse(key: &str, value: &[u8]) -> Result<OwnershipRecord, CoordinatorError> {
+        serde_json::from_slice(value).map_err(|e| CoordinatorError::BadRecord {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// True when `other` decides the same (ignoring who wrote it, when, and the cutoffs and
+    /// positions it carries).
+    pub(crate) fn same_plan(&self, other: &OwnershipRecord) -> bool {
+        self.owning == other.owning
+            && self.set == other.set
+            && self.moving == other.moving
+            && self.term == other.term
+            && self.returning.keys().eq(other.returning.keys())
+    }
+}
+
+/// `<prefix>/acked/<id>` (MULTI_PRIMARY): the highest sequence per origin a proxy acknowledged,
+/// kept without a lease so that the elected proxy still counts it after the proxy's lease
+/// lapsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AckedEntry {
+    /// Per origin, the highest sequence acknowledged under a write concern of at least one.
+    pub acked_by_origin: BTreeMap<String, u64>,
+    /// When it was last written, ms since the epoch (informational).
+    #[serde(default)]
+    pub at_ms: i64,
+}
+
+/// Per origin, the highest of `entries`' sequences.
+pub(crate) fn highest_by_origin<'a>(
+    entries: impl IntoIterator<Item = &'a BTreeMap<String, u64>>,
+) -> BTreeMap<String, u64> {
+    let mut highest = BTreeMap::new();
+    for entry in entries {
+        for (origin, seq) in entry {
+            let at = highest.entry(origin.clone()).or_insert(0);
+            *at = (*at).max(*seq);
+        }
+    }
+    highest
 }
 
 #[cfg(test)]

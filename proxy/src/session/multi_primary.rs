@@ -278,6 +278,15 @@ impl ProxySession {
                 backend.id
             )));
         }
+        if let Err(e) = crate::coordinator::record_acknowledgement(&backend.id, position).await {
+            return Ok(Frame::error(format!(
+                "the write's outcome is unknown: {} committed it and {confirmed} other masters \
+                 applied it, but the proxy could not record its acknowledgement in etcd ({e}); \
+                 under failover.coordinator ETCD a MULTI_PRIMARY write is acknowledged only once \
+                 etcd holds it; read it back before writing it again",
+                backend.id
+            )));
+        }
         Ok(last)
     }
 
@@ -388,6 +397,7 @@ impl ProxySession {
                 describe(&owned)
             )));
         }
+        refuse_without_etcd(&owned[0].0)?;
         let owner = owner_or_refuse(t, &owned[0].0)?;
         let names: Vec<String> = owned.iter().map(|(o, _)| o.to_string()).collect();
         Ok(Target::One(
@@ -471,6 +481,18 @@ impl ProxySession {
 
 /// The owner of `object`, or an error when no master is up, when its owner is back and catching
 /// up, or down (its objects move once `failover.detectionMillis` passed).
+/// Refuses a write to `object` while the ownership plan is in etcd and etcd does not answer.
+fn refuse_without_etcd(object: &ObjectRef) -> Result<(), ProxyError> {
+    match crate::coordinator::unreachable_reason() {
+        None => Ok(()),
+        Some(why) => Err(ProxyError::Ownership(format!(
+            "{object}: the ownership plan lives in etcd, which this proxy cannot reach ({why}): \
+             MULTI_PRIMARY writes are refused and no ownership moves until it answers \
+             (failover.coordinator); nothing was run, retry shortly"
+        ))),
+    }
+}
+
 fn owner_or_refuse(t: &Topology, object: &ObjectRef) -> Result<Arc<Backend>, ProxyError> {
     let owner = t
         .owner_of(object)
