@@ -6,8 +6,9 @@
 //! transaction inserts the entries into the replica's own oplog. So the replica's position is
 //! simply the highest sequence it stores, a crash at any instant loses nothing and applies
 //! nothing twice (entries at or below the node's position, or at or below a file's own highest
-//! sequence, are skipped, once checked to be the very entries it holds: a different one is a
-//! divergence, which a full sync repairs), and
+//! sequence, the meta file's included, are skipped, once checked to be the very entries it
+//! holds: a different one, or none where a file holds later ones, is a divergence, which a full
+//! sync repairs), and
 //! the replica holds the oplog it needs to serve others once promoted. CREATE/DROP DATABASE
 //! events go through the meta file first, then the file operation, as on the primary.
 
@@ -78,9 +79,13 @@ impl Applier {
         Ok(state.write_path.committed())
     }
 
+    /// A CREATE/DROP DATABASE event. The meta file may hold events beyond the node's position
+    /// (as a database file may, see [`Applier::apply_run`]): one at or below its highest sequence
+    /// is skipped only when it is the very event the primary sent.
     fn apply_database_event(&mut self, state: &Storage, e: &Entry) -> Result<()> {
         if e.seq <= state.meta.max_seq()? {
-            return Ok(());
+            let held = state.meta.entries_after(e.seq.saturating_sub(1), 1)?;
+            return refuse_unless_held(held.first(), e, "the meta file holds");
         }
         state.meta.apply_database_event(e)?;
         match e.op {
@@ -123,18 +128,18 @@ impl Applier {
             .ok_or_else(|| apply_error(format!("no connection for `{db}`")))
     }
 
+    /// A run of one database's entries, in one transaction. The file may hold entries beyond
+    /// the node's position (a FILE-mode copy newer than its round's position): each entry at or
+    /// below the file's highest sequence is skipped only when it is the very entry the file
+    /// holds there. A different one, or none (the file holds later entries of this database but
+    /// not this one, so it does not follow the primary's history), is a divergence.
     fn apply_run(&mut self, state: &Storage, run: &[&Entry]) -> Result<()> {
         let conn = self.connection(state, &run[0].db)?;
         let tx = conn.unchecked_transaction()?;
         let stored = store::max_seq(&tx)?;
-        // The file may hold entries beyond the node's position (a FILE-mode copy newer than its
-        // round's position): each is skipped only when it is the very entry the primary sent.
         for e in run.iter().filter(|e| e.seq <= stored) {
-            refuse_if_held_differently(
-                &tx,
-                e,
-                "this database's file holds beyond the node's position",
-            )?;
+            let held = store::read_file_entries(&tx, &e.db, e.seq.saturating_sub(1), 1)?;
+            refuse_unless_held(held.first(), e, "this database's file holds")?;
         }
         for e in run.iter().filter(|e| e.seq > stored) {
             apply_entry(&tx, e).map_err(|err| {
@@ -155,16 +160,32 @@ impl Applier {
 fn refuse_if_held_differently(conn: &Connection, e: &Entry, holder: &str) -> Result<()> {
     let held = store::read_file_entries(conn, &e.db, e.seq.saturating_sub(1), 1)?;
     match held.first() {
-        Some(h) if h.seq == e.seq && h.crc != e.crc => {
-            tracing::warn!(seq = e.seq, db = %e.db, "the primary's entry differs from the one {holder}: resyncing fully");
-            Err(apply_error(format!(
-                "entry {} on `{}` differs from the one {holder} at that sequence (its history \
-                 diverged from the primary's): resyncing",
-                e.seq, e.db
-            )))
-        }
+        Some(h) if h.seq == e.seq && h.crc != e.crc => Err(divergence(e, holder, "a different")),
         _ => Ok(()),
     }
+}
+
+/// Fails as a divergence unless `held` (the first entry a file holds from `e.seq` on) is `e`.
+fn refuse_unless_held(held: Option<&Entry>, e: &Entry, holder: &str) -> Result<()> {
+    match held {
+        Some(h) if h.seq == e.seq && h.crc == e.crc => Ok(()),
+        Some(h) if h.seq == e.seq => Err(divergence(e, holder, "a different")),
+        _ => Err(divergence(e, holder, "no")),
+    }
+}
+
+/// The apply error of a divergence at `e`: `holder` holds `what` entry at its sequence.
+fn divergence(e: &Entry, holder: &str, what: &str) -> ServerError {
+    tracing::warn!(seq = e.seq, db = %e.db, "{holder} {what} entry where the primary sent one: resyncing fully");
+    let of = match e.db.as_str() {
+        "" => "of a database event".to_string(),
+        db => format!("on `{db}`"),
+    };
+    apply_error(format!(
+        "{holder} {what} entry at {} where the primary sent one {of}: this node's history \
+         diverged from the primary's; resyncing",
+        e.seq
+    ))
 }
 
 fn apply_error(message: String) -> ServerError {

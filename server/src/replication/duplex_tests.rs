@@ -194,3 +194,114 @@ fn an_entry_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
         "no position advanced"
     );
 }
+
+/// #14: the meta file, like a database file, may hold a CREATE/DROP DATABASE event beyond the
+/// node's position. The apply used to skip the primary's event at that sequence without a look
+/// (another primary's CREATE DATABASE was never made); a different event, or none, is now a
+/// divergence, and the very same event is still skipped.
+#[test]
+fn a_database_event_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
+    let a = ServerState::open(&config_a.instances[0], &config_a).unwrap();
+    let b = ServerState::open(&config_b.instances[0], &config_b).unwrap();
+    let replica = ServerState::open(&config_a.instances[1], &config_a).unwrap();
+    a.create_database(a.new_owner(), "d", false).unwrap();
+    b.create_database(b.new_owner(), "e", false).unwrap();
+    let (from_a, from_b) = (all_entries(&a), all_entries(&b));
+    assert_eq!((from_a.len(), from_b.len()), (1, 1));
+    assert_eq!(from_a[0].seq, from_b[0].seq);
+    let mut applier = super::apply::Applier::default();
+    assert_eq!(
+        applier
+            .apply(&replica, replica.new_owner(), &from_a)
+            .unwrap(),
+        1
+    );
+
+    // The meta file holds A's event; the node's position says it does not.
+    replica.write_path.reset(0);
+    let same = applier.apply(&replica, replica.new_owner(), &from_a);
+    assert_eq!(same.unwrap(), 1, "the very event held is skipped");
+    replica.write_path.reset(0);
+    let other = applier.apply(&replica, replica.new_owner(), &from_b);
+    let err = other.expect_err("B's different event must not be skipped silently");
+    assert!(
+        err.to_string().contains("replication apply") && err.to_string().contains("resync"),
+        "{err}"
+    );
+    assert_eq!(replica.write_path.committed(), 0, "no position advanced");
+    assert!(replica.catalog.get("e").is_err());
+}
+
+/// #14: entries a file holds beyond the node's position (a FILE-mode copy newer than its round's
+/// position) go to the rollback file of the full sync that follows, even when the chains say
+/// nothing diverged (they were never checked against a history). They used to be replaced
+/// unsaved: only entries up to the node's position were saved.
+#[test]
+fn a_full_sync_saves_the_entries_held_beyond_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let node = ServerState::open(&config.instances[0], &config).unwrap();
+    node.create_database(node.new_owner(), "d", false).unwrap();
+    write(&node, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    write(&node, "INSERT INTO t(v) VALUES ('a');");
+    write(&node, "INSERT INTO t(v) VALUES ('b');");
+    let last = node.write_path.committed();
+    node.write_path.reset(last - 2);
+    let chain = node.meta.history(&node.instance_id).unwrap();
+    let saved = super::rollback::save_divergent(&node, &chain)
+        .unwrap()
+        .expect("a rollback file");
+    let seqs: Vec<u64> = std::fs::read_to_string(saved)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<crate::oplog::Entry>(l).unwrap().seq)
+        .collect();
+    assert_eq!(seqs, vec![last - 1, last]);
+    node.write_path.reset(last);
+    assert_eq!(
+        super::rollback::save_divergent(&node, &chain).unwrap(),
+        None,
+        "nothing beyond the position, nothing diverged: nothing saved"
+    );
+}
+
+/// #14: a database file that holds later entries of its database but none at the sequence of
+/// the primary's entry does not follow the primary's history either: a divergence, where the
+/// entry used to be neither applied nor refused.
+#[test]
+fn an_entry_missing_under_later_held_ones_is_a_divergence() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
+    let a = ServerState::open(&config_a.instances[0], &config_a).unwrap();
+    let b = ServerState::open(&config_b.instances[0], &config_b).unwrap();
+    let replica = ServerState::open(&config_a.instances[1], &config_a).unwrap();
+    a.create_database(a.new_owner(), "d", false).unwrap();
+    a.create_database(a.new_owner(), "x", false).unwrap();
+    write(&a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    write(&a, "INSERT INTO t(v) VALUES ('a');");
+    b.create_database(b.new_owner(), "d", false).unwrap();
+    write(&b, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    write(&b, "INSERT INTO t(v) VALUES ('b');");
+    let (from_a, from_b) = (all_entries(&a), all_entries(&b));
+    let mut applier = super::apply::Applier::default();
+    applier
+        .apply(&replica, replica.new_owner(), &from_a[..2])
+        .unwrap();
+    // The table is made outside the oplog (as in a full sync's files).
+    let db = replica.catalog.get("d").unwrap();
+    let conn = db.lease().unwrap();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    db.give_back(conn);
+    let applied = applier.apply(&replica, replica.new_owner(), &from_a[2..]);
+    assert_eq!(applied.unwrap(), 3);
+    // d's file holds A's entry 3, not 2; B's entry 2 is on d.
+    replica.write_path.reset(1);
+    let err = applier
+        .apply(&replica, replica.new_owner(), &from_b[1..])
+        .expect_err("B's entry 2 must not vanish under A's entry 3");
+    assert!(err.to_string().contains("no entry at 2"), "{err}");
+    assert_eq!(replica.write_path.committed(), 1, "no position advanced");
+}

@@ -9,7 +9,11 @@
 //!
 //! The shared point is found whatever the chains' shapes ([`shared_through`]): the newest
 //! history both chains hold, up to where the first of the two left it. When the chains share
-//! no history at all, every entry the node still holds is saved.
+//! no history at all, every entry the node still holds is saved. Entries a file holds beyond
+//! the node's own position are saved too, whatever the chains say: only a FILE-mode copy newer
+//! than its round's position leaves such entries, and nothing checked them against the history
+//! (the very ones the new primary holds may be saved with them: a rollback file may hold more
+//! than was lost, never less).
 //!
 //! FILE mode has no history chain: a demoted node's databases are replaced by its new primary's
 //! copies. Before a copy replaces a database on a node that has not synced with its primary yet
@@ -31,24 +35,23 @@ use crate::oplog::store::{self, Filter};
 use crate::storage::Storage;
 use dirkdb_core::clock::now_ms;
 
-/// Saves this node's entries beyond its branch point in `new_chain`; returns the file written,
-/// if there was anything to save.
+/// Saves this node's entries beyond its branch point in `new_chain`, and every entry its files
+/// hold beyond its position (a FILE-mode copy newer than its round's position leaves some: they
+/// were never checked against any primary's history); returns the file written, if there was
+/// anything to save.
 pub(crate) fn save_divergent(
     state: &Storage,
     new_chain: &[HistoryLink],
 ) -> Result<Option<PathBuf>> {
     let own = state.meta.history(&state.instance_id)?;
     let branch = shared_through(&own, new_chain);
-    let committed = state.write_path.committed();
-    if committed <= branch {
-        return Ok(None);
-    }
+    let after = branch.min(state.write_path.committed());
     let sources = state.oplog_sources()?;
     let entries = store::merge(
         &sources,
         Filter::Range {
-            after: branch,
-            to: committed,
+            after,
+            to: u64::MAX,
         },
         usize::MAX,
     )?;
