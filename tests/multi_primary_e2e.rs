@@ -801,6 +801,11 @@ const TABLES: [&str; 3] = ["utilisateurs", "commandes", "produits"];
 
 impl Writers {
     fn start(lb: u16, count: usize) -> Writers {
+        Writers::start_on(lb, count, &TABLES)
+    }
+
+    /// Writers into `tables` only, in turn.
+    fn start_on(lb: u16, count: usize, tables: &'static [&'static str]) -> Writers {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..count)
             .map(|w| {
@@ -819,7 +824,7 @@ impl Writers {
                             }
                         }
                         let Some(client) = c.as_mut() else { continue };
-                        let table = TABLES[n % 3];
+                        let table = tables[n % tables.len()];
                         let v = format!("w{w}-{n}");
                         match client
                             .execute(&format!("INSERT INTO {table} (v) VALUES ('{v}')"))
@@ -968,7 +973,12 @@ impl LocalCluster {
 
     /// Asserts that masters `on` hold every acknowledged value of `acked`.
     async fn assert_held(&self, acked: &[(String, String)], on: &[usize]) {
-        for table in TABLES {
+        self.assert_held_in(acked, on, &TABLES).await;
+    }
+
+    /// [`LocalCluster::assert_held`] for `tables`.
+    async fn assert_held_in(&self, acked: &[(String, String)], on: &[usize], tables: &[&str]) {
+        for &table in tables {
             let wanted: Vec<&String> = acked
                 .iter()
                 .filter(|(t, _)| t == table)
@@ -1073,14 +1083,41 @@ fn plan_in(etcd: &common::etcd::Etcd) -> Value {
 }
 
 impl LocalCluster {
+    /// Three masters and `proxies` proxies coordinated through `etcd`, with testdb's tables,
+    /// once every proxy and master took etcd's plan and every proxy writes produits on m3;
+    /// returns the plan.
+    async fn start_over(etcd: &common::etcd::Etcd, proxies: usize) -> (LocalCluster, Value) {
+        let endpoints = etcd.endpoints();
+        let cluster = LocalCluster::start_proxies(proxies, |text| with_etcd(text, &endpoints));
+        cluster.wait_for_ownership();
+        cluster.create_tables().await;
+        let plan = cluster.wait_plan_everywhere(etcd, &[1, 2, 3]);
+        for k in 0..proxies {
+            cluster
+                .wait_produits_owned_via(k, true, Duration::from_secs(10))
+                .await;
+        }
+        (cluster, plan)
+    }
+
     /// Waits until every proxy routes by etcd's plan (the same term), and masters `masters`
     /// took that term; returns the plan.
     fn wait_plan_everywhere(&self, etcd: &common::etcd::Etcd, masters: &[usize]) -> Value {
+        self.wait_plan_on(etcd, masters, &(0..self.proxies.len()).collect::<Vec<_>>())
+    }
+
+    /// [`LocalCluster::wait_plan_everywhere`] on proxies `proxies` only.
+    fn wait_plan_on(
+        &self,
+        etcd: &common::etcd::Etcd,
+        masters: &[usize],
+        proxies: &[usize],
+    ) -> Value {
         let mut last = Value::Null;
         for _ in 0..200 {
             let plan = plan_in(etcd);
             let term = &plan["term"];
-            let proxies = (0..self.proxies.len()).all(|k| {
+            let proxies = proxies.iter().all(|&k| {
                 &self.cluster_status(k)["coordinator"]["ownership"]["plan"]["term"] == term
             });
             let told = masters
@@ -1098,10 +1135,25 @@ impl LocalCluster {
         );
     }
 
+    /// `kill -9` of proxy `k` (0: `proxy`).
+    fn kill9_proxy(&mut self, k: usize) {
+        let name = if k == 0 {
+            "proxy".to_string()
+        } else {
+            format!("proxy{}", k + 1)
+        };
+        let i = self.children.iter().position(|(n, _)| *n == name).unwrap();
+        if let Some(mut child) = self.children[i].1.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// How many ownership moves the proxies recorded in etcd, all together.
-    fn moves_recorded(&self) -> u64 {
-        (0..self.proxies.len())
-            .map(|k| self.cluster_status(k)["coordinator"]["ownershipMovesRecorded"].as_u64())
+    fn moves_recorded(&self, proxies: &[usize]) -> u64 {
+        proxies
+            .iter()
+            .map(|&k| self.cluster_status(k)["coordinator"]["ownershipMovesRecorded"].as_u64())
             .map(|n| n.unwrap_or(0))
             .sum()
     }
@@ -1111,22 +1163,13 @@ impl LocalCluster {
 async fn over_etcd_an_owner_killed_under_writers_through_two_proxies_moves_once_and_loses_nothing()
 {
     let etcd = common::etcd::Etcd::single();
-    let endpoints = etcd.endpoints();
-    let mut cluster = LocalCluster::start_proxies(2, |text| with_etcd(text, &endpoints));
-    cluster.wait_for_ownership();
-    cluster.create_tables().await;
-    let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2, 3]);
+    let (mut cluster, plan) = LocalCluster::start_over(&etcd, 2).await;
     assert_eq!(
         plan["owning"],
         serde_json::json!(["m1", "m2", "m3"]),
         "{plan}"
     );
     assert_eq!(plan["moves"], 0);
-    for k in 0..2 {
-        cluster
-            .wait_produits_owned_via(k, true, Duration::from_secs(10))
-            .await;
-    }
     let writers: Vec<Writers> = (0..2)
         .map(|k| Writers::start(cluster.proxies[k].0, 2))
         .collect();
@@ -1151,7 +1194,7 @@ async fn over_etcd_an_owner_killed_under_writers_through_two_proxies_moves_once_
     let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2]);
     assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
     assert_eq!(plan["moves"], 1, "exactly one ownership change: {plan}");
-    assert_eq!(cluster.moves_recorded(), 1, "one proxy recorded it");
+    assert_eq!(cluster.moves_recorded(&[0, 1]), 1, "one proxy recorded it");
     cluster.assert_held(&acked, &[1, 2]).await;
 
     // m3 back: it catches up, owns produits again, and the three masters are equal.
@@ -1171,16 +1214,7 @@ async fn over_etcd_an_owner_killed_under_writers_through_two_proxies_moves_once_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn over_etcd_with_etcd_stopped_no_ownership_moves_and_writes_are_refused_saying_why() {
     let mut etcd = common::etcd::Etcd::single();
-    let endpoints = etcd.endpoints();
-    let mut cluster = LocalCluster::start_proxies(2, |text| with_etcd(text, &endpoints));
-    cluster.wait_for_ownership();
-    cluster.create_tables().await;
-    cluster.wait_plan_everywhere(&etcd, &[1, 2, 3]);
-    for k in 0..2 {
-        cluster
-            .wait_produits_owned_via(k, true, Duration::from_secs(10))
-            .await;
-    }
+    let (mut cluster, _) = LocalCluster::start_over(&etcd, 2).await;
     etcd.kill_all();
     for k in 0..2 {
         common::wait::until(
@@ -1229,10 +1263,71 @@ async fn over_etcd_with_etcd_stopped_no_ownership_moves_and_writes_are_refused_s
     }
     let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2]);
     assert_eq!(plan["moves"], 1, "{plan}");
-    assert_eq!(cluster.moves_recorded(), 1);
+    assert_eq!(cluster.moves_recorded(&[0, 1]), 1);
     eprintln!(
         "{} writes refused during the outage, e.g. {}",
         reasons.len(),
         reasons[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_etcd_what_a_killed_proxy_acknowledged_still_holds_a_move_back_until_the_others_have_it(
+) {
+    let etcd = common::etcd::Etcd::single();
+    let (mut cluster, _) = LocalCluster::start_over(&etcd, 3).await;
+    // Only the third proxy writes produits (m3's): what it acknowledged is in etcd under a key
+    // without a lease, and stays there once the proxy is killed and its liveness entry lapsed.
+    let third = cluster.cluster_status(2)["coordinator"]["proxy"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let writer = Writers::start_on(cluster.proxies[2].0, 2, &["produits"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut acked, _) = writer.finish().await;
+    let acked_key = format!("{ETCD_PREFIX}/acked/{third}");
+    let recorded: Value = serde_json::from_str(&etcd.get(&acked_key).unwrap().0).unwrap();
+    let by_third = recorded["ackedByOrigin"]["m3"].as_u64().unwrap();
+    assert!(by_third > 0, "{recorded}");
+    cluster.kill9_proxy(2);
+    common::wait::until(
+        Duration::from_secs(10),
+        "the killed proxy's liveness entry lapsing",
+        || {
+            etcd.get(&format!("{ETCD_PREFIX}/proxies/{third}"))
+                .is_none()
+                .then_some(())
+        },
+    );
+
+    // m3 killed under writers through the two others (to m1's and m2's tables): produits moves
+    // once, and only when m1 and m2 hold everything the dead proxy acknowledged.
+    let writers: Vec<Writers> = (0..2)
+        .map(|k| Writers::start_on(cluster.proxies[k].0, 2, &["utilisateurs", "commandes"]))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill9(3);
+    for k in 0..2 {
+        cluster
+            .wait_produits_owned_via(k, false, Duration::from_secs(30))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.finish().await;
+        acked.extend(a);
+        errors.extend(e);
+    }
+    let plan = cluster.wait_plan_on(&etcd, &[1, 2], &[0, 1]);
+    assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
+    assert_eq!(plan["moves"], 1, "{plan}");
+    assert!(
+        plan["acknowledged"]["m3"].as_u64() >= Some(by_third),
+        "the plan counted the killed proxy's acknowledgements of m3 ({by_third}): {plan}"
+    );
+    assert!(etcd.get(&acked_key).is_some(), "kept without a lease");
+    assert_eq!(cluster.moves_recorded(&[0, 1]), 1);
+    cluster.assert_held_in(&acked, &[1, 2], &TABLES).await;
+    report(&acked, &errors, " through three proxies");
 }
