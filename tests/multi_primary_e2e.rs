@@ -1331,3 +1331,46 @@ async fn over_etcd_what_a_killed_proxy_acknowledged_still_holds_a_move_back_unti
     cluster.assert_held_in(&acked, &[1, 2], &TABLES).await;
     report(&acked, &errors, " through three proxies");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_etcd_the_elected_proxy_killed_inside_a_move_leaves_it_to_the_other_once() {
+    let etcd = common::etcd::Etcd::single();
+    let (mut cluster, first) = LocalCluster::start_over(&etcd, 2).await;
+    let elected = common::wait::until(Duration::from_secs(10), "one proxy elected", || {
+        (0..2).find(|&k| cluster.cluster_status(k)["coordinator"]["decides"] == true)
+    });
+    let other = 1 - elected;
+    let writers = Writers::start(cluster.proxies[other].0, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // m3 killed; as soon as etcd's plan says it is moving, the elected proxy is killed too:
+    // the other is elected, takes the plan from etcd and finishes the move, once.
+    cluster.kill9(3);
+    common::wait::until(Duration::from_secs(20), "m3 recorded moving", || {
+        plan_in(&etcd)["moving"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m == "m3"))
+            .then_some(())
+    });
+    cluster.kill9_proxy(elected);
+    let at_kill = plan_in(&etcd);
+    let moved = cluster
+        .wait_produits_owned_via(other, false, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (acked, errors) = writers.finish().await;
+    let plan = cluster.wait_plan_on(&etcd, &[1, 2], &[other]);
+    assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
+    assert_eq!(plan["moves"], 1, "{plan}");
+    assert!(plan["term"].as_u64() > first["term"].as_u64(), "{plan}");
+    assert_eq!(
+        cluster.cluster_status(other)["coordinator"]["decides"],
+        true
+    );
+    cluster.assert_held(&acked, &[1, 2]).await;
+    eprintln!(
+        "produits writable elsewhere {moved:?} after the elected proxy was killed (etcd's plan then: owning {})",
+        at_kill["owning"]
+    );
+    report(&acked, &errors, " through the surviving proxy");
+}

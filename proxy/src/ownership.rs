@@ -450,14 +450,18 @@ pub(crate) fn current() -> Option<(Vec<String>, u64)> {
     r.up.clone().map(|up| (up, r.term))
 }
 
-/// One round: decides the set ([`plan`]) and sends each master that is not down its leased
-/// view in the background; the answers (within `timeout`) feed the next rounds.
+/// One round: decides the set ([`plan`]), records it in etcd under an ETCD coordinator, and
+/// sends each master that is not down its leased view in the background; the answers (within
+/// `timeout`) feed the next rounds.
 pub(crate) async fn round(t: &Topology, timeout: Duration) {
     if !t.is_multi_primary() {
         return;
     }
     let coordinated = crate::coordinator::coordinated();
-    let acked_by_all = if coordinated {
+    let up: Vec<String> = t.masters_up().iter().map(|b| b.id.clone()).collect();
+    let masters = t.config.master_ids();
+    // Only a master down may move: every proxy's acknowledgements are read then.
+    let acked_by_all = if coordinated && up.len() < masters.len() {
         crate::coordinator::acknowledged_by_all()
             .await
             .map_err(|e| tracing::warn!(error = %e, "acknowledgements not read from etcd: no ownership moves this round"))
@@ -465,19 +469,12 @@ pub(crate) async fn round(t: &Topology, timeout: Duration) {
     } else {
         None
     };
-    let up: Vec<String> = t.masters_up().iter().map(|b| b.id.clone()).collect();
     let failover = &t.config.failover;
     let (sends, term, proposal) = {
         let mut r = record();
         r.coordinated = coordinated;
         r.acked_by_all = acked_by_all;
-        let (sends, term) = plan(
-            &mut r,
-            &up,
-            &t.config.master_ids(),
-            failover,
-            Instant::now(),
-        );
+        let (sends, term) = plan(&mut r, &up, &masters, failover, Instant::now());
         let proposal = if coordinated { proposal(&r) } else { None };
         (sends, term, proposal)
     };
@@ -489,29 +486,35 @@ pub(crate) async fn round(t: &Topology, timeout: Duration) {
         }
     }
     for send in sends {
-        let Some(admin) = t
-            .index_of(&send.to)
-            .and_then(|i| t.backends[i].admin.clone())
-        else {
-            continue;
-        };
-        record().view_sent.insert(send.to.clone(), Instant::now());
-        let body = json!({
-            "up": send.up,
-            "term": term,
-            "leaseMillis": failover.lease().as_millis() as u64,
-            "sentAtMs": crate::lease::wall_ms(),
-        })
-        .to_string();
-        // In the background: a paused master must not delay the others' renewals.
-        let id = send.to;
-        tokio::spawn(async move {
-            match post_json(&admin, "/replication/ownership", &body, timeout).await {
-                Ok(answer) => take_answer(&mut record(), &id, &answer),
-                Err(e) => tracing::debug!(instance = %id, error = %e, "ownership update failed"),
-            }
-        });
+        send_view(t, send, term, timeout);
     }
+}
+
+/// Sends one master its view in the background (a paused master must not delay the others'
+/// renewals); its answer feeds the next rounds.
+fn send_view(t: &Topology, send: Outgoing, term: u64, timeout: Duration) {
+    let Some(admin) = t
+        .index_of(&send.to)
+        .and_then(|i| t.backends[i].admin.clone())
+    else {
+        return;
+    };
+    record().view_sent.insert(send.to.clone(), Instant::now());
+    let failover = &t.config.failover;
+    let body = json!({
+        "up": send.up,
+        "term": term,
+        "leaseMillis": failover.lease().as_millis() as u64,
+        "sentAtMs": crate::lease::wall_ms(),
+    })
+    .to_string();
+    let id = send.to;
+    tokio::spawn(async move {
+        match post_json(&admin, "/replication/ownership", &body, timeout).await {
+            Ok(answer) => take_answer(&mut record(), &id, &answer),
+            Err(e) => tracing::debug!(instance = %id, error = %e, "ownership update failed"),
+        }
+    });
 }
 
 /// The owners of `objects`, as (object, owner id) pairs; an object without an owner (no master
