@@ -130,6 +130,33 @@ async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
     follower.abort();
 }
 
+/// Two primaries of unrelated histories (a and b, in the two data directories returned last)
+/// and a replica of a's cluster.
+fn diverged() -> (
+    ServerState,
+    ServerState,
+    ServerState,
+    (tempfile::TempDir, tempfile::TempDir),
+) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
+    (
+        ServerState::open(&config_a.instances[0], &config_a).unwrap(),
+        ServerState::open(&config_b.instances[0], &config_b).unwrap(),
+        ServerState::open(&config_a.instances[1], &config_a).unwrap(),
+        (dir_a, dir_b),
+    )
+}
+
+/// Makes table `t` of database `d` outside the oplog, as a full sync's files hold it.
+fn make_table(state: &ServerState) {
+    let db = state.catalog.get("d").unwrap();
+    let conn = db.lease().unwrap();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    db.give_back(conn);
+}
+
 /// Every entry `state` holds, in sequence order.
 fn all_entries(state: &ServerState) -> Vec<crate::oplog::Entry> {
     let sources = state.oplog_sources().unwrap();
@@ -147,11 +174,7 @@ fn all_entries(state: &ServerState) -> Vec<crate::oplog::Entry> {
 /// now a divergence (the follower resyncs fully); the very same entry is still skipped.
 #[test]
 fn an_entry_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
-    let a = ServerState::open(&config_a.instances[0], &config_a).unwrap();
-    let b = ServerState::open(&config_b.instances[0], &config_b).unwrap();
-    let replica = ServerState::open(&config_a.instances[1], &config_a).unwrap();
+    let (a, b, replica, _dirs) = diverged();
     for (primary, v) in [(&a, "a"), (&b, "x")] {
         primary
             .create_database(primary.new_owner(), "d", false)
@@ -167,11 +190,7 @@ fn an_entry_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
     applier
         .apply(&replica, replica.new_owner(), &from_a[..1])
         .unwrap();
-    let db = replica.catalog.get("d").unwrap();
-    let conn = db.lease().unwrap();
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-        .unwrap();
-    db.give_back(conn);
+    make_table(&replica);
     applier
         .apply(&replica, replica.new_owner(), &from_a[1..])
         .unwrap();
@@ -201,11 +220,7 @@ fn an_entry_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
 /// divergence, and the very same event is still skipped.
 #[test]
 fn a_database_event_beyond_the_position_is_skipped_only_when_it_is_the_one_held() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
-    let a = ServerState::open(&config_a.instances[0], &config_a).unwrap();
-    let b = ServerState::open(&config_b.instances[0], &config_b).unwrap();
-    let replica = ServerState::open(&config_a.instances[1], &config_a).unwrap();
+    let (a, b, replica, _dirs) = diverged();
     a.create_database(a.new_owner(), "d", false).unwrap();
     b.create_database(b.new_owner(), "e", false).unwrap();
     let (from_a, from_b) = (all_entries(&a), all_entries(&b));
@@ -272,11 +287,7 @@ fn a_full_sync_saves_the_entries_held_beyond_the_position() {
 /// entry used to be neither applied nor refused.
 #[test]
 fn an_entry_missing_under_later_held_ones_is_a_divergence() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (config_a, config_b) = (config(dir_a.path()), config(dir_b.path()));
-    let a = ServerState::open(&config_a.instances[0], &config_a).unwrap();
-    let b = ServerState::open(&config_b.instances[0], &config_b).unwrap();
-    let replica = ServerState::open(&config_a.instances[1], &config_a).unwrap();
+    let (a, b, replica, _dirs) = diverged();
     a.create_database(a.new_owner(), "d", false).unwrap();
     a.create_database(a.new_owner(), "x", false).unwrap();
     write(&a, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
@@ -290,11 +301,7 @@ fn an_entry_missing_under_later_held_ones_is_a_divergence() {
         .apply(&replica, replica.new_owner(), &from_a[..2])
         .unwrap();
     // The table is made outside the oplog (as in a full sync's files).
-    let db = replica.catalog.get("d").unwrap();
-    let conn = db.lease().unwrap();
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-        .unwrap();
-    db.give_back(conn);
+    make_table(&replica);
     let applied = applier.apply(&replica, replica.new_owner(), &from_a[2..]);
     assert_eq!(applied.unwrap(), 3);
     // d's file holds A's entry 3, not 2; B's entry 2 is on d.
