@@ -1209,6 +1209,18 @@ async fn over_etcd_an_owner_killed_under_writers_through_two_proxies_moves_once_
     cluster.assert_held(&acked, &[1, 2, 3]).await;
     assert_eq!(plan_in(&etcd)["moves"], 2, "and one back");
     report(&acked, &errors, " through two proxies");
+
+    // The plan deleted from etcd by hand: the elected proxy records it again, writes go on.
+    etcd.delete(&format!("{ETCD_PREFIX}/ownership"));
+    common::wait::until(Duration::from_secs(10), "the plan recorded again", || {
+        plan_in(&etcd)["owning"].is_array().then_some(())
+    });
+    cluster.wait_plan_everywhere(&etcd, &[1, 2, 3]);
+    for k in 0..2 {
+        cluster
+            .wait_produits_owned_via(k, true, Duration::from_secs(10))
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -360,6 +360,12 @@ pub(crate) fn moves_owners(plan: &OwnershipRecord) -> bool {
     record().moves_owners(plan)
 }
 
+/// The plan is not in etcd (deleted by hand): the next one recorded replaces none. Routing
+/// and refusals go on by the plan held meanwhile.
+pub(crate) fn plan_absent() {
+    record().recorded = None;
+}
+
 /// The revision of the plan this proxy routes by (0: none in etcd yet), or `None` when it says
 /// `origin`'s objects are moving away (read together, under one lock).
 pub(crate) fn plan_revision_unless_moving(origin: &str) -> Option<i64> {

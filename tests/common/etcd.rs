@@ -252,6 +252,21 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Deletes `key` (as an operator would), through any member.
+    pub(crate) fn delete(&self, key: &str) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
+        let done = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .any(|m| http_try(m.client_port, "POST", "/v3/kv/deleterange", &body).is_some());
+        assert!(done, "no etcd member took the delete");
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill_all();

@@ -512,8 +512,11 @@ impl Etcd {
                 Ok(record) => self.adopt(record, kv.mod_revision(), topology).await,
                 Err(e) => tracing::error!(error = %e, "ignored"),
             }
-        } else if key == self.ownership_key() && event.event_type() == EventType::Put {
-            self.on_ownership(kv);
+        } else if key == self.ownership_key() {
+            match event.event_type() {
+                EventType::Put => self.on_ownership(kv),
+                EventType::Delete => self.ownership_gone(),
+            }
         } else if key == self.leader_key() && event.event_type() == EventType::Delete {
             tracing::info!("the elected proxy left; the next tick holds an election");
         }

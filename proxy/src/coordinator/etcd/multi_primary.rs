@@ -65,6 +65,21 @@ impl Etcd {
         }
     }
 
+    /// After a failed comparison: adopts the plan etcd holds now, or notes that there is none.
+    fn take_current_plan(&self, responses: Vec<etcd_client::TxnOpResponse>) {
+        match first_kv(responses) {
+            Some(kv) => self.on_ownership(&kv),
+            None => self.ownership_gone(),
+        }
+    }
+
+    /// The plan is gone from etcd (deleted by hand): the revision held is forgotten, so that
+    /// the elected proxy records its plan again and the next comparison is against none.
+    pub(super) fn ownership_gone(&self) {
+        tracing::warn!(key = %self.ownership_key(), "the ownership plan is gone from etcd: the elected proxy records it again");
+        crate::ownership::plan_absent();
+    }
+
     /// Writes `plan` if the plan in etcd is still at revision `expected` (0: none yet) and this
     /// proxy still holds the election; returns the new revision. On a conflict the plan in etcd
     /// is adopted and nothing is written.
@@ -97,9 +112,7 @@ impl Etcd {
             .within("ownership transaction", client.txn(txn))
             .await?;
         if !answer.succeeded() {
-            if let Some(kv) = first_kv(answer.op_responses()) {
-                self.on_ownership(&kv);
-            }
+            self.take_current_plan(answer.op_responses());
             return Err(CoordinatorError::Conflict(format!(
                 "the ownership plan is no longer at revision {expected}, or the leader key is \
                  not this proxy's"
@@ -186,9 +199,7 @@ impl Etcd {
                 return Ok(());
             }
             // The plan changed since this proxy read it: take it, then judge again.
-            if let Some(kv) = first_kv(answer.op_responses()) {
-                self.on_ownership(&kv);
-            }
+            self.take_current_plan(answer.op_responses());
         }
         Err(CoordinatorError::Conflict(
             "the ownership plan kept changing while the acknowledgement was recorded".into(),
