@@ -6,7 +6,9 @@
 #   3. write throughput with 0 and with 2 replicas attached (1 and 16 clients);
 #   4. full-sync throughput for a ~1 GB database.
 # Usage: bench/compare.sh [seconds-per-run] [sections]   (default 8 and 1234: about 9 minutes;
-#        leaves nothing running). `bench/compare.sh 5 1` runs only the workload table.
+#        leaves nothing running). `bench/compare.sh 5 1` runs only the workload table;
+#        WORKLOADS="point-select mixed" limits it to those rows, DIRKDB_BIN=path uses that binary
+#        instead of building target/release/dirkdb.
 # Needs python3 and curl besides cargo. Prints a Markdown table for BENCHMARKS.md.
 # Peers in the same table, when they are on the machine (Debian: haproxy, pgbouncer, postgresql;
 # nothing is installed here, a missing one prints "skipped: not installed"):
@@ -16,8 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
 sections=${2:-1234}
-cargo build --release --quiet --bin dirkdb
-bin=$PWD/target/release/dirkdb
+workloads=${WORKLOADS:-point-select range-select update insert mixed}
+if [ -n "${DIRKDB_BIN:-}" ]; then
+  bin=$DIRKDB_BIN
+else
+  cargo build --release --quiet --bin dirkdb
+  bin=$PWD/target/release/dirkdb
+fi
 work=$(mktemp -d)
 pids=()
 pg_stop=()
@@ -122,7 +129,7 @@ echo "100,000 rows) with the same 16 clients, in the same rounds; their columns 
 echo
 echo "| workload | direct ops/s | p99 ms | HAProxy-TCP ops/s | proxy (1) ops/s | p99 ms | proxy (2) ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy (1) ÷ HAProxy | proxy (1) ÷ direct | proxy (2) ÷ direct | cache ÷ direct | PostgreSQL tps | PgBouncer tps | PgBouncer ÷ PostgreSQL |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-for w in point-select range-select update insert mixed; do
+for w in $workloads; do
   declare -A ops=() p99=()
   vias="direct proxy1 proxy cache"; [ -n "$HP" ] && vias="direct haproxy proxy1 proxy cache"
   for via in direct haproxy proxy1 proxy cache pg pgb; do ops[$via]=0; p99[$via]=0; done

@@ -515,3 +515,128 @@ async fn a_write_drops_only_the_entries_of_the_rows_it_changed() {
     c.query(&keyed[2]).await.unwrap();
     assert_eq!(cache.stat("misses"), misses + 1);
 }
+
+/// Collations, partial and expression indexes (#20): a key serves a query only when the query
+/// compares by the equality its index enforces (the column's own collation, an index's
+/// `COLLATE`, or the query's), so such entries survive other rows' changes; every other query
+/// over these tables depends on the whole table, and none of them ever shows a changed row
+/// stale, whether the change comes through the cache or through the proxy.
+#[tokio::test]
+async fn keys_serve_only_queries_comparing_as_their_index_does() {
+    let cluster = cluster_with_data().await;
+    let mut proxy = cluster.proxy_client().await;
+    for sql in [
+        "USE shop",
+        "CREATE TABLE nc(id INTEGER PRIMARY KEY, name TEXT COLLATE NOCASE UNIQUE, v INT)",
+        "INSERT INTO nc VALUES (1, 'a', 0), (2, 'b', 0)",
+        "CREATE TABLE mix(id INTEGER PRIMARY KEY, email TEXT UNIQUE, note TEXT COLLATE NOCASE, v INT)",
+        "INSERT INTO mix VALUES (1, 'e1', 'x', 0), (2, 'e2', 'y', 0)",
+        "CREATE TABLE ic(id INTEGER PRIMARY KEY, name TEXT, v INT)",
+        "CREATE UNIQUE INDEX ic_name ON ic(name COLLATE NOCASE)",
+        "INSERT INTO ic VALUES (1, 'a', 0), (2, 'b', 0)",
+        "CREATE TABLE pu(id INTEGER PRIMARY KEY, code TEXT, active INT, v INT)",
+        "CREATE UNIQUE INDEX pu_code ON pu(code) WHERE active = 1",
+        "INSERT INTO pu VALUES (1, 'k', 1, 0), (2, 'k', 0, 0), (3, 'm', 1, 0)",
+        "CREATE TABLE ex(id INTEGER PRIMARY KEY, name TEXT, v INT)",
+        "CREATE UNIQUE INDEX ex_lower ON ex(lower(name))",
+        "INSERT INTO ex VALUES (1, 'A', 0), (2, 'b', 0)",
+    ] {
+        proxy.execute(sql).await.unwrap();
+    }
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    let row = |id: i64, v: i64| vec![Value::from(id), Value::from(v)];
+    // Keyed: the column's NOCASE, a BINARY key beside a NOCASE column, an index's NOCASE.
+    let nocase_column = "SELECT id, v FROM nc WHERE name = 'A'";
+    let binary_beside = "SELECT id, v FROM mix WHERE email = 'e1'";
+    let nocase_index = "SELECT id, v FROM ic WHERE name = 'A' COLLATE NOCASE";
+    // Whole tables: BINARY against a NOCASE index, NOCASE against a BINARY key, a partial
+    // index, an expression index.
+    let binary_query = "SELECT id, v FROM ic WHERE name = 'A'";
+    let nocase_query = "SELECT id, v FROM mix WHERE email = 'E1' COLLATE NOCASE";
+    let partial = "SELECT id, v FROM pu WHERE code = 'k' ORDER BY id";
+    let expression = "SELECT id, v FROM ex WHERE name = 'a'";
+    let keyed = [nocase_column, binary_beside, nocase_index];
+    let first = [
+        vec![row(1, 0)],
+        vec![row(1, 0)],
+        vec![row(1, 0)],
+        vec![],
+        vec![row(1, 0)],
+        vec![row(1, 0), row(2, 0)],
+        vec![],
+    ];
+    let all = [
+        nocase_column,
+        binary_beside,
+        nocase_index,
+        binary_query,
+        nocase_query,
+        partial,
+        expression,
+    ];
+    for (q, want) in all.iter().zip(&first) {
+        assert_eq!(&c.query(q).await.unwrap().rows, want, "{q}");
+    }
+    assert_eq!(cache.stat("stored_keyed"), keyed.len() as u64);
+
+    // Other rows change (through the proxy): the keyed entries stay.
+    for t in ["nc", "mix", "ic"] {
+        proxy
+            .execute(&format!("UPDATE {t} SET v = 5 WHERE id = 2"))
+            .await
+            .unwrap();
+    }
+    eventually_rows(
+        &mut c,
+        "SELECT v FROM ic WHERE id = 2",
+        vec![vec![5.into()]],
+    )
+    .await;
+    let hits = cache.stat("hits");
+    for q in keyed {
+        c.query(q).await.unwrap();
+    }
+    assert_eq!(cache.stat("hits"), hits + 3, "the keyed entries stayed");
+
+    // The rows they read change through the proxy: every answer follows.
+    for sql in [
+        "UPDATE nc SET v = 1 WHERE name = 'a'",
+        "UPDATE mix SET v = 1 WHERE id = 1",
+        "UPDATE ic SET v = 1 WHERE id = 1",
+        "UPDATE pu SET v = 1 WHERE id = 2",
+        "UPDATE ex SET name = 'a' WHERE id = 1",
+    ] {
+        proxy.execute(sql).await.unwrap();
+    }
+    eventually_rows(&mut c, nocase_column, vec![row(1, 1)]).await;
+    eventually_rows(&mut c, binary_beside, vec![row(1, 1)]).await;
+    eventually_rows(&mut c, nocase_query, vec![row(1, 1)]).await;
+    eventually_rows(&mut c, nocase_index, vec![row(1, 1)]).await;
+    eventually_rows(&mut c, partial, vec![row(1, 0), row(2, 1)]).await;
+    eventually_rows(&mut c, expression, vec![row(1, 0)]).await;
+
+    // Through the cache, each is seen at once: a key changing case under NOCASE, a new key
+    // in another case where a read found none.
+    let none_yet = "SELECT id, v FROM nc WHERE name = 'c'";
+    assert!(c.query(none_yet).await.unwrap().rows.is_empty());
+    c.execute("UPDATE ic SET name = 'A' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(c.query(binary_query).await.unwrap().rows, vec![row(1, 1)]);
+    c.execute("UPDATE ic SET name = 'q', v = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(c.query(nocase_index).await.unwrap().rows.is_empty());
+    c.execute("INSERT INTO nc VALUES (3, 'C', 4)")
+        .await
+        .unwrap();
+    assert_eq!(c.query(none_yet).await.unwrap().rows, vec![row(3, 4)]);
+    c.execute("UPDATE nc SET name = 'Z' WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(c.query(nocase_column).await.unwrap().rows.is_empty());
+    assert_eq!(cache.stat("write_settle_fallbacks"), 0);
+}

@@ -32,7 +32,7 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 
 use crate::stats::CacheStats;
-use crate::table_keys::tuple_of_row;
+use crate::table_keys::{key_id, tuple_of_row, KeyColumn};
 use crate::view_map::{DbSchema, ANY_TABLE};
 use dirkdb_core::change_feed::RowKey;
 use dirkdb_core::sync::lock;
@@ -141,15 +141,16 @@ struct Flight {
 pub struct KeyedRows {
     /// The table (lower case).
     pub table: String,
-    /// The key's columns (lower case; `rowid` for the rowid), as the change feed names them.
-    pub columns: Arc<[String]>,
+    /// The key's columns (lower case; `rowid` for the rowid), as the change feed names them,
+    /// with the collation their values are folded by.
+    pub columns: Arc<[KeyColumn]>,
     /// Canonical value tuples (see `crate::table_keys`).
     pub tuples: Vec<String>,
 }
 
 impl KeyedRows {
     fn key_id(&self) -> String {
-        self.columns.join(",")
+        key_id(&self.columns)
     }
 }
 
@@ -190,7 +191,7 @@ struct Fill {
 type ChangedRow<'a> = HashMap<String, &'a serde_json::Value>;
 
 /// Keyed entries of one table: key id → (columns, tuple → entries).
-type KeyedIndex = HashMap<String, (Arc<[String]>, HashMap<String, HashSet<Arc<CacheKey>>>)>;
+type KeyedIndex = HashMap<String, (Arc<[KeyColumn]>, HashMap<String, HashSet<Arc<CacheKey>>>)>;
 
 /// The invalidation bookkeeping, under one lock.
 #[derive(Default)]
@@ -815,7 +816,11 @@ mod tests {
             tables: vec![],
             rows: vec![KeyedRows {
                 table: table.into(),
-                columns: vec![column.to_string()].into(),
+                columns: vec![KeyColumn {
+                    name: column.to_string(),
+                    collation: crate::table_keys::Collation::Binary,
+                }]
+                .into(),
                 tuples: tuples.iter().map(|t| t.to_string()).collect(),
             }],
         }

@@ -62,13 +62,26 @@ pub struct CacheableRead {
 /// statement, in the top-level FROM of a plain SELECT (no WITH, no set operation), directly or
 /// as DirkDB's `(SELECT DISTINCT * FROM t) AS t`, pinned by `col = literal` or
 /// `col IN (literal, …)` among the top-level AND terms of the WHERE clause or of an inner
-/// join's ON.
+/// join's ON. A `COLLATE` on either side of the `=` (or on the column of an `IN`) is kept with
+/// the pin: it is the equality the query states, which a key must enforce to be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablePins {
     /// The table (lower case).
     pub table: String,
-    /// Column (lower case) and the values it is pinned to.
-    pub columns: Vec<(String, Vec<Literal>)>,
+    /// The pinned columns.
+    pub columns: Vec<Pin>,
+}
+
+/// One column pinned to literals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The column (lower case).
+    pub column: String,
+    /// The collation the query names for the comparison (`COLLATE x`, lower case, unquoted);
+    /// `None`: the column's own collation applies.
+    pub collation: Option<String>,
+    /// The values it is pinned to.
+    pub literals: Vec<Literal>,
 }
 
 /// A literal a column is pinned to.
@@ -303,7 +316,7 @@ fn pinned_tables(query: &Query) -> Vec<TablePins> {
     let single = factors == 1 && tables.len() == 1;
     let mut out: Vec<TablePins> = Vec::new();
     for term in terms {
-        let Some((qualifier, column, literals)) = pin_of(term) else {
+        let Some((qualifier, pin)) = pin_of(term) else {
             continue;
         };
         let table = match qualifier {
@@ -313,10 +326,10 @@ fn pinned_tables(query: &Query) -> Vec<TablePins> {
         };
         let Some(table) = table else { continue };
         match out.iter_mut().find(|p| p.table == table.table) {
-            Some(pins) => pins.columns.push((column, literals)),
+            Some(pins) => pins.columns.push(pin),
             None => out.push(TablePins {
                 table: table.table.clone(),
-                columns: vec![(column, literals)],
+                columns: vec![pin],
             }),
         }
     }
@@ -395,31 +408,69 @@ fn and_terms<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
     }
 }
 
-/// `(qualifier, column, values)` of `col = literal`, `literal = col` or `col IN (literals)`.
-fn pin_of(term: &Expr) -> Option<(Option<String>, String, Vec<Literal>)> {
+/// The qualifier and pin of `col = literal`, `literal = col` or `col IN (literals)`, each side
+/// possibly with a `COLLATE`. As in SQLite, an `=` compares by the left side's `COLLATE`, else
+/// the right side's, else the column's own collation; an `IN` by its left side's (a `COLLATE`
+/// inside the list is not read, so such a term pins nothing).
+fn pin_of(term: &Expr) -> Option<(Option<String>, Pin)> {
     match term {
         Expr::BinaryOp {
             left,
             op: BinaryOperator::Eq,
             right,
         } => {
+            let (left_collation, left) = collated(left)?;
+            let (right_collation, right) = collated(right)?;
             let (column, value) = match (column_of(left), column_of(right)) {
                 (Some(c), None) => (c, right),
                 (None, Some(c)) => (c, left),
                 _ => return None,
             };
-            Some((column.0, column.1, vec![literal_of(value)?]))
+            let pin = Pin {
+                column: column.1,
+                collation: left_collation.or(right_collation),
+                literals: vec![literal_of(value)?],
+            };
+            Some((column.0, pin))
         }
         Expr::InList {
             expr,
             list,
             negated: false,
         } => {
+            let (collation, expr) = collated(expr)?;
             let (qualifier, column) = column_of(expr)?;
             let literals: Option<Vec<Literal>> = list.iter().map(literal_of).collect();
-            Some((qualifier, column, literals?))
+            let pin = Pin {
+                column,
+                collation,
+                literals: literals?,
+            };
+            Some((qualifier, pin))
         }
         Expr::Nested(inner) => pin_of(inner),
+        _ => None,
+    }
+}
+
+/// An operand without its `COLLATE` (and the parentheses around either), and the collation it
+/// names (lower case, unquoted). `None` for two `COLLATE`s in a row: which one SQLite applies
+/// is not guessed.
+fn collated(expr: &Expr) -> Option<(Option<String>, &Expr)> {
+    match expr {
+        Expr::Nested(inner) => collated(inner),
+        Expr::Collate { expr, collation } => match collated(expr)? {
+            (None, inner) => Some((Some(collation_name(collation)?), inner)),
+            (Some(_), _) => None,
+        },
+        other => Some((None, other)),
+    }
+}
+
+/// A collation's name as SQLite looks it up: case-insensitive, quotes removed.
+fn collation_name(name: &ObjectName) -> Option<String> {
+    match name.0.as_slice() {
+        [only] => only.as_ident().map(|i| i.value.to_lowercase()),
         _ => None,
     }
 }
@@ -817,7 +868,8 @@ mod tests {
         }
     }
 
-    /// A table and its pinned columns with their canonical values.
+    /// A table and its pinned columns (`c collate x` when the query names a collation) with
+    /// their canonical values.
     type Pinned = (String, Vec<(String, Vec<String>)>);
 
     fn pins(sql: &str) -> Vec<Pinned> {
@@ -830,7 +882,16 @@ mod tests {
                 let columns = p
                     .columns
                     .into_iter()
-                    .map(|(c, l)| (c, l.iter().map(Literal::canonical).collect()))
+                    .map(|pin| {
+                        let column = match pin.collation {
+                            Some(x) => format!("{} collate {x}", pin.column),
+                            None => pin.column,
+                        };
+                        (
+                            column,
+                            pin.literals.iter().map(Literal::canonical).collect(),
+                        )
+                    })
                     .collect();
                 (p.table, columns)
             })
@@ -879,6 +940,35 @@ mod tests {
             pins("SELECT * FROM a JOIN b ON b.id = 7 AND b.x = a.x WHERE a.id = 1"),
             [one("b", "id", &["n:7"]), one("a", "id", &["n:1"])]
         );
+    }
+
+    /// The comparison's collation is SQLite's: the left side's `COLLATE`, else the right
+    /// side's; an `IN` compares by its left side's.
+    #[test]
+    fn pins_keep_the_collation_the_query_names() {
+        assert_eq!(
+            pins("SELECT * FROM t WHERE name = 'A' COLLATE NOCASE"),
+            [one("t", "name collate nocase", &["s:A"])]
+        );
+        assert_eq!(
+            pins("SELECT * FROM t WHERE (t.name COLLATE \"RTrim\") = 'A' COLLATE NOCASE"),
+            [one("t", "name collate rtrim", &["s:A"])]
+        );
+        assert_eq!(
+            pins("SELECT * FROM t WHERE 'A' = name COLLATE nocase"),
+            [one("t", "name collate nocase", &["s:A"])]
+        );
+        assert_eq!(
+            pins("SELECT * FROM t WHERE name COLLATE BINARY IN ('a', 'b')"),
+            [one("t", "name collate binary", &["s:a", "s:b"])]
+        );
+        for sql in [
+            "SELECT * FROM t WHERE name IN ('a' COLLATE NOCASE)",
+            "SELECT * FROM t WHERE (name COLLATE NOCASE) COLLATE BINARY = 'a'",
+            "SELECT * FROM t WHERE name = 'a' COLLATE main.nocase",
+        ] {
+            assert_eq!(pins(sql), [], "{sql}");
+        }
     }
 
     #[test]

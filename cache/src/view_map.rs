@@ -206,7 +206,7 @@ mod tests {
             (d.rows[0].table.as_str(), d.rows[0].tuples.clone()),
             ("t", vec!["n:3".to_string()])
         );
-        assert_eq!(&*d.rows[0].columns, ["rowid".to_string()]);
+        assert_eq!(crate::table_keys::key_id(&d.rows[0].columns), "rowid");
         let d = deps("SELECT * FROM t JOIN tv ON 1 WHERE t.id = 3");
         assert!(d.rows.is_empty(), "the view reads t whole: {d:?}");
         assert!(d.tables.contains(&"t".to_string()));
