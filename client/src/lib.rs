@@ -299,7 +299,22 @@ impl Client {
 }
 
 /// Checks that `text` is one complete statement and returns it without its `;`.
+///
+/// Text with no `;`, quote, bracket, comment opener or `TRIGGER` (whose body the `;` this client
+/// appends would not end) is one complete statement whatever it holds, so it skips the splitter:
+/// a proxy forwards each statement it routes through here (issue #19).
 fn one_statement(text: &str) -> Result<String> {
+    let plain = !text
+        .bytes()
+        .any(|b| matches!(b, b';' | b'\'' | b'"' | b'`' | b'[' | b'-' | b'/'))
+        && !text
+            .as_bytes()
+            .windows(b"trigger".len())
+            .any(|w| w.eq_ignore_ascii_case(b"trigger"));
+    let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0B');
+    if plain && !trimmed.is_empty() {
+        return Ok(trimmed.to_string());
+    }
     let script = split_script(&format!("{text}\n;"));
     match (script.statements.as_slice(), script.remainder.is_empty()) {
         ([one], true) => Ok(one.clone()),
@@ -325,5 +340,10 @@ mod tests {
         assert!(one_statement("SELECT 1; SELECT 2").is_err());
         assert!(one_statement("SELECT 'abc").is_err());
         assert!(one_statement("  ;").is_err());
+        assert!(one_statement(" \t\x0B ").is_err());
+        assert_eq!(one_statement(" SELECT 2\n").unwrap(), "SELECT 2");
+        // The appended `;` does not end a trigger body: not one complete statement.
+        assert!(one_statement("CREATE TRIGGER t AFTER INSERT ON x BEGIN SELECT 1").is_err());
+        assert!(one_statement("create trigger t after insert on x begin select 1").is_err());
     }
 }

@@ -692,6 +692,10 @@ enum OwnExtension {
 /// the history id as written); `Err` with the reason for malformed forms of these, `None` for
 /// every other statement.
 fn own_extension(sql: &str) -> Option<Result<OwnExtension, String>> {
+    let head = sql.trim_start().get(..4);
+    if !head.is_some_and(|w| w.eq_ignore_ascii_case("DIRK")) {
+        return None; // every statement passes here: no allocation for the others
+    }
     let words: Vec<&str> = sql.split_whitespace().collect();
     let is = |i: usize, word: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(word));
     if !is(0, "DIRK") {

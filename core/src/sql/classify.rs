@@ -11,7 +11,7 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 
-use super::lexer::{tokenize, TokenKind};
+use super::lexer::{tokenize, Lexer, Token, TokenKind};
 use super::translate;
 
 /// The routing class of one statement.
@@ -48,26 +48,30 @@ pub enum TransactionControl {
 const CONNECTION_FUNCTIONS: [&str; 3] = ["last_insert_rowid", "changes", "total_changes"];
 
 /// Classifies a statement written in DirkDB's SQL (Malagasy keywords allowed).
+///
+/// The statement is tokenized once; the leading words, the plain-SELECT fast path and the
+/// connection-bound check all read those tokens (the proxy classifies every statement it routes,
+/// so this is its hot path: issue #19).
 pub fn classify(sql: &str) -> StatementClass {
     let sql = translate(sql);
     if super::limits::check_expression_depth(&sql).is_err() {
         return StatementClass::Write; // never parsed: too deep for a safe parse (see `limits`)
     }
-    let words = leading_words(&sql, 3);
-    let first = words.first().map(String::as_str).unwrap_or("");
-    match first {
+    let tokens = tokenize(&sql);
+    let significant: Vec<&Token> = tokens.iter().filter(|t| !t.kind.is_trivia()).collect();
+    let word = |i: usize| significant.get(i).map_or("", |t| t.text(&sql));
+    let is = |i: usize, w: &str| word(i).eq_ignore_ascii_case(w);
+    let first = word(0).to_ascii_uppercase();
+    match first.as_str() {
         "USE" => {
-            return match words.get(1) {
-                Some(_) if words.len() == 2 => StatementClass::Use(use_target(&sql)),
+            return match significant.len() {
+                2 => StatementClass::Use(unquote_target(word(1))),
                 _ => StatementClass::Write,
             }
         }
         "SHOW" => {
-            let known = matches!(
-                words.get(1).map(String::as_str),
-                Some("DATABASES" | "SCHEMAS" | "TABLES")
-            );
-            return if known && words.len() == 2 {
+            let known = is(1, "DATABASES") || is(1, "SCHEMAS") || is(1, "TABLES");
+            return if known && significant.len() == 2 {
                 StatementClass::Read
             } else {
                 StatementClass::Write
@@ -77,12 +81,12 @@ pub fn classify(sql: &str) -> StatementClass {
         "PRAGMA" | "DIRK" | "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "CREATE" | "DROP"
         | "ALTER" => return StatementClass::Write,
         "END" => return StatementClass::Transaction(TransactionControl::Commit),
-        "SELECT" if is_plain_select(&sql) => return StatementClass::Read,
+        "SELECT" if is_plain_select(&sql, &tokens, &significant) => return StatementClass::Read,
         _ => {}
     }
     match Parser::parse_sql(&SQLiteDialect {}, &sql) {
         Ok(statements) if statements.len() == 1 => match classify_parsed(&statements[0]) {
-            StatementClass::Read if connection_bound(&sql) => StatementClass::Write,
+            StatementClass::Read if connection_bound(&sql, &significant) => StatementClass::Write,
             class => class,
         },
         _ => StatementClass::Write,
@@ -141,8 +145,8 @@ fn classify_parsed(statement: &Statement) -> StatementClass {
 /// calls no function and has no subquery, so it cannot write or depend on its connection (TEMP
 /// names aside, which [`connection_bound`] checks). Anything else (a `(`, an unterminated literal
 /// or comment, a `;`, an unknown byte) goes to the parser.
-fn is_plain_select(sql: &str) -> bool {
-    let plain = tokenize(sql).into_iter().all(|t| match t.kind {
+fn is_plain_select(sql: &str, tokens: &[Token], significant: &[&Token]) -> bool {
+    let plain = tokens.iter().all(|t| match t.kind {
         TokenKind::Punct => t.text(sql) != "(",
         TokenKind::StringLiteral { terminated }
         | TokenKind::QuotedIdent { terminated }
@@ -150,31 +154,29 @@ fn is_plain_select(sql: &str) -> bool {
         TokenKind::Semicolon | TokenKind::Other => false,
         _ => true,
     });
-    plain && !connection_bound(sql)
+    plain && !connection_bound(sql, significant)
 }
 
 /// True when a statement's result depends on the connection that runs it, so it must run on
 /// the session's own primary connection: a call of `changes()`, `last_insert_rowid()` or
 /// `total_changes()` (quoted names are calls too), any PRAGMA (even under EXPLAIN, SQLite applies
 /// a PRAGMA's setting while compiling), and TEMP objects (`temp.x`, `sqlite_temp_master`).
-/// Works on tokens, so string literals and comments never match.
-fn connection_bound(sql: &str) -> bool {
-    let tokens: Vec<_> = tokenize(sql)
-        .into_iter()
-        .filter(|t| !t.kind.is_trivia())
-        .collect();
-    tokens.iter().enumerate().any(|(i, t)| {
+/// Works on the statement's significant tokens, so string literals and comments never match;
+/// names are compared without case and without allocating.
+fn connection_bound(sql: &str, significant: &[&Token]) -> bool {
+    significant.iter().enumerate().any(|(i, t)| {
         let name = match t.kind {
-            TokenKind::Word => t.text(sql).to_ascii_lowercase(),
-            TokenKind::QuotedIdent { .. } => unquote(t.text(sql)).to_ascii_lowercase(),
+            TokenKind::Word => t.text(sql),
+            TokenKind::QuotedIdent { .. } => unquote(t.text(sql)),
             _ => return false,
         };
-        let next = tokens.get(i + 1).map(|n| n.text(sql));
-        (CONNECTION_FUNCTIONS.contains(&name.as_str()) && next == Some("("))
-            || (name == "pragma" && t.kind == TokenKind::Word)
-            || ((name == "temp" || name == "temporary") && next == Some("."))
-            || name == "sqlite_temp_master"
-            || name == "sqlite_temp_schema"
+        let is = |w: &str| name.eq_ignore_ascii_case(w);
+        let next = significant.get(i + 1).map(|n| n.text(sql));
+        (CONNECTION_FUNCTIONS.iter().any(|f| is(f)) && next == Some("("))
+            || (is("pragma") && t.kind == TokenKind::Word)
+            || ((is("temp") || is("temporary")) && next == Some("."))
+            || is("sqlite_temp_master")
+            || is("sqlite_temp_schema")
     })
 }
 
@@ -184,20 +186,15 @@ fn unquote(text: &str) -> &str {
 
 /// The first `n` significant words (or other tokens) of a statement, upper-cased.
 pub fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    tokenize(sql)
-        .into_iter()
+    Lexer::new(sql)
         .filter(|t| !t.kind.is_trivia())
         .take(n)
         .map(|t| t.text(sql).to_ascii_uppercase())
         .collect()
 }
 
-fn use_target(sql: &str) -> String {
-    let tokens: Vec<_> = tokenize(sql)
-        .into_iter()
-        .filter(|t| !t.kind.is_trivia())
-        .collect();
-    let text = tokens.get(1).map(|t| t.text(sql)).unwrap_or("");
+/// The database name of `USE <name>`, without its quotes.
+fn unquote_target(text: &str) -> String {
     let unquoted = text.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''));
     unquoted.to_string()
 }
