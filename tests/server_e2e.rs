@@ -1,11 +1,13 @@
-//! End-to-end tests of `dirkdb server`: a real process, real TCP, the client library.
+//! End-to-end tests of `dirkdb server` over real TCP with the client library: in this process
+//! (`common::inproc`) where the test only talks to the server, as a real process where it
+//! restarts, kills, signals or measures the memory of it.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{inproc, ServerProcess};
 use dirkdb_client::{Client, ClientError, Reply};
 use serde_json::json;
 
@@ -33,7 +35,7 @@ async fn count(client: &mut Client, table: &str) -> i64 {
 
 #[tokio::test]
 async fn the_issue_user_session_in_malagasy() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     assert_eq!(
         message(c.execute("CREATE DATABASE testdb;").await.unwrap()),
@@ -82,7 +84,7 @@ async fn the_issue_user_session_in_malagasy() {
 
 #[tokio::test]
 async fn values_of_every_type_round_trip() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     c.execute("CREATE DATABASE v").await.unwrap();
     c.execute("USE v").await.unwrap();
@@ -158,7 +160,7 @@ async fn acknowledged_write_survives_kill_9() {
 
 #[tokio::test]
 async fn two_clients_write_and_read_concurrently() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut setup = server.client().await;
     setup.execute("CREATE DATABASE c").await.unwrap();
     setup.execute("USE c").await.unwrap();
@@ -193,7 +195,7 @@ async fn two_clients_write_and_read_concurrently() {
 
 #[tokio::test]
 async fn transactions_belong_to_their_connection() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut a = server.client().await;
     let mut b = server.client().await;
     a.execute("CREATE DATABASE tx").await.unwrap();
@@ -223,7 +225,7 @@ async fn transactions_belong_to_their_connection() {
 
 #[tokio::test]
 async fn a_long_read_does_not_block_writers() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     c.execute("CREATE DATABASE big").await.unwrap();
     c.execute("USE big").await.unwrap();
@@ -320,7 +322,7 @@ async fn large_select_is_streamed_in_pages_with_bounded_server_memory() {
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
-    let server = ServerProcess::start_with("PRIMARY", r#"{ "maxStatementBytes": 1000 }"#);
+    let server = inproc::server_with("PRIMARY", r#"{ "maxStatementBytes": 1000 }"#).await;
     let mut c = server.client().await;
     let e = server_error(c.execute("SELECT * FROM t").await);
     assert!(
@@ -375,7 +377,7 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
 
 #[tokio::test]
 async fn a_client_leaving_mid_statement_or_mid_result_changes_nothing() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     c.execute("CREATE DATABASE h").await.unwrap();
     c.execute("USE h").await.unwrap();
@@ -410,7 +412,7 @@ async fn a_client_leaving_mid_statement_or_mid_result_changes_nothing() {
 
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_with_a_message() {
-    let server = ServerProcess::start_with("PRIMARY", r#"{ "maxConnections": 3 }"#);
+    let server = inproc::server_with("PRIMARY", r#"{ "maxConnections": 3 }"#).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut c = server.client().await;
@@ -445,7 +447,7 @@ async fn connections_over_the_limit_are_refused_with_a_message() {
 
 #[tokio::test]
 async fn a_replica_refuses_writes_but_serves_reads() {
-    let server = ServerProcess::start_with("REPLICA", "{}");
+    let server = inproc::server_with("REPLICA", "{}").await;
     let mut c = server.client().await;
     let e = server_error(c.execute("CREATE DATABASE x").await);
     assert!(e.contains("read-only REPLICA"), "{e}");
@@ -478,7 +480,7 @@ async fn graceful_shutdown_lets_the_running_statement_finish() {
 
 #[tokio::test]
 async fn a_returning_write_refused_for_its_size_leaves_nothing_behind() {
-    let server = ServerProcess::start_with("PRIMARY", r#"{ "maxResultRows": 3 }"#);
+    let server = inproc::server_with("PRIMARY", r#"{ "maxResultRows": 3 }"#).await;
     let mut c = server.client().await;
     c.execute("CREATE DATABASE r").await.unwrap();
     c.execute("USE r").await.unwrap();

@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use dirkdb_core::accept_loop::Listeners;
 use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::conn_limit::{AddressSlot, ClientLimits};
@@ -100,8 +101,8 @@ const ANALYSIS_MEMO_ENTRIES: u64 = 50_000;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// An address is taken or not allowed.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(String, std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] dirkdb_core::accept_loop::BindError),
     /// The cluster credentials cannot be read (`security.clusterPasswordFile`).
     #[error("{0}")]
     Security(String),
@@ -109,6 +110,17 @@ pub enum StartError {
 
 /// Runs the cache until `shutdown` resolves.
 pub async fn run(
+    settings: CacheSettings,
+    shutdown: impl std::future::Future,
+) -> Result<(), StartError> {
+    let listeners = Listeners::bind(&settings.listen, Some(&settings.admin)).await?;
+    run_on(listeners, settings, shutdown).await
+}
+
+/// [`run`] on listeners already bound (a test binds port 0); `settings.listen` and
+/// `settings.admin` are then only logged. Without an admin listener there is no admin API.
+pub async fn run_on(
+    listeners: Listeners,
     settings: CacheSettings,
     shutdown: impl std::future::Future,
 ) -> Result<(), StartError> {
@@ -121,12 +133,10 @@ pub async fn run(
     let security = dirkdb_core::security::Security::new(&settings.config.security);
     let listen_host = settings.listen.rsplit_once(':').map_or("", |(h, _)| h);
     dirkdb_core::security::warn_if_exposed(listen_host, "the cache", &security);
-    let listener = TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|e| StartError::Listen(settings.listen.clone(), e))?;
-    let admin_listener = TcpListener::bind(&settings.admin)
-        .await
-        .map_err(|e| StartError::Listen(settings.admin.clone(), e))?;
+    let Listeners {
+        sql: listener,
+        admin: admin_listener,
+    } = listeners;
     let stats = Arc::new(CacheStats::default());
     let store = ResultStore::new(settings.limits.clone(), stats.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -136,17 +146,20 @@ pub async fn run(
         security: security.clone(),
         tls: tls.clone(),
     };
-    let mut background = vec![tokio::spawn(admin::serve(
-        admin_listener,
-        admin::AdminState {
-            store: store.clone(),
-            stats: stats.clone(),
-            upstream: settings.upstream.clone(),
-            guards,
-        },
-        security.clone(),
-        tls.clone(),
-    ))];
+    let mut background = Vec::new();
+    if let Some(admin_listener) = admin_listener {
+        background.push(tokio::spawn(admin::serve(
+            admin_listener,
+            admin::AdminState {
+                store: store.clone(),
+                stats: stats.clone(),
+                upstream: settings.upstream.clone(),
+                guards,
+            },
+            security.clone(),
+            tls.clone(),
+        )));
+    }
     if let Some(path) = settings.config_path.clone() {
         let (security, tls) = (security.clone(), tls.clone());
         let client_limits = client_limits.clone();

@@ -45,6 +45,62 @@ pub const MAX_REFUSING: usize = 64;
 /// How long telling one refused connection why may take (its TLS handshake included).
 pub const REFUSAL_TIME: Duration = Duration::from_secs(3);
 
+/// A part's SQL listener and its admin listener, bound before the part starts: `run` binds the
+/// configured addresses; a test binds port 0 and writes the ports it got into the config, so no
+/// port is reserved first and taken by someone else before the part binds it.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The SQL port.
+    pub sql: TcpListener,
+    /// The admin HTTP port (a server may have none).
+    pub admin: Option<TcpListener>,
+}
+
+/// An address that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// `host:port` tried.
+    pub addr: String,
+    /// Why it failed.
+    pub source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds `sql` and, when given, `admin` (`host:port` each).
+    pub async fn bind(sql: &str, admin: Option<&str>) -> Result<Listeners, BindError> {
+        let sql = bind(sql).await?;
+        let admin = match admin {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { sql, admin })
+    }
+
+    /// The SQL listener's address, as bound (`127.0.0.1:41234` for port 0).
+    pub fn sql_addr(&self) -> String {
+        addr_of(&self.sql)
+    }
+
+    /// The admin listener's address, as bound.
+    pub fn admin_addr(&self) -> Option<String> {
+        self.admin.as_ref().map(addr_of)
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn addr_of(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string())
+}
+
 /// How the loop serves and stops.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

@@ -42,6 +42,7 @@ pub(crate) mod topology;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+pub use dirkdb_core::accept_loop::Listeners;
 use dirkdb_core::accept_loop::{next_statement, serve_clients, ServeOptions, Shutdown};
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::conn_limit::{AddressSlot, ClientLimits};
@@ -77,8 +78,8 @@ impl ProxyStats {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// An address is taken or not allowed.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(String, std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] dirkdb_core::accept_loop::BindError),
     /// The cluster credentials cannot be read (`security.clusterPasswordFile`).
     #[error("{0}")]
     Security(String),
@@ -88,6 +89,23 @@ pub enum StartError {
 /// reloads it when it changes and keeps its primary choice in `dirkdb-proxy.state.json` beside
 /// it, across restarts.
 pub async fn run(
+    config: ClusterConfig,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl std::future::Future,
+) -> Result<(), StartError> {
+    let lb = &config.load_balancer;
+    let listeners = Listeners::bind(
+        &format!("{}:{}", lb.listen_host, lb.listen_port),
+        Some(&format!("{}:{}", lb.listen_host, lb.admin_port)),
+    )
+    .await?;
+    run_on(listeners, config, config_path, shutdown).await
+}
+
+/// [`run`] on listeners already bound (a test binds port 0 and writes the ports it got into
+/// `config`); without an admin listener the proxy serves no admin API.
+pub async fn run_on(
+    listeners: Listeners,
     config: ClusterConfig,
     config_path: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future,
@@ -102,14 +120,11 @@ pub async fn run(
     let tls = tls_of(&config.security)?;
     let security = dirkdb_core::security::Security::new(&config.security);
     dirkdb_core::security::warn_if_exposed(&lb.listen_host, "the proxy", &security);
-    let addr = format!("{}:{}", lb.listen_host, lb.listen_port);
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| StartError::Listen(addr.clone(), e))?;
-    let admin_addr = format!("{}:{}", lb.listen_host, lb.admin_port);
-    let admin_listener = TcpListener::bind(&admin_addr)
-        .await
-        .map_err(|e| StartError::Listen(admin_addr.clone(), e))?;
+    let (addr, admin_addr) = (listeners.sql_addr(), listeners.admin_addr());
+    let Listeners {
+        sql: listener,
+        admin: admin_listener,
+    } = listeners;
     if config.replication.file_replaced_by_oplog {
         tracing::warn!("{}", dirkdb_core::config::FILE_UNDER_MULTI_PRIMARY);
     }
@@ -127,7 +142,9 @@ pub async fn run(
         )),
         tokio::spawn(health::run(topology.clone())),
         tokio::spawn(status_page::history::run(topology.clone(), history.clone())),
-        tokio::spawn(admin::serve(
+    ];
+    if let Some(admin_listener) = admin_listener {
+        background.push(tokio::spawn(admin::serve(
             admin_listener,
             admin::AdminState {
                 topology: topology.clone(),
@@ -142,14 +159,14 @@ pub async fn run(
             },
             security.clone(),
             tls.clone(),
-        )),
-    ];
+        )));
+    }
     if let Some(path) = config_path {
         background.push(tokio::spawn(reload::watch(path, topology.clone())));
     }
     let coordinator_config = topology.load().config.clone();
     background.extend(coordinator::start(&coordinator_config, topology.clone()).await);
-    tracing::info!(%addr, admin = %admin_addr, primary = %topology.load().primary().id, "DirkDB proxy listening");
+    tracing::info!(%addr, admin = ?admin_addr, primary = %topology.load().primary().id, "DirkDB proxy listening");
     serve(
         listener,
         topology,

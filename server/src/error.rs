@@ -76,7 +76,7 @@ pub enum StartError {
     /// The data directory could not be opened.
     #[error(transparent)]
     Server(#[from] ServerError),
-    /// The SQL port is taken or not allowed.
-    #[error("cannot listen on {0}: {1}")]
-    Bind(String, std::io::Error),
+    /// The SQL or admin port is taken or not allowed.
+    #[error(transparent)]
+    Bind(#[from] dirkdb_core::accept_loop::BindError),
 }

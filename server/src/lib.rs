@@ -60,13 +60,15 @@ pub(crate) mod write_path;
 
 use std::sync::Arc;
 
-use dirkdb_core::config::ClusterConfig;
+pub use dirkdb_core::accept_loop::Listeners;
+use dirkdb_core::config::{ClusterConfig, InstanceConfig};
 use tokio::net::TcpListener;
 
 pub use crate::error::{Result, ServerError, StartError};
 pub use crate::state::ServerState;
 
 /// Runs instance `instance_id` of `config` until `shutdown` resolves, then checkpoints its files.
+/// Its ports are bound once its files are open, so nothing accepts before it can serve.
 pub async fn run(
     config: &ClusterConfig,
     instance_id: &str,
@@ -75,25 +77,47 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let instance = config.instance(instance_id)?;
     let state = Arc::new(ServerState::open(instance, config)?);
-    let addr = format!("{}:{}", instance.bind_host(), instance.port);
+    let host = instance.bind_host();
+    let admin = instance.admin_port.map(|port| format!("{host}:{port}"));
+    let listeners = Listeners::bind(&format!("{host}:{}", instance.port), admin.as_deref()).await?;
+    serve_instance(state, listeners, (config, instance), config_path, shutdown).await;
+    Ok(())
+}
+
+/// [`run`] on listeners already bound (a test binds port 0, then writes the ports it got into
+/// `config`, which the proxy and the replicas dial).
+pub async fn run_on(
+    listeners: Listeners,
+    config: &ClusterConfig,
+    instance_id: &str,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl std::future::Future,
+) -> Result<(), StartError> {
+    let instance = config.instance(instance_id)?;
+    let state = Arc::new(ServerState::open(instance, config)?);
+    serve_instance(state, listeners, (config, instance), config_path, shutdown).await;
+    Ok(())
+}
+
+/// Serves an opened instance on its listeners with its background tasks until `shutdown`.
+async fn serve_instance(
+    state: Arc<ServerState>,
+    listeners: Listeners,
+    (config, instance): (&ClusterConfig, &InstanceConfig),
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl std::future::Future,
+) {
+    let addr = listeners.sql_addr();
     dirkdb_core::security::warn_if_exposed(
         instance.bind_host(),
         &format!("instance {}", instance.id),
         &state.security.security,
     );
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| StartError::Bind(addr.clone(), e))?;
-    let admin = match instance.admin_port {
-        Some(port) => {
-            let admin_addr = format!("{}:{port}", instance.bind_host());
-            let admin_listener = TcpListener::bind(&admin_addr)
-                .await
-                .map_err(|e| StartError::Bind(admin_addr.clone(), e))?;
-            Some(tokio::spawn(admin::serve(admin_listener, state.clone())))
-        }
-        None => None,
-    };
+    let Listeners {
+        sql: listener,
+        admin,
+    } = listeners;
+    let admin = admin.map(|admin| tokio::spawn(admin::serve(admin, state.clone())));
     tracing::info!(
         instance = %instance.id,
         role = if state.is_replica() { "REPLICA" } else { "PRIMARY" },
@@ -134,7 +158,6 @@ pub async fn run(
     {
         task.abort();
     }
-    Ok(())
 }
 
 /// MULTI_PRIMARY: every other master (id, replication address), whose streams this one applies;

@@ -1,8 +1,10 @@
 //! DirkDB's parts started inside the test process, for tests that kill no process (the model is
-//! mini-redis's `tests/server.rs`): a primary, a proxy and a cache run as tasks of the test's
-//! own runtime with the same `run` functions as `dirkdb server|proxy|cache`, on loopback ports,
-//! and stop when their handle is dropped. No binary start, no log file, no polling of a port
-//! for a process to come up: a part is ready when its `run` has bound its listeners.
+//! mini-redis's `tests/server.rs`): servers, a proxy and a cache run as tasks of the test's own
+//! runtime with the same code as `dirkdb server|proxy|cache` (`run_on`), and stop when their
+//! handle is dropped. Every port is bound to port 0 first and the config is written with the
+//! ports the kernel gave, so no port is reserved and lost to someone else before the part binds
+//! it, and no test polls for a process to come up: a bound port queues connections until the part
+//! serves them.
 //!
 //! Everything here is async (HTTP included): a blocking call would stall the runtime that
 //! serves the very part it talks to.
@@ -10,19 +12,18 @@
 use std::time::Duration;
 
 use dirkdb_client::Client;
+use dirkdb_core::accept_loop::Listeners;
 use dirkdb_core::config::ClusterConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-use super::free_port;
 
 /// One part running in this process; dropping it stops it.
 pub(crate) struct Part {
     /// Its SQL port.
     pub port: u16,
-    /// Its admin HTTP port.
+    /// Its admin HTTP port (0: none).
     pub admin: u16,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -49,17 +50,19 @@ impl Part {
         }
     }
 
-    /// Runs `run` (given a future that resolves when the part must stop) as a task, then waits
-    /// until `port` and `admin` accept connections.
-    async fn spawn<F>(port: u16, admin: u16, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Part
+    /// Runs `run` (given the part's listeners and a future that resolves when the part must
+    /// stop) as a task.
+    fn spawn<F>(
+        listeners: Listeners,
+        run: impl FnOnce(Listeners, oneshot::Receiver<()>) -> F,
+    ) -> Part
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        let port = port_of(&listeners.sql);
+        let admin = listeners.admin.as_ref().map_or(0, port_of);
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(stopped));
-        for p in [port, admin] {
-            accepting(p).await;
-        }
+        let task = tokio::spawn(run(listeners, stopped));
         Part {
             port,
             admin,
@@ -77,21 +80,36 @@ impl Drop for Part {
     }
 }
 
-/// Waits up to 20 s until something accepts on `port` (an in-process part binds at once; this
-/// only covers the task's first poll).
-async fn accepting(port: u16) {
-    let found = super::wait::until_async(Duration::from_secs(20), || async move {
-        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
-    assert!(found, "nothing listens on port {port} after 20 s");
+/// A listener on a port of loopback the kernel chooses.
+pub(crate) async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")
 }
 
-/// A primary `m1` with an admin port and its own data folder, and the config around it.
+/// A part's SQL and admin listeners on ports the kernel chooses.
+pub(crate) async fn listeners() -> Listeners {
+    Listeners {
+        sql: bind().await,
+        admin: Some(bind().await),
+    }
+}
+
+fn port_of(listener: &TcpListener) -> u16 {
+    listener.local_addr().expect("local address").port()
+}
+
+/// A port nothing listens on (bound, then closed): for an instance a config names but no test
+/// starts, which refuses connections.
+pub(crate) async fn closed_port() -> u16 {
+    port_of(&bind().await)
+}
+
+/// A primary `m1` with an admin port and its own data folder, the config around it, and the
+/// proxy's listeners, bound and held for [`proxy`].
 pub(crate) struct Primary {
     pub dir: tempfile::TempDir,
     pub config: ClusterConfig,
     pub part: Part,
+    proxy_listeners: std::sync::Mutex<Option<Listeners>>,
 }
 
 /// The config of one primary `m1` on `port`/`admin`, a proxy on `proxy`/`proxy_admin`, and
@@ -109,7 +127,7 @@ pub(crate) fn config_text(dir: &std::path::Path, ports: [u16; 4], extra: &str) -
     )
 }
 
-/// Starts a primary in this process (its proxy's ports are reserved in the config, not used).
+/// Starts a primary in this process (its proxy's ports are bound and held for [`proxy`]).
 pub(crate) async fn primary() -> Primary {
     primary_with("").await
 }
@@ -117,46 +135,106 @@ pub(crate) async fn primary() -> Primary {
 /// Starts a primary whose config has `extra` top-level sections (see [`config_text`]).
 pub(crate) async fn primary_with(extra: &str) -> Primary {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let (server, proxy) = (listeners().await, listeners().await);
+    let ports = [
+        port_of(&server.sql),
+        server.admin.as_ref().map_or(0, port_of),
+        port_of(&proxy.sql),
+        proxy.admin.as_ref().map_or(0, port_of),
+    ];
     let config = ClusterConfig::parse(&config_text(dir.path(), ports, extra)).expect("test config");
-    let running = config.clone();
-    let part = Part::spawn(ports[0], ports[1], move |stopped| async move {
-        let result = dirkdb_server::run(&running, "m1", None, stopped).await;
-        if let Err(e) = result {
-            panic!("in-process server: {e}");
-        }
-    })
-    .await;
-    Primary { dir, config, part }
+    let part = server_part(server, config.clone(), "m1");
+    Primary {
+        dir,
+        config,
+        part,
+        proxy_listeners: std::sync::Mutex::new(Some(proxy)),
+    }
 }
 
-/// Starts the proxy of `primary`'s config in this process.
+/// Runs instance `id` of `config` on `listeners` in this process.
+pub(crate) fn server_part(listeners: Listeners, config: ClusterConfig, id: &'static str) -> Part {
+    Part::spawn(listeners, move |listeners, stopped| async move {
+        let result = dirkdb_server::run_on(listeners, &config, id, None, stopped).await;
+        if let Err(e) = result {
+            panic!("in-process server {id}: {e}");
+        }
+    })
+}
+
+/// Starts the proxy of `primary`'s config in this process, on the ports its config names.
 pub(crate) async fn proxy(primary: &Primary) -> Part {
     let config = primary.config.clone();
-    let lb = &config.load_balancer;
-    let (port, admin) = (lb.listen_port, lb.admin_port);
-    Part::spawn(port, admin, move |stopped| async move {
-        if let Err(e) = dirkdb_proxy::run(config, None, stopped).await {
+    let listeners = primary
+        .proxy_listeners
+        .lock()
+        .expect("proxy listeners")
+        .take()
+        .expect("one proxy per primary");
+    Part::spawn(listeners, move |listeners, stopped| async move {
+        if let Err(e) = dirkdb_proxy::run_on(listeners, config, None, stopped).await {
             panic!("in-process proxy: {e}");
         }
     })
-    .await
 }
 
 /// Starts a cache in this process in front of `upstream` (`host:port`), following the
 /// primary's change feed.
 pub(crate) async fn cache(primary: &Primary, upstream: &str) -> Part {
     let mut settings = dirkdb_cache::CacheSettings::from_config(&primary.config);
-    let (port, admin) = (free_port(), free_port());
-    settings.listen = format!("127.0.0.1:{port}");
-    settings.admin = format!("127.0.0.1:{admin}");
+    let listeners = listeners().await;
+    settings.listen = listeners.sql_addr();
+    settings.admin = listeners.admin_addr().unwrap_or_default();
     settings.upstream = upstream.to_string();
-    Part::spawn(port, admin, move |stopped| async move {
-        if let Err(e) = dirkdb_cache::run(settings, stopped).await {
+    Part::spawn(listeners, move |listeners, stopped| async move {
+        if let Err(e) = dirkdb_cache::run_on(listeners, settings, stopped).await {
             panic!("in-process cache: {e}");
         }
     })
-    .await
+}
+
+/// A lone server `t1` in this process, as `ServerProcess` starts one (the same config, from
+/// [`super::lone_server_config`]), for tests that neither kill, signal nor measure its process.
+pub(crate) struct Server {
+    pub dir: tempfile::TempDir,
+    pub part: Part,
+}
+
+impl Server {
+    /// `127.0.0.1:<port>`.
+    pub(crate) fn addr(&self) -> String {
+        self.part.addr()
+    }
+
+    /// A client connected to it.
+    pub(crate) async fn client(&self) -> Client {
+        self.part.client().await
+    }
+}
+
+/// A lone PRIMARY with default limits.
+pub(crate) async fn server() -> Server {
+    server_with("PRIMARY", "{}").await
+}
+
+/// A lone instance of `role` (PRIMARY or REPLICA) with the `limits` JSON object; a replica's
+/// primary `t2` is on a closed port.
+pub(crate) async fn server_with(role: &str, limits: &str) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listeners = Listeners {
+        sql: bind().await,
+        admin: None,
+    };
+    let text = super::lone_server_config(
+        role,
+        port_of(&listeners.sql),
+        &dir.path().join("data"),
+        closed_port().await,
+        limits,
+    );
+    let config = ClusterConfig::parse(&text).expect("test config");
+    let part = server_part(listeners, config, "t1");
+    Server { dir, part }
 }
 
 /// `GET path` on a loopback admin port; the status code and the body.

@@ -75,27 +75,12 @@ impl ServerProcess {
     }
 
     fn write_config(&self) {
-        // A topology always needs a primary; when this process is a replica, a second (not
-        // started) instance plays the primary.
-        let other_role = if self.role == "PRIMARY" {
-            "REPLICA"
-        } else {
-            "PRIMARY"
-        };
-        let config = format!(
-            r#"{{ "instances": [
-                {{ "id": "t1", "role": "{}", "host": "127.0.0.1", "port": {}, "dataDirectory": "{}" }},
-                {{ "id": "t2", "role": "{}", "host": "127.0.0.1", "port": {}, "dataDirectory": "{}" }}
-              ],
-              "limits": {},
-              "storage": {{ "synchronous": "NORMAL" }} }}"#,
+        let config = lone_server_config(
             self.role,
             self.port,
-            self.data_dir().display(),
-            other_role,
+            &self.dir.path().join("data"),
             free_port(),
-            self.dir.path().join("other").display(),
-            self.limits,
+            &self.limits,
         );
         std::fs::write(self.config_path(), config).expect("write config");
     }
@@ -163,6 +148,34 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The config of a lone instance `t1` (`role` PRIMARY or REPLICA, data in `data`, `limits` a
+/// JSON object) on `port`. A topology always needs a primary: when `t1` is a replica, a second
+/// instance `t2` on `other_port`, never started, plays it (its data beside `data`).
+pub(crate) fn lone_server_config(
+    role: &str,
+    port: u16,
+    data: &Path,
+    other_port: u16,
+    limits: &str,
+) -> String {
+    let other_role = if role == "PRIMARY" {
+        "REPLICA"
+    } else {
+        "PRIMARY"
+    };
+    let other_data = data.with_file_name("other");
+    format!(
+        r#"{{ "instances": [
+            {{ "id": "t1", "role": "{role}", "host": "127.0.0.1", "port": {port}, "dataDirectory": "{}" }},
+            {{ "id": "t2", "role": "{other_role}", "host": "127.0.0.1", "port": {other_port}, "dataDirectory": "{}" }}
+          ],
+          "limits": {limits},
+          "storage": {{ "synchronous": "NORMAL" }} }}"#,
+        data.display(),
+        other_data.display(),
+    )
 }
 
 /// Sends a signal with the `kill` command (no libc binding needed in tests).
