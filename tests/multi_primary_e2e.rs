@@ -48,18 +48,25 @@ impl LocalCluster {
 
     /// Like [`LocalCluster::start_separate`] with `count` proxies over the same file, each on
     /// its own ports (`config-proxyN.json` for the second and later).
-    fn start_proxies(count: usize, edit: impl FnOnce(String) -> String) -> LocalCluster {
-        LocalCluster::launch_with(edit, true, count)
+    /// `own(k, text)` changes proxy `k`'s file further (`config.json`, the servers' too, for
+    /// the first).
+    fn start_proxies(
+        count: usize,
+        edit: impl FnOnce(String) -> String,
+        own: &dyn Fn(usize, String) -> String,
+    ) -> LocalCluster {
+        LocalCluster::launch_with(edit, true, count, own)
     }
 
     fn launch(edit: impl FnOnce(String) -> String, separate: bool) -> LocalCluster {
-        LocalCluster::launch_with(edit, separate, 1)
+        LocalCluster::launch_with(edit, separate, 1, &|_, text| text)
     }
 
     fn launch_with(
         edit: impl FnOnce(String) -> String,
         separate: bool,
         proxies: usize,
+        own: &dyn Fn(usize, String) -> String,
     ) -> LocalCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let common::DirkdbConfig {
@@ -77,18 +84,21 @@ impl LocalCluster {
             vec!["cluster".into()]
         };
         for n in 2..=proxies {
-            let own = (common::free_port(), common::free_port());
+            let listening = (common::free_port(), common::free_port());
             let listen = |(port, admin): (u16, u16)| {
                 format!("\"listenPort\": {port}, \"adminPort\": {admin}")
             };
-            let own_text = text.replace(&listen((lb, lb_admin)), &listen(own));
+            let own_text = text.replace(&listen((lb, lb_admin)), &listen(listening));
             assert_ne!(own_text, text, "the proxy's ports are in the file");
-            std::fs::write(dir.path().join(format!("config-proxy{n}.json")), own_text)
-                .expect("write config");
-            ports.push(own);
+            std::fs::write(
+                dir.path().join(format!("config-proxy{n}.json")),
+                own(n - 1, own_text),
+            )
+            .expect("write config");
+            ports.push(listening);
             names.push(format!("proxy{n}"));
         }
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, own(0, text)).expect("write config");
         let mut cluster = LocalCluster {
             dir,
             children: names.into_iter().map(|n| (n, None)).collect(),
@@ -1087,8 +1097,17 @@ impl LocalCluster {
     /// once every proxy and master took etcd's plan and every proxy writes produits on m3;
     /// returns the plan.
     async fn start_over(etcd: &common::etcd::Etcd, proxies: usize) -> (LocalCluster, Value) {
+        LocalCluster::start_over_with(etcd, proxies, &|_, text| text).await
+    }
+
+    /// [`LocalCluster::start_over`], with `own` changing proxy `k`'s file.
+    async fn start_over_with(
+        etcd: &common::etcd::Etcd,
+        proxies: usize,
+        own: &dyn Fn(usize, String) -> String,
+    ) -> (LocalCluster, Value) {
         let endpoints = etcd.endpoints();
-        let cluster = LocalCluster::start_proxies(proxies, |text| with_etcd(text, &endpoints));
+        let cluster = LocalCluster::start_proxies(proxies, |text| with_etcd(text, &endpoints), own);
         cluster.wait_for_ownership();
         cluster.create_tables().await;
         let plan = cluster.wait_plan_everywhere(etcd, &[1, 2, 3]);
@@ -1385,4 +1404,61 @@ async fn over_etcd_the_elected_proxy_killed_inside_a_move_leaves_it_to_the_other
         at_kill["owning"]
     );
     report(&acked, &errors, " through the surviving proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_etcd_the_elected_proxy_cut_off_from_etcd_refuses_writes_and_the_other_moves_once() {
+    let etcd = common::etcd::Etcd::single();
+    let member = etcd.endpoints()[0].clone();
+    let port = etcd.members[0].client_port;
+    let relays: Vec<common::relay::Relay> =
+        (0..2).map(|_| common::relay::Relay::start(port)).collect();
+    let through =
+        |k: usize, text: String| text.replace(&member, &format!("127.0.0.1:{}", relays[k].port));
+    let (mut cluster, _) = LocalCluster::start_over_with(&etcd, 2, &through).await;
+    let elected = common::wait::until(Duration::from_secs(10), "one proxy elected", || {
+        (0..2).find(|&k| cluster.cluster_status(k)["coordinator"]["decides"] == true)
+    });
+    let other = 1 - elected;
+    let writers = Writers::start(cluster.proxies[other].0, 3);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // The elected proxy cut off from etcd: it stops deciding, the other is elected.
+    relays[elected].cut();
+    common::wait::until(Duration::from_secs(10), "the other proxy elected", || {
+        let cut_off = cluster.cluster_status(elected)["coordinator"].clone();
+        let next = cluster.cluster_status(other)["coordinator"].clone();
+        (cut_off["reachable"] == false && cut_off["decides"] == false && next["decides"] == true)
+            .then_some(())
+    });
+    // m3 killed: the proxy that reaches etcd moves its objects, once; the cut-off one refuses
+    // writes, naming etcd, and moves nothing.
+    cluster.kill9(3);
+    cluster
+        .wait_produits_owned_via(other, false, Duration::from_secs(30))
+        .await;
+    let cut_off = cluster.cluster_status(elected)["coordinator"].clone();
+    assert_eq!(cut_off["ownershipMovesRecorded"], 0, "{cut_off}");
+    let mut c = connect_testdb(cluster.proxies[elected].0)
+        .await
+        .expect("USE through the cut-off proxy");
+    let refused = refusal(
+        c.execute("INSERT INTO utilisateurs (v) VALUES ('cut')")
+            .await,
+    );
+    assert!(refused.contains("etcd"), "{refused}");
+
+    // Healed: it takes etcd's plan and routes by it.
+    relays[elected].heal();
+    cluster
+        .wait_produits_owned_via(elected, false, Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, errors) = writers.finish().await;
+    let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2]);
+    assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
+    assert_eq!(plan["moves"], 1, "{plan}");
+    assert_eq!(cluster.moves_recorded(&[0, 1]), 1);
+    cluster.assert_held(&acked, &[1, 2]).await;
+    report(&acked, &errors, " through the proxy that reached etcd");
 }
