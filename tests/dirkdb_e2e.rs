@@ -10,7 +10,7 @@ mod common;
 
 use common::cache::CacheProcess;
 use common::cluster::Cluster;
-use common::ServerProcess;
+use common::{inproc, ServerProcess};
 use dirkdb_client::{Client, ClientError, Reply};
 use serde_json::{json, Value};
 
@@ -404,7 +404,7 @@ async fn run_course(client: &mut Client, through: &str) {
 
 #[tokio::test]
 async fn the_course_script_answers_as_dirkdb_through_the_server() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     run_course(&mut c, "server").await;
 }
@@ -777,7 +777,7 @@ async fn dirkdb_answers_come_in_pages_of_twenty_rows_everywhere() {
 
 #[tokio::test]
 async fn set_operations_answer_in_dirkdb_order() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     for sql in [
         "manamboara tahiry filaharana",
@@ -959,7 +959,7 @@ async fn a_statement_over_the_limit_is_refused_at_once_and_the_session_goes_on()
 
 #[tokio::test]
 async fn joins_answer_in_dirkdb_order_and_natural_joins_pair_nulls() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     for sql in [
         "manamboara tahiry tonona",
@@ -1058,7 +1058,7 @@ async fn joins_answer_in_dirkdb_order_and_natural_joins_pair_nulls() {
 
 #[tokio::test]
 async fn remembered_plans_follow_schema_changes_and_recreated_databases() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     let join = "alaivo * #ao@ a #tonona:avia@ b #ka a.n = b.n";
     let labels = |r: &dirkdb_client::ResultSet| -> Vec<String> {
@@ -1104,7 +1104,7 @@ async fn remembered_plans_follow_schema_changes_and_recreated_databases() {
 
 #[tokio::test]
 async fn groups_and_enum_members_come_in_java_hash_order() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     for sql in [
         "manamboara tahiry vondrona",
@@ -1145,7 +1145,7 @@ async fn groups_and_enum_members_come_in_java_hash_order() {
 /// table file is).
 #[tokio::test]
 async fn tree_bins_of_java_hash_maps_order_groups_and_enum_members() {
-    let server = ServerProcess::start();
+    let server = inproc::server().await;
     let mut c = server.client().await;
     let keys = [
         1, 16, 256, 257, 258, 259, 260, 261, 262, 263, 264, 265, 1001, 1002, 1003, 1004, 1005, 1006,
