@@ -68,20 +68,16 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("{what} did not happen within 5 s");
 }
 
-#[tokio::test]
-async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
-    let primary = Arc::new(ServerState::open(&config.instances[0], &config).unwrap());
-    let replica = Arc::new(ServerState::open(&config.instances[1], &config).unwrap());
-    primary
-        .create_database(primary.new_owner(), "d", false)
-        .unwrap();
-    write(
-        &primary,
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('a'), ('b');",
-    );
-
+/// Runs `primary`'s real sender and `replica`'s real OPLOG follower over one in-memory duplex;
+/// the follower says it stands at `seq` and asks for a full sync.
+fn join(
+    primary: &Arc<ServerState>,
+    replica: &Arc<ServerState>,
+    seq: u64,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Result<(), super::stream::StreamError>>,
+) {
     let (primary_end, replica_end) = tokio::io::duplex(64 * 1024);
     let (p_read, p_write) = tokio::io::split(primary_end);
     let (r_read, r_write) = tokio::io::split(replica_end);
@@ -103,7 +99,7 @@ async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
         let hello = Message::Hello {
             instance: "r1".into(),
             history: "resync".into(),
-            seq: 0,
+            seq,
             mode: ReplicationType::Oplog,
             term: r.term(),
             compression: None,
@@ -113,6 +109,24 @@ async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
         let mode = r.modes.get(ReplicationType::Oplog);
         mode.follow_primary(&r.node, &mut units, &mut writer).await
     });
+    (sender, follower)
+}
+
+#[tokio::test]
+async fn a_replica_follows_its_primary_over_an_in_memory_duplex() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let primary = Arc::new(ServerState::open(&config.instances[0], &config).unwrap());
+    let replica = Arc::new(ServerState::open(&config.instances[1], &config).unwrap());
+    primary
+        .create_database(primary.new_owner(), "d", false)
+        .unwrap();
+    write(
+        &primary,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('a'), ('b');",
+    );
+
+    let (sender, follower) = join(&primary, &replica, 0);
 
     until("the full sync", || rows(&replica).len() == 2).await;
     assert_eq!(rows(&replica), rows(&primary));
@@ -311,4 +325,57 @@ fn an_entry_missing_under_later_held_ones_is_a_divergence() {
         .expect_err("B's entry 2 must not vanish under A's entry 3");
     assert!(err.to_string().contains("no entry at 2"), "{err}");
     assert_eq!(replica.write_path.committed(), 1, "no position advanced");
+}
+
+/// #14: a node whose chain is its primary's while a file holds another history's entries at or
+/// below its position (it adopted the chain in a FILE round while that file was an older
+/// primary's copy, then restarted: the position counts the file) saves them in the full sync
+/// that its divergence brings. The chains say nothing diverged, so only a comparison with the
+/// snapshot finds them; they used to be replaced unsaved.
+#[tokio::test]
+async fn a_full_sync_saves_what_the_snapshot_lacks_below_the_position_under_the_same_chain() {
+    let (a, b, replica, _dirs) = diverged();
+    let (b, replica) = (Arc::new(b), Arc::new(replica));
+    for (primary, v) in [(&a, "a"), (&*b, "b")] {
+        primary
+            .create_database(primary.new_owner(), "d", false)
+            .unwrap();
+        write(primary, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+        write(primary, &format!("INSERT INTO t(v) VALUES ('{v}');"));
+    }
+    let from_a = all_entries(&a);
+    let mut applier = super::apply::Applier::default();
+    applier
+        .apply(&replica, replica.new_owner(), &from_a[..1])
+        .unwrap();
+    make_table(&replica);
+    let at = applier.apply(&replica, replica.new_owner(), &from_a[1..]);
+    let at = at.unwrap();
+    let chain = b.meta.history(&b.instance_id).unwrap();
+    replica.meta.adopt_history(&chain, b.term()).unwrap();
+
+    let (sender, follower) = join(&b, &replica, at);
+    until("the full sync", || rows(&replica) == rows(&b)).await;
+    let saved: Vec<crate::oplog::Entry> = std::fs::read_dir(replica.data_dir().join("rollback"))
+        .map(|dir| dir.flatten().map(|f| f.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let lines: Vec<crate::oplog::Entry> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            lines
+        })
+        .collect();
+    let insert = from_a.last().unwrap();
+    assert!(
+        saved
+            .iter()
+            .any(|e| e.seq == insert.seq && e.crc == insert.crc),
+        "A's insert, replaced by B's at its sequence, is in no rollback file: {saved:?}"
+    );
+    sender.abort();
+    follower.abort();
 }

@@ -244,15 +244,16 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
         } => {
             check_term(state, term, "a full sync")?;
             let (s, new_chain) = (state.clone(), chain.clone());
-            let saved = tokio::task::spawn_blocking(move || {
-                super::rollback::save_divergent(&s, &new_chain)
+            let (saved, upto) = tokio::task::spawn_blocking(move || {
+                let upto = super::rollback::saved_after(&s, &new_chain)?;
+                super::rollback::save_divergent(&s, &new_chain).map(|saved| (saved, upto))
             })
             .await
             .map_err(ServerError::from)??;
             if let Some(path) = saved {
                 tracing::warn!(file = %path.display(), "writes this node made that the new primary never received were saved to a rollback file");
             }
-            receive_full_sync(state, units, &files, position).await?;
+            receive_full_sync(state, units, &files, position, upto).await?;
             state
                 .meta
                 .adopt_history(&chain, term)
@@ -307,12 +308,15 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Receives every file of a full sync, checks each CRC, then installs them.
+/// Receives every file of a full sync, checks each CRC, saves this node's entries up to `upto`
+/// that the snapshot lacks or holds differently (`rollback::save_divergent_from_snapshot`),
+/// then installs them.
 async fn receive_full_sync(
     state: &Arc<Node>,
     units: &mut Units,
     files: &[FileInfo],
     position: u64,
+    upto: u64,
 ) -> Result<(), StreamError> {
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     tracing::info!(
@@ -382,9 +386,14 @@ async fn receive_full_sync(
         }
     }
     let (s, d, f) = (state.clone(), dir.clone(), files.to_vec());
-    tokio::task::spawn_blocking(move || snapshot::install(&s, &d, &f, position))
-        .await
-        .map_err(ServerError::from)??;
+    tokio::task::spawn_blocking(move || {
+        for path in super::rollback::save_divergent_from_snapshot(&s, &d, upto)? {
+            tracing::warn!(file = %path.display(), "entries this node held that the new primary's snapshot lacks or holds differently were saved to a rollback file");
+        }
+        snapshot::install(&s, &d, &f, position)
+    })
+    .await
+    .map_err(ServerError::from)??;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(position, bytes = done, seconds, "full sync installed");
     state.replication.update_follower(|f| {

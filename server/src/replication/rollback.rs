@@ -15,6 +15,11 @@
 //! (the very ones the new primary holds may be saved with them: a rollback file may hold more
 //! than was lost, never less).
 //!
+//! The OPLOG full sync then compares what the chains cannot vouch for: once the snapshot is
+//! received, [`save_divergent_from_snapshot`] saves each database's entries at or below that
+//! point which the snapshot's file lacks or holds differently (a node can adopt its primary's
+//! chain in a FILE round while another file still holds an older primary's copy).
+//!
 //! FILE mode has no history chain: a demoted node's databases are replaced by its new primary's
 //! copies. Before a copy replaces a database on a node that has not synced with its primary yet
 //! (it was repointed or demoted), [`save_divergent_from_copy`] saves every entry of the
@@ -43,9 +48,7 @@ pub(crate) fn save_divergent(
     state: &Storage,
     new_chain: &[HistoryLink],
 ) -> Result<Option<PathBuf>> {
-    let own = state.meta.history(&state.instance_id)?;
-    let branch = shared_through(&own, new_chain);
-    let after = branch.min(state.write_path.committed());
+    let after = saved_after(state, new_chain)?;
     let sources = state.oplog_sources()?;
     let entries = store::merge(
         &sources,
@@ -60,18 +63,57 @@ pub(crate) fn save_divergent(
     file.finish()
 }
 
-/// FILE mode: saves the entries of database `db`'s own oplog (`live`) that the copy about to
-/// replace it (`copy`, the new primary's file) lacks or holds differently; returns the file
-/// written, if there was anything to save.
-pub(crate) fn save_divergent_from_copy(
+/// Where [`save_divergent`] starts saving: the branch point in `new_chain`, or the node's
+/// position when lower.
+pub(crate) fn saved_after(state: &Storage, new_chain: &[HistoryLink]) -> Result<u64> {
+    let own = state.meta.history(&state.instance_id)?;
+    Ok(shared_through(&own, new_chain).min(state.write_path.committed()))
+}
+
+/// OPLOG full sync, once the snapshot is received (in `incoming`) and before it replaces this
+/// node's files: saves, per database, the entries at or below `upto` (where
+/// [`save_divergent`] started) that the snapshot's file lacks or holds differently, compared
+/// by sequence and checksum as [`save_divergent_from_copy`] does, and every entry up to `upto`
+/// of a database the snapshot lacks. The chains alone cannot show these: a node that adopted
+/// its primary's chain while a file still held another history's entries (a FILE-mode copy
+/// newer than its round's position, counted in the node's position after a restart) diverged
+/// below its position under the same chain. Returns the files written.
+pub(crate) fn save_divergent_from_snapshot(
+    state: &Storage,
+    incoming: &std::path::Path,
+    upto: u64,
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for name in state.catalog.names() {
+        let db = state.catalog.get(&name)?;
+        let live = db.lease()?;
+        let snapshot = incoming.join(format!("{name}.db"));
+        let saved = if snapshot.exists() {
+            crate::file_copy::open_source(&snapshot)
+                .and_then(|copy| save_lacking_upto(state, &name, &live, &copy, upto))
+        } else {
+            save_file_entries(state, &name, &live, 0, &mut |e| Ok(e.seq <= upto))
+        };
+        db.give_back(live);
+        written.extend(saved?);
+    }
+    Ok(written)
+}
+
+/// The entries of `live` at or below `upto` that `copy` lacks or holds differently.
+fn save_lacking_upto(
     state: &Storage,
     db: &str,
     live: &Connection,
     copy: &Connection,
+    upto: u64,
 ) -> Result<Option<PathBuf>> {
     let oldest = store::file_stats(copy)?.oldest;
     let mut held = copy.prepare("SELECT crc FROM _dirk_oplog WHERE seq = ?1")?;
     let mut lacks = |entry: &crate::oplog::Entry| -> Result<bool> {
+        if entry.seq > upto {
+            return Ok(false);
+        }
         let theirs: Option<i64> = held
             .query_row([entry.seq.min(i64::MAX as u64) as i64], |r| r.get(0))
             .optional()?;
@@ -84,6 +126,18 @@ pub(crate) fn save_divergent_from_copy(
         oldest.map_or(0, |o| o.saturating_sub(1)),
         &mut lacks,
     )
+}
+
+/// FILE mode: saves the entries of database `db`'s own oplog (`live`) that the copy about to
+/// replace it (`copy`, the new primary's file) lacks or holds differently; returns the file
+/// written, if there was anything to save.
+pub(crate) fn save_divergent_from_copy(
+    state: &Storage,
+    db: &str,
+    live: &Connection,
+    copy: &Connection,
+) -> Result<Option<PathBuf>> {
+    save_lacking_upto(state, db, live, copy, u64::MAX)
 }
 
 /// FILE mode: saves every entry of database `db`'s own oplog (`live`), which the new primary
