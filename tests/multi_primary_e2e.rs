@@ -489,8 +489,15 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
             );
         }
     }
+    // No conflict here: SHOW CONFLICTS (both spellings) answers an empty relation through the
+    // proxy, and the proxy counts none.
+    for show in ["SHOW CONFLICTS", "asehoy ny fifanoherana"] {
+        let listed = cluster.proxy().await.query(show).await.unwrap();
+        assert!(listed.rows.is_empty(), "{show}: {listed:?}");
+    }
     let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
     let mp = &status["multiPrimary"];
+    assert_eq!(mp["openConflicts"], 0, "{mp}");
     let objects = mp["objects"].as_array().cloned().unwrap_or_default();
     let owner = |kind: &str, name: &str| {
         objects
@@ -517,6 +524,21 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
             mp["positions"][m]["positions"]["m3"].as_u64().unwrap_or(0) > 0,
             "{mp}"
         );
+        // Per-peer checkpoints: how far this master applied each peer's stream (its position
+        // for that origin) and how far the peer acknowledged this master's own stream.
+        let checkpoints = mp["positions"][m]["checkpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(checkpoints.len(), 2, "{m}: {mp}");
+        for c in &checkpoints {
+            let peer = c["peer"].as_str().unwrap_or_default();
+            assert_eq!(
+                c["applied"], mp["positions"][m]["positions"][peer],
+                "{m}: {mp}"
+            );
+            assert!(c["acknowledged"].is_u64(), "{m}: {mp}");
+        }
     }
     let metrics = http(cluster.masters[0].1, "GET", "/metrics", "");
     let metrics = metrics.as_str().unwrap_or_default();
@@ -526,6 +548,11 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
     );
     assert!(
         metrics.contains("dirkdb_peer_applied_sequence{instance=\"m1\",origin=\"m3\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("dirkdb_peer_checkpoint{instance=\"m1\",peer=\"m2\",side=\"acknowledged\"}"),
         "{metrics}"
     );
     assert!(

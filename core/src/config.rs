@@ -464,6 +464,45 @@ impl Default for CompressionConfig {
 }
 
 config_enum!(
+    /// How a MULTI_PRIMARY conflict is resolved (`replication.conflicts`): by the row's home
+    /// master (the *target*, its table's rendezvous owner over every configured master) against
+    /// the other master's change (the *source*).
+    ConflictStrategy {
+        /// The source's change is applied, and the row then written anew by the home.
+        #[default]
+        SourceWins = "SOURCE_WINS",
+        /// The home's row is kept, and written anew so that every master takes it.
+        TargetWins = "TARGET_WINS",
+        /// Kept open (`SHOW CONFLICTS`) until resolved with `RESOLVE CONFLICT`.
+        Manual = "MANUAL",
+    }
+);
+
+/// `replication.conflicts` (MULTI_PRIMARY): the strategy of each table (`"db.table"`), else of
+/// its database, else `strategy`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConflictsConfig {
+    /// The default strategy.
+    pub strategy: ConflictStrategy,
+    /// Per database.
+    pub databases: std::collections::BTreeMap<String, ConflictStrategy>,
+    /// Per table, keyed `"<database>.<table>"`.
+    pub tables: std::collections::BTreeMap<String, ConflictStrategy>,
+}
+
+impl ConflictsConfig {
+    /// The strategy of `db`.`table`.
+    pub fn strategy_for(&self, db: &str, table: &str) -> ConflictStrategy {
+        self.tables
+            .get(&format!("{db}.{table}"))
+            .or_else(|| self.databases.get(db))
+            .copied()
+            .unwrap_or(self.strategy)
+    }
+}
+
+config_enum!(
     /// Whether the proxy promotes a replica by itself.
     FailoverMode {
         /// Promote after `detectionMillis` without a healthy primary.
@@ -570,6 +609,8 @@ pub struct ReplicationConfig {
     pub oplog: OplogConfig,
     /// Compression of the stream to replicas.
     pub compression: CompressionConfig,
+    /// MULTI_PRIMARY: how conflicts are resolved.
+    pub conflicts: ConflictsConfig,
     /// The file asked for FILE under MULTI_PRIMARY, which runs OPLOG instead
     /// ([`FILE_UNDER_MULTI_PRIMARY`]); set by [`ClusterConfig::parse`].
     #[serde(skip)]
@@ -585,6 +626,7 @@ impl Default for ReplicationConfig {
             heartbeat_millis: 500,
             oplog: OplogConfig::default(),
             compression: CompressionConfig::default(),
+            conflicts: ConflictsConfig::default(),
             file_replaced_by_oplog: false,
         }
     }

@@ -573,16 +573,22 @@ pub(crate) async fn status(t: &Topology) -> Value {
     }
     let mut masters = serde_json::Map::new();
     let mut objects: Option<Vec<Value>> = None;
+    let mut open_conflicts = 0;
     for (id, task) in asked {
         let Ok((status, owners)) = task.await else {
             continue;
         };
         let entry = match status {
-            Ok(s) => json!({
+            Ok(s) => {
+                open_conflicts += s["conflicts"]["open"].as_u64().unwrap_or(0);
+                json!({
                 "positions": s["positions"],
                 "streams": s["peers"],
+                "checkpoints": s["checkpoints"],
+                "conflicts": s["conflicts"],
                 "committedSequence": s["committedSequence"],
-            }),
+                })
+            }
             Err(e) => json!({ "error": e.to_string() }),
         };
         masters.insert(id, entry);
@@ -603,7 +609,26 @@ pub(crate) async fn status(t: &Topology) -> Value {
         "streamsBetweenMasters": true,
         "objects": objects,
         "positions": masters,
+        "openConflicts": open_conflicts,
     })
+}
+
+/// Every master's conflicts (`GET /replication/conflicts` of each master up; a master that
+/// does not answer within 500 ms is left out, and logged).
+pub(crate) async fn conflicts(t: &Topology) -> Vec<Value> {
+    let mut out = Vec::new();
+    for master in t.masters_up() {
+        let Some(admin) = master.admin.as_deref() else {
+            continue;
+        };
+        match get_json(admin, "/replication/conflicts", Duration::from_millis(500)).await {
+            Ok(listed) => out.extend(listed["conflicts"].as_array().cloned().unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(instance = %master.id, error = %e, "SHOW CONFLICTS: a master did not answer")
+            }
+        }
+    }
+    out
 }
 
 /// The masters back and catching up, with what each must reach.

@@ -44,6 +44,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         .route("/replication/write-probe", post(write_probe))
         .route("/replication/ownership", post(set_ownership))
         .route("/replication/owners", get(owners))
+        .route("/replication/conflicts", get(conflicts))
         .route("/replication/mode", post(set_mode))
         .route("/replication/written", post(written))
         .route("/metrics", get(metrics))
@@ -130,7 +131,41 @@ async fn status(State(state): Shared) -> ApiResult {
         "rollbackFiles": rollback_files(&state),
         "ownership": ownership_status(&state),
         "peers": state.settings.ownership.active().then(|| state.peers.streams()),
+        "checkpoints": state.settings.ownership.active().then(|| {
+            state
+                .peers
+                .checkpoints(&crate::replication::peers::acked_by_peer(&state.replication))
+        }),
         "positions": peer_positions(&state),
+        "conflicts": conflict_counts(&state).await?,
+    })))
+}
+
+/// MULTI_PRIMARY: this master's open and resolved conflicts (`null` outside MULTI_PRIMARY).
+async fn conflict_counts(state: &Arc<ServerState>) -> Result<Value, ApiError> {
+    if !state.settings.ownership.active() {
+        return Ok(Value::Null);
+    }
+    let (open, resolved) = blocking(state, |s| crate::replication::conflicts::counts_of(s)).await?;
+    Ok(json!({ "open": open, "resolved": resolved }))
+}
+
+/// `GET /replication/conflicts`: the conflicts this master recorded as the home of their rows
+/// (MULTI_PRIMARY; 409 otherwise), with the counts.
+async fn conflicts(State(state): Shared) -> ApiResult {
+    if !state.settings.ownership.active() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "not a master of a MULTI_PRIMARY topology (routing.writes.mode)".into(),
+        ));
+    }
+    let listed = blocking(&state, |s| crate::replication::conflicts::listed_json(s)).await?;
+    let open = listed.iter().filter(|c| c["state"] == "open").count();
+    Ok(Json(json!({
+        "instance": state.instance_id,
+        "open": open,
+        "resolved": listed.len() - open,
+        "conflicts": listed,
     })))
 }
 

@@ -116,7 +116,7 @@ fn write_page(
     page.one(&STREAM_BYTES, state.replication.sent.uncompressed())?;
     page.one(&WIRE_BYTES, state.replication.sent.wire())?;
     write_replicas(&state.replication.replicas(committed), page)?;
-    crate::replication::peers::write_metrics(state, &state.peers, page)?;
+    crate::replication::peers::write_metrics(state, &state.peers, &state.replication, page)?;
     if state.is_replica() {
         let f = state.replication.follower();
         page.one(&FOLLOWER_LAG, f.primary_sequence.saturating_sub(committed))?;

@@ -247,6 +247,18 @@ impl Ownership {
         rendezvous::owner(&object.key(), &view.up).map(|i| view.up[i].clone())
     }
 
+    /// The home of `object`: its owner by rendezvous over every configured master, where its
+    /// writes go while all are up; it resolves the object's conflicts
+    /// (`replication/conflicts.rs`). `None` outside MULTI_PRIMARY.
+    pub fn home_of(&self, object: &ObjectRef) -> Option<String> {
+        rendezvous::owner(&object.key(), &self.masters).map(|i| self.masters[i].clone())
+    }
+
+    /// This master's id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// `Ok` when this master may write `object` (always outside MULTI_PRIMARY); otherwise the
     /// reason, naming the object and its owner.
     pub fn check(&self, object: &ObjectRef) -> Result<(), String> {

@@ -20,6 +20,7 @@ use dirkdb_core::accept_loop::Deadline;
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use dirkdb_core::security::ConnectionAuth;
+use dirkdb_core::sql::conflicts::ConflictStatement;
 use dirkdb_core::sql::malagasy::translate;
 use rusqlite::Connection;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -137,6 +138,9 @@ impl Session {
             };
             return self.reply(out, frame).await;
         }
+        if let Some(statement) = dirkdb_core::sql::conflicts::parse(&sql) {
+            return self.conflict_statement(statement, out).await;
+        }
         let prepared = if sql.len() > OFF_RUNTIME_BYTES {
             // Lexing, translating and parsing megabytes would hold a runtime worker for long
             // enough to starve the admin API (the proxy's lease renewals) and other sessions.
@@ -161,6 +165,64 @@ impl Session {
                 self.reply(out, frame).await
             }
         }
+    }
+
+    /// MULTI_PRIMARY: `SHOW CONFLICTS` (this master's) and `RESOLVE CONFLICT` (one this master
+    /// holds; the admin permission on its database is required).
+    async fn conflict_statement<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        statement: Result<ConflictStatement, String>,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let answer = match statement.map_err(ServerError::Syntax) {
+            Ok(ConflictStatement::Show) => match show_conflicts(self.state.clone()).await {
+                Ok(sql) => return self.run_sql(sql, out).await,
+                Err(e) => Err(e),
+            },
+            Ok(ConflictStatement::Resolve {
+                master,
+                id,
+                keep_remote,
+            }) => self.resolve_conflict(master, id, keep_remote).await,
+            Err(e) => Err(e),
+        };
+        let frame = match answer {
+            Ok(text) => Frame::Message(text),
+            Err(e) => Frame::error(e),
+        };
+        self.reply(out, frame).await
+    }
+
+    async fn resolve_conflict(
+        &mut self,
+        master: Option<String>,
+        id: u64,
+        keep_remote: bool,
+    ) -> Result<String, ServerError> {
+        let me = self.state.instance_id.clone();
+        refuse_outside_multi_primary(&self.state, "RESOLVE CONFLICT")?;
+        if let Some(m) = master.filter(|m| !m.eq_ignore_ascii_case(&me)) {
+            return Err(ServerError::Refused(format!(
+                "conflict {m}.{id} is held by {m}, not {me}: send the statement to {m}, or                  through the proxy"
+            )));
+        }
+        self.refuse_in_transaction("RESOLVE CONFLICT")?;
+        let state = self.state.clone();
+        let database = blocking(move || {
+            Ok(state
+                .meta
+                .with(|c| crate::replication::conflicts::held(c, &state.instance_id, id))?
+                .map(|h| h.conflict.database))
+        })
+        .await?;
+        if let Some(db) = &database {
+            auth::check_admin(&self.auth, db)?;
+        }
+        let state = self.state.clone();
+        blocking(move || {
+            crate::replication::peer_conflicts::resolve_manually(&state, id, keep_remote)
+        })
+        .await
     }
 
     /// Sends a one-frame response and counts it.
@@ -481,6 +543,23 @@ const SHOW_TABLES_SQL: &str = "SELECT name AS \"table\" FROM sqlite_schema \
 fn show_databases_sql(names: &[String]) -> String {
     let json = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
     format!("SELECT value AS \"database\" FROM json_each('{json}') ORDER BY value")
+}
+
+/// An error naming `what` outside MULTI_PRIMARY.
+fn refuse_outside_multi_primary(state: &ServerState, what: &str) -> Result<(), ServerError> {
+    if state.settings.ownership.active() {
+        return Ok(());
+    }
+    Err(ServerError::Refused(format!(
+        "{what}: this instance is not a master of a MULTI_PRIMARY topology (routing.writes.mode)"
+    )))
+}
+
+/// MULTI_PRIMARY: `SHOW CONFLICTS`, the conflicts this master recorded, as a query.
+async fn show_conflicts(state: Arc<ServerState>) -> Result<String, ServerError> {
+    refuse_outside_multi_primary(&state, "SHOW CONFLICTS")?;
+    let listed = blocking(move || crate::replication::conflicts::listed_json(&state)).await?;
+    Ok(dirkdb_core::sql::conflicts::show_sql(&listed))
 }
 
 /// MULTI_PRIMARY: `SHOW OWNERS` over `names` (the databases the client may see).

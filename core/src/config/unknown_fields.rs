@@ -15,9 +15,9 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use serde::forward_to_deserialize_any;
 
 use super::{
-    CacheConfig, ClusterConfig, FailoverConfig, InstanceConfig, LimitsConfig, LoadBalancerConfig,
-    OplogConfig, ReadRouting, ReplicationConfig, RoutingConfig, StorageConfig, WriteConcern,
-    WriteRouting,
+    CacheConfig, ClusterConfig, ConflictsConfig, FailoverConfig, InstanceConfig, LimitsConfig,
+    LoadBalancerConfig, OplogConfig, ReadRouting, ReplicationConfig, RoutingConfig, StorageConfig,
+    WriteConcern, WriteRouting,
 };
 use crate::security::{SecurityConfig, TlsConfig, UserConfig};
 
@@ -109,6 +109,7 @@ fn known_fields(section: &str) -> Option<&'static [&'static str]> {
         "routing.writes.writeConcern" => fields_of::<WriteConcern>(),
         "replication" => fields_of::<ReplicationConfig>(),
         "replication.oplog" => fields_of::<OplogConfig>(),
+        "replication.conflicts" => fields_of::<ConflictsConfig>(),
         "failover" => fields_of::<FailoverConfig>(),
         "limits" => fields_of::<LimitsConfig>(),
         "storage" => fields_of::<StorageConfig>(),

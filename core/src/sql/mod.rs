@@ -13,6 +13,7 @@
 //!   transaction from the statements that control it.
 
 pub mod classify;
+pub mod conflicts;
 pub mod dirkdb;
 pub mod lexer;
 pub mod limits;

@@ -35,6 +35,7 @@ use dirkdb_core::connection::ServerConnection;
 use dirkdb_core::frame::Frame;
 use dirkdb_core::rendezvous::ObjectRef;
 use dirkdb_core::sql::classify::{StatementClass, TransactionControl};
+use dirkdb_core::sql::conflicts::ConflictStatement;
 use dirkdb_core::sql::objects::{read_tables, written_objects, Targets};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -128,6 +129,9 @@ impl ProxySession {
                     .await
                     .map_err(Into::into);
             }
+        }
+        if let Some(statement) = dirkdb_core::sql::conflicts::parse(sql) {
+            return self.conflict_statement(&t, statement, sql, out).await;
         }
         let result = match self.target(&t, sql, class)? {
             Target::One(master, why) => {
@@ -432,6 +436,47 @@ impl ProxySession {
             master.id,
             describe(&elsewhere)
         )))
+    }
+
+    /// `SHOW CONFLICTS`: every master's conflicts (asked of each master up) in one answer, run
+    /// as a read; `RESOLVE CONFLICT <master>.<n> …`: on the master that holds the conflict.
+    async fn conflict_statement<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        t: &Arc<Topology>,
+        statement: Result<ConflictStatement, String>,
+        sql: &str,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ProxyError> {
+        let read = StatementClass::Read;
+        match statement.map_err(ProxyError::Ownership)? {
+            ConflictStatement::Show => {
+                let listed = crate::ownership::conflicts(t).await;
+                let query = dirkdb_core::sql::conflicts::show_sql(&listed);
+                match self.read_target(t, &query)? {
+                    Target::Anywhere(masters) => self.run_read(masters, &query, &read, out).await,
+                    Target::One(master, why) => self.run_on(master, why, &query, &read, out).await,
+                }
+            }
+            ConflictStatement::Resolve { master: None, .. } => Err(ProxyError::Ownership(
+                "RESOLVE CONFLICT through the proxy names the master that holds the conflict:                  `RESOLVE CONFLICT <master>.<n> KEEP LOCAL|REMOTE`, the id as SHOW CONFLICTS                  lists it"
+                    .into(),
+            )),
+            ConflictStatement::Resolve {
+                master: Some(id), ..
+            } => {
+                let master = t
+                    .masters_up()
+                    .into_iter()
+                    .find(|m| m.id.eq_ignore_ascii_case(&id))
+                    .ok_or_else(|| {
+                        ProxyError::Ownership(format!(
+                            "conflict {id}: master {id} is not up (or not a master): its                              conflicts are resolved on it, once it is back"
+                        ))
+                    })?;
+                let why = format!("the master holding conflict {id}");
+                self.run_on(master, why, sql, &StatementClass::Write, out).await
+            }
+        }
     }
 
     /// Runs `sql` on `master` (replaying a deferred BEGIN first), as the primary would.

@@ -251,7 +251,7 @@ fn object(json: Option<&str>) -> std::result::Result<Map<String, Value>, String>
 }
 
 /// `rowid` stays a keyword (it is not a column); every other name is quoted.
-fn column(name: &str) -> String {
+pub(crate) fn column(name: &str) -> String {
     if name == "rowid" {
         name.to_string()
     } else {

@@ -17,14 +17,19 @@
 pub(crate) mod apply;
 pub(crate) mod compression;
 #[cfg(test)]
+mod conflict_tests;
+pub(crate) mod conflicts;
+#[cfg(test)]
 mod duplex_tests;
 pub(crate) mod etcd_lease;
 pub(crate) mod file_mode;
 pub(crate) mod follower;
+pub(crate) mod knowledge;
 pub(crate) mod mode;
 pub(crate) mod node;
 pub(crate) mod oplog_mode;
 pub(crate) mod peer_apply;
+pub(crate) mod peer_conflicts;
 pub(crate) mod peer_stream;
 pub(crate) mod peers;
 pub mod protocol;

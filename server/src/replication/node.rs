@@ -74,7 +74,7 @@ impl Node {
         Ok(Node {
             replication,
             security: Arc::new(ServerSecurity::from_config(config)?),
-            peers: Default::default(),
+            peers: Peers::new(config.replication.conflicts.clone()),
             peer_addresses: config
                 .instances
                 .iter()

@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection};
 
 use super::apply::apply_entry;
+use super::knowledge::{self, Known};
 use super::node::Node;
+use super::peer_conflicts::{Outcome, RunJudge};
 use super::peers::{file_position, mark_dropped, store_meta_position, was_dropped, FILE_SCHEMA};
 use crate::catalog::open_apply_connection;
 use crate::error::{Result, ServerError};
@@ -31,6 +33,16 @@ use crate::oplog::{Entry, Op};
 pub(crate) struct PeerApplier {
     origin: String,
     conns: HashMap<String, Connection>,
+}
+
+/// One `PeerEntries` batch: the origin's entries and what it knew of the others' streams when
+/// it committed them (`super::knowledge`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Batch {
+    /// The entries, in the origin's order.
+    pub entries: Vec<Entry>,
+    /// The origin's steps covering them.
+    pub known: Vec<Known>,
 }
 
 /// What a batch did.
@@ -61,9 +73,10 @@ impl PeerApplier {
     pub(crate) fn apply(
         &mut self,
         state: &Node,
-        entries: &[Entry],
+        batch: &Batch,
         history: Option<&str>,
     ) -> Result<Applied> {
+        let entries = &batch.entries;
         let start = state.peers.applied(&self.origin);
         let mut previous = start;
         for e in entries {
@@ -99,7 +112,7 @@ impl PeerApplier {
                     }
                     applied += run.len() as u64;
                 } else {
-                    applied += self.apply_run(state, run)?;
+                    applied += self.apply_run(state, run, &batch.known)?;
                 }
                 state.peers.advance(&self.origin, run_last);
             }
@@ -129,6 +142,7 @@ impl PeerApplier {
             }
             Op::DropDatabase => {
                 self.conns.remove(&name);
+                state.peers.knowledge.forget(&name);
                 state.catalog.drop_database(&name, true)?;
             }
             other => {
@@ -162,14 +176,17 @@ impl PeerApplier {
             };
             let conn = open_apply_connection(database.path(), &state.settings)?;
             conn.execute_batch(FILE_SCHEMA)?;
+            conn.execute_batch(knowledge::FILE_SCHEMA)?;
+            conn.execute_batch(super::conflicts::FILE_SCHEMA)?;
             self.conns.insert(db.to_string(), conn);
         }
         Ok(self.conns.get(db))
     }
 
-    /// Applies one database's run in one transaction with the origin's position; returns the
-    /// entries applied.
-    fn apply_run(&mut self, state: &Node, run: &[&Entry]) -> Result<u64> {
+    /// Applies one database's run in one transaction with the origin's position, each row
+    /// change judged against this master's version of the row first (a conflict is recorded
+    /// and resolved, or held, see `super::conflicts`); returns the entries applied.
+    fn apply_run(&mut self, state: &Node, run: &[&Entry], known: &[Known]) -> Result<u64> {
         let origin = self.origin.clone();
         let db = run[0].db.clone();
         let Some(conn) = self.connection(state, &db)? else {
@@ -178,14 +195,19 @@ impl PeerApplier {
         };
         let tx = conn.unchecked_transaction()?;
         let stored = file_position(&tx, &origin)?;
+        let mut judge = RunJudge::new(state, &origin, &db, known);
         let mut applied = 0;
         for e in run.iter().filter(|e| e.seq > stored) {
-            apply_entry(&tx, e).map_err(|err| {
+            if judge.entry(&tx, e)? != Outcome::Apply {
+                continue;
+            }
+            apply_tolerant(&tx, e).map_err(|err| {
                 apply_error(format!(
                     "entry {} of {origin} ({:?} on {}.{}): {err}",
                     e.seq, e.op, e.db, e.table
                 ))
             })?;
+            judge.applied(&tx, e)?;
             applied += 1;
         }
         let last = run.last().map(|e| e.seq).unwrap_or(stored).max(stored);
@@ -194,8 +216,36 @@ impl PeerApplier {
              ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
             params![origin, last.min(i64::MAX as u64) as i64],
         )?;
+        let after = state.write_path.committed();
+        knowledge::record(&tx, &origin, after, last)?;
+        let resolutions = judge.write_resolutions(&tx, after)?;
         tx.commit()?;
+        state.peers.knowledge.note(&db, &origin, after, last);
+        judge.publish(resolutions)?;
         Ok(applied)
+    }
+}
+
+/// Applies another master's entry; a removal of a row that is not here is done already, and an
+/// update of a row that is not here writes the row it carries (both can follow a conflict's
+/// resolution, and are logged).
+fn apply_tolerant(tx: &Connection, e: &Entry) -> std::result::Result<(), String> {
+    match apply_entry(tx, e) {
+        Err(err)
+            if err.starts_with("no row matched") && matches!(e.op, Op::Remove | Op::Update) =>
+        {
+            tracing::info!(seq = e.seq, database = %e.db, table = %e.table, op = ?e.op, "row not here: applied as the row the entry leaves");
+            if e.op == Op::Remove {
+                return Ok(());
+            }
+            let insert = Entry {
+                op: Op::Insert,
+                old_key: None,
+                ..e.clone()
+            };
+            apply_entry(tx, &insert)
+        }
+        other => other,
     }
 }
 

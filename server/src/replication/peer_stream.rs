@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::follower::handshake;
 use super::node::Node;
-use super::peer_apply::PeerApplier;
+use super::peer_apply::{Batch, PeerApplier};
 use super::peers::{PeerHello, PeerState};
 use super::protocol::{write_message, Message, Unit};
 use super::stream::{
@@ -148,8 +148,8 @@ async fn stream_from(
             unit = units.recv() => {
                 heard = tokio::time::Instant::now();
                 match received(unit)? {
-                    Unit::Message(Message::PeerEntries { origin: o, entries, .. }) if o == origin => {
-                        let applied = apply(state, applier, entries, history.clone()).await?;
+                    Unit::Message(Message::PeerEntries { origin: o, entries, known, .. }) if o == origin => {
+                        let applied = apply(state, applier, Batch { entries, known }, history.clone()).await?;
                         write_message(&mut writer, &Message::Ack { applied, term }).await?;
                         writer.flush().await?;
                     }
@@ -187,14 +187,14 @@ async fn next(units: &mut Units, silence: Duration) -> Result<Message, StreamErr
 async fn apply(
     state: &Arc<Node>,
     applier: &mut PeerApplier,
-    entries: Vec<Entry>,
+    batch: Batch,
     history: Option<String>,
 ) -> Result<u64, StreamError> {
-    let last = entries.last().map(|e| (e.seq, e.ts));
+    let last = batch.entries.last().map(|e| (e.seq, e.ts));
     let s = state.clone();
     let mut taken = std::mem::replace(applier, PeerApplier::new(""));
     let (result, taken) = tokio::task::spawn_blocking(move || {
-        let result = taken.apply(&s, &entries, history.as_deref());
+        let result = taken.apply(&s, &batch, history.as_deref());
         (result, taken)
     })
     .await
@@ -367,6 +367,7 @@ async fn stream_own_entries<W: AsyncWrite + Unpin>(
                     let first_ts = batch.first().map(|e| e.ts).unwrap_or(oldest);
                     let message = Message::PeerEntries {
                         origin: state.instance_id.clone(),
+                        known: state.peers.knowledge.for_batch(&batch),
                         entries: batch,
                         term: state.term(),
                     };

@@ -104,22 +104,48 @@ pub struct PeerStatus {
     behind_since_ms: Option<i64>,
 }
 
+/// The last positions this master and one other master have in common: how far this master
+/// applied the peer's stream, and how far the peer acknowledged this master's own stream
+/// (`/replication/status` `checkpoints`, `dirkdb_peer_checkpoint`). The per-entry form of the
+/// same knowledge, which conflict detection uses, is [`super::knowledge`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// The other master.
+    pub peer: String,
+    /// The peer's last sequence applied here.
+    pub applied: u64,
+    /// This master's last sequence the peer acknowledged (since this master started).
+    pub acknowledged: u64,
+}
+
 /// Per-origin positions and stream states.
 pub struct Peers {
     applied: watch::Sender<BTreeMap<String, u64>>,
     streams: std::sync::Mutex<BTreeMap<String, PeerStatus>>,
+    /// What this master knew of each origin when it committed its own entries.
+    pub(crate) knowledge: super::knowledge::Knowledge,
+    /// `replication.conflicts`: how the conflicts this master resolves are resolved.
+    pub(crate) conflicts: dirkdb_core::config::ConflictsConfig,
 }
 
 impl Default for Peers {
     fn default() -> Peers {
-        Peers {
-            applied: watch::channel(BTreeMap::new()).0,
-            streams: std::sync::Mutex::new(BTreeMap::new()),
-        }
+        Peers::new(Default::default())
     }
 }
 
 impl Peers {
+    /// No stream yet; conflicts resolved by `conflicts`.
+    pub(crate) fn new(conflicts: dirkdb_core::config::ConflictsConfig) -> Peers {
+        Peers {
+            applied: watch::channel(BTreeMap::new()).0,
+            streams: std::sync::Mutex::new(BTreeMap::new()),
+            knowledge: Default::default(),
+            conflicts,
+        }
+    }
+
     /// The origin's position applied here (0 before anything).
     pub fn applied(&self, origin: &str) -> u64 {
         self.applied.borrow().get(origin).copied().unwrap_or(0)
@@ -160,6 +186,19 @@ impl Peers {
         } else {
             status.behind_since_ms = None;
         }
+    }
+
+    /// The checkpoint with every other master; `acked` is what each one acknowledged of this
+    /// master's stream (the replication hub's `ackedSequence` per instance).
+    pub fn checkpoints(&self, acked: &BTreeMap<String, u64>) -> Vec<Checkpoint> {
+        lock(&self.streams)
+            .values()
+            .map(|s| Checkpoint {
+                peer: s.origin.clone(),
+                applied: s.applied_sequence,
+                acknowledged: acked.get(&s.origin).copied().unwrap_or(0),
+            })
+            .collect()
     }
 
     /// Every origin's stream, with its lag now.
@@ -384,6 +423,7 @@ pub(crate) fn load_positions(
                 entry.0 = entry.0.max(seq);
             }
         }
+        peers.knowledge.load(&name, &conn)?;
         db.give_back(conn);
     }
     for (origin, (seq, history)) in &out {
@@ -417,6 +457,21 @@ mod described {
         "dirkdb_peer_streaming",
         "MULTI_PRIMARY: 1 while the origin's stream is up.",
     );
+    pub(super) const CHECKPOINT: Metric = Metric::gauge(
+        "dirkdb_peer_checkpoint",
+        "MULTI_PRIMARY: the last position in common with another master: side=applied is how \
+         far this master applied the peer's stream, side=acknowledged how far the peer \
+         acknowledged this master's own.",
+    );
+    pub(super) const OPEN_CONFLICTS: Metric = Metric::gauge(
+        "dirkdb_open_conflicts",
+        "MULTI_PRIMARY: conflicts this master recorded (as the home of their rows) and that wait \
+         for RESOLVE CONFLICT.",
+    );
+    pub(super) const RESOLVED_CONFLICTS: Metric = Metric::gauge(
+        "dirkdb_resolved_conflicts",
+        "MULTI_PRIMARY: conflicts this master recorded and resolved.",
+    );
     pub(super) const OWNED: Metric = Metric::gauge(
         "dirkdb_owned_objects",
         "MULTI_PRIMARY: databases, tables, views and domains per owner, in this master's view.",
@@ -427,6 +482,14 @@ mod described {
     );
 }
 
+/// What each other master acknowledged of this master's own stream.
+pub(crate) fn acked_by_peer(hub: &super::ReplicationHub) -> BTreeMap<String, u64> {
+    hub.replicas(0)
+        .into_iter()
+        .map(|r| (r.instance, r.acked_sequence))
+        .collect()
+}
+
 /// Objects listed one by one in `dirkdb_object_owner` at most.
 const OWNER_SAMPLES: usize = 1000;
 
@@ -434,6 +497,7 @@ const OWNER_SAMPLES: usize = 1000;
 pub(crate) fn write_metrics(
     state: &Storage,
     peers: &Peers,
+    hub: &super::ReplicationHub,
     page: &mut dirkdb_core::metrics::Page,
 ) -> std::fmt::Result {
     use described::*;
@@ -454,6 +518,20 @@ pub(crate) fn write_metrics(
         &STREAMING,
         per_origin(|s| u64::from(s.state == PeerState::Streaming)),
     )?;
+    let checkpoints = peers.checkpoints(&acked_by_peer(hub));
+    page.each(
+        &CHECKPOINT,
+        checkpoints.iter().flat_map(|c| {
+            let labels = |side: &str| vec![("peer", c.peer.clone()), ("side", side.to_string())];
+            [
+                (labels("applied"), c.applied),
+                (labels("acknowledged"), c.acknowledged),
+            ]
+        }),
+    )?;
+    let (open, resolved) = super::conflicts::counts_of(state).unwrap_or_default();
+    page.one(&OPEN_CONFLICTS, open)?;
+    page.one(&RESOLVED_CONFLICTS, resolved)?;
     let objects = crate::owners::owned_objects(state, &state.catalog.names()).unwrap_or_default();
     let owners = objects.iter().map(|o| o.owner.clone().unwrap_or_default());
     page.counts(&OWNED, "owner", owners)?;

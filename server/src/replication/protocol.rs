@@ -251,6 +251,10 @@ pub enum Message {
         entries: Vec<Entry>,
         /// The origin's term.
         term: u64,
+        /// What the origin had applied of the other masters' streams when it committed each
+        /// entry (`super::knowledge`); absent from an origin that does not send it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        known: Vec<super::knowledge::Known>,
     },
     /// Either way: the stream cannot go on.
     Error {

@@ -1,0 +1,763 @@
+//! MULTI_PRIMARY conflicts (issue #16 item 5): a row changed on two masters, neither change made
+//! with the other in view, detected row by row as a master applies another master's stream.
+//!
+//! **Versions.** Each master knows, for every row it holds, the change that made its current
+//! state: its own latest change of the row (its oplog, read through the `_dirk_oplog_tbl` index
+//! this module adds), or the last change it applied from another master (`_dirk_row_versions`
+//! in each database file: origin, sequence, and what that origin had applied of the others when
+//! it committed it — [`super::knowledge`]). An incoming change of origin `B` is judged against the
+//! current version ([`judge`]):
+//! * the version is `B`'s own, or `B` had applied it when it made its change: applied;
+//! * the version's origin had already applied the incoming change when it made its own (the
+//!   incoming one arrives late, on another stream): skipped, it is superseded;
+//! * otherwise the two were made apart: a **conflict**.
+//!
+//! **Keys.** Rows are keyed by their primary key (an `INTEGER PRIMARY KEY` is the rowid), and
+//! by the rowid in a table without one. A rowid table with another primary key is keyed by that
+//! key, but its rows still replicate by rowid, so two masters inserting different keys under one
+//! rowid while apart still overwrite each other unseen (the README says so).
+//!
+//! **Who resolves.** Every conflict is recorded and resolved by one master: the row's *home*,
+//! its table's owner by DirkDB's rendezvous over every configured master (where its writes go
+//! whenever all masters are up). The home is the *target*, the other master's change the
+//! *source*. `replication.conflicts` in `config.json` gives the strategy per table, database or
+//! by default: `SOURCE_WINS` applies the source's change, `TARGET_WINS` keeps the home's row,
+//! and both write the row as it then stands as a new change of the home's own, which every
+//! master applies after both versions, so all end equal. `MANUAL` keeps the home's row and the
+//! conflict open (`dirkdb_conflicts` in the meta file, `SHOW CONFLICTS`) until a person resolves
+//! it (`RESOLVE CONFLICT <id> KEEP LOCAL|REMOTE`), which writes the chosen row the same way.
+//! A master that is not the home leaves a conflicting change unapplied (logged) and waits for
+//! the home's resolution.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::oplog::capture::ident;
+use crate::oplog::{decode_value, encode_value, entry_crc, Entry, Op};
+use crate::storage::Storage;
+use dirkdb_core::clock::now_ms;
+use dirkdb_core::config::ConflictStrategy;
+
+/// The meta file's relation of conflicts (`SHOW CONFLICTS`).
+pub(crate) const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS dirkdb_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    database TEXT NOT NULL, tbl TEXT NOT NULL, row_key TEXT NOT NULL, key_kind TEXT NOT NULL,
+    local_origin TEXT NOT NULL, local_seq INTEGER NOT NULL,
+    remote_origin TEXT NOT NULL, remote_seq INTEGER NOT NULL, remote_op TEXT NOT NULL,
+    remote_key TEXT, remote_row TEXT,
+    detected_at_ms INTEGER NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL,
+    resolution TEXT, resolved_at_ms INTEGER, resolved_seq INTEGER,
+    UNIQUE (database, tbl, row_key, remote_origin, remote_seq))";
+
+/// Each database file's versions of the rows applied from other masters, and the index that
+/// finds a master's own changes of one table.
+pub(crate) const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _dirk_row_versions (
+    tbl TEXT NOT NULL, row_key TEXT NOT NULL, origin TEXT NOT NULL, seq INTEGER NOT NULL,
+    known TEXT NOT NULL, local_at INTEGER NOT NULL, PRIMARY KEY (tbl, row_key)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS _dirk_oplog_tbl ON _dirk_oplog(tbl, seq);";
+
+/// How a table's rows are keyed for conflicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyShape {
+    /// The key columns as the oplog's key objects name them (`rowid` for the rowid).
+    pub columns: Vec<String>,
+    /// True when the key is the table's primary key (else the rowid of a table without one).
+    pub primary: bool,
+    /// False for a WITHOUT ROWID table.
+    pub has_rowid: bool,
+    /// The stored columns (generated ones left out), as the capture triggers write them.
+    pub stored: Vec<String>,
+}
+
+impl KeyShape {
+    /// `primary key` or `rowid` (the `keyKind` of `SHOW CONFLICTS`).
+    pub(crate) fn kind(&self) -> &'static str {
+        if self.primary {
+            "primary key"
+        } else {
+            "rowid"
+        }
+    }
+
+    /// The conflict key of a row from one of its oplog key objects (`None` without one).
+    pub(crate) fn row_key(&self, key: Option<&str>) -> Option<String> {
+        let object: Map<String, Value> = serde_json::from_str(key?).ok()?;
+        let mut out = Map::new();
+        for c in &self.columns {
+            out.insert(c.clone(), object.get(c)?.clone());
+        }
+        Some(Value::Object(out).to_string())
+    }
+}
+
+/// The key shape of `table` (`None` when it does not exist).
+pub(crate) fn key_shape(conn: &Connection, table: &str) -> rusqlite::Result<Option<KeyShape>> {
+    let without_rowid: Option<bool> = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(without_rowid) = without_rowid else {
+        return Ok(None);
+    };
+    let mut stmt =
+        conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
+    let mut pk: Vec<(i64, String, String)> = Vec::new();
+    let mut stored = Vec::new();
+    let rows = stmt.query_map([table], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (name, ty, pk_index, hidden) = row?;
+        if hidden == 0 {
+            stored.push(name.clone());
+        }
+        if pk_index > 0 {
+            pk.push((pk_index, name, ty));
+        }
+    }
+    pk.sort();
+    let rowid_alias = !without_rowid && pk.len() == 1 && pk[0].2.eq_ignore_ascii_case("INTEGER");
+    let (columns, primary) = if rowid_alias {
+        (vec!["rowid".to_string()], true)
+    } else if pk.is_empty() {
+        (vec!["rowid".to_string()], false)
+    } else {
+        (pk.into_iter().map(|(_, n, _)| n).collect(), true)
+    };
+    Ok(Some(KeyShape {
+        columns,
+        primary,
+        has_rowid: !without_rowid,
+        stored,
+    }))
+}
+
+/// The change that made a row what it is on this master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Current {
+    /// This master's own change at this sequence.
+    Own(u64),
+    /// A change applied from another master.
+    Applied(Version),
+}
+
+/// A row's last change applied from another master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Version {
+    /// Its origin.
+    pub origin: String,
+    /// Its sequence there.
+    pub seq: u64,
+    /// What its origin had applied of the others when it made it.
+    pub known: BTreeMap<String, u64>,
+    /// This master's committed sequence when it applied it.
+    pub local_at: u64,
+}
+
+/// What to do with an incoming change of one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Made with this master's version in view: apply it.
+    Apply,
+    /// Already superseded by the version here: skip it.
+    Skip,
+    /// Made apart from this master's version (its origin and sequence): a conflict.
+    Conflict(String, u64),
+}
+
+/// Judges the change `seq` of `origin`, whose origin had applied `known` of the others, against
+/// the row's current version on master `me`.
+pub(crate) fn judge(
+    me: &str,
+    origin: &str,
+    seq: u64,
+    known: &BTreeMap<String, u64>,
+    current: Option<&Current>,
+) -> Verdict {
+    let knew = |who: &str| known.get(who).copied().unwrap_or(0);
+    match current {
+        None => Verdict::Apply,
+        Some(Current::Own(own)) if *own > knew(me) => Verdict::Conflict(me.to_string(), *own),
+        Some(Current::Own(_)) => Verdict::Apply,
+        Some(Current::Applied(v)) if v.origin == origin => Verdict::Apply,
+        Some(Current::Applied(v)) if v.known.get(origin).copied().unwrap_or(0) >= seq => {
+            Verdict::Skip
+        }
+        Some(Current::Applied(v)) if v.seq > knew(&v.origin) => {
+            Verdict::Conflict(v.origin.clone(), v.seq)
+        }
+        Some(Current::Applied(_)) => Verdict::Apply,
+    }
+}
+
+/// The applied version of a row (`None`: none applied here).
+pub(crate) fn load_version(
+    conn: &Connection,
+    table: &str,
+    row_key: &str,
+) -> rusqlite::Result<Option<Version>> {
+    let row: Option<(String, i64, String, i64)> = conn
+        .prepare_cached(
+            "SELECT origin, seq, known, local_at FROM _dirk_row_versions \
+             WHERE tbl = ?1 AND row_key = ?2",
+        )?
+        .query_row([table, row_key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    Ok(row.map(|(origin, seq, known, local_at)| Version {
+        origin,
+        seq: seq.max(0) as u64,
+        known: serde_json::from_str(&known).unwrap_or_default(),
+        local_at: local_at.max(0) as u64,
+    }))
+}
+
+/// Stores the version of a row just applied.
+pub(crate) fn store_version(
+    conn: &Connection,
+    table: &str,
+    row_key: &str,
+    v: &Version,
+) -> rusqlite::Result<()> {
+    let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+    let known = serde_json::to_string(&v.known).unwrap_or_else(|_| "{}".into());
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO _dirk_row_versions(tbl, row_key, origin, seq, known, local_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        table,
+        row_key,
+        v.origin,
+        clamp(v.seq),
+        known,
+        clamp(v.local_at)
+    ])?;
+    Ok(())
+}
+
+/// This master's latest own change of each row of `table` after sequence `after`.
+pub(crate) fn own_changes(
+    conn: &Connection,
+    table: &str,
+    after: u64,
+    shape: &KeyShape,
+) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, old_key, new_key FROM _dirk_oplog WHERE tbl = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![table, after.min(i64::MAX as u64) as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (seq, old, new) = row?;
+        for key in [old, new]
+            .iter()
+            .filter_map(|k| shape.row_key(k.as_deref()))
+        {
+            out.insert(key, seq.max(0) as u64);
+        }
+    }
+    Ok(out)
+}
+
+/// A row as the capture triggers write it: its key object and its image.
+pub(crate) type RowImage = (Map<String, Value>, Map<String, Value>);
+
+/// The row of `table` keyed by `row_key` as an oplog key object and row image (`None`: no such
+/// row), the form the capture triggers write.
+pub(crate) fn row_image(
+    conn: &Connection,
+    table: &str,
+    shape: &KeyShape,
+    row_key: &str,
+) -> Result<Option<RowImage>, String> {
+    let key: Map<String, Value> = serde_json::from_str(row_key).map_err(|e| e.to_string())?;
+    let mut selected: Vec<String> = Vec::new();
+    if shape.has_rowid {
+        selected.push("rowid".into());
+    }
+    selected.extend(shape.stored.iter().map(|c| ident(c)));
+    let condition: Vec<String> = key
+        .keys()
+        .map(|c| format!("{} IS ?", super::apply::column(c)))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        selected.join(", "),
+        ident(table),
+        condition.join(" AND ")
+    );
+    let values: Vec<rusqlite::types::Value> =
+        key.values().map(decode_value).collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare(&sql).map_err(|e| e.to_string())?;
+    let mut rows = stmt
+        .query(params_from_iter(values))
+        .map_err(|e| e.to_string())?;
+    let Some(row) = rows.next().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let value = |i: usize| row.get_ref(i).map(encode_value).map_err(|e| e.to_string());
+    let mut new_key = Map::new();
+    let mut data = Map::new();
+    let mut i = 0;
+    if shape.has_rowid {
+        new_key.insert("rowid".into(), value(0)?);
+        i = 1;
+    }
+    for c in &shape.stored {
+        let v = value(i)?;
+        if !shape.has_rowid && shape.columns.contains(c) {
+            new_key.insert(c.clone(), v.clone());
+        }
+        data.insert(c.clone(), v);
+        i += 1;
+    }
+    Ok(Some((new_key, data)))
+}
+
+/// The entry that writes a resolved row as this master's own change at `seq`: the row as it
+/// stands (an insert, which replaces whatever a master holds under its key), or its removal.
+pub(crate) fn resolution_entry(
+    seq: u64,
+    table: &str,
+    row_key: &str,
+    image: Option<RowImage>,
+) -> Entry {
+    let ts = now_ms();
+    let (op, old_key, new_key, data) = match image {
+        Some((key, data)) => (
+            Op::Insert,
+            None,
+            Some(Value::Object(key).to_string()),
+            Some(Value::Object(data).to_string()),
+        ),
+        None => (Op::Remove, Some(row_key.to_string()), None, None),
+    };
+    let crc = entry_crc(
+        seq,
+        ts,
+        table,
+        op.code(),
+        old_key.as_deref(),
+        new_key.as_deref(),
+        data.as_deref(),
+    );
+    Entry {
+        seq,
+        ts,
+        db: String::new(),
+        table: table.to_string(),
+        op,
+        old_key,
+        new_key,
+        data,
+        crc,
+    }
+}
+
+/// A conflict as `SHOW CONFLICTS` and `GET /replication/conflicts` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Conflict {
+    /// Its number on this master (`RESOLVE CONFLICT <id>`).
+    pub id: u64,
+    /// The master that recorded it (the row's home).
+    pub master: String,
+    /// Database and table.
+    pub database: String,
+    /// The table.
+    pub table: String,
+    /// The row's key (JSON object).
+    pub row_key: String,
+    /// `primary key` or `rowid`.
+    pub key_kind: String,
+    /// The version this master held: origin and sequence.
+    pub local_origin: String,
+    /// Its sequence on its origin.
+    pub local_seq: u64,
+    /// The change that arrived: origin, sequence and operation (I, U, R).
+    pub remote_origin: String,
+    /// Its sequence on its origin.
+    pub remote_seq: u64,
+    /// I, U or R.
+    pub remote_op: String,
+    /// When it was detected (ms since the epoch).
+    pub detected_at_ms: i64,
+    /// SOURCE_WINS, TARGET_WINS or MANUAL.
+    pub strategy: String,
+    /// `open` or `resolved`.
+    pub state: String,
+    /// `REMOTE` (the source's change won) or `LOCAL` (the home's row won), once resolved.
+    pub resolution: Option<String>,
+    /// When it was resolved.
+    pub resolved_at_ms: Option<i64>,
+    /// The home's own entry that wrote the resolved row.
+    pub resolved_seq: Option<u64>,
+}
+
+/// A conflict about to be recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct Detected<'a> {
+    /// The incoming entry.
+    pub entry: &'a Entry,
+    /// Its origin.
+    pub origin: &'a str,
+    /// The row's conflict key and key kind.
+    pub row_key: &'a str,
+    /// `primary key` or `rowid`.
+    pub key_kind: &'a str,
+    /// The version held here.
+    pub local: (&'a str, u64),
+    /// The strategy configured.
+    pub strategy: ConflictStrategy,
+}
+
+/// Records a conflict (once per row and incoming change); returns its id.
+pub(crate) fn record(meta: &Connection, d: &Detected<'_>) -> rusqlite::Result<u64> {
+    meta.execute_batch(META_SCHEMA)?;
+    let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+    let e = d.entry;
+    let open = d.strategy == ConflictStrategy::Manual;
+    if open {
+        // A row already held open takes the newer remote change: one open conflict per row.
+        let merged: Option<i64> = meta
+            .query_row(
+                "UPDATE dirkdb_conflicts SET remote_origin = ?4, remote_seq = ?5, remote_op = ?6, \
+                 remote_key = ?7, remote_row = ?8 WHERE database = ?1 AND tbl = ?2 AND row_key = ?3 \
+                 AND state = 'open' RETURNING id",
+                params![
+                    e.db,
+                    e.table,
+                    d.row_key,
+                    d.origin,
+                    clamp(e.seq),
+                    e.op.code(),
+                    e.new_key.as_deref().or(e.old_key.as_deref()),
+                    e.data
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = merged {
+            return Ok(id.max(0) as u64);
+        }
+    }
+    meta.execute(
+        "INSERT OR IGNORE INTO dirkdb_conflicts(database, tbl, row_key, key_kind, local_origin, \
+         local_seq, remote_origin, remote_seq, remote_op, remote_key, remote_row, detected_at_ms, \
+         strategy, state, resolution, resolved_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            e.db,
+            e.table,
+            d.row_key,
+            d.key_kind,
+            d.local.0,
+            clamp(d.local.1),
+            d.origin,
+            clamp(e.seq),
+            e.op.code(),
+            e.new_key.as_deref().or(e.old_key.as_deref()),
+            e.data,
+            now_ms(),
+            d.strategy.as_str(),
+            if open { "open" } else { "resolved" },
+            match d.strategy {
+                ConflictStrategy::SourceWins => Some("REMOTE"),
+                ConflictStrategy::TargetWins => Some("LOCAL"),
+                ConflictStrategy::Manual => None,
+            },
+            (!open).then(now_ms),
+        ],
+    )?;
+    let id: i64 = meta.query_row(
+        "SELECT id FROM dirkdb_conflicts WHERE database = ?1 AND tbl = ?2 AND row_key = ?3 \
+         AND remote_origin = ?4 AND remote_seq = ?5",
+        params![e.db, e.table, d.row_key, d.origin, clamp(e.seq)],
+        |r| r.get(0),
+    )?;
+    Ok(id.max(0) as u64)
+}
+
+/// Notes the entry that wrote a conflict's resolved row (and, for a manual one, the choice).
+pub(crate) fn mark_resolved(
+    meta: &Connection,
+    id: u64,
+    resolution: Option<&str>,
+    seq: Option<u64>,
+) -> rusqlite::Result<()> {
+    meta.execute(
+        "UPDATE dirkdb_conflicts SET state = 'resolved', \
+         resolution = coalesce(?2, resolution), resolved_at_ms = coalesce(resolved_at_ms, ?3), \
+         resolved_seq = ?4 WHERE id = ?1",
+        params![
+            id as i64,
+            resolution,
+            now_ms(),
+            seq.map(|s| s.min(i64::MAX as u64) as i64)
+        ],
+    )?;
+    Ok(())
+}
+
+/// What a manual resolution needs of a recorded conflict.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    /// The conflict as listed.
+    pub conflict: Conflict,
+    /// The remote change's key object and row image (`None` for a removal).
+    pub remote_key: Option<String>,
+    /// Its row image.
+    pub remote_row: Option<String>,
+}
+
+const COLUMNS: &str = "id, database, tbl, row_key, key_kind, local_origin, local_seq, \
+    remote_origin, remote_seq, remote_op, detected_at_ms, strategy, state, resolution, \
+    resolved_at_ms, resolved_seq, remote_key, remote_row";
+
+fn read_row(master: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(Held {
+        conflict: Conflict {
+            id: u(0)?,
+            master: master.to_string(),
+            database: r.get(1)?,
+            table: r.get(2)?,
+            row_key: r.get(3)?,
+            key_kind: r.get(4)?,
+            local_origin: r.get(5)?,
+            local_seq: u(6)?,
+            remote_origin: r.get(7)?,
+            remote_seq: u(8)?,
+            remote_op: r.get(9)?,
+            detected_at_ms: r.get(10)?,
+            strategy: r.get(11)?,
+            state: r.get(12)?,
+            resolution: r.get(13)?,
+            resolved_at_ms: r.get(14)?,
+            resolved_seq: r.get::<_, Option<i64>>(15)?.map(|s| s.max(0) as u64),
+        },
+        remote_key: r.get(16)?,
+        remote_row: r.get(17)?,
+    })
+}
+
+/// Every conflict recorded on this master (`master`), oldest first.
+pub(crate) fn list(meta: &Connection, master: &str) -> rusqlite::Result<Vec<Conflict>> {
+    meta.execute_batch(META_SCHEMA)?;
+    let mut stmt = meta.prepare(&format!(
+        "SELECT {COLUMNS} FROM dirkdb_conflicts ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], |r| read_row(master, r))?;
+    rows.map(|r| r.map(|h| h.conflict)).collect()
+}
+
+/// One recorded conflict (`None`: no such id).
+pub(crate) fn held(meta: &Connection, master: &str, id: u64) -> rusqlite::Result<Option<Held>> {
+    meta.execute_batch(META_SCHEMA)?;
+    meta.query_row(
+        &format!("SELECT {COLUMNS} FROM dirkdb_conflicts WHERE id = ?1"),
+        [id as i64],
+        |r| read_row(master, r),
+    )
+    .optional()
+}
+
+/// This master's conflicts as `GET /replication/conflicts` lists them.
+pub(crate) fn listed_json(storage: &Storage) -> crate::error::Result<Vec<Value>> {
+    let listed = storage.meta.with(|conn| list(conn, &storage.instance_id))?;
+    Ok(listed
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect())
+}
+
+/// This master's open and resolved conflicts.
+pub(crate) fn counts_of(storage: &Storage) -> crate::error::Result<(u64, u64)> {
+    Ok(storage.meta.with(counts)?)
+}
+
+/// Open and resolved conflicts on this master.
+pub(crate) fn counts(meta: &Connection) -> rusqlite::Result<(u64, u64)> {
+    meta.execute_batch(META_SCHEMA)?;
+    meta.query_row(
+        "SELECT coalesce(sum(state = 'open'), 0), coalesce(sum(state <> 'open'), 0) \
+         FROM dirkdb_conflicts",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(o, s)| (o.to_string(), *s)).collect()
+    }
+
+    fn applied(origin: &str, seq: u64, knew: &[(&str, u64)]) -> Current {
+        Current::Applied(Version {
+            origin: origin.into(),
+            seq,
+            known: known(knew),
+            local_at: 0,
+        })
+    }
+
+    #[test]
+    fn a_change_made_apart_from_the_version_here_is_a_conflict() {
+        // m1 wrote the row at 101 while m2, which had applied m1 up to 100, wrote it at 51.
+        let v = judge(
+            "m1",
+            "m2",
+            51,
+            &known(&[("m1", 100)]),
+            Some(&Current::Own(101)),
+        );
+        assert_eq!(v, Verdict::Conflict("m1".into(), 101));
+        // m2 had applied m1's 101 first: no conflict.
+        let v = judge(
+            "m1",
+            "m2",
+            52,
+            &known(&[("m1", 101)]),
+            Some(&Current::Own(101)),
+        );
+        assert_eq!(v, Verdict::Apply);
+        assert_eq!(judge("m1", "m2", 1, &known(&[]), None), Verdict::Apply);
+        // On m3: m2's 51 applied, then m1's 101 made without it.
+        let here = applied("m2", 51, &[("m1", 100)]);
+        let v = judge("m3", "m1", 101, &known(&[("m2", 50)]), Some(&here));
+        assert_eq!(v, Verdict::Conflict("m2".into(), 51));
+        // The same origin's later change follows its stream.
+        assert_eq!(
+            judge("m3", "m2", 52, &known(&[]), Some(&here)),
+            Verdict::Apply
+        );
+        // m1's resolution, made after applying m2's 51, supersedes it.
+        let v = judge("m3", "m1", 102, &known(&[("m2", 51)]), Some(&here));
+        assert_eq!(v, Verdict::Apply);
+    }
+
+    #[test]
+    fn a_change_the_version_here_already_saw_is_skipped() {
+        // m1's resolution (knowing m2 up to 51) arrived before m2's 51 itself.
+        let here = applied("m1", 102, &[("m2", 51)]);
+        assert_eq!(
+            judge("m3", "m2", 51, &known(&[]), Some(&here)),
+            Verdict::Skip
+        );
+        assert_eq!(
+            judge("m3", "m2", 52, &known(&[]), Some(&here)),
+            Verdict::Conflict("m1".into(), 102)
+        );
+    }
+
+    #[test]
+    fn rows_are_keyed_by_primary_key_else_rowid() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE b(code TEXT PRIMARY KEY, v TEXT);
+             CREATE TABLE c(v TEXT, w AS (v || 'x'));
+             CREATE TABLE d(x INT, y INT, v, PRIMARY KEY (y, x)) WITHOUT ROWID;",
+        )
+        .unwrap();
+        let a = key_shape(&conn, "a").unwrap().unwrap();
+        assert_eq!(
+            (a.columns.clone(), a.kind()),
+            (vec!["rowid".into()], "primary key")
+        );
+        let b = key_shape(&conn, "b").unwrap().unwrap();
+        assert_eq!(b.columns, ["code"]);
+        assert_eq!(
+            b.row_key(Some(r#"{"rowid":3,"code":"x"}"#)).as_deref(),
+            Some(r#"{"code":"x"}"#)
+        );
+        let c = key_shape(&conn, "c").unwrap().unwrap();
+        assert_eq!(
+            (c.kind(), c.stored.clone()),
+            ("rowid", vec!["v".to_string()])
+        );
+        let d = key_shape(&conn, "d").unwrap().unwrap();
+        assert_eq!(
+            (d.columns.clone(), d.has_rowid),
+            (vec!["y".into(), "x".into()], false)
+        );
+        assert!(key_shape(&conn, "nope").unwrap().is_none());
+        conn.execute("INSERT INTO b VALUES ('x', 'it''s')", [])
+            .unwrap();
+        let (key, data) = row_image(&conn, "b", &b, r#"{"code":"x"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(Value::Object(key).to_string(), r#"{"rowid":1}"#);
+        assert_eq!(
+            Value::Object(data).to_string(),
+            r#"{"code":"x","v":"it's"}"#
+        );
+        assert!(row_image(&conn, "b", &b, r#"{"code":"y"}"#)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn conflicts_are_recorded_once_and_resolved() {
+        let meta = Connection::open_in_memory().unwrap();
+        let entry = Entry {
+            seq: 51,
+            ts: 0,
+            db: "testdb".into(),
+            table: "t".into(),
+            op: Op::Update,
+            old_key: Some(r#"{"rowid":1}"#.into()),
+            new_key: Some(r#"{"rowid":1}"#.into()),
+            data: Some(r#"{"v":"m2"}"#.into()),
+            crc: 0,
+        };
+        let d = Detected {
+            entry: &entry,
+            origin: "m2",
+            row_key: r#"{"rowid":1}"#,
+            key_kind: "primary key",
+            local: ("m1", 101),
+            strategy: ConflictStrategy::Manual,
+        };
+        let id = record(&meta, &d).unwrap();
+        assert_eq!(record(&meta, &d).unwrap(), id);
+        assert_eq!(counts(&meta).unwrap(), (1, 0));
+        let h = held(&meta, "m1", id).unwrap().unwrap();
+        assert_eq!(h.remote_row.as_deref(), Some(r#"{"v":"m2"}"#));
+        assert_eq!(h.conflict.state, "open");
+        mark_resolved(&meta, id, Some("REMOTE"), Some(120)).unwrap();
+        let c = &list(&meta, "m1").unwrap()[0];
+        assert_eq!(
+            (c.state.as_str(), c.resolution.as_deref(), c.resolved_seq),
+            ("resolved", Some("REMOTE"), Some(120))
+        );
+        assert_eq!(counts(&meta).unwrap(), (0, 1));
+    }
+}
