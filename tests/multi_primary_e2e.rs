@@ -1195,6 +1195,36 @@ impl LocalCluster {
         }
     }
 
+    /// `kill -9` of m3 (produits' owner) under writers through the first two proxies: waits
+    /// until both route produits elsewhere, then asserts one move in etcd, recorded by one
+    /// proxy, and every acknowledged write on m1 and m2; returns the writers' outcome.
+    async fn kill_owner_under_writers(&mut self, etcd: &common::etcd::Etcd) -> WriterOutcome {
+        let writers: Vec<Writers> = (0..2)
+            .map(|k| Writers::start(self.proxies[k].0, 2))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.kill9(3);
+        for k in 0..2 {
+            let moved = self
+                .wait_produits_owned_via(k, false, Duration::from_secs(30))
+                .await;
+            eprintln!("proxy {k}: produits writable elsewhere after {moved:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (mut acked, mut errors) = (Vec::new(), Vec::new());
+        for w in writers {
+            let (a, e) = w.finish().await;
+            acked.extend(a);
+            errors.extend(e);
+        }
+        let plan = self.wait_plan_everywhere(etcd, &[1, 2]);
+        assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
+        assert_eq!(plan["moves"], 1, "exactly one ownership change: {plan}");
+        assert_eq!(self.moves_recorded(&[0, 1]), 1, "one proxy recorded it");
+        self.assert_held(&acked, &[1, 2]).await;
+        (acked, errors)
+    }
+
     /// How many ownership moves the proxies recorded in etcd, all together.
     fn moves_recorded(&self, proxies: &[usize]) -> u64 {
         proxies
@@ -1216,32 +1246,9 @@ async fn over_etcd_an_owner_killed_under_writers_through_two_proxies_moves_once_
         "{plan}"
     );
     assert_eq!(plan["moves"], 0);
-    let writers: Vec<Writers> = (0..2)
-        .map(|k| Writers::start(cluster.proxies[k].0, 2))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
     // kill -9 of produits' owner under writers through both proxies: its tables move once, by
     // the elected proxy's plan in etcd, and both proxies route by it.
-    cluster.kill9(3);
-    for k in 0..2 {
-        let moved = cluster
-            .wait_produits_owned_via(k, false, Duration::from_secs(30))
-            .await;
-        eprintln!("proxy {k}: produits writable elsewhere after {moved:?}");
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (mut acked, mut errors) = (Vec::new(), Vec::new());
-    for w in writers {
-        let (a, e) = w.finish().await;
-        acked.extend(a);
-        errors.extend(e);
-    }
-    let plan = cluster.wait_plan_everywhere(&etcd, &[1, 2]);
-    assert_eq!(plan["owning"], serde_json::json!(["m1", "m2"]), "{plan}");
-    assert_eq!(plan["moves"], 1, "exactly one ownership change: {plan}");
-    assert_eq!(cluster.moves_recorded(&[0, 1]), 1, "one proxy recorded it");
-    cluster.assert_held(&acked, &[1, 2]).await;
+    let (acked, errors) = cluster.kill_owner_under_writers(&etcd).await;
 
     // m3 back: it catches up, owns produits again, and the three masters are equal.
     cluster.spawn(2);
@@ -1488,4 +1495,29 @@ async fn over_etcd_the_elected_proxy_cut_off_from_etcd_refuses_writes_and_the_ot
     assert_eq!(cluster.moves_recorded(&[0, 1]), 1);
     cluster.assert_held(&acked, &[1, 2]).await;
     report(&acked, &errors, " through the proxy that reached etcd");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_a_three_node_etcd_that_loses_its_leader_a_killed_owner_still_moves_once() {
+    let mut etcd = common::etcd::Etcd::three();
+    let (mut cluster, _) = LocalCluster::start_over(&etcd, 2).await;
+    let leader = common::wait::until(Duration::from_secs(10), "an etcd leader", || etcd.leader());
+    etcd.kill(leader);
+    etcd.wait_healthy(Duration::from_secs(15));
+    common::wait::until(Duration::from_secs(15), "one proxy elected again", || {
+        (0..2)
+            .any(|k| cluster.cluster_status(k)["coordinator"]["decides"] == true)
+            .then_some(())
+    });
+    assert_eq!(
+        plan_in(&etcd)["moves"],
+        0,
+        "the etcd leader's death moves nothing"
+    );
+    let (acked, errors) = cluster.kill_owner_under_writers(&etcd).await;
+    report(
+        &acked,
+        &errors,
+        " through two proxies, two etcd members left",
+    );
 }

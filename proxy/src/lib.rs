@@ -18,7 +18,9 @@
 //! every instance run the replication mode `config.json` names (also after a reload).
 //!
 //! With `failover.coordinator` ETCD, several proxies share one decision through etcd
-//! ([`coordinator`]): one elected proxy fails over, every other follows etcd's record.
+//! ([`coordinator`]): one elected proxy fails over, every other follows etcd's record. Under
+//! MULTI_PRIMARY the elected proxy also writes the ownership plan there ([`ownership`]), the
+//! others route by it, and each records in etcd what it acknowledges before answering.
 
 pub(crate) mod ack_watermark;
 pub(crate) mod admin;
