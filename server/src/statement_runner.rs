@@ -137,6 +137,7 @@ fn settle_and_answer(
     sink: &FrameSink,
     failed: impl FnOnce(ServerError) -> String,
 ) -> Result<(), ClientGone> {
+    forget_refused_commit(conn, &outcome);
     let outcome = owned(outcome);
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
@@ -375,6 +376,25 @@ impl Schema for ConnSchema<'_> {
                 |r| r.get(0),
             )
             .ok()
+    }
+}
+
+/// A commit the commit hook refused (this primary's write lease ended, see `catalog.rs`) rolls
+/// the whole transaction back, and the statement fails. But when that commit was the RELEASE
+/// of the outermost savepoint (a write with RETURNING, a schema change outside a transaction,
+/// a client's RELEASE), SQLite still counts a transaction as open on the connection: every
+/// later statement of the session would run inside it, never committed (and never published,
+/// the writer gate never given back), while each was answered as done. The connection is
+/// brought back to autocommit, as the refused commit left its data.
+fn forget_refused_commit(conn: &Connection, outcome: &Result<Last, RunError>) {
+    let Err(RunError::Failed(ServerError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))) = outcome
+    else {
+        return;
+    };
+    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK && !conn.is_autocommit() {
+        if let Err(error) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(%error, "cannot end the transaction a refused commit left open");
+        }
     }
 }
 
@@ -729,5 +749,39 @@ impl Pager {
         }
         sink.emit(Frame::RelationEnd)?;
         Err(RunError::Failed(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #14: the RELEASE that ends a write with RETURNING, refused by the commit hook (the lease
+    /// ended), used to leave the connection inside a transaction: the session's next writes ran
+    /// in it, never committed, and were answered as done (acknowledged writes lost in the fault
+    /// harness).
+    #[test]
+    fn a_refused_release_leaves_no_transaction_open() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE c(n INT); INSERT INTO c VALUES (0);")
+            .unwrap();
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hook = refuse.clone();
+        conn.commit_hook(Some(move || hook.load(std::sync::atomic::Ordering::SeqCst)))
+            .unwrap();
+        conn.execute_batch("SAVEPOINT _dirk_returning; UPDATE c SET n = n + 1;")
+            .unwrap();
+        let refused = end_savepoint(&conn, "_dirk_returning", true).map_err(RunError::from);
+        assert!(refused.is_err());
+        forget_refused_commit(&conn, &refused.map(|()| Last::RelationOk));
+        assert!(conn.is_autocommit(), "a transaction stayed open");
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        conn.execute_batch("UPDATE c SET n = n + 10").unwrap();
+        assert!(conn.is_autocommit());
+        let n: i64 = conn.query_row("SELECT n FROM c", [], |r| r.get(0)).unwrap();
+        assert_eq!(
+            n, 10,
+            "the refused write is rolled back, the next one committed"
+        );
     }
 }
