@@ -11,8 +11,8 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 
-use super::lexer::{tokenize, Lexer, Token, TokenKind};
-use super::translate;
+use super::lexer::{Lexer, Token, TokenKind};
+use super::translate_with_tokens;
 
 /// The routing class of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +53,10 @@ const CONNECTION_FUNCTIONS: [&str; 3] = ["last_insert_rowid", "changes", "total_
 /// connection-bound check all read those tokens (the proxy classifies every statement it routes,
 /// so this is its hot path: issue #19).
 pub fn classify(sql: &str) -> StatementClass {
-    let sql = translate(sql);
+    let (sql, tokens) = translate_with_tokens(sql);
     if super::limits::check_expression_depth(&sql).is_err() {
         return StatementClass::Write; // never parsed: too deep for a safe parse (see `limits`)
     }
-    let tokens = tokenize(&sql);
     let significant: Vec<&Token> = tokens.iter().filter(|t| !t.kind.is_trivia()).collect();
     let word = |i: usize| significant.get(i).map_or("", |t| t.text(&sql));
     let is = |i: usize, w: &str| word(i).eq_ignore_ascii_case(w);

@@ -13,16 +13,28 @@
 //! tokens, and `ao` becomes `INTO` or `FROM` depending on the most recent
 //! clause keyword seen in the statement.
 
+use std::borrow::Cow;
+
 use super::lexer::{is_ident_byte, Lexer, Token, TokenKind};
 
 /// Translates DirkDB's Malagasy keywords in `sql` into SQL.
 ///
 /// Text without any Malagasy keyword is returned unchanged.
 pub fn translate(sql: &str) -> String {
-    if !Lexer::new(sql).any(|tok| rule_for(sql, &tok).is_some()) {
-        return sql.to_owned();
+    translate_with_tokens(sql).0.into_owned()
+}
+
+/// Like [`translate`], also returning the tokens of the text it returns. Text without a
+/// Malagasy keyword (the commonest case, on every statement a proxy routes) is lexed once and
+/// borrowed, not copied.
+pub fn translate_with_tokens(sql: &str) -> (Cow<'_, str>, Vec<Token>) {
+    let tokens: Vec<Token> = Lexer::new(sql).collect();
+    if !tokens.iter().any(|tok| rule_for(sql, tok).is_some()) {
+        return (Cow::Borrowed(sql), tokens);
     }
-    Translator::new(sql).run()
+    let out = Translator::new(sql, tokens).run();
+    let tokens = Lexer::new(&out).collect();
+    (Cow::Owned(out), tokens)
 }
 
 /// How one Malagasy token translates.
@@ -159,10 +171,33 @@ fn lookup<T: Copy>(table: &[(&str, T)], word: &str) -> Option<T> {
         .map(|&(_, value)| value)
 }
 
+/// The bytes (either case) that begin an entry of [`WORDS`]: most English words are ruled out
+/// by their first byte without a scan of the table.
+const WORD_STARTS: [bool; 256] = word_starts(WORDS);
+
+const fn word_starts(table: &[(&str, Rule)]) -> [bool; 256] {
+    let mut starts = [false; 256];
+    let mut i = 0;
+    while i < table.len() {
+        let first = table[i].0.as_bytes()[0];
+        starts[first.to_ascii_lowercase() as usize] = true;
+        starts[first.to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    starts
+}
+
 /// The rule for a token, if it is a Malagasy keyword.
 fn rule_for(src: &str, tok: &Token) -> Option<Rule> {
     match tok.kind {
-        TokenKind::Word => lookup(WORDS, tok.text(src)),
+        TokenKind::Word => {
+            let text = tok.text(src);
+            let first = text.as_bytes().first().copied().unwrap_or(0);
+            if !WORD_STARTS[usize::from(first)] {
+                return None;
+            }
+            lookup(WORDS, text)
+        }
         TokenKind::Operator if tok.text(src) == "!" => Some(Rule::Keyword("NOT")),
         _ => None,
     }
@@ -178,10 +213,10 @@ struct Translator<'a> {
 }
 
 impl<'a> Translator<'a> {
-    fn new(src: &'a str) -> Self {
+    fn new(src: &'a str, toks: Vec<Token>) -> Self {
         Translator {
             src,
-            toks: Lexer::new(src).collect(),
+            toks,
             out: String::with_capacity(src.len() + 16),
             inserting: false,
         }

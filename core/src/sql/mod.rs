@@ -29,8 +29,17 @@ pub use splitter::{split_script, Script, SplitItem, StatementSplitter, Unclosed}
 /// translation ([`dirkdb::routing_sql`]), or the mixed Malagasy-English translation of anything
 /// else (English SQL comes back unchanged).
 pub fn translate(sql: &str) -> String {
+    translate_with_tokens(sql).0.into_owned()
+}
+
+/// Like [`translate`], also returning the tokens of the text it returns; English SQL is lexed
+/// once and borrowed (the proxy's classification of every statement: issue #19).
+pub fn translate_with_tokens(sql: &str) -> (std::borrow::Cow<'_, str>, Vec<lexer::Token>) {
     match dirkdb::routing_sql_of(sql) {
-        Some(translated) => translated.to_string(),
-        None => malagasy::translate(sql),
+        Some(translated) => {
+            let tokens = lexer::tokenize(&translated);
+            (std::borrow::Cow::Owned(translated.to_string()), tokens)
+        }
+        None => malagasy::translate_with_tokens(sql),
     }
 }
