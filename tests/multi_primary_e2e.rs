@@ -160,21 +160,15 @@ impl LocalCluster {
 
     /// `kill -9` of master `m`'s process (separate processes only).
     fn kill9(&mut self, m: usize) {
-        if let Some(mut child) = self.children[m - 1].1.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        common::kill_child(&mut self.children[m - 1].1);
     }
 
     /// Every process's log so far.
     fn log(&self) -> String {
-        self.children
-            .iter()
-            .map(|(name, _)| {
-                let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")));
-                format!("==== {name}\n{}", text.unwrap_or_default())
-            })
-            .collect()
+        common::logs_of(
+            self.dir.path(),
+            self.children.iter().map(|(n, _)| n.as_str()),
+        )
     }
 
     /// Master `m`'s log so far (separate processes only).
@@ -240,10 +234,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for (_, child) in &mut self.children {
-            if let Some(mut child) = child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            common::kill_child(child);
         }
     }
 }

@@ -10,6 +10,24 @@ use std::time::{Duration, Instant};
 
 use dirkdb_client::Client;
 
+/// `kill -9` of a child process (if still held), waited for.
+pub(crate) fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The logs `<name>.log` in `dir` of the named processes, one after the other.
+pub(crate) fn logs_of<'a>(dir: &Path, names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.log")));
+            format!("==== {name}\n{}", text.unwrap_or_default())
+        })
+        .collect()
+}
+
 /// The `dirkdb` binary built for these tests.
 pub(crate) fn dirkdb_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dirkdb")

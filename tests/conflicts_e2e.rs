@@ -1,0 +1,441 @@
+//! MULTI_PRIMARY conflicts end to end (issue #16 item 5), with real processes: DirkDB's
+//! three-master file, one `dirkdb server` per master and a `dirkdb proxy`, every link between
+//! two masters through its own relay (`tests/common/network.rs`), so the home of two tables (m1)
+//! can be cut off from the other masters while the proxy still reaches it.
+//!
+//! The partitioned owner keeps writing (its writes acknowledged at write concern 0, applied by
+//! no one else); it is then killed, its tables move to another master, which writes the same
+//! rows; the links heal and m1 comes back. Its writes appear as conflicts on m1 (the rows'
+//! home), `SOURCE_WINS` (the default) resolves one table's at once, the other table is `MANUAL`
+//! and its conflict stays listed — through the proxy, in both spellings — until `RESOLVE
+//! CONFLICT` resolves it; then all three masters have equal checksums.
+#![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::http;
+use common::network::Network;
+use common::{dirkdb_bin, wait_for_port};
+use dirkdb_client::{Client, ClientError};
+use serde_json::{json, Value};
+
+/// A table of `testdb` whose home (rendezvous over m1, m2, m3) is m1, other than utilisateurs.
+fn manual_table() -> String {
+    (0..)
+        .map(|i| format!("notes{i}"))
+        .find(|t| {
+            let key = format!("DB:testdb|TABLE:{t}");
+            dirkdb_core::rendezvous::owner(&key, &["m1", "m2", "m3"]) == Some(0)
+        })
+        .unwrap()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    net: Network,
+    /// `m1`, `m2`, `m3`, `proxy`, each with its process.
+    children: Vec<(String, Option<Child>)>,
+    lb: u16,
+    lb_admin: u16,
+    masters: Vec<(u16, u16)>,
+}
+
+impl Cluster {
+    /// DirkDB's file with quick failover, write concern 0 and `manual` under MANUAL; each master
+    /// reaches the others through relays.
+    fn start(manual: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Network::new();
+        let filled = common::dirkdb_config(dir.path());
+        let mut base: Value = serde_json::from_str(&filled.text).unwrap();
+        base["loadBalancer"]["healthIntervalMillis"] = json!(100);
+        base["loadBalancer"]["failCount"] = json!(2);
+        base["failover"] =
+            json!({"detectionMillis": 1000, "leaseMillis": 1500, "clockDriftMillis": 100});
+        base["routing"]["writes"]["writeConcern"] = json!({"replicas": 0});
+        base["replication"]["conflicts"] = json!({
+            "strategy": "SOURCE_WINS",
+            "tables": {format!("testdb.{manual}"): "MANUAL"}
+        });
+        write_config(dir.path(), "proxy", &base);
+        let ids = ["m1", "m2", "m3"];
+        for (k, me) in ids.iter().enumerate() {
+            let mut own = base.clone();
+            for (j, other) in ids.iter().enumerate().filter(|(j, _)| *j != k) {
+                let port = net.link(me, other, filled.masters[j].0);
+                own["instances"][j]["replicationAddress"] = json!(format!("127.0.0.1:{port}"));
+            }
+            write_config(dir.path(), me, &own);
+        }
+        let mut cluster = Cluster {
+            dir,
+            net,
+            children: ["m1", "m2", "m3", "proxy"]
+                .iter()
+                .map(|n| (n.to_string(), None))
+                .collect(),
+            lb: filled.lb,
+            lb_admin: filled.lb_admin,
+            masters: filled.masters,
+        };
+        for i in 0..4 {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let name = self.children[i].0.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let mut command = Command::new(dirkdb_bin());
+        match name.as_str() {
+            "proxy" => command.arg("proxy"),
+            master => command.args(["server", "--instance", master]),
+        };
+        let child = command
+            .arg("--config")
+            .arg(self.dir.path().join(format!("config-{name}.json")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[i].1 = Some(child);
+        let (port, admin) = match name.as_str() {
+            "proxy" => (self.lb, self.lb_admin),
+            _ => self.masters[i],
+        };
+        wait_for_port(port);
+        wait_for_port(admin);
+    }
+
+    fn kill9(&mut self, m: usize) {
+        common::kill_child(&mut self.children[m - 1].1);
+    }
+
+    fn log(&self) -> String {
+        common::logs_of(
+            self.dir.path(),
+            self.children.iter().map(|(n, _)| n.as_str()),
+        )
+    }
+
+    /// A session on the proxy in testdb (USE runs on the database's owner, so it fails while
+    /// that owner is down and its objects have not moved yet).
+    async fn try_proxy(&self) -> Result<Client, ClientError> {
+        let mut c = Client::connect(&format!("127.0.0.1:{}", self.lb)).await?;
+        c.execute("USE testdb").await?;
+        Ok(c)
+    }
+
+    /// A session on the proxy in testdb, retried while the database's owner is away.
+    async fn proxy(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.try_proxy().await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("USE testdb through the proxy: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("USE testdb through the proxy: {e}\n{}", self.log()),
+            }
+        }
+    }
+
+    fn admin(&self, m: usize, path: &str) -> Value {
+        http(self.masters[m - 1].1, "GET", path, "")
+    }
+
+    /// The values of `table` on master `m`, by id.
+    async fn values(&self, m: usize, table: &str) -> Vec<(i64, String)> {
+        let mut c = Client::connect(&format!("127.0.0.1:{}", self.masters[m - 1].0))
+            .await
+            .unwrap();
+        c.execute("USE testdb").await.unwrap();
+        let rows = c
+            .query(&format!("SELECT id, v FROM {table} ORDER BY id"))
+            .await
+            .unwrap()
+            .rows;
+        rows.iter()
+            .map(|r| {
+                (
+                    r[0].as_i64().unwrap_or(0),
+                    r[1].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `done` holds, at most `limit`; panics with `what` and the logs.
+    async fn until(&self, what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if done().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what} within {limit:?}\n{}", self.log());
+    }
+
+    /// Each master's digest of `table` (or of every table when `None`) and its positions.
+    fn digests(&self, table: Option<&str>) -> Vec<Value> {
+        (1..=3)
+            .map(|m| {
+                let c = self.admin(m, "/replication/checksum");
+                match table {
+                    Some(t) => json!([c["positions"], c["tables"]["testdb"][t]]),
+                    None => json!([c["positions"], c["tables"]]),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs `sql` through the proxy until it is not refused (an owner down or catching up).
+    async fn write_retrying(&self, sql: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = match self.try_proxy().await {
+                Ok(mut c) => c.execute(sql).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(_) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{sql}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{sql}: {e}\n{}", self.log()),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            common::kill_child(child);
+        }
+    }
+}
+
+fn write_config(dir: &Path, name: &str, config: &Value) {
+    std::fs::write(
+        dir.join(format!("config-{name}.json")),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
+}
+
+fn rows(pairs: &[(i64, &str)]) -> Vec<(i64, String)> {
+    pairs.iter().map(|(i, v)| (*i, v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_conflicts() {
+    let manual = manual_table();
+    let mut cluster = Cluster::start(&manual);
+    {
+        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
+            .await
+            .unwrap();
+        cluster
+            .until(
+                "the proxy takes writes",
+                Duration::from_secs(30),
+                async || {
+                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
+                        .await
+                        .is_ok()
+                },
+            )
+            .await;
+    }
+    for table in ["utilisateurs", manual.as_str()] {
+        cluster
+            .write_retrying(&format!(
+                "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)"
+            ))
+            .await;
+        cluster
+            .write_retrying(&format!(
+                "INSERT INTO {table} VALUES (1, 'a'), (2, 'a'), (3, 'a')"
+            ))
+            .await;
+    }
+    cluster
+        .until(
+            "the masters converge",
+            Duration::from_secs(30),
+            async || {
+                let d = cluster.digests(None);
+                d.iter().all(|x| *x == d[0])
+            },
+        )
+        .await;
+
+    // m1, home and owner of both tables, is cut off from the other masters; the proxy still
+    // reaches it and it keeps writing: acknowledged at write concern 0, applied by no one else.
+    cluster.net.partition(&["m1"], &["m2", "m3"]);
+    for table in ["utilisateurs", manual.as_str()] {
+        let mut c = cluster.proxy().await;
+        c.execute(&format!(
+            "UPDATE {table} SET v = 'partitioned' WHERE id IN (1, 2)"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            cluster.values(1, table).await,
+            rows(&[(1, "partitioned"), (2, "partitioned"), (3, "a")])
+        );
+    }
+    assert_eq!(cluster.values(2, "utilisateurs").await[0], (1, "a".into()));
+
+    // m1 dies; its tables move to another master, which writes rows 1 and 3.
+    cluster.kill9(1);
+    for table in ["utilisateurs", manual.as_str()] {
+        cluster
+            .write_retrying(&format!(
+                "UPDATE {table} SET v = 'moved' WHERE id IN (1, 3)"
+            ))
+            .await;
+    }
+    let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
+    eprintln!(
+        "owners while m1 is down: {}",
+        status["multiPrimary"]["mastersUp"]
+    );
+
+    // The links heal and m1 comes back: each side applies the other's writes.
+    cluster.net.heal_all();
+    cluster.spawn(0);
+    let conflicts_on_m1 = || cluster.admin(1, "/replication/conflicts");
+    cluster
+        .until(
+            "m1 records both conflicts",
+            Duration::from_secs(60),
+            async || conflicts_on_m1()["conflicts"].as_array().map(Vec::len) == Some(2),
+        )
+        .await;
+    let listed = conflicts_on_m1();
+    let of = |table: &str| {
+        listed["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["table"] == table)
+            .cloned()
+            .unwrap_or_else(|| panic!("no conflict on {table}: {listed:#}"))
+    };
+    let (auto, held) = (of("utilisateurs"), of(&manual));
+    for c in [&auto, &held] {
+        assert_eq!(c["rowKey"], r#"{"rowid":1}"#, "{c}");
+        assert_eq!(c["keyKind"], "primary key", "{c}");
+        assert_eq!(c["localOrigin"], "m1", "{c}");
+        assert_ne!(c["remoteOrigin"], "m1", "{c}");
+    }
+    assert_eq!(
+        (&auto["strategy"], &auto["state"], &auto["resolution"]),
+        (&json!("SOURCE_WINS"), &json!("resolved"), &json!("REMOTE")),
+        "{auto}"
+    );
+    assert_eq!(
+        (&held["strategy"], &held["state"]),
+        (&json!("MANUAL"), &json!("open"))
+    );
+
+    // SOURCE_WINS: the new owner's row 1 everywhere, m1's partitioned row 2, equal checksums.
+    let expected = rows(&[(1, "moved"), (2, "partitioned"), (3, "moved")]);
+    cluster
+        .until(
+            "utilisateurs converges",
+            Duration::from_secs(60),
+            async || {
+                let d = cluster.digests(Some("utilisateurs"));
+                d[0][1] == d[1][1] && d[1][1] == d[2][1]
+            },
+        )
+        .await;
+    for m in 1..=3 {
+        assert_eq!(cluster.values(m, "utilisateurs").await, expected, "m{m}");
+    }
+
+    // MANUAL: listed open, through the proxy in both spellings, counted by the proxy and in
+    // m1's /metrics; m1 keeps its row meanwhile.
+    assert_eq!(
+        cluster.values(1, &manual).await[0],
+        (1, "partitioned".into())
+    );
+    for show in ["SHOW CONFLICTS", "asehoy ny fifanoherana"] {
+        let mut c = cluster.proxy().await;
+        let answer = c.query(show).await.unwrap();
+        assert_eq!(answer.rows.len(), 2, "{show}: {answer:?}");
+        let first = &answer.rows[0];
+        assert_eq!(first[1], "m1", "{show}: {answer:?}");
+        assert_eq!(first[3], manual.as_str(), "open first: {answer:?}");
+        assert_eq!(first[10], "open", "{answer:?}");
+    }
+    cluster
+        .until(
+            "the proxy counts one open conflict",
+            Duration::from_secs(30),
+            async || {
+                let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
+                status["multiPrimary"]["openConflicts"] == 1
+            },
+        )
+        .await;
+    let metrics = cluster.admin(1, "/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("dirkdb_open_conflicts{instance=\"m1\"} 1"),
+        "{metrics}"
+    );
+
+    // Resolved by a statement (DirkDB's spelling), through the proxy: m1's row everywhere.
+    let id = format!("m1.{}", held["id"]);
+    let mut c = cluster.proxy().await;
+    let answer = c
+        .execute(&format!("vahao ny fifanoherana {id} tazony eto"))
+        .await
+        .unwrap();
+    assert!(format!("{answer:?}").contains("resolved"), "{answer:?}");
+    let again = c
+        .execute(&format!("RESOLVE CONFLICT {id} KEEP REMOTE"))
+        .await;
+    assert!(
+        matches!(&again, Err(ClientError::Server(e)) if e.contains("already resolved")),
+        "{again:?}"
+    );
+    cluster
+        .until(
+            "all masters converge",
+            Duration::from_secs(60),
+            async || {
+                let d = cluster.digests(None);
+                d.iter().all(|x| *x == d[0])
+            },
+        )
+        .await;
+    for m in 1..=3 {
+        assert_eq!(
+            cluster.values(m, &manual).await,
+            rows(&[(1, "partitioned"), (2, "partitioned"), (3, "moved")]),
+            "m{m}"
+        );
+    }
+    let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
+    assert_eq!(status["multiPrimary"]["openConflicts"], 0, "{status:#}");
+}
