@@ -403,6 +403,14 @@ async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_con
             .contains("dirkdb_open_conflicts{instance=\"m1\"} 1"),
         "{metrics}"
     );
+    let metrics = http(cluster.lb_admin, "GET", "/metrics", "");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("dirkdb_proxy_open_conflicts 1"),
+        "{metrics}"
+    );
 
     // Resolved by a statement (DirkDB's spelling), through the proxy: m1's row everywhere.
     let id = format!("m1.{}", held["id"]);

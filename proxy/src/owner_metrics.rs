@@ -1,6 +1,6 @@
 //! MULTI_PRIMARY ownership in the proxy's `GET /metrics` (issue #16): the ownership term, each
 //! master's part (owning, returning, moving, out) and the owner this proxy routes each object's
-//! writes to, with a count per owner. The objects are asked of one master up at each scrape
+//! writes to, with a count per owner, and the open conflicts of the masters up. The objects are asked of one master up at each scrape
 //! ([`crate::ownership::routed_objects`]); nothing is written outside MULTI_PRIMARY.
 
 use std::time::Duration;
@@ -27,6 +27,11 @@ const OWNER: Metric = Metric::gauge(
     "MULTI_PRIMARY: 1 per object, labelled with the owner the proxy routes its writes to (first 1000).",
 );
 
+const OPEN_CONFLICTS: Metric = Metric::gauge(
+    "dirkdb_proxy_open_conflicts",
+    "MULTI_PRIMARY: open conflicts, summed over the masters up (each lists those it is home of).",
+);
+
 /// How long a scrape waits for a master's list of objects.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -36,6 +41,7 @@ pub(crate) struct OwnerMetrics {
     term: u64,
     masters: Vec<(String, &'static str)>,
     objects: Vec<Value>,
+    open_conflicts: usize,
 }
 
 /// Gathers the ownership metrics; `None` outside MULTI_PRIMARY.
@@ -47,16 +53,19 @@ pub(crate) async fn gather(t: &Topology) -> Option<OwnerMetrics> {
     let objects = crate::ownership::routed_objects(t, ASK_TIMEOUT)
         .await
         .unwrap_or_default();
+    let conflicts = crate::ownership::conflicts(t).await;
     Some(OwnerMetrics {
         term,
         masters: crate::ownership::master_states(t),
         objects,
+        open_conflicts: conflicts.iter().filter(|c| c["state"] == "open").count(),
     })
 }
 
 /// Writes what [`gather`] found.
 pub(crate) fn write(m: &OwnerMetrics, page: &mut Page) -> std::fmt::Result {
     page.one(&TERM, m.term)?;
+    page.one(&OPEN_CONFLICTS, m.open_conflicts)?;
     page.each(
         &MASTER,
         m.masters.iter().map(|(id, state)| {
