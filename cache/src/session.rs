@@ -9,7 +9,8 @@
 //! write (pipelined: no round trip of its own), and the answer waits until the primary's change
 //! feed has reported that position, whose notices drop exactly the rows the write changed
 //! (triggers and foreign-key actions included); without a feed, or when it does not report in
-//! time, the tables the write names and the whole database's entries go.
+//! time, the whole database's entries go (the other database too that a `CREATE`/`DROP DATABASE`
+//! names).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -382,8 +383,8 @@ impl CacheSession {
     /// Drops what committed writes can have changed, before their answer reaches the client.
     /// With a change feed, waiting until it reports the write's position is enough: its
     /// notices drop exactly the rows (or tables) the write changed, triggers and cascades
-    /// included. Without it, or when it does not report in time, the tables the writes name
-    /// and then the whole database are dropped.
+    /// included. Without it, or when it does not report in time, the whole database is dropped
+    /// (and a database a `CREATE`/`DROP DATABASE` names).
     /// `position` is the session's last write position, asked right behind the write; the
     /// time from `answered` (the write's own answer arrived) on is counted as the settle's cost.
     async fn settle_writes(
@@ -404,13 +405,12 @@ impl CacheSession {
         if !reported {
             CacheStats::bump(&stats.write_settle_fallbacks);
             for targets in &writes {
-                match targets {
-                    WriteTargets::Tables(tables) => store.invalidate_tables(&db, tables, position),
-                    WriteTargets::CurrentDatabase => store.invalidate_database(&db, position),
-                    WriteTargets::Database(name) => store.invalidate_database(name, position),
-                };
+                if let WriteTargets::Database(name) = targets {
+                    store.invalidate_database(name, position);
+                }
             }
-            // Triggers and foreign-key actions stay inside the database.
+            // Whatever the writes name, triggers and foreign-key actions reach further, but they
+            // stay inside the database.
             store.invalidate_database(&db, position);
         }
         CacheStats::bump(&stats.write_settles);

@@ -17,9 +17,9 @@ use dirkdb_core::sql::classify::{classify, leading_words, StatementClass, Transa
 use dirkdb_core::sql::lexer::tokenize;
 use dirkdb_core::sql::translate;
 use sqlparser::ast::{
-    visit_expressions, visit_relations, BinaryOperator, Distinct, Expr, FromTable, FunctionArg,
+    visit_expressions, visit_relations, BinaryOperator, Distinct, Expr, FunctionArg,
     FunctionArgExpr, FunctionArguments, GroupByExpr, JoinConstraint, JoinOperator, ObjectName,
-    Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, UnaryOperator, Value,
+    Query, SelectItem, SetExpr, Statement, TableFactor, UnaryOperator, Value,
 };
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
@@ -118,12 +118,14 @@ impl Literal {
     }
 }
 
-/// What a write can change.
+/// What a write can change, when the change feed does not say (see
+/// `crate::session`): the current database, or the one a `CREATE`/`DROP DATABASE` names. Which
+/// tables or rows a write changed only the feed tells (triggers and foreign-key actions
+/// included), so the write's text is not parsed for them: that would cost a full parse of
+/// every write, whose texts rarely repeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteTargets {
-    /// Rows of these tables of the current database (lower case).
-    Tables(Vec<String>),
-    /// Anything in the current database (DDL, or a statement the parser cannot read).
+    /// Anything in the current database.
     CurrentDatabase,
     /// A whole database by name (`CREATE`/`DROP DATABASE`).
     Database(String),
@@ -604,41 +606,11 @@ fn is_volatile_call(name: &str, args: &FunctionArguments) -> bool {
     })
 }
 
-/// What a write statement can change, as far as its text tells. Triggers and foreign-key
-/// actions can reach further; the session learns those from the primary's change feed.
+/// What a write statement can change when the change feed does not say (see [`WriteTargets`]).
 fn write_targets(translated: &str) -> WriteTargets {
-    if let Some(db) = database_statement_target(translated) {
-        return WriteTargets::Database(db);
-    }
-    let Some(statement) = parse_one(translated) else {
-        return WriteTargets::CurrentDatabase;
-    };
-    let target = match &statement {
-        Statement::Insert(insert) => match &insert.table {
-            TableObject::TableName(name) => table_name(name),
-            _ => None,
-        },
-        Statement::Update(update) => factor_table(&update.table.relation),
-        Statement::Delete(delete) => match &delete.from {
-            FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables)
-                if tables.len() == 1 && delete.tables.is_empty() =>
-            {
-                factor_table(&tables[0].relation)
-            }
-            _ => None,
-        },
-        _ => None,
-    };
-    match target {
-        Some(table) => WriteTargets::Tables(vec![table]),
+    match database_statement_target(translated) {
+        Some(db) => WriteTargets::Database(db),
         None => WriteTargets::CurrentDatabase,
-    }
-}
-
-fn factor_table(factor: &TableFactor) -> Option<String> {
-    match factor {
-        TableFactor::Table { name, .. } => table_name(name),
-        _ => None,
     }
 }
 
@@ -747,7 +719,8 @@ mod tests {
 
     #[test]
     fn dirkdb_writes_name_what_they_change() {
-        let tables = |t: &str| Analysis::Write(WriteTargets::Tables(vec![t.into()]));
+        // The table a write names is not read from its text any more (see `WriteTargets`).
+        let tables = |_: &str| Analysis::Write(WriteTargets::CurrentDatabase);
         assert_eq!(analyze("manampia #ao@ t (n) #sanda (1)"), tables("t"));
         assert_eq!(analyze("manampia ao @ t (n) alaivo n #ao@ u"), tables("t"));
         assert_eq!(
@@ -833,7 +806,8 @@ mod tests {
 
     #[test]
     fn writes_name_what_they_change() {
-        let tables = |t: &str| Analysis::Write(WriteTargets::Tables(vec![t.into()]));
+        // The table a write names is not read from its text any more (see `WriteTargets`).
+        let tables = |_: &str| Analysis::Write(WriteTargets::CurrentDatabase);
         assert_eq!(analyze("INSERT INTO Orders VALUES (1)"), tables("orders"));
         assert_eq!(analyze("manampia ao orders sanda (1)"), tables("orders"));
         assert_eq!(
