@@ -147,7 +147,11 @@ async fn conflict_counts(state: &Arc<ServerState>) -> Result<Value, ApiError> {
         return Ok(Value::Null);
     }
     let (open, resolved) = blocking(state, |s| crate::replication::conflicts::counts_of(s)).await?;
-    Ok(json!({ "open": open, "resolved": resolved }))
+    Ok(json!({
+        "open": open,
+        "resolved": resolved,
+        "heldForHome": state.peers.held_for_home(),
+    }))
 }
 
 /// `GET /replication/conflicts`: the conflicts this master recorded as the home of their rows

@@ -166,6 +166,10 @@ impl<'a> RunJudge<'a> {
         let ownership = &self.state.settings.ownership;
         let home = ownership.home_of(&ObjectRef::table(self.db, &e.table));
         if home.as_deref() != Some(self.state.instance_id.as_str()) {
+            self.state
+                .peers
+                .held_for_home
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 origin = %self.origin, seq = e.seq, database = %self.db, table = %e.table,
                 row = %row_key, local = ?local, home = ?home,

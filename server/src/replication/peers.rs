@@ -127,6 +127,9 @@ pub struct Peers {
     pub(crate) knowledge: super::knowledge::Knowledge,
     /// `replication.conflicts`: how the conflicts this master resolves are resolved.
     pub(crate) conflicts: dirkdb_core::config::ConflictsConfig,
+    /// Conflicting changes of rows another master is home of, left unapplied here for that
+    /// master's resolution (since start).
+    pub(crate) held_for_home: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Peers {
@@ -143,7 +146,14 @@ impl Peers {
             streams: std::sync::Mutex::new(BTreeMap::new()),
             knowledge: Default::default(),
             conflicts,
+            held_for_home: Default::default(),
         }
+    }
+
+    /// Conflicting changes held here for their rows' home master since start.
+    pub fn held_for_home(&self) -> u64 {
+        self.held_for_home
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The origin's position applied here (0 before anything).
@@ -472,6 +482,11 @@ mod described {
         "dirkdb_resolved_conflicts",
         "MULTI_PRIMARY: conflicts this master recorded and resolved.",
     );
+    pub(super) const HELD_FOR_HOME: Metric = Metric::gauge(
+        "dirkdb_conflicts_held_for_home",
+        "MULTI_PRIMARY: conflicting changes of rows another master is home of, left unapplied \
+         here for that master's resolution (since start).",
+    );
     pub(super) const OWNED: Metric = Metric::gauge(
         "dirkdb_owned_objects",
         "MULTI_PRIMARY: databases, tables, views and domains per owner, in this master's view.",
@@ -532,6 +547,7 @@ pub(crate) fn write_metrics(
     let (open, resolved) = super::conflicts::counts_of(state).unwrap_or_default();
     page.one(&OPEN_CONFLICTS, open)?;
     page.one(&RESOLVED_CONFLICTS, resolved)?;
+    page.one(&HELD_FOR_HOME, peers.held_for_home())?;
     let objects = crate::owners::owned_objects(state, &state.catalog.names()).unwrap_or_default();
     let owners = objects.iter().map(|o| o.owner.clone().unwrap_or_default());
     page.counts(&OWNED, "owner", owners)?;
