@@ -402,7 +402,7 @@ async fn run_course(client: &mut Client, through: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_course_script_answers_as_dirkdb_through_the_server() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -775,7 +775,7 @@ async fn dirkdb_answers_come_in_pages_of_twenty_rows_everywhere() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_operations_answer_in_dirkdb_order() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -957,7 +957,7 @@ async fn a_statement_over_the_limit_is_refused_at_once_and_the_session_goes_on()
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_answer_in_dirkdb_order_and_natural_joins_pair_nulls() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -1056,7 +1056,7 @@ async fn joins_answer_in_dirkdb_order_and_natural_joins_pair_nulls() {
     assert_eq!(rows(filtered), [json!([null, "y0"])]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remembered_plans_follow_schema_changes_and_recreated_databases() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -1102,7 +1102,7 @@ async fn remembered_plans_follow_schema_changes_and_recreated_databases() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_and_enum_members_come_in_java_hash_order() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -1143,7 +1143,7 @@ async fn groups_and_enum_members_come_in_java_hash_order() {
 /// collide the same way is displayed in that order. Expected orders printed by the JDK 17's own
 /// HashMap and HashSet (a set built by `add` in the order given, and read back once, as DirkDB's
 /// table file is).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tree_bins_of_java_hash_maps_order_groups_and_enum_members() {
     let server = inproc::server().await;
     let mut c = server.client().await;

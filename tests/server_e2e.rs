@@ -33,7 +33,7 @@ async fn count(client: &mut Client, table: &str) -> i64 {
     rs.rows[0][0].as_i64().unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_issue_user_session_in_malagasy() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -82,7 +82,7 @@ async fn the_issue_user_session_in_malagasy() {
     assert_eq!(rs.rows, vec![vec![json!("testdb")]]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_every_type_round_trip() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -158,7 +158,7 @@ async fn acknowledged_write_survives_kill_9() {
     assert_eq!(count(&mut c, "t").await, 50);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_write_and_read_concurrently() {
     let server = inproc::server().await;
     let mut setup = server.client().await;
@@ -193,7 +193,7 @@ async fn two_clients_write_and_read_concurrently() {
     assert_eq!(count(&mut setup, "t").await, 400);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_belong_to_their_connection() {
     let server = inproc::server().await;
     let mut a = server.client().await;
@@ -223,7 +223,7 @@ async fn transactions_belong_to_their_connection() {
     assert_eq!(count(&mut b, "t").await, 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_read_does_not_block_writers() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -320,7 +320,7 @@ async fn large_select_is_streamed_in_pages_with_bounded_server_memory() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
     let server = inproc::server_with("PRIMARY", r#"{ "maxStatementBytes": 1000 }"#).await;
     let mut c = server.client().await;
@@ -375,7 +375,7 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
     c.execute("DROP TABLE u").await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_statement_or_mid_result_changes_nothing() {
     let server = inproc::server().await;
     let mut c = server.client().await;
@@ -410,7 +410,7 @@ async fn a_client_leaving_mid_statement_or_mid_result_changes_nothing() {
     assert_eq!(count(&mut again, "t").await, 20_001);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_refused_with_a_message() {
     let server = inproc::server_with("PRIMARY", r#"{ "maxConnections": 3 }"#).await;
     let mut held = Vec::new();
@@ -445,7 +445,7 @@ async fn connections_over_the_limit_are_refused_with_a_message() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_writes_but_serves_reads() {
     let server = inproc::server_with("REPLICA", "{}").await;
     let mut c = server.client().await;
@@ -478,7 +478,7 @@ async fn graceful_shutdown_lets_the_running_statement_finish() {
     assert!(server.terminate().map(|s| s.success()).unwrap_or(true));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_write_refused_for_its_size_leaves_nothing_behind() {
     let server = inproc::server_with("PRIMARY", r#"{ "maxResultRows": 3 }"#).await;
     let mut c = server.client().await;
