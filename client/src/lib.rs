@@ -300,21 +300,9 @@ impl Client {
 
 /// Checks that `text` is one complete statement and returns it without its `;`.
 ///
-/// Text with no `;`, quote, bracket, comment opener or `TRIGGER` (whose body the `;` this client
-/// appends would not end) is one complete statement whatever it holds, so it skips the splitter:
-/// a proxy forwards each statement it routes through here (issue #19).
+/// The splitter takes a plain statement (no literal, comment or trigger body) in one step, so
+/// this check stays cheap on the proxy's path, which forwards every statement through it.
 fn one_statement(text: &str) -> Result<String> {
-    let plain = !text
-        .bytes()
-        .any(|b| matches!(b, b';' | b'\'' | b'"' | b'`' | b'[' | b'-' | b'/'))
-        && !text
-            .as_bytes()
-            .windows(b"trigger".len())
-            .any(|w| w.eq_ignore_ascii_case(b"trigger"));
-    let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0B');
-    if plain && !trimmed.is_empty() {
-        return Ok(trimmed.to_string());
-    }
     let script = split_script(&format!("{text}\n;"));
     match (script.statements.as_slice(), script.remainder.is_empty()) {
         ([one], true) => Ok(one.clone()),
