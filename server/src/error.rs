@@ -38,6 +38,19 @@ pub enum ServerError {
     /// File system trouble in the data directory.
     #[error("data directory error: {0}")]
     Io(#[from] std::io::Error),
+    /// A statement that was to commit (`COMMIT`, `END`, the outermost `RELEASE`, a write's own
+    /// savepoint) failed; the text says whether the transaction was rolled back or is still open.
+    #[error("{cause}; {}", if *.rolled_back {
+        dirkdb_core::sql::transaction::FAILED_COMMIT_ROLLED_BACK
+    } else {
+        dirkdb_core::sql::transaction::FAILED_COMMIT_STILL_OPEN
+    })]
+    CommitFailed {
+        /// Why the commit failed (SQLITE_BUSY, the commit hook's refusal, …).
+        cause: Box<ServerError>,
+        /// True when nothing of the transaction stays; false when it is still open.
+        rolled_back: bool,
+    },
     /// Another transaction held the instance's writer gate for longer than the busy timeout.
     #[error("database is locked: another transaction has been writing for more than {0} ms (limits.busyTimeoutMs); retry")]
     WriterBusy(u64),

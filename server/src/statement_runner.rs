@@ -124,8 +124,42 @@ pub(crate) fn run_statement(
     sink: &FrameSink,
 ) -> Result<(), ClientGone> {
     ownership::take_refusal();
+    let ends = !conn.is_autocommit() && ends_transaction(sql);
     let outcome = execute(conn, sql, options, sink, None);
+    let outcome = say_where_a_failed_commit_left(conn, ends, outcome);
     settle_and_answer(conn, outcome, options, sink, |e| explain(e, options))
+}
+
+/// True for the statements that commit an open transaction (`COMMIT`, `END`, and `RELEASE`,
+/// which commits when its savepoint is the outermost).
+fn ends_transaction(sql: &str) -> bool {
+    matches!(
+        leading_words(sql, 1).first().map(String::as_str),
+        Some("COMMIT" | "END" | "RELEASE")
+    )
+}
+
+/// When a statement that was to end the open transaction (`ends`) failed, says in its error
+/// whether the transaction was rolled back (the commit hook refused it: brought back to
+/// autocommit, see [`forget_refused_commit`]) or is still open (SQLITE_BUSY: the client may
+/// retry or roll back), so the client, and a proxy in front, know which.
+fn say_where_a_failed_commit_left(
+    conn: &Connection,
+    ends: bool,
+    outcome: Result<Last, RunError>,
+) -> Result<Last, RunError> {
+    match outcome {
+        Err(RunError::Failed(cause))
+            if ends && !matches!(cause, ServerError::CommitFailed { .. }) =>
+        {
+            forget_refused_commit_of(conn, &cause);
+            Err(RunError::Failed(ServerError::CommitFailed {
+                cause: Box::new(cause),
+                rolled_back: conn.is_autocommit(),
+            }))
+        }
+        outcome => outcome,
+    }
 }
 
 /// Settles the statement's write (if any), then sends its last frame; `failed` words a
@@ -387,8 +421,14 @@ impl Schema for ConnSchema<'_> {
 /// the writer gate never given back), while each was answered as done. The connection is
 /// brought back to autocommit, as the refused commit left its data.
 fn forget_refused_commit(conn: &Connection, outcome: &Result<Last, RunError>) {
-    let Err(RunError::Failed(ServerError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))) = outcome
-    else {
+    if let Err(RunError::Failed(error)) = outcome {
+        forget_refused_commit_of(conn, error);
+    }
+}
+
+/// [`forget_refused_commit`] for a statement that failed with `error`.
+fn forget_refused_commit_of(conn: &Connection, error: &ServerError) {
+    let ServerError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = error else {
         return;
     };
     if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK && !conn.is_autocommit() {
@@ -498,10 +538,11 @@ fn execute(
     }
     // A write that returns rows (RETURNING) makes its changes at the first step: if the
     // response then fails (too many rows, client gone), nothing of it must stay.
+    let outermost = conn.is_autocommit();
     conn.execute_batch("SAVEPOINT _dirk_returning")?;
     let streamed = stream_rows(conn, &mut stmt, sql, options, sink, naming);
     drop(stmt);
-    end_savepoint(conn, "_dirk_returning", streamed.is_ok())?;
+    end_savepoint(conn, "_dirk_returning", streamed.is_ok(), outermost)?;
     streamed.map(|()| Last::RelationOk)
 }
 
@@ -514,6 +555,7 @@ fn run_schema_change(
 ) -> Result<String, RunError> {
     // A savepoint also inside an explicit transaction: a failed ALTER must not leave the
     // table's capture triggers dropped.
+    let outermost = conn.is_autocommit();
     conn.execute_batch("SAVEPOINT _dirk_ddl")?;
     let result = (|| -> Result<(), RunError> {
         let before = schema_version(conn)?;
@@ -527,17 +569,41 @@ fn run_schema_change(
         Ok(())
     })();
     drop(stmt);
-    end_savepoint(conn, "_dirk_ddl", result.is_ok())?;
+    end_savepoint(conn, "_dirk_ddl", result.is_ok(), outermost)?;
     result.map(|()| success_text(sql))
 }
 
-/// Releases a savepoint, first rolling back to it when the work failed.
-fn end_savepoint(conn: &Connection, name: &str, keep: bool) -> rusqlite::Result<()> {
-    if keep {
+/// Releases a savepoint, first rolling back to it when the work failed. The RELEASE of an
+/// `outermost` savepoint (opened outside a transaction) commits; when that commit fails
+/// (SQLITE_BUSY leaves the transaction open, a refused commit leaves SQLite counting one as
+/// open), the transaction is rolled back, so the statement leaves nothing behind and the session
+/// is back outside a transaction, and the error says so.
+fn end_savepoint(
+    conn: &Connection,
+    name: &str,
+    keep: bool,
+    outermost: bool,
+) -> Result<(), ServerError> {
+    let ended = if keep {
         conn.execute_batch(&format!("RELEASE {name}"))
     } else {
         conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+    };
+    let Err(cause) = ended else {
+        return Ok(());
+    };
+    if !outermost {
+        return Err(cause.into());
     }
+    if !conn.is_autocommit() {
+        if let Err(error) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(%error, "cannot roll back a statement whose commit failed");
+        }
+    }
+    Err(ServerError::CommitFailed {
+        cause: Box::new(cause.into()),
+        rolled_back: conn.is_autocommit(),
+    })
 }
 
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -755,6 +821,7 @@ impl Pager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dirkdb_core::sql::transaction::{FAILED_COMMIT_ROLLED_BACK, FAILED_COMMIT_STILL_OPEN};
 
     /// #14: the RELEASE that ends a write with RETURNING, refused by the commit hook (the lease
     /// ended), used to leave the connection inside a transaction: the session's next writes ran
@@ -771,7 +838,7 @@ mod tests {
             .unwrap();
         conn.execute_batch("SAVEPOINT _dirk_returning; UPDATE c SET n = n + 1;")
             .unwrap();
-        let refused = end_savepoint(&conn, "_dirk_returning", true).map_err(RunError::from);
+        let refused = end_savepoint(&conn, "_dirk_returning", true, true).map_err(RunError::from);
         assert!(refused.is_err());
         forget_refused_commit(&conn, &refused.map(|()| Last::RelationOk));
         assert!(conn.is_autocommit(), "a transaction stayed open");
@@ -783,5 +850,123 @@ mod tests {
             n, 10,
             "the refused write is rolled back, the next one committed"
         );
+    }
+
+    /// Two connections to one file in rollback-journal mode, the first holding a read
+    /// transaction: the second's commits then fail with SQLITE_BUSY (a commit needs the
+    /// exclusive lock), which leaves SQLite's transaction open.
+    fn busy_database(dir: &std::path::Path) -> (Connection, Connection) {
+        let path = dir.join("busy.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=DELETE; CREATE TABLE c(n INT); INSERT INTO c VALUES (0);",
+            )
+            .unwrap();
+        writer.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let n: i64 = reader
+            .query_row("SELECT n FROM c", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        (reader, writer)
+    }
+
+    fn counter(conn: &Connection) -> i64 {
+        conn.query_row("SELECT n FROM c", [], |r| r.get(0)).unwrap()
+    }
+
+    fn failure_text(outcome: Result<Last, RunError>) -> String {
+        match outcome {
+            Err(RunError::Failed(e)) => e.to_string(),
+            Err(RunError::Dirk(text)) => text,
+            Err(RunError::Gone) => "client gone".into(),
+            Ok(_) => panic!("the statement succeeded"),
+        }
+    }
+
+    /// #14: the RELEASE ending a write's own savepoint (RETURNING, a schema change) that fails
+    /// with SQLITE_BUSY used to leave the transaction open: the session's next statements ran
+    /// inside it. The write is now rolled back, and its error says so.
+    #[test]
+    fn a_write_whose_release_finds_the_database_busy_is_rolled_back_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, writer) = busy_database(dir.path());
+        writer
+            .execute_batch("SAVEPOINT _dirk_returning; UPDATE c SET n = n + 1;")
+            .unwrap();
+        let busy = end_savepoint(&writer, "_dirk_returning", true, true).map(|()| Last::RelationOk);
+        let text = failure_text(busy.map_err(RunError::from));
+        assert!(text.contains("locked") || text.contains("busy"), "{text}");
+        assert!(text.ends_with(FAILED_COMMIT_ROLLED_BACK), "{text}");
+        assert!(
+            writer.is_autocommit(),
+            "the write's transaction stayed open"
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        assert_eq!(counter(&writer), 0, "nothing of the write stays");
+        writer.execute_batch("UPDATE c SET n = n + 10").unwrap();
+        assert_eq!(counter(&reader), 10, "the next write commits on its own");
+    }
+
+    /// #14: a client's COMMIT (or outermost RELEASE) that fails with SQLITE_BUSY leaves its
+    /// transaction open and usable, and its error says so; a retried COMMIT commits it.
+    #[test]
+    fn a_commit_that_finds_the_database_busy_says_the_transaction_is_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, writer) = busy_database(dir.path());
+        for end in ["COMMIT", "RELEASE a"] {
+            let open = if end == "COMMIT" {
+                "BEGIN"
+            } else {
+                "SAVEPOINT a"
+            };
+            writer.execute_batch(open).unwrap();
+            writer.execute_batch("UPDATE c SET n = n + 1").unwrap();
+            assert!(ends_transaction(end));
+            let failed = writer
+                .execute_batch(end)
+                .map(|()| Last::RelationOk)
+                .map_err(RunError::from);
+            let text = failure_text(say_where_a_failed_commit_left(&writer, true, failed));
+            assert!(text.ends_with(FAILED_COMMIT_STILL_OPEN), "{end}: {text}");
+            assert!(
+                !writer.is_autocommit(),
+                "{end}: the transaction is still open"
+            );
+            writer.execute_batch("ROLLBACK").unwrap();
+        }
+        writer
+            .execute_batch("BEGIN; UPDATE c SET n = n + 5")
+            .unwrap();
+        assert!(writer.execute_batch("COMMIT").is_err(), "still busy");
+        reader.execute_batch("COMMIT").unwrap();
+        writer.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            counter(&reader),
+            5,
+            "the retried COMMIT committed the transaction"
+        );
+    }
+
+    /// A client's RELEASE that the commit hook refused (the lease ended) is rolled back, and its
+    /// error says so.
+    #[test]
+    fn a_client_s_refused_release_says_the_transaction_was_rolled_back() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE c(n INT); INSERT INTO c VALUES (0);")
+            .unwrap();
+        conn.commit_hook(Some(|| true)).unwrap();
+        conn.execute_batch("SAVEPOINT a; UPDATE c SET n = n + 1;")
+            .unwrap();
+        let refused = conn
+            .execute_batch("RELEASE a")
+            .map(|()| Last::RelationOk)
+            .map_err(RunError::from);
+        let text = failure_text(say_where_a_failed_commit_left(&conn, true, refused));
+        assert!(text.ends_with(FAILED_COMMIT_ROLLED_BACK), "{text}");
+        assert!(conn.is_autocommit());
+        assert_eq!(counter(&conn), 0);
     }
 }

@@ -3,6 +3,17 @@
 
 use super::classify::TransactionControl;
 
+/// How a server's error ends when a statement that was to commit (`COMMIT`, `END`, the
+/// outermost `RELEASE`, or a write's own savepoint) failed and the transaction was rolled back.
+/// A proxy in front follows the session's transaction state from it.
+pub const FAILED_COMMIT_ROLLED_BACK: &str =
+    "the transaction was rolled back: nothing of it was committed";
+
+/// How a server's error ends when such a statement failed and the transaction is still open
+/// (a commit that found the database busy can be retried).
+pub const FAILED_COMMIT_STILL_OPEN: &str =
+    "the transaction is still open: retry COMMIT (or RELEASE), or ROLLBACK";
+
 /// Whether a transaction is open, and how it was opened.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TransactionState {
