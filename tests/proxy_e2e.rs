@@ -302,6 +302,79 @@ async fn a_statement_over_the_timeout_gets_an_error_and_the_session_goes_on() {
     );
 }
 
+/// A cluster of a primary and one replica behind a proxy whose statements time out after
+/// 1000 ms, with `routing`, started.
+fn cluster_with_routing_and_a_1_s_statement_timeout(routing: &str) -> Cluster {
+    let mut cluster = Cluster::configure_with(1, OPLOG, routing);
+    let path = cluster.dir.path().join("config.json");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "\"healthIntervalMillis\": 50",
+        "\"healthIntervalMillis\": 50, \"statementTimeoutMs\": 1000",
+    );
+    std::fs::write(&path, config).unwrap();
+    cluster.spawn_all_with_proxy();
+    cluster
+}
+
+/// #14: what the proxy asks on a client's behalf is bounded by `statementTimeoutMs` too. A
+/// primary frozen (SIGSTOP) while the proxy waits for a write's concern (`DIRK WAIT REPLICAS`,
+/// which the frozen replica keeps waiting) used to hang the client for as long as the freeze.
+#[tokio::test]
+async fn a_primary_frozen_during_the_write_concern_wait_gives_an_error_not_a_hang() {
+    let routing = r#"{ "writes": { "writeConcern": { "replicas": 1, "timeoutMs": 4000 } } }"#;
+    let cluster = cluster_with_routing_and_a_1_s_statement_timeout(routing);
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    cluster.signal(1, "STOP");
+    c.send_raw(b"INSERT INTO t(v) VALUES ('frozen');")
+        .await
+        .unwrap();
+    // The primary commits at once; the proxy then waits for the frozen replica's ack.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.signal(0, "STOP");
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(20), c.read_response())
+        .await
+        .expect("the proxy must answer, not hang");
+    match answer {
+        Err(ClientError::Server(e)) => {
+            assert!(e.contains("outcome is unknown"), "{e}");
+            assert!(e.contains("DIRK WAIT REPLICAS"), "{e}");
+            assert!(
+                e.contains("within 5000 ms (loadBalancer.statementTimeoutMs)"),
+                "{e}"
+            );
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    eprintln!("answered {:?} after the primary froze", started.elapsed());
+    cluster.signal(0, "CONT");
+    cluster.signal(1, "CONT");
+}
+
+/// #14: a replica frozen (SIGSTOP) while it is asked to reach a read-your-writes session's
+/// position (`DIRK WAIT`) used to hang the read; it is now given up after
+/// `readYourWritesWaitMs` plus `statementTimeoutMs` and the read served elsewhere.
+#[tokio::test]
+async fn a_replica_frozen_during_a_read_your_writes_wait_is_passed_over() {
+    let routing = r#"{ "reads": { "includeRoles": ["REPLICA"] } }"#;
+    let cluster = cluster_with_routing_and_a_1_s_statement_timeout(routing);
+    let mut c = cluster.proxy_client().await;
+    setup(&mut c).await;
+    c.execute("INSERT INTO t(v) VALUES ('mine')").await.unwrap();
+    cluster.signal(1, "STOP");
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), c.query("SELECT count(*) FROM t"))
+        .await
+        .expect("the proxy must answer, not hang");
+    assert_eq!(count(&read.unwrap().rows), 1, "the session reads its write");
+    eprintln!(
+        "read served {:?} after the replica froze",
+        started.elapsed()
+    );
+    cluster.signal(1, "CONT");
+}
+
 /// A proxy cluster whose statements time out after `timeout_ms`, started.
 fn cluster_with_statement_timeout(replicas: usize, timeout_ms: u64) -> Cluster {
     let mut cluster = Cluster::configure(replicas, OPLOG);

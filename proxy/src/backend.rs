@@ -21,6 +21,9 @@ use dirkdb_core::sync::lock;
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 64;
 
+/// How long a new connection to an instance may take, and then its login.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Whether an instance may serve statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum HealthState {
@@ -151,21 +154,29 @@ impl Backend {
         };
         match pooled {
             Some(conn) => Ok(conn),
-            None => {
-                let mut client = Client::connect_timeout(&self.addr, Duration::from_secs(3))
-                    .await
-                    .map_err(|e| self.failure(e.to_string()))?;
-                crate::auth::login(&mut client)
-                    .await
-                    .map_err(|e| self.failure(e))?;
-                Ok(BackendConn {
-                    client,
-                    db: None,
-                    changed_state: false,
-                    user: None,
-                })
+            None => self.connect().await,
+        }
+    }
+
+    /// A new connection, logged in as the cluster user (if any).
+    async fn connect(&self) -> Result<BackendConn, ProxyError> {
+        let mut client = Client::connect_timeout(&self.addr, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| self.failure(e.to_string()))?;
+        // A frozen instance accepts connections (its kernel does) but never answers.
+        match tokio::time::timeout(CONNECT_TIMEOUT, crate::auth::login(&mut client)).await {
+            Ok(logged_in) => logged_in.map_err(|e| self.failure(e))?,
+            Err(_) => {
+                let secs = CONNECT_TIMEOUT.as_secs();
+                return Err(self.failure(format!("no answer to AUTH within {secs} s")));
             }
         }
+        Ok(BackendConn {
+            client,
+            db: None,
+            changed_state: false,
+            user: None,
+        })
     }
 
     /// Gives a healthy connection back to the pool (one whose state a statement changed is
@@ -239,13 +250,16 @@ impl Backend {
         }
     }
 
-    /// Runs an extension statement (`DIRK …`) and returns its message text.
+    /// Runs an extension statement (`DIRK …`) on a client's behalf and returns its message
+    /// text; no answer within `limit` is [`ProxyError::ExtensionTimeout`] (see [`within`]).
     pub async fn extension(
         &self,
         conn: &mut BackendConn,
         statement: &str,
+        limit: Duration,
     ) -> Result<String, ProxyError> {
-        match conn.client.execute(statement).await {
+        let answer = within(limit, &self.id, statement, conn.client.execute(statement)).await?;
+        match answer {
             Ok(Reply::Message(text)) => Ok(text),
             Ok(Reply::Rows(_)) => Err(self.failure(format!("unexpected rows for `{statement}`"))),
             Err(e) => Err(self.failure(e.to_string())),
@@ -292,6 +306,25 @@ impl Backend {
             reason,
         }
     }
+}
+
+/// Awaits `call`, a statement sent to `instance` on a client's behalf, for at most `limit` (the
+/// wait it asks the server for plus `loadBalancer.statementTimeoutMs`); past it
+/// [`ProxyError::ExtensionTimeout`]. The caller must then drop the connection: the answer may
+/// still arrive on it.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    instance: &str,
+    statement: &str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, ProxyError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| ProxyError::ExtensionTimeout {
+            statement: statement.to_string(),
+            instance: instance.to_string(),
+            ms: limit.as_millis() as u64,
+        })
 }
 
 /// Decrements the in-flight count when dropped.

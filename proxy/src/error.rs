@@ -17,6 +17,28 @@ pub enum ProxyError {
     /// The statement ran longer than `loadBalancer.statementTimeoutMs`.
     #[error("statement timed out after {0} ms on instance {1} (loadBalancer.statementTimeoutMs)")]
     Timeout(u64, String),
+    /// A statement the proxy sends on a client's behalf (`DIRK WAIT`, `DIRK WAIT REPLICAS`,
+    /// `DIRK POSITION HISTORY`, …) got no answer within the wait it asks the server for plus
+    /// `loadBalancer.statementTimeoutMs` (a frozen or cut-off instance); its connection is
+    /// dropped.
+    #[error("`{statement}` got no answer from instance {instance} within {ms} ms (loadBalancer.statementTimeoutMs)")]
+    ExtensionTimeout {
+        /// The statement the proxy sent.
+        statement: String,
+        /// Instance id.
+        instance: String,
+        /// How long it waited.
+        ms: u64,
+    },
+    /// A write ran on the primary and its answer said so, but what settles it (its position,
+    /// its write concern) failed: the client cannot know whether it is kept.
+    #[error("the write's outcome is unknown: it ran on the primary {instance}, but settling it failed ({cause}); read it back before writing it again")]
+    OutcomeUnknown {
+        /// The primary's id.
+        instance: String,
+        /// What failed.
+        cause: Box<ProxyError>,
+    },
     /// A statement of an open transaction failed and took the session's primary connection,
     /// and so the transaction, with it (the server rolls back a closed connection's transaction).
     #[error(

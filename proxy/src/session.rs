@@ -40,6 +40,15 @@
 //! statements until the client ends it: ROLLBACK answers OK, COMMIT (or RELEASE) answers that
 //! nothing was committed. Nothing of the transaction can then commit statement by statement.
 //!
+//! What the session sends on its client's behalf (`DIRK WAIT`, `DIRK WAIT REPLICAS`, `DIRK
+//! POSITION HISTORY`, …) is bounded like a statement: by the wait it asks the server for plus
+//! `loadBalancer.statementTimeoutMs` (a frozen instance keeps its connections open and never
+//! answers); past it the connection is dropped and the client told, naming the knob. A write
+//! whose settling fails so is answered as of unknown outcome (it ran on the primary). A read
+//! whose `DIRK WAIT` is not answered is tried on another instance. A COMMIT or RELEASE the
+//! server answers with an error follows what the server says of the transaction: rolled back
+//! (the session forgets it) or still open (the client may retry or roll back).
+//!
 //! In FILE replication mode, each acknowledged write outside a transaction, and each commit of a
 //! transaction that wrote, hands the session's database to the shared
 //! [`FileTriggers`](crate::file_triggers::FileTriggers) (fire-and-forget), which asks the
@@ -55,10 +64,10 @@ use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use dirkdb_core::position::Position;
 use dirkdb_core::sql::classify::{classify, StatementClass, TransactionControl};
-use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
+use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState, FAILED_COMMIT_ROLLED_BACK};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::backend::{Backend, BackendConn};
+use crate::backend::{within, Backend, BackendConn};
 use crate::error::ProxyError;
 use crate::file_triggers::FileTriggers;
 use crate::topology::{SharedTopology, Topology};
@@ -216,8 +225,9 @@ impl ProxySession {
         match result {
             Ok(()) => Ok(()),
             Err(ProxyError::Client(e)) => Err(e),
-            // The failed statement took the primary connection: its transaction is gone.
-            Err(e) if in_transaction && self.primary.is_none() => {
+            // The failed statement took the primary connection: its transaction is gone (unless
+            // the statement was its COMMIT, which ran: then only settling it failed).
+            Err(e) if in_transaction && self.txn.open && self.primary.is_none() => {
                 let e = self.roll_back_transaction(e);
                 out.send(&Frame::error(e)).await
             }
@@ -304,11 +314,15 @@ impl ProxySession {
         }
         let (backend, mut conn) = self.primary_conn().await?;
         let timeout = self.statement_timeout();
-        let settles_write = matches!(class, StatementClass::Write)
-            || matches!(
-                class,
-                StatementClass::Transaction(TransactionControl::Commit)
-            );
+        // RELEASE too: the outermost one commits (an inner one leaves the transaction open,
+        // and nothing is waited for then).
+        let settles_write = matches!(
+            class,
+            StatementClass::Write
+                | StatementClass::Transaction(
+                    TransactionControl::Commit | TransactionControl::Release(_)
+                )
+        );
         let mut sink = if settles_write {
             Sink::HoldLast {
                 out: &mut *out,
@@ -346,6 +360,9 @@ impl ProxySession {
         if !failed && self.after_success(sql, class, &mut conn) {
             self.written();
         }
+        if failed {
+            self.after_failed_commit(&sink);
+        }
         let last = match sink {
             Sink::HoldLast {
                 last: Some(last), ..
@@ -379,6 +396,27 @@ impl ProxySession {
         follow_writes(&mut self.txn, &mut self.txn_wrote, class)
     }
 
+    /// A COMMIT (or RELEASE) the server answered with an error ending in
+    /// [`FAILED_COMMIT_ROLLED_BACK`] left no transaction open: the session follows. (One ending
+    /// in `FAILED_COMMIT_STILL_OPEN`, or any other error, leaves it open, as the session has it.)
+    fn after_failed_commit<S>(&mut self, sink: &Sink<'_, S>) {
+        let Sink::HoldLast {
+            last: Some(last), ..
+        } = sink
+        else {
+            return;
+        };
+        if self.txn.open
+            && last
+                .error_text()
+                .is_some_and(|e| e.ends_with(FAILED_COMMIT_ROLLED_BACK))
+        {
+            self.txn = TransactionState::default();
+            self.txn_wrote = false;
+            self.txn_owner = None;
+        }
+    }
+
     /// Hands the session's database to the FILE replication triggers (FILE mode only).
     fn written(&self) {
         let Some(db) = self.db.as_deref() else {
@@ -400,15 +438,20 @@ impl ProxySession {
         if self.topology.load().is_multi_primary() {
             return self.settle_on_master(backend, conn, last).await;
         }
-        let text = backend.extension(conn, "DIRK POSITION HISTORY").await?;
+        let limit = self.statement_timeout();
+        let text = backend
+            .extension(conn, "DIRK POSITION HISTORY", limit)
+            .await
+            .map_err(|e| outcome_unknown(backend, e))?;
         let written = dirkdb_core::position::parse(&text).unwrap_or_default();
         let position = written.seq;
         self.wrote_at(written);
+        let confirmations = self.confirmations(backend, conn, position).await;
         let Some(Confirmations {
             concern,
             confirmed,
             answer,
-        }) = self.confirmations(backend, conn, position).await?
+        }) = confirmations.map_err(|e| outcome_unknown(backend, e))?
         else {
             return Ok(last);
         };
@@ -455,7 +498,9 @@ impl ProxySession {
         }
         let (backend, mut conn) = self.primary_conn().await?;
         let wait = self.last_write.wait_statement(0);
-        let answer = conn.client.execute(&wait).await;
+        let limit = self.statement_timeout();
+        // On a timeout the connection is dropped: its answer may still come.
+        let answer = within(limit, &backend.id, &wait, conn.client.execute(&wait)).await?;
         self.primary = Some((backend.clone(), conn));
         match answer {
             Err(ClientError::Server(e)) => match dirkdb_core::position::parse_refusal(&e) {
@@ -478,7 +523,8 @@ impl ProxySession {
         }
     }
 
-    /// Waits for the write concern of a write at `position` (`DIRK WAIT REPLICAS`); `None` when
+    /// Waits for the write concern of a write at `position` (`DIRK WAIT REPLICAS`, answered
+    /// within the concern's `timeoutMs` plus `loadBalancer.statementTimeoutMs`); `None` when
     /// there is nothing to wait for: no concern, an open transaction, or no position.
     async fn confirmations(
         &self,
@@ -501,7 +547,8 @@ impl ProxySession {
             "DIRK WAIT REPLICAS {} {position} {}",
             concern.replicas, concern.timeout_ms
         );
-        let answer = backend.extension(conn, &wait).await?;
+        let limit = Duration::from_millis(concern.timeout_ms) + self.statement_timeout();
+        let answer = backend.extension(conn, &wait, limit).await?;
         let confirmed = parse_number(&answer, "replicas").unwrap_or(0);
         Ok(Some(Confirmations {
             concern,
@@ -550,11 +597,14 @@ impl ProxySession {
     ) -> Result<ReadOutcome, ProxyError> {
         let mut conn = backend.checkout(self.db.as_deref()).await?;
         let lb = &topology.config.load_balancer;
+        let timeout = Duration::from_millis(lb.statement_timeout_ms.max(1));
         if topology.config.routing.reads.consistency == ReadConsistency::ReadYourWrites
             && self.last_write.seq > 0
         {
             let wait = self.last_write.wait_statement(lb.read_your_writes_wait_ms);
-            match conn.client.execute(&wait).await {
+            let limit = Duration::from_millis(lb.read_your_writes_wait_ms) + timeout;
+            // On a timeout the connection is dropped and the read tried elsewhere (`read`).
+            match within(limit, &backend.id, &wait, conn.client.execute(&wait)).await? {
                 Ok(_) => {}
                 Err(ClientError::Server(_)) => {
                     backend.checkin(conn);
@@ -563,7 +613,6 @@ impl ProxySession {
                 Err(e) => return Err(backend.failure(e.to_string())),
             }
         }
-        let timeout = Duration::from_millis(lb.statement_timeout_ms.max(1));
         let mut sink = Sink::Client {
             out: &mut *out,
             sent: false,
@@ -751,6 +800,15 @@ fn raise_position(mine: &mut Position, seen: Position) {
     };
     if raises {
         *mine = seen;
+    }
+}
+
+/// What a client is told when its write ran on the primary `backend` but settling it (its
+/// position, its write concern) failed with `cause`.
+fn outcome_unknown(backend: &Backend, cause: ProxyError) -> ProxyError {
+    ProxyError::OutcomeUnknown {
+        instance: backend.id.clone(),
+        cause: Box::new(cause),
     }
 }
 

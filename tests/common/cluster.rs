@@ -184,6 +184,19 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to node `i`, as `kill -<signal>` does.
+    pub(crate) fn signal(&self, i: usize, signal: &str) {
+        let Some(child) = &self.nodes[i].child else {
+            return;
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} of {}", self.nodes[i].id);
+    }
+
     /// Kills the proxy (`kill -9`): a node promoted by hand afterwards is not fenced by the
     /// proxy's health checker as a stray primary.
     pub(crate) fn kill_proxy(&mut self) {

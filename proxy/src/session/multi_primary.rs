@@ -39,8 +39,8 @@ use dirkdb_core::sql::conflicts::ConflictStatement;
 use dirkdb_core::sql::objects::{read_tables, written_objects, Targets};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{follow_writes, parse_number, Confirmations, ProxySession};
-use crate::backend::{Backend, BackendConn};
+use super::{follow_writes, outcome_unknown, parse_number, Confirmations, ProxySession};
+use crate::backend::{within, Backend, BackendConn};
 use crate::error::ProxyError;
 use crate::ownership::{describe, owners};
 use crate::topology::Topology;
@@ -224,7 +224,9 @@ impl ProxySession {
             listed(&missing)
         );
         let mut conn = master.checkout(None).await?;
-        master.ensure_user(&mut conn, self.user.as_deref()).await?;
+        let limit = self.statement_timeout();
+        let user = master.ensure_user(&mut conn, self.user.as_deref());
+        within(limit, &master.id, "DIRK AS", user).await??;
         let reached = tokio::time::timeout(
             wait + Duration::from_secs(2),
             conn.client.execute(&statement),
@@ -255,14 +257,19 @@ impl ProxySession {
         conn: &mut BackendConn,
         last: Frame,
     ) -> Result<Frame, ProxyError> {
-        let text = backend.extension(conn, "DIRK POSITION").await?;
+        let limit = self.statement_timeout();
+        let text = backend
+            .extension(conn, "DIRK POSITION", limit)
+            .await
+            .map_err(|e| outcome_unknown(backend, e))?;
         let position = parse_number(&text, "position").unwrap_or(0);
         if position > 0 {
             self.positions.record_write(&backend.id, position);
         }
+        let confirmations = self.confirmations(backend, conn, position).await;
         let Some(Confirmations {
             concern, confirmed, ..
-        }) = self.confirmations(backend, conn, position).await?
+        }) = confirmations.map_err(|e| outcome_unknown(backend, e))?
         else {
             return Ok(last);
         };
@@ -511,10 +518,19 @@ impl ProxySession {
             }
         }
         let (backend, mut conn) = self.primary_conn().await?;
-        backend.ensure_user(&mut conn, self.user.as_deref()).await?;
-        backend.ensure_db(&mut conn, self.db.as_deref()).await?;
+        let limit = self.statement_timeout();
+        let user = backend.ensure_user(&mut conn, self.user.as_deref());
+        within(limit, &backend.id, "DIRK AS", user).await??;
+        let db = backend.ensure_db(&mut conn, self.db.as_deref());
+        within(limit, &backend.id, "USE", db).await??;
         for statement in std::mem::take(&mut self.pending_txn) {
-            if let Err(e) = conn.client.execute(&statement).await {
+            let replayed = within(
+                limit,
+                &backend.id,
+                &statement,
+                conn.client.execute(&statement),
+            );
+            if let Err(e) = replayed.await? {
                 // The connection (and anything it began) is dropped: the transaction is gone.
                 return Err(backend.failure(format!("`{statement}` failed: {e}")));
             }
