@@ -31,7 +31,7 @@ else
 fi
 for run in $(seq 1 "$runs"); do
     echo "== fault run $run of $runs"
-    cargo test --test fault_e2e -- --include-ignored --nocapture --test-threads 1 2>&1 \
+    cargo test --workspace --locked --test e2e fault_e2e:: -- --include-ignored --nocapture --test-threads 1 2>&1 \
         | tee -a "$log" \
         | grep -E "^(test |random faults: seed|.*acknowledged, )|panicked|FAILED|went backwards|lost:" \
         | cut -c1-2000 || true

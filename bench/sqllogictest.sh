@@ -35,5 +35,5 @@ dir="${1:?usage: bench/sqllogictest.sh DIR (a directory of .test files, or one f
 DIRKDB_SLT_DIR="$(cd "$(dirname "$dir")" && pwd)/$(basename "$dir")" \
 DIRKDB_SLT_TARGETS="${TARGETS:-}" \
 DIRKDB_SLT_SHOW_FAILURES="${SHOW_FAILURES:-10}" \
-    cargo test --profile "${PROFILE:-release}" --locked --test sqllogictest_e2e -- --ignored --nocapture \
-    corpus_of_dirkdb_slt_dir 2>&1 | grep -v '^test \|^running \|^test result\|^$'
+    cargo test --profile "${PROFILE:-release}" --locked --workspace --test e2e -- --ignored --nocapture \
+    sqllogictest_e2e::corpus_of_dirkdb_slt_dir 2>&1 | grep -v '^test \|^running \|^test result\|^$'

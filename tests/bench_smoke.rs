@@ -2,7 +2,7 @@
 //! runs, `-n` runs exactly that many operations, a custom SQL file works, an unreachable
 //! endpoint exits with status 2, and `--measure-lag` measures a replica.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -1,7 +1,7 @@
 //! End-to-end tests of `dirkdb cache` in front of a real proxy, primary and replica.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -22,11 +22,11 @@
 //!   equals the primary's row.
 //!
 //! CI runs a short seeded run (`FRESHNESS_SECS`, default 3 s; `FRESHNESS_SEED` to replay one).
-//! The long run: `cargo test --test cache_freshness_e2e -- --ignored --nocapture`
+//! The long run: `cargo test --workspace --test e2e cache_freshness_e2e:: -- --ignored --nocapture`
 //! (60 s, or `FRESHNESS_LONG_SECS`); it prints the counts of answers checked and stale.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,7 +77,7 @@ async fn random_reads_through_the_cache_match_the_primary_at_their_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "long run (60 s): cargo test --test cache_freshness_e2e -- --ignored --nocapture"]
+#[ignore = "long run (60 s): cargo test --workspace --test e2e cache_freshness_e2e:: -- --ignored --nocapture"]
 async fn long_random_run_finds_no_stale_answer() {
     let secs = env_u64("FRESHNESS_LONG_SECS", 60);
     freshness_run(Duration::from_secs(secs)).await;

@@ -2,7 +2,7 @@
 //! on a server directly and through the proxy, with real processes over TCP.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

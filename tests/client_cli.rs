@@ -2,7 +2,7 @@
 //! user runs them: real processes, real TCP.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

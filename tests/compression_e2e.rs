@@ -5,7 +5,7 @@
 //! A replica whose own config says NONE still follows a ZSTD primary, plainly.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -11,7 +11,7 @@
 //! CONFLICT` resolves it; then all three masters have equal checksums.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

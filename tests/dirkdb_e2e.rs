@@ -6,7 +6,7 @@
 //! the expected answer is what DirkDB meant.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use common::cache::CacheProcess;
 use common::cluster::Cluster;

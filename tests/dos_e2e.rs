@@ -3,7 +3,7 @@
 //! the process is still running, that another client's `SELECT 1` is answered promptly, and
 //! that the process's memory (`/proc/<pid>/status` `VmHWM`) stayed under a stated bound.
 
-mod common;
+use crate::common;
 
 use std::process::Child;
 use std::time::{Duration, Instant};

@@ -30,7 +30,7 @@
 //!   `/cluster/status`.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -34,10 +34,10 @@
 //! pauses of the primary, the primary cut from its replicas then the proxy, a secondary refusing
 //! a lower term; a demoted node vouching for no position; majority leases; four random faults
 //! starting with a kill of the primary); the long runs (ten pauses, twenty random faults) are
-//! `#[ignore]`d: `cargo test --test fault_e2e -- --ignored`, or `bench/faults.sh`.
+//! `#[ignore]`d: `cargo test --workspace --test e2e fault_e2e:: -- --ignored`, or `bench/faults.sh`.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -838,7 +838,7 @@ async fn pausing_the_primary_three_times_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run (about 2 minutes): cargo test --test fault_e2e -- --ignored, or bench/faults.sh"]
+#[ignore = "long run (about 2 minutes): cargo test --workspace --test e2e fault_e2e:: -- --ignored, or bench/faults.sh"]
 async fn pausing_the_primary_ten_times_loses_no_acknowledged_write() {
     pause_the_primary(10).await;
 }
@@ -1732,7 +1732,7 @@ async fn random_kills_pauses_and_cuts_lose_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run (about 3 minutes): cargo test --test fault_e2e -- --ignored, or bench/faults.sh"]
+#[ignore = "long run (about 3 minutes): cargo test --workspace --test e2e fault_e2e:: -- --ignored, or bench/faults.sh"]
 async fn twenty_random_faults_lose_no_acknowledged_write() {
     random_faults(20, Some(Fault::Kill)).await;
 }

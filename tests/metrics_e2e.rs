@@ -2,7 +2,7 @@
 //! running in this process: each page is well formed (every sample under its `# TYPE`), names
 //! and types are the documented ones, and a value moves with what a client does.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! `DB:testdb|TABLE:commandes` → m2, `DB:testdb|TABLE:produits` → m3.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! End-to-end tests of `dirkdb proxy` in front of a real primary and replicas.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

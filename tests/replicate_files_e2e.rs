@@ -13,7 +13,7 @@ use common::dirkdb_bin;
 use common::wait::holds_within as eventually;
 use rusqlite::{Connection, OpenFlags};
 
-mod common;
+use crate::common;
 
 /// A source database in WAL mode with `rows` rows of 200 characters in table `t`.
 fn source_db(path: &Path, rows: i64) -> Connection {

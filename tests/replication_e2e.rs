@@ -1,7 +1,7 @@
 //! End-to-end tests of oplog replication: real primary and replica processes on loopback.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

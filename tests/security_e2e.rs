@@ -2,7 +2,7 @@
 //! outsider would (and refused), then with the right permission (and let through).
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

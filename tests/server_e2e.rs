@@ -3,7 +3,7 @@
 //! restarts, kills, signals or measures the memory of it.
 #![allow(clippy::unwrap_used)] // a test may unwrap: a panic is its failure
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

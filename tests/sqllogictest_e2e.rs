@@ -7,7 +7,7 @@
 //! `bench/sqllogictest.sh <dir>` runs any directory of `.test` files the same way (SQLite's whole
 //! corpus, for one) through the ignored test below and prints the counts per target.
 
-mod common;
+use crate::common;
 #[path = "common/slt.rs"]
 mod slt;
 

@@ -12,7 +12,7 @@
 //! other paths through `DIRKDB_CHROMIUM` / `DIRKDB_CHROMEDRIVER`); without them the test prints
 //! why it is skipped and passes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
