@@ -1102,6 +1102,84 @@ async fn an_owner_killed_or_paused_under_writers_hands_its_tables_over_and_gets_
     report(&acked, &errors, "");
 }
 
+/// The values of `produits` equal to `v` on master `m`.
+async fn produits_rows(cluster: &LocalCluster, m: usize, v: &str) -> usize {
+    let mut c = cluster.master(m).await;
+    c.execute("USE testdb").await.unwrap();
+    c.query(&format!("SELECT v FROM produits WHERE v = '{v}'"))
+        .await
+        .unwrap()
+        .rows
+        .len()
+}
+
+/// A transaction whose statements passed the ownership check on produits' owner (m3) does not
+/// commit there once ownership changed while it was open: first m3's view lapses (the proxy
+/// frozen past `failover.leaseMillis`, after which the proxy may move produits), then a view
+/// that moves produits away reaches m3 (as a proxy that moved it would send it). Both COMMITs
+/// are refused saying why, and m3 holds neither row.
+#[tokio::test]
+async fn a_transaction_open_on_the_owner_across_an_ownership_change_does_not_commit_there() {
+    let cluster = LocalCluster::start_separate(with_quick_failover);
+    cluster.wait_for_ownership();
+    cluster.create_tables().await;
+    cluster
+        .wait_produits_owned(true, Duration::from_secs(10))
+        .await;
+
+    let mut m3 = cluster.master(3).await;
+    m3.execute("USE testdb").await.unwrap();
+    m3.execute("BEGIN").await.unwrap();
+    m3.execute("INSERT INTO produits VALUES ('open-across-a-lapse')")
+        .await
+        .unwrap();
+    cluster.signal(4, "STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let lapsed = m3.execute("COMMIT").await;
+    cluster.signal(4, "CONT");
+    let lapsed = refusal(lapsed);
+    assert!(
+        lapsed.contains("not committed") && lapsed.contains("refuses every write"),
+        "{lapsed}"
+    );
+    assert_eq!(produits_rows(&cluster, 3, "open-across-a-lapse").await, 0);
+
+    cluster
+        .wait_produits_owned(true, Duration::from_secs(20))
+        .await;
+    m3.execute("BEGIN").await.unwrap();
+    m3.execute("INSERT INTO produits VALUES ('open-across-a-move')")
+        .await
+        .unwrap();
+    let term = cluster.master_status(3)["ownership"]["term"]
+        .as_u64()
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let moved = http(
+        cluster.masters[2].1,
+        "POST",
+        "/replication/ownership",
+        &format!(
+            r#"{{"up": ["m1", "m2"], "term": {}, "leaseMillis": 60000, "sentAtMs": {now_ms}}}"#,
+            term + 100
+        ),
+    );
+    assert_eq!(
+        moved["ownership"]["up"],
+        serde_json::json!(["m1", "m2"]),
+        "{moved}"
+    );
+    let refused = refusal(m3.execute("COMMIT").await);
+    assert!(
+        refused.contains("not committed") && refused.contains("produits is owned by m"),
+        "{refused}"
+    );
+    assert_eq!(produits_rows(&cluster, 3, "open-across-a-move").await, 0);
+}
+
 /// The prefix of the ownership plan in etcd in the tests below.
 const ETCD_PREFIX: &str = "/dirkdb/mp-e2e";
 

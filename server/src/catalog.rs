@@ -20,6 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Result, ServerError};
 use crate::oplog::{capture, register_functions};
+use crate::ownership::TransactionWrites;
 
 /// File extension of database files.
 const DB_EXTENSION: &str = "db";
@@ -341,14 +342,24 @@ pub(crate) fn open_connection(
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_string();
+    let writes = Arc::new(TransactionWrites::default());
+    let noted = writes.clone();
     conn.authorizer(Some(
         move |ctx: AuthContext<'_>| match refuse_outside_files(ctx) {
-            Authorization::Allow if !owns_target(&ownership, &db, &ctx) => Authorization::Deny,
+            Authorization::Allow if !owns_target(&ownership, &db, &ctx, &noted) => {
+                Authorization::Deny
+            }
             decision => decision,
         },
     ))?;
     let lease = settings.lease.clone();
-    conn.commit_hook(Some(move || !is_internal() && lease.refuses_commit()))?;
+    let ownership = settings.ownership.clone();
+    let judged = writes.clone();
+    // Ownership first: its refusal names the objects and why (the write lease's does not).
+    conn.commit_hook(Some(move || {
+        !is_internal() && (judged.refuses_commit(&ownership) || lease.refuses_commit())
+    }))?;
+    conn.rollback_hook(Some(move || writes.forget()))?;
     Ok(conn)
 }
 
@@ -448,7 +459,12 @@ pub(crate) fn is_internal() -> bool {
 /// MULTI_PRIMARY: false when the statement being authorized writes a table or view of the
 /// `main` database that another master owns (a client's statement; the server's own
 /// bookkeeping and DirkDB's `_dirk` and SQLite's `sqlite_` tables are not owned objects).
-fn owns_target(ownership: &crate::ownership::Ownership, db: &str, ctx: &AuthContext<'_>) -> bool {
+fn owns_target(
+    ownership: &crate::ownership::Ownership,
+    db: &str,
+    ctx: &AuthContext<'_>,
+    writes: &TransactionWrites,
+) -> bool {
     use crate::ownership::Ownership;
     use dirkdb_core::rendezvous::ObjectKind::{Table, View};
     use AuthAction::*;
@@ -474,7 +490,14 @@ fn owns_target(ownership: &crate::ownership::Ownership, db: &str, ctx: &AuthCont
     };
     let domain_row = crate::ownership::in_domain_statement()
         && name.eq_ignore_ascii_case(dirkdb_core::sql::dirkdb::translate::DOMAIN_TABLE);
-    own_bookkeeping(name) || domain_row || Ownership::allows(ownership, db, kind, name)
+    if own_bookkeeping(name) || domain_row {
+        return true;
+    }
+    let allowed = Ownership::allows(ownership, db, kind, name);
+    if allowed {
+        writes.note(dirkdb_core::rendezvous::ObjectRef::object(db, kind, name));
+    }
+    allowed
 }
 
 /// Refuses ATTACH/DETACH (no file outside the catalog), and changes to DirkDB's own tables and

@@ -2,8 +2,8 @@
 //! check that replicas hold exactly what the primary holds (`GET /replication/checksum`).
 //!
 //! The digest is the wrapping sum of a 64-bit FNV-1a hash per schema object (type, name, table,
-//! SQL) and per row (table, key, every column in the oplog's exact-type encoding), read in one
-//! transaction. Summing makes it independent of row order while duplicates still count; DirkDB's
+//! SQL) and per row (table, key — its declared primary key when that is not the rowid, else its
+//! rowid — and every column in the oplog's exact-type encoding), read in one transaction. Summing makes it independent of row order while duplicates still count; DirkDB's
 //! own tables and triggers are left out, since each node prunes its oplog on its own schedule.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::oplog::capture::{rows_sql, user_tables};
+use crate::oplog::capture::{digest_rows_sql, user_tables};
 
 /// Digest and row count of one database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,7 +40,7 @@ pub(crate) fn database_digest(conn: &Connection) -> rusqlite::Result<Digest> {
         }
     }
     for table in user_tables(&tx)? {
-        let mut stmt = tx.prepare(&rows_sql(&tx, &table)?)?;
+        let mut stmt = tx.prepare(&digest_rows_sql(&tx, &table)?)?;
         let mut cursor = stmt.query([])?;
         while let Some(row) = cursor.next()? {
             let key: String = row.get(0)?;
@@ -78,7 +78,7 @@ pub(crate) fn table_digests(conn: &Connection) -> rusqlite::Result<BTreeMap<Stri
                 sum = sum.wrapping_add(fnv1a(&object?));
             }
         }
-        let mut stmt = tx.prepare(&rows_sql(&tx, &table)?)?;
+        let mut stmt = tx.prepare(&digest_rows_sql(&tx, &table)?)?;
         let mut cursor = stmt.query([])?;
         while let Some(row) = cursor.next()? {
             let key: String = row.get(0)?;

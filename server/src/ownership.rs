@@ -19,6 +19,11 @@
 //! only (`Storage::create_database`), and reach the other masters on its stream
 //! (`replication/peers.rs`). `owners.rs` lists every object with its owner (`SHOW OWNERS`).
 //!
+//! The check runs again at commit ([`TransactionWrites`], the connection's commit hook): a
+//! transaction whose statements passed it while this master owned their objects is not
+//! committed once its view has lapsed or names another owner, so a transaction left open across
+//! an ownership move cannot commit on the old owner afterwards.
+//!
 //! The view is a lease (issue #16 item 4): each update carries `leaseMillis` and the proxy's
 //! wall clock when it sent it (`sentAtMs`), and grants what is left of the lease at arrival,
 //! anchored at the send time as the write lease is (`lease.rs`). Once a master has taken
@@ -292,6 +297,48 @@ impl Ownership {
     }
 }
 
+/// The owned objects one connection's open transaction has written (as its statements were
+/// authorized), checked again at its commit: the ownership view may have lapsed or moved the
+/// objects to another master while the transaction was open.
+#[derive(Debug, Default)]
+pub(crate) struct TransactionWrites {
+    objects: Mutex<std::collections::BTreeSet<ObjectRef>>,
+}
+
+impl TransactionWrites {
+    /// Notes an object a statement of the open transaction writes.
+    pub(crate) fn note(&self, object: ObjectRef) {
+        lock(&self.objects).insert(object);
+    }
+
+    /// Forgets the transaction's objects (it rolled back).
+    pub(crate) fn forget(&self) {
+        lock(&self.objects).clear();
+    }
+
+    /// The commit hook's answer: true (the commit turned into a rollback, the reason noted for
+    /// [`take_refusal`]) when this master may no longer write one of the objects the
+    /// transaction wrote. The objects are forgotten either way.
+    pub(crate) fn refuses_commit(&self, ownership: &Ownership) -> bool {
+        let objects = std::mem::take(&mut *lock(&self.objects));
+        if !ownership.active() {
+            return false;
+        }
+        for object in &objects {
+            if let Err(reason) = ownership.check(object) {
+                tracing::warn!(%object, %reason, "commit refused: ownership changed while the transaction was open");
+                note_refusal(format!(
+                    "the transaction was not committed (rolled back): {reason}; its statements \
+                     were checked while this master owned {object}, and ownership changed before \
+                     the commit"
+                ));
+                return true;
+            }
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +415,26 @@ mod tests {
             .update(&masters(), 3, Some(lease(60_000, 10_000)))
             .unwrap();
         assert!(restarted.check(&commandes).is_ok());
+    }
+
+    #[test]
+    fn a_commit_is_refused_once_an_object_it_wrote_moved_or_the_view_lapsed() {
+        let m3 = Ownership::new("m3", masters());
+        let writes = TransactionWrites::default();
+        writes.note(ObjectRef::table("testdb", "produits"));
+        assert!(!writes.refuses_commit(&m3), "still m3's");
+        writes.note(ObjectRef::table("testdb", "produits"));
+        m3.update(&["m1".into(), "m2".into()], 2, None).unwrap();
+        assert!(writes.refuses_commit(&m3));
+        let why = take_refusal().unwrap();
+        assert!(
+            why.contains("not committed") && why.contains("owned by m2"),
+            "{why}"
+        );
+        assert!(!writes.refuses_commit(&m3), "forgotten once judged");
+        writes.note(ObjectRef::table("testdb", "produits"));
+        writes.forget();
+        assert!(!writes.refuses_commit(&m3), "forgotten at rollback");
     }
 
     #[test]

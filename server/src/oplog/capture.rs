@@ -69,6 +69,9 @@ struct TableShape {
     name: String,
     columns: Vec<String>,
     key: Vec<String>,
+    /// The declared primary key's columns when it is not the rowid (a rowid table with a TEXT
+    /// or composite primary key, or a WITHOUT ROWID table); else empty.
+    primary: Vec<String>,
     /// Columns of the other unique keys, not in `key` (captured in the key objects only).
     unique: Vec<String>,
 }
@@ -114,8 +117,11 @@ fn table_shape(conn: &Connection, table: &str) -> rusqlite::Result<TableShape> {
         }
     }
     pk.sort();
+    let pk: Vec<String> = pk.into_iter().map(|(_, n)| n).collect();
+    let rowid_alias = !without_rowid && pk.len() == 1 && is_rowid_alias(conn, table, &pk[0])?;
+    let primary = if rowid_alias { Vec::new() } else { pk.clone() };
     let key: Vec<String> = if without_rowid {
-        pk.into_iter().map(|(_, n)| n).collect()
+        pk
     } else {
         vec!["rowid".to_string()]
     };
@@ -127,8 +133,22 @@ fn table_shape(conn: &Connection, table: &str) -> rusqlite::Result<TableShape> {
         name: table.to_string(),
         columns,
         key,
+        primary,
         unique,
     })
+}
+
+/// True when `column`, the single-column primary key of rowid table `table`, is an alias of the
+/// rowid (declared `INTEGER`, exactly as SQLite decides it).
+fn is_rowid_alias(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let ty: Option<String> = conn
+        .query_row(
+            "SELECT type FROM pragma_table_xinfo(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(ty.is_some_and(|t| t.eq_ignore_ascii_case("INTEGER")))
 }
 
 /// The columns of every full unique index of `table` (UNIQUE constraints and indexes, a primary
@@ -253,6 +273,25 @@ pub(crate) fn rows_sql(conn: &Connection, table: &str) -> rusqlite::Result<Strin
     Ok(format!(
         "SELECT {}, {} FROM {}",
         row_expr(&ident(table), &shape.key),
+        row_expr(&ident(table), &shape.columns),
+        ident(table)
+    ))
+}
+
+/// `SELECT <key JSON>, <row JSON> FROM table` keyed as rows are compared between nodes
+/// (checksums): by the declared primary key when the table has one that is not the rowid, else
+/// by the rowid. MULTI_PRIMARY masters apply each other's rows of such tables by that key, so a
+/// row can sit under different rowids on two masters that hold the same data.
+pub(crate) fn digest_rows_sql(conn: &Connection, table: &str) -> rusqlite::Result<String> {
+    let shape = table_shape(conn, table)?;
+    let key = if shape.primary.is_empty() {
+        &shape.key
+    } else {
+        &shape.primary
+    };
+    Ok(format!(
+        "SELECT {}, {} FROM {}",
+        row_expr(&ident(table), key),
         row_expr(&ident(table), &shape.columns),
         ident(table)
     ))

@@ -13,9 +13,11 @@
 //! * otherwise the two were made apart: a **conflict**.
 //!
 //! **Keys.** Rows are keyed by their primary key (an `INTEGER PRIMARY KEY` is the rowid), and
-//! by the rowid in a table without one. A rowid table with another primary key is keyed by that
-//! key, but its rows still replicate by rowid, so two masters inserting different keys under one
-//! rowid while apart still overwrite each other unseen (the README says so).
+//! by the rowid in a table without one. A rowid table with another primary key (TEXT,
+//! composite) is keyed by that key, and its rows travel between masters by that key alone
+//! ([`KeyShape::keyed_entry`]): each master assigns its own rowids to them, so two masters
+//! inserting different keys under one rowid while apart both keep both rows (checksums compare
+//! such tables by their primary key, `crate::checksum`).
 //!
 //! **Who resolves.** Every conflict is recorded and resolved by one master: the row's *home*,
 //! its table's owner by DirkDB's rendezvous over every configured master (where its writes go
@@ -80,6 +82,36 @@ impl KeyShape {
         } else {
             "rowid"
         }
+    }
+
+    /// True for a rowid table keyed by another primary key (TEXT, composite…): each master
+    /// assigns such a table's rowids itself, so rows travel between masters by that key only.
+    pub(crate) fn rowid_is_local(&self) -> bool {
+        self.has_rowid && self.columns.iter().all(|c| c != "rowid")
+    }
+
+    /// `e` as another master applies it: for a table whose rowid is local
+    /// ([`KeyShape::rowid_is_local`]), without the rowid in its key objects, so the insert
+    /// replaces (and the update or removal finds) the row of that primary key, never whatever
+    /// row sits under the same rowid there.
+    pub(crate) fn keyed_entry(&self, e: &Entry) -> Entry {
+        let mut out = e.clone();
+        if !self.rowid_is_local() {
+            return out;
+        }
+        let strip = |key: &Option<String>| -> Option<String> {
+            let text = key.as_deref()?;
+            match serde_json::from_str::<Map<String, Value>>(text) {
+                Ok(mut object) => {
+                    object.remove("rowid");
+                    Some(Value::Object(object).to_string())
+                }
+                Err(_) => Some(text.to_string()),
+            }
+        };
+        out.old_key = strip(&e.old_key);
+        out.new_key = strip(&e.new_key);
+        out
     }
 
     /// The conflict key of a row from one of its oplog key objects (`None` without one).

@@ -201,7 +201,8 @@ impl PeerApplier {
             if judge.entry(&tx, e)? != Outcome::Apply {
                 continue;
             }
-            apply_tolerant(&tx, e).map_err(|err| {
+            let keyed = judge.keyed(&tx, e)?;
+            apply_tolerant(&tx, &keyed).map_err(|err| {
                 apply_error(format!(
                     "entry {} of {origin} ({:?} on {}.{}): {err}",
                     e.seq, e.op, e.db, e.table

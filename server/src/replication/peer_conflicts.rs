@@ -80,6 +80,18 @@ impl<'a> RunJudge<'a> {
         Ok(self.shapes.get(table).cloned().flatten())
     }
 
+    /// `e` as this master applies it: keyed by its table's primary key when the rowid is local
+    /// ([`KeyShape::keyed_entry`]).
+    pub(crate) fn keyed(&mut self, tx: &Connection, e: &Entry) -> Result<Entry> {
+        if !matches!(e.op, Op::Insert | Op::Update | Op::Remove) {
+            return Ok(e.clone());
+        }
+        Ok(match self.shape(tx, &e.table)? {
+            Some(shape) => shape.keyed_entry(e),
+            None => e.clone(),
+        })
+    }
+
     /// The rows `e` changes, by their conflict keys.
     fn keys(shape: &KeyShape, e: &Entry) -> Vec<String> {
         let mut keys: Vec<String> = [e.old_key.as_deref(), e.new_key.as_deref()]
@@ -320,7 +332,7 @@ pub(crate) fn resolve_manually(state: &Node, id: u64, keep_remote: bool) -> Resu
             ServerError::Refused(format!("table {}.{} no longer exists", c.database, c.table))
         })?;
         if keep_remote {
-            apply_remote(&tx, &held)?;
+            apply_remote(&tx, &shape, &held)?;
         }
         let after = state.write_path.committed();
         let none = Written::default();
@@ -350,7 +362,7 @@ pub(crate) fn resolve_manually(state: &Node, id: u64, keep_remote: bool) -> Resu
 }
 
 /// Applies a held conflict's remote change (its row, or its removal) on `tx`.
-fn apply_remote(tx: &Connection, held: &conflicts::Held) -> Result<()> {
+fn apply_remote(tx: &Connection, shape: &KeyShape, held: &conflicts::Held) -> Result<()> {
     use crate::error::ServerError;
     let c = &held.conflict;
     let op = if c.remote_op == Op::Remove.code() {
@@ -369,7 +381,7 @@ fn apply_remote(tx: &Connection, held: &conflicts::Held) -> Result<()> {
         data: held.remote_row.clone().filter(|_| op == Op::Insert),
         crc: 0,
     };
-    match super::apply::apply_entry(tx, &entry) {
+    match super::apply::apply_entry(tx, &shape.keyed_entry(&entry)) {
         Err(e) if !(op == Op::Remove && e.starts_with("no row matched")) => {
             Err(ServerError::Refused(format!(
                 "conflict {}: the remote change does not apply: {e}",
