@@ -479,8 +479,8 @@ config_enum!(
 );
 
 /// `replication.conflicts` (MULTI_PRIMARY): the strategy of each table (`"db.table"`), else of
-/// its database, else `strategy`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// its database, else `strategy`; how many resolved conflicts each master keeps listed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConflictsConfig {
     /// The default strategy.
@@ -489,6 +489,22 @@ pub struct ConflictsConfig {
     pub databases: std::collections::BTreeMap<String, ConflictStrategy>,
     /// Per table, keyed `"<database>.<table>"`.
     pub tables: std::collections::BTreeMap<String, ConflictStrategy>,
+    /// Resolved conflicts kept in `dirkdb_conflicts` (the newest; open ones are always kept).
+    pub keep_resolved: u64,
+}
+
+/// The default of `replication.conflicts.keepResolved`.
+pub const DEFAULT_KEEP_RESOLVED: u64 = 10_000;
+
+impl Default for ConflictsConfig {
+    fn default() -> ConflictsConfig {
+        ConflictsConfig {
+            strategy: ConflictStrategy::default(),
+            databases: Default::default(),
+            tables: Default::default(),
+            keep_resolved: DEFAULT_KEEP_RESOLVED,
+        }
+    }
 }
 
 impl ConflictsConfig {

@@ -616,19 +616,52 @@ pub(crate) async fn status(t: &Topology) -> Value {
 /// Every master's conflicts (`GET /replication/conflicts` of each master up; a master that
 /// does not answer within 500 ms is left out, and logged).
 pub(crate) async fn conflicts(t: &Topology) -> Vec<Value> {
+    listing(t).await.0
+}
+
+/// Every master's conflicts, and for each configured master whose conflicts are not among
+/// them, `{"master": id, "unlisted": why}` (`SHOW CONFLICTS` gives it a row of its own, so a
+/// listing without a master's conflicts says so).
+pub(crate) async fn conflicts_and_unlisted(t: &Topology) -> Vec<Value> {
+    let (mut out, answered) = listing(t).await;
+    for id in t.config.master_ids() {
+        if answered.contains(&id) {
+            continue;
+        }
+        let up = t.masters_up().iter().any(|m| m.id == id);
+        let why = if up {
+            format!("not listed: {id} did not answer (GET /replication/conflicts within 500 ms)")
+        } else {
+            format!(
+                "not listed: {id} is down; the conflicts of the rows it is home of are recorded \
+                 and resolved on it, once it is back (the other masters hold those changes \
+                 meanwhile: /replication/status conflicts.heldForHome)"
+            )
+        };
+        out.push(json!({ "master": id, "unlisted": why }));
+    }
+    out
+}
+
+/// The conflicts of the masters up that answered, and their ids.
+async fn listing(t: &Topology) -> (Vec<Value>, Vec<String>) {
     let mut out = Vec::new();
+    let mut answered = Vec::new();
     for master in t.masters_up() {
         let Some(admin) = master.admin.as_deref() else {
             continue;
         };
         match get_json(admin, "/replication/conflicts", Duration::from_millis(500)).await {
-            Ok(listed) => out.extend(listed["conflicts"].as_array().cloned().unwrap_or_default()),
+            Ok(listed) => {
+                out.extend(listed["conflicts"].as_array().cloned().unwrap_or_default());
+                answered.push(master.id.clone());
+            }
             Err(e) => {
                 tracing::warn!(instance = %master.id, error = %e, "SHOW CONFLICTS: a master did not answer")
             }
         }
     }
-    out
+    (out, answered)
 }
 
 /// The masters back and catching up, with what each must reach.

@@ -93,6 +93,11 @@ pub struct BenchArgs {
     /// The replica watched by --measure-lag, as HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", requires = "measure_lag")]
     pub replica: Option<String>,
+    /// --measure-lag watches the replica by polling even when it has a change feed: a
+    /// MULTI_PRIMARY master's feed reports only its own commits, not another master's
+    /// changes it applies (the lag between masters needs this).
+    #[arg(long, requires = "measure_lag")]
+    pub poll: bool,
     /// Writes per second of --measure-lag, paced evenly over one connection.
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = value_parser!(u64).range(1..=1_000_000))]
@@ -241,6 +246,7 @@ mod tests {
         assert!(parse(&["--endpoint", "a:1", "--port", "2"]).is_err());
         assert!(parse(&["-w", "custom"]).is_err());
         assert!(parse(&["--measure-lag"]).is_err());
+        assert!(parse(&["--poll"]).is_err(), "--poll needs --measure-lag");
         assert!(parse(&["--database", "x; DROP"]).is_err());
         assert!(parse(&["--read-ratio", "1.5"]).is_err());
         assert!(parse(&["-d", "0"]).is_err());

@@ -13,7 +13,8 @@
 //!   (`DIRK POSITION`); with one row per commit and no other writer, row `first + k` stands at
 //!   position `p + k`, which turns each notice into "every row up to this id is visible". When
 //!   the replica has no feed, or other writes interleave (the positions do not match the ids),
-//!   the watcher falls back to polling:
+//!   the watcher falls back to polling (as it does with `--poll`: a MULTI_PRIMARY master's
+//!   feed reports its own commits only, not the other masters' changes it applies):
 //! * one watcher connection on `--replica` runs
 //!   `SELECT coalesce(max(id), 0) FROM lagprobe` back to back, as fast as the replica answers.
 //!   One writer means ids commit in order, and a replica applies in commit order, so when a
@@ -73,6 +74,8 @@ pub struct LagPlan {
     pub duration: Duration,
     /// Presented by every connection, to the primary and to the replica.
     pub credentials: Option<Credentials>,
+    /// Poll the replica even when it has a change feed (`--poll`).
+    pub poll: bool,
 }
 
 impl LagPlan {
@@ -99,6 +102,7 @@ impl LagPlan {
                 .duration
                 .unwrap_or(Duration::from_secs(DEFAULT_SECONDS)),
             credentials,
+            poll: args.poll,
         })
     }
 }
@@ -107,7 +111,10 @@ impl LagPlan {
 pub async fn measure(plan: &LagPlan, quiet: bool) -> Result<LagSummary, BenchError> {
     let (writer, base) = prepare_primary(plan).await?;
     let watcher = prepare_replica(plan, base).await?;
-    let feed = subscribe_feed(plan).await;
+    let feed = match plan.poll {
+        true => None,
+        false => subscribe_feed(plan).await,
+    };
     let (done_tx, done_rx) = watch::channel(None);
     let written = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -669,6 +676,7 @@ mod tests {
             rate: 100,
             duration: Duration::from_secs(1),
             credentials: None,
+            poll: false,
         };
         let s = summarize(&plan, writes, polls).unwrap();
         assert_eq!((s.samples, s.unseen, s.writes), (3, 0, 3));

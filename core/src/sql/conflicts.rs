@@ -105,6 +105,9 @@ const COLUMNS: &[(&str, &str)] = &[
 /// One conflict as a row of `SHOW CONFLICTS`: `id` as `<master>.<n>`, versions as
 /// `<origin>:<seq>`.
 fn row(c: &Value) -> Vec<Value> {
+    if let Some(why) = c["unlisted"].as_str() {
+        return unlisted_row(c, why);
+    }
     let version = |origin: &str, seq: &str| {
         Value::from(format!(
             "{}:{}",
@@ -123,6 +126,19 @@ fn row(c: &Value) -> Vec<Value> {
             "local" => version("localOrigin", "localSeq"),
             "remote" => version("remoteOrigin", "remoteSeq"),
             other => c[other].clone(),
+        })
+        .collect()
+}
+
+/// The row standing for a master whose conflicts could not be listed (`{"master": …,
+/// "unlisted": why}`): its `master`, `why` as its `state`, everything else NULL.
+fn unlisted_row(c: &Value, why: &str) -> Vec<Value> {
+    COLUMNS
+        .iter()
+        .map(|(field, _)| match *field {
+            "master" => c["master"].clone(),
+            "state" => Value::from(why),
+            _ => Value::Null,
         })
         .collect()
 }
@@ -154,6 +170,20 @@ pub fn show_sql(conflicts: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_master_not_listed_gets_a_row_saying_why() {
+        let listed = [serde_json::json!({"master": "m1", "unlisted": "not listed: m1 is down"})];
+        let r = row(&listed[0]);
+        assert_eq!(r.len(), COLUMNS.len());
+        assert_eq!(r[1], "m1");
+        assert_eq!(r[10], "not listed: m1 is down");
+        assert!(r
+            .iter()
+            .enumerate()
+            .all(|(i, v)| i == 1 || i == 10 || v.is_null()));
+        assert!(show_sql(&listed).contains("not listed: m1 is down"));
+    }
 
     #[test]
     fn both_spellings_parse() {

@@ -457,7 +457,7 @@ impl ProxySession {
         let read = StatementClass::Read;
         match statement.map_err(ProxyError::Ownership)? {
             ConflictStatement::Show => {
-                let listed = crate::ownership::conflicts(t).await;
+                let listed = crate::ownership::conflicts_and_unlisted(t).await;
                 let query = dirkdb_core::sql::conflicts::show_sql(&listed);
                 match self.read_target(t, &query)? {
                     Target::Anywhere(masters) => self.run_read(masters, &query, &read, out).await,

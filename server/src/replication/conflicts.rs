@@ -550,6 +550,16 @@ pub(crate) fn mark_resolved(
     Ok(())
 }
 
+/// Deletes the oldest resolved conflicts beyond the newest `keep`
+/// (`replication.conflicts.keepResolved`); open ones are never deleted. Returns how many went.
+pub(crate) fn prune_resolved(meta: &Connection, keep: u64) -> rusqlite::Result<usize> {
+    meta.execute(
+        "DELETE FROM dirkdb_conflicts WHERE state <> 'open' AND id NOT IN \
+         (SELECT id FROM dirkdb_conflicts WHERE state <> 'open' ORDER BY id DESC LIMIT ?1)",
+        [keep.min(i64::MAX as u64) as i64],
+    )
+}
+
 /// What a manual resolution needs of a recorded conflict.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
@@ -627,11 +637,14 @@ pub(crate) fn counts_of(storage: &Storage) -> crate::error::Result<(u64, u64)> {
     Ok(storage.meta.with(counts)?)
 }
 
-/// Open and resolved conflicts on this master.
+/// Open conflicts on this master, and those it resolved since its meta file was made (pruned
+/// ones included: every conflict recorded took the next id, `sqlite_sequence`).
 pub(crate) fn counts(meta: &Connection) -> rusqlite::Result<(u64, u64)> {
     meta.execute_batch(META_SCHEMA)?;
     meta.query_row(
-        "SELECT coalesce(sum(state = 'open'), 0), coalesce(sum(state <> 'open'), 0) \
+        "SELECT coalesce(sum(state = 'open'), 0), \
+         max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'dirkdb_conflicts'), 0) \
+             - coalesce(sum(state = 'open'), 0), coalesce(sum(state <> 'open'), 0)) \
          FROM dirkdb_conflicts",
         [],
         |r| {
@@ -791,5 +804,39 @@ mod tests {
             ("resolved", Some("REMOTE"), Some(120))
         );
         assert_eq!(counts(&meta).unwrap(), (0, 1));
+        // Resolved ones beyond the limit go, oldest first; open ones stay; the count keeps them.
+        let again = |seq: u64| Entry {
+            seq,
+            ..entry.clone()
+        };
+        let (e52, e53) = (again(52), again(53));
+        let second = record(
+            &meta,
+            &Detected {
+                entry: &e52,
+                ..d.clone()
+            },
+        )
+        .unwrap();
+        mark_resolved(&meta, second, Some("LOCAL"), Some(121)).unwrap();
+        let open = record(
+            &meta,
+            &Detected {
+                entry: &e53,
+                ..d.clone()
+            },
+        )
+        .unwrap();
+        assert!(id < second && second < open);
+        assert_eq!(prune_resolved(&meta, 1).unwrap(), 1);
+        let last = second;
+        let ids: Vec<u64> = list(&meta, "m1").unwrap().iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids.len(),
+            2,
+            "the open one and the newest resolved: {ids:?}"
+        );
+        assert!(ids.contains(&last));
+        assert_eq!(counts(&meta).unwrap(), (1, 2));
     }
 }

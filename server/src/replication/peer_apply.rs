@@ -14,6 +14,29 @@
 //! skipped when the database was dropped here (by its owner's event or its own), and otherwise
 //! fail the batch: the database's CREATE comes on its owner's stream, and the stream is retried
 //! until it has arrived.
+//!
+//! **What is skipped, and why that is safe (reviewed for issue #16):**
+//! * Entries at or below the origin's position here (`Peers::applied`, the highest of the
+//!   meta file's and the files' stored positions): applied already. The origin continues a
+//!   stream only within a history this master streamed and at or below its own committed
+//!   sequence (`peer_stream::continue_from`), so they are the entries that were applied. Not
+//!   caught: an origin whose data directory was restored to an older copy under the same
+//!   history and that committed past this master's position again before this master
+//!   reconnected; its new entries up to that position are skipped unseen (the hello would need
+//!   the last applied entry's checksum).
+//! * Entries at or below a file's own stored position (`_dirk_origins`, written in the
+//!   transaction of the rows): that file has them (a batch sent again after a crash).
+//! * Gaps in the origin's sequence: its oplog holds only its own commits, and a database it
+//!   dropped takes its entries with it. A file removed by hand on the origin looks the same.
+//! * Entries of a database dropped here: the DROP wins; the origin's writes to it made before
+//!   it applied the DROP are dropped with it (logged as a warning with their count).
+//! * A change the row's current version already saw (`Verdict::Skip`), and a conflicting change
+//!   of a row another master is home of (counted in `heldForHome`, logged): see
+//!   `super::conflicts`.
+//! * In [`apply_tolerant`]: the removal of a row that is not here (done already), and an update
+//!   of a row that is not here, written as the row it carries (both can follow a conflict's
+//!   resolution; logged). Not caught: such an INSERT OR REPLACE, like any applied insert,
+//!   replaces a row that collides with it on another UNIQUE constraint.
 
 use std::collections::HashMap;
 
@@ -190,7 +213,7 @@ impl PeerApplier {
         let origin = self.origin.clone();
         let db = run[0].db.clone();
         let Some(conn) = self.connection(state, &db)? else {
-            tracing::debug!(%origin, database = %db, "entries of a dropped database skipped");
+            tracing::warn!(%origin, database = %db, entries = run.len(), "entries of a database dropped here skipped: the DROP DATABASE wins over writes made before the origin applied it");
             return Ok(0);
         };
         let tx = conn.unchecked_transaction()?;

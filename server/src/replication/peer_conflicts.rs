@@ -289,10 +289,12 @@ fn publish_resolutions(state: &Node, written: Written) -> Result<()> {
         return Ok(());
     }
     state.write_path.publish_entries(written.entries);
+    let keep = state.peers.conflicts.keep_resolved;
     state.meta.with(|conn| {
         for (id, seq) in &written.conflicts {
             conflicts::mark_resolved(conn, *id, None, Some(*seq))?;
         }
+        conflicts::prune_resolved(conn, keep)?;
         Ok(())
     })?;
     Ok(())
@@ -338,9 +340,11 @@ pub(crate) fn resolve_manually(state: &Node, id: u64, keep_remote: bool) -> Resu
         let none = Written::default();
         let entry = write_row_as_own(&tx, &c.database, &c.table, &shape, &c.row_key, after, &none)?;
         tx.commit()?;
-        state
-            .meta
-            .with(|conn| conflicts::mark_resolved(conn, id, Some(resolution), Some(entry.seq)))?;
+        let keep = state.peers.conflicts.keep_resolved;
+        state.meta.with(|conn| {
+            conflicts::mark_resolved(conn, id, Some(resolution), Some(entry.seq))?;
+            conflicts::prune_resolved(conn, keep).map(|_| ())
+        })?;
         state.write_path.publish_entries(vec![entry.clone()]);
         Ok(entry)
     })?;
