@@ -1174,7 +1174,9 @@ async fn a_transaction_open_on_the_owner_across_an_ownership_change_does_not_com
     );
     let refused = refusal(m3.execute("COMMIT").await);
     assert!(
-        refused.contains("not committed") && refused.contains("produits is owned by m"),
+        refused.contains("not committed")
+            && refused.contains("produits is owned by m")
+            && refused.contains("rolled back"),
         "{refused}"
     );
     assert_eq!(produits_rows(&cluster, 3, "open-across-a-move").await, 0);

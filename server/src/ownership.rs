@@ -328,9 +328,8 @@ impl TransactionWrites {
             if let Err(reason) = ownership.check(object) {
                 tracing::warn!(%object, %reason, "commit refused: ownership changed while the transaction was open");
                 note_refusal(format!(
-                    "the transaction was not committed (rolled back): {reason}; its statements \
-                     were checked while this master owned {object}, and ownership changed before \
-                     the commit"
+                    "not committed: {reason}; the transaction's statements were checked while \
+                     this master owned {object}, and ownership changed before its commit"
                 ));
                 return true;
             }

@@ -248,6 +248,16 @@ fn owned(outcome: Result<Last, RunError>) -> Result<Last, RunError> {
             Some(reason) => Err(ServerError::Refused(reason).into()),
             None => outcome,
         },
+        // A COMMIT the commit hook refused for ownership (`ownership::TransactionWrites`).
+        Err(RunError::Failed(ServerError::CommitFailed { cause, rolled_back }))
+            if matches!(*cause, ServerError::Sqlite(_)) =>
+        {
+            let cause = match ownership::take_refusal() {
+                Some(reason) => Box::new(ServerError::Refused(reason)),
+                None => cause,
+            };
+            Err(ServerError::CommitFailed { cause, rolled_back }.into())
+        }
         other => other,
     }
 }
