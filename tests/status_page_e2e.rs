@@ -308,13 +308,14 @@ async fn the_status_page_shows_the_cluster_and_a_failover_in_a_real_browser() {
         view["alerts"].as_str() == Some(""),
         "no alert while all is well: {view:#}"
     );
-    // A few seconds of samples, so the screenshot has lines to show.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let view = page_view(&browser).await;
-    assert!(
-        view["charts"].as_u64().unwrap_or(0) >= 3,
-        "chart lines: {view:#}"
-    );
+    // The charts draw their lines once samples come (waited for: it used to be a fixed 6 s).
+    wait_for(
+        &browser,
+        Duration::from_secs(15),
+        "three chart lines",
+        |v| v["charts"].as_u64().unwrap_or(0) >= 3,
+    )
+    .await;
     screenshot(&browser, "status-page.png").await;
 
     // Kill the primary: the page shows m1 unreachable and the failover, by itself.
@@ -345,13 +346,14 @@ async fn the_status_page_shows_the_cluster_and_a_failover_in_a_real_browser() {
         killed.elapsed().as_secs_f64(),
         took.as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The screenshots are for people (target/*.png); half a second lets the page paint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     screenshot(&browser, "status-page-failover.png").await;
     browser
         .set_window_size(420, 1400)
         .await
         .expect("narrow window");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     screenshot(&browser, "status-page-narrow.png").await;
 
     // The proxy gone: the page says so instead of showing stale figures as live.
