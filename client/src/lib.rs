@@ -17,7 +17,7 @@ pub mod tls_args;
 use std::time::Duration;
 
 use dirkdb_core::connection::{ClientConnection, ConnectionError};
-use dirkdb_core::frame::{Column, Frame, FrameError, RelationPage};
+use dirkdb_core::frame::{Column, Frame, FrameError, RawKind, RelationPage};
 use dirkdb_core::sql::split_script;
 use dirkdb_core::tls::{ConnectError, Stream};
 use serde_json::Value;
@@ -239,6 +239,13 @@ impl Client {
     /// The next frame of the current response; a closed connection is an error.
     pub async fn next_frame(&mut self) -> Result<Frame> {
         self.conn.read_frame().await?.ok_or(ClientError::Closed)
+    }
+
+    /// The next frame of the current response as the bytes it came in, with its kind (a proxy
+    /// writing it on without decoding it); the bytes are lent until the next read. A closed
+    /// connection is an error.
+    pub async fn next_raw_frame(&mut self) -> Result<(RawKind, &[u8])> {
+        self.conn.read_raw_frame().await?.ok_or(ClientError::Closed)
     }
 
     /// Sends raw bytes, bypassing statement checks (for tests of bad input).

@@ -6,10 +6,10 @@
 //! [`FrameDecoder`]). Both buffer writes; callers `flush` once a response is complete, so a
 //! relation of many pages costs few system calls.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use crate::frame::{encode_frame, Frame, FrameDecoder, FrameError};
+use crate::frame::{encode_frame, Frame, FrameDecoder, FrameError, FrameScanner, RawKind};
 use crate::sql::{SplitItem, StatementSplitter};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -235,6 +235,10 @@ pub struct ClientConnection<S> {
     stream: BufWriter<S>,
     read_buf: BytesMut,
     decoder: FrameDecoder,
+    scanner: FrameScanner,
+    /// Bytes of the frame [`ClientConnection::read_raw_frame`] last lent out, removed from
+    /// `read_buf` at the next read.
+    lent: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
@@ -244,6 +248,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
             stream: BufWriter::with_capacity(WRITE_BUFFER, stream),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(max_frame_bytes),
+            scanner: FrameScanner::new(max_frame_bytes),
+            lent: 0,
         }
     }
 
@@ -264,7 +270,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
 
     /// Gives the socket back (to switch protocols); fails when bytes were already read past the
     /// last frame, since they would be lost.
-    pub fn into_inner(self) -> Result<S, ConnectionError> {
+    pub fn into_inner(mut self) -> Result<S, ConnectionError> {
+        self.read_buf.advance(std::mem::take(&mut self.lent));
         if !self.read_buf.is_empty() {
             return Err(ConnectionError::UnexpectedData);
         }
@@ -273,19 +280,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
 
     /// The next frame; `None` when the server closed the connection between responses.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
+        self.read_buf.advance(std::mem::take(&mut self.lent));
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.read_buf)? {
                 return Ok(Some(frame));
             }
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-                self.read_buf.reserve(READ_CHUNK);
-            }
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            if !self.fill().await? {
                 if self.decoder.is_mid_frame(&self.read_buf) {
                     return Err(ConnectionError::Truncated);
                 }
                 return Ok(None);
             }
         }
+    }
+
+    /// The next frame as the bytes it came in (its kind beside them), without decoding it: a
+    /// proxy writes them on as they are. `None` when the server closed the connection between
+    /// responses. The bytes are lent until the next read; frames of either reading method may
+    /// follow each other.
+    pub async fn read_raw_frame(&mut self) -> Result<Option<(RawKind, &[u8])>, ConnectionError> {
+        self.read_buf.advance(std::mem::take(&mut self.lent));
+        loop {
+            if let Some((kind, len)) = self.scanner.scan(&self.read_buf)? {
+                self.lent = len;
+                return Ok(Some((kind, &self.read_buf[..len])));
+            }
+            if !self.fill().await? {
+                if self.scanner.is_mid_frame(&self.read_buf) {
+                    return Err(ConnectionError::Truncated);
+                }
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more bytes into `read_buf`; false at EOF.
+    async fn fill(&mut self) -> Result<bool, ConnectionError> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        Ok(self.stream.read_buf(&mut self.read_buf).await? != 0)
     }
 }

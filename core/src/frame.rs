@@ -16,9 +16,13 @@
 //! read `END` (or `\END`, `\\END`, …) gets one more leading backslash on the wire, which the decoder
 //! removes, so framing never breaks and any text round-trips. [`FrameDecoder`] is incremental: it
 //! keeps its position across reads, so a large page arriving in many TCP segments is scanned once.
+//! [`FrameScanner`] finds the same frames without decoding them, for a proxy passing them on.
 
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
+
+mod scan;
+pub use scan::{FrameScanner, RawKind};
 
 /// First line of a message frame.
 pub const MESSAGE_HEADER: &str = "RESULT_MESSAGE";
@@ -182,6 +186,12 @@ fn encode_message(text: &str, out: &mut BytesMut) {
 /// True for `END`, `\END`, `\\END`, …: the lines that need one more backslash on the wire.
 fn is_escaped_end(line: &str) -> bool {
     line.trim_start_matches('\\') == MESSAGE_END
+}
+
+/// Decodes the one whole frame `bytes` hold (as [`FrameScanner`] found it); `None` when they
+/// hold less than a frame.
+pub fn decode_whole(bytes: &[u8]) -> Result<Option<Frame>, FrameError> {
+    FrameDecoder::new(usize::MAX).decode(&mut BytesMut::from(bytes))
 }
 
 /// Incremental decoder: feed it the read buffer after every read; it returns whole frames.

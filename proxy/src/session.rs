@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use dirkdb_client::ClientError;
 use dirkdb_core::config::{ReadConsistency, ReplicationType};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
-use dirkdb_core::frame::Frame;
+use dirkdb_core::frame::{Frame, RawKind};
 use dirkdb_core::position::Position;
 use dirkdb_core::sql::classify::{classify, StatementClass, TransactionControl};
 use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState, FAILED_COMMIT_ROLLED_BACK};
@@ -110,12 +110,12 @@ enum Sink<'a, S> {
         out: &'a mut ServerConnection<S>,
         sent: bool,
     },
-    /// Rows straight to the client as they arrive; the last frame (the statement's outcome)
-    /// kept until the write is settled (its write concern), so memory stays one frame whatever
-    /// the answer's size.
+    /// Rows straight to the client as they arrive; the last frame (the statement's outcome,
+    /// its bytes as the server sent them) kept until the write is settled (its write concern),
+    /// so memory stays one frame whatever the answer's size.
     HoldLast {
         out: &'a mut ServerConnection<S>,
-        last: Option<Frame>,
+        last: Option<Vec<u8>>,
     },
 }
 
@@ -363,17 +363,24 @@ impl ProxySession {
         if failed {
             self.after_failed_commit(&sink);
         }
-        let last = match sink {
+        let (last, replaced) = match sink {
             Sink::HoldLast {
                 last: Some(last), ..
-            } if !failed => Some(self.settle_write(&backend, &mut conn, last).await?),
-            Sink::HoldLast { last, .. } => last,
-            Sink::Client { .. } => None,
+            } if !failed => {
+                let replaced = self.settle_write(&backend, &mut conn).await?;
+                (Some(last), replaced)
+            }
+            Sink::HoldLast { last, .. } => (last, None),
+            Sink::Client { .. } => (None, None),
         };
         self.primary = Some((backend, conn));
-        if let Some(last) = last {
-            out.write_frame(&last).await?;
-            out.flush().await?;
+        match (replaced, last) {
+            (Some(error), _) => out.send(&error).await?,
+            (None, Some(last)) => {
+                out.write_raw(&last).await?;
+                out.flush().await?;
+            }
+            (None, None) => {}
         }
         Ok(())
     }
@@ -406,9 +413,12 @@ impl ProxySession {
         else {
             return;
         };
+        // Held as the server's bytes: decoded here, on a failed write only.
+        let held = dirkdb_core::frame::decode_whole(last).ok().flatten();
         if self.txn.open
-            && last
-                .error_text()
+            && held
+                .as_ref()
+                .and_then(Frame::error_text)
                 .is_some_and(|e| e.ends_with(FAILED_COMMIT_ROLLED_BACK))
         {
             self.txn = TransactionState::default();
@@ -428,15 +438,15 @@ impl ProxySession {
     }
 
     /// Records the write's position and applies the write concern to its outcome (the last
-    /// frame of its answer): kept when the concern is met, replaced by an error otherwise.
+    /// frame of its answer): `None` keeps it (the concern is met), `Some` is the error that
+    /// replaces it.
     async fn settle_write(
         &mut self,
         backend: &Backend,
         conn: &mut BackendConn,
-        last: Frame,
-    ) -> Result<Frame, ProxyError> {
+    ) -> Result<Option<Frame>, ProxyError> {
         if self.topology.load().is_multi_primary() {
-            return self.settle_on_master(backend, conn, last).await;
+            return self.settle_on_master(backend, conn).await;
         }
         let limit = self.statement_timeout();
         let text = backend
@@ -453,26 +463,26 @@ impl ProxySession {
             answer,
         }) = confirmations.map_err(|e| outcome_unknown(backend, e))?
         else {
-            return Ok(last);
+            return Ok(None);
         };
         let still_primary = || self.topology.load().primary().id == backend.id;
         if confirmed >= u64::from(concern.replicas)
             && !crate::ack_watermark::acknowledge(position, &answer, still_primary)
             || !still_primary()
         {
-            return Ok(Frame::error(format!(
+            return Ok(Some(Frame::error(format!(
                 "the write's outcome is unknown: {} stopped being the primary, or a failover began, before it was confirmed (it may be in a rollback file)",
                 backend.id
-            )));
+            ))));
         }
         if confirmed < u64::from(concern.replicas) {
             let msg = format!(
                 "the write is committed on the primary ({}) but only {confirmed} of {} replicas confirmed it within {} ms (routing.writes.writeConcern)",
                 backend.id, concern.replicas, concern.timeout_ms
             );
-            return Ok(Frame::error(msg));
+            return Ok(Some(Frame::error(msg)));
         }
-        Ok(last)
+        Ok(None)
     }
 
     /// Follows the session's write at `written`: its position becomes the session's, unless an
@@ -666,23 +676,24 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|e| backend.failure(e.to_string()))?;
     loop {
-        let frame = conn
+        let (kind, bytes) = conn
             .client
-            .next_frame()
+            .next_raw_frame()
             .await
             .map_err(|e| backend.failure(format!("failed mid-statement: {e}")))?;
-        let last = matches!(frame, Frame::Message(_));
-        let failed = last && frame.error_text().is_some();
+        let last = matches!(kind, RawKind::Message { .. });
+        let failed = matches!(kind, RawKind::Message { error: true });
+        // Passed on as the bytes they came in: nothing is decoded or encoded again.
         match sink {
             Sink::Client { out, sent } => {
                 *sent = true;
-                out.write_frame(&frame).await?;
+                out.write_raw(bytes).await?;
             }
             Sink::HoldLast { out, last: held } => {
                 if last {
-                    *held = Some(frame);
+                    *held = Some(bytes.to_vec());
                 } else {
-                    out.write_frame(&frame).await?;
+                    out.write_raw(bytes).await?;
                 }
             }
         }

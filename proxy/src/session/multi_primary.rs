@@ -249,14 +249,13 @@ impl ProxySession {
     }
 
     /// Records a write's position on its master and applies the write concern to its outcome
-    /// (the last frame of its answer): kept once k other masters applied it, replaced by an
-    /// error saying how many did otherwise.
+    /// (the last frame of its answer): kept (`None`) once k other masters applied it, replaced by
+    /// an error saying how many did otherwise.
     pub(super) async fn settle_on_master(
         &mut self,
         backend: &Backend,
         conn: &mut BackendConn,
-        last: Frame,
-    ) -> Result<Frame, ProxyError> {
+    ) -> Result<Option<Frame>, ProxyError> {
         let limit = self.statement_timeout();
         let text = backend
             .extension(conn, "DIRK POSITION", limit)
@@ -271,34 +270,34 @@ impl ProxySession {
             concern, confirmed, ..
         }) = confirmations.map_err(|e| outcome_unknown(backend, e))?
         else {
-            return Ok(last);
+            return Ok(None);
         };
         if confirmed < u64::from(concern.replicas) {
-            return Ok(Frame::error(format!(
+            return Ok(Some(Frame::error(format!(
                 "the write is committed on {} (the owner of what it writes) but only {confirmed} \
                  of the {} other masters asked applied it within {} ms \
                  (routing.writes.writeConcern)",
                 backend.id, concern.replicas, concern.timeout_ms
-            )));
+            ))));
         }
         if !crate::ownership::acknowledge(&backend.id, position) {
-            return Ok(Frame::error(format!(
+            return Ok(Some(Frame::error(format!(
                 "the write's outcome is unknown: {} committed it, but its objects are moving to \
                  other masters (it was down past failover.detectionMillis), so the proxy does \
                  not acknowledge it; read it back before writing it again",
                 backend.id
-            )));
+            ))));
         }
         if let Err(e) = crate::coordinator::record_acknowledgement(&backend.id, position).await {
-            return Ok(Frame::error(format!(
+            return Ok(Some(Frame::error(format!(
                 "the write's outcome is unknown: {} committed it and {confirmed} other masters \
                  applied it, but the proxy could not record its acknowledgement in etcd ({e}); \
                  under failover.coordinator ETCD a MULTI_PRIMARY write is acknowledged only once \
                  etcd holds it; read it back before writing it again",
                 backend.id
-            )));
+            ))));
         }
-        Ok(last)
+        Ok(None)
     }
 
     /// True when transaction control is answered by the session itself: it opens a
