@@ -236,6 +236,15 @@ impl Client {
         Ok(self.conn.send_statement(&text).await?)
     }
 
+    /// Sends a statement exactly as a [`dirkdb_core::sql::StatementSplitter`] framed it (a proxy
+    /// forwarding its client's statement, without its `;`): such text is one complete
+    /// statement by construction, so the check of [`Client::send_statement`] is skipped (it
+    /// split every statement the proxy forwarded a second time: issue #19). Text from anywhere
+    /// else goes through [`Client::send_statement`].
+    pub async fn send_framed(&mut self, statement: &str) -> Result<()> {
+        Ok(self.conn.send_statement(statement).await?)
+    }
+
     /// The next frame of the current response; a closed connection is an error.
     pub async fn next_frame(&mut self) -> Result<Frame> {
         self.conn.read_frame().await?.ok_or(ClientError::Closed)

@@ -341,7 +341,9 @@ impl ProxySession {
             if !matches!(class, StatementClass::Use(_)) {
                 backend.ensure_db(&mut conn, db.as_deref()).await?;
             }
-            conn.note_statement(sql);
+            if !leaves_connection_as_it_was(sql, class) {
+                conn.note_statement(sql);
+            }
             exchange(&backend, &mut conn, sql, &mut sink, settles_write).await
         };
         let failed = match tokio::time::timeout(timeout, run).await {
@@ -661,7 +663,9 @@ impl Drop for ProxySession {
     }
 }
 
-/// Sends `sql` and passes its response frames to `sink`; returns whether it ended in an error.
+/// Sends `sql` (a statement as the client connection's splitter framed it, or text checked to
+/// be one statement) and passes its response frames to `sink`; returns whether it ended in an
+/// error.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     backend: &Backend,
     conn: &mut BackendConn,
@@ -672,7 +676,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let started = Instant::now();
     let _running = backend.start();
     conn.client
-        .send_statement(sql)
+        .send_framed(sql)
         .await
         .map_err(|e| backend.failure(e.to_string()))?;
     loop {
@@ -735,6 +739,18 @@ fn follow_writes(txn: &mut TransactionState, txn_wrote: &mut bool, class: &State
         StatementClass::Write => true,
         StatementClass::Read | StatementClass::Use(_) => false,
     }
+}
+
+/// True for a read that cannot change the state of the connection it runs on: `classify` makes
+/// a Read of no PRAGMA, no TEMP name and nothing connection-bound, so only an `EXPLAIN` (of an
+/// ATTACH, say) is left for [`BackendConn::note_statement`] to look at. Saves that second
+/// lexing on every read (issue #19).
+fn leaves_connection_as_it_was(sql: &str, class: &StatementClass) -> bool {
+    let explain = sql
+        .trim_start()
+        .get(..7)
+        .is_some_and(|w| w.eq_ignore_ascii_case("EXPLAIN"));
+    matches!(class, StatementClass::Read) && !explain
 }
 
 /// The extensions the session answers itself.
@@ -897,6 +913,23 @@ mod tests {
             raised(at(5, Some("m1-a")), at(4, None)),
             at(5, Some("m1-a"))
         );
+    }
+
+    #[test]
+    fn only_plain_reads_skip_the_connection_state_check() {
+        let skips = |sql: &str| leaves_connection_as_it_was(sql, &classify(sql));
+        assert!(skips("SELECT id, k FROM bench WHERE id = 5"));
+        assert!(skips("WITH t(a) AS (SELECT 1) SELECT a FROM t"));
+        for looked_at in [
+            "EXPLAIN PRAGMA query_only = 1",
+            " explain ATTACH 'x.db' AS x",
+            "PRAGMA foreign_keys = OFF",
+            "SELECT * FROM temp.t",
+            "CREATE TEMP TABLE t(a)",
+            "ATTACH 'x.db' AS x",
+        ] {
+            assert!(!skips(looked_at), "{looked_at}");
+        }
     }
 
     #[test]

@@ -57,11 +57,23 @@ pub fn classify(sql: &str) -> StatementClass {
     if super::limits::check_expression_depth(&sql).is_err() {
         return StatementClass::Write; // never parsed: too deep for a safe parse (see `limits`)
     }
-    let significant: Vec<&Token> = tokens.iter().filter(|t| !t.kind.is_trivia()).collect();
+    let mut significant: Vec<&Token> = Vec::with_capacity(tokens.len());
+    significant.extend(tokens.iter().filter(|t| !t.kind.is_trivia()));
     let word = |i: usize| significant.get(i).map_or("", |t| t.text(&sql));
     let is = |i: usize, w: &str| word(i).eq_ignore_ascii_case(w);
-    let first = word(0).to_ascii_uppercase();
-    match first.as_str() {
+    // The first word, upper-cased in a stack buffer (no keyword here is longer than 8 bytes;
+    // a longer word matches none of them).
+    let mut upper = [0u8; 8];
+    let first = word(0).as_bytes();
+    let first = match upper.get_mut(..first.len()) {
+        Some(head) => {
+            head.copy_from_slice(first);
+            head.make_ascii_uppercase();
+            std::str::from_utf8(head).unwrap_or("")
+        }
+        None => "",
+    };
+    match first {
         "USE" => {
             return match significant.len() {
                 2 => StatementClass::Use(unquote_target(word(1))),

@@ -458,6 +458,13 @@ impl ProxySession {
             ConflictStatement::Show => {
                 let listed = crate::ownership::conflicts_and_unlisted(t).await;
                 let query = dirkdb_core::sql::conflicts::show_sql(&listed);
+                // Sent as framed text (see `exchange`): it must be one whole statement.
+                let split = dirkdb_core::sql::split_script(&format!("{query};"));
+                if split.statements.len() != 1 || !split.remainder.trim().is_empty() {
+                    return Err(ProxyError::Ownership(
+                        "SHOW CONFLICTS: the conflicts listed do not make one statement".into(),
+                    ));
+                }
                 match self.read_target(t, &query)? {
                     Target::Anywhere(masters) => self.run_read(masters, &query, &read, out).await,
                     Target::One(master, why) => self.run_on(master, why, &query, &read, out).await,
