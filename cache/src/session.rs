@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
-use dirkdb_core::frame::{encode_frame, Column, Frame, FrameDecoder, PageFrame, RelationPage};
+use dirkdb_core::frame::{
+    encode_frame, Column, Frame, FrameDecoder, PageFrame, RawKind, RelationPage,
+};
 use dirkdb_core::sql::transaction::{TransactionEnd, TransactionState};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -32,6 +34,9 @@ use crate::view_map::{DbSchema, ANY_TABLE};
 
 /// How long a write's answer waits for the change feed to report it.
 const FEED_WAIT: Duration = Duration::from_millis(500);
+
+/// Room a session keeps between frames for the frame it passes on; a larger one is freed.
+const FRAME_BUF_KEPT: usize = 256 * 1024;
 
 /// Asks the upstream for the session's last write position; sent right behind each write.
 const POSITION_STATEMENT: &str = "DIRK POSITION";
@@ -91,6 +96,8 @@ pub(crate) struct CacheSession {
     txn_writes: Vec<WriteTargets>,
     /// Who the client authenticated as (`None` before any `AUTH`).
     identity: Option<dirkdb_core::security::ConnectionAuth>,
+    /// The frame being passed on, as it came from the upstream (reused for every frame).
+    frame_buf: BytesMut,
 }
 
 impl CacheSession {
@@ -105,6 +112,7 @@ impl CacheSession {
             txn: TransactionState::default(),
             txn_writes: Vec::new(),
             identity: None,
+            frame_buf: BytesMut::new(),
         }
     }
 
@@ -237,21 +245,24 @@ impl CacheSession {
         }
         let mut kept = keep.map(|_| BytesMut::new());
         loop {
-            let frame = match self.upstream.next_frame().await {
-                Ok(frame) => frame,
+            // Each frame as the bytes it came in: nothing is decoded and encoded again.
+            if self.frame_buf.capacity() > FRAME_BUF_KEPT {
+                self.frame_buf = BytesMut::new(); // a large page's room is not kept idle
+            }
+            self.frame_buf.clear();
+            let kind = match self.upstream.next_raw_frame(&mut self.frame_buf).await {
+                Ok(kind) => kind,
                 Err(error) => {
                     let error = self.after_upstream_failure(lost_txn, sent_failure(error));
                     return Err(ForwardError::Upstream { error, wrote });
                 }
             };
-            let last = matches!(frame, Frame::Message(_));
-            let failed = frame.error_text().is_some();
-            let mut bytes = BytesMut::new();
-            encode_frame(&frame, &mut bytes);
-            let bytes = bytes.freeze();
+            let last = matches!(kind, RawKind::Message { .. });
+            let failed = matches!(kind, RawKind::Message { error: true });
+            let bytes = &self.frame_buf[..];
             if let (Some(buffer), Some(cap)) = (kept.as_mut(), keep) {
                 if buffer.len() + bytes.len() <= cap {
-                    buffer.extend_from_slice(&bytes);
+                    buffer.extend_from_slice(bytes);
                 } else {
                     kept = None;
                 }
@@ -260,10 +271,10 @@ impl CacheSession {
                 return Ok(Forwarded {
                     kept: kept.map(BytesMut::freeze),
                     failed,
-                    held: Some(bytes),
+                    held: Some(Bytes::copy_from_slice(bytes)),
                 });
             }
-            out.write_raw(&bytes).await?;
+            out.write_raw(bytes).await?;
             wrote = true;
             if last {
                 out.flush().await?;

@@ -27,8 +27,9 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use dirkdb_client::{Client, ClientError};
-use dirkdb_core::frame::Frame;
+use dirkdb_core::frame::{Frame, RawKind};
 use tokio::time::Instant;
 
 /// Why the upstream could not answer.
@@ -369,27 +370,54 @@ impl Upstream {
                     self.pending = None;
                     return Ok(frame);
                 }
-                Err(e @ UpstreamError::Unreachable { .. }) => {
-                    let Some(mut pending) = self.pending.take() else {
-                        return Err(e);
-                    };
-                    if pending.tries_left == 0 {
-                        return Err(e);
-                    }
-                    pending.tries_left -= 1;
-                    tracing::info!(error = %e, statement = %pending.statement, "the upstream broke before answering a read: sending it to the next upstream");
-                    let floor = self.floor;
-                    self.ready(pending.db.as_deref()).await?;
-                    self.restore_floor(floor).await?;
-                    self.send_raw(&pending.statement).await?;
-                    self.pending = Some(pending);
-                }
+                Err(e @ UpstreamError::Unreachable { .. }) => self.send_pending_again(e).await?,
                 Err(e) => {
                     self.pending = None;
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// Like [`Upstream::next_frame`], without decoding the frame: its bytes, as they came, are
+    /// appended to `into`, and its kind is returned (the cache passes answers on and keeps them
+    /// as bytes: nothing is decoded and encoded again).
+    pub(crate) async fn next_raw_frame(
+        &mut self,
+        into: &mut BytesMut,
+    ) -> Result<RawKind, UpstreamError> {
+        loop {
+            match self.next_raw_frame_once(into).await {
+                Ok(kind) => {
+                    self.pending = None;
+                    return Ok(kind);
+                }
+                Err(e @ UpstreamError::Unreachable { .. }) => self.send_pending_again(e).await?,
+                Err(e) => {
+                    self.pending = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// After the connection broke before an answer: sends the pending read again on the next
+    /// address, or gives back `e` when there is none (or no tries are left).
+    async fn send_pending_again(&mut self, e: UpstreamError) -> Result<(), UpstreamError> {
+        let Some(mut pending) = self.pending.take() else {
+            return Err(e);
+        };
+        if pending.tries_left == 0 {
+            return Err(e);
+        }
+        pending.tries_left -= 1;
+        tracing::info!(error = %e, statement = %pending.statement, "the upstream broke before answering a read: sending it to the next upstream");
+        let floor = self.floor;
+        self.ready(pending.db.as_deref()).await?;
+        self.restore_floor(floor).await?;
+        self.send_raw(&pending.statement).await?;
+        self.pending = Some(pending);
+        Ok(())
     }
 
     /// A read sent again on a new connection keeps the position floor the first one had.
@@ -413,14 +441,34 @@ impl Upstream {
         match tokio::time::timeout_at(deadline, client.next_frame()).await {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(e)) => Err(self.broken(e)),
-            Err(_) => {
-                self.client = None;
-                self.move_on();
-                Err(UpstreamError::Timeout {
-                    addr: self.addr.clone(),
-                    ms: self.timeout.as_millis() as u64,
-                })
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    async fn next_raw_frame_once(&mut self, into: &mut BytesMut) -> Result<RawKind, UpstreamError> {
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.timeout);
+        let Some(client) = self.client.as_mut() else {
+            return Err(self.unreachable("not connected"));
+        };
+        match tokio::time::timeout_at(deadline, client.next_raw_frame()).await {
+            Ok(Ok((kind, bytes))) => {
+                into.extend_from_slice(bytes);
+                Ok(kind)
             }
+            Ok(Err(e)) => Err(self.broken(e)),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// No answer within the statement timeout: the connection is closed.
+    fn timed_out(&mut self) -> UpstreamError {
+        self.client = None;
+        self.move_on();
+        UpstreamError::Timeout {
+            addr: self.addr.clone(),
+            ms: self.timeout.as_millis() as u64,
         }
     }
 
