@@ -21,6 +21,9 @@
 //! * At the end, the rebuilt table equals the primary's, and every key read through the cache
 //!   equals the primary's row.
 //!
+//! A second test checks the guarantee this rests on directly: with the change feed held back on
+//! purpose, a write through the cache is acknowledged only once the feed has reported it.
+//!
 //! CI runs a short seeded run (`FRESHNESS_SECS`, default 3 s; `FRESHNESS_SEED` to replay one).
 //! The long run: `cargo test --workspace --test e2e cache_freshness_e2e:: -- --ignored --nocapture`
 //! (60 s, or `FRESHNESS_LONG_SECS`); it prints the counts of answers checked and stale.
@@ -81,6 +84,133 @@ async fn random_reads_through_the_cache_match_the_primary_at_their_position() {
 async fn long_random_run_finds_no_stale_answer() {
     let secs = env_u64("FRESHNESS_LONG_SECS", 60);
     freshness_run(Duration::from_secs(secs)).await;
+}
+
+/// The guarantee at the root of freshness: the cache acknowledges a write only once the change
+/// feed has reported the write's position. A relay between the cache and the proxy holds the
+/// feed's bytes back [`FEED_DELAY`] (statements pass at once), so a cache that answered before
+/// its feed reported the write is caught every time: right after the acknowledgement, its
+/// `feed_position` would still be below the write's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_is_acknowledged_only_once_the_feed_reported_it() {
+    let cluster = Cluster::start_with_proxy(1, OPLOG, "{}");
+    let mut setup = cluster.proxy_client().await;
+    for sql in [
+        "CREATE DATABASE ack",
+        "USE ack",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
+        "INSERT INTO t VALUES (1, 0)",
+    ] {
+        setup.execute(sql).await.unwrap();
+    }
+    let relay = FeedDelayRelay::start(cluster.proxy.port).await;
+    let cache = CacheProcess::start_in_front_of(&cluster, relay.port, 60_000, 1_000, &[]);
+    cache.wait_for_feed();
+    let mut c = cache.client().await;
+    c.execute("USE ack").await.unwrap();
+    let read = "SELECT v FROM t WHERE id = 1";
+    for i in 1..=5_i64 {
+        assert_eq!(
+            c.query(read).await.unwrap().rows,
+            vec![vec![Value::from(i - 1)]]
+        );
+        let started = Instant::now();
+        c.execute(&format!("UPDATE t SET v = {i} WHERE id = 1"))
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        let feed = cache.stat("feed_position");
+        let position = last_write_position(&mut c).await;
+        assert!(
+            feed >= position,
+            "write {i} (position {position}) was acknowledged before the feed reported it (feed at {feed})"
+        );
+        // The relay did hold the feed back, so the check above could have failed.
+        assert!(
+            waited >= FEED_DELAY - Duration::from_millis(50),
+            "write {i} was acknowledged in {waited:?}: the feed was not held back"
+        );
+        assert_eq!(
+            c.query(read).await.unwrap().rows,
+            vec![vec![Value::from(i)]]
+        );
+    }
+    assert_eq!(
+        cache.stat("write_settle_fallbacks"),
+        0,
+        "the feed reported in time"
+    );
+}
+
+/// How long [`FeedDelayRelay`] holds back what the proxy sends on a change feed (under the
+/// cache's 500 ms wait for its feed, so no write falls back to dropping the database).
+const FEED_DELAY: Duration = Duration::from_millis(250);
+
+/// A TCP relay in front of the proxy that forwards every connection as it is, except that the
+/// bytes the proxy sends on a change feed (a connection whose first statement is `DIRK
+/// CHANGES`) reach the cache [`FEED_DELAY`] after they arrived, in order.
+struct FeedDelayRelay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FeedDelayRelay {
+    async fn start(target: u16) -> FeedDelayRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay_one(client, target));
+            }
+        });
+        FeedDelayRelay { port, task }
+    }
+}
+
+impl Drop for FeedDelayRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay_one(client: tokio::net::TcpStream, target: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_proxy, mut to_proxy) = upstream.into_split();
+    let mut first = vec![0u8; 4096];
+    let n = from_client.read(&mut first).await.unwrap_or(0);
+    if n == 0 || to_proxy.write_all(&first[..n]).await.is_err() {
+        return;
+    }
+    let feed = String::from_utf8_lossy(&first[..n])
+        .trim_start()
+        .to_ascii_uppercase()
+        .starts_with("DIRK CHANGES");
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_client, &mut to_proxy).await;
+    });
+    if !feed {
+        let _ = tokio::io::copy(&mut from_proxy, &mut to_client).await;
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut chunk = vec![0u8; 65536];
+        while let Ok(n @ 1..) = from_proxy.read(&mut chunk).await {
+            if tx.send((Instant::now(), chunk[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some((arrived, bytes)) = rx.recv().await {
+        tokio::time::sleep_until((arrived + FEED_DELAY).into()).await;
+        if to_client.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A row of `kv` as the primary's oplog recorded it.

@@ -33,10 +33,22 @@ impl CacheProcess {
         max_entries: u64,
         extra: &[&str],
     ) -> CacheProcess {
+        Self::start_in_front_of(cluster, cluster.proxy.port, ttl_ms, max_entries, extra)
+    }
+
+    /// Like [`CacheProcess::start`], its upstream at `upstream_port` (a relay in front of the
+    /// cluster's proxy, say).
+    pub(crate) fn start_in_front_of(
+        cluster: &Cluster,
+        upstream_port: u16,
+        ttl_ms: u64,
+        max_entries: u64,
+        extra: &[&str],
+    ) -> CacheProcess {
         let mut cache = CacheProcess {
             port: free_port(),
             admin: free_port(),
-            upstream_port: cluster.proxy.port,
+            upstream_port,
             child: None,
             log: cluster.dir.path().join("cache.log"),
             args: Vec::new(),
