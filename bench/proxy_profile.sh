@@ -8,7 +8,7 @@
 #              two   the quick start's topology: m1 PRIMARY + m2 REPLICA, reads to either
 #              cache the cache in front of the proxy of `two` (the cache is profiled)
 #   workload   a `dirkdb bench -w` workload (default point-select)
-#   operations statements measured (default 10000), 16 clients
+#   operations statements measured (default 10000), 16 clients, after WARMUP (default 2000)
 # GRIND=m1 or GRIND=m2 profiles that server instead, with the bench sent straight to it.
 # DIRKDB_BIN=path uses that binary (default target/release/dirkdb, which must exist: a release
 # build, so that the counts are those of the shipped code). Needs valgrind and python3.
@@ -61,7 +61,7 @@ fi
 [ -z "$grind_server" ] && ground=${pids[-1]}
 "$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
 sleep 2 # the replica catches up with the load
-"$bin" bench --quiet --json --endpoint 127.0.0.1:$endpoint -c 16 -n 2000 --warmup 0 -w "$workload" >/dev/null
+"$bin" bench --quiet --json --endpoint 127.0.0.1:$endpoint -c 16 -n "${WARMUP:-2000}" --warmup 0 -w "$workload" >/dev/null
 callgrind_control -z "$ground" >/dev/null
 "$bin" bench --quiet --json --endpoint 127.0.0.1:$endpoint -c 16 -n "$ops" --warmup 0 -w "$workload" > "$out/bench.json"
 callgrind_control -d "$ground" >/dev/null
