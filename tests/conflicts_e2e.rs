@@ -344,15 +344,24 @@ async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_con
             .unwrap_or_else(|| panic!("no conflict on {table}: {listed:#}"))
     };
     let (auto, held) = (of("utilisateurs"), of(&manual));
-    // The masters that are not the rows' home held m1's conflicting changes, and say so.
-    let held_elsewhere: u64 = (2..=3)
-        .map(|m| {
-            cluster.admin(m, "/replication/status")["conflicts"]["heldForHome"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    assert!(held_elsewhere >= 2, "held for m1: {held_elsewhere}");
+    // The masters that are not the rows' home held m1's conflicting changes, and say so, once
+    // m1's stream reached them (m1 may record its conflicts first: the streams are apart).
+    let held_elsewhere = || -> u64 {
+        (2..=3)
+            .map(|m| {
+                cluster.admin(m, "/replication/status")["conflicts"]["heldForHome"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    cluster
+        .until(
+            "m2 and m3 hold m1's two conflicting changes for m1",
+            Duration::from_secs(30),
+            async || held_elsewhere() >= 2,
+        )
+        .await;
     for c in [&auto, &held] {
         assert_eq!(c["rowKey"], r#"{"rowid":1}"#, "{c}");
         assert_eq!(c["keyKind"], "primary key", "{c}");

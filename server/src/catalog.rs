@@ -344,22 +344,22 @@ pub(crate) fn open_connection(
         .to_string();
     let writes = Arc::new(TransactionWrites::default());
     let noted = writes.clone();
-    conn.authorizer(Some(
-        move |ctx: AuthContext<'_>| match refuse_outside_files(ctx) {
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        noted.forget_when_a_transaction_starts();
+        match refuse_outside_files(ctx) {
             Authorization::Allow if !owns_target(&ownership, &db, &ctx, &noted) => {
                 Authorization::Deny
             }
             decision => decision,
-        },
-    ))?;
+        }
+    }))?;
     let lease = settings.lease.clone();
     let ownership = settings.ownership.clone();
-    let judged = writes.clone();
     // Ownership first: its refusal names the objects and why (the write lease's does not).
+    // No rollback hook: see `ownership::run_statement_of_client`.
     conn.commit_hook(Some(move || {
-        !is_internal() && (judged.refuses_commit(&ownership) || lease.refuses_commit())
+        !is_internal() && (writes.refuses_commit(&ownership) || lease.refuses_commit())
     }))?;
-    conn.rollback_hook(Some(move || writes.forget()))?;
     Ok(conn)
 }
 

@@ -110,6 +110,21 @@ pub enum OwnershipRefusal {
 thread_local! {
     static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
     static DOMAIN_STATEMENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static STARTS_TRANSACTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, a client's statement; `starts` when its connection is outside a transaction, so
+/// the statement starts one: the objects an earlier transaction of that connection noted and
+/// then rolled back are forgotten at the statement's first authorization
+/// ([`TransactionWrites::forget_when_a_transaction_starts`]). This replaces a rollback hook:
+/// rusqlite (0.41) keeps hooks as SQLite client data, which `sqlite3_close` frees *before* it
+/// rolls back an open transaction, so a connection closed inside a transaction (the way a
+/// session's open transaction is rolled back) called a freed closure.
+pub(crate) fn run_statement_of_client<T>(starts: bool, f: impl FnOnce() -> T) -> T {
+    STARTS_TRANSACTION.with(|s| s.set(starts));
+    let out = f();
+    STARTS_TRANSACTION.with(|s| s.set(false));
+    out
 }
 
 /// Runs `f` as a DirkDB domain statement whose owner was checked: its writes to the domain
@@ -311,9 +326,13 @@ impl TransactionWrites {
         lock(&self.objects).insert(object);
     }
 
-    /// Forgets the transaction's objects (it rolled back).
-    pub(crate) fn forget(&self) {
-        lock(&self.objects).clear();
+    /// Forgets the objects of an earlier transaction (committed, refused or rolled back) when
+    /// the statement being authorized starts a new one ([`run_statement_of_client`]); called
+    /// by the connection's authorizer before anything else.
+    pub(crate) fn forget_when_a_transaction_starts(&self) {
+        if STARTS_TRANSACTION.with(|s| s.replace(false)) {
+            lock(&self.objects).clear();
+        }
     }
 
     /// The commit hook's answer: true (the commit turned into a rollback, the reason noted for
@@ -432,8 +451,18 @@ mod tests {
         );
         assert!(!writes.refuses_commit(&m3), "forgotten once judged");
         writes.note(ObjectRef::table("testdb", "produits"));
-        writes.forget();
-        assert!(!writes.refuses_commit(&m3), "forgotten at rollback");
+        run_statement_of_client(false, || writes.forget_when_a_transaction_starts());
+        assert!(
+            writes.refuses_commit(&m3),
+            "kept by a statement inside the transaction"
+        );
+        take_refusal();
+        writes.note(ObjectRef::table("testdb", "produits"));
+        run_statement_of_client(true, || writes.forget_when_a_transaction_starts());
+        assert!(
+            !writes.refuses_commit(&m3),
+            "a rolled-back transaction's objects forgotten when the next one starts"
+        );
     }
 
     #[test]

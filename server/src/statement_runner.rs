@@ -125,7 +125,9 @@ pub(crate) fn run_statement(
 ) -> Result<(), ClientGone> {
     ownership::take_refusal();
     let ends = !conn.is_autocommit() && ends_transaction(sql);
-    let outcome = execute(conn, sql, options, sink, None);
+    let outcome = ownership::run_statement_of_client(conn.is_autocommit(), || {
+        execute(conn, sql, options, sink, None)
+    });
     let outcome = say_where_a_failed_commit_left(conn, ends, outcome);
     settle_and_answer(conn, outcome, options, sink, |e| explain(e, options))
 }
