@@ -93,10 +93,18 @@ pub(crate) fn test_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs every file of `files` against `addr`, file `i` in a new database `<prefix>_<i>`.
-pub(crate) async fn run_files(addr: &str, prefix: &str, files: &[PathBuf]) -> Report {
+/// `hash_threshold`: results of more values than this are compared by their MD5 until a file
+/// says `hash-threshold` itself (0: never). SQLite's corpus was written with 8 and says nothing.
+pub(crate) async fn run_files(
+    addr: &str,
+    prefix: &str,
+    files: &[PathBuf],
+    hash_threshold: usize,
+) -> Report {
     let mut report = Report::default();
     for (i, path) in files.iter().enumerate() {
-        let (tally, failures) = run_file(addr, &format!("{prefix}_{i}"), path).await;
+        let database = format!("{prefix}_{i}");
+        let (tally, failures) = run_file(addr, &database, path, hash_threshold).await;
         report.tally.add(tally);
         report.files += 1;
         report.failures.extend(failures);
@@ -154,7 +162,12 @@ impl AsyncDB for Session {
 }
 
 /// Runs one file in a new database `database`; its tally and its first failures.
-async fn run_file(addr: &str, database: &str, path: &Path) -> (Tally, Vec<String>) {
+async fn run_file(
+    addr: &str,
+    database: &str,
+    path: &Path,
+    hash_threshold: usize,
+) -> (Tally, Vec<String>) {
     let failed = |why: String| {
         let tally = Tally {
             failed: 1,
@@ -184,6 +197,7 @@ async fn run_file(addr: &str, database: &str, path: &Path) -> (Tally, Vec<String
     for label in LABELS {
         runner.add_label(label);
     }
+    runner.with_hash_threshold(hash_threshold);
     let valuewise = Record::Control(Control::ResultMode(ResultMode::ValueWise));
     let _ = runner.run_async(valuewise).await;
     let outcome = run_records(&mut runner, &types, records).await;
