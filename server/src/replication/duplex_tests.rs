@@ -379,3 +379,68 @@ async fn a_full_sync_saves_what_the_snapshot_lacks_below_the_position_under_the_
     sender.abort();
     follower.abort();
 }
+
+/// A full sync's snapshot used to hold the writer gate while it copied every file, so writers
+/// waited for as long as the local copy of the largest database took. It now holds the gate only
+/// to open its read transactions: writes go on during the copy, and the copies stand at the
+/// snapshot's position, not at whatever was committed while they were made.
+#[test]
+fn a_snapshot_copies_while_writers_go_on_and_stands_at_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let primary = Arc::new(ServerState::open(&config.instances[0], &config).unwrap());
+    primary
+        .create_database(primary.new_owner(), "d", false)
+        .unwrap();
+    write(&primary, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    // About 96 MB outside the oplog, so that copying the file takes far longer than a write.
+    let db = primary.catalog.get("d").unwrap();
+    let conn = db.lease().unwrap();
+    conn.execute_batch(
+        "CREATE TABLE big(b BLOB); WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 \
+         FROM c WHERE x < 12000) INSERT INTO big SELECT randomblob(8000) FROM c;",
+    )
+    .unwrap();
+    db.give_back(conn);
+
+    let s = primary.clone();
+    let started = std::time::Instant::now();
+    let taking = std::thread::spawn(move || super::snapshot::take(&s));
+    let mut longest = Duration::ZERO;
+    while !taking.is_finished() {
+        let one = std::time::Instant::now();
+        write(&primary, "INSERT INTO t(v) VALUES ('during')");
+        longest = longest.max(one.elapsed());
+        // A client's next statement comes a round trip later (the gate is not fair to a
+        // thread that takes it again at once).
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let snapshot = taking
+        .join()
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(20),
+        "the copy took {took:?}: too small to tell"
+    );
+    assert!(
+        longest * 4 < took,
+        "a write waited {longest:?} while the snapshot took {took:?}"
+    );
+    let copy = rusqlite::Connection::open(snapshot.dir.join("d.db")).unwrap();
+    assert_eq!(
+        crate::oplog::store::max_seq(&copy).unwrap(),
+        snapshot.position,
+        "the copy of d stands at the snapshot's position"
+    );
+    assert!(
+        primary.write_path.committed() > snapshot.position,
+        "writes went on"
+    );
+    let big: i64 = copy
+        .query_row("SELECT count(*) FROM big", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(big, 12000);
+}

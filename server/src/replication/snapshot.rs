@@ -1,10 +1,16 @@
 //! Full syncs: a consistent copy of every database, taken on the primary and installed on a
 //! replica.
 //!
-//! [`take`] holds the instance's writer gate while SQLite's backup API copies the meta file and
-//! every database into a fresh folder, so all copies stand at one sequence: writes wait for the
-//! local copy (disk speed), not for the network. The copies are then streamed from disk in
-//! chunks by the sender, so memory stays bounded whatever the size. [`install`] runs on the
+//! [`take`] holds the instance's writer gate only while it opens a read transaction on the meta
+//! file and on every database (WAL readers see the files as they were when their transaction
+//! began, whatever is committed after), so all copies stand at one sequence; then, with the gate
+//! given back and writes going on, SQLite's backup API copies each file from its pinned read
+//! transaction into a fresh folder. A backup whose source connection holds a read transaction
+//! copies that snapshot and never restarts (only writes through the source connection itself
+//! would restart it, and these connections write nothing). Writes do not wait for the copy: a
+//! full sync of a large database used to hold every writer of the instance for as long as the
+//! local copy took. The copies are written without fsync (a crash discards them) and streamed
+//! from disk in chunks by the sender, so memory stays bounded whatever the size. [`install`] runs on the
 //! replica once every file arrived with a matching CRC: under the gate it retires the open
 //! databases (sessions reattach to the new files at their next statement), swaps the files in
 //! with renames, and sets the applied position to the snapshot's.
@@ -49,35 +55,80 @@ impl Drop for Snapshot {
 /// Takes a consistent snapshot of the whole instance.
 pub(crate) fn take(state: &Storage) -> Result<Snapshot> {
     let owner = state.new_owner();
-    state.under_gate(owner, || {
-        let position = state.write_path.committed();
-        let dir = state
-            .data_dir()
-            .join(format!("_dirk_snapshot_{}", unique()));
-        std::fs::create_dir_all(&dir)?;
-        let mut snapshot = Snapshot {
-            dir,
-            position,
-            files: Vec::new(),
-        };
-        let meta_copy = snapshot.dir.join(META_FILE);
-        state.meta.with(|conn| copy_database(conn, &meta_copy))?;
-        snapshot.files.push(file_info(&meta_copy)?);
-        for name in state.catalog.names() {
-            let db = state.catalog.get(&name)?;
-            let conn = db.lease()?;
-            let copy = snapshot.dir.join(format!("{name}.db"));
-            copy_database(&conn, &copy)?;
-            db.give_back(conn);
-            snapshot.files.push(file_info(&copy)?);
+    let (position, sources) = state.under_gate(owner, || {
+        Ok((state.write_path.committed(), pin_sources(state)?))
+    })?;
+    let dir = state
+        .data_dir()
+        .join(format!("_dirk_snapshot_{}", unique()));
+    std::fs::create_dir_all(&dir)?;
+    let mut snapshot = Snapshot {
+        dir,
+        position,
+        files: Vec::new(),
+    };
+    for source in sources {
+        let copy = snapshot.dir.join(&source.file);
+        copy_database(&source.conn, &copy)?;
+        source.finish();
+        snapshot.files.push(file_info(&copy)?);
+    }
+    Ok(snapshot)
+}
+
+/// A connection holding a read transaction on one file, so that it keeps seeing the file as
+/// it was when the transaction began.
+struct PinnedSource {
+    /// The copy's file name (the meta file's, or `<database>.db`).
+    file: String,
+    conn: Connection,
+    /// The database the connection was leased from (`None` for the meta file's reader).
+    database: Option<std::sync::Arc<crate::catalog::Database>>,
+}
+
+impl PinnedSource {
+    fn pin(
+        file: String,
+        conn: Connection,
+        database: Option<std::sync::Arc<crate::catalog::Database>>,
+    ) -> Result<PinnedSource> {
+        // A read transaction starts at its first read: read the schema now, under the gate.
+        conn.execute_batch("BEGIN")?;
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(PinnedSource {
+            file,
+            conn,
+            database,
+        })
+    }
+
+    /// Ends the read transaction and returns a leased connection to its pool.
+    fn finish(self) {
+        let _ = self.conn.execute_batch("COMMIT");
+        if let Some(db) = self.database {
+            db.give_back(self.conn);
         }
-        Ok(snapshot)
-    })
+    }
+}
+
+/// Opens a read transaction on the meta file and on every database; called under the gate.
+fn pin_sources(state: &Storage) -> Result<Vec<PinnedSource>> {
+    let meta =
+        crate::meta::Meta::open_reader(&state.data_dir(), state.write_path.committed_handle())?;
+    let mut sources = vec![PinnedSource::pin(META_FILE.to_string(), meta, None)?];
+    for name in state.catalog.names() {
+        let db = state.catalog.get(&name)?;
+        let conn = db.lease()?;
+        sources.push(PinnedSource::pin(format!("{name}.db"), conn, Some(db))?);
+    }
+    Ok(sources)
 }
 
 fn copy_database(source: &Connection, to: &Path) -> rusqlite::Result<()> {
     let mut target = Connection::open(to)?;
-    // Writers wait at the gate, so the copy never restarts; 4 MiB (of 4 KiB pages) per step.
+    // The copy is a scratch file until it is streamed: a crash discards it, so no fsync.
+    target.execute_batch("PRAGMA synchronous=OFF")?;
+    // 4 MiB (of 4 KiB pages) per step; the source's read transaction keeps the copy consistent.
     Backup::new(source, &mut target)?.run_to_completion(1024, Duration::ZERO, None)?;
     Ok(())
 }
