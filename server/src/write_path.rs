@@ -4,8 +4,11 @@
 //! allocated in commit order and without gaps. A session takes the gate (waiting at most
 //! `limits.busyTimeoutMs`) before its first writing statement and gives it back when its
 //! transaction ends, after publishing the new committed sequence. Publishing wakes whoever waits
-//! for new entries: replica streams, write-concern waiters. Writers queue on a condition variable
-//! in arrival order instead of sleeping in SQLite's busy handler.
+//! for new entries: replica streams, write-concern waiters. Writers queue in arrival order (a
+//! ticket each, served first come first served, on a condition variable) instead of sleeping in
+//! SQLite's busy handler: a writer that gives the gate back and asks again at once goes behind
+//! those already waiting, so a tight loop of writes cannot starve a snapshot, a pruning step or
+//! another session until its `busyTimeoutMs` runs out.
 //!
 //! The newest committed entries are also kept in memory (the backlog, as Redis calls it), pushed
 //! in commit order by the writer that made them while it still holds the gate, so replica streams
@@ -29,9 +32,30 @@ use dirkdb_core::sync::lock;
 /// Entries kept in the backlog at most.
 const BACKLOG_ENTRIES: usize = 20_000;
 
+/// Who holds the gate and who waits for it, in arrival order.
+#[derive(Default)]
+struct Gate {
+    holder: Option<u64>,
+    /// The tickets of the waiters, oldest first; the front one takes the gate when it is free.
+    queue: VecDeque<u64>,
+    next_ticket: u64,
+}
+
+impl Gate {
+    /// True when the gate is free for the waiter holding `ticket`.
+    fn free_for(&self, ticket: u64) -> bool {
+        self.holder.is_none() && self.queue.front() == Some(&ticket)
+    }
+
+    /// Forgets a waiter that gave up.
+    fn leave(&mut self, ticket: u64) {
+        self.queue.retain(|t| *t != ticket);
+    }
+}
+
 /// The gate and the committed sequence.
 pub struct WritePath {
-    holder: Mutex<Option<u64>>,
+    gate: Mutex<Gate>,
     freed: Condvar,
     committed: Arc<AtomicU64>,
     notify: watch::Sender<u64>,
@@ -58,7 +82,7 @@ impl WritePath {
     pub fn new(committed: Arc<AtomicU64>, wait: Duration) -> WritePath {
         let (notify, _) = watch::channel(committed.load(Ordering::Acquire));
         WritePath {
-            holder: Mutex::new(None),
+            gate: Mutex::default(),
             freed: Condvar::new(),
             committed,
             notify,
@@ -116,43 +140,53 @@ impl WritePath {
         self.acquire_for(owner, self.wait)
     }
 
-    /// Takes the gate, waiting at most `wait`.
+    /// Takes the gate, waiting at most `wait` behind the writers that asked before.
     pub fn acquire_for(&self, owner: u64, wait: Duration) -> Result<(), ServerError> {
-        let deadline = Instant::now() + wait;
-        let mut holder = lock(&self.holder);
-        loop {
-            match *holder {
-                None => {
-                    *holder = Some(owner);
-                    return Ok(());
-                }
-                Some(h) if h == owner => return Ok(()),
-                Some(_) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(ServerError::WriterBusy(wait.as_millis() as u64));
-                    }
-                    holder = self
-                        .freed
-                        .wait_timeout(holder, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
+        let mut gate = lock(&self.gate);
+        if gate.holder == Some(owner) {
+            return Ok(());
         }
+        if gate.holder.is_none() && gate.queue.is_empty() {
+            gate.holder = Some(owner);
+            return Ok(());
+        }
+        let ticket = gate.next_ticket;
+        gate.next_ticket += 1;
+        gate.queue.push_back(ticket);
+        let deadline = Instant::now() + wait;
+        while !gate.free_for(ticket) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                gate.leave(ticket);
+                // The waiter behind this one may be at the front now.
+                self.freed.notify_all();
+                return Err(ServerError::WriterBusy(wait.as_millis() as u64));
+            }
+            gate = self
+                .freed
+                .wait_timeout(gate, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        gate.queue.pop_front();
+        gate.holder = Some(owner);
+        Ok(())
     }
 
     /// True when `owner` holds the gate.
     pub fn holds(&self, owner: u64) -> bool {
-        *lock(&self.holder) == Some(owner)
+        lock(&self.gate).holder == Some(owner)
     }
 
     /// Gives the gate back (a no-op when `owner` does not hold it).
     pub fn release(&self, owner: u64) {
-        let mut holder = lock(&self.holder);
-        if *holder == Some(owner) {
-            *holder = None;
-            self.freed.notify_one();
+        let mut gate = lock(&self.gate);
+        if gate.holder == Some(owner) {
+            gate.holder = None;
+            if !gate.queue.is_empty() {
+                // Every waiter wakes and the one at the front takes it.
+                self.freed.notify_all();
+            }
         }
     }
 
@@ -272,6 +306,64 @@ mod tests {
         assert_eq!(path.committed(), 5);
         path.publish(9);
         assert_eq!(*rx.borrow_and_update(), 9);
+    }
+
+    /// A writer that gives the gate back and asks again at once goes behind the waiters: on the
+    /// old gate (whoever asked while it was free won) a waiter could starve until its timeout
+    /// behind a tight loop of writes.
+    #[test]
+    fn gate_serves_waiters_in_arrival_order() {
+        let path = Arc::new(WritePath::new(
+            Arc::new(AtomicU64::new(0)),
+            Duration::from_secs(5),
+        ));
+        path.acquire(1).unwrap();
+        let p = path.clone();
+        let waiter = std::thread::spawn(move || p.acquire_for(2, Duration::from_secs(5)));
+        while lock(&path.gate).queue.is_empty() {
+            std::thread::yield_now();
+        }
+        path.release(1);
+        assert!(
+            matches!(
+                path.acquire_for(1, Duration::ZERO),
+                Err(ServerError::WriterBusy(0))
+            ),
+            "the gate went to a writer that asked after the waiter"
+        );
+        waiter.join().unwrap().unwrap();
+        assert!(path.holds(2));
+        path.release(2);
+        path.acquire_for(1, Duration::ZERO).unwrap();
+    }
+
+    /// A waiter that times out leaves the queue, and the one behind it is served.
+    #[test]
+    fn a_waiter_that_gives_up_leaves_the_queue() {
+        let path = Arc::new(WritePath::new(
+            Arc::new(AtomicU64::new(0)),
+            Duration::from_secs(5),
+        ));
+        path.acquire(1).unwrap();
+        let p = path.clone();
+        let quick = std::thread::spawn(move || p.acquire_for(2, Duration::from_millis(30)));
+        while lock(&path.gate).queue.is_empty() {
+            std::thread::yield_now();
+        }
+        let p = path.clone();
+        let patient = std::thread::spawn(move || p.acquire_for(3, Duration::from_secs(5)));
+        while lock(&path.gate).queue.len() < 2 {
+            std::thread::yield_now();
+        }
+        assert!(matches!(
+            quick.join().unwrap(),
+            Err(ServerError::WriterBusy(30))
+        ));
+        assert_eq!(lock(&path.gate).queue.len(), 1);
+        path.release(1);
+        patient.join().unwrap().unwrap();
+        assert!(path.holds(3));
+        assert!(lock(&path.gate).queue.is_empty());
     }
 
     fn entry(seq: u64) -> Entry {
