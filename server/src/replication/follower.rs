@@ -162,11 +162,22 @@ pub(crate) async fn oplog_follow(
                 return Err(StreamError::Peer(format!("primary silent for {silence:?}")));
             }
             _ = beat.tick() => {
-                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms(), term: state.term() };
+                let Some(term) = term_to_tell(state) else { return Ok(()) };
+                let beat = Message::Heartbeat { seq: state.write_path.committed(), ts: now_ms(), term };
                 write_message(writer, &beat).await?;
             }
         }
     }
+}
+
+/// The term this follower's acknowledgements and heartbeats carry, or `None` once this node was
+/// promoted (the stream is ending: a promotion does not fence the old primary through a stream
+/// that merely had not noticed yet, which it used to do or not by the timing of one heartbeat).
+/// The term is read before the role: a promotion stops being a replica before it raises the
+/// term (`Node::promote`), so the new term is never read with the replica's role.
+fn term_to_tell(state: &Node) -> Option<u64> {
+    let term = state.term();
+    state.is_replica().then_some(term)
 }
 
 pub(crate) async fn handshake(
@@ -261,11 +272,14 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             state.replication.raise_term(term);
             state.replication.set_synced(true);
             lock(applier).reset();
+            let Some(term) = term_to_tell(state) else {
+                return Ok(());
+            };
             write_message(
                 writer,
                 &Message::Ack {
                     applied: position,
-                    term: state.term(),
+                    term,
                 },
             )
             .await?;
@@ -284,11 +298,10 @@ async fn handle<W: tokio::io::AsyncWrite + Unpin>(
             let applied = tokio::task::spawn_blocking(move || lock(&a).apply(&s, owner, &entries))
                 .await
                 .map_err(ServerError::from)??;
-            let ack = Message::Ack {
-                applied,
-                term: state.term(),
+            let Some(term) = term_to_tell(state) else {
+                return Ok(());
             };
-            write_message(writer, &ack).await?;
+            write_message(writer, &Message::Ack { applied, term }).await?;
             state.replication.update_follower(|f| {
                 f.applied_sequence = applied;
                 f.primary_sequence = f.primary_sequence.max(applied);

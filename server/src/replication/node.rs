@@ -104,13 +104,16 @@ impl Node {
         let owner = self.new_owner();
         let chain = self.under_gate(owner, || {
             self.meta.raise_term(new_term)?;
-            self.replication.raise_term(new_term);
             let chain = self
                 .meta
                 .branch(&self.instance_id, self.write_path.committed())?;
             self.meta.set_setting("role", Some("PRIMARY"))?;
             self.meta.set_setting("primary", None)?;
+            // No longer a replica before the new term shows: a follower stream that still runs
+            // and reads the new term then sees this node is no replica, and tells its old
+            // primary nothing (`follower::term_to_tell`).
             self.set_replica(false);
+            self.replication.raise_term(new_term);
             Ok(chain)
         })?;
         self.fenced.store(false, Ordering::Release);
