@@ -11,6 +11,10 @@ in front of m1, the proxy in front of m1 alone, the quick start's proxy (m1 PRIM
 REPLICA, reads to either) and the cache in front of it.
 
 Usage: python3 bench/cpu_budget.py [statements] [workload]   (default 40000 point-select)
+       python3 bench/cpu_budget.py [statements] replicas   (writes with 0 and 2 replicas, below)
+The `replicas` mode is the profile of compare.sh's section 3 (single-row INSERTs on a primary
+with `synchronous = FULL`, at 1 and 16 clients, first alone, then with two replicas attached):
+what each process spends per write, and how busy the machine is, on each side.
 DIRKDB_BIN=path uses that binary (default target/release/dirkdb: build it first with
 `cargo build --release --locked`). HAProxy is used when `haproxy` is on the machine.
 Prints a Markdown table; leaves nothing running.
@@ -62,10 +66,10 @@ def machine_busy():
     return sum(values) - idle, sum(values)
 
 
-def run_bench(binary, port, workload, statements):
+def run_bench(binary, port, workload, statements, clients=16):
     """Runs `dirkdb bench` and returns (its JSON report, its own CPU seconds)."""
     cmd = [binary, "bench", "--quiet", "--json", "--endpoint", f"127.0.0.1:{port}",
-           "-c", "16", "-w", workload, "-n", str(statements), "--warmup", "0"]
+           "-c", str(clients), "-w", workload, "-n", str(statements), "--warmup", "0"]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
@@ -135,12 +139,12 @@ def start_cluster(binary, work, procs):
     return ports
 
 
-def measure(binary, procs, via, port, workload, statements):
+def measure(binary, procs, via, port, workload, statements, clients=16):
     """One path: a warm-up pass, then `statements` measured; returns the table's row."""
-    run_bench(binary, port, workload, min(statements, 20000))
+    run_bench(binary, port, workload, min(statements, 20000), clients)
     before = {name: cpu_seconds(p.pid) for name, p in procs.items()}
     busy0, total0 = machine_busy()
-    report, bench_cpu = run_bench(binary, port, workload, statements)
+    report, bench_cpu = run_bench(binary, port, workload, statements, clients)
     busy1, total1 = machine_busy()
     after = {name: cpu_seconds(p.pid) for name, p in procs.items()}
     per = {name: (after[name] - before[name]) * 1e6 / statements for name in procs}
@@ -162,6 +166,69 @@ def print_table(rows, names):
             r["via"], r["ops"], 100 * r["busy"], cells, total, bound, r["ops"] / bound if bound else 0))
 
 
+def replica_synced(admin_port, primary_admin):
+    """True when the replica behind `admin_port` stands at the primary's committed position."""
+    import urllib.request
+
+    def get(port, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return json.loads(r.read())
+    try:
+        mine = get(admin_port, "/health")["committedSequence"]
+        theirs = get(primary_admin, "/health")["committedSequence"]
+    except (OSError, KeyError, ValueError):
+        return False
+    return mine >= theirs
+
+
+def replicas_profile(binary, statements):
+    """compare.sh's section 3 with each process's CPU per write: alone, then two replicas."""
+    work = tempfile.mkdtemp()
+    procs = {}
+    ports = {k: free_port() for k in ("m1", "m2", "m3", "a1", "a2", "a3")}
+    instances = [{"id": f"m{i}", "role": "PRIMARY" if i == 1 else "REPLICA", "host": "127.0.0.1",
+                  "port": ports[f"m{i}"], "adminPort": ports[f"a{i}"],
+                  "dataDirectory": f"{work}/m{i}"} for i in (1, 2, 3)]
+    with open(f"{work}/config.json", "w") as f:
+        json.dump({"instances": instances, "replication": {"heartbeatMillis": 500}}, f)
+    env = dict(os.environ, RUST_LOG="warn")
+
+    def start(name):
+        log = open(f"{work}/{name}.log", "w")
+        procs[name] = subprocess.Popen([binary, "server", "--config", f"{work}/config.json",
+                                        "--instance", name], stdout=log, stderr=log, env=env)
+        wait_port(ports[name])
+    try:
+        start("m1")
+        subprocess.run([binary, "bench", "--quiet", "--json", "--endpoint",
+                        f"127.0.0.1:{ports['m1']}", "--init", "--scale", "1", "-n", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"single-row INSERTs, {statements} per row after a warm-up pass, storage.synchronous "
+              f"= FULL; load at the start {os.getloadavg()[0]:.1f}\n")
+        rows = [measure(binary, procs, f"no replica, {c} client{'s' if c > 1 else ''}",
+                        ports["m1"], "insert", statements, c) for c in (1, 16)]
+        start("m2")
+        start("m3")
+        deadline = time.time() + 120
+        while not all(replica_synced(ports[a], ports["a1"]) for a in ("a2", "a3")):
+            if time.time() > deadline:
+                sys.exit("the replicas never caught up")
+            time.sleep(0.2)
+        rows += [measure(binary, procs, f"2 replicas, {c} client{'s' if c > 1 else ''}",
+                         ports["m1"], "insert", statements, c) for c in (1, 16)]
+        for r in rows:
+            for name in procs:
+                r["per"].setdefault(name, 0.0)
+        print_table(rows, ["bench client"] + list(procs))
+        print()
+        for c, i in ((1, 0), (16, 1)):
+            print(f"{c} client(s): 2 replicas ÷ none = {rows[i + 2]['ops'] / rows[i]['ops']:.2f}")
+    finally:
+        for p in procs.values():
+            p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     statements = int(sys.argv[1]) if len(sys.argv) > 1 else 40000
     workload = sys.argv[2] if len(sys.argv) > 2 else "point-select"
@@ -169,6 +236,9 @@ def main():
     binary = os.environ.get("DIRKDB_BIN", f"{root}/target/release/dirkdb")
     if not os.access(binary, os.X_OK):
         sys.exit(f"no binary at {binary}: cargo build --release --locked")
+    if workload == "replicas":
+        replicas_profile(binary, statements)
+        return
     work = tempfile.mkdtemp()
     procs = {}
     try:
