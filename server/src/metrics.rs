@@ -79,6 +79,14 @@ mod described {
         "dirkdb_follower_lag_operations",
         "Entries the primary committed that this replica has not applied.",
     );
+    pub(super) const GROUP_COMMITS: Metric = Metric::counter(
+        "dirkdb_group_commit_commits",
+        "Client commits made durable by a group sync of their WAL (storage.groupCommit).",
+    );
+    pub(super) const GROUP_SYNCS: Metric = Metric::counter(
+        "dirkdb_group_commit_syncs",
+        "WAL syncs group commit made; commits ÷ syncs is the mean group size.",
+    );
     pub(super) const FOLLOWER_FULL_SYNCS: Metric =
         Metric::counter("dirkdb_follower_full_syncs", "Full syncs received.");
 }
@@ -113,6 +121,11 @@ fn write_page(
         tls: state.security.tls.clone(),
     }
     .write(page)?;
+    if state.write_path.group_commit() {
+        let group = state.write_path.group_commit_stats();
+        page.one(&GROUP_COMMITS, group.commits)?;
+        page.one(&GROUP_SYNCS, group.syncs)?;
+    }
     page.one(&STREAM_BYTES, state.replication.sent.uncompressed())?;
     page.one(&WIRE_BYTES, state.replication.sent.wire())?;
     write_replicas(&state.replication.replicas(committed), page)?;

@@ -451,29 +451,40 @@ fn forget_refused_commit_of(conn: &Connection, error: &ServerError) {
 }
 
 /// When the session's transaction is over, publishes what it committed (its entries join the
-/// backlog) and frees the gate.
+/// backlog) and frees the gate; with group commit, frees the gate first and then waits until a
+/// sync of the database's WAL made the commit durable (see `write_path`'s doc), so the answer
+/// to the client still comes after the commit is on disk.
 fn settle_write(conn: &Connection, writer: &Writer) {
     if !writer.path.holds(writer.owner) || !conn.is_autocommit() {
         return;
     }
-    let before = writer.path.committed();
-    match store::read_file_entries(conn, &writer.database, before, usize::MAX) {
+    let before = writer.path.written();
+    let (entries, upto) = match store::read_file_entries(conn, &writer.database, before, usize::MAX)
+    {
         Ok(entries) => {
-            if let Some(last) = entries.last() {
-                writer
-                    .last_write
-                    .store(last.seq, std::sync::atomic::Ordering::Release);
-            }
-            writer.path.publish_entries(entries)
+            let upto = entries.last().map_or(before, |e| e.seq);
+            (entries, upto)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the committed entries back");
-            if let Ok(seq) = store::max_seq(conn) {
-                writer.path.publish(seq);
-            }
+            (Vec::new(), store::max_seq(conn).unwrap_or(before))
         }
+    };
+    if upto > before {
+        writer
+            .last_write
+            .store(upto, std::sync::atomic::Ordering::Release);
     }
+    writer.path.commit_entries(entries, upto, wal_of(conn));
     writer.path.release(writer.owner);
+    writer.path.make_durable(upto);
+}
+
+/// The WAL file of the database `conn` writes (SQLite names it after the database file).
+fn wal_of(conn: &Connection) -> std::path::PathBuf {
+    let mut wal = std::ffi::OsString::from(conn.path().unwrap_or_default());
+    wal.push("-wal");
+    wal.into()
 }
 
 /// Adds what the user can do about the errors whose SQLite text alone is puzzling.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dirkdb_core::clock::now_ms;
-use dirkdb_core::config::{ClusterConfig, InstanceConfig, OplogConfig, Role};
+use dirkdb_core::config::{ClusterConfig, InstanceConfig, OplogConfig, Role, Synchronous};
 
 use crate::catalog::{Catalog, ConnectionSettings};
 use crate::error::{Result, ServerError};
@@ -68,8 +68,15 @@ impl Storage {
             lease = lease.with_majority(config.instances.len(), config.failover.lease());
         }
         let lease = Arc::new(lease);
+        let group_commit = config.storage.uses_group_commit();
         let settings = ConnectionSettings {
-            synchronous: config.storage.synchronous,
+            // Group commit syncs the WAL itself, once for the commits of a group
+            // (`write_path`'s doc); SQLite's NORMAL writes it without syncing.
+            synchronous: if group_commit {
+                Synchronous::Normal
+            } else {
+                config.storage.synchronous
+            },
             busy_timeout,
             committed: committed.clone(),
             lease: lease.clone(),
@@ -87,7 +94,11 @@ impl Storage {
             instance_id: instance.id.clone(),
             catalog,
             meta,
-            write_path: Arc::new(WritePath::new(committed, busy_timeout).with_lease(lease)),
+            write_path: Arc::new(
+                WritePath::new(committed, busy_timeout)
+                    .with_lease(lease)
+                    .with_group_commit(group_commit),
+            ),
             settings,
             oplog_limits: config.replication.oplog.clone(),
             next_owner: AtomicU64::new(1),

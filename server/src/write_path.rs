@@ -10,6 +10,21 @@
 //! those already waiting, so a tight loop of writes cannot starve a snapshot, a pruning step or
 //! another session until its `busyTimeoutMs` runs out.
 //!
+//! **Group commit** (`storage.groupCommit`, on by default with `storage.synchronous = FULL`):
+//! client connections then commit with SQLite's `synchronous = NORMAL`, which writes the WAL
+//! without syncing it, and a session makes its commit durable itself after giving the gate back
+//! ([`WritePath::make_durable`]): the first session to ask syncs (`fdatasync`) the WAL of every
+//! database written since the last sync, and the sessions that committed meanwhile wait for that
+//! one sync instead of each paying its own, as PostgreSQL's WAL writer and MySQL's binlog group
+//! commit do. The durability is FULL's: nothing is acknowledged before its WAL frames are on
+//! disk. Entries are published (backlog, committed sequence, replica streams, change feeds,
+//! write-concern waiters) only once durable, in commit order, so no replica or cache ever holds
+//! a change the primary could lose to a power cut. Until then they are *written*: the capture
+//! triggers number new entries after the written sequence ([`WritePath::committed_handle`]),
+//! and every other holder of the gate (DDL of databases, promotion, pruning, snapshots, a
+//! replica's apply) first waits for the written entries to be published, so under the gate
+//! "written" and "committed" are the same, as they always were.
+//!
 //! The newest committed entries are also kept in memory (the backlog, as Redis calls it), pushed
 //! in commit order by the writer that made them while it still holds the gate, so replica streams
 //! serve live changes without reading SQLite or handing work to another thread; a stream further
@@ -17,7 +32,8 @@
 //! ([`crate::change_feed`]) read it too, and tell a reset backlog (full-sync install) from a
 //! live one by its generation ([`WritePath::resets`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -53,11 +69,41 @@ impl Gate {
     }
 }
 
+/// Group commit's queue: what sessions committed and nobody synced yet.
+#[derive(Default)]
+struct Pending {
+    /// Entries written, not yet published, in sequence order.
+    entries: Vec<Entry>,
+    /// The position to publish once they are durable (at least the last entry's sequence).
+    upto: u64,
+    /// The WAL files to sync for them.
+    files: BTreeSet<PathBuf>,
+    /// True while a session syncs (the others wait for it).
+    syncing: bool,
+}
+
+/// How many syncs group commit made, and for how many commits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Client commits made durable by a group sync.
+    pub commits: u64,
+    /// WAL syncs made (one per group and database).
+    pub syncs: u64,
+}
+
 /// The gate and the committed sequence.
 pub struct WritePath {
     gate: Mutex<Gate>,
     freed: Condvar,
-    committed: Arc<AtomicU64>,
+    /// The last sequence written to SQLite (the capture triggers number after it).
+    written: Arc<AtomicU64>,
+    /// The last sequence published: durable, in the backlog, seen by streams and waiters.
+    committed: AtomicU64,
+    group_commit: bool,
+    pending: Mutex<Pending>,
+    synced: Condvar,
+    commits: AtomicU64,
+    syncs: AtomicU64,
     notify: watch::Sender<u64>,
     wait: Duration,
     backlog: Mutex<VecDeque<Entry>>,
@@ -80,11 +126,18 @@ impl WritePath {
     /// Starts at the value of `committed` (the highest sequence on disk); writers wait at most
     /// `wait`.
     pub fn new(committed: Arc<AtomicU64>, wait: Duration) -> WritePath {
-        let (notify, _) = watch::channel(committed.load(Ordering::Acquire));
+        let start = committed.load(Ordering::Acquire);
+        let (notify, _) = watch::channel(start);
         WritePath {
             gate: Mutex::default(),
             freed: Condvar::new(),
-            committed,
+            written: committed,
+            committed: AtomicU64::new(start),
+            group_commit: false,
+            pending: Mutex::default(),
+            synced: Condvar::new(),
+            commits: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             notify,
             wait,
             backlog: Mutex::new(VecDeque::new()),
@@ -99,6 +152,26 @@ impl WritePath {
         self
     }
 
+    /// The same gate with group commit (see the module's doc): sessions' commits are published
+    /// by [`WritePath::make_durable`] once a sync of their WAL made them durable.
+    pub fn with_group_commit(mut self, on: bool) -> WritePath {
+        self.group_commit = on;
+        self
+    }
+
+    /// True when sessions' commits wait for a group sync (`storage.groupCommit`).
+    pub fn group_commit(&self) -> bool {
+        self.group_commit
+    }
+
+    /// Syncs made and commits they covered.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
+    }
+
     /// The primary's write lease.
     pub fn lease(&self) -> &Lease {
         &self.lease
@@ -110,7 +183,8 @@ impl WritePath {
     pub fn acquire_write(&self, owner: u64) -> Result<(), ServerError> {
         self.lease.check_write()?;
         let held_before = self.holds(owner);
-        self.acquire(owner)?;
+        // A session does not wait for the others' syncs here: that is what groups them.
+        self.take_gate(owner, self.wait)?;
         if let Err(refused) = self.lease.check_write_holding_gate() {
             if !held_before {
                 self.release(owner);
@@ -120,9 +194,16 @@ impl WritePath {
         Ok(())
     }
 
-    /// The shared counter the `dirk_committed()` SQL function reads.
+    /// The shared counter the `dirk_committed()` SQL function reads: the last sequence written
+    /// (the capture triggers number new entries after it).
     pub fn committed_handle(&self) -> Arc<AtomicU64> {
-        self.committed.clone()
+        self.written.clone()
+    }
+
+    /// The last sequence written to SQLite; above [`WritePath::committed`] only while group
+    /// commit has entries that are not durable yet.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 
     /// The last committed sequence.
@@ -140,8 +221,17 @@ impl WritePath {
         self.acquire_for(owner, self.wait)
     }
 
-    /// Takes the gate, waiting at most `wait` behind the writers that asked before.
+    /// Takes the gate, waiting at most `wait` behind the writers that asked before; then waits
+    /// until what group commit wrote is published, so that the holder sees written and
+    /// committed equal (see the module's doc).
     pub fn acquire_for(&self, owner: u64, wait: Duration) -> Result<(), ServerError> {
+        self.take_gate(owner, wait)?;
+        self.make_durable(self.written());
+        Ok(())
+    }
+
+    /// Takes the gate, waiting at most `wait` behind the writers that asked before.
+    fn take_gate(&self, owner: u64, wait: Duration) -> Result<(), ServerError> {
         let mut gate = lock(&self.gate);
         if gate.holder == Some(owner) {
             return Ok(());
@@ -190,6 +280,53 @@ impl WritePath {
         }
     }
 
+    /// A session's transaction just committed `entries` (in order, under the gate) into the
+    /// database whose WAL is `wal`, ending at `upto`: published at once without group commit;
+    /// with it, written now and published by [`WritePath::make_durable`].
+    pub fn commit_entries(&self, entries: Vec<Entry>, upto: u64, wal: PathBuf) {
+        if !self.group_commit {
+            self.publish_entries(entries);
+            self.publish(upto);
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        self.written.fetch_max(upto, Ordering::AcqRel);
+        if upto <= self.committed() {
+            return;
+        }
+        pending.entries.extend(entries);
+        pending.upto = pending.upto.max(upto);
+        pending.files.insert(wal);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns once `seq` is published: at once without group commit or when it already is;
+    /// else this caller syncs every WAL written since the last sync and publishes what they
+    /// hold (the group's leader), or waits for the sync under way and then looks again.
+    pub fn make_durable(&self, seq: u64) {
+        let mut pending = lock(&self.pending);
+        while self.committed() < seq && (pending.syncing || !pending.files.is_empty()) {
+            if pending.syncing {
+                pending = self.synced.wait(pending).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let entries = std::mem::take(&mut pending.entries);
+            let files = std::mem::take(&mut pending.files);
+            let upto = pending.upto;
+            pending.syncing = true;
+            drop(pending);
+            for file in &files {
+                sync_wal(file);
+            }
+            self.syncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+            self.publish_entries(entries);
+            self.publish(upto);
+            pending = lock(&self.pending);
+            pending.syncing = false;
+            self.synced.notify_all();
+        }
+    }
+
     /// Sets the committed sequence to `seq` even when lower (a replica that installed a full
     /// sync now stands exactly at the snapshot's position).
     pub fn reset(&self, seq: u64) {
@@ -198,6 +335,7 @@ impl WritePath {
             backlog.clear();
             self.resets.fetch_add(1, Ordering::AcqRel);
         }
+        self.written.store(seq, Ordering::Release);
         self.committed.store(seq, Ordering::Release);
         self.notify.send_replace(seq);
     }
@@ -275,10 +413,30 @@ impl WritePath {
 
     /// Makes `seq` the committed sequence when it is higher, and wakes the waiters.
     pub fn publish(&self, seq: u64) {
+        self.written.fetch_max(seq, Ordering::AcqRel);
         let previous = self.committed.fetch_max(seq, Ordering::AcqRel);
         if seq > previous {
             self.notify.send_replace(seq);
         }
+    }
+}
+
+/// Syncs one database's WAL to disk (`fdatasync`). A WAL that is gone was checkpointed into its
+/// database file and removed by SQLite, which syncs the database file first. A sync that
+/// fails leaves the commits in doubt, and after a failed sync the kernel may report the next
+/// one clean although the pages were dropped (PostgreSQL's "fsyncgate"), so, as PostgreSQL
+/// does, the process stops rather than acknowledge them; at its restart SQLite recovers exactly
+/// what reached the disk.
+fn sync_wal(path: &std::path::Path) {
+    let synced = match std::fs::File::open(path) {
+        Ok(file) => file.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(error) = synced {
+        tracing::error!(file = %path.display(), %error, "cannot sync a WAL file: stopping, so that no commit in doubt is acknowledged");
+        eprintln!("dirkdb: cannot sync {}: {error}; stopping", path.display());
+        std::process::abort();
     }
 }
 
@@ -364,6 +522,98 @@ mod tests {
         patient.join().unwrap().unwrap();
         assert!(path.holds(3));
         assert!(lock(&path.gate).queue.is_empty());
+    }
+
+    fn grouped() -> (Arc<WritePath>, tempfile::TempDir, PathBuf) {
+        // On the crate's own disk, not a tmpfs: the syncs are real.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let wal = dir.path().join("d.db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let path = WritePath::new(Arc::new(AtomicU64::new(0)), Duration::from_secs(5))
+            .with_group_commit(true);
+        (Arc::new(path), dir, wal)
+    }
+
+    /// Group commit: a commit is written (the triggers number after it) but not published
+    /// until a sync; one sync covers every commit made before it; a holder of the gate other
+    /// than a session finds everything published.
+    #[test]
+    fn group_commit_publishes_after_one_sync_for_the_whole_group() {
+        let (path, _dir, wal) = grouped();
+        for (owner, seq) in [(1, 1), (2, 2), (3, 3)] {
+            path.take_gate(owner, Duration::ZERO).unwrap();
+            path.commit_entries(vec![entry(seq)], seq, wal.clone());
+            path.release(owner);
+            assert_eq!((path.written(), path.committed()), (seq, 0));
+            assert!(
+                path.from_backlog(0, seq, 10).is_none(),
+                "nothing published yet"
+            );
+        }
+        path.make_durable(2);
+        assert_eq!(path.committed(), 3, "the sync covered the whole group");
+        assert_eq!(
+            path.group_commit_stats(),
+            GroupCommitStats {
+                commits: 3,
+                syncs: 1
+            }
+        );
+        let seqs: Vec<u64> = path
+            .from_backlog(0, 3, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        path.make_durable(3);
+        assert_eq!(path.group_commit_stats().syncs, 1, "nothing left to sync");
+        path.take_gate(4, Duration::ZERO).unwrap();
+        path.commit_entries(vec![entry(4)], 4, wal.clone());
+        path.release(4);
+        path.acquire(5).unwrap();
+        assert_eq!(
+            path.committed(),
+            4,
+            "the gate's next holder waited for the sync"
+        );
+        path.release(5);
+    }
+
+    /// Many sessions committing at once: every commit is published once durable, in order,
+    /// with no gap, and a session's `make_durable` returns only once its own entry is published.
+    #[test]
+    fn group_commit_under_concurrent_sessions_publishes_every_entry_in_order() {
+        let (path, _dir, wal) = grouped();
+        let sessions: Vec<_> = (0..8)
+            .map(|owner| {
+                let (path, wal) = (path.clone(), wal.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..40 {
+                        path.take_gate(owner, Duration::from_secs(5)).unwrap();
+                        let seq = path.written() + 1;
+                        path.commit_entries(vec![entry(seq)], seq, wal.clone());
+                        path.release(owner);
+                        path.make_durable(seq);
+                        assert!(path.committed() >= seq);
+                    }
+                })
+            })
+            .collect();
+        for s in sessions {
+            s.join().unwrap();
+        }
+        assert_eq!(path.committed(), 320);
+        let seqs: Vec<u64> = path
+            .from_backlog(0, 320, 1_000)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (1..=320).collect::<Vec<_>>());
+        let stats = path.group_commit_stats();
+        assert_eq!(stats.commits, 320);
+        assert!(stats.syncs >= 1 && stats.syncs <= 320, "{stats:?}");
     }
 
     fn entry(seq: u64) -> Entry {

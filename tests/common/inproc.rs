@@ -134,6 +134,16 @@ pub(crate) async fn primary() -> Primary {
 
 /// Starts a primary whose config has `extra` top-level sections (see [`config_text`]).
 pub(crate) async fn primary_with(extra: &str) -> Primary {
+    start_primary(extra, false).await
+}
+
+/// Starts a primary with `storage.synchronous = FULL` (the default a user gets, so group
+/// commit), where the other tests save their time with NORMAL.
+pub(crate) async fn primary_full() -> Primary {
+    start_primary("", true).await
+}
+
+async fn start_primary(extra: &str, full: bool) -> Primary {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, proxy) = (listeners().await, listeners().await);
     let ports = [
@@ -142,7 +152,11 @@ pub(crate) async fn primary_with(extra: &str) -> Primary {
         port_of(&proxy.sql),
         proxy.admin.as_ref().map_or(0, port_of),
     ];
-    let config = ClusterConfig::parse(&config_text(dir.path(), ports, extra)).expect("test config");
+    let mut text = config_text(dir.path(), ports, extra);
+    if full {
+        text = text.replace(r#""synchronous": "NORMAL""#, r#""synchronous": "FULL""#);
+    }
+    let config = ClusterConfig::parse(&text).expect("test config");
     let part = server_part(server, config.clone(), "m1");
     Primary {
         dir,
