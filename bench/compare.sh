@@ -58,6 +58,10 @@ json.dump(c, open(f"{work}/config-one.json", "w"))
 PY
 start() { RUST_LOG=warn "$bin" "$@" 2>>"$work/process-${#pids[@]}.log" & pids+=($!); disown; }
 want() { [[ $sections == *$1* ]]; }
+# Stops every process and starts the next section on new data directories: in section 1 the
+# proxy gave m1 a write lease, and a primary that once held one refuses writes until a proxy
+# renews it again (fencing, README "Leases"), while sections 2 and 3 run the servers alone.
+fresh() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work/m1" "$work/m2" "$work/m3"; }
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 committed() { curl -s "127.0.0.1:$1/replication/status" | python3 -c 'import json,sys;print(json.load(sys.stdin)["committedSequence"])'; }
 wait_synced() { for _ in $(seq 1200); do local t; t=$(committed $A1); ok=1; for a in "$@"; do [ "$(committed $a)" = "$t" ] || ok=0; done; [ $ok = 1 ] && return; sleep 0.1; done; echo "replicas did not catch up"; exit 1; }
@@ -171,7 +175,7 @@ echo "the change feed), with storage.synchronous=NORMAL, since one connection ca
 echo "fsyncs a second on this disk."
 echo
 sed 's/"replication": {/"storage": { "synchronous": "NORMAL" }, "replication": {/' "$work/config.json" > "$work/config-normal.json"
-for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; sleep 0.3
+fresh
 start server --config "$work/config-normal.json" --instance m1; wait_port $P1
 start server --config "$work/config-normal.json" --instance m2; wait_port $P2
 wait_synced $A2
@@ -187,8 +191,9 @@ fi
 if want 3; then
 echo "## 3. Write throughput on the primary (single-row INSERTs, synchronous=FULL)"
 echo
-for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; sleep 0.3
+fresh
 start server --config "$work/config.json" --instance m1; wait_port $P1
+"$bin" bench --quiet --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 >/dev/null
 declare -A w=()
 for c in 1 16; do out=$(bench --endpoint 127.0.0.1:$P1 -c $c -w insert); w[0_$c]=$(field "$out" 'd["ops_per_sec"]' "$out"); done
 start server --config "$work/config.json" --instance m2; wait_port $P2
