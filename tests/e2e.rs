@@ -2,7 +2,9 @@
 //! `autotests = false` and one `[[test]]`), each file of `tests/` a module of it, with the harness
 //! of `tests/common/` compiled once. Each test file used to be a binary of its own: on a fresh
 //! clone the 22 of them were compiled and linked one by one, and each ran alone, its slowest test
-//! leaving the other test thread idle. Here one harness runs every test, two at a time on two cores.
+//! leaving the other test thread idle. Here one harness runs every test, four at a time on two
+//! cores (`.cargo/config.toml` sets `RUST_TEST_THREADS`): most of a test's time is spent waiting
+//! on the processes it started, so two threads left the cores idle.
 //!
 //!   cargo test --workspace --test e2e                    # all of them
 //!   cargo test --workspace --test e2e fault_e2e::        # one file's tests
