@@ -175,12 +175,21 @@ mod tests {
 
     #[test]
     fn both_ends_must_ask_for_it() {
+        let none = CompressionConfig {
+            kind: CompressionType::None,
+            level: 3,
+        };
         assert_eq!(offer(&zstd(3)).as_deref(), Some("zstd"));
-        assert_eq!(offer(&CompressionConfig::default()), None);
+        assert_eq!(offer(&none), None);
+        assert_eq!(
+            offer(&CompressionConfig::default()).as_deref(),
+            Some("zstd"),
+            "on by default"
+        );
         assert_eq!(agreed(&zstd(5), Some("ZSTD")), Some(5));
         assert_eq!(agreed(&zstd(5), None), None);
         assert_eq!(agreed(&zstd(5), Some("gzip")), None);
-        assert_eq!(agreed(&CompressionConfig::default(), Some("zstd")), None);
+        assert_eq!(agreed(&none, Some("zstd")), None);
     }
 
     /// Units written through the compressing writer, read back over a real pipe

@@ -406,13 +406,13 @@ fn a_snapshot_copies_while_writers_go_on_and_stands_at_its_position() {
     let s = primary.clone();
     let started = std::time::Instant::now();
     let taking = std::thread::spawn(move || super::snapshot::take(&s));
-    let mut longest = Duration::ZERO;
+    let (mut longest, mut during) = (Duration::ZERO, 0);
     while !taking.is_finished() {
         let one = std::time::Instant::now();
         write(&primary, "INSERT INTO t(v) VALUES ('during')");
         longest = longest.max(one.elapsed());
-        // A client's next statement comes a round trip later (the gate is not fair to a
-        // thread that takes it again at once).
+        during += 1;
+        // A client's next statement comes a round trip later.
         std::thread::sleep(Duration::from_millis(1));
     }
     let snapshot = taking
@@ -425,9 +425,11 @@ fn a_snapshot_copies_while_writers_go_on_and_stands_at_its_position() {
         took > Duration::from_millis(20),
         "the copy took {took:?}: too small to tell"
     );
+    // The old snapshot held the gate for the whole copy: the first write waited for nearly
+    // all of it and one or two got through. Bounds loose enough for a loaded machine.
     assert!(
-        longest * 4 < took,
-        "a write waited {longest:?} while the snapshot took {took:?}"
+        during >= 5 && longest * 2 < took,
+        "{during} writes during the snapshot's {took:?}, the longest waited {longest:?}"
     );
     let copy = rusqlite::Connection::open(snapshot.dir.join("d.db")).unwrap();
     assert_eq!(
