@@ -7,10 +7,15 @@
 #      both; storage.synchronous=FULL, write concern 0, single-row INSERTs;
 #   2. lag between masters, commit on the owner -> visible on another master, p50/p99/max at
 #      1,000 and 2,000 writes/s (and a primary -> replica figure at the same rates), measured by
-#      `dirkdb bench --measure-lag --poll` with storage.synchronous=NORMAL as in bench/compare.sh
-#      (one connection cannot commit 2,000 fsyncs a second here).
+#      `dirkdb bench --measure-lag --poll --pipeline 64` with storage.synchronous=NORMAL as in
+#      bench/compare.sh (one connection cannot commit 2,000 fsyncs a second here): the writer
+#      sends each INSERT at its time without waiting for the previous answer (at most 64
+#      unanswered), so one connection reaches the rate; rows still commit in id order, and each
+#      row's lag counts from its own acknowledgement.
 # Usage: bench/multi_primary.sh [seconds-per-run]   (default 8; about 4 minutes; leaves nothing
-#        running). DIRKDB_BIN=path uses that binary instead of building target/release/dirkdb.
+#        running). DIRKDB_BIN=path uses that binary instead of building target/release/dirkdb;
+#        DIRKDB_BENCH_BIN=path runs `dirkdb bench` from another binary (the same load generator
+#        against two server builds).
 # Needs python3 and curl besides cargo. Prints Markdown tables for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +26,7 @@ else
   cargo build --release --quiet --bin dirkdb
   bin=$PWD/target/release/dirkdb
 fi
+bench_bin=${DIRKDB_BENCH_BIN:-$bin}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -29,7 +35,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 start() { RUST_LOG=warn "$bin" "$@" 2>>"$work/process-${#pids[@]}.log" & pids+=($!); disown; }
 wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
-bench() { "$bin" bench --quiet --json --warmup 2 -d "$secs" "$@"; }
+bench() { "$bench_bin" bench --quiet --json --warmup 2 -d "$secs" "$@"; }
 field() { python3 -c "import json,sys;d=json.loads(sys.argv[1]);print($2)" "$3"; }
 client() { "$bin" client 127.0.0.1 "$1" -c "$2" >/dev/null; }
 # Runs `client` until it succeeds (the proxy's first health round, a database just created on
@@ -163,12 +169,13 @@ echo
 
 echo "## Lag between masters, commit on the owner -> visible on another master (synchronous=NORMAL)"
 echo
-echo "\`dirkdb bench --measure-lag --poll\`: one connection writes lagprobe on its owner at the rate"
-echo "asked; another connection polls the other instance (resolution: one poll round trip)."
+echo "\`dirkdb bench --measure-lag --poll --pipeline 64\`: one connection writes lagprobe on its owner at"
+echo "the rate asked (each INSERT at its time, at most 64 unanswered); another connection polls the"
+echo "other instance (resolution: one poll round trip)."
 echo
 boot NORMAL
 read -r L1 _ _ <<<"$(names lag 'DB:{},DB:{}|TABLE:lagprobe')"
-lag() { "$bin" bench --quiet --json --endpoint 127.0.0.1:$1 --measure-lag --poll --replica 127.0.0.1:$2 --rate $3 -d "$secs" --warmup 1 --database $4; }
+lag() { "$bench_bin" bench --quiet --json --endpoint 127.0.0.1:$1 --measure-lag --poll --pipeline 64 --replica 127.0.0.1:$2 --rate $3 -d "$secs" --warmup 1 --database $4; }
 echo "| from -> to | writes/s asked | achieved | lag p50 ms | p99 ms | max ms | poll round trip p50 ms |"
 echo "|---|---|---|---|---|---|---|"
 for rate in 1000 2000; do

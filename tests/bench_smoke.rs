@@ -1,6 +1,7 @@
 //! Smoke tests of `dirkdb bench` against real `dirkdb server` processes: each workload kind
 //! runs, `-n` runs exactly that many operations, a custom SQL file works, an unreachable
-//! endpoint exits with status 2, and `--measure-lag` measures a replica.
+//! endpoint exits with status 2, and `--measure-lag` measures a replica (also with its writes
+//! pipelined, `--pipeline`).
 
 use crate::common;
 
@@ -149,4 +150,30 @@ fn measure_lag_on_a_replica() {
         lag["method"], "feed",
         "the replica's change feed is watched: {lag}"
     );
+}
+
+#[test]
+fn measure_lag_with_pipelined_writes_keeps_rows_and_positions_in_step() {
+    let cluster = Cluster::start(1, r#"{ "maxEntries": 1000000 }"#);
+    let lag = bench_ok(&[
+        "--endpoint",
+        &cluster.addr(0),
+        "--measure-lag",
+        "--replica",
+        &cluster.addr(1),
+        "-d",
+        "2",
+        "--rate",
+        "400",
+        "--pipeline",
+        "16",
+    ]);
+    assert_eq!(u64_field(&lag, "pipeline"), 16, "{lag}");
+    assert_eq!(u64_field(&lag, "errors"), 0, "{lag}");
+    assert_eq!(u64_field(&lag, "unseen"), 0, "{lag}");
+    assert!(u64_field(&lag, "writes") > 1, "{lag}");
+    assert_eq!(u64_field(&lag, "samples"), u64_field(&lag, "writes"));
+    // The feed's positions map one to one onto the ids only when the first row's position was
+    // asked with nothing else in flight and the rows committed in id order.
+    assert_eq!(lag["method"], "feed", "{lag}");
 }

@@ -102,6 +102,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = value_parser!(u64).range(1..=1_000_000))]
     pub rate: u64,
+    /// --measure-lag's writer sends each INSERT on schedule without waiting for the previous
+    /// one's answer, with at most N unanswered (pipelining; 1 waits for each answer): one
+    /// connection then reaches rates its round trip alone would not, and its rows still commit
+    /// in id order.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "measure_lag",
+          value_parser = value_parser!(u32).range(1..=4096))]
+    pub pipeline: u32,
     /// Who every connection authenticates as.
     #[command(flatten)]
     pub credentials: crate::credentials::CredentialArgs,
@@ -247,6 +254,10 @@ mod tests {
         assert!(parse(&["-w", "custom"]).is_err());
         assert!(parse(&["--measure-lag"]).is_err());
         assert!(parse(&["--poll"]).is_err(), "--poll needs --measure-lag");
+        assert!(parse(&["--pipeline", "8"]).is_err(), "--pipeline needs --measure-lag");
+        assert!(parse(&["--measure-lag", "--replica", "r:1", "--pipeline", "0"]).is_err());
+        let a = parse(&["--measure-lag", "--replica", "r:1", "--pipeline", "32"]).unwrap();
+        assert_eq!(a.pipeline, 32);
         assert!(parse(&["--database", "x; DROP"]).is_err());
         assert!(parse(&["--read-ratio", "1.5"]).is_err());
         assert!(parse(&["-d", "0"]).is_err());

@@ -6,7 +6,12 @@
 //!   rows into `lagprobe` with explicit, strictly increasing ids, paced evenly at `--rate` per
 //!   second (a late writer catches up on its schedule, but never by more than [`MAX_BEHIND`]:
 //!   beyond that the schedule restarts, so a stall does not turn into a burst). Each row's
-//!   acknowledgement time is kept.
+//!   acknowledgement time is kept. By default the writer waits for each answer before the next
+//!   INSERT, so one round trip bounds its rate; with `--pipeline N` it sends each INSERT at its
+//!   time with up to N unanswered (the server runs them in order, one autocommit transaction
+//!   each), so rows still commit in id order and each row's lag still counts from its own
+//!   acknowledgement. The first row is always written alone, so that `DIRK POSITION` right
+//!   after it gives that row's position.
 //! * The watcher follows the replica's change feed (`DIRK CHANGES`): the replica pushes a notice
 //!   each time its applied position moves, so nothing polls and the measurement takes no CPU
 //!   from the replica it measures. The writer learns the position of its first and last rows
@@ -30,6 +35,7 @@
 //! highest one already there, and the watcher waits until the replica holds the table and has
 //! caught up with those rows, so old rows never pass for new ones.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,6 +82,8 @@ pub struct LagPlan {
     pub credentials: Option<Credentials>,
     /// Poll the replica even when it has a change feed (`--poll`).
     pub poll: bool,
+    /// INSERTs sent ahead without their answer at most (`--pipeline`; 1: none).
+    pub pipeline: u32,
 }
 
 impl LagPlan {
@@ -103,6 +111,7 @@ impl LagPlan {
                 .unwrap_or(Duration::from_secs(DEFAULT_SECONDS)),
             credentials,
             poll: args.poll,
+            pipeline: args.pipeline.max(1),
         })
     }
 }
@@ -329,6 +338,7 @@ async fn write(
     written: Arc<AtomicU64>,
 ) -> Writes {
     let interval = Duration::from_secs_f64(1.0 / plan.rate as f64);
+    let depth = plan.pipeline.max(1) as usize;
     let started = Instant::now();
     let end = started + plan.duration;
     let mut writes = Writes {
@@ -339,29 +349,41 @@ async fn write(
         first_position: None,
         last_position: None,
     };
+    // INSERTs sent and not answered yet, oldest first: their ids and when each was sent.
+    let mut in_flight: VecDeque<(i64, Instant)> = VecDeque::new();
     let (mut next, mut id) = (started, base);
-    while next < end {
-        tokio::time::sleep_until(next.into()).await;
-        id += 1;
-        let sql = format!(
-            "INSERT INTO {TABLE}(id, written_ms) VALUES ({id}, {})",
-            unix_ms()
-        );
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(&sql)).await {
-            Ok(Ok(_)) => {
-                writes.acks.push((id, Instant::now()));
-                written.fetch_add(1, Ordering::Relaxed);
-                if writes.acks.len() == 1 {
-                    writes.first_position = position(&mut client).await;
-                }
-            }
-            Ok(Err(e)) => {
-                let fatal = e.is_fatal();
+    loop {
+        // Alone until the first row is acknowledged (its position is asked right after it).
+        let limit = if writes.acks.is_empty() { 1 } else { depth };
+        let may_send = next < end && in_flight.len() < limit;
+        let now = Instant::now();
+        if may_send && now >= next {
+            next = slot(next, now);
+            id += 1;
+            let sql = format!(
+                "INSERT INTO {TABLE}(id, written_ms) VALUES ({id}, {})",
+                unix_ms()
+            );
+            if let Err(e) = client.send_statement(&sql).await {
                 writes.failed(e.to_string());
-                if fatal {
-                    break;
-                }
+                break;
             }
+            in_flight.push_back((id, now));
+            next += interval;
+            continue;
+        }
+        let Some(&(_, oldest)) = in_flight.front() else {
+            if next >= end {
+                break;
+            }
+            tokio::time::sleep_until(next.into()).await;
+            continue;
+        };
+        let give_up = oldest + STATEMENT_TIMEOUT;
+        let wake = if may_send { next.min(give_up) } else { give_up };
+        let frame = match tokio::time::timeout_at(wake.into(), client.next_frame()).await {
+            // Reading a frame is cancel-safe: bytes already read stay in the client's buffer.
+            Err(_) if Instant::now() < give_up => continue,
             Err(_) => {
                 writes.failed(format!(
                     "no response within {} s",
@@ -369,11 +391,37 @@ async fn write(
                 ));
                 break;
             }
+            Ok(Err(e)) => {
+                writes.failed(e.to_string());
+                break;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        // An answer ends with a message; pages of rows before it are not answers.
+        if !matches!(frame, dirkdb_core::frame::Frame::Message(_)) {
+            continue;
         }
-        next = next_slot(next, interval, Instant::now());
+        let Some((acked, _)) = in_flight.pop_front() else {
+            writes.failed(format!("an answer to nothing sent: {frame:?}"));
+            break;
+        };
+        if let Some(reason) = frame.error_text() {
+            writes.failed(ClientError::Server(reason.to_string()).to_string());
+            continue;
+        }
+        writes.acks.push((acked, Instant::now()));
+        written.fetch_add(1, Ordering::Relaxed);
+        if writes.acks.len() == 1 {
+            writes.first_position = position(&mut client).await;
+        }
     }
     writes.elapsed = started.elapsed();
-    writes.last_position = position(&mut client).await;
+    // After a failure with answers outstanding, the position would not be the last row's.
+    writes.last_position = if in_flight.is_empty() {
+        position(&mut client).await
+    } else {
+        None
+    };
     let _ = done.send(Some(Done {
         id: writes.acks.last().map_or(base, |a| a.0),
         position: writes.last_position,
@@ -388,13 +436,13 @@ impl Writes {
     }
 }
 
-/// The next write's time: one interval later, unless that is more than [`MAX_BEHIND`] ago.
-fn next_slot(previous: Instant, interval: Duration, now: Instant) -> Instant {
-    let next = previous + interval;
-    if now > next + MAX_BEHIND {
+/// The time a write due at `scheduled` and sent `now` counts for: its schedule, unless that is
+/// more than [`MAX_BEHIND`] ago (then the schedule restarts now).
+fn slot(scheduled: Instant, now: Instant) -> Instant {
+    if now > scheduled + MAX_BEHIND {
         now
     } else {
-        next
+        scheduled
     }
 }
 
@@ -471,6 +519,8 @@ pub struct LagSummary {
     pub replica: String,
     /// Writes per second asked for.
     pub target_rate: u64,
+    /// INSERTs the writer sent ahead of their answers at most (`--pipeline`).
+    pub pipeline: u32,
     /// Seconds spent writing.
     pub seconds: f64,
     /// Acknowledged writes.
@@ -510,6 +560,7 @@ fn summarize(plan: &LagPlan, writes: Writes, polls: Polls) -> Result<LagSummary,
         primary: plan.primary.clone(),
         replica: plan.replica.clone(),
         target_rate: plan.rate,
+        pipeline: plan.pipeline,
         seconds: writes.elapsed.as_secs_f64(),
         writes: writes.acks.len() as u64,
         errors: writes.errors,
@@ -541,6 +592,7 @@ impl LagSummary {
             "workload": "measure-lag",
             "seconds": round(self.seconds, 3),
             "target_rate": self.target_rate,
+            "pipeline": self.pipeline,
             "achieved_rate": round(self.achieved_rate(), 1),
             "writes": self.writes,
             "errors": self.errors,
@@ -593,8 +645,12 @@ impl LagSummary {
         if self.errors > 0 || self.achieved_rate() >= 0.95 * self.target_rate as f64 {
             return String::new();
         }
+        let how = match self.pipeline {
+            1 => "one connection waiting for each answer (--pipeline N sends ahead)".to_string(),
+            n => format!("one connection with up to {n} INSERTs unanswered"),
+        };
         format!(
-            "note         one connection wrote at {:.0}/s at most: the lag figures are at that rate\n",
+            "note         {how} wrote at {:.0}/s at most: the lag figures are at that rate\n",
             self.achieved_rate()
         )
     }
@@ -645,10 +701,10 @@ mod tests {
     fn pacing_catches_up_a_little_then_restarts() {
         let t0 = Instant::now();
         let ms = Duration::from_millis(1);
-        assert_eq!(next_slot(t0, ms, t0), t0 + ms);
-        assert_eq!(next_slot(t0, ms, t0 + ms * 20), t0 + ms);
+        assert_eq!(slot(t0, t0), t0);
+        assert_eq!(slot(t0, t0 + ms * 20), t0, "20 ms late: caught up on the schedule");
         let late = t0 + Duration::from_millis(200);
-        assert_eq!(next_slot(t0, ms, late), late);
+        assert_eq!(slot(t0, late), late, "200 ms late: the schedule restarts");
     }
 
     #[test]
@@ -677,6 +733,7 @@ mod tests {
             duration: Duration::from_secs(1),
             credentials: None,
             poll: false,
+            pipeline: 1,
         };
         let s = summarize(&plan, writes, polls).unwrap();
         assert_eq!((s.samples, s.unseen, s.writes), (3, 0, 3));
