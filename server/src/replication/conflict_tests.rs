@@ -2,7 +2,8 @@
 //! handing each one's own entries (with its knowledge steps) to the other's real applier: a
 //! partitioned home that kept writing, the object moved to the other master meanwhile, then
 //! both streams applied — the conflicts detected row by row, resolved per strategy, and both
-//! masters end with equal digests.
+//! masters end with equal digests. Also, with the same harness: the meta file's copy of a
+//! stream's position trails the files' without losing the position at a restart.
 
 use dirkdb_core::config::ClusterConfig;
 use dirkdb_core::rendezvous::{self, ObjectRef};
@@ -292,4 +293,52 @@ fn changes_made_in_view_of_each_other_are_no_conflict() {
     assert_eq!(pair.rows(1)[0], row(1, "second"));
     assert_eq!(pair.digest(1), pair.digest(2));
     assert!(pair.conflicts(1).is_empty());
+}
+
+#[test]
+fn the_meta_file_trails_the_files_and_a_restart_resumes_from_the_files() {
+    let mut pair = Pair::open("SOURCE_WINS");
+    let t = pair.table.clone();
+    let hour = std::time::Duration::from_secs(3600);
+    let mut applier = PeerApplier::new("m1").with_meta_every(hour);
+    let mut at = pair.at.1;
+    for i in 0..5 {
+        pair.write(1, &format!("INSERT INTO {t} VALUES ({}, 'x')", 10 + i));
+        let batch = pair.stream_of(1, at);
+        at = applier.apply(&pair.m2, &batch, Some("h1")).unwrap().position;
+    }
+    pair.at.1 = at;
+    let meta_seq = |state: &ServerState| -> i64 {
+        state
+            .meta
+            .with(|c| {
+                c.query_row(
+                    "SELECT seq FROM _dirk_peer_positions WHERE origin = 'm1'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap()
+    };
+    let stored = meta_seq(&pair.m2);
+    assert!(
+        stored > 0 && (stored as u64) < at,
+        "the meta file is written at the first batch only: {stored}, applied {at}"
+    );
+    // A restart resumes from the highest position kept, the file's, in the history stored.
+    let peers = super::peers::Peers::default();
+    let loaded = super::peers::load_positions(&pair.m2, &peers, &["m1".to_string()]).unwrap();
+    assert_eq!(loaded["m1"], (at, Some("h1".to_string())));
+    assert_eq!(peers.applied("m1"), at);
+    // The stream's heartbeat brings the meta file up to what was applied, once.
+    assert!(applier.store_position_if_behind(&pair.m2, Some("h1")).unwrap());
+    assert_eq!(meta_seq(&pair.m2) as u64, at);
+    assert!(!applier.store_position_if_behind(&pair.m2, Some("h1")).unwrap());
+    // Another history is stored at once.
+    pair.write(1, &format!("INSERT INTO {t} VALUES (20, 'x')"));
+    let batch = pair.stream_of(1, at);
+    let at = applier.apply(&pair.m2, &batch, Some("h2")).unwrap().position;
+    let loaded = super::peers::load_positions(&pair.m2, &peers, &["m1".to_string()]).unwrap();
+    assert_eq!(loaded["m1"], (at, Some("h2".to_string())));
+    assert_eq!(meta_seq(&pair.m2) as u64, at);
 }

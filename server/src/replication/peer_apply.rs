@@ -8,6 +8,17 @@
 //! go through the meta file first (live set and the origin's position in one transaction), then
 //! the file operation, as on the owner.
 //!
+//! The meta file's copy of the position (`_dirk_peer_positions`, with the origin's history) is
+//! not written after every batch. A restart resumes from the highest of the meta file's and the
+//! files' positions, and the files hold the position of every run they applied, so the meta
+//! file is written only when it must carry the position itself (a run of a database dropped
+//! here, which no file records; the first batch since start; another history), otherwise at
+//! most once per [`META_POSITION_EVERY`], and at the stream's heartbeat when it is behind
+//! ([`PeerApplier::store_position_if_behind`]). Written after every batch (before issue #16's
+//! lag work), it cost a meta-file commit per batch under the writer gate: an fsync per batch
+//! with `synchronous = FULL`, and with NORMAL the meta file's inline WAL checkpoint (two
+//! fsyncs) every thousand batches, which made the tail of the lag between masters.
+//!
 //! Entries must rise; gaps are allowed (entries of a database the origin dropped since). An
 //! entry at or below the file's stored position is skipped, so a batch sent again after a crash
 //! or a reconnection is applied once. Entries of a database this master does not hold are
@@ -39,6 +50,7 @@
 //!   replaces a row that collides with it on another UNIQUE constraint.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 
@@ -52,10 +64,21 @@ use crate::error::{Result, ServerError};
 use crate::meta::update_live_set;
 use crate::oplog::{Entry, Op};
 
+/// How often at most the meta file's copy of an origin's position is written while batches
+/// arrive (see the module's documentation).
+pub(crate) const META_POSITION_EVERY: Duration = Duration::from_secs(1);
+
 /// Applies one origin's entries; keeps one connection per database between batches.
 pub(crate) struct PeerApplier {
     origin: String,
     conns: HashMap<String, Connection>,
+    /// The origin's last entry applied by this applier.
+    applied: u64,
+    /// What the meta file holds of the origin's position: the sequence, the history and when
+    /// this applier wrote them (`None`: not yet since start).
+    meta: Option<(u64, Option<String>, Instant)>,
+    /// [`META_POSITION_EVERY`] (tests set more).
+    meta_every: Duration,
 }
 
 /// One `PeerEntries` batch: the origin's entries and what it knew of the others' streams when
@@ -83,7 +106,60 @@ impl PeerApplier {
         PeerApplier {
             origin: origin.to_string(),
             conns: HashMap::new(),
+            applied: 0,
+            meta: None,
+            meta_every: META_POSITION_EVERY,
         }
+    }
+
+    /// The same applier writing the meta file's copy of the position at most once per `every`
+    /// while batches arrive.
+    #[cfg(test)]
+    pub(crate) fn with_meta_every(mut self, every: Duration) -> PeerApplier {
+        self.meta_every = every;
+        self
+    }
+
+    /// True when the meta file's copy of the position must be written with `seq` now: never
+    /// written since start, another history, a position no database file records
+    /// (`unrecorded`), or the last write older than [`META_POSITION_EVERY`].
+    fn meta_due(&self, seq: u64, history: Option<&str>, unrecorded: bool) -> bool {
+        match &self.meta {
+            None => true,
+            Some((stored, h, at)) => {
+                seq > *stored
+                    && (unrecorded
+                        || (history.is_some() && h.as_deref() != history)
+                        || at.elapsed() >= self.meta_every)
+            }
+        }
+    }
+
+    fn store_meta(&mut self, state: &Node, seq: u64, history: Option<&str>) -> Result<()> {
+        state
+            .meta
+            .with(|conn| store_meta_position(conn, &self.origin, seq, history))?;
+        let history = history
+            .map(str::to_string)
+            .or_else(|| self.meta.as_ref().and_then(|m| m.1.clone()));
+        self.meta = Some((seq, history, Instant::now()));
+        Ok(())
+    }
+
+    /// Writes the position applied into the meta file when the meta file is behind it (called
+    /// at the stream's heartbeat, so the meta file's copy trails by a heartbeat at most once
+    /// batches stop); returns whether it wrote.
+    pub(crate) fn store_position_if_behind(
+        &mut self,
+        state: &Node,
+        history: Option<&str>,
+    ) -> Result<bool> {
+        let behind = self.meta.as_ref().is_none_or(|m| self.applied > m.0);
+        if self.applied == 0 || !behind {
+            return Ok(false);
+        }
+        self.store_meta(state, self.applied, history)?;
+        Ok(true)
     }
 
     /// The origin whose entries this applier applies.
@@ -126,6 +202,8 @@ impl PeerApplier {
         };
         let owner = state.new_owner();
         let mut applied = 0;
+        // A run of a database dropped here moves the position without any file recording it.
+        let mut unrecorded = false;
         state.under_gate(owner, || {
             for run in fresh.chunk_by(|a, b| a.db == b.db) {
                 let run_last = run.last().map(|e| e.seq).unwrap_or(0);
@@ -135,13 +213,17 @@ impl PeerApplier {
                     }
                     applied += run.len() as u64;
                 } else {
-                    applied += self.apply_run(state, run, &batch.known)?;
+                    match self.apply_run(state, run, &batch.known)? {
+                        Some(n) => applied += n,
+                        None => unrecorded = true,
+                    }
                 }
+                self.applied = self.applied.max(run_last);
                 state.peers.advance(&self.origin, run_last);
             }
-            state
-                .meta
-                .with(|conn| store_meta_position(conn, &self.origin, last, history))?;
+            if self.meta_due(last, history, unrecorded) {
+                self.store_meta(state, last, history)?;
+            }
             Ok(())
         })?;
         Ok(Applied {
@@ -159,6 +241,9 @@ impl PeerApplier {
             store_meta_position(&tx, &self.origin, e.seq, None)?;
             tx.commit()
         })?;
+        if let Some(meta) = &mut self.meta {
+            meta.0 = meta.0.max(e.seq);
+        }
         match e.op {
             Op::CreateDatabase => {
                 state.catalog.create(&name, true)?;
@@ -208,13 +293,14 @@ impl PeerApplier {
 
     /// Applies one database's run in one transaction with the origin's position, each row
     /// change judged against this master's version of the row first (a conflict is recorded
-    /// and resolved, or held, see `super::conflicts`); returns the entries applied.
-    fn apply_run(&mut self, state: &Node, run: &[&Entry], known: &[Known]) -> Result<u64> {
+    /// and resolved, or held, see `super::conflicts`); returns the entries applied, or `None`
+    /// when the database was dropped here (the run skipped, its position in no file).
+    fn apply_run(&mut self, state: &Node, run: &[&Entry], known: &[Known]) -> Result<Option<u64>> {
         let origin = self.origin.clone();
         let db = run[0].db.clone();
         let Some(conn) = self.connection(state, &db)? else {
             tracing::warn!(%origin, database = %db, entries = run.len(), "entries of a database dropped here skipped: the DROP DATABASE wins over writes made before the origin applied it");
-            return Ok(0);
+            return Ok(None);
         };
         let tx = conn.unchecked_transaction()?;
         let stored = file_position(&tx, &origin)?;
@@ -246,7 +332,7 @@ impl PeerApplier {
         tx.commit()?;
         state.peers.knowledge.note(&db, &origin, after, last);
         judge.publish(resolutions)?;
-        Ok(applied)
+        Ok(Some(applied))
     }
 }
 

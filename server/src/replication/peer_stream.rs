@@ -4,8 +4,10 @@
 //! connects to that master's SQL port, switches to the replication protocol, sends `PeerHello`
 //! with its applied position and the origin's history, then applies each `PeerEntries` batch
 //! ([`super::peer_apply`]) and acknowledges it; both sides heartbeat, and a silent origin counts
-//! as gone. Any failure reconnects with exponential backoff (0.1 s to 1 s); a failure is logged
-//! and shown in `/replication/status` (`peers`), never dropped.
+//! as gone. At its heartbeat the asker also brings the meta file's copy of the origin's position
+//! up to what it applied (the files record it with every batch; see `super::peer_apply`). Any
+//! failure reconnects with exponential backoff (0.1 s to 1 s); a failure is logged and shown in
+//! `/replication/status` (`peers`), never dropped.
 //!
 //! Origin side ([`serve_peer`]): continues from the position asked when its oplog still holds
 //! everything after it in the same history, else refuses naming the knob; streams only the
@@ -169,6 +171,8 @@ async fn stream_from(
                 let seq = state.peers.applied(origin);
                 write_message(&mut writer, &Message::Heartbeat { seq, ts: now_ms(), term }).await?;
                 writer.flush().await?;
+                let h = history.clone();
+                on_blocking(state, applier, move |s, a| a.store_position_if_behind(s, h.as_deref())).await??;
             }
         }
     }
@@ -183,6 +187,25 @@ async fn next(units: &mut Units, silence: Duration) -> Result<Message, StreamErr
     }
 }
 
+/// Runs `f` with the applier on a blocking thread.
+async fn on_blocking<T: Send + 'static>(
+    state: &Arc<Node>,
+    applier: &mut PeerApplier,
+    f: impl FnOnce(&Node, &mut PeerApplier) -> T + Send + 'static,
+) -> Result<T, StreamError> {
+    let s = state.clone();
+    let placeholder = PeerApplier::new(applier.origin());
+    let mut taken = std::mem::replace(applier, placeholder);
+    let (result, taken) = tokio::task::spawn_blocking(move || {
+        let result = f(&s, &mut taken);
+        (result, taken)
+    })
+    .await
+    .map_err(ServerError::from)?;
+    *applier = taken;
+    Ok(result)
+}
+
 /// Applies one batch on a blocking thread; returns the origin's position now.
 async fn apply(
     state: &Arc<Node>,
@@ -191,16 +214,10 @@ async fn apply(
     history: Option<String>,
 ) -> Result<u64, StreamError> {
     let last = batch.entries.last().map(|e| (e.seq, e.ts));
-    let s = state.clone();
-    let mut taken = std::mem::replace(applier, PeerApplier::new(""));
-    let (result, taken) = tokio::task::spawn_blocking(move || {
-        let result = taken.apply(&s, &batch, history.as_deref());
-        (result, taken)
+    let applied = on_blocking(state, applier, move |s, a| {
+        a.apply(s, &batch, history.as_deref())
     })
-    .await
-    .map_err(ServerError::from)?;
-    *applier = taken;
-    let applied = result?;
+    .await??;
     state.peers.update(applier.origin(), |s| {
         s.entries_applied += applied.entries;
         if let Some((seq, ts)) = last {

@@ -12,8 +12,10 @@
 //!   another origin, and its own sequence stays its own.
 //! * Positions (this module): one per origin, a vector. Each database file stores, in the same
 //!   transaction as the rows applied, the origin's sequence it reached (`_dirk_origins`); the
-//!   meta file stores each origin's position and history after every batch and with each
-//!   CREATE/DROP DATABASE applied (`_dirk_peer_positions`). At start the position of an origin
+//!   meta file stores each origin's position and history (`_dirk_peer_positions`) with each
+//!   CREATE/DROP DATABASE applied, with a run no file records (a database dropped here), at the
+//!   first batch since start or of another history, and otherwise at most once a second and at
+//!   the stream's heartbeat (`super::peer_apply`). At start the position of an origin
 //!   is the highest of them, so a restart resumes each stream from its own position, and an
 //!   entry at or below a file's stored position is never applied twice.
 //! * Read-your-writes across masters: `DIRK WAIT ORIGINS <timeout_ms> <id>=<seq> …` answers once
