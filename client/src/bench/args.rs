@@ -254,7 +254,10 @@ mod tests {
         assert!(parse(&["-w", "custom"]).is_err());
         assert!(parse(&["--measure-lag"]).is_err());
         assert!(parse(&["--poll"]).is_err(), "--poll needs --measure-lag");
-        assert!(parse(&["--pipeline", "8"]).is_err(), "--pipeline needs --measure-lag");
+        assert!(
+            parse(&["--pipeline", "8"]).is_err(),
+            "--pipeline needs --measure-lag"
+        );
         assert!(parse(&["--measure-lag", "--replica", "r:1", "--pipeline", "0"]).is_err());
         let a = parse(&["--measure-lag", "--replica", "r:1", "--pipeline", "32"]).unwrap();
         assert_eq!(a.pipeline, 32);

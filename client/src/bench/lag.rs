@@ -702,7 +702,11 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis(1);
         assert_eq!(slot(t0, t0), t0);
-        assert_eq!(slot(t0, t0 + ms * 20), t0, "20 ms late: caught up on the schedule");
+        assert_eq!(
+            slot(t0, t0 + ms * 20),
+            t0,
+            "20 ms late: caught up on the schedule"
+        );
         let late = t0 + Duration::from_millis(200);
         assert_eq!(slot(t0, late), late, "200 ms late: the schedule restarts");
     }

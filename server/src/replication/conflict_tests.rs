@@ -305,7 +305,10 @@ fn the_meta_file_trails_the_files_and_a_restart_resumes_from_the_files() {
     for i in 0..5 {
         pair.write(1, &format!("INSERT INTO {t} VALUES ({}, 'x')", 10 + i));
         let batch = pair.stream_of(1, at);
-        at = applier.apply(&pair.m2, &batch, Some("h1")).unwrap().position;
+        at = applier
+            .apply(&pair.m2, &batch, Some("h1"))
+            .unwrap()
+            .position;
     }
     pair.at.1 = at;
     let meta_seq = |state: &ServerState| -> i64 {
@@ -331,13 +334,20 @@ fn the_meta_file_trails_the_files_and_a_restart_resumes_from_the_files() {
     assert_eq!(loaded["m1"], (at, Some("h1".to_string())));
     assert_eq!(peers.applied("m1"), at);
     // The stream's heartbeat brings the meta file up to what was applied, once.
-    assert!(applier.store_position_if_behind(&pair.m2, Some("h1")).unwrap());
+    assert!(applier
+        .store_position_if_behind(&pair.m2, Some("h1"))
+        .unwrap());
     assert_eq!(meta_seq(&pair.m2) as u64, at);
-    assert!(!applier.store_position_if_behind(&pair.m2, Some("h1")).unwrap());
+    assert!(!applier
+        .store_position_if_behind(&pair.m2, Some("h1"))
+        .unwrap());
     // Another history is stored at once.
     pair.write(1, &format!("INSERT INTO {t} VALUES (20, 'x')"));
     let batch = pair.stream_of(1, at);
-    let at = applier.apply(&pair.m2, &batch, Some("h2")).unwrap().position;
+    let at = applier
+        .apply(&pair.m2, &batch, Some("h2"))
+        .unwrap()
+        .position;
     let loaded = super::peers::load_positions(&pair.m2, &peers, &["m1".to_string()]).unwrap();
     assert_eq!(loaded["m1"], (at, Some("h2".to_string())));
     assert_eq!(meta_seq(&pair.m2) as u64, at);
