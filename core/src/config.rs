@@ -436,7 +436,7 @@ config_enum!(
     }
 );
 
-/// `replication.compression`: `{"type": "ZSTD", "level": 3}` (the default) compresses what a
+/// `replication.compression`: `{"type": "ZSTD", "level": 3}` compresses what a
 /// primary sends its replicas (entries, heartbeats, full-sync snapshots, FILE copies) when the
 /// replica asks for it too; either end set to NONE (or a node that predates compression) keeps
 /// the stream plain.
@@ -456,11 +456,11 @@ impl CompressionConfig {
 }
 
 impl Default for CompressionConfig {
-    /// ZSTD level 3: measured on loopback (BENCHMARKS.md, "Compression") it costs no write
-    /// throughput or lag, and a full sync of text went 20 × smaller and faster.
+    /// NONE (level 3 once turned on): on loopback zstd cost a full sync of a 2.4 GB database
+    /// 3.4 × its throughput (74 against 249 MB/s, BENCHMARKS.md "Compression").
     fn default() -> Self {
         Self {
-            kind: CompressionType::Zstd,
+            kind: CompressionType::None,
             level: 3,
         }
     }
@@ -1411,7 +1411,7 @@ mod tests {
         assert_eq!(
             default.replication.compression,
             CompressionConfig {
-                kind: CompressionType::Zstd,
+                kind: CompressionType::None,
                 level: 3
             }
         );
