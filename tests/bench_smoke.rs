@@ -124,20 +124,26 @@ fn an_unreachable_endpoint_exits_with_status_2() {
     assert!(summary.is_null());
 }
 
-#[test]
-fn measure_lag_on_a_replica() {
+/// `--measure-lag` for 2 s against a new primary and its replica, with `extra` arguments.
+fn lag_on_a_replica(extra: &[&str]) -> Value {
     let cluster = Cluster::start(1, r#"{ "maxEntries": 1000000 }"#);
-    let lag = bench_ok(&[
+    let (primary, replica) = (cluster.addr(0), cluster.addr(1));
+    let mut args = vec![
         "--endpoint",
-        &cluster.addr(0),
+        &primary,
         "--measure-lag",
         "--replica",
-        &cluster.addr(1),
+        &replica,
         "-d",
         "2",
-        "--rate",
-        "200",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    bench_ok(&args)
+}
+
+#[test]
+fn measure_lag_on_a_replica() {
+    let lag = lag_on_a_replica(&["--rate", "200"]);
     assert!(u64_field(&lag, "samples") > 0, "{lag}");
     assert_eq!(u64_field(&lag, "unseen"), 0, "{lag}");
     assert_eq!(u64_field(&lag, "errors"), 0, "{lag}");
@@ -154,20 +160,7 @@ fn measure_lag_on_a_replica() {
 
 #[test]
 fn measure_lag_with_pipelined_writes_keeps_rows_and_positions_in_step() {
-    let cluster = Cluster::start(1, r#"{ "maxEntries": 1000000 }"#);
-    let lag = bench_ok(&[
-        "--endpoint",
-        &cluster.addr(0),
-        "--measure-lag",
-        "--replica",
-        &cluster.addr(1),
-        "-d",
-        "2",
-        "--rate",
-        "400",
-        "--pipeline",
-        "16",
-    ]);
+    let lag = lag_on_a_replica(&["--rate", "400", "--pipeline", "16"]);
     assert_eq!(u64_field(&lag, "pipeline"), 16, "{lag}");
     assert_eq!(u64_field(&lag, "errors"), 0, "{lag}");
     assert_eq!(u64_field(&lag, "unseen"), 0, "{lag}");
