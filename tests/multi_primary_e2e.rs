@@ -797,6 +797,158 @@ async fn a_master_killed_and_restarted_catches_up_from_its_per_origin_positions(
     }
 }
 
+/// Copies directory `from` to `to` (made), files and subdirectories.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Inserts `values` into `utilisateurs` (m1's) straight on m1, one statement each, retried while
+/// m1 does not own it yet (back from a restart, before the proxy's inputs).
+async fn insert_on_m1(cluster: &LocalCluster, values: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for v in values {
+        loop {
+            let mut c = cluster.master(1).await;
+            let done = match c.execute("USE testdb").await {
+                Ok(_) => c
+                    .execute(&format!("INSERT INTO utilisateurs (v) VALUES ('{v}')"))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("insert {v} on m1: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("insert {v} on m1: {e}\n{}", cluster.log()),
+            }
+        }
+    }
+}
+
+/// Master `m`'s position in `origin`'s stream (its committed sequence for its own id).
+fn position(cluster: &LocalCluster, m: usize, origin: &str) -> u64 {
+    let c = http(cluster.masters[m - 1].1, "GET", "/replication/checksum", "");
+    c["positions"][origin].as_u64().unwrap_or(0)
+}
+
+/// Gap 1 of issue #16's review: m1's data directory is restored to an older copy (same history)
+/// and m1 commits other rows past where m2 stood in its stream before m2 reconnects. m2's hello
+/// carries the checksum of the last entry it applied from m1, m1's entry at that sequence is now
+/// another, and m1 refuses the stream saying why, rather than m2 skipping m1's new entries up to
+/// its position unseen.
+#[tokio::test]
+async fn an_origin_restored_to_older_data_that_committed_past_a_master_is_refused_not_skipped() {
+    let mut cluster = LocalCluster::start_separate(|text| text);
+    cluster.wait_for_ownership();
+    let mut c = cluster.proxy().await;
+    c.execute("CREATE DATABASE testdb").await.unwrap();
+    c.execute("USE testdb").await.unwrap();
+    c.execute("CREATE TABLE utilisateurs (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    for n in 0..3 {
+        c.execute(&format!("INSERT INTO utilisateurs (v) VALUES ('kept{n}')"))
+            .await
+            .unwrap();
+    }
+    drop(c);
+    cluster.wait_converged();
+
+    // A copy of m1's data directory, taken while m1 is stopped.
+    let data = cluster.dir.path().join("data");
+    let backup = cluster.dir.path().join("m1-backup");
+    cluster.kill9(1);
+    copy_dir(&data.join("m1"), &backup);
+    cluster.spawn(0);
+    cluster.wait_for_ownership();
+    let copied = position(&cluster, 1, "m1");
+
+    // m1 commits more; m2 applies it; m2 stops.
+    let lost: Vec<String> = (0..5).map(|n| format!("lost{n}")).collect();
+    insert_on_m1(&cluster, &lost).await;
+    let applied = position(&cluster, 1, "m1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while position(&cluster, 2, "m1") < applied {
+        assert!(
+            Instant::now() < deadline,
+            "m2 applies m1's writes\n{}",
+            cluster.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill9(2);
+
+    // m1 is restored from the copy and commits other rows, past m2's position.
+    cluster.kill9(1);
+    std::fs::remove_dir_all(data.join("m1")).unwrap();
+    copy_dir(&backup, &data.join("m1"));
+    cluster.spawn(0);
+    assert_eq!(
+        position(&cluster, 1, "m1"),
+        copied,
+        "m1 stands where the copy did"
+    );
+    let new: Vec<String> = (0..8).map(|n| format!("new{n}")).collect();
+    insert_on_m1(&cluster, &new).await;
+    let now = position(&cluster, 1, "m1");
+    assert!(now > applied, "m1 committed past m2's {applied}: {now}");
+
+    // m2 comes back: m1 refuses its stream, naming both and what to do, in m2's status.
+    cluster.spawn(1);
+    let error_on_m2 = || {
+        let status = cluster.master_status(2);
+        status["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|s| s["origin"] == "m1").cloned())
+            .map(|s| {
+                (
+                    s["state"].as_str().unwrap_or_default().to_string(),
+                    s["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (state, error) = loop {
+        let (state, error) = error_on_m2();
+        if error.contains("restored to an older copy") || Instant::now() > deadline {
+            break (state, error);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        error.contains(&format!("m2 applied m1's entry {applied} with checksum"))
+            && error.contains("m1's data directory was restored to an older copy")
+            && error.contains("Rebuild m2 from a copy of m1's data directory"),
+        "state {state}, error {error:?}\n{}",
+        cluster.log()
+    );
+    assert_eq!(state, "Refused");
+    // And m2 applied none of m1's new rows: nothing was skipped silently or applied halfway.
+    let mut d = cluster.master(2).await;
+    d.execute("USE testdb").await.unwrap();
+    let rows = d
+        .query("SELECT count(*) FROM utilisateurs WHERE v LIKE 'new%'")
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows[0][0].as_i64(), Some(0), "{rows:?}");
+    assert_eq!(position(&cluster, 2, "m1"), applied);
+    eprintln!("m2 on m1's stream: {error}");
+}
+
 /// DirkDB's file with write concern 1 and a quick failover: health checks every 100 ms, an
 /// instance down after 2 failed checks, `failover.detectionMillis` 1000, leases of 1500 ms
 /// (longer than a health round that waits 500 ms for a paused master).

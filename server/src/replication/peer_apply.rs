@@ -2,7 +2,8 @@
 //!
 //! Consecutive entries of one database are applied in one transaction on a connection whose
 //! triggers and foreign-key actions are off (as a replica applies), and the same transaction
-//! stores the origin's position in the file (`_dirk_origins`). Unlike a replica, the entries are
+//! stores the origin's position in the file (`_dirk_origins`, with the checksum of the
+//! origin's entry at that position, which the next hello carries back to the origin). Unlike a replica, the entries are
 //! not written into this master's oplog: its oplog holds only what it committed itself, which
 //! is all it streams, so nothing applied from one origin is ever sent on. CREATE/DROP DATABASE
 //! go through the meta file first (live set and the origin's position in one transaction), then
@@ -30,11 +31,16 @@
 //! * Entries at or below the origin's position here (`Peers::applied`, the highest of the
 //!   meta file's and the files' stored positions): applied already. The origin continues a
 //!   stream only within a history this master streamed and at or below its own committed
-//!   sequence (`peer_stream::continue_from`), so they are the entries that were applied. Not
-//!   caught: an origin whose data directory was restored to an older copy under the same
-//!   history and that committed past this master's position again before this master
-//!   reconnected; its new entries up to that position are skipped unseen (the hello would need
-//!   the last applied entry's checksum).
+//!   sequence (`peer_stream::continue_from`), and only when its own entry at that sequence has
+//!   the checksum of the entry this master applied there (stored with the position, in the
+//!   file's `_dirk_origins` and the meta file's `_dirk_peer_positions`, and sent in the
+//!   hello), so they are the entries that were applied. An origin whose data directory was
+//!   restored to an older copy under the same history and that committed past this master's
+//!   position again refuses the stream (`peer_stream::verify_last_applied`), shown in
+//!   `/replication/status`. Not caught (the stream continues unverified): a position stored
+//!   without a checksum (by a version before it was recorded; the next batch stores one), and
+//!   an entry at the position that the origin no longer holds (pruned at its oplog's floor, or
+//!   of a database it dropped since).
 //! * Entries at or below a file's own stored position (`_dirk_origins`, written in the
 //!   transaction of the rows): that file has them (a batch sent again after a crash).
 //! * Gaps in the origin's sequence: its oplog holds only its own commits, and a database it
@@ -52,13 +58,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use super::apply::apply_entry;
 use super::knowledge::{self, Known};
 use super::node::Node;
 use super::peer_conflicts::{Outcome, RunJudge};
-use super::peers::{file_position, mark_dropped, store_meta_position, was_dropped, FILE_SCHEMA};
+use super::peers::{
+    file_position, file_schema, mark_dropped, store_file_position, store_meta_position,
+    was_dropped, Mark,
+};
 use crate::catalog::open_apply_connection;
 use crate::error::{Result, ServerError};
 use crate::meta::update_live_set;
@@ -72,8 +81,8 @@ pub(crate) const META_POSITION_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct PeerApplier {
     origin: String,
     conns: HashMap<String, Connection>,
-    /// The origin's last entry applied by this applier.
-    applied: u64,
+    /// The origin's last entry applied by this applier, with its checksum.
+    applied: Mark,
     /// What the meta file holds of the origin's position: the sequence, the history and when
     /// this applier wrote them (`None`: not yet since start).
     meta: Option<(u64, Option<String>, Instant)>,
@@ -106,7 +115,7 @@ impl PeerApplier {
         PeerApplier {
             origin: origin.to_string(),
             conns: HashMap::new(),
-            applied: 0,
+            applied: Mark::default(),
             meta: None,
             meta_every: META_POSITION_EVERY,
         }
@@ -135,10 +144,11 @@ impl PeerApplier {
         }
     }
 
-    fn store_meta(&mut self, state: &Node, seq: u64, history: Option<&str>) -> Result<()> {
+    fn store_meta(&mut self, state: &Node, mark: Mark, history: Option<&str>) -> Result<()> {
+        let seq = mark.seq;
         state
             .meta
-            .with(|conn| store_meta_position(conn, &self.origin, seq, history))?;
+            .with(|conn| store_meta_position(conn, &self.origin, mark, history))?;
         let history = history
             .map(str::to_string)
             .or_else(|| self.meta.as_ref().and_then(|m| m.1.clone()));
@@ -154,8 +164,8 @@ impl PeerApplier {
         state: &Node,
         history: Option<&str>,
     ) -> Result<bool> {
-        let behind = self.meta.as_ref().is_none_or(|m| self.applied > m.0);
-        if self.applied == 0 || !behind {
+        let behind = self.meta.as_ref().is_none_or(|m| self.applied.seq > m.0);
+        if self.applied.seq == 0 || !behind {
             return Ok(false);
         }
         self.store_meta(state, self.applied, history)?;
@@ -194,7 +204,7 @@ impl PeerApplier {
             previous = previous.max(e.seq);
         }
         let fresh: Vec<&Entry> = entries.iter().filter(|e| e.seq > start).collect();
-        let Some(last) = fresh.last().map(|e| e.seq) else {
+        let Some(last) = fresh.last().map(|e| mark_of(e)) else {
             return Ok(Applied {
                 position: start,
                 entries: 0,
@@ -206,7 +216,7 @@ impl PeerApplier {
         let mut unrecorded = false;
         state.under_gate(owner, || {
             for run in fresh.chunk_by(|a, b| a.db == b.db) {
-                let run_last = run.last().map(|e| e.seq).unwrap_or(0);
+                let run_last = run.last().map(|e| mark_of(e)).unwrap_or_default();
                 if run[0].db.is_empty() {
                     for e in run {
                         self.apply_database_event(state, e)?;
@@ -218,16 +228,18 @@ impl PeerApplier {
                         None => unrecorded = true,
                     }
                 }
-                self.applied = self.applied.max(run_last);
-                state.peers.advance(&self.origin, run_last);
+                if run_last.seq > self.applied.seq {
+                    self.applied = run_last;
+                }
+                state.peers.advance_to(&self.origin, run_last);
             }
-            if self.meta_due(last, history, unrecorded) {
+            if self.meta_due(last.seq, history, unrecorded) {
                 self.store_meta(state, last, history)?;
             }
             Ok(())
         })?;
         Ok(Applied {
-            position: last,
+            position: last.seq,
             entries: applied,
         })
     }
@@ -238,7 +250,7 @@ impl PeerApplier {
             let tx = conn.unchecked_transaction()?;
             update_live_set(&tx, &name, e.op)?;
             mark_dropped(&tx, &name, e.op == Op::DropDatabase)?;
-            store_meta_position(&tx, &self.origin, e.seq, None)?;
+            store_meta_position(&tx, &self.origin, mark_of(e), None)?;
             tx.commit()
         })?;
         if let Some(meta) = &mut self.meta {
@@ -283,7 +295,7 @@ impl PeerApplier {
                 Err(e) => return Err(e),
             };
             let conn = open_apply_connection(database.path(), &state.settings)?;
-            conn.execute_batch(FILE_SCHEMA)?;
+            file_schema(&conn)?;
             conn.execute_batch(knowledge::FILE_SCHEMA)?;
             conn.execute_batch(super::conflicts::FILE_SCHEMA)?;
             self.conns.insert(db.to_string(), conn);
@@ -320,12 +332,9 @@ impl PeerApplier {
             judge.applied(&tx, e)?;
             applied += 1;
         }
-        let last = run.last().map(|e| e.seq).unwrap_or(stored).max(stored);
-        tx.execute(
-            "INSERT INTO _dirk_origins(origin, seq) VALUES (?1, ?2) \
-             ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq",
-            params![origin, last.min(i64::MAX as u64) as i64],
-        )?;
+        let run_last = run.last().map(|e| mark_of(e)).unwrap_or_default();
+        store_file_position(&tx, &origin, run_last)?;
+        let last = run_last.seq.max(stored);
         let after = state.write_path.committed();
         knowledge::record(&tx, &origin, after, last)?;
         let resolutions = judge.write_resolutions(&tx, after)?;
@@ -356,6 +365,14 @@ fn apply_tolerant(tx: &Connection, e: &Entry) -> std::result::Result<(), String>
             apply_entry(tx, &insert)
         }
         other => other,
+    }
+}
+
+/// An entry's position with its checksum (what the hello carries back to its origin).
+fn mark_of(e: &Entry) -> Mark {
+    Mark {
+        seq: e.seq,
+        crc: Some(e.crc),
     }
 }
 

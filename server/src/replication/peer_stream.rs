@@ -2,7 +2,7 @@
 //!
 //! Asking side ([`run`]): one task per other master, for as long as the server runs. It
 //! connects to that master's SQL port, switches to the replication protocol, sends `PeerHello`
-//! with its applied position and the origin's history, then applies each `PeerEntries` batch
+//! with its applied position, the checksum of the entry applied there and the origin's history, then applies each `PeerEntries` batch
 //! ([`super::peer_apply`]) and acknowledges it; both sides heartbeat, and a silent origin counts
 //! as gone. At its heartbeat the asker also brings the meta file's copy of the origin's position
 //! up to what it applied (the files record it with every batch; see `super::peer_apply`). Any
@@ -10,7 +10,9 @@
 //! `/replication/status` (`peers`), never dropped.
 //!
 //! Origin side ([`serve_peer`]): continues from the position asked when its oplog still holds
-//! everything after it in the same history, else refuses naming the knob; streams only the
+//! everything after it in the same history, else refuses naming the knob; refuses also when
+//! the asker's position is past its committed sequence, or its own entry there is not the one
+//! the asker applied (the hello's checksum; its data directory was replaced or restored); streams only the
 //! entries it committed itself (its oplog holds nothing else), from the in-memory backlog or
 //! the oplog files; counts the asker's acknowledgements like a replica's (write concerns).
 
@@ -110,11 +112,13 @@ async fn stream_from(
         .into_iter()
         .find(|s| s.origin == origin)
         .and_then(|s| s.history);
+    let mark = state.peers.applied_mark(origin);
     let hello = Message::PeerHello {
         instance: state.instance_id.clone(),
         origin: origin.to_string(),
         history: history.clone(),
-        seq: state.peers.applied(origin),
+        seq: mark.seq,
+        crc: mark.crc,
     };
     write_message(&mut writer, &hello).await?;
     let silence = state.replication.silence();
@@ -307,7 +311,57 @@ fn continue_from(state: &Node, hello: &PeerHello) -> Result<u64, String> {
     if seq < floor {
         return Err(oplog_window_message(me, &hello.instance, seq, floor));
     }
+    verify_last_applied(state, hello)?;
     Ok(seq)
+}
+
+/// Refuses the stream when this master's own entry at the asker's position is not the one the
+/// asker applied there (its checksum differs): this master's data directory was restored to an
+/// older copy and committed other entries under the same sequences since, so continuing would
+/// skip its new entries up to that position unseen. Allowed unverified: a hello without a
+/// checksum (an asker of an older version, or a position stored before checksums were), and a
+/// position whose entry this master no longer holds (pruned at the oplog's floor, or an entry
+/// of a database dropped since, which takes its entries with it).
+fn verify_last_applied(state: &Node, hello: &PeerHello) -> Result<(), String> {
+    let (Some(crc), seq) = (hello.crc, hello.seq) else {
+        return Ok(());
+    };
+    if seq == 0 {
+        return Ok(());
+    }
+    let me = &state.instance_id;
+    let own = own_entry(state, seq).map_err(|e| e.to_string())?;
+    match own {
+        Some(entry) if entry.crc != crc => Err(format!(
+            "{asker} applied {me}'s entry {seq} with checksum {crc:08x}, but {me}'s entry {seq} \
+             is now another (checksum {:08x}): {me}'s data directory was restored to an older \
+             copy and {me} committed other changes since, so {me}'s entries up to {seq} would \
+             be skipped unseen; {asker} holds changes {me} lost. Rebuild {asker} from a copy of \
+             {me}'s data directory (after recovering what {asker} holds of {me}'s objects), or \
+             restore {me} from a copy that has entry {seq} as {asker} applied it",
+            entry.crc,
+            asker = hello.instance,
+        )),
+        Some(_) => Ok(()),
+        None => {
+            tracing::info!(master = %hello.instance, seq, "this master no longer holds its entry at the position asked (pruned, or of a database dropped since): continuing unverified");
+            Ok(())
+        }
+    }
+}
+
+/// This master's own entry at `seq`, when its oplog still holds it.
+fn own_entry(state: &Node, seq: u64) -> crate::error::Result<Option<Entry>> {
+    let sources = state.oplog_sources()?;
+    let found = store::merge(
+        &sources,
+        Filter::Range {
+            after: seq - 1,
+            to: seq,
+        },
+        1,
+    )?;
+    Ok(found.into_iter().find(|e| e.seq == seq))
 }
 
 fn oplog_window_message(me: &str, peer: &str, seq: u64, floor: u64) -> String {

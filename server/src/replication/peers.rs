@@ -11,7 +11,9 @@
 //!   are not written into the local oplog, so a master never re-sends what it applied from
 //!   another origin, and its own sequence stays its own.
 //! * Positions (this module): one per origin, a vector. Each database file stores, in the same
-//!   transaction as the rows applied, the origin's sequence it reached (`_dirk_origins`); the
+//!   transaction as the rows applied, the origin's sequence it reached and the checksum of the
+//!   origin's entry there (`_dirk_origins`, [`Mark`]; the hello carries it so that an origin
+//!   restored to older data refuses rather than resumes past entries it no longer has); the
 //!   meta file stores each origin's position and history (`_dirk_peer_positions`) with each
 //!   CREATE/DROP DATABASE applied, with a run no file records (a database dropped here), at the
 //!   first batch since start or of another history, and otherwise at most once a second and at
@@ -37,15 +39,67 @@ use crate::storage::Storage;
 use dirkdb_core::clock::now_ms;
 use dirkdb_core::sync::lock;
 
-/// The meta file's table of per-origin positions.
+/// The meta file's table of per-origin positions (`crc`: the checksum of the origin's entry at
+/// `seq`, added by [`meta_schema`] to a table made before it was recorded).
 const META_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _dirk_peer_positions (
-    origin TEXT PRIMARY KEY, seq INTEGER NOT NULL, history TEXT);
+    origin TEXT PRIMARY KEY, seq INTEGER NOT NULL, history TEXT, crc INTEGER);
 CREATE TABLE IF NOT EXISTS _dirk_peer_dropped (name TEXT PRIMARY KEY);";
 
-/// Each database file's table of the origins' positions its rows stand at.
-pub(crate) const FILE_SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS _dirk_origins (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL)";
+/// Each database file's table of the origins' positions its rows stand at, with the checksum
+/// of the origin's entry at that position (see [`file_schema`]).
+const FILE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS _dirk_origins (
+    origin TEXT PRIMARY KEY, seq INTEGER NOT NULL, crc INTEGER)";
+
+/// An origin's position here and the checksum of its entry there (`None`: not recorded, a
+/// position stored before checksums were, or nothing applied yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The origin's last sequence applied.
+    pub seq: u64,
+    /// The CRC of the origin's entry at `seq`, as applied.
+    pub crc: Option<u32>,
+}
+
+impl Mark {
+    /// The later of two marks; at the same sequence the one with a checksum.
+    fn max(self, other: Mark) -> Mark {
+        if other.seq > self.seq || (other.seq == self.seq && self.crc.is_none()) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Creates a database file's `_dirk_origins`, adding the `crc` column to one made before it.
+pub(crate) fn file_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(FILE_SCHEMA)?;
+    add_crc_column(conn, "_dirk_origins")
+}
+
+/// Adds the `crc` column to `table` when it lacks it (a file or meta file of an older version).
+fn add_crc_column(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+    if !has_column(conn, table, "crc")? {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN crc INTEGER"))?;
+    }
+    Ok(())
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+fn crc_of(value: Option<i64>) -> Option<u32> {
+    value.and_then(|v| u32::try_from(v).ok())
+}
 
 /// What a master asking for a stream said.
 #[derive(Debug, Clone)]
@@ -58,6 +112,8 @@ pub(crate) struct PeerHello {
     pub history: Option<String>,
     /// Its applied position in the origin's stream.
     pub seq: u64,
+    /// The checksum of the origin's entry at `seq` as it applied it (`None`: not known).
+    pub crc: Option<u32>,
 }
 
 /// The state of one origin's stream on this master.
@@ -124,6 +180,8 @@ pub struct Checkpoint {
 /// Per-origin positions and stream states.
 pub struct Peers {
     applied: watch::Sender<BTreeMap<String, u64>>,
+    /// The checksum of each origin's entry at its applied position, when known.
+    crcs: std::sync::Mutex<BTreeMap<String, Mark>>,
     streams: std::sync::Mutex<BTreeMap<String, PeerStatus>>,
     /// What this master knew of each origin when it committed its own entries.
     pub(crate) knowledge: super::knowledge::Knowledge,
@@ -145,6 +203,7 @@ impl Peers {
     pub(crate) fn new(conflicts: dirkdb_core::config::ConflictsConfig) -> Peers {
         Peers {
             applied: watch::channel(BTreeMap::new()).0,
+            crcs: std::sync::Mutex::new(BTreeMap::new()),
             streams: std::sync::Mutex::new(BTreeMap::new()),
             knowledge: Default::default(),
             conflicts,
@@ -161,6 +220,27 @@ impl Peers {
     /// The origin's position applied here (0 before anything).
     pub fn applied(&self, origin: &str) -> u64 {
         self.applied.borrow().get(origin).copied().unwrap_or(0)
+    }
+
+    /// The origin's position applied here with the checksum of its entry there, when known
+    /// (what the hello carries, see `super::peer_stream`).
+    pub(crate) fn applied_mark(&self, origin: &str) -> Mark {
+        let seq = self.applied(origin);
+        let crc = lock(&self.crcs)
+            .get(origin)
+            .filter(|m| m.seq == seq)
+            .and_then(|m| m.crc);
+        Mark { seq, crc }
+    }
+
+    /// Moves `origin`'s position to `mark` (never back), keeping the checksum of its entry there.
+    pub(crate) fn advance_to(&self, origin: &str, mark: Mark) {
+        {
+            let mut crcs = lock(&self.crcs);
+            let at = crcs.entry(origin.to_string()).or_default();
+            *at = at.max(mark);
+        }
+        self.advance(origin, mark.seq);
     }
 
     /// Every origin's position applied here.
@@ -320,25 +400,53 @@ pub(crate) fn parse_wait(sql: &str) -> Option<Result<(Duration, Wanted)>> {
     Some(parsed)
 }
 
-/// Creates the meta file's tables of positions.
+/// Creates the meta file's tables of positions (adding the `crc` column to an older one).
 fn meta_schema(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(META_SCHEMA)
+    conn.execute_batch(META_SCHEMA)?;
+    add_crc_column(conn, "_dirk_peer_positions")
 }
 
-/// Stores `origin`'s position and history in the meta file (inside the caller's transaction
-/// when it has one); never lowers it.
+/// Stores `origin`'s position (with the checksum of its entry there) and history in the meta
+/// file (inside the caller's transaction when it has one); never lowers it.
 pub(crate) fn store_meta_position(
     conn: &Connection,
     origin: &str,
-    seq: u64,
+    mark: Mark,
     history: Option<&str>,
 ) -> rusqlite::Result<()> {
     meta_schema(conn)?;
     conn.execute(
-        "INSERT INTO _dirk_peer_positions(origin, seq, history) VALUES (?1, ?2, ?3) \
+        "INSERT INTO _dirk_peer_positions(origin, seq, history, crc) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT(origin) DO UPDATE SET seq = max(seq, excluded.seq), \
-         history = coalesce(excluded.history, history)",
-        params![origin, seq.min(i64::MAX as u64) as i64, history],
+         history = coalesce(excluded.history, history), \
+         crc = CASE WHEN excluded.seq > seq THEN excluded.crc \
+                    WHEN excluded.seq = seq THEN coalesce(excluded.crc, crc) ELSE crc END",
+        params![
+            origin,
+            mark.seq.min(i64::MAX as u64) as i64,
+            history,
+            mark.crc.map(i64::from)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores `origin`'s position in a database file, in the transaction of the rows applied;
+/// never lowers it.
+pub(crate) fn store_file_position(
+    conn: &Connection,
+    origin: &str,
+    mark: Mark,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO _dirk_origins(origin, seq, crc) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq, crc = excluded.crc \
+         WHERE excluded.seq >= seq",
+        params![
+            origin,
+            mark.seq.min(i64::MAX as u64) as i64,
+            mark.crc.map(i64::from)
+        ],
     )?;
     Ok(())
 }
@@ -382,6 +490,13 @@ pub(crate) fn was_dropped(conn: &Connection, name: &str) -> rusqlite::Result<boo
 
 /// The position a database file's rows stand at for `origin` (0 when none).
 pub(crate) fn file_position(conn: &Connection, origin: &str) -> rusqlite::Result<u64> {
+    Ok(file_mark(conn, origin)?.seq)
+}
+
+/// The position a database file's rows stand at for `origin`, with the checksum of the entry
+/// there when the file recorded it (a file of an older version has no `crc` column; read
+/// without changing it).
+pub(crate) fn file_mark(conn: &Connection, origin: &str) -> rusqlite::Result<Mark> {
     let exists = conn
         .query_row(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_dirk_origins'",
@@ -391,16 +506,24 @@ pub(crate) fn file_position(conn: &Connection, origin: &str) -> rusqlite::Result
         .optional()?
         .is_some();
     if !exists {
-        return Ok(0);
+        return Ok(Mark::default());
     }
-    let seq: Option<i64> = conn
+    let crc = if has_column(conn, "_dirk_origins", "crc")? {
+        "crc"
+    } else {
+        "NULL"
+    };
+    let row: Option<(i64, Option<i64>)> = conn
         .query_row(
-            "SELECT seq FROM _dirk_origins WHERE origin = ?1",
+            &format!("SELECT seq, {crc} FROM _dirk_origins WHERE origin = ?1"),
             [origin],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    Ok(seq.unwrap_or(0).max(0) as u64)
+    Ok(row.map_or(Mark::default(), |(seq, crc)| Mark {
+        seq: seq.max(0) as u64,
+        crc: crc_of(crc),
+    }))
 }
 
 /// Loads every origin's durable position (and history) at start: the highest of the meta
@@ -414,15 +537,19 @@ pub(crate) fn load_positions(
     state.meta.with(|conn| {
         meta_schema(conn)?;
         for origin in origins {
-            let row: Option<(i64, Option<String>)> = conn
+            let row: Option<(i64, Option<String>, Option<i64>)> = conn
                 .query_row(
-                    "SELECT seq, history FROM _dirk_peer_positions WHERE origin = ?1",
+                    "SELECT seq, history, crc FROM _dirk_peer_positions WHERE origin = ?1",
                     [origin],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let (seq, history) = row.unwrap_or((0, None));
-            out.insert(origin.clone(), (seq.max(0) as u64, history));
+            let (seq, history, crc) = row.unwrap_or((0, None, None));
+            let mark = Mark {
+                seq: seq.max(0) as u64,
+                crc: crc_of(crc),
+            };
+            out.insert(origin.clone(), (mark, history));
         }
         Ok(())
     })?;
@@ -430,19 +557,22 @@ pub(crate) fn load_positions(
         let db = state.catalog.get(&name)?;
         let conn = db.lease()?;
         for origin in origins {
-            let seq = file_position(&conn, origin)?;
+            let mark = file_mark(&conn, origin)?;
             if let Some(entry) = out.get_mut(origin) {
-                entry.0 = entry.0.max(seq);
+                entry.0 = entry.0.max(mark);
             }
         }
         peers.knowledge.load(&name, &conn)?;
         db.give_back(conn);
     }
-    for (origin, (seq, history)) in &out {
-        peers.advance(origin, *seq);
+    for (origin, (mark, history)) in &out {
+        peers.advance_to(origin, *mark);
         peers.update(origin, |s| s.history = history.clone());
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|(origin, (mark, history))| (origin, (mark.seq, history)))
+        .collect())
 }
 
 /// The MULTI_PRIMARY metrics of `GET /metrics`: per origin stream and per object owner.
@@ -613,8 +743,14 @@ mod tests {
     #[test]
     fn meta_positions_only_rise() {
         let conn = Connection::open_in_memory().unwrap();
-        store_meta_position(&conn, "m2", 7, Some("h1")).unwrap();
-        store_meta_position(&conn, "m2", 4, None).unwrap();
+        let mark = |seq, crc| Mark { seq, crc };
+        store_meta_position(&conn, "m2", mark(7, Some(70)), Some("h1")).unwrap();
+        store_meta_position(&conn, "m2", mark(4, Some(40)), None).unwrap();
+        store_meta_position(&conn, "m2", mark(7, None), None).unwrap();
+        let crc: i64 = conn
+            .query_row("SELECT crc FROM _dirk_peer_positions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(crc, 70, "the checksum follows the position it is of");
         let (seq, history): (i64, String) = conn
             .query_row(
                 "SELECT seq, history FROM _dirk_peer_positions WHERE origin = 'm2'",
@@ -629,9 +765,17 @@ mod tests {
         mark_dropped(&conn, "d", false).unwrap();
         assert!(!was_dropped(&conn, "d").unwrap());
         assert_eq!(file_position(&conn, "m2").unwrap(), 0);
-        conn.execute_batch(FILE_SCHEMA).unwrap();
-        conn.execute("INSERT INTO _dirk_origins VALUES ('m2', 3)", [])
-            .unwrap();
-        assert_eq!(file_position(&conn, "m2").unwrap(), 3);
+        // A file of an older version: no checksum column, read as unknown, added on use.
+        conn.execute_batch(
+            "CREATE TABLE _dirk_origins (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+             INSERT INTO _dirk_origins VALUES ('m2', 3)",
+        )
+        .unwrap();
+        assert_eq!(file_mark(&conn, "m2").unwrap(), mark(3, None));
+        file_schema(&conn).unwrap();
+        store_file_position(&conn, "m2", mark(5, Some(50))).unwrap();
+        store_file_position(&conn, "m2", mark(4, Some(40))).unwrap();
+        assert_eq!(file_mark(&conn, "m2").unwrap(), mark(5, Some(50)));
+        assert_eq!(file_position(&conn, "m2").unwrap(), 5);
     }
 }

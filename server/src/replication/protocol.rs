@@ -230,6 +230,11 @@ pub enum Message {
         history: Option<String>,
         /// The asker's applied position in the origin's stream.
         seq: u64,
+        /// The checksum of the origin's entry at `seq` as the asker applied it (`None`: not
+        /// known, from a master or a position stored before it was recorded); the origin
+        /// refuses the stream when its own entry at `seq` differs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        crc: Option<u32>,
     },
     /// MULTI_PRIMARY, origin → asker: `PeerEntries` after `from` follow.
     PeerContinue {

@@ -67,12 +67,14 @@ pub(crate) async fn serve_replica(
             origin,
             history,
             seq,
+            crc,
         }) => {
             let hello = super::peers::PeerHello {
                 instance,
                 origin,
                 history,
                 seq,
+                crc,
             };
             return super::peer_stream::serve_peer(state, hello, reader, writer, peer).await;
         }
