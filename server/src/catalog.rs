@@ -333,6 +333,7 @@ pub(crate) fn open_connection(
          PRAGMA recursive_triggers=ON; PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES};"
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
+    keep_plans_across_bindings(&conn)?;
     register_functions(&conn, settings.committed.clone())?;
     register_domain_violation(&conn)?;
     crate::dirkdb_functions::register(&conn)?;
@@ -386,11 +387,27 @@ pub(crate) fn open_apply_connection(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
         false,
     )?;
+    keep_plans_across_bindings(&conn)?;
     register_functions(&conn, settings.committed.clone())?;
     register_domain_violation(&conn)?;
     crate::dirkdb_functions::register(&conn)?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
+}
+
+/// Turns on SQLite's query planner stability guarantee (QPSG): a cached statement keeps its
+/// plan whatever values are bound to it. Without it, SQLite (built with STAT4, as the bundled
+/// one is) marks a statement whose plan could depend on a bound value, a `LIMIT ?` among them,
+/// for a full re-prepare at its next step after every new binding: the oplog read-back behind
+/// every write (`oplog::store::read_file_entries`) was compiled again at each write, a tenth of
+/// a primary's CPU under single-row updates. Clients' SQL arrives as text with its literals,
+/// which the planner still sees; only DirkDB's own parameterised statements are concerned.
+fn keep_plans_across_bindings(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
 }
 
 /// The function DirkDB's domain CHECK constraints call for a value that does not fit (see
@@ -591,6 +608,34 @@ mod tests {
         assert!(take_refusal().unwrap().contains("produits is owned by m3"));
         conn.execute_batch("CREATE TEMP TABLE scratch (x); INSERT INTO scratch VALUES (1)")
             .unwrap();
+    }
+
+    /// DirkDB's own cached statements keep their plan when bound anew (QPSG): without it, the
+    /// bundled SQLite re-prepared a statement with a bound `LIMIT` at every binding.
+    #[test]
+    fn cached_statements_are_not_prepared_again_for_new_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("testdb.db"), &settings(), true).unwrap();
+        conn.execute_batch("CREATE TABLE t (seq INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');")
+            .unwrap();
+        let sql = "SELECT seq, v FROM t WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
+        for after in 0..3_i64 {
+            let mut stmt = conn.prepare_cached(sql).unwrap();
+            let rows: Vec<i64> = stmt
+                .query_map(rusqlite::params![after, i64::MAX, 100 + after], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(rows.len() as i64, 3 - after);
+        }
+        let stmt = conn.prepare_cached(sql).unwrap();
+        assert_eq!(
+            stmt.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "the statement was compiled again for new bindings"
+        );
     }
 
     #[test]
