@@ -403,7 +403,13 @@ async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_con
     for show in ["SHOW CONFLICTS", "asehoy ny fifanoherana"] {
         let mut c = cluster.proxy().await;
         let answer = c.query(show).await.unwrap();
-        assert_eq!(answer.rows.len(), 2, "{show}: {answer:?}");
+        let (on_home, held): (Vec<_>, Vec<_>) = answer.rows.iter().partition(|r| r[1] == "m1");
+        assert_eq!(on_home.len(), 2, "{show}: {answer:?}");
+        // What m2 and m3 held for m1 is listed by them, with m1 named as the home.
+        assert!(
+            !held.is_empty() && held.iter().all(|r| r[13] == "m1"),
+            "{show}: {answer:?}"
+        );
         let first = &answer.rows[0];
         assert_eq!(first[1], "m1", "{show}: {answer:?}");
         assert_eq!(first[3], manual.as_str(), "open first: {answer:?}");
@@ -468,6 +474,17 @@ async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_con
             "m{m}"
         );
     }
+    // The changes m2 and m3 held for m1 were marked resolved when m1's resolutions arrived.
+    for m in 2..=3 {
+        let listed = cluster.admin(m, "/replication/conflicts");
+        let still_held: Vec<&Value> = listed["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["state"].as_str().unwrap_or_default().starts_with("held"))
+            .collect();
+        assert!(still_held.is_empty(), "m{m}: {listed:#}");
+    }
     let status = http(cluster.lb_admin, "GET", "/cluster/status", "");
     assert_eq!(status["multiPrimary"]["openConflicts"], 0, "{status:#}");
 
@@ -497,7 +514,15 @@ async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_con
                     .is_some_and(|s| s.starts_with("not listed: m1 is down"))
         });
         if unlisted {
-            assert_eq!(answer.rows.len(), 1, "{answer:?}");
+            // Besides it, only what m2 and m3 held for m1, listed resolved by it.
+            let others: Vec<_> = answer.rows.iter().filter(|r| r[1] != "m1").collect();
+            assert_eq!(answer.rows.len(), 1 + others.len(), "{answer:?}");
+            assert!(
+                others
+                    .iter()
+                    .all(|r| r[13] == "m1" && r[10] == "resolved" && r[11] == "HOME"),
+                "{answer:?}"
+            );
             break;
         }
         assert!(
@@ -718,4 +743,189 @@ async fn the_same_column_added_on_two_masters_apart_stops_their_streams_saying_w
         "m{new_owner} on m1's stream: {}",
         error_from(new_owner, "m1".into())
     );
+}
+
+/// A conflicting change held by the masters that are not the row's home is listed by them, with
+/// the home named and the state saying it waits for it, while the home is down (`SHOW
+/// CONFLICTS` through the proxy, `GET /replication/conflicts`); `RESOLVE CONFLICT` on it is
+/// refused naming the home; once the home is back and resolves, it is listed resolved. m1, the
+/// table's home, is cut off and writes a row, is killed, the table moves and the row is written
+/// again; m1 comes back reaching none of the others (they still reach it), so they apply its
+/// stream and hold its change, and m1 learns nothing; m1 is killed again and the holders list
+/// what waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_held_for_a_home_that_is_down_is_listed_naming_it_until_the_home_resolves() {
+    let table = home_m1_table("gardes");
+    let mut cluster = Cluster::start(&manual_table());
+    {
+        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
+            .await
+            .unwrap();
+        cluster
+            .until(
+                "the proxy takes writes",
+                Duration::from_secs(30),
+                async || {
+                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
+                        .await
+                        .is_ok()
+                },
+            )
+            .await;
+    }
+    cluster
+        .write_retrying(&format!(
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)"
+        ))
+        .await;
+    cluster
+        .write_retrying(&format!("INSERT INTO {table} VALUES (1, 'a'), (2, 'a')"))
+        .await;
+    cluster
+        .until(
+            "the masters converge",
+            Duration::from_secs(30),
+            async || converged(&cluster),
+        )
+        .await;
+
+    // m1 (home and owner) is cut off and writes row 1; it dies; the new owner writes row 1.
+    cluster.net.partition(&["m1"], &["m2", "m3"]);
+    let mut c = cluster.proxy().await;
+    c.execute(&format!(
+        "UPDATE {table} SET v = 'partitioned' WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    cluster.kill9(1);
+    cluster
+        .write_retrying(&format!("UPDATE {table} SET v = 'moved' WHERE id = 1"))
+        .await;
+
+    // m1 comes back reaching neither other master, which both reach it: they apply its stream
+    // and hold its change for it; it never sees theirs.
+    cluster.net.heal_all();
+    cluster.net.cut_links_from("m1", "m2");
+    cluster.net.cut_links_from("m1", "m3");
+    cluster.spawn(0);
+    cluster
+        .until(
+            "m2 and m3 hold m1's change of row 1 for m1",
+            Duration::from_secs(60),
+            async || (2..=3).all(|m| !held_on(&cluster, m, &table).is_empty()),
+        )
+        .await;
+    cluster.kill9(1);
+
+    // With m1 down: listed by each holder, with the home named and the state saying why.
+    for m in 2..=3 {
+        let listed = held_on(&cluster, m, &table);
+        assert_eq!(listed.len(), 1, "m{m}: {listed:#?}");
+        let c = &listed[0];
+        assert_eq!(
+            (&c["master"], &c["home"], &c["state"]),
+            (
+                &json!(format!("m{m}")),
+                &json!("m1"),
+                &json!("held: waits for m1, the row's home")
+            ),
+            "m{m}: {c}"
+        );
+        assert_eq!(
+            (&c["rowKey"], &c["remoteOrigin"]),
+            (&json!(r#"{"rowid":1}"#), &json!("m1")),
+            "m{m}: {c}"
+        );
+        let status = cluster.admin(m, "/replication/status");
+        assert!(
+            status["conflicts"]["heldForHome"].as_u64().unwrap_or(0) >= 1,
+            "m{m}: {status}"
+        );
+    }
+    let mut c = cluster.proxy().await;
+    for show in ["SHOW CONFLICTS", "asehoy ny fifanoherana"] {
+        let answer = c.query(show).await.unwrap();
+        let held: Vec<_> = answer
+            .rows
+            .iter()
+            .filter(|r| r[3] == table.as_str())
+            .collect();
+        assert_eq!(held.len(), 2, "{show}: {answer:?}");
+        for r in &held {
+            assert_eq!(r[13], "m1", "{show}: {answer:?}");
+            assert_eq!(r[10], "held: waits for m1, the row's home", "{answer:?}");
+        }
+        assert!(
+            answer
+                .rows
+                .iter()
+                .any(|r| r[1] == "m1" && r[10].as_str().unwrap_or("").contains("m1 is down")),
+            "{show}: {answer:?}"
+        );
+    }
+    // Not resolvable where it is held: the error names the home.
+    let id = format!("m2.{}", held_on(&cluster, 2, &table)[0]["id"]);
+    let refused = c
+        .execute(&format!("RESOLVE CONFLICT {id} KEEP LOCAL"))
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Server(e)) if e.contains("held for m1, the row's home")),
+        "{refused:?}"
+    );
+    drop(c);
+
+    // m1 returns reaching everyone: it records the conflict as the row's home and resolves it
+    // (SOURCE_WINS); its resolution, applied on m2 and m3, marks their held ones resolved.
+    cluster.net.heal_all();
+    cluster.spawn(0);
+    cluster
+        .until(
+            "m2 and m3 list it resolved by m1",
+            Duration::from_secs(60),
+            async || {
+                (2..=3).all(|m| {
+                    held_on(&cluster, m, &table)
+                        .iter()
+                        .all(|c| c["state"] == "resolved" && c["resolution"] == "HOME")
+                })
+            },
+        )
+        .await;
+    for m in 2..=3 {
+        let c = &held_on(&cluster, m, &table)[0];
+        assert!(c["resolvedSeq"].as_u64().unwrap_or(0) > 0, "m{m}: {c}");
+    }
+    cluster
+        .until(
+            "the masters converge",
+            Duration::from_secs(60),
+            async || converged(&cluster),
+        )
+        .await;
+    for m in 1..=3 {
+        assert_eq!(
+            cluster.values(m, &table).await,
+            rows(&[(1, "moved"), (2, "a")]),
+            "m{m}"
+        );
+    }
+}
+
+/// The conflicts master `m` lists on `table`.
+fn held_on(cluster: &Cluster, m: usize, table: &str) -> Vec<Value> {
+    let listed = cluster.admin(m, "/replication/conflicts");
+    listed["conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["table"] == table)
+        .collect()
+}
+
+/// True when the three masters have equal digests and positions.
+fn converged(cluster: &Cluster) -> bool {
+    let d = cluster.digests(None);
+    d.iter().all(|x| *x == d[0])
 }

@@ -635,7 +635,7 @@ pub(crate) async fn conflicts_and_unlisted(t: &Topology) -> Vec<Value> {
             format!(
                 "not listed: {id} is down; the conflicts of the rows it is home of are recorded \
                  and resolved on it, once it is back (the other masters hold those changes \
-                 meanwhile: /replication/status conflicts.heldForHome)"
+                 meanwhile and list them, with home {id} and state held)"
             )
         };
         out.push(json!({ "master": id, "unlisted": why }));

@@ -57,6 +57,11 @@ impl Network {
         self.each(b, a, Relay::cut);
     }
 
+    /// Cuts the links `from` opens to `to` only (connections `to` opens to `from` still work).
+    pub(crate) fn cut_links_from(&self, from: &str, to: &str) {
+        self.each(from, to, Relay::cut);
+    }
+
     /// Drops the bytes `from` sends to `to` (on connections either side opened), while the
     /// bytes `to` sends to `from` are still delivered.
     pub(crate) fn cut_one_way(&self, from: &str, to: &str) {

@@ -100,6 +100,7 @@ const COLUMNS: &[(&str, &str)] = &[
     ("state", "state"),
     ("resolution", "resolution"),
     ("detectedAtMs", "detected_at_ms"),
+    ("home", "home"),
 ];
 
 /// One conflict as a row of `SHOW CONFLICTS`: `id` as `<master>.<n>`, versions as

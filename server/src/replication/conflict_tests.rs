@@ -235,8 +235,17 @@ fn source_wins_resolves_at_once_and_both_masters_end_equal() {
     );
     assert_eq!(c.resolution.as_deref(), Some("REMOTE"));
     assert!(c.resolved_seq.is_some(), "{c:?}");
-    // Only the row's home records it.
-    assert!(pair.conflicts(2).is_empty());
+    // Only the row's home records it as its own; m2 held m1's change for m1 and lists it,
+    // resolved by m1 once m1's resolution was applied.
+    let held = pair.conflicts(2);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let h = &held[0];
+    assert_eq!(
+        (h.home.as_deref(), h.state.as_str(), h.resolution.as_deref()),
+        (Some("m1"), "resolved", Some("HOME"))
+    );
+    assert_eq!((h.remote_origin.as_str(), h.master.as_str()), ("m1", "m2"));
+    assert_eq!(conflicts::counts_of(&pair.m2).unwrap(), (0, 0));
 }
 
 #[test]
@@ -262,6 +271,18 @@ fn manual_stays_open_until_resolved_and_the_resolution_replicates() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].state, "open");
     assert_eq!(conflicts::counts_of(&pair.m1).unwrap(), (1, 0));
+    // m2 holds m1's change for m1, listed with m1 named; it does not resolve it.
+    let held = pair.conflicts(2);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0].home.as_deref(), held[0].state.as_str()),
+        (Some("m1"), "held: waits for m1, the row's home")
+    );
+    let refused = resolve_manually(&pair.m2, held[0].id, false)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("held for m1, the row's home"), "{refused}");
+    assert_eq!(conflicts::counts_of(&pair.m2).unwrap(), (0, 0));
     let id = listed[0].id;
     let answer = resolve_manually(&pair.m1, id, true).unwrap();
     assert!(answer.contains("resolved"), "{answer}");
@@ -275,6 +296,7 @@ fn manual_stays_open_until_resolved_and_the_resolution_replicates() {
     assert_eq!(pair.rows(2), expected);
     assert_eq!(pair.digest(1), pair.digest(2));
     assert_eq!(conflicts::counts_of(&pair.m1).unwrap(), (0, 1));
+    assert_eq!(pair.conflicts(2)[0].state, "resolved");
 }
 
 #[test]

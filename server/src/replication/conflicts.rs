@@ -29,7 +29,11 @@
 //! conflict open (`dirkdb_conflicts` in the meta file, `SHOW CONFLICTS`) until a person resolves
 //! it (`RESOLVE CONFLICT <id> KEEP LOCAL|REMOTE`), which writes the chosen row the same way.
 //! A master that is not the home leaves a conflicting change unapplied (logged) and waits for
-//! the home's resolution.
+//! the home's resolution; it records it too, in its own `dirkdb_conflicts` with the home named
+//! (`home`) and state `held` ([`record_held`], one per row: a newer change of the row replaces
+//! the one held), so `SHOW CONFLICTS` on it lists what waits for a home that is down, and marks
+//! it resolved when it applies the home's next change of the row ([`mark_held_resolved`]).
+//! `RESOLVE CONFLICT` refuses a held one, naming its home.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,8 +55,27 @@ pub(crate) const META_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS dirkdb_conflict
     remote_origin TEXT NOT NULL, remote_seq INTEGER NOT NULL, remote_op TEXT NOT NULL,
     remote_key TEXT, remote_row TEXT,
     detected_at_ms INTEGER NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL,
-    resolution TEXT, resolved_at_ms INTEGER, resolved_seq INTEGER,
-    UNIQUE (database, tbl, row_key, remote_origin, remote_seq))";
+    resolution TEXT, resolved_at_ms INTEGER, resolved_seq INTEGER, home TEXT,
+    UNIQUE (database, tbl, row_key, remote_origin, remote_seq));
+    CREATE TABLE IF NOT EXISTS dirkdb_conflicts_held (issued INTEGER NOT NULL)";
+
+/// Creates the meta file's relation of conflicts, adding `home` (the row's home master, for a
+/// conflict held here for it; NULL for one this master is home of) to one made before it.
+pub(crate) fn meta_schema(meta: &Connection) -> rusqlite::Result<()> {
+    meta.execute_batch(META_SCHEMA)?;
+    let has_home = meta
+        .query_row(
+            "SELECT 1 FROM pragma_table_info('dirkdb_conflicts') WHERE name = 'home'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has_home {
+        meta.execute_batch("ALTER TABLE dirkdb_conflicts ADD COLUMN home TEXT")?;
+    }
+    Ok(())
+}
 
 /// Each database file's versions of the rows applied from other masters, and the index that
 /// finds a master's own changes of one table.
@@ -411,7 +434,7 @@ pub(crate) fn resolution_entry(
 pub(crate) struct Conflict {
     /// Its number on this master (`RESOLVE CONFLICT <id>`).
     pub id: u64,
-    /// The master that recorded it (the row's home).
+    /// The master that recorded it (the row's home, or the master holding it for `home`).
     pub master: String,
     /// Database and table.
     pub database: String,
@@ -435,7 +458,8 @@ pub(crate) struct Conflict {
     pub detected_at_ms: i64,
     /// SOURCE_WINS, TARGET_WINS or MANUAL.
     pub strategy: String,
-    /// `open` or `resolved`.
+    /// `open` or `resolved`; for a conflict held here for its row's home, `held: waits for
+    /// <home>, the row's home`, then `resolved` once the home's resolution was applied here.
     pub state: String,
     /// `REMOTE` (the source's change won) or `LOCAL` (the home's row won), once resolved.
     pub resolution: Option<String>,
@@ -443,6 +467,8 @@ pub(crate) struct Conflict {
     pub resolved_at_ms: Option<i64>,
     /// The home's own entry that wrote the resolved row.
     pub resolved_seq: Option<u64>,
+    /// The row's home master when it is not this one (the conflict is held here for it).
+    pub home: Option<String>,
 }
 
 /// A conflict about to be recorded.
@@ -464,7 +490,7 @@ pub(crate) struct Detected<'a> {
 
 /// Records a conflict (once per row and incoming change); returns its id.
 pub(crate) fn record(meta: &Connection, d: &Detected<'_>) -> rusqlite::Result<u64> {
-    meta.execute_batch(META_SCHEMA)?;
+    meta_schema(meta)?;
     let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
     let e = d.entry;
     let open = d.strategy == ConflictStrategy::Manual;
@@ -529,6 +555,122 @@ pub(crate) fn record(meta: &Connection, d: &Detected<'_>) -> rusqlite::Result<u6
     Ok(id.max(0) as u64)
 }
 
+/// The state of a conflict held here for its row's home, as stored.
+pub(crate) const HELD: &str = "held";
+
+/// Records a conflicting change left unapplied here for the row's home `home` (state
+/// [`HELD`]); a row already held takes the newer change, so one is held per row. Returns its id.
+pub(crate) fn record_held(
+    meta: &Connection,
+    d: &Detected<'_>,
+    home: &str,
+) -> rusqlite::Result<u64> {
+    meta_schema(meta)?;
+    let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+    let e = d.entry;
+    let tx = meta.unchecked_transaction()?;
+    let merged: Option<i64> = tx
+        .query_row(
+            "UPDATE dirkdb_conflicts SET remote_origin = ?4, remote_seq = ?5, remote_op = ?6, \
+             remote_key = ?7, remote_row = ?8, local_origin = ?9, local_seq = ?10 \
+             WHERE database = ?1 AND tbl = ?2 AND row_key = ?3 AND state = 'held' RETURNING id",
+            params![
+                e.db,
+                e.table,
+                d.row_key,
+                d.origin,
+                clamp(e.seq),
+                e.op.code(),
+                e.new_key.as_deref().or(e.old_key.as_deref()),
+                e.data,
+                d.local.0,
+                clamp(d.local.1)
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = merged {
+        tx.commit()?;
+        return Ok(id.max(0) as u64);
+    }
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO dirkdb_conflicts(database, tbl, row_key, key_kind, local_origin, \
+         local_seq, remote_origin, remote_seq, remote_op, remote_key, remote_row, detected_at_ms, \
+         strategy, state, home) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'held', ?14)",
+        params![
+            e.db,
+            e.table,
+            d.row_key,
+            d.key_kind,
+            d.local.0,
+            clamp(d.local.1),
+            d.origin,
+            clamp(e.seq),
+            e.op.code(),
+            e.new_key.as_deref().or(e.old_key.as_deref()),
+            e.data,
+            now_ms(),
+            d.strategy.as_str(),
+            home,
+        ],
+    )?;
+    let id: i64 = tx.query_row(
+        "SELECT id FROM dirkdb_conflicts WHERE database = ?1 AND tbl = ?2 AND row_key = ?3 \
+         AND remote_origin = ?4 AND remote_seq = ?5",
+        params![e.db, e.table, d.row_key, d.origin, clamp(e.seq)],
+        |r| r.get(0),
+    )?;
+    let counted = if inserted == 1 {
+        tx.execute("UPDATE dirkdb_conflicts_held SET issued = issued + 1", [])?
+    } else {
+        1
+    };
+    if counted == 0 {
+        tx.execute("INSERT INTO dirkdb_conflicts_held(issued) VALUES (1)", [])?;
+    }
+    tx.commit()?;
+    Ok(id.max(0) as u64)
+}
+
+/// Marks the conflicts held here for the row `row_key` of `database.table` resolved by its home
+/// `home`, whose change `seq` of the row was just applied here; returns how many.
+pub(crate) fn mark_held_resolved(
+    meta: &Connection,
+    row: &HeldRow,
+    home: &str,
+    seq: u64,
+) -> rusqlite::Result<usize> {
+    meta_schema(meta)?;
+    meta.execute(
+        "UPDATE dirkdb_conflicts SET state = 'resolved', resolution = 'HOME', \
+         resolved_at_ms = ?5, resolved_seq = ?6 WHERE database = ?1 AND tbl = ?2 \
+         AND row_key = ?3 AND home = ?4 AND state = 'held'",
+        params![
+            row.0,
+            row.1,
+            row.2,
+            home,
+            now_ms(),
+            seq.min(i64::MAX as u64) as i64
+        ],
+    )
+}
+
+/// A row as held conflicts name it: database, table, conflict key.
+pub(crate) type HeldRow = (String, String, String);
+
+/// Every row held here for its home, with that home (loaded at start).
+pub(crate) fn held_rows(meta: &Connection) -> rusqlite::Result<Vec<(HeldRow, String)>> {
+    meta_schema(meta)?;
+    let mut stmt = meta.prepare(
+        "SELECT database, tbl, row_key, home FROM dirkdb_conflicts \
+         WHERE state = 'held' AND home IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?)))?;
+    rows.collect()
+}
+
 /// Notes the entry that wrote a conflict's resolved row (and, for a manual one, the choice).
 pub(crate) fn mark_resolved(
     meta: &Connection,
@@ -551,11 +693,12 @@ pub(crate) fn mark_resolved(
 }
 
 /// Deletes the oldest resolved conflicts beyond the newest `keep`
-/// (`replication.conflicts.keepResolved`); open ones are never deleted. Returns how many went.
+/// (`replication.conflicts.keepResolved`, held ones resolved by their home counted with them);
+/// open and held ones are never deleted. Returns how many went.
 pub(crate) fn prune_resolved(meta: &Connection, keep: u64) -> rusqlite::Result<usize> {
     meta.execute(
-        "DELETE FROM dirkdb_conflicts WHERE state <> 'open' AND id NOT IN \
-         (SELECT id FROM dirkdb_conflicts WHERE state <> 'open' ORDER BY id DESC LIMIT ?1)",
+        "DELETE FROM dirkdb_conflicts WHERE state = 'resolved' AND id NOT IN \
+         (SELECT id FROM dirkdb_conflicts WHERE state = 'resolved' ORDER BY id DESC LIMIT ?1)",
         [keep.min(i64::MAX as u64) as i64],
     )
 }
@@ -573,10 +716,15 @@ pub(crate) struct Held {
 
 const COLUMNS: &str = "id, database, tbl, row_key, key_kind, local_origin, local_seq, \
     remote_origin, remote_seq, remote_op, detected_at_ms, strategy, state, resolution, \
-    resolved_at_ms, resolved_seq, remote_key, remote_row";
+    resolved_at_ms, resolved_seq, remote_key, remote_row, home";
 
 fn read_row(master: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
     let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    let home: Option<String> = r.get(18)?;
+    let mut state: String = r.get(12)?;
+    if let (Some(home), HELD) = (&home, state.as_str()) {
+        state = format!("held: waits for {home}, the row's home");
+    }
     Ok(Held {
         conflict: Conflict {
             id: u(0)?,
@@ -592,10 +740,11 @@ fn read_row(master: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
             remote_op: r.get(9)?,
             detected_at_ms: r.get(10)?,
             strategy: r.get(11)?,
-            state: r.get(12)?,
+            state,
             resolution: r.get(13)?,
             resolved_at_ms: r.get(14)?,
             resolved_seq: r.get::<_, Option<i64>>(15)?.map(|s| s.max(0) as u64),
+            home,
         },
         remote_key: r.get(16)?,
         remote_row: r.get(17)?,
@@ -604,7 +753,7 @@ fn read_row(master: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
 
 /// Every conflict recorded on this master (`master`), oldest first.
 pub(crate) fn list(meta: &Connection, master: &str) -> rusqlite::Result<Vec<Conflict>> {
-    meta.execute_batch(META_SCHEMA)?;
+    meta_schema(meta)?;
     let mut stmt = meta.prepare(&format!(
         "SELECT {COLUMNS} FROM dirkdb_conflicts ORDER BY id"
     ))?;
@@ -614,7 +763,7 @@ pub(crate) fn list(meta: &Connection, master: &str) -> rusqlite::Result<Vec<Conf
 
 /// One recorded conflict (`None`: no such id).
 pub(crate) fn held(meta: &Connection, master: &str, id: u64) -> rusqlite::Result<Option<Held>> {
-    meta.execute_batch(META_SCHEMA)?;
+    meta_schema(meta)?;
     meta.query_row(
         &format!("SELECT {COLUMNS} FROM dirkdb_conflicts WHERE id = ?1"),
         [id as i64],
@@ -637,14 +786,17 @@ pub(crate) fn counts_of(storage: &Storage) -> crate::error::Result<(u64, u64)> {
     Ok(storage.meta.with(counts)?)
 }
 
-/// Open conflicts on this master, and those it resolved since its meta file was made (pruned
-/// ones included: every conflict recorded took the next id, `sqlite_sequence`).
+/// Open conflicts on this master, and those it resolved (as their rows' home) since its meta
+/// file was made (pruned ones included: every conflict recorded took the next id,
+/// `sqlite_sequence`, and `dirkdb_conflicts_held` counts the ids that went to held ones).
 pub(crate) fn counts(meta: &Connection) -> rusqlite::Result<(u64, u64)> {
-    meta.execute_batch(META_SCHEMA)?;
+    meta_schema(meta)?;
     meta.query_row(
-        "SELECT coalesce(sum(state = 'open'), 0), \
+        "SELECT coalesce(sum(state = 'open' AND home IS NULL), 0), \
          max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'dirkdb_conflicts'), 0) \
-             - coalesce(sum(state = 'open'), 0), coalesce(sum(state <> 'open'), 0)) \
+             - coalesce((SELECT sum(issued) FROM dirkdb_conflicts_held), 0) \
+             - coalesce(sum(state = 'open' AND home IS NULL), 0), \
+             coalesce(sum(state = 'resolved' AND home IS NULL), 0)) \
          FROM dirkdb_conflicts",
         [],
         |r| {
@@ -838,5 +990,79 @@ mod tests {
         );
         assert!(ids.contains(&last));
         assert_eq!(counts(&meta).unwrap(), (1, 2));
+    }
+
+    #[test]
+    fn held_ones_are_one_per_row_never_pruned_unresolved_and_not_counted_as_resolved() {
+        let meta = Connection::open_in_memory().unwrap();
+        // A relation of an older version, without `home`, with one resolved conflict.
+        meta.execute_batch(
+            &META_SCHEMA
+                .replace(", home TEXT", "")
+                .replace("dirkdb_conflicts_held", "unused_before"),
+        )
+        .unwrap();
+        let entry = |seq: u64| Entry {
+            seq,
+            ts: 0,
+            db: "testdb".into(),
+            table: "t".into(),
+            op: Op::Update,
+            old_key: Some(r#"{"rowid":1}"#.into()),
+            new_key: Some(r#"{"rowid":1}"#.into()),
+            data: Some(r#"{"v":"m1"}"#.into()),
+            crc: 0,
+        };
+        let (e5, e7, e8) = (entry(5), entry(7), entry(8));
+        let d = |e| Detected {
+            entry: e,
+            origin: "m1",
+            row_key: r#"{"rowid":1}"#,
+            key_kind: "primary key",
+            local: ("m3", 3),
+            strategy: ConflictStrategy::SourceWins,
+        };
+        let done = record(&meta, &d(&e5)).unwrap();
+        let id = record_held(&meta, &d(&e7), "m1").unwrap();
+        assert!(id > done);
+        assert_eq!(
+            record_held(&meta, &d(&e8), "m1").unwrap(),
+            id,
+            "one per row"
+        );
+        let h = held(&meta, "m2", id).unwrap().unwrap().conflict;
+        assert_eq!(
+            (h.state.as_str(), h.home.as_deref(), h.remote_seq),
+            ("held: waits for m1, the row's home", Some("m1"), 8)
+        );
+        assert_eq!(held_rows(&meta).unwrap().len(), 1);
+        assert_eq!(
+            prune_resolved(&meta, 0).unwrap(),
+            1,
+            "the resolved one only"
+        );
+        assert_eq!(
+            counts(&meta).unwrap(),
+            (0, 1),
+            "the held one is not resolved here"
+        );
+        let row = (
+            "testdb".to_string(),
+            "t".to_string(),
+            r#"{"rowid":1}"#.to_string(),
+        );
+        assert_eq!(
+            mark_held_resolved(&meta, &row, "m3", 20).unwrap(),
+            0,
+            "not its home"
+        );
+        assert_eq!(mark_held_resolved(&meta, &row, "m1", 20).unwrap(), 1);
+        let h = held(&meta, "m2", id).unwrap().unwrap().conflict;
+        assert_eq!(
+            (h.state.as_str(), h.resolution.as_deref(), h.resolved_seq),
+            ("resolved", Some("HOME"), Some(20))
+        );
+        assert!(held_rows(&meta).unwrap().is_empty());
+        assert_eq!(counts(&meta).unwrap(), (0, 1));
     }
 }

@@ -9,7 +9,9 @@
 //! writes each such row as it stands as this master's own entry, in the run's transaction, after
 //! the run's knowledge step (so the resolution is known to have seen the source's change), and
 //! [`RunJudge::publish`] publishes those entries once the transaction committed. A conflict on a
-//! row another master is home of is held (logged): that master's resolution will arrive.
+//! row another master is home of is held: recorded here with that home named (state `held`,
+//! listed by `SHOW CONFLICTS`), counted (`heldForHome`) and logged; when the home's next change
+//! of the row is applied here (its resolution), [`RunJudge::publish`] marks it resolved.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -44,6 +46,9 @@ pub(crate) struct RunJudge<'a> {
     own: HashMap<String, (u64, HashMap<String, u64>)>,
     /// Rows to write as resolved (table, row key, conflict id), once each.
     resolve: BTreeMap<(String, String), u64>,
+    /// Rows held here for their home whose home's change this run applied (table, row key,
+    /// the home's sequence).
+    released: Vec<(String, String, u64)>,
 }
 
 /// The resolutions written in the run's transaction.
@@ -51,6 +56,8 @@ pub(crate) struct RunJudge<'a> {
 pub(crate) struct Written {
     entries: Vec<Entry>,
     conflicts: Vec<(u64, u64)>,
+    /// Held rows the home resolved (see [`RunJudge`]'s `released`).
+    released: Vec<(String, String, u64)>,
 }
 
 impl<'a> RunJudge<'a> {
@@ -69,6 +76,7 @@ impl<'a> RunJudge<'a> {
             shapes: HashMap::new(),
             own: HashMap::new(),
             resolve: BTreeMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -177,19 +185,6 @@ impl<'a> RunJudge<'a> {
     ) -> Result<Outcome> {
         let ownership = &self.state.settings.ownership;
         let home = ownership.home_of(&ObjectRef::table(self.db, &e.table));
-        if home.as_deref() != Some(self.state.instance_id.as_str()) {
-            self.state
-                .peers
-                .held_for_home
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                origin = %self.origin, seq = e.seq, database = %self.db, table = %e.table,
-                row = %row_key, local = ?local, home = ?home,
-                "conflict: change made apart from this master's version of the row; left \
-                 unapplied for the row's home master to resolve"
-            );
-            return Ok(Outcome::Hold);
-        }
         let strategy = self.state.peers.conflicts.strategy_for(self.db, &e.table);
         let detected = Detected {
             entry: e,
@@ -199,6 +194,9 @@ impl<'a> RunJudge<'a> {
             local,
             strategy,
         };
+        if home.as_deref() != Some(self.state.instance_id.as_str()) {
+            return self.hold_for_home(&detected, home.as_deref());
+        }
         let id = self
             .state
             .meta
@@ -219,6 +217,35 @@ impl<'a> RunJudge<'a> {
         })
     }
 
+    /// Leaves a conflicting change unapplied for the row's home: recorded here as held with the
+    /// home named, counted and logged.
+    fn hold_for_home(&mut self, d: &Detected<'_>, home: Option<&str>) -> Result<Outcome> {
+        let e = d.entry;
+        let peers = &self.state.peers;
+        peers
+            .held_for_home
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = match home {
+            Some(home) => {
+                let id = self
+                    .state
+                    .meta
+                    .with(|conn| conflicts::record_held(conn, d, home))?;
+                let row = (self.db.to_string(), e.table.clone(), d.row_key.to_string());
+                peers.note_held(row, home);
+                Some(id)
+            }
+            None => None,
+        };
+        tracing::warn!(
+            id, origin = %self.origin, seq = e.seq, database = %self.db, table = %e.table,
+            row = %d.row_key, local = ?d.local, home = ?home,
+            "conflict: change made apart from this master's version of the row; left \
+             unapplied for the row's home master to resolve (SHOW CONFLICTS lists it as held)"
+        );
+        Ok(Outcome::Hold)
+    }
+
     /// Notes the version of the rows `e` (just applied) changed.
     pub(crate) fn applied(&mut self, tx: &Connection, e: &Entry) -> Result<()> {
         if !matches!(e.op, Op::Insert | Op::Update | Op::Remove) {
@@ -235,8 +262,16 @@ impl<'a> RunJudge<'a> {
             known: knowledge::vector(self.known, self.db, e.seq),
             local_at: self.state.write_path.committed(),
         };
+        let any_held = self.state.peers.any_held();
         for key in Self::keys(&shape, e) {
             conflicts::store_version(tx, &e.table, &key, &version)?;
+            if !any_held {
+                continue;
+            }
+            let row = (self.db.to_string(), e.table.clone(), key);
+            if self.state.peers.held_for(&row, self.origin) {
+                self.released.push((row.1, row.2, e.seq));
+            }
         }
         Ok(())
     }
@@ -244,7 +279,10 @@ impl<'a> RunJudge<'a> {
     /// Writes each row resolved in this run as this master's own entry after `after` (its
     /// committed sequence, under the writer gate), in the run's transaction.
     pub(crate) fn write_resolutions(&mut self, tx: &Connection, after: u64) -> Result<Written> {
-        let mut written = Written::default();
+        let mut written = Written {
+            released: std::mem::take(&mut self.released),
+            ..Written::default()
+        };
         let resolve = std::mem::take(&mut self.resolve);
         for ((table, row_key), id) in resolve {
             let Some(shape) = self.shape(tx, &table)? else {
@@ -257,9 +295,12 @@ impl<'a> RunJudge<'a> {
         Ok(written)
     }
 
-    /// Publishes the resolutions (after their transaction committed) and notes them resolved.
-    pub(crate) fn publish(&self, written: Written) -> Result<()> {
-        publish_resolutions(self.state, written)
+    /// Publishes the resolutions (after their transaction committed) and notes them resolved,
+    /// and marks the rows held here that their home resolved.
+    pub(crate) fn publish(&self, mut written: Written) -> Result<()> {
+        let released = std::mem::take(&mut written.released);
+        publish_resolutions(self.state, written)?;
+        release_held(self.state, self.db, self.origin, released)
     }
 }
 
@@ -281,6 +322,32 @@ fn write_row_as_own(
     entry.db = db.to_string();
     capture::insert_entry(tx, &entry)?;
     Ok(entry)
+}
+
+/// Marks the conflicts held here on `released` rows of `db` resolved by their home `home`
+/// (whose changes of those rows were just applied), and prunes resolved ones beyond the limit.
+fn release_held(
+    state: &Node,
+    db: &str,
+    home: &str,
+    released: Vec<(String, String, u64)>,
+) -> Result<()> {
+    if released.is_empty() {
+        return Ok(());
+    }
+    let keep = state.peers.conflicts.keep_resolved;
+    state.meta.with(|conn| {
+        for (table, row_key, seq) in &released {
+            let row = (db.to_string(), table.clone(), row_key.clone());
+            conflicts::mark_held_resolved(conn, &row, home, *seq)?;
+            tracing::info!(database = %db, table = %table, row = %row_key, %home, seq, "conflict held here resolved by the row's home");
+        }
+        conflicts::prune_resolved(conn, keep).map(|_| ())
+    })?;
+    for (table, row_key, _) in released {
+        state.peers.forget_held(&(db.to_string(), table, row_key));
+    }
+    Ok(())
 }
 
 /// Publishes resolution entries just committed and notes their conflicts resolved.
@@ -315,6 +382,14 @@ pub(crate) fn resolve_manually(state: &Node, id: u64, keep_remote: bool) -> Resu
             ))
         })?;
     let c = &held.conflict;
+    if let Some(home) = &c.home {
+        return Err(ServerError::Refused(format!(
+            "conflict {id} on {me} is held for {home}, the row's home: {me} does not resolve it; \
+             {home} records it as its own conflict and resolves it (SHOW CONFLICTS lists it with \
+             master {home}, once {home} is up), and {me} marks this one resolved when {home}'s \
+             resolution arrives"
+        )));
+    }
     if c.state != "open" {
         return Err(ServerError::Refused(format!(
             "conflict {id} on {me} is already resolved ({}{})",

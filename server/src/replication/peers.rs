@@ -190,6 +190,9 @@ pub struct Peers {
     /// Conflicting changes of rows another master is home of, left unapplied here for that
     /// master's resolution (since start).
     pub(crate) held_for_home: std::sync::atomic::AtomicU64,
+    /// The rows with a conflicting change held here (`dirkdb_conflicts` state `held`), each
+    /// with its home: applying the home's next change of one marks it resolved.
+    held: std::sync::Mutex<std::collections::HashMap<super::conflicts::HeldRow, String>>,
 }
 
 impl Default for Peers {
@@ -208,6 +211,7 @@ impl Peers {
             knowledge: Default::default(),
             conflicts,
             held_for_home: Default::default(),
+            held: Default::default(),
         }
     }
 
@@ -220,6 +224,26 @@ impl Peers {
     /// The origin's position applied here (0 before anything).
     pub fn applied(&self, origin: &str) -> u64 {
         self.applied.borrow().get(origin).copied().unwrap_or(0)
+    }
+
+    /// Notes `row` held here for its home `home`.
+    pub(crate) fn note_held(&self, row: super::conflicts::HeldRow, home: &str) {
+        lock(&self.held).insert(row, home.to_string());
+    }
+
+    /// True when some row is held here for its home.
+    pub(crate) fn any_held(&self) -> bool {
+        !lock(&self.held).is_empty()
+    }
+
+    /// True when `row` is held here and `origin` is its home.
+    pub(crate) fn held_for(&self, row: &super::conflicts::HeldRow, origin: &str) -> bool {
+        lock(&self.held).get(row).is_some_and(|home| home == origin)
+    }
+
+    /// Forgets `row` (its home's resolution was applied here).
+    pub(crate) fn forget_held(&self, row: &super::conflicts::HeldRow) {
+        lock(&self.held).remove(row);
     }
 
     /// The origin's position applied here with the checksum of its entry there, when known
@@ -535,6 +559,9 @@ pub(crate) fn load_positions(
 ) -> Result<BTreeMap<String, (u64, Option<String>)>> {
     let mut out = BTreeMap::new();
     state.meta.with(|conn| {
+        for (row, home) in super::conflicts::held_rows(conn)? {
+            peers.note_held(row, &home);
+        }
         meta_schema(conn)?;
         for origin in origins {
             let row: Option<(i64, Option<String>, Option<i64>)> = conn
