@@ -32,7 +32,8 @@
 //! the home's resolution; it records it too, in its own `dirkdb_conflicts` with the home named
 //! (`home`) and state `held` ([`record_held`], one per row: a newer change of the row replaces
 //! the one held), so `SHOW CONFLICTS` on it lists what waits for a home that is down, and marks
-//! it resolved when it applies the home's next change of the row ([`mark_held_resolved`]).
+//! it resolved when it applies the home's resolution: a change of the row by the home made in
+//! view of the held change ([`HeldFor::resolved_by`], [`mark_held_resolved`]).
 //! `RESOLVE CONFLICT` refuses a held one, naming its home.
 
 use std::collections::{BTreeMap, HashMap};
@@ -660,14 +661,46 @@ pub(crate) fn mark_held_resolved(
 /// A row as held conflicts name it: database, table, conflict key.
 pub(crate) type HeldRow = (String, String, String);
 
-/// Every row held here for its home, with that home (loaded at start).
-pub(crate) fn held_rows(meta: &Connection) -> rusqlite::Result<Vec<(HeldRow, String)>> {
+/// What a row is held for: its home, and the change held (origin and sequence), which the
+/// home's resolution must have seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeldFor {
+    /// The row's home.
+    pub home: String,
+    /// The held change's origin.
+    pub origin: String,
+    /// Its sequence there.
+    pub seq: u64,
+}
+
+impl HeldFor {
+    /// True when a change of the row by `origin`, made having applied `known` of the others, is
+    /// the home's resolution of the change held: the home's, made after the held change (on the
+    /// home's own stream) or in view of it.
+    pub(crate) fn resolved_by(&self, origin: &str, known: &BTreeMap<String, u64>) -> bool {
+        origin == self.home
+            && (self.origin == self.home
+                || known.get(&self.origin).copied().unwrap_or(0) >= self.seq)
+    }
+}
+
+/// Every row held here for its home, with what it is held for (loaded at start).
+pub(crate) fn held_rows(meta: &Connection) -> rusqlite::Result<Vec<(HeldRow, HeldFor)>> {
     meta_schema(meta)?;
     let mut stmt = meta.prepare(
-        "SELECT database, tbl, row_key, home FROM dirkdb_conflicts \
+        "SELECT database, tbl, row_key, home, remote_origin, remote_seq FROM dirkdb_conflicts \
          WHERE state = 'held' AND home IS NOT NULL",
     )?;
-    let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?, r.get(2)?),
+            HeldFor {
+                home: r.get(3)?,
+                origin: r.get(4)?,
+                seq: r.get::<_, i64>(5)?.max(0) as u64,
+            },
+        ))
+    })?;
     rows.collect()
 }
 
@@ -1064,5 +1097,31 @@ mod tests {
         );
         assert!(held_rows(&meta).unwrap().is_empty());
         assert_eq!(counts(&meta).unwrap(), (0, 1));
+    }
+
+    #[test]
+    fn a_held_change_is_released_by_the_homes_change_made_in_view_of_it() {
+        let of_m2 = HeldFor {
+            home: "m1".into(),
+            origin: "m2".into(),
+            seq: 51,
+        };
+        assert!(of_m2.resolved_by("m1", &known(&[("m2", 51)])));
+        assert!(
+            !of_m2.resolved_by("m1", &known(&[("m2", 50)])),
+            "made before it"
+        );
+        assert!(
+            !of_m2.resolved_by("m3", &known(&[("m2", 99)])),
+            "not the home"
+        );
+        let of_home = HeldFor {
+            origin: "m1".into(),
+            ..of_m2
+        };
+        assert!(
+            of_home.resolved_by("m1", &known(&[])),
+            "later on the home's own stream"
+        );
     }
 }

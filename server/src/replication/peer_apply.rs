@@ -48,7 +48,8 @@
 //! * Entries of a database dropped here: the DROP wins; the origin's writes to it made before
 //!   it applied the DROP are dropped with it (logged as a warning with their count).
 //! * A change the row's current version already saw (`Verdict::Skip`), and a conflicting change
-//!   of a row another master is home of (counted in `heldForHome`, logged): see
+//!   of a row another master is home of (counted in `heldForHome`, logged, and listed as held
+//!   with that home named until its resolution is applied here): see
 //!   `super::conflicts`.
 //! * In [`apply_tolerant`]: the removal of a row that is not here (done already), and an update
 //!   of a row that is not here, written as the row it carries (both can follow a conflict's

@@ -10,8 +10,9 @@
 //! the run's knowledge step (so the resolution is known to have seen the source's change), and
 //! [`RunJudge::publish`] publishes those entries once the transaction committed. A conflict on a
 //! row another master is home of is held: recorded here with that home named (state `held`,
-//! listed by `SHOW CONFLICTS`), counted (`heldForHome`) and logged; when the home's next change
-//! of the row is applied here (its resolution), [`RunJudge::publish`] marks it resolved.
+//! listed by `SHOW CONFLICTS`), counted (`heldForHome`) and logged; when a change of the row by
+//! the home made in view of the held one is applied here (its resolution), [`RunJudge::publish`]
+//! marks it resolved.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -232,7 +233,12 @@ impl<'a> RunJudge<'a> {
                     .meta
                     .with(|conn| conflicts::record_held(conn, d, home))?;
                 let row = (self.db.to_string(), e.table.clone(), d.row_key.to_string());
-                peers.note_held(row, home);
+                let held = conflicts::HeldFor {
+                    home: home.to_string(),
+                    origin: self.origin.to_string(),
+                    seq: e.seq,
+                };
+                peers.note_held(row, held);
                 Some(id)
             }
             None => None,
@@ -269,7 +275,11 @@ impl<'a> RunJudge<'a> {
                 continue;
             }
             let row = (self.db.to_string(), e.table.clone(), key);
-            if self.state.peers.held_for(&row, self.origin) {
+            if self
+                .state
+                .peers
+                .released_by(&row, self.origin, &version.known)
+            {
                 self.released.push((row.1, row.2, e.seq));
             }
         }

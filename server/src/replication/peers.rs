@@ -192,7 +192,9 @@ pub struct Peers {
     pub(crate) held_for_home: std::sync::atomic::AtomicU64,
     /// The rows with a conflicting change held here (`dirkdb_conflicts` state `held`), each
     /// with its home: applying the home's next change of one marks it resolved.
-    held: std::sync::Mutex<std::collections::HashMap<super::conflicts::HeldRow, String>>,
+    held: std::sync::Mutex<
+        std::collections::HashMap<super::conflicts::HeldRow, super::conflicts::HeldFor>,
+    >,
 }
 
 impl Default for Peers {
@@ -226,9 +228,13 @@ impl Peers {
         self.applied.borrow().get(origin).copied().unwrap_or(0)
     }
 
-    /// Notes `row` held here for its home `home`.
-    pub(crate) fn note_held(&self, row: super::conflicts::HeldRow, home: &str) {
-        lock(&self.held).insert(row, home.to_string());
+    /// Notes `row` held here for its home (the newest change held replaces an older one).
+    pub(crate) fn note_held(
+        &self,
+        row: super::conflicts::HeldRow,
+        held: super::conflicts::HeldFor,
+    ) {
+        lock(&self.held).insert(row, held);
     }
 
     /// True when some row is held here for its home.
@@ -236,9 +242,17 @@ impl Peers {
         !lock(&self.held).is_empty()
     }
 
-    /// True when `row` is held here and `origin` is its home.
-    pub(crate) fn held_for(&self, row: &super::conflicts::HeldRow, origin: &str) -> bool {
-        lock(&self.held).get(row).is_some_and(|home| home == origin)
+    /// True when `row` is held here and a change of it by `origin`, made having applied
+    /// `known`, is its home's resolution ([`super::conflicts::HeldFor::resolved_by`]).
+    pub(crate) fn released_by(
+        &self,
+        row: &super::conflicts::HeldRow,
+        origin: &str,
+        known: &BTreeMap<String, u64>,
+    ) -> bool {
+        lock(&self.held)
+            .get(row)
+            .is_some_and(|held| held.resolved_by(origin, known))
     }
 
     /// Forgets `row` (its home's resolution was applied here).
@@ -559,8 +573,8 @@ pub(crate) fn load_positions(
 ) -> Result<BTreeMap<String, (u64, Option<String>)>> {
     let mut out = BTreeMap::new();
     state.meta.with(|conn| {
-        for (row, home) in super::conflicts::held_rows(conn)? {
-            peers.note_held(row, &home);
+        for (row, held) in super::conflicts::held_rows(conn)? {
+            peers.note_held(row, held);
         }
         meta_schema(conn)?;
         for origin in origins {
