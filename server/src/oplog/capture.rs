@@ -239,7 +239,8 @@ fn entry_insert_sql(table: &str, op: Op, old_key: &str, new_key: &str, data: &st
     format!(
         "INSERT INTO _dirk_oplog(seq, ts, tbl, op, old_key, new_key, data, crc) \
          SELECT s, t, {table}, {op}, o, n, d, dirk_crc(s, t, {table}, {op}, o, n, d) \
-         FROM (SELECT {NEXT_SEQ_SQL} AS s, dirk_now() AS t, {old_key} AS o, {new_key} AS n, {data} AS d);"
+         FROM (SELECT {NEXT_SEQ_SQL} AS s, dirk_now() AS t, {old_key} AS o, {new_key} AS n, {data} AS d \
+         FROM _dirk_oplog);"
     )
 }
 

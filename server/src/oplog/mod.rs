@@ -38,9 +38,12 @@ pub(crate) const CREATE_OPLOG_SQL: &str = "CREATE TABLE IF NOT EXISTS _dirk_oplo
     crc INTEGER NOT NULL
 )";
 
-/// The next sequence number, as SQL: used by triggers and internal inserts alike.
-pub(crate) const NEXT_SEQ_SQL: &str =
-    "max(dirk_committed(), coalesce((SELECT max(seq) FROM _dirk_oplog), 0)) + 1";
+/// The next sequence number, as SQL: used by triggers and internal inserts alike. It is an
+/// aggregate, evaluated in a query over `_dirk_oplog` (`max(seq)` is one b-tree seek): a scalar
+/// subquery gave the same value but made every statement that fires a capture trigger compile
+/// one more subquery (the trigger is compiled into each statement that fires it, and clients'
+/// SQL arrives as text, so it is compiled at every write).
+pub(crate) const NEXT_SEQ_SQL: &str = "max(dirk_committed(), coalesce(max(seq), 0)) + 1";
 
 /// What an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
