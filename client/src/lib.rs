@@ -245,6 +245,13 @@ impl Client {
         Ok(self.conn.send_statement(statement).await?)
     }
 
+    /// [`Client::send_framed`] with `then` right behind it in the same flush: a proxy asking
+    /// for a write's position (`DIRK POSITION HISTORY`) without a round trip of its own. Both
+    /// responses are read in order with [`Client::next_raw_frame`] / [`Client::next_frame`].
+    pub async fn send_framed_then(&mut self, statement: &str, then: &str) -> Result<()> {
+        Ok(self.conn.send_statements(statement, then).await?)
+    }
+
     /// The next frame of the current response; a closed connection is an error.
     pub async fn next_frame(&mut self) -> Result<Frame> {
         self.conn.read_frame().await?.ok_or(ClientError::Closed)

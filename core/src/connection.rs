@@ -186,6 +186,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
         self.splitter.has_ready()
     }
 
+    /// How many complete statements are buffered, not yet taken.
+    pub fn statements_buffered(&self) -> usize {
+        self.splitter.ready_count()
+    }
+
     /// Reads whatever the client sends next (kept for the following statements); `false` when
     /// the client closed the connection. Cancel-safe: bytes read are never lost. Callers
     /// stop calling it once [`ServerConnection::has_statement_buffered`] is true.
@@ -257,6 +262,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
     pub async fn send_statement(&mut self, statement: &str) -> Result<(), ConnectionError> {
         self.stream.write_all(statement.as_bytes()).await?;
         self.stream.write_all(b";\n").await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Sends `statement` and `then` in one flush (pipelined: `then` is read by the server
+    /// after the first statement is answered, without a round trip between them).
+    pub async fn send_statements(
+        &mut self,
+        statement: &str,
+        then: &str,
+    ) -> Result<(), ConnectionError> {
+        for text in [statement, then] {
+            self.stream.write_all(text.as_bytes()).await?;
+            self.stream.write_all(b";\n").await?;
+        }
         self.stream.flush().await?;
         Ok(())
     }

@@ -13,7 +13,8 @@
 //! applied it (`DIRK WAIT REPLICAS`), or replaced by an error saying how many did.
 //!
 //! A session's read-your-writes position is that of its last write: the sequence and the
-//! history it was written in (`DIRK POSITION HISTORY`; see [`dirkdb_core::position`]), since a
+//! history it was written in (`DIRK POSITION HISTORY`, sent to the primary right behind each
+//! write in the same flush, so asking costs no round trip; see [`dirkdb_core::position`]), since a
 //! new primary reuses the sequences of writes a failover rolled back. A replica serves the
 //! session's reads once it holds that position of that history (`DIRK WAIT <seq> <ms>
 //! <history>`); before the primary serves one, it is asked too (`DIRK WAIT <seq> 0 <history>`),
@@ -71,6 +72,10 @@ use crate::backend::{within, Backend, BackendConn};
 use crate::error::ProxyError;
 use crate::file_triggers::FileTriggers;
 use crate::topology::{SharedTopology, Topology};
+
+/// Asked right behind every statement that can commit a write on the primary, in the same
+/// flush (pipelined), for the write's position: no round trip of its own.
+const POSITION_HISTORY: &str = "DIRK POSITION HISTORY";
 
 mod multi_primary;
 
@@ -336,6 +341,9 @@ impl ProxySession {
         };
         let db = self.db.clone();
         let user = self.user.clone();
+        // A write's position is asked right behind it (MULTI_PRIMARY settles on its master).
+        let ask =
+            (settles_write && !self.topology.load().is_multi_primary()).then_some(POSITION_HISTORY);
         let run = async {
             backend.ensure_user(&mut conn, user.as_deref()).await?;
             if !matches!(class, StatementClass::Use(_)) {
@@ -344,12 +352,17 @@ impl ProxySession {
             if !leaves_connection_as_it_was(sql, class) {
                 conn.note_statement(sql);
             }
-            exchange(&backend, &mut conn, sql, &mut sink, settles_write).await
+            let failed = exchange(&backend, &mut conn, sql, &mut sink, settles_write, ask).await?;
+            let position = match ask {
+                Some(_) => Some(position_answer(&backend, &mut conn).await?),
+                None => None,
+            };
+            Ok::<_, ProxyError>((failed, position))
         };
-        let failed = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(failed)) => {
+        let (failed, position) = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok((failed, position))) => {
                 self.last_failed = failed;
-                failed
+                (failed, position)
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => {
@@ -369,7 +382,7 @@ impl ProxySession {
             Sink::HoldLast {
                 last: Some(last), ..
             } if !failed => {
-                let replaced = self.settle_write(&backend, &mut conn).await?;
+                let replaced = self.settle_write(&backend, &mut conn, position).await?;
                 (Some(last), replaced)
             }
             Sink::HoldLast { last, .. } => (last, None),
@@ -442,19 +455,23 @@ impl ProxySession {
     /// Records the write's position and applies the write concern to its outcome (the last
     /// frame of its answer): `None` keeps it (the concern is met), `Some` is the error that
     /// replaces it.
+    /// `asked` is the answer to the position asked right behind the write, when it was.
     async fn settle_write(
         &mut self,
         backend: &Backend,
         conn: &mut BackendConn,
+        asked: Option<String>,
     ) -> Result<Option<Frame>, ProxyError> {
         if self.topology.load().is_multi_primary() {
             return self.settle_on_master(backend, conn).await;
         }
-        let limit = self.statement_timeout();
-        let text = backend
-            .extension(conn, "DIRK POSITION HISTORY", limit)
-            .await
-            .map_err(|e| outcome_unknown(backend, e))?;
+        let text = match asked {
+            Some(text) => text,
+            None => backend
+                .extension(conn, POSITION_HISTORY, self.statement_timeout())
+                .await
+                .map_err(|e| outcome_unknown(backend, e))?,
+        };
         let written = dirkdb_core::position::parse(&text).unwrap_or_default();
         let position = written.seq;
         self.wrote_at(written);
@@ -632,7 +649,7 @@ impl ProxySession {
         let run = async {
             backend.ensure_user(&mut conn, self.user.as_deref()).await?;
             backend.ensure_db(&mut conn, self.db.as_deref()).await?;
-            exchange(backend, &mut conn, sql, &mut sink, false).await
+            exchange(backend, &mut conn, sql, &mut sink, false, None).await
         };
         let result = tokio::time::timeout(timeout, run).await;
         if let Sink::Client { sent: true, .. } = sink {
@@ -672,13 +689,15 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     sql: &str,
     sink: &mut Sink<'_, S>,
     write: bool,
+    then: Option<&str>,
 ) -> Result<bool, ProxyError> {
     let started = Instant::now();
     let _running = backend.start();
-    conn.client
-        .send_framed(sql)
-        .await
-        .map_err(|e| backend.failure(e.to_string()))?;
+    let sent = match then {
+        Some(then) => conn.client.send_framed_then(sql, then).await,
+        None => conn.client.send_framed(sql).await,
+    };
+    sent.map_err(|e| backend.failure(e.to_string()))?;
     loop {
         let (kind, bytes) = conn
             .client
@@ -707,6 +726,28 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
             backend.record(write, failed, started.elapsed().as_micros() as u64);
             return Ok(failed);
+        }
+    }
+}
+
+/// Reads the answer to the `DIRK POSITION HISTORY` sent right behind a write (see
+/// [`exchange`]): its text, or the failure that leaves the write's outcome unknown.
+async fn position_answer(backend: &Backend, conn: &mut BackendConn) -> Result<String, ProxyError> {
+    loop {
+        let frame = conn.client.next_frame().await.map_err(|e| {
+            outcome_unknown(
+                backend,
+                backend.failure(format!("no answer to `{POSITION_HISTORY}`: {e}")),
+            )
+        })?;
+        if let Some(reason) = frame.error_text() {
+            return Err(outcome_unknown(
+                backend,
+                backend.failure(format!("`{POSITION_HISTORY}` failed: {reason}")),
+            ));
+        }
+        if let Frame::Message(text) = frame {
+            return Ok(text);
         }
     }
 }

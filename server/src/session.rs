@@ -9,8 +9,10 @@
 //!
 //! A running statement is interrupted through SQLite's interrupt handle when its client leaves,
 //! and when the server's shutdown deadline passes (`limits.shutdownTimeoutMs`; see
-//! [`Session::interrupt_at`]). While a statement runs the session reads ahead only until one more
-//! complete statement is buffered, so piped statements wait in the socket, not in memory.
+//! [`Session::interrupt_at`]). While a statement runs the session reads ahead only until
+//! [`READ_AHEAD_STATEMENTS`] more complete statements are buffered, so piped statements wait in
+//! the socket, not in memory; two, so that the one a proxy pipes behind every write (`DIRK
+//! POSITION HISTORY`) does not stop the session from seeing that its client left.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,9 @@ use dirkdb_core::sql::dirkdb::{self, Route};
 
 /// Frames in flight between the runner thread and the socket writer.
 const FRAME_CHANNEL: usize = 4;
+
+/// Complete statements read ahead while one runs, at most (see the module doc).
+const READ_AHEAD_STATEMENTS: usize = 2;
 
 /// Per-client state.
 pub(crate) struct Session {
@@ -489,8 +494,9 @@ impl Session {
                 }
                 // A client that leaves while its statement runs (a proxy giving up on a
                 // timeout) gets the statement interrupted, which rolls it back. Reading ahead
-                // stops at the next complete statement: piped statements wait in the socket.
-                more = out.read_more(), if client_here && !out.has_statement_buffered() => {
+                // stops at READ_AHEAD_STATEMENTS complete statements: piped statements wait in
+                // the socket.
+                more = out.read_more(), if client_here && out.statements_buffered() < READ_AHEAD_STATEMENTS => {
                     if !matches!(more, Ok(true)) {
                         client_here = false;
                         interrupt.interrupt();

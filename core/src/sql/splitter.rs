@@ -183,6 +183,11 @@ impl StatementSplitter {
         !self.ready.is_empty()
     }
 
+    /// How many complete statements (or overflow markers) are ready.
+    pub fn ready_count(&self) -> usize {
+        self.ready.len()
+    }
+
     /// True when bytes of an unfinished statement other than whitespace and
     /// comments are buffered (e.g. the peer disconnected mid-statement).
     /// A statement already refused for its size is not partial: it was answered.
