@@ -336,10 +336,10 @@ impl Upstream {
         };
         // Nothing is due between two answers: a frame or an end here means the connection is
         // over (or out of step), and polling once never waits.
-        let why = match tokio::time::timeout(Duration::ZERO, client.next_frame()).await {
-            Err(_) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Ok(Ok(_)) => "a frame arrived between two answers".to_string(),
+        let why = match ready_now(client.next_frame()).await {
+            None => return Ok(()),
+            Some(Err(e)) => e.to_string(),
+            Some(Ok(_)) => "a frame arrived between two answers".to_string(),
         };
         let error = self.broken_because(why);
         tracing::info!(error = %error, "the upstream connection was closed since the last statement: moving on");
@@ -538,6 +538,19 @@ impl Upstream {
     }
 }
 
+/// Polls `future` once: its output when it is ready at once, else `None`. Not a zero
+/// `tokio::time::timeout`: that one registers a timer, which fires at the timer's next
+/// millisecond tick, so the check it made before every statement cost each write through the
+/// cache about 1 ms of waiting (1.2 ms of a 2.0 ms write at one client).
+async fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
 /// The reason inside an upstream error, for an error that wraps it.
 fn reason_of(error: UpstreamError) -> String {
     match error {
@@ -583,6 +596,28 @@ pub(crate) fn inside_transaction(error: UpstreamError) -> UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check before each statement must not wait for a timer: polling once is ready at
+    /// its first poll, where a zero `timeout` over a pending future is not (it waits for the
+    /// timer's next tick: the 1 ms each write through the cache used to wait).
+    #[tokio::test]
+    async fn polling_once_is_ready_at_the_first_poll() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut once = std::pin::pin!(ready_now(std::future::pending::<()>()));
+        assert_eq!(once.as_mut().poll(&mut cx), Poll::Ready(None));
+        let mut ready = std::pin::pin!(ready_now(async { 7 }));
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(Some(7)));
+        let mut zero = std::pin::pin!(tokio::time::timeout(
+            Duration::ZERO,
+            std::future::pending::<()>()
+        ));
+        assert!(
+            zero.as_mut().poll(&mut cx).is_pending(),
+            "a zero timeout is ready at once now: this test no longer tells the two apart"
+        );
+    }
 
     #[tokio::test]
     async fn a_list_is_split_and_the_first_address_that_answers_is_used() {
