@@ -222,7 +222,11 @@ impl CacheSession {
     ) -> Result<Forwarded, ForwardError> {
         let lost_txn = self.txn.open;
         let mut wrote = false;
-        if let Err(error) = self.upstream.send(self.db.as_deref(), sql, retry).await {
+        if let Err(error) = self
+            .upstream
+            .send(self.db.as_deref(), sql, then, retry)
+            .await
+        {
             let error = self.after_upstream_failure(lost_txn, error);
             return Err(ForwardError::Upstream {
                 error,
@@ -234,15 +238,6 @@ impl CacheSession {
             Retry::BeforeSending => crate::upstream::after_write(error),
             _ => error,
         };
-        if let Some(then) = then {
-            if let Err(error) = self.upstream.send_behind(then).await {
-                let error = self.after_upstream_failure(lost_txn, sent_failure(error));
-                return Err(ForwardError::Upstream {
-                    error,
-                    wrote: false,
-                });
-            }
-        }
         let mut kept = keep.map(|_| BytesMut::new());
         loop {
             // Each frame as the bytes it came in: nothing is decoded and encoded again.
@@ -574,7 +569,7 @@ impl CacheSession {
     /// The views and keys of the session's database, from the server's catalog.
     async fn fetch_schema(&mut self) -> Option<DbSchema> {
         self.upstream
-            .send(self.db.as_deref(), SCHEMA_QUERY, self.read_retry())
+            .send(self.db.as_deref(), SCHEMA_QUERY, None, self.read_retry())
             .await
             .ok()?;
         let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();

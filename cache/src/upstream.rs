@@ -284,22 +284,38 @@ impl Upstream {
     }
 
     async fn send_raw(&mut self, statement: &str) -> Result<(), UpstreamError> {
+        self.send_raw_then(statement, None).await
+    }
+
+    /// [`Upstream::send_raw`], with `then` (when given) right behind it in the same flush.
+    async fn send_raw_then(
+        &mut self,
+        statement: &str,
+        then: Option<&str>,
+    ) -> Result<(), UpstreamError> {
         let Some(client) = self.client.as_mut() else {
             return Err(self.unreachable("not connected"));
         };
         self.deadline = Some(Instant::now() + self.timeout);
-        if let Err(e) = client.send_statement(statement).await {
+        let sent = match then {
+            Some(then) => client.send_framed_then(statement, then).await,
+            None => client.send_statement(statement).await,
+        };
+        if let Err(e) = sent {
             return Err(self.broken(e));
         }
         Ok(())
     }
 
-    /// Sends `statement` with `db` selected; read its answer with [`Upstream::next_frame`].
-    /// `retry` says what may happen when the connection turns out broken (see [`Retry`]).
+    /// Sends `statement` with `db` selected, and `then` right behind it in the same flush
+    /// (pipelined: its answer follows the statement's); read the answers with
+    /// [`Upstream::next_frame`]. `retry` says what may happen when the connection turns out
+    /// broken (see [`Retry`]).
     pub(crate) async fn send(
         &mut self,
         db: Option<&str>,
         statement: &str,
+        then: Option<&str>,
         retry: Retry,
     ) -> Result<(), UpstreamError> {
         self.pending = None;
@@ -312,19 +328,13 @@ impl Upstream {
                 tries_left: self.addrs.len().saturating_sub(1),
             });
         }
-        match self.send_raw(statement).await {
+        match self.send_raw_then(statement, then).await {
             Ok(()) => Ok(()),
             // `next_frame` sends the read again, on the next address.
             Err(_) if self.pending.as_ref().is_some_and(|p| p.tries_left > 0) => Ok(()),
             Err(e) if retry == Retry::Never => Err(self.transaction_lost(e)),
             Err(e) => Err(e),
         }
-    }
-
-    /// Sends `statement` right behind the one just sent (pipelined); its answer follows that
-    /// one's.
-    pub(crate) async fn send_behind(&mut self, statement: &str) -> Result<(), UpstreamError> {
-        self.send_raw(statement).await
     }
 
     /// Drops a connection the upstream closed since the last answer (a proxy that died between
@@ -695,7 +705,9 @@ mod tests {
         let list = format!("{dying},{live}");
         let timeout = Duration::from_secs(5);
         let mut read = Upstream::new(list.clone(), timeout);
-        read.send(None, "SELECT 1", Retry::Read).await.unwrap();
+        read.send(None, "SELECT 1", None, Retry::Read)
+            .await
+            .unwrap();
         let frame = read.next_frame().await.unwrap();
         assert!(
             matches!(frame, Frame::Message(ref m) if m == "ok 1"),
@@ -704,7 +716,7 @@ mod tests {
         assert_eq!(*live_saw.lock().unwrap(), vec!["SELECT 1"]);
         let mut write = Upstream::new(list, timeout);
         write
-            .send(None, "INSERT INTO t VALUES (1)", Retry::BeforeSending)
+            .send(None, "INSERT INTO t VALUES (1)", None, Retry::BeforeSending)
             .await
             .unwrap();
         let e = after_write(write.next_frame().await.unwrap_err()).to_string();
@@ -729,10 +741,10 @@ mod tests {
         let list = format!("{once},{live}");
         let timeout = Duration::from_secs(5);
         let mut up = Upstream::new(list.clone(), timeout);
-        up.send(None, "SELECT 1", Retry::Read).await.unwrap();
+        up.send(None, "SELECT 1", None, Retry::Read).await.unwrap();
         up.next_frame().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        up.send(None, "INSERT INTO t VALUES (1)", Retry::BeforeSending)
+        up.send(None, "INSERT INTO t VALUES (1)", None, Retry::BeforeSending)
             .await
             .unwrap();
         let frame = up.next_frame().await.unwrap();
@@ -742,11 +754,13 @@ mod tests {
         );
         assert_eq!(*live_saw.lock().unwrap(), vec!["INSERT INTO t VALUES (1)"]);
         let mut txn = Upstream::new(list, timeout);
-        txn.send(None, "BEGIN", Retry::BeforeSending).await.unwrap();
+        txn.send(None, "BEGIN", None, Retry::BeforeSending)
+            .await
+            .unwrap();
         txn.next_frame().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let e = txn
-            .send(None, "INSERT INTO t VALUES (2)", Retry::Never)
+            .send(None, "INSERT INTO t VALUES (2)", None, Retry::Never)
             .await
             .unwrap_err();
         assert!(matches!(e, UpstreamError::TransactionLost { .. }), "{e}");
