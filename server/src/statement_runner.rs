@@ -174,7 +174,7 @@ fn settle_and_answer(
     failed: impl FnOnce(ServerError) -> String,
 ) -> Result<(), ClientGone> {
     forget_refused_commit(conn, &outcome);
-    let outcome = owned(outcome);
+    let outcome = leased(owned(outcome), options);
     if let Some(writer) = &options.writer {
         settle_write(conn, writer);
     }
@@ -257,6 +257,37 @@ fn owned(outcome: Result<Last, RunError>) -> Result<Last, RunError> {
             let cause = match ownership::take_refusal() {
                 Some(reason) => Box::new(ServerError::Refused(reason)),
                 None => cause,
+            };
+            Err(ServerError::CommitFailed { cause, rolled_back }.into())
+        }
+        other => other,
+    }
+}
+
+/// A commit the commit hook refused because this primary's write lease (or its etcd lease)
+/// ended after the write had taken the gate: SQLite says only "constraint failed"; the lease's
+/// own refusal says why and what to do. (Ownership refusals were explained by [`owned`].)
+fn leased(outcome: Result<Last, RunError>, options: &RunOptions) -> Result<Last, RunError> {
+    let refused_by_hook = |e: &ServerError| {
+        matches!(e, ServerError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_COMMITHOOK)
+    };
+    let Some(writer) = &options.writer else {
+        return outcome;
+    };
+    match outcome {
+        Err(RunError::Failed(e)) if refused_by_hook(&e) => {
+            match writer.path.lease().check_write() {
+                Err(why) => Err(why.into()),
+                Ok(()) => Err(RunError::Failed(e)),
+            }
+        }
+        Err(RunError::Failed(ServerError::CommitFailed { cause, rolled_back }))
+            if refused_by_hook(&cause) =>
+        {
+            let cause = match writer.path.lease().check_write() {
+                Err(why) => Box::new(why),
+                Ok(()) => cause,
             };
             Err(ServerError::CommitFailed { cause, rolled_back }.into())
         }
@@ -873,6 +904,40 @@ mod tests {
             n, 10,
             "the refused write is rolled back, the next one committed"
         );
+    }
+
+    /// A write the commit hook refused because the primary's write lease ended after the
+    /// write took the gate is answered with the lease's reason, not SQLite's bare "constraint
+    /// failed" (seen in etcd_e2e: a primary cut off from etcd answered that).
+    #[test]
+    fn a_commit_refused_for_an_ended_lease_says_so() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE c(n INT)").unwrap();
+        conn.commit_hook(Some(|| true)).unwrap();
+        let lease = Arc::new(crate::lease::Lease::new(true, true));
+        let path = Arc::new(
+            WritePath::new(Arc::default(), std::time::Duration::from_secs(1)).with_lease(lease),
+        );
+        let options = RunOptions {
+            page_rows: 100,
+            max_result_rows: 0,
+            read_only: None,
+            no_database: false,
+            writer: Some(Writer {
+                path,
+                owner: 1,
+                database: "d".into(),
+                last_write: Arc::default(),
+            }),
+            access: crate::auth::Access::default(),
+            schema_epoch: 0,
+            ownership: Arc::default(),
+        };
+        let refused = conn
+            .execute_batch("INSERT INTO c VALUES (1)")
+            .map_err(|e| RunError::Failed(e.into()));
+        let text = failure_text(leased(refused.map(|()| Last::RelationOk), &options));
+        assert!(text.contains("holds no write lease"), "{text}");
     }
 
     /// Two connections to one file in rollback-journal mode, the first holding a read
