@@ -15,32 +15,15 @@ Leaves nothing running.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+from cpu_budget import free_port, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("DIRKDB_BIN", os.path.join(HERE, "..", "target", "release", "dirkdb"))
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, seconds=20.0):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"port {port} never opened")
 
 
 def cpu(pid):

@@ -519,11 +519,43 @@ pub(crate) fn record(meta: &Connection, d: &Detected<'_>) -> rusqlite::Result<u6
             return Ok(id.max(0) as u64);
         }
     }
+    let resolution = match d.strategy {
+        ConflictStrategy::SourceWins => Some("REMOTE"),
+        ConflictStrategy::TargetWins => Some("LOCAL"),
+        ConflictStrategy::Manual => None,
+    };
+    let stored = Stored {
+        state: if open { "open" } else { "resolved" },
+        resolution,
+        resolved_at_ms: (!open).then(now_ms),
+        home: None,
+    };
+    insert_conflict(meta, d, &stored)?;
+    conflict_id(meta, d)
+}
+
+/// How a new row of `dirkdb_conflicts` is stored besides what was detected.
+struct Stored<'a> {
+    state: &'a str,
+    resolution: Option<&'a str>,
+    resolved_at_ms: Option<i64>,
+    /// The row's home, for a conflict held here for it.
+    home: Option<&'a str>,
+}
+
+/// Inserts the conflict `d` (once per row and incoming change); returns 1 when it was new.
+fn insert_conflict(
+    meta: &Connection,
+    d: &Detected<'_>,
+    stored: &Stored<'_>,
+) -> rusqlite::Result<usize> {
+    let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+    let e = d.entry;
     meta.execute(
         "INSERT OR IGNORE INTO dirkdb_conflicts(database, tbl, row_key, key_kind, local_origin, \
          local_seq, remote_origin, remote_seq, remote_op, remote_key, remote_row, detected_at_ms, \
-         strategy, state, resolution, resolved_at_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         strategy, state, resolution, resolved_at_ms, home) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             e.db,
             e.table,
@@ -538,19 +570,27 @@ pub(crate) fn record(meta: &Connection, d: &Detected<'_>) -> rusqlite::Result<u6
             e.data,
             now_ms(),
             d.strategy.as_str(),
-            if open { "open" } else { "resolved" },
-            match d.strategy {
-                ConflictStrategy::SourceWins => Some("REMOTE"),
-                ConflictStrategy::TargetWins => Some("LOCAL"),
-                ConflictStrategy::Manual => None,
-            },
-            (!open).then(now_ms),
+            stored.state,
+            stored.resolution,
+            stored.resolved_at_ms,
+            stored.home,
         ],
-    )?;
+    )
+}
+
+/// The id of the conflict `d` (its row and incoming change).
+fn conflict_id(meta: &Connection, d: &Detected<'_>) -> rusqlite::Result<u64> {
+    let e = d.entry;
     let id: i64 = meta.query_row(
         "SELECT id FROM dirkdb_conflicts WHERE database = ?1 AND tbl = ?2 AND row_key = ?3 \
          AND remote_origin = ?4 AND remote_seq = ?5",
-        params![e.db, e.table, d.row_key, d.origin, clamp(e.seq)],
+        params![
+            e.db,
+            e.table,
+            d.row_key,
+            d.origin,
+            e.seq.min(i64::MAX as u64) as i64
+        ],
         |r| r.get(0),
     )?;
     Ok(id.max(0) as u64)
@@ -594,34 +634,14 @@ pub(crate) fn record_held(
         tx.commit()?;
         return Ok(id.max(0) as u64);
     }
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO dirkdb_conflicts(database, tbl, row_key, key_kind, local_origin, \
-         local_seq, remote_origin, remote_seq, remote_op, remote_key, remote_row, detected_at_ms, \
-         strategy, state, home) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'held', ?14)",
-        params![
-            e.db,
-            e.table,
-            d.row_key,
-            d.key_kind,
-            d.local.0,
-            clamp(d.local.1),
-            d.origin,
-            clamp(e.seq),
-            e.op.code(),
-            e.new_key.as_deref().or(e.old_key.as_deref()),
-            e.data,
-            now_ms(),
-            d.strategy.as_str(),
-            home,
-        ],
-    )?;
-    let id: i64 = tx.query_row(
-        "SELECT id FROM dirkdb_conflicts WHERE database = ?1 AND tbl = ?2 AND row_key = ?3 \
-         AND remote_origin = ?4 AND remote_seq = ?5",
-        params![e.db, e.table, d.row_key, d.origin, clamp(e.seq)],
-        |r| r.get(0),
-    )?;
+    let stored = Stored {
+        state: HELD,
+        resolution: None,
+        resolved_at_ms: None,
+        home: Some(home),
+    };
+    let inserted = insert_conflict(&tx, d, &stored)?;
+    let id = conflict_id(&tx, d)?;
     let counted = if inserted == 1 {
         tx.execute("UPDATE dirkdb_conflicts_held SET issued = issued + 1", [])?
     } else {
@@ -631,7 +651,7 @@ pub(crate) fn record_held(
         tx.execute("INSERT INTO dirkdb_conflicts_held(issued) VALUES (1)", [])?;
     }
     tx.commit()?;
-    Ok(id.max(0) as u64)
+    Ok(id)
 }
 
 /// Marks the conflicts held here for the row `row_key` of `database.table` resolved by its home
