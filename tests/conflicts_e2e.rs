@@ -28,6 +28,29 @@ fn manual_table() -> String {
     home_m1_table("notes")
 }
 
+/// Three masters and a proxy (see [`Cluster::start`]), once the proxy takes writes, with the
+/// database `testdb`.
+async fn cluster_taking_writes(manual: &str) -> Cluster {
+    let cluster = Cluster::start(manual);
+    {
+        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
+            .await
+            .unwrap();
+        cluster
+            .until(
+                "the proxy takes writes",
+                Duration::from_secs(30),
+                async || {
+                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
+                        .await
+                        .is_ok()
+                },
+            )
+            .await;
+    }
+    cluster
+}
+
 /// The first table `<prefix><i>` of `testdb` whose home is m1.
 fn home_m1_table(prefix: &str) -> String {
     (0..)
@@ -250,23 +273,7 @@ fn rows(pairs: &[(i64, &str)]) -> Vec<(i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_owner_that_kept_writing_comes_back_with_its_writes_as_conflicts() {
     let manual = manual_table();
-    let mut cluster = Cluster::start(&manual);
-    {
-        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
-            .await
-            .unwrap();
-        cluster
-            .until(
-                "the proxy takes writes",
-                Duration::from_secs(30),
-                async || {
-                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
-                        .await
-                        .is_ok()
-                },
-            )
-            .await;
-    }
+    let mut cluster = cluster_taking_writes(&manual).await;
     for table in ["utilisateurs", manual.as_str()] {
         cluster
             .write_retrying(&format!(
@@ -563,23 +570,7 @@ async fn texts(cluster: &Cluster, m: usize, table: &str, columns: &str) -> Vec<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_keyed_by_a_text_or_composite_primary_key_are_never_overwritten_by_rowid() {
     let (codes, pairs) = (home_m1_table("codes"), home_m1_table("pairs"));
-    let mut cluster = Cluster::start(&manual_table());
-    {
-        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
-            .await
-            .unwrap();
-        cluster
-            .until(
-                "the proxy takes writes",
-                Duration::from_secs(30),
-                async || {
-                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
-                        .await
-                        .is_ok()
-                },
-            )
-            .await;
-    }
+    let mut cluster = cluster_taking_writes(&manual_table()).await;
     cluster
         .write_retrying(&format!(
             "CREATE TABLE {codes} (code TEXT PRIMARY KEY, v TEXT)"
@@ -675,23 +666,7 @@ async fn rows_keyed_by_a_text_or_composite_primary_key_are_never_overwritten_by_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_column_added_on_two_masters_apart_stops_their_streams_saying_why() {
     let table = home_m1_table("schemas");
-    let mut cluster = Cluster::start(&manual_table());
-    {
-        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
-            .await
-            .unwrap();
-        cluster
-            .until(
-                "the proxy takes writes",
-                Duration::from_secs(30),
-                async || {
-                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
-                        .await
-                        .is_ok()
-                },
-            )
-            .await;
-    }
+    let mut cluster = cluster_taking_writes(&manual_table()).await;
     cluster
         .write_retrying(&format!(
             "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)"
@@ -756,23 +731,7 @@ async fn the_same_column_added_on_two_masters_apart_stops_their_streams_saying_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_held_for_a_home_that_is_down_is_listed_naming_it_until_the_home_resolves() {
     let table = home_m1_table("gardes");
-    let mut cluster = Cluster::start(&manual_table());
-    {
-        let mut c = Client::connect(&format!("127.0.0.1:{}", cluster.lb))
-            .await
-            .unwrap();
-        cluster
-            .until(
-                "the proxy takes writes",
-                Duration::from_secs(30),
-                async || {
-                    c.execute("CREATE DATABASE IF NOT EXISTS testdb")
-                        .await
-                        .is_ok()
-                },
-            )
-            .await;
-    }
+    let mut cluster = cluster_taking_writes(&manual_table()).await;
     cluster
         .write_retrying(&format!(
             "CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)"
