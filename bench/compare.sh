@@ -133,6 +133,7 @@ echo "100,000 rows) with the same 16 clients, in the same rounds; their columns 
 echo
 echo "| workload | direct ops/s | p99 ms | HAProxy-TCP ops/s | proxy (1) ops/s | p99 ms | proxy (2) ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy (1) ÷ HAProxy | proxy (1) ÷ direct | proxy (2) ÷ direct | cache ÷ direct | PostgreSQL tps | PgBouncer tps | PgBouncer ÷ PostgreSQL |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+declare -A mixed_parts=()
 for w in $workloads; do
   declare -A ops=() p99=()
   vias="direct proxy1 proxy cache"; [ -n "$HP" ] && vias="direct haproxy proxy1 proxy cache"
@@ -143,6 +144,7 @@ for w in $workloads; do
       out=$(bench --endpoint 127.0.0.1:$ep -c 16 -w $w)
       ops[$via]=$(python3 -c "print(${ops[$via]} + $(field "$out" 'd["ops_per_sec"]' "$out") / 2)")
       p99[$via]=$(python3 -c "print(max(${p99[$via]}, $(field "$out" 'd["latency_ms"]["p99"]' "$out")))")
+      [ "$w" = mixed ] && mixed_parts[$via]+="$(field "$out" '" ".join("%s:%s" % (s["statement"], s["latency_ms"]["p50"]) for s in d["statements"])' "$out") "
     done
     if [ "$w" = point-select ] && [ -n "$PGP" ]; then
       ops[pg]=$(python3 -c "print(${ops[pg]} + $(pgbench_tps $PGP) / 2)")
@@ -161,6 +163,24 @@ print("| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | 
     opt(pg), opt(pgb), ratio(pgb, pg)))
 PY
 done
+if [[ " $workloads " == *" mixed "* ]]; then
+  echo
+  echo "mixed, each statement's p50 in ms (two rounds): where a client of the mix spends its time"
+  echo
+  echo "| path | point-select p50 | update p50 |"
+  echo "|---|---|---|"
+  for via in direct haproxy proxy1 proxy cache; do
+    [ -n "${mixed_parts[$via]:-}" ] || continue
+    python3 - "$via" ${mixed_parts[$via]} <<'PY'
+import sys
+via, parts = sys.argv[1], [p.rsplit(":", 1) for p in sys.argv[2:]]
+reads = [float(v) for k, v in parts if k == "point-select"]
+writes = [float(v) for k, v in parts if k == "update"]
+show = lambda vs: " / ".join("%.2f" % v for v in vs)
+print("| %s | %s | %s |" % (via, show(reads), show(writes)))
+PY
+  done
+fi
 hits=$(curl -s 127.0.0.1:$CA/stats | python3 -c 'import json,sys;d=json.load(sys.stdin);print("%.3f" % d["hit_ratio"])')
 echo
 echo "cache hit ratio over the whole run: $hits (point-select and range-select repeat 10,000 keys)"

@@ -83,11 +83,21 @@ async fn workloads_run_against_a_server() {
         ms(&mixed, "latency_ms", "max"),
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{mixed}");
+    let mixed_parts = statements(&mixed);
+    let names: Vec<&str> = mixed_parts.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["point-select", "update"], "{mixed}");
+    let counted: u64 = mixed_parts.iter().map(|(_, n)| n).sum();
+    assert_eq!(counted, u64_field(&mixed, "operations"), "{mixed}");
+    assert!(mixed_parts.iter().all(|(_, n)| *n > 0), "{mixed}");
     assert_eq!(bench_rows(&server).await, 10_000);
 
     let insert = bench_ok(&["--port", p, "-n", "200", "-w", "insert", "--warmup", "0"]);
     assert_eq!(u64_field(&insert, "operations"), 200, "{insert}");
     assert_eq!(u64_field(&insert, "errors"), 0, "{insert}");
+    assert!(
+        insert.get("statements").is_none(),
+        "one statement: {insert}"
+    );
     assert_eq!(bench_rows(&server).await, 10_200);
 
     let sql = common::write_file(
@@ -114,6 +124,30 @@ async fn workloads_run_against_a_server() {
     assert_eq!(u64_field(&custom, "errors"), 0, "{custom}");
     let rows = bench_rows(&server).await;
     assert!((10_201..=10_500).contains(&rows), "{rows} rows");
+    let custom_parts = statements(&custom);
+    assert_eq!(custom_parts.len(), 3, "{custom}");
+    assert_eq!(
+        custom_parts[0].0,
+        "SELECT v FROM bench WHERE id BETWEEN :id…"
+    );
+    assert_eq!(custom_parts[2].0, "INSERT INTO bench(k, v) VALUES (:n, :s)");
+    assert_eq!(custom_parts.iter().map(|(_, n)| n).sum::<u64>(), 300);
+    // Every row past the first 10,200 is one of the custom run's inserts.
+    assert_eq!(custom_parts[2].1, u64::try_from(rows - 10_200).unwrap_or(0));
+}
+
+/// The `statements` of a summary: each statement's name and operations.
+fn statements(summary: &Value) -> Vec<(String, u64)> {
+    let Some(list) = summary["statements"].as_array() else {
+        panic!("no statements in {summary}");
+    };
+    list.iter()
+        .map(|s| {
+            let name = s["statement"].as_str().unwrap_or_default().to_string();
+            assert!(s["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+            (name, u64_field(s, "operations"))
+        })
+        .collect()
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! JSON fields (stable): `endpoint`, `workload`, `concurrency`, `seconds` (measured wall time),
 //! `operations` (statements that succeeded), `ops_per_sec` (`operations / seconds`), `errors`
 //! (statements that failed), `first_error` (its text or null), and `latency_ms` with `p50`,
-//! `p95`, `p99`, `p999`, `max`, `mean` (milliseconds, of successful statements).
+//! `p95`, `p99`, `p999`, `max`, `mean` (milliseconds, of successful statements). A workload of
+//! more than one statement (`mixed`, `custom` with several) adds `statements`: per statement,
+//! `statement` (its name), `operations` and `latency_ms`, so the reads and the writes of a mix
+//! are seen apart.
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -117,6 +120,35 @@ pub struct Summary {
     pub first_error: Option<String>,
     /// Latency of the successful statements.
     pub latency: Latency,
+    /// Per statement of a workload of several: its name, successful runs and latency.
+    pub statements: Vec<StatementFigures>,
+}
+
+/// What one statement of a workload of several measured.
+#[derive(Debug, Clone)]
+pub struct StatementFigures {
+    /// Its name (`point-select`, `update`, or a custom statement's first words).
+    pub name: String,
+    /// Its successful runs.
+    pub operations: u64,
+    /// Their latency.
+    pub latency: Latency,
+}
+
+/// The figures per statement, none for a workload of one statement.
+fn statement_figures(names: Vec<String>, histograms: &[Histogram<u64>]) -> Vec<StatementFigures> {
+    if names.len() < 2 {
+        return Vec::new();
+    }
+    names
+        .into_iter()
+        .zip(histograms)
+        .map(|(name, h)| StatementFigures {
+            name,
+            operations: h.len(),
+            latency: Latency::from_micros(h),
+        })
+        .collect()
 }
 
 impl Summary {
@@ -133,6 +165,7 @@ impl Summary {
             errors: outcome.errors,
             first_error: outcome.first_error,
             latency: Latency::from_micros(&outcome.histogram),
+            statements: statement_figures(plan.workload.statement_names(), &outcome.per_statement),
         }
     }
 
@@ -147,7 +180,7 @@ impl Summary {
 
     /// The JSON object of `--json`.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut value = json!({
             "endpoint": self.endpoint,
             "workload": self.workload,
             "concurrency": self.concurrency,
@@ -157,7 +190,21 @@ impl Summary {
             "errors": self.errors,
             "first_error": self.first_error,
             "latency_ms": self.latency.to_json(),
-        })
+        });
+        if !self.statements.is_empty() {
+            value["statements"] = self
+                .statements
+                .iter()
+                .map(|s| {
+                    json!({
+                        "statement": s.name,
+                        "operations": s.operations,
+                        "latency_ms": s.latency.to_json(),
+                    })
+                })
+                .collect();
+        }
+        value
     }
 
     /// The plain-text summary.
@@ -167,7 +214,7 @@ impl Summary {
             let ratio = error_ratio(self.operations, self.errors) * 100.0;
             errors = format!("{errors} ({ratio:.2}%), first: {first}");
         }
-        format!(
+        let mut text = format!(
             "dirkdb bench: {} on {}\n\
              clients      {}\n\
              measured     {:.3} s (after {} s of warmup)\n\
@@ -183,7 +230,16 @@ impl Summary {
             self.operations,
             self.ops_per_sec(),
             self.latency.to_text(),
-        )
+        );
+        for s in &self.statements {
+            text.push_str(&format!(
+                "  {}: {} operations, latency ms {}\n",
+                s.name,
+                s.operations,
+                s.latency.to_text()
+            ));
+        }
+        text
     }
 
     /// Prints the summary on stdout and returns the exit status.

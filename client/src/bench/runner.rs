@@ -73,6 +73,8 @@ impl Plan {
 pub struct Outcome {
     /// Latencies of the successful measured statements, in microseconds.
     pub histogram: Histogram<u64>,
+    /// The same, per template of the workload (in [`Workload::statement_names`] order).
+    pub per_statement: Vec<Histogram<u64>>,
     /// Measured statements that failed.
     pub errors: u64,
     /// The text of the earliest failure.
@@ -90,13 +92,14 @@ pub fn new_histogram() -> Result<Histogram<u64>, BenchError> {
 /// Runs the plan and merges what every client measured.
 pub async fn run(plan: &Plan, quiet: bool) -> Result<Outcome, BenchError> {
     let sessions = connect_all(plan).await?;
-    let histogram = new_histogram()?;
+    let templates = plan.workload.statement_names().len();
+    let empty = WorkerResult::new(new_histogram()?, templates);
     let shared = Arc::new(Shared::new(plan));
     let ticker = start_ticker(plan, shared.clone(), quiet);
     let tasks: Vec<_> = sessions
         .into_iter()
         .map(|session| {
-            let result = WorkerResult::new(histogram.clone());
+            let result = empty.clone();
             tokio::spawn(worker(
                 session,
                 shared.clone(),
@@ -105,7 +108,7 @@ pub async fn run(plan: &Plan, quiet: bool) -> Result<Outcome, BenchError> {
             ))
         })
         .collect();
-    let mut outcome = WorkerResult::new(histogram);
+    let mut outcome = empty;
     for task in tasks {
         let result = task
             .await
@@ -115,6 +118,7 @@ pub async fn run(plan: &Plan, quiet: bool) -> Result<Outcome, BenchError> {
     ticker.finish();
     Ok(Outcome {
         histogram: outcome.histogram,
+        per_statement: outcome.per_statement,
         errors: outcome.errors,
         first_error: outcome.first_error.map(|(_, text)| text),
         elapsed: shared.measure_start.elapsed(),
@@ -234,27 +238,39 @@ async fn connect_all(plan: &Plan) -> Result<Vec<Session>, BenchError> {
 }
 
 /// What one client measured.
+#[derive(Clone)]
 struct WorkerResult {
     histogram: Histogram<u64>,
+    per_statement: Vec<Histogram<u64>>,
     errors: u64,
     first_error: Option<(Instant, String)>,
 }
 
 impl WorkerResult {
-    fn new(histogram: Histogram<u64>) -> WorkerResult {
+    /// Nothing measured yet, with `templates` histograms besides the whole one.
+    fn new(histogram: Histogram<u64>, templates: usize) -> WorkerResult {
         WorkerResult {
+            per_statement: vec![histogram.clone(); templates],
             histogram,
             errors: 0,
             first_error: None,
         }
     }
 
-    fn record(&mut self, started: Instant, outcome: Result<(), String>, shared: &Shared) {
+    fn record(
+        &mut self,
+        template: usize,
+        started: Instant,
+        outcome: Result<(), String>,
+        shared: &Shared,
+    ) {
         match outcome {
             Ok(()) => {
-                let micros = started.elapsed().as_micros();
-                self.histogram
-                    .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.histogram.saturating_record(micros);
+                if let Some(histogram) = self.per_statement.get_mut(template) {
+                    histogram.saturating_record(micros);
+                }
                 shared.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(text) => {
@@ -266,9 +282,11 @@ impl WorkerResult {
     }
 
     fn merge(&mut self, other: WorkerResult) -> Result<(), BenchError> {
-        self.histogram
-            .add(&other.histogram)
-            .map_err(|e| BenchError::Failed(format!("merging latency histograms: {e}")))?;
+        let merge_failed = |e| BenchError::Failed(format!("merging latency histograms: {e}"));
+        self.histogram.add(&other.histogram).map_err(merge_failed)?;
+        for (mine, theirs) in self.per_statement.iter_mut().zip(&other.per_statement) {
+            mine.add(theirs).map_err(merge_failed)?;
+        }
         self.errors += other.errors;
         let earlier = match (&self.first_error, &other.first_error) {
             (None, Some(_)) => true,
@@ -295,11 +313,11 @@ async fn worker(
         if measured && !shared.claim() {
             return result;
         }
-        let sql = workload.next_statement(&mut rng);
+        let (template, sql) = workload.next_statement(&mut rng);
         let started = Instant::now();
         let outcome = session.execute(&sql).await;
         if measured {
-            result.record(started, outcome, &shared);
+            result.record(template, started, outcome, &shared);
         }
     }
 }

@@ -110,6 +110,25 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The template's first 40 characters, its whitespace collapsed, for reports.
+    fn name(&self) -> String {
+        let mut text = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => text.push_str(t),
+                Part::Param(Param::Id) => text.push_str(":id"),
+                Part::Param(Param::N) => text.push_str(":n"),
+                Part::Param(Param::S) => text.push_str(":s"),
+            }
+        }
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let joined = words.join(" ");
+        match joined.char_indices().nth(40) {
+            Some((cut, _)) => format!("{}…", &joined[..cut]),
+            None => joined,
+        }
+    }
+
     /// The statement with fresh values (`rows` bounds `:id`).
     pub fn render(&self, rng: &mut Rng, rows: u64) -> String {
         let mut values = Values {
@@ -172,16 +191,27 @@ impl Workload {
         })
     }
 
-    /// The statement of the next operation.
-    pub fn next_statement(&self, rng: &mut Rng) -> String {
+    /// The statement of the next operation, with the index of its template (in
+    /// [`Workload::statement_names`]).
+    pub fn next_statement(&self, rng: &mut Rng) -> (usize, String) {
         let index = match self.kind {
             WorkloadKind::Mixed => usize::from(rng.f64() >= self.read_ratio),
             WorkloadKind::Custom => rng.usize(..self.templates.len().max(1)),
             _ => 0,
         };
         match self.templates.get(index) {
-            Some(template) => template.render(rng, self.rows),
-            None => String::from("SELECT 1"),
+            Some(template) => (index, template.render(rng, self.rows)),
+            None => (0, String::from("SELECT 1")),
+        }
+    }
+
+    /// A short name per template, for the latencies reported per statement: `point-select` and
+    /// `update` in `mixed`, the statement's first words in `custom`.
+    pub fn statement_names(&self) -> Vec<String> {
+        match self.kind {
+            WorkloadKind::Mixed => vec!["point-select".into(), "update".into()],
+            WorkloadKind::Custom => self.templates.iter().map(Template::name).collect(),
+            kind => vec![kind.name().to_string()],
         }
     }
 
