@@ -451,21 +451,11 @@ impl CacheSession {
             FlightRole::Follower(rx) => return self.follow(sql, rx, out).await,
         };
         CacheStats::bump(&self.ctx.stats.upstream_reads);
-        let fetched = match self
-            .upstream
-            .raise_floor(self.db.as_deref(), store.seen())
-            .await
-        {
-            Ok(()) => {
-                let cap = store.limits().max_entry_bytes;
-                self.forward(sql, out, false, Some(cap), None, Retry::Read)
-                    .await
-            }
-            Err(error) => Err(ForwardError::Upstream {
-                error,
-                wrote: false,
-            }),
-        };
+        self.upstream.raise_floor(store.seen());
+        let cap = store.limits().max_entry_bytes;
+        let fetched = self
+            .forward(sql, out, false, Some(cap), None, Retry::Read)
+            .await;
         match fetched {
             Ok(Forwarded {
                 kept: Some(bytes),

@@ -4,7 +4,9 @@
 //! It also carries the position floor: before a read that may be kept, the cache tells the
 //! upstream the highest primary position it has seen (`DIRK SEEN <seq>`), so the proxy serves
 //! that read from an instance at least that far (its read-your-writes path). It is sent only
-//! when the floor moved, and dropped for good on an upstream that does not know it.
+//! when the floor moved, in the same flush as the read (pipelined: no round trip of its own;
+//! its answer is read before the read's), and dropped for good on an upstream that does not
+//! know it.
 //!
 //! The upstream may be a list (`host:port,host:port`: several proxies). A new connection goes to
 //! the first address that answers, starting with the one in use; when a connection breaks or
@@ -146,6 +148,9 @@ struct Pending {
     statement: String,
     /// Addresses still to try.
     tries_left: usize,
+    /// The position floor the statement was sent at (0: none of its own), set again first on
+    /// the next address.
+    floor: u64,
 }
 
 /// The session's upstream connection.
@@ -159,6 +164,8 @@ pub(crate) struct Upstream {
     db: Option<String>,
     floor: u64,
     floor_supported: bool,
+    /// A floor to send in front of the next read ([`Upstream::raise_floor`]).
+    floor_due: u64,
     timeout: Duration,
     deadline: Option<Instant>,
     /// The client the session runs for (`crate::auth`).
@@ -182,6 +189,7 @@ impl Upstream {
             db: None,
             floor: 0,
             floor_supported: true,
+            floor_due: 0,
             timeout,
             deadline: None,
             user: None,
@@ -321,12 +329,17 @@ impl Upstream {
         self.pending = None;
         self.replace_if_closed(retry).await?;
         self.ready(db).await?;
+        let floor = self.take_due_floor(retry);
         if retry == Retry::Read {
             self.pending = Some(Pending {
                 db: db.map(str::to_string),
                 statement: statement.to_string(),
                 tries_left: self.addrs.len().saturating_sub(1),
+                floor: floor.unwrap_or(0),
             });
+        }
+        if let Some(seen) = floor {
+            return self.send_behind_floor(seen, statement).await;
         }
         match self.send_raw_then(statement, then).await {
             Ok(()) => Ok(()),
@@ -422,7 +435,7 @@ impl Upstream {
         }
         pending.tries_left -= 1;
         tracing::info!(error = %e, statement = %pending.statement, "the upstream broke before answering a read: sending it to the next upstream");
-        let floor = self.floor;
+        let floor = self.floor.max(pending.floor);
         self.ready(pending.db.as_deref()).await?;
         self.restore_floor(floor).await?;
         self.send_raw(&pending.statement).await?;
@@ -498,33 +511,45 @@ impl Upstream {
         self.current = (self.current + 1) % self.addrs.len();
     }
 
-    /// Makes sure the upstream serves the next read at position `seen` or later.
-    pub(crate) async fn raise_floor(
-        &mut self,
-        db: Option<&str>,
-        seen: u64,
-    ) -> Result<(), UpstreamError> {
-        if !self.floor_supported || seen <= self.floor {
-            return Ok(());
+    /// Asks that the next read sent with [`Retry::Read`] be served at a position of at least
+    /// `seen` (the highest the change feed reported): `DIRK SEEN <seen>` goes in front of it,
+    /// in the same flush, when `seen` is above this connection's floor.
+    pub(crate) fn raise_floor(&mut self, seen: u64) {
+        self.floor_due = self.floor_due.max(seen);
+    }
+
+    /// The floor to send in front of a statement sent with `retry`, when one is due.
+    fn take_due_floor(&mut self, retry: Retry) -> Option<u64> {
+        if retry != Retry::Read {
+            return None;
         }
-        self.replace_if_closed(Retry::Read).await?;
-        self.ready(db).await?;
-        if !self.floor_supported || seen <= self.floor {
-            return Ok(());
+        let due = std::mem::take(&mut self.floor_due);
+        (self.floor_supported && due > self.floor).then_some(due)
+    }
+
+    /// Sends `DIRK SEEN <seen>` and the read `statement` behind it in one flush, and reads the
+    /// floor's answer; the read's follows. When the connection breaks before the read's
+    /// answer, the read is sent again on the next address at the same floor
+    /// ([`Upstream::send_pending_again`]).
+    async fn send_behind_floor(&mut self, seen: u64, statement: &str) -> Result<(), UpstreamError> {
+        let floor = format!("DIRK SEEN {seen}");
+        if let Err(e) = self.send_raw_then(&floor, Some(statement)).await {
+            return self.send_pending_again(e).await;
         }
-        let statement = format!("DIRK SEEN {seen}");
-        self.send_raw(&statement).await?;
-        self.pending = Some(Pending {
-            db: db.map(str::to_string),
-            statement,
-            tries_left: self.addrs.len().saturating_sub(1),
-        });
-        let frame = loop {
-            if let frame @ Frame::Message(_) = self.next_frame().await? {
-                break frame;
+        let answer = loop {
+            match self.next_frame_once().await {
+                Ok(frame @ Frame::Message(_)) => break frame,
+                Ok(_) => continue,
+                Err(e @ UpstreamError::Unreachable { .. }) => {
+                    return self.send_pending_again(e).await
+                }
+                Err(e) => {
+                    self.pending = None;
+                    return Err(e);
+                }
             }
         };
-        if frame.error_text().is_some() {
+        if answer.error_text().is_some() {
             tracing::debug!(upstream = %self.addr, "the upstream does not take DIRK SEEN; reads are not held to a position floor");
             self.floor_supported = false;
         } else {
@@ -661,6 +686,9 @@ mod tests {
         DiesMidStatement,
         /// Answers one statement, then closes (dies between statements).
         DiesAfterOne,
+        /// Answers statements two at a time, once both have arrived: a client that waits for
+        /// the first answer before sending the second never gets one.
+        AnswersPairs,
     }
 
     /// A fake upstream; returns its address and the statements it received.
@@ -684,6 +712,12 @@ mod tests {
                         n += 1;
                         if matches!(behaviour, Behaviour::DiesMidStatement) {
                             return;
+                        }
+                        if matches!(behaviour, Behaviour::AnswersPairs) {
+                            if n % 2 == 1 {
+                                continue;
+                            }
+                            let _ = conn.send(&Frame::Message(format!("ok {}", n - 1))).await;
                         }
                         let _ = conn.send(&Frame::Message(format!("ok {n}"))).await;
                         if matches!(behaviour, Behaviour::DiesAfterOne) {
@@ -770,5 +804,66 @@ mod tests {
             1,
             "nothing of the transaction went on"
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_goes_behind_its_floor_in_the_same_flush_and_a_floor_is_sent_once() {
+        let (addr, saw) = fake(Behaviour::AnswersPairs).await;
+        let mut up = Upstream::new(addr, Duration::from_secs(5));
+        async fn read(up: &mut Upstream, sql: &str) -> Frame {
+            tokio::time::timeout(Duration::from_secs(2), async {
+                up.send(None, sql, None, Retry::Read).await?;
+                up.next_frame().await
+            })
+            .await
+            .expect("the read waited for its floor's answer before it was sent")
+            .unwrap()
+        }
+        up.raise_floor(5);
+        let frame = read(&mut up, "SELECT 1").await;
+        assert!(
+            matches!(frame, Frame::Message(ref m) if m == "ok 2"),
+            "{frame:?}"
+        );
+        up.raise_floor(5);
+        up.raise_floor(9);
+        let frame = read(&mut up, "SELECT 2").await;
+        assert!(
+            matches!(frame, Frame::Message(ref m) if m == "ok 4"),
+            "{frame:?}"
+        );
+        up.raise_floor(9);
+        // A floor already held is not sent again: this read goes alone (and is answered with
+        // the next one, in a pair).
+        up.send(None, "SELECT 3", None, Retry::Read).await.unwrap();
+        up.send_raw("SELECT 4").await.unwrap();
+        up.next_frame().await.unwrap();
+        assert_eq!(
+            *saw.lock().unwrap(),
+            vec![
+                "DIRK SEEN 5",
+                "SELECT 1",
+                "DIRK SEEN 9",
+                "SELECT 2",
+                "SELECT 3",
+                "SELECT 4"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_sent_again_on_the_next_upstream_keeps_its_floor() {
+        let (dying, dying_saw) = fake(Behaviour::DiesMidStatement).await;
+        let (live, live_saw) = fake(Behaviour::Answers).await;
+        let mut up = Upstream::new(format!("{dying},{live}"), Duration::from_secs(5));
+        up.raise_floor(7);
+        up.send(None, "SELECT 1", None, Retry::Read).await.unwrap();
+        let frame = up.next_frame().await.unwrap();
+        assert!(
+            matches!(frame, Frame::Message(ref m) if m == "ok 2"),
+            "{frame:?}"
+        );
+        assert_eq!(*dying_saw.lock().unwrap(), vec!["DIRK SEEN 7"]);
+        assert_eq!(*live_saw.lock().unwrap(), vec!["DIRK SEEN 7", "SELECT 1"]);
     }
 }
