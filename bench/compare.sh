@@ -4,8 +4,11 @@
 #      16 clients, rounds interleaved so machine noise falls on all three; ratios of the same run;
 #   2. replication lag (commit → visible on a replica) at several write rates;
 #   3. write throughput with 0 and with 2 replicas attached (1 and 16 clients);
-#   4. full-sync throughput for a ~1 GB database.
+#   4. full-sync throughput for a ~1 GB database;
+#   5. the table of 1 with the cores split in two "hosts" (taskset): servers and proxies on one
+#      half, the bench client and the cache on the other, where a local cache runs.
 # Usage: bench/compare.sh [seconds-per-run] [sections]   (default 8 and 1234: about 9 minutes;
+#        5 is asked for by name, e.g. `bench/compare.sh 5 15`;
 #        leaves nothing running). `bench/compare.sh 5 1` runs only the workload table;
 #        WORKLOADS="point-select mixed" limits it to those rows, DIRKDB_BIN=path uses that binary
 #        instead of building target/release/dirkdb.
@@ -70,11 +73,11 @@ field() { python3 -c "import json,sys;d=json.loads(sys.argv[1]);print($2)" "$3";
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'); $(rustc --version)"
 echo
-start server --config "$work/config.json" --instance m1; wait_port $P1
-start server --config "$work/config.json" --instance m2; wait_port $P2
-start proxy --config "$work/config.json"; wait_port $LB
-start cache --config "$work/config.json"; wait_port $CP
-start proxy --config "$work/config-one.json"; wait_port $LB1
+start server --config "$work/config.json" --instance m1; wait_port $P1; server_pids=(${pids[-1]})
+start server --config "$work/config.json" --instance m2; wait_port $P2; server_pids+=(${pids[-1]})
+start proxy --config "$work/config.json"; wait_port $LB; server_pids+=(${pids[-1]})
+start cache --config "$work/config.json"; wait_port $CP; cache_pid=${pids[-1]}
+start proxy --config "$work/config-one.json"; wait_port $LB1; server_pids+=(${pids[-1]})
 "$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
 wait_synced $A2
 
@@ -121,6 +124,61 @@ start_postgres() {
 pgbench_tps() { pgbench -S -n -c 16 -j 2 -T "$secs" -h 127.0.0.1 -p "$1" -U postgres bench 2>/dev/null \
   | sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p'; }
 
+# The workload table's rows (section 1, and section 5 with the processes pinned): each
+# workload on each path, two interleaved rounds; $pin_client runs the bench client (empty: as
+# is), the vias are the paths; then each path's mixed p50 per statement.
+declare -A mixed_parts=()
+workload_rows() {
+  local vias=$1 w via round ep out
+  mixed_parts=()
+  for w in $workloads; do
+    declare -A ops=() p99=()
+    for via in direct haproxy proxy1 proxy cache pg pgb; do ops[$via]=0; p99[$via]=0; done
+    for round in 1 2; do
+      for via in $vias; do
+        case $via in direct) ep=$P1;; haproxy) ep=$HP;; proxy1) ep=$LB1;; proxy) ep=$LB;; cache) ep=$CP;; esac
+        out=$($pin_client "$bin" bench --quiet --json --warmup 2 -d "$secs" --endpoint 127.0.0.1:$ep -c 16 -w $w)
+        ops[$via]=$(python3 -c "print(${ops[$via]} + $(field "$out" 'd["ops_per_sec"]' "$out") / 2)")
+        p99[$via]=$(python3 -c "print(max(${p99[$via]}, $(field "$out" 'd["latency_ms"]["p99"]' "$out")))")
+        [ "$w" = mixed ] && mixed_parts[$via]+="$(field "$out" '" ".join("%s:%s" % (s["statement"], s["latency_ms"]["p50"]) for s in d["statements"])' "$out") "
+      done
+      if [ "$w" = point-select ] && [ -n "$PGP" ]; then
+        ops[pg]=$(python3 -c "print(${ops[pg]} + $(pgbench_tps $PGP) / 2)")
+        ops[pgb]=$(python3 -c "print(${ops[pgb]} + $(pgbench_tps $PBP) / 2)")
+      fi
+    done
+    python3 - "$w" "${ops[direct]}" "${p99[direct]}" "${ops[haproxy]}" "${ops[proxy1]}" "${p99[proxy1]}" \
+      "${ops[proxy]}" "${p99[proxy]}" "${ops[cache]}" "${p99[cache]}" "${ops[pg]}" "${ops[pgb]}" <<'PY'
+import sys
+w = sys.argv[1]
+d, dp, h, p1, p1p, p2, p2p, c, cp, pg, pgb = map(float, sys.argv[2:])
+opt = lambda v, f="%.0f": (f % v) if v else "—"
+ratio = lambda a, b: ("%.2f" % (a / b)) if a and b else "—"
+print("| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.2f | %.2f | %.2f | %s | %s | %s |" % (
+    w, d, dp, opt(h), p1, p1p, p2, p2p, c, cp, ratio(p1, h), p1 / d, p2 / d, c / d,
+    opt(pg), opt(pgb), ratio(pgb, pg)))
+PY
+  done
+  if [[ " $workloads " == *" mixed "* ]]; then
+    echo
+    echo "mixed, each statement's p50 in ms (two rounds): where a client of the mix spends its time"
+    echo
+    echo "| path | point-select p50 | update p50 |"
+    echo "|---|---|---|"
+    for via in direct haproxy proxy1 proxy cache; do
+      [ -n "${mixed_parts[$via]:-}" ] || continue
+      python3 - "$via" ${mixed_parts[$via]} <<'PY'
+import sys
+via, parts = sys.argv[1], [p.rsplit(":", 1) for p in sys.argv[2:]]
+reads = [float(v) for k, v in parts if k == "point-select"]
+writes = [float(v) for k, v in parts if k == "update"]
+show = lambda vs: " / ".join("%.2f" % v for v in vs)
+print("| %s | %s | %s |" % (via, show(reads), show(writes)))
+PY
+    done
+  fi
+}
+
 if want 1; then
 HP=; PGP=
 start_haproxy
@@ -133,58 +191,37 @@ echo "100,000 rows) with the same 16 clients, in the same rounds; their columns 
 echo
 echo "| workload | direct ops/s | p99 ms | HAProxy-TCP ops/s | proxy (1) ops/s | p99 ms | proxy (2) ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy (1) ÷ HAProxy | proxy (1) ÷ direct | proxy (2) ÷ direct | cache ÷ direct | PostgreSQL tps | PgBouncer tps | PgBouncer ÷ PostgreSQL |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-declare -A mixed_parts=()
-for w in $workloads; do
-  declare -A ops=() p99=()
-  vias="direct proxy1 proxy cache"; [ -n "$HP" ] && vias="direct haproxy proxy1 proxy cache"
-  for via in direct haproxy proxy1 proxy cache pg pgb; do ops[$via]=0; p99[$via]=0; done
-  for round in 1 2; do
-    for via in $vias; do
-      case $via in direct) ep=$P1;; haproxy) ep=$HP;; proxy1) ep=$LB1;; proxy) ep=$LB;; cache) ep=$CP;; esac
-      out=$(bench --endpoint 127.0.0.1:$ep -c 16 -w $w)
-      ops[$via]=$(python3 -c "print(${ops[$via]} + $(field "$out" 'd["ops_per_sec"]' "$out") / 2)")
-      p99[$via]=$(python3 -c "print(max(${p99[$via]}, $(field "$out" 'd["latency_ms"]["p99"]' "$out")))")
-      [ "$w" = mixed ] && mixed_parts[$via]+="$(field "$out" '" ".join("%s:%s" % (s["statement"], s["latency_ms"]["p50"]) for s in d["statements"])' "$out") "
-    done
-    if [ "$w" = point-select ] && [ -n "$PGP" ]; then
-      ops[pg]=$(python3 -c "print(${ops[pg]} + $(pgbench_tps $PGP) / 2)")
-      ops[pgb]=$(python3 -c "print(${ops[pgb]} + $(pgbench_tps $PBP) / 2)")
-    fi
-  done
-  python3 - "$w" "${ops[direct]}" "${p99[direct]}" "${ops[haproxy]}" "${ops[proxy1]}" "${p99[proxy1]}" \
-    "${ops[proxy]}" "${p99[proxy]}" "${ops[cache]}" "${p99[cache]}" "${ops[pg]}" "${ops[pgb]}" <<'PY'
-import sys
-w = sys.argv[1]
-d, dp, h, p1, p1p, p2, p2p, c, cp, pg, pgb = map(float, sys.argv[2:])
-opt = lambda v, f="%.0f": (f % v) if v else "—"
-ratio = lambda a, b: ("%.2f" % (a / b)) if a and b else "—"
-print("| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.2f | %.2f | %.2f | %s | %s | %s |" % (
-    w, d, dp, opt(h), p1, p1p, p2, p2p, c, cp, ratio(p1, h), p1 / d, p2 / d, c / d,
-    opt(pg), opt(pgb), ratio(pgb, pg)))
-PY
-done
-if [[ " $workloads " == *" mixed "* ]]; then
-  echo
-  echo "mixed, each statement's p50 in ms (two rounds): where a client of the mix spends its time"
-  echo
-  echo "| path | point-select p50 | update p50 |"
-  echo "|---|---|---|"
-  for via in direct haproxy proxy1 proxy cache; do
-    [ -n "${mixed_parts[$via]:-}" ] || continue
-    python3 - "$via" ${mixed_parts[$via]} <<'PY'
-import sys
-via, parts = sys.argv[1], [p.rsplit(":", 1) for p in sys.argv[2:]]
-reads = [float(v) for k, v in parts if k == "point-select"]
-writes = [float(v) for k, v in parts if k == "update"]
-show = lambda vs: " / ".join("%.2f" % v for v in vs)
-print("| %s | %s | %s |" % (via, show(reads), show(writes)))
-PY
-  done
-fi
+vias="direct proxy1 proxy cache"; [ -n "$HP" ] && vias="direct haproxy proxy1 proxy cache"
+pin_client= workload_rows "$vias"
 hits=$(curl -s 127.0.0.1:$CA/stats | python3 -c 'import json,sys;d=json.load(sys.stdin);print("%.3f" % d["hit_ratio"])')
 echo
 echo "cache hit ratio over the whole run: $hits (point-select and range-select repeat 10,000 keys)"
 echo
+fi
+
+# Section 5: the cache where it is meant to run, on the client's host. The machine's cores are
+# split in two "hosts": the servers and both proxies on the first half, the bench client and
+# the cache on the second (taskset; every thread of each running process is moved).
+if want 5 && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  cores=$(nproc); half=$((cores / 2))
+  server_cpus=0-$((half - 1)); client_cpus=$half-$((cores - 1))
+  pin() { local cpus=$1; shift; for p in "$@"; do taskset -a -p -c "$cpus" "$p" >/dev/null; done; }
+  pin "$server_cpus" "${server_pids[@]}"; pin "$client_cpus" "$cache_pid"
+  counts() { curl -s 127.0.0.1:$CA/stats | python3 -c 'import json,sys;d=json.load(sys.stdin);print(d["hits"], d["misses"])'; }
+  read -r hits0 misses0 <<<"$(counts)"
+  echo "## 5. Workloads, 16 clients, the client's host apart: servers and proxies on CPUs $server_cpus, bench client and cache on CPUs $client_cpus"
+  echo
+  echo "The same table as section 1, with the cores split in two hosts: direct, proxy (1) and proxy (2)"
+  echo "put the bench client alone on the client's CPUs; the cache runs beside it, as a local cache does."
+  echo
+  echo "| workload | direct ops/s | p99 ms | HAProxy-TCP ops/s | proxy (1) ops/s | p99 ms | proxy (2) ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy (1) ÷ HAProxy | proxy (1) ÷ direct | proxy (2) ÷ direct | cache ÷ direct | PostgreSQL tps | PgBouncer tps | PgBouncer ÷ PostgreSQL |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  PGP= pin_client="taskset -c $client_cpus" workload_rows "direct proxy1 proxy cache"
+  read -r hits1 misses1 <<<"$(counts)"
+  echo
+  python3 -c "h=$hits1-$hits0; m=$misses1-$misses0; print('cache hit ratio in this section: %.3f' % (h / max(h + m, 1)))"
+  echo
+  pin "0-$((cores - 1))" "${server_pids[@]}" "$cache_pid"
 fi
 
 if want 2; then
