@@ -585,6 +585,94 @@ fn owner_of(key: &str) -> usize {
     dirkdb_core::rendezvous::owner(key, &["m1", "m2", "m3"]).expect("an owner") + 1
 }
 
+/// The cache `dirkdb cluster` starts in front of DirkDB's file: under MULTI_PRIMARY its change
+/// feed would report one master's own commits, so it keeps nothing (and says so) instead of
+/// serving an answer older than a write another master committed. Without that, the second
+/// read below answered the first value for ever (m1's feed never reports m2's commits).
+#[tokio::test]
+async fn a_cache_in_front_of_the_masters_keeps_nothing_and_says_so() {
+    let cluster = LocalCluster::start_with(|text| {
+        text.replace(
+            "\"hash\": \"RENDEZVOUS\"}",
+            "\"hash\": \"RENDEZVOUS\", \"writeConcern\": {\"replicas\": 2, \"timeoutMs\": 5000}}",
+        )
+    });
+    cluster.wait_for_ownership();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.dir.path().join("config.json")).expect("config"),
+    )
+    .expect("config JSON");
+    let port = |key: &str| config["cache"][key].as_u64().expect("a cache port") as u16;
+    let (cache_port, cache_admin) = (port("listenPort"), port("adminPort"));
+    wait_for_port(cache_port);
+    assert_eq!(owner_of("DB:testdb|TABLE:commandes"), 2);
+    let mut p = cluster.proxy().await;
+    for sql in [
+        "CREATE DATABASE testdb",
+        "USE testdb",
+        "CREATE TABLE commandes (id INTEGER PRIMARY KEY, v TEXT)",
+        "INSERT INTO commandes VALUES (1, 'a')",
+    ] {
+        p.execute(sql).await.unwrap();
+    }
+    let mut c = Client::connect(&format!("127.0.0.1:{cache_port}"))
+        .await
+        .expect("connect to the cache");
+    c.execute("USE testdb").await.unwrap();
+    let value = |rows: Vec<Vec<Value>>| rows[0][0].as_str().unwrap_or_default().to_string();
+    // Written through the proxy (acknowledged once every master applied it, writeConcern 2),
+    // read through the cache: each read sees the newest value.
+    for (now, next) in [("a", "b"), ("b", "c")] {
+        for _ in 0..2 {
+            let rows = c
+                .query("SELECT v FROM commandes WHERE id = 1")
+                .await
+                .unwrap()
+                .rows;
+            assert_eq!(value(rows), now);
+        }
+        p.execute(&format!("UPDATE commandes SET v = '{next}' WHERE id = 1"))
+            .await
+            .unwrap();
+    }
+    let rows = c
+        .query("SELECT v FROM commandes WHERE id = 1")
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(value(rows), "c");
+    // A write through the cache, and a transaction, pass through too.
+    c.execute("UPDATE commandes SET v = 'd' WHERE id = 1")
+        .await
+        .unwrap();
+    c.execute("BEGIN").await.unwrap();
+    c.execute("UPDATE commandes SET v = 'e' WHERE id = 1")
+        .await
+        .unwrap();
+    c.execute("COMMIT").await.unwrap();
+    let rows = p
+        .query("SELECT v FROM commandes WHERE id = 1")
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(value(rows), "e");
+    let stats = http(cache_admin, "GET", "/stats", "");
+    assert_eq!(stats["pass_through"], 1, "{stats}");
+    assert_eq!(stats["stored"], 0, "{stats}");
+    assert_eq!(stats["hits"], 0, "{stats}");
+    assert_eq!(stats["writes"], 2, "{stats}");
+    let shown = c.query("SHOW CACHE STATS").await.unwrap().rows;
+    assert!(
+        shown.iter().any(|r| r[0] == "pass_through" && r[1] == 1),
+        "{shown:?}"
+    );
+    assert!(
+        cluster.log().contains("the cache keeps no answer"),
+        "{}",
+        cluster.log()
+    );
+}
+
 #[tokio::test]
 async fn reads_anywhere_see_the_sessions_writes_and_write_concern_counts_masters() {
     let cluster = LocalCluster::start_with(|text| {

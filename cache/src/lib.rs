@@ -60,6 +60,11 @@ pub struct CacheSettings {
     pub statement_timeout: Duration,
     /// Whether to follow the primary's change feed.
     pub change_feed: bool,
+    /// Why the cache keeps no answer, when it does not: under `routing.writes.mode`
+    /// MULTI_PRIMARY every master commits writes, and the change feed (one master's own
+    /// commits) cannot tell the cache what the others changed, so a kept answer could be
+    /// older than a write acknowledged elsewhere. Every statement then goes upstream as is.
+    pub pass_through: Option<String>,
     /// On shutdown, how long client statements may take to finish (`limits.shutdownTimeoutMs`).
     pub shutdown_timeout: Duration,
     /// The whole file (its `security` section: users, grants, cluster credentials).
@@ -87,11 +92,23 @@ impl CacheSettings {
             max_statement_bytes: config.limits.max_statement_bytes,
             statement_timeout: Duration::from_millis(c.statement_timeout_ms.max(1)),
             change_feed: c.change_feed,
+            pass_through: pass_through_reason(config),
             shutdown_timeout: Duration::from_millis(config.limits.shutdown_timeout_ms),
             config: config.clone(),
             config_path: None,
         }
     }
+}
+
+/// Why a cache in front of `config`'s cluster must keep nothing (see
+/// [`CacheSettings::pass_through`]).
+fn pass_through_reason(config: &ClusterConfig) -> Option<String> {
+    config.is_multi_primary().then(|| {
+        "routing.writes.mode is MULTI_PRIMARY: the change feed reports one master's own commits, \
+         so an answer kept here could miss a write committed on another master; the cache \
+         passes every statement to the proxy and keeps nothing"
+            .to_string()
+    })
 }
 
 /// Statement texts whose analysis is remembered.
@@ -174,7 +191,11 @@ pub async fn run_on(
             },
         )));
     }
-    if settings.change_feed {
+    if let Some(reason) = &settings.pass_through {
+        tracing::warn!(reason = %reason, "the cache keeps no answer");
+        stats.pass_through.store(1, Ordering::Relaxed);
+    }
+    if settings.change_feed && settings.pass_through.is_none() {
         background.push(tokio::spawn(change_listener::follow(
             settings.upstream.clone(),
             store.clone(),
@@ -201,6 +222,7 @@ pub async fn run_on(
         ),
         analyses: AnalysisMemo::new(ANALYSIS_MEMO_ENTRIES),
         security,
+        keeps: settings.pass_through.is_none(),
     });
     // The feed stops as soon as shutdown begins: the proxy is usually stopping too, and a feed
     // lost then is not news. Writes still draining invalidate their whole database instead.

@@ -59,6 +59,9 @@ pub(crate) struct SessionContext {
     pub analyses: AnalysisMemo,
     /// Users and grants (see [`crate::auth`]).
     pub security: Arc<dirkdb_core::security::Security>,
+    /// False when the cache keeps nothing (`CacheSettings::pass_through`): every statement
+    /// then goes upstream as is, and a write's answer waits for nothing.
+    pub keeps: bool,
 }
 
 /// How passing a statement on ended.
@@ -148,6 +151,9 @@ impl CacheSession {
             return out.send(&Frame::error(e)).await;
         }
         let analysis = self.ctx.analyses.analyze(&sql);
+        if !self.ctx.keeps {
+            return self.pass_through(&sql, &analysis, out).await;
+        }
         let result = match &*analysis {
             Analysis::Command(command) => return self.command(*command, out).await,
             Analysis::Refused(reason) => return out.send(&Frame::error(reason)).await,
@@ -164,6 +170,36 @@ impl CacheSession {
             Analysis::Use(db) => self.use_database(&sql, db.clone(), out).await,
             Analysis::Transaction(control) => self.transaction(&sql, control.clone(), out).await,
             Analysis::Write(targets) => self.write(&sql, targets.clone(), out).await,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(ForwardError::Client(e)) => Err(e),
+            Err(ForwardError::Upstream { error, .. }) => out.send(&Frame::error(error)).await,
+        }
+    }
+
+    /// Passes a statement on when the cache keeps nothing: the cache's own commands are still
+    /// answered here, and `USE` and transactions are still followed (the upstream connection is
+    /// replaced after a break as usual).
+    async fn pass_through<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        analysis: &Analysis,
+        out: &mut ServerConnection<S>,
+    ) -> Result<(), ConnectionError> {
+        let result = match analysis {
+            Analysis::Command(command) => return self.command(*command, out).await,
+            Analysis::Refused(reason) => return out.send(&Frame::error(reason)).await,
+            Analysis::Use(db) => self.use_database(sql, db.clone(), out).await,
+            Analysis::Transaction(control) => self.transaction(sql, control.clone(), out).await,
+            Analysis::Write(_) => {
+                CacheStats::bump(&self.ctx.stats.writes);
+                self.pass(sql, out, self.write_retry()).await
+            }
+            Analysis::Cacheable(_) | Analysis::Uncacheable(_) => {
+                CacheStats::bump(&self.ctx.stats.uncacheable);
+                self.pass(sql, out, self.read_retry()).await
+            }
         };
         match result {
             Ok(()) => Ok(()),

@@ -65,6 +65,9 @@ pub struct CacheStats {
     pub feed_notices: AtomicU64,
     /// Client connections open.
     pub clients: AtomicI64,
+    /// 1 when the cache keeps no answer and passes every statement on (see
+    /// `CacheSettings::pass_through`).
+    pub pass_through: AtomicU64,
 }
 
 fn get(counter: &AtomicU64) -> u64 {
@@ -151,7 +154,7 @@ fn held(v: &AtomicI64) -> Sample {
 }
 
 /// Every figure, in the order they are shown.
-const FIGURES: [Figure; 25] = [
+const FIGURES: [Figure; 26] = [
     figure!(
         hits,
         counter,
@@ -278,6 +281,12 @@ const FIGURES: [Figure; 25] = [
     figure!(clients, gauge, "Client connections open.", |s| held(
         &s.clients
     )),
+    figure!(
+        pass_through,
+        gauge,
+        "1 when the cache keeps no answer and passes every statement on (MULTI_PRIMARY).",
+        |s| get(&s.pass_through).into()
+    ),
 ];
 
 #[cfg(test)]
