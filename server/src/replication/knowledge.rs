@@ -69,6 +69,22 @@ impl Knowledge {
         }
     }
 
+    /// The oldest step [`Knowledge::note`] keeps for `db` and `origin` once it adds one at
+    /// `after` (`None` while that drops none): the file's steps below it can go ([`record`]).
+    /// At most [`MAX_STEPS`] are kept, so this looks at two of them.
+    pub(crate) fn floor_after_adding(&self, db: &str, origin: &str, after: u64) -> Option<u64> {
+        let steps = lock(&self.steps);
+        let of = steps.get(db)?.get(origin)?;
+        let dropped = (of.len() + usize::from(!of.contains_key(&after)))
+            .checked_sub(MAX_STEPS)
+            .filter(|n| *n > 0)?;
+        let mut oldest: Vec<u64> = of.keys().take(dropped + 1).copied().collect();
+        oldest.push(after);
+        oldest.sort_unstable();
+        oldest.dedup();
+        oldest.get(dropped).copied()
+    }
+
     /// Forgets a dropped database's steps.
     pub(crate) fn forget(&self, db: &str) {
         lock(&self.steps).remove(db);
@@ -151,24 +167,26 @@ fn has_table(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 /// Records a step in the applier's transaction on a database file (the table must exist), and
-/// drops the steps beyond [`MAX_STEPS`] for that origin.
+/// drops that origin's steps below `floor` ([`Knowledge::floor_after_adding`]: the oldest of
+/// the [`MAX_STEPS`] kept). Both statements are cached, and the removal looks up only the
+/// steps it removes: it used to find the floor itself, walking the newest 4,096 steps of the
+/// index at every applied run, the largest part of a run's cost once they were that many.
 pub(crate) fn record(
     tx: &Connection,
     origin: &str,
-    after: u64,
-    applied: u64,
+    (after, applied): (u64, u64),
+    floor: Option<u64>,
 ) -> rusqlite::Result<()> {
     let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO _dirk_knowledge(origin, after, applied) VALUES (?1, ?2, ?3) \
          ON CONFLICT(origin, after) DO UPDATE SET applied = max(applied, excluded.applied)",
-        params![origin, clamp(after), clamp(applied)],
-    )?;
-    tx.execute(
-        "DELETE FROM _dirk_knowledge WHERE origin = ?1 AND after < (SELECT after FROM \
-         _dirk_knowledge WHERE origin = ?1 ORDER BY after DESC LIMIT 1 OFFSET ?2)",
-        params![origin, MAX_STEPS as i64 - 1],
-    )?;
+    )?
+    .execute(params![origin, clamp(after), clamp(applied)])?;
+    if let Some(floor) = floor {
+        tx.prepare_cached("DELETE FROM _dirk_knowledge WHERE origin = ?1 AND after < ?2")?
+            .execute(params![origin, clamp(floor)])?;
+    }
     Ok(())
 }
 
@@ -213,13 +231,38 @@ mod tests {
     fn steps_are_durable_rise_and_stay_bounded() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(FILE_SCHEMA).unwrap();
-        record(&conn, "m2", 3, 7).unwrap();
-        record(&conn, "m2", 3, 5).unwrap();
+        let noted = Knowledge::default();
+        let step = |origin: &str, after: u64, applied: u64| {
+            let floor = noted.floor_after_adding("d", origin, after);
+            record(&conn, origin, (after, applied), floor).unwrap();
+            noted.note("d", origin, after, applied);
+        };
+        step("m2", 3, 7);
+        step("m2", 3, 5);
         for after in 10..(10 + MAX_STEPS as u64 + 5) {
-            record(&conn, "m3", after, after).unwrap();
+            step("m3", after, after);
         }
         let k = Knowledge::default();
         k.load("d", &conn).unwrap();
+        let oldest: i64 = conn
+            .query_row(
+                "SELECT min(after) FROM _dirk_knowledge WHERE origin = 'm3'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(oldest, 15, "the oldest steps went, file and memory alike");
+        assert_eq!(k.floor_after_adding("d", "m3", 10_000), Some(16));
+        assert_eq!(
+            k.floor_after_adding("d", "m3", 15),
+            None,
+            "a step already kept"
+        );
+        assert_eq!(
+            k.floor_after_adding("d", "m2", 99),
+            None,
+            "fewer than MAX_STEPS"
+        );
         let known = k.for_batch(&[entry(4, "d")]);
         assert_eq!(vector(&known, "d", 4)["m2"], 7);
         let count: i64 = conn

@@ -36,13 +36,45 @@ pub(crate) enum Outcome {
     Hold,
 }
 
+/// The key shapes of one database file's tables, kept between runs while the file's schema
+/// stays as it was (its `schema_version`, which every CREATE, ALTER and DROP changes, by any
+/// connection). Read anew for every run, they were a sixth of a run's time (two pragma
+/// queries compiled each time).
+#[derive(Default)]
+pub(crate) struct Shapes {
+    /// The schema version they were read at (`None`: none read since the last change).
+    version: Option<i64>,
+    of: HashMap<String, Option<KeyShape>>,
+}
+
+impl Shapes {
+    /// Forgets every shape when the file's schema changed since they were read; `tx` is the
+    /// run's transaction, so the version is the one its reads see.
+    pub(crate) fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = tx
+            .prepare_cached("PRAGMA schema_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.version != Some(version) {
+            self.forget();
+            self.version = Some(version);
+        }
+        Ok(())
+    }
+
+    /// Forgets every shape (a schema change applied in the run).
+    fn forget(&mut self) {
+        self.version = None;
+        self.of.clear();
+    }
+}
+
 /// The conflict bookkeeping of one run.
 pub(crate) struct RunJudge<'a> {
     state: &'a Node,
     origin: &'a str,
     db: &'a str,
     known: &'a [Known],
-    shapes: HashMap<String, Option<KeyShape>>,
+    shapes: &'a mut Shapes,
     /// Per table: this master's own latest change of each row after a bound.
     own: HashMap<String, (u64, HashMap<String, u64>)>,
     /// Rows to write as resolved (table, row key, conflict id), once each.
@@ -62,19 +94,20 @@ pub(crate) struct Written {
 }
 
 impl<'a> RunJudge<'a> {
-    /// A judge for a run of `origin`'s entries of database `db`, with their knowledge steps.
+    /// A judge for a run of `origin`'s entries of database `db`, with their knowledge steps
+    /// and the file's key shapes ([`Shapes::check`]ed in the run's transaction).
     pub(crate) fn new(
         state: &'a Node,
-        origin: &'a str,
-        db: &'a str,
+        (origin, db): (&'a str, &'a str),
         known: &'a [Known],
+        shapes: &'a mut Shapes,
     ) -> RunJudge<'a> {
         RunJudge {
             state,
             origin,
             db,
             known,
-            shapes: HashMap::new(),
+            shapes,
             own: HashMap::new(),
             resolve: BTreeMap::new(),
             released: Vec::new(),
@@ -82,11 +115,11 @@ impl<'a> RunJudge<'a> {
     }
 
     fn shape(&mut self, tx: &Connection, table: &str) -> Result<Option<KeyShape>> {
-        if !self.shapes.contains_key(table) {
+        if !self.shapes.of.contains_key(table) {
             let shape = conflicts::key_shape(tx, table)?;
-            self.shapes.insert(table.to_string(), shape);
+            self.shapes.of.insert(table.to_string(), shape);
         }
-        Ok(self.shapes.get(table).cloned().flatten())
+        Ok(self.shapes.of.get(table).cloned().flatten())
     }
 
     /// `e` as this master applies it: keyed by its table's primary key when the rowid is local
@@ -135,7 +168,7 @@ impl<'a> RunJudge<'a> {
     /// Judges one incoming entry (recording a conflict where there is one).
     pub(crate) fn entry(&mut self, tx: &Connection, e: &Entry) -> Result<Outcome> {
         if !matches!(e.op, Op::Insert | Op::Update | Op::Remove) {
-            self.shapes.clear();
+            self.shapes.forget();
             self.own.clear();
             return Ok(Outcome::Apply);
         }
@@ -255,7 +288,7 @@ impl<'a> RunJudge<'a> {
     /// Notes the version of the rows `e` (just applied) changed.
     pub(crate) fn applied(&mut self, tx: &Connection, e: &Entry) -> Result<()> {
         if !matches!(e.op, Op::Insert | Op::Update | Op::Remove) {
-            self.shapes.clear();
+            self.shapes.forget();
             self.own.clear();
             return Ok(());
         }
@@ -478,5 +511,55 @@ fn apply_remote(tx: &Connection, shape: &KeyShape, held: &conflicts::Held) -> Re
             )))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two connections to one file, as the applier's and a session's are.
+    fn two_connections() -> (tempfile::TempDir, Connection, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let applier = Connection::open(&path).unwrap();
+        applier
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+            .unwrap();
+        let session = Connection::open(&path).unwrap();
+        (dir, applier, session)
+    }
+
+    #[test]
+    fn key_shapes_are_kept_between_runs_until_the_schema_changes() {
+        let (_dir, applier, session) = two_connections();
+        let mut shapes = Shapes::default();
+        let run = |shapes: &mut Shapes| {
+            let tx = applier.unchecked_transaction().unwrap();
+            shapes.check(&tx).unwrap();
+            if !shapes.of.contains_key("t") {
+                let shape = conflicts::key_shape(&tx, "t").unwrap();
+                shapes.of.insert("t".into(), shape);
+            }
+            tx.commit().unwrap();
+            shapes.of["t"].clone().unwrap()
+        };
+        assert_eq!(run(&mut shapes).columns, ["rowid"]);
+        shapes.of.get_mut("t").unwrap().as_mut().unwrap().stored = vec!["marked".into()];
+        assert_eq!(
+            run(&mut shapes).stored,
+            ["marked"],
+            "kept while the schema stays"
+        );
+        session
+            .execute_batch("DROP TABLE t; CREATE TABLE t(k TEXT PRIMARY KEY, v)")
+            .unwrap();
+        let shape = run(&mut shapes);
+        assert_eq!(
+            (shape.columns, shape.stored),
+            (vec!["k".into()], vec!["k".into(), "v".into()])
+        );
+        shapes.forget();
+        assert!(shapes.of.is_empty() && shapes.version.is_none());
     }
 }

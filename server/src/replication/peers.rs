@@ -476,16 +476,16 @@ pub(crate) fn store_file_position(
     origin: &str,
     mark: Mark,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO _dirk_origins(origin, seq, crc) VALUES (?1, ?2, ?3) \
          ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq, crc = excluded.crc \
          WHERE excluded.seq >= seq",
-        params![
-            origin,
-            mark.seq.min(i64::MAX as u64) as i64,
-            mark.crc.map(i64::from)
-        ],
-    )?;
+    )?
+    .execute(params![
+        origin,
+        mark.seq.min(i64::MAX as u64) as i64,
+        mark.crc.map(i64::from)
+    ])?;
     Ok(())
 }
 
@@ -526,9 +526,16 @@ pub(crate) fn was_dropped(conn: &Connection, name: &str) -> rusqlite::Result<boo
     Ok(by_peer || own)
 }
 
-/// The position a database file's rows stand at for `origin` (0 when none).
-pub(crate) fn file_position(conn: &Connection, origin: &str) -> rusqlite::Result<u64> {
-    Ok(file_mark(conn, origin)?.seq)
+/// The position a database file's rows stand at for `origin` (0 when none), on a connection
+/// [`file_schema`] ran on (the applier's, so `_dirk_origins` exists with its `crc` column): one
+/// cached statement, where [`file_mark`] first probes the schema (two more statements, each
+/// compiled anew), which was a fifth of the time an applied run took.
+pub(crate) fn applied_position(conn: &Connection, origin: &str) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM _dirk_origins WHERE origin = ?1")?
+        .query_row([origin], |r| r.get(0))
+        .optional()?;
+    Ok(seq.map_or(0, |s| s.max(0) as u64))
 }
 
 /// The position a database file's rows stand at for `origin`, with the checksum of the entry
@@ -805,7 +812,7 @@ mod tests {
         assert!(was_dropped(&conn, "d").unwrap());
         mark_dropped(&conn, "d", false).unwrap();
         assert!(!was_dropped(&conn, "d").unwrap());
-        assert_eq!(file_position(&conn, "m2").unwrap(), 0);
+        assert_eq!(file_mark(&conn, "m2").unwrap().seq, 0);
         // A file of an older version: no checksum column, read as unknown, added on use.
         conn.execute_batch(
             "CREATE TABLE _dirk_origins (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL);
@@ -817,6 +824,6 @@ mod tests {
         store_file_position(&conn, "m2", mark(5, Some(50))).unwrap();
         store_file_position(&conn, "m2", mark(4, Some(40))).unwrap();
         assert_eq!(file_mark(&conn, "m2").unwrap(), mark(5, Some(50)));
-        assert_eq!(file_position(&conn, "m2").unwrap(), 5);
+        assert_eq!(applied_position(&conn, "m2").unwrap(), 5);
     }
 }
