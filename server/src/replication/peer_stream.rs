@@ -3,7 +3,8 @@
 //! Asking side ([`run`]): one task per other master, for as long as the server runs. It
 //! connects to that master's SQL port, switches to the replication protocol, sends `PeerHello`
 //! with its applied position, the checksum of the entry applied there and the origin's history, then applies each `PeerEntries` batch
-//! ([`super::peer_apply`]) and acknowledges it; both sides heartbeat, and a silent origin counts
+//! ([`super::peer_apply`]), together with the ones that arrived while the one before was
+//! applied (up to [`BATCH`] entries, see [`gather`]), and acknowledges them; both sides heartbeat, and a silent origin counts
 //! as gone. At its heartbeat the asker also brings the meta file's copy of the origin's position
 //! up to what it applied (the files record it with every batch; see `super::peer_apply`). Any
 //! failure reconnects with exponential backoff (0.1 s to 1 s); a failure is logged and shown in
@@ -155,17 +156,16 @@ async fn stream_from(
                 heard = tokio::time::Instant::now();
                 match received(unit)? {
                     Unit::Message(Message::PeerEntries { origin: o, entries, known, .. }) if o == origin => {
-                        let applied = apply(state, applier, Batch { entries, known }, history.clone()).await?;
+                        let mut batch = Batch { entries, known };
+                        let after = gather(&mut units, origin, &mut batch)?;
+                        let applied = apply(state, applier, batch, history.clone()).await?;
                         write_message(&mut writer, &Message::Ack { applied, term }).await?;
                         writer.flush().await?;
+                        if let Some(unit) = after {
+                            other_unit(state, origin, unit)?;
+                        }
                     }
-                    Unit::Message(Message::Heartbeat { seq, .. }) => {
-                        state.peers.update(origin, |s| s.origin_sequence = s.origin_sequence.max(seq));
-                    }
-                    Unit::Message(Message::Error { message }) => {
-                        return Err(StreamError::Peer(format!("{origin}: {message}")));
-                    }
-                    other => return Err(StreamError::Peer(format!("unexpected from {origin}: {other:?}"))),
+                    other => other_unit(state, origin, other)?,
                 }
             }
             _ = tokio::time::sleep_until(heard + silence) => {
@@ -179,6 +179,51 @@ async fn stream_from(
                 on_blocking(state, applier, move |s, a| a.store_position_if_behind(s, h.as_deref())).await??;
             }
         }
+    }
+}
+
+/// Adds to `batch` the origin's batches already received (up to [`BATCH`] entries in all), so
+/// that what arrived while the last one was applied is applied in one go: one hand-off to a
+/// blocking thread, one transaction per database and one acknowledgement, where each message
+/// cost its own. Under single-row commits each message holds one or a few entries, and the
+/// hand-offs (the blocking pool's wake-ups and context switches) took more of an applying
+/// master's CPU than the apply itself. Returns the first other unit taken, to handle after.
+fn gather(units: &mut Units, origin: &str, batch: &mut Batch) -> Result<Option<Unit>, StreamError> {
+    while batch.entries.len() < BATCH {
+        let Ok(unit) = units.try_recv() else {
+            return Ok(None);
+        };
+        match received(Some(unit))? {
+            Unit::Message(Message::PeerEntries {
+                origin: o,
+                entries,
+                known,
+                ..
+            }) if o == origin => {
+                batch.entries.extend(entries);
+                batch.known.extend(known);
+            }
+            other => return Ok(Some(other)),
+        }
+    }
+    Ok(None)
+}
+
+/// A unit of the origin's stream other than its entries: a heartbeat, or the end.
+fn other_unit(state: &Node, origin: &str, unit: Unit) -> Result<(), StreamError> {
+    match unit {
+        Unit::Message(Message::Heartbeat { seq, .. }) => {
+            state
+                .peers
+                .update(origin, |s| s.origin_sequence = s.origin_sequence.max(seq));
+            Ok(())
+        }
+        Unit::Message(Message::Error { message }) => {
+            Err(StreamError::Peer(format!("{origin}: {message}")))
+        }
+        other => Err(StreamError::Peer(format!(
+            "unexpected from {origin}: {other:?}"
+        ))),
     }
 }
 
@@ -503,4 +548,94 @@ async fn read_held(
     })
     .await
     .map_err(|e| StreamError::Server(ServerError::from(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oplog::Op;
+    use crate::replication::knowledge::Known;
+
+    fn entries(origin: &str, seqs: std::ops::RangeInclusive<u64>) -> Unit {
+        let entries = seqs
+            .map(|seq| Entry {
+                seq,
+                ts: 0,
+                db: "d".into(),
+                table: "t".into(),
+                op: Op::Insert,
+                old_key: None,
+                new_key: None,
+                data: None,
+                crc: 0,
+            })
+            .collect();
+        let known = vec![Known {
+            db: "d".into(),
+            origin: "m3".into(),
+            after: 0,
+            applied: 1,
+        }];
+        Unit::Message(Message::PeerEntries {
+            origin: origin.into(),
+            entries,
+            term: 1,
+            known,
+        })
+    }
+
+    fn seqs(batch: &Batch) -> Vec<u64> {
+        batch.entries.iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn batches_already_received_are_applied_in_one_go_up_to_a_limit() {
+        let (tx, mut units) = mpsc::channel(64);
+        for unit in [entries("m1", 2..=3), entries("m1", 4..=4)] {
+            tx.send(Ok(unit)).await.unwrap();
+        }
+        let beat = Unit::Message(Message::Heartbeat {
+            seq: 9,
+            ts: 0,
+            term: 1,
+        });
+        tx.send(Ok(beat)).await.unwrap();
+        tx.send(Ok(entries("m1", 5..=5))).await.unwrap();
+        let mut batch = Batch::default();
+        let after = gather(&mut units, "m1", &mut batch).unwrap();
+        assert_eq!(seqs(&batch), [2, 3, 4], "up to the first other unit");
+        assert_eq!(batch.known.len(), 2, "with every batch's steps");
+        assert!(matches!(
+            after,
+            Some(Unit::Message(Message::Heartbeat { seq: 9, .. }))
+        ));
+        let mut batch = Batch::default();
+        assert!(gather(&mut units, "m1", &mut batch).unwrap().is_none());
+        assert_eq!(seqs(&batch), [5], "then what follows it");
+
+        let big = BATCH as u64;
+        for unit in [entries("m1", 1..=big - 1), entries("m1", big..=big + 1)] {
+            tx.send(Ok(unit)).await.unwrap();
+        }
+        tx.send(Ok(entries("m1", big + 2..=big + 2))).await.unwrap();
+        let mut batch = Batch::default();
+        assert!(gather(&mut units, "m1", &mut batch).unwrap().is_none());
+        assert_eq!(
+            batch.entries.len(),
+            BATCH + 1,
+            "no more once the limit is reached"
+        );
+        let mut batch = Batch::default();
+        gather(&mut units, "m1", &mut batch).unwrap();
+        assert_eq!(seqs(&batch), [big + 2]);
+
+        tx.send(Ok(entries("m2", 1..=1))).await.unwrap();
+        let mut batch = Batch::default();
+        let other = gather(&mut units, "m1", &mut batch).unwrap();
+        assert!(
+            batch.entries.is_empty(),
+            "another origin's entries are not this stream's"
+        );
+        assert!(other.is_some());
+    }
 }
