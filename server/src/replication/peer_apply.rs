@@ -28,6 +28,14 @@
 //! position, the key shapes read, the prune walking 4,096 steps) was about two thirds of a
 //! run's time.
 //!
+//! Taking the writer gate waits for group commit's pending sync (`WritePath::acquire`), so the
+//! knowledge step's `after` and the rows' `local_at` count only durable own entries: after a
+//! power loss the sequences of own entries lost from another file are given out again, and a
+//! version whose `local_at` stood above them would hide those new own changes from conflict
+//! detection. Under local writers that sync, made holding the gate, is about a fifth of the
+//! apply's CPU (perf, issue #16); it stays until the step and the version can name a durable
+//! position some other way.
+//!
 //! Entries must rise; gaps are allowed (entries of a database the origin dropped since). An
 //! entry at or below the file's stored position is skipped, so a batch sent again after a crash
 //! or a reconnection is applied once. Entries of a database this master does not hold are
