@@ -64,6 +64,19 @@ pub(crate) struct SessionContext {
     pub keeps: bool,
 }
 
+/// Ends a statement's handling: an upstream failure is answered to the client as an error
+/// (the session goes on); the client's own failure ends the session.
+async fn answer_failure<S: AsyncRead + AsyncWrite + Unpin>(
+    result: Result<(), ForwardError>,
+    out: &mut ServerConnection<S>,
+) -> Result<(), ConnectionError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(ForwardError::Client(e)) => Err(e),
+        Err(ForwardError::Upstream { error, .. }) => out.send(&Frame::error(error)).await,
+    }
+}
+
 /// How passing a statement on ended.
 struct Forwarded {
     /// The whole response, when it fit under the cap.
@@ -171,11 +184,7 @@ impl CacheSession {
             Analysis::Transaction(control) => self.transaction(&sql, control.clone(), out).await,
             Analysis::Write(targets) => self.write(&sql, targets.clone(), out).await,
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(ForwardError::Client(e)) => Err(e),
-            Err(ForwardError::Upstream { error, .. }) => out.send(&Frame::error(error)).await,
-        }
+        answer_failure(result, out).await
     }
 
     /// Passes a statement on when the cache keeps nothing: the cache's own commands are still
@@ -201,11 +210,7 @@ impl CacheSession {
                 self.pass(sql, out, self.read_retry()).await
             }
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(ForwardError::Client(e)) => Err(e),
-            Err(ForwardError::Upstream { error, .. }) => out.send(&Frame::error(error)).await,
-        }
+        answer_failure(result, out).await
     }
 
     /// The store's name for the session's database.
