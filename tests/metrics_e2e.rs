@@ -78,6 +78,85 @@ async fn the_server_s_metrics_count_statements_and_connections() {
     primary.part.stop().await;
 }
 
+/// Writes sent with their values written in run from one cached statement per shape, with the
+/// values bound (`statement_shape`), and do exactly what their text says; statements that do not
+/// qualify, or whose shape does not compile, run as sent.
+#[tokio::test]
+async fn writes_with_their_values_written_in_run_from_one_statement_per_shape() {
+    let primary = inproc::primary().await;
+    let admin = primary.part.admin;
+    let mut c = primary.part.client().await;
+    for sql in [
+        "CREATE DATABASE s",
+        "USE s",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INTEGER, v TEXT)",
+    ] {
+        c.execute(sql).await.expect(sql);
+    }
+    let parameterized = |s: &Scrape| {
+        s.value("dirkdb_statements_parameterized_total{instance=\"m1\"}")
+            .expect("the counter is on the page")
+    };
+    let before = parameterized(&Scrape::of(admin).await);
+    let mut shaped = 0.0;
+    for i in 0..30 {
+        c.execute(&format!(
+            "INSERT INTO t VALUES ({i}, '{}', 'it''s {i}')",
+            i * 2
+        ))
+        .await
+        .expect("insert");
+        shaped += 1.0;
+    }
+    for i in 0..30 {
+        c.execute(&format!(
+            "UPDATE t SET n = n + {i}, v = v || '!' WHERE id = {i}"
+        ))
+        .await
+        .expect("update");
+        shaped += 1.0;
+    }
+    c.execute("DELETE FROM t WHERE id IN (1, 2) OR v = 'it''s 3!'")
+        .await
+        .expect("delete");
+    shaped += 1.0;
+    // Not parameterized: RETURNING, a subquery, a string where a name stands (its shape does
+    // not compile, so it runs as sent), and a syntax error, which keeps SQLite's own message.
+    c.query("UPDATE t SET n = 0 WHERE id = 4 RETURNING n")
+        .await
+        .expect("returning");
+    c.execute("DELETE FROM t WHERE id IN (SELECT id FROM t WHERE n > 80)")
+        .await
+        .expect("subquery");
+    c.execute("INSERT INTO t('id', 'n') VALUES (100, 1)")
+        .await
+        .expect("names as strings");
+    let error = c
+        .execute("UPDATE t SET n = = 1 WHERE id = 5")
+        .await
+        .expect_err("a syntax error");
+    assert!(error.to_string().contains("syntax error"), "{error}");
+    let after = parameterized(&Scrape::of(admin).await);
+    assert_eq!(after - before, shaped);
+    let rows = c
+        .query("SELECT id, n, typeof(n), v FROM t ORDER BY id")
+        .await
+        .expect("read");
+    let mut expected = Vec::new();
+    for i in (0..30).filter(|i| ![1, 2, 3].contains(i)) {
+        let n = if i == 4 { 0 } else { i * 3 };
+        if n > 80 {
+            continue;
+        }
+        expected.push(serde_json::json!([i, n, "integer", format!("it's {i}!")]));
+    }
+    expected.push(serde_json::json!([100, 1, "integer", null]));
+    let got: Vec<serde_json::Value> = rows.rows.iter().map(|r| serde_json::json!(r)).collect();
+    assert_eq!(got, expected);
+    drop(c);
+    primary.part.stop().await;
+}
+
 #[tokio::test]
 async fn the_proxy_s_metrics_count_each_instance_s_reads_and_writes() {
     let primary = inproc::primary().await;

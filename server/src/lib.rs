@@ -55,6 +55,7 @@ pub mod replication;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod statement_runner;
+pub(crate) mod statement_shape;
 pub(crate) mod storage;
 pub(crate) mod write_path;
 

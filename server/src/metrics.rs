@@ -24,6 +24,12 @@ mod described {
         "dirkdb_statement_errors",
         "Statements answered with an error.",
     );
+    pub(super) const SHAPED: Metric = Metric::counter(
+        "dirkdb_statements_parameterized",
+        "Client writes run as the statement of their shape with their values bound: \
+         compiled once, then taken from the connection's statement cache (README \"Compiled \
+         once\").",
+    );
     pub(super) const REPLICA_CONNECTED: Metric = Metric::gauge(
         "dirkdb_replica_connected",
         "1 while the replica is connected.",
@@ -115,6 +121,7 @@ fn write_page(
     page.one(&REFUSED, m.refused())?;
     page.one(&STATEMENTS, m.statements())?;
     page.one(&ERRORS, m.errors())?;
+    page.one(&SHAPED, m.shaped())?;
     dirkdb_core::metrics::Guards {
         limits: state.client_limits.clone(),
         security: state.security.security.clone(),

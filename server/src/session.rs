@@ -464,6 +464,7 @@ impl Session {
                 _ => Access::default(),
             },
             ownership: self.state.settings.ownership.clone(),
+            metrics: self.state.metrics.clone(),
         };
         let (tx, mut rx) = mpsc::channel(FRAME_CHANNEL);
         let interrupt = conn.get_interrupt_handle();

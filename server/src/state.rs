@@ -30,7 +30,7 @@ pub struct ServerState {
     /// `limits.maxConnectionsPerAddress` and the idle timeouts (reloaded with the file).
     pub client_limits: Arc<ClientLimits>,
     /// Counters for `/metrics`.
-    pub metrics: ServerMetrics,
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl Deref for ServerState {
@@ -56,7 +56,7 @@ impl ServerState {
             in_flight: InFlight::new(limits.max_in_flight_statement_bytes),
             client_limits: ClientLimits::new(config),
             limits,
-            metrics: ServerMetrics::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -73,6 +73,7 @@ pub struct ServerMetrics {
     refused: AtomicU64,
     statements: AtomicU64,
     errors: AtomicU64,
+    shaped: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -106,5 +107,13 @@ impl ServerMetrics {
     /// Statements answered with an error.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+    /// A client's write ran from its cached shape (`statement_shape`).
+    pub fn shaped_one(&self) {
+        self.shaped.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Client writes run from a cached shape.
+    pub fn shaped(&self) -> u64 {
+        self.shaped.load(Ordering::Relaxed)
     }
 }

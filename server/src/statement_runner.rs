@@ -15,7 +15,7 @@ use std::sync::Arc;
 use dirkdb_core::frame::{Column, Frame, PageFrame, RelationPage};
 use dirkdb_core::value;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Statement};
+use rusqlite::{CachedStatement, Connection, Statement};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,7 @@ use crate::database_statement::{schema_object, success_text};
 use crate::error::ServerError;
 use crate::oplog::{capture, store, Op};
 use crate::ownership::{self, Ownership};
+use crate::statement_shape;
 use crate::write_path::WritePath;
 
 /// Pages read ahead before a result is counted.
@@ -55,6 +56,8 @@ pub(crate) struct RunOptions {
     /// MULTI_PRIMARY: the objects this master owns (DirkDB's domains are checked here; tables
     /// and views by the connection's authorizer).
     pub ownership: Arc<Ownership>,
+    /// The server's counters (statements run from a cached shape are counted here).
+    pub metrics: Arc<crate::state::ServerMetrics>,
 }
 
 /// A session's handle on the writer gate.
@@ -547,7 +550,7 @@ fn execute(
             ServerError::Refused("DirkDB's `_dirk` triggers cannot be changed".into()).into(),
         );
     }
-    let mut stmt = conn.prepare(sql)?;
+    let mut stmt = prepare(conn, sql, options)?;
     let words = leading_words(sql, 2);
     let writes = !stmt.readonly()
         || (words.first().map(String::as_str) == Some("BEGIN")
@@ -600,11 +603,59 @@ fn execute(
     streamed.map(|()| Last::RelationOk)
 }
 
+/// A client's statement compiled: from its text, or its shape taken from the connection's
+/// statement cache with the values bound ([`crate::statement_shape`]).
+enum Prepared<'c> {
+    Text(Statement<'c>),
+    Shaped(CachedStatement<'c>),
+}
+
+impl<'c> std::ops::Deref for Prepared<'c> {
+    type Target = Statement<'c>;
+
+    fn deref(&self) -> &Statement<'c> {
+        match self {
+            Prepared::Text(s) => s,
+            Prepared::Shaped(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Prepared<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Prepared::Text(s) => s,
+            Prepared::Shaped(s) => s,
+        }
+    }
+}
+
+/// Compiles `sql`, through its shape when it has one that compiles (see
+/// [`crate::statement_shape`]; never under MULTI_PRIMARY, whose ownership check is the
+/// authorizer's, at compile time).
+fn prepare<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    options: &RunOptions,
+) -> Result<Prepared<'c>, RunError> {
+    if !options.ownership.active() {
+        if let Some(shape) = statement_shape::parameterize(sql) {
+            if let Ok(mut stmt) = conn.prepare_cached(&shape.text) {
+                if shape.bind(&mut stmt).is_ok() {
+                    options.metrics.shaped_one();
+                    return Ok(Prepared::Shaped(stmt));
+                }
+            }
+        }
+    }
+    Ok(Prepared::Text(conn.prepare(sql)?))
+}
+
 /// Runs CREATE/DROP/ALTER and records it as an oplog entry in the same transaction, with the
 /// capture triggers brought up to date. Changes to TEMP objects are not recorded.
 fn run_schema_change(
     conn: &Connection,
-    mut stmt: Statement<'_>,
+    mut stmt: Prepared<'_>,
     sql: &str,
 ) -> Result<String, RunError> {
     // A savepoint also inside an explicit transaction: a failed ALTER must not leave the
@@ -932,6 +983,7 @@ mod tests {
             access: crate::auth::Access::default(),
             schema_epoch: 0,
             ownership: Arc::default(),
+            metrics: Arc::default(),
         };
         let refused = conn
             .execute_batch("INSERT INTO c VALUES (1)")
