@@ -169,16 +169,22 @@ const TIME_FUNCTIONS: [&str; 7] = [
 pub const MEMO_MAX_STATEMENT_BYTES: usize = 4096;
 
 /// Analyses of recent statement texts, so a statement seen before costs one hash lookup instead
-/// of a parse (clients repeat the same statements; this is what makes a hit cheap).
+/// of a parse (clients repeat the same statements; this is what makes a hit cheap). A
+/// `quick_cache` (S3-FIFO, a read lock and a hash probe per lookup), not `moka`: an analysis is a
+/// pure function of the text, so no eviction order matters for correctness, and `moka`'s
+/// bookkeeping of every read was a tenth of the cache's CPU on point-select hits
+/// (BENCHMARKS.md, "The statement memo").
 pub struct AnalysisMemo {
-    memo: moka::sync::Cache<Box<str>, Arc<Analysis>>,
+    memo: quick_cache::sync::Cache<Box<str>, Arc<Analysis>>,
 }
 
 impl AnalysisMemo {
     /// A memo of at most `capacity` statement texts.
     pub fn new(capacity: u64) -> AnalysisMemo {
         AnalysisMemo {
-            memo: moka::sync::Cache::new(capacity.max(1)),
+            memo: quick_cache::sync::Cache::new(
+                usize::try_from(capacity.max(1)).unwrap_or(usize::MAX),
+            ),
         }
     }
 
