@@ -387,6 +387,12 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
     assert_eq!(rows[0][0], "vola");
     let why = refusal(m2.execute("manamboara efitra taona ( ISA(0,20) )").await);
     assert!(why.contains("domain testdb.taona is owned by m1"), "{why}");
+    // A domain of another owner in the same table: `dirkdb_domains` rows travel between masters
+    // by their name (the table's primary key), each master numbering its own rowids, so both
+    // reach every master (m3 wrote vola, m1 writes taona).
+    c.execute("manamboara efitra taona ( ISA(1900,2100) )")
+        .await
+        .unwrap();
 
     // A transaction over two owners is refused clearly, and stays open for ROLLBACK.
     c.execute("BEGIN").await.unwrap();
@@ -451,8 +457,18 @@ async fn dirkdbs_config_runs_with_dirkdbs_owners_and_one_writer_per_object() {
     );
     assert_eq!(
         converged[1]["tables"]["testdb"]["dirkdb_domains"]["rows"],
-        1
+        2
     );
+    for m in 1..=3 {
+        let mut master = cluster.master(m).await;
+        master.execute("USE testdb").await.unwrap();
+        let names = master
+            .query("SELECT name FROM dirkdb_domains ORDER BY name")
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(names, vec![vec!["taona"], vec!["vola"]], "m{m}");
+    }
     // Visible: SHOW OWNERS through `dirkdb client` (DirkDB's spelling too), each object's
     // owner and the per-origin positions and lag in /cluster/status, the same in /metrics.
     let port = cluster.lb.to_string();

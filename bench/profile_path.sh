@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One workload through one path of the quick start's topology (m1 PRIMARY + m2 REPLICA, the proxy,
+# the cache in front of it), on fresh data directories and free ports: the throughput, each
+# statement's latency, each process's share of a core over 5 s of the run, the cache's counters,
+# and with `perf` a `perf record -g` profile of each process (written to $OUT/<process>.data).
+#
+#   bench/profile_path.sh WORKLOAD PATH [SECONDS] [perf]
+#     WORKLOAD: point-select | range-select | update | insert | mixed   (dirkdb bench -w)
+#     PATH: direct (m1) | proxy | cache
+#   C=1 bench/profile_path.sh update cache 6     # clients (default 16)
+#   DIRKDB_BIN=… OUT=/tmp/prof …                 # binary (default target/release/dirkdb), profile folder
+#
+# The run starts cold (an empty cache); SECONDS ≥ 8 leaves the 5 s window after a 3 s start.
+# Leaves nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${DIRKDB_BIN:-target/release/dirkdb}
+w=${1:?usage: bench/profile_path.sh WORKLOAD direct|proxy|cache [SECONDS] [perf]}
+via=${2:?usage: bench/profile_path.sh WORKLOAD direct|proxy|cache [SECONDS] [perf]}
+secs=${3:-10}
+perf=${4:-}
+out=${OUT:-/tmp/prof}
+[ -x "$bin" ] || { echo "no binary at $bin: cargo build --release --locked" >&2; exit 2; }
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+P1=$(port); P2=$(port); A1=$(port); A2=$(port); LB=$(port); LBA=$(port); CP=$(port); CA=$(port)
+cat > "$work/config.json" <<JSON
+{ "instances": [
+  { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": $P1, "adminPort": $A1, "dataDirectory": "$work/m1" },
+  { "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": $P2, "adminPort": $A2, "dataDirectory": "$work/m2" } ],
+  "loadBalancer": { "listenHost": "127.0.0.1", "listenPort": $LB, "adminPort": $LBA },
+  "cache": { "listenHost": "127.0.0.1", "listenPort": $CP, "adminPort": $CA, "ttlMillis": 600000, "maxEntries": 20000 },
+  "replication": { "heartbeatMillis": 500 } }
+JSON
+start() { RUST_LOG=warn "$bin" "$@" 2>>"$work/log" & pids+=($!); disown; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+start server --config "$work/config.json" --instance m1; wait_port $P1
+start server --config "$work/config.json" --instance m2; wait_port $P2
+start proxy --config "$work/config.json"; wait_port $LB
+start cache --config "$work/config.json"; wait_port $CP
+names=(m1 m2 proxy cache)
+"$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
+sleep 1
+case $via in direct) ep=$P1;; proxy) ep=$LB;; cache) ep=$CP;; *) echo "PATH is direct, proxy or cache" >&2; exit 2;; esac
+"$bin" bench --quiet --json --warmup 2 -d "$secs" --endpoint 127.0.0.1:$ep -c "${C:-16}" -w "$w" > "$work/out.json" &
+bench_pid=$!
+sleep 3
+perfs=()
+if [ -n "$perf" ]; then
+  mkdir -p "$out"
+  for i in 0 1 2 3; do
+    perf record -F 2000 -g -o "$out/${names[$i]}.data" -p "${pids[$i]}" -- sleep 5 >/dev/null 2>&1 &
+    perfs+=($!)
+  done
+fi
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+before=(); for i in 0 1 2 3; do before+=("$(ticks "${pids[$i]}")"); done
+sleep 5
+hz=$(getconf CLK_TCK)
+for i in 0 1 2 3; do
+  echo "${names[$i]}: $(( ($(ticks "${pids[$i]}") - before[i]) * 100 / hz / 5 )) % of a core"
+done
+wait $bench_pid
+python3 - "$work/out.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("ops/s %.0f" % d.get("ops_per_sec", 0))
+for s in d.get("statements", []):
+    l = s["latency_ms"]
+    print("  %-14s p50 %.2f ms, mean %.2f, p99 %.2f" % (s["statement"][:14], l["p50"], l["mean"], l["p99"]))
+PY
+curl -s "127.0.0.1:$CA/stats" | python3 -c 'import json,sys;d=json.load(sys.stdin);print("cache: hit ratio %.3f, hits %d, misses %d, writes %d, mean settle %.0f us" % (d["hit_ratio"], d["hits"], d["misses"], d["writes"], d["write_settle_micros"] / max(d["write_settles"], 1)))'
+for p in "${perfs[@]:-}"; do [ -n "$p" ] && wait "$p"; done
+[ -n "$perf" ] && echo "profiles: $out/{m1,m2,proxy,cache}.data (perf report -i …)"
+exit 0
