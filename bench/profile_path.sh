@@ -8,6 +8,7 @@
 #     WORKLOAD: point-select | range-select | update | insert | mixed   (dirkdb bench -w)
 #     PATH: direct (m1) | proxy | cache
 #   C=1 bench/profile_path.sh update cache 6     # clients (default 16)
+#   BENCH_ARGS="--rate 5000" bench/profile_path.sh mixed cache 10   # more `dirkdb bench` options
 #   DIRKDB_BIN=… OUT=/tmp/prof …                 # binary (default target/release/dirkdb), profile folder
 #
 # The run starts cold (an empty cache); SECONDS ≥ 8 leaves the 5 s window after a 3 s start.
@@ -45,7 +46,7 @@ names=(m1 m2 proxy cache)
 "$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
 sleep 1
 case $via in direct) ep=$P1;; proxy) ep=$LB;; cache) ep=$CP;; *) echo "PATH is direct, proxy or cache" >&2; exit 2;; esac
-"$bin" bench --quiet --json --warmup 2 -d "$secs" --endpoint 127.0.0.1:$ep -c "${C:-16}" -w "$w" > "$work/out.json" &
+"$bin" bench --quiet --json --warmup 2 -d "$secs" --endpoint 127.0.0.1:$ep -c "${C:-16}" -w "$w" ${BENCH_ARGS:-} > "$work/out.json" &
 bench_pid=$!
 sleep 3
 perfs=()

@@ -134,6 +134,27 @@ async fn workloads_run_against_a_server() {
     assert_eq!(custom_parts.iter().map(|(_, n)| n).sum::<u64>(), 300);
     // Every row past the first 10,200 is one of the custom run's inserts.
     assert_eq!(custom_parts[2].1, u64::try_from(rows - 10_200).unwrap_or(0));
+
+    // --rate paces the clients (150 statements a second in all, over 3 clients), where the
+    // same run back to back goes thousands a second.
+    let paced = bench_ok(&[
+        "--port",
+        p,
+        "-w",
+        "point-select",
+        "-c",
+        "3",
+        "-d",
+        "2",
+        "--warmup",
+        "0",
+        "--rate",
+        "150",
+    ]);
+    assert_eq!(u64_field(&paced, "target_rate"), 150, "{paced}");
+    assert_eq!(u64_field(&paced, "errors"), 0, "{paced}");
+    let rate = paced["ops_per_sec"].as_f64().unwrap_or(0.0);
+    assert!((75.0..=170.0).contains(&rate), "{paced}");
 }
 
 /// The `statements` of a summary: each statement's name and operations.

@@ -98,10 +98,13 @@ pub struct BenchArgs {
     /// changes it applies (the lag between masters needs this).
     #[arg(long, requires = "measure_lag")]
     pub poll: bool,
-    /// Writes per second of --measure-lag, paced evenly over one connection.
-    #[arg(long, value_name = "N", default_value_t = 1000,
+    /// Statements per second in all, as pgbench's --rate: each client sends on its own even
+    /// schedule (N / clients a second) instead of back to back, so paths can be compared at the
+    /// same load; a client that falls behind catches up without waiting. With --measure-lag:
+    /// the writes per second, paced evenly over one connection (1000 when not given).
+    #[arg(long, value_name = "N",
           value_parser = value_parser!(u64).range(1..=1_000_000))]
-    pub rate: u64,
+    pub rate: Option<u64>,
     /// --measure-lag's writer sends each INSERT on schedule without waiting for the previous
     /// one's answer, with at most N unanswered (pipelining; 1 waits for each answer): one
     /// connection then reaches rates its round trip alone would not, and its rows still commit

@@ -48,6 +48,9 @@ use crate::{Client, ClientError};
 use dirkdb_core::security::Credentials;
 
 use super::args::{BenchArgs, DEFAULT_SECONDS};
+
+/// Writes per second when `--rate` is not given.
+const DEFAULT_RATE: u64 = 1000;
 use super::progress::{self, Ticker};
 use super::report::{self, round, Latency};
 use super::runner::{new_histogram, STATEMENT_TIMEOUT};
@@ -105,7 +108,7 @@ impl LagPlan {
             primary: args.endpoint(),
             replica,
             database: args.database.clone(),
-            rate: args.rate.max(1),
+            rate: args.rate.unwrap_or(DEFAULT_RATE).max(1),
             duration: args
                 .duration
                 .unwrap_or(Duration::from_secs(DEFAULT_SECONDS)),

@@ -108,6 +108,8 @@ pub struct Summary {
     pub description: String,
     /// Clients.
     pub concurrency: u32,
+    /// `--rate`: the statements per second asked for (`None`: back to back).
+    pub target_rate: Option<u64>,
     /// Warmup seconds (not measured).
     pub warmup: f64,
     /// Measured wall time in seconds.
@@ -159,6 +161,7 @@ impl Summary {
             workload: plan.workload.kind.name().to_string(),
             description: plan.workload.describe(),
             concurrency: plan.concurrency,
+            target_rate: plan.rate,
             warmup: plan.warmup.as_secs_f64(),
             seconds: outcome.elapsed.as_secs_f64(),
             operations: outcome.histogram.len(),
@@ -184,6 +187,7 @@ impl Summary {
             "endpoint": self.endpoint,
             "workload": self.workload,
             "concurrency": self.concurrency,
+            "target_rate": self.target_rate,
             "seconds": round(self.seconds, 3),
             "operations": self.operations,
             "ops_per_sec": round(self.ops_per_sec(), 1),
@@ -214,9 +218,13 @@ impl Summary {
             let ratio = error_ratio(self.operations, self.errors) * 100.0;
             errors = format!("{errors} ({ratio:.2}%), first: {first}");
         }
+        let clients = match self.target_rate {
+            Some(rate) => format!("{} (paced: {rate} statements/s in all)", self.concurrency),
+            None => self.concurrency.to_string(),
+        };
         let mut text = format!(
             "dirkdb bench: {} on {}\n\
-             clients      {}\n\
+             clients      {clients}\n\
              measured     {:.3} s (after {} s of warmup)\n\
              operations   {}\n\
              throughput   {:.1} ops/s\n\
@@ -224,7 +232,6 @@ impl Summary {
              latency ms   {}\n",
             self.description,
             self.endpoint,
-            self.concurrency,
             self.seconds,
             self.warmup,
             self.operations,

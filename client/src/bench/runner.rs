@@ -47,6 +47,10 @@ pub struct Plan {
     pub warmup: Duration,
     /// Presented by every connection.
     pub credentials: Option<Credentials>,
+    /// `--rate`: statements per second in all (`None`: back to back).
+    pub rate: Option<u64>,
+    /// `--rate`: the pause between two statements of one client.
+    pub interval: Option<Duration>,
 }
 
 impl Plan {
@@ -64,6 +68,10 @@ impl Plan {
             length: args.run_length(),
             warmup: args.warmup,
             credentials,
+            rate: args.rate,
+            interval: args.rate.map(|rate| {
+                Duration::from_secs_f64(f64::from(args.concurrency.max(1)) / rate as f64)
+            }),
         }
     }
 }
@@ -96,15 +104,24 @@ pub async fn run(plan: &Plan, quiet: bool) -> Result<Outcome, BenchError> {
     let empty = WorkerResult::new(new_histogram()?, templates);
     let shared = Arc::new(Shared::new(plan));
     let ticker = start_ticker(plan, shared.clone(), quiet);
+    let start = Instant::now();
+    let clients = plan.concurrency.max(1);
     let tasks: Vec<_> = sessions
         .into_iter()
-        .map(|session| {
+        .enumerate()
+        .map(|(i, session)| {
             let result = empty.clone();
+            // Clients' schedules are spread over one interval, so the load is even.
+            let pace = plan.interval.map(|every| Pace {
+                next: start + every.mul_f64(i as f64 / f64::from(clients)),
+                every,
+            });
             tokio::spawn(worker(
                 session,
                 shared.clone(),
                 plan.workload.clone(),
                 result,
+                pace,
             ))
         })
         .collect();
@@ -300,15 +317,33 @@ impl WorkerResult {
     }
 }
 
-/// One client: statements back to back until the run is over.
+/// One client's schedule under `--rate`.
+struct Pace {
+    next: Instant,
+    every: Duration,
+}
+
+impl Pace {
+    /// Waits for the next statement's turn; a client behind its schedule does not wait.
+    async fn wait(&mut self) {
+        tokio::time::sleep_until(self.next.into()).await;
+        self.next += self.every;
+    }
+}
+
+/// One client: statements back to back (or on its schedule) until the run is over.
 async fn worker(
     mut session: Session,
     shared: Arc<Shared>,
     workload: Arc<Workload>,
     mut result: WorkerResult,
+    mut pace: Option<Pace>,
 ) -> WorkerResult {
     let mut rng = Rng::new();
     loop {
+        if let Some(pace) = &mut pace {
+            pace.wait().await;
+        }
         let measured = Instant::now() >= shared.measure_start;
         if measured && !shared.claim() {
             return result;
