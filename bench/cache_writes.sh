@@ -19,24 +19,8 @@ bin=${DIRKDB_BIN:-$PWD/target/release/dirkdb}
 work=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
-P1=$(port); P2=$(port); A1=$(port); A2=$(port); LB=$(port); LBA=$(port); CP=$(port); CA=$(port)
-cat > "$work/config.json" <<JSON
-{ "instances": [
-  { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": $P1, "adminPort": $A1, "dataDirectory": "$work/m1" },
-  { "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": $P2, "adminPort": $A2, "dataDirectory": "$work/m2" } ],
-  "loadBalancer": { "listenHost": "127.0.0.1", "listenPort": $LB, "adminPort": $LBA },
-  "cache": { "listenHost": "127.0.0.1", "listenPort": $CP, "adminPort": $CA, "ttlMillis": 600000, "maxEntries": 20000 } }
-JSON
-start() { RUST_LOG=warn "$@" 2>>"$work/log" & pids+=($!); }
-start "$bin" server --config "$work/config.json" --instance m1
-start "$bin" server --config "$work/config.json" --instance m2
-wait_port $P1; wait_port $P2
-start "$bin" proxy --config "$work/config.json"; wait_port $LB
-start "$bin" cache --config "$work/config.json"; wait_port $CP
-"$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
-sleep 1
+. bench/quickstart.sh
+quickstart_up
 client=()
 if [ "${SPLIT:-0}" = 1 ]; then
   half=$(( $(nproc) / 2 ))

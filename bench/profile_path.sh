@@ -26,25 +26,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-P1=$(port); P2=$(port); A1=$(port); A2=$(port); LB=$(port); LBA=$(port); CP=$(port); CA=$(port)
-cat > "$work/config.json" <<JSON
-{ "instances": [
-  { "id": "m1", "role": "PRIMARY", "host": "127.0.0.1", "port": $P1, "adminPort": $A1, "dataDirectory": "$work/m1" },
-  { "id": "m2", "role": "REPLICA", "host": "127.0.0.1", "port": $P2, "adminPort": $A2, "dataDirectory": "$work/m2" } ],
-  "loadBalancer": { "listenHost": "127.0.0.1", "listenPort": $LB, "adminPort": $LBA },
-  "cache": { "listenHost": "127.0.0.1", "listenPort": $CP, "adminPort": $CA, "ttlMillis": 600000, "maxEntries": 20000 },
-  "replication": { "heartbeatMillis": 500 } }
-JSON
-start() { RUST_LOG=warn "$bin" "$@" 2>>"$work/log" & pids+=($!); disown; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-start server --config "$work/config.json" --instance m1; wait_port $P1
-start server --config "$work/config.json" --instance m2; wait_port $P2
-start proxy --config "$work/config.json"; wait_port $LB
-start cache --config "$work/config.json"; wait_port $CP
+. bench/quickstart.sh
+quickstart_up
 names=(m1 m2 proxy cache)
-"$bin" bench --quiet --json --endpoint 127.0.0.1:$P1 --init --scale 1 -n 1 -w point-select >/dev/null
-sleep 1
 case $via in direct) ep=$P1;; proxy) ep=$LB;; cache) ep=$CP;; *) echo "PATH is direct, proxy or cache" >&2; exit 2;; esac
 "$bin" bench --quiet --json --warmup 2 -d "$secs" --endpoint 127.0.0.1:$ep -c "${C:-16}" -w "$w" ${BENCH_ARGS:-} > "$work/out.json" &
 bench_pid=$!

@@ -94,9 +94,8 @@ pub(crate) fn parameterize(sql: &str) -> Option<Shape> {
                 None
             }
             TokenKind::Number => {
-                let value = integer(piece)?;
                 previous = Previous::Value;
-                value
+                integer(piece)
             }
             TokenKind::StringLiteral { terminated: true } => {
                 let value = if previous.takes_value() {
@@ -216,11 +215,11 @@ fn takes_value(word: &str) -> bool {
 
 /// A decimal integer literal that fits an `i64` as a value; `None` for the literals that stay
 /// written in (reals, hex, digit separators, too large).
-fn integer(piece: &str) -> Option<Option<Value>> {
+fn integer(piece: &str) -> Option<Value> {
     if !piece.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(None);
+        return None;
     }
-    Some(piece.parse::<i64>().ok().map(Value::Integer))
+    piece.parse::<i64>().ok().map(Value::Integer)
 }
 
 /// The text of a `'…'` literal (`None` for a blob `X'…'`).

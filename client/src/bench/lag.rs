@@ -48,13 +48,13 @@ use crate::{Client, ClientError};
 use dirkdb_core::security::Credentials;
 
 use super::args::{BenchArgs, DEFAULT_SECONDS};
-
-/// Writes per second when `--rate` is not given.
-const DEFAULT_RATE: u64 = 1000;
 use super::progress::{self, Ticker};
 use super::report::{self, round, Latency};
 use super::runner::{new_histogram, STATEMENT_TIMEOUT};
 use super::BenchError;
+
+/// Writes per second when `--rate` is not given.
+const DEFAULT_RATE: u64 = 1000;
 
 /// How far the writer may fall behind its schedule and still catch up.
 pub const MAX_BEHIND: Duration = Duration::from_millis(50);

@@ -49,8 +49,6 @@ pub struct Plan {
     pub credentials: Option<Credentials>,
     /// `--rate`: statements per second in all (`None`: back to back).
     pub rate: Option<u64>,
-    /// `--rate`: the pause between two statements of one client.
-    pub interval: Option<Duration>,
 }
 
 impl Plan {
@@ -69,10 +67,14 @@ impl Plan {
             warmup: args.warmup,
             credentials,
             rate: args.rate,
-            interval: args.rate.map(|rate| {
-                Duration::from_secs_f64(f64::from(args.concurrency.max(1)) / rate as f64)
-            }),
         }
+    }
+
+    /// Under `--rate`, the pause between two statements of one client.
+    fn interval(&self) -> Option<Duration> {
+        self.rate.map(|rate| {
+            Duration::from_secs_f64(f64::from(self.concurrency.max(1)) / rate.max(1) as f64)
+        })
     }
 }
 
@@ -112,7 +114,7 @@ pub async fn run(plan: &Plan, quiet: bool) -> Result<Outcome, BenchError> {
         .map(|(i, session)| {
             let result = empty.clone();
             // Clients' schedules are spread over one interval, so the load is even.
-            let pace = plan.interval.map(|every| Pace {
+            let pace = plan.interval().map(|every| Pace {
                 next: start + every.mul_f64(i as f64 / f64::from(clients)),
                 every,
             });
