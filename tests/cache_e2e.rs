@@ -409,6 +409,100 @@ async fn eventually_rows(c: &mut Client, sql: &str, want: Vec<Vec<Value>>) {
     }
 }
 
+/// Waits until the cache's change feed answered at least `n` syncs.
+fn wait_for_syncs(cache: &CacheProcess, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.stat("feed_syncs") < n {
+        assert!(Instant::now() < deadline, "the feed answered no sync");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test]
+async fn an_updated_row_is_rewritten_in_place_with_the_servers_own_bytes() {
+    let cluster = cluster_with_data().await;
+    let mut proxy = cluster.proxy_client().await;
+    for sql in [
+        "USE shop",
+        "CREATE TABLE acc(id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INT, r REAL)",
+        "INSERT INTO acc VALUES (1, 'e1', 0, 0.5), (2, 'e2', 0, 0.5), (3, 'e3', 0, 0.5)",
+    ] {
+        proxy.execute(sql).await.unwrap();
+    }
+    let cache = CacheProcess::start(&cluster, 60_000, 200, &[]);
+    cache.wait_for_feed();
+    let mut cached = RawConnection::connect(cache.port);
+    let mut direct = RawConnection::connect(cluster.nodes[0].port);
+    cached.exchange("USE shop");
+    direct.exchange("USE shop");
+    let point = "SELECT id, email AS mail, n FROM acc WHERE id = 1";
+    let by_email = "SELECT * FROM acc WHERE email = 'e2' AND n = 0";
+    let dirkdb = "alaivo id, n #ao@ acc #rehefa id = 3";
+    for q in [point, by_email, dirkdb] {
+        cached.exchange(q);
+    }
+    assert_eq!(cache.stat("misses"), 3);
+    wait_for_syncs(&cache, 1);
+
+    // Another client updates row 1 through the proxy: the entry is rewritten from the feed's
+    // image of the row, byte for byte what the primary answers, and the next read is a hit.
+    proxy
+        .execute("UPDATE acc SET n = 7, email = 'e1' WHERE id = 1")
+        .await
+        .unwrap();
+    let mut c = cache.client().await;
+    c.execute("USE shop").await.unwrap();
+    eventually_rows(&mut c, point, vec![vec![1.into(), "e1".into(), 7.into()]]).await;
+    assert_eq!(cache.stat("refreshed"), 1);
+    assert_eq!(cache.stat("misses"), 3, "the rewritten entry answered");
+    assert_eq!(cached.exchange(point), direct.exchange(point));
+
+    // A REAL in the row (written differently in DirkDB's answers) is not rewritten: dropped,
+    // and fetched again.
+    proxy
+        .execute("UPDATE acc SET r = 1.25 WHERE id = 2")
+        .await
+        .unwrap();
+    eventually_rows(
+        &mut c,
+        by_email,
+        vec![vec![2.into(), "e2".into(), 0.into(), 1.25.into()]],
+    )
+    .await;
+    assert_eq!(cache.stat("refreshed"), 1);
+    assert_eq!(cached.exchange(by_email), direct.exchange(by_email));
+    // A pinned column that no longer holds its literal: the row leaves the answer.
+    wait_for_syncs(&cache, 2);
+    proxy
+        .execute("UPDATE acc SET n = 1, r = NULL WHERE id = 2")
+        .await
+        .unwrap();
+    eventually_rows(&mut c, by_email, vec![]).await;
+    assert_eq!(cache.stat("refreshed"), 1);
+
+    // DirkDB's answers are never rewritten, only dropped.
+    proxy
+        .execute("UPDATE acc SET n = 9 WHERE id = 3")
+        .await
+        .unwrap();
+    let want = direct.exchange(dirkdb);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cached.exchange(dirkdb) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the DirkDB entry was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.stat("refreshed"), 1);
+
+    // A delete drops the entry: no row.
+    proxy.execute("DELETE FROM acc WHERE id = 1").await.unwrap();
+    eventually_rows(&mut c, point, vec![]).await;
+    assert_eq!(cache.stat("refreshed"), 1);
+    assert_eq!(cached.exchange(point), direct.exchange(point));
+}
+
 #[tokio::test]
 async fn a_write_drops_only_the_entries_of_the_rows_it_changed() {
     let cluster = cluster_with_data().await;

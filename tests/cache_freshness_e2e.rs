@@ -20,6 +20,9 @@
 //!   An answer matching no such `p` is stale; zero are allowed.
 //! * At the end, the rebuilt table equals the primary's, and every key read through the cache
 //!   equals the primary's row.
+//! * Point reads by id and by code are rewritten from the feed's row images
+//!   (`dirkdb_cache::row_refresh`) rather than dropped, once the feed answered a sync;
+//!   the run must have refreshed some, and their answers are checked like every other.
 //!
 //! A second test checks the guarantee this rests on directly: with the change feed held back on
 //! purpose, a write through the cache is acknowledged only once the feed has reported it.
@@ -454,7 +457,7 @@ async fn freshness_run(length: Duration) {
     }
     let stats = cache.stats();
     eprintln!(
-        "answers checked {}, stale {}, writes {}, oplog entries of kv {}; cache: hits {} misses {} stored_keyed {} invalidations {} write_settles {} write_settle_micros {} fallbacks {}",
+        "answers checked {}, stale {}, writes {}, oplog entries of kv {}; cache: hits {} misses {} stored_keyed {} refreshed {} invalidations {} write_settles {} write_settle_micros {} fallbacks {}",
         observations.len(),
         stale,
         shared.writes.load(Ordering::Relaxed),
@@ -462,6 +465,7 @@ async fn freshness_run(length: Duration) {
         stats["hits"],
         stats["misses"],
         stats["stored_keyed"],
+        stats["refreshed"],
         stats["invalidations"],
         stats["write_settles"],
         stats["write_settle_micros"],
@@ -478,6 +482,11 @@ async fn freshness_run(length: Duration) {
         "the cache served nothing"
     );
     assert!(stats["stored_keyed"].as_u64().unwrap_or(0) > 0);
+    // Point reads by id and by code were rewritten from row images too, and checked like all.
+    assert!(
+        stats["refreshed"].as_u64().unwrap_or(0) > 0,
+        "no entry was refreshed from a row image: {stats}"
+    );
 
     // Quiet now: the rebuilt history ends where the primary's table is, and once the feed
     // reached the primary's position, the cache agrees with it.

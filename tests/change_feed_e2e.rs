@@ -108,6 +108,8 @@ fn changes(tables: &[(&str, &str)], schemas: &[&str], databases: &[&str]) -> Cha
         databases: databases.iter().map(|s| s.to_string()).collect(),
         all: false,
         rows: vec![],
+        images: vec![],
+        synced: None,
         keys: None,
     }
 }
@@ -136,6 +138,7 @@ async fn step(w: &mut Client, feed: &mut Feed, statements: &[&str], expected: Ch
     // Row keys are checked by `a_feed_lists_the_keys_of_the_rows_each_commit_changed`.
     let tables = ChangeNotice {
         rows: vec![],
+        images: vec![],
         ..notice.clone()
     };
     assert_eq!(

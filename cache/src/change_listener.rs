@@ -8,15 +8,21 @@
 //! the whole cache is flushed once its first notice arrives; from then on nothing is missed. A
 //! feed silent for three heartbeats is taken for dead and reconnected. An upstream without a
 //! feed (an older server) is retried every few seconds; meanwhile the TTL bounds staleness.
+//!
+//! When the store kept an answer it may later refresh from a row image, the listener asks the
+//! feed for a sync (`DIRK SYNC <n>`, one at a time) and tells the store when it is answered
+//! (see `crate::result_store`'s syncs and `crate::row_refresh`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dirkdb_core::change_feed::{ChangeNotice, RowKey, CHANGES_STATEMENT, FEED_HEARTBEAT};
+use dirkdb_core::change_feed::{
+    sync_statement, ChangeNotice, RowImage, CHANGES_STATEMENT, FEED_HEARTBEAT,
+};
 use dirkdb_core::frame::Frame;
 use tokio::sync::watch;
 
-use crate::result_store::{FeedState, ResultStore};
+use crate::result_store::{ChangedRows, FeedState, ResultStore};
 use crate::stats::CacheStats;
 
 /// Longest pause between two attempts to subscribe.
@@ -93,8 +99,20 @@ async fn subscribe(addr: &str, store: &ResultStore, stats: &CacheStats) -> FeedE
     }
     let silence = FEED_HEARTBEAT * 3;
     let mut first = true;
+    // The sync asked and not answered yet (one at a time: answers come in order anyway).
+    let mut asked: Option<u64> = None;
     loop {
-        let frame = match tokio::time::timeout(silence, client.next_frame()).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout(silence, client.next_frame()) => read,
+            token = store.next_sync(), if asked.is_none() && !first => {
+                if let Err(e) = client.send_statement(&sync_statement(token)).await {
+                    return FeedEnd::Lost(e.to_string());
+                }
+                asked = Some(token);
+                continue;
+            }
+        };
+        let frame = match read {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => return FeedEnd::Lost(e.to_string()),
             Err(_) => return FeedEnd::Lost(format!("no notice for {} ms", silence.as_millis())),
@@ -122,6 +140,11 @@ async fn subscribe(addr: &str, store: &ResultStore, stats: &CacheStats) -> FeedE
         } else {
             apply(store, &notice);
         }
+        if let Some(token) = notice.synced {
+            store.synced(token);
+            CacheStats::bump(&stats.feed_syncs);
+            asked = asked.filter(|a| *a > token);
+        }
         CacheStats::bump(&stats.feed_notices);
         store.set_feed(FeedState {
             connected: true,
@@ -130,7 +153,18 @@ async fn subscribe(addr: &str, store: &ResultStore, stats: &CacheStats) -> FeedE
     }
 }
 
-/// Drops what one notice says changed.
+/// The images of `notice.rows[i]`'s `keys` keys, when the notice sent them in step with its
+/// rows (else none: the rows' entries are dropped, not refreshed).
+fn images_beside(notice: &ChangeNotice, i: usize, keys: usize) -> Vec<Option<RowImage>> {
+    match notice.images.get(i) {
+        Some(images) if notice.images.len() == notice.rows.len() && images.len() == keys => {
+            images.clone()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Drops what one notice says changed (or refreshes it, see `crate::row_refresh`).
 pub(crate) fn apply(store: &ResultStore, notice: &ChangeNotice) {
     if notice.is_empty() {
         return;
@@ -141,19 +175,23 @@ pub(crate) fn apply(store: &ResultStore, notice: &ChangeNotice) {
         return;
     }
     // Per database: tables changed as a whole, and tables whose changed rows are listed.
-    type Changes = (Vec<String>, Vec<(String, Vec<RowKey>)>);
+    type Changes = (Vec<String>, Vec<ChangedRows>);
     let mut by_db: std::collections::BTreeMap<String, Changes> = Default::default();
     for (db, table) in &notice.tables {
         let rows = notice
             .rows
             .iter()
-            .find(|(d, t, _)| d == db && t == table)
-            .map(|(_, _, keys)| keys.clone());
-        let (db, table) = (db.to_lowercase(), table.to_lowercase());
-        let slot = by_db.entry(db).or_default();
+            .enumerate()
+            .find(|(_, (d, t, _))| d == db && t == table)
+            .map(|(i, (_, _, keys))| ChangedRows {
+                table: table.to_lowercase(),
+                keys: keys.clone(),
+                images: images_beside(notice, i, keys.len()),
+            });
+        let slot = by_db.entry(db.to_lowercase()).or_default();
         match rows {
-            Some(keys) => slot.1.push((table, keys)),
-            None => slot.0.push(table),
+            Some(rows) => slot.1.push(rows),
+            None => slot.0.push(table.to_lowercase()),
         }
     }
     for (db, (whole, rows)) in by_db {

@@ -16,6 +16,7 @@ pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod change_listener;
 pub mod result_store;
+pub mod row_refresh;
 pub(crate) mod session;
 pub mod statement_analysis;
 pub mod stats;

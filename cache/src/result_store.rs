@@ -31,10 +31,11 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use tokio::sync::watch;
 
+use crate::row_refresh::{refreshed, RowRefresh};
 use crate::stats::CacheStats;
 use crate::table_keys::{key_id, tuple_of_row, KeyColumn};
 use crate::view_map::{DbSchema, ANY_TABLE};
-use dirkdb_core::change_feed::RowKey;
+use dirkdb_core::change_feed::{RowImage, RowKey};
 use dirkdb_core::sync::lock;
 
 /// Limits of the store.
@@ -67,8 +68,13 @@ pub struct CachedResult {
     id: u64,
     /// The response frames, encoded.
     pub bytes: Bytes,
-    /// When it was fetched.
+    /// When it was fetched (or last refreshed from a changed row).
     pub stored_at: Instant,
+    /// How it follows from its one row, when a change of the row may rewrite it.
+    refresh: Option<Arc<RowRefresh>>,
+    /// The change feed's sync ([`ResultStore::sync_answered`]) after which the notices are all
+    /// newer than this answer: before it, a change of its row drops it.
+    refreshable_from: u64,
 }
 
 /// What a miss does: fetch (and share) the answer, or wait for the one in flight.
@@ -108,8 +114,28 @@ impl FlightLeader {
     /// Keeps the flight's answer unless something it read changed since it started (see
     /// [`ResultStore::keep`]). Returns whether it was kept.
     pub fn keep(&self, bytes: Bytes) -> bool {
-        self.store
-            .keep_fill(self.key.clone(), bytes, &self.deps, self.since, self.id)
+        self.keep_refreshable(bytes, None)
+    }
+
+    /// [`FlightLeader::keep`] for a point query's answer, which a change of its row rewrites
+    /// from the row's image (`refresh`) instead of dropping it, when the query's dependencies
+    /// are the one keyed row of its table.
+    pub fn keep_refreshable(&self, bytes: Bytes, refresh: Option<Arc<RowRefresh>>) -> bool {
+        let refresh =
+            refresh.filter(
+                |r| match (self.deps.tables.as_slice(), self.deps.rows.as_slice()) {
+                    ([], [rows]) => rows.tuples.len() == 1 && rows.table == r.table,
+                    _ => false,
+                },
+            );
+        self.store.keep_fill(
+            self.key.clone(),
+            bytes,
+            &self.deps,
+            self.since,
+            self.id,
+            refresh,
+        )
     }
 }
 
@@ -171,6 +197,18 @@ impl Dependencies {
             rows: Vec::new(),
         }
     }
+}
+
+/// The rows of one table a change notice reports: their key objects and, beside them (or
+/// empty), each one's image after the change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChangedRows {
+    /// The table (lower case).
+    pub table: String,
+    /// The changed rows' key objects, old and new.
+    pub keys: Vec<RowKey>,
+    /// `images[i]`: the row `keys[i]` names after the change, when the feed sent it.
+    pub images: Vec<Option<RowImage>>,
 }
 
 /// What an entry depends on, in the index.
@@ -273,22 +311,35 @@ impl Index {
     }
 
     /// The keyed entries of `db.table` whose key values one of `changed` had (all of a key
-    /// when a changed row's object lacks its columns), and marks the matching fills.
+    /// when a changed row's object lacks its columns), each once with the one changed row
+    /// that matched it (`None`: several did, or one lacking the key's columns), and marks the
+    /// matching fills.
     fn keyed_matches(
         &mut self,
         db: &str,
         table: &str,
         changed: &[ChangedRow<'_>],
-    ) -> Vec<Arc<CacheKey>> {
-        let mut out = Vec::new();
+    ) -> Vec<(Arc<CacheKey>, Option<usize>)> {
+        let mut out: HashMap<Arc<CacheKey>, Option<usize>> = HashMap::new();
+        let mut add = |key: &Arc<CacheKey>, row: Option<usize>| {
+            out.entry(key.clone())
+                .and_modify(|seen| {
+                    if *seen != row {
+                        *seen = None;
+                    }
+                })
+                .or_insert(row);
+        };
         if let Some(keys) = self.by_row.get(&(db.to_string(), table.to_string())) {
             for (columns, tuples) in keys.values() {
-                for row in changed {
+                for (i, row) in changed.iter().enumerate() {
                     match tuple_of_row(row, columns) {
-                        Some(tuple) => {
-                            out.extend(tuples.get(&tuple).into_iter().flatten().cloned())
-                        }
-                        None => out.extend(tuples.values().flatten().cloned()),
+                        Some(tuple) => tuples
+                            .get(&tuple)
+                            .into_iter()
+                            .flatten()
+                            .for_each(|k| add(k, Some(i))),
+                        None => tuples.values().flatten().for_each(|k| add(k, None)),
                     }
                 }
             }
@@ -303,7 +354,7 @@ impl Index {
                     })
             });
         }
-        out
+        out.into_iter().collect()
     }
 
     /// Every keyed entry of `db.table`.
@@ -368,8 +419,25 @@ impl Index {
 /// index.
 type RemovedEntries = Arc<Mutex<Vec<(Arc<CacheKey>, u64)>>>;
 
+/// The change feed's syncs (`DIRK SYNC`, see `dirkdb_core::change_feed`): an answer read before
+/// sync `n` was asked is refreshed from images only once `n` is answered, since every notice
+/// after that answer is newer than what the answer read (a fill can read a row a commit
+/// changed before the feed reports the commit).
+#[derive(Default)]
+struct Syncs {
+    /// The last token asked (or about to be).
+    asked: AtomicU64,
+    /// The highest token answered.
+    answered: AtomicU64,
+    /// True when an answer was kept since the last sync was asked.
+    wanted: std::sync::atomic::AtomicBool,
+    /// Wakes the change listener to ask.
+    notify: tokio::sync::Notify,
+}
+
 /// The store shared by every session of one cache process.
 pub struct ResultStore {
+    sync: Syncs,
     cache: Cache<Arc<CacheKey>, Arc<CachedResult>>,
     index: Mutex<Index>,
     removed: RemovedEntries,
@@ -422,6 +490,7 @@ impl ResultStore {
             })
             .build();
         Arc::new(ResultStore {
+            sync: Syncs::default(),
             cache,
             index: Mutex::default(),
             removed,
@@ -537,7 +606,7 @@ impl ResultStore {
     /// Keeps a response with table-level dependencies, fetched from `since` on, unless it is too
     /// large or something it read was invalidated meanwhile. Returns whether it was kept.
     pub fn keep(&self, key: Arc<CacheKey>, bytes: Bytes, tables: Vec<String>, since: u64) -> bool {
-        self.keep_fill(key, bytes, &Dependencies::tables(tables), since, 0)
+        self.keep_fill(key, bytes, &Dependencies::tables(tables), since, 0, None)
     }
 
     /// [`ResultStore::keep`] for any dependencies; keyed ones need the running fill `fill`
@@ -549,6 +618,7 @@ impl ResultStore {
         deps: &Dependencies,
         since: u64,
         fill: u64,
+        refresh: Option<Arc<RowRefresh>>,
     ) -> bool {
         if bytes.len() > self.limits.max_entry_bytes {
             CacheStats::bump(&self.stats.not_stored);
@@ -561,10 +631,19 @@ impl ResultStore {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let size = bytes.len() as i64;
+        // The next token asked is sent after this load, so after this answer was read; asking
+        // for it only then means whichever sync takes `wanted` has at least that token.
+        let refreshable_from = self.sync.asked.load(Ordering::Acquire) + 1;
+        if refresh.is_some() {
+            self.sync.wanted.store(true, Ordering::Release);
+            self.sync.notify.notify_one();
+        }
         let result = Arc::new(CachedResult {
             id,
             bytes,
             stored_at: Instant::now(),
+            refresh,
+            refreshable_from,
         });
         index.add(key.clone(), id, deps.clone());
         if !deps.rows.is_empty() {
@@ -608,11 +687,13 @@ impl ResultStore {
 
     /// Drops what rows of `db` changed at `position` can have changed: per table, the entries
     /// depending on the whole table and the keyed entries of the changed rows' keys (old and
-    /// new key objects, as the change feed lists them). Returns how many entries went.
+    /// new key objects, as the change feed lists them). A keyed entry that exactly one changed
+    /// row matched, and that row came with its image, is rewritten from it instead when it can
+    /// be (`crate::row_refresh`). Returns how many entries went.
     pub fn invalidate_rows(
         &self,
         db: &str,
-        changes: &[(String, Vec<RowKey>)],
+        changes: &[ChangedRows],
         position: Option<u64>,
     ) -> usize {
         self.saw(position);
@@ -627,17 +708,64 @@ impl ResultStore {
             .flatten()
             .cloned()
             .collect();
-        for (table, rows) in changes {
-            let slot = (db.to_string(), table.clone());
+        for change in changes {
+            let slot = (db.to_string(), change.table.clone());
             index.rows_at.insert(slot.clone(), at);
             keys.extend(index.by_table.get(&slot).into_iter().flatten().cloned());
-            let changed: Vec<ChangedRow<'_>> = rows
+            let changed: Vec<ChangedRow<'_>> = change
+                .keys
                 .iter()
                 .map(|row| row.iter().map(|(k, v)| (k.to_lowercase(), v)).collect())
                 .collect();
-            keys.extend(index.keyed_matches(db, table, &changed));
+            for (key, matched) in index.keyed_matches(db, &change.table, &changed) {
+                let image =
+                    matched.and_then(|i| Some((&change.keys[i], change.images.get(i)?.as_ref()?)));
+                match image {
+                    Some((row, image)) if self.refresh(&key, row, image) => {}
+                    _ => keys.push(key),
+                }
+            }
         }
         self.drop_keys(&mut index, keys)
+    }
+
+    /// Rewrites the entry `key` from the image of its changed row; false when it cannot be
+    /// (it is then dropped).
+    fn refresh(&self, key: &Arc<CacheKey>, row: &RowKey, image: &RowImage) -> bool {
+        let Some(entry) = self.cache.get(key) else {
+            return false;
+        };
+        let Some(refresh) = &entry.refresh else {
+            return false;
+        };
+        if entry.refreshable_from > self.sync.answered.load(Ordering::Acquire) {
+            // Read before the notices could be known to follow it: it may be newer than this
+            // change's image.
+            return false;
+        }
+        let Some(bytes) = refreshed(&entry.bytes, refresh, row, image) else {
+            return false;
+        };
+        if bytes.len() > self.limits.max_entry_bytes {
+            return false;
+        }
+        // As in `keep_fill`: the eviction listener takes the replaced entry off the counts.
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as i64, Ordering::Relaxed);
+        self.cache.insert(
+            key.clone(),
+            Arc::new(CachedResult {
+                id: entry.id,
+                bytes,
+                stored_at: Instant::now(),
+                refresh: entry.refresh.clone(),
+                refreshable_from: entry.refreshable_from,
+            }),
+        );
+        CacheStats::bump(&self.stats.refreshed);
+        true
     }
 
     /// Drops every entry of `db` and what is known of its views (schema change, DROP DATABASE,
@@ -692,6 +820,20 @@ impl ResultStore {
     /// Entries held (after [`ResultStore::settle`]).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Waits until an answer that a sync would make refreshable was kept, then returns the
+    /// token to ask the feed for (`DIRK SYNC <token>`).
+    pub async fn next_sync(&self) -> u64 {
+        while !self.sync.wanted.swap(false, Ordering::AcqRel) {
+            self.sync.notify.notified().await;
+        }
+        self.sync.asked.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The feed answered sync `token` (its notices before are applied).
+    pub fn synced(&self, token: u64) {
+        self.sync.answered.fetch_max(token, Ordering::AcqRel);
     }
 
     /// Records what the change feed reports.
@@ -837,6 +979,92 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    /// Runs a future that is ready at once.
+    fn futures_now<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Rows of table `t` changed, without images.
+    fn changed(table: &str, keys: Vec<RowKey>) -> Vec<ChangedRows> {
+        vec![ChangedRows {
+            table: table.into(),
+            keys,
+            images: Vec::new(),
+        }]
+    }
+
+    /// The answer the server gives to `SELECT id, v FROM t WHERE id = …` of one row.
+    fn one_row(id: i64, v: &str) -> Bytes {
+        use dirkdb_core::frame::{encode_frame, Column, Frame, PageFrame, RelationPage};
+        let page = RelationPage {
+            name: Some("t".into()),
+            page: 1,
+            total_pages: 1,
+            columns: ["id", "v"]
+                .iter()
+                .map(|c| Column {
+                    name: c.to_string(),
+                    origin: Some("t".into()),
+                })
+                .collect(),
+            rows: vec![vec![serde_json::json!(id), serde_json::json!(v)]],
+        };
+        let mut out = bytes::BytesMut::new();
+        encode_frame(&Frame::Page(PageFrame::from_page(&page).unwrap()), &mut out);
+        encode_frame(&Frame::RelationEnd, &mut out);
+        encode_frame(&Frame::Message("OK".into()), &mut out);
+        out.freeze()
+    }
+
+    #[test]
+    fn a_point_answer_is_rewritten_from_its_rows_image() {
+        use crate::row_refresh::{Projection, RowRefresh};
+        let s = store(100, 1 << 20);
+        let refresh = Arc::new(RowRefresh {
+            table: "t".into(),
+            projection: Projection::Columns(vec!["id".into(), "v".into()]),
+            pins: vec![("id".into(), vec!["n:5".into()])],
+        });
+        let k5 = key("d", "SELECT id, v FROM t WHERE id = 5");
+        let deps = keyed("t", "rowid", &["n:5"]);
+        let leader = fill(&s, &k5, &deps);
+        assert!(leader.keep_refreshable(one_row(5, "old"), Some(refresh.clone())));
+        drop(leader);
+        let image = |v: &str| Some(row(&format!(r#"{{"id":5,"v":"{v}"}}"#)));
+        let update = |v: &str| {
+            vec![ChangedRows {
+                table: "t".into(),
+                keys: vec![row(r#"{"rowid":5}"#), row(r#"{"rowid":6}"#)],
+                images: vec![image(v), None],
+            }]
+        };
+        // Before the feed answered a sync asked after the answer was read, the change could
+        // be older than the answer: dropped.
+        assert_eq!(s.invalidate_rows("d", &update("new"), Some(2)), 1);
+        let leader = fill(&s, &k5, &deps);
+        assert!(leader.keep_refreshable(one_row(5, "old"), Some(refresh.clone())));
+        drop(leader);
+        let token = futures_now(s.next_sync());
+        assert_eq!(token, 1);
+        s.synced(token);
+        // Row 5 changed in place: the entry now holds the new row, and nothing was dropped.
+        assert_eq!(s.invalidate_rows("d", &update("new"), Some(3)), 0);
+        assert_eq!(s.fresh(&k5).unwrap().bytes, one_row(5, "new"));
+        assert_eq!(s.stats.refreshed.load(Ordering::Relaxed), 1);
+        // Without an image (deleted, or past the feed's budget) it is dropped.
+        let deleted = changed("t", vec![row(r#"{"rowid":5}"#)]);
+        assert_eq!(s.invalidate_rows("d", &deleted, Some(4)), 1);
+        assert!(s.fresh(&k5).is_none());
+        // An entry kept without a refresh (its dependencies are not one keyed row) is dropped.
+        let leader = fill(&s, &k5, &keyed("t", "rowid", &["n:5", "n:6"]));
+        assert!(leader.keep_refreshable(one_row(5, "old"), Some(refresh)));
+        drop(leader);
+        assert_eq!(s.invalidate_rows("d", &update("x"), Some(5)), 1);
+    }
+
     #[test]
     fn a_row_change_drops_its_keyed_entries_and_the_table_readers_only() {
         let s = store(100, 1 << 20);
@@ -858,7 +1086,7 @@ mod tests {
         // Row 5 changed (its email too): its entries and the range go, row 6 and u stay.
         let dropped = s.invalidate_rows(
             "d",
-            &[("t".into(), vec![row(r#"{"rowid":5,"Email":"a@x"}"#)])],
+            &changed("t", vec![row(r#"{"rowid":5,"Email":"a@x"}"#)]),
             Some(9),
         );
         assert_eq!(dropped, 3);
@@ -869,13 +1097,13 @@ mod tests {
         // An inserted row 7 drops nothing keyed but row 7's (none); a key object without the
         // email column may hold any email.
         assert_eq!(
-            s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":7}"#)])], None),
+            s.invalidate_rows("d", &changed("t", vec![row(r#"{"rowid":7}"#)]), None),
             0
         );
         let leader = fill(&s, &k_email, &keyed("t", "email", &["s:a@x"]));
         assert!(leader.keep(Bytes::from("x")));
         assert_eq!(
-            s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":8}"#)])], None),
+            s.invalidate_rows("d", &changed("t", vec![row(r#"{"rowid":8}"#)]), None),
             1
         );
         // A change of the whole table drops every keyed entry of it.
@@ -889,7 +1117,7 @@ mod tests {
         let k5 = key("d", "id=5");
         let deps = keyed("t", "rowid", &["n:5"]);
         let leader = fill(&s, &k5, &deps);
-        s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":6}"#)])], None);
+        s.invalidate_rows("d", &changed("t", vec![row(r#"{"rowid":6}"#)]), None);
         assert!(matches!(
             s.flight(k5.clone(), &deps),
             FlightRole::Follower(_)
@@ -897,7 +1125,7 @@ mod tests {
         assert!(leader.keep(Bytes::from("x")), "another row changed");
         drop(leader);
         let leader = fill(&s, &k5, &deps);
-        s.invalidate_rows("d", &[("t".into(), vec![row(r#"{"rowid":5.0}"#)])], None);
+        s.invalidate_rows("d", &changed("t", vec![row(r#"{"rowid":5.0}"#)]), None);
         assert!(
             matches!(s.flight(k5.clone(), &deps), FlightRole::Leader(_)),
             "a flight older than a change of its row is not joined"

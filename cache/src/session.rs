@@ -503,7 +503,7 @@ impl CacheSession {
                 failed: false,
                 ..
             }) => {
-                leader.keep(bytes.clone());
+                leader.keep_refreshable(bytes.clone(), read.refresh.clone());
                 leader.finish(FlightOutcome::Shared(bytes));
                 Ok(())
             }

@@ -22,6 +22,8 @@ use sqlparser::ast::{
     Query, SelectItem, SetExpr, Statement, TableFactor, UnaryOperator, Value,
 };
 use sqlparser::dialect::SQLiteDialect;
+
+use crate::row_refresh::{Projection, RowRefresh};
 use sqlparser::parser::Parser;
 
 /// What the cache does with a statement.
@@ -55,6 +57,9 @@ pub struct CacheableRead {
     /// [`TablePins`]); the catalog says whether the columns form a key
     /// (`crate::table_keys`).
     pub pins: Vec<TablePins>,
+    /// How its answer follows from its one row, when it is a point query on one table that a
+    /// change of the row can refresh instead of drop (`crate::row_refresh`).
+    pub refresh: Option<Arc<RowRefresh>>,
 }
 
 /// Columns of one table that a query pins to literals: every row it reads from the table has
@@ -282,10 +287,90 @@ fn read_analysis(translated: &str, dirkdb: bool) -> Analysis {
     } else {
         key
     };
+    // DirkDB's answers (its names, Java's doubles, its booleans) are not rewritten.
+    let refresh = if dirkdb {
+        None
+    } else {
+        row_refresh(query).map(Arc::new)
+    };
     Analysis::Cacheable(CacheableRead {
         key: key.into(),
         relations,
         pins,
+        refresh,
+    })
+}
+
+/// The refresh of a point query (see `crate::row_refresh`): a plain SELECT of `*` or of plain
+/// columns from one table, no join, grouping, ordering, limit or DISTINCT, whose WHERE is only
+/// `column = literal` (or `IN`) terms on that table, none with a `COLLATE`. Whether the pinned
+/// columns form a key the store decides (an entry with one keyed tuple).
+fn row_refresh(query: &Query) -> Option<RowRefresh> {
+    let SetExpr::Select(select) = &*query.body else {
+        return None;
+    };
+    let plain_query = query.with.is_none()
+        && query.order_by.is_none()
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && query.locks.is_empty();
+    let plain_select = select.distinct.is_none()
+        && select.top.is_none()
+        && select.into.is_none()
+        && select.exclude.is_none()
+        && select.lateral_views.is_empty()
+        && select.prewhere.is_none()
+        && select.connect_by.is_empty()
+        && select.cluster_by.is_empty()
+        && select.distribute_by.is_empty()
+        && select.sort_by.is_empty()
+        && select.having.is_none()
+        && select.named_window.is_empty()
+        && select.qualify.is_none()
+        && matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    let [from] = select.from.as_slice() else {
+        return None;
+    };
+    if !plain_query || !plain_select || !from.joins.is_empty() {
+        return None;
+    }
+    let TableFactor::Table { args: None, .. } = &from.relation else {
+        return None;
+    };
+    let TopTable { table, alias } = from_table(&from.relation)?;
+    let ours = |qualifier: &Option<String>| qualifier.as_ref().is_none_or(|q| *q == alias);
+    let projection = match select.projection.as_slice() {
+        [SelectItem::Wildcard(_)] => Projection::Star,
+        [SelectItem::QualifiedWildcard(_, _)] => return None,
+        items => {
+            let columns: Option<Vec<String>> = items
+                .iter()
+                .map(|item| match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        column_of(e).filter(|(q, _)| ours(q)).map(|(_, c)| c)
+                    }
+                    _ => None,
+                })
+                .collect();
+            Projection::Columns(columns?)
+        }
+    };
+    let mut terms = Vec::new();
+    and_terms(select.selection.as_ref()?, &mut terms);
+    let pins: Option<Vec<(String, Vec<String>)>> = terms
+        .into_iter()
+        .map(|term| {
+            let (qualifier, pin) = pin_of(term)?;
+            (ours(&qualifier) && pin.collation.is_none()).then(|| {
+                let allowed = pin.literals.iter().map(Literal::canonical).collect();
+                (pin.column, allowed)
+            })
+        })
+        .collect();
+    Some(RowRefresh {
+        table,
+        projection,
+        pins: pins?,
     })
 }
 
@@ -948,6 +1033,57 @@ mod tests {
             "SELECT * FROM t WHERE name = 'a' COLLATE main.nocase",
         ] {
             assert_eq!(pins(sql), [], "{sql}");
+        }
+    }
+
+    fn refresh(sql: &str) -> Option<RowRefresh> {
+        let Analysis::Cacheable(read) = analyze(sql) else {
+            panic!("{sql}: not cacheable")
+        };
+        read.refresh.map(|r| (*r).clone())
+    }
+
+    #[test]
+    fn point_queries_on_one_table_can_be_rewritten_from_their_row() {
+        let cols = |c: &[&str]| Projection::Columns(c.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            refresh("SELECT id, V AS value FROM T WHERE id = 5"),
+            Some(RowRefresh {
+                table: "t".into(),
+                projection: cols(&["id", "v"]),
+                pins: vec![("id".into(), vec!["n:5".into()])],
+            })
+        );
+        assert_eq!(
+            refresh("select * from acc a where a.email = 'x' and n in (1, 2)"),
+            Some(RowRefresh {
+                table: "acc".into(),
+                projection: Projection::Star,
+                pins: vec![
+                    ("email".into(), vec!["s:x".into()]),
+                    ("n".into(), vec!["n:1".into(), "n:2".into()]),
+                ],
+            })
+        );
+        for sql in [
+            "SELECT id FROM t WHERE id = 5 ORDER BY id",
+            "SELECT id FROM t WHERE id = 5 LIMIT 1",
+            "SELECT DISTINCT id FROM t WHERE id = 5",
+            "SELECT id + 1 FROM t WHERE id = 5",
+            "SELECT count(*) FROM t WHERE id = 5",
+            "SELECT id FROM t WHERE id = 5 OR id = 6",
+            "SELECT id FROM t WHERE id = 5 AND v > 2",
+            "SELECT id FROM t WHERE id = 5 COLLATE NOCASE",
+            "SELECT id FROM t",
+            "SELECT t.id FROM t JOIN u ON u.id = 1 WHERE t.id = 5",
+            "SELECT u.id FROM t WHERE id = 5",
+            "SELECT t.* FROM t WHERE id = 5",
+            "WITH w AS (SELECT 1) SELECT id FROM t WHERE id = 5",
+            "SELECT id FROM (SELECT * FROM t) WHERE id = 5",
+            "SELECT id FROM t WHERE id = 5 GROUP BY id",
+            "alaivo id #ao@ t #rehefa id = 5",
+        ] {
+            assert_eq!(refresh(sql), None, "{sql}");
         }
     }
 

@@ -38,6 +38,9 @@ pub struct CacheStats {
     pub expirations: AtomicU64,
     /// Entries removed because a write could have changed them.
     pub invalidations: AtomicU64,
+    /// Entries a change rewrote in place from the changed row's image instead of dropping them
+    /// (see `crate::row_refresh`).
+    pub refreshed: AtomicU64,
     /// Writes and change notices that invalidated something (or tried to).
     pub invalidation_events: AtomicU64,
     /// `FLUSH CACHE` statements, plus flushes when the change feed (re)connected.
@@ -63,6 +66,9 @@ pub struct CacheStats {
     pub feed_position: AtomicU64,
     /// Change notices received.
     pub feed_notices: AtomicU64,
+    /// Syncs the change feed answered (`DIRK SYNC`): after one, the answers kept before it may
+    /// be refreshed from row images.
+    pub feed_syncs: AtomicU64,
     /// Client connections open.
     pub clients: AtomicI64,
     /// 1 when the cache keeps no answer and passes every statement on (see
@@ -154,7 +160,7 @@ fn held(v: &AtomicI64) -> Sample {
 }
 
 /// Every figure, in the order they are shown.
-const FIGURES: [Figure; 26] = [
+const FIGURES: [Figure; 28] = [
     figure!(
         hits,
         counter,
@@ -226,6 +232,12 @@ const FIGURES: [Figure; 26] = [
         |s| get(&s.invalidations).into()
     ),
     figure!(
+        refreshed,
+        counter,
+        "Entries rewritten from a changed row's image instead of dropped.",
+        |s| get(&s.refreshed).into()
+    ),
+    figure!(
         invalidation_events,
         counter,
         "Writes and change notices that invalidated something.",
@@ -278,6 +290,12 @@ const FIGURES: [Figure; 26] = [
         &s.feed_notices
     )
     .into()),
+    figure!(
+        feed_syncs,
+        counter,
+        "Syncs the change feed answered.",
+        |s| get(&s.feed_syncs).into()
+    ),
     figure!(clients, gauge, "Client connections open.", |s| held(
         &s.clients
     )),

@@ -15,6 +15,21 @@
 //! key of an UPDATE. A table listed in `tables` but not in `rows` changed in ways the notice does
 //! not list row by row (more than `N` keys in one notice): every row of it may have changed. A
 //! reader that ignores `rows` sees the notices it always saw.
+//!
+//! Row images: `images`, when present, runs beside `rows` (one list per table of `rows`, one
+//! item per key, in the same order): the row a key names after the notice's entries — every
+//! stored column, `{"id":5,"k":3,"v":"x"}`, in the oplog's value encoding — or `null` when no
+//! row has that key any more (deleted, or its key changed) or its image was not sent (the
+//! notice's images would pass `replication.oplog.changeFeedRowImageBytes`). A reader may
+//! refresh what it keeps of a row from its image instead of dropping it; one that ignores
+//! `images` loses nothing.
+//!
+//! Sync: a reader may send `DIRK SYNC <n>` on the feed (the only statement a feed reads; a
+//! proxy passes it on to the primary). Once every change written on the primary when the
+//! request arrived is in the notices sent, a notice with `"synced": n` follows. A reader that
+//! kept an answer read before it sent the request then knows that the notices after that one
+//! are all newer than the answer: its rows can be refreshed from their images without going
+//! back in time. A newer request answers the older ones.
 
 use std::time::Duration;
 
@@ -39,6 +54,23 @@ pub fn is_changes_sql(sql: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// The statement a feed's reader sends to learn when the notices cover what it has read.
+pub const SYNC_STATEMENT: &str = "DIRK SYNC";
+
+/// `DIRK SYNC <n>` for token `n`.
+pub fn sync_statement(token: u64) -> String {
+    format!("{SYNC_STATEMENT} {token}")
+}
+
+/// The token of a `DIRK SYNC <n>` (any case, any whitespace), `None` for anything else.
+pub fn sync_token(sql: &str) -> Option<u64> {
+    let mut words = sql.split_whitespace();
+    let ok =
+        words.next()?.eq_ignore_ascii_case("DIRK") && words.next()?.eq_ignore_ascii_case("SYNC");
+    let token = words.next()?.parse().ok()?;
+    (ok && words.next().is_none()).then_some(token)
 }
 
 /// How often an idle feed sends an empty notice.
@@ -66,6 +98,13 @@ pub struct ChangeNotice {
     /// the module docs); a table of `tables` missing here changed as a whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rows: Vec<TableRows>,
+    /// Beside `rows`: each key's row after the notice, or `null` (see the module docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Vec<Option<RowImage>>>,
+    /// The answer to `DIRK SYNC <n>`: every change written when the request arrived is in
+    /// this notice or an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced: Option<u64>,
     /// In the first notice: the feed lists row keys, at most this many per notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
@@ -76,6 +115,13 @@ pub type TableRows = (String, String, Vec<RowKey>);
 
 /// One row's key object: column (or `rowid`) → value, in the oplog's value encoding.
 pub type RowKey = serde_json::Map<String, serde_json::Value>;
+
+/// One row's stored columns (column → value, in the oplog's value encoding).
+pub type RowImage = serde_json::Map<String, serde_json::Value>;
+
+/// Bytes of row images a notice carries at most by default
+/// (`replication.oplog.changeFeedRowImageBytes`).
+pub const DEFAULT_FEED_ROW_IMAGE_BYTES: u64 = 65_536;
 
 /// Row keys a notice lists at most by default (`replication.oplog.changeFeedRowKeys`).
 pub const DEFAULT_FEED_ROW_KEYS: u64 = 1000;
@@ -115,6 +161,16 @@ mod tests {
     }
 
     #[test]
+    fn sync_requests_are_recognized_with_their_token() {
+        assert_eq!(sync_token(&sync_statement(42)), Some(42));
+        assert_eq!(sync_token(" dirk\tsync  7 "), Some(7));
+        assert_eq!(sync_token("DIRK SYNC"), None);
+        assert_eq!(sync_token("DIRK SYNC x"), None);
+        assert_eq!(sync_token("DIRK SYNC 1 2"), None);
+        assert_eq!(sync_token("DIRK CHANGES"), None);
+    }
+
+    #[test]
     fn notices_round_trip_and_stay_small() {
         let heartbeat = ChangeNotice {
             upto: 7,
@@ -133,6 +189,10 @@ mod tests {
                 "orders".into(),
                 vec![serde_json::from_str(r#"{"rowid":5,"code":"a"}"#).unwrap()],
             )],
+            images: vec![vec![Some(
+                serde_json::from_str(r#"{"id":5,"code":"a"}"#).unwrap(),
+            )]],
+            synced: Some(2),
             keys: None,
         };
         assert_eq!(ChangeNotice::from_text(&notice.to_text()).unwrap(), notice);

@@ -662,6 +662,10 @@ pub struct OplogConfig {
     /// Row keys one change-feed notice lists at most (`DIRK CHANGES`); a notice that would list
     /// more reports its tables as changed as a whole.
     pub change_feed_row_keys: u64,
+    /// Bytes of row images (each changed row's columns after the commit) one notice carries at
+    /// most; past it the rows are listed by key only and a cache drops what it kept of them
+    /// instead of refreshing it. 0: no images.
+    pub change_feed_row_image_bytes: u64,
 }
 
 impl Default for OplogConfig {
@@ -670,6 +674,7 @@ impl Default for OplogConfig {
             max_entries: 1_000_000,
             retention_days: 7,
             change_feed_row_keys: crate::change_feed::DEFAULT_FEED_ROW_KEYS,
+            change_feed_row_image_bytes: crate::change_feed::DEFAULT_FEED_ROW_IMAGE_BYTES,
         }
     }
 }

@@ -17,7 +17,8 @@
 //!      at least every [`FEED_HEARTBEAT`]: the client gets `Hadisoana : the primary changed from
 //!      <old> to <new>; subscribe again`, since the new primary's positions are not the old
 //!      one's feed;
-//!    * the client closes its socket (what it sends meanwhile is read and ignored);
+//!    * the client closes its socket (what it sends meanwhile is read and ignored, but for
+//!      `DIRK SYNC <n>`, passed on to the primary);
 //!    * the proxy shuts down (the listener drops the relay).
 //!
 //!    In every case the client's connection is then closed.
@@ -27,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use dirkdb_client::Client;
 pub(crate) use dirkdb_core::change_feed::{is_changes_sql, is_changes_statement};
-use dirkdb_core::change_feed::{ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
-use dirkdb_core::connection::{ConnectionError, ServerConnection};
+use dirkdb_core::change_feed::{sync_token, ChangeNotice, CHANGES_STATEMENT, FEED_HEARTBEAT};
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -136,12 +137,17 @@ pub(crate) async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 heard = Instant::now();
                 out.send(&frame).await?;
             }
-            incoming = out.read_statement() => {
-                // The client may only listen; what it sends is dropped, its leaving ends the feed.
-                if !matches!(incoming, Ok(Some(_))) {
-                    break End::ClientGone;
+            incoming = out.read_statement() => match incoming {
+                // `DIRK SYNC` goes on to the primary, which answers it on the feed.
+                Ok(Some(Incoming::Statement(sql))) if sync_token(&sql).is_some() => {
+                    if let Err(e) = upstream.client.send_framed(&sql).await {
+                        break End::Tell(ended(&upstream, &e.to_string()));
+                    }
                 }
-            }
+                // Anything else is dropped; the client's leaving ends the feed.
+                Ok(Some(_)) => {}
+                _ => break End::ClientGone,
+            },
             _ = tick.tick() => {
                 if let Some(why) = primary_changed(&upstream, topology) {
                     break End::Tell(why);

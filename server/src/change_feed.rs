@@ -16,9 +16,11 @@
 //!    list more than `replication.oplog.changeFeedRowKeys` of them: then its tables are reported
 //!    as changed as a whole (no `rows`), as the first notice's `keys` announces.
 //! 4. An idle feed sends an empty notice (`upto` = the cursor) every [`FEED_HEARTBEAT`].
-//! 5. The feed ends when the client closes its socket (what it sends after `DIRK CHANGES` is
-//!    read and ignored) or when the server shuts down (the listener drops the feed; the client
-//!    sees the connection close).
+//! 5. `DIRK SYNC <n>` from the client records the written position; once the cursor reaches it
+//!    an empty notice with `synced: n` follows (a newer request replaces an unanswered one).
+//! 6. The feed ends when the client closes its socket (anything else it sends after
+//!    `DIRK CHANGES` is read and ignored) or when the server shuts down (the listener drops the
+//!    feed; the client sees the connection close).
 //!
 //! Why nothing is skipped: a writer pushes its entries into the backlog before it publishes the
 //! committed sequence, so every position the feed reads has its entries in the backlog unless
@@ -33,8 +35,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 pub(crate) use dirkdb_core::change_feed::is_changes_statement;
-use dirkdb_core::change_feed::{ChangeNotice, RowKey, FEED_HEARTBEAT};
-use dirkdb_core::connection::{ConnectionError, ServerConnection};
+use dirkdb_core::change_feed::{sync_token, ChangeNotice, RowImage, RowKey, FEED_HEARTBEAT};
+use dirkdb_core::connection::{ConnectionError, Incoming, ServerConnection};
 use dirkdb_core::frame::Frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -99,12 +101,38 @@ struct Touched {
     /// Tables with a row entry that names no key: reported whole.
     whole: BTreeSet<(String, String)>,
     overflowed: bool,
+    /// Per database and table, each listed key's row after the entries so far (its columns as
+    /// the oplog stores them), or `None`: no row has the key now, or its image did not fit.
+    images: BTreeMap<(String, String), BTreeMap<String, Option<String>>>,
+    /// Bytes of the images recorded (replaced ones included).
+    image_bytes: u64,
+    /// Most image bytes to record.
+    max_image_bytes: u64,
+}
+
+/// How much one notice lists at most.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FeedLimits {
+    /// Row keys (`replication.oplog.changeFeedRowKeys`).
+    pub row_keys: u64,
+    /// Bytes of row images (`replication.oplog.changeFeedRowImageBytes`).
+    pub image_bytes: u64,
+}
+
+impl FeedLimits {
+    pub(crate) fn of(oplog: &dirkdb_core::config::OplogConfig) -> FeedLimits {
+        FeedLimits {
+            row_keys: oplog.change_feed_row_keys,
+            image_bytes: oplog.change_feed_row_image_bytes,
+        }
+    }
 }
 
 impl Touched {
-    fn new(max_row_keys: u64) -> Touched {
+    fn new(limits: FeedLimits) -> Touched {
         Touched {
-            max_row_keys,
+            max_row_keys: limits.row_keys,
+            max_image_bytes: limits.image_bytes,
             ..Touched::default()
         }
     }
@@ -124,8 +152,35 @@ impl Touched {
             if self.row_keys > self.max_row_keys {
                 self.overflowed = true;
                 self.rows.clear();
+                self.images.clear();
                 return;
             }
+        }
+        self.add_images(entry);
+    }
+
+    /// Records what row each key of `entry` names afterwards: the old key of a DELETE, or of an
+    /// UPDATE that changed the key, names none; the new key names the entry's row.
+    fn add_images(&mut self, entry: &Entry) {
+        let slot = (entry.db.clone(), entry.table.clone());
+        let moved = entry.old_key != entry.new_key;
+        if let (Some(old), true) = (&entry.old_key, moved) {
+            self.images
+                .entry(slot.clone())
+                .or_default()
+                .insert(old.clone(), None);
+        }
+        if let Some(new) = &entry.new_key {
+            let size = entry.data.as_ref().map_or(0, |d| d.len() as u64);
+            let fits = self.image_bytes + size <= self.max_image_bytes;
+            let image = entry.data.clone().filter(|_| fits);
+            if image.is_some() {
+                self.image_bytes += size;
+            }
+            self.images
+                .entry(slot)
+                .or_default()
+                .insert(new.clone(), image);
         }
     }
 
@@ -160,20 +215,36 @@ impl Touched {
 
     fn into_notice(self, upto: u64) -> ChangeNotice {
         let whole = self.whole;
-        let rows = self
-            .rows
-            .into_iter()
-            .filter(|(slot, _)| !whole.contains(slot))
-            .map(|((db, table), keys)| {
-                // A key the oplog stores is an object; anything else leaves the table whole.
-                let parsed: Option<Vec<RowKey>> =
-                    keys.iter().map(|k| serde_json::from_str(k).ok()).collect();
-                (db, table, parsed)
-            })
-            .filter_map(|(db, table, keys)| Some((db, table, keys?)))
-            .collect();
+        let mut images_of = self.images;
+        let mut rows = Vec::new();
+        let mut images = Vec::new();
+        for ((db, table), keys) in self.rows {
+            let slot = (db, table);
+            if whole.contains(&slot) {
+                continue;
+            }
+            // A key the oplog stores is an object; anything else leaves the table whole.
+            let parsed: Option<Vec<RowKey>> =
+                keys.iter().map(|k| serde_json::from_str(k).ok()).collect();
+            let Some(parsed) = parsed else { continue };
+            let mut table_images = images_of.remove(&slot).unwrap_or_default();
+            images.push(
+                keys.iter()
+                    .map(|k| {
+                        let image = table_images.remove(k).flatten()?;
+                        serde_json::from_str::<RowImage>(&image).ok()
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            rows.push((slot.0, slot.1, parsed));
+        }
+        if images.iter().flatten().all(Option::is_none) {
+            images.clear();
+        }
         ChangeNotice {
             rows,
+            images,
+            synced: None,
             upto,
             tables: self
                 .tables
@@ -195,7 +266,7 @@ impl Touched {
 pub(crate) fn next_notice(
     path: &WritePath,
     cursor: &mut FeedCursor,
-    max_row_keys: u64,
+    limits: FeedLimits,
 ) -> Option<ChangeNotice> {
     let resets = path.resets();
     let committed = path.committed();
@@ -219,7 +290,7 @@ pub(crate) fn next_notice(
     if committed == cursor.upto {
         return None;
     }
-    let mut touched = Touched::new(max_row_keys);
+    let mut touched = Touched::new(limits);
     let mut at = cursor.upto;
     while at < committed {
         let visit = path.visit_backlog(at, committed, BATCH, |e| touched.add(e));
@@ -241,13 +312,29 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let path = &state.write_path;
     let mut commits = path.subscribe();
     commits.borrow_and_update();
-    let max_row_keys = state.oplog_limits.change_feed_row_keys;
+    let mut limits = FeedLimits::of(&state.oplog_limits);
+    if state.settings.ownership.active() {
+        // A MULTI_PRIMARY master's rows also change by its peers' streams, which its backlog
+        // does not hold: its images would not say what a row is now.
+        limits.image_bytes = 0;
+    }
     let mut cursor = FeedCursor::start(path);
-    send(conn, &cursor.hello(max_row_keys)).await?;
+    send(conn, &cursor.hello(limits.row_keys)).await?;
     let mut last_sent = Instant::now();
+    // The newest `DIRK SYNC` not answered yet: its token and the position written when it came.
+    let mut sync: Option<(u64, u64)> = None;
     loop {
-        if let Some(notice) = next_notice(path, &mut cursor, max_row_keys) {
+        if let Some(notice) = next_notice(path, &mut cursor, limits) {
             send(conn, &notice).await?;
+            last_sent = Instant::now();
+        }
+        if let Some((token, _)) = sync.filter(|(_, target)| cursor.upto >= *target) {
+            let answer = ChangeNotice {
+                synced: Some(token),
+                ..cursor.notice()
+            };
+            send(conn, &answer).await?;
+            sync = None;
             last_sent = Instant::now();
         }
         let wait = FEED_HEARTBEAT.saturating_sub(last_sent.elapsed());
@@ -261,12 +348,17 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 send(conn, &cursor.notice()).await?;
                 last_sent = Instant::now();
             }
-            incoming = conn.read_statement() => {
-                // The client may only listen; what it sends is dropped, its leaving ends the feed.
-                if !matches!(incoming, Ok(Some(_))) {
-                    return Ok(());
+            incoming = conn.read_statement() => match incoming {
+                // Written before now: the changes a reader's earlier reads can have seen.
+                Ok(Some(Incoming::Statement(sql))) => {
+                    if let Some(token) = sync_token(&sql) {
+                        sync = Some((token, path.written()));
+                    }
                 }
-            }
+                // Anything else the client sends is dropped; its leaving ends the feed.
+                Ok(Some(_)) => {}
+                _ => return Ok(()),
+            },
         }
     }
 }
@@ -300,6 +392,14 @@ mod tests {
         }
     }
 
+    /// At most `row_keys` keys a notice, and no images.
+    fn keys(row_keys: u64) -> FeedLimits {
+        FeedLimits {
+            row_keys,
+            image_bytes: 0,
+        }
+    }
+
     fn path_at(seq: u64) -> WritePath {
         WritePath::new(Arc::new(AtomicU64::new(seq)), Duration::from_millis(50))
     }
@@ -315,7 +415,7 @@ mod tests {
         let path = path_at(0);
         let mut cursor = FeedCursor::start(&path);
         assert_eq!(cursor, FeedCursor { upto: 0, resets: 0 });
-        assert_eq!(next_notice(&path, &mut cursor, 100), None);
+        assert_eq!(next_notice(&path, &mut cursor, keys(100)), None);
         path.publish_entries(vec![
             entry(1, "", "shop", Op::CreateDatabase),
             entry(2, "shop", "t", Op::Ddl),
@@ -326,7 +426,7 @@ mod tests {
             entry(7, "", "old", Op::DropDatabase),
             entry(8, "b", "t", Op::Insert),
         ]);
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(
             notice,
             ChangeNotice {
@@ -336,11 +436,13 @@ mod tests {
                 databases: vec!["old".into(), "shop".into()],
                 all: false,
                 rows: vec![],
+                images: vec![],
+                synced: None,
                 keys: None,
             }
         );
         assert_eq!(cursor.upto, 8);
-        assert_eq!(next_notice(&path, &mut cursor, 100), None);
+        assert_eq!(next_notice(&path, &mut cursor, keys(100)), None);
     }
 
     fn keyed(seq: u64, table: &str, op: Op, old: Option<&str>, new: Option<&str>) -> Entry {
@@ -367,7 +469,7 @@ mod tests {
             ),
             keyed(3, "u", Op::Remove, Some(r#"{"rowid":4,"e":"x"}"#), None),
         ]);
-        let notice = next_notice(&path, &mut cursor, 3).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(3)).unwrap();
         assert_eq!(
             notice.to_text(),
             r#"{"upto":3,"tables":[["d","t"],["d","u"]],"rows":[["d","t",[{"rowid":1},{"rowid":9}]],["d","u",[{"e":"x","rowid":4}]]]}"#
@@ -379,10 +481,86 @@ mod tests {
             keyed(6, "t", Op::Insert, None, Some(r#"{"rowid":4}"#)),
             keyed(7, "u", Op::Insert, None, Some(r#"{"rowid":5}"#)),
         ]);
-        let notice = next_notice(&path, &mut cursor, 3).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(3)).unwrap();
         assert_eq!(
             notice.to_text(),
             r#"{"upto":7,"tables":[["d","t"],["d","u"]]}"#
+        );
+    }
+
+    fn with_row(mut e: Entry, data: &str) -> Entry {
+        e.data = Some(data.to_string());
+        e
+    }
+
+    #[test]
+    fn row_images_say_what_each_key_names_after_the_notice() {
+        let entries = || {
+            vec![
+                with_row(
+                    keyed(1, "t", Op::Insert, None, Some(r#"{"rowid":1}"#)),
+                    r#"{"id":1,"v":"a"}"#,
+                ),
+                with_row(
+                    keyed(
+                        2,
+                        "t",
+                        Op::Update,
+                        Some(r#"{"rowid":1}"#),
+                        Some(r#"{"rowid":1}"#),
+                    ),
+                    r#"{"id":1,"v":"b"}"#,
+                ),
+                with_row(
+                    keyed(
+                        3,
+                        "t",
+                        Op::Update,
+                        Some(r#"{"rowid":2}"#),
+                        Some(r#"{"rowid":3}"#),
+                    ),
+                    r#"{"id":3,"v":"c"}"#,
+                ),
+                with_row(
+                    keyed(4, "u", Op::Remove, Some(r#"{"rowid":4}"#), None),
+                    r#"{"id":4}"#,
+                ),
+            ]
+        };
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        path.publish_entries(entries());
+        let roomy = FeedLimits {
+            row_keys: 100,
+            image_bytes: 1000,
+        };
+        let notice = next_notice(&path, &mut cursor, roomy).unwrap();
+        assert_eq!(
+            notice.to_text(),
+            r#"{"upto":4,"tables":[["d","t"],["d","u"]],"rows":[["d","t",[{"rowid":1},{"rowid":2},{"rowid":3}]],["d","u",[{"rowid":4}]]],"images":[[{"id":1,"v":"b"},null,{"id":3,"v":"c"}],[null]]}"#
+        );
+        // Past the byte budget, later images are not sent: key 1's second image does not fit.
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        path.publish_entries(entries());
+        let tight = FeedLimits {
+            row_keys: 100,
+            image_bytes: 20,
+        };
+        let notice = next_notice(&path, &mut cursor, tight).unwrap();
+        assert_eq!(notice.images, Vec::<Vec<Option<RowImage>>>::new());
+        // No images at all when they are off, and none past the key limit.
+        let path = path_at(0);
+        let mut cursor = FeedCursor::start(&path);
+        path.publish_entries(entries());
+        let few = FeedLimits {
+            row_keys: 2,
+            image_bytes: 1000,
+        };
+        let notice = next_notice(&path, &mut cursor, few).unwrap();
+        assert!(
+            notice.rows.is_empty() && notice.images.is_empty(),
+            "{notice:?}"
         );
     }
 
@@ -392,7 +570,7 @@ mod tests {
         let mut cursor = FeedCursor::start(&path);
         let n = (BATCH * 3 + 7) as u64;
         path.publish_entries((1..=n).map(|s| entry(s, "d", "t", Op::Insert)).collect());
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(notice.upto, n);
         assert!(!notice.all);
         assert_eq!(notice.tables, pairs(&[("d", "t")]));
@@ -408,19 +586,19 @@ mod tests {
                 .map(|s| entry(s, "d", "t", Op::Insert))
                 .collect(),
         );
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":25000,"all":true}"#);
-        assert_eq!(next_notice(&path, &mut cursor, 100), None);
+        assert_eq!(next_notice(&path, &mut cursor, keys(100)), None);
 
         // A position published without its entries (a replica applying).
         path.publish(25_003);
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":25003,"all":true}"#);
 
         // Entries listed up to a hole, then the hole: all.
         path.publish_entries(vec![entry(25_004, "d", "u", Op::Insert)]);
         path.publish(25_006);
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert!(notice.all && notice.tables.is_empty(), "{notice:?}");
         assert_eq!(notice.upto, 25_006);
     }
@@ -431,7 +609,7 @@ mod tests {
         let mut cursor = FeedCursor::start(&path);
         // Reset to the same position: nothing moved, yet everything may have changed.
         path.reset(10);
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":10,"all":true}"#);
         assert_eq!(
             cursor,
@@ -444,11 +622,11 @@ mod tests {
         path.reset(4);
         path.publish_entries(vec![entry(5, "d", "t", Op::Insert)]);
         path.publish_entries(vec![entry(6, "d", "t", Op::Insert)]);
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(notice.to_text(), r#"{"upto":6,"all":true}"#);
         // From there on, precise again.
         path.publish_entries(vec![entry(7, "d", "x", Op::Update)]);
-        let notice = next_notice(&path, &mut cursor, 100).unwrap();
+        let notice = next_notice(&path, &mut cursor, keys(100)).unwrap();
         assert_eq!(notice.tables, pairs(&[("d", "x")]));
         assert!(!notice.all);
         // Going backwards without a reset (never expected) is all too.
@@ -456,7 +634,7 @@ mod tests {
             upto: 100,
             resets: path.resets(),
         };
-        assert!(next_notice(&path, &mut ahead, 100).unwrap().all);
+        assert!(next_notice(&path, &mut ahead, keys(100)).unwrap().all);
         assert_eq!(ahead.upto, 7);
     }
 }
