@@ -11,6 +11,7 @@
 #   BENCH_ARGS="--rate 5000" bench/profile_path.sh mixed cache 10   # more `dirkdb bench` options
 #   DIRKDB_BIN=… OUT=/tmp/prof …                 # binary (default target/release/dirkdb), profile folder
 #   START=15 bench/profile_path.sh mixed cache 22  # begin the 5 s window later (default 3 s), warm
+#   QS_EXTRA='"replication": {…}' …              # more config sections (bench/quickstart.sh)
 #
 # The run starts cold (an empty cache); SECONDS ≥ 8 leaves the 5 s window after a 3 s start.
 # Leaves nothing running.

@@ -743,7 +743,10 @@ impl ResultStore {
             // change's image.
             return false;
         }
-        let Some(bytes) = refreshed(&entry.bytes, refresh, row, image) else {
+        let Some(columns) = image.columns() else {
+            return false;
+        };
+        let Some(bytes) = refreshed(&entry.bytes, refresh, row, &columns) else {
             return false;
         };
         if bytes.len() > self.limits.max_entry_bytes {
@@ -1033,7 +1036,7 @@ mod tests {
         let leader = fill(&s, &k5, &deps);
         assert!(leader.keep_refreshable(one_row(5, "old"), Some(refresh.clone())));
         drop(leader);
-        let image = |v: &str| Some(row(&format!(r#"{{"id":5,"v":"{v}"}}"#)));
+        let image = |v: &str| RowImage::from_json(format!(r#"{{"id":5,"v":"{v}"}}"#));
         let update = |v: &str| {
             vec![ChangedRows {
                 table: "t".into(),

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use dirkdb_core::change_feed::{RowImage, RowKey};
+use dirkdb_core::change_feed::RowKey;
 use dirkdb_core::frame::{PageFrame, RelationPage, PAGE_HEADER, RELATION_END};
 use serde_json::Value;
 
@@ -51,6 +51,9 @@ pub enum Projection {
     Columns(Vec<String>),
 }
 
+/// A row image's columns (see `dirkdb_core::change_feed::RowImage`).
+pub type Columns = serde_json::Map<String, Value>;
+
 /// The answer `bytes` (one page of one row, then `RELATION_JSON_END` and the closing message)
 /// rewritten for the row whose key object is `key` and image `image`; `None` when it cannot be
 /// rewritten with certainty (see the module docs).
@@ -58,7 +61,7 @@ pub fn refreshed(
     bytes: &[u8],
     refresh: &RowRefresh,
     key: &RowKey,
-    image: &RowImage,
+    image: &Columns,
 ) -> Option<Bytes> {
     let text = std::str::from_utf8(bytes).ok()?;
     let (header, rest) = text.split_once('\n')?;
@@ -106,7 +109,7 @@ struct RowValues<'a> {
 }
 
 impl<'a> RowValues<'a> {
-    fn of(key: &'a RowKey, image: &'a RowImage) -> RowValues<'a> {
+    fn of(key: &'a RowKey, image: &'a Columns) -> RowValues<'a> {
         let mut values: HashMap<String, &Value> =
             key.iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
         values.extend(image.iter().map(|(k, v)| (k.to_lowercase(), v)));

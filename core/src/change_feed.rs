@@ -116,8 +116,34 @@ pub type TableRows = (String, String, Vec<RowKey>);
 /// One row's key object: column (or `rowid`) → value, in the oplog's value encoding.
 pub type RowKey = serde_json::Map<String, serde_json::Value>;
 
-/// One row's stored columns (column → value, in the oplog's value encoding).
-pub type RowImage = serde_json::Map<String, serde_json::Value>;
+/// One row's stored columns (column → value, in the oplog's value encoding), as the JSON text
+/// the oplog holds: passed on without being parsed, and read ([`RowImage::columns`]) only by a
+/// reader that has a use for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RowImage(Box<serde_json::value::RawValue>);
+
+impl RowImage {
+    /// The image of a JSON object's text; `None` when it is not JSON.
+    pub fn from_json(text: String) -> Option<RowImage> {
+        serde_json::value::RawValue::from_string(text)
+            .ok()
+            .map(RowImage)
+    }
+
+    /// Its columns; `None` when it is not a JSON object.
+    pub fn columns(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        serde_json::from_str(self.0.get()).ok()
+    }
+}
+
+impl PartialEq for RowImage {
+    fn eq(&self, other: &RowImage) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for RowImage {}
 
 /// Bytes of row images a notice carries at most by default
 /// (`replication.oplog.changeFeedRowImageBytes`).

@@ -230,10 +230,7 @@ impl Touched {
             let mut table_images = images_of.remove(&slot).unwrap_or_default();
             images.push(
                 keys.iter()
-                    .map(|k| {
-                        let image = table_images.remove(k).flatten()?;
-                        serde_json::from_str::<RowImage>(&image).ok()
-                    })
+                    .map(|k| RowImage::from_json(table_images.remove(k).flatten()?))
                     .collect::<Vec<_>>(),
             );
             rows.push((slot.0, slot.1, parsed));
