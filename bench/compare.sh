@@ -128,16 +128,24 @@ pgbench_tps() { pgbench -S -n -c 16 -j 2 -T "$secs" -h 127.0.0.1 -p "$1" -U post
 # workload on each path, two interleaved rounds; $pin_client runs the bench client (empty: as
 # is), the vias are the paths; then each path's mixed p50 per statement.
 declare -A mixed_parts=()
+# The cache's hits and misses so far.
+cache_counts() { curl -s 127.0.0.1:$CA/stats | python3 -c 'import json,sys;d=json.load(sys.stdin);print(d["hits"], d["misses"])'; }
+
 workload_rows() {
-  local vias=$1 w via round ep out
-  mixed_parts=()
+  local vias=$1 w via round ep out hits0 misses0 hits1 misses1
+  mixed_parts=(); mixed_hits=0; mixed_misses=0
   for w in $workloads; do
     declare -A ops=() p99=()
     for via in direct haproxy proxy1 proxy cache pg pgb; do ops[$via]=0; p99[$via]=0; done
     for round in 1 2; do
       for via in $vias; do
         case $via in direct) ep=$P1;; haproxy) ep=$HP;; proxy1) ep=$LB1;; proxy) ep=$LB;; cache) ep=$CP;; esac
+        [ "$w/$via" = mixed/cache ] && read -r hits0 misses0 <<<"$(cache_counts)"
         out=$($pin_client "$bin" bench --quiet --json --warmup 2 -d "$secs" --endpoint 127.0.0.1:$ep -c 16 -w $w)
+        if [ "$w/$via" = mixed/cache ]; then
+          read -r hits1 misses1 <<<"$(cache_counts)"
+          mixed_hits=$((mixed_hits + hits1 - hits0)); mixed_misses=$((mixed_misses + misses1 - misses0))
+        fi
         ops[$via]=$(python3 -c "print(${ops[$via]} + $(field "$out" 'd["ops_per_sec"]' "$out") / 2)")
         p99[$via]=$(python3 -c "print(max(${p99[$via]}, $(field "$out" 'd["latency_ms"]["p99"]' "$out")))")
         [ "$w" = mixed ] && mixed_parts[$via]+="$(field "$out" '" ".join("%s:%s" % (s["statement"], s["latency_ms"]["p50"]) for s in d["statements"])' "$out") "
@@ -176,6 +184,10 @@ show = lambda vs: " / ".join("%.2f" % v for v in vs)
 print("| %s | %s | %s |" % (via, show(reads), show(writes)))
 PY
     done
+    if [ $((mixed_hits + mixed_misses)) -gt 0 ]; then
+      echo
+      python3 -c "print('cache hit ratio in the mixed rounds alone: %.3f' % ($mixed_hits / $((mixed_hits + mixed_misses))))"
+    fi
   fi
 }
 
@@ -207,8 +219,7 @@ if want 5 && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   server_cpus=0-$((half - 1)); client_cpus=$half-$((cores - 1))
   pin() { local cpus=$1; shift; for p in "$@"; do taskset -a -p -c "$cpus" "$p" >/dev/null; done; }
   pin "$server_cpus" "${server_pids[@]}"; pin "$client_cpus" "$cache_pid"
-  counts() { curl -s 127.0.0.1:$CA/stats | python3 -c 'import json,sys;d=json.load(sys.stdin);print(d["hits"], d["misses"])'; }
-  read -r hits0 misses0 <<<"$(counts)"
+  read -r hits0 misses0 <<<"$(cache_counts)"
   echo "## 5. Workloads, 16 clients, the client's host apart: servers and proxies on CPUs $server_cpus, bench client and cache on CPUs $client_cpus"
   echo
   echo "The same table as section 1, with the cores split in two hosts: direct, proxy (1) and proxy (2)"
@@ -217,7 +228,7 @@ if want 5 && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   echo "| workload | direct ops/s | p99 ms | HAProxy-TCP ops/s | proxy (1) ops/s | p99 ms | proxy (2) ops/s | p99 ms | cache+proxy ops/s | p99 ms | proxy (1) ÷ HAProxy | proxy (1) ÷ direct | proxy (2) ÷ direct | cache ÷ direct | PostgreSQL tps | PgBouncer tps | PgBouncer ÷ PostgreSQL |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   PGP= pin_client="taskset -c $client_cpus" workload_rows "direct proxy1 proxy cache"
-  read -r hits1 misses1 <<<"$(counts)"
+  read -r hits1 misses1 <<<"$(cache_counts)"
   echo
   python3 -c "h=$hits1-$hits0; m=$misses1-$misses0; print('cache hit ratio in this section: %.3f' % (h / max(h + m, 1)))"
   echo
